@@ -1,0 +1,35 @@
+"""Every piece of RL math in rlvr, as pure torch functions selected by name.
+
+No Ray, no I/O: actors call these. See docs/algorithms.md for the formulas and defaults.
+"""
+
+from . import v05
+from .advantages import ESTIMATORS, compute_advantages, group_stats
+from .dapo import dynamic_sampling_keep_mask, mask_truncated, overlong_penalty
+from .losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, aggregate, kl_penalty, policy_loss
+from .metrics import pass_at_k
+from .presets import PRESETS, AlgorithmPreset, get_preset
+from .weighting import WEIGHTINGS, HADWState, apply_weighting
+
+__all__ = [
+    "AGGREGATIONS",
+    "ESTIMATORS",
+    "KL_ESTIMATORS",
+    "POLICY_LOSSES",
+    "PRESETS",
+    "WEIGHTINGS",
+    "AlgorithmPreset",
+    "HADWState",
+    "aggregate",
+    "apply_weighting",
+    "compute_advantages",
+    "dynamic_sampling_keep_mask",
+    "get_preset",
+    "group_stats",
+    "kl_penalty",
+    "mask_truncated",
+    "overlong_penalty",
+    "pass_at_k",
+    "policy_loss",
+    "v05",
+]

@@ -1,0 +1,193 @@
+"""Policy losses, loss aggregation and KL penalties.
+
+Shapes: ``logp``, ``old_logp``, ``ref_logp`` and ``mask`` are float[B, T] (B sequences,
+T tokens; ``mask`` is 1 on response tokens). ``adv`` is float[B] (one advantage per
+sequence, broadcast to its tokens) or float[B, T]. ρ_t = π_θ/π_old = exp(logp − old_logp).
+
+A policy loss has the signature ``fn(logp, old_logp, adv, **kwargs) -> (per_token_loss,
+clipped)``; ``clipped`` is a bool[B, T] marking tokens the loss clipped (for stats).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ._registry import lookup, register
+
+PolicyLossFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+POLICY_LOSSES: dict[str, PolicyLossFn] = {}
+AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {}
+KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {}
+
+# Bound on |log ρ| before exponentiating: beyond it ρ overflows and the token is an outlier anyway.
+MAX_LOG_RATIO = 20.0
+
+
+def _log_ratio(logp: torch.Tensor, old_logp: torch.Tensor) -> torch.Tensor:
+    return (logp - old_logp.detach()).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+
+
+@register(POLICY_LOSSES, "ppo_clip")
+def ppo_clip_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    adv: torch.Tensor,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO-clip: L_t = −min(ρ_t·A, clip(ρ_t, 1−ε_low, 1+ε_high)·A).
+
+    GRPO uses ε_low = ε_high = 0.2; DAPO's "clip-higher" uses 0.2 / 0.28. A token whose
+    ratio left the trust region on the side its advantage pushes (A > 0 and ρ > 1+ε_high,
+    or A < 0 and ρ < 1−ε_low) takes the constant branch and gets no gradient.
+    """
+    ratio = torch.exp(_log_ratio(logp, old_logp))
+    unclipped = -adv * ratio
+    clipped = -adv * ratio.clamp(1 - eps_low, 1 + eps_high)
+    return torch.maximum(unclipped, clipped), clipped > unclipped
+
+
+@register(POLICY_LOSSES, "cispo")
+def cispo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    adv: torch.Tensor,
+    eps_high: float = 4.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CISPO: L_t = −sg(clip(ρ_t, 0, 1+ε_high))·A·log π_θ(token), ε_high = 4.0.
+
+    The importance weight is clipped and detached instead of the update, so every token
+    keeps its gradient −sg(clip(ρ))·A·∇log π (no token is dropped, unlike PPO-clip).
+    There is no lower bound.
+    """
+    ratio = torch.exp(_log_ratio(logp, old_logp))
+    weight = ratio.clamp(max=1 + eps_high).detach()
+    return -weight * adv * logp, ratio > 1 + eps_high
+
+
+@register(AGGREGATIONS, "token-mean")
+def token_mean(loss: torch.Tensor, mask: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
+    """Σ_{b,t} m·L / Σ_{b,t} m: every token of the batch weighs the same (DAPO, CISPO)."""
+    return (loss * mask).sum() / mask.sum().clamp(min=1)
+
+
+@register(AGGREGATIONS, "seq-mean-token-mean")
+def seq_mean_token_mean(
+    loss: torch.Tensor, mask: torch.Tensor, max_len: int | None = None
+) -> torch.Tensor:
+    """mean_b (Σ_t m·L / Σ_t m): each sequence weighs the same (GRPO).
+
+    Sequences without any response token are left out of the mean.
+    """
+    tokens = mask.sum(-1)
+    seq_loss = (loss * mask).sum(-1) / tokens.clamp(min=1)
+    has_tokens = (tokens > 0).to(loss.dtype)
+    return (seq_loss * has_tokens).sum() / has_tokens.sum().clamp(min=1)
+
+
+@register(AGGREGATIONS, "seq-mean-token-sum-norm")
+def seq_mean_token_sum_norm(
+    loss: torch.Tensor, mask: torch.Tensor, max_len: int | None = None
+) -> torch.Tensor:
+    """mean_b (Σ_t m·L) / L_max with a constant L_max (Dr.GRPO; default T).
+
+    Dividing by a constant instead of each sequence's length removes the length bias of
+    per-sequence normalisation.
+    """
+    norm = loss.shape[-1] if max_len is None else max_len
+    if norm <= 0:
+        raise ValueError(f"max_len must be positive, got {norm}")
+    return (loss * mask).sum(-1).mean() / norm
+
+
+def aggregate(
+    loss: torch.Tensor, mask: torch.Tensor, agg: str = "token-mean", max_len: int | None = None
+) -> torch.Tensor:
+    """Reduce per-token terms float[B, T] to a scalar with the mode named ``agg``."""
+    return lookup(AGGREGATIONS, agg, "loss aggregation")(loss, mask, max_len=max_len)
+
+
+@register(KL_ESTIMATORS, "k1")
+def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """k1 = log π − log π_ref (unbiased, high variance, can be negative)."""
+    return logp - ref_logp
+
+
+@register(KL_ESTIMATORS, "k2")
+def kl_k2(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """k2 = ½·(log π − log π_ref)²."""
+    return 0.5 * (logp - ref_logp) ** 2
+
+
+@register(KL_ESTIMATORS, "k3")
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """k3 = π_ref/π − log(π_ref/π) − 1 (unbiased, non-negative, low variance)."""
+    log_ratio = (ref_logp - logp).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+    return torch.exp(log_ratio) - log_ratio - 1
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
+    """Per-token KL(π‖π_ref) estimate float[B, T] by ``estimator`` (k1, k2 or k3)."""
+    return lookup(KL_ESTIMATORS, estimator, "KL estimator")(logp, ref_logp.detach())
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return ((x * mask).sum() / mask.sum().clamp(min=1)).detach()
+
+
+def policy_loss(
+    name: str,
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    adv: torch.Tensor,
+    mask: torch.Tensor,
+    agg: str = "token-mean",
+    *,
+    ref_logp: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+    kl_estimator: str = "k3",
+    max_len: int | None = None,
+    **loss_kwargs: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Scalar loss = agg(L_name) + β·agg(KL), and detached 0-dim stats.
+
+    ``loss_kwargs`` go to the loss (``eps_low``/``eps_high`` for ppo_clip, ``eps_high``
+    for cispo). ``max_len`` is the constant of ``seq-mean-token-sum-norm`` (default T).
+    With ``ref_logp`` the KL is reported as ``kl``; it enters the loss when β = kl_coef > 0.
+    Stats: ``pg_loss``, ``clip_frac`` (fraction of response tokens clipped),
+    ``approx_kl`` (mean of old_logp − logp), ``ratio_mean``, ``ratio_max``, and ``kl``.
+    """
+    if logp.ndim != 2 or old_logp.shape != logp.shape or mask.shape != logp.shape:
+        raise ValueError(
+            f"logp, old_logp and mask must share a [B, T] shape, got {tuple(logp.shape)}, "
+            f"{tuple(old_logp.shape)}, {tuple(mask.shape)}"
+        )
+    if adv.shape == logp.shape[:1]:
+        adv = adv.unsqueeze(-1)
+    elif adv.shape != logp.shape:
+        raise ValueError(f"adv must be [B] or [B, T] for logp {tuple(logp.shape)}, got {tuple(adv.shape)}")
+    mask = mask.to(logp.dtype)
+    adv = adv.detach().to(logp.dtype)
+
+    per_token, clipped = lookup(POLICY_LOSSES, name, "policy loss")(logp, old_logp, adv, **loss_kwargs)
+    pg_loss = aggregate(per_token, mask, agg, max_len)
+    loss = pg_loss
+
+    log_ratio = _log_ratio(logp.detach(), old_logp)
+    stats: dict[str, torch.Tensor] = {
+        "pg_loss": pg_loss.detach(),
+        "clip_frac": _masked_mean(clipped.to(logp.dtype), mask),
+        "approx_kl": _masked_mean(-log_ratio, mask),
+        "ratio_mean": _masked_mean(torch.exp(log_ratio), mask),
+        "ratio_max": (torch.exp(log_ratio) * mask).max().detach() if mask.any() else log_ratio.new_zeros(()),
+    }
+    if kl_coef > 0 and ref_logp is None:
+        raise ValueError("kl_coef > 0 needs ref_logp")
+    if ref_logp is not None:
+        kl = aggregate(kl_penalty(logp, ref_logp, kl_estimator), mask, agg, max_len)
+        stats["kl"] = kl.detach()
+        if kl_coef > 0:
+            loss = loss + kl_coef * kl
+    return loss, stats

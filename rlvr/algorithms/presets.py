@@ -1,0 +1,83 @@
+"""Named algorithm presets: ``algorithm=NAME`` in the config maps to one AlgorithmPreset.
+
+A preset composes parts from the registries: advantage estimator, policy loss and its
+clip range, loss aggregation, sampling strategy of the BudgetController, and KL.
+The advantage weighting (``weighting=none|focal|hadw``) is orthogonal and not part of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._registry import lookup
+from .advantages import ESTIMATORS
+from .losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
+
+SAMPLING_MODES = ("fixed", "dynamic_filter", "adaptive")
+
+
+@dataclass(frozen=True)
+class AlgorithmPreset:
+    """One RLVR algorithm as a composition of registered parts.
+
+    ``eps_low`` is None for losses without a lower clip (CISPO). ``sampling``: ``fixed``
+    (n rollouts per prompt), ``dynamic_filter`` (DAPO: drop all-equal groups, resample),
+    ``adaptive`` (V0.5: test, fuse, OSLA allocation). ``overlong``: DAPO's soft length
+    penalty; ``mask_truncated``: drop truncated samples from the loss. ``scale_by_std``:
+    V0.5 only, divide A by sqrt(b(1−b)) + ε.
+    """
+
+    name: str
+    estimator: str
+    loss: str
+    agg: str
+    eps_low: float | None = 0.2
+    eps_high: float = 0.2
+    sampling: str = "fixed"
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    overlong: bool = False
+    mask_truncated: bool = False
+    scale_by_std: bool = False
+
+    def __post_init__(self) -> None:
+        lookup(ESTIMATORS, self.estimator, "advantage estimator")
+        lookup(POLICY_LOSSES, self.loss, "policy loss")
+        lookup(AGGREGATIONS, self.agg, "loss aggregation")
+        lookup(KL_ESTIMATORS, self.kl_estimator, "KL estimator")
+        if self.sampling not in SAMPLING_MODES:
+            raise ValueError(f"unknown sampling {self.sampling!r}; known: {', '.join(SAMPLING_MODES)}")
+        if self.kl_coef < 0:
+            raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
+        if self.scale_by_std and self.estimator != "v05":
+            raise ValueError("scale_by_std applies to the v05 estimator only")
+
+    def loss_kwargs(self) -> dict[str, float]:
+        """Keyword arguments of the policy loss (for :func:`rlvr.algorithms.policy_loss`)."""
+        if self.eps_low is None:
+            return {"eps_high": self.eps_high}
+        return {"eps_low": self.eps_low, "eps_high": self.eps_high}
+
+    def estimator_kwargs(self) -> dict[str, bool]:
+        """Keyword arguments of the estimator, besides per-step inputs such as baselines."""
+        return {"scale_by_std": self.scale_by_std} if self.estimator == "v05" else {}
+
+
+PRESETS: dict[str, AlgorithmPreset] = {
+    p.name: p
+    for p in (
+        AlgorithmPreset("grpo", "grpo", "ppo_clip", "seq-mean-token-mean", 0.2, 0.2),
+        AlgorithmPreset("drgrpo", "drgrpo", "ppo_clip", "seq-mean-token-sum-norm", 0.2, 0.2),
+        AlgorithmPreset("rloo", "rloo", "ppo_clip", "token-mean", 0.2, 0.2),
+        AlgorithmPreset(
+            "dapo", "grpo", "ppo_clip", "token-mean", 0.2, 0.28, sampling="dynamic_filter", overlong=True
+        ),
+        AlgorithmPreset("cispo", "grpo", "cispo", "token-mean", None, 4.0),
+        AlgorithmPreset("v05", "v05", "ppo_clip", "token-mean", 0.2, 0.2, sampling="adaptive"),
+    )
+}
+
+
+def get_preset(name: str) -> AlgorithmPreset:
+    """The preset registered as ``name``; an unknown name raises ValueError listing the known ones."""
+    return lookup(PRESETS, name, "algorithm preset")

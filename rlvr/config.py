@@ -1,0 +1,100 @@
+"""Compose the Hydra config tree and check it before any actor starts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from rlvr.algorithms import WEIGHTINGS, AlgorithmPreset
+
+PRESET_FIELDS = (
+    "name",
+    "estimator",
+    "loss",
+    "agg",
+    "eps_low",
+    "eps_high",
+    "sampling",
+    "kl_coef",
+    "kl_estimator",
+    "overlong",
+    "mask_truncated",
+    "scale_by_std",
+)
+
+
+class ConfigError(ValueError):
+    """A config key or value that cannot work; the message names the key."""
+
+
+def config_dir() -> str:
+    env = os.environ.get("RLVR_CONFIG_DIR")
+    if env:
+        return str(Path(env).resolve())
+    return str(Path(__file__).resolve().parent.parent / "configs")
+
+
+def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
+    """The config tree with command-line style overrides (`key=value`, `group=option`).
+
+    Hydra keeps the tree in struct mode, so an unknown key fails here with its name.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base=None):
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
+    return cfg
+
+
+def algorithm_preset(algo: DictConfig) -> AlgorithmPreset:
+    """The `algorithm` config node as an AlgorithmPreset (which validates the part names)."""
+    try:
+        return AlgorithmPreset(**{k: algo[k] for k in PRESET_FIELDS})
+    except ValueError as e:
+        raise ConfigError(f"algorithm: {e}") from e
+
+
+def _check(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Fail fast, naming the key, on values that would only break later inside an actor."""
+    missing = OmegaConf.missing_keys(cfg)
+    _check(not missing, ", ".join(sorted(missing)), "is required but has no value")
+    preset = algorithm_preset(cfg.algorithm)
+    a = cfg.algorithm
+    _check(a.n >= 2, "algorithm.n", f"a group needs at least 2 rollouts, got {a.n}")
+    if preset.sampling == "adaptive":
+        _check(a.delta >= 1, "algorithm.delta", f"must be >= 1, got {a.delta}")
+        _check(a.n_max >= a.n, "algorithm.n_max", f"must be >= algorithm.n ({a.n}), got {a.n_max}")
+        _check(a.budget_factor >= 1.0, "algorithm.budget_factor", f"must be >= 1, got {a.budget_factor}")
+        _check(cfg.value.backend in ("embedded", "v0", "none"), "value.backend", f"unknown {cfg.value.backend!r}; known: embedded, v0, none")
+        if cfg.value.backend == "v0":
+            _check(bool(cfg.value.path) and Path(cfg.value.path).exists(), "value.path", f"V0 checkpoint {cfg.value.path!r} not found")
+    _check(cfg.weighting.name in WEIGHTINGS, "weighting.name", f"unknown {cfg.weighting.name!r}; known: {', '.join(WEIGHTINGS)}")
+    t = cfg.trainer
+    _check(t.steps >= 1, "trainer.steps", f"must be >= 1, got {t.steps}")
+    _check(t.batch_size >= 1, "trainer.batch_size", f"must be >= 1, got {t.batch_size}")
+    _check(cfg.learner.lr > 0, "learner.lr", f"must be > 0, got {cfg.learner.lr}")
+    _check(cfg.learner.micro_batch_size >= 1, "learner.micro_batch_size", f"must be >= 1, got {cfg.learner.micro_batch_size}")
+    r = cfg.rollout
+    _check(r.backend in ("vllm", "hf"), "rollout.backend", f"unknown {r.backend!r}; known: vllm, hf")
+    _check(r.temperature > 0, "rollout.temperature", f"training needs sampling, so > 0; got {r.temperature}")
+    _check(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
+    _check(r.max_tokens >= 1, "rollout.max_tokens", f"must be >= 1, got {r.max_tokens}")
+    _check(r.num_engines >= 1, "rollout.num_engines", f"must be >= 1, got {r.num_engines}")
+    c = cfg.cluster
+    _check(c.zero_stage in (0, 1, 2, 3), "cluster.zero_stage", f"must be 0, 1, 2 or 3, got {c.zero_stage}")
+    _check(c.num_learners >= 1, "cluster.num_learners", f"must be >= 1, got {c.num_learners}")
+    _check(c.actor_cpus > 0, "cluster.actor_cpus", f"must be > 0, got {c.actor_cpus}")
+    v = cfg.verifier
+    _check(v.timeout_s > 0, "verifier.timeout_s", f"must be > 0, got {v.timeout_s}")
+    _check(v.num_workers >= 1, "verifier.num_workers", f"must be >= 1, got {v.num_workers}")
+    _check(len(v.terms) >= 1, "verifier.terms", "needs at least one reward term")

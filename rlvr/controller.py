@@ -1,0 +1,213 @@
+"""BudgetController: the only place that decides how many rollouts each prompt gets.
+
+Modes (`algorithm.sampling`):
+- `fixed`: n rollouts per prompt (GRPO, Dr.GRPO, RLOO, CISPO).
+- `dynamic_filter` (DAPO): drop groups whose rewards are all equal and draw fresh prompts until
+  the batch is full of mixed groups, for at most `max_rounds` generation rounds.
+- `adaptive` (V0.5): ask the ValueServer for a prior p0, sample n0, run the reliability test,
+  buy extra rollouts (OSLA, `rlvr.algorithms.v05.allocate`) under the step budget, and fuse
+  prior and data into a per-prompt baseline (`v05.fuse`).
+
+It runs in the driver: it holds handles to the rollout pool, the verifier and the value
+server, and returns plain dataclasses.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import ray
+import torch
+
+from rlvr.algorithms import dynamic_sampling_keep_mask, overlong_penalty, v05
+from rlvr.data import Problem
+from rlvr.rollout import GenerationRequest, RolloutPool, Sample, SamplingConfig
+from rlvr.verifier import ScoreRequest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ControllerConfig:
+    sampling: str = "fixed"  # fixed | dynamic_filter | adaptive
+    n: int = 4  # group size (n0 for adaptive)
+    # V0.5
+    delta: int = 4
+    n_max: int = 16
+    kappa: float = 1e-3
+    budget_factor: float = 1.5  # a step may spend this many times the base rollouts
+    adaptive_rounds: int = 2  # sequential OSLA rounds of buying `delta` more
+    # DAPO
+    max_rounds: int = 3
+    overlong: bool = False
+    overlong_buffer: int = 64
+
+
+@dataclass
+class Group:
+    """One prompt and its scored rollouts."""
+
+    problem: Problem
+    samples: list[Sample]
+    rewards: list[float]
+    correct: list[bool]
+    errors: list[str | None]
+    baseline: float | None = None  # V0.5's fused baseline b(x)
+
+    @property
+    def success_rate(self) -> float:
+        return sum(self.correct) / max(1, len(self.correct))
+
+
+@dataclass
+class RolloutBatch:
+    groups: list[Group]
+    decisions: list[dict] = field(default_factory=list)  # V0.5, one per prompt
+    stats: dict = field(default_factory=dict)
+
+
+class BudgetController:
+    def __init__(
+        self,
+        cfg: ControllerConfig,
+        rollout: RolloutPool,
+        verifier,
+        value_server,
+        render_prompt: Callable[[Problem], str],
+        sampling: SamplingConfig,
+    ):
+        self.cfg, self.rollout, self.verifier, self.value_server = cfg, rollout, verifier, value_server
+        self.render_prompt, self.sampling = render_prompt, sampling
+        self.timings: dict[str, float] = {}
+        self.counts: dict[str, float] = {}
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _timed(self, phase: str, fn, *args):
+        start = time.perf_counter()
+        out = fn(*args)
+        self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - start
+        return out
+
+    def _sample_and_score(self, problems: list[Problem], ns: list[int], seed: int) -> list[Group]:
+        """Generate ns[i] rollouts of problems[i] and score them: one generation round."""
+        requests = [GenerationRequest(i, self.render_prompt(p), n) for i, (p, n) in enumerate(zip(problems, ns)) if n > 0]
+        samples = self._timed("generate", self.rollout.generate, requests, self.sampling, seed)
+        self.counts["rounds"] = self.counts.get("rounds", 0) + 1
+        self.counts["rollouts"] = self.counts.get("rollouts", 0) + len(samples)
+        self.counts["gen_tokens"] = self.counts.get("gen_tokens", 0) + sum(len(s.response_ids) for s in samples)
+        scored = [
+            ScoreRequest(completion=s.text, answer=problems[s.prompt_index].answer, answer_type=problems[s.prompt_index].answer_type)
+            for s in samples
+        ]
+        results, vstats = self._timed("verify", lambda: ray.get(self.verifier.score.remote(scored)))
+        for kind in ("timeout", "oom", "crash"):
+            self.counts[f"verifier_{kind}"] = self.counts.get(f"verifier_{kind}", 0) + vstats.get(kind, 0)
+        rewards = torch.tensor([r.reward for r in results], dtype=torch.float32)
+        if self.cfg.overlong:
+            lengths = torch.tensor([len(s.response_ids) for s in samples], dtype=torch.float32)
+            rewards = rewards + overlong_penalty(lengths, self.sampling.max_tokens, self.cfg.overlong_buffer)
+        groups = [Group(p, [], [], [], []) for p in problems]
+        for s, r, res in zip(samples, rewards.tolist(), results):
+            g = groups[s.prompt_index]
+            g.samples.append(s)
+            g.rewards.append(r)
+            g.correct.append(bool(res.correct))
+            g.errors.append(res.error)
+        return groups
+
+    # -- the three modes -----------------------------------------------------------------------
+    def collect(self, problems: list[Problem], more_problems: Callable[[int], list[Problem]], seed: int) -> RolloutBatch:
+        """Roll out one step's batch. `more_problems(k)` draws fresh prompts (DAPO only)."""
+        self.timings, self.counts = {}, {}
+        if self.cfg.sampling == "fixed":
+            batch = RolloutBatch(self._sample_and_score(problems, [self.cfg.n] * len(problems), seed))
+        elif self.cfg.sampling == "dynamic_filter":
+            batch = self._collect_dynamic(problems, more_problems, seed)
+        elif self.cfg.sampling == "adaptive":
+            batch = self._collect_adaptive(problems, seed)
+        else:
+            raise ValueError(f"unknown sampling mode {self.cfg.sampling!r}")
+        batch.stats.update({f"time/{k}": v for k, v in self.timings.items()})
+        batch.stats.update(self.counts)
+        return batch
+
+    def _collect_dynamic(self, problems: list[Problem], more_problems, seed: int) -> RolloutBatch:
+        target, kept, rounds = len(problems), [], 0
+        pending = problems
+        while pending and rounds < self.cfg.max_rounds:
+            groups = self._sample_and_score(pending, [self.cfg.n] * len(pending), seed * 100 + rounds)
+            rounds += 1
+            rewards = torch.tensor([r for g in groups for r in g.rewards])
+            gids = torch.tensor([i for i, g in enumerate(groups) for _ in g.rewards])
+            keep = dynamic_sampling_keep_mask(rewards, gids).tolist() if len(rewards) else []
+            kept += [g for g, k in zip(groups, keep) if k]
+            missing = target - len(kept)
+            pending = more_problems(missing) if missing > 0 and rounds < self.cfg.max_rounds else []
+        stats = {"dapo/rounds": rounds, "dapo/kept_groups": min(len(kept), target), "dapo/target_groups": target}
+        if len(kept) < target:
+            log.warning("dynamic sampling: %d of %d mixed groups after %d rounds", len(kept), target, rounds)
+        return RolloutBatch(kept[:target], stats=stats)
+
+    def _collect_adaptive(self, problems: list[Problem], seed: int) -> RolloutBatch:
+        cfg = self.cfg
+        texts = [p.question for p in problems]
+        prior_list, _unc = self._timed("value", lambda: ray.get(self.value_server.predict.remote(texts)))
+        prior = torch.tensor(prior_list, dtype=torch.float64).clamp(0.02, 0.98)
+        groups = self._sample_and_score(problems, [cfg.n] * len(problems), seed * 100)
+        budget_left = int(round((cfg.budget_factor - 1.0) * cfg.n * len(problems)))
+        bought = torch.zeros(len(problems), dtype=torch.long)
+        for round_ in range(cfg.adaptive_rounds):
+            if budget_left < cfg.delta:
+                break
+            k = torch.tensor([sum(g.correct) for g in groups], dtype=torch.float64)
+            n = torch.tensor([len(g.correct) for g in groups], dtype=torch.float64)
+            extra = v05.allocate(prior, k, n, delta=cfg.delta, n_max=cfg.n_max, kappa=cfg.kappa, budget=budget_left, max_chunks=1)
+            if int(extra.sum()) == 0:
+                break
+            more = self._sample_and_score(problems, extra.tolist(), seed * 100 + 1 + round_)
+            for g, m in zip(groups, more):
+                g.samples += m.samples
+                g.rewards += m.rewards
+                g.correct += m.correct
+                g.errors += m.errors
+            bought += extra
+            budget_left -= int(extra.sum())
+        k = torch.tensor([sum(g.correct) for g in groups], dtype=torch.float64)
+        n = torch.tensor([len(g.correct) for g in groups], dtype=torch.float64)
+        b, diag = v05.fuse(prior, k, n)
+        decisions = []
+        for i, g in enumerate(groups):
+            g.baseline = float(b[i])
+            decisions.append(
+                dict(
+                    uid=g.problem.uid,
+                    prior=float(prior[i]),
+                    k=int(k[i]),
+                    n=int(n[i]),
+                    z2=float(diag["z2"][i]),
+                    lam=float(diag["lam"][i]),
+                    baseline=float(b[i]),
+                    decision=("accepted", "shrunk", "rejected")[int(diag["decision"][i])],
+                    extra=int(bought[i]),
+                )
+            )
+        self._timed("value", lambda: ray.get(self.value_server.add_context.remote(texts, (k / n).tolist())))
+        p_hat = k / n
+        stats = {
+            "v05/accepted": sum(d["decision"] == "accepted" for d in decisions),
+            "v05/shrunk": sum(d["decision"] == "shrunk" for d in decisions),
+            "v05/rejected": sum(d["decision"] == "rejected" for d in decisions),
+            "v05/extra_mean": float(bought.float().mean()),
+            "v05/prior_brier": float(((prior - p_hat) ** 2).mean()),
+            "v05/prior_corr": _corr(prior, p_hat),
+        }
+        return RolloutBatch(groups, decisions=decisions, stats=stats)
+
+
+def _corr(x: torch.Tensor, y: torch.Tensor) -> float:
+    if len(x) < 2 or float(x.std()) == 0 or float(y.std()) == 0:
+        return float("nan")
+    return float(torch.corrcoef(torch.stack([x, y]))[0, 1])

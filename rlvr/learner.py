@@ -1,0 +1,274 @@
+"""PolicyLearner: one DeepSpeed rank of the policy. R of them form a data-parallel group.
+
+Each step a learner receives its shard of the batch (token ids, per-sequence advantages),
+recomputes log-probs, applies the configured policy loss from `rlvr.algorithms`, and takes one
+optimizer step. Rank 0 then exports the weights in buckets for the rollout engines.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import ray
+import torch
+import torch.nn.functional as F
+
+from rlvr.algorithms import policy_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LearnerConfig:
+    model_path: str = ""
+    zero_stage: int = 0
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.999)
+    grad_clip: float = 1.0
+    micro_batch_size: int = 8
+    gradient_checkpointing: bool = False
+    threads: int = 2
+    seed: int = 0
+    dtype: str = "float32"
+    bucket_mb: int = 512
+
+
+@dataclass
+class LossConfig:
+    name: str = "ppo_clip"
+    agg: str = "token-mean"
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    max_len: int = 256  # the constant of seq-mean-token-sum-norm (Dr.GRPO)
+    temperature: float = 1.0  # the rollout sampling temperature
+
+
+@dataclass
+class Sequence:
+    """One rollout as the learner sees it."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    advantage: float
+    rollout_logprobs: list[float] = field(default_factory=list)
+
+
+def token_logprobs(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π(token_t | tokens_<t) for t ≥ 1, and the per-position entropy (no grad).
+
+    Logits are divided by the sampling temperature, so π is the policy the engine sampled from.
+    """
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp_all = F.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    with torch.no_grad():
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy
+
+
+def collate(seqs: list[Sequence], pad_id: int, device) -> dict:
+    """Right-pad prompt+response and cut out the response positions of the shifted log-probs."""
+    lengths = [len(s.prompt_ids) + len(s.response_ids) for s in seqs]
+    width = max(lengths)
+    resp_width = max(1, max(len(s.response_ids) for s in seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    # index of the logit predicting response token j of sequence b, in the shifted [B, width-1] layout
+    gather_idx = torch.zeros((len(seqs), resp_width), dtype=torch.long)
+    mask = torch.zeros((len(seqs), resp_width))
+    rollout_lp = torch.zeros((len(seqs), resp_width))
+    for b, s in enumerate(seqs):
+        full = s.prompt_ids + s.response_ids
+        ids[b, : len(full)] = torch.tensor(full)
+        attn[b, : len(full)] = 1
+        n_resp = len(s.response_ids)
+        gather_idx[b, :n_resp] = torch.arange(len(s.prompt_ids) - 1, len(s.prompt_ids) - 1 + n_resp)
+        mask[b, :n_resp] = 1
+        if s.rollout_logprobs:
+            rollout_lp[b, :n_resp] = torch.tensor(s.rollout_logprobs[:n_resp])
+    return dict(
+        input_ids=ids.to(device),
+        attention_mask=attn.to(device),
+        gather_idx=gather_idx.to(device),
+        mask=mask.to(device),
+        rollout_logprobs=rollout_lp.to(device),
+        advantages=torch.tensor([s.advantage for s in seqs], dtype=torch.float32, device=device),
+    )
+
+
+def deepspeed_config(cfg: LearnerConfig) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": 1,
+        # The number of micro-batches per step varies (V0.5 and DAPO buy rollouts on demand), so we
+        # accumulate ourselves and let step() be the reduction boundary.
+        "managed_gradient_accumulation": False,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "optimizer": {
+            "type": "AdamW",
+            # torch_adam avoids JIT-compiling DeepSpeed's fused CPU Adam (~43 s on this box).
+            "params": {"lr": cfg.lr, "betas": list(cfg.betas), "weight_decay": cfg.weight_decay, "torch_adam": True},
+        },
+        "bf16": {"enabled": cfg.dtype == "bfloat16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+@ray.remote
+class PolicyLearner:
+    def __init__(self, cfg: LearnerConfig, rank: int, world_size: int, master_addr: str, master_port: int):
+        torch.set_num_threads(cfg.threads)
+        os.environ.update(
+            RANK=str(rank),
+            LOCAL_RANK="0" if torch.cuda.is_available() else str(rank),
+            WORLD_SIZE=str(world_size),
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
+        )
+        import deepspeed
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        torch.manual_seed(cfg.seed)
+        dtype = getattr(torch, cfg.dtype)
+        model = AutoModelForCausalLM.from_pretrained(cfg.model_path, dtype=dtype)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        tok = AutoTokenizer.from_pretrained(cfg.model_path)
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=deepspeed_config(cfg))
+        self.ref_model = None
+
+    def ensure_reference(self) -> None:
+        """Load a frozen copy of the initial policy for the KL term (only when kl_coef > 0)."""
+        if self.ref_model is None:
+            from transformers import AutoModelForCausalLM
+
+            self.ref_model = AutoModelForCausalLM.from_pretrained(self.cfg.model_path, dtype=getattr(torch, self.cfg.dtype))
+            self.ref_model.to(self.device).eval().requires_grad_(False)
+
+    def train_step(self, micro_batches: list[list[Sequence]], loss_cfg: LossConfig, totals: dict) -> dict:
+        """One optimizer step over this rank's micro-batches.
+
+        `totals` holds the global token and sequence counts, so each micro-batch's loss is its
+        share of the loss over the whole batch, whichever aggregation is used.
+        """
+        start = time.perf_counter()
+        self.engine.train()
+        if loss_cfg.kl_coef > 0:
+            self.ensure_reference()
+        sums: dict[str, float] = {}
+        n_tokens = 0.0
+        for seqs in micro_batches:
+            empty = not seqs
+            if empty:  # keep collectives in lockstep across ranks (ZeRO-3 gathers in forward)
+                seqs = [Sequence(prompt_ids=[self.pad_id], response_ids=[self.pad_id], advantage=0.0)]
+            mb = collate(seqs, self.pad_id, self.device)
+            logp_full, ent_full = token_logprobs(self.engine, mb["input_ids"], mb["attention_mask"], loss_cfg.temperature)
+            logp = logp_full.gather(1, mb["gather_idx"])
+            entropy = ent_full.gather(1, mb["gather_idx"])
+            mask = mb["mask"]
+            ref_logp = None
+            if loss_cfg.kl_coef > 0:
+                with torch.no_grad():
+                    ref_full, _ = token_logprobs(self.ref_model, mb["input_ids"], mb["attention_mask"], loss_cfg.temperature)
+                    ref_logp = ref_full.gather(1, mb["gather_idx"])
+            loss, stats = policy_loss(
+                loss_cfg.name,
+                logp,
+                logp.detach(),  # one on-policy update per batch: π_old is the policy before this step
+                mb["advantages"],
+                mask,
+                agg=loss_cfg.agg,
+                eps_low=loss_cfg.eps_low,
+                eps_high=loss_cfg.eps_high,
+                ref_logp=ref_logp,
+                kl_coef=loss_cfg.kl_coef,
+                kl_estimator=loss_cfg.kl_estimator,
+                max_len=loss_cfg.max_len,
+            )
+            tokens = float(mask.sum())
+            share = tokens / totals["tokens"] if loss_cfg.agg == "token-mean" else len(seqs) / totals["sequences"]
+            # DeepSpeed averages gradients over ranks; the sum over ranks is what the global loss needs.
+            weight = 0.0 if empty else share * self.world_size
+            self.engine.backward(loss * weight, scale_wrt_gas=False)
+            if empty:
+                continue
+            n_tokens += tokens
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * tokens
+            sums["entropy"] = sums.get("entropy", 0.0) + float((entropy * mask).sum())
+            sums["loss"] = sums.get("loss", 0.0) + float(loss) * tokens
+            if mb["rollout_logprobs"].abs().sum() > 0:
+                diff = ((logp.detach() - mb["rollout_logprobs"]).abs() * mask).sum()
+                sums["rollout_logprob_diff"] = sums.get("rollout_logprob_diff", 0.0) + float(diff)
+        self.engine.step()
+        metrics = {k: v / max(n_tokens, 1.0) for k, v in sums.items()}
+        grad_norm = self.engine.get_global_grad_norm()
+        metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+        metrics["tokens"] = n_tokens
+        metrics["seconds"] = time.perf_counter() - start
+        return metrics
+
+    def export_weights(self, bucket_mb: int | None = None) -> tuple[list, int]:
+        """Put the weights in the object store in buckets of about `bucket_mb` MB.
+
+        Rank 0 returns (bucket refs, total bytes); other ranks return ([], 0).
+
+        Under ZeRO-3 every rank must call this: parameters are gathered one bucket at a time,
+        never the whole model at once.
+        """
+        import deepspeed
+
+        limit = (bucket_mb or self.cfg.bucket_mb) * 2**20
+        params = list(self.engine.module.named_parameters())
+        buckets, current, size = [], [], 0
+        for name, p in params:
+            nbytes = p.ds_numel * p.element_size() if hasattr(p, "ds_numel") else p.numel() * p.element_size()
+            if current and size + nbytes > limit:
+                buckets.append(current)
+                current, size = [], 0
+            current.append((name, p))
+            size += nbytes
+        if current:
+            buckets.append(current)
+        refs, total = [], 0
+        for bucket in buckets:
+            tensors = [p for _, p in bucket]
+            with deepspeed.zero.GatheredParameters(tensors, enabled=self.cfg.zero_stage == 3):
+                if self.rank == 0:
+                    refs.append(ray.put([(n, p.detach().to("cpu", copy=True)) for n, p in bucket]))
+                    total += sum(p.numel() * p.element_size() for _, p in bucket)
+        return (refs, total) if self.rank == 0 else ([], 0)
+
+    def save_checkpoint(self, path: str, tag: str, client_state: dict | None = None) -> None:
+        self.engine.save_checkpoint(path, tag=tag, client_state=client_state or {}, save_latest=False)
+
+    def load_checkpoint(self, path: str, tag: str) -> dict:
+        _, client_state = self.engine.load_checkpoint(path, tag=tag)
+        return client_state or {}
+
+    def save_hf(self, out_dir: str) -> None:
+        """Write a plain HF model folder (rank 0 writes; all ranks join the ZeRO-3 gather)."""
+        import deepspeed
+        from transformers import AutoTokenizer
+
+        module = self.engine.module
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), enabled=self.cfg.zero_stage == 3):
+            if self.rank == 0:
+                module.save_pretrained(out_dir)
+                AutoTokenizer.from_pretrained(self.cfg.model_path).save_pretrained(out_dir)

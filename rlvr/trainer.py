@@ -1,0 +1,383 @@
+"""The training loop, top to bottom in one file.
+
+    prompts -> BudgetController (rollouts, rewards, V0.5 baselines) -> advantages (+ weighting)
+            -> PolicyLearners (one optimizer step) -> weight sync to the RolloutPool -> metrics
+
+`train(cfg)` takes the composed Hydra config (see `rlvr.config.compose`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import socket
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from rlvr.algorithms import HADWState, apply_weighting, compute_advantages, pass_at_k
+from rlvr.config import algorithm_preset, validate
+from rlvr.controller import BudgetController, ControllerConfig, Group, RolloutBatch
+from rlvr.data import Problem, PromptStream, build_messages, load_problems
+from rlvr.learner import LearnerConfig, LossConfig, PolicyLearner, Sequence
+from rlvr.models import default_cache_dir, resolve_model_path
+from rlvr.rollout import EngineConfig, GenerationRequest, RolloutEngine, RolloutPool, SamplingConfig
+
+log = logging.getLogger("rlvr")
+
+
+# --------------------------------------------------------------------------------------------
+# Set-up: every role as Ray actors
+# --------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_ray(cfg: DictConfig) -> None:
+    if ray.is_initialized():
+        return
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    env = {
+        # DeepSpeed JIT-compiles a comm op once (~30 s); cache it across runs.
+        "TORCH_EXTENSIONS_DIR": str(cache / "torch_extensions"),
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+    }
+    ray.init(
+        address=cfg.cluster.address,
+        num_cpus=cfg.cluster.num_cpus if cfg.cluster.address is None else None,
+        include_dashboard=False,
+        log_to_driver=True,
+        runtime_env={"env_vars": env},
+    )
+
+
+def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
+    """Create the four pools. Returns their handles."""
+    cpus = cfg.cluster.actor_cpus
+    roles = {}
+    from rlvr.verifier import VerifierPool
+
+    roles["verifier"] = VerifierPool.options(num_cpus=cpus).remote(
+        OmegaConf.to_container(cfg.verifier.terms),
+        num_workers=cfg.verifier.num_workers,
+        timeout_s=cfg.verifier.timeout_s,
+        memory_mb=cfg.verifier.memory_mb,
+    )
+    roles["value"] = None
+    if preset.sampling == "adaptive":
+        from rlvr.value import ValueServer
+
+        value_kwargs = {"context_size": cfg.value.context_size}
+        if cfg.value.backend == "v0":
+            value_kwargs = {"path": cfg.value.path}
+        roles["value"] = ValueServer.options(num_cpus=cpus).remote(backend=cfg.value.backend, **value_kwargs)
+    engine_cfg = EngineConfig(
+        backend=cfg.rollout.backend,
+        model_path=model_path,
+        dtype=cfg.model.dtype,
+        max_model_len=cfg.model.max_model_len,
+        kv_cache_gb=cfg.rollout.kv_cache_gb,
+        seed=cfg.seed,
+        threads=cfg.rollout.threads,
+    )
+    engines = [RolloutEngine.options(num_cpus=cpus).remote(engine_cfg) for _ in range(cfg.rollout.num_engines)]
+    roles["rollout"] = RolloutPool(engines)
+    learner_cfg = LearnerConfig(
+        model_path=model_path,
+        zero_stage=cfg.cluster.zero_stage,
+        lr=cfg.learner.lr,
+        weight_decay=cfg.learner.weight_decay,
+        grad_clip=cfg.learner.grad_clip,
+        micro_batch_size=cfg.learner.micro_batch_size,
+        gradient_checkpointing=cfg.learner.gradient_checkpointing,
+        threads=cfg.rollout.threads,
+        seed=cfg.seed,
+        dtype=cfg.model.dtype,
+        bucket_mb=cfg.learner.bucket_mb,
+    )
+    world, port = cfg.cluster.num_learners, _free_port()
+    roles["learners"] = [
+        PolicyLearner.options(num_cpus=cpus).remote(learner_cfg, rank, world, "127.0.0.1", port) for rank in range(world)
+    ]
+    # Surface start-up errors (a bad model folder, an engine that cannot start) before step 1.
+    ray.get([e.weight_version.remote() for e in engines] + [l.__ray_ready__.remote() for l in roles["learners"]])
+    return roles
+
+
+# --------------------------------------------------------------------------------------------
+# One step's pieces
+# --------------------------------------------------------------------------------------------
+def advantages_for(batch: RolloutBatch, preset, weighting: DictConfig, hadw_state: HADWState) -> torch.Tensor:
+    """Per-rollout advantages, in the order of `batch.groups[*].samples`."""
+    rewards = torch.tensor([r for g in batch.groups for r in g.rewards], dtype=torch.float32)
+    group_ids = torch.tensor([i for i, g in enumerate(batch.groups) for _ in g.rewards], dtype=torch.long)
+    kwargs = dict(preset.estimator_kwargs())
+    if preset.estimator == "v05":
+        kwargs["baselines"] = torch.tensor([g.baseline for g in batch.groups], dtype=torch.float32)
+    adv = compute_advantages(preset.estimator, rewards, group_ids, **kwargs)
+    if weighting.name == "focal":
+        adv = apply_weighting("focal", adv, rewards, group_ids, gamma=weighting.gamma)
+    elif weighting.name == "hadw":
+        adv = apply_weighting("hadw", adv, rewards, group_ids, state=hadw_state, lam=weighting.lam)
+    return adv
+
+
+def learner_shards(groups: list[Group], adv: torch.Tensor, preset, num_ranks: int, micro_batch_size: int):
+    """Sequences -> per-rank lists of micro-batches, equally many per rank (ZeRO-3 needs lockstep)."""
+    seqs = []
+    for s, a in zip((s for g in groups for s in g.samples), adv.tolist()):
+        if preset.mask_truncated and s.truncated:
+            continue
+        seqs.append(Sequence(s.prompt_ids, s.response_ids, a, s.logprobs))
+    per_rank = [seqs[r::num_ranks] for r in range(num_ranks)]
+    n_micro = max(1, max(math.ceil(len(p) / micro_batch_size) for p in per_rank))
+    shards = [[p[i * micro_batch_size : (i + 1) * micro_batch_size] for i in range(n_micro)] for p in per_rank]
+    totals = {"tokens": max(1, sum(len(s.response_ids) for s in seqs)), "sequences": max(1, len(seqs))}
+    return shards, totals
+
+
+def sync_weights(learners: list, rollout: RolloutPool, version: int) -> dict:
+    start = time.perf_counter()
+    exported = ray.get([l.export_weights.remote() for l in learners])
+    refs, nbytes = exported[0]
+    load_s = rollout.update_weights(version, refs)
+    return {"time/sync": time.perf_counter() - start, "sync/bytes": nbytes, "sync/load_s": load_s}
+
+
+def evaluate(rollout: RolloutPool, verifier, problems: list[Problem], render, cfg: DictConfig, seed: int) -> dict:
+    """Held-out accuracy, strict: greedy pass@1, plus unbiased pass@k when eval.n_samples > 1."""
+    if not problems:
+        return {}
+    greedy = SamplingConfig(temperature=0.0, max_tokens=cfg.eval.max_tokens)
+    samples = rollout.generate([GenerationRequest(i, render(p), 1) for i, p in enumerate(problems)], greedy, seed)
+    from rlvr.verifier import ScoreRequest
+
+    requests = [ScoreRequest(s.text, problems[s.prompt_index].answer, problems[s.prompt_index].answer_type) for s in samples]
+    results, _ = ray.get(verifier.score.remote(requests))
+    metrics = {"eval/accuracy": sum(r.correct for r in results) / len(results)}
+    n = cfg.eval.n_samples
+    if n > 1:
+        sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_tokens=cfg.eval.max_tokens)
+        samples = rollout.generate([GenerationRequest(i, render(p), n) for i, p in enumerate(problems)], sampling, seed + 1)
+        requests = [ScoreRequest(s.text, problems[s.prompt_index].answer, problems[s.prompt_index].answer_type) for s in samples]
+        results, _ = ray.get(verifier.score.remote(requests))
+        correct = [0] * len(problems)
+        for s, r in zip(samples, results):
+            correct[s.prompt_index] += int(r.correct)
+        for k in range(1, n + 1):
+            metrics[f"eval/pass@{k}"] = float(np.mean([pass_at_k(n, c, k) for c in correct]))
+    return metrics
+
+
+def step_metrics(batch: RolloutBatch, adv: torch.Tensor, learn: dict) -> dict:
+    rewards = [r for g in batch.groups for r in g.rewards]
+    correct = [c for g in batch.groups for c in g.correct]
+    lengths = [len(s.response_ids) for g in batch.groups for s in g.samples]
+    m = {
+        "reward": float(np.mean(rewards)) if rewards else float("nan"),
+        "accuracy": float(np.mean(correct)) if correct else float("nan"),
+        "response_length": float(np.mean(lengths)) if lengths else 0.0,
+        "truncated_frac": float(np.mean([s.truncated for g in batch.groups for s in g.samples])) if lengths else 0.0,
+        "adv_abs_mean": float(adv.abs().mean()) if len(adv) else 0.0,
+        "groups": len(batch.groups),
+    }
+    m.update(batch.stats)
+    m.update({f"learner/{k}": v for k, v in learn.items() if k not in ("seconds",)})
+    return m
+
+
+class MetricsLog:
+    """metrics.jsonl in the run directory, plus TensorBoard / wandb when configured."""
+
+    def __init__(self, run_dir: Path, cfg: DictConfig):
+        self.file = open(run_dir / "metrics.jsonl", "a", buffering=1) if cfg.logging.jsonl else None
+        self.decisions = open(run_dir / "decisions.jsonl", "a", buffering=1)
+        self.tb = self.wandb = None
+        if cfg.logging.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        if cfg.logging.wandb:
+            import wandb
+
+            self.wandb = wandb.init(
+                project=cfg.logging.wandb_project,
+                dir=str(run_dir),
+                mode=cfg.logging.wandb_mode,
+                config=OmegaConf.to_container(cfg, resolve=True),
+            )
+
+    def write(self, step: int, metrics: dict, decisions: list[dict] = ()) -> None:
+        record = {"step": step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+        if self.file:
+            self.file.write(json.dumps(record) + "\n")
+        for d in decisions:
+            self.decisions.write(json.dumps({"step": step, **d}) + "\n")
+        if self.tb:
+            for k, v in record.items():
+                self.tb.add_scalar(k, v, step)
+        if self.wandb:
+            self.wandb.log(record, step=step)
+
+    def close(self) -> None:
+        for f in (self.file, self.decisions):
+            if f:
+                f.close()
+        if self.tb:
+            self.tb.close()
+        if self.wandb:
+            self.wandb.finish()
+
+
+def console_line(step: int, total: int, m: dict) -> str:
+    t = lambda k: m.get(f"time/{k}", 0.0)  # noqa: E731
+    parts = [
+        f"step {step}/{total}",
+        f"reward {m['reward']:.3f}",
+        f"acc {m['accuracy']:.3f}",
+    ]
+    if "eval/accuracy" in m:
+        parts.append(f"heldout {m['eval/accuracy']:.3f}")
+    parts += [
+        f"rollouts {int(m.get('rollouts', 0))}",
+        f"len {m['response_length']:.0f}",
+        f"time gen {t('generate'):.1f}s verify {t('verify'):.1f}s value {t('value'):.1f}s "
+        f"learn {t('learn'):.1f}s sync {t('sync'):.1f}s",
+    ]
+    if "v05/accepted" in m:
+        parts.append(f"v05 acc/shr/rej {m['v05/accepted']}/{m['v05/shrunk']}/{m['v05/rejected']}")
+    return " | ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+def train(cfg: DictConfig) -> dict:
+    validate(cfg)  # bad keys and values fail here, before any actor starts
+    preset = algorithm_preset(cfg.algorithm)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    model_path = resolve_model_path(cfg.model.path, cfg.cache_dir)
+    train_problems = load_problems(OmegaConf.to_container(cfg.data.train, resolve=True))
+    eval_problems = load_problems(
+        OmegaConf.to_container(cfg.data.eval, resolve=True), exclude={p.question for p in train_problems}
+    )
+    stream = PromptStream(train_problems, seed=cfg.seed)
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    fewshot = OmegaConf.to_container(cfg.data.fewshot, resolve=True) if cfg.data.fewshot else None
+
+    def render(problem: Problem) -> str:
+        messages = build_messages(problem, cfg.data.system_prompt, fewshot)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    start_ray(cfg)
+    roles = start_roles(cfg, model_path, preset)
+    rollout, verifier, learners = roles["rollout"], roles["verifier"], roles["learners"]
+    sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_tokens=cfg.rollout.max_tokens)
+    a = cfg.algorithm
+    controller = BudgetController(
+        ControllerConfig(
+            sampling=preset.sampling,
+            n=a.n,
+            delta=a.delta,
+            n_max=a.n_max,
+            kappa=a.kappa,
+            budget_factor=a.budget_factor,
+            adaptive_rounds=a.adaptive_rounds,
+            max_rounds=a.max_rounds,
+            overlong=preset.overlong,
+            overlong_buffer=a.overlong_buffer,
+        ),
+        rollout,
+        verifier,
+        roles["value"],
+        render,
+        sampling,
+    )
+    loss_cfg = LossConfig(
+        name=preset.loss,
+        agg=preset.agg,
+        eps_low=preset.eps_low if preset.eps_low is not None else 0.0,
+        eps_high=preset.eps_high,
+        kl_coef=preset.kl_coef,
+        kl_estimator=preset.kl_estimator,
+        max_len=cfg.rollout.max_tokens,
+        temperature=cfg.rollout.temperature,
+    )
+    hadw_state = HADWState(window=cfg.weighting.get("window", 10))
+    metrics_log = MetricsLog(run_dir, cfg)
+    total = cfg.trainer.steps
+    history: list[dict] = []
+
+    eval_m = evaluate(rollout, verifier, eval_problems, render, cfg, seed=cfg.seed + 10**6)
+    log.info("step 0 held-out accuracy %.3f on %d prompts", eval_m.get("eval/accuracy", float("nan")), len(eval_problems))
+    metrics_log.write(0, eval_m)
+    history.append({"step": 0, **eval_m})
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="train", disable=not cfg.trainer.progress, dynamic_ncols=True, file=sys.stderr)
+    for step in range(1, total + 1):
+        step_start = time.perf_counter()
+        # 1. rollouts: the controller decides how many per prompt, and scores them
+        problems = stream.next(cfg.trainer.batch_size)
+        batch = controller.collect(problems, stream.next, seed=cfg.seed * 100003 + step)
+        # 2. advantages, then the optional weighting
+        adv = advantages_for(batch, preset, cfg.weighting, hadw_state)
+        # 3. one optimizer step on the learners
+        learn_start = time.perf_counter()
+        shards, totals = learner_shards(batch.groups, adv, preset, len(learners), cfg.learner.micro_batch_size)
+        if totals["sequences"] and batch.groups:
+            learner_metrics = ray.get([l.train_step.remote(shard, loss_cfg, totals) for l, shard in zip(learners, shards)])[0]
+        else:
+            log.warning("step %d: no trainable groups, skipping the update", step)
+            learner_metrics = {}
+        learn_s = time.perf_counter() - learn_start
+        # 4. new weights to the rollout engines
+        sync_m = sync_weights(learners, rollout, version=step)
+        # 5. metrics
+        m = step_metrics(batch, adv, learner_metrics)
+        m.update(sync_m)
+        m["time/learn"] = learn_s
+        m["time/step"] = time.perf_counter() - step_start
+        m["gen_tokens_per_s"] = m.get("gen_tokens", 0) / max(m.get("time/generate", 1e-9), 1e-9)
+        if cfg.trainer.eval_every and (step % cfg.trainer.eval_every == 0 or step == total):
+            eval_start = time.perf_counter()
+            m.update(evaluate(rollout, verifier, eval_problems, render, cfg, seed=cfg.seed + 10**6 + step))
+            m["time/eval"] = time.perf_counter() - eval_start
+        metrics_log.write(step, m, batch.decisions)
+        history.append({"step": step, **m})
+        bar.update(1)
+        tqdm.write(console_line(step, total, m), file=sys.stdout)
+        sys.stdout.flush()
+    bar.close()
+    metrics_log.close()
+    summary = {
+        "heldout_before": history[0].get("eval/accuracy"),
+        "heldout_after": next((h["eval/accuracy"] for h in reversed(history) if "eval/accuracy" in h), None),
+        "steps": total,
+        "run_dir": str(run_dir),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    log.info("done: held-out accuracy %s -> %s", summary["heldout_before"], summary["heldout_after"])
+    return {"summary": summary, "history": history}

@@ -1,0 +1,298 @@
+import json
+import logging
+
+import pytest
+
+from rlvr.data import (
+    DataError,
+    DataSplitConfig,
+    Problem,
+    PromptStream,
+    build_messages,
+    load_problems,
+)
+
+# --------------------------------------------------------------------------
+# reasoning_gym
+# --------------------------------------------------------------------------
+
+
+def test_reasoning_gym_is_seeded_and_deterministic():
+    a = load_problems({"source": "reasoning_gym", "size": 50, "seed": 3})
+    b = load_problems(DataSplitConfig(size=50, seed=3))
+    c = load_problems({"size": 50, "seed": 4})
+    assert len(a) == 50
+    assert a == b
+    assert [p.question for p in a] != [p.question for p in c]
+    assert all(p.answer_type == "number" for p in a)
+    assert a[0].uid == "chain_sum/3/0"
+    assert len({p.uid for p in a}) == 50
+    # default task: two 2-digit terms; the gold answer is the arithmetic result
+    for p in a[:10]:
+        expr = p.question.split(":", 1)[1].rstrip(" =")
+        x, op, y = expr.split()
+        assert 10 <= int(x) <= 99 and 10 <= int(y) <= 99
+        assert int(p.answer) == (int(x) + int(y) if op == "+" else int(x) - int(y))
+
+
+def test_neighbouring_seeds_do_not_overlap_and_exclude_makes_heldout_exact():
+    # reasoning-gym builds item i from Random(seed + i): raw seeds 0 and 1 would
+    # give the same items shifted by one.  Derived seeds keep splits apart.
+    train = load_problems({"size": 1000, "seed": 0})
+    train_q = {p.question for p in train}
+    heldout = load_problems({"size": 200, "seed": 1})
+    overlap = sum(p.question in train_q for p in heldout)
+    assert overlap < 0.1 * len(heldout)  # chance collisions only (16,200 possible questions)
+    exact = load_problems({"size": 200, "seed": 1}, exclude=train_q)
+    assert len(exact) == 200
+    assert not any(p.question in train_q for p in exact)
+    # the kept ones are the same items, in the same order, as without exclusion
+    kept = [p for p in heldout if p.question not in train_q]
+    assert exact[: len(kept)] == kept
+
+
+def test_reasoning_gym_task_mix_is_seeded():
+    tasks = [
+        {"name": "chain_sum", "weight": 3.0, "kwargs": {"min_terms": 2, "max_terms": 2}},
+        {"name": "basic_arithmetic", "weight": 1.0, "kwargs": {}},
+    ]
+    a = load_problems({"tasks": tasks, "size": 40, "seed": 7})
+    b = load_problems({"tasks": tasks, "size": 40, "seed": 7})
+    assert a == b
+    names = [p.uid.split("/")[0] for p in a]
+    assert set(names) == {"chain_sum", "basic_arithmetic"}
+    assert names.count("chain_sum") > names.count("basic_arithmetic")
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="reasoning_gym.*file.*champ"):
+        load_problems({"source": "hf_hub"})
+    with pytest.raises(ValueError, match="unknown data config keys.*'sise'"):
+        load_problems({"sise": 10})
+    with pytest.raises(ValueError, match="set 'seed' on the data split"):
+        load_problems({"tasks": [{"name": "chain_sum", "kwargs": {"seed": 1}}], "size": 5})
+    with pytest.raises(ValueError, match="needs data.path"):
+        load_problems({"source": "file"})
+
+
+def test_limit():
+    assert len(load_problems({"size": 20, "limit": 5})) == 5
+
+
+# --------------------------------------------------------------------------
+# files
+# --------------------------------------------------------------------------
+
+ROWS = [
+    {"prompt": "What is 6 * 7?", "answer": "42"},
+    {"prompt": "Natalia sold 48 clips in April and half as many in May. How many in total?",
+     "answer": "In May she sold 48/2 = 24 clips.\nIn total 48 + 24 = 72.\n#### 72"},
+    {"prompt": "A price of 1,200 dollars rises by 5. New price?", "answer": "#### 1,205"},
+    {"prompt": "Half of 3?", "answer": 1.5},
+]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_jsonl_with_gsm8k_answers(tmp_path):
+    path = write_jsonl(tmp_path / "gsm8k.jsonl", ROWS)
+    probs = load_problems({"source": "file", "path": str(path)})
+    assert [p.answer for p in probs] == ["42", "72", "1,205", "1.5"]
+    assert probs[1].question.startswith("Natalia")
+    assert [p.uid for p in probs] == [f"file:gsm8k.jsonl:{i}" for i in range(4)]
+    assert all(p.answer_type == "number" for p in probs)
+
+
+def test_json_list_and_custom_keys(tmp_path):
+    path = tmp_path / "mc.json"
+    path.write_text(json.dumps([{"q": "Pick one: (A) 1 (B) 2", "label": "B"}, {"q": "Again", "label": "(A)"}]))
+    probs = load_problems({"source": "file", "path": str(path), "prompt_key": "q", "answer_key": "label",
+                           "answer_type": "choice"})
+    assert [(p.question, p.answer, p.answer_type) for p in probs] == [
+        ("Pick one: (A) 1 (B) 2", "B", "choice"), ("Again", "(A)", "choice")]
+    bad = tmp_path / "obj.json"
+    bad.write_text(json.dumps({"data": []}))
+    with pytest.raises(DataError, match="list of objects"):
+        load_problems({"source": "file", "path": str(bad)})
+
+
+def test_parquet(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.Table.from_pylist(ROWS[:3]), path)
+    probs = load_problems({"source": "file", "path": str(path)})
+    assert [p.answer for p in probs] == ["42", "72", "1,205"]
+
+
+def test_parquet_without_pyarrow_is_a_clear_error(tmp_path):
+    try:
+        import pyarrow  # noqa: F401
+        pytest.skip("pyarrow is installed")
+    except ImportError:
+        pass
+    try:
+        import pandas  # noqa: F401
+        pytest.skip("pandas is installed")
+    except ImportError:
+        pass
+    path = tmp_path / "train.parquet"
+    path.write_bytes(b"PAR1")
+    with pytest.raises(ImportError, match="pyarrow"):
+        load_problems({"source": "file", "path": str(path)})
+
+
+def test_missing_file_and_bad_suffix(tmp_path):
+    missing = tmp_path / "nope.jsonl"
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        load_problems({"source": "file", "path": str(missing)})
+    csv = tmp_path / "x.csv"
+    csv.write_text("prompt,answer\n")
+    with pytest.raises(ValueError, match="unsupported data file type '.csv'"):
+        load_problems({"source": "file", "path": str(csv)})
+
+
+BAD_ROWS = [
+    ({"prompt": "ok?", "answer": "1"}, None),
+    ({"prompt": "no answer"}, "missing answer key 'answer'"),
+    ({"prompt": "null answer", "answer": None}, "missing answer"),
+    ({"prompt": 17, "answer": "1"}, "prompt must be a string, got int"),
+    ({"prompt": "   ", "answer": "1"}, "empty prompt"),
+    ({"prompt": "echo", "answer": "61 - 16"}, "cannot be used as answer_type='number'"),
+    ({"prompt": "gsm8k but empty", "answer": "work\n#### "}, "empty answer"),
+    ({"prompt": "bool", "answer": True}, "must be a string or a number"),
+    (["not", "an", "object"], "expected an object"),
+]
+
+
+@pytest.mark.parametrize("row_index", range(1, len(BAD_ROWS)))
+def test_bad_row_raises_naming_file_and_row(tmp_path, row_index):
+    row, reason = BAD_ROWS[row_index]
+    path = write_jsonl(tmp_path / "bad.jsonl", [BAD_ROWS[0][0], row])
+    with pytest.raises(DataError) as e:
+        load_problems({"source": "file", "path": str(path)})
+    msg = str(e.value)
+    assert str(path) in msg and "row 1 (line 2)" in msg and reason in msg
+
+
+def test_invalid_json_line_raises(tmp_path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"prompt": "a", "answer": "1"}\n\n{"prompt": "b", "answer": \n')
+    with pytest.raises(DataError, match=r"broken.jsonl: row 2 \(line 3\): invalid JSON"):
+        load_problems({"source": "file", "path": str(path)})
+
+
+def test_skip_bad_rows_logs_each_and_continues(tmp_path, caplog):
+    path = write_jsonl(tmp_path / "bad.jsonl", [r for r, _ in BAD_ROWS] + [{"prompt": "last", "answer": "#### 9"}])
+    with caplog.at_level(logging.WARNING, logger="rlvr.data"):
+        probs = load_problems({"source": "file", "path": str(path), "skip_bad_rows": True})
+    assert [(p.uid, p.answer) for p in probs] == [("file:bad.jsonl:0", "1"), (f"file:bad.jsonl:{len(BAD_ROWS)}", "9")]
+    skipped = [r.getMessage() for r in caplog.records if "skipping bad row" in r.getMessage()]
+    assert len(skipped) == len(BAD_ROWS) - 1
+    for i, (_, reason) in enumerate(BAD_ROWS[1:], start=1):
+        assert any(f"row {i} (line {i + 1}): " in m and reason in m for m in skipped), reason
+
+
+def test_file_exclude(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    probs = load_problems({"source": "file", "path": str(path)}, exclude={"What is 6 * 7?"})
+    assert [p.uid for p in probs] == ["file:d.jsonl:1", "file:d.jsonl:2", "file:d.jsonl:3"]
+
+
+# --------------------------------------------------------------------------
+# champ
+# --------------------------------------------------------------------------
+
+
+def test_champ_loads_270_problems():
+    probs = load_problems({"source": "champ"})
+    assert len(probs) == 270
+    assert len({p.uid for p in probs}) == 270
+    by_uid = {p.uid: p for p in probs}
+    p = by_uid["champ:P_Combinatorics_1"]
+    assert p.question.startswith("Let a string consist of digit 1, 2, 3") and p.answer == "239"
+    assert p.answer_type == "number"
+    # "C(10, 5), or equivalently 252" keeps the simplest equivalent form
+    assert (by_uid["champ:P_Combinatorics_2"].answer, by_uid["champ:P_Combinatorics_2"].answer_type) == ("252", "number")
+    assert (by_uid["champ:P_Combinatorics_6"].answer, by_uid["champ:P_Combinatorics_6"].answer_type) == ("2^(n-1)", "expression")
+    assert by_uid["champ:P_Combinatorics_17"].answer_type == "string"  # "No"
+    assert {p.answer_type for p in probs} == {"number", "expression", "string"}
+
+
+# --------------------------------------------------------------------------
+# messages
+# --------------------------------------------------------------------------
+
+
+def test_build_messages():
+    p = Problem("u", "What is 1 + 1?", "2")
+    shots = [{"question": "What is 3 + 4?", "response": "\\boxed{7}"}]
+    assert build_messages(p, None, None) == [{"role": "user", "content": "What is 1 + 1?"}]
+    assert build_messages(p, "Be brief.", shots) == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is 3 + 4?"},
+        {"role": "assistant", "content": "\\boxed{7}"},
+        {"role": "user", "content": "What is 1 + 1?"},
+    ]
+    with pytest.raises(ValueError, match="fewshot\\[0\\]"):
+        build_messages(p, None, [{"question": "q"}])
+
+
+# --------------------------------------------------------------------------
+# prompt stream
+# --------------------------------------------------------------------------
+
+
+def _problems(n):
+    return [Problem(f"p{i}", f"q{i}", str(i)) for i in range(n)]
+
+
+def test_stream_yields_each_problem_once_per_epoch_and_spans_epochs():
+    probs = _problems(10)
+    s = PromptStream(probs, seed=5)
+    first = s.next(4) + s.next(4)
+    assert (s.epoch, s.position) == (0, 8)
+    spanning = s.next(4)  # 2 from epoch 0, then 2 from epoch 1
+    assert (s.epoch, s.position) == (1, 2)
+    epoch0 = first + spanning[:2]
+    assert sorted(p.uid for p in epoch0) == sorted(p.uid for p in probs)
+    epoch1 = spanning[2:] + s.next(8)
+    assert sorted(p.uid for p in epoch1) == sorted(p.uid for p in probs)
+    assert [p.uid for p in epoch0] != [p.uid for p in epoch1]  # reshuffled with seed + epoch
+    # a batch larger than the dataset spans several epochs
+    big = s.next(25)
+    assert len(big) == 25 and (s.epoch, s.position) == (4, 5)
+    assert s.next(0) == []
+    # seeded: the same seed gives the same stream
+    t = PromptStream(probs, seed=5)
+    assert [p.uid for p in t.next(12)] == [p.uid for p in first + spanning]
+    u = PromptStream(probs, seed=5, shuffle=False)
+    assert [p.uid for p in u.next(12)] == [f"p{i}" for i in list(range(10)) + [0, 1]]
+
+
+@pytest.mark.parametrize("consumed", [0, 3, 7, 10, 20, 23])
+def test_stream_resume_continues_exactly(consumed):
+    # 10 and 20 stop exactly at the end of an epoch
+    probs = _problems(10)
+    a = PromptStream(probs, seed=1)
+    a.next(consumed)
+    state = json.loads(json.dumps(a.state_dict()))  # checkpoints may go through JSON
+    expected = [a.next(3) for _ in range(6)]
+    b = PromptStream(probs, seed=1)
+    b.load_state_dict(state)
+    assert (b.epoch, b.position) == (consumed // 10, consumed % 10)
+    assert [b.next(3) for _ in range(6)] == expected
+
+
+def test_stream_rejects_state_of_another_dataset():
+    a = PromptStream(_problems(10), seed=1)
+    with pytest.raises(ValueError, match="num_problems"):
+        PromptStream(_problems(11), seed=1).load_state_dict(a.state_dict())
+    with pytest.raises(ValueError, match="seed"):
+        PromptStream(_problems(10), seed=2).load_state_dict(a.state_dict())
+    with pytest.raises(ValueError, match="at least one problem"):
+        PromptStream([], seed=0)

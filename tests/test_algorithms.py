@@ -1,0 +1,387 @@
+"""Estimators, weightings, losses, DAPO parts, presets and metrics of rlvr.algorithms."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rlvr.algorithms import (
+    AGGREGATIONS,
+    ESTIMATORS,
+    KL_ESTIMATORS,
+    POLICY_LOSSES,
+    PRESETS,
+    WEIGHTINGS,
+    HADWState,
+    aggregate,
+    apply_weighting,
+    compute_advantages,
+    dynamic_sampling_keep_mask,
+    get_preset,
+    kl_penalty,
+    mask_truncated,
+    overlong_penalty,
+    pass_at_k,
+    policy_loss,
+    v05,
+)
+
+FAST = settings(max_examples=40, deadline=None)
+
+
+def t(*values, dtype=torch.float64):
+    return torch.tensor(values, dtype=dtype)
+
+
+# ---------------------------------------------------------------- hypothesis strategies
+
+
+@st.composite
+def grouped_rewards(draw, min_size=1, binary=False):
+    """rewards float64[N], group_ids long[N] for 1..6 groups of min_size..8 rollouts."""
+    sizes = draw(st.lists(st.integers(min_size, 8), min_size=1, max_size=6))
+    values = st.sampled_from([0.0, 1.0]) if binary else st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0])
+    rewards = [draw(values) for _ in range(sum(sizes))]
+    ids = [g for g, size in enumerate(sizes) for _ in range(size)]
+    return torch.tensor(rewards, dtype=torch.float64), torch.tensor(ids)
+
+
+def per_group(values: torch.Tensor, ids: torch.Tensor) -> list[torch.Tensor]:
+    return [values[ids == g] for g in ids.unique()]
+
+
+# ---------------------------------------------------------------- estimators
+
+
+def test_grpo_hand_example():
+    rewards, ids = t(1, 0, 0, 1, 1, 1, 1, 1), torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    # group 0: mean 0.5, unbiased std sqrt(4·0.25/3) = 0.57735; group 1: all equal.
+    expected = 0.5 / (math.sqrt(1 / 3) + 1e-6)
+    adv = compute_advantages("grpo", rewards, ids)
+    torch.testing.assert_close(adv, t(expected, -expected, -expected, expected, 0, 0, 0, 0))
+
+
+def test_drgrpo_and_rloo_hand_example():
+    rewards, ids = t(1, 0, 0, 1, 0, 0, 1), torch.tensor([0, 0, 0, 0, 1, 1, 1])
+    torch.testing.assert_close(compute_advantages("drgrpo", rewards, ids), t(0.5, -0.5, -0.5, 0.5, -1 / 3, -1 / 3, 2 / 3))
+    # leave-one-out by hand: 1 − mean(0, 0, 1) = 2/3; 0 − mean(1, 0, 1) = −2/3; group 1: 0 − ½, 1 − 0
+    torch.testing.assert_close(compute_advantages("rloo", rewards, ids), t(2 / 3, -2 / 3, -2 / 3, 2 / 3, -0.5, -0.5, 1.0))
+
+
+def test_v05_estimator_hand_example():
+    rewards, ids = t(1, 0, 1, 1), torch.tensor([0, 0, 1, 1])
+    b = t(0.25, 0.5)
+    torch.testing.assert_close(compute_advantages("v05", rewards, ids, baselines=b), t(0.75, -0.25, 0.5, 0.5))
+    scaled = compute_advantages("v05", rewards, ids, baselines=b, scale_by_std=True)
+    sd0, sd1 = math.sqrt(0.25 * 0.75) + 1e-6, 0.5 + 1e-6
+    torch.testing.assert_close(scaled, t(0.75 / sd0, -0.25 / sd0, 0.5 / sd1, 0.5 / sd1))
+
+
+def test_v05_estimator_rejects_ids_outside_baselines():
+    with pytest.raises(ValueError, match="index baselines"):
+        compute_advantages("v05", t(1, 0), torch.tensor([0, 2]), baselines=t(0.5, 0.5))
+
+
+def test_singletons_and_noncontiguous_ids():
+    rewards, ids = t(1, 0, 1, 0.0), torch.tensor([7, 7, 3, 42])
+    torch.testing.assert_close(compute_advantages("grpo", rewards, ids)[2:], t(0, 0))
+    torch.testing.assert_close(compute_advantages("rloo", rewards, ids), t(1, -1, 0, 0))
+
+
+@FAST
+@given(grouped_rewards(), st.lists(st.floats(-5, 5), min_size=6, max_size=6))
+def test_grpo_zero_sum_per_group_and_shift_invariant(data, shifts):
+    rewards, ids = data
+    adv = compute_advantages("grpo", rewards, ids)
+    for group_adv in per_group(adv, ids):
+        assert abs(float(group_adv.sum())) < 1e-6
+    shifted = rewards + torch.tensor(shifts, dtype=torch.float64)[ids]
+    torch.testing.assert_close(compute_advantages("grpo", shifted, ids), adv, atol=1e-5, rtol=1e-5)
+
+
+@FAST
+@given(grouped_rewards(min_size=2))
+def test_rloo_is_n_over_n_minus_1_times_drgrpo(data):
+    rewards, ids = data
+    counts = torch.bincount(ids).to(torch.float64)[ids]
+    expected = counts / (counts - 1) * compute_advantages("drgrpo", rewards, ids)
+    torch.testing.assert_close(compute_advantages("rloo", rewards, ids), expected)
+
+
+@FAST
+@given(st.integers(1, 8), st.sampled_from([0.0, 1.0]), st.floats(0.02, 0.98))
+def test_all_equal_group_zero_for_grpo_but_not_v05(size, reward, baseline):
+    rewards, ids = torch.full((size,), reward, dtype=torch.float64), torch.zeros(size, dtype=torch.long)
+    assert torch.all(compute_advantages("grpo", rewards, ids) == 0)
+    adv = compute_advantages("v05", rewards, ids, baselines=t(baseline))
+    torch.testing.assert_close(adv, rewards - baseline)
+    assert torch.all(adv != 0)
+
+
+def test_all_equal_group_gets_v05_signal_from_fuse():
+    # prior 0.7, 4/4 correct: z² = 0.09/(0.21/4) = 1.71, shrunk: b = 0.7 + (1 − 1/1.71)·0.3 = 0.825
+    b, diag = v05.fuse(t(0.7), t(4.0), t(4.0), calibrate=False)
+    torch.testing.assert_close(b, t(0.825))
+    assert int(diag["decision"]) == v05.SHRUNK
+    adv = compute_advantages("v05", torch.ones(4, dtype=torch.float64), torch.zeros(4, dtype=torch.long), baselines=b)
+    torch.testing.assert_close(adv, torch.full((4,), 0.175, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------- weightings
+
+
+def test_focal_hand_example():
+    rewards, ids = t(1, 1, 1, 0, 1, 0, 0, 0), torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    adv = torch.ones(8, dtype=torch.float64)
+    out = apply_weighting("focal", adv, rewards, ids, gamma=0.5)
+    torch.testing.assert_close(out, t(*[0.5] * 4, *[math.sqrt(0.75)] * 4))
+
+
+@FAST
+@given(grouped_rewards(), st.floats(-3, 3))
+def test_focal_gamma_zero_is_identity(data, scale):
+    rewards, ids = data
+    adv = compute_advantages("drgrpo", rewards, ids) * scale
+    torch.testing.assert_close(apply_weighting("focal", adv, rewards, ids, gamma=0.0), adv)
+
+
+def test_focal_broadcasts_over_tokens():
+    rewards, ids = t(1, 0), torch.tensor([0, 0])
+    adv = torch.ones(2, 3, dtype=torch.float64)
+    torch.testing.assert_close(apply_weighting("focal", adv, rewards, ids, gamma=1.0), torch.full((2, 3), 0.5, dtype=torch.float64))
+
+
+def test_hadw_hand_example():
+    # group 0 hard (p̂ = 0.25), group 1 easy (p̂ = 0.75); batch mean 0.5 is the anchor.
+    rewards, ids = t(1, 0, 0, 0, 1, 1, 1, 0), torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    state = HADWState(window=10)
+    out = apply_weighting("hadw", torch.ones(8, dtype=torch.float64), rewards, ids, state=state)
+    up, down = 1.5 * math.exp(0.25), 1.5 * math.exp(-0.25)
+    torch.testing.assert_close(out, t(up, down, down, down, down, down, down, up))
+    assert state.state_dict() == {"window": 10, "history": [0.5]}
+
+
+@FAST
+@given(grouped_rewards(min_size=2, binary=True), st.floats(0.05, 0.95))
+def test_hadw_amplifies_and_damps_the_right_cases(data, anchor):
+    rewards, ids = data
+    state = HADWState(window=1)
+    state.push(anchor)
+    adv = compute_advantages("drgrpo", rewards, ids)
+    out = apply_weighting("hadw", adv, rewards, ids, state=state, lam=1.0, update_state=False)
+    p_hat = torch.zeros(int(ids.max()) + 1, dtype=torch.float64).index_add_(0, ids, rewards) / torch.bincount(ids)
+    p_hat = p_hat[ids]
+    mixed = adv != 0
+    hard, easy = mixed & (p_hat < anchor), mixed & (p_hat > anchor)
+    correct, wrong = rewards == 1, rewards == 0
+    amplified = (hard & correct) | (easy & wrong)
+    damped = (hard & wrong) | (easy & correct)
+    assert torch.all(out[amplified].abs() > adv[amplified].abs())
+    assert torch.all(out[damped].abs() < adv[damped].abs())
+
+
+def test_hadw_state_window_and_checkpoint():
+    state = HADWState(window=3)
+    for x in (0.1, 0.2, 0.3, 0.4):
+        state.push(x)
+    assert state.anchor() == pytest.approx(0.3)
+    restored = HADWState()
+    restored.load_state_dict(state.state_dict())
+    assert restored.window == 3 and list(restored.history) == pytest.approx([0.2, 0.3, 0.4])
+    restored.push(1.0)
+    assert list(restored.history) == pytest.approx([0.3, 0.4, 1.0])
+    with pytest.raises(ValueError):
+        HADWState().anchor()
+
+
+# ---------------------------------------------------------------- policy losses
+
+
+def test_ppo_clip_hand_example():
+    ratios = t(1.5, 0.5, 1.0)
+    logp = ratios.log().view(1, 3)
+    loss, stats = policy_loss(
+        "ppo_clip", logp, torch.zeros(1, 3, dtype=torch.float64), t(1.0), torch.ones(1, 3, dtype=torch.float64),
+        eps_low=0.2, eps_high=0.28,
+    )
+    # per token −min(ρA, clip(ρ)A): −1.28, −0.5, −1.0
+    torch.testing.assert_close(loss, torch.tensor((-1.28 - 0.5 - 1.0) / 3, dtype=torch.float64))
+    assert float(stats["clip_frac"]) == pytest.approx(1 / 3)
+    assert float(stats["ratio_mean"]) == pytest.approx(1.0)
+    assert float(stats["approx_kl"]) == pytest.approx(-float(ratios.log().mean()))
+
+
+def test_cispo_hand_example():
+    logp = t(1.5, 0.5).log().view(1, 2)
+    loss, stats = policy_loss(
+        "cispo", logp, torch.zeros(1, 2, dtype=torch.float64), t(2.0), torch.ones(1, 2, dtype=torch.float64), eps_high=0.2
+    )
+    # −sg(clip(ρ, 0, 1.2))·A·logp: −1.2·2·log 1.5, −0.5·2·log 0.5
+    expected = (-1.2 * 2 * math.log(1.5) - 0.5 * 2 * math.log(0.5)) / 2
+    assert float(loss) == pytest.approx(expected)
+    assert float(stats["clip_frac"]) == pytest.approx(0.5)
+
+
+def test_aggregations_hand_example():
+    loss = t(1, 2, 3, 4, 9, 9).view(2, 3)
+    mask = t(1, 1, 1, 1, 0, 0).view(2, 3)
+    assert float(aggregate(loss, mask, "token-mean")) == pytest.approx(10 / 4)
+    assert float(aggregate(loss, mask, "seq-mean-token-mean")) == pytest.approx((2 + 4) / 2)
+    assert float(aggregate(loss, mask, "seq-mean-token-sum-norm")) == pytest.approx((6 / 3 + 4 / 3) / 2)
+    assert float(aggregate(loss, mask, "seq-mean-token-sum-norm", max_len=8)) == pytest.approx((6 / 8 + 4 / 8) / 2)
+
+
+def test_seq_mean_token_mean_skips_empty_sequences():
+    loss, mask = t(1, 2, 5, 5).view(2, 2), t(1, 1, 0, 0).view(2, 2)
+    assert float(aggregate(loss, mask, "seq-mean-token-mean")) == pytest.approx(1.5)
+
+
+def test_kl_estimators_hand_example():
+    logp, ref = t(math.log(0.5)), t(math.log(0.25))
+    assert float(kl_penalty(logp, ref, "k1")) == pytest.approx(math.log(2))
+    assert float(kl_penalty(logp, ref, "k2")) == pytest.approx(0.5 * math.log(2) ** 2)
+    assert float(kl_penalty(logp, ref, "k3")) == pytest.approx(0.5 - math.log(0.5) - 1)
+
+
+def test_kl_coef_adds_beta_times_aggregated_kl():
+    torch.manual_seed(0)
+    logp, old, ref = (torch.randn(3, 5, dtype=torch.float64) * 0.1 - 1 for _ in range(3))
+    mask, adv = torch.ones(3, 5, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    base, _ = policy_loss("ppo_clip", logp, old, adv, mask)
+    with_kl, stats = policy_loss("ppo_clip", logp, old, adv, mask, ref_logp=ref, kl_coef=0.1, kl_estimator="k2")
+    expected_kl = aggregate(kl_penalty(logp, ref, "k2"), mask, "token-mean")
+    torch.testing.assert_close(stats["kl"], expected_kl)
+    torch.testing.assert_close(with_kl, base + 0.1 * expected_kl)
+    with pytest.raises(ValueError, match="ref_logp"):
+        policy_loss("ppo_clip", logp, old, adv, mask, kl_coef=0.1)
+
+
+def test_sequence_and_token_advantages_agree():
+    torch.manual_seed(1)
+    logp, old = torch.randn(4, 6, dtype=torch.float64) * 0.3, torch.randn(4, 6, dtype=torch.float64) * 0.3
+    mask, adv = (torch.rand(4, 6) > 0.3).double(), torch.randn(4, dtype=torch.float64)
+    for agg in AGGREGATIONS:
+        a, _ = policy_loss("ppo_clip", logp, old, adv, mask, agg)
+        b, _ = policy_loss("ppo_clip", logp, old, adv[:, None].expand(4, 6), mask, agg)
+        torch.testing.assert_close(a, b)
+
+
+def _random_batch(seed: int, clip_scale: float = 0.6):
+    gen = torch.Generator().manual_seed(seed)
+    old = -torch.rand(4, 7, generator=gen, dtype=torch.float64) - 0.1
+    logp = (old + torch.randn(4, 7, generator=gen, dtype=torch.float64) * clip_scale).requires_grad_(True)
+    adv = torch.randn(4, generator=gen, dtype=torch.float64)
+    mask = (torch.rand(4, 7, generator=gen) > 0.2).double()
+    return logp, old, adv, mask
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_cispo_gradient_is_clipped_weight_times_advantage_for_every_token(seed):
+    logp, old, adv, mask = _random_batch(seed)
+    eps_high = 0.3
+    loss, stats = policy_loss("cispo", logp, old, adv, mask, "token-mean", eps_high=eps_high)
+    loss.backward()
+    ratio = torch.exp(logp.detach() - old)
+    assert float(stats["clip_frac"]) > 0  # some tokens are clipped, and they keep their gradient
+    expected = -ratio.clamp(max=1 + eps_high) * adv[:, None] * mask / mask.sum()
+    torch.testing.assert_close(logp.grad, expected)
+    clipped = (ratio > 1 + eps_high) & (mask > 0)
+    assert torch.all(logp.grad[clipped] != 0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_ppo_clip_gradient_zero_where_clipped_on_the_pushing_side(seed):
+    logp, old, adv, mask = _random_batch(seed)
+    eps_low, eps_high = 0.2, 0.28
+    loss, _ = policy_loss("ppo_clip", logp, old, adv, mask, "token-mean", eps_low=eps_low, eps_high=eps_high)
+    loss.backward()
+    ratio, a = torch.exp(logp.detach() - old), adv[:, None].expand_as(old)
+    pushing_clipped = ((a > 0) & (ratio > 1 + eps_high)) | ((a < 0) & (ratio < 1 - eps_low))
+    assert pushing_clipped.any()
+    assert torch.all(logp.grad[pushing_clipped] == 0)
+    active = ~pushing_clipped & (mask > 0)
+    torch.testing.assert_close(logp.grad[active], (-ratio * a * mask / mask.sum())[active])
+
+
+def test_policy_loss_validates_shapes():
+    x = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="adv"):
+        policy_loss("ppo_clip", x, x, torch.zeros(3), x)
+    with pytest.raises(ValueError, match="shape"):
+        policy_loss("ppo_clip", x, torch.zeros(2, 4), torch.zeros(2), x)
+
+
+# ---------------------------------------------------------------- DAPO parts
+
+
+def test_dynamic_sampling_keep_mask():
+    rewards = t(1, 1, 1, 0, 1, 0, 0, 0, 0.5)
+    ids = torch.tensor([0, 0, 1, 1, 1, 2, 2, 2, 4])
+    assert dynamic_sampling_keep_mask(rewards, ids).tolist() == [False, True, False, False, False]
+
+
+def test_overlong_penalty_hand_example():
+    lengths = torch.tensor([50, 80, 90, 100, 101])
+    torch.testing.assert_close(overlong_penalty(lengths, max_len=100, buffer=20), torch.tensor([0.0, 0.0, -0.5, -1.0, -1.0]))
+    with pytest.raises(ValueError):
+        overlong_penalty(lengths, max_len=100, buffer=0)
+
+
+def test_mask_truncated():
+    mask = torch.ones(2, 3)
+    torch.testing.assert_close(mask_truncated(mask, torch.tensor([True, False])), torch.tensor([[0.0] * 3, [1.0] * 3]))
+
+
+# ---------------------------------------------------------------- presets, registries, metrics
+
+
+def test_presets_compose_registered_parts():
+    assert set(PRESETS) == {"grpo", "drgrpo", "rloo", "dapo", "cispo", "v05"}
+    dapo = get_preset("dapo")
+    assert (dapo.eps_low, dapo.eps_high, dapo.sampling, dapo.overlong) == (0.2, 0.28, "dynamic_filter", True)
+    assert get_preset("cispo").loss_kwargs() == {"eps_high": 4.0}
+    assert get_preset("v05").sampling == "adaptive"
+    assert get_preset("drgrpo").agg == "seq-mean-token-sum-norm"
+    logp = torch.zeros(2, 3, requires_grad=True)
+    for preset in PRESETS.values():
+        loss, _ = policy_loss(preset.loss, logp, torch.zeros(2, 3), torch.ones(2), torch.ones(2, 3), preset.agg, **preset.loss_kwargs())
+        assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: compute_advantages("nope", t(1), torch.tensor([0])),
+        lambda: apply_weighting("nope", t(1), t(1), torch.tensor([0])),
+        lambda: policy_loss("nope", torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1), torch.ones(1, 1)),
+        lambda: aggregate(torch.zeros(1, 1), torch.ones(1, 1), "nope"),
+        lambda: kl_penalty(torch.zeros(1), torch.zeros(1), "nope"),
+        lambda: get_preset("nope"),
+    ],
+)
+def test_unknown_names_raise_with_known_list(call):
+    with pytest.raises(ValueError, match=r"'nope'.*known: "):
+        call()
+
+
+def test_registries_hold_the_documented_names():
+    assert set(ESTIMATORS) == {"grpo", "drgrpo", "rloo", "v05"}
+    assert set(WEIGHTINGS) == {"none", "focal", "hadw"}
+    assert set(POLICY_LOSSES) == {"ppo_clip", "cispo"}
+    assert set(AGGREGATIONS) == {"token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"}
+    assert set(KL_ESTIMATORS) == {"k1", "k2", "k3"}
+
+
+def test_pass_at_k():
+    assert pass_at_k(10, 3, 2) == pytest.approx(1 - 21 / 45)
+    assert pass_at_k(5, 4, 2) == 1.0
+    assert pass_at_k(8, 0, 3) == 0.0
+    assert pass_at_k(2000, 7, 100) == pytest.approx(1 - math.comb(1993, 100) / math.comb(2000, 100), rel=1e-9)
+    values = pass_at_k(torch.tensor([10, 10]), torch.tensor([3, 10]), 2)
+    torch.testing.assert_close(values, t(1 - 21 / 45, 1.0))
+    with pytest.raises(ValueError):
+        pass_at_k(4, 5, 1)

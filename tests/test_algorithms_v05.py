@@ -1,0 +1,221 @@
+"""V0.5 statistics: the fixed and the calibrated fuse, the calibration, and OSLA allocation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rlvr.algorithms import compute_advantages, v05
+from rlvr.algorithms.v05 import ACCEPTED, REJECTED, SHRUNK, V05Calibration
+
+FAST = settings(max_examples=25, deadline=None)
+RULES = [pytest.param({"calibrate": False}, id="fixed"), pytest.param({"pool": False}, id="calibrated-nopool")]
+
+
+def t(*values):
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def synthetic_batch(size: int, h: float, sd: float, n: int = 4, seed: int = 0):
+    """p ~ Beta(0.7, 0.7); prior p + N(0, sd²), or uniform noise for a fraction h; n rollouts."""
+    rng = np.random.default_rng(seed)
+    p = rng.beta(0.7, 0.7, size)
+    junk = rng.random(size) < h
+    prior = np.clip(np.where(junk, rng.random(size), p + rng.normal(0.0, sd, size)), 0.02, 0.98)
+    successes = (rng.random((size, n)) < p[:, None]).sum(-1)
+    p, prior, successes = (torch.from_numpy(np.asarray(x, dtype=np.float64)) for x in (p, prior, successes))
+    return p, prior, successes, torch.full((size,), float(n), dtype=torch.float64)
+
+
+def a_calibration(**overrides) -> V05Calibration:
+    values = dict(pop_mean=0.45, pop_var=0.08, prior_err_sd=0.1, invalid_rate=0.1) | overrides
+    return V05Calibration(**{k: torch.tensor(v, dtype=torch.float64) for k, v in values.items()})
+
+
+@st.composite
+def prompt_batch(draw, max_size=24):
+    size = draw(st.integers(2, max_size))
+    counts = draw(st.lists(st.sampled_from([4, 8, 12, 16]), min_size=size, max_size=size))
+    successes = [draw(st.integers(0, n)) for n in counts]
+    prior = draw(st.lists(st.floats(0.02, 0.98), min_size=size, max_size=size))
+    return t(*prior), t(*successes), t(*counts)
+
+
+# ---------------------------------------------------------------- fixed rule, by hand
+
+
+def test_fixed_rule_hand_examples():
+    # p0 = 0.5, n = 4: σ0² = 1/16. k = 3: z² = 1 ≤ c, accepted. k = 4: z² = 4 > 1.96², rejected.
+    # p0 = 0.7, k = 4: z² = 0.09/0.0525 = 1.714, shrunk: λ = 1/z², b = 0.7 + (1 − λ)·0.3.
+    b, diag = v05.fuse(t(0.5, 0.5, 0.7), t(3, 4, 4), t(4, 4, 4), calibrate=False)
+    z2 = 0.09 / (0.21 / 4)
+    torch.testing.assert_close(diag["z2"], t(1.0, 4.0, z2))
+    torch.testing.assert_close(b, t(0.5, 1.0, 0.7 + (1 - 1 / z2) * 0.3))
+    torch.testing.assert_close(diag["lam"], t(1.0, 0.0, 1 / z2))
+    assert diag["decision"].tolist() == [ACCEPTED, REJECTED, SHRUNK]
+
+
+def test_fixed_rule_predicted_mse_by_hand():
+    # shrunk prompt above: σ² = p̃(1−p̃)/n with p̃ = 4.5/5, δ² = max(0, 0.09 − σ²)
+    _, diag = v05.fuse(t(0.7), t(4), t(4), calibrate=False)
+    lam, sigma2 = 1 / (0.09 / 0.0525), 0.9 * 0.1 / 4
+    expected = lam**2 * (0.09 - sigma2) + (1 - lam) ** 2 * sigma2
+    torch.testing.assert_close(diag["mse"], t(expected))
+
+
+def test_prior_is_clipped_to_its_range():
+    b, _ = v05.fuse(t(0.0), t(0), t(4), calibrate=False)
+    assert float(b) == pytest.approx(0.02)
+
+
+# ---------------------------------------------------------------- fuse: limits
+
+
+@pytest.mark.parametrize("rule", RULES)
+@FAST
+@given(st.sampled_from([(1, 4), (2, 4), (3, 4), (1, 8), (5, 8), (3, 12), (9, 16)]), st.floats(0.01, 0.5), st.floats(0.0, 1.0))
+def test_fuse_returns_prior_when_p_hat_equals_prior(rule, kn, tau, invalid_rate):
+    k, n = kn
+    b, _ = v05.fuse(t(k / n), t(k), t(n), calibration=a_calibration(prior_err_sd=tau, invalid_rate=invalid_rate), **rule)
+    torch.testing.assert_close(b, t(k / n))
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_fuse_returns_p_hat_when_prior_rejected(rule):
+    prior, successes, counts = t(0.9, 0.1, 0.95, 0.5), t(0, 8, 1, 2), t(12, 8, 12, 4)
+    b, diag = v05.fuse(prior, successes, counts, calibration=a_calibration(), **rule)
+    rejected = diag["decision"] == REJECTED
+    assert rejected[:3].all()
+    torch.testing.assert_close(b[rejected], (successes / counts)[rejected])
+
+
+def test_pooled_fuse_rejection_falls_back_to_the_batch_population():
+    cal = a_calibration()
+    prior, successes, counts = t(0.9, 0.1), t(0, 8), t(12, 8)
+    b, diag = v05.fuse(prior, successes, counts, calibration=cal)
+    assert (diag["decision"] == REJECTED).all()
+    s_pop = 0.45 * 0.55 / 0.08 - 1
+    torch.testing.assert_close(b, (successes + s_pop * 0.45) / (counts + s_pop))
+
+
+@FAST
+@given(prompt_batch())
+def test_calibrated_fuse_is_a_convex_combination(batch):
+    prior, successes, counts = batch
+    b, diag = v05.fuse(prior, successes, counts)
+    assert torch.all((diag["lam"] >= 0) & (diag["lam"] <= 1))
+    assert torch.all((b >= 0) & (b <= 1))
+    lo = torch.minimum(diag["b_valid"], diag["b_invalid"]) - 1e-12
+    hi = torch.maximum(diag["b_valid"], diag["b_invalid"]) + 1e-12
+    assert torch.all((b >= lo) & (b <= hi))
+    assert torch.all(diag["mse"] >= 0)
+
+
+def test_calibration_learns_how_far_to_trust_the_prior():
+    _, prior, k, n = synthetic_batch(1000, h=0.0, sd=0.05)
+    good = v05.fit_calibration(prior, k, n)
+    _, prior_u, k_u, n_u = synthetic_batch(1000, h=1.0, sd=0.05, seed=1)
+    useless = v05.fit_calibration(prior_u, k_u, n_u)
+    assert float(good.prior_err_sd) < 0.1 and float(good.invalid_rate) <= 0.05
+    assert float(useless.invalid_rate) >= 0.5 or float(useless.prior_err_sd) >= 0.3
+    _, diag_good = v05.fuse(prior, k, n)
+    _, diag_useless = v05.fuse(prior_u, k_u, n_u)
+    assert (diag_good["decision"] == ACCEPTED).double().mean() > 0.9
+    assert (diag_useless["decision"] == ACCEPTED).sum() == 0
+
+
+def test_calibrated_beats_fixed_rule_on_a_useless_prior():
+    p, prior, k, n = synthetic_batch(2000, h=1.0, sd=0.1, seed=2)
+    mse = {name: float(((v05.fuse(prior, k, n, **rule)[0] - p) ** 2).mean()) for name, rule in
+           {"fixed": {"calibrate": False}, "calibrated": {}}.items()}
+    group_mean = float(((k / n - p) ** 2).mean())
+    assert mse["calibrated"] < group_mean < mse["fixed"]
+
+
+def test_leading_dims_are_independent_batches():
+    _, p1, k1, n1 = synthetic_batch(64, h=0.0, sd=0.05, seed=3)
+    _, p2, k2, n2 = synthetic_batch(64, h=1.0, sd=0.05, seed=4)
+    b, diag = v05.fuse(torch.stack([p1, p2]), torch.stack([k1, k2]), torch.stack([n1, n2]))
+    for row, (p, k, n) in enumerate([(p1, k1, n1), (p2, k2, n2)]):
+        b_row, diag_row = v05.fuse(p, k, n)
+        torch.testing.assert_close(b[row], b_row)
+        torch.testing.assert_close(diag["invalid_rate"][row], diag_row["invalid_rate"])
+
+
+def test_fuse_validates_inputs():
+    with pytest.raises(ValueError, match="counts"):
+        v05.fuse(t(0.5), t(0), t(0))
+    with pytest.raises(ValueError, match="successes"):
+        v05.fuse(t(0.5), t(5), t(4))
+    with pytest.raises(ValueError, match="shape"):
+        v05.fuse(t(0.5, 0.5), t(1), t(4))
+
+
+def test_fused_baseline_feeds_the_v05_estimator():
+    prior, successes, counts = t(0.7, 0.5), t(4, 2), t(4, 4)
+    b, _ = v05.fuse(prior, successes, counts, calibrate=False)
+    rewards = t(1, 1, 1, 1, 1, 0, 1, 0)
+    ids = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    torch.testing.assert_close(compute_advantages("v05", rewards, ids, baselines=b), rewards - b[ids])
+
+
+# ---------------------------------------------------------------- allocate
+
+
+@pytest.mark.parametrize("rule", [{"calibrate": False}, {}, {"pool": False}], ids=["fixed", "calibrated", "nopool"])
+@FAST
+@given(prompt_batch(), st.one_of(st.none(), st.integers(0, 40)), st.sampled_from([2, 4]), st.sampled_from([8, 16]))
+def test_allocate_respects_n_max_budget_and_accepted_priors(rule, batch, budget, delta, n_max):
+    prior, successes, counts = batch
+    counts = counts.clamp(max=n_max)
+    successes = successes.clamp(max=counts)
+    extra = v05.allocate(prior, successes, counts, delta=delta, n_max=n_max, budget=budget, **rule)
+    assert extra.dtype == torch.long
+    assert torch.all(extra >= 0) and torch.all(extra % delta == 0)
+    assert torch.all(counts + extra <= n_max)
+    if budget is not None:
+        assert int(extra.sum()) <= budget
+    _, diag = v05.fuse(prior, successes, counts, **rule)
+    assert torch.all(extra[diag["decision"] == ACCEPTED] == 0)
+
+
+def test_allocate_buys_nothing_for_accepted_prior_hand_example():
+    # p0 = 0.5 with 2/4 (z² = 0, accepted) and p0 = 0.1 with 2/4 (z² = 7.1, rejected)
+    extra = v05.allocate(t(0.5, 0.1), t(2, 2), t(4, 4), calibrate=False)
+    assert extra.tolist() == [0, 12]
+
+
+def test_allocate_greedy_prefers_the_larger_gain():
+    # Both rejected, so MSE = p̃(1−p̃)/n. First chunk at p̂ = 2/4: 1/16 − 1/32 = 0.031;
+    # first chunk at p̂ = 0/4: 0.1·0.9/4 − (0.5/9)(8.5/9)/8 = 0.016; second at 2/4: 1/32 − 1/48 = 0.010.
+    extra = v05.allocate(t(0.1, 0.6), t(2, 0), t(4, 4), budget=4, calibrate=False)
+    assert extra.tolist() == [4, 0]
+    extra = v05.allocate(t(0.1, 0.6), t(2, 0), t(4, 4), budget=8, calibrate=False)
+    assert extra.tolist() == [4, 4]
+    extra = v05.allocate(t(0.1, 0.6), t(2, 0), t(4, 4), budget=12, calibrate=False)
+    assert extra.tolist() == [8, 4]
+
+
+def test_allocate_kappa_and_max_chunks():
+    prior, successes, counts = t(0.1, 0.6), t(2, 0), t(4, 4)
+    assert v05.allocate(prior, successes, counts, kappa=1.0, calibrate=False).sum() == 0
+    assert v05.allocate(prior, successes, counts, max_chunks=1, calibrate=False).tolist() == [4, 4]
+    assert v05.allocate(prior, successes, t(16, 16), calibrate=False).sum() == 0
+
+
+def test_allocate_spends_on_unreliable_priors_only():
+    _, prior, k, n = synthetic_batch(256, h=0.0, sd=0.05, seed=5)
+    _, prior_u, k_u, n_u = synthetic_batch(256, h=1.0, sd=0.05, seed=6)
+    assert v05.allocate(prior, k, n).sum() < 0.05 * 256 * 4
+    extra_u = v05.allocate(prior_u, k_u, n_u, budget=512)
+    assert int(extra_u.sum()) == 512
+
+
+def test_allocate_budget_per_batch_row():
+    _, prior, k, n = synthetic_batch(128, h=1.0, sd=0.05, seed=7)
+    rows = lambda x: x.view(2, 64)  # noqa: E731
+    extra = v05.allocate(rows(prior), rows(k), rows(n), budget=torch.tensor([16, 40]))
+    assert extra.sum(-1).tolist() == [16, 40]

@@ -1,0 +1,245 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import ray  # noqa: E402
+import torch  # noqa: E402
+
+from rlvr.value import (  # noqa: E402
+    PRIOR_MAX,
+    PRIOR_MIN,
+    ConstantValueModel,
+    EmbeddedValueModel,
+    V0ValueModel,
+    ValueServer,
+    default_encoder_path,
+    make_value_model,
+    start_value_server,
+)
+
+ARITH = [
+    "What is 2 + 3?",
+    "What is 17 - 4?",
+    "Compute 45 + 12.",
+    "What is 9 + 8?",
+    "Calculate 30 - 7.",
+    "What is 6 + 11?",
+]
+LEGS = [
+    "How many legs do 3 cats and 2 birds have?",
+    "Count the legs of 4 spiders and 1 dog.",
+    "How many legs do 2 horses and 5 chickens have in total?",
+    "Count the total number of legs of 3 ants and 2 cows.",
+]
+NEW_ARITH = ["What is 14 + 5?", "Compute 81 - 22."]
+NEW_LEGS = ["How many legs do 6 ducks and 1 goat have?", "Count the legs of 2 beetles and 3 sheep."]
+
+
+@pytest.fixture(scope="module")
+def fresh():
+    """Factory of embedded models; the first load pays the imports."""
+
+    def make(**kw):
+        return EmbeddedValueModel(**kw)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def trained(fresh):
+    m = fresh()
+    m.add_context(ARITH, [0.9] * len(ARITH))
+    m.add_context(LEGS, [0.1] * len(LEGS))
+    return m
+
+
+def test_empty_context_gives_half(fresh):
+    m = fresh(context_size=8)
+    prior, unc = m.predict(["What is 1 + 1?", "Sort these words."])
+    assert prior.tolist() == [0.5, 0.5] and unc.tolist() == [0.5, 0.5]
+    assert [t.numel() for t in m.predict([])] == [0, 0]
+
+
+def test_similar_prompts_inherit_context_success(trained):
+    prior, unc = trained.predict(NEW_ARITH + NEW_LEGS)
+    arith, legs = prior[:2], prior[2:]
+    assert arith.min() > legs.max()
+    assert arith.min() > 0.5 > legs.max()  # on the right side of the context mean's neighbourhood
+    assert ((unc > 0) & (unc <= 0.5)).all()
+    # an exact context prompt is pulled hardest towards its own success
+    p_dup, _ = trained.predict([ARITH[0], LEGS[0]])
+    assert p_dup[0] > arith.max() and p_dup[1] < legs.min()
+
+
+def test_fifo_keeps_last_context_size(fresh):
+    m = fresh(context_size=5)
+    prompts = ARITH + LEGS[:2]  # 8 items
+    m.add_context(prompts[:3], [1.0, 1.0, 1.0])
+    m.add_context(prompts[3:], [0.0] * 5)
+    sd = m.state_dict()
+    assert sd["prompts"] == prompts[-5:] and sd["success"] == [0.0] * 5
+    assert sd["embeddings"].shape == (5, 384) and len(m) == 5
+    # the evicted successes (1.0) no longer count: the context is all zeros
+    prior, _ = m.predict([prompts[0]])
+    assert prior.item() == pytest.approx(PRIOR_MIN)
+    # embeddings stay aligned with the prompts after eviction
+    assert torch.allclose(sd["embeddings"], m.embed(prompts[-5:]), atol=1e-6)
+
+
+def test_state_dict_round_trip_gives_identical_predictions(fresh, trained):
+    queries = ["What is 70 - 21?", "How many legs do 7 spiders have?", "Name a prime number."]
+    sd = trained.state_dict()
+    other = fresh()
+    other.load_state_dict(sd)
+    a, b = trained.predict(queries), other.predict(queries)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    # without the stored embeddings they are recomputed
+    third = fresh()
+    third.load_state_dict({"prompts": sd["prompts"], "success": sd["success"]})
+    c = third.predict(queries)
+    assert torch.allclose(a[0], c[0], atol=1e-5) and torch.allclose(a[1], c[1], atol=1e-5)
+
+
+def test_prior_is_clipped_and_uncertainty_bounded(fresh):
+    g = torch.Generator().manual_seed(0)
+    for success in (1.0, 0.0, None):
+        m = fresh(context_size=16)
+        ys = [success] * 10 if success is not None else torch.rand(10, generator=g).round(decimals=1).tolist()
+        m.add_context(ARITH + LEGS, ys)
+        prior, unc = m.predict(ARITH + LEGS + NEW_ARITH + ["Tell me a joke."])
+        assert ((prior >= PRIOR_MIN) & (prior <= PRIOR_MAX)).all(), prior
+        assert ((unc > 0) & (unc <= 0.5)).all(), unc
+        if success == 1.0:
+            assert prior.max().item() == pytest.approx(PRIOR_MAX)
+        if success == 0.0:
+            assert prior.min().item() == pytest.approx(PRIOR_MIN)
+
+
+def test_auto_tune_picks_bandwidth_by_leave_one_out(fresh):
+    m = fresh(context_size=64, min_tune_context=32)
+    prompts = [f"What is {i} + {2 * i}?" for i in range(20)] + [f"How many legs do {i} cats have?" for i in range(20)]
+    m.add_context(prompts[:20], [0.9] * 20)
+    assert (m.effective_bandwidth, m.effective_prior_strength) == (m.bandwidth, m.prior_strength)  # < 32 items
+    m.add_context(prompts[20:], [0.1] * 20)
+    errors = m.loo_errors()
+    assert errors[(m.effective_bandwidth, m.effective_prior_strength)] == min(errors.values())
+    assert m.effective_bandwidth in m.BANDWIDTH_GRID + (m.bandwidth,)
+
+
+def test_input_validation(fresh):
+    m = fresh(context_size=4)
+    with pytest.raises(ValueError, match="2 prompts but 1"):
+        m.add_context(["a", "b"], [0.5])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        m.add_context(["a"], [1.5])
+    with pytest.raises(TypeError, match="list of prompts"):
+        m.predict("a single string")
+
+
+def test_constant_backend():
+    m = make_value_model("none", context_size=4)
+    assert isinstance(m, ConstantValueModel)
+    prior, unc = m.predict(["x", "y"])
+    assert prior.tolist() == [0.5, 0.5] and unc.tolist() == [0.5, 0.5]
+    m.add_context(["x"], [1.0])
+    m2 = ConstantValueModel(prior=0.3)
+    m2.load_state_dict(m.state_dict())
+    assert m2.state_dict()["prompts"] == ["x"] and m2.predict(["x"])[0].item() == pytest.approx(0.3)
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match=r"unknown value backend 'gp'.*\['embedded', 'none', 'v0'\]"):
+        make_value_model("gp")
+
+
+# --------------------------------------------------------------------------
+# v0
+# --------------------------------------------------------------------------
+
+
+def test_v0_missing_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no_such_ckpt"):
+        V0ValueModel(path=str(tmp_path / "no_such_ckpt"))
+    with pytest.raises(ValueError, match="value.path"):
+        make_value_model("v0")
+    with pytest.raises(ValueError, match="not a V0 value checkpoint"):
+        V0ValueModel(path=str(tmp_path))  # an empty folder
+
+
+@pytest.fixture(scope="module")
+def v0_checkpoint(tmp_path_factory):
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    path = tmp_path_factory.mktemp("v0")
+    tok = AutoTokenizer.from_pretrained(default_encoder_path())
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128, num_labels=1,
+    )
+    torch.manual_seed(0)
+    BertForSequenceClassification(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    (path / "rlvr_v0.json").write_text('{"max_length": 128, "context_items": 3}')
+    return str(path)
+
+
+def test_v0_tiny_random_checkpoint(v0_checkpoint):
+    m = make_value_model("v0", path=v0_checkpoint, context_size=4)
+    assert m.max_length == 128 and m.context_items == 3
+    prior, unc = m.predict(NEW_ARITH + NEW_LEGS)
+    assert prior.shape == (4,) and ((prior >= PRIOR_MIN) & (prior <= PRIOR_MAX)).all()
+    assert unc.tolist() == [0.25] * 4
+    m.add_context(ARITH[:5], [1.0, 0.0, 0.5, 0.25, 0.75])
+    text = m.render("Q?")
+    assert text.startswith("### solved 0.50:\nCompute 45 + 12.") and text.endswith("### prompt:\nQ?")
+    # a long context is truncated from the left: the query survives
+    m.add_context(["word " * 300], [0.0])
+    ids = m.tokenizer(m.render("What is 14 + 5?"), truncation=True, max_length=m.max_length)["input_ids"]
+    assert len(ids) == 128 and m.tokenizer.decode(ids).endswith("what is 14 + 5? [SEP]")
+    p1, _ = m.predict(NEW_ARITH)
+    m2 = V0ValueModel(path=v0_checkpoint, context_size=4)
+    m2.load_state_dict(m.state_dict())
+    assert torch.equal(m2.predict(NEW_ARITH)[0], p1)
+
+
+# --------------------------------------------------------------------------
+# Ray actor
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_value_server_actor_round_trip(ray_local, fresh):
+    server = start_value_server("embedded", context_size=32)
+    assert ray.get(server.predict.remote(NEW_ARITH)) == ([0.5, 0.5], [0.5, 0.5])
+    ray.get(server.add_context.remote(ARITH + LEGS, [0.9] * len(ARITH) + [0.1] * len(LEGS)))
+    prior, unc = ray.get(server.predict.remote(NEW_ARITH + NEW_LEGS))
+    assert isinstance(prior, list) and isinstance(prior[0], float) and len(unc) == 4
+    assert min(prior[:2]) > max(prior[2:])
+    state = ray.get(server.state_dict.remote())
+    assert state["prompts"] == ARITH + LEGS
+    local = fresh(context_size=32)
+    local.load_state_dict(state)
+    lp, lu = local.predict(NEW_ARITH + NEW_LEGS)
+    assert lp.tolist() == pytest.approx(prior, abs=1e-5) and lu.tolist() == pytest.approx(unc, abs=1e-5)
+    # and back into the actor
+    ray.get(server.load_state_dict.remote({"prompts": ARITH[:1], "success": [0.0]}))
+    assert ray.get(server.state_dict.remote())["prompts"] == ARITH[:1]
+    ray.kill(server)
+
+
+def test_value_server_errors(ray_local, tmp_path):
+    with pytest.raises(ValueError, match="known backends"):
+        start_value_server("bogus")
+    bad = ValueServer.remote(backend="bogus")
+    with pytest.raises(ray.exceptions.RayActorError, match="known backends"):
+        ray.get(bad.predict.remote(["x"]))
+    with pytest.raises(ray.exceptions.RayActorError, match="V0 value checkpoint folder not found"):
+        start_value_server("v0", path=str(tmp_path / "missing"))

@@ -48,6 +48,8 @@ ANSWER_TYPES = ("number", "expression", "choice", "string", "any")
 MAX_ANSWER_CHARS = 1000
 # A numeric literal (after normalisation) longer than this is rejected.
 MAX_NUMBER_CHARS = 120
+# Deepest bracket nesting ((, [, { together) handed to math-verify.
+MAX_NESTING = 10
 # A completion is taken as its own final answer only if it is one short line.
 MAX_BARE_ANSWER_CHARS = 100
 
@@ -165,10 +167,13 @@ def extract_final_answer(completion: str) -> str | None:
        answer is ambiguous and ``None`` is returned: a policy must not be able
        to list candidates.  If the text has box commands but none of them is
        closed, ``None`` (the output was truncated).
-    2. **Answer phrases.**  The last ``answer is X`` / ``answer: X`` /
-       ``answer = X`` (case-insensitive, so "The final answer is", "Answer:"),
-       X running to the end of that line and cut at the first sentence end
-       (a period followed by whitespace).
+    2. **Answer phrases.**  ``answer is X`` / ``answer: X`` / ``answer = X``
+       (case-insensitive, so "The final answer is", "Answer:"), X running to
+       the end of that line and cut at the first sentence end (a period
+       followed by whitespace).  A phrase whose X contains another phrase
+       ("Answer: The final answer is 45") defers to the inner one.  If
+       several phrases give different answers ("the answer is 44 or the
+       answer is 45"), ``None``.
     3. **Bare answer.**  A completion that is a single line of at most 100
        characters is its own final answer (``"45"``, ``"$\frac12$"``).
 
@@ -192,16 +197,25 @@ def extract_final_answer(completion: str) -> str | None:
             return None
         return _finish(marked[-1])
 
-    last = None
-    for last in _ANSWER_PHRASE.finditer(completion):
-        pass
-    if last is not None:
-        rest = completion[last.end() : last.end() + 2 * MAX_ANSWER_CHARS]
-        rest = rest.split("\n", 1)[0]
-        cut = _SENTENCE_END.search(rest)
-        if cut is not None:
-            rest = rest[: cut.start()]
-        return _finish(rest)
+    phrases = list(_ANSWER_PHRASE.finditer(completion))
+    if phrases:
+        answers: list[str | None] = []
+        for i, m in enumerate(phrases):
+            rest = completion[m.end() : m.end() + 2 * MAX_ANSWER_CHARS]
+            rest = rest.split("\n", 1)[0]
+            cut = _SENTENCE_END.search(rest)
+            if cut is not None:
+                rest = rest[: cut.start()]
+            if i + 1 < len(phrases) and phrases[i + 1].start() < m.end() + len(rest):
+                between = completion[m.end() : phrases[i + 1].start()]
+                if not re.search(r"[\d$\\]", between):
+                    continue  # "Answer: the final answer is 45": the inner phrase decides
+                rest = between  # "answer is 44 or the answer is 45": two answers
+            answers.append(_finish(rest))
+        keys = {_answer_key(a) if a else "" for a in answers}
+        if len(keys) != 1 or not answers[-1]:
+            return None
+        return answers[-1]
 
     bare = completion.strip()
     if bare and len(bare) <= MAX_BARE_ANSWER_CHARS and "\n" not in bare:
@@ -449,6 +463,7 @@ def _parse_latex(latex: str) -> tuple:
         mv.parse(
             "$" + latex + "$",
             extraction_config=[mv.LatexExtractionConfig()],
+            fallback_mode="no_fallback",
             parsing_timeout=_mv_timeout(),
         )
     )
@@ -462,13 +477,15 @@ def _dangerous_latex(s: str) -> str | None:
     """Cheap screen for answers whose evaluation would explode (SymPy
     evaluates integer powers and factorials eagerly, in C loops that no
     signal can interrupt).  Returns a reason, or None."""
+    # math-verify's LaTeX parser is super-linear in the nesting depth of
+    # brackets: depth 12 takes seconds, depth 30 minutes.
     depth = 0
     for ch in s:
-        if ch == "{":
+        if ch in "({[":
             depth += 1
-            if depth > 32:
+            if depth > MAX_NESTING:
                 return "nesting"
-        elif ch == "}":
+        elif ch in ")}]":
             depth -= 1
     if s.count("^") > 16:
         return "powers"

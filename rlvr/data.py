@@ -19,7 +19,9 @@ Three sources, picked by ``DataSplitConfig.source``:
 ``champ``
     The 270 competition problems of the ``champ-dataset`` package (for
     evaluation).  The answer type is chosen per problem (see
-    :func:`_champ_answer`); ``answer_type`` in the config is not used.
+    :func:`_champ_answer`); ``answer_type`` in the config is not used.  The
+    file is ordered by category, so ``limit`` takes a seeded sample (in file
+    order) rather than a prefix.
 
 Every gold answer is checked at load time with
 :func:`rlvr.rewards.check_answer_parsable`.  A bad row (not an object, missing
@@ -31,9 +33,11 @@ or empty prompt, missing answer, an answer the verifier could not use) raises
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
+import numbers
 import os
 import random
 import re
@@ -100,7 +104,7 @@ class DataSplitConfig:
     answer_key: str = "answer"
     answer_type: str = "number"  # file and reasoning_gym; champ decides per problem
     skip_bad_rows: bool = False
-    limit: int | None = None  # keep at most this many problems (after exclusion)
+    limit: int | None = None  # keep at most this many problems (after exclusion; champ: a seeded sample)
 
 
 # --------------------------------------------------------------------------
@@ -174,10 +178,13 @@ def _answer_text(value: Any) -> tuple[str | None, str | None]:
         return None, "missing answer"
     if isinstance(value, bool):
         return None, f"answer must be a string or a number, got {value!r}"
-    if isinstance(value, (int, float)):
+    if isinstance(value, numbers.Real):  # JSON numbers; numpy scalars from Parquet
+        if isinstance(value, numbers.Integral):
+            return str(int(value)), None
+        value = float(value)
         if value != value or value in (float("inf"), float("-inf")):
             return None, f"answer is not finite: {value!r}"
-        return str(value), None
+        return (str(int(value)) if value.is_integer() else repr(value)), None
     if not isinstance(value, str):
         return None, f"answer must be a string or a number, got {type(value).__name__}"
     text = _gsm8k_answer(value).strip()
@@ -430,9 +437,15 @@ def _champ_answer(raw: str) -> tuple[str, str]:
     "The limit exists and is equal to X" keep K / X.  The result is a
     ``number`` if it is a numeric literal, an ``expression`` if it is made of
     math only, else a ``string`` (normalised exact match: "Yes", "No",
-    "No integer solutions", ...).
+    "No integer solutions", ...).  An ``expression`` that the verifier cannot
+    parse becomes a ``string`` too (see :func:`_champ_rows`).
     """
-    from rlvr.rewards import parse_numeric_literal
+    try:
+        from rlvr.rewards import parse_numeric_literal
+    except ImportError:  # pragma: no cover - stand-in if rlvr.rewards is absent
+
+        def parse_numeric_literal(text):
+            return _FALLBACK_NUMBER.fullmatch(text.strip().replace(",", ""))
 
     a = raw.strip()
     m = re.search(r",?\s*or (?:equivalently|an equivalent form such as)\s+(.+)$", a)
@@ -455,25 +468,51 @@ def _champ_answer(raw: str) -> tuple[str, str]:
     return a, ("string" if prose else "expression")
 
 
-def _load_champ(cfg: DataSplitConfig, exclude: set[str] | None) -> list[Problem]:
+@functools.lru_cache(maxsize=1)
+def _champ_rows() -> tuple[tuple[str, Any, str | None, str | None, str | None], ...]:
+    """(identifier, question, answer, answer_type, error) per CHAMP problem,
+    checked once per process (the expression check runs math-verify)."""
     try:
         import champ_dataset
     except ImportError:
         raise ImportError("data.source=champ needs the champ-dataset package") from None
-    ds = champ_dataset.load("v0")
-    errors = _RowErrors("champ-dataset v0", cfg.skip_bad_rows)
-    out: list[Problem] = []
-    for ident, prob in ds.problems.items():
-        if exclude and prob.text in exclude:
-            continue
-        if not isinstance(prob.answer, str):
-            errors.bad(f"problem {ident}", "missing answer")
+    rows = []
+    for ident, prob in champ_dataset.load("v0").problems.items():
+        if not isinstance(prob.answer, str) or not prob.answer.strip():
+            rows.append((ident, prob.text, None, None, "missing answer"))
             continue
         answer, answer_type = _champ_answer(prob.answer)
-        p = _make_problem(f"champ:{ident}", prob.text, answer, answer_type, errors, f"problem {ident}")
-        if p is not None:
-            out.append(p)
+        reason = _check_answer(answer, answer_type)
+        if reason is not None and answer_type == "expression":
+            # plain-text math the verifier's LaTeX parser rejects
+            # ("2^floor(n/2)*floor(n/2)!"): compare as a normalised string
+            answer_type = "string"
+            reason = _check_answer(answer, answer_type)
+        if reason is not None:
+            reason = f"answer {answer[:80]!r} cannot be used as answer_type={answer_type!r}: {reason}"
+        rows.append((ident, prob.text, answer, answer_type, reason))
+    return tuple(rows)
+
+
+def _load_champ(cfg: DataSplitConfig, exclude: set[str] | None) -> list[Problem]:
+    errors = _RowErrors("champ-dataset v0", cfg.skip_bad_rows)
+    out: list[Problem] = []
+    for ident, question, answer, answer_type, reason in _champ_rows():
+        if exclude and question in exclude:
+            continue
+        row = f"problem {ident}"
+        if not isinstance(question, str) or not question.strip():
+            errors.bad(row, "missing or empty prompt")
+        elif reason is not None:
+            errors.bad(row, reason)
+        else:
+            out.append(Problem(uid=f"champ:{ident}", question=question, answer=answer, answer_type=answer_type))
     errors.summary(len(out))
+    if cfg.limit is not None and 0 <= int(cfg.limit) < len(out):
+        # CHAMP is ordered by category (Combinatorics first): a plain prefix
+        # would be one category.  Take a seeded sample, kept in file order.
+        keep = sorted(random.Random(_derived_seed("champ", cfg.seed)).sample(range(len(out)), int(cfg.limit)))
+        out = [out[i] for i in keep]
     return out
 
 

@@ -89,6 +89,7 @@ ROWS = [
      "answer": "In May she sold 48/2 = 24 clips.\nIn total 48 + 24 = 72.\n#### 72"},
     {"prompt": "A price of 1,200 dollars rises by 5. New price?", "answer": "#### 1,205"},
     {"prompt": "Half of 3?", "answer": 1.5},
+    {"prompt": "Two times 2.5?", "answer": 5.0},
 ]
 
 
@@ -100,9 +101,9 @@ def write_jsonl(path, rows):
 def test_jsonl_with_gsm8k_answers(tmp_path):
     path = write_jsonl(tmp_path / "gsm8k.jsonl", ROWS)
     probs = load_problems({"source": "file", "path": str(path)})
-    assert [p.answer for p in probs] == ["42", "72", "1,205", "1.5"]
+    assert [p.answer for p in probs] == ["42", "72", "1,205", "1.5", "5"]
     assert probs[1].question.startswith("Natalia")
-    assert [p.uid for p in probs] == [f"file:gsm8k.jsonl:{i}" for i in range(4)]
+    assert [p.uid for p in probs] == [f"file:gsm8k.jsonl:{i}" for i in range(5)]
     assert all(p.answer_type == "number" for p in probs)
 
 
@@ -200,7 +201,7 @@ def test_skip_bad_rows_logs_each_and_continues(tmp_path, caplog):
 def test_file_exclude(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", ROWS)
     probs = load_problems({"source": "file", "path": str(path)}, exclude={"What is 6 * 7?"})
-    assert [p.uid for p in probs] == ["file:d.jsonl:1", "file:d.jsonl:2", "file:d.jsonl:3"]
+    assert [p.uid for p in probs] == ["file:d.jsonl:1", "file:d.jsonl:2", "file:d.jsonl:3", "file:d.jsonl:4"]
 
 
 # --------------------------------------------------------------------------
@@ -221,6 +222,13 @@ def test_champ_loads_270_problems():
     assert (by_uid["champ:P_Combinatorics_6"].answer, by_uid["champ:P_Combinatorics_6"].answer_type) == ("2^(n-1)", "expression")
     assert by_uid["champ:P_Combinatorics_17"].answer_type == "string"  # "No"
     assert {p.answer_type for p in probs} == {"number", "expression", "string"}
+
+
+def test_champ_limit_samples_across_categories():
+    a = load_problems({"source": "champ", "limit": 40, "seed": 0})
+    assert len(a) == 40 and a == load_problems({"source": "champ", "limit": 40, "seed": 0})
+    categories = {p.uid.split(":")[1].rsplit("_", 1)[0] for p in a}
+    assert len(categories) >= 4  # a prefix would be all P_Combinatorics
 
 
 # --------------------------------------------------------------------------

@@ -150,6 +150,8 @@ def _strip_wrappers(ans: str) -> str:
 
 def _answer_key(ans: str) -> str:
     """Key used to decide whether two marked answers are "the same"."""
+    if len(ans) > 4 * MAX_ANSWER_CHARS:
+        return ans  # not an answer anyway (rejected by _finish)
     return re.sub(r"\s+", "", _strip_wrappers(ans))
 
 

@@ -510,6 +510,41 @@ class ProcessVerifier:
         self.replaced_total = 0
         self._start_zygote()
         self._top_up(time.monotonic())
+        self._pump_until_ready(self.start_timeout_s)
+
+    def _pump_until_ready(self, timeout: float) -> None:
+        """Outside ``score``: handle spawn/ready/exit messages until every
+        wanted worker is up (or ``timeout``)."""
+        st = self._state
+        t_end = time.monotonic() + timeout
+        want = self.num_workers + self.num_spares
+        noop = lambda *a: None  # noqa: E731
+        while st.zconn is not None:
+            idle = sum(1 for w in st.workers.values() if w.state == "idle")
+            if idle >= want and not st.pending:
+                return
+            left = t_end - time.monotonic()
+            if left <= 0:
+                return
+            objs = [st.zconn] + [w.conn for w in st.workers.values() if w.state == "starting"]
+            for obj in wait(objs, left):
+                if obj is st.zconn:
+                    self._drain_zygote(noop, noop)
+                    continue
+                w = next((w for w in st.workers.values() if w.conn is obj), None)
+                if w is None:
+                    continue
+                try:
+                    msg = w.conn.recv()
+                except (EOFError, OSError):
+                    self._drop(w)
+                    self._start_failures += 1
+                    self._check_start_failures()
+                    self._top_up(time.monotonic())
+                    continue
+                if msg[0] == "ready":
+                    w.state = "idle"
+                    self._start_failures = 0
 
     # -- process management -------------------------------------------------
 
@@ -843,6 +878,12 @@ class ProcessVerifier:
 
     def worker_pids(self) -> list[int]:
         """PIDs of the current worker processes (for tests and monitoring)."""
+        if self._lock.acquire(blocking=False):  # never wait for a running score()
+            try:
+                if not self._state.closed:
+                    self._pump_until_ready(0.5)
+            finally:
+                self._lock.release()
         return list(self._state.workers)
 
     @property

@@ -1,0 +1,373 @@
+"""ProcessVerifier: isolation, deadlines, memory limits, crashes, injection
+attempts, adversarial input, ordering.  Real worker processes, real math-verify.
+(The Ray actor round trip is in test_verifier_ray.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from rlvr.verifier import (
+    ProcessVerifier,
+    RewardSpec,
+    ScoreRequest,
+    ScoreResult,
+    VerifierStartError,
+)
+
+TIMEOUT = 2.0  # per-item deadline of the math pool
+SLACK = 3.0  # scheduling slack on a loaded 2-core box
+ALLOWED_ERRORS = {None, "timeout", "oom", "crash"}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _wait_dead(pids, timeout=5.0) -> list[int]:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        alive = [p for p in pids if _alive(p)]
+        if not alive:
+            return []
+        time.sleep(0.05)
+    return [p for p in pids if _alive(p)]
+
+
+@pytest.fixture(scope="module")
+def math_pool():
+    v = ProcessVerifier([RewardSpec("math")], num_workers=2, timeout_s=TIMEOUT, memory_mb=512)
+    yield v
+    v.close()
+
+
+@pytest.fixture(scope="module")
+def bad_pool():
+    v = ProcessVerifier(
+        [RewardSpec("reward_fns_for_tests:misbehave")], num_workers=2, timeout_s=1.0, memory_mb=256
+    )
+    yield v
+    v.close()
+
+
+# ---------------------------------------------------------------------------
+# Basics
+# ---------------------------------------------------------------------------
+
+
+def test_ordering_and_values(math_pool):
+    reqs, expected = [], []
+    for i in range(60):
+        if i % 3 == 0:
+            reqs.append(ScoreRequest(rf"\boxed{{{i}}}", str(i)))
+            expected.append(1.0)
+        elif i % 3 == 1:
+            reqs.append(ScoreRequest(rf"\boxed{{{i + 1}}}", str(i)))
+            expected.append(0.0)
+        else:
+            reqs.append(ScoreRequest(rf"\boxed{{\frac{{{i}}}{{2}}}}", f"{i / 2}", "expression"))
+            expected.append(1.0)
+    results, stats = math_pool.score(reqs)
+    assert [r.reward for r in results] == expected
+    assert [r.correct for r in results] == [e == 1.0 for e in expected]
+    assert all(r.error is None for r in results)
+    assert stats["items"] == 60 and stats["timeout"] == stats["oom"] == stats["crash"] == stats["error"] == 0
+    assert stats["correct_rate"] == pytest.approx(40 / 60)
+    assert stats["seconds"] > 0 and stats["items_per_s"] > 0
+
+
+def test_empty_batch(math_pool):
+    results, stats = math_pool.score([])
+    assert results == [] and stats["items"] == 0
+
+
+def test_request_coercion(math_pool):
+    results, _ = math_pool.score(
+        [
+            {"completion": r"\boxed{3}", "answer": "3"},
+            (r"\boxed{B}", "B", "choice"),
+            ScoreRequest(b"\\boxed{7}\xff\xfe", "7"),  # invalid UTF-8 bytes
+            ScoreRequest(None, "7"),
+        ]
+    )
+    assert [r.reward for r in results] == [1.0, 1.0, 1.0, 0.0]
+
+
+def test_scoring_from_a_thread(math_pool):
+    """math-verify's SIGALRM timeout breaks in threads; the pool does not care
+    which thread calls it (the timers live in the workers)."""
+    out = {}
+
+    def run():
+        out["res"], out["stats"] = math_pool.score(
+            [ScoreRequest(r"\boxed{\sqrt{12}}", r"2\sqrt{3}", "expression")] * 4
+        )
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(60)
+    assert [r.reward for r in out["res"]] == [1.0] * 4
+
+
+def test_weighted_terms_and_user_function():
+    terms = [
+        RewardSpec("math"),
+        RewardSpec("format", weight=1.0, kwargs={"bonus": 0.1}),
+        {"fn": "reward_fns_for_tests:length_bonus", "weight": 0.5, "kwargs": {"scale": 0.1}},
+    ]
+    with ProcessVerifier(terms, num_workers=1, timeout_s=TIMEOUT, num_spares=0) as v:
+        results, stats = v.score([ScoreRequest(r"\boxed{4}", "4"), ScoreRequest("4", "4"), ScoreRequest(r"\boxed{5}", "4")])
+    # lengths: 9, 1, 9 characters -> length_bonus 0.9, 0.1, 0.9
+    assert results[0].reward == pytest.approx(1.0 + 0.1 + 0.45) and results[0].correct
+    assert results[1].reward == pytest.approx(1.0 + 0.0 + 0.05) and results[1].correct
+    assert results[2].reward == pytest.approx(0.0 + 0.1 + 0.45) and not results[2].correct
+    assert stats["term_mean/1:format"] == pytest.approx(0.2 / 3)
+
+
+def test_bad_specs_fail_fast():
+    with pytest.raises(ValueError):
+        ProcessVerifier([RewardSpec("not_a_builtin")])
+    with pytest.raises(ValueError):
+        ProcessVerifier([])
+    with pytest.raises(VerifierStartError, match="ModuleNotFoundError"):
+        ProcessVerifier([RewardSpec("no_such_module_xyz:fn")], num_workers=1)
+
+
+# ---------------------------------------------------------------------------
+# Isolation: timeouts, OOM, crashes
+# ---------------------------------------------------------------------------
+
+
+def test_failures_are_isolated_and_classified(bad_pool):
+    kinds = {
+        "ok": None,
+        "HANG_PY": "timeout",  # ended by the worker's own timer
+        "HANG_C": "timeout",  # needs the parent's SIGKILL
+        "SLEEP": "timeout",
+        "OOM": "oom",
+        "ABORT": "crash",
+        "SEGV": "crash",
+        "EXIT": "crash",
+        "RAISE": "error:KeyError",
+        "NAN": "error:ValueError",
+    }
+    order = ["ok", "HANG_PY", "ok", "HANG_C", "ok", "SLEEP", "OOM", "ok", "ABORT", "SEGV", "EXIT", "RAISE", "NAN", "ok"]
+    before = set(bad_pool.worker_pids())
+    t0 = time.monotonic()
+    results, stats = bad_pool.score([ScoreRequest(c, "1") for c in order])
+    elapsed = time.monotonic() - t0
+    for c, r in zip(order, results):
+        assert r.error == kinds[c], (c, r)
+        assert r.reward == (1.0 if c == "ok" else 0.0)
+    assert stats["timeout"] == 3 and stats["oom"] == 1 and stats["crash"] == 3 and stats["error"] == 2
+    assert stats["errors_by_type"] == {"error:KeyError": 1, "error:ValueError": 1}
+    assert stats["replaced"] >= 7
+    # three hung items overlap: the batch takes about one deadline, not three
+    assert elapsed < 3 * 1.0 + SLACK
+    # the pool is whole again and keeps working
+    results, stats = bad_pool.score([ScoreRequest("ok", "1")] * 20)
+    assert all(r.reward == 1.0 and r.error is None for r in results)
+    after = set(bad_pool.worker_pids())
+    assert len(after) == bad_pool.num_workers + bad_pool.num_spares
+    assert before - after  # some workers were replaced
+
+
+def test_many_hangs_in_one_batch_do_not_serialize(bad_pool):
+    reqs = [ScoreRequest("SLEEP" if i % 4 == 0 else "ok", "1") for i in range(40)]
+    t0 = time.monotonic()
+    results, stats = bad_pool.score(reqs)
+    elapsed = time.monotonic() - t0
+    assert stats["timeout"] == 10
+    assert [r.reward for r in results] == [0.0 if i % 4 == 0 else 1.0 for i in range(40)]
+    # 10 hangs x 1 s on 2 workers would be >= 5 s if they serialized
+    assert elapsed < 5.0 + SLACK
+
+
+def test_workers_ignore_sigint(bad_pool):
+    pids = bad_pool.worker_pids()
+    for p in pids:
+        os.kill(p, signal.SIGINT)
+    time.sleep(0.2)
+    assert all(_alive(p) for p in pids)
+    results, _ = bad_pool.score([ScoreRequest("ok", "1")] * 4)
+    assert [r.reward for r in results] == [1.0] * 4
+
+
+def test_worker_killed_from_outside_is_replaced(bad_pool):
+    bad_pool.score([ScoreRequest("ok", "1")])
+    victim = bad_pool.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    results, _ = bad_pool.score([ScoreRequest("ok", "1")] * 8)
+    assert [r.reward for r in results] == [1.0] * 8
+    assert victim not in bad_pool.worker_pids()
+
+
+def test_close_leaves_no_processes():
+    v = ProcessVerifier([RewardSpec("reward_fns_for_tests:misbehave")], num_workers=2, timeout_s=5.0)
+    v.score([ScoreRequest("ok", "1")] * 4)
+    pids = v.worker_pids() + [v.zygote_pid]
+    # a worker stuck in an item while we close
+    th = threading.Thread(target=lambda: None)
+    th.start()
+    th.join()
+    v.close()
+    v.close()  # idempotent
+    assert _wait_dead(pids) == []
+    with pytest.raises(RuntimeError):
+        v.score([ScoreRequest("ok", "1")])
+
+
+def test_no_orphans_when_the_driver_is_killed(tmp_path):
+    """SIGKILL the process that owns the pool while a worker is hung: the
+    zygote sees its socket close and the workers die with it."""
+    out = tmp_path / "pids.json"
+    code = textwrap.dedent(
+        f"""
+        import json, sys, threading, time
+        from rlvr.verifier import ProcessVerifier, RewardSpec, ScoreRequest
+        v = ProcessVerifier([RewardSpec("reward_fns_for_tests:misbehave")], num_workers=2, timeout_s=60)
+        v.score([ScoreRequest("ok", "1")] * 4)
+        threading.Thread(target=v.score, args=([ScoreRequest("HANG_C", "1")] * 2,), daemon=True).start()
+        time.sleep(0.5)
+        json.dump(v.worker_pids() + [v.zygote_pid], open({str(out)!r}, "w"))
+        time.sleep(600)
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    try:
+        t0 = time.monotonic()
+        while not out.exists() and time.monotonic() - t0 < 60:
+            time.sleep(0.05)
+        time.sleep(0.1)
+        pids = json.loads(out.read_text())
+        assert len(pids) >= 3 and all(_alive(p) for p in pids)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert _wait_dead(pids) == []
+
+
+# ---------------------------------------------------------------------------
+# No code execution
+# ---------------------------------------------------------------------------
+
+
+def test_injection_attempts_do_not_execute(math_pool, tmp_path):
+    sentinel = tmp_path / "pwned"
+    cmd = f"touch {sentinel}"
+    payloads = [
+        f"__import__('os').system('{cmd}')",
+        rf"\boxed{{__import__('os').system('{cmd}')}}",
+        rf"The answer is $\text{{__import__('os').system('{cmd}')}}$",
+        rf"\boxed{{\mathrm{{\_\_import\_\_}}(\text{{os}}).\mathrm{{system}}(\text{{{cmd}}})}}",
+        rf"\boxed{{\operatorname{{eval}}(\text{{__import__('os').system('{cmd}')}})}}",
+        rf"\boxed{{\frac{{__import__('os').system('{cmd}')}}{{1}}}}",
+        # sympy parser injection: strings that sympify/parse_expr would run
+        f"Answer: (lambda: __import__('os').system('{cmd}'))()",
+        f"#### Symbol('x').__class__.__mro__[-1].__subclasses__() or __import__('os').system('{cmd}')",
+        f"1; __import__('os').system('{cmd}')",
+        f"exec(\"import os; os.system('{cmd}')\")",
+        f"The final answer is $x = __import__('os').system('{cmd}')$",
+    ]
+    reqs = [ScoreRequest(p, gold, t) for p in payloads for t, gold in
+            [("number", "45"), ("expression", "x"), ("choice", "A"), ("string", "s"), ("any", "45")]]
+    results, stats = math_pool.score(reqs)
+    assert all(r.reward == 0.0 for r in results)
+    assert all(r.error is None for r in results), [r.error for r in results]
+    assert not sentinel.exists()
+
+
+# ---------------------------------------------------------------------------
+# Adversarial and malformed input: each ends inside its deadline with a
+# defined reward.
+# ---------------------------------------------------------------------------
+
+ADVERSARIAL = [
+    ("huge exponent", r"\boxed{10^{10^{10^{10}}}}", "number"),
+    ("huge exponent expr", r"\boxed{10^{10^{10^{10}}}}", "expression"),
+    ("huge power expr", r"\boxed{9^{99999999}}", "expression"),
+    ("huge factorial", r"\boxed{100000!}", "expression"),
+    ("huge exponent any", "9**9**9**9", "any"),
+    ("deep braces", "\\boxed{" + "{" * 100_000 + "1" + "}" * 100_000 + "}", "expression"),
+    ("deep boxes", "\\boxed{" * 50_000 + "1" + "}" * 50_000, "number"),
+    ("unbalanced", "\\boxed{" + "{" * 10_000, "expression"),
+    ("1 MB", "lorem ipsum 45 " * 70_000, "number"),
+    ("1 MB boxed", "x" * 1_000_000 + r"\boxed{45}", "number"),
+    ("1 MB in box", r"\boxed{" + "4" * 1_000_000 + "}", "number"),
+    ("1 MB expr", r"\boxed{" + "x+" * 500_000 + "1}", "expression"),
+    ("1 MB any", "1+" * 500_000 + "1", "any"),
+    ("invalid utf-8", b"\xff\xfe\xfd \\boxed{45} \xc3\x28".decode("utf-8", "surrogateescape"), "number"),
+    ("NUL bytes", "\x00" * 1000 + r"\boxed{4\x005}", "number"),
+    ("NUL in box", "\\boxed{45}\x00", "number"),
+    ("empty", "", "number"),
+    ("empty expr", "", "expression"),
+    ("whitespace", " \n\t ", "number"),
+    ("empty box", r"\boxed{}", "number"),
+    ("empty box expr", r"\boxed{}", "expression"),
+    ("several boxes", r"\boxed{1}\boxed{2}\boxed{3}\boxed{45}", "number"),
+    ("parser loop nesting", r"\boxed{" + "(" * 40 + "1" + ")" * 40 + "}", "expression"),
+    ("parser loop mixed", r"\boxed{" + "([" * 8 + "1" + "])" * 8 + "}", "expression"),
+    ("parser loop sum", r"\boxed{\sum_{k=1}^{99999} k^{99999}}", "expression"),
+    ("many fracs", r"\boxed{" + r"\frac{1}{2}+" * 300 + "1}", "expression"),
+    ("latex soup", r"\boxed{\left(\right.\begin{matrix}\end{array}\frac{}{}^{_}\sqrt[}}", "expression"),
+    ("control chars", "".join(chr(i) for i in range(32)) * 100, "any"),
+]
+
+
+@pytest.mark.parametrize("name,completion,answer_type", ADVERSARIAL, ids=[a[0] for a in ADVERSARIAL])
+def test_adversarial_input_ends_in_time(math_pool, name, completion, answer_type):
+    gold = "45" if answer_type != "expression" else "x"
+    t0 = time.monotonic()
+    results, stats = math_pool.score([ScoreRequest(completion, gold, answer_type), ScoreRequest(r"\boxed{45}", "45")])
+    elapsed = time.monotonic() - t0
+    r = results[0]
+    assert isinstance(r, ScoreResult)
+    assert r.reward in (0.0, 1.0) and r.error in ALLOWED_ERRORS, r
+    assert results[1].reward == 1.0 and results[1].error is None  # its neighbour is unaffected
+    assert elapsed < TIMEOUT + SLACK, elapsed
+
+
+def test_adversarial_batch_mixed_with_healthy_items(math_pool):
+    reqs = []
+    for i, (_, completion, answer_type) in enumerate(ADVERSARIAL):
+        reqs.append(ScoreRequest(completion, "45" if answer_type != "expression" else "x", answer_type))
+        reqs.append(ScoreRequest(rf"\boxed{{{i}}}", str(i)))
+    results, stats = math_pool.score(reqs)
+    assert [r.reward for r in results[1::2]] == [1.0] * len(ADVERSARIAL)
+    assert all(r.error in ALLOWED_ERRORS for r in results)
+    assert stats["items"] == len(reqs)
+
+
+def test_expected_rewards_for_malformed_but_honest_input(math_pool):
+    results, _ = math_pool.score(
+        [
+            ScoreRequest(b"\xff\xfe \\boxed{45} \xc3\x28".decode("utf-8", "surrogateescape"), "45"),
+            ScoreRequest("\x00\x00 The answer is 45.", "45"),
+            ScoreRequest("x" * 1_000_000 + r"\boxed{45}", "45"),
+            ScoreRequest(r"\boxed{45}\boxed{45}", "45"),
+            ScoreRequest(r"\boxed{}", "45"),
+        ]
+    )
+    assert [r.reward for r in results] == [1.0, 1.0, 1.0, 1.0, 0.0]
+
+
+def test_gold_errors_are_reported_not_raised(math_pool):
+    results, stats = math_pool.score([ScoreRequest(r"\boxed{1}", r"\sqrt{2}", "number"), ScoreRequest(r"\boxed{1}", "1")])
+    assert results[0].error == "error:ValueError" and results[0].reward == 0.0
+    assert results[1].reward == 1.0
+    assert stats["errors_by_type"] == {"error:ValueError": 1}

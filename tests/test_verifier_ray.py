@@ -1,0 +1,59 @@
+"""VerifierPool: the Ray actor round trip (real Ray, real worker processes)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from rlvr.verifier import RewardSpec, ScoreRequest, ScoreResult  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([ROOT, HERE])}},
+    )
+    yield
+    ray.shutdown()
+
+
+def test_verifier_pool_actor_round_trip(ray_local):
+    from rlvr.verifier import VerifierPool
+
+    pool = VerifierPool.options(num_cpus=0.1).remote(
+        [{"fn": "math", "weight": 1.0}, RewardSpec("reward_fns_for_tests:misbehave", weight=0.0)],
+        num_workers=2,
+        timeout_s=1.5,
+        memory_mb=512,
+    )
+    reqs = [
+        ScoreRequest(r"\boxed{45}", "45"),
+        ScoreRequest("61 - 16", "45"),
+        ScoreRequest(r"\boxed{\sqrt{12}}", r"2\sqrt{3}", "expression"),
+        ScoreRequest("HANG_C", "45"),  # the user term hangs in C: hard kill
+        ScoreRequest("The answer is (C).", "C", "choice"),
+        ScoreRequest("ABORT", "45"),
+    ]
+    results, stats = ray.get(pool.score.remote(reqs), timeout=120)
+    assert all(isinstance(r, ScoreResult) for r in results)
+    assert [r.reward for r in results] == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+    assert [r.error for r in results] == [None, None, None, "timeout", None, "crash"]
+    assert stats["timeout"] == 1 and stats["crash"] == 1 and stats["items"] == 6
+
+    # the actor's pool is whole again; then it shuts its processes down
+    results, _ = ray.get(pool.score.remote([ScoreRequest(r"\boxed{1}", "1")] * 10), timeout=60)
+    assert [r.reward for r in results] == [1.0] * 10
+    pids = ray.get(pool.worker_pids.remote())
+    assert len(pids) == 3
+    ray.get(pool.close.remote())
+    ray.kill(pool)

@@ -209,6 +209,7 @@ def check_targets(cells: list[dict]) -> dict:
 
 def plot(cells: list[dict], path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -223,6 +224,7 @@ def plot(cells: list[dict], path: Path) -> None:
             ax.plot(sds, [c["mse"][method] for c in row], marker="o", label=method)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xticks(sds, [str(s) for s in sds])
         ax.set_title(f"hallucinated fraction h = {h}")
         ax.set_xlabel("prior noise sd")

@@ -83,6 +83,16 @@ def test_fuse_returns_prior_when_p_hat_equals_prior(rule, kn, tau, invalid_rate)
     torch.testing.assert_close(b, t(k / n))
 
 
+@FAST
+@given(st.sampled_from([(1, 4), (2, 4), (3, 4), (5, 8), (9, 16)]), st.floats(0.05, 0.95), st.floats(0.01, 0.5), st.floats(0.0, 1.0))
+def test_pooled_fuse_with_p_hat_equal_prior_lies_between_prior_and_batch_mean(kn, pop_mean, tau, invalid_rate):
+    k, n = kn
+    cal = a_calibration(pop_mean=pop_mean, prior_err_sd=tau, invalid_rate=invalid_rate)
+    b, _ = v05.fuse(t(k / n), t(k), t(n), calibration=cal)
+    lo, hi = min(k / n, pop_mean), max(k / n, pop_mean)
+    assert lo - 1e-12 <= float(b) <= hi + 1e-12
+
+
 @pytest.mark.parametrize("rule", RULES)
 def test_fuse_returns_p_hat_when_prior_rejected(rule):
     prior, successes, counts = t(0.9, 0.1, 0.95, 0.5), t(0, 8, 1, 2), t(12, 8, 12, 4)

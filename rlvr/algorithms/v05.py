@@ -139,9 +139,9 @@ def fit_calibration(
     m, v = _population(k, n)
     m_, v_ = m.unsqueeze(-1), v.unsqueeze(-1)
     ll_invalid = _beta_binomial_loglik(k, n, m_, _beta_strength(m_, v_))
-    pi = INVALID_RATE_GRID.view(-1, *([1] * k.ndim))  # [Π, ..., 1]
+    pi = INVALID_RATE_GRID.to(k.device).view(-1, *([1] * k.ndim))  # [Π, ..., 1]
     totals = []
-    for tau in TAU_GRID:
+    for tau in TAU_GRID.tolist():
         mu, s, _ = _valid_prior(p0, tau**2 * torch.ones_like(m_), m_, v_, pool)
         # log[(1−π)·e^LG + π·e^LJ] = LJ + log[π + (1−π)·e^(LG−LJ)]: one log per (π, prompt).
         ratio = torch.exp((_beta_binomial_loglik(k, n, mu, s) - ll_invalid).clamp(-MAX_LOG_BAYES_FACTOR, MAX_LOG_BAYES_FACTOR))
@@ -149,7 +149,12 @@ def fit_calibration(
     total = torch.stack(totals)  # [T, Π, ...]
     best = total.flatten(0, 1).argmax(0)
     tau_idx, pi_idx = best // len(INVALID_RATE_GRID), best % len(INVALID_RATE_GRID)
-    return V05Calibration(pop_mean=m, pop_var=v, prior_err_sd=TAU_GRID[tau_idx], invalid_rate=INVALID_RATE_GRID[pi_idx])
+    return V05Calibration(
+        pop_mean=m,
+        pop_var=v,
+        prior_err_sd=TAU_GRID.to(k.device)[tau_idx],
+        invalid_rate=INVALID_RATE_GRID.to(k.device)[pi_idx],
+    )
 
 
 def _eb_posterior(
@@ -162,9 +167,11 @@ def _eb_posterior(
     w: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Calibrated fuse; with ``w`` given, re-evaluate at new (k, n) holding the test's outcome."""
-    m, v = cal.pop_mean.to(torch.float64).unsqueeze(-1), cal.pop_var.to(torch.float64).unsqueeze(-1)
-    tau2 = cal.prior_err_sd.to(torch.float64).unsqueeze(-1) ** 2
-    pi = cal.invalid_rate.to(torch.float64).unsqueeze(-1)
+    m, v, tau, pi = (
+        torch.as_tensor(x).to(k.device, torch.float64).unsqueeze(-1)
+        for x in (cal.pop_mean, cal.pop_var, cal.prior_err_sd, cal.invalid_rate)
+    )
+    tau2 = tau**2
     mu, s, alpha = _valid_prior(p0, tau2, m, v, pool)
     s_pop = _beta_strength(m, v)
     out: dict[str, torch.Tensor] = {}
@@ -326,7 +333,7 @@ def allocate(
     mse = [now["mse"]] + [predicted_mse(n + j * delta) for j in range(1, chunks + 1)]
     mse_t = torch.stack(mse, -1)  # [..., G, J+1]
     gains = mse_t[..., :-1] - mse_t[..., 1:]
-    steps = torch.arange(1, chunks + 1, dtype=torch.float64)
+    steps = torch.arange(1, chunks + 1, dtype=torch.float64, device=n.device)
     ok = (gains > kappa * delta) & (n.unsqueeze(-1) + steps * delta <= n_max) & ~accepted.unsqueeze(-1)
     ok = ok.to(torch.int64).cumprod(-1).bool()  # a chunk only after the earlier ones
     # Diminishing returns make greedy-by-gain respect each prompt's chunk order.
@@ -334,10 +341,10 @@ def allocate(
 
     flat_gain, flat_ok = gains.flatten(-2), ok.flatten(-2)
     order = torch.sort(flat_gain, dim=-1, descending=True, stable=True).indices
-    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1]).expand_as(order))
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
     if budget is None:
         bought = flat_ok
     else:
-        affordable = torch.div(torch.as_tensor(budget), delta, rounding_mode="floor").clamp(min=0)
+        affordable = torch.div(torch.as_tensor(budget, device=n.device), delta, rounding_mode="floor").clamp(min=0)
         bought = flat_ok & (rank < affordable.unsqueeze(-1))
     return bought.view(ok.shape).sum(-1) * delta

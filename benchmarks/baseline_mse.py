@@ -153,7 +153,8 @@ def run_cell(h: float, sd: float, seed: int, args) -> dict:
         cell["mse"][f"group_mean_equal_{name}"] = mse(successes_at(cum, n_eq) / n_eq, p)
         cell["avg_rollouts"][name] = avg
         cell[f"{name}_info"] = info
-        cell["mse"][f"oracle_{name}"] = mse(oracle_posterior_mean(p0, successes_at(cum, n), n, h, sd, args.oracle_grid), p)
+        oracle = oracle_posterior_mean(p0, successes_at(cum, n), n, h, sd, args.oracle_grid)
+        cell["mse"][f"oracle_{name}"] = mse(oracle, p)
         if name == "v05":
             cell["mse"]["oracle_equal"] = mse(
                 oracle_posterior_mean(p0, successes_at(cum, n_eq), n_eq, h, sd, args.oracle_grid), p
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--kappa", type=float, default=1e-3)
     parser.add_argument("--budget-factor", type=float, default=1.5, help="max rollouts per step / base rollouts")
     parser.add_argument("--oracle-grid", type=int, default=800, help="grid points over p for the oracle")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (more threads thrash on a busy 2-core box)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (2 thrash on a shared 2-core box)")
     args = parser.parse_args(argv)
     if args.prompts % args.batch_size:
         parser.error("--prompts must be a multiple of --batch-size")

@@ -12,6 +12,7 @@ from rlvr.algorithms import compute_advantages, v05
 from rlvr.algorithms.v05 import ACCEPTED, REJECTED, SHRUNK, V05Calibration
 
 FAST = settings(max_examples=25, deadline=None)
+K_OVER_N = [(1, 4), (2, 4), (3, 4), (1, 8), (5, 8), (3, 12), (9, 16)]  # successes, counts with k/n in the prior range
 RULES = [pytest.param({"calibrate": False}, id="fixed"), pytest.param({"pool": False}, id="calibrated-nopool")]
 
 
@@ -76,15 +77,16 @@ def test_prior_is_clipped_to_its_range():
 
 @pytest.mark.parametrize("rule", RULES)
 @FAST
-@given(st.sampled_from([(1, 4), (2, 4), (3, 4), (1, 8), (5, 8), (3, 12), (9, 16)]), st.floats(0.01, 0.5), st.floats(0.0, 1.0))
+@given(st.sampled_from(K_OVER_N), st.floats(0.01, 0.5), st.floats(0.0, 1.0))
 def test_fuse_returns_prior_when_p_hat_equals_prior(rule, kn, tau, invalid_rate):
     k, n = kn
-    b, _ = v05.fuse(t(k / n), t(k), t(n), calibration=a_calibration(prior_err_sd=tau, invalid_rate=invalid_rate), **rule)
+    cal = a_calibration(prior_err_sd=tau, invalid_rate=invalid_rate)
+    b, _ = v05.fuse(t(k / n), t(k), t(n), calibration=cal, **rule)
     torch.testing.assert_close(b, t(k / n))
 
 
 @FAST
-@given(st.sampled_from([(1, 4), (2, 4), (3, 4), (5, 8), (9, 16)]), st.floats(0.05, 0.95), st.floats(0.01, 0.5), st.floats(0.0, 1.0))
+@given(st.sampled_from(K_OVER_N), st.floats(0.05, 0.95), st.floats(0.01, 0.5), st.floats(0.0, 1.0))
 def test_pooled_fuse_with_p_hat_equal_prior_lies_between_prior_and_batch_mean(kn, pop_mean, tau, invalid_rate):
     k, n = kn
     cal = a_calibration(pop_mean=pop_mean, prior_err_sd=tau, invalid_rate=invalid_rate)

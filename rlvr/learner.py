@@ -41,8 +41,7 @@ class LearnerConfig:
 class LossConfig:
     name: str = "ppo_clip"
     agg: str = "token-mean"
-    eps_low: float = 0.2
-    eps_high: float = 0.2
+    loss_kwargs: dict = field(default_factory=lambda: {"eps_low": 0.2, "eps_high": 0.2})  # clip range of the loss
     kl_coef: float = 0.0
     kl_estimator: str = "k3"
     max_len: int = 256  # the constant of seq-mean-token-sum-norm (Dr.GRPO)
@@ -59,18 +58,23 @@ class Sequence:
     rollout_logprobs: list[float] = field(default_factory=list)
 
 
-def token_logprobs(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0
+def response_logprobs(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, gather_idx: torch.Tensor, temperature: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """log π(token_t | tokens_<t) for t ≥ 1, and the per-position entropy (no grad).
+    """log π(y_j | x, y_<j) of each response token [B, T], and its entropy (no grad).
 
+    The LM head runs on response positions only: on a 135M model with a 49k vocabulary it is a
+    fifth of the FLOPs, and full-sequence logits would dominate memory.
     Logits are divided by the sampling temperature, so π is the policy the engine sampled from.
     """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    h = hidden.gather(1, gather_idx[..., None].expand(-1, -1, hidden.shape[-1]))
+    logits = model.get_output_embeddings()(h).float()
     if temperature != 1.0:
         logits = logits / temperature
     logp_all = F.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    targets = input_ids.gather(1, gather_idx + 1)
+    logp = logp_all.gather(-1, targets[..., None]).squeeze(-1)
     with torch.no_grad():
         entropy = -(logp_all.exp() * logp_all).sum(-1)
     return logp, entropy
@@ -83,7 +87,7 @@ def collate(seqs: list[Sequence], pad_id: int, device) -> dict:
     resp_width = max(1, max(len(s.response_ids) for s in seqs))
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    # index of the logit predicting response token j of sequence b, in the shifted [B, width-1] layout
+    # position whose output predicts response token j of sequence b
     gather_idx = torch.zeros((len(seqs), resp_width), dtype=torch.long)
     mask = torch.zeros((len(seqs), resp_width))
     rollout_lp = torch.zeros((len(seqs), resp_width))
@@ -178,15 +182,16 @@ class PolicyLearner:
             if empty:  # keep collectives in lockstep across ranks (ZeRO-3 gathers in forward)
                 seqs = [Sequence(prompt_ids=[self.pad_id], response_ids=[self.pad_id], advantage=0.0)]
             mb = collate(seqs, self.pad_id, self.device)
-            logp_full, ent_full = token_logprobs(self.engine, mb["input_ids"], mb["attention_mask"], loss_cfg.temperature)
-            logp = logp_full.gather(1, mb["gather_idx"])
-            entropy = ent_full.gather(1, mb["gather_idx"])
+            logp, entropy = response_logprobs(
+                self.engine.module, mb["input_ids"], mb["attention_mask"], mb["gather_idx"], loss_cfg.temperature
+            )
             mask = mb["mask"]
             ref_logp = None
             if loss_cfg.kl_coef > 0:
                 with torch.no_grad():
-                    ref_full, _ = token_logprobs(self.ref_model, mb["input_ids"], mb["attention_mask"], loss_cfg.temperature)
-                    ref_logp = ref_full.gather(1, mb["gather_idx"])
+                    ref_logp, _ = response_logprobs(
+                        self.ref_model, mb["input_ids"], mb["attention_mask"], mb["gather_idx"], loss_cfg.temperature
+                    )
             loss, stats = policy_loss(
                 loss_cfg.name,
                 logp,
@@ -194,12 +199,11 @@ class PolicyLearner:
                 mb["advantages"],
                 mask,
                 agg=loss_cfg.agg,
-                eps_low=loss_cfg.eps_low,
-                eps_high=loss_cfg.eps_high,
                 ref_logp=ref_logp,
                 kl_coef=loss_cfg.kl_coef,
                 kl_estimator=loss_cfg.kl_estimator,
                 max_len=loss_cfg.max_len,
+                **loss_cfg.loss_kwargs,
             )
             tokens = float(mask.sum())
             share = tokens / totals["tokens"] if loss_cfg.agg == "token-mean" else len(seqs) / totals["sequences"]
@@ -212,13 +216,19 @@ class PolicyLearner:
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * tokens
             sums["entropy"] = sums.get("entropy", 0.0) + float((entropy * mask).sum())
-            sums["loss"] = sums.get("loss", 0.0) + float(loss) * tokens
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * tokens
             if mb["rollout_logprobs"].abs().sum() > 0:
                 diff = ((logp.detach() - mb["rollout_logprobs"]).abs() * mask).sum()
                 sums["rollout_logprob_diff"] = sums.get("rollout_logprob_diff", 0.0) + float(diff)
+        local_norm = None
+        if self.cfg.zero_stage == 0:
+            # ZeRO-0 in fp32 clips without keeping the norm; this is rank 0's norm before the all-reduce.
+            grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+            local_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
         self.engine.step()
         metrics = {k: v / max(n_tokens, 1.0) for k, v in sums.items()}
         grad_norm = self.engine.get_global_grad_norm()
+        grad_norm = local_norm if grad_norm is None else grad_norm
         metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         metrics["tokens"] = n_tokens
         metrics["seconds"] = time.perf_counter() - start

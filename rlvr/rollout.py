@@ -76,6 +76,9 @@ class VLLMEngine:
             max_model_len=cfg.max_model_len,
             seed=cfg.seed,
             enforce_eager=True,
+            # log-probs of the distribution actually sampled from (after temperature), which is
+            # what the learner recomputes
+            logprobs_mode="processed_logprobs",
         )
         if not torch.cuda.is_available():
             # On CPU this fraction reserves host RAM for the KV cache; the default 0.92 refuses to start

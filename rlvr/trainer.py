@@ -116,6 +116,18 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
     return roles
 
 
+def stop_roles(roles: dict) -> None:
+    """Kill the actors of this run (the Ray session may be shared, e.g. by tests)."""
+    try:
+        ray.get(roles["verifier"].close.remote(), timeout=10)
+    except Exception:  # noqa: BLE001 - best effort: the actor is killed next anyway
+        pass
+    handles = [roles["verifier"], roles["value"], *roles["rollout"].engines, *roles["learners"]]
+    for h in handles:
+        if h is not None:
+            ray.kill(h)
+
+
 # --------------------------------------------------------------------------------------------
 # One step's pieces
 # --------------------------------------------------------------------------------------------
@@ -141,7 +153,9 @@ def learner_shards(groups: list[Group], adv: torch.Tensor, preset, num_ranks: in
         if preset.mask_truncated and s.truncated:
             continue
         seqs.append(Sequence(s.prompt_ids, s.response_ids, a, s.logprobs))
-    per_rank = [seqs[r::num_ranks] for r in range(num_ranks)]
+    # Similar lengths share a micro-batch: less padding, fewer wasted FLOPs.
+    seqs.sort(key=lambda q: len(q.prompt_ids) + len(q.response_ids))
+    per_rank = [seqs[r::num_ranks] for r in range(num_ranks)]  # interleaved: ranks get similar lengths
     n_micro = max(1, max(math.ceil(len(p) / micro_batch_size) for p in per_rank))
     shards = [[p[i * micro_batch_size : (i + 1) * micro_batch_size] for i in range(n_micro)] for p in per_rank]
     totals = {"tokens": max(1, sum(len(s.response_ids) for s in seqs)), "sequences": max(1, len(seqs))}
@@ -317,8 +331,7 @@ def train(cfg: DictConfig) -> dict:
     loss_cfg = LossConfig(
         name=preset.loss,
         agg=preset.agg,
-        eps_low=preset.eps_low if preset.eps_low is not None else 0.0,
-        eps_high=preset.eps_high,
+        loss_kwargs=preset.loss_kwargs(),
         kl_coef=preset.kl_coef,
         kl_estimator=preset.kl_estimator,
         max_len=cfg.rollout.max_tokens,

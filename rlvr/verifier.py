@@ -388,7 +388,7 @@ _BOOT = (
 
 
 class _Worker:
-    __slots__ = ("pid", "conn", "state", "idx", "t_start", "deadline", "overdue", "done", "born")
+    __slots__ = ("pid", "conn", "state", "idx", "t_start", "deadline", "overdue", "niced", "done", "born")
 
     def __init__(self, pid: int, conn: Connection, now: float):
         self.pid = pid
@@ -398,6 +398,7 @@ class _Worker:
         self.t_start = 0.0
         self.deadline = 0.0
         self.overdue = False
+        self.niced = False
         self.done = 0
         self.born = now
 
@@ -465,9 +466,17 @@ class ProcessVerifier:
             footprint (``RLIMIT_AS``); 0 disables the limit.
         num_spares: idle pre-forked workers kept ready to replace a killed
             one or to take over from an overdue one.
-        overdue_s: after this long an item's worker is re-niced to 19 and a
-            spare takes over its slot (default ``min(1, timeout_s / 4)``).
+        overdue_s: upper bound of the time after which an item's worker is
+            re-niced to 19 and a spare takes over its slot (default
+            ``min(1, timeout_s / 4)``).  The threshold adapts: once 20 items
+            have been scored it is ``overdue_factor`` (5) times the 90th
+            percentile of recent item durations, at least ``min_overdue_s``
+            (0.05 s).  The worker gets its priority back when the queue is
+            empty.
         max_items_per_worker: recycle a worker after this many items.
+        max_overdue: at most this many overdue workers are set aside at once
+            (default ``4 * num_workers``); beyond it they count against
+            ``num_workers`` again.  Each one holds up to ``memory_mb``.
         start_timeout_s: how long to wait for the zygote to start.
     """
 
@@ -482,6 +491,9 @@ class ProcessVerifier:
         overdue_s: float | None = None,
         max_items_per_worker: int = 5000,
         start_timeout_s: float = 120.0,
+        max_overdue: int | None = None,
+        overdue_factor: float = 5.0,
+        min_overdue_s: float = 0.05,
     ):
         if isinstance(terms, (RewardSpec, dict, str)):
             terms = [terms]
@@ -499,7 +511,9 @@ class ProcessVerifier:
         self.overdue_s = float(overdue_s) if overdue_s is not None else min(1.0, self.timeout_s / 4)
         self.max_items_per_worker = max(1, int(max_items_per_worker))
         self.start_timeout_s = float(start_timeout_s)
-        self.max_overdue = 2 * self.num_workers
+        self.overdue_factor = float(overdue_factor)
+        self.min_overdue_s = float(min_overdue_s)
+        self.max_overdue = int(max_overdue) if max_overdue is not None else 4 * self.num_workers
         self._state = _State()
         self._finalizer = weakref.finalize(self, _shutdown, self._state)
         self._token = 0
@@ -508,6 +522,15 @@ class ProcessVerifier:
         self._exit_codes: dict[int, int] = {}  # pid -> exit code reported before its EOF
         self._lock = threading.Lock()
         self.replaced_total = 0
+        # seconds from a spawn request to the worker's "ready" (recent ones)
+        self.spawn_latencies: collections.deque[float] = collections.deque(maxlen=1000)
+        self._spawn_t: dict[int, float] = {}
+        # seconds from the start of the last score() call to each item's result
+        self.last_finish_times: list[float] = []
+        # durations of recent successful items, for the adaptive overdue threshold
+        self._durations: collections.deque[float] = collections.deque(maxlen=256)
+        self._overdue_cache = (-1, self.overdue_s)
+        self._n_ok = 0
         self._start_zygote()
         self._top_up(time.monotonic())
         self._pump_until_ready(self.start_timeout_s)
@@ -545,6 +568,7 @@ class ProcessVerifier:
                 if msg[0] == "ready":
                     w.state = "idle"
                     self._start_failures = 0
+                    self.spawn_latencies.append(time.monotonic() - w.born)
 
     # -- process management -------------------------------------------------
 
@@ -598,6 +622,7 @@ class ProcessVerifier:
         for c in st.pending.values():
             c.close()
         st.pending.clear()
+        self._spawn_t.clear()
         _shutdown_zygote_only(st)
         self._start_zygote()
 
@@ -613,9 +638,11 @@ class ProcessVerifier:
         try:
             self._token += 1
             st.zconn.send(("spawn", self._token))
+            self._spawn_t[self._token] = time.monotonic()
             reduction.send_handle(st.zconn, b.fileno(), st.zygote.pid)
         except (OSError, ValueError):
             a.close()
+            self._spawn_t.pop(self._token, None)
             return
         finally:
             b.close()
@@ -670,6 +697,7 @@ class ProcessVerifier:
         n = len(reqs)
         t0 = time.monotonic()
         results: list[ScoreResult | None] = [None] * n
+        finish_times = [0.0] * n
         term_sums = [0.0] * len(self.terms)
         term_counts = [0] * len(self.terms)
         queue = collections.deque(range(n))
@@ -687,6 +715,7 @@ class ProcessVerifier:
             nonlocal left
             if results[idx] is None:
                 results[idx] = res
+                finish_times[idx] = time.monotonic() - t0
                 left -= 1
 
         def replaced() -> None:
@@ -717,6 +746,13 @@ class ProcessVerifier:
                         break
                     if w.state != "idle":
                         continue
+                    try:
+                        dead = w.conn.poll(0)  # an idle worker only speaks when it dies (EOF)
+                    except (OSError, ValueError):
+                        dead = True
+                    if dead:
+                        self._drop(w, kill=True)
+                        continue
                     idx = queue.popleft()
                     r = reqs[idx]
                     try:
@@ -734,7 +770,8 @@ class ProcessVerifier:
 
             # wait for something to happen
             events = [w.deadline for w in st.workers.values() if w.state == "busy"]
-            events += [w.t_start + self.overdue_s for w in st.workers.values() if w.state == "busy" and not w.overdue]
+            overdue_after = self._overdue_after()
+            events += [w.t_start + overdue_after for w in st.workers.values() if w.state == "busy" and not w.overdue]
             events += [t for _, t in self._dead.values()]
             events += [w.born + self.start_timeout_s for w in st.workers.values() if w.state == "starting"]
             now = time.monotonic()
@@ -773,9 +810,12 @@ class ProcessVerifier:
                 if kind == "ready":
                     w.state = "idle"
                     self._start_failures = 0
+                    self.spawn_latencies.append(now - w.born)
                 elif kind in ("ok", "err") and w.state == "busy" and msg[1] == w.idx:
                     retire = msg[-1]
                     if kind == "ok":
+                        self._durations.append(now - w.t_start)
+                        self._n_ok += 1
                         values = msg[2]
                         reward = 0.0
                         for i, (t, v) in enumerate(zip(self.terms, values)):
@@ -788,14 +828,23 @@ class ProcessVerifier:
                     w.state = "idle"
                     w.idx = -1
                     w.done += 1
-                    if w.overdue:
+                    if w.niced:
                         self._zsend(("renice", w.pid, 0))
-                        w.overdue = False
+                    w.overdue = w.niced = False
                     if retire:
                         replaced()
                         self._retire(w)
                     elif w.done >= self.max_items_per_worker:
                         self._retire(w)
+
+            # the queue is empty: nothing healthy waits for the CPU any more, so
+            # overdue items get their priority back (a slow but legitimate
+            # item is not starved into a timeout)
+            if not queue:
+                for w in st.workers.values():
+                    if w.niced:
+                        w.niced = False
+                        self._zsend(("renice", w.pid, 0))
 
             # deadlines
             now = time.monotonic()
@@ -805,9 +854,11 @@ class ProcessVerifier:
                         finish(w.idx, ScoreResult(0.0, False, "timeout"))
                         self._drop(w, kill=True)
                         replaced()
-                    elif not w.overdue and now >= w.t_start + self.overdue_s:
+                    elif not w.overdue and now >= w.t_start + overdue_after:
                         w.overdue = True
-                        self._zsend(("renice", w.pid, 19))
+                        if queue:
+                            w.niced = True
+                            self._zsend(("renice", w.pid, 19))
                 elif w.state == "starting" and now >= w.born + self.start_timeout_s:
                     self._drop(w, kill=True)
                     self._start_failures += 1
@@ -819,6 +870,7 @@ class ProcessVerifier:
                     replaced()
 
         seconds = time.monotonic() - t0
+        self.last_finish_times = finish_times
         out: list[ScoreResult] = [r for r in results]  # type: ignore[misc]
         stats: dict[str, Any] = {"items": n, "seconds": seconds, "items_per_s": n / seconds if seconds > 0 else 0.0}
         for k in ERROR_KINDS:
@@ -853,7 +905,9 @@ class ProcessVerifier:
                 _, token, pid = msg
                 conn = st.pending.pop(token, None)
                 if conn is not None:
-                    st.workers[pid] = _Worker(pid, conn, time.monotonic())
+                    w = _Worker(pid, conn, time.monotonic())
+                    w.born = self._spawn_t.pop(token, w.born)
+                    st.workers[pid] = w
             elif kind == "exit":
                 _, pid, code = msg
                 if pid in self._dead:
@@ -865,6 +919,20 @@ class ProcessVerifier:
                     self._exit_codes[pid] = code
                     while len(self._exit_codes) > 256:
                         self._exit_codes.pop(next(iter(self._exit_codes)))
+
+    def _overdue_after(self) -> float:
+        """Seconds after which a busy worker is set aside: ``overdue_factor``
+        times the 90th percentile of recent successful item durations,
+        between ``min_overdue_s`` and ``overdue_s``."""
+        n = len(self._durations)
+        if n < 20:
+            return self.overdue_s
+        key = self._n_ok // 16
+        if self._overdue_cache[0] != key:
+            q = sorted(self._durations)[int(0.9 * (n - 1))]
+            thr = min(self.overdue_s, max(self.min_overdue_s, self.overdue_factor * q))
+            self._overdue_cache = (key, thr)
+        return self._overdue_cache[1]
 
     def _check_start_failures(self) -> None:
         if self._start_failures >= 5:

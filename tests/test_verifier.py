@@ -211,6 +211,7 @@ def test_worker_killed_from_outside_is_replaced(bad_pool):
     bad_pool.score([ScoreRequest("ok", "1")])
     victim = bad_pool.worker_pids()[0]
     os.kill(victim, signal.SIGKILL)
+    assert _wait_dead([victim]) == []
     results, _ = bad_pool.score([ScoreRequest("ok", "1")] * 8)
     assert [r.reward for r in results] == [1.0] * 8
     assert victim not in bad_pool.worker_pids()

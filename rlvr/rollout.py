@@ -123,6 +123,14 @@ class VLLMEngine:
         # the loader's post-processing, and works on GPU too.
         def reload(worker, weights=weights):
             worker.reload_weights(weights_iterator=iter(weights))
+            # A tied LM head shares the embedding tensor, but the CPU backend keeps a repacked copy
+            # of it for the GEMM that reload_weights does not refresh (the head loads no weights of
+            # its own). Re-run its post-load step so the logits use the new embedding.
+            model = worker.get_model()
+            head = getattr(model, "lm_head", None)
+            method = getattr(head, "quant_method", None)
+            if head is not None and getattr(model.config, "tie_word_embeddings", False) and method is not None:
+                method.process_weights_after_loading(head)
 
         self.llm.collective_rpc(reload)
 

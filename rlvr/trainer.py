@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -116,8 +117,17 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
     return roles
 
 
+@contextlib.contextmanager
+def running_roles(cfg: DictConfig, model_path: str, preset):
+    """The roles of one run; their actors are killed on exit (the Ray session may be shared)."""
+    roles = start_roles(cfg, model_path, preset)
+    try:
+        yield roles
+    finally:
+        stop_roles(roles)
+
+
 def stop_roles(roles: dict) -> None:
-    """Kill the actors of this run (the Ray session may be shared, e.g. by tests)."""
     try:
         ray.get(roles["verifier"].close.remote(), timeout=10)
     except Exception:  # noqa: BLE001 - best effort: the actor is killed next anyway
@@ -305,92 +315,92 @@ def train(cfg: DictConfig) -> dict:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     start_ray(cfg)
-    roles = start_roles(cfg, model_path, preset)
-    rollout, verifier, learners = roles["rollout"], roles["verifier"], roles["learners"]
-    sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_tokens=cfg.rollout.max_tokens)
-    a = cfg.algorithm
-    controller = BudgetController(
-        ControllerConfig(
-            sampling=preset.sampling,
-            n=a.n,
-            delta=a.delta,
-            n_max=a.n_max,
-            kappa=a.kappa,
-            budget_factor=a.budget_factor,
-            adaptive_rounds=a.adaptive_rounds,
-            max_rounds=a.max_rounds,
-            overlong=preset.overlong,
-            overlong_buffer=a.overlong_buffer,
-        ),
-        rollout,
-        verifier,
-        roles["value"],
-        render,
-        sampling,
-    )
-    loss_cfg = LossConfig(
-        name=preset.loss,
-        agg=preset.agg,
-        loss_kwargs=preset.loss_kwargs(),
-        kl_coef=preset.kl_coef,
-        kl_estimator=preset.kl_estimator,
-        max_len=cfg.rollout.max_tokens,
-        temperature=cfg.rollout.temperature,
-    )
-    hadw_state = HADWState(window=cfg.weighting.get("window", 10))
-    metrics_log = MetricsLog(run_dir, cfg)
-    total = cfg.trainer.steps
-    history: list[dict] = []
+    with running_roles(cfg, model_path, preset) as roles:
+        rollout, verifier, learners = roles["rollout"], roles["verifier"], roles["learners"]
+        sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_tokens=cfg.rollout.max_tokens)
+        a = cfg.algorithm
+        controller = BudgetController(
+            ControllerConfig(
+                sampling=preset.sampling,
+                n=a.n,
+                delta=a.delta,
+                n_max=a.n_max,
+                kappa=a.kappa,
+                budget_factor=a.budget_factor,
+                adaptive_rounds=a.adaptive_rounds,
+                max_rounds=a.max_rounds,
+                overlong=preset.overlong,
+                overlong_buffer=a.overlong_buffer,
+            ),
+            rollout,
+            verifier,
+            roles["value"],
+            render,
+            sampling,
+        )
+        loss_cfg = LossConfig(
+            name=preset.loss,
+            agg=preset.agg,
+            loss_kwargs=preset.loss_kwargs(),
+            kl_coef=preset.kl_coef,
+            kl_estimator=preset.kl_estimator,
+            max_len=cfg.rollout.max_tokens,
+            temperature=cfg.rollout.temperature,
+        )
+        hadw_state = HADWState(window=cfg.weighting.get("window", 10))
+        metrics_log = MetricsLog(run_dir, cfg)
+        total = cfg.trainer.steps
+        history: list[dict] = []
 
-    eval_m = evaluate(rollout, verifier, eval_problems, render, cfg, seed=cfg.seed + 10**6)
-    log.info("step 0 held-out accuracy %.3f on %d prompts", eval_m.get("eval/accuracy", float("nan")), len(eval_problems))
-    metrics_log.write(0, eval_m)
-    history.append({"step": 0, **eval_m})
+        eval_m = evaluate(rollout, verifier, eval_problems, render, cfg, seed=cfg.seed + 10**6)
+        log.info("step 0 held-out accuracy %.3f on %d prompts", eval_m.get("eval/accuracy", float("nan")), len(eval_problems))
+        metrics_log.write(0, eval_m)
+        history.append({"step": 0, **eval_m})
 
-    from tqdm import tqdm
+        from tqdm import tqdm
 
-    bar = tqdm(total=total, desc="train", disable=not cfg.trainer.progress, dynamic_ncols=True, file=sys.stderr)
-    for step in range(1, total + 1):
-        step_start = time.perf_counter()
-        # 1. rollouts: the controller decides how many per prompt, and scores them
-        problems = stream.next(cfg.trainer.batch_size)
-        batch = controller.collect(problems, stream.next, seed=cfg.seed * 100003 + step)
-        # 2. advantages, then the optional weighting
-        adv = advantages_for(batch, preset, cfg.weighting, hadw_state)
-        # 3. one optimizer step on the learners
-        learn_start = time.perf_counter()
-        shards, totals = learner_shards(batch.groups, adv, preset, len(learners), cfg.learner.micro_batch_size)
-        if totals["sequences"] and batch.groups:
-            learner_metrics = ray.get([l.train_step.remote(shard, loss_cfg, totals) for l, shard in zip(learners, shards)])[0]
-        else:
-            log.warning("step %d: no trainable groups, skipping the update", step)
-            learner_metrics = {}
-        learn_s = time.perf_counter() - learn_start
-        # 4. new weights to the rollout engines
-        sync_m = sync_weights(learners, rollout, version=step)
-        # 5. metrics
-        m = step_metrics(batch, adv, learner_metrics)
-        m.update(sync_m)
-        m["time/learn"] = learn_s
-        m["time/step"] = time.perf_counter() - step_start
-        m["gen_tokens_per_s"] = m.get("gen_tokens", 0) / max(m.get("time/generate", 1e-9), 1e-9)
-        if cfg.trainer.eval_every and (step % cfg.trainer.eval_every == 0 or step == total):
-            eval_start = time.perf_counter()
-            m.update(evaluate(rollout, verifier, eval_problems, render, cfg, seed=cfg.seed + 10**6 + step))
-            m["time/eval"] = time.perf_counter() - eval_start
-        metrics_log.write(step, m, batch.decisions)
-        history.append({"step": step, **m})
-        bar.update(1)
-        tqdm.write(console_line(step, total, m), file=sys.stdout)
-        sys.stdout.flush()
-    bar.close()
-    metrics_log.close()
-    summary = {
-        "heldout_before": history[0].get("eval/accuracy"),
-        "heldout_after": next((h["eval/accuracy"] for h in reversed(history) if "eval/accuracy" in h), None),
-        "steps": total,
-        "run_dir": str(run_dir),
-    }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    log.info("done: held-out accuracy %s -> %s", summary["heldout_before"], summary["heldout_after"])
-    return {"summary": summary, "history": history}
+        bar = tqdm(total=total, desc="train", disable=not cfg.trainer.progress, dynamic_ncols=True, file=sys.stderr)
+        for step in range(1, total + 1):
+            step_start = time.perf_counter()
+            # 1. rollouts: the controller decides how many per prompt, and scores them
+            problems = stream.next(cfg.trainer.batch_size)
+            batch = controller.collect(problems, stream.next, seed=cfg.seed * 100003 + step)
+            # 2. advantages, then the optional weighting
+            adv = advantages_for(batch, preset, cfg.weighting, hadw_state)
+            # 3. one optimizer step on the learners
+            learn_start = time.perf_counter()
+            shards, totals = learner_shards(batch.groups, adv, preset, len(learners), cfg.learner.micro_batch_size)
+            if totals["sequences"] and batch.groups:
+                learner_metrics = ray.get([l.train_step.remote(shard, loss_cfg, totals) for l, shard in zip(learners, shards)])[0]
+            else:
+                log.warning("step %d: no trainable groups, skipping the update", step)
+                learner_metrics = {}
+            learn_s = time.perf_counter() - learn_start
+            # 4. new weights to the rollout engines
+            sync_m = sync_weights(learners, rollout, version=step)
+            # 5. metrics
+            m = step_metrics(batch, adv, learner_metrics)
+            m.update(sync_m)
+            m["time/learn"] = learn_s
+            m["time/step"] = time.perf_counter() - step_start
+            m["gen_tokens_per_s"] = m.get("gen_tokens", 0) / max(m.get("time/generate", 1e-9), 1e-9)
+            if cfg.trainer.eval_every and (step % cfg.trainer.eval_every == 0 or step == total):
+                eval_start = time.perf_counter()
+                m.update(evaluate(rollout, verifier, eval_problems, render, cfg, seed=cfg.seed + 10**6 + step))
+                m["time/eval"] = time.perf_counter() - eval_start
+            metrics_log.write(step, m, batch.decisions)
+            history.append({"step": step, **m})
+            bar.update(1)
+            tqdm.write(console_line(step, total, m), file=sys.stdout)
+            sys.stdout.flush()
+        bar.close()
+        metrics_log.close()
+        summary = {
+            "heldout_before": history[0].get("eval/accuracy"),
+            "heldout_after": next((h["eval/accuracy"] for h in reversed(history) if "eval/accuracy" in h), None),
+            "steps": total,
+            "run_dir": str(run_dir),
+        }
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        log.info("done: held-out accuracy %s -> %s", summary["heldout_before"], summary["heldout_after"])
+        return {"summary": summary, "history": history}

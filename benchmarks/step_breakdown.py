@@ -1,0 +1,114 @@
+"""Where a training step's time goes, and what the rollout pool costs over a bare vLLM engine.
+
+    .venv/bin/python benchmarks/step_breakdown.py [--steps 3] [key=value overrides ...]
+
+Runs the default job (V0.5 on SmolLM2-135M, or whatever the overrides select) for a few steps,
+then, in the same process after the actors are gone, a bare in-process vLLM engine on the same
+prompts with the same sampling settings. Writes JSON (stdout and --out):
+- seconds per phase (mean over steps, the first step excluded when there are several);
+- pool tokens/s ÷ bare-engine tokens/s (target ≥ 0.9);
+- the share of the step outside generate and learn (target ≤ 10%);
+- weight-sync seconds and bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def bare_vllm_tokens_per_s(cfg, model_path: str, prompts: list[str], n: int) -> dict:
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(cfg.rollout.kv_cache_gb)))
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(
+        model=model_path,
+        dtype=cfg.model.dtype,
+        max_model_len=cfg.model.max_model_len,
+        seed=cfg.seed,
+        enforce_eager=True,
+        gpu_memory_utilization=0.3,
+        logprobs_mode="processed_logprobs",
+    )
+    params = SamplingParams(
+        n=n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_tokens=cfg.rollout.max_tokens, logprobs=0
+    )
+    llm.generate(prompts[:2], params, use_tqdm=False)  # warm-up, as the pool had its own
+    rates = []
+    for _ in range(2):
+        start = time.perf_counter()
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        seconds = time.perf_counter() - start
+        tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
+        rates.append(tokens / seconds)
+    return {"tokens_per_s": max(rates), "runs": rates}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--out", default="benchmarks/out/step_breakdown.json")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import ray
+    from omegaconf import OmegaConf
+
+    from rlvr.config import compose
+    from rlvr.data import PromptStream, build_messages, load_problems
+    from rlvr.models import resolve_model_path
+    from rlvr.trainer import train
+
+    cfg = compose(
+        [f"trainer.steps={args.steps}", "trainer.eval_every=0", "run_dir=benchmarks/out/step_breakdown_run"] + args.overrides
+    )
+    result = train(cfg)
+    ray.shutdown()
+    steps = [h for h in result["history"] if h["step"] >= 1]
+    measured = steps[1:] if len(steps) > 1 else steps
+    mean = lambda key: sum(h.get(key, 0.0) for h in measured) / len(measured)  # noqa: E731
+    phases = {p: mean(f"time/{p}") for p in ("generate", "verify", "value", "learn", "sync", "step")}
+    pool_rate = sum(h["gen_tokens"] for h in measured) / sum(h["time/generate"] for h in measured)
+
+    # The same prompts as the run's first measured steps, through a bare engine.
+    model_path = resolve_model_path(cfg.model.path, cfg.cache_dir)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    problems = PromptStream(load_problems(OmegaConf.to_container(cfg.data.train, resolve=True)), seed=cfg.seed).next(
+        cfg.trainer.batch_size * len(measured)
+    )
+    fewshot = OmegaConf.to_container(cfg.data.fewshot, resolve=True) if cfg.data.fewshot else None
+    prompts = [
+        tok.apply_chat_template(build_messages(p, cfg.data.system_prompt, fewshot), tokenize=False, add_generation_prompt=True)
+        for p in problems
+    ]
+    bare = bare_vllm_tokens_per_s(cfg, model_path, prompts, cfg.algorithm.n)
+    outside = (phases["step"] - phases["generate"] - phases["learn"]) / phases["step"]
+    report = {
+        "config": {"algorithm": cfg.algorithm.name, "steps": args.steps, "batch_size": cfg.trainer.batch_size, "n": cfg.algorithm.n},
+        "seconds_per_phase": phases,
+        "pool_tokens_per_s": pool_rate,
+        "bare_vllm_tokens_per_s": bare["tokens_per_s"],
+        "pool_over_bare": pool_rate / bare["tokens_per_s"],
+        "share_outside_generate_and_learn": outside,
+        "sync_seconds": phases["sync"],
+        "sync_bytes": measured[-1].get("sync/bytes"),
+        "targets": {
+            "pool_over_bare>=0.9": pool_rate / bare["tokens_per_s"] >= 0.9,
+            "outside_share<=0.10": outside <= 0.10,
+        },
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""The config tree: every preset composes, and bad input fails early with the key named."""
+
+import pytest
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from rlvr.algorithms import PRESETS
+from rlvr.cli import main
+from rlvr.config import ConfigError, algorithm_preset, compose, validate
+from rlvr.models import resolve_model_path
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_algorithm_configs_match_the_library_presets(name):
+    cfg = compose([f"algorithm={name}"])
+    validate(cfg)
+    assert algorithm_preset(cfg.algorithm) == PRESETS[name]
+
+
+@pytest.mark.parametrize("weighting", ["none", "focal", "hadw"])
+def test_weightings_compose(weighting):
+    cfg = compose([f"weighting={weighting}", "algorithm=dapo"])
+    validate(cfg)
+    assert cfg.weighting.name == weighting
+
+
+def test_unknown_key_is_named():
+    with pytest.raises((HydraException, OmegaConfBaseException), match="learner.lrr"):
+        compose(["learner.lrr=1e-6"])
+
+
+def test_unknown_group_option_lists_the_choices():
+    with pytest.raises(HydraException, match="grpo"):
+        compose(["algorithm=ppo"])
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("learner.lr=-1", "learner.lr"),
+        ("algorithm.n=1", "algorithm.n"),
+        ("cluster.zero_stage=4", "cluster.zero_stage"),
+        ("rollout.temperature=0", "rollout.temperature"),
+        ("rollout.backend=tgi", "rollout.backend"),
+        ("algorithm.loss=ppo", "algorithm"),
+        ("verifier.timeout_s=0", "verifier.timeout_s"),
+    ],
+)
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key):
+        validate(compose([override]))
+
+
+def test_missing_required_value_is_named():
+    with pytest.raises(ConfigError, match="model.path"):
+        validate(compose(["model=local"]))
+
+
+def test_cli_reports_config_errors_without_a_traceback(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "trainer.stepz=3"])
+    assert e.value.code == 2
+    assert "trainer.stepz" in capsys.readouterr().err
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        resolve_model_path(str(tmp_path / "nope"))

@@ -123,6 +123,7 @@ def run_mix(v: ProcessVerifier, reqs: list[ScoreRequest], healthy_idx: list[int]
         "healthy_items_per_s": round(len(healthy_idx) / healthy_done, 1),
         "items_per_s": round(len(reqs) / wall, 1),
         "errors": {k: stats[k] for k in ("timeout", "oom", "crash", "error")},
+        "healthy_items_with_error": sum(1 for i in healthy_idx if results[i].error is not None),
         "replaced": stats["replaced"],
         "reward_mean": round(stats["reward_mean"], 4),
     }
@@ -204,6 +205,7 @@ def main() -> None:
         f"{args.workers}_workers_items_per_s": round(healthy_ref * args.items / len(healthy_idx), 1),
         "items_per_s_per_worker": round(healthy_ref * args.items / len(healthy_idx) / args.workers, 1),
         "healthy_subset_items_per_s_runs": h_rates,
+        "items_with_error_runs": [x["healthy_items_with_error"] for x in runs["healthy"]],
     }
     for name, key in (("pathological_issue_mix", "issue"), ("pathological_all_hang", "hang")):
         rs = runs[key]
@@ -216,6 +218,7 @@ def main() -> None:
             "wall_s_runs": [x["wall_s"] for x in rs],
             "healthy_done_s_runs": [x["healthy_done_s"] for x in rs],
             "errors_runs": [x["errors"] for x in rs],
+            "healthy_items_with_error_runs": [x["healthy_items_with_error"] for x in rs],
             "pathological_items": args.items - len(healthy_idx),
         }
     out["recovery"] = {

@@ -473,6 +473,8 @@ class ProcessVerifier:
             percentile of recent item durations, at least ``min_overdue_s``
             (0.05 s).  The worker gets its priority back when the queue is
             empty.
+        overdue_nice: niceness of a set-aside worker while items are queued
+            (19; 0 disables re-nicing, the slot is still handed over).
         max_items_per_worker: recycle a worker after this many items.
         max_overdue: at most this many overdue workers are set aside at once
             (default ``4 * num_workers``); beyond it they count against
@@ -494,6 +496,7 @@ class ProcessVerifier:
         max_overdue: int | None = None,
         overdue_factor: float = 5.0,
         min_overdue_s: float = 0.05,
+        overdue_nice: int = 19,
     ):
         if isinstance(terms, (RewardSpec, dict, str)):
             terms = [terms]
@@ -511,6 +514,7 @@ class ProcessVerifier:
         self.overdue_s = float(overdue_s) if overdue_s is not None else min(1.0, self.timeout_s / 4)
         self.max_items_per_worker = max(1, int(max_items_per_worker))
         self.start_timeout_s = float(start_timeout_s)
+        self.overdue_nice = max(0, min(19, int(overdue_nice)))
         self.overdue_factor = float(overdue_factor)
         self.min_overdue_s = float(min_overdue_s)
         self.max_overdue = int(max_overdue) if max_overdue is not None else 4 * self.num_workers
@@ -856,9 +860,9 @@ class ProcessVerifier:
                         replaced()
                     elif not w.overdue and now >= w.t_start + overdue_after:
                         w.overdue = True
-                        if queue:
+                        if queue and self.overdue_nice > 0:
                             w.niced = True
-                            self._zsend(("renice", w.pid, 19))
+                            self._zsend(("renice", w.pid, self.overdue_nice))
                 elif w.state == "starting" and now >= w.born + self.start_timeout_s:
                     self._drop(w, kill=True)
                     self._start_failures += 1

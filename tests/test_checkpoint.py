@@ -1,0 +1,491 @@
+"""rlvr.checkpoint: atomic saves, the latest pointer, pruning, crash safety, corrupt-checkpoint fallback."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from rlvr import checkpoint as ck
+from rlvr.checkpoint import (
+    CHECKPOINT_DIR,
+    checkpoint_name,
+    find_latest_checkpoint,
+    list_checkpoints,
+    read_manifest,
+    resolve_resume,
+    save_checkpoint,
+    validate_checkpoint,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+LOGGER = "rlvr.checkpoint"
+
+
+def writer(tag: str, size: int = 1000):
+    """A checkpoint writer: a binary shard, a file in a subdirectory, and an empty file."""
+
+    def write(d: Path) -> None:
+        (d / "model.bin").write_bytes(tag.encode() * size)
+        (d / "shards").mkdir()
+        (d / "shards" / "rank0.pt").write_text(json.dumps({"tag": tag}))
+        (d / "empty").write_bytes(b"")
+
+    return write
+
+
+def tag_of(path: Path) -> str:
+    return json.loads((path / "shards" / "rank0.pt").read_text())["tag"]
+
+
+def step_of(path: Path) -> int:
+    return read_manifest(path)["step"]
+
+
+def hidden(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in (run_dir / CHECKPOINT_DIR).iterdir() if p.name.startswith("."))
+
+
+# -- basics ----------------------------------------------------------------------
+
+
+def test_checkpoint_name():
+    assert checkpoint_name(12) == "step_00000012"
+    assert checkpoint_name(0) == "step_00000000"
+    assert checkpoint_name(123456789) == "step_123456789"
+    for bad in (-1, 1.5, True, "3"):
+        with pytest.raises(ValueError):
+            checkpoint_name(bad)
+
+
+def test_round_trip(tmp_path):
+    path = save_checkpoint(tmp_path, 12, writer("a"))
+    assert path == tmp_path / "checkpoints" / "step_00000012"
+    assert path.is_dir()
+    assert validate_checkpoint(path) is None
+    assert find_latest_checkpoint(tmp_path) == path
+    assert (path / "model.bin").read_bytes() == b"a" * 1000
+    assert tag_of(path) == "a"
+    m = read_manifest(path)
+    assert m["step"] == 12 and m["format"] == 1 and isinstance(m["created"], str)
+    assert m["files"] == {"empty": 0, "model.bin": 1000, "shards/rank0.pt": len(json.dumps({"tag": "a"}))}
+    assert hidden(tmp_path) == []  # no temporary leftovers
+    assert list_checkpoints(tmp_path) == [path]
+
+
+def test_latest_pointer(tmp_path):
+    p1 = save_checkpoint(tmp_path, 1, writer("a"), keep=0)
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == p1.name
+    p2 = save_checkpoint(tmp_path, 2, writer("b"), keep=0)
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == p2.name
+    assert find_latest_checkpoint(tmp_path) == p2
+    # latest is what counts, not the highest step: a complete step dir that was never
+    # pointed to (crash after its rename, before the pointer update) is not preferred.
+    (tmp_path / "checkpoints" / "latest").write_text(p1.name + "\n")
+    assert find_latest_checkpoint(tmp_path) == p1
+
+
+def test_empty_run_dir(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        assert find_latest_checkpoint(tmp_path) is None
+        assert find_latest_checkpoint(tmp_path / "missing") is None
+        (tmp_path / CHECKPOINT_DIR).mkdir()
+        assert find_latest_checkpoint(tmp_path) is None
+    assert list_checkpoints(tmp_path) == []
+    assert caplog.records == []
+
+
+def test_keep_pruning(tmp_path):
+    for s in range(1, 6):
+        save_checkpoint(tmp_path, s, writer(str(s)), keep=2)
+    assert [step_of(p) for p in list_checkpoints(tmp_path)] == [4, 5]
+    assert hidden(tmp_path) == []
+    save_checkpoint(tmp_path, 6, writer("6"), keep=1)
+    assert [step_of(p) for p in list_checkpoints(tmp_path)] == [6]
+
+
+def test_keep_zero_keeps_all(tmp_path):
+    for s in range(1, 5):
+        save_checkpoint(tmp_path, s, writer(str(s)), keep=0)
+    assert [step_of(p) for p in list_checkpoints(tmp_path)] == [1, 2, 3, 4]
+    save_checkpoint(tmp_path, 5, writer("5"), keep=-1)
+    assert len(list_checkpoints(tmp_path)) == 5
+
+
+def test_pruning_leaves_other_data_alone(tmp_path):
+    ckdir = tmp_path / CHECKPOINT_DIR
+    save_checkpoint(tmp_path, 1, writer("1"), keep=1)
+    (ckdir / "step_00000000").mkdir()  # incomplete: no manifest
+    (ckdir / "notes.txt").write_text("mine")
+    (ckdir / "my_backup").mkdir()
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    for s in range(2, 5):
+        save_checkpoint(tmp_path, s, writer(str(s)), keep=1)
+    assert [step_of(p) for p in list_checkpoints(tmp_path)] == [4]
+    assert (ckdir / "step_00000000").is_dir()
+    assert (ckdir / "notes.txt").read_text() == "mine"
+    assert (ckdir / "my_backup").is_dir()
+    assert (tmp_path / "metrics.jsonl").exists()
+
+
+def test_later_steps_are_not_pruned_after_resuming_earlier(tmp_path):
+    """Resuming from step 2 while step 5 exists: saving step 3 never deletes step 5."""
+    for s in (1, 2, 5):
+        save_checkpoint(tmp_path, s, writer(str(s)), keep=0)
+    save_checkpoint(tmp_path, 3, writer("3"), keep=1)
+    assert [step_of(p) for p in list_checkpoints(tmp_path)] == [3, 5]
+    assert find_latest_checkpoint(tmp_path).name == "step_00000003"
+
+
+def test_resave_same_step(tmp_path):
+    save_checkpoint(tmp_path, 1, writer("a"))
+    p2 = save_checkpoint(tmp_path, 2, writer("old", size=10))
+    p2b = save_checkpoint(tmp_path, 2, writer("new", size=5000))
+    assert p2b == p2
+    assert tag_of(p2) == "new" and (p2 / "model.bin").stat().st_size == 15000
+    assert validate_checkpoint(p2) is None
+    assert find_latest_checkpoint(tmp_path) == p2
+    assert [step_of(p) for p in list_checkpoints(tmp_path)] == [1, 2]
+    assert hidden(tmp_path) == []
+
+
+def test_resave_rename_failure_puts_old_copy_back(tmp_path, monkeypatch):
+    p = save_checkpoint(tmp_path, 2, writer("old"))
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if Path(src).name.startswith(".tmp-step_"):
+            raise OSError("disk on fire")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(ck.os, "rename", rename)
+    with pytest.raises(OSError, match="disk on fire"):
+        save_checkpoint(tmp_path, 2, writer("new"))
+    monkeypatch.undo()
+    assert tag_of(p) == "old" and validate_checkpoint(p) is None
+    assert find_latest_checkpoint(tmp_path) == p
+    assert hidden(tmp_path) == []
+
+
+# -- crashes ---------------------------------------------------------------------
+
+
+def test_write_raises_leaves_previous(tmp_path):
+    p1 = save_checkpoint(tmp_path, 1, writer("a"))
+
+    def bad(d: Path) -> None:
+        (d / "model.bin").write_bytes(b"partial")
+        raise RuntimeError("OOM while saving")
+
+    with pytest.raises(RuntimeError, match="OOM"):
+        save_checkpoint(tmp_path, 2, bad)
+    assert find_latest_checkpoint(tmp_path) == p1
+    assert tag_of(p1) == "a"
+    assert not (tmp_path / "checkpoints" / "step_00000002").exists()
+    assert hidden(tmp_path) == []  # our own temporary dir is cleaned up
+    assert list_checkpoints(tmp_path) == [p1]
+
+
+def test_sigkill_during_save_leaves_previous(tmp_path, caplog):
+    """A real SIGKILL of a process in the middle of writing a checkpoint."""
+    p1 = save_checkpoint(tmp_path, 1, writer("a"))
+    ready = tmp_path / "ready"
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from pathlib import Path
+        sys.path.insert(0, {str(ROOT)!r})
+        from rlvr.checkpoint import save_checkpoint
+
+        def write(d):
+            with open(d / "model.bin", "wb") as f:
+                f.write(b"x" * 100000)
+                f.flush()
+                Path({str(ready)!r}).write_text(str(d))
+                time.sleep(60)
+
+        save_checkpoint({str(tmp_path)!r}, 2, write)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 15
+        while not ready.exists():
+            assert proc.poll() is None, "the saving process died early"
+            assert time.monotonic() < deadline, "the saving process never started writing"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    partial = Path(ready.read_text())
+    assert partial.is_dir() and partial.name.startswith(".tmp-step_00000002-")  # the crash left it behind
+
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        assert find_latest_checkpoint(tmp_path) == p1
+        assert resolve_resume(tmp_path, "auto") == p1
+    assert caplog.records == []  # nothing was wrong with the pointer or step dirs
+    assert tag_of(p1) == "a" and list_checkpoints(tmp_path) == [p1]
+
+    # The next save (a new process after the restart) removes the dead process's leftovers.
+    p2 = save_checkpoint(tmp_path, 2, writer("b"))
+    assert not partial.exists()
+    assert hidden(tmp_path) == []
+    assert find_latest_checkpoint(tmp_path) == p2
+
+
+_FS_OPS = [("os", "rename"), ("os", "replace"), ("os", "fsync"), ("os", "unlink"), ("shutil", "rmtree"), ("os", "mkdir")]
+
+
+def _crash_after(n: int | None, fn) -> int:
+    """Run fn in a forked child that hard-exits (no cleanup, like a kill) before its n-th filesystem
+    operation; n=None just counts the operations. Returns the count (n=None) or the exit code."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 0
+        try:
+            os.close(r)
+            calls = [0]
+            mods = {"os": os, "shutil": shutil}
+            for mod, name in _FS_OPS:
+                real = getattr(mods[mod], name)
+
+                def wrapped(*a, _real=real, **k):
+                    if calls[0] == n:
+                        os._exit(17)
+                    calls[0] += 1
+                    return _real(*a, **k)
+
+                setattr(mods[mod], name, wrapped)
+            fn()
+            os.write(w, str(calls[0]).encode())
+        except BaseException:
+            code = 1
+        os._exit(code)
+    os.close(w)
+    out = b""
+    while chunk := os.read(r, 64):
+        out += chunk
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if n is None:
+        assert code == 0
+        return int(out)
+    return code
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.parametrize("resave", [False, True], ids=["new-step", "resave-step"])
+def test_crash_at_every_point_of_a_save(tmp_path, resave, monkeypatch, caplog):
+    """Kill a save before each of its filesystem operations in turn: a complete checkpoint is always
+    found (the previous one or the new one), and the next save cleans up after the crash."""
+    # A process kill (not a power cut) is simulated, so fsync's durability is not under test here;
+    # a no-op keeps this fast.  fsync calls are still crash points.
+    monkeypatch.setattr(os, "fsync", lambda fd: None)
+
+    def setup(d: Path) -> None:
+        save_checkpoint(d, 1, writer("s1"), keep=1)
+        save_checkpoint(d, 2, writer("s2"), keep=1)  # keep=1: step 2 is the only copy
+
+    new_step = 2 if resave else 3
+    doomed_save = lambda d: (lambda: save_checkpoint(d, new_step, writer("new"), keep=1))  # noqa: E731
+
+    probe = tmp_path / "probe"
+    setup(probe)
+    n_ops = _crash_after(None, doomed_save(probe))
+    assert n_ops >= 6
+    outcomes = set()
+    for i in range(n_ops):
+        d = tmp_path / f"crash{i}"
+        setup(d)
+        assert _crash_after(i, doomed_save(d)) == 17
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger=LOGGER):
+            found = find_latest_checkpoint(d)
+        # The pointer always names a complete checkpoint, except in the one window of a re-save
+        # where the old copy is set aside (it is then found under its hidden name).
+        for r in caplog.records:
+            assert resave and "interrupted re-save" in r.getMessage(), (i, r.getMessage())
+        assert found is not None, f"no checkpoint after a crash at operation {i}"
+        assert validate_checkpoint(found) is None
+        outcome = (step_of(found), tag_of(found))
+        assert outcome in {(2, "s2"), (new_step, "new")}, (i, outcome)
+        outcomes.add(outcome)
+        # the next save recovers: everything consistent, no leftovers
+        p4 = save_checkpoint(d, 4, writer("s4"), keep=2)
+        assert find_latest_checkpoint(d) == p4
+        assert hidden(d) == [], (i, hidden(d))
+        steps = [step_of(p) for p in list_checkpoints(d)]
+        assert steps[-1] == 4 and len(steps) == 2, (i, steps)
+    assert outcomes == {(2, "s2"), (new_step, "new")}  # crashes both before and after the commit point
+
+
+# -- corrupt checkpoints -----------------------------------------------------------
+
+
+def _two(tmp_path) -> tuple[Path, Path]:
+    p1 = save_checkpoint(tmp_path, 1, writer("a"), keep=0)
+    p2 = save_checkpoint(tmp_path, 2, writer("b"), keep=0)
+    return p1, p2
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda p: (p / "shards" / "rank0.pt").unlink(), "listed file shards/rank0.pt is missing"),
+        (lambda p: (p / "model.bin").write_bytes(b"b" * 10), "listed file model.bin has 10 bytes, expected 1000"),
+        (lambda p: (p / "MANIFEST.json").write_text("{not json"), "unreadable MANIFEST.json"),
+        (lambda p: (p / "MANIFEST.json").write_bytes(b"\xff\xfe\x00garbage"), "unreadable MANIFEST.json"),
+        (lambda p: (p / "MANIFEST.json").write_text("[1, 2]"), "unreadable MANIFEST.json"),
+        (lambda p: (p / "MANIFEST.json").unlink(), "missing MANIFEST.json"),
+        (lambda p: shutil.rmtree(p), None),
+    ],
+    ids=["deleted-file", "truncated-file", "garbage-manifest", "binary-manifest", "manifest-not-object", "no-manifest", "dir-gone"],
+)
+def test_corrupt_latest_is_skipped_with_warning(tmp_path, caplog, damage, reason):
+    p1, p2 = _two(tmp_path)
+    damage(p2)
+    if reason is not None:
+        assert reason in validate_checkpoint(p2)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        assert find_latest_checkpoint(tmp_path) == p1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == LOGGER]
+    assert len(warnings) == 1, warnings
+    assert str(p2) in warnings[0]
+    assert (reason or "does not exist") in warnings[0]
+    assert list_checkpoints(tmp_path) == [p1]
+    assert resolve_resume(tmp_path, "auto") == p1
+
+
+def test_all_corrupt_returns_none(tmp_path, caplog):
+    p1, p2 = _two(tmp_path)
+    (p1 / "model.bin").unlink()
+    (p2 / "MANIFEST.json").write_text("")
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        assert find_latest_checkpoint(tmp_path) is None
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert str(p1) in text and str(p2) in text
+
+
+def test_corrupt_older_checkpoint_skipped_in_fallback(tmp_path, caplog):
+    p1 = save_checkpoint(tmp_path, 1, writer("a"), keep=0)
+    p2 = save_checkpoint(tmp_path, 2, writer("b"), keep=0)
+    p3 = save_checkpoint(tmp_path, 3, writer("c"), keep=0)
+    (p3 / "model.bin").unlink()
+    (p2 / "model.bin").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        assert find_latest_checkpoint(tmp_path) == p1
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert str(p3) in text and str(p2) in text
+
+
+def test_latest_points_at_missing_dir(tmp_path, caplog):
+    p1, p2 = _two(tmp_path)
+    (tmp_path / "checkpoints" / "latest").write_text("step_00000099\n")
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        assert find_latest_checkpoint(tmp_path) == p2  # newest valid by step number
+    assert any("step_00000099" in r.getMessage() and "does not exist" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("content", ["", "../../etc", "/tmp", "\n\n"])
+def test_latest_pointer_garbage(tmp_path, caplog, content):
+    p1, p2 = _two(tmp_path)
+    (tmp_path / "checkpoints" / "latest").write_text(content)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        assert find_latest_checkpoint(tmp_path) == p2
+    assert any("latest" in r.getMessage() for r in caplog.records)
+
+
+def test_latest_missing(tmp_path, caplog):
+    p1, p2 = _two(tmp_path)
+    (tmp_path / "checkpoints" / "latest").unlink()
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        assert find_latest_checkpoint(tmp_path) == p2
+    assert any("no latest pointer" in r.getMessage() for r in caplog.records)
+
+
+def test_manifest_step_mismatch_and_bad_names(tmp_path):
+    p = save_checkpoint(tmp_path, 3, writer("a"))
+    m = read_manifest(p)
+    (p / "MANIFEST.json").write_text(json.dumps({**m, "step": 4}))
+    assert "says step 4" in validate_checkpoint(p)
+    (p / "MANIFEST.json").write_text(json.dumps({**m, "files": {"../escape": 1}}))
+    assert "bad file name" in validate_checkpoint(p)
+    (p / "MANIFEST.json").write_text(json.dumps({**m, "format": 99}))
+    assert "format" in validate_checkpoint(p)
+    assert validate_checkpoint(tmp_path / "nope") == "directory does not exist"
+
+
+# -- stale leftovers -----------------------------------------------------------------
+
+
+def test_stale_tmp_removed_only_for_dead_processes(tmp_path):
+    ckdir = tmp_path / CHECKPOINT_DIR
+    save_checkpoint(tmp_path, 1, writer("a"))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = ckdir / f".tmp-step_00000005-{dead.pid}-deadbeef"
+    stale.mkdir()
+    (stale / "x").write_text("partial")
+    stale_ptr = ckdir / f".tmp-latest-{dead.pid}-0badf00d"
+    stale_ptr.write_text("step_00000005\n")
+    live = ckdir / f".tmp-step_00000005-{os.getppid()}-cafebabe"  # a live process (our parent)
+    live.mkdir()
+    odd = ckdir / ".tmp-something-else"  # not our naming: left alone
+    odd.mkdir()
+    save_checkpoint(tmp_path, 2, writer("b"))
+    assert not stale.exists() and not stale_ptr.exists()
+    assert live.exists() and odd.exists()
+
+
+def test_orphaned_aside_copy_is_used_and_restored(tmp_path, caplog):
+    """A re-save killed between moving the old copy aside and renaming the new one in."""
+    ckdir = tmp_path / CHECKPOINT_DIR
+    p = save_checkpoint(tmp_path, 2, writer("old"), keep=1)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    aside = ckdir / f".old-{p.name}-{dead.pid}-12345678"
+    os.rename(p, aside)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        found = find_latest_checkpoint(tmp_path)
+    assert found == aside and tag_of(found) == "old"
+    assert any("interrupted re-save" in r.getMessage() for r in caplog.records)
+    save_checkpoint(tmp_path, 3, writer("s3"), keep=2)
+    assert tag_of(p) == "old"  # renamed back, and kept by keep=2
+    assert [step_of(q) for q in list_checkpoints(tmp_path)] == [2, 3]
+    assert hidden(tmp_path) == []
+
+
+# -- resolve_resume --------------------------------------------------------------------
+
+
+def test_resolve_resume(tmp_path):
+    assert resolve_resume(tmp_path, "auto") is None  # nothing saved yet
+    p1, p2 = _two(tmp_path)
+    assert resolve_resume(tmp_path, "never") is None
+    assert resolve_resume(tmp_path, "auto") == p2
+    assert resolve_resume(tmp_path, str(p1)) == p1
+    assert resolve_resume(tmp_path / "elsewhere", str(p1)) == p1  # a checkpoint from another run
+
+    with pytest.raises(FileNotFoundError, match="does-not-exist"):
+        resolve_resume(tmp_path, str(tmp_path / "does-not-exist"))
+    (p1 / "model.bin").unlink()
+    with pytest.raises(ValueError, match=r"step_00000001.*listed file model.bin is missing"):
+        resolve_resume(tmp_path, str(p1))
+    with pytest.raises(ValueError, match="run directory"):
+        resolve_resume(tmp_path, str(tmp_path))
+    with pytest.raises(ValueError):
+        resolve_resume(tmp_path, "")

@@ -20,7 +20,7 @@ Writes JSON to stdout and to --out (default benchmarks/out/verifier_throughput.j
   external SIGKILLs, against the cold start of a fresh interpreter with
   math-verify (what a spawn-per-replacement design would pay).
 
-Usage: python benchmarks/verifier_throughput.py [--items 600] [--timeout 2] [--workers 2]
+Usage: python benchmarks/verifier_throughput.py [--items 600] [--timeout 5] [--workers 2] [--rounds 3] [--hang-rounds 2]
 Keep it short on a 2-core box: the defaults run in well under a minute.
 """
 
@@ -141,7 +141,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--items", type=int, default=600)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--timeout", type=float, default=2.0)
+    ap.add_argument("--timeout", type=float, default=5.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--hang-rounds", type=int, default=2)
@@ -149,16 +149,22 @@ def main() -> None:
     args = ap.parse_args()
 
     rng = random.Random(args.seed)
-    healthy = [healthy_item(rng) for _ in range(args.items)]
     n_bad = max(1, round(0.05 * args.items))
     bad_positions = sorted(rng.sample(range(args.items), n_bad))
+    bad_set = set(bad_positions)
+    healthy_idx = [i for i in range(args.items) if i not in bad_set]
     patho = pathological_items()
-    issue_mix = list(healthy)
-    hang_mix = list(healthy)
-    for j, pos in enumerate(bad_positions):
-        issue_mix[pos] = patho[j % len(patho)]
-        hang_mix[pos] = ScoreRequest(HANG, "2", "expression")
-    healthy_idx = [i for i in range(args.items) if i not in set(bad_positions)]
+
+    def batch(kind: str) -> list[ScoreRequest]:
+        """Fresh items for every run (new golds and predictions), so that no
+        run is scored from the caches of an earlier one."""
+        items = [healthy_item(rng) for _ in range(args.items)]
+        for j, pos in enumerate(bad_positions):
+            if kind == "issue":
+                items[pos] = patho[j % len(patho)]
+            elif kind == "hang":
+                items[pos] = ScoreRequest(HANG, "2", "expression")
+        return items
 
     out: dict = {
         "benchmark": "verifier_throughput",
@@ -171,18 +177,17 @@ def main() -> None:
 
     # single worker: the per-worker figure without sharing the 2 cores
     with ProcessVerifier([RewardSpec("math")], num_workers=1, timeout_s=args.timeout) as v1:
-        v1.score(healthy[:50])  # warm the workers' caches
-        one = [run_mix(v1, healthy, list(range(args.items)))["items_per_s"] for _ in range(2)]
+        one = [run_mix(v1, batch("healthy"), list(range(args.items)))["items_per_s"] for _ in range(2)]
     runs: dict[str, list[dict]] = {"healthy": [], "issue": [], "hang": []}
     with ProcessVerifier([RewardSpec("math")], num_workers=args.workers, timeout_s=args.timeout) as v:
-        v.score(healthy[:50])
         # interleaved rounds, so that load from other processes hits all variants alike
         for r in range(args.rounds):
-            runs["healthy"].append(run_mix(v, healthy, healthy_idx))
-            runs["issue"].append(run_mix(v, issue_mix, healthy_idx))
+            runs["healthy"].append(run_mix(v, batch("healthy"), healthy_idx))
+            runs["issue"].append(run_mix(v, batch("issue"), healthy_idx))
             if r < args.hang_rounds:
-                runs["hang"].append(run_mix(v, hang_mix, healthy_idx))
-        runs["healthy"].append(run_mix(v, healthy, healthy_idx))
+                runs["hang"].append(run_mix(v, batch("hang"), healthy_idx))
+        runs["healthy"].append(run_mix(v, batch("healthy"), healthy_idx))
+        healthy = batch("healthy")
 
         # external kills: SIGKILL idle workers and measure the replacement
         ext = []

@@ -184,6 +184,24 @@ def _set_pdeathsig() -> None:
         pass
 
 
+def _cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) used so far by ``pid``, from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _vm_size_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:
@@ -211,7 +229,7 @@ def _worker_main(fd: int, zygote_pid: int, cfg: dict, terms: list) -> None:  # p
         except (ValueError, OSError):
             pass
     soft_s = cfg["soft_timeout_s"]
-    conn.send(("ready", os.getpid()))
+    conn.send(("ready", os.getpid(), _cpu_s()))
     while True:
         try:
             msg = conn.recv()
@@ -255,7 +273,7 @@ def _worker_main(fd: int, zygote_pid: int, cfg: dict, terms: list) -> None:  # p
         _armed = False
         signal.setitimer(signal.ITIMER_REAL, 0)
         try:
-            conn.send(reply + (retire or exit_after,))
+            conn.send(reply + (retire or exit_after, _cpu_s()))
         except BaseException:
             os._exit(_EXIT_OOM if exit_after else 1)
         if exit_after:
@@ -388,7 +406,8 @@ _BOOT = (
 
 
 class _Worker:
-    __slots__ = ("pid", "conn", "state", "idx", "t_start", "deadline", "overdue", "niced", "done", "born")
+    __slots__ = ("pid", "conn", "state", "idx", "t_start", "deadline", "overdue", "niced", "done", "born",
+                 "cpu_mark", "cpu_check")
 
     def __init__(self, pid: int, conn: Connection, now: float):
         self.pid = pid
@@ -399,6 +418,8 @@ class _Worker:
         self.deadline = 0.0
         self.overdue = False
         self.niced = False
+        self.cpu_mark = 0.0  # the worker's CPU seconds when it last replied
+        self.cpu_check = 0.0  # when to look at its CPU use again
         self.done = 0
         self.born = now
 
@@ -571,6 +592,7 @@ class ProcessVerifier:
                     continue
                 if msg[0] == "ready":
                     w.state = "idle"
+                    w.cpu_mark = msg[2]
                     self._start_failures = 0
                     self.spawn_latencies.append(time.monotonic() - w.born)
 
@@ -776,6 +798,8 @@ class ProcessVerifier:
             events = [w.deadline for w in st.workers.values() if w.state == "busy"]
             overdue_after = self._overdue_after()
             events += [w.t_start + overdue_after for w in st.workers.values() if w.state == "busy" and not w.overdue]
+            if queue and self.overdue_nice > 0:
+                events += [w.cpu_check for w in st.workers.values() if w.state == "busy" and w.overdue and not w.niced]
             events += [t for _, t in self._dead.values()]
             events += [w.born + self.start_timeout_s for w in st.workers.values() if w.state == "starting"]
             now = time.monotonic()
@@ -813,10 +837,11 @@ class ProcessVerifier:
                 kind = msg[0]
                 if kind == "ready":
                     w.state = "idle"
+                    w.cpu_mark = msg[2]
                     self._start_failures = 0
                     self.spawn_latencies.append(now - w.born)
                 elif kind in ("ok", "err") and w.state == "busy" and msg[1] == w.idx:
-                    retire = msg[-1]
+                    retire, w.cpu_mark = msg[3], msg[4]
                     if kind == "ok":
                         self._durations.append(now - w.t_start)
                         self._n_ok += 1
@@ -858,11 +883,21 @@ class ProcessVerifier:
                         finish(w.idx, ScoreResult(0.0, False, "timeout"))
                         self._drop(w, kill=True)
                         replaced()
-                    elif not w.overdue and now >= w.t_start + overdue_after:
-                        w.overdue = True
-                        if queue and self.overdue_nice > 0:
-                            w.niced = True
-                            self._zsend(("renice", w.pid, self.overdue_nice))
+                    else:
+                        if not w.overdue and now >= w.t_start + overdue_after:
+                            w.overdue = True  # a spare takes its slot
+                            w.cpu_check = now
+                        if w.overdue and not w.niced and queue and self.overdue_nice > 0 and now >= w.cpu_check:
+                            # Lower its priority only if it has really been
+                            # computing: an item that is slow because other
+                            # processes hold the CPU is left alone.
+                            cpu = _proc_cpu_s(w.pid)
+                            used = (cpu - w.cpu_mark) if cpu is not None else overdue_after
+                            if used >= overdue_after:
+                                w.niced = True
+                                self._zsend(("renice", w.pid, self.overdue_nice))
+                            else:
+                                w.cpu_check = now + max(0.02, overdue_after - used)
                 elif w.state == "starting" and now >= w.born + self.start_timeout_s:
                     self._drop(w, kill=True)
                     self._start_failures += 1

@@ -1,0 +1,317 @@
+"""`rlvr plot RUN_DIR [RUN_DIR...]`: learning curves and step-time breakdowns from metrics.jsonl.
+
+Each run directory holds ``metrics.jsonl`` (one JSON object per line: ``step`` and
+flat numeric keys such as ``reward``, ``eval/accuracy``, ``eval/pass@k``,
+``rollouts``, ``time/<phase>``) and, optionally, ``config.yaml``, from which a run
+is labelled ``<algorithm>+<weighting>``.  Several runs are overlaid, one line per
+run, so algorithms can be compared.
+
+Figures are drawn on :class:`matplotlib.figure.Figure` objects and written with
+the Agg renderer; pyplot and its global backend state are never used, so this
+module is safe to import anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+import sys
+from pathlib import Path
+
+log = logging.getLogger("rlvr.plots")
+
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.yaml"
+
+# Phases inside time/step, in the order the trainer runs them; time/eval is outside time/step.
+STEP_PHASES = ("generate", "verify", "value", "learn", "sync")
+_PASS_RE = re.compile(r"eval/pass@(\d+)")
+
+FIGURES = (
+    "reward_vs_step.png",
+    "heldout_vs_step.png",
+    "reward_vs_rollouts.png",
+    "heldout_vs_rollouts.png",
+    "step_time_breakdown.png",
+    "pass_at_k.png",
+)
+
+
+# -- loading -------------------------------------------------------------------
+
+
+def _number(v) -> float | None:
+    """A finite float, or None for anything else (strings, bools, null, NaN, inf)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def load_metrics(run_dir: str | Path) -> list[dict]:
+    """The records of ``run_dir/metrics.jsonl``, sorted by step, one per step.
+
+    When a step appears more than once (the file is appended to after a resume),
+    the last record for it wins.  Blank lines are ignored; lines that are not a
+    JSON object with an integer ``step`` (e.g. a line cut short by a crash) are
+    skipped with a warning.
+    """
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {METRICS_FILE} in run directory {str(run_dir)!r} (looked for {str(path)!r})")
+    by_step: dict[int, dict] = {}
+    bad = 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                rec = None
+            step = rec.get("step") if isinstance(rec, dict) else None
+            if isinstance(step, float) and step.is_integer():
+                step = int(step)
+            if isinstance(step, bool) or not isinstance(step, int):
+                bad += 1
+                if bad <= 3:
+                    log.warning("%s:%d: skipping a line that is not a metrics record: %.80r", path, lineno, line.strip())
+                continue
+            by_step[step] = {**rec, "step": step}  # later records replace earlier ones
+    if bad > 3:
+        log.warning("%s: skipped %d malformed lines in all", path, bad)
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def run_label(run_dir: str | Path) -> str:
+    """``<algorithm>+<weighting>`` from ``config.yaml`` when readable, else the directory name."""
+    run_dir = Path(run_dir)
+    name = run_dir.resolve().name or str(run_dir)
+    cfg_path = run_dir / CONFIG_FILE
+    if not cfg_path.is_file():
+        return name
+    try:
+        import yaml
+
+        cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    except Exception as e:  # noqa: BLE001 - any unreadable config just means "use the dir name"
+        log.warning("could not read %s (%s); labelling the run %r", cfg_path, e, name)
+        return name
+
+    def section_name(key: str) -> str | None:
+        sec = cfg.get(key) if isinstance(cfg, dict) else None
+        v = sec.get("name") if isinstance(sec, dict) else None
+        return str(v) if isinstance(v, (str, int, float)) and str(v) else None
+
+    algo, weighting = section_name("algorithm"), section_name("weighting")
+    if algo and weighting:
+        return f"{algo}+{weighting}"
+    return algo or name
+
+
+def _unique_labels(run_dirs: list[str]) -> list[str]:
+    """Labels for the runs, with the directory added where two runs would share a label."""
+    labels = [run_label(d) for d in run_dirs]
+    names = [Path(d).resolve().name for d in run_dirs]
+    out = []
+    for j, lab in enumerate(labels):
+        if labels.count(lab) > 1:
+            tag = names[j] if names.count(names[j]) == 1 and names[j] != lab else run_dirs[j]
+            lab = f"{lab} [{tag}]"
+        out.append(lab)
+    return out
+
+
+# -- series ----------------------------------------------------------------------
+
+
+class _Run:
+    def __init__(self, run_dir: str, label: str):
+        self.dir = run_dir
+        self.label = label
+        self.records = load_metrics(run_dir)
+        total, self.cum_rollouts = 0.0, []
+        for r in self.records:
+            total += _number(r.get("rollouts")) or 0.0
+            self.cum_rollouts.append(total)
+
+    def series(self, key: str, x: str = "step") -> tuple[list[float], list[float]]:
+        xs, ys = [], []
+        for r, cum in zip(self.records, self.cum_rollouts):
+            y = _number(r.get(key))
+            if y is not None:
+                xs.append(r["step"] if x == "step" else cum)
+                ys.append(y)
+        return xs, ys
+
+    def mean_phase_seconds(self) -> dict[str, float]:
+        """Mean seconds per training step for each phase (records with time/step).
+
+        Phases other than the known ones (time/* keys from the controller) are kept by
+        name; "other" is time/step minus the phases inside it; "eval" (outside time/step)
+        is amortised over all steps.
+        """
+        steps = [r for r in self.records if _number(r.get("time/step")) is not None]
+        if not steps:
+            return {}
+        n = len(steps)
+        keys = sorted({k[5:] for r in steps for k in r if k.startswith("time/")} - {"step", "eval", *STEP_PHASES})
+        inside = [p for p in STEP_PHASES if any(f"time/{p}" in r for r in steps)] + keys
+        mean = {p: sum(_number(r.get(f"time/{p}")) or 0.0 for r in steps) / n for p in inside}
+        step_mean = sum(_number(r["time/step"]) for r in steps) / n
+        mean["other"] = max(0.0, step_mean - sum(mean.values()))
+        if any(_number(r.get("time/eval")) is not None for r in steps):
+            mean["eval"] = sum(_number(r.get("time/eval")) or 0.0 for r in steps) / n
+        return mean
+
+    def last_pass_at_k(self) -> tuple[int, list[int], list[float]] | None:
+        for r in reversed(self.records):
+            pts = sorted((int(m.group(1)), _number(v)) for k, v in r.items() if (m := _PASS_RE.fullmatch(k)))
+            pts = [(k, v) for k, v in pts if v is not None]
+            if pts:
+                return r["step"], [k for k, _ in pts], [v for _, v in pts]
+        return None
+
+
+# -- figures -----------------------------------------------------------------------
+
+
+def _new_axes(title: str, xlabel: str, ylabel: str):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    return fig, ax
+
+
+def _finish(ax, empty_note: str) -> None:
+    if ax.get_lines() or ax.patches:
+        ax.legend(fontsize="small")
+    else:
+        ax.text(0.5, 0.5, empty_note, transform=ax.transAxes, ha="center", va="center", color="gray")
+
+
+def _curve_figure(runs: list[_Run], key: str, x: str, title: str, xlabel: str, ylabel: str, marker: str | None):
+    fig, ax = _new_axes(title, xlabel, ylabel)
+    for i, run in enumerate(runs):
+        xs, ys = run.series(key, x)
+        if xs:
+            ax.plot(xs, ys, marker=marker, markersize=4, linewidth=1.5, color=f"C{i}", label=run.label)
+    _finish(ax, f"no {key!r} values in these runs")
+    return fig
+
+
+def _time_figure(runs: list[_Run]):
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = _new_axes("Mean time per training step, by phase", "run", "seconds per step")
+    means = [run.mean_phase_seconds() for run in runs]
+    phases: list[str] = []
+    for m in means:
+        phases += [p for p in m if p not in phases]
+    order = [p for p in STEP_PHASES if p in phases] + [p for p in phases if p not in (*STEP_PHASES, "other", "eval")]
+    order += [p for p in ("other", "eval") if p in phases]
+    xs = list(range(len(runs)))
+    bottom = [0.0] * len(runs)
+    for j, phase in enumerate(order):
+        heights = [m.get(phase, 0.0) for m in means]
+        ax.bar(xs, heights, bottom=bottom, width=0.6, color=f"C{j % 10}", label=phase + (" (outside step)" if phase == "eval" else ""))
+        bottom = [b + h for b, h in zip(bottom, heights)]
+    for x, total in zip(xs, bottom):
+        if total > 0:
+            ax.annotate(f"{total:.2f}s", (x, total), ha="center", va="bottom", fontsize="small", xytext=(0, 2), textcoords="offset points")
+    ax.set_xticks(xs, [r.label for r in runs], rotation=15 if len(runs) > 3 else 0)
+    ax.set_xlim(-0.6, len(runs) - 0.4)
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=8))
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.grid(False, axis="x")
+    if order:
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.text(0.5, 0.5, "no time/step values in these runs", transform=ax.transAxes, ha="center", va="center", color="gray")
+    return fig
+
+
+def _pass_at_k_figure(runs: list[_Run]):
+    found = [(i, run, run.last_pass_at_k()) for i, run in enumerate(runs)]
+    found = [(i, run, p) for i, run, p in found if p is not None]
+    if not found:
+        return None
+    fig, ax = _new_axes("Held-out pass@k at the last evaluation", "k", "pass@k")
+    ks: set[int] = set()
+    for i, run, (step, k, v) in found:
+        ax.plot(k, v, marker="o", markersize=4, color=f"C{i}", label=f"{run.label} (step {step})")
+        ks.update(k)
+    if len(ks) > 1 and max(ks) / max(1, min(ks)) >= 16:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(ks), [str(k) for k in sorted(ks)])
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize="small")
+    return fig
+
+
+def build_figures(run_dirs: list[str]) -> dict[str, "object"]:
+    """``{file name: matplotlib Figure}`` for the given runs (pass_at_k.png only if some run has pass@k)."""
+    if not run_dirs:
+        raise ValueError("no run directories given")
+    run_dirs = [str(d) for d in run_dirs]
+    runs = [_Run(d, lab) for d, lab in zip(run_dirs, _unique_labels(run_dirs))]
+    figs = {
+        "reward_vs_step.png": _curve_figure(runs, "reward", "step", "Training reward", "step", "mean reward (train batch)", None),
+        "heldout_vs_step.png": _curve_figure(runs, "eval/accuracy", "step", "Held-out accuracy", "step", "held-out accuracy", "o"),
+        "reward_vs_rollouts.png": _curve_figure(
+            runs, "reward", "rollouts", "Training reward vs rollouts spent", "cumulative rollouts", "mean reward (train batch)", None
+        ),
+        "heldout_vs_rollouts.png": _curve_figure(
+            runs, "eval/accuracy", "rollouts", "Held-out accuracy vs rollouts spent", "cumulative rollouts", "held-out accuracy", "o"
+        ),
+        "step_time_breakdown.png": _time_figure(runs),
+    }
+    pass_fig = _pass_at_k_figure(runs)
+    if pass_fig is not None:
+        figs["pass_at_k.png"] = pass_fig
+    return figs
+
+
+def plot_runs(run_dirs: list[str], out_dir: str | None = None) -> list[Path]:
+    """Write the comparison PNGs for ``run_dirs`` into ``out_dir`` (default ``<first run dir>/plots``)."""
+    if not run_dirs:
+        raise ValueError("no run directories given")
+    figs = build_figures(run_dirs)
+    out = Path(out_dir) if out_dir is not None else Path(run_dirs[0]) / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, fig in figs.items():
+        path = out / name
+        fig.savefig(path, dpi=110, format="png")
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="rlvr plot",
+        description="Plot learning curves and step-time breakdowns from the metrics.jsonl of one or more run directories.",
+    )
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (each with metrics.jsonl)")
+    parser.add_argument("--out", metavar="DIR", default=None, help="where to write the PNGs (default: FIRST_RUN_DIR/plots)")
+    args = parser.parse_args(argv)
+    try:
+        paths = plot_runs(args.run_dirs, args.out)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"rlvr plot: {e}", file=sys.stderr)
+        return 1
+    for p in paths:
+        print(p)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

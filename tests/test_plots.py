@@ -1,0 +1,240 @@
+"""rlvr.plots: loading metrics.jsonl (dedup after resume) and writing the comparison PNGs."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from rlvr.plots import build_figures, load_metrics, main, plot_runs, run_label
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CURVES = ("reward_vs_step.png", "heldout_vs_step.png", "reward_vs_rollouts.png", "heldout_vs_rollouts.png")
+ALL = (*CURVES, "step_time_breakdown.png", "pass_at_k.png")
+
+
+def make_run(
+    d: Path,
+    *,
+    steps: int = 10,
+    rollouts: int = 64,
+    eval_every: int = 5,
+    pass_k: bool = True,
+    algorithm: str | None = "grpo",
+    weighting: str | None = "none",
+    slope: float = 0.05,
+) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    recs = [{"step": 0, "eval/accuracy": 0.1, **({"eval/pass@1": 0.1, "eval/pass@4": 0.2} if pass_k else {})}]
+    for s in range(1, steps + 1):
+        r = {
+            "step": s,
+            "reward": min(1.0, 0.1 + slope * s),
+            "accuracy": min(1.0, 0.1 + slope * s),
+            "rollouts": rollouts,
+            "time/generate": 2.0,
+            "time/verify": 0.5,
+            "time/value": 0.25,
+            "time/learn": 1.0,
+            "time/sync": 0.25,
+            "time/step": 4.5,
+            "groups": 8,
+        }
+        if s % eval_every == 0:
+            r.update({"eval/accuracy": min(1.0, 0.1 + slope * s), "time/eval": 3.0})
+            if pass_k:
+                r.update({f"eval/pass@{k}": min(1.0, 0.1 + slope * s + 0.05 * i) for i, k in enumerate((1, 2, 4, 8))})
+        recs.append(r)
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    if algorithm is not None:
+        cfg = f"seed: 1\nalgorithm:\n  name: {algorithm}\n  estimator: grpo\n"
+        if weighting is not None:
+            cfg += f"weighting:\n  name: {weighting}\n"
+        (d / "config.yaml").write_text(cfg)
+    return d
+
+
+# -- load_metrics -----------------------------------------------------------------
+
+
+def test_load_metrics_sorted_and_deduplicated(tmp_path):
+    lines = [
+        {"step": 0, "eval/accuracy": 0.1},
+        {"step": 1, "reward": 0.1},
+        {"step": 2, "reward": 0.2},
+        {"step": 3, "reward": 0.3, "old": 1},
+        # crash after step 3, resumed from the checkpoint at step 1: steps 2 and 3 are written again
+        {"step": 2, "reward": 0.25},
+        {"step": 3, "reward": 0.35},
+        {"step": 4, "reward": 0.4},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    recs = load_metrics(tmp_path)
+    assert [r["step"] for r in recs] == [0, 1, 2, 3, 4]
+    assert [r.get("reward") for r in recs] == [None, 0.1, 0.25, 0.35, 0.4]
+    assert "old" not in recs[3]  # the whole last record wins, not a merge
+    assert recs[0] == {"step": 0, "eval/accuracy": 0.1}
+
+
+def test_load_metrics_unsorted_input(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "reward": s}) + "\n" for s in (3, 1, 2)))
+    assert [r["step"] for r in load_metrics(tmp_path)] == [1, 2, 3]
+
+
+def test_load_metrics_skips_bad_lines(tmp_path, caplog):
+    text = (
+        json.dumps({"step": 1, "reward": 0.1})
+        + "\n\n"
+        + '{"step": 2, "rew'  # cut short by a crash; the resumed run appends to the same line
+        + json.dumps({"step": 2, "reward": 0.2})
+        + "\n"
+        + json.dumps({"reward": 0.5})  # no step
+        + "\n"
+        + json.dumps({"step": 3, "reward": 0.3})
+        + "\n"
+        + '{"step": 4, "reward": 0.'  # cut short at the end
+    )
+    (tmp_path / "metrics.jsonl").write_text(text)
+    with caplog.at_level(logging.WARNING, logger="rlvr.plots"):
+        recs = load_metrics(tmp_path)
+    assert [(r["step"], r["reward"]) for r in recs] == [(1, 0.1), (3, 0.3)]
+    assert len(caplog.records) == 3
+
+
+def test_load_metrics_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no metrics\.jsonl in run directory .*nope"):
+        load_metrics(tmp_path / "nope")
+    (tmp_path / "empty_run").mkdir()
+    with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+        load_metrics(tmp_path / "empty_run")
+
+
+# -- labels ------------------------------------------------------------------------
+
+
+def test_run_label(tmp_path):
+    assert run_label(make_run(tmp_path / "a", algorithm="v05", weighting="focal")) == "v05+focal"
+    assert run_label(make_run(tmp_path / "b", algorithm="grpo", weighting=None)) == "grpo"
+    assert run_label(make_run(tmp_path / "c", algorithm=None)) == "c"
+    bad = make_run(tmp_path / "d", algorithm=None)
+    (bad / "config.yaml").write_text("algorithm: [unclosed\n")
+    assert run_label(bad) == "d"
+    (bad / "config.yaml").write_text("just a string\n")
+    assert run_label(bad) == "d"
+
+
+# -- figures -------------------------------------------------------------------------
+
+
+def _png_ok(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, path
+    assert len(data) > 1000, path
+
+
+def test_plot_two_runs(tmp_path):
+    a = make_run(tmp_path / "run_a", algorithm="grpo", weighting="none", rollouts=64)
+    b = make_run(tmp_path / "run_b", algorithm="v05", weighting="hadw", rollouts=32, slope=0.08, steps=12, eval_every=4)
+    figs = build_figures([str(a), str(b)])
+    assert set(figs) == set(ALL)
+    for name in CURVES:
+        ax = figs[name].axes[0]
+        assert len(ax.get_lines()) == 2, name
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert legend == ["grpo+none", "v05+hadw"], name
+
+    # x = cumulative rollouts
+    line_a, line_b = figs["reward_vs_rollouts.png"].axes[0].get_lines()
+    assert list(line_a.get_xdata()) == [64 * s for s in range(1, 11)]
+    assert list(line_b.get_xdata()) == [32 * s for s in range(1, 13)]
+    held_a = figs["heldout_vs_rollouts.png"].axes[0].get_lines()[0]
+    assert list(held_a.get_xdata()) == [0, 5 * 64, 10 * 64]  # step 0 eval at 0 rollouts
+    held_b = figs["heldout_vs_step.png"].axes[0].get_lines()[1]
+    assert list(held_b.get_xdata()) == [0, 4, 8, 12]
+
+    # stacked bars: one bar per run, one container per phase
+    ax = figs["step_time_breakdown.png"].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["grpo+none", "v05+hadw"]
+    phases = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert phases == ["generate", "verify", "value", "learn", "sync", "other", "eval (outside step)"]
+    assert len(ax.containers) == len(phases) and all(len(c) == 2 for c in ax.containers)
+    tops = [max(r.get_y() + r.get_height() for c in ax.containers for r in [c[i]]) for i in range(2)]
+    assert tops[0] == pytest.approx(4.5 + 3.0 * 2 / 10)  # step time + amortised eval (2 evals in 10 steps)
+    assert tops[1] == pytest.approx(4.5 + 3.0 * 3 / 12)
+
+    # pass@k at the last eval step that has them
+    ax = figs["pass_at_k.png"].axes[0]
+    assert len(ax.get_lines()) == 2
+    assert list(ax.get_lines()[0].get_xdata()) == [1, 2, 4, 8]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["grpo+none (step 10)", "v05+hadw (step 12)"]
+
+    # (the PNG files themselves are checked in test_main)
+
+
+def test_plot_default_out_dir_and_no_pass_at_k(tmp_path):
+    a = make_run(tmp_path / "a", pass_k=False)
+    b = make_run(tmp_path / "b", pass_k=False, algorithm=None)
+    paths = plot_runs([str(a), str(b)])
+    assert {p.name for p in paths} == set(ALL) - {"pass_at_k.png"}
+    assert all(p.parent == a / "plots" for p in paths)
+    assert not (a / "plots" / "pass_at_k.png").exists()
+    for p in paths:
+        _png_ok(p)
+
+
+def test_duplicate_labels_are_disambiguated(tmp_path):
+    a = make_run(tmp_path / "seed1")
+    b = make_run(tmp_path / "seed2")
+    ax = build_figures([str(a), str(b)])["reward_vs_step.png"].axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["grpo+none [seed1]", "grpo+none [seed2]"]
+
+
+def test_plot_uses_deduplicated_records(tmp_path):
+    d = make_run(tmp_path / "r", steps=4, eval_every=2)
+    with open(d / "metrics.jsonl", "a") as f:  # resumed from step 2: steps 3 and 4 again
+        for s in (3, 4):
+            f.write(json.dumps({"step": s, "reward": 0.9, "rollouts": 10, "time/step": 1.0}) + "\n")
+    ax = build_figures([str(d)])["reward_vs_rollouts.png"].axes[0]
+    (line,) = ax.get_lines()
+    assert list(line.get_xdata()) == [64, 128, 138, 148]
+    assert list(line.get_ydata())[2:] == [0.9, 0.9]
+
+
+def test_plot_sparse_metrics(tmp_path):
+    """Only a step-0 eval record (a run that died in its first step), NaN values: no crash."""
+    d = tmp_path / "r"
+    d.mkdir()
+    (d / "metrics.jsonl").write_text('{"step": 0, "eval/accuracy": 0.2}\n{"step": 1, "reward": NaN, "flag": "x"}\n')
+    figs = build_figures([str(d)])
+    assert len(figs["reward_vs_step.png"].axes[0].get_lines()) == 0
+    assert len(figs["heldout_vs_step.png"].axes[0].get_lines()) == 1
+    buf = io.BytesIO()
+    figs["reward_vs_step.png"].savefig(buf, format="png")  # an empty axes with its note renders
+    assert buf.getvalue()[:8] == PNG_MAGIC
+
+
+def test_plot_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+        plot_runs([str(tmp_path / "missing")])
+    with pytest.raises(ValueError):
+        plot_runs([])
+
+
+def test_main(tmp_path, capsys):
+    a = make_run(tmp_path / "a")
+    b = make_run(tmp_path / "b", algorithm="v05", weighting="focal")
+    out = tmp_path / "figs"
+    assert main([str(a), str(b), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.split()
+    assert sorted(Path(p).name for p in printed) == sorted(ALL)
+    assert all(Path(p).parent == out for p in printed)
+    for p in printed:
+        _png_ok(Path(p))
+
+    assert main([str(tmp_path / "nope")]) == 1
+    assert "metrics.jsonl" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([])

@@ -372,3 +372,22 @@ def test_gold_errors_are_reported_not_raised(math_pool):
     assert results[0].error == "error:ValueError" and results[0].reward == 0.0
     assert results[1].reward == 1.0
     assert stats["errors_by_type"] == {"error:ValueError": 1}
+
+
+def test_interrupted_score_leaves_a_usable_pool(bad_pool):
+    """Ctrl-C in the driver during score(): the next call must not mix in
+    stale replies from the interrupted batch."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(KeyboardInterrupt):
+            bad_pool.score([ScoreRequest("SLEEP", "1")] * 2 + [ScoreRequest("RAISE", "1")] * 50)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    results, stats = bad_pool.score([ScoreRequest("ok", "1")] * 10)
+    assert [(r.reward, r.error) for r in results] == [(1.0, None)] * 10

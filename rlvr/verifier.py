@@ -555,6 +555,8 @@ class ProcessVerifier:
         # durations of recent successful items, for the adaptive overdue threshold
         self._durations: collections.deque[float] = collections.deque(maxlen=256)
         self._overdue_cache = (-1, self.overdue_s)
+        self._cpu_durations: collections.deque[float] = collections.deque(maxlen=256)
+        self._cpu_cache = (-1, self.overdue_s)
         self._n_ok = 0
         self._start_zygote()
         self._top_up(time.monotonic())
@@ -841,7 +843,10 @@ class ProcessVerifier:
                     self._start_failures = 0
                     self.spawn_latencies.append(now - w.born)
                 elif kind in ("ok", "err") and w.state == "busy" and msg[1] == w.idx:
-                    retire, w.cpu_mark = msg[3], msg[4]
+                    retire = msg[3]
+                    if kind == "ok":
+                        self._cpu_durations.append(max(0.0, msg[4] - w.cpu_mark))
+                    w.cpu_mark = msg[4]
                     if kind == "ok":
                         self._durations.append(now - w.t_start)
                         self._n_ok += 1
@@ -891,13 +896,14 @@ class ProcessVerifier:
                             # Lower its priority only if it has really been
                             # computing: an item that is slow because other
                             # processes hold the CPU is left alone.
+                            need = self._renice_after_cpu()
                             cpu = _proc_cpu_s(w.pid)
-                            used = (cpu - w.cpu_mark) if cpu is not None else overdue_after
-                            if used >= overdue_after:
+                            used = (cpu - w.cpu_mark) if cpu is not None else need
+                            if used >= need:
                                 w.niced = True
                                 self._zsend(("renice", w.pid, self.overdue_nice))
                             else:
-                                w.cpu_check = now + max(0.02, overdue_after - used)
+                                w.cpu_check = now + max(0.02, need - used)
                 elif w.state == "starting" and now >= w.born + self.start_timeout_s:
                     self._drop(w, kill=True)
                     self._start_failures += 1
@@ -972,6 +978,20 @@ class ProcessVerifier:
             thr = min(self.overdue_s, max(self.min_overdue_s, self.overdue_factor * q))
             self._overdue_cache = (key, thr)
         return self._overdue_cache[1]
+
+    def _renice_after_cpu(self) -> float:
+        """CPU seconds an overdue item must have used before its worker is
+        re-niced: ``overdue_factor`` times the 90th percentile of recent
+        items' CPU times (not inflated when other processes load the box),
+        between ``min_overdue_s`` and ``overdue_s``."""
+        n = len(self._cpu_durations)
+        if n < 20:
+            return self.overdue_s
+        key = self._n_ok // 16
+        if self._cpu_cache[0] != key:
+            q = sorted(self._cpu_durations)[int(0.9 * (n - 1))]
+            self._cpu_cache = (key, min(self.overdue_s, max(self.min_overdue_s, self.overdue_factor * q)))
+        return self._cpu_cache[1]
 
     def _check_start_failures(self) -> None:
         if self._start_failures >= 5:

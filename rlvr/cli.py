@@ -18,6 +18,8 @@ def _compose_or_exit(overrides: list[str]):
 
     from rlvr.config import ConfigError, compose, validate
 
+    # `resume=never|auto|PATH` is short for resume.mode=...
+    overrides = [("resume.mode=" + o.split("=", 1)[1]) if o.startswith("resume=") else o for o in overrides]
     try:
         cfg = compose(overrides)
         validate(cfg)

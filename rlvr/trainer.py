@@ -14,6 +14,8 @@ import logging
 import math
 import os
 import random
+import signal
+import threading
 import socket
 import sys
 import time
@@ -25,7 +27,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rlvr.algorithms import HADWState, apply_weighting, compute_advantages, pass_at_k
-from rlvr.config import algorithm_preset, validate
+from rlvr.checkpoint import resolve_resume, save_checkpoint
+from rlvr.config import ConfigError, algorithm_preset, validate
 from rlvr.controller import BudgetController, ControllerConfig, Group, RolloutBatch
 from rlvr.data import Problem, PromptStream, build_messages, load_problems
 from rlvr.learner import LearnerConfig, LossConfig, PolicyLearner, Sequence
@@ -286,6 +289,76 @@ def console_line(step: int, total: int, m: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# Checkpoints: DeepSpeed shards of every learner rank + the driver's state, saved atomically
+# --------------------------------------------------------------------------------------------
+GUARDED_KEYS = ("model.path", "algorithm.name", "algorithm.estimator", "algorithm.loss", "weighting.name")
+
+
+def check_resume_config(ckpt: Path, cfg: DictConfig) -> None:
+    """Refuse to resume a checkpoint into a different model or algorithm, unless allowed."""
+    saved = OmegaConf.load(ckpt / "config.yaml")
+    changed = [
+        f"{k}: {OmegaConf.select(saved, k)!r} -> {OmegaConf.select(cfg, k)!r}"
+        for k in GUARDED_KEYS
+        if OmegaConf.select(saved, k) != OmegaConf.select(cfg, k)
+    ]
+    if changed and not cfg.resume.allow_config_change:
+        raise ConfigError(
+            f"resume: checkpoint {ckpt} was written with a different config ({'; '.join(changed)}). "
+            "Pass resume.allow_config_change=true to resume anyway, or resume=never to start fresh."
+        )
+
+
+def save_training_state(run_dir: Path, step: int, roles: dict, state: dict, cfg: DictConfig) -> Path:
+    def write(tmp: Path) -> None:
+        ray.get([l.save_checkpoint.remote(str(tmp / "learner"), "policy") for l in roles["learners"]])
+        value_state = ray.get(roles["value"].state_dict.remote()) if roles["value"] is not None else None
+        torch.save({**state, "value": value_state}, tmp / "trainer_state.pt")
+        (tmp / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    return save_checkpoint(run_dir, step, write, keep=cfg.trainer.keep_checkpoints)
+
+
+def load_training_state(ckpt: Path, roles: dict) -> dict:
+    ray.get([l.load_checkpoint.remote(str(ckpt / "learner"), "policy") for l in roles["learners"]])
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    if roles["value"] is not None and state.get("value") is not None:
+        ray.get(roles["value"].load_state_dict.remote(state["value"]))
+    return state
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+class StopRequest:
+    """SIGTERM/SIGINT ask the loop to checkpoint after the current step and exit; a second one aborts."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.previous[sig] = signal.signal(sig, self.handle)
+
+    def handle(self, signum, frame):
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+        log.warning("received %s: saving a checkpoint after this step, then stopping", signal.Signals(signum).name)
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+# --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
 def train(cfg: DictConfig) -> dict:
@@ -293,6 +366,9 @@ def train(cfg: DictConfig) -> dict:
     preset = algorithm_preset(cfg.algorithm)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = resolve_resume(run_dir, str(cfg.resume.mode))
+    if ckpt is not None:
+        check_resume_config(ckpt, cfg)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -351,16 +427,27 @@ def train(cfg: DictConfig) -> dict:
         metrics_log = MetricsLog(run_dir, cfg)
         total = cfg.trainer.steps
         history: list[dict] = []
-
-        eval_m = evaluate(rollout, verifier, eval_problems, render, cfg, seed=cfg.seed + 10**6)
-        log.info("step 0 held-out accuracy %.3f on %d prompts", eval_m.get("eval/accuracy", float("nan")), len(eval_problems))
-        metrics_log.write(0, eval_m)
-        history.append({"step": 0, **eval_m})
+        start_step, heldout_before = 1, None
+        if ckpt is not None:
+            state = load_training_state(ckpt, roles)
+            stream.load_state_dict(state["stream"])
+            hadw_state.load_state_dict(state["hadw"])
+            set_rng_state(state["rng"])
+            start_step, heldout_before = state["step"] + 1, state.get("heldout_before")
+            sync_weights(learners, rollout, version=state["step"])
+            log.info("resumed from %s: continuing at step %d (epoch %d)", ckpt, start_step, stream.epoch)
+        else:
+            eval_m = evaluate(rollout, verifier, eval_problems, render, cfg, seed=cfg.seed + 10**6)
+            heldout_before = eval_m.get("eval/accuracy")
+            log.info("step 0 held-out accuracy %.3f on %d prompts", heldout_before or float("nan"), len(eval_problems))
+            metrics_log.write(0, eval_m)
+            history.append({"step": 0, **eval_m})
 
         from tqdm import tqdm
 
-        bar = tqdm(total=total, desc="train", disable=not cfg.trainer.progress, dynamic_ncols=True, file=sys.stderr)
-        for step in range(1, total + 1):
+        stop = StopRequest()
+        bar = tqdm(total=total, initial=start_step - 1, desc="train", disable=not cfg.trainer.progress, dynamic_ncols=True, file=sys.stderr)
+        for step in range(start_step, total + 1):
             step_start = time.perf_counter()
             # 1. rollouts: the controller decides how many per prompt, and scores them
             problems = stream.next(cfg.trainer.batch_size)
@@ -393,12 +480,22 @@ def train(cfg: DictConfig) -> dict:
             bar.update(1)
             tqdm.write(console_line(step, total, m), file=sys.stdout)
             sys.stdout.flush()
+            # 6. checkpoint: periodically, at the end, and when asked to stop
+            every = cfg.trainer.save_every
+            if (every and step % every == 0) or step == total or stop.signal is not None:
+                state = {"step": step, "epoch": stream.epoch, "stream": stream.state_dict(), "hadw": hadw_state.state_dict(), "rng": rng_state(), "heldout_before": heldout_before}
+                path = save_training_state(run_dir, step, roles, state, cfg)
+                log.info("checkpoint %s", path)
+            if stop.signal is not None:
+                log.warning("stopped at step %d; `rlvr train` with the same run_dir resumes from here", step)
+                break
+        stop.restore()
         bar.close()
         metrics_log.close()
         summary = {
-            "heldout_before": history[0].get("eval/accuracy"),
+            "heldout_before": heldout_before,
             "heldout_after": next((h["eval/accuracy"] for h in reversed(history) if "eval/accuracy" in h), None),
-            "steps": total,
+            "steps": step if total >= start_step else total,
             "run_dir": str(run_dir),
         }
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -18,7 +18,7 @@ TINY = [
     "learner.lr=1e-3",
     "learner.micro_batch_size=8",
     "verifier.timeout_s=10",
-    "+verifier.terms.1={fn: 'e2e_rewards:odd_length', weight: 1.0}",
+    "verifier.terms=[{fn: math, weight: 1.0}, {fn: 'e2e_rewards:odd_length', weight: 1.0}]",
 ]
 
 

@@ -1,0 +1,113 @@
+"""Exact resume: a run killed with SIGKILL and resumed matches a run that went straight through.
+
+Real processes: `rlvr train` runs as a subprocess (Ray, vLLM, DeepSpeed, math-verify inside), is
+SIGKILLed once its step-2 checkpoint exists, and is started again with the same run_dir.
+Step 2 is also the end of the first epoch (8 problems, 4 per step), so the resumed run must train
+the next epoch rather than stop.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ARGS = [
+    "algorithm=v05",
+    "weighting=hadw",
+    "model=tiny-random",
+    "trainer.steps=4",
+    "trainer.batch_size=4",
+    "trainer.save_every=2",
+    "trainer.keep_checkpoints=3",
+    "trainer.eval_every=0",
+    "trainer.progress=false",
+    "data.train.size=8",
+    "eval.size=4",
+    "rollout.max_tokens=12",
+    "learner.lr=1e-3",
+    "verifier.terms=[{fn: math, weight: 1.0}, {fn: 'e2e_rewards:odd_length', weight: 1.0}]",
+]
+
+
+def rlvr_train(run_dir: Path, *extra: str, kill_at_step: int | None = None) -> subprocess.CompletedProcess | None:
+    env = dict(os.environ)
+    tests = str(Path(__file__).resolve().parent)
+    env["PYTHONPATH"] = os.pathsep.join([tests, env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "rlvr.cli", "train", *ARGS, f"run_dir={run_dir}", *extra]
+    log = open(run_dir.parent / f"{run_dir.name}-{'killed' if kill_at_step else 'run'}.log", "a")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    if kill_at_step is None:
+        assert proc.wait(timeout=600) == 0, (run_dir.parent / f"{run_dir.name}-run.log").read_text()[-3000:]
+        return None
+    latest = run_dir / "checkpoints" / "latest"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if latest.exists() and latest.read_text().strip() == f"step_{kill_at_step:08d}":
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver, its Ray cluster and every actor, no clean-up
+    proc.wait()
+    time.sleep(2)
+    return None
+
+
+def per_step(run_dir: Path) -> dict[int, dict]:
+    records = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        records[r["step"]] = r  # a step re-run after the kill: the resumed record wins
+    return records
+
+
+def final_weights(run_dir: Path) -> dict:
+    path = run_dir / "checkpoints" / "step_00000004" / "learner" / "policy" / "mp_rank_00_model_states.pt"
+    return torch.load(path, weights_only=False)["module"]
+
+
+DETERMINISTIC = ["reward", "accuracy", "rollouts", "response_length", "learner/loss", "learner/pg_loss", "learner/entropy", "learner/grad_norm"]
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_matches_straight_run(tmp_path, tiny_model):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    straight.mkdir(), resumed.mkdir()
+    rlvr_train(straight)
+    rlvr_train(resumed, kill_at_step=2)
+    # A partial checkpoint from a crash during a later save must be skipped, not loaded.
+    (resumed / "checkpoints" / "step_00000003").mkdir()
+    (resumed / "checkpoints" / "step_00000003" / "trainer_state.pt").write_bytes(b"partial")
+    rlvr_train(resumed)
+
+    a, b = per_step(straight), per_step(resumed)
+    assert sorted(k for k in a if k > 0) == sorted(k for k in b if k > 0) == [1, 2, 3, 4]
+    for step in (1, 2, 3, 4):
+        for key in DETERMINISTIC:
+            assert a[step][key] == b[step][key], (step, key, a[step][key], b[step][key])
+    assert b[3]["learner/tokens"] > 0 and b[4]["learner/tokens"] > 0  # the epoch after the boundary trained
+    wa, wb = final_weights(straight), final_weights(resumed)
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa), "final weights differ bitwise"
+    log = (tmp_path / "resumed-run.log").read_text()
+    assert "resumed from" in log and "step_00000002" in log  # not the partial step_00000003
+
+
+def test_resume_refuses_a_different_algorithm(tmp_path, tiny_model):
+    from rlvr.config import ConfigError, compose
+    from rlvr.trainer import check_resume_config
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    from omegaconf import OmegaConf
+
+    (ckpt / "config.yaml").write_text(OmegaConf.to_yaml(compose(["algorithm=grpo"]), resolve=True))
+    with pytest.raises(ConfigError, match="algorithm.name"):
+        check_resume_config(ckpt, compose(["algorithm=dapo"]))
+    check_resume_config(ckpt, compose(["algorithm=dapo", "resume.allow_config_change=true"]))
+    check_resume_config(ckpt, compose(["algorithm=grpo"]))

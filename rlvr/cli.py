@@ -1,7 +1,10 @@
 """`rlvr` command line.
 
-    rlvr train [key=value ...]     e.g. rlvr train algorithm=v05 weighting=focal data=arith model=smollm2-135m
-    rlvr config [key=value ...]    print the composed config and exit
+    rlvr train [key=value ...]        e.g. rlvr train algorithm=v05 weighting=focal data=arith model=smollm2-135m
+    rlvr config [key=value ...]       print the composed config and exit
+    rlvr export CKPT OUT              write a checkpoint's policy as a plain Hugging Face model folder
+    rlvr eval CKPT|MODEL [key=value]  held-out pass@1 / pass@k of a checkpoint or model folder, e.g. data=champ eval.n_samples=4
+    rlvr plot RUN_DIR [RUN_DIR ...]   PNG figures comparing runs (--out DIR)
 """
 
 from __future__ import annotations
@@ -49,6 +52,29 @@ def main(argv: list[str] | None = None) -> int:
         s = result["summary"]
         print(f"held-out accuracy (strict): {s['heldout_before']} -> {s['heldout_after']}  run dir: {s['run_dir']}")
         return 0
+    if command == "export":
+        if len(overrides) != 2:
+            print("usage: rlvr export CKPT OUT", file=sys.stderr)
+            return 2
+        from rlvr.export import export_checkpoint
+
+        print(export_checkpoint(overrides[0], overrides[1]))
+        return 0
+    if command == "eval":
+        if not overrides:
+            print("usage: rlvr eval CKPT|MODEL_DIR [key=value ...]", file=sys.stderr)
+            return 2
+        target, rest = overrides[0], overrides[1:]
+        from rlvr.trainer import evaluate_model
+
+        metrics = evaluate_model(target, _compose_or_exit(rest))
+        for k, v in metrics.items():
+            print(f"{k}: {v:.4f}")
+        return 0
+    if command == "plot":
+        from rlvr.plots import main as plot_main
+
+        return plot_main(overrides)
     print(f"rlvr: unknown command {command!r}\n{USAGE}", file=sys.stderr)
     return 2
 

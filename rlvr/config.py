@@ -78,6 +78,12 @@ def validate(cfg: DictConfig) -> None:
         _check(cfg.value.backend in ("embedded", "v0", "none"), "value.backend", f"unknown {cfg.value.backend!r}; known: embedded, v0, none")
         if cfg.value.backend == "v0":
             _check(bool(cfg.value.path) and Path(cfg.value.path).exists(), "value.path", f"V0 checkpoint {cfg.value.path!r} not found")
+    if preset.overlong:
+        _check(
+            0 < a.overlong_buffer <= cfg.rollout.max_tokens,
+            "algorithm.overlong_buffer",
+            f"must be in (0, rollout.max_tokens={cfg.rollout.max_tokens}], got {a.overlong_buffer}",
+        )
     _check(cfg.weighting.name in WEIGHTINGS, "weighting.name", f"unknown {cfg.weighting.name!r}; known: {', '.join(WEIGHTINGS)}")
     t = cfg.trainer
     _check(t.steps >= 1, "trainer.steps", f"must be >= 1, got {t.steps}")

@@ -208,6 +208,51 @@ def evaluate(rollout: RolloutPool, verifier, problems: list[Problem], render, cf
     return metrics
 
 
+def evaluate_model(target: str, cfg: DictConfig) -> dict:
+    """`rlvr eval`: held-out accuracy of a checkpoint (exported to a temp folder first) or a model folder."""
+    import tempfile
+
+    from rlvr.export import export_checkpoint
+    from rlvr.verifier import VerifierPool
+
+    with tempfile.TemporaryDirectory(prefix="rlvr-eval-") as tmp:
+        path = Path(target)
+        if (path / "MANIFEST.json").exists():
+            model_path = str(export_checkpoint(path, Path(tmp) / "model"))
+        else:
+            model_path = resolve_model_path(target, cfg.cache_dir)
+        problems = load_problems(OmegaConf.to_container(cfg.data.eval, resolve=True))
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        fewshot = OmegaConf.to_container(cfg.data.fewshot, resolve=True) if cfg.data.fewshot else None
+
+        def render(problem: Problem) -> str:
+            return tokenizer.apply_chat_template(
+                build_messages(problem, cfg.data.system_prompt, fewshot), tokenize=False, add_generation_prompt=True
+            )
+
+        start_ray(cfg)
+        engine_cfg = EngineConfig(
+            backend=cfg.rollout.backend,
+            model_path=model_path,
+            dtype=cfg.model.dtype,
+            max_model_len=cfg.model.max_model_len,
+            kv_cache_gb=cfg.rollout.kv_cache_gb,
+            seed=cfg.seed,
+            threads=cfg.rollout.threads,
+        )
+        engine = RolloutEngine.options(num_cpus=cfg.cluster.actor_cpus).remote(engine_cfg)
+        verifier = VerifierPool.options(num_cpus=cfg.cluster.actor_cpus).remote(
+            OmegaConf.to_container(cfg.verifier.terms), num_workers=cfg.verifier.num_workers, timeout_s=cfg.verifier.timeout_s
+        )
+        try:
+            return evaluate(RolloutPool([engine]), verifier, problems, render, cfg, seed=cfg.seed)
+        finally:
+            ray.kill(engine)
+            ray.kill(verifier)
+
+
 def step_metrics(batch: RolloutBatch, adv: torch.Tensor, learn: dict) -> dict:
     rewards = [r for g in batch.groups for r in g.rewards]
     correct = [c for g in batch.groups for c in g.correct]

@@ -44,11 +44,12 @@ def test_unknown_group_option_lists_the_choices():
         ("rollout.backend=tgi", "rollout.backend"),
         ("algorithm.loss=ppo", "algorithm"),
         ("verifier.timeout_s=0", "verifier.timeout_s"),
+        ("algorithm=dapo rollout.max_tokens=32", "algorithm.overlong_buffer"),
     ],
 )
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key):
-        validate(compose([override]))
+        validate(compose(override.split()))
 
 
 def test_missing_required_value_is_named():

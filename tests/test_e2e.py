@@ -15,6 +15,7 @@ TINY = [
     "trainer.eval_every=2",
     "eval.size=4",
     "rollout.max_tokens=16",
+    "algorithm.overlong_buffer=4",
     "learner.lr=1e-3",
     "learner.micro_batch_size=8",
     "verifier.timeout_s=10",

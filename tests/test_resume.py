@@ -98,6 +98,26 @@ def test_sigkill_and_resume_matches_straight_run(tmp_path, tiny_model):
     assert "resumed from" in log and "step_00000002" in log  # not the partial step_00000003
 
 
+    # The same checkpoint, exported, evaluated and plotted through the command line.
+    out = tmp_path / "exported"
+    run_cli("export", str(straight / "checkpoints" / "step_00000004"), str(out))
+    from transformers import AutoModelForCausalLM
+
+    exported = dict(AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).named_parameters())
+    assert all(torch.equal(exported[k].detach(), wa[k]) for k in exported)
+    report = run_cli("eval", str(straight / "checkpoints" / "step_00000004"), "model=tiny-random", "eval.size=4", "rollout.max_tokens=8")
+    assert 0.0 <= float(report.split("eval/accuracy:")[1].split()[0]) <= 1.0
+    plots = run_cli("plot", str(straight), str(resumed), "--out", str(tmp_path / "plots"))
+    assert (tmp_path / "plots" / "reward_vs_step.png").stat().st_size > 1000, plots
+
+
+def run_cli(*args: str) -> str:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent))
+    proc = subprocess.run([sys.executable, "-m", "rlvr.cli", *args], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
 def test_resume_refuses_a_different_algorithm(tmp_path, tiny_model):
     from rlvr.config import ConfigError, compose
     from rlvr.trainer import check_resume_config

@@ -1,0 +1,52 @@
+"""Turn a training checkpoint into a plain Hugging Face model folder (loadable by transformers and vLLM)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from rlvr.checkpoint import validate_checkpoint
+from rlvr.models import resolve_model_path
+
+log = logging.getLogger(__name__)
+
+
+def policy_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
+    """The policy's full-precision weights from the DeepSpeed shards of a checkpoint (any ZeRO stage)."""
+    learner_dir = ckpt / "learner"
+    if list((learner_dir / "policy").glob("*zero_pp_rank_*_mp_rank_00_model_states.pt")) and not list(
+        (learner_dir / "policy").glob("mp_rank_00_model_states.pt")
+    ):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(learner_dir), tag="policy")
+    states = torch.load(learner_dir / "policy" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    module = states["module"]
+    if any(t.numel() == 0 for t in module.values()):  # ZeRO-3 placeholders: gather from the partitions
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(learner_dir), tag="policy")
+    return module
+
+
+def export_checkpoint(ckpt: str | Path, out_dir: str | Path) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ckpt, out_dir = Path(ckpt), Path(out_dir)
+    problem = validate_checkpoint(ckpt)
+    if problem:
+        raise ValueError(f"{ckpt} is not a complete checkpoint: {problem}")
+    cfg = OmegaConf.load(ckpt / "config.yaml")
+    base = resolve_model_path(cfg.model.path, cfg.get("cache_dir"))
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(policy_state_dict(ckpt), strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not match {base}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.to(getattr(torch, cfg.model.dtype)).save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(base).save_pretrained(out_dir)
+    log.info("exported %s to %s", ckpt, out_dir)
+    return out_dir

@@ -30,11 +30,12 @@ them, reports their exit status, and kills them on request.  Workers get
 workers, as soon as the pool's end of its socket closes, which also happens
 when the pool's process dies: no orphans.
 
-While an item is being waited on past ``overdue_s`` (default
-``min(1 s, timeout_s / 4)``), its worker is re-niced to 19 and no longer
-counts against ``num_workers``: a spare worker takes the next item, so a few
-hung items do not stall the healthy ones (bounded by ``2 * num_workers``
-overdue workers at a time).
+An item that runs much longer than recent items (5 x their 90th percentile,
+at most ``overdue_s``) is set aside: its worker no longer counts against
+``num_workers`` and a spare takes the next item, so hung items do not stall
+the healthy ones (at most ``max_overdue`` set-aside workers).  While items are
+queued, a set-aside worker that has really been computing (CPU time from
+/proc) is re-niced to 19; priorities are restored when the queue drains.
 
 ``VerifierPool`` is a thin Ray actor around a ``ProcessVerifier``.
 """
@@ -498,8 +499,10 @@ class ProcessVerifier:
             (19; 0 disables re-nicing, the slot is still handed over).
         max_items_per_worker: recycle a worker after this many items.
         max_overdue: at most this many overdue workers are set aside at once
-            (default ``4 * num_workers``); beyond it they count against
-            ``num_workers`` again.  Each one holds up to ``memory_mb``.
+            (default ``16 * num_workers``); beyond it they count against
+            ``num_workers`` again.  Each one may hold up to ``memory_mb``
+            (a hung math-verify worker measured ~20 MB private memory: the
+            rest is shared copy-on-write with the zygote).
         start_timeout_s: how long to wait for the zygote to start.
     """
 
@@ -538,7 +541,7 @@ class ProcessVerifier:
         self.overdue_nice = max(0, min(19, int(overdue_nice)))
         self.overdue_factor = float(overdue_factor)
         self.min_overdue_s = float(min_overdue_s)
-        self.max_overdue = int(max_overdue) if max_overdue is not None else 4 * self.num_workers
+        self.max_overdue = int(max_overdue) if max_overdue is not None else 16 * self.num_workers
         self._state = _State()
         self._finalizer = weakref.finalize(self, _shutdown, self._state)
         self._token = 0
@@ -570,13 +573,23 @@ class ProcessVerifier:
         want = self.num_workers + self.num_spares
         noop = lambda *a: None  # noqa: E731
         while st.zconn is not None:
+            # an idle worker only becomes readable when it dies (EOF)
+            for w in list(st.workers.values()):
+                if w.state == "idle":
+                    try:
+                        dead = w.conn.poll(0)
+                    except (OSError, ValueError):
+                        dead = True
+                    if dead:
+                        self._drop(w, kill=True)
+            self._top_up(time.monotonic())
             idle = sum(1 for w in st.workers.values() if w.state == "idle")
             if idle >= want and not st.pending:
                 return
             left = t_end - time.monotonic()
             if left <= 0:
                 return
-            objs = [st.zconn] + [w.conn for w in st.workers.values() if w.state == "starting"]
+            objs = [st.zconn] + [w.conn for w in st.workers.values() if w.state != "busy"]
             for obj in wait(objs, left):
                 if obj is st.zconn:
                     self._drain_zygote(noop, noop)
@@ -588,9 +601,9 @@ class ProcessVerifier:
                     msg = w.conn.recv()
                 except (EOFError, OSError):
                     self._drop(w)
-                    self._start_failures += 1
-                    self._check_start_failures()
-                    self._top_up(time.monotonic())
+                    if w.state == "starting":
+                        self._start_failures += 1
+                        self._check_start_failures()
                     continue
                 if msg[0] == "ready":
                     w.state = "idle"

@@ -159,6 +159,7 @@ class HFEngine:
                 do_sample=sampling.temperature > 0,
                 temperature=sampling.temperature if sampling.temperature > 0 else None,
                 top_p=sampling.top_p,
+                top_k=0,  # the model's generation_config may set top_k=50; the learner's π is the full softmax
                 max_new_tokens=sampling.max_tokens,
                 num_return_sequences=n,
                 output_scores=True,

@@ -20,7 +20,7 @@ Writes JSON to stdout and to --out (default benchmarks/out/verifier_throughput.j
   external SIGKILLs, against the cold start of a fresh interpreter with
   math-verify (what a spawn-per-replacement design would pay).
 
-Usage: python benchmarks/verifier_throughput.py [--items 600] [--timeout 5] [--workers 2] [--rounds 3] [--hang-rounds 2]
+Usage: python benchmarks/verifier_throughput.py [--items 600] [--timeout 5] [--workers 2] [--rounds 4] [--hang-rounds 2]
 Keep it short on a 2-core box: the defaults run in well under a minute.
 """
 
@@ -143,7 +143,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=5.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--hang-rounds", type=int, default=2)
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "out", "verifier_throughput.json"))
     args = ap.parse_args()

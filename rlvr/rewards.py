@@ -199,7 +199,8 @@ def extract_final_answer(completion: str) -> str | None:
             return None
         return _finish(marked[-1])
 
-    phrases = list(_ANSWER_PHRASE.finditer(completion))
+    has_phrase = "nswer" in completion or "NSWER" in completion  # fast pre-check for 1 MB texts
+    phrases = list(_ANSWER_PHRASE.finditer(completion)) if has_phrase else []
     if phrases:
         answers: list[str | None] = []
         for i, m in enumerate(phrases):

@@ -6,7 +6,9 @@ Runs the default job (V0.5 on SmolLM2-135M, or whatever the overrides select) fo
 then, in the same process after the actors are gone, a bare in-process vLLM engine on the same
 prompts with the same sampling settings. Writes JSON (stdout and --out):
 - seconds per phase (mean over steps, the first step excluded when there are several);
-- pool tokens/s ÷ bare-engine tokens/s (target ≥ 0.9);
+- pool tokens/s ÷ bare-engine tokens/s (target ≥ 0.9). The bare engine gets the same per-step
+  prompt batches with n rollouts each; the pool's figure includes V0.5's extra-rollout rounds,
+  which are smaller batches;
 - the share of the step outside generate and learn (target ≤ 10%);
 - weight-sync seconds and bytes.
 """
@@ -21,8 +23,10 @@ import time
 from pathlib import Path
 
 
-def bare_vllm_tokens_per_s(cfg, model_path: str, prompts: list[str], n: int) -> dict:
+def bare_vllm_tokens_per_s(cfg, model_path: str, batches: list[list[str]], n: int) -> dict:
+    """A bare engine in this process, fed the run's per-step prompt batches one call each."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ["OMP_NUM_THREADS"] = str(cfg.rollout.threads)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(cfg.rollout.kv_cache_gb)))
     from vllm import LLM, SamplingParams
 
@@ -38,15 +42,14 @@ def bare_vllm_tokens_per_s(cfg, model_path: str, prompts: list[str], n: int) -> 
     params = SamplingParams(
         n=n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_tokens=cfg.rollout.max_tokens, logprobs=0
     )
-    llm.generate(prompts[:2], params, use_tqdm=False)  # warm-up, as the pool had its own
-    rates = []
-    for _ in range(2):
+    llm.generate(batches[0][:2], params, use_tqdm=False)  # warm-up, as the pool had its own
+    tokens, seconds = 0, 0.0
+    for prompts in batches:
         start = time.perf_counter()
         outs = llm.generate(prompts, params, use_tqdm=False)
-        seconds = time.perf_counter() - start
-        tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
-        rates.append(tokens / seconds)
-    return {"tokens_per_s": max(rates), "runs": rates}
+        seconds += time.perf_counter() - start
+        tokens += sum(len(c.token_ids) for o in outs for c in o.outputs)
+    return {"tokens_per_s": tokens / seconds, "tokens": tokens, "seconds": seconds}
 
 
 def main() -> None:
@@ -66,7 +69,7 @@ def main() -> None:
     from rlvr.trainer import train
 
     cfg = compose(
-        [f"trainer.steps={args.steps}", "trainer.eval_every=0", "run_dir=benchmarks/out/step_breakdown_run"] + args.overrides
+        [f"trainer.steps={args.steps}", "trainer.eval_every=0", "trainer.save_every=0", "resume.mode=never", "run_dir=benchmarks/out/step_breakdown_run"] + args.overrides
     )
     result = train(cfg)
     ray.shutdown()
@@ -81,15 +84,16 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_path)
-    problems = PromptStream(load_problems(OmegaConf.to_container(cfg.data.train, resolve=True)), seed=cfg.seed).next(
-        cfg.trainer.batch_size * len(measured)
-    )
+    stream = PromptStream(load_problems(OmegaConf.to_container(cfg.data.train, resolve=True)), seed=cfg.seed)
     fewshot = OmegaConf.to_container(cfg.data.fewshot, resolve=True) if cfg.data.fewshot else None
-    prompts = [
-        tok.apply_chat_template(build_messages(p, cfg.data.system_prompt, fewshot), tokenize=False, add_generation_prompt=True)
-        for p in problems
-    ]
-    bare = bare_vllm_tokens_per_s(cfg, model_path, prompts, cfg.algorithm.n)
+    batches = [
+        [
+            tok.apply_chat_template(build_messages(p, cfg.data.system_prompt, fewshot), tokenize=False, add_generation_prompt=True)
+            for p in stream.next(cfg.trainer.batch_size)
+        ]
+        for _ in steps
+    ][len(steps) - len(measured) :]
+    bare = bare_vllm_tokens_per_s(cfg, model_path, batches, cfg.algorithm.n)
     outside = (phases["step"] - phases["generate"] - phases["learn"]) / phases["step"]
     report = {
         "config": {"algorithm": cfg.algorithm.name, "steps": args.steps, "batch_size": cfg.trainer.batch_size, "n": cfg.algorithm.n},

@@ -67,6 +67,32 @@ def start_ray(cfg: DictConfig) -> None:
     )
 
 
+def engine_config(cfg: DictConfig, model_path: str) -> EngineConfig:
+    return EngineConfig(
+        backend=cfg.rollout.backend,
+        model_path=model_path,
+        dtype=cfg.model.dtype,
+        max_model_len=cfg.model.max_model_len,
+        kv_cache_gb=cfg.rollout.kv_cache_gb,
+        seed=cfg.seed,
+        threads=cfg.rollout.threads,
+    )
+
+
+def prompt_renderer(cfg: DictConfig, model_path: str):
+    """Problem -> prompt text: system prompt, few-shot turns and question through the chat template."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    fewshot = OmegaConf.to_container(cfg.data.fewshot, resolve=True) if cfg.data.fewshot else None
+
+    def render(problem: Problem) -> str:
+        messages = build_messages(problem, cfg.data.system_prompt, fewshot)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    return render
+
+
 def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
     """Create the four pools. Returns their handles."""
     cpus = cfg.cluster.actor_cpus
@@ -87,15 +113,7 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
         if cfg.value.backend == "v0":
             value_kwargs = {"path": cfg.value.path}
         roles["value"] = ValueServer.options(num_cpus=cpus).remote(backend=cfg.value.backend, **value_kwargs)
-    engine_cfg = EngineConfig(
-        backend=cfg.rollout.backend,
-        model_path=model_path,
-        dtype=cfg.model.dtype,
-        max_model_len=cfg.model.max_model_len,
-        kv_cache_gb=cfg.rollout.kv_cache_gb,
-        seed=cfg.seed,
-        threads=cfg.rollout.threads,
-    )
+    engine_cfg = engine_config(cfg, model_path)
     # Ray starts actors with OMP_NUM_THREADS=1, and vLLM's CPU backend keeps torch at that: half the
     # throughput of 2 threads on this box (measured: ~215 vs ~370 tokens/s).
     threads_env = {"env_vars": {"OMP_NUM_THREADS": str(cfg.rollout.threads)}}
@@ -228,29 +246,12 @@ def evaluate_model(target: str, cfg: DictConfig) -> dict:
         else:
             model_path = resolve_model_path(target, cfg.cache_dir)
         problems = load_problems(OmegaConf.to_container(cfg.data.eval, resolve=True))
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-        fewshot = OmegaConf.to_container(cfg.data.fewshot, resolve=True) if cfg.data.fewshot else None
-
-        def render(problem: Problem) -> str:
-            return tokenizer.apply_chat_template(
-                build_messages(problem, cfg.data.system_prompt, fewshot), tokenize=False, add_generation_prompt=True
-            )
+        render = prompt_renderer(cfg, model_path)
 
         start_ray(cfg)
-        engine_cfg = EngineConfig(
-            backend=cfg.rollout.backend,
-            model_path=model_path,
-            dtype=cfg.model.dtype,
-            max_model_len=cfg.model.max_model_len,
-            kv_cache_gb=cfg.rollout.kv_cache_gb,
-            seed=cfg.seed,
-            threads=cfg.rollout.threads,
-        )
         engine = RolloutEngine.options(
             num_cpus=cfg.cluster.actor_cpus, runtime_env={"env_vars": {"OMP_NUM_THREADS": str(cfg.rollout.threads)}}
-        ).remote(engine_cfg)
+        ).remote(engine_config(cfg, model_path))
         verifier = VerifierPool.options(num_cpus=cfg.cluster.actor_cpus).remote(
             OmegaConf.to_container(cfg.verifier.terms), num_workers=cfg.verifier.num_workers, timeout_s=cfg.verifier.timeout_s
         )
@@ -434,15 +435,7 @@ def train(cfg: DictConfig) -> dict:
     )
     stream = PromptStream(train_problems, seed=cfg.seed)
 
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    fewshot = OmegaConf.to_container(cfg.data.fewshot, resolve=True) if cfg.data.fewshot else None
-
-    def render(problem: Problem) -> str:
-        messages = build_messages(problem, cfg.data.system_prompt, fewshot)
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
+    render = prompt_renderer(cfg, model_path)
     start_ray(cfg)
     with running_roles(cfg, model_path, preset) as roles:
         rollout, verifier, learners = roles["rollout"], roles["verifier"], roles["learners"]

@@ -115,6 +115,18 @@ def run_mix(v: ProcessVerifier, reqs: list[ScoreRequest], healthy_idx: list[int]
     wall = time.perf_counter() - t0
     fin = v.last_finish_times
     healthy_done = max(fin[i] for i in healthy_idx)
+    cpu = v.last_cpu_times
+    hset = set(healthy_idx)
+    cpu_healthy = sum(c or 0.0 for i, c in enumerate(cpu) if i in hset)
+    # a worker killed at the deadline reports nothing: count its item as a
+    # full deadline of CPU (an upper bound)
+    cpu_bad = sum((c if c is not None else v.timeout_s) for i, c in enumerate(cpu) if i not in hset)
+    # CPU the pathological items took at normal priority: all of it for items
+    # that finished, up to the re-nice for items that were set aside (after
+    # that they run at nice 19, on CPU that the healthy items leave idle)
+    rn = v.last_renice_cpu
+    cpu_bad_normal = sum(rn[i] if i in rn else (c if c is not None else v.timeout_s)
+                         for i, c in enumerate(cpu) if i not in hset)
     return {
         "items": len(reqs),
         "healthy_items": len(healthy_idx),
@@ -124,6 +136,10 @@ def run_mix(v: ProcessVerifier, reqs: list[ScoreRequest], healthy_idx: list[int]
         "items_per_s": round(len(reqs) / wall, 1),
         "errors": {k: stats[k] for k in ("timeout", "oom", "crash", "error")},
         "healthy_items_with_error": sum(1 for i in healthy_idx if results[i].error is not None),
+        "worker_cpu_s_healthy": round(cpu_healthy, 3),
+        "worker_cpu_s_pathological": round(cpu_bad, 3),
+        "worker_cpu_s_pathological_at_normal_priority": round(cpu_bad_normal, 3),
+        "cpu_estimate_of_healthy_slowdown": round(cpu_bad_normal / (cpu_bad_normal + cpu_healthy), 3),
         "replaced": stats["replaced"],
         "reward_mean": round(stats["reward_mean"], 4),
     }
@@ -220,6 +236,14 @@ def main() -> None:
             "healthy_items_per_s_runs": rates,
             "healthy_slowdown_median": slow,
             "target_lt_0.20_met": slow < 0.20,
+            # worker CPU per run; the pathological figure includes the CPU that
+            # hung items burn after the healthy items are done (priority restored)
+            "worker_cpu_s_healthy_runs": [x["worker_cpu_s_healthy"] for x in rs],
+            "worker_cpu_s_pathological_runs": [x["worker_cpu_s_pathological"] for x in rs],
+            "worker_cpu_s_pathological_at_normal_priority_runs": [x["worker_cpu_s_pathological_at_normal_priority"] for x in rs],
+            # load-independent estimate: the share of the workers' normal-priority
+            # CPU that went to pathological items
+            "cpu_estimate_of_healthy_slowdown_runs": [x["cpu_estimate_of_healthy_slowdown"] for x in rs],
             "wall_s_runs": [x["wall_s"] for x in rs],
             "healthy_done_s_runs": [x["healthy_done_s"] for x in rs],
             "errors_runs": [x["errors"] for x in rs],

@@ -30,7 +30,7 @@ them, reports their exit status, and kills them on request.  Workers get
 workers, as soon as the pool's end of its socket closes, which also happens
 when the pool's process dies: no orphans.
 
-An item that runs much longer than recent items (5 x their 90th percentile,
+An item that runs much longer than recent items (3 x their 90th percentile,
 at most ``overdue_s``) is set aside: its worker no longer counts against
 ``num_workers`` and a spare takes the next item, so hung items do not stall
 the healthy ones (at most ``max_overdue`` set-aside workers).  While items are
@@ -491,9 +491,9 @@ class ProcessVerifier:
         overdue_s: upper bound of the time after which an item's worker is
             re-niced to 19 and a spare takes over its slot (default
             ``min(1, timeout_s / 4)``).  The threshold adapts: once 20 items
-            have been scored it is ``overdue_factor`` (5) times the 90th
+            have been scored it is ``overdue_factor`` (3) times the 90th
             percentile of recent item durations, at least ``min_overdue_s``
-            (0.05 s).  The worker gets its priority back when the queue is
+            (0.02 s).  The worker gets its priority back when the queue is
             empty.
         overdue_nice: niceness of a set-aside worker while items are queued
             (19; 0 disables re-nicing, the slot is still handed over).
@@ -518,8 +518,8 @@ class ProcessVerifier:
         max_items_per_worker: int = 5000,
         start_timeout_s: float = 120.0,
         max_overdue: int | None = None,
-        overdue_factor: float = 5.0,
-        min_overdue_s: float = 0.05,
+        overdue_factor: float = 3.0,
+        min_overdue_s: float = 0.02,
         overdue_nice: int = 19,
     ):
         if isinstance(terms, (RewardSpec, dict, str)):
@@ -555,6 +555,10 @@ class ProcessVerifier:
         self._spawn_t: dict[int, float] = {}
         # seconds from the start of the last score() call to each item's result
         self.last_finish_times: list[float] = []
+        # worker CPU seconds per item of the last call (None: the worker died)
+        self.last_cpu_times: list[float | None] = []
+        # item index -> CPU seconds it had used when its worker was re-niced
+        self.last_renice_cpu: dict[int, float] = {}
         # durations of recent successful items, for the adaptive overdue threshold
         self._durations: collections.deque[float] = collections.deque(maxlen=256)
         self._overdue_cache = (-1, self.overdue_s)
@@ -739,6 +743,8 @@ class ProcessVerifier:
         t0 = time.monotonic()
         results: list[ScoreResult | None] = [None] * n
         finish_times = [0.0] * n
+        cpu_times: list[float | None] = [None] * n
+        renice_cpu: dict[int, float] = {}
         term_sums = [0.0] * len(self.terms)
         term_counts = [0] * len(self.terms)
         queue = collections.deque(range(n))
@@ -857,8 +863,10 @@ class ProcessVerifier:
                     self.spawn_latencies.append(now - w.born)
                 elif kind in ("ok", "err") and w.state == "busy" and msg[1] == w.idx:
                     retire = msg[3]
+                    item_cpu = max(0.0, msg[4] - w.cpu_mark)
+                    cpu_times[w.idx] = item_cpu
                     if kind == "ok":
-                        self._cpu_durations.append(max(0.0, msg[4] - w.cpu_mark))
+                        self._cpu_durations.append(item_cpu)
                     w.cpu_mark = msg[4]
                     if kind == "ok":
                         self._durations.append(now - w.t_start)
@@ -882,6 +890,10 @@ class ProcessVerifier:
                         replaced()
                         self._retire(w)
                     elif w.done >= self.max_items_per_worker:
+                        self._retire(w)
+                    elif self._live_capacity() > self.num_workers + self.num_spares:
+                        # a set-aside worker came back after its slot was
+                        # refilled: the pool is one too big
                         self._retire(w)
 
             # the queue is empty: nothing healthy waits for the CPU any more, so
@@ -913,6 +925,7 @@ class ProcessVerifier:
                             cpu = _proc_cpu_s(w.pid)
                             used = (cpu - w.cpu_mark) if cpu is not None else need
                             if used >= need:
+                                renice_cpu[w.idx] = used
                                 w.niced = True
                                 self._zsend(("renice", w.pid, self.overdue_nice))
                             else:
@@ -929,6 +942,8 @@ class ProcessVerifier:
 
         seconds = time.monotonic() - t0
         self.last_finish_times = finish_times
+        self.last_cpu_times = cpu_times
+        self.last_renice_cpu = renice_cpu
         out: list[ScoreResult] = [r for r in results]  # type: ignore[misc]
         stats: dict[str, Any] = {"items": n, "seconds": seconds, "items_per_s": n / seconds if seconds > 0 else 0.0}
         for k in ERROR_KINDS:
@@ -994,16 +1009,16 @@ class ProcessVerifier:
 
     def _renice_after_cpu(self) -> float:
         """CPU seconds an overdue item must have used before its worker is
-        re-niced: ``overdue_factor`` times the 90th percentile of recent
-        items' CPU times (not inflated when other processes load the box),
-        between ``min_overdue_s`` and ``overdue_s``."""
+        re-niced: 3 times the 90th percentile of recent items' CPU times (not
+        inflated when other processes load the box), between 0.03 s and
+        ``overdue_s``."""
         n = len(self._cpu_durations)
         if n < 20:
             return self.overdue_s
         key = self._n_ok // 16
         if self._cpu_cache[0] != key:
             q = sorted(self._cpu_durations)[int(0.9 * (n - 1))]
-            self._cpu_cache = (key, min(self.overdue_s, max(self.min_overdue_s, self.overdue_factor * q)))
+            self._cpu_cache = (key, min(self.overdue_s, max(0.03, 3.0 * q)))
         return self._cpu_cache[1]
 
     def _check_start_failures(self) -> None:

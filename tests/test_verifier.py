@@ -58,7 +58,7 @@ def math_pool():
 @pytest.fixture(scope="module")
 def bad_pool():
     v = ProcessVerifier(
-        [RewardSpec("reward_fns_for_tests:misbehave")], num_workers=2, timeout_s=1.0, memory_mb=256
+        [RewardSpec("reward_fns_for_tests:misbehave")], num_workers=2, timeout_s=2.0, memory_mb=256
     )
     yield v
     v.close()
@@ -120,7 +120,7 @@ def test_scoring_from_a_thread(math_pool):
     t = threading.Thread(target=run)
     t.start()
     t.join(60)
-    assert [r.reward for r in out["res"]] == [1.0] * 4
+    assert [(r.reward, r.error) for r in out["res"]] == [(1.0, None)] * 4
 
 
 def test_weighted_terms_and_user_function():
@@ -176,8 +176,8 @@ def test_failures_are_isolated_and_classified(bad_pool):
     assert stats["timeout"] == 3 and stats["oom"] == 1 and stats["crash"] == 3 and stats["error"] == 2
     assert stats["errors_by_type"] == {"error:KeyError": 1, "error:ValueError": 1}
     assert stats["replaced"] >= 7
-    # three hung items overlap: the batch takes about one deadline, not three
-    assert elapsed < 3 * 1.0 + SLACK
+    # three hung items overlap: the batch takes about one deadline (2 s), not three
+    assert elapsed < 3 * 2.0 + SLACK - 1.0
     # the pool is whole again and keeps working
     results, stats = bad_pool.score([ScoreRequest("ok", "1")] * 20)
     assert all(r.reward == 1.0 and r.error is None for r in results)
@@ -193,8 +193,8 @@ def test_many_hangs_in_one_batch_do_not_serialize(bad_pool):
     elapsed = time.monotonic() - t0
     assert stats["timeout"] == 10
     assert [r.reward for r in results] == [0.0 if i % 4 == 0 else 1.0 for i in range(40)]
-    # 10 hangs x 1 s on 2 workers would be >= 5 s if they serialized
-    assert elapsed < 5.0 + SLACK
+    # 10 hangs x 2 s on 2 workers would be >= 10 s if they serialized
+    assert elapsed < 10.0
 
 
 def test_workers_ignore_sigint(bad_pool):

@@ -5,10 +5,9 @@ memory or crash.  :class:`ProcessVerifier` scores a batch so that none of that
 reaches the training loop:
 
 * Every item runs in a long-lived **worker process** under a hard wall-clock
-  deadline (``timeout_s``).  Workers are single-threaded, so math-verify-style
-  SIGALRM timers work there, and each worker arms an interval timer of its own
-  at 80% of the deadline: Python-level loops end gracefully with
-  ``error="timeout"`` and the worker is recycled.  Code that no signal can
+  deadline (``timeout_s``).  Each worker also arms a CPU-time timer
+  (``ITIMER_PROF``) at 80% of the deadline: Python-level loops end gracefully
+  with ``error="timeout"`` and the worker is recycled.  Code that no signal can
   interrupt (a long C loop such as a huge integer power) hits the parent's
   hard deadline and the worker is SIGKILLed.
 * Each worker gets an **address-space limit** (``RLIMIT_AS``): its start-up
@@ -35,7 +34,11 @@ at most ``overdue_s``) is set aside: its worker no longer counts against
 ``num_workers`` and a spare takes the next item, so hung items do not stall
 the healthy ones (at most ``max_overdue`` set-aside workers).  While items are
 queued, a set-aside worker that has really been computing (CPU time from
-/proc) is re-niced to 19; priorities are restored when the queue drains.
+/proc) is re-niced to 19 and its deadline clock is paused (it is not charged
+for time we deliberately gave to other items); priorities and clocks are
+restored when the queue drains, so a batch still ends at most ``timeout_s``
+after its last item was dispatched (and no item runs longer than
+``10 * timeout_s`` in any case).
 
 ``VerifierPool`` is a thin Ray actor around a ``ProcessVerifier``.
 """
@@ -160,7 +163,7 @@ def _coerce_request(r: Any) -> ScoreRequest:
 
 
 class _SoftTimeout(BaseException):
-    """Raised in a worker by its own interval timer (not an Exception, so
+    """Raised in a worker by its own CPU-time timer (not an Exception, so
     library code that swallows ``Exception`` cannot swallow it)."""
 
 
@@ -219,7 +222,7 @@ def _worker_main(fd: int, zygote_pid: int, cfg: dict, terms: list) -> None:  # p
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.signal(signal.SIGPROF, _on_alarm)
     import resource
 
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -244,7 +247,7 @@ def _worker_main(fd: int, zygote_pid: int, cfg: dict, terms: list) -> None:  # p
         try:
             try:
                 _armed = True
-                signal.setitimer(signal.ITIMER_REAL, soft_s)
+                signal.setitimer(signal.ITIMER_PROF, soft_s)
                 values = []
                 for fn, kwargs in terms:
                     v = float(fn(completion, answer, answer_type, **kwargs))
@@ -272,7 +275,7 @@ def _worker_main(fd: int, zygote_pid: int, cfg: dict, terms: list) -> None:  # p
             reply = ("err", idx, "timeout")
             retire = True
         _armed = False
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.setitimer(signal.ITIMER_PROF, 0)
         try:
             conn.send(reply + (retire or exit_after, _cpu_s()))
         except BaseException:
@@ -407,7 +410,7 @@ _BOOT = (
 
 
 class _Worker:
-    __slots__ = ("pid", "conn", "state", "idx", "t_start", "deadline", "overdue", "niced", "done", "born",
+    __slots__ = ("pid", "conn", "state", "idx", "t_start", "deadline", "overdue", "niced", "niced_at", "done", "born",
                  "cpu_mark", "cpu_check")
 
     def __init__(self, pid: int, conn: Connection, now: float):
@@ -419,6 +422,7 @@ class _Worker:
         self.deadline = 0.0
         self.overdue = False
         self.niced = False
+        self.niced_at = 0.0
         self.cpu_mark = 0.0  # the worker's CPU seconds when it last replied
         self.cpu_check = 0.0  # when to look at its CPU use again
         self.done = 0
@@ -541,6 +545,8 @@ class ProcessVerifier:
         self.overdue_nice = max(0, min(19, int(overdue_nice)))
         self.overdue_factor = float(overdue_factor)
         self.min_overdue_s = float(min_overdue_s)
+        # absolute cap on an item's wall time, even with its clock paused
+        self.niced_cap_s = 10.0 * self.timeout_s
         self.max_overdue = int(max_overdue) if max_overdue is not None else 16 * self.num_workers
         self._state = _State()
         self._finalizer = weakref.finalize(self, _shutdown, self._state)
@@ -816,7 +822,8 @@ class ProcessVerifier:
                     slots -= 1
 
             # wait for something to happen
-            events = [w.deadline for w in st.workers.values() if w.state == "busy"]
+            events = [w.deadline for w in st.workers.values() if w.state == "busy" and not w.niced]
+            events += [w.t_start + self.niced_cap_s for w in st.workers.values() if w.state == "busy" and w.niced]
             overdue_after = self._overdue_after()
             events += [w.t_start + overdue_after for w in st.workers.values() if w.state == "busy" and not w.overdue]
             if queue and self.overdue_nice > 0:
@@ -900,16 +907,18 @@ class ProcessVerifier:
             # overdue items get their priority back (a slow but legitimate
             # item is not starved into a timeout)
             if not queue:
+                now = time.monotonic()
                 for w in st.workers.values():
                     if w.niced:
                         w.niced = False
+                        w.deadline += now - w.niced_at  # its clock was paused
                         self._zsend(("renice", w.pid, 0))
 
             # deadlines
             now = time.monotonic()
             for w in list(st.workers.values()):
                 if w.state == "busy":
-                    if now >= w.deadline:
+                    if (now >= w.deadline and not w.niced) or now >= w.t_start + self.niced_cap_s:
                         finish(w.idx, ScoreResult(0.0, False, "timeout"))
                         self._drop(w, kill=True)
                         replaced()
@@ -927,6 +936,7 @@ class ProcessVerifier:
                             if used >= need:
                                 renice_cpu[w.idx] = used
                                 w.niced = True
+                                w.niced_at = now
                                 self._zsend(("renice", w.pid, self.overdue_nice))
                             else:
                                 w.cpu_check = now + max(0.02, need - used)

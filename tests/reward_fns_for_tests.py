@@ -19,7 +19,14 @@ def misbehave(completion: str, answer: str, answer_type: str = "number", **kwarg
     """HANG_PY: pure-Python loop (interruptible); HANG_C: a C loop no signal
     can interrupt; SLEEP: blocks in a syscall; OOM: allocate until
     MemoryError; ABORT: os.abort(); SEGV: dereference NULL; RAISE: raise;
-    EXIT: os._exit(3); NAN: return NaN; anything else: 1.0."""
+    EXIT: os._exit(3); NAN: return NaN; BURN:<ms>: compute for that many
+    milliseconds of CPU time, then 1.0; anything else: 1.0."""
+    if completion.startswith("BURN:"):
+        end = time.process_time() + int(completion[5:]) / 1000
+        x = 0
+        while time.process_time() < end:
+            x += 1
+        return 1.0
     if completion == "HANG_PY":
         while True:
             pass

@@ -64,9 +64,9 @@ def main() -> None:
     from omegaconf import OmegaConf
 
     from rlvr.config import compose
-    from rlvr.data import PromptStream, build_messages, load_problems
+    from rlvr.data import PromptStream, load_problems
     from rlvr.models import resolve_model_path
-    from rlvr.trainer import train
+    from rlvr.trainer import prompt_renderer, train
 
     cfg = compose(
         [f"trainer.steps={args.steps}", "trainer.eval_every=0", "trainer.save_every=0", "resume.mode=never", "run_dir=benchmarks/out/step_breakdown_run"] + args.overrides
@@ -81,18 +81,9 @@ def main() -> None:
 
     # The same prompts as the run's first measured steps, through a bare engine.
     model_path = resolve_model_path(cfg.model.path, cfg.cache_dir)
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_path)
+    render = prompt_renderer(cfg, model_path)
     stream = PromptStream(load_problems(OmegaConf.to_container(cfg.data.train, resolve=True)), seed=cfg.seed)
-    fewshot = OmegaConf.to_container(cfg.data.fewshot, resolve=True) if cfg.data.fewshot else None
-    batches = [
-        [
-            tok.apply_chat_template(build_messages(p, cfg.data.system_prompt, fewshot), tokenize=False, add_generation_prompt=True)
-            for p in stream.next(cfg.trainer.batch_size)
-        ]
-        for _ in steps
-    ][len(steps) - len(measured) :]
+    batches = [[render(p) for p in stream.next(cfg.trainer.batch_size)] for _ in steps][len(steps) - len(measured) :]
     bare = bare_vllm_tokens_per_s(cfg, model_path, batches, cfg.algorithm.n)
     outside = (phases["step"] - phases["generate"] - phases["learn"]) / phases["step"]
     report = {

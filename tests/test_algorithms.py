@@ -392,3 +392,15 @@ def test_pass_at_k():
     torch.testing.assert_close(values, t(1 - 21 / 45, 1.0))
     with pytest.raises(ValueError):
         pass_at_k(4, 5, 1)
+
+
+def test_pass_at_k_is_exact_at_the_ends_and_monotone_in_k():
+    from rlvr.algorithms import pass_at_k
+
+    assert [pass_at_k(3, 0, k) for k in (1, 2, 3)] == [0.0, 0.0, 0.0]
+    assert [pass_at_k(3, 3, k) for k in (1, 2, 3)] == [1.0, 1.0, 1.0]
+    for n in range(1, 12):
+        for c in range(n + 1):
+            values = [pass_at_k(n, c, k) for k in range(1, n + 1)]
+            assert values == sorted(values)
+            assert abs(values[0] - c / n) < 1e-12

@@ -26,7 +26,9 @@ TINY = [
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["grpo", "dapo", "cispo", "v05"])
 def test_two_steps_every_role(algorithm, tmp_path, ray_session, tiny_model):
-    cfg = compose(TINY + [f"algorithm={algorithm}", f"run_dir={tmp_path / algorithm}"])
+    # grpo also covers sampled pass@k in evaluation and the TensorBoard and (offline) wandb loggers.
+    extra = ["eval.n_samples=3", "logging.tensorboard=true", "logging.wandb=true"] if algorithm == "grpo" else []
+    cfg = compose(TINY + extra + [f"algorithm={algorithm}", f"run_dir={tmp_path / algorithm}"])
     result = train(cfg)
     history = result["history"]
     steps = [h for h in history if h["step"] >= 1]
@@ -50,3 +52,8 @@ def test_two_steps_every_role(algorithm, tmp_path, ray_session, tiny_model):
         assert all(h["dapo/rounds"] >= 1 for h in steps)
     lines = (Path(cfg.run_dir) / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3 and "eval/accuracy" in json.loads(lines[-1])
+    if algorithm == "grpo":
+        last = json.loads(lines[-1])
+        assert 0.0 <= last["eval/pass@1"] <= last["eval/pass@2"] <= last["eval/pass@3"] <= 1.0
+        assert list((Path(cfg.run_dir) / "tensorboard").glob("events.out.tfevents.*"))
+        assert list((Path(cfg.run_dir) / "wandb").glob("offline-run-*"))

@@ -482,6 +482,11 @@ def train(cfg: DictConfig) -> dict:
             start_step, heldout_before = state["step"] + 1, state.get("heldout_before")
             sync_weights(learners, rollout, version=state["step"])
             log.info("resumed from %s: continuing at step %d (epoch %d)", ckpt, start_step, stream.epoch)
+            if start_step > total:
+                log.warning(
+                    "%s already holds step %d of trainer.steps=%d: nothing to train. Raise trainer.steps to go on, "
+                    "or pass resume=never (or another run_dir) to start fresh.", run_dir, state["step"], total
+                )
         else:
             eval_m = evaluate(rollout, verifier, eval_problems, render, cfg, seed=cfg.seed + 10**6)
             heldout_before = eval_m.get("eval/accuracy")

@@ -211,22 +211,23 @@ def evaluate(rollout: RolloutPool, verifier, problems: list[Problem], render, cf
     """Held-out accuracy, strict: greedy pass@1, plus unbiased pass@k when eval.n_samples > 1."""
     if not problems:
         return {}
-    greedy = SamplingConfig(temperature=0.0, max_tokens=cfg.eval.max_tokens)
-    samples = rollout.generate([GenerationRequest(i, render(p), 1) for i, p in enumerate(problems)], greedy, seed)
     from rlvr.verifier import ScoreRequest
 
-    requests = [ScoreRequest(s.text, problems[s.prompt_index].answer, problems[s.prompt_index].answer_type) for s in samples]
-    results, _ = ray.get(verifier.score.remote(requests))
-    metrics = {"eval/accuracy": sum(r.correct for r in results) / len(results)}
-    n = cfg.eval.n_samples
-    if n > 1:
-        sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_tokens=cfg.eval.max_tokens)
-        samples = rollout.generate([GenerationRequest(i, render(p), n) for i, p in enumerate(problems)], sampling, seed + 1)
+    def correct_counts(n: int, sampling: SamplingConfig, seed: int) -> list[int]:
+        samples = rollout.generate([GenerationRequest(i, render(p), n) for i, p in enumerate(problems)], sampling, seed)
         requests = [ScoreRequest(s.text, problems[s.prompt_index].answer, problems[s.prompt_index].answer_type) for s in samples]
         results, _ = ray.get(verifier.score.remote(requests))
         correct = [0] * len(problems)
         for s, r in zip(samples, results):
             correct[s.prompt_index] += int(r.correct)
+        return correct
+
+    greedy = correct_counts(1, SamplingConfig(temperature=0.0, max_tokens=cfg.eval.max_tokens), seed)
+    metrics = {"eval/accuracy": sum(greedy) / len(problems)}
+    n = cfg.eval.n_samples
+    if n > 1:
+        sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_tokens=cfg.eval.max_tokens)
+        correct = correct_counts(n, sampling, seed + 1)
         for k in range(1, n + 1):
             metrics[f"eval/pass@{k}"] = float(np.mean([pass_at_k(n, c, k) for c in correct]))
     return metrics

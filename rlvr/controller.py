@@ -162,8 +162,7 @@ class BudgetController:
         for round_ in range(cfg.adaptive_rounds):
             if budget_left < cfg.delta:
                 break
-            k = torch.tensor([sum(g.correct) for g in groups], dtype=torch.float64)
-            n = torch.tensor([len(g.correct) for g in groups], dtype=torch.float64)
+            k, n = _successes_and_counts(groups)
             extra = v05.allocate(prior, k, n, delta=cfg.delta, n_max=cfg.n_max, kappa=cfg.kappa, budget=budget_left, max_chunks=1)
             if int(extra.sum()) == 0:
                 break
@@ -175,8 +174,7 @@ class BudgetController:
                 g.errors += m.errors
             bought += extra
             budget_left -= int(extra.sum())
-        k = torch.tensor([sum(g.correct) for g in groups], dtype=torch.float64)
-        n = torch.tensor([len(g.correct) for g in groups], dtype=torch.float64)
+        k, n = _successes_and_counts(groups)
         b, diag = v05.fuse(prior, k, n)
         decisions = []
         for i, g in enumerate(groups):
@@ -205,6 +203,12 @@ class BudgetController:
             "v05/prior_corr": _corr(prior, p_hat),
         }
         return RolloutBatch(groups, decisions=decisions, stats=stats)
+
+
+def _successes_and_counts(groups: list[Group]) -> tuple[torch.Tensor, torch.Tensor]:
+    k = torch.tensor([sum(g.correct) for g in groups], dtype=torch.float64)
+    n = torch.tensor([len(g.correct) for g in groups], dtype=torch.float64)
+    return k, n
 
 
 def _corr(x: torch.Tensor, y: torch.Tensor) -> float:

@@ -230,7 +230,7 @@ class RolloutEngine:
             for ref in bucket_refs:
                 yield from ray.get(ref)
 
-        self.engine.load_weights(list(named_tensors()) if isinstance(self.engine, HFEngine) else named_tensors())
+        self.engine.load_weights(named_tensors())
         self.version = version
         return time.perf_counter() - start
 

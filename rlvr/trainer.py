@@ -67,6 +67,12 @@ def start_ray(cfg: DictConfig) -> None:
     )
 
 
+def threads_env(cfg: DictConfig) -> dict:
+    """Runtime env for the torch actors. Ray starts actors with OMP_NUM_THREADS=1, and vLLM's CPU
+    backend keeps torch at that: half the throughput of 2 threads on this box (~215 vs ~370 tokens/s)."""
+    return {"env_vars": {"OMP_NUM_THREADS": str(cfg.rollout.threads)}}
+
+
 def engine_config(cfg: DictConfig, model_path: str) -> EngineConfig:
     return EngineConfig(
         backend=cfg.rollout.backend,
@@ -114,11 +120,9 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
             value_kwargs = {"path": cfg.value.path}
         roles["value"] = ValueServer.options(num_cpus=cpus).remote(backend=cfg.value.backend, **value_kwargs)
     engine_cfg = engine_config(cfg, model_path)
-    # Ray starts actors with OMP_NUM_THREADS=1, and vLLM's CPU backend keeps torch at that: half the
-    # throughput of 2 threads on this box (measured: ~215 vs ~370 tokens/s).
-    threads_env = {"env_vars": {"OMP_NUM_THREADS": str(cfg.rollout.threads)}}
     engines = [
-        RolloutEngine.options(num_cpus=cpus, runtime_env=threads_env).remote(engine_cfg) for _ in range(cfg.rollout.num_engines)
+        RolloutEngine.options(num_cpus=cpus, runtime_env=threads_env(cfg)).remote(engine_cfg)
+        for _ in range(cfg.rollout.num_engines)
     ]
     roles["rollout"] = RolloutPool(engines)
     learner_cfg = LearnerConfig(
@@ -136,7 +140,7 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
     )
     world, port = cfg.cluster.num_learners, _free_port()
     roles["learners"] = [
-        PolicyLearner.options(num_cpus=cpus, runtime_env=threads_env).remote(learner_cfg, rank, world, "127.0.0.1", port)
+        PolicyLearner.options(num_cpus=cpus, runtime_env=threads_env(cfg)).remote(learner_cfg, rank, world, "127.0.0.1", port)
         for rank in range(world)
     ]
     # Surface start-up errors (a bad model folder, an engine that cannot start) before step 1.
@@ -250,9 +254,9 @@ def evaluate_model(target: str, cfg: DictConfig) -> dict:
         render = prompt_renderer(cfg, model_path)
 
         start_ray(cfg)
-        engine = RolloutEngine.options(
-            num_cpus=cfg.cluster.actor_cpus, runtime_env={"env_vars": {"OMP_NUM_THREADS": str(cfg.rollout.threads)}}
-        ).remote(engine_config(cfg, model_path))
+        engine = RolloutEngine.options(num_cpus=cfg.cluster.actor_cpus, runtime_env=threads_env(cfg)).remote(
+            engine_config(cfg, model_path)
+        )
         verifier = VerifierPool.options(num_cpus=cfg.cluster.actor_cpus).remote(
             OmegaConf.to_container(cfg.verifier.terms), num_workers=cfg.verifier.num_workers, timeout_s=cfg.verifier.timeout_s
         )

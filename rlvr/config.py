@@ -95,12 +95,37 @@ def validate(cfg: DictConfig) -> None:
     _check(r.temperature > 0, "rollout.temperature", f"training needs sampling, so > 0; got {r.temperature}")
     _check(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
     _check(r.max_tokens >= 1, "rollout.max_tokens", f"must be >= 1, got {r.max_tokens}")
-    _check(r.num_engines >= 1, "rollout.num_engines", f"must be >= 1, got {r.num_engines}")
-    c = cfg.cluster
-    _check(c.zero_stage in (0, 1, 2, 3), "cluster.zero_stage", f"must be 0, 1, 2 or 3, got {c.zero_stage}")
-    _check(c.num_learners >= 1, "cluster.num_learners", f"must be >= 1, got {c.num_learners}")
-    _check(c.actor_cpus > 0, "cluster.actor_cpus", f"must be > 0, got {c.actor_cpus}")
+    validate_cluster(cfg.cluster, cfg.rollout.backend)
+    _check(cfg.learner.bucket_mb >= 0, "learner.bucket_mb", f"must be >= 0 (0 = one tensor per bucket), got {cfg.learner.bucket_mb}")
     v = cfg.verifier
     _check(v.timeout_s > 0, "verifier.timeout_s", f"must be > 0, got {v.timeout_s}")
     _check(v.num_workers >= 1, "verifier.num_workers", f"must be >= 1, got {v.num_workers}")
     _check(len(v.terms) >= 1, "verifier.terms", "needs at least one reward term")
+
+
+def validate_cluster(c: DictConfig, rollout_backend: str) -> None:
+    from rlvr.placement import MODES, STRATEGIES
+
+    _check(c.mode in MODES, "cluster.mode", f"unknown {c.mode!r}; known: {', '.join(MODES)}")
+    _check(c.strategy in STRATEGIES, "cluster.strategy", f"unknown {c.strategy!r}; known: {', '.join(STRATEGIES)}")
+    _check(c.weight_sync in ("ray", "nccl", "ipc"), "cluster.weight_sync", f"unknown {c.weight_sync!r}; known: ray, nccl, ipc")
+    _check(c.zero_stage in (0, 1, 2, 3), "cluster.zero_stage", f"must be 0, 1, 2 or 3, got {c.zero_stage}")
+    for key in ("num_learners", "num_engines", "tensor_parallel"):
+        _check(c[key] >= 1, f"cluster.{key}", f"must be >= 1, got {c[key]}")
+    _check(c.actor_cpus > 0, "cluster.actor_cpus", f"must be > 0, got {c.actor_cpus}")
+    _check(c.verifier_cpus > 0, "cluster.verifier_cpus", f"must be > 0, got {c.verifier_cpus}")
+    _check(c.value_accelerators >= 0, "cluster.value_accelerators", f"must be >= 0, got {c.value_accelerators}")
+    _check(c.accelerators_per_learner > 0, "cluster.accelerators_per_learner", f"must be > 0, got {c.accelerators_per_learner}")
+    unknown_roles = set(c.node_resources or {}) - {"learner", "rollout", "value", "verifier"}
+    _check(not unknown_roles, "cluster.node_resources", f"unknown roles {sorted(unknown_roles)}; known: learner, rollout, value, verifier")
+    if c.tensor_parallel > 1:
+        _check(rollout_backend == "vllm", "cluster.tensor_parallel", "tensor parallelism needs rollout=vllm")
+    if c.mode == "colocated":
+        _check(
+            c.num_engines <= c.num_learners,
+            "cluster.num_engines",
+            f"colocated engines live beside learner ranks: at most cluster.num_learners={c.num_learners}, got {c.num_engines}",
+        )
+        _check(c.tensor_parallel == 1, "cluster.tensor_parallel", "colocated mode shares one accelerator per engine: must be 1")
+    if c.weight_sync == "ipc":
+        _check(c.mode == "colocated", "cluster.weight_sync", "ipc shares memory on one node: it needs cluster.mode=colocated")

@@ -11,12 +11,14 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import ray
 import torch
 import torch.nn.functional as F
 
 from rlvr.algorithms import policy_loss
+from rlvr.weight_sync import TensorSpec, broadcast, open_group, pack, plan_buckets, share
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ class LearnerConfig:
     threads: int = 2
     seed: int = 0
     dtype: str = "float32"
-    bucket_mb: int = 512
+    bucket_mb: float = 512
 
 
 @dataclass
@@ -234,36 +236,64 @@ class PolicyLearner:
         metrics["seconds"] = time.perf_counter() - start
         return metrics
 
-    def export_weights(self, bucket_mb: int | None = None) -> tuple[list, int]:
-        """Put the weights in the object store in buckets of about `bucket_mb` MB.
+    # ---- weight sync (see rlvr/weight_sync.py) ----------------------------------------------
+    def bucket_specs(self, bucket_mb: float | None = None) -> list[list[TensorSpec]]:
+        """Names, full shapes and dtypes of the parameters, grouped into buckets of ~`bucket_mb` MB."""
+        specs = [
+            # ZeRO-3 keeps a partition in p; ds_shape is the full shape
+            TensorSpec(n, tuple(getattr(p, "ds_shape", p.shape)), p.dtype)
+            for n, p in self.engine.module.named_parameters()
+        ]
+        return plan_buckets(specs, self.cfg.bucket_mb if bucket_mb is None else bucket_mb)
 
-        Rank 0 returns (bucket refs, total bytes); other ranks return ([], 0).
-
-        Under ZeRO-3 every rank must call this: parameters are gathered one bucket at a time,
-        never the whole model at once.
-        """
+    def _gathered_buckets(self, bucket_mb: float | None = None) -> Iterator[tuple[list[TensorSpec], list[torch.Tensor]]]:
+        """Each bucket's full tensors. Under ZeRO-3 every rank must iterate: the gather is collective,
+        one bucket at a time, never the whole model."""
         import deepspeed
 
-        limit = (bucket_mb or self.cfg.bucket_mb) * 2**20
-        params = list(self.engine.module.named_parameters())
-        buckets, current, size = [], [], 0
-        for name, p in params:
-            nbytes = p.ds_numel * p.element_size() if hasattr(p, "ds_numel") else p.numel() * p.element_size()
-            if current and size + nbytes > limit:
-                buckets.append(current)
-                current, size = [], 0
-            current.append((name, p))
-            size += nbytes
-        if current:
-            buckets.append(current)
-        refs, total = [], 0
-        for bucket in buckets:
-            tensors = [p for _, p in bucket]
+        params = dict(self.engine.module.named_parameters())
+        for bucket in self.bucket_specs(bucket_mb):
+            tensors = [params[s.name] for s in bucket]
             with deepspeed.zero.GatheredParameters(tensors, enabled=self.cfg.zero_stage == 3):
-                if self.rank == 0:
-                    refs.append(ray.put([(n, p.detach().to("cpu", copy=True)) for n, p in bucket]))
-                    total += sum(p.numel() * p.element_size() for _, p in bucket)
-        return (refs, total) if self.rank == 0 else ([], 0)
+                yield bucket, tensors
+
+    def export_weights(self, bucket_mb: float | None = None) -> tuple[list, int]:
+        """`ray` backend: one object-store entry per bucket. Rank 0 returns (bucket refs, bytes); others ([], 0)."""
+        refs, total = [], 0
+        for bucket, tensors in self._gathered_buckets(bucket_mb):
+            if self.rank == 0:
+                refs.append(ray.put([(s.name, t.detach().to("cpu", copy=True)) for s, t in zip(bucket, tensors)]))
+                total += sum(s.nbytes for s in bucket)
+        return refs, total
+
+    def open_sync_group(self, host: str, port: int, world_size: int, rank: int) -> None:
+        self.sync_group = open_group(host, port, world_size, rank, self.device)
+
+    def broadcast_weights(self) -> int:
+        """`nccl` backend: rank 0 broadcasts each packed bucket to the engines. Returns bytes sent."""
+        total = 0
+        for _, tensors in self._gathered_buckets():
+            if self.rank == 0:
+                flat = pack(tensors)
+                broadcast(self.sync_group, flat)
+                total += flat.numel()
+        return total
+
+    def share_weights(self, num_engines: int) -> list[bytes]:
+        """`ipc` backend: ranks below `num_engines` share packed buckets with their colocated engine.
+
+        The buffers stay alive until `release_shared`, after the engine has loaded them.
+        """
+        self.shared, handles = [], []
+        for _, tensors in self._gathered_buckets():
+            if self.rank < num_engines:
+                flat = pack(tensors)
+                self.shared.append(flat)
+                handles.append(share(flat))
+        return handles
+
+    def release_shared(self) -> None:
+        self.shared = []
 
     def save_checkpoint(self, path: str, tag: str, client_state: dict | None = None) -> None:
         self.engine.save_checkpoint(path, tag=tag, client_state=client_state or {}, save_latest=False)

@@ -16,6 +16,8 @@ from typing import Iterable, Iterator
 import ray
 import torch
 
+from rlvr.weight_sync import TensorSpec, broadcast, open_group, open_shared, unpack
+
 log = logging.getLogger(__name__)
 
 
@@ -56,6 +58,10 @@ class EngineConfig:
     kv_cache_gb: float = 1.0
     seed: int = 0
     threads: int = 2
+    tensor_parallel: int = 1
+    # colocated with a learner: give the accelerator back between generations (GPU only; on CPU
+    # the two share host memory and there is nothing to free)
+    sleep_mode: bool = False
     extra: dict = field(default_factory=dict)
 
 
@@ -79,7 +85,11 @@ class VLLMEngine:
             # log-probs of the distribution actually sampled from (after temperature), which is
             # what the learner recomputes
             logprobs_mode="processed_logprobs",
+            tensor_parallel_size=cfg.tensor_parallel,
         )
+        self.sleeps = cfg.sleep_mode and torch.cuda.is_available()
+        if self.sleeps:
+            kwargs["enable_sleep_mode"] = True
         if not torch.cuda.is_available():
             # On CPU this fraction reserves host RAM for the KV cache; the default 0.92 refuses to start
             # whenever anything else (the learners) is resident.
@@ -134,6 +144,14 @@ class VLLMEngine:
 
         self.llm.collective_rpc(reload)
 
+    def sleep(self) -> None:
+        if self.sleeps:
+            self.llm.sleep(level=1)  # weights to host memory, KV cache dropped
+
+    def wake_up(self) -> None:
+        if self.sleeps:
+            self.llm.wake_up()
+
 
 class HFEngine:
     """transformers `generate`: slow, but has no moving parts; for debugging and for GPU boxes without vLLM."""
@@ -142,6 +160,7 @@ class HFEngine:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.sleeps = cfg.sleep_mode and self.device == "cuda"
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
         self.model = AutoModelForCausalLM.from_pretrained(cfg.model_path, dtype=getattr(torch, cfg.dtype))
         self.model.to(self.device).eval()
@@ -192,6 +211,15 @@ class HFEngine:
                 if name in params:
                     params[name].copy_(tensor.to(params[name].device, params[name].dtype))
 
+    def sleep(self) -> None:
+        if self.sleeps:
+            self.model.to("cpu")
+            torch.cuda.empty_cache()
+
+    def wake_up(self) -> None:
+        if self.sleeps:
+            self.model.to(self.device)
+
 
 @ray.remote
 class RolloutEngine:
@@ -202,6 +230,7 @@ class RolloutEngine:
         if cfg.backend not in ENGINE_BACKENDS:
             raise ValueError(f"unknown rollout backend {cfg.backend!r}; known: {ENGINE_BACKENDS}")
         self.engine = VLLMEngine(cfg) if cfg.backend == "vllm" else HFEngine(cfg)
+        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         self.version = 0
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig, seed: int) -> list[Sample]:
@@ -222,17 +251,41 @@ class RolloutEngine:
                 )
         return samples
 
-    def update_weights(self, version: int, bucket_refs: list) -> float:
-        """Load new policy weights, streamed bucket by bucket from the object store."""
+    # ---- weight sync (see rlvr/weight_sync.py): one method per backend ------------------------
+    def _load(self, version: int, weights: Iterator[tuple[str, torch.Tensor]]) -> float:
         start = time.perf_counter()
-
-        def named_tensors() -> Iterator[tuple[str, torch.Tensor]]:
-            for ref in bucket_refs:
-                yield from ray.get(ref)
-
-        self.engine.load_weights(named_tensors())
+        self.engine.load_weights(weights)
         self.version = version
         return time.perf_counter() - start
+
+    def update_weights(self, version: int, bucket_refs: list) -> float:
+        """`ray` backend: stream the buckets from the object store. Returns seconds."""
+        return self._load(version, (kv for ref in bucket_refs for kv in ray.get(ref)))
+
+    def open_sync_group(self, host: str, port: int, world_size: int, rank: int) -> None:
+        self.sync_group = open_group(host, port, world_size, rank, self.device)
+
+    def receive_weights(self, version: int, specs: list[list[TensorSpec]]) -> float:
+        """`nccl` backend: receive each packed bucket from learner rank 0's broadcast."""
+
+        def buckets() -> Iterator[tuple[str, torch.Tensor]]:
+            for bucket in specs:
+                flat = torch.empty(sum(s.nbytes for s in bucket), dtype=torch.uint8, device=self.device)
+                broadcast(self.sync_group, flat)
+                yield from unpack(flat, bucket)
+
+        return self._load(version, buckets())
+
+    def open_shared_weights(self, version: int, handles: list[bytes], specs: list[list[TensorSpec]]) -> float:
+        """`ipc` backend: map the colocated learner's packed buckets, no copy in transit."""
+        return self._load(version, (kv for h, bucket in zip(handles, specs) for kv in unpack(open_shared(h), bucket)))
+
+    def sleep(self) -> None:
+        """Colocated mode on GPUs: free the accelerator while the learner steps."""
+        self.engine.sleep()
+
+    def wake_up(self) -> None:
+        self.engine.wake_up()
 
     def weight_version(self) -> int:
         return self.version
@@ -260,3 +313,9 @@ class RolloutPool:
 
     def update_weights(self, version: int, bucket_refs: list) -> float:
         return max(ray.get([e.update_weights.remote(version, bucket_refs) for e in self.engines]))
+
+    def sleep(self) -> None:
+        ray.get([e.sleep.remote() for e in self.engines])
+
+    def wake_up(self) -> None:
+        ray.get([e.wake_up.remote() for e in self.engines])

@@ -16,7 +16,6 @@ import os
 import random
 import signal
 import threading
-import socket
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,9 @@ from rlvr.controller import BudgetController, ControllerConfig, Group, RolloutBa
 from rlvr.data import Problem, PromptStream, build_messages, load_problems
 from rlvr.learner import LearnerConfig, LossConfig, PolicyLearner, Sequence
 from rlvr.models import default_cache_dir, resolve_model_path
+from rlvr.placement import Placement, plan_placement, rendezvous
 from rlvr.rollout import EngineConfig, GenerationRequest, RolloutEngine, RolloutPool, SamplingConfig
+from rlvr.weight_sync import connect, sync_weights
 
 log = logging.getLogger("rlvr")
 
@@ -41,12 +42,6 @@ log = logging.getLogger("rlvr")
 # --------------------------------------------------------------------------------------------
 # Set-up: every role as Ray actors
 # --------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_ray(cfg: DictConfig) -> None:
     if ray.is_initialized():
         return
@@ -82,6 +77,8 @@ def engine_config(cfg: DictConfig, model_path: str) -> EngineConfig:
         kv_cache_gb=cfg.rollout.kv_cache_gb,
         seed=cfg.seed,
         threads=cfg.rollout.threads,
+        tensor_parallel=cfg.cluster.tensor_parallel,
+        sleep_mode=cfg.cluster.mode == "colocated",
     )
 
 
@@ -100,51 +97,61 @@ def prompt_renderer(cfg: DictConfig, model_path: str):
 
 
 def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
-    """Create the four pools. Returns their handles."""
-    cpus = cfg.cluster.actor_cpus
-    roles = {}
+    """Reserve the placement groups, then create the four pools. Returns their handles.
+
+    A cluster too small for `cfg.cluster` fails in `Placement`, before any model loads.
+    """
     from rlvr.verifier import VerifierPool
 
-    roles["verifier"] = VerifierPool.options(num_cpus=cpus).remote(
-        OmegaConf.to_container(cfg.verifier.terms),
-        num_workers=cfg.verifier.num_workers,
-        timeout_s=cfg.verifier.timeout_s,
-        memory_mb=cfg.verifier.memory_mb,
-    )
-    roles["value"] = None
-    if preset.sampling == "adaptive":
-        from rlvr.value import ValueServer
+    c = cfg.cluster
+    adaptive = preset.sampling == "adaptive"
+    placement = Placement(plan_placement(c, with_value=adaptive), timeout_s=c.placement_timeout_s)
+    roles: dict = {"placement": placement, "verifier": None, "value": None, "rollout": RolloutPool([]), "learners": []}
+    try:
+        roles["verifier"] = VerifierPool.options(**placement.options("verifier", 0)).remote(
+            OmegaConf.to_container(cfg.verifier.terms),
+            num_workers=cfg.verifier.num_workers,
+            timeout_s=cfg.verifier.timeout_s,
+            memory_mb=cfg.verifier.memory_mb,
+        )
+        if adaptive:
+            from rlvr.value import ValueServer
 
-        value_kwargs = {"context_size": cfg.value.context_size}
-        if cfg.value.backend == "v0":
-            value_kwargs = {"path": cfg.value.path}
-        roles["value"] = ValueServer.options(num_cpus=cpus).remote(backend=cfg.value.backend, **value_kwargs)
-    engine_cfg = engine_config(cfg, model_path)
-    engines = [
-        RolloutEngine.options(num_cpus=cpus, runtime_env=threads_env(cfg)).remote(engine_cfg)
-        for _ in range(cfg.rollout.num_engines)
-    ]
-    roles["rollout"] = RolloutPool(engines)
-    learner_cfg = LearnerConfig(
-        model_path=model_path,
-        zero_stage=cfg.cluster.zero_stage,
-        lr=cfg.learner.lr,
-        weight_decay=cfg.learner.weight_decay,
-        grad_clip=cfg.learner.grad_clip,
-        micro_batch_size=cfg.learner.micro_batch_size,
-        gradient_checkpointing=cfg.learner.gradient_checkpointing,
-        threads=cfg.rollout.threads,
-        seed=cfg.seed,
-        dtype=cfg.model.dtype,
-        bucket_mb=cfg.learner.bucket_mb,
-    )
-    world, port = cfg.cluster.num_learners, _free_port()
-    roles["learners"] = [
-        PolicyLearner.options(num_cpus=cpus, runtime_env=threads_env(cfg)).remote(learner_cfg, rank, world, "127.0.0.1", port)
-        for rank in range(world)
-    ]
-    # Surface start-up errors (a bad model folder, an engine that cannot start) before step 1.
-    ray.get([e.weight_version.remote() for e in engines] + [l.__ray_ready__.remote() for l in roles["learners"]])
+            value_kwargs = {"context_size": cfg.value.context_size}
+            if cfg.value.backend == "v0":
+                value_kwargs = {"path": cfg.value.path}
+            roles["value"] = ValueServer.options(**placement.options("value", 0)).remote(backend=cfg.value.backend, **value_kwargs)
+        engine_cfg = engine_config(cfg, model_path)
+        roles["rollout"].engines = [
+            RolloutEngine.options(**placement.options("rollout", i), runtime_env=threads_env(cfg)).remote(engine_cfg)
+            for i in range(c.num_engines)
+        ]
+        learner_cfg = LearnerConfig(
+            model_path=model_path,
+            zero_stage=c.zero_stage,
+            lr=cfg.learner.lr,
+            weight_decay=cfg.learner.weight_decay,
+            grad_clip=cfg.learner.grad_clip,
+            micro_batch_size=cfg.learner.micro_batch_size,
+            gradient_checkpointing=cfg.learner.gradient_checkpointing,
+            threads=cfg.rollout.threads,
+            seed=cfg.seed,
+            dtype=cfg.model.dtype,
+            bucket_mb=cfg.learner.bucket_mb,
+        )
+        host, port = rendezvous(placement, "learner")  # torch.distributed rendezvous on rank 0's node
+        roles["learners"] = [
+            PolicyLearner.options(**placement.options("learner", rank), runtime_env=threads_env(cfg)).remote(
+                learner_cfg, rank, c.num_learners, host, port
+            )
+            for rank in range(c.num_learners)
+        ]
+        # Surface start-up errors (a bad model folder, an engine that cannot start) before step 1.
+        ray.get([e.weight_version.remote() for e in roles["rollout"].engines] + [l.__ray_ready__.remote() for l in roles["learners"]])
+        connect(c.weight_sync, roles["learners"], roles["rollout"].engines, rendezvous(placement, "learner") if c.weight_sync == "nccl" else None)
+    except BaseException:
+        stop_roles(roles)
+        raise
     return roles
 
 
@@ -159,14 +166,16 @@ def running_roles(cfg: DictConfig, model_path: str, preset):
 
 
 def stop_roles(roles: dict) -> None:
-    try:
-        ray.get(roles["verifier"].close.remote(), timeout=10)
-    except Exception:  # noqa: BLE001 - best effort: the actor is killed next anyway
-        pass
+    if roles["verifier"] is not None:
+        try:
+            ray.get(roles["verifier"].close.remote(), timeout=10)
+        except Exception:  # noqa: BLE001 - best effort: the actor is killed next anyway
+            pass
     handles = [roles["verifier"], roles["value"], *roles["rollout"].engines, *roles["learners"]]
     for h in handles:
         if h is not None:
             ray.kill(h)
+    roles["placement"].remove()
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,14 +210,6 @@ def learner_shards(groups: list[Group], adv: torch.Tensor, preset, num_ranks: in
     shards = [[p[i * micro_batch_size : (i + 1) * micro_batch_size] for i in range(n_micro)] for p in per_rank]
     totals = {"tokens": max(1, sum(len(s.response_ids) for s in seqs)), "sequences": max(1, len(seqs))}
     return shards, totals
-
-
-def sync_weights(learners: list, rollout: RolloutPool, version: int) -> dict:
-    start = time.perf_counter()
-    exported = ray.get([l.export_weights.remote() for l in learners])
-    refs, nbytes = exported[0]
-    load_s = rollout.update_weights(version, refs)
-    return {"time/sync": time.perf_counter() - start, "sync/bytes": nbytes, "sync/load_s": load_s}
 
 
 def evaluate(rollout: RolloutPool, verifier, problems: list[Problem], render, cfg: DictConfig, seed: int) -> dict:
@@ -485,7 +486,7 @@ def train(cfg: DictConfig) -> dict:
             hadw_state.load_state_dict(state["hadw"])
             set_rng_state(state["rng"])
             start_step, heldout_before = state["step"] + 1, state.get("heldout_before")
-            sync_weights(learners, rollout, version=state["step"])
+            sync_weights(cfg.cluster.weight_sync, learners, rollout.engines, version=state["step"])
             log.info("resumed from %s: continuing at step %d (epoch %d)", ckpt, start_step, stream.epoch)
             if start_step > total:
                 log.warning(
@@ -511,6 +512,9 @@ def train(cfg: DictConfig) -> dict:
             # 2. advantages, then the optional weighting
             adv = advantages_for(batch, preset, cfg.weighting, hadw_state)
             # 3. one optimizer step on the learners
+            colocated = cfg.cluster.mode == "colocated"
+            if colocated:
+                rollout.sleep()  # hand the shared accelerators to the learners (a no-op on CPU)
             learn_start = time.perf_counter()
             shards, totals = learner_shards(batch.groups, adv, preset, len(learners), cfg.learner.micro_batch_size)
             if totals["sequences"] and batch.groups:
@@ -519,8 +523,10 @@ def train(cfg: DictConfig) -> dict:
                 log.warning("step %d: no trainable groups, skipping the update", step)
                 learner_metrics = {}
             learn_s = time.perf_counter() - learn_start
-            # 4. new weights to the rollout engines
-            sync_m = sync_weights(learners, rollout, version=step)
+            if colocated:
+                rollout.wake_up()
+            # 4. new weights to the rollout engines, bucketed (cluster.weight_sync picks the transport)
+            sync_m = sync_weights(cfg.cluster.weight_sync, learners, rollout.engines, version=step)
             # 5. metrics
             m = step_metrics(batch, adv, learner_metrics)
             m.update(sync_m)

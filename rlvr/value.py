@@ -140,6 +140,11 @@ def _load_encoder(path: str):
     return _ENCODERS[key]
 
 
+def _device() -> str:
+    # A ValueServer given an accelerator (cluster.value_accelerators > 0) encodes on it.
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _load_encoder_uncached(path: str):
     if not os.path.isdir(path):
         raise FileNotFoundError(f"sentence encoder folder not found: {path}")
@@ -148,7 +153,7 @@ def _load_encoder_uncached(path: str):
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
 
-    enc = SentenceTransformer(path, device="cpu", local_files_only=True)
+    enc = SentenceTransformer(path, device=_device(), local_files_only=True)
     enc.eval()
     for p in enc.parameters():
         p.requires_grad_(False)
@@ -246,7 +251,7 @@ class EmbeddedValueModel:
             convert_to_tensor=True,
             normalize_embeddings=True,
             show_progress_bar=False,
-            device="cpu",
+            device=_device(),
         )
         return emb.float().cpu().clone()
 

@@ -1,0 +1,233 @@
+"""Where each role runs: Ray placement groups computed from the `cluster` config.
+
+One placement group per role, one bundle per actor:
+
+    learner   R bundles of {CPU, accelerator: accelerators_per_learner}
+    rollout   E bundles of {CPU, accelerator: tensor_parallel}   (disaggregated)
+              or a share of learner bundle e                      (colocated: same accelerators)
+    value     1 bundle of  {CPU, accelerator: value_accelerators}
+    verifier  1 bundle of  {CPU: verifier_cpus}  (its worker processes run on those CPUs)
+
+`accelerator` names the Ray resource one accelerator is counted in: `GPU` on a GPU cluster, a
+custom resource in the multi-node simulation tests, null on a CPU box. `node_resources` pins a
+role to nodes that carry a custom resource (`ray start --resources='{"rollout_node": 1}'`).
+
+`plan_placement` and `check_fits` are pure, so a cluster that is too small fails with the list of
+what was asked for and what is there before any placement group or model is created.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+
+import ray
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+ROLES = ("learner", "rollout", "value", "verifier")
+STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+MODES = ("disaggregated", "colocated")
+# A pinned role asks its node for this much of the marker resource: any node carrying the
+# marker can host many actors.
+PIN_AMOUNT = 0.001
+
+
+class ClusterTooSmall(RuntimeError):
+    """The cluster cannot hold the requested placement; the message lists asked vs available."""
+
+
+@dataclass
+class RolePlacement:
+    role: str
+    bundles: list[dict[str, float]]  # one per actor, what the placement group reserves
+    actor: dict[str, float]  # what each actor takes from its bundle
+    strategy: str = "PACK"
+    shares_group_of: str | None = None  # colocated rollout engines live in the learners' bundles
+
+
+def plan_placement(cluster: DictConfig | dict, with_value: bool = True) -> dict[str, RolePlacement]:
+    """The bundles each role needs, from the `cluster` config (no Ray calls).
+
+    `with_value=False` leaves out the ValueServer (only V0.5's adaptive sampling queries it).
+    """
+    c = cluster
+    acc = c["accelerator"]
+    cpus = float(c["actor_cpus"])
+    pins = dict(c["node_resources"] or {})
+
+    def resources(n_acc: float, n_cpu: float) -> dict[str, float]:
+        r = {"CPU": n_cpu}
+        if acc and n_acc:
+            r[acc] = float(n_acc)
+        return r
+
+    def bundle(n_acc: float, n_cpu: float, role: str) -> dict[str, float]:
+        # The pin marker goes in the bundle only: it picks the node, the actors need none of it.
+        return {**resources(n_acc, n_cpu), **({pins[role]: PIN_AMOUNT} if pins.get(role) else {})}
+
+    colocated = c["mode"] == "colocated"
+    per_learner = float(c["accelerators_per_learner"])
+    learner_cpus = cpus * (2 if colocated else 1)  # a colocated bundle also hosts an engine
+    plan = {
+        "learner": RolePlacement(
+            "learner",
+            [bundle(per_learner, learner_cpus, "learner") for _ in range(c["num_learners"])],
+            # colocated: learner and engine each take half of the bundle's accelerator, so Ray hands
+            # both the same device; vLLM sleeps while the learner steps
+            resources(per_learner / 2 if colocated else per_learner, cpus),
+            c["strategy"],
+        )
+    }
+    if colocated:
+        plan["rollout"] = RolePlacement(
+            "rollout", [], resources(per_learner / 2, cpus), c["strategy"], shares_group_of="learner"
+        )
+    else:
+        tp = c["tensor_parallel"]
+        plan["rollout"] = RolePlacement(
+            "rollout", [bundle(tp, cpus, "rollout") for _ in range(c["num_engines"])], resources(tp, cpus), c["strategy"]
+        )
+    if with_value:
+        value_acc = c["value_accelerators"]
+        plan["value"] = RolePlacement("value", [bundle(value_acc, cpus, "value")], resources(value_acc, cpus))
+    verifier_cpus = float(c["verifier_cpus"])
+    plan["verifier"] = RolePlacement("verifier", [bundle(0, verifier_cpus, "verifier")], resources(0, verifier_cpus))
+    return plan
+
+
+def _fmt(r: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(r.items())) + "}"
+
+
+def _add(total: dict[str, float], r: dict[str, float], times: int = 1) -> None:
+    for k, v in r.items():
+        total[k] = total.get(k, 0.0) + v * times
+
+
+def _fits(free: dict[str, float], need: dict[str, float]) -> bool:
+    return all(free.get(k, 0.0) + 1e-9 >= v for k, v in need.items())
+
+
+def check_fits(plan: dict[str, RolePlacement], nodes: list[dict[str, float]], roles: tuple[str, ...] = ROLES) -> None:
+    """Raise ClusterTooSmall unless every bundle of `roles` fits on `nodes` (total resources per node).
+
+    First-fit-decreasing honouring each group's strategy: STRICT_PACK needs one node for the whole
+    group, STRICT_SPREAD a distinct node per bundle.
+    """
+    free = [dict(n) for n in nodes]
+    unplaced: list[str] = []
+    groups = [plan[r] for r in roles if r in plan and plan[r].bundles]
+    groups.sort(key=lambda g: -sum(sum(b.values()) for b in g.bundles))
+    for g in groups:
+        if g.strategy == "STRICT_PACK":
+            whole: dict[str, float] = {}
+            for b in g.bundles:
+                _add(whole, b)
+            node = next((n for n in free if _fits(n, whole)), None)
+            if node is None:
+                unplaced.append(f"{g.role}: all {len(g.bundles)} bundles on one node ({_fmt(whole)})")
+            else:
+                _add(node, whole, -1)
+            continue
+        used_nodes: set[int] = set()
+        for i, b in sorted(enumerate(g.bundles), key=lambda ib: -sum(ib[1].values())):
+            candidates = [j for j, n in enumerate(free) if _fits(n, b) and not (g.strategy == "STRICT_SPREAD" and j in used_nodes)]
+            if not candidates:
+                unplaced.append(f"{g.role} bundle {i} {_fmt(b)}")
+                continue
+            _add(free[candidates[0]], b, -1)
+            used_nodes.add(candidates[0])
+    if unplaced:
+        raise ClusterTooSmall(describe_shortfall(plan, nodes, unplaced))
+
+
+def describe_shortfall(plan: dict[str, RolePlacement], nodes: list[dict[str, float]], unplaced: list[str]) -> str:
+    asked: dict[str, float] = {}
+    lines = ["the Ray cluster is too small for this placement.", "asked for:"]
+    for g in plan.values():
+        if g.bundles:
+            lines.append(f"  {g.role}: {len(g.bundles)} x {_fmt(g.bundles[0])} ({g.strategy})")
+            for b in g.bundles:
+                _add(asked, b)
+        elif g.shares_group_of:
+            lines.append(f"  {g.role}: shares the {g.shares_group_of} bundles (colocated)")
+    lines.append(f"  total {_fmt(asked)}")
+    have: dict[str, float] = {}
+    lines.append(f"available ({len(nodes)} node{'s' if len(nodes) != 1 else ''}):")
+    for i, n in enumerate(nodes):
+        shown = {k: v for k, v in n.items() if not k.startswith(("node:", "memory", "object_store_memory"))}
+        lines.append(f"  node {i}: {_fmt(shown)}")
+        _add(have, shown)
+    lines.append(f"  total {_fmt(have)}")
+    lines.append("could not place: " + "; ".join(unplaced))
+    lines.append("Use a smaller cluster config (cluster.num_learners, cluster.num_engines, ...) or add nodes.")
+    return "\n".join(lines)
+
+
+def cluster_nodes() -> list[dict[str, float]]:
+    """Total resources of each alive node of the connected Ray cluster."""
+    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+
+
+class Placement:
+    """The placement groups of one run, and the Ray options that put actor i of a role in bundle i."""
+
+    def __init__(self, plan: dict[str, RolePlacement], timeout_s: float = 120.0):
+        from ray.util.placement_group import placement_group
+
+        self.plan = plan
+        check_fits(plan, cluster_nodes())
+        self.groups = {}
+        for role, rp in plan.items():
+            if rp.bundles:
+                self.groups[role] = placement_group(rp.bundles, strategy=rp.strategy, name="")
+        pending = [pg.ready() for pg in self.groups.values()]
+        ready, _ = ray.wait(pending, num_returns=len(pending), timeout=timeout_s)
+        if len(ready) < len(pending):
+            self.remove()
+            raise ClusterTooSmall(
+                describe_shortfall(plan, cluster_nodes(), [f"placement groups not ready after {timeout_s:.0f} s (resources held by other jobs?)"])
+            )
+
+    def options(self, role: str, index: int) -> dict:
+        """`.options(**...)` for actor `index` of `role`."""
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        rp = self.plan[role]
+        group = self.groups[rp.shares_group_of or role]
+        resources = dict(rp.actor)
+        opts: dict = {"num_cpus": resources.pop("CPU", 0.0)}
+        if "GPU" in resources:
+            opts["num_gpus"] = resources.pop("GPU")
+        if resources:
+            opts["resources"] = resources
+        opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=index)
+        return opts
+
+    def remove(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        for pg in self.groups.values():
+            try:
+                remove_placement_group(pg)
+            except Exception:  # noqa: BLE001 - best effort on shutdown
+                pass
+        self.groups = {}
+
+
+@ray.remote(num_cpus=0)
+def node_address() -> tuple[str, int]:
+    """(IP, free TCP port) of the node this task runs on: the rendezvous of a torch process group."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    return ray.util.get_node_ip_address(), port
+
+
+def rendezvous(placement: Placement, role: str, index: int = 0) -> tuple[str, int]:
+    """Address for a process group whose rank 0 is actor `index` of `role`."""
+    opts = placement.options(role, index)
+    return ray.get(node_address.options(scheduling_strategy=opts["scheduling_strategy"]).remote())

@@ -53,9 +53,12 @@ def start_ray(cfg: DictConfig) -> None:
         "HF_HUB_OFFLINE": "1",
         "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
     }
+    # cluster.address, else RAY_ADDRESS (set by `ray job submit` and scripts/launch_ray_cluster.sh),
+    # else a fresh local Ray
+    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS") or None
     ray.init(
-        address=cfg.cluster.address,
-        num_cpus=cfg.cluster.num_cpus if cfg.cluster.address is None else None,
+        address=address,
+        num_cpus=cfg.cluster.num_cpus if address is None else None,
         include_dashboard=False,
         log_to_driver=True,
         runtime_env={"env_vars": env},

@@ -66,14 +66,18 @@ def pack(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 def unpack(flat: torch.Tensor, specs: list[TensorSpec]) -> list[tuple[str, torch.Tensor]]:
-    """Inverse of `pack`: views into `flat`, no copies."""
+    """Inverse of `pack`: views into `flat` (a copy only where mixed dtypes misalign a tensor)."""
+    expected = sum(s.nbytes for s in specs)
+    if expected != flat.numel():
+        raise ValueError(f"weight bucket holds {flat.numel()} bytes, its spec {expected}")
     out, offset = [], 0
     for s in specs:
         n = s.nbytes
-        out.append((s.name, flat[offset : offset + n].view(s.dtype).view(s.shape)))
+        raw = flat[offset : offset + n]
+        if offset % torch.empty((), dtype=s.dtype).element_size():
+            raw = raw.clone()
+        out.append((s.name, raw.view(s.dtype).view(s.shape)))
         offset += n
-    if offset != flat.numel():
-        raise ValueError(f"weight bucket holds {flat.numel()} bytes, its spec {offset}")
     return out
 
 

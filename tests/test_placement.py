@@ -1,0 +1,84 @@
+"""Placement plans from the cluster configs, and the too-small check (pure: no Ray)."""
+
+import pytest
+
+from rlvr.config import ConfigError, compose, validate
+from rlvr.placement import ClusterTooSmall, check_fits, plan_placement
+
+
+def gpu_nodes(n, gpus=8, cpus=64):
+    return [{"CPU": cpus, "GPU": gpus, "memory": 1e12} for _ in range(n)]
+
+
+def test_local_plan_is_fractional_cpu_only():
+    plan = plan_placement(compose([]).cluster)
+    assert set(plan) == {"learner", "rollout", "value", "verifier"}
+    for rp in plan.values():
+        assert rp.bundles == [{"CPU": 0.1}]
+    check_fits(plan, [{"CPU": 2.0}])  # the 2-core CI box
+
+
+def test_single_node_gpu_plan_fills_eight_gpus_and_not_seven():
+    plan = plan_placement(compose(["cluster=single_node_gpu"]).cluster)
+    assert plan["learner"].bundles == [{"CPU": 2, "GPU": 1}] * 4
+    assert plan["rollout"].bundles == [{"CPU": 2, "GPU": 1}] * 4
+    assert plan["verifier"].bundles == [{"CPU": 8}]
+    check_fits(plan, gpu_nodes(1))
+    with pytest.raises(ClusterTooSmall) as err:
+        check_fits(plan, gpu_nodes(1, gpus=7))
+    msg = str(err.value)
+    assert "asked for" in msg and "learner: 4 x {CPU: 2, GPU: 1}" in msg and "total {CPU: 26, GPU: 8}" in msg
+    assert "available (1 node)" in msg and "node 0: {CPU: 64, GPU: 7}" in msg and "could not place" in msg
+
+
+def test_multi_node_plan_needs_two_nodes_and_engines_keep_their_tp_on_one_node():
+    cfg = compose(["cluster=multi_node"]).cluster
+    plan = plan_placement(cfg, with_value=False)
+    assert "value" not in plan
+    assert plan["rollout"].bundles == [{"CPU": 2, "GPU": 2}] * 4  # one bundle per engine: TP 2 on one node
+    check_fits(plan, gpu_nodes(2))
+    with pytest.raises(ClusterTooSmall, match="total {CPU: 40, GPU: 16}"):
+        check_fits(plan, gpu_nodes(1))
+    # 3-GPU nodes hold one TP-2 engine each, however many GPUs there are in total
+    with pytest.raises(ClusterTooSmall, match="rollout bundle"):
+        check_fits(plan, [{"CPU": 64, "GPU": 3}] * 6)
+
+
+def test_strict_strategies_and_node_pins():
+    c = compose(["cluster=single_node_gpu", "cluster.strategy=STRICT_SPREAD"]).cluster
+    with pytest.raises(ClusterTooSmall, match="learner bundle"):
+        check_fits(plan_placement(c), gpu_nodes(1, gpus=100))  # 4 learners need 4 distinct nodes
+    check_fits(plan_placement(c), gpu_nodes(4))
+    pinned = compose(["cluster=single_node_gpu", "cluster.node_resources.rollout=rollout_node"]).cluster
+    plan = plan_placement(pinned)
+    assert plan["rollout"].bundles[0]["rollout_node"] > 0 and "rollout_node" not in plan["rollout"].actor
+    with pytest.raises(ClusterTooSmall, match="rollout bundle"):
+        check_fits(plan, gpu_nodes(1))
+    check_fits(plan, gpu_nodes(1) + [{"CPU": 8, "GPU": 4, "rollout_node": 1}])
+
+
+def test_colocated_engines_share_the_learner_bundles():
+    c = compose(["cluster=single_node_gpu", "cluster.mode=colocated", "cluster.weight_sync=ipc"]).cluster
+    plan = plan_placement(c)
+    assert plan["rollout"].bundles == [] and plan["rollout"].shares_group_of == "learner"
+    assert plan["learner"].actor["GPU"] == plan["rollout"].actor["GPU"] == 0.5
+    check_fits(plan, gpu_nodes(1, gpus=4))  # half the GPUs of the disaggregated layout
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["cluster.weight_sync=ipc"], "cluster.weight_sync"),
+        (["cluster.weight_sync=smoke"], "cluster.weight_sync"),
+        (["cluster.mode=colocated", "cluster.num_engines=2"], "cluster.num_engines"),
+        (["cluster.mode=colocated", "cluster.tensor_parallel=2"], "cluster.tensor_parallel"),
+        (["cluster.tensor_parallel=2", "rollout=hf"], "cluster.tensor_parallel"),
+        (["cluster.strategy=EVERYWHERE"], "cluster.strategy"),
+        (["cluster.num_learners=0"], "cluster.num_learners"),
+        (["+cluster.node_resources.critic=big"], "cluster.node_resources"),
+        (["learner.bucket_mb=-1"], "learner.bucket_mb"),
+    ],
+)
+def test_bad_cluster_values_name_their_key(overrides, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(compose(overrides))

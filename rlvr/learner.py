@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from rlvr.algorithms import policy_loss
-from rlvr.weight_sync import TensorSpec, broadcast, open_group, pack, plan_buckets, share
+from rlvr.weight_sync import TensorSpec, broadcast, open_group, pack, plan_buckets, put_bucket, share
 
 log = logging.getLogger(__name__)
 
@@ -258,34 +258,37 @@ class PolicyLearner:
                 yield bucket, tensors
 
     def export_weights(self, bucket_mb: float | None = None) -> tuple[list, int]:
-        """`ray` backend: one object-store entry per bucket. Rank 0 returns (bucket refs, bytes); others ([], 0)."""
-        refs, total = [], 0
+        """`ray` backend: one object-store entry per packed bucket.
+
+        Rank 0 returns ([(ref, specs) per bucket], bytes); other ranks ([], 0).
+        """
+        buckets, total = [], 0
         for bucket, tensors in self._gathered_buckets(bucket_mb):
             if self.rank == 0:
-                refs.append(ray.put([(s.name, t.detach().to("cpu", copy=True)) for s, t in zip(bucket, tensors)]))
+                buckets.append(put_bucket([(s.name, t) for s, t in zip(bucket, tensors)]))
                 total += sum(s.nbytes for s in bucket)
-        return refs, total
+        return buckets, total
 
     def open_sync_group(self, host: str, port: int, world_size: int, rank: int) -> None:
         self.sync_group = open_group(host, port, world_size, rank, self.device)
 
-    def broadcast_weights(self) -> int:
+    def broadcast_weights(self, bucket_mb: float | None = None) -> int:
         """`nccl` backend: rank 0 broadcasts each packed bucket to the engines. Returns bytes sent."""
         total = 0
-        for _, tensors in self._gathered_buckets():
+        for _, tensors in self._gathered_buckets(bucket_mb):
             if self.rank == 0:
                 flat = pack(tensors)
                 broadcast(self.sync_group, flat)
                 total += flat.numel()
         return total
 
-    def share_weights(self, num_engines: int) -> list[bytes]:
+    def share_weights(self, num_engines: int, bucket_mb: float | None = None) -> list[bytes]:
         """`ipc` backend: ranks below `num_engines` share packed buckets with their colocated engine.
 
         The buffers stay alive until `release_shared`, after the engine has loaded them.
         """
         self.shared, handles = [], []
-        for _, tensors in self._gathered_buckets():
+        for _, tensors in self._gathered_buckets(bucket_mb):
             if self.rank < num_engines:
                 flat = pack(tensors)
                 self.shared.append(flat)

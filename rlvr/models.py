@@ -107,10 +107,19 @@ def _tiny_corpus() -> list[str]:
     return lines
 
 
-def build_tiny_model(out_dir: str | os.PathLike, vocab_size: int = 512, seed: int = 0) -> Path:
-    """A random-init Llama (2 layers, hidden 128) with a byte-level BPE tokenizer trained here.
+def build_tiny_model(
+    out_dir: str | os.PathLike,
+    vocab_size: int = 512,
+    seed: int = 0,
+    num_layers: int = 2,
+    hidden_size: int = 128,
+    intermediate_size: int = 256,
+    num_heads: int = 2,
+) -> Path:
+    """A random-init Llama (default: 2 layers, hidden 128) with a byte-level BPE tokenizer trained here.
 
-    Used by tests: it loads in vLLM, DeepSpeed and transformers in well under a second.
+    Used by tests: it loads in vLLM, DeepSpeed and transformers in well under a second. Benchmarks
+    build deeper or wider ones from the same recipe.
     head_dim is 64 because the vLLM CPU attention kernels support only a few head sizes.
     """
     out_dir = Path(out_dir)
@@ -142,10 +151,10 @@ def build_tiny_model(out_dir: str | os.PathLike, vocab_size: int = 512, seed: in
         torch.manual_seed(seed)
         config = LlamaConfig(
             vocab_size=len(tok),
-            hidden_size=128,
-            intermediate_size=256,
-            num_hidden_layers=2,
-            num_attention_heads=2,
+            hidden_size=hidden_size,
+            intermediate_size=intermediate_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
             num_key_value_heads=1,
             head_dim=64,
             max_position_embeddings=1024,

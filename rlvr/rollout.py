@@ -16,7 +16,7 @@ from typing import Iterable, Iterator
 import ray
 import torch
 
-from rlvr.weight_sync import TensorSpec, broadcast, open_group, open_shared, unpack
+from rlvr.weight_sync import TensorSpec, broadcast, fetch_buckets, open_group, open_shared, unpack
 
 log = logging.getLogger(__name__)
 
@@ -258,9 +258,9 @@ class RolloutEngine:
         self.version = version
         return time.perf_counter() - start
 
-    def update_weights(self, version: int, bucket_refs: list) -> float:
-        """`ray` backend: stream the buckets from the object store. Returns seconds."""
-        return self._load(version, (kv for ref in bucket_refs for kv in ray.get(ref)))
+    def update_weights(self, version: int, buckets: list) -> float:
+        """`ray` backend: stream the packed buckets from the object store. Returns seconds."""
+        return self._load(version, fetch_buckets(buckets))
 
     def open_sync_group(self, host: str, port: int, world_size: int, rank: int) -> None:
         self.sync_group = open_group(host, port, world_size, rank, self.device)
@@ -311,8 +311,8 @@ class RolloutPool:
         samples.sort(key=lambda s: order[s.prompt_index])
         return samples
 
-    def update_weights(self, version: int, bucket_refs: list) -> float:
-        return max(ray.get([e.update_weights.remote(version, bucket_refs) for e in self.engines]))
+    def update_weights(self, version: int, buckets: list) -> float:
+        return max(ray.get([e.update_weights.remote(version, buckets) for e in self.engines]))
 
     def sleep(self) -> None:
         ray.get([e.sleep.remote() for e in self.engines])

@@ -21,7 +21,9 @@ from __future__ import annotations
 import datetime
 import pickle
 import time
+import warnings
 from dataclasses import dataclass
+from typing import Iterator
 
 import ray
 import torch
@@ -79,6 +81,23 @@ def unpack(flat: torch.Tensor, specs: list[TensorSpec]) -> list[tuple[str, torch
         out.append((s.name, raw.view(s.dtype).view(s.shape)))
         offset += n
     return out
+
+
+def put_bucket(named: list[tuple[str, torch.Tensor]]) -> tuple[ray.ObjectRef, list[TensorSpec]]:
+    """`ray` backend: one packed bucket in the object store, as a numpy array so that readers on
+    the node map it without a copy (Ray stores numpy buffers out of band)."""
+    specs = [TensorSpec(n, tuple(t.shape), t.dtype) for n, t in named]
+    return ray.put(pack([t for _, t in named]).cpu().numpy()), specs
+
+
+def fetch_buckets(buckets: list[tuple[ray.ObjectRef, list[TensorSpec]]]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) of each packed bucket from the object store, one bucket in memory at a time."""
+    for ref, specs in buckets:
+        with warnings.catch_warnings():
+            # the mapped buffer is read-only; loaders copy out of it and never write to it
+            warnings.simplefilter("ignore", UserWarning)
+            flat = torch.from_numpy(ray.get(ref))
+        yield from unpack(flat, specs)
 
 
 def open_group(host: str, port: int, world_size: int, rank: int, device: torch.device, timeout_s: float = 600.0):
@@ -139,25 +158,25 @@ def connect(backend: str, learners: list, engines: list, address: tuple[str, int
     )
 
 
-def sync_weights(backend: str, learners: list, engines: list, version: int) -> dict:
+def sync_weights(backend: str, learners: list, engines: list, version: int, bucket_mb: float | None = None) -> dict:
     """Driver side of one sync. Every learner rank takes part (ZeRO-3 gathers collectively).
 
-    Returns seconds, bytes and GB/s, for the step's metrics.
+    `bucket_mb` overrides the learners' `learner.bucket_mb`. Returns seconds, bytes and GB/s.
     """
     start = time.perf_counter()
     if backend == "ray":
-        exported = ray.get([l.export_weights.remote() for l in learners])
-        refs, nbytes = exported[0]
-        load_s = max(ray.get([e.update_weights.remote(version, refs) for e in engines]))
+        exported = ray.get([l.export_weights.remote(bucket_mb) for l in learners])
+        buckets, nbytes = exported[0]
+        load_s = max(ray.get([e.update_weights.remote(version, buckets) for e in engines]))
     elif backend == "nccl":
-        specs = ray.get(learners[0].bucket_specs.remote())
-        sends = [l.broadcast_weights.remote() for l in learners]
+        specs = ray.get(learners[0].bucket_specs.remote(bucket_mb))
+        sends = [l.broadcast_weights.remote(bucket_mb) for l in learners]
         loads = [e.receive_weights.remote(version, specs) for e in engines]
         load_s = max(ray.get(loads))
         nbytes = ray.get(sends)[0]
     elif backend == "ipc":
-        specs = ray.get(learners[0].bucket_specs.remote())
-        handles = ray.get([l.share_weights.remote(len(engines)) for l in learners])
+        specs = ray.get(learners[0].bucket_specs.remote(bucket_mb))
+        handles = ray.get([l.share_weights.remote(len(engines), bucket_mb) for l in learners])
         load_s = max(ray.get([e.open_shared_weights.remote(version, handles[i], specs) for i, e in enumerate(engines)]))
         ray.get([l.release_shared.remote() for l in learners])
         nbytes = sum(s.nbytes for bucket in specs for s in bucket)

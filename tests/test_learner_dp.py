@@ -11,6 +11,7 @@ import torch
 
 from rlvr.learner import LearnerConfig, LossConfig, PolicyLearner, Sequence
 from rlvr.placement import node_address
+from rlvr.weight_sync import fetch_buckets
 
 SEQS = [
     Sequence([5, 6, 7], [8, 9], 1.0),
@@ -31,7 +32,7 @@ def trained_weights(tiny_model, micro_batches_per_rank, zero_stage, **cfg_kwargs
     try:
         ray.get([l.train_step.remote(mbs, LossConfig(), TOTALS) for l, mbs in zip(learners, micro_batches_per_rank)])
         refs, _ = ray.get([l.export_weights.remote() for l in learners])[0]
-        return dict(kv for ref in refs for kv in ray.get(ref))
+        return dict(fetch_buckets(refs))
     finally:
         for l in learners:
             ray.kill(l)

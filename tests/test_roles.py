@@ -7,6 +7,7 @@ from transformers import AutoModelForCausalLM
 
 from rlvr.learner import LearnerConfig, LossConfig, PolicyLearner, Sequence
 from rlvr.rollout import EngineConfig, GenerationRequest, RolloutEngine, RolloutPool, SamplingConfig
+from rlvr.weight_sync import fetch_buckets, put_bucket
 
 PROMPTS = ["<|im_start|>user\nWhat is 3 + 4?<|im_end|>\n<|im_start|>assistant\n", "State the final answer: 9 - 2 ="]
 
@@ -47,7 +48,7 @@ def test_engine_samples_and_weight_update(backend, ray_session, tiny_model):
 
     # New weights: the engine's log-probs must be those of the new model, not the old one.
     model = perturbed_state(tiny_model)
-    refs = [ray.put([(n, p.detach().clone()) for n, p in model.named_parameters()])]
+    refs = [put_bucket([(n, p.detach()) for n, p in model.named_parameters()])]
     assert pool.update_weights(7, refs) >= 0
     after = pool.generate(reqs, sampling, seed=1)
     assert all(s.weight_version == 7 for s in after)
@@ -63,7 +64,7 @@ def test_learner_step_changes_weights_and_exports_them(ray_session, tiny_model):
     learner = PolicyLearner.options(num_cpus=0.1).remote(cfg, 0, 1, "127.0.0.1", 29533)
     refs_before, nbytes = ray.get(learner.export_weights.remote(bucket_mb=1))
     assert len(refs_before) > 1  # several ~1 MB buckets, not one tensor at a time nor one blob
-    before = dict(kv for ref in refs_before for kv in ray.get(ref))
+    before = dict(fetch_buckets(refs_before))
     disk = dict(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).named_parameters())
     assert before.keys() == disk.keys()
     assert nbytes == sum(t.numel() * t.element_size() for t in before.values())
@@ -79,7 +80,7 @@ def test_learner_step_changes_weights_and_exports_them(ray_session, tiny_model):
     assert metrics["grad_norm"] > 0 and metrics["tokens"] == 6
     assert abs(metrics["ratio_mean"] - 1.0) < 1e-6  # on-policy: π_old is the pre-step policy
     refs_after, _ = ray.get(learner.export_weights.remote())
-    after = dict(kv for ref in refs_after for kv in ray.get(ref))
+    after = dict(fetch_buckets(refs_after))
     changed = sum(not torch.equal(after[n], before[n]) for n in before)
     assert changed == len(before)
     ray.kill(learner)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from rlvr.learner import LearnerConfig, LossConfig, PolicyLearner, Sequence
 from rlvr.placement import node_address
 from rlvr.rollout import EngineConfig, RolloutEngine
-from rlvr.weight_sync import TensorSpec, connect, pack, plan_buckets, sync_weights, unpack
+from rlvr.weight_sync import TensorSpec, connect, fetch_buckets, pack, plan_buckets, sync_weights, unpack
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.int64]
 
@@ -62,7 +62,7 @@ def test_backend_moves_the_trained_weights_into_the_engine(backend, ray_session,
     connect(backend, [learner], [engine], ray.get(node_address.remote()))
     m = sync_weights(backend, [learner], [engine], version=3)
     refs, nbytes = ray.get(learner.export_weights.remote())
-    trained = dict(kv for ref in refs for kv in ray.get(ref))
+    trained = dict(fetch_buckets(refs))
     loaded = ray.get(engine.__ray_call__.remote(lambda self: {n: p.detach().clone() for n, p in self.engine.model.named_parameters()}))
     assert ray.get(engine.weight_version.remote()) == 3
     assert m["sync/bytes"] == nbytes > 1_000_000 and m["sync/gb_per_s"] > 0

@@ -87,9 +87,11 @@ class VLLMEngine:
             logprobs_mode="processed_logprobs",
             tensor_parallel_size=cfg.tensor_parallel,
         )
+        self.tensor_parallel = cfg.tensor_parallel
         self.sleeps = cfg.sleep_mode and torch.cuda.is_available()
         if self.sleeps:
             kwargs["enable_sleep_mode"] = True
+            kwargs["gpu_memory_utilization"] = 0.4  # the colocated learner keeps its weights on the device
         if not torch.cuda.is_available():
             # On CPU this fraction reserves host RAM for the KV cache; the default 0.92 refuses to start
             # whenever anything else (the learners) is resident.
@@ -131,6 +133,10 @@ class VLLMEngine:
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         # `model.load_weights` breaks after the CPU backend repacks weights; reload_weights re-runs
         # the loader's post-processing, and works on GPU too.
+        if self.tensor_parallel > 1:
+            # TP workers are separate processes: the closure is pickled, and a generator cannot be
+            weights = list(weights)
+
         def reload(worker, weights=weights):
             worker.reload_weights(weights_iterator=iter(weights))
             # A tied LM head shares the embedding tensor, but the CPU backend keeps a repacked copy

@@ -69,6 +69,7 @@ def test_colocated_engines_share_the_learner_bundles():
     "overrides, key",
     [
         (["cluster.weight_sync=ipc"], "cluster.weight_sync"),
+        (["cluster.mode=colocated", "cluster.weight_sync=nccl"], "cluster.weight_sync"),
         (["cluster.weight_sync=smoke"], "cluster.weight_sync"),
         (["cluster.mode=colocated", "cluster.num_engines=2"], "cluster.num_engines"),
         (["cluster.mode=colocated", "cluster.tensor_parallel=2"], "cluster.tensor_parallel"),

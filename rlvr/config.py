@@ -115,7 +115,6 @@ def validate_cluster(c: DictConfig, rollout_backend: str) -> None:
     _check(c.actor_cpus > 0, "cluster.actor_cpus", f"must be > 0, got {c.actor_cpus}")
     _check(c.verifier_cpus > 0, "cluster.verifier_cpus", f"must be > 0, got {c.verifier_cpus}")
     _check(c.value_accelerators >= 0, "cluster.value_accelerators", f"must be >= 0, got {c.value_accelerators}")
-    _check(c.accelerators_per_learner > 0, "cluster.accelerators_per_learner", f"must be > 0, got {c.accelerators_per_learner}")
     unknown_roles = set(c.node_resources or {}) - {"learner", "rollout", "value", "verifier"}
     _check(not unknown_roles, "cluster.node_resources", f"unknown roles {sorted(unknown_roles)}; known: learner, rollout, value, verifier")
     if c.tensor_parallel > 1:

@@ -2,7 +2,7 @@
 
 One placement group per role, one bundle per actor:
 
-    learner   R bundles of {CPU, accelerator: accelerators_per_learner}
+    learner   R bundles of {CPU, accelerator: 1}  (a rank drives one device)
     rollout   E bundles of {CPU, accelerator: tensor_parallel}   (disaggregated)
               or a share of learner bundle e                      (colocated: same accelerators)
     value     1 bundle of  {CPU, accelerator: value_accelerators}
@@ -69,21 +69,20 @@ def plan_placement(cluster: DictConfig | dict, with_value: bool = True) -> dict[
         return {**resources(n_acc, n_cpu), **({pins[role]: PIN_AMOUNT} if pins.get(role) else {})}
 
     colocated = c["mode"] == "colocated"
-    per_learner = float(c["accelerators_per_learner"])
     learner_cpus = cpus * (2 if colocated else 1)  # a colocated bundle also hosts an engine
     plan = {
         "learner": RolePlacement(
             "learner",
-            [bundle(per_learner, learner_cpus, "learner") for _ in range(c["num_learners"])],
+            [bundle(1, learner_cpus, "learner") for _ in range(c["num_learners"])],
             # colocated: learner and engine each take half of the bundle's accelerator, so Ray hands
             # both the same device; vLLM sleeps while the learner steps
-            resources(per_learner / 2 if colocated else per_learner, cpus),
+            resources(0.5 if colocated else 1, cpus),
             c["strategy"],
         )
     }
     if colocated:
         plan["rollout"] = RolePlacement(
-            "rollout", [], resources(per_learner / 2, cpus), c["strategy"], shares_group_of="learner"
+            "rollout", [], resources(0.5, cpus), c["strategy"], shares_group_of="learner"
         )
     else:
         tp = c["tensor_parallel"]

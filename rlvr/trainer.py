@@ -56,19 +56,25 @@ def start_ray(cfg: DictConfig) -> None:
     # cluster.address, else RAY_ADDRESS (set by `ray job submit` and scripts/launch_ray_cluster.sh),
     # else a fresh local Ray
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS") or None
-    if address is not None:
-        # A head started by `ray start` that found a token (~/.ray/auth_token) requires it, but a
-        # joining driver sends it only in token mode; Ray's own helper switches that on.
-        from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
-
-        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-    ray.init(
+    kwargs = dict(
         address=address,
         num_cpus=cfg.cluster.num_cpus if address is None else None,
         include_dashboard=False,
         log_to_driver=True,
         runtime_env={"env_vars": env},
     )
+    try:
+        ray.init(**kwargs)
+    except ConnectionError:
+        # A head started by `ray start` that found a token (~/.ray/auth_token) requires it, but a
+        # joining driver sends it only in token mode. Switch that on (Ray's helper does it only when
+        # a token exists and RAY_AUTH_MODE is unset) and try once more.
+        from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+
+        if address is None or "RAY_AUTH_MODE" in os.environ or not maybe_enable_token_auth_if_token_available(False):
+            raise
+        ray.shutdown()
+        ray.init(**kwargs)
 
 
 def threads_env(cfg: DictConfig) -> dict:

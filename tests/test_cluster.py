@@ -8,6 +8,7 @@ import time
 
 import pytest
 import ray
+import torch
 
 from rlvr.config import algorithm_preset, compose
 from rlvr.placement import ClusterTooSmall
@@ -86,6 +87,17 @@ def test_two_training_steps_across_nodes(layout, sim_cluster, tiny_model, tmp_pa
         assert h["learner/grad_norm"] > 0
     # step 2 sampled from the weights step 1 produced: the sync across nodes reached the engine
     assert steps[1]["learner/rollout_logprob_diff"] < 0.05
+    # the 2-rank checkpoint (ZeRO-3 or ZeRO-2 shards) exports to a plain model folder
+    from transformers import AutoModelForCausalLM
+
+    from rlvr.checkpoint import resolve_resume
+    from rlvr.export import export_checkpoint
+
+    exported = export_checkpoint(resolve_resume(tmp_path, "auto"), tmp_path / "export")
+    trained = dict(AutoModelForCausalLM.from_pretrained(exported).named_parameters())
+    init = dict(AutoModelForCausalLM.from_pretrained(tiny_model).named_parameters())
+    assert trained.keys() == init.keys()
+    assert all(torch.isfinite(trained[n]).all() and not torch.equal(trained[n], init[n]) for n in init)
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/baseline_mse.py
 	$(VENV)/bin/python benchmarks/verifier_throughput.py
 	$(VENV)/bin/python benchmarks/step_breakdown.py
+	$(VENV)/bin/python benchmarks/weight_sync.py
 
 clean:
 	rm -rf $(VENV) runs benchmarks/out

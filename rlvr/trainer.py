@@ -32,7 +32,7 @@ from rlvr.controller import BudgetController, ControllerConfig, Group, RolloutBa
 from rlvr.data import Problem, PromptStream, build_messages, load_problems
 from rlvr.learner import LearnerConfig, LossConfig, PolicyLearner, Sequence
 from rlvr.models import default_cache_dir, resolve_model_path
-from rlvr.placement import Placement, plan_placement, rendezvous
+from rlvr.placement import Placement, check_fits, cluster_nodes, plan_placement, rendezvous
 from rlvr.rollout import EngineConfig, GenerationRequest, RolloutEngine, RolloutPool, SamplingConfig
 from rlvr.weight_sync import connect, sync_weights
 
@@ -449,6 +449,9 @@ def train(cfg: DictConfig) -> dict:
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
+    # A cluster too small for the placement fails here, before any model is converted or loaded.
+    start_ray(cfg)
+    check_fits(plan_placement(cfg.cluster, with_value=preset.sampling == "adaptive"), cluster_nodes())
     model_path = resolve_model_path(cfg.model.path, cfg.cache_dir)
     train_problems = load_problems(OmegaConf.to_container(cfg.data.train, resolve=True))
     eval_problems = load_problems(
@@ -457,7 +460,6 @@ def train(cfg: DictConfig) -> dict:
     stream = PromptStream(train_problems, seed=cfg.seed)
 
     render = prompt_renderer(cfg, model_path)
-    start_ray(cfg)
     with running_roles(cfg, model_path, preset) as roles:
         rollout, verifier, learners = roles["rollout"], roles["verifier"], roles["learners"]
         sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_tokens=cfg.rollout.max_tokens)

@@ -10,6 +10,11 @@ def gpu_nodes(n, gpus=8, cpus=64):
     return [{"CPU": cpus, "GPU": gpus, "memory": 1e12} for _ in range(n)]
 
 
+@pytest.mark.parametrize("group", ["local", "single_node_gpu", "multi_node"])
+def test_every_cluster_group_composes_and_validates(group):
+    validate(compose([f"cluster={group}"]))
+
+
 def test_local_plan_is_fractional_cpu_only():
     plan = plan_placement(compose([]).cluster)
     assert set(plan) == {"learner", "rollout", "value", "verifier"}

@@ -9,7 +9,14 @@ from rlvr.learner import LearnerConfig, LossConfig, PolicyLearner, Sequence
 from rlvr.rollout import EngineConfig, GenerationRequest, RolloutEngine, RolloutPool, SamplingConfig
 from rlvr.weight_sync import fetch_buckets, put_bucket
 
-PROMPTS = ["<|im_start|>user\nWhat is 3 + 4?<|im_end|>\n<|im_start|>assistant\n", "State the final answer: 9 - 2 ="]
+# The last prompt is long enough (~940 tokens) for vLLM to cache its prefix blocks: after a weight
+# update those must not be reused.
+FEWSHOT = " ".join(f"Example {i}: {i} + {i} = {2 * i}." for i in range(60))
+PROMPTS = [
+    "<|im_start|>user\nWhat is 3 + 4?<|im_end|>\n<|im_start|>assistant\n",
+    "State the final answer: 9 - 2 =",
+    f"<|im_start|>system\n{FEWSHOT}<|im_end|>\n<|im_start|>user\nWhat is 3 + 4?<|im_end|>\n<|im_start|>assistant\n",
+]
 
 
 def hf_logprobs(model, prompt_ids, response_ids, temperature):
@@ -31,12 +38,12 @@ def perturbed_state(model_path, seed=1):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["vllm", "hf"])
 def test_engine_samples_and_weight_update(backend, ray_session, tiny_model):
-    engine = RolloutEngine.options(num_cpus=0.1).remote(EngineConfig(backend=backend, model_path=tiny_model, max_model_len=256))
+    engine = RolloutEngine.options(num_cpus=0.1).remote(EngineConfig(backend=backend, model_path=tiny_model, max_model_len=1024))
     pool = RolloutPool([engine])
     sampling = SamplingConfig(temperature=0.8, max_tokens=12)
     reqs = [GenerationRequest(i, p, 3) for i, p in enumerate(PROMPTS)]
     samples = pool.generate(reqs, sampling, seed=0)
-    assert [s.prompt_index for s in samples] == [0, 0, 0, 1, 1, 1]
+    assert [s.prompt_index for s in samples] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     for s in samples:
         assert len(s.logprobs) == len(s.response_ids) > 0
         assert s.finish_reason in ("stop", "length") and s.truncated == (s.finish_reason == "length")
@@ -52,9 +59,9 @@ def test_engine_samples_and_weight_update(backend, ray_session, tiny_model):
     assert pool.update_weights(7, refs) >= 0
     after = pool.generate(reqs, sampling, seed=1)
     assert all(s.weight_version == 7 for s in after)
-    s = after[0]
-    expected = hf_logprobs(model, s.prompt_ids, s.response_ids, sampling.temperature)
-    torch.testing.assert_close(torch.tensor(s.logprobs), expected, atol=2e-3, rtol=0)
+    for s in after[::3]:  # one sample per prompt, the long cached-prefix one included
+        expected = hf_logprobs(model, s.prompt_ids, s.response_ids, sampling.temperature)
+        torch.testing.assert_close(torch.tensor(s.logprobs), expected, atol=2e-3, rtol=0)
     ray.kill(engine)
 
 

@@ -126,7 +126,14 @@ def validate_cluster(c: DictConfig, rollout_backend: str) -> None:
             f"colocated engines live beside learner ranks: at most cluster.num_learners={c.num_learners}, got {c.num_engines}",
         )
         _check(c.tensor_parallel == 1, "cluster.tensor_parallel", "colocated mode shares one accelerator per engine: must be 1")
+    if c.value_accelerators > 0:
+        _check(bool(c.accelerator), "cluster.value_accelerators", "needs cluster.accelerator (e.g. GPU); set it or use 0")
     if c.mode == "colocated":
+        _check(
+            not (c.node_resources or {}).get("rollout"),
+            "cluster.node_resources.rollout",
+            "colocated engines live in the learner bundles: pin cluster.node_resources.learner instead",
+        )
         _check(c.weight_sync != "nccl", "cluster.weight_sync", "colocated engines share their learner's GPU, where NCCL cannot pair two ranks: use ipc")
     if c.weight_sync == "ipc":
         _check(c.mode == "colocated", "cluster.weight_sync", "ipc shares memory on one node: it needs cluster.mode=colocated")

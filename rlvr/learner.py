@@ -228,6 +228,8 @@ class PolicyLearner:
             grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
             local_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
         self.engine.step()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # a colocated engine wakes up next and re-allocates on this device
         metrics = {k: v / max(n_tokens, 1.0) for k, v in sums.items()}
         grad_norm = self.engine.get_global_grad_norm()
         grad_norm = local_norm if grad_norm is None else grad_norm

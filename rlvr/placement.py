@@ -110,37 +110,70 @@ def _fits(free: dict[str, float], need: dict[str, float]) -> bool:
     return all(free.get(k, 0.0) + 1e-9 >= v for k, v in need.items())
 
 
+def _scarce(resources: dict[str, float]) -> float:
+    """Accelerators and custom markers: what a bundle should not take from a node needlessly."""
+    return sum(v for k, v in resources.items() if k not in ("CPU", "memory", "object_store_memory") and ":" not in k)
+
+
+def _best_fit(free: list[dict[str, float]], candidates: list[int], need: dict[str, float]) -> int:
+    """The node this bundle wastes least: few scarce resources it did not ask for (CPU-only bundles
+    stay off GPU nodes), then the tightest fit."""
+
+    def waste(j: int) -> tuple:
+        node = free[j]
+        unasked = _scarce({k: v for k, v in node.items() if k not in need})
+        left = {k: node.get(k, 0.0) - v for k, v in need.items()}
+        return (unasked, _scarce(left), left.get("CPU", 0.0))
+
+    return min(candidates, key=waste)
+
+
+def _pack(items: list[tuple[str, dict[str, float], str | None]], nodes: list[dict[str, float]]) -> list[str]:
+    """Place items (label, need, spread group) in order, best fit; return the labels left over."""
+    free = [dict(n) for n in nodes]
+    used: dict[str, set[int]] = {}
+    unplaced = []
+    for label, need, spread in items:
+        taken = used.get(spread, set()) if spread else set()
+        candidates = [j for j, n in enumerate(free) if _fits(n, need) and j not in taken]
+        if not candidates:
+            unplaced.append(label)
+            continue
+        j = _best_fit(free, candidates, need)
+        _add(free[j], need, -1)
+        if spread:
+            used.setdefault(spread, set()).add(j)
+    return unplaced
+
+
 def check_fits(plan: dict[str, RolePlacement], nodes: list[dict[str, float]], roles: tuple[str, ...] = ROLES) -> None:
     """Raise ClusterTooSmall unless every bundle of `roles` fits on `nodes` (total resources per node).
 
-    First-fit-decreasing honouring each group's strategy: STRICT_PACK needs one node for the whole
-    group, STRICT_SPREAD a distinct node per bundle.
+    Honours each group's strategy: STRICT_PACK needs one node for the whole group, STRICT_SPREAD a
+    distinct node per bundle. Packing is NP-hard; this tries best-fit in three orders (scarce
+    resources first, CPUs first, as configured) and accepts the cluster if any order places everything.
     """
-    free = [dict(n) for n in nodes]
-    unplaced: list[str] = []
-    groups = [plan[r] for r in roles if r in plan and plan[r].bundles]
-    groups.sort(key=lambda g: -sum(sum(b.values()) for b in g.bundles))
-    for g in groups:
+    items: list[tuple[str, dict[str, float], str | None]] = []
+    for role in roles:
+        g = plan.get(role)
+        if g is None or not g.bundles:
+            continue
         if g.strategy == "STRICT_PACK":
             whole: dict[str, float] = {}
             for b in g.bundles:
                 _add(whole, b)
-            node = next((n for n in free if _fits(n, whole)), None)
-            if node is None:
-                unplaced.append(f"{g.role}: all {len(g.bundles)} bundles on one node ({_fmt(whole)})")
-            else:
-                _add(node, whole, -1)
-            continue
-        used_nodes: set[int] = set()
-        for i, b in sorted(enumerate(g.bundles), key=lambda ib: -sum(ib[1].values())):
-            candidates = [j for j, n in enumerate(free) if _fits(n, b) and not (g.strategy == "STRICT_SPREAD" and j in used_nodes)]
-            if not candidates:
-                unplaced.append(f"{g.role} bundle {i} {_fmt(b)}")
-                continue
-            _add(free[candidates[0]], b, -1)
-            used_nodes.add(candidates[0])
-    if unplaced:
-        raise ClusterTooSmall(describe_shortfall(plan, nodes, unplaced))
+            items.append((f"{g.role}: all {len(g.bundles)} bundles on one node ({_fmt(whole)})", whole, None))
+        else:
+            spread = g.role if g.strategy == "STRICT_SPREAD" else None
+            items += [(f"{g.role} bundle {i} {_fmt(b)}", b, spread) for i, b in enumerate(g.bundles)]
+    orders = [
+        sorted(items, key=lambda it: (-_scarce(it[1]), -it[1].get("CPU", 0.0))),
+        sorted(items, key=lambda it: (-it[1].get("CPU", 0.0), -_scarce(it[1]))),
+        items,
+    ]
+    attempts = [_pack(order, nodes) for order in orders]
+    if all(attempts):
+        raise ClusterTooSmall(describe_shortfall(plan, nodes, attempts[0]))
 
 
 def describe_shortfall(plan: dict[str, RolePlacement], nodes: list[dict[str, float]], unplaced: list[str]) -> str:

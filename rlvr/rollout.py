@@ -88,6 +88,10 @@ class VLLMEngine:
             tensor_parallel_size=cfg.tensor_parallel,
         )
         self.tensor_parallel = cfg.tensor_parallel
+        if cfg.tensor_parallel > 1:
+            # Inside a Ray actor vLLM would pick its Ray executor, which wants a placement-group
+            # bundle per GPU; the actor already holds its TP GPUs, so run the workers as processes.
+            kwargs["distributed_executor_backend"] = "mp"
         self.sleeps = cfg.sleep_mode and torch.cuda.is_available()
         if self.sleeps:
             kwargs["enable_sleep_mode"] = True
@@ -134,8 +138,9 @@ class VLLMEngine:
         # `model.load_weights` breaks after the CPU backend repacks weights; reload_weights re-runs
         # the loader's post-processing, and works on GPU too.
         if self.tensor_parallel > 1:
-            # TP workers are separate processes: the closure is pickled, and a generator cannot be
-            weights = list(weights)
+            # TP workers are separate processes: the closure is pickled (a generator cannot be), and
+            # host tensors let each worker copy onto its own device
+            weights = [(n, t.to("cpu")) for n, t in weights]
 
         def reload(worker, weights=weights):
             worker.reload_weights(weights_iterator=iter(weights))

@@ -52,6 +52,9 @@ def start_ray(cfg: DictConfig) -> None:
         "TOKENIZERS_PARALLELISM": "false",
         "HF_HUB_OFFLINE": "1",
         "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+        # Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for actors that asked for no GPU, so they would
+        # all see (and allocate on) GPU 0; this restores "no GPU asked, no GPU visible".
+        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1",
     }
     # cluster.address, else RAY_ADDRESS (set by `ray job submit` and scripts/launch_ray_cluster.sh),
     # else a fresh local Ray
@@ -141,6 +144,10 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
             RolloutEngine.options(**placement.options("rollout", i), runtime_env=threads_env(cfg)).remote(engine_cfg)
             for i in range(c.num_engines)
         ]
+        if c.mode == "colocated":
+            # vLLM sizes its KV cache from the free device memory at start-up: let it start before
+            # the learner sharing its device loads anything.
+            ray.get([e.weight_version.remote() for e in roles["rollout"].engines])
         learner_cfg = LearnerConfig(
             model_path=model_path,
             zero_stage=c.zero_stage,

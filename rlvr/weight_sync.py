@@ -11,7 +11,9 @@ Three backends (`cluster.weight_sync`):
     nccl  rank 0 broadcasts each packed bucket to the engines over a torch process group
           (NCCL on GPUs; the same code runs over gloo on a CPU box, which is how CI tests it)
     ipc   colocated: learner rank r shares packed buckets with engine r through shared memory
-          (CUDA IPC handles on GPUs, torch shared memory files on CPU)
+          (CUDA IPC handles on GPUs, torch shared memory files on CPU). The packed buckets of the
+          whole model stay alive until the engine has loaded them: one extra copy per rank,
+          transiently, since vLLM reloads a model in one call
 
 This module holds the pieces both ends share; the learner and the engine call them.
 """
@@ -177,8 +179,10 @@ def sync_weights(backend: str, learners: list, engines: list, version: int, buck
     elif backend == "ipc":
         specs = ray.get(learners[0].bucket_specs.remote(bucket_mb))
         handles = ray.get([l.share_weights.remote(len(engines), bucket_mb) for l in learners])
-        load_s = max(ray.get([e.open_shared_weights.remote(version, handles[i], specs) for i, e in enumerate(engines)]))
-        ray.get([l.release_shared.remote() for l in learners])
+        try:
+            load_s = max(ray.get([e.open_shared_weights.remote(version, handles[i], specs) for i, e in enumerate(engines)]))
+        finally:
+            ray.get([l.release_shared.remote() for l in learners])
         nbytes = sum(s.nbytes for bucket in specs for s in bucket)
     else:
         raise ValueError(f"unknown weight sync backend {backend!r}; known: {BACKENDS}")

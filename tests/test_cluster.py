@@ -72,7 +72,7 @@ def test_each_role_runs_where_the_config_puts_it(sim_cluster, tiny_model, tmp_pa
         # disaggregated: learners (ZeRO-3, 2 ranks) on one node, the engine on another, nccl-style broadcast over gloo
         ["cluster.weight_sync=nccl"],
         # colocated: the engine shares learner rank 0's bundle and gets its weights through shared memory
-        ["cluster.mode=colocated", "cluster.weight_sync=ipc", "cluster.zero_stage=2"],
+        ["cluster.mode=colocated", "cluster.weight_sync=ipc", "cluster.zero_stage=2", "cluster.node_resources.rollout=null"],
     ],
     ids=["disaggregated-nccl", "colocated-ipc"],
 )

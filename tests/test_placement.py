@@ -44,9 +44,19 @@ def test_multi_node_plan_needs_two_nodes_and_engines_keep_their_tp_on_one_node()
     check_fits(plan, gpu_nodes(2))
     with pytest.raises(ClusterTooSmall, match="total {CPU: 40, GPU: 16}"):
         check_fits(plan, gpu_nodes(1))
-    # 3-GPU nodes hold one TP-2 engine each, however many GPUs there are in total
+    # 1-GPU nodes cannot hold a TP-2 engine, however many GPUs there are in total
     with pytest.raises(ClusterTooSmall, match="rollout bundle"):
-        check_fits(plan, [{"CPU": 64, "GPU": 3}] * 6)
+        check_fits(plan, [{"CPU": 64, "GPU": 1}] * 32)
+    # 3-GPU nodes can: an engine and a learner on each of four, learners on the rest
+    check_fits(plan, [{"CPU": 64, "GPU": 3}] * 6)
+
+
+def test_cpu_only_bundles_keep_off_the_gpu_nodes():
+    """A first-fit packer would put the verifier on the GPU node listed first and strand a GPU."""
+    plan = plan_placement(
+        compose(["cluster.accelerator=GPU", "cluster.actor_cpus=1", "cluster.verifier_cpus=3"]).cluster, with_value=False
+    )
+    check_fits(plan, [{"CPU": 4, "GPU": 2}, {"CPU": 4}])
 
 
 def test_strict_strategies_and_node_pins():
@@ -83,6 +93,8 @@ def test_colocated_engines_share_the_learner_bundles():
         (["cluster.num_learners=0"], "cluster.num_learners"),
         (["+cluster.node_resources.critic=big"], "cluster.node_resources"),
         (["learner.bucket_mb=-1"], "learner.bucket_mb"),
+        (["cluster.value_accelerators=1"], "cluster.value_accelerators"),
+        (["cluster.mode=colocated", "cluster.weight_sync=ipc", "cluster.node_resources.rollout=r"], "cluster.node_resources.rollout"),
     ],
 )
 def test_bad_cluster_values_name_their_key(overrides, key):

@@ -32,7 +32,24 @@ def _compose_or_exit(overrides: list[str]):
         raise SystemExit(2) from None
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message says what to fix: printed without a traceback."""
+    from rlvr.config import ConfigError
+    from rlvr.data import DataError
+    from rlvr.placement import ClusterTooSmall
+
+    return (ConfigError, DataError, ClusterTooSmall, ConnectionError, FileNotFoundError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _run(argv)
+    except _user_errors() as e:
+        print(f"rlvr: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)

@@ -194,7 +194,8 @@ def describe_shortfall(plan: dict[str, RolePlacement], nodes: list[dict[str, flo
         lines.append(f"  node {i}: {_fmt(shown)}")
         _add(have, shown)
     lines.append(f"  total {_fmt(have)}")
-    lines.append("could not place: " + "; ".join(unplaced))
+    shown = unplaced[:4] + ([f"and {len(unplaced) - 4} more"] if len(unplaced) > 4 else [])
+    lines.append("could not place: " + "; ".join(shown))
     lines.append("Use a smaller cluster config (cluster.num_learners, cluster.num_engines, ...) or add nodes.")
     return "\n".join(lines)
 

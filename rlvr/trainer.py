@@ -67,17 +67,23 @@ def start_ray(cfg: DictConfig) -> None:
         runtime_env={"env_vars": env},
     )
     try:
-        ray.init(**kwargs)
-    except ConnectionError:
-        # A head started by `ray start` that found a token (~/.ray/auth_token) requires it, but a
-        # joining driver sends it only in token mode. Switch that on (Ray's helper does it only when
-        # a token exists and RAY_AUTH_MODE is unset) and try once more.
-        from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+        try:
+            ray.init(**kwargs)
+        except ConnectionError:
+            # A head started by `ray start` that found a token (~/.ray/auth_token) requires it, but a
+            # joining driver sends it only in token mode. Switch that on (Ray's helper does it only
+            # when a token exists and RAY_AUTH_MODE is unset) and try once more.
+            from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
 
-        if address is None or "RAY_AUTH_MODE" in os.environ or not maybe_enable_token_auth_if_token_available(False):
-            raise
-        ray.shutdown()
-        ray.init(**kwargs)
+            if address is None or "RAY_AUTH_MODE" in os.environ or not maybe_enable_token_auth_if_token_available(False):
+                raise
+            ray.shutdown()
+            ray.init(**kwargs)
+    except ConnectionError as e:
+        raise ConnectionError(
+            f"cannot join the Ray cluster at {address!r} (cluster.address, else RAY_ADDRESS): {e}. Start one with "
+            "scripts/launch_ray_cluster.sh head (docs/cluster.md), or run on this machine alone with cluster=local."
+        ) from e
 
 
 def threads_env(cfg: DictConfig) -> dict:

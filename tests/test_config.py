@@ -67,3 +67,9 @@ def test_cli_reports_config_errors_without_a_traceback(capsys):
 def test_missing_model_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         resolve_model_path(str(tmp_path / "nope"))
+
+
+def test_cli_reports_a_missing_model_without_a_traceback(tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "FileNotFoundError" in err and "no config.json" in err and "Traceback" not in err

@@ -98,6 +98,10 @@ def test_two_training_steps_across_nodes(layout, sim_cluster, tiny_model, tmp_pa
     init = dict(AutoModelForCausalLM.from_pretrained(tiny_model).named_parameters())
     assert trained.keys() == init.keys()
     assert all(torch.isfinite(trained[n]).all() and not torch.equal(trained[n], init[n]) for n in init)
+    # every rank reloads its shards and the run goes on at step 3
+    more = train(compose(TINY + cluster_overrides(cluster.address, *layout) + ["algorithm=grpo", f"run_dir={tmp_path}", "trainer.steps=3"]))
+    assert [h["step"] for h in more["history"]] == [3]
+    assert more["history"][0]["learner/rollout_logprob_diff"] < 0.05  # the engines got the resumed weights
 
 
 @pytest.mark.slow

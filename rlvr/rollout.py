@@ -326,9 +326,6 @@ class RolloutPool:
         samples.sort(key=lambda s: order[s.prompt_index])
         return samples
 
-    def update_weights(self, version: int, buckets: list) -> float:
-        return max(ray.get([e.update_weights.remote(version, buckets) for e in self.engines]))
-
     def sleep(self) -> None:
         ray.get([e.sleep.remote() for e in self.engines])
 

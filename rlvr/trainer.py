@@ -120,6 +120,11 @@ def prompt_renderer(cfg: DictConfig, model_path: str):
     return render
 
 
+def role_plan(cfg: DictConfig, preset) -> dict:
+    """The placement of this run's roles (the ValueServer only for V0.5's adaptive sampling)."""
+    return plan_placement(cfg.cluster, with_value=preset.sampling == "adaptive")
+
+
 def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
     """Reserve the placement groups, then create the four pools. Returns their handles.
 
@@ -128,8 +133,7 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
     from rlvr.verifier import VerifierPool
 
     c = cfg.cluster
-    adaptive = preset.sampling == "adaptive"
-    placement = Placement(plan_placement(c, with_value=adaptive), timeout_s=c.placement_timeout_s)
+    placement = Placement(role_plan(cfg, preset), timeout_s=c.placement_timeout_s)
     roles: dict = {"placement": placement, "verifier": None, "value": None, "rollout": RolloutPool([]), "learners": []}
     try:
         roles["verifier"] = VerifierPool.options(**placement.options("verifier", 0)).remote(
@@ -138,7 +142,7 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
             timeout_s=cfg.verifier.timeout_s,
             memory_mb=cfg.verifier.memory_mb,
         )
-        if adaptive:
+        if preset.sampling == "adaptive":
             from rlvr.value import ValueServer
 
             value_kwargs = {"context_size": cfg.value.context_size}
@@ -464,7 +468,7 @@ def train(cfg: DictConfig) -> dict:
 
     # A cluster too small for the placement fails here, before any model is converted or loaded.
     start_ray(cfg)
-    check_fits(plan_placement(cfg.cluster, with_value=preset.sampling == "adaptive"), cluster_nodes())
+    check_fits(role_plan(cfg, preset), cluster_nodes())
     model_path = resolve_model_path(cfg.model.path, cfg.cache_dir)
     train_problems = load_problems(OmegaConf.to_container(cfg.data.train, resolve=True))
     eval_problems = load_problems(
@@ -532,6 +536,7 @@ def train(cfg: DictConfig) -> dict:
 
         from tqdm import tqdm
 
+        colocated = cfg.cluster.mode == "colocated"  # engines sleep while the learners step
         stop = StopRequest()
         bar = tqdm(total=total, initial=start_step - 1, desc="train", disable=not cfg.trainer.progress, dynamic_ncols=True, file=sys.stderr)
         for step in range(start_step, total + 1):
@@ -542,7 +547,6 @@ def train(cfg: DictConfig) -> dict:
             # 2. advantages, then the optional weighting
             adv = advantages_for(batch, preset, cfg.weighting, hadw_state)
             # 3. one optimizer step on the learners
-            colocated = cfg.cluster.mode == "colocated"
             if colocated:
                 rollout.sleep()  # hand the shared accelerators to the learners (a no-op on CPU)
             learn_start = time.perf_counter()

@@ -7,7 +7,6 @@ accumulation (micro_batch_size) and gradient checkpointing must not change the u
 
 import pytest
 import ray
-import torch
 
 from rlvr.learner import LearnerConfig, LossConfig, PolicyLearner, Sequence
 from rlvr.placement import node_address

@@ -56,7 +56,7 @@ def test_engine_samples_and_weight_update(backend, ray_session, tiny_model):
     # New weights: the engine's log-probs must be those of the new model, not the old one.
     model = perturbed_state(tiny_model)
     refs = [put_bucket([(n, p.detach()) for n, p in model.named_parameters()])]
-    assert pool.update_weights(7, refs) >= 0
+    assert ray.get(engine.update_weights.remote(7, refs)) >= 0
     after = pool.generate(reqs, sampling, seed=1)
     assert all(s.weight_version == 7 for s in after)
     for s in after[::3]:  # one sample per prompt, the long cached-prefix one included

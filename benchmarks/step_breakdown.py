@@ -1,10 +1,16 @@
 """Where a training step's time goes, and what the rollout pool costs over a bare vLLM engine.
 
-    .venv/bin/python benchmarks/step_breakdown.py [--steps 3] [key=value overrides ...]
+    .venv/bin/python benchmarks/step_breakdown.py [--steps 3] [--max-staleness 0,1] [key=value overrides ...]
 
 Runs the default job (V0.5 on SmolLM2-135M, or whatever the overrides select) for a few steps,
-then, in the same process after the actors are gone, a bare in-process vLLM engine on the same
-prompts with the same sampling settings. Writes JSON (stdout and --out):
+once per `--max-staleness` value (0: generate, then train; 1: one-step-off async), then, in the
+same process after the actors are gone, a bare in-process vLLM engine on the same prompts with
+the same sampling settings. Writes JSON (stdout and --out):
+- per staleness: seconds per step, the share of generation hidden behind learning
+  (1 − learner wait / generate time), learner idle (waiting for data) and generator idle
+  (waiting for weights) per step; the async ÷ sync step-time ratio measured here, and the one
+  expected on separate devices, (generate + learn) / max(generate, learn) from the sync run's
+  phases, since on this box both phases share the same two cores;
 - seconds per phase (mean over steps, the first step excluded when there are several);
 - pool tokens/s ÷ bare-engine tokens/s (target ≥ 0.9). The bare engine gets the same per-step
   prompt batches with n rollouts each; the pool's figure includes V0.5's extra-rollout rounds,
@@ -55,6 +61,7 @@ def bare_vllm_tokens_per_s(cfg, model_path: str, batches: list[list[str]], n: in
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--max-staleness", default="0,1", help="comma-separated trainer.max_staleness values, run one after another")
     ap.add_argument("--out", default="benchmarks/out/step_breakdown.json")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
@@ -68,16 +75,40 @@ def main() -> None:
     from rlvr.models import resolve_model_path
     from rlvr.trainer import prompt_renderer, train
 
-    cfg = compose(
-        [f"trainer.steps={args.steps}", "trainer.eval_every=0", "trainer.save_every=0", "resume.mode=never", "run_dir=benchmarks/out/step_breakdown_run"] + args.overrides
-    )
-    result = train(cfg)
+    def run(k: int):
+        cfg = compose(
+            [f"trainer.steps={args.steps}", "trainer.eval_every=0", "trainer.save_every=0", "resume.mode=never",
+             f"trainer.max_staleness={k}", f"run_dir=benchmarks/out/step_breakdown_run_k{k}"] + args.overrides
+        )
+        steps = [h for h in train(cfg)["history"] if h["step"] >= 1]
+        measured = steps[1:] if len(steps) > 1 else steps
+        mean = lambda key: sum(h.get(key, 0.0) for h in measured) / len(measured)  # noqa: E731
+        phases = {p: mean(f"time/{p}") for p in ("generate", "verify", "value", "collect", "learn", "sync", "step", "learner_wait", "generator_wait")}
+        return cfg, steps, measured, phases
+
+    by_k, cfg, steps, measured = {}, None, None, None
+    for k in [int(x) for x in args.max_staleness.split(",")]:
+        cfg_k, steps_k, measured_k, phases = run(k)
+        if cfg is None:
+            cfg, steps, measured = cfg_k, steps_k, measured_k
+        by_k[k] = {
+            "seconds_per_phase": phases,
+            "step_s": phases["step"],
+            "generation_hidden_share": (1 - phases["learner_wait"] / phases["collect"]) if k and phases["collect"] else 0.0,
+            "learner_idle_s": phases["learner_wait"] if k else phases["collect"],
+            "generator_idle_s": phases["generator_wait"] if k else phases["step"] - phases["collect"],
+            "stale_dropped": sum(h.get("async/stale_dropped", 0) for h in steps_k),
+        }
     ray.shutdown()
-    steps = [h for h in result["history"] if h["step"] >= 1]
-    measured = steps[1:] if len(steps) > 1 else steps
-    mean = lambda key: sum(h.get(key, 0.0) for h in measured) / len(measured)  # noqa: E731
-    phases = {p: mean(f"time/{p}") for p in ("generate", "verify", "value", "learn", "sync", "step")}
+    phases = by_k[min(by_k)]["seconds_per_phase"]
     pool_rate = sum(h["gen_tokens"] for h in measured) / sum(h["time/generate"] for h in measured)
+    overlap = {}
+    if 0 in by_k and len(by_k) > 1:
+        gen, learn = phases["collect"], phases["learn"] + phases["sync"]
+        for k in sorted(by_k):
+            if k:
+                overlap[f"sync_over_async_k{k}"] = by_k[0]["step_s"] / by_k[k]["step_s"]
+        overlap["expected_on_separate_devices"] = (gen + learn) / max(gen, learn)
 
     # The same prompts as the run's first measured steps, through a bare engine.
     model_path = resolve_model_path(cfg.model.path, cfg.cache_dir)
@@ -89,6 +120,8 @@ def main() -> None:
     report = {
         "config": {"algorithm": cfg.algorithm.name, "steps": args.steps, "batch_size": cfg.trainer.batch_size, "n": cfg.algorithm.n},
         "seconds_per_phase": phases,
+        "by_max_staleness": by_k,
+        "async_speedup": overlap,
         "pool_tokens_per_s": pool_rate,
         "bare_vllm_tokens_per_s": bare["tokens_per_s"],
         "pool_over_bare": pool_rate / bare["tokens_per_s"],

@@ -38,10 +38,14 @@ def main() -> None:
 
     import ray
 
-    from rlvr.learner import LearnerConfig, PolicyLearner
+    from dataclasses import replace
+
+    from rlvr.config import compose
+    from rlvr.learner import PolicyLearner
     from rlvr.models import build_tiny_model, default_cache_dir
     from rlvr.placement import node_address
-    from rlvr.rollout import EngineConfig, RolloutEngine
+    from rlvr.rollout import RolloutEngine
+    from rlvr.trainer import engine_config, learner_config
     from rlvr.weight_sync import connect, sync_weights
 
     cache = default_cache_dir()
@@ -54,13 +58,14 @@ def main() -> None:
             num_heads=args.hidden // 64,
         )
     )
+    cfg = compose(["model=tiny-random", f"rollout={args.engine}"])
     env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2", "TORCH_EXTENSIONS_DIR": str(cache / "torch_extensions")}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
     host, port = ray.get(node_address.remote())
     learner = PolicyLearner.options(num_cpus=0.1).remote(
-        LearnerConfig(model_path=model_path, threads=2, bucket_mb=args.bucket_mb), 0, 1, host, port
+        replace(learner_config(cfg, model_path), threads=2, bucket_mb=args.bucket_mb), 0, 1, host, port
     )
-    engine = RolloutEngine.options(num_cpus=0.1).remote(EngineConfig(backend=args.engine, model_path=model_path, max_model_len=256))
+    engine = RolloutEngine.options(num_cpus=0.1).remote(replace(engine_config(cfg, model_path), max_model_len=256))
     ray.get([learner.__ray_ready__.remote(), engine.weight_version.remote()])
     connect("nccl", [learner], [engine], ray.get(node_address.remote()))
     specs = ray.get(learner.bucket_specs.remote(0))

@@ -22,6 +22,9 @@ PRESET_FIELDS = (
     "overlong",
     "mask_truncated",
     "scale_by_std",
+    "mini_batches",
+    "epochs",
+    "old_logprobs",
 )
 
 
@@ -54,7 +57,11 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
 def algorithm_preset(algo: DictConfig) -> AlgorithmPreset:
     """The `algorithm` config node as an AlgorithmPreset (which validates the part names)."""
     try:
-        return AlgorithmPreset(**{k: algo[k] for k in PRESET_FIELDS})
+        return AlgorithmPreset(
+            **{k: algo[k] for k in PRESET_FIELDS},
+            rollout_correction=algo.rollout_correction.mode,
+            correction_threshold=algo.rollout_correction.threshold,
+        )
     except ValueError as e:
         raise ConfigError(f"algorithm: {e}") from e
 
@@ -90,6 +97,18 @@ def validate(cfg: DictConfig) -> None:
     _check(t.batch_size >= 1, "trainer.batch_size", f"must be >= 1, got {t.batch_size}")
     _check(cfg.learner.lr > 0, "learner.lr", f"must be > 0, got {cfg.learner.lr}")
     _check(cfg.learner.micro_batch_size >= 1, "learner.micro_batch_size", f"must be >= 1, got {cfg.learner.micro_batch_size}")
+    for key in ("mini_batches", "epochs"):
+        _check(cfg.learner[key] >= 1, f"learner.{key}", f"must be >= 1, got {cfg.learner[key]}")
+    _check(t.max_staleness >= 0, "trainer.max_staleness", f"must be >= 0 (0 = synchronous), got {t.max_staleness}")
+    if t.generate_ahead is not None:
+        _check(t.max_staleness >= 1, "trainer.generate_ahead", "only applies to async runs (trainer.max_staleness >= 1)")
+        _check(t.generate_ahead >= 1, "trainer.generate_ahead", f"must be >= 1, got {t.generate_ahead}")
+    if t.max_staleness >= 1:
+        _check(
+            cfg.cluster.mode == "disaggregated",
+            "trainer.max_staleness",
+            "async generation needs engines of their own (cluster.mode=disaggregated); colocated engines sleep while learners step",
+        )
     r = cfg.rollout
     _check(r.backend in ("vllm", "hf"), "rollout.backend", f"unknown {r.backend!r}; known: vllm, hf")
     _check(r.temperature > 0, "rollout.temperature", f"training needs sampling, so > 0; got {r.temperature}")

@@ -9,22 +9,23 @@ Modes (`algorithm.sampling`):
   prior and data into a per-prompt baseline (`v05.fuse`).
 
 It runs in the driver: it holds handles to the rollout pool, the verifier and the value
-server, and returns plain dataclasses.
+server, and returns a `rlvr.batch.Batch`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import ray
 import torch
 
 from rlvr.algorithms import dynamic_sampling_keep_mask, overlong_penalty, v05
+from rlvr.batch import Batch, PromptGroup, Trajectory
 from rlvr.data import Problem
-from rlvr.rollout import GenerationRequest, RolloutPool, Sample, SamplingConfig
+from rlvr.rollout import GenerationRequest, RolloutPool, SamplingConfig
 from rlvr.verifier import ScoreRequest
 
 log = logging.getLogger(__name__)
@@ -32,41 +33,20 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ControllerConfig:
-    sampling: str = "fixed"  # fixed | dynamic_filter | adaptive
-    n: int = 4  # group size (n0 for adaptive)
+    """Built from the `algorithm` config node by `rlvr.trainer`: no defaults of its own."""
+
+    sampling: str  # fixed | dynamic_filter | adaptive
+    n: int  # group size (n0 for adaptive)
     # V0.5
-    delta: int = 4
-    n_max: int = 16
-    kappa: float = 1e-3
-    budget_factor: float = 1.5  # a step may spend this many times the base rollouts
-    adaptive_rounds: int = 2  # sequential OSLA rounds of buying `delta` more
+    delta: int
+    n_max: int
+    kappa: float
+    budget_factor: float  # a step may spend this many times the base rollouts
+    adaptive_rounds: int  # sequential OSLA rounds of buying `delta` more
     # DAPO
-    max_rounds: int = 3
-    overlong: bool = False
-    overlong_buffer: int = 64
-
-
-@dataclass
-class Group:
-    """One prompt and its scored rollouts."""
-
-    problem: Problem
-    samples: list[Sample]
-    rewards: list[float]
-    correct: list[bool]
-    errors: list[str | None]
-    baseline: float | None = None  # V0.5's fused baseline b(x)
-
-    @property
-    def success_rate(self) -> float:
-        return sum(self.correct) / max(1, len(self.correct))
-
-
-@dataclass
-class RolloutBatch:
-    groups: list[Group]
-    decisions: list[dict] = field(default_factory=list)  # V0.5, one per prompt
-    stats: dict = field(default_factory=dict)
+    max_rounds: int
+    overlong: bool
+    overlong_buffer: int
 
 
 class BudgetController:
@@ -91,7 +71,7 @@ class BudgetController:
         self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - start
         return out
 
-    def _sample_and_score(self, problems: list[Problem], ns: list[int], seed: int) -> list[Group]:
+    def _sample_and_score(self, problems: list[Problem], ns: list[int], seed: int) -> list[PromptGroup]:
         """Generate ns[i] rollouts of problems[i] and score them: one generation round."""
         requests = [GenerationRequest(i, self.render_prompt(p), n) for i, (p, n) in enumerate(zip(problems, ns)) if n > 0]
         samples = self._timed("generate", self.rollout.generate, requests, self.sampling, seed)
@@ -109,21 +89,29 @@ class BudgetController:
         if self.cfg.overlong:
             lengths = torch.tensor([len(s.response_ids) for s in samples], dtype=torch.float32)
             rewards = rewards + overlong_penalty(lengths, self.sampling.max_tokens, self.cfg.overlong_buffer)
-        groups = [Group(p, [], [], [], []) for p in problems]
+        groups = [PromptGroup(p) for p in problems]
         for s, r, res in zip(samples, rewards.tolist(), results):
-            g = groups[s.prompt_index]
-            g.samples.append(s)
-            g.rewards.append(r)
-            g.correct.append(bool(res.correct))
-            g.errors.append(res.error)
+            groups[s.prompt_index].trajectories.append(
+                Trajectory(
+                    prompt_ids=s.prompt_ids,
+                    response_ids=s.response_ids,
+                    rollout_logprobs=s.logprobs,
+                    weight_version=s.weight_version,
+                    reward=r,
+                    correct=bool(res.correct),
+                    error=res.error,
+                    truncated=s.truncated,
+                    text=s.text,
+                )
+            )
         return groups
 
     # -- the three modes -----------------------------------------------------------------------
-    def collect(self, problems: list[Problem], more_problems: Callable[[int], list[Problem]], seed: int) -> RolloutBatch:
+    def collect(self, problems: list[Problem], more_problems: Callable[[int], list[Problem]], seed: int) -> Batch:
         """Roll out one step's batch. `more_problems(k)` draws fresh prompts (DAPO only)."""
         self.timings, self.counts = {}, {}
         if self.cfg.sampling == "fixed":
-            batch = RolloutBatch(self._sample_and_score(problems, [self.cfg.n] * len(problems), seed))
+            batch = Batch(self._sample_and_score(problems, [self.cfg.n] * len(problems), seed))
         elif self.cfg.sampling == "dynamic_filter":
             batch = self._collect_dynamic(problems, more_problems, seed)
         elif self.cfg.sampling == "adaptive":
@@ -134,24 +122,23 @@ class BudgetController:
         batch.stats.update(self.counts)
         return batch
 
-    def _collect_dynamic(self, problems: list[Problem], more_problems, seed: int) -> RolloutBatch:
+    def _collect_dynamic(self, problems: list[Problem], more_problems, seed: int) -> Batch:
         target, kept, rounds = len(problems), [], 0
         pending = problems
         while pending and rounds < self.cfg.max_rounds:
             groups = self._sample_and_score(pending, [self.cfg.n] * len(pending), seed * 100 + rounds)
             rounds += 1
-            rewards = torch.tensor([r for g in groups for r in g.rewards])
-            gids = torch.tensor([i for i, g in enumerate(groups) for _ in g.rewards])
-            keep = dynamic_sampling_keep_mask(rewards, gids).tolist() if len(rewards) else []
+            round_batch = Batch(groups)
+            keep = dynamic_sampling_keep_mask(round_batch.rewards(), round_batch.group_ids()).tolist() if groups else []
             kept += [g for g, k in zip(groups, keep) if k]
             missing = target - len(kept)
             pending = more_problems(missing) if missing > 0 and rounds < self.cfg.max_rounds else []
         stats = {"dapo/rounds": rounds, "dapo/kept_groups": min(len(kept), target), "dapo/target_groups": target}
         if len(kept) < target:
             log.warning("dynamic sampling: %d of %d mixed groups after %d rounds", len(kept), target, rounds)
-        return RolloutBatch(kept[:target], stats=stats)
+        return Batch(kept[:target], stats=stats)
 
-    def _collect_adaptive(self, problems: list[Problem], seed: int) -> RolloutBatch:
+    def _collect_adaptive(self, problems: list[Problem], seed: int) -> Batch:
         cfg = self.cfg
         texts = [p.question for p in problems]
         prior_list, _unc = self._timed("value", lambda: ray.get(self.value_server.predict.remote(texts)))
@@ -168,10 +155,7 @@ class BudgetController:
                 break
             more = self._sample_and_score(problems, extra.tolist(), seed * 100 + 1 + round_)
             for g, m in zip(groups, more):
-                g.samples += m.samples
-                g.rewards += m.rewards
-                g.correct += m.correct
-                g.errors += m.errors
+                g.trajectories += m.trajectories
             bought += extra
             budget_left -= int(extra.sum())
         k, n = _successes_and_counts(groups)
@@ -202,10 +186,10 @@ class BudgetController:
             "v05/prior_brier": float(((prior - p_hat) ** 2).mean()),
             "v05/prior_corr": _corr(prior, p_hat),
         }
-        return RolloutBatch(groups, decisions=decisions, stats=stats)
+        return Batch(groups, decisions=decisions, stats=stats)
 
 
-def _successes_and_counts(groups: list[Group]) -> tuple[torch.Tensor, torch.Tensor]:
+def _successes_and_counts(groups: list[PromptGroup]) -> tuple[torch.Tensor, torch.Tensor]:
     k = torch.tensor([sum(g.correct) for g in groups], dtype=torch.float64)
     n = torch.tensor([len(g.correct) for g in groups], dtype=torch.float64)
     return k, n

@@ -1,8 +1,9 @@
 """PolicyLearner: one DeepSpeed rank of the policy. R of them form a data-parallel group.
 
-Each step a learner receives its shard of the batch (token ids, per-sequence advantages),
-recomputes log-probs, applies the configured policy loss from `rlvr.algorithms`, and takes one
-optimizer step. Rank 0 then exports the weights in buckets for the rollout engines.
+Each step a learner receives its shard of the batch as mini-batches of `Trajectory` records (token
+ids, loss mask, the engine's log-probs, advantages), fixes π_old, and takes one optimizer step per
+mini-batch for `epochs` passes, with the policy loss and the rollout correction from
+`rlvr.algorithms`. Rank 0 then exports the weights in buckets for the rollout engines.
 """
 
 from __future__ import annotations
@@ -10,14 +11,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 import ray
 import torch
 import torch.nn.functional as F
 
-from rlvr.algorithms import policy_loss
+from rlvr.algorithms import POLICY_LOSSES, policy_loss, rollout_correction, rollout_mismatch
+from rlvr.batch import MiniBatch, Trajectory
 from rlvr.weight_sync import TensorSpec, broadcast, open_group, pack, plan_buckets, put_bucket, share
 
 log = logging.getLogger(__name__)
@@ -25,39 +27,40 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LearnerConfig:
-    model_path: str = ""
-    zero_stage: int = 0
-    lr: float = 1e-6
-    weight_decay: float = 0.0
+    """Built from the config tree by `rlvr.trainer.learner_config`: no defaults of its own."""
+
+    model_path: str
+    zero_stage: int
+    lr: float
+    weight_decay: float
+    grad_clip: float
+    micro_batch_size: int
+    gradient_checkpointing: bool
+    threads: int
+    seed: int
+    dtype: str
+    bucket_mb: float
     betas: tuple = (0.9, 0.999)
-    grad_clip: float = 1.0
-    micro_batch_size: int = 8
-    gradient_checkpointing: bool = False
-    threads: int = 2
-    seed: int = 0
-    dtype: str = "float32"
-    bucket_mb: float = 512
 
 
 @dataclass
-class LossConfig:
-    name: str = "ppo_clip"
-    agg: str = "token-mean"
-    loss_kwargs: dict = field(default_factory=lambda: {"eps_low": 0.2, "eps_high": 0.2})  # clip range of the loss
-    kl_coef: float = 0.0
-    kl_estimator: str = "k3"
-    max_len: int = 256  # the constant of seq-mean-token-sum-norm (Dr.GRPO)
-    temperature: float = 1.0  # the rollout sampling temperature
+class UpdateConfig:
+    """One rollout batch's update: the loss and how π_old and μ enter it.
 
+    Built from the config tree by `rlvr.trainer.update_config`: no defaults of its own.
+    """
 
-@dataclass
-class Sequence:
-    """One rollout as the learner sees it."""
-
-    prompt_ids: list[int]
-    response_ids: list[int]
-    advantage: float
-    rollout_logprobs: list[float] = field(default_factory=list)
+    loss: str  # a name in rlvr.algorithms.POLICY_LOSSES
+    agg: str
+    loss_kwargs: dict  # the loss's clip range
+    kl_coef: float
+    kl_estimator: str
+    max_len: int  # the constant of seq-mean-token-sum-norm (Dr.GRPO)
+    temperature: float  # the rollout sampling temperature
+    epochs: int  # passes over the batch's mini-batches
+    old_logprobs: str  # recompute | rollout
+    rollout_correction: str  # none | tis | mask
+    correction_threshold: float
 
 
 def response_logprobs(
@@ -82,7 +85,7 @@ def response_logprobs(
     return logp, entropy
 
 
-def collate(seqs: list[Sequence], pad_id: int, device) -> dict:
+def collate(seqs: list[Trajectory], pad_id: int, device) -> dict:
     """Right-pad prompt+response and cut out the response positions of the shifted log-probs."""
     lengths = [len(s.prompt_ids) + len(s.response_ids) for s in seqs]
     width = max(lengths)
@@ -99,7 +102,7 @@ def collate(seqs: list[Sequence], pad_id: int, device) -> dict:
         attn[b, : len(full)] = 1
         n_resp = len(s.response_ids)
         gather_idx[b, :n_resp] = torch.arange(len(s.prompt_ids) - 1, len(s.prompt_ids) - 1 + n_resp)
-        mask[b, :n_resp] = 1
+        mask[b, :n_resp] = torch.tensor(s.loss_mask, dtype=torch.float32)
         if s.rollout_logprobs:
             rollout_lp[b, :n_resp] = torch.tensor(s.rollout_logprobs[:n_resp])
     return dict(
@@ -108,6 +111,7 @@ def collate(seqs: list[Sequence], pad_id: int, device) -> dict:
         gather_idx=gather_idx.to(device),
         mask=mask.to(device),
         rollout_logprobs=rollout_lp.to(device),
+        has_rollout_logprobs=all(bool(s.rollout_logprobs) for s in seqs),
         advantages=torch.tensor([s.advantage for s in seqs], dtype=torch.float32, device=device),
     )
 
@@ -167,76 +171,141 @@ class PolicyLearner:
             self.ref_model = AutoModelForCausalLM.from_pretrained(self.cfg.model_path, dtype=getattr(torch, self.cfg.dtype))
             self.ref_model.to(self.device).eval().requires_grad_(False)
 
-    def train_step(self, micro_batches: list[list[Sequence]], loss_cfg: LossConfig, totals: dict) -> dict:
-        """One optimizer step over this rank's micro-batches.
+    def _logprobs(self, mb: dict, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return response_logprobs(self.engine.module, mb["input_ids"], mb["attention_mask"], mb["gather_idx"], temperature)
 
-        `totals` holds the global token and sequence counts, so each micro-batch's loss is its
-        share of the loss over the whole batch, whichever aggregation is used.
+    def _collated(self, mini_batches: list[MiniBatch]) -> list[list[tuple[dict, bool]]]:
+        """Each micro-batch collated once, for every epoch. An empty one (this rank has fewer
+        sequences) becomes a zero-weight dummy, so collectives stay in lockstep across ranks."""
+        dummy = [Trajectory(prompt_ids=[self.pad_id], response_ids=[self.pad_id])]
+        return [[(collate(seqs or dummy, self.pad_id, self.device), not seqs) for seqs in mini.micro_batches] for mini in mini_batches]
+
+    @torch.no_grad()
+    def logprobs(self, seqs: list[Trajectory], temperature: float) -> list[list[float]]:
+        """log π(y_t) of each response token under the current weights (what `recompute` uses as π_old)."""
+        mb = collate(seqs, self.pad_id, self.device)
+        logp, _ = self._logprobs(mb, temperature)
+        return [logp[b, : len(s.response_ids)].tolist() for b, s in enumerate(seqs)]
+
+    def train_step(self, mini_batches: list[MiniBatch], update: UpdateConfig) -> dict:
+        """`update.epochs` passes over this rank's mini-batches, one optimizer step per mini-batch.
+
+        π_old: with one mini-batch and one epoch it is the detached current log-prob (the same
+        numbers, no extra forward); otherwise `recompute` runs one no-grad forward over the batch
+        before the first update, and `rollout` uses the engine's μ. The rollout correction weighs
+        or masks tokens by π_old/μ. Each mini-batch's `tokens`/`sequences` are the global counts,
+        so a micro-batch's loss is its share of the mini-batch's loss whichever aggregation is used.
         """
         start = time.perf_counter()
         self.engine.train()
-        if loss_cfg.kl_coef > 0:
+        if update.kl_coef > 0:
             self.ensure_reference()
+        collated = self._collated(mini_batches)
+        old: list[list[torch.Tensor]] | None = None
+        if update.old_logprobs == "recompute" and (update.epochs > 1 or len(mini_batches) > 1):
+            with torch.no_grad():
+                old = [[self._logprobs(mb, update.temperature)[0] for mb, _ in mini] for mini in collated]
         sums: dict[str, float] = {}
-        n_tokens = 0.0
-        for seqs in micro_batches:
-            empty = not seqs
-            if empty:  # keep collectives in lockstep across ranks (ZeRO-3 gathers in forward)
-                seqs = [Sequence(prompt_ids=[self.pad_id], response_ids=[self.pad_id], advantage=0.0)]
-            mb = collate(seqs, self.pad_id, self.device)
-            logp, entropy = response_logprobs(
-                self.engine.module, mb["input_ids"], mb["attention_mask"], mb["gather_idx"], loss_cfg.temperature
-            )
-            mask = mb["mask"]
-            ref_logp = None
-            if loss_cfg.kl_coef > 0:
-                with torch.no_grad():
-                    ref_logp, _ = response_logprobs(
-                        self.ref_model, mb["input_ids"], mb["attention_mask"], mb["gather_idx"], loss_cfg.temperature
-                    )
-            loss, stats = policy_loss(
-                loss_cfg.name,
-                logp,
-                logp.detach(),  # one on-policy update per batch: π_old is the policy before this step
-                mb["advantages"],
-                mask,
-                agg=loss_cfg.agg,
-                ref_logp=ref_logp,
-                kl_coef=loss_cfg.kl_coef,
-                kl_estimator=loss_cfg.kl_estimator,
-                max_len=loss_cfg.max_len,
-                **loss_cfg.loss_kwargs,
-            )
-            tokens = float(mask.sum())
-            share = tokens / totals["tokens"] if loss_cfg.agg == "token-mean" else len(seqs) / totals["sequences"]
-            # DeepSpeed averages gradients over ranks; the sum over ranks is what the global loss needs.
-            weight = 0.0 if empty else share * self.world_size
-            self.engine.backward(loss * weight, scale_wrt_gas=False)
-            if empty:
-                continue
-            n_tokens += tokens
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * tokens
-            sums["entropy"] = sums.get("entropy", 0.0) + float((entropy * mask).sum())
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * tokens
-            if mb["rollout_logprobs"].abs().sum() > 0:
-                diff = ((logp.detach() - mb["rollout_logprobs"]).abs() * mask).sum()
-                sums["rollout_logprob_diff"] = sums.get("rollout_logprob_diff", 0.0) + float(diff)
+        ratio_min, ratio_max, first_dev, grad_norms = float("inf"), 0.0, 0.0, []
+        for epoch in range(update.epochs):
+            for i, (mini, plan) in enumerate(zip(collated, mini_batches)):
+                for j, (mb, empty) in enumerate(mini):
+                    out = self._micro_step(mb, empty, plan, update, None if old is None else old[i][j], first_epoch=epoch == 0)
+                    if out is None:
+                        continue
+                    micro_sums, extremes = out
+                    for k, v in micro_sums.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    ratio_min, ratio_max = min(ratio_min, extremes["ratio_min"]), max(ratio_max, extremes["ratio_max"])
+                    if epoch == 0 and i == 0:
+                        first_dev = max(first_dev, extremes["ratio_dev"])
+                grad_norms.append(self._optimizer_step())
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # a colocated engine wakes up next and re-allocates on this device
+        tokens, first_pass = sums.pop("tokens", 0.0), sums.pop("first_pass_tokens", 0.0)
+        clipped, clipped_grad = sums.pop("clipped_tokens", 0.0), sums.pop("clipped_grad_tokens", 0.0)
+        metrics = {k: v / max(first_pass if k.startswith("rollout_") else tokens, 1.0) for k, v in sums.items()}
+        metrics.update(
+            ratio_min=ratio_min if tokens else 1.0,
+            ratio_max=ratio_max if tokens else 1.0,
+            ratio_dev_first_minibatch=first_dev,  # max |ρ − 1| before any update: 0 when π_old is right
+            clipped_grad_frac=clipped_grad / clipped if clipped else float("nan"),
+            grad_norm=float(sum(grad_norms) / len(grad_norms)) if grad_norms else float("nan"),
+            optimizer_steps=len(grad_norms),
+            tokens=first_pass,
+            seconds=time.perf_counter() - start,
+        )
+        return metrics
+
+    def _micro_step(
+        self, mb: dict, empty: bool, plan: MiniBatch, update: UpdateConfig, old_logp: torch.Tensor | None, first_epoch: bool
+    ) -> tuple[dict[str, float], dict[str, float]] | None:
+        """Forward, loss and backward of one micro-batch: token-weighted stat sums and ratio extremes."""
+        logp, entropy = self._logprobs(mb, update.temperature)
+        logp.retain_grad()  # ∂L/∂log π per token: shows which clipped tokens keep a gradient
+        mask, mu, has_mu = mb["mask"], mb["rollout_logprobs"], mb["has_rollout_logprobs"]
+        if update.old_logprobs == "rollout" and has_mu:
+            old_logp = mu
+        elif old_logp is None:
+            old_logp = logp.detach()
+        weights, loss_mask, corrected = None, mask, None
+        if has_mu:
+            weights, loss_mask, corrected = rollout_correction(update.rollout_correction, old_logp, mu, mask, update.correction_threshold)
+        ref_logp = None
+        if update.kl_coef > 0:
+            with torch.no_grad():
+                ref_logp, _ = response_logprobs(self.ref_model, mb["input_ids"], mb["attention_mask"], mb["gather_idx"], update.temperature)
+        loss, stats = policy_loss(
+            update.loss,
+            logp,
+            old_logp,
+            mb["advantages"],
+            loss_mask,
+            agg=update.agg,
+            ref_logp=ref_logp,
+            kl_coef=update.kl_coef,
+            kl_estimator=update.kl_estimator,
+            max_len=update.max_len,
+            token_weights=weights,
+            **update.loss_kwargs,
+        )
+        tokens = float(mask.sum())
+        share = tokens / plan.tokens if update.agg == "token-mean" else len(mb["advantages"]) / plan.sequences
+        # DeepSpeed averages gradients over ranks; the sum over ranks is what the global loss needs.
+        self.engine.backward(loss * (0.0 if empty else share * self.world_size), scale_wrt_gas=False)
+        if empty:
+            return None
+        on = mask > 0
+        sums = {k: float(v) * tokens for k, v in stats.items() if k not in ("ratio_min", "ratio_max")}
+        sums.update(entropy=float((entropy * mask).sum()), loss=float(loss.detach()) * tokens, tokens=tokens)
+        # the tokens the loss clipped, and how many of them still carry a gradient (CISPO: all; PPO: none)
+        _, clipped = POLICY_LOSSES[update.loss](logp.detach(), old_logp, mb["advantages"][:, None], **update.loss_kwargs)
+        clipped = clipped & on
+        sums["clipped_tokens"] = float(clipped.sum())
+        sums["clipped_grad_tokens"] = float((clipped & (logp.grad != 0)).sum()) if logp.grad is not None else 0.0
+        if first_epoch:
+            sums["first_pass_tokens"] = tokens
+            if has_mu:
+                gap = rollout_mismatch(old_logp, mu, mask)
+                sums["rollout_logprob_diff"] = float(gap["abs_diff"])  # mean |log π_old − log μ|
+                sums["rollout_kl"] = float(gap["kl"])  # KL(μ‖π_old), k3 under μ's samples
+                sums["rollout_corrected_frac"] = float((corrected & on).sum())  # truncated (tis) or masked (mask)
+                sums["rollout_weight_mean"] = float((weights * mask).sum())
+        ratio = torch.exp((logp.detach() - old_logp).clamp(-20, 20))[on]
+        extremes = {"ratio_min": float(ratio.min()), "ratio_max": float(ratio.max()), "ratio_dev": float((ratio - 1).abs().max())}
+        return sums, extremes
+
+    def _optimizer_step(self) -> float:
+        """One optimizer step; returns the gradient norm before clipping."""
         local_norm = None
         if self.cfg.zero_stage == 0:
             # ZeRO-0 in fp32 clips without keeping the norm; this is rank 0's norm before the all-reduce.
             grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
             local_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
         self.engine.step()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()  # a colocated engine wakes up next and re-allocates on this device
-        metrics = {k: v / max(n_tokens, 1.0) for k, v in sums.items()}
         grad_norm = self.engine.get_global_grad_norm()
         grad_norm = local_norm if grad_norm is None else grad_norm
-        metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
-        metrics["tokens"] = n_tokens
-        metrics["seconds"] = time.perf_counter() - start
-        return metrics
+        return float(grad_norm) if grad_norm is not None else float("nan")
 
     # ---- weight sync (see rlvr/weight_sync.py) ----------------------------------------------
     def bucket_specs(self, bucket_mb: float | None = None) -> list[list[TensorSpec]]:

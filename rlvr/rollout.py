@@ -51,18 +51,20 @@ class SamplingConfig:
 
 @dataclass
 class EngineConfig:
-    backend: str = "vllm"  # vllm | hf
-    model_path: str = ""
-    dtype: str = "float32"
-    max_model_len: int = 1024
-    kv_cache_gb: float = 1.0
-    seed: int = 0
-    threads: int = 2
-    tensor_parallel: int = 1
+    """Built from the config tree by `rlvr.trainer.engine_config`: no defaults of its own."""
+
+    backend: str  # vllm | hf
+    model_path: str
+    dtype: str
+    max_model_len: int
+    kv_cache_gb: float
+    seed: int
+    threads: int
+    tensor_parallel: int
     # colocated with a learner: give the accelerator back between generations (GPU only; on CPU
     # the two share host memory and there is nothing to free)
-    sleep_mode: bool = False
-    extra: dict = field(default_factory=dict)
+    sleep_mode: bool
+    extra: dict = field(default_factory=dict)  # more vLLM engine arguments (benchmarks)
 
 
 ENGINE_BACKENDS = ("vllm", "hf")

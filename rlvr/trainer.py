@@ -1,9 +1,13 @@
 """The training loop, top to bottom in one file.
 
-    prompts -> BudgetController (rollouts, rewards, V0.5 baselines) -> advantages (+ weighting)
-            -> PolicyLearners (one optimizer step) -> weight sync to the RolloutPool -> metrics
+    prompts -> BudgetController (rollouts, rewards, V0.5 baselines) -> Batch
+            -> train_step: advantages (+ weighting) -> PolicyLearners (mini-batch updates with a
+               real π_old and the rollout correction) -> weight sync to the RolloutPool
+            -> metrics, evaluation, checkpoint
 
-`train(cfg)` takes the composed Hydra config (see `rlvr.config.compose`).
+Two drivers feed `train_step` the same `Batch`: `sync_batches` (generate, then train: exact
+resume) and `AsyncBatches` (trainer.max_staleness >= 1: the next batch is generated while this one
+trains). `train(cfg)` takes the composed Hydra config (see `rlvr.config.compose`).
 """
 
 from __future__ import annotations
@@ -11,14 +15,16 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
+import queue
 import random
 import signal
-import threading
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import ray
@@ -28,9 +34,10 @@ from omegaconf import DictConfig, OmegaConf
 from rlvr.algorithms import HADWState, apply_weighting, compute_advantages, pass_at_k
 from rlvr.checkpoint import resolve_resume, save_checkpoint
 from rlvr.config import ConfigError, algorithm_preset, validate
-from rlvr.controller import BudgetController, ControllerConfig, Group, RolloutBatch
+from rlvr.batch import Batch, Trajectory, plan_mini_batches
+from rlvr.controller import BudgetController, ControllerConfig
 from rlvr.data import Problem, PromptStream, build_messages, load_problems
-from rlvr.learner import LearnerConfig, LossConfig, PolicyLearner, Sequence
+from rlvr.learner import LearnerConfig, PolicyLearner, UpdateConfig
 from rlvr.models import default_cache_dir, resolve_model_path
 from rlvr.placement import Placement, check_fits, cluster_nodes, plan_placement, rendezvous
 from rlvr.rollout import EngineConfig, GenerationRequest, RolloutEngine, RolloutPool, SamplingConfig
@@ -106,6 +113,54 @@ def engine_config(cfg: DictConfig, model_path: str) -> EngineConfig:
     )
 
 
+def learner_config(cfg: DictConfig, model_path: str) -> LearnerConfig:
+    return LearnerConfig(
+        model_path=model_path,
+        zero_stage=cfg.cluster.zero_stage,
+        lr=cfg.learner.lr,
+        weight_decay=cfg.learner.weight_decay,
+        grad_clip=cfg.learner.grad_clip,
+        micro_batch_size=cfg.learner.micro_batch_size,
+        gradient_checkpointing=cfg.learner.gradient_checkpointing,
+        threads=cfg.rollout.threads,
+        seed=cfg.seed,
+        dtype=cfg.model.dtype,
+        bucket_mb=cfg.learner.bucket_mb,
+    )
+
+
+def update_config(cfg: DictConfig, preset) -> UpdateConfig:
+    return UpdateConfig(
+        loss=preset.loss,
+        agg=preset.agg,
+        loss_kwargs=preset.loss_kwargs(),
+        kl_coef=preset.kl_coef,
+        kl_estimator=preset.kl_estimator,
+        max_len=cfg.rollout.max_tokens,
+        temperature=cfg.rollout.temperature,
+        epochs=cfg.learner.epochs,
+        old_logprobs=preset.old_logprobs,
+        rollout_correction=preset.rollout_correction,
+        correction_threshold=preset.correction_threshold,
+    )
+
+
+def controller_config(cfg: DictConfig, preset) -> ControllerConfig:
+    a = cfg.algorithm
+    return ControllerConfig(
+        sampling=preset.sampling,
+        n=a.n,
+        delta=a.delta,
+        n_max=a.n_max,
+        kappa=a.kappa,
+        budget_factor=a.budget_factor,
+        adaptive_rounds=a.adaptive_rounds,
+        max_rounds=a.max_rounds,
+        overlong=preset.overlong,
+        overlong_buffer=a.overlong_buffer,
+    )
+
+
 def prompt_renderer(cfg: DictConfig, model_path: str):
     """Problem -> prompt text: system prompt, few-shot turns and question through the chat template."""
     from transformers import AutoTokenizer
@@ -158,19 +213,7 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
             # vLLM sizes its KV cache from the free device memory at start-up: let it start before
             # the learner sharing its device loads anything.
             ray.get([e.weight_version.remote() for e in roles["rollout"].engines])
-        learner_cfg = LearnerConfig(
-            model_path=model_path,
-            zero_stage=c.zero_stage,
-            lr=cfg.learner.lr,
-            weight_decay=cfg.learner.weight_decay,
-            grad_clip=cfg.learner.grad_clip,
-            micro_batch_size=cfg.learner.micro_batch_size,
-            gradient_checkpointing=cfg.learner.gradient_checkpointing,
-            threads=cfg.rollout.threads,
-            seed=cfg.seed,
-            dtype=cfg.model.dtype,
-            bucket_mb=cfg.learner.bucket_mb,
-        )
+        learner_cfg = learner_config(cfg, model_path)
         host, port = rendezvous(placement, "learner")  # torch.distributed rendezvous on rank 0's node
         roles["learners"] = [
             PolicyLearner.options(**placement.options("learner", rank), runtime_env=threads_env(cfg)).remote(
@@ -213,35 +256,32 @@ def stop_roles(roles: dict) -> None:
 # --------------------------------------------------------------------------------------------
 # One step's pieces
 # --------------------------------------------------------------------------------------------
-def advantages_for(batch: RolloutBatch, preset, weighting: DictConfig, hadw_state: HADWState) -> torch.Tensor:
-    """Per-rollout advantages, in the order of `batch.groups[*].samples`."""
-    rewards = torch.tensor([r for g in batch.groups for r in g.rewards], dtype=torch.float32)
-    group_ids = torch.tensor([i for i, g in enumerate(batch.groups) for _ in g.rewards], dtype=torch.long)
+def set_advantages(batch: Batch, preset, weighting: DictConfig, hadw_state: HADWState) -> None:
+    """Advantages of every trajectory (the estimator, then the optional weighting), on the batch."""
+    rewards, group_ids = batch.rewards(), batch.group_ids()
     kwargs = dict(preset.estimator_kwargs())
     if preset.estimator == "v05":
-        kwargs["baselines"] = torch.tensor([g.baseline for g in batch.groups], dtype=torch.float32)
+        kwargs["baselines"] = batch.baselines()
     adv = compute_advantages(preset.estimator, rewards, group_ids, **kwargs)
     if weighting.name == "focal":
         adv = apply_weighting("focal", adv, rewards, group_ids, gamma=weighting.gamma)
     elif weighting.name == "hadw":
         adv = apply_weighting("hadw", adv, rewards, group_ids, state=hadw_state, lam=weighting.lam)
-    return adv
+    batch.set_advantages(adv)
 
 
-def learner_shards(groups: list[Group], adv: torch.Tensor, preset, num_ranks: int, micro_batch_size: int):
-    """Sequences -> per-rank lists of micro-batches, equally many per rank (ZeRO-3 needs lockstep)."""
-    seqs = []
-    for s, a in zip((s for g in groups for s in g.samples), adv.tolist()):
-        if preset.mask_truncated and s.truncated:
-            continue
-        seqs.append(Sequence(s.prompt_ids, s.response_ids, a, s.logprobs))
-    # Similar lengths share a micro-batch: less padding, fewer wasted FLOPs.
-    seqs.sort(key=lambda q: len(q.prompt_ids) + len(q.response_ids))
-    per_rank = [seqs[r::num_ranks] for r in range(num_ranks)]  # interleaved: ranks get similar lengths
-    n_micro = max(1, max(math.ceil(len(p) / micro_batch_size) for p in per_rank))
-    shards = [[p[i * micro_batch_size : (i + 1) * micro_batch_size] for i in range(n_micro)] for p in per_rank]
-    totals = {"tokens": max(1, sum(len(s.response_ids) for s in seqs)), "sequences": max(1, len(seqs))}
-    return shards, totals
+def trainable(batch: Batch, preset, version: int, max_staleness: int) -> tuple[list[Trajectory], dict]:
+    """The trajectories the learners train on: none sampled with weights older than
+    `version - max_staleness`, and no truncated one when the preset masks them. Stale ones still
+    counted in their group's baseline (their rewards are real); they only leave the loss."""
+    keep, stale = [], 0
+    for t in batch.trajectories:
+        if t.weight_version < version - max_staleness:
+            stale += 1
+        elif not (preset.mask_truncated and t.truncated):
+            keep.append(t.for_learner())
+    lags = [version - t.weight_version for t in keep]
+    return keep, {"async/stale_dropped": stale, "async/staleness_max": max(lags, default=0)}
 
 
 def evaluate(rollout: RolloutPool, verifier, problems: list[Problem], render, cfg: DictConfig, seed: int) -> dict:
@@ -300,16 +340,14 @@ def evaluate_model(target: str, cfg: DictConfig) -> dict:
             ray.kill(verifier)
 
 
-def step_metrics(batch: RolloutBatch, adv: torch.Tensor, learn: dict) -> dict:
-    rewards = [r for g in batch.groups for r in g.rewards]
-    correct = [c for g in batch.groups for c in g.correct]
-    lengths = [len(s.response_ids) for g in batch.groups for s in g.samples]
+def step_metrics(batch: Batch, learn: dict) -> dict:
+    trajectories = batch.trajectories
     m = {
-        "reward": float(np.mean(rewards)) if rewards else float("nan"),
-        "accuracy": float(np.mean(correct)) if correct else float("nan"),
-        "response_length": float(np.mean(lengths)) if lengths else 0.0,
-        "truncated_frac": float(np.mean([s.truncated for g in batch.groups for s in g.samples])) if lengths else 0.0,
-        "adv_abs_mean": float(adv.abs().mean()) if len(adv) else 0.0,
+        "reward": float(np.mean([t.reward for t in trajectories])) if trajectories else float("nan"),
+        "accuracy": float(np.mean([t.correct for t in trajectories])) if trajectories else float("nan"),
+        "response_length": float(np.mean([len(t.response_ids) for t in trajectories])) if trajectories else 0.0,
+        "truncated_frac": float(np.mean([t.truncated for t in trajectories])) if trajectories else 0.0,
+        "adv_abs_mean": float(batch.advantages().abs().mean()) if trajectories else 0.0,
         "groups": len(batch.groups),
     }
     m.update(batch.stats)
@@ -377,6 +415,10 @@ def console_line(step: int, total: int, m: dict) -> str:
     ]
     if "v05/accepted" in m:
         parts.append(f"v05 acc/shr/rej {m['v05/accepted']}/{m['v05/shrunk']}/{m['v05/rejected']}")
+    if m.get("learner/optimizer_steps", 1) > 1:
+        parts.append(f"updates {m['learner/optimizer_steps']} clip lo/hi {m['learner/clip_frac_low']:.3f}/{m['learner/clip_frac_high']:.3f}")
+    if m.get("async/stale_dropped"):
+        parts.append(f"stale dropped {m['async/stale_dropped']}")
     return " | ".join(parts)
 
 
@@ -402,9 +444,14 @@ def check_resume_config(ckpt: Path, cfg: DictConfig) -> None:
 
 
 def save_training_state(run_dir: Path, step: int, roles: dict, state: dict, cfg: DictConfig) -> Path:
+    """`state["value"]`, when given, is the value server's state as of the trained batch (async runs:
+    the server has already seen the batches generated ahead); otherwise it is read from the server."""
+
     def write(tmp: Path) -> None:
         ray.get([l.save_checkpoint.remote(str(tmp / "learner"), "policy") for l in roles["learners"]])
-        value_state = ray.get(roles["value"].state_dict.remote()) if roles["value"] is not None else None
+        value_state = state.get("value")
+        if value_state is None and roles["value"] is not None:
+            value_state = ray.get(roles["value"].state_dict.remote())
         torch.save({**state, "value": value_state}, tmp / "trainer_state.pt")
         (tmp / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
@@ -451,6 +498,115 @@ class StopRequest:
 
 
 # --------------------------------------------------------------------------------------------
+# The step, and the two drivers that feed it batches
+# --------------------------------------------------------------------------------------------
+@dataclass
+class StepParts:
+    """What `train_step` uses besides the batch: built once per run."""
+
+    cfg: DictConfig
+    preset: object
+    roles: dict
+    update: UpdateConfig
+    hadw_state: HADWState
+
+
+def train_step(parts: StepParts, batch: Batch, step: int) -> dict:
+    """Advantages -> mini-batch updates on the learners -> weight sync. Shared by both drivers.
+
+    The learners hold version step-1 on entry and step on return; the engines get step.
+    """
+    cfg, roles = parts.cfg, parts.roles
+    learners, rollout = roles["learners"], roles["rollout"]
+    # 2. advantages, then the optional weighting, written onto the batch's trajectories
+    set_advantages(batch, parts.preset, cfg.weighting, parts.hadw_state)
+    trajectories, async_m = trainable(batch, parts.preset, step - 1, cfg.trainer.max_staleness)
+    # 3. learner.mini_batches optimizer steps for each of learner.epochs passes
+    colocated = cfg.cluster.mode == "colocated"
+    if colocated:
+        rollout.sleep()  # hand the shared accelerators to the learners (a no-op on CPU)
+    learn_start = time.perf_counter()
+    plans = plan_mini_batches(trajectories, cfg.learner.mini_batches, len(learners), cfg.learner.micro_batch_size, seed=cfg.seed * 100003 + step)
+    if trajectories:
+        learner_metrics = ray.get([l.train_step.remote(plan, parts.update) for l, plan in zip(learners, plans)])[0]
+    else:
+        log.warning("step %d: no trainable trajectories (%d stale), skipping the update", step, async_m["async/stale_dropped"])
+        learner_metrics = {}
+    learn_s = time.perf_counter() - learn_start
+    if colocated:
+        rollout.wake_up()
+    # 4. new weights to the rollout engines, bucketed (cluster.weight_sync picks the transport)
+    sync_m = sync_weights(cfg.cluster.weight_sync, learners, rollout.engines, version=step)
+    m = step_metrics(batch, learner_metrics)
+    m.update(sync_m)
+    m.update(async_m)
+    m["time/learn"] = learn_s
+    return m
+
+
+def sync_batches(make_batch: Callable[[int], Batch], first: int, last: int) -> Iterator[Batch]:
+    """max_staleness = 0: batch s is generated after step s-1's weights reached the engines."""
+    for step in range(first, last + 1):
+        yield make_batch(step)
+
+
+class AsyncBatches:
+    """max_staleness = k >= 1: a thread generates the next batches while the learners train.
+
+    The batch of step s starts generating once the weights of step s-1-ahead are on the engines
+    (`ahead` = trainer.generate_ahead, default k), so with ahead = k nothing it samples is ever
+    older than the bound when trained; a larger `ahead` keeps the engines busier, and what goes
+    stale is dropped (`trainable`). Weight loads queue on each engine between generate calls, so
+    a sync stalls generation by the load alone.
+    """
+
+    def __init__(self, make_batch: Callable[[int], Batch], first: int, last: int, ahead: int):
+        self.make_batch, self.first, self.last, self.ahead = make_batch, first, last, ahead
+        self.synced = first - 1  # the weight version on the engines
+        self.changed = threading.Condition()
+        self.stopping = False
+        self.ready: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._generate, name="rlvr-generate", daemon=True)
+        self.thread.start()
+
+    def _generate(self) -> None:
+        try:
+            for step in range(self.first, self.last + 1):
+                start = time.perf_counter()
+                with self.changed:
+                    self.changed.wait_for(lambda: self.stopping or self.synced >= step - 1 - self.ahead)
+                    if self.stopping:
+                        return
+                waited = time.perf_counter() - start
+                batch = self.make_batch(step)
+                batch.stats["time/generator_wait"] = waited  # generation waiting for weights
+                self.ready.put(batch)
+        except BaseException as e:  # noqa: BLE001 - handed to the training thread, which raises it
+            self.ready.put(e)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for _ in range(self.first, self.last + 1):
+            start = time.perf_counter()
+            item = self.ready.get()
+            if isinstance(item, BaseException):
+                raise item
+            item.stats["time/learner_wait"] = time.perf_counter() - start  # learning waiting for data
+            yield item
+
+    def synced_version(self, version: int) -> None:
+        with self.changed:
+            self.synced = version
+            self.changed.notify_all()
+
+    def close(self) -> None:
+        """Stop after the batch in flight (it is discarded: resume regenerates it)."""
+        with self.changed:
+            self.stopping = True
+            self.changed.notify_all()
+        self.thread.join(timeout=300)
+
+
+# --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
 def train(cfg: DictConfig) -> dict:
@@ -480,36 +636,8 @@ def train(cfg: DictConfig) -> dict:
     with running_roles(cfg, model_path, preset) as roles:
         rollout, verifier, learners = roles["rollout"], roles["verifier"], roles["learners"]
         sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_tokens=cfg.rollout.max_tokens)
-        a = cfg.algorithm
-        controller = BudgetController(
-            ControllerConfig(
-                sampling=preset.sampling,
-                n=a.n,
-                delta=a.delta,
-                n_max=a.n_max,
-                kappa=a.kappa,
-                budget_factor=a.budget_factor,
-                adaptive_rounds=a.adaptive_rounds,
-                max_rounds=a.max_rounds,
-                overlong=preset.overlong,
-                overlong_buffer=a.overlong_buffer,
-            ),
-            rollout,
-            verifier,
-            roles["value"],
-            render,
-            sampling,
-        )
-        loss_cfg = LossConfig(
-            name=preset.loss,
-            agg=preset.agg,
-            loss_kwargs=preset.loss_kwargs(),
-            kl_coef=preset.kl_coef,
-            kl_estimator=preset.kl_estimator,
-            max_len=cfg.rollout.max_tokens,
-            temperature=cfg.rollout.temperature,
-        )
-        hadw_state = HADWState(window=cfg.weighting.get("window", 10))
+        controller = BudgetController(controller_config(cfg, preset), rollout, verifier, roles["value"], render, sampling)
+        parts = StepParts(cfg, preset, roles, update_config(cfg, preset), HADWState(window=cfg.weighting.get("window", 10)))
         metrics_log = MetricsLog(run_dir, cfg)
         total = cfg.trainer.steps
         history: list[dict] = []
@@ -517,7 +645,7 @@ def train(cfg: DictConfig) -> dict:
         if ckpt is not None:
             state = load_training_state(ckpt, roles)
             stream.load_state_dict(state["stream"])
-            hadw_state.load_state_dict(state["hadw"])
+            parts.hadw_state.load_state_dict(state["hadw"])
             set_rng_state(state["rng"])
             start_step, heldout_before = state["step"] + 1, state.get("heldout_before")
             sync_weights(cfg.cluster.weight_sync, learners, rollout.engines, version=state["step"])
@@ -534,60 +662,69 @@ def train(cfg: DictConfig) -> dict:
             metrics_log.write(0, eval_m)
             history.append({"step": 0, **eval_m})
 
+        k = cfg.trainer.max_staleness
+
+        def make_batch(step: int) -> Batch:
+            """1. rollouts: the controller decides how many per prompt, and scores them."""
+            start = time.perf_counter()
+            batch = controller.collect(stream.next(cfg.trainer.batch_size), stream.next, seed=cfg.seed * 100003 + step)
+            batch.stream_state = stream.state_dict()
+            if k and roles["value"] is not None:  # the server moves on with the batches generated ahead
+                batch.value_state = ray.get(roles["value"].state_dict.remote())
+            batch.stats["time/collect"] = time.perf_counter() - start
+            return batch
+
         from tqdm import tqdm
 
-        colocated = cfg.cluster.mode == "colocated"  # engines sleep while the learners step
         stop = StopRequest()
         bar = tqdm(total=total, initial=start_step - 1, desc="train", disable=not cfg.trainer.progress, dynamic_ncols=True, file=sys.stderr)
-        for step in range(start_step, total + 1):
-            step_start = time.perf_counter()
-            # 1. rollouts: the controller decides how many per prompt, and scores them
-            problems = stream.next(cfg.trainer.batch_size)
-            batch = controller.collect(problems, stream.next, seed=cfg.seed * 100003 + step)
-            # 2. advantages, then the optional weighting
-            adv = advantages_for(batch, preset, cfg.weighting, hadw_state)
-            # 3. one optimizer step on the learners
-            if colocated:
-                rollout.sleep()  # hand the shared accelerators to the learners (a no-op on CPU)
-            learn_start = time.perf_counter()
-            shards, totals = learner_shards(batch.groups, adv, preset, len(learners), cfg.learner.micro_batch_size)
-            if totals["sequences"] and batch.groups:
-                learner_metrics = ray.get([l.train_step.remote(shard, loss_cfg, totals) for l, shard in zip(learners, shards)])[0]
-            else:
-                log.warning("step %d: no trainable groups, skipping the update", step)
-                learner_metrics = {}
-            learn_s = time.perf_counter() - learn_start
-            if colocated:
-                rollout.wake_up()
-            # 4. new weights to the rollout engines, bucketed (cluster.weight_sync picks the transport)
-            sync_m = sync_weights(cfg.cluster.weight_sync, learners, rollout.engines, version=step)
-            # 5. metrics
-            m = step_metrics(batch, adv, learner_metrics)
-            m.update(sync_m)
-            m["time/learn"] = learn_s
-            m["time/step"] = time.perf_counter() - step_start
-            m["gen_tokens_per_s"] = m.get("gen_tokens", 0) / max(m.get("time/generate", 1e-9), 1e-9)
-            if cfg.trainer.eval_every and (step % cfg.trainer.eval_every == 0 or step == total):
-                eval_start = time.perf_counter()
-                m.update(evaluate(rollout, verifier, eval_problems, render, cfg, seed=cfg.seed + 10**6 + step))
-                m["time/eval"] = time.perf_counter() - eval_start
-            metrics_log.write(step, m, batch.decisions)
-            history.append({"step": step, **m})
-            bar.update(1)
-            tqdm.write(console_line(step, total, m), file=sys.stdout)
-            sys.stdout.flush()
-            # 6. checkpoint: periodically, at the end, and when asked to stop
-            every = cfg.trainer.save_every
-            if (every and step % every == 0) or step == total or stop.signal is not None:
-                state = {"step": step, "epoch": stream.epoch, "stream": stream.state_dict(), "hadw": hadw_state.state_dict(), "rng": rng_state(), "heldout_before": heldout_before}
-                path = save_training_state(run_dir, step, roles, state, cfg)
-                log.info("checkpoint %s", path)
-            if stop.signal is not None:
-                log.warning("stopped at step %d; `rlvr train` with the same run_dir resumes from here", step)
-                break
-        stop.restore()
-        bar.close()
-        metrics_log.close()
+        source = AsyncBatches(make_batch, start_step, total, cfg.trainer.generate_ahead or k) if k else None
+        batches = source if source is not None else sync_batches(make_batch, start_step, total)
+        step = start_step - 1
+        try:
+            for step, batch in enumerate(batches, start=start_step):
+                step_start = time.perf_counter()
+                m = train_step(parts, batch, step)
+                if source is not None:
+                    source.synced_version(step)
+                    m["time/step"] = time.perf_counter() - step_start + batch.stats.get("time/learner_wait", 0.0)
+                else:
+                    m["time/step"] = time.perf_counter() - step_start + batch.stats["time/collect"]
+                m["gen_tokens_per_s"] = m.get("gen_tokens", 0) / max(m.get("time/generate", 1e-9), 1e-9)
+                # 5. metrics
+                if cfg.trainer.eval_every and (step % cfg.trainer.eval_every == 0 or step == total):
+                    eval_start = time.perf_counter()
+                    m.update(evaluate(rollout, verifier, eval_problems, render, cfg, seed=cfg.seed + 10**6 + step))
+                    m["time/eval"] = time.perf_counter() - eval_start
+                metrics_log.write(step, m, batch.decisions)
+                history.append({"step": step, **m})
+                bar.update(1)
+                tqdm.write(console_line(step, total, m), file=sys.stdout)
+                sys.stdout.flush()
+                # 6. checkpoint: periodically, at the end, and when asked to stop. It records the
+                # trained step; an async run regenerates whatever was generated ahead of it.
+                every = cfg.trainer.save_every
+                if (every and step % every == 0) or step == total or stop.signal is not None:
+                    state = {
+                        "step": step,
+                        "epoch": batch.stream_state["epoch"],
+                        "stream": batch.stream_state,
+                        "hadw": parts.hadw_state.state_dict(),
+                        "rng": rng_state(),
+                        "heldout_before": heldout_before,
+                        "value": batch.value_state,
+                    }
+                    path = save_training_state(run_dir, step, roles, state, cfg)
+                    log.info("checkpoint %s", path)
+                if stop.signal is not None:
+                    log.warning("stopped at step %d; `rlvr train` with the same run_dir resumes from here", step)
+                    break
+        finally:
+            if source is not None:
+                source.close()
+            stop.restore()
+            bar.close()
+            metrics_log.close()
         summary = {
             "heldout_before": heldout_before,
             "heldout_after": next((h["eval/accuracy"] for h in reversed(history) if "eval/accuracy" in h), None),

@@ -8,17 +8,19 @@ accumulation (micro_batch_size) and gradient checkpointing must not change the u
 import pytest
 import ray
 
-from rlvr.learner import LearnerConfig, LossConfig, PolicyLearner, Sequence
+from learner_helpers import tiny_learner_config, tiny_update_config
+from rlvr.batch import MiniBatch, Trajectory
+from rlvr.learner import PolicyLearner
 from rlvr.placement import node_address
 from rlvr.weight_sync import fetch_buckets
 
 SEQS = [
-    Sequence([5, 6, 7], [8, 9], 1.0),
-    Sequence([5, 6], [10, 11, 12], -1.0),
-    Sequence([7], [13], 0.5),
-    Sequence([9, 9, 4], [3, 4, 5, 6], -0.3),
+    Trajectory([5, 6, 7], [8, 9], advantage=1.0),
+    Trajectory([5, 6], [10, 11, 12], advantage=-1.0),
+    Trajectory([7], [13], advantage=0.5),
+    Trajectory([9, 9, 4], [3, 4, 5, 6], advantage=-0.3),
 ]
-TOTALS = {"tokens": sum(len(s.response_ids) for s in SEQS), "sequences": len(SEQS)}
+TOKENS, SEQUENCES = sum(len(s.response_ids) for s in SEQS), len(SEQS)
 LR = 1e-3
 
 
@@ -26,10 +28,11 @@ def trained_weights(tiny_model, micro_batches_per_rank, zero_stage, **cfg_kwargs
     """Run one step with len(micro_batches_per_rank) ranks; return rank 0's exported weights."""
     world = len(micro_batches_per_rank)
     host, port = ray.get(node_address.remote())
-    cfg = LearnerConfig(model_path=tiny_model, lr=LR, threads=1, zero_stage=zero_stage, **cfg_kwargs)
+    cfg = tiny_learner_config(tiny_model, lr=LR, threads=1, zero_stage=zero_stage, **cfg_kwargs)
     learners = [PolicyLearner.options(num_cpus=0.1).remote(cfg, r, world, host, port) for r in range(world)]
     try:
-        ray.get([l.train_step.remote(mbs, LossConfig(), TOTALS) for l, mbs in zip(learners, micro_batches_per_rank)])
+        update = tiny_update_config("algorithm=grpo")
+        ray.get([l.train_step.remote([MiniBatch(mbs, TOKENS, SEQUENCES)], update) for l, mbs in zip(learners, micro_batches_per_rank)])
         refs, _ = ray.get([l.export_weights.remote() for l in learners])[0]
         return dict(fetch_buckets(refs))
     finally:

@@ -5,8 +5,10 @@ import ray
 import torch
 from transformers import AutoModelForCausalLM
 
-from rlvr.learner import LearnerConfig, LossConfig, PolicyLearner, Sequence
-from rlvr.rollout import EngineConfig, GenerationRequest, RolloutEngine, RolloutPool, SamplingConfig
+from learner_helpers import mini_batch, tiny_engine_config, tiny_learner_config, tiny_update_config
+from rlvr.batch import Trajectory
+from rlvr.learner import PolicyLearner
+from rlvr.rollout import GenerationRequest, RolloutEngine, RolloutPool, SamplingConfig
 from rlvr.weight_sync import fetch_buckets, put_bucket
 
 # The last prompt is long enough (~940 tokens) for vLLM to cache its prefix blocks: after a weight
@@ -38,7 +40,7 @@ def perturbed_state(model_path, seed=1):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["vllm", "hf"])
 def test_engine_samples_and_weight_update(backend, ray_session, tiny_model):
-    engine = RolloutEngine.options(num_cpus=0.1).remote(EngineConfig(backend=backend, model_path=tiny_model, max_model_len=1024))
+    engine = RolloutEngine.options(num_cpus=0.1).remote(tiny_engine_config(tiny_model, f"rollout={backend}", max_model_len=1024))
     pool = RolloutPool([engine])
     sampling = SamplingConfig(temperature=0.8, max_tokens=12)
     reqs = [GenerationRequest(i, p, 3) for i, p in enumerate(PROMPTS)]
@@ -67,7 +69,7 @@ def test_engine_samples_and_weight_update(backend, ray_session, tiny_model):
 
 @pytest.mark.slow
 def test_learner_step_changes_weights_and_exports_them(ray_session, tiny_model):
-    cfg = LearnerConfig(model_path=tiny_model, lr=1e-2, micro_batch_size=2, threads=1)
+    cfg = tiny_learner_config(tiny_model, lr=1e-2, micro_batch_size=2, threads=1)
     learner = PolicyLearner.options(num_cpus=0.1).remote(cfg, 0, 1, "127.0.0.1", 29533)
     refs_before, nbytes = ray.get(learner.export_weights.remote(bucket_mb=1))
     assert len(refs_before) > 1  # several ~1 MB buckets, not one tensor at a time nor one blob
@@ -79,11 +81,11 @@ def test_learner_step_changes_weights_and_exports_them(ray_session, tiny_model):
         torch.testing.assert_close(t, disk[name].detach())
 
     seqs = [
-        Sequence(prompt_ids=[5, 6, 7], response_ids=[8, 9], advantage=1.0),
-        Sequence(prompt_ids=[5, 6], response_ids=[10, 11, 12], advantage=-1.0),
-        Sequence(prompt_ids=[7], response_ids=[13], advantage=0.5),
+        Trajectory(prompt_ids=[5, 6, 7], response_ids=[8, 9], advantage=1.0),
+        Trajectory(prompt_ids=[5, 6], response_ids=[10, 11, 12], advantage=-1.0),
+        Trajectory(prompt_ids=[7], response_ids=[13], advantage=0.5),
     ]
-    metrics = ray.get(learner.train_step.remote([seqs[:2], seqs[2:]], LossConfig(), {"tokens": 6, "sequences": 3}))
+    metrics = ray.get(learner.train_step.remote([mini_batch(seqs[:2], seqs[2:])], tiny_update_config("algorithm=grpo")))
     assert metrics["grad_norm"] > 0 and metrics["tokens"] == 6
     assert abs(metrics["ratio_mean"] - 1.0) < 1e-6  # on-policy: π_old is the pre-step policy
     refs_after, _ = ray.get(learner.export_weights.remote())

@@ -6,9 +6,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlvr.learner import LearnerConfig, LossConfig, PolicyLearner, Sequence
+from learner_helpers import mini_batch, tiny_engine_config, tiny_learner_config, tiny_update_config
+from rlvr.batch import Trajectory
+from rlvr.learner import PolicyLearner
 from rlvr.placement import node_address
-from rlvr.rollout import EngineConfig, RolloutEngine
+from rlvr.rollout import RolloutEngine
 from rlvr.weight_sync import TensorSpec, connect, fetch_buckets, pack, plan_buckets, sync_weights, unpack
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.int64]
@@ -44,8 +46,8 @@ def test_unpack_rejects_a_spec_that_does_not_match():
 
 
 SEQS = [
-    Sequence(prompt_ids=[5, 6, 7], response_ids=[8, 9], advantage=1.0),
-    Sequence(prompt_ids=[5, 6], response_ids=[10, 11, 12], advantage=-1.0),
+    Trajectory(prompt_ids=[5, 6, 7], response_ids=[8, 9], advantage=1.0),
+    Trajectory(prompt_ids=[5, 6], response_ids=[10, 11, 12], advantage=-1.0),
 ]
 
 
@@ -55,10 +57,10 @@ def test_backend_moves_the_trained_weights_into_the_engine(backend, ray_session,
     """After a training step, each backend leaves the engine holding exactly the learner's weights."""
     host, port = ray.get(node_address.remote())
     learner = PolicyLearner.options(num_cpus=0.1).remote(
-        LearnerConfig(model_path=tiny_model, lr=1e-2, micro_batch_size=2, threads=1, bucket_mb=1), 0, 1, host, port
+        tiny_learner_config(tiny_model, lr=1e-2, micro_batch_size=2, threads=1, bucket_mb=1), 0, 1, host, port
     )
-    engine = RolloutEngine.options(num_cpus=0.1).remote(EngineConfig(backend="hf", model_path=tiny_model))
-    ray.get(learner.train_step.remote([SEQS], LossConfig(), {"tokens": 5, "sequences": 2}))
+    engine = RolloutEngine.options(num_cpus=0.1).remote(tiny_engine_config(tiny_model, "rollout=hf"))
+    ray.get(learner.train_step.remote([mini_batch(SEQS)], tiny_update_config("algorithm=grpo")))
     connect(backend, [learner], [engine], ray.get(node_address.remote()))
     m = sync_weights(backend, [learner], [engine], version=3)
     refs, nbytes = ray.get(learner.export_weights.remote())

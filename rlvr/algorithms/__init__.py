@@ -4,6 +4,7 @@ No Ray, no I/O: actors call these. See docs/algorithms.md for the formulas and d
 """
 
 from . import v05
+from .correction import CORRECTIONS, rollout_correction, rollout_mismatch
 from .advantages import ESTIMATORS, compute_advantages, group_stats
 from .dapo import dynamic_sampling_keep_mask, mask_truncated, overlong_penalty
 from .losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, aggregate, kl_penalty, policy_loss
@@ -13,6 +14,7 @@ from .weighting import WEIGHTINGS, HADWState, apply_weighting
 
 __all__ = [
     "AGGREGATIONS",
+    "CORRECTIONS",
     "ESTIMATORS",
     "KL_ESTIMATORS",
     "POLICY_LOSSES",
@@ -31,5 +33,7 @@ __all__ = [
     "overlong_penalty",
     "pass_at_k",
     "policy_loss",
+    "rollout_correction",
+    "rollout_mismatch",
     "v05",
 ]

@@ -149,15 +149,19 @@ def policy_loss(
     kl_coef: float = 0.0,
     kl_estimator: str = "k3",
     max_len: int | None = None,
+    token_weights: torch.Tensor | None = None,
     **loss_kwargs: float,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Scalar loss = agg(L_name) + β·agg(KL), and detached 0-dim stats.
+    """Scalar loss = agg(w·L_name) + β·agg(KL), and detached 0-dim stats.
 
     ``loss_kwargs`` go to the loss (``eps_low``/``eps_high`` for ppo_clip, ``eps_high``
     for cispo). ``max_len`` is the constant of ``seq-mean-token-sum-norm`` (default T).
     With ``ref_logp`` the KL is reported as ``kl``; it enters the loss when β = kl_coef > 0.
-    Stats: ``pg_loss``, ``clip_frac`` (fraction of response tokens clipped),
-    ``approx_kl`` (mean of old_logp − logp), ``ratio_mean``, ``ratio_max``, and ``kl``.
+    ``token_weights`` float[B, T] (detached) multiply the per-token policy loss: the rollout
+    correction's IS weights (`rlvr.algorithms.correction`); None means 1.
+    Stats: ``pg_loss``, ``clip_frac`` (fraction of response tokens clipped), split into
+    ``clip_frac_low`` (ρ < 1) and ``clip_frac_high`` (ρ > 1), ``approx_kl`` (mean of
+    old_logp − logp), ``ratio_mean``, ``ratio_min``, ``ratio_max``, and ``kl``.
     """
     if logp.ndim != 2 or old_logp.shape != logp.shape or mask.shape != logp.shape:
         raise ValueError(
@@ -172,16 +176,24 @@ def policy_loss(
     adv = adv.detach().to(logp.dtype)
 
     per_token, clipped = lookup(POLICY_LOSSES, name, "policy loss")(logp, old_logp, adv, **loss_kwargs)
+    if token_weights is not None:
+        per_token = per_token * token_weights.detach().to(logp.dtype)
     pg_loss = aggregate(per_token, mask, agg, max_len)
     loss = pg_loss
 
     log_ratio = _log_ratio(logp.detach(), old_logp)
+    ratio = torch.exp(log_ratio)
+    clipped = clipped.to(logp.dtype)
+    on = mask > 0
     stats: dict[str, torch.Tensor] = {
         "pg_loss": pg_loss.detach(),
-        "clip_frac": _masked_mean(clipped.to(logp.dtype), mask),
+        "clip_frac": _masked_mean(clipped, mask),
+        "clip_frac_low": _masked_mean(clipped * (ratio < 1), mask),
+        "clip_frac_high": _masked_mean(clipped * (ratio > 1), mask),
         "approx_kl": _masked_mean(-log_ratio, mask),
-        "ratio_mean": _masked_mean(torch.exp(log_ratio), mask),
-        "ratio_max": (torch.exp(log_ratio) * mask).max().detach() if mask.any() else log_ratio.new_zeros(()),
+        "ratio_mean": _masked_mean(ratio, mask),
+        "ratio_min": ratio[on].min().detach() if on.any() else ratio.new_ones(()),
+        "ratio_max": ratio[on].max().detach() if on.any() else ratio.new_ones(()),
     }
     if kl_coef > 0 and ref_logp is None:
         raise ValueError("kl_coef > 0 needs ref_logp")

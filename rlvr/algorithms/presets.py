@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 from ._registry import lookup
 from .advantages import ESTIMATORS
+from .correction import CORRECTIONS
 from .losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
 
 SAMPLING_MODES = ("fixed", "dynamic_filter", "adaptive")
+OLD_LOGPROBS = ("recompute", "rollout")
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,11 @@ class AlgorithmPreset:
     ``adaptive`` (V0.5: test, fuse, OSLA allocation). ``overlong``: DAPO's soft length
     penalty; ``mask_truncated``: drop truncated samples from the loss. ``scale_by_std``:
     V0.5 only, divide A by sqrt(b(1−b)) + ε.
+
+    ``mini_batches`` × ``epochs`` optimizer steps per rollout batch (the learner's
+    ``learner.mini_batches`` / ``learner.epochs`` default to these). ``old_logprobs``: π_old from
+    a no-grad forward before the first update (``recompute``) or the engine's μ (``rollout``).
+    ``rollout_correction``: ``none``, ``tis`` or ``mask`` with ``correction_threshold`` C.
     """
 
     name: str
@@ -39,6 +46,11 @@ class AlgorithmPreset:
     overlong: bool = False
     mask_truncated: bool = False
     scale_by_std: bool = False
+    mini_batches: int = 1
+    epochs: int = 1
+    old_logprobs: str = "recompute"
+    rollout_correction: str = "tis"
+    correction_threshold: float = 2.0
 
     def __post_init__(self) -> None:
         lookup(ESTIMATORS, self.estimator, "advantage estimator")
@@ -47,6 +59,13 @@ class AlgorithmPreset:
         lookup(KL_ESTIMATORS, self.kl_estimator, "KL estimator")
         if self.sampling not in SAMPLING_MODES:
             raise ValueError(f"unknown sampling {self.sampling!r}; known: {', '.join(SAMPLING_MODES)}")
+        lookup(CORRECTIONS, self.rollout_correction, "rollout correction")
+        if self.old_logprobs not in OLD_LOGPROBS:
+            raise ValueError(f"unknown old_logprobs {self.old_logprobs!r}; known: {', '.join(OLD_LOGPROBS)}")
+        if self.mini_batches < 1 or self.epochs < 1:
+            raise ValueError(f"mini_batches and epochs must be >= 1, got {self.mini_batches} and {self.epochs}")
+        if self.correction_threshold <= 1.0:
+            raise ValueError(f"correction_threshold must be > 1, got {self.correction_threshold}")
         if self.kl_coef < 0:
             raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
         if self.scale_by_std and self.estimator != "v05":
@@ -70,9 +89,9 @@ PRESETS: dict[str, AlgorithmPreset] = {
         AlgorithmPreset("drgrpo", "drgrpo", "ppo_clip", "seq-mean-token-sum-norm", 0.2, 0.2),
         AlgorithmPreset("rloo", "rloo", "ppo_clip", "token-mean", 0.2, 0.2),
         AlgorithmPreset(
-            "dapo", "grpo", "ppo_clip", "token-mean", 0.2, 0.28, sampling="dynamic_filter", overlong=True
+            "dapo", "grpo", "ppo_clip", "token-mean", 0.2, 0.28, sampling="dynamic_filter", overlong=True, mini_batches=4
         ),
-        AlgorithmPreset("cispo", "grpo", "cispo", "token-mean", None, 4.0),
+        AlgorithmPreset("cispo", "grpo", "cispo", "token-mean", None, 4.0, mini_batches=4),
         AlgorithmPreset("v05", "v05", "ppo_clip", "token-mean", 0.2, 0.2, sampling="adaptive"),
     )
 }

@@ -1,0 +1,132 @@
+"""The typed batch, the mini-batch plan, and the rollout-policy correction (pure functions)."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rlvr.algorithms import policy_loss, rollout_correction, rollout_mismatch
+from rlvr.batch import Batch, PromptGroup, Trajectory, plan_mini_batches
+from rlvr.data import Problem
+
+
+def problem(i: int) -> Problem:
+    return Problem(uid=f"p{i}", question=f"q{i}", answer=str(i))
+
+
+def traj(n_prompt: int, n_resp: int, reward: float = 0.0, version: int = 0) -> Trajectory:
+    return Trajectory(list(range(n_prompt)), list(range(n_resp)), [-1.0] * n_resp, weight_version=version, reward=reward)
+
+
+# -- the batch ------------------------------------------------------------------------------------
+def test_flat_view_is_aligned_with_the_groups_by_construction():
+    batch = Batch([PromptGroup(problem(0), [traj(2, 3, 1.0), traj(2, 1, 0.0)]), PromptGroup(problem(1), [traj(3, 2, 0.5)])])
+    assert batch.group_ids().tolist() == [0, 0, 1]
+    assert batch.rewards().tolist() == [1.0, 0.0, 0.5]
+    batch.set_advantages(torch.tensor([0.5, -0.5, 0.0]))
+    assert [t.advantage for t in batch.groups[0].trajectories] == [0.5, -0.5]
+    assert batch.advantages().tolist() == [0.5, -0.5, 0.0]
+    with pytest.raises(ValueError, match="3 trajectories"):
+        batch.set_advantages(torch.zeros(2))
+
+
+def test_trajectory_loss_mask_defaults_to_every_token_and_must_match():
+    assert traj(1, 4).loss_mask == [1.0] * 4
+    with pytest.raises(ValueError, match="loss_mask"):
+        Trajectory([1], [2, 3], loss_mask=[1.0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 9), min_size=1, max_size=40),
+    mini=st.integers(1, 6),
+    ranks=st.integers(1, 3),
+    micro=st.integers(1, 5),
+)
+def test_mini_batch_plan_covers_every_trajectory_once_in_lockstep(lengths, mini, ranks, micro):
+    trajectories = [traj(2, n) for n in lengths]
+    plans = plan_mini_batches(trajectories, mini, ranks, micro, seed=3)
+    assert len(plans) == ranks and len({len(p) for p in plans}) == 1
+    seen = [id(t) for p in plans for m in p for mb in m.micro_batches for t in mb]
+    assert sorted(seen) == sorted(id(t) for t in trajectories)
+    for i in range(len(plans[0])):
+        # every rank has equally many micro-batches, and the global counts of the mini-batch
+        assert len({len(p[i].micro_batches) for p in plans}) == 1
+        members = [t for p in plans for mb in p[i].micro_batches for t in mb]
+        assert plans[0][i].tokens == sum(t.num_tokens for t in members)
+        assert plans[0][i].sequences == len(members)
+        assert all(len(mb) <= micro for p in plans for mb in p[i].micro_batches)
+    assert len(plans[0]) == min(mini, len(trajectories))
+
+
+def test_mini_batch_plan_is_seeded():
+    trajectories = [traj(2, n) for n in range(1, 17)]
+    ids = lambda plan: [[len(t.response_ids) for mb in m.micro_batches for t in mb] for m in plan[0]]  # noqa: E731
+    assert ids(plan_mini_batches(trajectories, 4, 1, 8, seed=1)) == ids(plan_mini_batches(trajectories, 4, 1, 8, seed=1))
+    assert ids(plan_mini_batches(trajectories, 4, 1, 8, seed=1)) != ids(plan_mini_batches(trajectories, 4, 1, 8, seed=2))
+
+
+# -- rollout correction -----------------------------------------------------------------------------
+OLD = torch.log(torch.tensor([[0.5, 0.4, 0.9], [0.2, 0.2, 0.1]]))
+MU = torch.log(torch.tensor([[0.5, 0.1, 0.3], [0.2, 0.4, 0.1]]))
+MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+
+
+def test_tis_weights_are_the_truncated_ratio():
+    w, mask, flagged = rollout_correction("tis", OLD, MU, MASK, threshold=2.0)
+    # ratios 1, 4, 3 / 1, 0.5, (1, masked)
+    torch.testing.assert_close(w, torch.tensor([[1.0, 2.0, 2.0], [1.0, 0.5, 1.0]]))
+    assert torch.equal(mask, MASK)
+    assert flagged.tolist() == [[False, True, True], [False, False, False]]
+
+
+def test_mask_drops_sequences_whose_geometric_mean_ratio_leaves_the_band():
+    # sequence 0: log g = (0 + log 4 + log 3)/3 = log(12)/3, g = 2.29 > 2: dropped
+    # sequence 1: log g = (0 + log 0.5)/2, g = 0.71 in [0.5, 2]: kept
+    w, mask, flagged = rollout_correction("mask", OLD, MU, MASK, threshold=2.0)
+    assert torch.equal(w, torch.ones_like(w))
+    assert mask.tolist() == [[0.0, 0.0, 0.0], [1.0, 1.0, 0.0]]
+    assert flagged.tolist() == [[True, True, True], [False, False, False]]
+    assert math.isclose(math.exp(math.log(12) / 3), 2.289, rel_tol=1e-3)
+
+
+def test_none_is_the_identity_and_threshold_must_exceed_one():
+    w, mask, flagged = rollout_correction("none", OLD, MU, MASK)
+    assert torch.equal(w, torch.ones_like(w)) and torch.equal(mask, MASK) and not flagged.any()
+    with pytest.raises(ValueError, match="> 1"):
+        rollout_correction("tis", OLD, MU, MASK, threshold=1.0)
+    with pytest.raises(ValueError, match="known: mask, none, tis"):
+        rollout_correction("is", OLD, MU, MASK)
+
+
+def test_mismatch_sums():
+    m = rollout_mismatch(OLD, MU, MASK)
+    log_r = (OLD - MU) * MASK
+    assert math.isclose(float(m["abs_diff"]), float(log_r.abs().sum()), rel_tol=1e-6)
+    r = torch.exp(OLD - MU)
+    k3 = ((r - torch.log(r) - 1) * MASK).sum()
+    assert math.isclose(float(m["kl"]), float(k3), rel_tol=1e-6) and float(m["kl"]) > 0
+    assert float(rollout_mismatch(OLD, OLD, MASK)["kl"]) == 0.0
+
+
+def test_token_weights_multiply_the_per_token_loss():
+    logp = torch.log(torch.tensor([[0.3, 0.6]]))
+    old = torch.log(torch.tensor([[0.3, 0.5]]))
+    adv, mask = torch.tensor([1.0]), torch.ones(1, 2)
+    w = torch.tensor([[2.0, 0.5]])
+    loss, _ = policy_loss("ppo_clip", logp, old, adv, mask, token_weights=w)
+    # ρ = 1 and 1.2 (in the band): per token −ρA, weighted, token-mean
+    assert math.isclose(float(loss), -(2.0 * 1.0 + 0.5 * 1.2) / 2, rel_tol=1e-5)
+
+
+def test_clip_fractions_split_low_and_high():
+    logp = torch.log(torch.tensor([[0.5, 0.9, 0.1, 0.5]]))
+    old = torch.log(torch.tensor([[0.5, 0.5, 0.5, 0.5]]))
+    # ratios 1, 1.8, 0.2, 1; A > 0 clips the high one, A < 0 the low one
+    _, pos = policy_loss("ppo_clip", logp, old, torch.tensor([1.0]), torch.ones(1, 4))
+    _, neg = policy_loss("ppo_clip", logp, old, torch.tensor([-1.0]), torch.ones(1, 4))
+    assert float(pos["clip_frac_high"]) == 0.25 and float(pos["clip_frac_low"]) == 0.0
+    assert float(neg["clip_frac_low"]) == 0.25 and float(neg["clip_frac_high"]) == 0.0
+    assert math.isclose(float(pos["ratio_min"]), 0.2, rel_tol=1e-5) and math.isclose(float(pos["ratio_max"]), 1.8, rel_tol=1e-5)

@@ -31,6 +31,7 @@ ARGS = [
     "eval.size=4",
     "rollout.max_tokens=12",
     "learner.lr=1e-3",
+    "learner.mini_batches=2",  # the recomputed-pi_old path, with its seeded mini-batch split
     "verifier.terms=[{fn: math, weight: 1.0}, {fn: 'e2e_rewards:odd_length', weight: 1.0}]",
 ]
 
@@ -71,7 +72,10 @@ def final_weights(run_dir: Path) -> dict:
     return torch.load(path, weights_only=False)["module"]
 
 
-DETERMINISTIC = ["reward", "accuracy", "rollouts", "response_length", "learner/loss", "learner/pg_loss", "learner/entropy", "learner/grad_norm"]
+DETERMINISTIC = [
+    "reward", "accuracy", "rollouts", "response_length", "learner/loss", "learner/pg_loss", "learner/entropy", "learner/grad_norm",
+    "learner/clip_frac", "learner/ratio_max", "learner/optimizer_steps",
+]
 
 
 @pytest.mark.slow

@@ -598,12 +598,12 @@ class AsyncBatches:
             self.synced = version
             self.changed.notify_all()
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 300) -> None:
         """Stop after the batch in flight (it is discarded: resume regenerates it)."""
         with self.changed:
             self.stopping = True
             self.changed.notify_all()
-        self.thread.join(timeout=300)
+        self.thread.join(timeout=timeout_s)
 
 
 # --------------------------------------------------------------------------------------------
@@ -721,7 +721,7 @@ def train(cfg: DictConfig) -> dict:
                     break
         finally:
             if source is not None:
-                source.close()
+                source.close(300 if sys.exc_info()[0] is None else 10)  # an abort need not wait for the batch in flight
             stop.restore()
             bar.close()
             metrics_log.close()

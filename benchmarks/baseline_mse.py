@@ -24,7 +24,19 @@ Targets (pass/fail in the JSON):
   2. v05 ≤ 1.05 × group_mean_equal for h = 1.0
   3. v05 ≤ 1.25 × oracle over the whole grid (and, reported, × oracle_equal)
 
-Usage: python benchmarks/baseline_mse.py [--out benchmarks/out/baseline_mse.json]
+Section ``stateful`` (the trainer's own setting): ``--steps`` steps of ``--step-prompts`` = 8
+prompts each, in ``--chains`` independent runs, driven through ``v05.V05Baseline`` exactly as the
+BudgetController drives it (n0 = 4, ``--rounds`` = 2 OSLA rounds of one chunk, budget 1.5× a
+step). Per cell: ``v05`` (V05Baseline, window 256), ``v05_step`` (calibrated on the step's own 8
+prompts: the trainer before V05Baseline), ``v05_fixed`` (calibrate=False), the group mean at each
+one's equal spend and the oracle on each one's rollouts. Targets: v05 ≤ 0.5× group mean for
+h = 0.1, sd = 0.1; ≤ 1.0× for h = 1; ≤ 1.25× oracle over the grid.
+
+Section ``uncertainty``: the prior's error sd varies per prompt (sd·r, r log-normal) and the value
+model reports u = r·noise (``informative``) or an unrelated u (``uninformative``); V05Baseline
+with and without ``use_uncertainty`` (τ_g = τ·u_g/rms(u)), against the group mean.
+
+Usage: python benchmarks/baseline_mse.py [--out benchmarks/out/baseline_mse.json] [--sections ...]
 """
 
 from __future__ import annotations
@@ -175,6 +187,128 @@ def run_cell(h: float, sd: float, seed: int, args) -> dict:
     return cell
 
 
+def run_steps(p0, cum, unc, args, baseline: v05.V05Baseline | None, **rule):
+    """Drive one estimator over [chains, steps, G] as the controller does; returns (b, n) flat.
+
+    ``baseline`` None: calibrate on each step's own prompts (plain ``v05.allocate``/``fuse``)."""
+    chains, steps, g = p0.shape
+    b_all, n_all = torch.empty(chains, steps, g, dtype=torch.float64), torch.empty(chains, steps, g, dtype=torch.float64)
+    decisions = torch.zeros(3)
+    for t in range(steps):
+        prior, c, u = p0[:, t], cum[:, t], unc[:, t]
+        n = torch.full_like(prior, float(args.n0))
+        remaining = torch.full((chains,), round((args.budget_factor - 1) * args.n0 * g))
+        for _ in range(args.rounds):
+            k = successes_at(c, n)
+            if baseline is None:
+                extra = v05.allocate(prior, k, n, args.delta, args.n_max, args.kappa, remaining, max_chunks=1, **rule)
+            else:
+                extra = baseline.allocate(prior, k, n, remaining, uncertainty=u)
+            if extra.sum() == 0:
+                break
+            n, remaining = n + extra, remaining - extra.sum(-1)
+        k = successes_at(c, n)
+        if baseline is None:
+            b, diag = v05.fuse(prior, k, n, **rule)
+        else:
+            b, diag = baseline.fuse(prior, k, n, uncertainty=u)
+        decisions += torch.bincount(diag["decision"].flatten(), minlength=3)
+        b_all[:, t], n_all[:, t] = b, n
+    frac = {name: float(decisions[i] / decisions.sum()) for i, name in enumerate(v05.DECISIONS)}
+    return b_all.flatten(), n_all.flatten(), frac
+
+
+def simulate_steps(args, h: float, sd: float, rng: np.random.Generator, uncertainty: str | None = None):
+    """[chains, steps, G] draws; ``uncertainty`` makes the prior's error sd vary per prompt."""
+    shape = (args.chains, args.steps, args.step_prompts)
+    p = rng.beta(BETA_A, BETA_B, shape)
+    r = np.ones(shape)
+    unc = np.ones(shape)
+    if uncertainty is not None:
+        r = rng.lognormal(0.0, args.unc_spread, shape)
+        r /= np.sqrt((r**2).mean())
+        unc = r * rng.lognormal(0.0, 0.3, shape) if uncertainty == "informative" else rng.permutation(r.flatten()).reshape(shape)
+    p0 = p + rng.normal(0.0, 1.0, shape) * sd * r
+    hallucinated = rng.random(shape) < h
+    p0[hallucinated] = rng.random(int(hallucinated.sum()))
+    p0 = np.clip(p0, PRIOR_LO, PRIOR_HI)
+    outcomes = rng.random((*shape, args.n_max)) < p[..., None]
+    cum = np.concatenate([np.zeros((*shape, 1)), np.cumsum(outcomes, -1)], -1)
+    return (torch.from_numpy(x) for x in (p, p0, cum, unc))
+
+
+def stateful_baseline(args, **kw) -> v05.V05Baseline:
+    return v05.V05Baseline(delta=args.delta, n_max=args.n_max, kappa=args.kappa, window=args.window, **kw)
+
+
+def _equal_spend_mse(name: str, b, n, p, cum_flat, rng, cell: dict) -> None:
+    avg = float(n.mean())
+    n_eq = equal_spend_counts(avg, p.numel(), rng)
+    cell["mse"][name] = mse(b, p)
+    cell["mse"][f"group_mean_equal_{name}"] = mse(successes_at(cum_flat, n_eq) / n_eq, p)
+    cell["avg_rollouts"][name] = avg
+    cell["ratios"][f"{name}_over_group_mean_equal"] = cell["mse"][name] / cell["mse"][f"group_mean_equal_{name}"]
+
+
+def run_stateful_cell(h: float, sd: float, seed: int, args) -> dict:
+    rng = np.random.default_rng(seed)
+    p, p0, cum, unc = simulate_steps(args, h, sd, rng)
+    p_flat, p0_flat, cum_flat = p.flatten(), p0.flatten(), cum.flatten(0, 2)
+    cell: dict = {"h": h, "sd": sd, "mse": {}, "avg_rollouts": {}, "ratios": {}, "decision_frac": {}}
+    variants = {
+        "v05": (stateful_baseline(args), {}),
+        "v05_step": (None, {}),
+        "v05_fixed": (stateful_baseline(args, calibrate=False), {}),
+    }
+    for name, (baseline, rule) in variants.items():
+        b, n, frac = run_steps(p0, cum, unc, args, baseline, **rule)
+        _equal_spend_mse(name, b, n, p_flat, cum_flat, rng, cell)
+        cell["decision_frac"][name] = frac
+        oracle = oracle_posterior_mean(p0_flat, successes_at(cum_flat, n), n, h, sd, args.oracle_grid)
+        cell["mse"][f"oracle_{name}"] = mse(oracle, p_flat)
+        cell["ratios"][f"{name}_over_oracle"] = cell["mse"][name] / cell["mse"][f"oracle_{name}"]
+    return cell
+
+
+def run_uncertainty_cell(h: float, sd: float, kind: str, seed: int, args) -> dict:
+    rng = np.random.default_rng(seed)
+    p, p0, cum, unc = simulate_steps(args, h, sd, rng, uncertainty=kind)
+    p_flat, cum_flat = p.flatten(), cum.flatten(0, 2)
+    cell: dict = {"h": h, "sd": sd, "uncertainty": kind, "mse": {}, "avg_rollouts": {}, "ratios": {}}
+    for name, baseline in {"v05": stateful_baseline(args), "v05_unc": stateful_baseline(args, use_uncertainty=True)}.items():
+        b, n, _ = run_steps(p0, cum, unc, args, baseline)
+        _equal_spend_mse(name, b, n, p_flat, cum_flat, rng, cell)
+    cell["ratios"]["v05_unc_over_v05"] = cell["mse"]["v05_unc"] / cell["mse"]["v05"]
+    return cell
+
+
+def check_stateful_targets(cells: list[dict]) -> dict:
+    def target(description, selected, key, limit):
+        worst = max(c["ratios"][key] for c in selected)
+        return {"description": description, "limit": limit, "worst_ratio": worst, "pass": worst <= limit}
+
+    return {
+        "1_good_prior_halves_mse": target(
+            "V05Baseline MSE <= 0.5 x group mean at equal spend, h = 0.1 and sd = 0.1, 8 prompts a step",
+            [c for c in cells if c["h"] == 0.1 and c["sd"] == 0.1],
+            "v05_over_group_mean_equal",
+            0.5,
+        ),
+        "2_useless_prior_costs_nothing": target(
+            "V05Baseline MSE <= 1.0 x group mean at equal spend, h = 1.0, 8 prompts a step",
+            [c for c in cells if c["h"] == 1.0],
+            "v05_over_group_mean_equal",
+            1.0,
+        ),
+        "3_near_oracle": target(
+            "V05Baseline MSE <= 1.25 x Bayes oracle on the same rollouts, whole grid",
+            cells,
+            "v05_over_oracle",
+            1.25,
+        ),
+    }
+
+
 def check_targets(cells: list[dict]) -> dict:
     def target(description, selected, key, limit):
         worst = max(c["ratios"][key] for c in selected)
@@ -253,28 +387,45 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--budget-factor", type=float, default=1.5, help="max rollouts per step / base rollouts")
     parser.add_argument("--oracle-grid", type=int, default=800, help="grid points over p for the oracle")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (2 thrash on a shared 2-core box)")
+    parser.add_argument("--sections", nargs="+", default=["per_batch", "stateful", "uncertainty"],
+                        choices=["per_batch", "stateful", "uncertainty"])
+    parser.add_argument("--step-prompts", type=int, default=8, help="stateful: prompts per step (trainer.batch_size)")
+    parser.add_argument("--steps", type=int, default=125, help="stateful: steps per chain")
+    parser.add_argument("--chains", type=int, default=32, help="stateful: independent runs, driven at once")
+    parser.add_argument("--window", type=int, default=256, help="stateful: V05Baseline calibration window (prompts)")
+    parser.add_argument("--rounds", type=int, default=2, help="stateful: OSLA rounds per step (algorithm.adaptive_rounds)")
+    parser.add_argument("--unc-spread", type=float, default=0.6, help="uncertainty: sd of log r, the per-prompt error scale")
     args = parser.parse_args(argv)
     if args.prompts % args.batch_size:
         parser.error("--prompts must be a multiple of --batch-size")
     torch.set_num_threads(args.threads)
 
     start, start_cpu = time.perf_counter(), time.process_time()
-    cells = []
-    for i, (h, sd) in enumerate((h, sd) for h in args.hs for sd in args.sds):
-        cells.append(run_cell(h, sd, args.seed * 1000 + i, args))
-    result = {
-        "benchmark": "baseline_mse",
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "targets": check_targets(cells),
-        "cells": cells,
-        "runtime_s": round(time.perf_counter() - start, 1),
-        "cpu_s": round(time.process_time() - start_cpu, 1),
-    }
+    grid = [(h, sd) for h in args.hs for sd in args.sds]
+    result: dict = {"benchmark": "baseline_mse", "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    cells: list[dict] = []
+    if "per_batch" in args.sections:
+        cells = [run_cell(h, sd, args.seed * 1000 + i, args) for i, (h, sd) in enumerate(grid)]
+        result.update(targets=check_targets(cells), cells=cells)
+    if "stateful" in args.sections:
+        stateful = []
+        for i, (h, sd) in enumerate(grid):
+            stateful.append(run_stateful_cell(h, sd, args.seed * 1000 + 500 + i, args))
+            print(f"stateful h={h} sd={sd}: {json.dumps(stateful[-1]['ratios'])}", file=sys.stderr, flush=True)
+        result["stateful"] = {"targets": check_stateful_targets(stateful), "cells": stateful}
+    if "uncertainty" in args.sections:
+        unc_cells = [
+            run_uncertainty_cell(h, 0.1, kind, args.seed * 1000 + 900 + i, args)
+            for i, (h, kind) in enumerate((h, kind) for h in (0.0, 0.1, 0.3) for kind in ("informative", "uninformative"))
+        ]
+        result["uncertainty"] = {"cells": unc_cells}
+    result.update(runtime_s=round(time.perf_counter() - start, 1), cpu_s=round(time.process_time() - start_cpu, 1))
     text = json.dumps(result, indent=2)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text + "\n")
-    plot(cells, args.plot or args.out.with_suffix(".png"))
+    if cells:
+        plot(cells, args.plot or args.out.with_suffix(".png"))
     return result
 
 

@@ -89,6 +89,7 @@ class Batch:
     stats: dict = field(default_factory=dict)
     stream_state: dict | None = None  # the prompt stream right after this batch was drawn
     value_state: dict | None = None  # the value server right after this batch (async runs)
+    controller_state: dict | None = None  # the BudgetController right after this batch
 
     def __post_init__(self) -> None:
         for i, g in enumerate(self.groups):

@@ -82,6 +82,11 @@ def validate(cfg: DictConfig) -> None:
         _check(a.delta >= 1, "algorithm.delta", f"must be >= 1, got {a.delta}")
         _check(a.n_max >= a.n, "algorithm.n_max", f"must be >= algorithm.n ({a.n}), got {a.n_max}")
         _check(a.budget_factor >= 1.0, "algorithm.budget_factor", f"must be >= 1, got {a.budget_factor}")
+        _check(
+            a.calibration_window >= cfg.trainer.batch_size,
+            "algorithm.calibration_window",
+            f"must hold at least one step's prompts (trainer.batch_size = {cfg.trainer.batch_size}), got {a.calibration_window}",
+        )
         _check(cfg.value.backend in ("embedded", "v0", "none"), "value.backend", f"unknown {cfg.value.backend!r}; known: embedded, v0, none")
         if cfg.value.backend == "v0":
             _check(bool(cfg.value.path) and Path(cfg.value.path).exists(), "value.path", f"V0 checkpoint {cfg.value.path!r} not found")

@@ -43,6 +43,8 @@ class ControllerConfig:
     kappa: float
     budget_factor: float  # a step may spend this many times the base rollouts
     adaptive_rounds: int  # sequential OSLA rounds of buying `delta` more
+    calibration_window: int  # prompts the prior's reliability is fitted on (V05Baseline)
+    use_uncertainty: bool  # the value model's uncertainty scales each prior's error sd
     # DAPO
     max_rounds: int
     overlong: bool
@@ -63,6 +65,20 @@ class BudgetController:
         self.render_prompt, self.sampling = render_prompt, sampling
         self.timings: dict[str, float] = {}
         self.counts: dict[str, float] = {}
+        self.v05 = v05.V05Baseline(
+            delta=cfg.delta,
+            n_max=cfg.n_max,
+            kappa=cfg.kappa,
+            window=cfg.calibration_window,
+            use_uncertainty=cfg.use_uncertainty,
+        )
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs to decide exactly as this one would: V0.5's calibration window."""
+        return {"v05": self.v05.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.v05.load_state_dict(state["v05"])
 
     # -- helpers ------------------------------------------------------------------------------
     def _timed(self, phase: str, fn, *args):
@@ -141,8 +157,9 @@ class BudgetController:
     def _collect_adaptive(self, problems: list[Problem], seed: int) -> Batch:
         cfg = self.cfg
         texts = [p.question for p in problems]
-        prior_list, _unc = self._timed("value", lambda: ray.get(self.value_server.predict.remote(texts)))
-        prior = torch.tensor(prior_list, dtype=torch.float64).clamp(0.02, 0.98)
+        prior_list, unc_list = self._timed("value", lambda: ray.get(self.value_server.predict.remote(texts)))
+        prior = torch.tensor(prior_list, dtype=torch.float64).clamp(v05.PRIOR_MIN, v05.PRIOR_MAX)
+        unc = torch.tensor(unc_list, dtype=torch.float64)
         groups = self._sample_and_score(problems, [cfg.n] * len(problems), seed * 100)
         budget_left = int(round((cfg.budget_factor - 1.0) * cfg.n * len(problems)))
         bought = torch.zeros(len(problems), dtype=torch.long)
@@ -150,7 +167,7 @@ class BudgetController:
             if budget_left < cfg.delta:
                 break
             k, n = _successes_and_counts(groups)
-            extra = v05.allocate(prior, k, n, delta=cfg.delta, n_max=cfg.n_max, kappa=cfg.kappa, budget=budget_left, max_chunks=1)
+            extra = self.v05.allocate(prior, k, n, budget_left, uncertainty=unc)
             if int(extra.sum()) == 0:
                 break
             more = self._sample_and_score(problems, extra.tolist(), seed * 100 + 1 + round_)
@@ -159,7 +176,7 @@ class BudgetController:
             bought += extra
             budget_left -= int(extra.sum())
         k, n = _successes_and_counts(groups)
-        b, diag = v05.fuse(prior, k, n)
+        b, diag = self.v05.fuse(prior, k, n, uncertainty=unc)
         decisions = []
         for i, g in enumerate(groups):
             g.baseline = float(b[i])
@@ -167,6 +184,7 @@ class BudgetController:
                 dict(
                     uid=g.problem.uid,
                     prior=float(prior[i]),
+                    uncertainty=float(unc[i]),
                     k=int(k[i]),
                     n=int(n[i]),
                     z2=float(diag["z2"][i]),
@@ -185,6 +203,9 @@ class BudgetController:
             "v05/extra_mean": float(bought.float().mean()),
             "v05/prior_brier": float(((prior - p_hat) ** 2).mean()),
             "v05/prior_corr": _corr(prior, p_hat),
+            "v05/prior_err_sd": float(diag["prior_err_sd"]),
+            "v05/invalid_rate": float(diag["invalid_rate"]),
+            "v05/window": len(self.v05),
         }
         return Batch(groups, decisions=decisions, stats=stats)
 

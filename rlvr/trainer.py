@@ -155,6 +155,8 @@ def controller_config(cfg: DictConfig, preset) -> ControllerConfig:
         kappa=a.kappa,
         budget_factor=a.budget_factor,
         adaptive_rounds=a.adaptive_rounds,
+        calibration_window=a.calibration_window,
+        use_uncertainty=a.use_uncertainty,
         max_rounds=a.max_rounds,
         overlong=preset.overlong,
         overlong_buffer=a.overlong_buffer,
@@ -646,6 +648,8 @@ def train(cfg: DictConfig) -> dict:
             state = load_training_state(ckpt, roles)
             stream.load_state_dict(state["stream"])
             parts.hadw_state.load_state_dict(state["hadw"])
+            if state.get("controller") is not None:  # checkpoints from before V05Baseline have none
+                controller.load_state_dict(state["controller"])
             set_rng_state(state["rng"])
             start_step, heldout_before = state["step"] + 1, state.get("heldout_before")
             sync_weights(cfg.cluster.weight_sync, learners, rollout.engines, version=state["step"])
@@ -669,6 +673,7 @@ def train(cfg: DictConfig) -> dict:
             start = time.perf_counter()
             batch = controller.collect(stream.next(cfg.trainer.batch_size), stream.next, seed=cfg.seed * 100003 + step)
             batch.stream_state = stream.state_dict()
+            batch.controller_state = controller.state_dict()
             if k and roles["value"] is not None:  # the server moves on with the batches generated ahead
                 batch.value_state = ray.get(roles["value"].state_dict.remote())
             batch.stats["time/collect"] = time.perf_counter() - start
@@ -709,6 +714,7 @@ def train(cfg: DictConfig) -> dict:
                         "step": step,
                         "epoch": batch.stream_state["epoch"],
                         "stream": batch.stream_state,
+                        "controller": batch.controller_state,
                         "hadw": parts.hadw_state.state_dict(),
                         "rng": rng_state(),
                         "heldout_before": heldout_before,

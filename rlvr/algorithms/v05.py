@@ -128,23 +128,29 @@ def _valid_prior(
 
 
 def fit_calibration(
-    prior: torch.Tensor, successes: torch.Tensor, counts: torch.Tensor, pool: bool = True
+    prior: torch.Tensor,
+    successes: torch.Tensor,
+    counts: torch.Tensor,
+    pool: bool = True,
+    prior_scale: torch.Tensor | None = None,
 ) -> V05Calibration:
-    """Empirical-Bayes estimate of the prior's reliability from one batch (last dim).
+    """Empirical-Bayes estimate of the prior's reliability from one pool of prompts (last dim).
 
-    m, v: moments of p across the batch, v corrected for binomial noise. (τ, π): the
+    m, v: moments of p across the pool, v corrected for binomial noise. (τ, π): the
     maximiser over ``TAU_GRID`` × ``INVALID_RATE_GRID`` of
-        Σ_g log[(1−π)·BB(k_g | n_g, valid prior(τ)) + π·BB(k_g | n_g, population)].
-    It learns from the batch: the benchmark calibrates on batches of 100 to 250 prompts.
+        Σ_g log[(1−π)·BB(k_g | n_g, valid prior(τ·r_g)) + π·BB(k_g | n_g, population)],
+    with r_g = ``prior_scale`` (1 when None) the prompt's relative prior error sd. The pool
+    must be large: :class:`V05Baseline` feeds it the last 256 prompts, not one step's 8.
     """
     p0, k, n = _inputs(prior, successes, counts)
+    scale2 = _scale2(prior_scale, p0)
     m, v = _population(k, n)
     m_, v_ = m.unsqueeze(-1), v.unsqueeze(-1)
     ll_invalid = _beta_binomial_loglik(k, n, m_, _beta_strength(m_, v_))
     pi = INVALID_RATE_GRID.to(k.device).view(-1, *([1] * k.ndim))  # [Π, ..., 1]
     totals = []
     for tau in TAU_GRID.tolist():
-        mu, s, _ = _valid_prior(p0, tau**2 * torch.ones_like(m_), m_, v_, pool)
+        mu, s, _ = _valid_prior(p0, tau**2 * scale2, m_, v_, pool)
         # log[(1−π)·e^LG + π·e^LJ] = LJ + log[π + (1−π)·e^(LG−LJ)]: one log per (π, prompt).
         log_bayes = _beta_binomial_loglik(k, n, mu, s) - ll_invalid
         ratio = torch.exp(log_bayes.clamp(-MAX_LOG_BAYES_FACTOR, MAX_LOG_BAYES_FACTOR))
@@ -160,6 +166,15 @@ def fit_calibration(
     )
 
 
+def _scale2(prior_scale: torch.Tensor | None, p0: torch.Tensor) -> torch.Tensor:
+    if prior_scale is None:
+        return torch.ones_like(p0)
+    r = torch.as_tensor(prior_scale).to(p0.device, torch.float64)
+    if r.shape != p0.shape or not bool((r > 0).all()):
+        raise ValueError(f"prior_scale must be positive with the prior's shape {tuple(p0.shape)}, got {tuple(r.shape)}")
+    return r**2
+
+
 def _eb_posterior(
     p0: torch.Tensor,
     k: torch.Tensor,
@@ -168,13 +183,15 @@ def _eb_posterior(
     pool: bool,
     alpha_test: float,
     w: torch.Tensor | None = None,
+    scale2: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Calibrated fuse; with ``w`` given, re-evaluate at new (k, n) holding the test's outcome."""
+    """Calibrated fuse; with ``w`` given, re-evaluate at new (k, n) holding the test's outcome.
+    ``scale2``: per-prompt multiplier of the prior's error variance τ² (None: 1)."""
     m, v, tau, pi = (
         torch.as_tensor(x).to(k.device, torch.float64).unsqueeze(-1)
         for x in (cal.pop_mean, cal.pop_var, cal.prior_err_sd, cal.invalid_rate)
     )
-    tau2 = tau**2
+    tau2 = tau**2 if scale2 is None else tau**2 * scale2
     mu, s, alpha = _valid_prior(p0, tau2, m, v, pool)
     s_pop = _beta_strength(m, v)
     out: dict[str, torch.Tensor] = {}
@@ -238,11 +255,13 @@ def fuse(
     calibrate: bool = True,
     pool: bool = True,
     calibration: V05Calibration | None = None,
+    prior_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Fused baseline b float[..., G] and per-prompt diagnostics.
 
     ``calibrate=True`` (default): the empirical-Bayes rule (module docstring), with
-    ``calibration`` from :func:`fit_calibration` on this batch unless given; ``c`` is unused.
+    ``calibration`` from :func:`fit_calibration` on this batch unless given; ``c`` is unused;
+    ``prior_scale`` r_g makes a prompt's prior error sd τ·r_g.
     ``calibrate=False``: the fixed rule b = p0 + (1 − c/z²)₊(p̂ − p0), rejected at level α.
 
     diag (float64 tensors): ``z2`` = (p̂−p0)²/(p0(1−p0)/n); ``lam`` = weight on p0;
@@ -257,8 +276,9 @@ def fuse(
         b = diag.pop("b")
         diag["p_hat"] = p_hat
         return b.to(_out_dtype(prior)), diag
-    cal = calibration if calibration is not None else fit_calibration(p0, k, n, pool=pool)
-    post = _eb_posterior(p0, k, n, cal, pool, alpha)
+    scale2 = _scale2(prior_scale, p0)
+    cal = calibration if calibration is not None else fit_calibration(p0, k, n, pool, prior_scale)
+    post = _eb_posterior(p0, k, n, cal, pool, alpha, scale2=scale2)
     passed = post["w"] == 0
     decision = torch.where(
         post["w"] == 1, REJECTED, torch.where(passed & (post["lam"] >= 0.5), ACCEPTED, SHRUNK)
@@ -299,6 +319,7 @@ def allocate(
     calibrate: bool = True,
     pool: bool = True,
     calibration: V05Calibration | None = None,
+    prior_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """OSLA allocation: extra rollouts long[..., G], each a multiple of ``delta``.
 
@@ -320,12 +341,13 @@ def allocate(
         return torch.zeros(n.shape, dtype=torch.long, device=n.device)
     p_hat = k / n
     if calibrate:
-        cal = calibration if calibration is not None else fit_calibration(p0, k, n, pool=pool)
-        now = _eb_posterior(p0, k, n, cal, pool, alpha)
+        scale2 = _scale2(prior_scale, p0)
+        cal = calibration if calibration is not None else fit_calibration(p0, k, n, pool, prior_scale)
+        now = _eb_posterior(p0, k, n, cal, pool, alpha, scale2=scale2)
         accepted = (now["w"] == 0) & (now["lam"] >= 0.5)
 
         def predicted_mse(n_next: torch.Tensor) -> torch.Tensor:
-            return _eb_posterior(p0, p_hat * n_next, n_next, cal, pool, alpha, w=now["w"])["mse"]
+            return _eb_posterior(p0, p_hat * n_next, n_next, cal, pool, alpha, w=now["w"], scale2=scale2)["mse"]
     else:
         now = _fixed_rule(p0, k, n, c, alpha)
         accepted = now["decision"] == ACCEPTED
@@ -353,3 +375,124 @@ def allocate(
         affordable = torch.div(budget_t, delta, rounding_mode="floor").clamp(min=0)
         bought = flat_ok & (rank < affordable.unsqueeze(-1))
     return bought.view(ok.shape).sum(-1) * delta
+
+
+class V05Baseline:
+    """V0.5 as the trainer runs it: calibration pooled over a rolling window of recent steps.
+
+    One step holds too few prompts to learn the prior's reliability from: fitted on the 8
+    prompts of a default step, (τ, π) are noise, and a useless prior costs more than it saves
+    (benchmarks/baseline_mse.py, section ``stateful``). This estimator keeps each finished
+    step's (p0, k, n) and calibrates on the last ``window`` prompts, the current step's
+    included: its own prompts come first, then the most recent history fills the rest.
+
+    With ``use_uncertainty`` the value model's per-prompt uncertainty u_g sets the prior's
+    error sd to τ·r_g, r_g = u_g / rms(u over the window): a prompt the model is unsure of
+    gets a wider prior. Tensors are [..., G]; leading dims are independent runs (the
+    benchmark drives many at once), the controller passes one step of shape [G].
+
+    Per step: ``allocate`` once per OSLA round, then ``fuse`` once, which records the step.
+    """
+
+    def __init__(
+        self,
+        *,
+        delta: int,
+        n_max: int,
+        kappa: float,
+        window: int,
+        calibrate: bool = True,
+        pool: bool = True,
+        use_uncertainty: bool = False,
+        alpha: float = 0.05,
+        c: float = 1.0,
+    ):
+        if window < 1:
+            raise ValueError(f"window must be >= 1 prompt, got {window}")
+        self.delta, self.n_max, self.kappa, self.window = delta, n_max, kappa, window
+        self.calibrate, self.pool, self.use_uncertainty = calibrate, pool, use_uncertainty
+        self.alpha, self.c = alpha, c
+        self.history: dict[str, torch.Tensor] | None = None  # prior, k, n, unc: [..., H], oldest first
+
+    def _pool(self, prior, k, n, unc) -> dict[str, torch.Tensor]:
+        """The current step's prompts followed by the most recent history, at most ``window``."""
+        current = dict(zip(("prior", "k", "n"), _inputs(prior, k, n)))
+        current["unc"] = self._unc(unc, current["prior"])
+        room = max(0, self.window - current["prior"].shape[-1])
+        if self.history is None or room == 0:
+            return {key: x[..., : self.window] for key, x in current.items()}
+        return {key: torch.cat([x, self.history[key][..., -room:]], -1) for key, x in current.items()}
+
+    def _unc(self, unc, p0: torch.Tensor) -> torch.Tensor:
+        if unc is None or not self.use_uncertainty:
+            return torch.ones_like(p0)
+        u = torch.as_tensor(unc).to(p0.device, torch.float64)
+        if u.shape != p0.shape:
+            raise ValueError(f"uncertainty must have the prior's shape {tuple(p0.shape)}, got {tuple(u.shape)}")
+        return u.clamp(min=1e-3)
+
+    def _rule(self, prior, k, n, unc) -> dict:
+        """Keyword arguments for :func:`fuse`/:func:`allocate`: this step's calibration and scales."""
+        if not self.calibrate:
+            return dict(calibrate=False, c=self.c, alpha=self.alpha)
+        pooled = self._pool(prior, k, n, unc)
+        rms = pooled["unc"].square().mean(-1, keepdim=True).sqrt()
+        g = torch.as_tensor(prior).shape[-1]
+        scale = pooled["unc"][..., :g] / rms
+        pooled_scale = pooled["unc"] / rms if self.use_uncertainty else None
+        cal = fit_calibration(pooled["prior"], pooled["k"], pooled["n"], self.pool, pooled_scale)
+        return dict(
+            calibration=cal,
+            pool=self.pool,
+            alpha=self.alpha,
+            prior_scale=scale if self.use_uncertainty else None,
+        )
+
+    def allocate(
+        self,
+        prior: torch.Tensor,
+        successes: torch.Tensor,
+        counts: torch.Tensor,
+        budget: int | torch.Tensor | None,
+        *,
+        uncertainty: torch.Tensor | None = None,
+        max_chunks: int | None = 1,
+    ) -> torch.Tensor:
+        """Extra rollouts long[..., G] for one OSLA round (see :func:`allocate`)."""
+        return allocate(
+            prior, successes, counts, self.delta, self.n_max, self.kappa, budget,
+            max_chunks=max_chunks, **self._rule(prior, successes, counts, uncertainty),
+        )
+
+    def fuse(
+        self,
+        prior: torch.Tensor,
+        successes: torch.Tensor,
+        counts: torch.Tensor,
+        *,
+        uncertainty: torch.Tensor | None = None,
+        record: bool = True,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The step's baselines and diagnostics (see :func:`fuse`); then remember the step."""
+        b, diag = fuse(prior, successes, counts, **self._rule(prior, successes, counts, uncertainty))
+        if record:
+            self.observe(prior, successes, counts, uncertainty)
+        return b, diag
+
+    def observe(self, prior, successes, counts, uncertainty=None) -> None:
+        """Append a finished step to the window (``fuse`` does this itself)."""
+        p0, k, n = _inputs(prior, successes, counts)
+        step = {"prior": p0, "k": k, "n": n, "unc": self._unc(uncertainty, p0)}
+        if self.history is not None:
+            step = {key: torch.cat([self.history[key], x], -1) for key, x in step.items()}
+        self.history = {key: x[..., -self.window :].clone() for key, x in step.items()}
+
+    def __len__(self) -> int:
+        return 0 if self.history is None else self.history["prior"].shape[-1]
+
+    def state_dict(self) -> dict:
+        return {"window": self.window, "history": None if self.history is None else {k: v.clone() for k, v in self.history.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        history = state.get("history")
+        self.history = None if history is None else {k: torch.as_tensor(v, dtype=torch.float64)[..., -self.window :] for k, v in history.items()}

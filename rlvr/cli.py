@@ -5,12 +5,14 @@
     rlvr export CKPT OUT              write a checkpoint's policy as a plain Hugging Face model folder
     rlvr eval CKPT|MODEL [key=value]  held-out pass@1 / pass@k of a checkpoint or model folder, e.g. data=champ eval.n_samples=4
     rlvr plot RUN_DIR [RUN_DIR ...]   PNG figures comparing runs (--out DIR)
+    rlvr value-report RUN_DIR         the value prior's Brier, AUC and calibration, predicted before each step's rollouts
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 USAGE = __doc__
 
@@ -87,6 +89,20 @@ def _run(argv: list[str] | None = None) -> int:
         metrics = evaluate_model(target, _compose_or_exit(rest))
         for k, v in metrics.items():
             print(f"{k}: {v:.4f}")
+        return 0
+    if command == "value-report":
+        import argparse
+
+        parser = argparse.ArgumentParser(prog="rlvr value-report", description="the value prior's quality, step by step, out of sample")
+        parser.add_argument("run_dir")
+        parser.add_argument("--min-context", type=int, default=64, help="score prompts predicted with at least this much context")
+        parser.add_argument("--predictors", nargs="+", default=None, help="subset of: logged context_mean embedded ridge")
+        args = parser.parse_args(overrides)
+        from rlvr.value_report import PREDICTORS, format_table, value_report
+
+        report = value_report(Path(args.run_dir), args.min_context, tuple(args.predictors or PREDICTORS))
+        print(format_table(report))
+        print(f"wrote {Path(args.run_dir) / 'value_report.json'} and value_report.png")
         return 0
     if command == "plot":
         from rlvr.plots import main as plot_main

@@ -88,6 +88,8 @@ def validate(cfg: DictConfig) -> None:
             f"must hold at least one step's prompts (trainer.batch_size = {cfg.trainer.batch_size}), got {a.calibration_window}",
         )
         _check(cfg.value.backend in ("embedded", "v0", "none"), "value.backend", f"unknown {cfg.value.backend!r}; known: embedded, v0, none")
+        if cfg.value.backend == "embedded":
+            _check(cfg.value.regressor in ("kernel", "ridge"), "value.regressor", f"unknown {cfg.value.regressor!r}; known: kernel, ridge")
         if cfg.value.backend == "v0":
             _check(bool(cfg.value.path) and Path(cfg.value.path).exists(), "value.path", f"V0 checkpoint {cfg.value.path!r} not found")
     if preset.overlong:

@@ -74,6 +74,13 @@ class Problem:
     answer: str  # gold answer as a string
     answer_type: str = "number"  # number | expression | choice | string | any
 
+    @property
+    def family(self) -> str:
+        """The task family a problem came from: its reasoning-gym task label, else its source file."""
+        if self.uid.count("/") >= 2:
+            return self.uid.rsplit("/", 2)[0]
+        return self.uid.rsplit(":", 1)[0]
+
 
 def _default_tasks() -> list:
     # Sums and differences of two 2-digit numbers: 16,200 distinct questions
@@ -95,7 +102,9 @@ class DataSplitConfig:
 
     source: str = "reasoning_gym"  # reasoning_gym | file | champ
     # reasoning_gym: [{"name": str, "weight": float, "kwargs": dict}] (a bare
-    # task name is accepted too); an item may also carry "answer_type".
+    # task name is accepted too); an item may also carry "answer_type", and a
+    # "label" (default: name) that names the family, so that one task can
+    # appear at several difficulty levels.
     tasks: list = field(default_factory=_default_tasks)
     size: int = 1000  # reasoning_gym only: number of problems
     seed: int = 0
@@ -259,9 +268,11 @@ def _task_specs(tasks: Any, default_answer_type: str) -> list[dict]:
             t = {"name": t}
         if not isinstance(t, Mapping) or not t.get("name"):
             raise ValueError(f"bad reasoning-gym task spec {t!r}: expected {{'name': ..., 'weight': ..., 'kwargs': {{...}}}}")
-        extra = set(t) - {"name", "weight", "kwargs", "answer_type"}
+        extra = set(t) - {"name", "weight", "kwargs", "answer_type", "label"}
         if extra:
-            raise ValueError(f"task {t['name']!r}: unknown keys {sorted(extra)} (known: name, weight, kwargs, answer_type)")
+            raise ValueError(
+                f"task {t['name']!r}: unknown keys {sorted(extra)} (known: name, label, weight, kwargs, answer_type)"
+            )
         weight = float(t.get("weight", 1.0))
         if not weight > 0:
             raise ValueError(f"task {t['name']!r}: weight must be positive, got {weight}")
@@ -272,14 +283,15 @@ def _task_specs(tasks: Any, default_answer_type: str) -> list[dict]:
         specs.append(
             {
                 "name": str(t["name"]),
+                "label": str(t.get("label") or t["name"]),
                 "weight": weight,
                 "kwargs": kwargs,
                 "answer_type": t.get("answer_type", default_answer_type),
             }
         )
-    names = [s["name"] for s in specs]
-    if len(names) != len(set(names)):
-        raise ValueError(f"duplicate reasoning-gym task names in {names}")
+    labels = [s["label"] for s in specs]
+    if len(labels) != len(set(labels)):
+        raise ValueError(f"duplicate reasoning-gym task labels in {labels}: give each level of a task its own 'label'")
     return specs
 
 
@@ -302,18 +314,18 @@ def _load_reasoning_gym(cfg: DataSplitConfig, exclude: set[str] | None) -> list[
     max_budget = 8 * size + 64
     while True:
         datasets = {
-            s["name"]: reasoning_gym.create_dataset(
-                s["name"], size=budget, seed=_derived_seed(s["name"], cfg.seed), **s["kwargs"]
+            s["label"]: reasoning_gym.create_dataset(
+                s["name"], size=budget, seed=_derived_seed(s["label"], cfg.seed), **s["kwargs"]
             )
             for s in specs
         }
         rng = random.Random(_derived_seed("mix", cfg.seed))
-        counters = {s["name"]: 0 for s in specs}
+        counters = {s["label"]: 0 for s in specs}
         out: list[Problem] = []
         errors.skipped = 0
         for _ in range(budget):
             spec = specs[rng.choices(range(len(specs)), weights=weights, k=1)[0]] if len(specs) > 1 else specs[0]
-            name = spec["name"]
+            name = spec["label"]
             idx = counters[name]
             counters[name] += 1
             item = datasets[name][idx]

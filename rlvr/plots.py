@@ -24,6 +24,7 @@ from pathlib import Path
 log = logging.getLogger("rlvr.plots")
 
 METRICS_FILE = "metrics.jsonl"
+DECISIONS_FILE = "decisions.jsonl"
 CONFIG_FILE = "config.yaml"
 
 # Phases inside time/step, in the order the trainer runs them; time/eval is outside time/step.
@@ -37,6 +38,7 @@ FIGURES = (
     "heldout_vs_rollouts.png",
     "step_time_breakdown.png",
     "pass_at_k.png",
+    "v05_decisions.png",
 )
 
 
@@ -84,6 +86,33 @@ def load_metrics(run_dir: str | Path) -> list[dict]:
     if bad > 3:
         log.warning("%s: skipped %d malformed lines in all", path, bad)
     return [by_step[s] for s in sorted(by_step)]
+
+
+def load_decisions(run_dir: str | Path) -> dict[int, list[dict]]:
+    """V0.5's per-prompt decisions (``decisions.jsonl``), grouped by step in step order.
+
+    A step written again after a resume keeps its last writing; lines that are not JSON
+    objects with ``step``, ``uid``, ``k`` and ``n`` are skipped with a warning."""
+    path = Path(run_dir) / DECISIONS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: decisions are logged by V0.5 runs (algorithm=v05)")
+    steps: dict[int, list[dict]] = {}
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+            step = int(d["step"])
+            d["k"], d["n"] = int(d["k"]), int(d["n"])
+            d["uid"]
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            log.warning("%s:%d: not a decision record, skipped", path, line_no)
+            continue
+        rows = steps.setdefault(step, [])
+        if any(r["uid"] == d["uid"] for r in rows):  # the step is being written again, after a resume
+            rows.clear()
+        rows.append(d)
+    return dict(sorted(steps.items()))
 
 
 def run_label(run_dir: str | Path) -> str:
@@ -257,8 +286,55 @@ def _pass_at_k_figure(runs: list[_Run]):
     return fig
 
 
+def _v05_figure(runs: list[_Run]):
+    """Prior against p̂, the share accepted/shrunk/rejected per step, and extra rollouts against
+    the prior's error, for the first run that logged V0.5 decisions."""
+    from matplotlib.figure import Figure
+
+    found = next(((run, load_decisions(run.dir)) for run in runs if (Path(run.dir) / DECISIONS_FILE).exists()), None)
+    if found is None or not found[1]:
+        return None
+    run, steps = found
+    rows = [(step, r) for step, rs in steps.items() for r in rs]
+    fig = Figure(figsize=(15, 4.5), layout="constrained")
+    ax_prior, ax_share, ax_extra = fig.subplots(1, 3)
+    fig.suptitle(f"V0.5 decisions: {run.label}")
+    points = ax_prior.scatter(
+        [r.get("prior", math.nan) for _, r in rows], [r["k"] / r["n"] for _, r in rows],
+        c=[s for s, _ in rows], cmap="viridis", s=10, alpha=0.7,
+    )
+    ax_prior.plot([0, 1], [0, 1], color="gray", linewidth=0.8, linestyle="--")
+    fig.colorbar(points, ax=ax_prior, label="step")
+    ax_prior.set(title="prior against p̂", xlabel="prior p0 (before the rollouts)", ylabel="p̂ = k / n")
+    xs = list(steps)
+    bottom = [0.0] * len(xs)
+    for j, kind in enumerate(("accepted", "shrunk", "rejected")):
+        share = [sum(r.get("decision") == kind for r in steps[s]) / len(steps[s]) for s in xs]
+        ax_share.bar(xs, share, bottom=bottom, width=0.9, color=f"C{j}", label=kind)
+        bottom = [b + h for b, h in zip(bottom, share)]
+    ax_share.set(title="share of priors accepted / shrunk / rejected", xlabel="step", ylabel="share of prompts", ylim=(0, 1))
+    ax_share.legend(fontsize="small")
+    err = [abs(r.get("prior", math.nan) - r["k"] / r["n"]) for _, r in rows]
+    extra = [r.get("extra", 0) for _, r in rows]
+    ax_extra.scatter(err, extra, s=10, alpha=0.4, color="C3")
+    edges = [i / 10 for i in range(11)]
+    centers, means = [], []
+    for lo, hi in zip(edges, edges[1:]):
+        sel = [x for e, x in zip(err, extra) if lo <= e < hi or (hi == 1.0 and e == 1.0)]
+        if sel:
+            centers.append((lo + hi) / 2)
+            means.append(sum(sel) / len(sel))
+    ax_extra.plot(centers, means, marker="o", color="black", label="mean per bin")
+    ax_extra.set(title="extra rollouts against the prior's error", xlabel="|p0 − p̂|", ylabel="extra rollouts bought")
+    ax_extra.legend(fontsize="small")
+    for ax in (ax_prior, ax_share, ax_extra):
+        ax.grid(True, alpha=0.3)
+    return fig
+
+
 def build_figures(run_dirs: list[str]) -> dict[str, "object"]:
-    """``{file name: matplotlib Figure}`` for the given runs (pass_at_k.png only if some run has pass@k)."""
+    """``{file name: matplotlib Figure}`` for the given runs (pass_at_k.png only if some run has pass@k,
+    v05_decisions.png only if some run logged V0.5 decisions)."""
     if not run_dirs:
         raise ValueError("no run directories given")
     run_dirs = [str(d) for d in run_dirs]
@@ -277,6 +353,9 @@ def build_figures(run_dirs: list[str]) -> dict[str, "object"]:
     pass_fig = _pass_at_k_figure(runs)
     if pass_fig is not None:
         figs["pass_at_k.png"] = pass_fig
+    v05_fig = _v05_figure(runs)
+    if v05_fig is not None:
+        figs["v05_decisions.png"] = v05_fig
     return figs
 
 

@@ -203,6 +203,8 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
             from rlvr.value import ValueServer
 
             value_kwargs = {"context_size": cfg.value.context_size}
+            if cfg.value.backend == "embedded":
+                value_kwargs["regressor"] = cfg.value.regressor
             if cfg.value.backend == "v0":
                 value_kwargs = {"path": cfg.value.path}
             roles["value"] = ValueServer.options(**placement.options("value", 0)).remote(backend=cfg.value.backend, **value_kwargs)
@@ -301,14 +303,24 @@ def evaluate(rollout: RolloutPool, verifier, problems: list[Problem], render, cf
             correct[s.prompt_index] += int(r.correct)
         return correct
 
+    families = sorted({p.family for p in problems})
+
+    def by_family(name: str, values: list[float]) -> dict:
+        """The metric over all problems, and per task family when there are several."""
+        out = {f"eval/{name}": float(np.mean(values))}
+        if len(families) > 1:
+            for f in families:
+                out[f"eval/{name}/{f}"] = float(np.mean([v for v, p in zip(values, problems) if p.family == f]))
+        return out
+
     greedy = correct_counts(1, SamplingConfig(temperature=0.0, max_tokens=cfg.eval.max_tokens), seed)
-    metrics = {"eval/accuracy": sum(greedy) / len(problems)}
+    metrics = by_family("accuracy", greedy)
     n = cfg.eval.n_samples
     if n > 1:
         sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_tokens=cfg.eval.max_tokens)
         correct = correct_counts(n, sampling, seed + 1)
         for k in range(1, n + 1):
-            metrics[f"eval/pass@{k}"] = float(np.mean([pass_at_k(n, c, k) for c in correct]))
+            metrics.update(by_family(f"pass@{k}", [pass_at_k(n, c, k) for c in correct]))
     return metrics
 
 

@@ -196,6 +196,18 @@ class EmbeddedValueModel:
     ``prior_strength`` are used.  The pair in use is
     ``effective_bandwidth`` / ``effective_prior_strength``.
 
+    ``regressor="ridge"``: kernel ridge regression (a GP posterior mean) on
+    the same kernel ``k = exp((s - 1) / l)`` around the context mean::
+
+        prior = m + k_q^T (K + r I)^-1 (y - m)
+        unc   = sqrt(s_f^2 (1 - k_q^T (K + r I)^-1 k_q)),  s_f^2 = var(y) / (1 + r)
+
+    where NW averages neighbours, ridge solves for them jointly: many
+    near-duplicates of one template no longer outvote a closer prompt.  The
+    length-scale ``l`` and the noise ratio ``r`` are chosen by the closed-form
+    leave-one-out error after each context update, from
+    :data:`RIDGE_LENGTH_GRID` x :data:`RIDGE_NOISE_GRID`.
+
     Embeddings are cached: the context's, and (LRU) the last ``cache_size``
     prompts seen, so predicting a batch and then adding it to the context
     encodes it once.
@@ -203,6 +215,9 @@ class EmbeddedValueModel:
 
     BANDWIDTH_GRID = (0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5)
     PRIOR_STRENGTH_GRID = (0.1, 0.3, 1.0, 3.0)
+    RIDGE_LENGTH_GRID = (0.03, 0.05, 0.1, 0.2, 0.3, 0.5)
+    RIDGE_NOISE_GRID = (0.1, 0.3, 1.0, 3.0, 10.0)
+    REGRESSORS = ("kernel", "ridge")
 
     def __init__(
         self,
@@ -214,7 +229,13 @@ class EmbeddedValueModel:
         min_tune_context: int = 32,
         batch_size: int = 64,
         cache_size: int = 4096,
+        regressor: str = "kernel",
     ):
+        if regressor not in self.REGRESSORS:
+            raise ValueError(f"unknown regressor {regressor!r}; known: {', '.join(self.REGRESSORS)}")
+        self.regressor = regressor
+        self._ridge: tuple[float, float] = (0.1, 1.0)  # (l, r) in use
+        self._ridge_fit: dict[str, torch.Tensor] | None = None
         if not bandwidth > 0:
             raise ValueError(f"bandwidth must be positive, got {bandwidth}")
         if not prior_strength > 0:
@@ -282,6 +303,8 @@ class EmbeddedValueModel:
         if len(self._ctx) == 0 or n_q == 0:
             return torch.full((n_q,), 0.5), torch.full((n_q,), 0.5)
         q = self.embed(prompts).double()
+        if self.regressor == "ridge":
+            return self._predict_ridge(q)
         c = self._ctx_emb.double()
         y = torch.tensor(self._ctx.success, dtype=torch.float64)
         a = self.effective_prior_strength
@@ -295,6 +318,39 @@ class EmbeddedValueModel:
         unc = torch.sqrt(v * (1.0 + 1.0 / (sw + a)))
         return _clip_prior(prior).float(), unc.clamp(UNC_MIN, UNC_MAX).float()
 
+    def _predict_ridge(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._ridge_fit is None:
+            self._fit_ridge()
+        fit, (length, _) = self._ridge_fit, self._ridge
+        kq = torch.exp(((q @ self._ctx_emb.double().T).clamp(-1.0, 1.0) - 1.0) / length)  # [n_q, n_ctx]
+        prior = fit["mean"] + kq @ fit["alpha"]
+        explained = ((kq @ fit["a_inv"]) * kq).sum(dim=1).clamp(0.0, 1.0)
+        unc = torch.sqrt(fit["signal_var"] * (1.0 - explained) + 1e-6)
+        return _clip_prior(prior).float(), unc.clamp(UNC_MIN, UNC_MAX).float()
+
+    @torch.inference_mode()
+    def _fit_ridge(self) -> None:
+        """(l, r) by closed-form leave-one-out error (residual_i = alpha_i / (A^-1)_ii), then the fit."""
+        y = torch.tensor(self._ctx.success, dtype=torch.float64)
+        n = len(y)
+        s = (self._ctx_emb.double() @ self._ctx_emb.double().T).clamp(-1.0, 1.0)
+        eye = torch.eye(n, dtype=torch.float64)
+        mean = y.mean()
+        resid = y - mean
+        candidates = [self._ridge]
+        if self.auto_tune and n >= self.min_tune_context:
+            candidates = [(l, r) for l in self.RIDGE_LENGTH_GRID for r in self.RIDGE_NOISE_GRID]
+        best = None
+        for length, ratio in candidates:
+            a_inv = torch.linalg.inv(torch.exp((s - 1.0) / length) + ratio * eye)
+            alpha = a_inv @ resid
+            loo = float(((alpha / a_inv.diagonal()) ** 2).mean())
+            if best is None or loo < best[0] - 1e-12:
+                best = (loo, (length, ratio), a_inv, alpha)
+        _, self._ridge, a_inv, alpha = best
+        signal_var = ((resid**2).sum() + 0.25) / (n + 1) / (1.0 + self._ridge[1])
+        self._ridge_fit = {"mean": mean, "alpha": alpha, "a_inv": a_inv, "signal_var": signal_var}
+
     def add_context(self, prompts: list[str], success: list[float]) -> None:
         prompts, success = _check_pairs(prompts, success)
         if not prompts:
@@ -302,6 +358,7 @@ class EmbeddedValueModel:
         new_emb = self.embed(prompts)
         self._ctx.add(prompts, success)
         self._ctx_emb = torch.cat([self._ctx_emb, new_emb])[-len(self._ctx) :]
+        self._ridge_fit = None  # refit lazily, at the next predict
         self._tune()
 
     @torch.inference_mode()
@@ -362,9 +419,11 @@ class EmbeddedValueModel:
                 self._ctx_emb = emb[emb.shape[0] - n :].clone()
                 for p, e in zip(self._ctx.prompts, self._ctx_emb):
                     self._cache[p] = e
+                self._ridge_fit = None
                 self._tune()
                 return
         self._ctx_emb = self.embed(self._ctx.prompts) if n else torch.zeros(0, self.dim)
+        self._ridge_fit = None
         self._tune()
 
 

@@ -238,3 +238,23 @@ def test_main(tmp_path, capsys):
     assert "metrics.jsonl" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([])
+
+
+def test_v05_decisions_figure_from_decisions_jsonl(tmp_path, caplog):
+    a = make_run(tmp_path / "v05", algorithm="v05")
+    lines = []
+    for step in range(1, 6):
+        for i, kind in enumerate(("accepted", "shrunk", "rejected", "shrunk")):
+            lines.append(json.dumps({"step": step, "uid": f"q{i}", "prior": 0.2 * i, "k": i, "n": 4 + 4 * (i == 1), "decision": kind, "extra": 4 * (i == 1)}))
+    lines.insert(3, "{cut short")  # a crash mid-line loses that line only
+    lines += [json.dumps({"step": 5, "uid": "q0", "prior": 0.5, "k": 2, "n": 4, "decision": "accepted", "extra": 0})]  # step 5 rewritten after a resume
+    (a / "decisions.jsonl").write_text("\n".join(lines) + "\n")
+    from rlvr.plots import load_decisions
+
+    with caplog.at_level(logging.WARNING, logger="rlvr.plots"):
+        steps = load_decisions(a)
+    assert "not a decision record" in caplog.text
+    assert list(steps) == [1, 2, 3, 4, 5] and len(steps[1]) == 4 and len(steps[5]) == 1
+    paths = plot_runs([str(a)])
+    assert "v05_decisions.png" in {p.name for p in paths}
+    _png_ok(a / "plots" / "v05_decisions.png")

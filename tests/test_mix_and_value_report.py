@@ -1,0 +1,83 @@
+"""data=mix (the reasoning-gym family mixture) and `rlvr value-report` on a small logged run."""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from rlvr.cli import main
+from rlvr.config import compose
+from rlvr.data import load_problems
+from rlvr.value_report import ContextMean, read_steps, replay, score, value_report
+from rlvr.verifier import ProcessVerifier, ScoreRequest
+
+
+def mix_splits(*overrides: str):
+    cfg = compose(["data=mix", *overrides])
+    train = load_problems(OmegaConf.to_container(cfg.data.train, resolve=True))
+    held_out = load_problems(OmegaConf.to_container(cfg.data.eval, resolve=True), exclude={p.question for p in train})
+    return cfg, train, held_out
+
+
+def test_mix_is_seeded_disjoint_and_every_family_is_scored_strictly():
+    cfg, train, held_out = mix_splits()
+    _, train_again, held_out_again = mix_splits()
+    assert train == train_again and held_out == held_out_again
+    assert not {p.question for p in train} & {p.question for p in held_out}
+    assert len(held_out) == 256
+    families = {t["label"] for t in OmegaConf.to_container(cfg.data.train.tasks, resolve=True)}
+    assert 4 <= len(families) <= 6
+    assert set(Counter(p.family for p in train)) == families == set(Counter(p.family for p in held_out))
+    # the gold answer, boxed, scores 1 for its answer type; the question echoed scores 0
+    sample = [p for f in sorted(families) for p in [q for q in held_out if q.family == f][:6]]
+    requests = [ScoreRequest(f"The answer is \\boxed{{{p.answer}}}.", p.answer, p.answer_type) for p in sample]
+    requests += [ScoreRequest(p.question, p.answer, p.answer_type) for p in sample]
+    with ProcessVerifier(OmegaConf.to_container(cfg.verifier.terms), num_workers=2, timeout_s=10) as verifier:
+        results, _ = verifier.score(requests)
+    assert [r.reward for r in results] == [1.0] * len(sample) + [0.0] * len(sample)
+    assert all(p.answer_type == "number" for p in train + held_out)
+
+
+def logged_run(tmp_path: Path, p_hats: list[list[float]], n: int = 4) -> Path:
+    """A run dir as `rlvr train data=mix algorithm=v05` leaves it: config.yaml and decisions.jsonl."""
+    cfg, train, _ = mix_splits()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    lines, it = [], iter(train)
+    for step, rates in enumerate(p_hats, start=1):
+        for rate in rates:
+            p = next(it)
+            lines.append(json.dumps({"step": step, "uid": p.uid, "prior": 0.5, "uncertainty": 0.3, "k": round(rate * n), "n": n}))
+    (run_dir / "decisions.jsonl").write_text("\n".join(lines) + "\n")
+    return run_dir
+
+
+def test_value_report_trivial_predictor_brier_is_the_variance_of_p_hat(tmp_path):
+    rates = [0.0, 1.0, 0.5, 0.5]
+    run_dir = logged_run(tmp_path, [rates] * 4)
+    steps = read_steps(run_dir)
+    texts = {}  # the trivial predictor never reads the text
+    preds = replay(steps, {r["uid"]: "q" for rows in steps.values() for r in rows} | texts, ContextMean(256))
+    result = score(preds, min_context=4)
+    # from step 2 on the context mean is 0.5, so the Brier is the variance of p̂ around it: 0.125
+    assert result["prompts"] == 12
+    assert result["brier"] == pytest.approx(0.125) == pytest.approx(result["p_hat_var"])
+    assert result["auc"] == pytest.approx(0.5)  # a constant prior ranks nothing
+
+
+def test_value_report_cli_writes_json_and_png(tmp_path, capsys):
+    run_dir = logged_run(tmp_path, [[0.0, 0.25, 0.5, 1.0, 0.75, 0.0, 0.25, 1.0]] * 6)
+    assert main(["value-report", str(run_dir), "--min-context", "16", "--predictors", "logged", "context_mean", "ridge"]) == 0
+    report = json.loads((run_dir / "value_report.json").read_text())
+    assert (run_dir / "value_report.png").stat().st_size > 0
+    assert set(report["predictors"]) == {"logged", "context_mean", "ridge"}
+    for r in report["predictors"].values():
+        assert r["prompts"] == 32 and 0 <= r["brier"] <= 1 and 0 <= r["auc"] <= 1
+        assert sum(b["prompts"] for b in r["reliability"]) == 32
+    assert report["predictors"]["context_mean"]["brier_over_context_mean"] == 1.0
+    assert "brier" in capsys.readouterr().out
+    # a directory that is no run fails with a message, not a traceback
+    assert main(["value-report", str(tmp_path)]) == 2

@@ -288,8 +288,19 @@ def trainable(batch: Batch, preset, version: int, max_staleness: int) -> tuple[l
     return keep, {"async/stale_dropped": stale, "async/staleness_max": max(lags, default=0)}
 
 
-def evaluate(rollout: RolloutPool, verifier, problems: list[Problem], render, cfg: DictConfig, seed: int) -> dict:
-    """Held-out accuracy, strict: greedy pass@1, plus unbiased pass@k when eval.n_samples > 1."""
+def evaluate(
+    rollout: RolloutPool,
+    verifier,
+    problems: list[Problem],
+    render,
+    cfg: DictConfig,
+    seed: int,
+    sampled: bool = True,
+    per_prompt: list[dict] | None = None,
+) -> dict:
+    """Held-out accuracy, strict: greedy pass@1, plus unbiased pass@k when eval.n_samples > 1 and
+    ``sampled``; per task family too when there are several. ``per_prompt``, when given, receives
+    one record per problem (uid, family, greedy correct, sampled successes of n)."""
     if not problems:
         return {}
     from rlvr.verifier import ScoreRequest
@@ -315,12 +326,17 @@ def evaluate(rollout: RolloutPool, verifier, problems: list[Problem], render, cf
 
     greedy = correct_counts(1, SamplingConfig(temperature=0.0, max_tokens=cfg.eval.max_tokens), seed)
     metrics = by_family("accuracy", greedy)
+    records = [{"uid": p.uid, "family": p.family, "greedy": g} for p, g in zip(problems, greedy)]
     n = cfg.eval.n_samples
-    if n > 1:
+    if n > 1 and sampled:
         sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_tokens=cfg.eval.max_tokens)
         correct = correct_counts(n, sampling, seed + 1)
         for k in range(1, n + 1):
             metrics.update(by_family(f"pass@{k}", [pass_at_k(n, c, k) for c in correct]))
+        for r, c in zip(records, correct):
+            r.update(samples=n, successes=c)
+    if per_prompt is not None:
+        per_prompt.extend(records)
     return metrics
 
 
@@ -375,6 +391,7 @@ class MetricsLog:
     def __init__(self, run_dir: Path, cfg: DictConfig):
         self.file = open(run_dir / "metrics.jsonl", "a", buffering=1) if cfg.logging.jsonl else None
         self.decisions = open(run_dir / "decisions.jsonl", "a", buffering=1)
+        self.eval = open(run_dir / "eval.jsonl", "a", buffering=1)  # per held-out prompt, for bootstrap CIs
         self.tb = self.wandb = None
         if cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -390,12 +407,14 @@ class MetricsLog:
                 config=OmegaConf.to_container(cfg, resolve=True),
             )
 
-    def write(self, step: int, metrics: dict, decisions: list[dict] = ()) -> None:
+    def write(self, step: int, metrics: dict, decisions: list[dict] = (), eval_records: list[dict] = ()) -> None:
         record = {"step": step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
         if self.file:
             self.file.write(json.dumps(record) + "\n")
         for d in decisions:
             self.decisions.write(json.dumps({"step": step, **d}) + "\n")
+        for r in eval_records:
+            self.eval.write(json.dumps({"step": step, **r}) + "\n")
         if self.tb:
             for k, v in record.items():
                 self.tb.add_scalar(k, v, step)
@@ -403,7 +422,7 @@ class MetricsLog:
             self.wandb.log(record, step=step)
 
     def close(self) -> None:
-        for f in (self.file, self.decisions):
+        for f in (self.file, self.decisions, self.eval):
             if f:
                 f.close()
         if self.tb:
@@ -672,10 +691,11 @@ def train(cfg: DictConfig) -> dict:
                     "or pass resume=never (or another run_dir) to start fresh.", run_dir, state["step"], total
                 )
         else:
-            eval_m = evaluate(rollout, verifier, eval_problems, render, cfg, seed=cfg.seed + 10**6)
+            eval_records: list[dict] = []
+            eval_m = evaluate(rollout, verifier, eval_problems, render, cfg, seed=cfg.seed + 10**6, per_prompt=eval_records)
             heldout_before = eval_m.get("eval/accuracy")
             log.info("step 0 held-out accuracy %.3f on %d prompts", heldout_before or float("nan"), len(eval_problems))
-            metrics_log.write(0, eval_m)
+            metrics_log.write(0, eval_m, eval_records=eval_records)
             history.append({"step": 0, **eval_m})
 
         k = cfg.trainer.max_staleness
@@ -709,11 +729,14 @@ def train(cfg: DictConfig) -> dict:
                     m["time/step"] = time.perf_counter() - step_start + batch.stats["time/collect"]
                 m["gen_tokens_per_s"] = m.get("gen_tokens", 0) / max(m.get("time/generate", 1e-9), 1e-9)
                 # 5. metrics
+                eval_records = []
                 if cfg.trainer.eval_every and (step % cfg.trainer.eval_every == 0 or step == total):
                     eval_start = time.perf_counter()
-                    m.update(evaluate(rollout, verifier, eval_problems, render, cfg, seed=cfg.seed + 10**6 + step))
+                    every = cfg.eval.pass_at_k_every
+                    sampled = not every or step % every == 0 or step == total
+                    m.update(evaluate(rollout, verifier, eval_problems, render, cfg, cfg.seed + 10**6 + step, sampled, eval_records))
                     m["time/eval"] = time.perf_counter() - eval_start
-                metrics_log.write(step, m, batch.decisions)
+                metrics_log.write(step, m, batch.decisions, eval_records)
                 history.append({"step": step, **m})
                 bar.update(1)
                 tqdm.write(console_line(step, total, m), file=sys.stdout)

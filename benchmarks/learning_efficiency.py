@@ -1,0 +1,295 @@
+"""Learning efficiency on the real model: configs × seeds through `rlvr train`, with bootstrap CIs.
+
+Each (config, seed) is one `rlvr train` run in its own directory under ``--out``; a rerun skips
+finished runs and resumes interrupted ones (the trainer's own resume). Held-out results come from
+each run's ``eval.jsonl`` (one record per held-out prompt and eval point), so intervals resample
+both seeds and prompts (paired: every run sees the same held-out prompts).
+
+Budget (the default, sized for one 2-core box; see docs/benchmarks.md for the wall time):
+  SmolLM2-135M on data=arith, 8 prompts × n = 4 a step, ``--steps`` 12, rollout.max_tokens 64,
+  greedy held-out accuracy on 256 prompts every 4 steps (and at step 0), sampled pass@k
+  (k = 1, 2, 4, 8; 8 samples at T = 0.7) on the same 256 prompts at step 0 and at the last step
+  only, because at this size held-out evaluation costs more than training.
+
+Questions, each printed as a measured ratio or difference with its 95% interval:
+  1. rollouts V0.5 needs to reach GRPO's final held-out accuracy ÷ GRPO's rollouts (target ≤ 0.8);
+  2. focal against none: Δ pass@8 and Δ pass@1 at the last step (grpo+focal − grpo, v05+focal − v05);
+  3. HA-DW against GRPO: Δ final held-out accuracy.
+Hyper-parameters are the presets' (the papers'); nothing is tuned on the held-out prompts.
+
+Usage:
+  python benchmarks/learning_efficiency.py [--configs grpo v05 ...] [--seeds 0 1 2] [--out DIR]
+  python benchmarks/learning_efficiency.py --report-only       # re-read finished runs
+  python benchmarks/learning_efficiency.py --quick             # tiny model, one step: the test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from rlvr.algorithms import pass_at_k  # noqa: E402
+
+GRID = {
+    "grpo": ["algorithm=grpo", "weighting=none"],
+    "dapo": ["algorithm=dapo", "weighting=none"],
+    "cispo": ["algorithm=cispo", "weighting=none"],
+    "v05": ["algorithm=v05", "weighting=none"],
+    "grpo+focal": ["algorithm=grpo", "weighting=focal"],
+    "grpo+hadw": ["algorithm=grpo", "weighting=hadw"],
+    "v05+focal": ["algorithm=v05", "weighting=focal"],
+}
+PASS_KS = (1, 2, 4, 8)
+
+
+def budget(args) -> list[str]:
+    if args.quick:
+        return [
+            "model=tiny-random", "trainer.steps=1", "trainer.batch_size=2", "trainer.eval_every=1",
+            "data.train.size=8", "data.eval.limit=4", "rollout.max_tokens=8", "eval.n_samples=2",
+            "eval.pass_at_k_every=1", "trainer.save_every=0", "trainer.progress=false",
+        ]
+    return [
+        f"trainer.steps={args.steps}", "trainer.batch_size=8", f"trainer.eval_every={args.eval_every}",
+        f"data.eval.limit={args.eval_prompts}", "data.eval.size=1000", f"rollout.max_tokens={args.max_tokens}",
+        f"eval.n_samples={max(PASS_KS)}", f"eval.pass_at_k_every={args.steps}", "trainer.save_every=4",
+        "trainer.progress=false", f"data={args.data}",
+    ]
+
+
+def run_dir(args, config: str, seed: int) -> Path:
+    return args.out / "runs" / f"{config.replace('+', '-')}-s{seed}"
+
+
+def finished(d: Path, steps: int) -> bool:
+    try:
+        return json.loads((d / "summary.json").read_text())["steps"] >= steps
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return False
+
+
+def run_grid(args) -> None:
+    steps = 1 if args.quick else args.steps
+    todo = [(c, s) for c in args.configs for s in args.seeds]
+    start = time.perf_counter()
+    for i, (config, seed) in enumerate(todo, 1):
+        d = run_dir(args, config, seed)
+        if finished(d, steps):
+            print(f"[{i}/{len(todo)}] {config} seed {seed}: done already, skipped", file=sys.stderr)
+            continue
+        d.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "rlvr.cli", "train", *GRID[config], *budget(args), f"seed={seed}", f"run_dir={d}", *args.extra]
+        t0 = time.perf_counter()
+        with open(d.parent / f"{d.name}.log", "a") as log:
+            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)).returncode
+        if rc != 0:
+            raise SystemExit(f"{config} seed {seed} failed (exit {rc}); see {d.parent / (d.name + '.log')}")
+        print(
+            f"[{i}/{len(todo)}] {config} seed {seed}: {time.perf_counter() - t0:.0f} s "
+            f"(total {time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True,
+        )
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+def load_run(d: Path) -> dict:
+    """Per eval step: greedy correct [P] and sampled successes [P] (when sampled), in uid order; and
+    cumulative rollouts at each step."""
+    evals: dict[int, dict[str, dict]] = {}
+    for line in (d / "eval.jsonl").read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            evals.setdefault(int(r["step"]), {})[r["uid"]] = r
+    cum, total = {0: 0.0}, 0.0
+    for line in (d / "metrics.jsonl").read_text().splitlines():
+        if line.strip():
+            m = json.loads(line)
+            total += m.get("rollouts", 0) if m["step"] > 0 else 0
+            cum[int(m["step"])] = total
+    return {"evals": evals, "rollouts": cum}
+
+
+def matrices(runs: list[dict], step: int, uids: list[str]):
+    """greedy [S, P] and (successes, samples) [S, P] for one step, or None where absent."""
+    greedy = np.array([[r["evals"][step][u]["greedy"] for u in uids] for r in runs], dtype=float)
+    if all("successes" in r["evals"][step][uids[0]] for r in runs):
+        succ = np.array([[r["evals"][step][u]["successes"] for u in uids] for r in runs], dtype=float)
+        n = int(runs[0]["evals"][step][uids[0]]["samples"])
+        return greedy, succ, n
+    return greedy, None, None
+
+
+def pass_table(succ: np.ndarray, n: int) -> dict[int, np.ndarray]:
+    """Unbiased pass@k per (seed, prompt)."""
+    ks = [k for k in PASS_KS if k <= n]
+    vec = {k: np.vectorize(lambda c, k=k: pass_at_k(n, int(c), k))(succ) for k in ks}
+    return vec
+
+
+def bootstrap(stat, shapes: dict[str, int], prompts: int, reps: int, rng) -> np.ndarray:
+    """``stat(seed_idx: dict[config, idx], prompt_idx)`` over ``reps`` joint resamples."""
+    out = []
+    for _ in range(reps):
+        p_idx = rng.integers(0, prompts, prompts)
+        s_idx = {c: rng.integers(0, s, s) for c, s in shapes.items()}
+        out.append(stat(s_idx, p_idx))
+    return np.array(out, dtype=float)
+
+
+def interval(samples: np.ndarray) -> list[float]:
+    finite = samples[np.isfinite(samples)]
+    if len(finite) < 0.5 * len(samples):
+        return [float("nan"), float("nan")]
+    return [float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))]
+
+
+def crossing(xs: np.ndarray, ys: np.ndarray, target: float) -> float:
+    """First x where the piecewise-linear curve (xs, ys) reaches target; inf if never."""
+    for i in range(len(xs)):
+        if ys[i] >= target:
+            if i == 0:
+                return float(xs[0])
+            x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+            return float(x0 + (target - y0) / (y1 - y0) * (x1 - x0)) if y1 > y0 else float(x1)
+    return float("inf")
+
+
+def report(args) -> dict:
+    rng = np.random.default_rng(0)
+    runs = {}
+    for config in args.configs:
+        dirs = [run_dir(args, config, s) for s in args.seeds if (run_dir(args, config, s) / "eval.jsonl").exists()]
+        if dirs:
+            runs[config] = [load_run(d) for d in dirs]
+    if not runs:
+        raise SystemExit(f"no finished runs under {args.out / 'runs'}")
+    any_run = next(iter(runs.values()))[0]
+    steps = sorted(s for s in any_run["evals"] if all(s in r["evals"] for rs in runs.values() for r in rs))
+    uids = sorted(any_run["evals"][steps[0]])
+    last = steps[-1]
+    shapes = {c: len(rs) for c, rs in runs.items()}
+    reps = args.bootstrap
+
+    curves = {}
+    for config, rs in runs.items():
+        greedy = np.stack([matrices(rs, s, uids)[0] for s in steps])  # [T, S, P]
+        roll = np.array([[r["rollouts"].get(s, np.nan) for r in rs] for s in steps])  # [T, S]
+        boot = bootstrap(lambda si, pi: greedy[:, si[config]][:, :, pi].mean((1, 2)), shapes, len(uids), reps, rng)
+        curves[config] = {
+            "steps": steps,
+            "rollouts": roll.mean(1).tolist(),
+            "accuracy": greedy.mean((1, 2)).tolist(),
+            "accuracy_ci": [interval(boot[:, t]) for t in range(len(steps))],
+            "seeds": len(rs),
+        }
+        _, succ, n = matrices(rs, last, uids)
+        if succ is not None:
+            table = pass_table(succ, n)
+            curves[config]["pass_at_k_last"] = {k: float(v.mean()) for k, v in table.items()}
+            curves[config]["_pass"] = table
+        curves[config]["_greedy"], curves[config]["_roll"] = greedy, roll
+
+    answers = {}
+    if "grpo" in runs and "v05" in runs:
+        g, v = curves["grpo"], curves["v05"]
+
+        def ratio(si, pi):
+            acc_g = g["_greedy"][:, si["grpo"]][:, :, pi].mean((1, 2))
+            acc_v = v["_greedy"][:, si["v05"]][:, :, pi].mean((1, 2))
+            roll_g, roll_v = g["_roll"][:, si["grpo"]].mean(1), v["_roll"][:, si["v05"]].mean(1)
+            target = acc_g[-1]
+            return crossing(roll_v, acc_v, target) / crossing(roll_g, acc_g, target)
+
+        point = ratio({"grpo": np.arange(shapes["grpo"]), "v05": np.arange(shapes["v05"])}, np.arange(len(uids)))
+        boot = bootstrap(ratio, shapes, len(uids), reps, rng)
+        answers["1_v05_rollouts_to_grpo_final"] = {
+            "question": "rollouts V0.5 needs to reach GRPO's final held-out accuracy / GRPO's rollouts (target <= 0.8)",
+            "ratio": point, "ci95": interval(boot), "never_reached_frac": float(np.isinf(boot).mean()),
+        }
+    for base, focal in (("grpo", "grpo+focal"), ("v05", "v05+focal")):
+        if base in curves and focal in curves and "_pass" in curves[base] and "_pass" in curves[focal]:
+            out = {}
+            for k in (1, max(k for k in curves[base]["_pass"])):
+                a, b = curves[focal]["_pass"][k], curves[base]["_pass"][k]
+                diff = lambda si, pi, a=a, b=b: a[si[focal]][:, pi].mean() - b[si[base]][:, pi].mean()  # noqa: E731
+                out[f"delta_pass@{k}"] = {"diff": float(a.mean() - b.mean()), "ci95": interval(bootstrap(diff, shapes, len(uids), reps, rng))}
+            answers[f"2_{focal}_vs_{base}"] = {"question": f"{focal} - {base} at the last step", **out}
+    if "grpo" in curves and "grpo+hadw" in curves:
+        a, b = curves["grpo+hadw"]["_greedy"][-1], curves["grpo"]["_greedy"][-1]
+        diff = lambda si, pi: a[si["grpo+hadw"]][:, pi].mean() - b[si["grpo"]][:, pi].mean()  # noqa: E731
+        answers["3_hadw_vs_grpo"] = {
+            "question": "grpo+hadw - grpo, final held-out accuracy",
+            "diff": float(a.mean() - b.mean()), "ci95": interval(bootstrap(diff, shapes, len(uids), reps, rng)),
+        }
+    for c in curves.values():
+        for key in ("_greedy", "_roll", "_pass"):
+            c.pop(key, None)
+    result = {
+        "benchmark": "learning_efficiency",
+        "budget": budget(args),
+        "seeds": args.seeds,
+        "held_out_prompts": len(uids),
+        "curves": curves,
+        "answers": answers,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "learning_efficiency.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, args.out / "learning_efficiency.png")
+    return result
+
+
+def plot(result: dict, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(15, 4.5), layout="constrained")
+    ax_step, ax_roll, ax_pass = fig.subplots(1, 3)
+    for i, (config, c) in enumerate(result["curves"].items()):
+        lo, hi = zip(*c["accuracy_ci"])
+        for ax, x in ((ax_step, c["steps"]), (ax_roll, c["rollouts"])):
+            ax.plot(x, c["accuracy"], marker="o", color=f"C{i}", label=f"{config} ({c['seeds']} seeds)")
+            ax.fill_between(x, lo, hi, color=f"C{i}", alpha=0.15)
+        if "pass_at_k_last" in c:
+            ks = sorted(int(k) for k in c["pass_at_k_last"])
+            ax_pass.plot(ks, [c["pass_at_k_last"][k] for k in ks], marker="o", color=f"C{i}", label=config)
+    ax_step.set(title="held-out greedy accuracy (95% CI: seeds × prompts)", xlabel="step", ylabel="accuracy")
+    ax_roll.set(title="against rollouts spent", xlabel="cumulative rollouts (mean over seeds)", ylabel="accuracy")
+    ax_pass.set(title="sampled pass@k at the last step", xlabel="k", ylabel="pass@k")
+    for ax in (ax_step, ax_roll, ax_pass):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--configs", nargs="+", default=list(GRID), choices=list(GRID))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/learning_efficiency"))
+    parser.add_argument("--data", default="arith", help="data config (arith | mix)")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--eval-every", type=int, default=4)
+    parser.add_argument("--eval-prompts", type=int, default=256)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--quick", action="store_true", help="tiny model, one step per run: checks the pipeline only")
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("extra", nargs="*", help="more key=value overrides for every run")
+    args = parser.parse_args(argv)
+    if not args.report_only:
+        run_grid(args)
+    result = report(args)
+    print(json.dumps({"answers": result["answers"], "final_accuracy": {c: v["accuracy"][-1] for c, v in result["curves"].items()}}, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -5,8 +5,8 @@
 Each prompt has a tabular softmax policy over K answers. Two answers are correct: a common one
 and a rare one (1/5 of the initial correct mass), so small groups can lose the rare mode as in the
 F-GRPO analysis. Initial success rates are drawn from Beta(a, b). Every config trains through the
-project's own functions (`compute_advantages`, `apply_weighting`, `policy_loss`, `v05.allocate` and
-`v05.fuse`, with the controller's budget rules: n0 = 4, 2 OSLA rounds of one chunk, budget 1.5×)
+project's own functions (`compute_advantages`, `apply_weighting`, `policy_loss`, `v05.V05Baseline`,
+calibrated across steps, with the controller's budget rules: n0 = 4, 2 OSLA rounds of one chunk, budget 1.5×)
 and plain SGD on the logits.
 
 Per config and seed it records, against step and cumulative rollouts:
@@ -40,6 +40,8 @@ class SimConfig:
     prior: str = "good"  # v05 only: good | biased | useless
     gamma: float = 0.5  # focal
     lam: float = 1.5  # hadw
+    anchor: str = "window"  # hadw: window | ema
+    eta: float = 0.1  # hadw, anchor=ema
 
 
 CONFIGS = [
@@ -51,6 +53,7 @@ CONFIGS = [
     SimConfig("v05-useless", estimator="v05", prior="useless"),
     SimConfig("grpo+focal", weighting="focal"),
     SimConfig("grpo+hadw", weighting="hadw"),
+    SimConfig("grpo+hadw-ema", weighting="hadw", anchor="ema", lam=1.0),  # the published update and defaults
 ]
 
 
@@ -106,8 +109,9 @@ def sample_answers(world: World, prompts: torch.Tensor, ns: list[int], gen: torc
     return torch.tensor(rows, dtype=torch.long), torch.cat(answers) if answers else torch.zeros(0, dtype=torch.long)
 
 
-def collect(cfg: SimConfig, world: World, prompts: torch.Tensor, n0: int, gen: torch.Generator):
-    """Rollouts of one step under the controller's rules. Returns group ids, answers and baselines."""
+def collect(cfg: SimConfig, world: World, prompts: torch.Tensor, n0: int, gen: torch.Generator, baseline: v05.V05Baseline):
+    """Rollouts of one step under the controller's rules. Returns group ids, answers and baselines.
+    ``baseline`` is the run's V05Baseline: it calibrates across steps, as the trainer's does."""
     ns = [n0] * len(prompts)
     groups, answers = sample_answers(world, prompts, ns, gen)
     baselines = None
@@ -117,14 +121,14 @@ def collect(cfg: SimConfig, world: World, prompts: torch.Tensor, n0: int, gen: t
         budget = int(round(0.5 * n0 * len(prompts)))
         for _ in range(2):  # adaptive_rounds, one chunk each, as BudgetController does
             k, n = _counts(world, prompts, groups, answers)
-            extra = v05.allocate(prior, k, n, delta=4, n_max=16, kappa=1e-3, budget=budget, max_chunks=1)
+            extra = baseline.allocate(prior, k, n, budget)
             if int(extra.sum()) == 0 or budget < 4:
                 break
             g2, a2 = sample_answers(world, prompts, extra.tolist(), gen)
             groups, answers = torch.cat([groups, g2]), torch.cat([answers, a2])
             budget -= int(extra.sum())
         k, n = _counts(world, prompts, groups, answers)
-        baselines, _ = v05.fuse(prior, k, n)
+        baselines, _ = baseline.fuse(prior, k, n)
         baselines = baselines.float()
     order = torch.argsort(groups, stable=True)
     return groups[order], answers[order], baselines
@@ -141,7 +145,8 @@ def run(cfg: SimConfig, seed: int, steps: int, prompts_n: int, answers_n: int, b
     gen = torch.Generator().manual_seed(seed)
     world = make_world(prompts_n, answers_n, 0.7, 1.3, gen)
     world.logits.requires_grad_(True)
-    hadw = HADWState(window=10)
+    hadw = HADWState(window=10, anchor=cfg.anchor, eta=cfg.eta)
+    baseline = v05.V05Baseline(delta=4, n_max=16, kappa=1e-3, window=256)
     rollouts, log = 0, []
     cos_sum = {"all": [], "hard": [], "medium": [], "easy": []}
     base_err = []
@@ -163,7 +168,7 @@ def run(cfg: SimConfig, seed: int, steps: int, prompts_n: int, answers_n: int, b
         if step == steps:
             break
         prompts = torch.randperm(prompts_n, generator=gen)[:batch]
-        groups, answers, baselines = collect(cfg, world, prompts, 4, gen)
+        groups, answers, baselines = collect(cfg, world, prompts, 4, gen, baseline)
         rollouts += len(answers)
         world.seen[prompts[groups], answers] = True
         rewards = world.correct[prompts[groups], answers].float()

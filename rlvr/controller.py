@@ -5,8 +5,9 @@ Modes (`algorithm.sampling`):
 - `dynamic_filter` (DAPO): drop groups whose rewards are all equal and draw fresh prompts until
   the batch is full of mixed groups, for at most `max_rounds` generation rounds.
 - `adaptive` (V0.5): ask the ValueServer for a prior p0, sample n0, run the reliability test,
-  buy extra rollouts (OSLA, `rlvr.algorithms.v05.allocate`) under the step budget, and fuse
-  prior and data into a per-prompt baseline (`v05.fuse`).
+  buy extra rollouts (OSLA) under the step budget, and fuse prior and data into a per-prompt
+  baseline, through `V05Baseline`, which calibrates the prior's reliability over the last
+  `calibration_window` prompts rather than one step's few.
 
 It runs in the driver: it holds handles to the rollout pool, the verifier and the value
 server, and returns a `rlvr.batch.Batch`.
@@ -23,12 +24,15 @@ import ray
 import torch
 
 from rlvr.algorithms import dynamic_sampling_keep_mask, overlong_penalty, v05
+from rlvr.algorithms.v05 import V05Baseline
 from rlvr.batch import Batch, PromptGroup, Trajectory
 from rlvr.data import Problem
 from rlvr.rollout import GenerationRequest, RolloutPool, SamplingConfig
 from rlvr.verifier import ScoreRequest
 
 log = logging.getLogger(__name__)
+
+__all__ = ["BudgetController", "ControllerConfig", "V05Baseline"]
 
 
 @dataclass
@@ -65,7 +69,7 @@ class BudgetController:
         self.render_prompt, self.sampling = render_prompt, sampling
         self.timings: dict[str, float] = {}
         self.counts: dict[str, float] = {}
-        self.v05 = v05.V05Baseline(
+        self.v05 = V05Baseline(
             delta=cfg.delta,
             n_max=cfg.n_max,
             kappa=cfg.kappa,

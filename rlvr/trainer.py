@@ -260,6 +260,13 @@ def stop_roles(roles: dict) -> None:
 # --------------------------------------------------------------------------------------------
 # One step's pieces
 # --------------------------------------------------------------------------------------------
+def hadw_state(weighting: DictConfig) -> HADWState:
+    """HA-DW's anchor state from `weighting=hadw`; an unused one for any other weighting."""
+    if weighting.name != "hadw":
+        return HADWState()
+    return HADWState(window=weighting.window, anchor=weighting.anchor, eta=weighting.eta)
+
+
 def set_advantages(batch: Batch, preset, weighting: DictConfig, hadw_state: HADWState) -> None:
     """Advantages of every trajectory (the estimator, then the optional weighting), on the batch."""
     rewards, group_ids = batch.rewards(), batch.group_ids()
@@ -670,7 +677,7 @@ def train(cfg: DictConfig) -> dict:
         rollout, verifier, learners = roles["rollout"], roles["verifier"], roles["learners"]
         sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_tokens=cfg.rollout.max_tokens)
         controller = BudgetController(controller_config(cfg, preset), rollout, verifier, roles["value"], render, sampling)
-        parts = StepParts(cfg, preset, roles, update_config(cfg, preset), HADWState(window=cfg.weighting.get("window", 10)))
+        parts = StepParts(cfg, preset, roles, update_config(cfg, preset), hadw_state(cfg.weighting))
         metrics_log = MetricsLog(run_dir, cfg)
         total = cfg.trainer.steps
         history: list[dict] = []

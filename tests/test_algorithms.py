@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 import torch
@@ -165,7 +166,31 @@ def test_hadw_hand_example():
     out = apply_weighting("hadw", torch.ones(8, dtype=torch.float64), rewards, ids, state=state)
     up, down = 1.5 * math.exp(0.25), 1.5 * math.exp(-0.25)
     torch.testing.assert_close(out, t(up, down, down, down, down, down, down, up))
-    assert state.state_dict() == {"window": 10, "history": [0.5]}
+    assert state.state_dict() == {"window": 10, "history": [0.5], "anchor": "window", "eta": 0.1, "belief": None}
+
+
+def test_hadw_ema_anchor_follows_the_published_update():
+    """C⁺ = (1 − η·σ_t)·C⁻ + η·σ_t·y_t; the weights of batch t use C⁻; the first batch starts C."""
+    state = HADWState(window=3, anchor="ema", eta=0.5)
+    assert state.observe(0.2) == 0.2 and state.anchor() == 0.2  # σ of one batch is 0
+    c_minus = state.observe(0.6)
+    assert c_minus == 0.2
+    sigma = 0.2  # pstdev(0.2, 0.6)
+    assert state.anchor() == pytest.approx((1 - 0.5 * sigma) * 0.2 + 0.5 * sigma * 0.6)
+    c2 = state.anchor()
+    assert state.observe(1.0) == pytest.approx(c2)
+    sigma = statistics.pstdev([0.2, 0.6, 1.0])
+    assert state.anchor() == pytest.approx((1 - 0.5 * sigma) * c2 + 0.5 * sigma * 1.0)
+    # the weighting reads C⁻ and moves the belief; a checkpoint carries it
+    rewards, ids = t(1, 0, 0, 0, 1, 1, 1, 0), torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    before = state.anchor()
+    out = apply_weighting("hadw", torch.ones(8, dtype=torch.float64), rewards, ids, state=state, lam=1.0)
+    torch.testing.assert_close(out[0], torch.tensor(math.exp(abs(0.25 - before)), dtype=torch.float64))
+    restored = HADWState(anchor="ema")
+    restored.load_state_dict(state.state_dict())
+    assert restored.anchor() == state.anchor() and restored.eta == 0.5
+    with pytest.raises(ValueError, match="anchor"):
+        HADWState(anchor="kalman")
 
 
 @FAST

@@ -75,6 +75,7 @@ def final_weights(run_dir: Path) -> dict:
 DETERMINISTIC = [
     "reward", "accuracy", "rollouts", "response_length", "learner/loss", "learner/pg_loss", "learner/entropy", "learner/grad_norm",
     "learner/clip_frac", "learner/ratio_max", "learner/optimizer_steps",
+    "v05/prior_err_sd", "v05/invalid_rate", "v05/window", "v05/extra_mean",
 ]
 
 
@@ -95,6 +96,14 @@ def test_sigkill_and_resume_matches_straight_run(tmp_path, tiny_model):
         for key in DETERMINISTIC:
             assert a[step][key] == b[step][key], (step, key, a[step][key], b[step][key])
     assert b[3]["learner/tokens"] > 0 and b[4]["learner/tokens"] > 0  # the epoch after the boundary trained
+    # V0.5's calibration window came back with the checkpoint: every decision after the resume is the same
+    from rlvr.plots import load_decisions
+
+    da, db = load_decisions(straight), load_decisions(resumed)
+    assert list(da) == list(db) == [1, 2, 3, 4]
+    assert b[3]["v05/window"] == 12  # steps 1-2 (8 prompts) restored, plus step 3's own
+    for step in (3, 4):
+        assert da[step] == db[step], step
     wa, wb = final_weights(straight), final_weights(resumed)
     assert wa.keys() == wb.keys()
     assert all(torch.equal(wa[k], wb[k]) for k in wa), "final weights differ bitwise"

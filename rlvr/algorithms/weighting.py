@@ -7,6 +7,7 @@ float[N] and ``group_ids`` long[N]. Select one by name with :func:`apply_weighti
 
 from __future__ import annotations
 
+import statistics
 from collections import deque
 from typing import Any, Callable
 
@@ -49,35 +50,66 @@ def focal_weighting(
 
 
 class HADWState:
-    """HA-DW's difficulty anchor: the last ``window`` batch-mean rewards.
+    """HA-DW's difficulty anchor C, carried across batches (checkpoint it with :meth:`state_dict`).
 
-    It is training state (checkpoint it with :meth:`state_dict`).
+    ``anchor="window"`` (rlvr's default): C = the mean of the last ``window`` batch-mean rewards,
+    the current batch's included.
+
+    ``anchor="ema"`` (the published update, as the TRL pull request adding HA-DW states it):
+        C⁺ = (1 − η_t)·C⁻ + η_t·y_t,   η_t = η·σ_t
+    with y_t the current batch's mean reward (its accuracy, for 0/1 rewards), σ_t the standard
+    deviation of the last ``window`` batch-mean rewards (the "training stability" the update adapts
+    to) and C⁻ the anchor before this batch, which is what the weight uses. The first batch starts
+    the anchor at y_1. Our reading of y_t and σ_t: see docs/algorithms.md.
     """
 
-    def __init__(self, window: int = 10) -> None:
+    ANCHORS = ("window", "ema")
+
+    def __init__(self, window: int = 10, anchor: str = "window", eta: float = 0.1) -> None:
         if window < 1:
             raise ValueError(f"HA-DW window must be >= 1, got {window}")
-        self.window = window
+        if anchor not in self.ANCHORS:
+            raise ValueError(f"unknown HA-DW anchor {anchor!r}; known: {', '.join(self.ANCHORS)}")
+        if not 0 <= eta <= 1:
+            raise ValueError(f"HA-DW eta must lie in [0, 1], got {eta}")
+        self.window, self.mode, self.eta = window, anchor, float(eta)
         self.history: deque[float] = deque(maxlen=window)
+        self.belief: float | None = None  # C, for anchor="ema"
+
+    def observe(self, batch_mean_reward: float) -> float:
+        """Take in this batch's mean reward and return the anchor its weights use."""
+        y = float(batch_mean_reward)
+        self.history.append(y)
+        if self.mode == "window":
+            return self.anchor()
+        before = y if self.belief is None else self.belief
+        sigma = statistics.pstdev(self.history) if len(self.history) > 1 else 0.0
+        eta_t = min(1.0, self.eta * sigma)
+        self.belief = (1 - eta_t) * before + eta_t * y
+        return before
 
     def push(self, batch_mean_reward: float) -> None:
-        self.history.append(float(batch_mean_reward))
+        self.observe(batch_mean_reward)
 
     def anchor(self) -> float:
-        """C = mean of the stored batch-mean rewards."""
+        """The current anchor: the window mean, or the EMA belief C."""
         if not self.history:
             raise ValueError("HA-DW anchor requested before any batch was pushed")
+        if self.mode == "ema":
+            return float(self.belief)
         return sum(self.history) / len(self.history)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"window": self.window, "history": list(self.history)}
+        return {"window": self.window, "history": list(self.history), "anchor": self.mode, "eta": self.eta, "belief": self.belief}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.window = int(state["window"])
         self.history = deque((float(x) for x in state["history"]), maxlen=self.window)
+        self.mode, self.eta = state.get("anchor", "window"), float(state.get("eta", self.eta))
+        self.belief = state.get("belief")
 
     def __repr__(self) -> str:
-        return f"HADWState(window={self.window}, history={list(self.history)})"
+        return f"HADWState(anchor={self.mode!r}, window={self.window}, eta={self.eta}, history={list(self.history)}, belief={self.belief})"
 
 
 @register(WEIGHTINGS, "hadw")
@@ -91,8 +123,9 @@ def hadw_weighting(
 ) -> torch.Tensor:
     """History-aware difficulty weighting (HA-DW).
 
-    - Anchor: C = mean of the last k batch-mean rewards (``state``). With ``update_state``
-      the current batch's mean reward enters the history first (the one side effect).
+    - Anchor: C from ``state`` (:class:`HADWState`: the mean of the last k batch-mean rewards,
+      or the published EMA belief C⁻). With ``update_state`` the current batch's mean reward
+      enters the state first (the one side effect).
     - Direction: D_i = −sgn(p̂ − C)·sgn(r_i − p̂).
     - Scale: A_i ← λ·exp(D_i·|p̂ − C|)·A_i, λ = 1.5.
 
@@ -101,9 +134,7 @@ def hadw_weighting(
     group-relative advantages toward the group's own difficulty.
     """
     rewards_f = rewards if rewards.is_floating_point() else rewards.float()
-    if update_state:
-        state.push(rewards_f.mean().item())
-    anchor = state.anchor()
+    anchor = state.observe(rewards_f.mean().item()) if update_state else state.anchor()
     _, p_hat, _ = group_stats(rewards_f, group_ids)
     direction = -torch.sign(p_hat - anchor) * torch.sign(rewards_f - p_hat)
     return _scale_rows(adv, lam * torch.exp(direction * (p_hat - anchor).abs()))

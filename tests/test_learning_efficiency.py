@@ -1,0 +1,28 @@
+"""benchmarks/learning_efficiency.py quick mode: real `rlvr train` runs on the tiny model, skipped when
+finished, and a well-formed report. The figures come from full runs (docs/benchmarks.md)."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import learning_efficiency as le  # noqa: E402
+
+
+def test_quick_grid_runs_resumes_and_reports(tmp_path, tiny_model, capsys):
+    args = ["--quick", "--configs", "grpo", "v05", "--seeds", "0", "--out", str(tmp_path), "--bootstrap", "50"]
+    result = le.main(args)
+    assert set(result["curves"]) == {"grpo", "v05"}
+    for curve in result["curves"].values():
+        assert curve["steps"] == [0, 1] and len(curve["accuracy"]) == len(curve["accuracy_ci"]) == 2
+        assert all(0 <= a <= 1 for a in curve["accuracy"])
+        assert curve["rollouts"][0] == 0 and curve["rollouts"][1] > 0
+        assert set(curve["pass_at_k_last"]) == {1, 2}
+    answer = result["answers"]["1_v05_rollouts_to_grpo_final"]
+    assert answer["ratio"] > 0 and len(answer["ci95"]) == 2
+    saved = json.loads((tmp_path / "learning_efficiency.json").read_text())
+    assert saved["held_out_prompts"] == 4 and (tmp_path / "learning_efficiency.png").stat().st_size > 0
+    capsys.readouterr()
+    le.main(args)  # a rerun skips the finished runs
+    assert capsys.readouterr().err.count("done already, skipped") == 2

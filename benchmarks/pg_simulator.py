@@ -54,6 +54,7 @@ CONFIGS = [
     SimConfig("grpo+focal", weighting="focal"),
     SimConfig("grpo+hadw", weighting="hadw"),
     SimConfig("grpo+hadw-ema", weighting="hadw", anchor="ema", lam=1.0),  # the published update and defaults
+    SimConfig("grpo+hadw-l1", weighting="hadw", lam=1.0),  # window anchor at the published λ: isolates λ
 ]
 
 

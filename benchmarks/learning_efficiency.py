@@ -6,7 +6,7 @@ each run's ``eval.jsonl`` (one record per held-out prompt and eval point), so in
 both seeds and prompts (paired: every run sees the same held-out prompts).
 
 Budget (the default, sized for one 2-core box; see docs/benchmarks.md for the wall time):
-  SmolLM2-135M on data=arith, 8 prompts × n = 4 a step, ``--steps`` 12, rollout.max_tokens 64,
+  SmolLM2-135M on data=mix (the default job's data), 8 prompts × n = 4 a step, ``--steps`` 12, rollout.max_tokens 64,
   greedy held-out accuracy on 256 prompts every 4 steps (and at step 0), sampled pass@k
   (k = 1, 2, 4, 8; 8 samples at T = 0.7) on the same 256 prompts at step 0 and at the last step
   only, because at this size held-out evaluation costs more than training.
@@ -54,12 +54,12 @@ def budget(args) -> list[str]:
     if args.quick:
         return [
             "model=tiny-random", "trainer.steps=1", "trainer.batch_size=2", "trainer.eval_every=1",
-            "data.train.size=8", "data.eval.limit=4", "rollout.max_tokens=8", "eval.n_samples=2",
+            "data.train.size=8", "eval.size=4", "rollout.max_tokens=8", "eval.n_samples=2",
             "eval.pass_at_k_every=1", "trainer.save_every=0", "trainer.progress=false",
         ]
     return [
         f"trainer.steps={args.steps}", "trainer.batch_size=8", f"trainer.eval_every={args.eval_every}",
-        f"data.eval.limit={args.eval_prompts}", "data.eval.size=1000", f"rollout.max_tokens={args.max_tokens}",
+        f"eval.size={args.eval_prompts}", f"rollout.max_tokens={args.max_tokens}",
         f"eval.n_samples={max(PASS_KS)}", f"eval.pass_at_k_every={args.steps}", "trainer.save_every=4",
         "trainer.progress=false", f"data={args.data}",
     ]
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--configs", nargs="+", default=list(GRID), choices=list(GRID))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/learning_efficiency"))
-    parser.add_argument("--data", default="arith", help="data config (arith | mix)")
+    parser.add_argument("--data", default="mix", help="data config (mix | arith)")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--eval-every", type=int, default=4)
     parser.add_argument("--eval-prompts", type=int, default=256)

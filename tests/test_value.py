@@ -239,3 +239,39 @@ def test_value_server_errors(ray_local, tmp_path):
         start_value_server("bogus")
     with pytest.raises(ray.exceptions.RayActorError, match="V0 value checkpoint folder not found"):
         start_value_server("v0", path=str(tmp_path / "missing"))
+
+
+def test_ridge_regressor_inherits_context_success_and_round_trips(fresh):
+    m = fresh(regressor="ridge")
+    m.add_context(ARITH, [0.9] * len(ARITH))
+    m.add_context(LEGS, [0.1] * len(LEGS))
+    prior, unc = m.predict(NEW_ARITH + NEW_LEGS)
+    mean = (0.9 * len(ARITH) + 0.1 * len(LEGS)) / (len(ARITH) + len(LEGS))  # ridge shrinks toward it
+    assert prior[:2].min() > mean > prior[2:].max()
+    assert ((unc > 0) & (unc <= 0.5)).all()
+    other = fresh(regressor="ridge")
+    other.load_state_dict(m.state_dict())
+    again = other.predict(NEW_ARITH + NEW_LEGS)
+    assert torch.equal(prior, again[0]) and torch.equal(unc, again[1])
+    with pytest.raises(ValueError, match="regressor"):
+        fresh(regressor="gp")
+
+
+def test_ridge_leave_one_out_is_the_closed_form_of_refitting(fresh):
+    m = fresh(regressor="ridge", min_tune_context=3)
+    prompts = ARITH + LEGS + NEW_ARITH
+    success = [0.9, 0.75, 1.0, 0.5, 0.8, 0.9, 0.1, 0.0, 0.25, 0.1, 0.8, 1.0]
+    m.add_context(prompts, success)
+    m.predict(prompts[:1])  # fits (l, r) by leave-one-out over the grid
+    length, ratio = m._ridge
+    assert length in m.RIDGE_LENGTH_GRID and ratio in m.RIDGE_NOISE_GRID
+    emb = m.embed(prompts).double()
+    y = torch.tensor(success, dtype=torch.float64)
+    kernel = torch.exp(((emb @ emb.T).clamp(-1, 1) - 1) / length)
+    a_inv = torch.linalg.inv(kernel + ratio * torch.eye(len(y), dtype=torch.float64))
+    closed = (a_inv @ (y - y.mean())) / a_inv.diagonal()
+    for i in range(len(y)):  # refit without item i (the mean held at the full context's, as the fit does)
+        keep = [j for j in range(len(y)) if j != i]
+        k_keep = kernel[keep][:, keep] + ratio * torch.eye(len(keep), dtype=torch.float64)
+        pred = y.mean() + kernel[i, keep] @ torch.linalg.solve(k_keep, y[keep] - y.mean())
+        assert float(y[i] - pred) == pytest.approx(float(closed[i]), abs=1e-9)

@@ -146,10 +146,10 @@ def bootstrap(stat, shapes: dict[str, int], prompts: int, reps: int, rng) -> np.
 
 
 def interval(samples: np.ndarray) -> list[float]:
-    finite = samples[np.isfinite(samples)]
+    finite = samples[~np.isnan(samples)]
     if len(finite) < 0.5 * len(samples):
         return [float("nan"), float("nan")]
-    return [float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))]
+    return [float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5))]
 
 
 def crossing(xs: np.ndarray, ys: np.ndarray, target: float) -> float:
@@ -207,7 +207,10 @@ def report(args) -> dict:
             acc_v = v["_greedy"][:, si["v05"]][:, :, pi].mean((1, 2))
             roll_g, roll_v = g["_roll"][:, si["grpo"]].mean(1), v["_roll"][:, si["v05"]].mean(1)
             target = acc_g[-1]
-            return crossing(roll_v, acc_v, target) / crossing(roll_g, acc_g, target)
+            grpo_needs = crossing(roll_g, acc_g, target)
+            if not grpo_needs > 0:  # GRPO's final accuracy was there before any training: no ratio
+                return float("nan")
+            return crossing(roll_v, acc_v, target) / grpo_needs
 
         point = ratio({"grpo": np.arange(shapes["grpo"]), "v05": np.arange(shapes["v05"])}, np.arange(len(uids)))
         boot = bootstrap(ratio, shapes, len(uids), reps, rng)

@@ -2,6 +2,7 @@
 finished, and a well-formed report. The figures come from full runs (docs/benchmarks.md)."""
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -20,7 +21,9 @@ def test_quick_grid_runs_resumes_and_reports(tmp_path, tiny_model, capsys):
         assert curve["rollouts"][0] == 0 and curve["rollouts"][1] > 0
         assert set(curve["pass_at_k_last"]) == {1, 2}
     answer = result["answers"]["1_v05_rollouts_to_grpo_final"]
-    assert answer["ratio"] > 0 and len(answer["ci95"]) == 2
+    # the tiny model never answers, so GRPO's final accuracy (0) is reached at 0 rollouts: no ratio
+    assert math.isnan(answer["ratio"]) or answer["ratio"] > 0
+    assert len(answer["ci95"]) == 2 and 0 <= answer["never_reached_frac"] <= 1
     saved = json.loads((tmp_path / "learning_efficiency.json").read_text())
     assert saved["held_out_prompts"] == 4 and (tmp_path / "learning_efficiency.png").stat().st_size > 0
     capsys.readouterr()

@@ -1,6 +1,6 @@
 """`rlvr` command line.
 
-    rlvr train [key=value ...]        e.g. rlvr train algorithm=v05 weighting=focal data=arith model=smollm2-135m
+    rlvr train [key=value ...]        e.g. rlvr train algorithm=v05 weighting=focal data=mix model=smollm2-135m
     rlvr config [key=value ...]       print the composed config and exit
     rlvr export CKPT OUT              write a checkpoint's policy as a plain Hugging Face model folder
     rlvr eval CKPT|MODEL [key=value]  held-out pass@1 / pass@k of a checkpoint or model folder, e.g. data=champ eval.n_samples=4

@@ -282,11 +282,15 @@ def run_uncertainty_cell(h: float, sd: float, kind: str, seed: int, args) -> dic
     return cell
 
 
-def check_stateful_targets(cells: list[dict]) -> dict:
-    def target(description, selected, key, limit):
-        worst = max(c["ratios"][key] for c in selected)
-        return {"description": description, "limit": limit, "worst_ratio": worst, "pass": worst <= limit}
+def target(description: str, selected: list[dict], key: str, limit: float) -> dict:
+    """The worst ratio ``key`` over the selected cells, against its limit (None: no cell of the grid run)."""
+    if not selected:
+        return {"description": description, "limit": limit, "worst_ratio": None, "pass": None}
+    worst = max(c["ratios"][key] for c in selected)
+    return {"description": description, "limit": limit, "worst_ratio": worst, "pass": worst <= limit}
 
+
+def check_stateful_targets(cells: list[dict]) -> dict:
     return {
         "1_good_prior_halves_mse": target(
             "V05Baseline MSE <= 0.5 x group mean at equal spend, h = 0.1 and sd = 0.1, 8 prompts a step",
@@ -310,10 +314,6 @@ def check_stateful_targets(cells: list[dict]) -> dict:
 
 
 def check_targets(cells: list[dict]) -> dict:
-    def target(description, selected, key, limit):
-        worst = max(c["ratios"][key] for c in selected)
-        return {"description": description, "limit": limit, "worst_ratio": worst, "pass": worst <= limit}
-
     return {
         "1_good_prior_halves_mse": target(
             "v05 MSE <= 0.5 x group mean at equal spend, for h <= 0.1 and sd <= 0.1",

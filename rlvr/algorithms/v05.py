@@ -436,17 +436,12 @@ class V05Baseline:
         if not self.calibrate:
             return dict(calibrate=False, c=self.c, alpha=self.alpha)
         pooled = self._pool(prior, k, n, unc)
-        rms = pooled["unc"].square().mean(-1, keepdim=True).sqrt()
-        g = torch.as_tensor(prior).shape[-1]
-        scale = pooled["unc"][..., :g] / rms
-        pooled_scale = pooled["unc"] / rms if self.use_uncertainty else None
+        pooled_scale = step_scale = None
+        if self.use_uncertainty:
+            pooled_scale = pooled["unc"] / pooled["unc"].square().mean(-1, keepdim=True).sqrt()
+            step_scale = pooled_scale[..., : torch.as_tensor(prior).shape[-1]]  # the step's prompts come first
         cal = fit_calibration(pooled["prior"], pooled["k"], pooled["n"], self.pool, pooled_scale)
-        return dict(
-            calibration=cal,
-            pool=self.pool,
-            alpha=self.alpha,
-            prior_scale=scale if self.use_uncertainty else None,
-        )
+        return dict(calibration=cal, pool=self.pool, alpha=self.alpha, prior_scale=step_scale)
 
     def allocate(
         self,

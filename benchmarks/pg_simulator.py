@@ -262,6 +262,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--answers", type=int, default=64)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2.0)
+    ap.add_argument("--lrs", default=None, help="comma list: pick each config's lr by final pass@1 on --val-seeds (seeds 10000+), then report at it")
+    ap.add_argument("--val-seeds", type=int, default=10)
     ap.add_argument("--every", type=int, default=10)
     ap.add_argument("--configs", default=",".join(c.name for c in CONFIGS))
     ap.add_argument("--quick", action="store_true", help="3 seeds x 20 steps: checks the outputs, measures nothing")
@@ -272,8 +274,23 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     chosen = [c for c in CONFIGS if c.name in args.configs.split(",")]
     start = time.perf_counter()
-    results = {c.name: [run(c, s, args.steps, args.prompts, args.answers, args.batch, args.lr, args.every) for s in range(args.seeds)] for c in chosen}
+    lr_of = {c.name: args.lr for c in chosen}
+    sweep: dict[str, dict[float, float]] = {}
+    if args.lrs:
+        # The step-size confound: estimators differ in scale, so each gets its best lr, chosen on
+        # validation seeds that the reported seeds never include.
+        for c in chosen:
+            sweep[c.name] = {}
+            for lr in (float(x) for x in args.lrs.split(",")):
+                finals = [run(c, 10_000 + s, args.steps, args.prompts, args.answers, args.batch, lr, args.steps)["curve"][-1]["pass@1"] for s in range(args.val_seeds)]
+                sweep[c.name][lr] = sum(finals) / len(finals)
+            lr_of[c.name] = max(sweep[c.name], key=sweep[c.name].get)
+    results = {c.name: [run(c, s, args.steps, args.prompts, args.answers, args.batch, lr_of[c.name], args.every) for s in range(args.seeds)] for c in chosen}
     summary = summarise(results)
+    for name in summary:
+        summary[name]["lr"] = lr_of[name]
+        if name in sweep:
+            summary[name]["lr_sweep_val_pass@1"] = sweep[name]
     report = {
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "seconds": time.perf_counter() - start,

@@ -43,3 +43,10 @@ def test_quick_mode_writes_json_and_png(tmp_path):
             assert p["pass@1"]["mean"] <= p["pass@8"]["mean"] <= 1
         assert -1 <= s["grad_cosine"]["all"]["mean"] <= 1 and s["baseline_mse"]["mean"] >= 0
     assert (tmp_path / "pg_simulator.png").stat().st_size > 10_000
+
+
+def test_lr_sweep_picks_each_configs_lr_on_validation_seeds(tmp_path):
+    report = sim.main(["--quick", "--configs", "grpo,drgrpo", "--lrs", "0.5,4", "--val-seeds", "2", "--out", str(tmp_path)])
+    for s in report["configs"].values():
+        sweep = s["lr_sweep_val_pass@1"]
+        assert set(sweep) == {0.5, 4.0} and s["lr"] == max(sweep, key=sweep.get)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -38,29 +39,35 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from rlvr.algorithms import pass_at_k  # noqa: E402
 
+# In the order a seed's runs are made: the pairs the three questions compare come first.
 GRID = {
     "grpo": ["algorithm=grpo", "weighting=none"],
+    "v05": ["algorithm=v05", "weighting=none"],
+    "grpo+hadw": ["algorithm=grpo", "weighting=hadw"],
+    "grpo+focal": ["algorithm=grpo", "weighting=focal"],
     "dapo": ["algorithm=dapo", "weighting=none"],
     "cispo": ["algorithm=cispo", "weighting=none"],
-    "v05": ["algorithm=v05", "weighting=none"],
-    "grpo+focal": ["algorithm=grpo", "weighting=focal"],
-    "grpo+hadw": ["algorithm=grpo", "weighting=hadw"],
     "v05+focal": ["algorithm=v05", "weighting=focal"],
 }
 PASS_KS = (1, 2, 4, 8)
+# Sampled pass@k costs 8 generations per held-out prompt; only question 2 reads it.
+SAMPLED = {"grpo", "v05", "grpo+focal", "v05+focal"}
+KEEP = ("config.yaml", "summary.json", "metrics.jsonl", "eval.jsonl", "decisions.jsonl")  # what a finished run keeps
 
 
-def budget(args) -> list[str]:
+def budget(args, config: str = "grpo") -> list[str]:
+    """The overrides every run of ``config`` gets (pass@k sampling only where a question reads it)."""
+    n_samples = (2 if args.quick else max(PASS_KS)) if config in SAMPLED else 1
     if args.quick:
         return [
             "model=tiny-random", "trainer.steps=1", "trainer.batch_size=2", "trainer.eval_every=1",
-            "data.train.size=8", "eval.size=4", "rollout.max_tokens=8", "eval.n_samples=2",
+            "data.train.size=8", "eval.size=4", "rollout.max_tokens=8", f"eval.n_samples={n_samples}",
             "eval.pass_at_k_every=1", "trainer.save_every=0", "trainer.progress=false",
         ]
     return [
         f"trainer.steps={args.steps}", "trainer.batch_size=8", f"trainer.eval_every={args.eval_every}",
         f"eval.size={args.eval_prompts}", f"rollout.max_tokens={args.max_tokens}",
-        f"eval.n_samples={max(PASS_KS)}", f"eval.pass_at_k_every={args.steps}", "trainer.save_every=4",
+        f"eval.n_samples={n_samples}", f"eval.pass_at_k_every={args.steps}", "trainer.save_every=4",
         "trainer.progress=false", f"data={args.data}",
     ]
 
@@ -76,9 +83,21 @@ def finished(d: Path, steps: int) -> bool:
         return False
 
 
+def step0_run(args) -> Path | None:
+    """The run that evaluated the untrained model, if any: it is the same model in every run."""
+    for config in GRID:
+        for seed in args.seeds:
+            d = run_dir(args, config, seed)
+            if (d / "eval.jsonl").exists() and '"step": 0,' in (d / "eval.jsonl").read_text():
+                return d
+    return None
+
+
 def run_grid(args) -> None:
+    """Seed-major, so an interrupted grid has every config at the first seeds. The grid's first run
+    evaluates step 0; the others skip it (``eval.at_start=false``) and the report shares it."""
     steps = 1 if args.quick else args.steps
-    todo = [(c, s) for c in args.configs for s in args.seeds]
+    todo = [(c, s) for s in args.seeds for c in args.configs]
     start = time.perf_counter()
     for i, (config, seed) in enumerate(todo, 1):
         d = run_dir(args, config, seed)
@@ -86,12 +105,20 @@ def run_grid(args) -> None:
             print(f"[{i}/{len(todo)}] {config} seed {seed}: done already, skipped", file=sys.stderr)
             continue
         d.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "rlvr.cli", "train", *GRID[config], *budget(args), f"seed={seed}", f"run_dir={d}", *args.extra]
+        shared = step0_run(args)
+        at_start = [] if shared in (None, d) else ["eval.at_start=false"]
+        cmd = [
+            sys.executable, "-m", "rlvr.cli", "train", *GRID[config], *budget(args, config), *at_start,
+            f"seed={seed}", f"run_dir={d}", *args.extra,
+        ]
         t0 = time.perf_counter()
         with open(d.parent / f"{d.name}.log", "a") as log:
             rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)).returncode
         if rc != 0:
             raise SystemExit(f"{config} seed {seed} failed (exit {rc}); see {d.parent / (d.name + '.log')}")
+        for extra in d.iterdir():  # a finished run needs no checkpoints (GBs each); its records stay
+            if extra.name not in KEEP:
+                shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
         print(
             f"[{i}/{len(todo)}] {config} seed {seed}: {time.perf_counter() - t0:.0f} s "
             f"(total {time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True,
@@ -101,14 +128,22 @@ def run_grid(args) -> None:
 # -- report ---------------------------------------------------------------------------------
 
 
-def load_run(d: Path) -> dict:
-    """Per eval step: greedy correct [P] and sampled successes [P] (when sampled), in uid order; and
-    cumulative rollouts at each step."""
+def read_evals(d: Path) -> dict[int, dict[str, dict]]:
+    """eval.jsonl as {step: {uid: record}}."""
     evals: dict[int, dict[str, dict]] = {}
     for line in (d / "eval.jsonl").read_text().splitlines():
         if line.strip():
             r = json.loads(line)
             evals.setdefault(int(r["step"]), {})[r["uid"]] = r
+    return evals
+
+
+def load_run(d: Path, step0: dict[str, dict] | None = None) -> dict:
+    """Per eval step: greedy correct [P] and sampled successes [P] (when sampled), in uid order; and
+    cumulative rollouts at each step. ``step0`` fills in the shared untrained-model evaluation."""
+    evals = read_evals(d)
+    if 0 not in evals and step0 is not None:
+        evals[0] = step0
     cum, total = {0: 0.0}, 0.0
     for line in (d / "metrics.jsonl").read_text().splitlines():
         if line.strip():
@@ -166,10 +201,12 @@ def crossing(xs: np.ndarray, ys: np.ndarray, target: float) -> float:
 def report(args) -> dict:
     rng = np.random.default_rng(0)
     runs = {}
+    shared = step0_run(args)
+    step0 = read_evals(shared)[0] if shared is not None else None
     for config in args.configs:
         dirs = [run_dir(args, config, s) for s in args.seeds if (run_dir(args, config, s) / "eval.jsonl").exists()]
         if dirs:
-            runs[config] = [load_run(d) for d in dirs]
+            runs[config] = [load_run(d, step0) for d in dirs]
     if not runs:
         raise SystemExit(f"no finished runs under {args.out / 'runs'}")
     any_run = next(iter(runs.values()))[0]
@@ -239,6 +276,7 @@ def report(args) -> dict:
     result = {
         "benchmark": "learning_efficiency",
         "budget": budget(args),
+        "step0_from": str(shared) if shared is not None else None,
         "seeds": args.seeds,
         "held_out_prompts": len(uids),
         "curves": curves,
@@ -276,7 +314,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configs", nargs="+", default=list(GRID), choices=list(GRID))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/learning_efficiency"))
+    parser.add_argument(
+        "--out", type=Path, default=Path("benchmarks/results/learning_efficiency"),
+        help="run dirs and report; the default is tracked in git (checkpoints are removed once a run finishes)",
+    )
     parser.add_argument("--data", default="mix", help="data config (mix | arith)")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--eval-every", type=int, default=4)

@@ -697,7 +697,7 @@ def train(cfg: DictConfig) -> dict:
                     "%s already holds step %d of trainer.steps=%d: nothing to train. Raise trainer.steps to go on, "
                     "or pass resume=never (or another run_dir) to start fresh.", run_dir, state["step"], total
                 )
-        else:
+        elif cfg.eval.at_start:
             eval_records: list[dict] = []
             eval_m = evaluate(rollout, verifier, eval_problems, render, cfg, seed=cfg.seed + 10**6, per_prompt=eval_records)
             heldout_before = eval_m.get("eval/accuracy")

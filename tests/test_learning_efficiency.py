@@ -11,6 +11,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import learning_efficiency as le  # noqa: E402
 
 
+def saved_step0(out: Path) -> set[int]:
+    return {json.loads(line)["step"] for line in (out / "runs" / "grpo-s0" / "eval.jsonl").read_text().splitlines()}
+
+
 def test_quick_grid_runs_resumes_and_reports(tmp_path, tiny_model, capsys):
     args = ["--quick", "--configs", "grpo", "v05", "--seeds", "0", "--out", str(tmp_path), "--bootstrap", "50"]
     result = le.main(args)
@@ -24,6 +28,11 @@ def test_quick_grid_runs_resumes_and_reports(tmp_path, tiny_model, capsys):
     # the tiny model never answers, so GRPO's final accuracy (0) is reached at 0 rollouts: no ratio
     assert math.isnan(answer["ratio"]) or answer["ratio"] > 0
     assert len(answer["ci95"]) == 2 and 0 <= answer["never_reached_frac"] <= 1
+    # step 0 (the untrained model) is evaluated once, by the grid's first run, and shared
+    v05_steps = {json.loads(line)["step"] for line in (tmp_path / "runs" / "v05-s0" / "eval.jsonl").read_text().splitlines()}
+    assert v05_steps == {1} and saved_step0(tmp_path) == {0, 1}
+    kept = {p.name for p in (tmp_path / "runs" / "v05-s0").iterdir()}
+    assert {"summary.json", "eval.jsonl", "metrics.jsonl"} <= kept <= set(le.KEEP)  # checkpoints removed
     saved = json.loads((tmp_path / "learning_efficiency.json").read_text())
     assert saved["held_out_prompts"] == 4 and (tmp_path / "learning_efficiency.png").stat().st_size > 0
     capsys.readouterr()

@@ -1,20 +1,28 @@
-"""`rlvr` command line.
+"""`rlvr` command line. Every command answers --help and exits 0; its errors exit 2 with a message.
 
-    rlvr train [key=value ...]        e.g. rlvr train algorithm=v05 weighting=focal data=mix model=smollm2-135m
-    rlvr config [key=value ...]       print the composed config and exit
+    rlvr train [key=value ...]        a Hydra app: e.g. rlvr train algorithm=v05 weighting=focal data=mix
+                                      --cfg job|hydra|all, --help, --info, -m algorithm=grpo,v05 seed=0,1,2
+    rlvr config [key=value ...]       print the composed, validated config and exit
     rlvr export CKPT OUT              write a checkpoint's policy as a plain Hugging Face model folder
     rlvr eval CKPT|MODEL [key=value]  held-out pass@1 / pass@k of a checkpoint or model folder, e.g. data=champ eval.n_samples=4
-    rlvr plot RUN_DIR [RUN_DIR ...]   PNG figures comparing runs (--out DIR)
+    rlvr plot RUN_DIR [RUN_DIR ...]   PNG figures comparing runs, e.g. every run dir of a sweep (--out DIR)
+    rlvr compare RUN_DIR [...]        a table of final held-out accuracy, pass@k, rollouts and wall time per run
     rlvr value-report RUN_DIR         the value prior's Brier, AUC and calibration, predicted before each step's rollouts
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from pathlib import Path
 
 USAGE = __doc__
+
+
+def _shorthand(overrides: list[str]) -> list[str]:
+    """`resume=never|auto|PATH` is short for resume.mode=..."""
+    return [("resume.mode=" + o.split("=", 1)[1]) if o.startswith("resume=") else o for o in overrides]
 
 
 def _compose_or_exit(overrides: list[str]):
@@ -23,10 +31,8 @@ def _compose_or_exit(overrides: list[str]):
 
     from rlvr.config import ConfigError, compose, validate
 
-    # `resume=never|auto|PATH` is short for resume.mode=...
-    overrides = [("resume.mode=" + o.split("=", 1)[1]) if o.startswith("resume=") else o for o in overrides]
     try:
-        cfg = compose(overrides)
+        cfg = compose(_shorthand(overrides))
         validate(cfg)
         return cfg
     except (HydraException, OmegaConfBaseException, ConfigError) as e:
@@ -45,71 +51,171 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        return _run(argv)
+        return _run(list(sys.argv[1:] if argv is None else argv))
     except _user_errors() as e:
         print(f"rlvr: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
 
 
-def _run(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _run(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
-    command, overrides = argv[0], argv[1:]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if command == "config":
-        from omegaconf import OmegaConf
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"rlvr: unknown command {command!r}\n{USAGE}", file=sys.stderr)
+        return 2
+    if command != "train":  # Hydra sets up logging for train (console and run_dir/train.log)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return COMMANDS[command](rest)
 
-        print(OmegaConf.to_yaml(_compose_or_exit(overrides)))
-        return 0
-    if command == "train":
-        cfg = _compose_or_exit(overrides)
+
+def _parser(command: str, description: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=f"rlvr {command}", description=description)
+
+
+# -- train: a Hydra application ---------------------------------------------------------------
+
+
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """The override list of every job of ``-m`` (Hydra's basic sweeper: the product of comma lists)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
+
+
+def train_command(argv: list[str]) -> int:
+    """`rlvr train` runs through ``hydra.main``, so --cfg, --help, --info and -m/--multirun behave as
+    in any Hydra app. Every job's config is composed and validated first, so an unknown key or a bad
+    value fails before any actor starts (exit 2, naming the key)."""
+    import hydra
+    from hydra._internal.utils import get_args_parser
+    from hydra.errors import HydraException
+
+    from rlvr.config import config_dir
+
+    argv = _shorthand(argv)
+    args = get_args_parser().parse_args(argv)
+    if not (args.help or args.hydra_help or args.info or args.cfg or args.shell_completion):
+        try:
+            jobs = sweep_jobs(args.overrides) if args.multirun else [args.overrides]
+        except HydraException as e:
+            print(f"rlvr: config error: {e}", file=sys.stderr)
+            return 2
+        for job in jobs:
+            _compose_or_exit(job)
+
+    def task(cfg) -> dict:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
         from rlvr.trainer import train
 
-        result = train(cfg)
-        s = result["summary"]
+        hc = HydraConfig.get()
+        user_set_run_dir = any(o.lstrip("+~").split("=", 1)[0] == "run_dir" for o in hc.overrides.task)
+        if hc.mode == RunMode.MULTIRUN and not user_set_run_dir:
+            cfg.run_dir = hc.runtime.output_dir  # multirun/<date>/<time>/<job>_<overrides>
+        try:
+            s = train(cfg)["summary"]
+        except _user_errors() as e:
+            print(f"rlvr: {type(e).__name__}: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
         print(f"held-out accuracy (strict): {s['heldout_before']} -> {s['heldout_after']}  run dir: {s['run_dir']}")
-        return 0
-    if command == "export":
-        if len(overrides) != 2:
-            print("usage: rlvr export CKPT OUT", file=sys.stderr)
-            return 2
-        from rlvr.export import export_checkpoint
+        return s
 
-        print(export_checkpoint(overrides[0], overrides[1]))
-        return 0
-    if command == "eval":
-        if not overrides:
-            print("usage: rlvr eval CKPT|MODEL_DIR [key=value ...]", file=sys.stderr)
-            return 2
-        target, rest = overrides[0], overrides[1:]
-        from rlvr.trainer import evaluate_model
+    saved = sys.argv
+    sys.argv = ["rlvr train", *argv]  # hydra.main reads its flags and overrides from sys.argv
+    try:
+        hydra.main(config_path=config_dir(), config_name="config", version_base=None)(task)()
+    finally:
+        sys.argv = saved
+    return 0
 
-        metrics = evaluate_model(target, _compose_or_exit(rest))
-        for k, v in metrics.items():
-            print(f"{k}: {v:.4f}")
-        return 0
-    if command == "value-report":
-        import argparse
 
-        parser = argparse.ArgumentParser(prog="rlvr value-report", description="the value prior's quality, step by step, out of sample")
-        parser.add_argument("run_dir")
-        parser.add_argument("--min-context", type=int, default=64, help="score prompts predicted with at least this much context")
-        parser.add_argument("--predictors", nargs="+", default=None, help="subset of: logged context_mean embedded ridge")
-        args = parser.parse_args(overrides)
-        from rlvr.value_report import PREDICTORS, format_table, value_report
+# -- the other commands -----------------------------------------------------------------------
 
-        report = value_report(Path(args.run_dir), args.min_context, tuple(args.predictors or PREDICTORS))
-        print(format_table(report))
-        print(f"wrote {Path(args.run_dir) / 'value_report.json'} and value_report.png")
-        return 0
-    if command == "plot":
-        from rlvr.plots import main as plot_main
 
-        return plot_main(overrides)
-    print(f"rlvr: unknown command {command!r}\n{USAGE}", file=sys.stderr)
-    return 2
+def config_command(argv: list[str]) -> int:
+    from omegaconf import OmegaConf
+
+    parser = _parser("config", "print the composed and validated config (what `rlvr train` would run) and exit")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    print(OmegaConf.to_yaml(_compose_or_exit(parser.parse_args(argv).overrides)))
+    return 0
+
+
+def export_command(argv: list[str]) -> int:
+    parser = _parser("export", "write a checkpoint's policy as a plain Hugging Face model folder")
+    parser.add_argument("ckpt", metavar="CKPT", help="a checkpoint dir (run_dir/checkpoints/step_N) or a run dir (its latest)")
+    parser.add_argument("out", metavar="OUT", help="the model folder to write")
+    args = parser.parse_args(argv)
+    from rlvr.export import export_checkpoint
+
+    print(export_checkpoint(args.ckpt, args.out))
+    return 0
+
+
+def eval_command(argv: list[str]) -> int:
+    parser = _parser("eval", "held-out pass@1 (and pass@k with eval.n_samples > 1) of a checkpoint or a model folder")
+    parser.add_argument("target", metavar="CKPT|MODEL_DIR")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data=champ eval.n_samples=4")
+    args = parser.parse_args(argv)
+    from rlvr.trainer import evaluate_model
+
+    metrics = evaluate_model(args.target, _compose_or_exit(args.overrides))
+    for k, v in metrics.items():
+        print(f"{k}: {v:.4f}")
+    return 0
+
+
+def value_report_command(argv: list[str]) -> int:
+    parser = _parser("value-report", "the value prior's quality, step by step, out of sample")
+    parser.add_argument("run_dir")
+    parser.add_argument("--min-context", type=int, default=64, help="score prompts predicted with at least this much context")
+    parser.add_argument("--predictors", nargs="+", default=None, help="subset of: logged context_mean embedded ridge")
+    args = parser.parse_args(argv)
+    from rlvr.value_report import PREDICTORS, format_table, value_report
+
+    report = value_report(Path(args.run_dir), args.min_context, tuple(args.predictors or PREDICTORS))
+    print(format_table(report))
+    print(f"wrote {Path(args.run_dir) / 'value_report.json'} and value_report.png")
+    return 0
+
+
+def plot_command(argv: list[str]) -> int:
+    from rlvr.plots import main as plot_main
+
+    return plot_main(argv)
+
+
+def compare_command(argv: list[str]) -> int:
+    parser = _parser("compare", "one row per run: final held-out accuracy, pass@k, rollouts spent and wall time")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run dirs, e.g. multirun/<date>/<time>/*")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    from rlvr.plots import compare_runs, format_comparison
+
+    rows = compare_runs(args.run_dirs)
+    if args.json:
+        import json
+
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_comparison(rows))
+    return 0
+
+
+COMMANDS = {
+    "train": train_command,
+    "config": config_command,
+    "export": export_command,
+    "eval": eval_command,
+    "plot": plot_command,
+    "compare": compare_command,
+    "value-report": value_report_command,
+}
 
 
 if __name__ == "__main__":

@@ -205,6 +205,50 @@ class _Run:
         return None
 
 
+# -- compare -----------------------------------------------------------------------
+
+
+def compare_runs(run_dirs: list[str]) -> list[dict]:
+    """One row per run: held-out accuracy before and at the end, the last pass@k, rollouts spent and
+    seconds in steps and evaluations (start-up excluded), from each run's metrics.jsonl."""
+    rows = []
+    for run_dir, label in zip(run_dirs, _unique_labels(run_dirs)):
+        run = _Run(run_dir, label)
+        _, acc = run.series("eval/accuracy")
+        steps = [r["step"] for r in run.records]
+        before = next((_number(r.get("eval/accuracy")) for r in run.records if r["step"] == 0), None)
+        last_pass = run.last_pass_at_k()
+        rows.append({
+            "run": label,
+            "run_dir": str(run_dir),
+            "steps": max(steps, default=0),
+            "heldout_before": before,
+            "heldout_final": acc[-1] if acc else None,
+            "pass_at_k": {f"pass@{k}": v for k, v in zip(last_pass[1], last_pass[2])} if last_pass else {},
+            "rollouts": run.cum_rollouts[-1] if run.cum_rollouts else 0.0,
+            "seconds": sum((_number(r.get("time/step")) or 0.0) + (_number(r.get("time/eval")) or 0.0) for r in run.records),
+        })
+    return rows
+
+
+def format_comparison(rows: list[dict]) -> str:
+    """A plain-text table of :func:`compare_runs` rows."""
+    ks = sorted({k for r in rows for k in r["pass_at_k"]}, key=lambda k: int(k.split("@")[1]))
+    top_k = ks[-1:]  # the largest k; --json has them all
+
+    def cell(v) -> str:
+        return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) and v < 10 else f"{v:.0f}" if isinstance(v, float) else str(v))
+
+    header = ["run", "steps", "held-out before", "held-out final", *top_k, "rollouts", "seconds"]
+    table = [header] + [
+        [r["run"], cell(r["steps"]), cell(r["heldout_before"]), cell(r["heldout_final"]),
+         *[cell(r["pass_at_k"].get(k)) for k in top_k], cell(r["rollouts"]), cell(r["seconds"])]
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)
+
+
 # -- figures -----------------------------------------------------------------------
 
 
@@ -386,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         paths = plot_runs(args.run_dirs, args.out)
     except (FileNotFoundError, ValueError) as e:
         print(f"rlvr plot: {e}", file=sys.stderr)
-        return 1
+        return 2
     for p in paths:
         print(p)
     return 0

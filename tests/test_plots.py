@@ -234,7 +234,7 @@ def test_main(tmp_path, capsys):
     for p in printed:
         _png_ok(Path(p))
 
-    assert main([str(tmp_path / "nope")]) == 1
+    assert main([str(tmp_path / "nope")]) == 2
     assert "metrics.jsonl" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([])

@@ -13,9 +13,21 @@ Three sources, picked by ``DataSplitConfig.source``:
     exactly disjoint (questions in it are dropped and replaced by further items).
 ``file``
     A local ``.jsonl`` (one object a line), ``.json`` (a list of objects) or
-    ``.parquet`` file (needs ``pyarrow``) with a prompt column and an answer
-    column.  GSM8K answers (a solution ending in ``#### 42``) keep what follows
-    the last ``####``.
+    ``.parquet`` file (needs ``pyarrow``), or a folder written by
+    ``datasets.Dataset.save_to_disk``.  Row formats (``format``, detected per
+    file by default):
+
+    - ``rlvr``: a prompt column and an answer column (``prompt_key``, ``answer_key``);
+    - ``verl``: ``prompt`` as chat messages, ``reward_model.ground_truth``,
+      ``data_source`` and ``extra_info`` (kept for reward functions);
+    - ``trl``: ``prompt`` as a string or chat messages, with ``answer`` or
+      ``solution`` (whose last ``\boxed{}`` is the answer); the other columns are
+      kept for reward functions.
+
+    A chat prompt's last turn is the question; the turns before it (a system
+    message among them wins over ``data.system_prompt``) are rendered with the
+    model's chat template.  GSM8K answers (a solution ending in ``#### 42``)
+    keep what follows the last ``####``.
 ``champ``
     The 270 competition problems of the ``champ-dataset`` package (for
     evaluation).  The answer type is chosen per problem (see
@@ -59,6 +71,8 @@ __all__ = [
 
 SOURCES = ("reasoning_gym", "file", "champ")
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+FORMATS = ("auto", "rlvr", "verl", "trl")
+ROLES = ("system", "user", "assistant")
 # Used only if rlvr.rewards cannot be imported.
 _FALLBACK_ANSWER_TYPES = ("number", "expression", "choice", "string", "any")
 
@@ -73,6 +87,10 @@ class Problem:
     question: str  # the question text shown to the model (no chat template applied)
     answer: str  # gold answer as a string
     answer_type: str = "number"  # number | expression | choice | string | any
+    # chat turns before the question, as (role, content) pairs, from a chat-format prompt
+    context: tuple[tuple[str, str], ...] = ()
+    # the row's other fields (verl: data_source, extra_info; trl: its columns), for reward functions
+    meta: Mapping | None = field(default=None, compare=False, repr=False)
 
     @property
     def family(self) -> str:
@@ -113,6 +131,7 @@ class DataSplitConfig:
     answer_key: str = "answer"
     answer_type: str = "number"  # file and reasoning_gym; champ decides per problem
     skip_bad_rows: bool = False
+    format: str = "auto"  # file: auto | rlvr | verl | trl (auto: detected from the first row)
     limit: int | None = None  # keep at most this many problems (after exclusion; champ: a seeded sample)
 
 
@@ -225,9 +244,28 @@ class _RowErrors:
             log.warning("%s: skipped %d bad rows, kept %d", self.where, self.skipped, kept)
 
 
+def _chat_prompt(messages: Any) -> tuple[str, tuple[tuple[str, str], ...]] | str:
+    """(question, turns before it) from a list of {role, content} messages, or the reason it is unusable."""
+    turns = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping) or not isinstance(m.get("content"), str) or m.get("role") not in ROLES:
+            return f"prompt message {i} must be {{'role': one of {list(ROLES)}, 'content': str}}, got {str(m)[:80]!r}"
+        turns.append((m["role"], m["content"]))
+    if not turns or turns[-1][0] != "user":
+        return "a chat prompt must end with a user message (the question)"
+    return turns[-1][1], tuple(turns[:-1])
+
+
 def _make_problem(
-    uid: str, question: Any, answer: Any, answer_type: str, errors: _RowErrors, row: str
+    uid: str, question: Any, answer: Any, answer_type: str, errors: _RowErrors, row: str, meta: Mapping | None = None
 ) -> Problem | None:
+    context: tuple[tuple[str, str], ...] = ()
+    if isinstance(question, (list, tuple)):
+        chat = _chat_prompt(question)
+        if isinstance(chat, str):
+            errors.bad(row, chat)
+            return None
+        question, context = chat
     if question is None:
         errors.bad(row, "missing prompt")
         return None
@@ -245,7 +283,7 @@ def _make_problem(
     if reason is not None:
         errors.bad(row, reason)
         return None
-    return Problem(uid=uid, question=question, answer=text, answer_type=answer_type)
+    return Problem(uid=uid, question=question, answer=text, answer_type=answer_type, context=context, meta=meta)
 
 
 # --------------------------------------------------------------------------
@@ -354,7 +392,10 @@ def _load_reasoning_gym(cfg: DataSplitConfig, exclude: set[str] | None) -> list[
 def _read_rows(path: str, errors: _RowErrors) -> Iterable[tuple[int, str, Any]]:
     """Yield (row index, row label, record) for every record in the file."""
     suffix = os.path.splitext(path)[1].lower()
-    if suffix == ".jsonl":
+    if os.path.isdir(path):
+        for i, rec in enumerate(_read_saved_dataset(path)):
+            yield i, f"row {i}", rec
+    elif suffix == ".jsonl":
         with open(path, encoding="utf-8") as f:
             for i, line in enumerate(f):
                 if not line.strip():
@@ -398,33 +439,92 @@ def _read_rows(path: str, errors: _RowErrors) -> Iterable[tuple[int, str, Any]]:
         raise ValueError(f"{path}: unsupported data file type {suffix!r}; expected one of {FILE_SUFFIXES}")
 
 
+def _read_saved_dataset(path: str) -> Iterable[dict]:
+    """Rows of a folder written by ``datasets.Dataset.save_to_disk``."""
+    from datasets import DatasetDict, load_from_disk
+
+    try:
+        ds = load_from_disk(path)
+    except FileNotFoundError as e:
+        raise DataError(f"{path} is a folder but not one written by datasets' save_to_disk: {e}") from None
+    if isinstance(ds, DatasetDict):
+        raise DataError(f"{path} holds a DatasetDict with splits {list(ds)}: point data.*.path at one of them, e.g. {path}/{next(iter(ds), 'train')}")
+    yield from ds
+
+
+def _boxed_answer(solution: Any) -> Any:
+    """A TRL ``solution``: the content of its last \\boxed{} when it has one."""
+    if isinstance(solution, str):
+        from rlvr.rewards import extract_boxed
+
+        boxed = extract_boxed(solution)
+        if boxed:
+            return boxed[-1]
+    return solution
+
+
+def _detect_format(rec: Mapping, cfg: DataSplitConfig) -> str:
+    if "reward_model" in rec:
+        return "verl"
+    if isinstance(rec.get("prompt"), (list, tuple)) or (cfg.answer_key not in rec and "solution" in rec):
+        return "trl"
+    return "rlvr"
+
+
+def _row_fields(rec: Mapping, fmt: str, cfg: DataSplitConfig) -> tuple[Any, Any, Mapping | None] | str:
+    """(prompt, answer, meta) of one row in format ``fmt``, or the reason it is unusable."""
+    if fmt == "verl":
+        rm = rec.get("reward_model")
+        if "prompt" not in rec:
+            return f"verl row without 'prompt' (keys: {sorted(rec)[:10]})"
+        if not isinstance(rm, Mapping) or "ground_truth" not in rm:
+            return f"verl row needs reward_model.ground_truth, got reward_model={str(rm)[:80]!r}"
+        return rec["prompt"], rm["ground_truth"], {"data_source": rec.get("data_source"), "extra_info": rec.get("extra_info")}
+    if fmt == "trl":
+        if "prompt" not in rec:
+            return f"trl row without 'prompt' (keys: {sorted(rec)[:10]})"
+        for key in ("answer", "solution"):
+            if key in rec:
+                answer = rec[key] if key == "answer" else _boxed_answer(rec[key])
+                return rec["prompt"], answer, {k: v for k, v in rec.items() if k != "prompt"}
+        return f"trl row needs 'answer' or 'solution' (keys: {sorted(rec)[:10]})"
+    if cfg.prompt_key not in rec:
+        return f"missing prompt key {cfg.prompt_key!r} (keys: {sorted(rec)[:10]})"
+    if cfg.answer_key not in rec:
+        return f"missing answer key {cfg.answer_key!r} (keys: {sorted(rec)[:10]})"
+    return rec[cfg.prompt_key], rec[cfg.answer_key], None
+
+
 def _load_file(cfg: DataSplitConfig, exclude: set[str] | None) -> list[Problem]:
     if not cfg.path:
-        raise ValueError("data.source=file needs data.path (a .jsonl, .json or .parquet file)")
+        raise ValueError("data.source=file needs data.path (a .jsonl, .json or .parquet file, or a save_to_disk folder)")
     path = os.path.expanduser(str(cfg.path))
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise FileNotFoundError(f"data file not found: {path} (cwd: {os.getcwd()})")
     if cfg.answer_type not in _answer_types():
         raise ValueError(f"unknown answer_type {cfg.answer_type!r}; expected one of {_answer_types()}")
+    if cfg.format not in FORMATS:
+        raise ValueError(f"unknown data format {cfg.format!r}; expected one of {FORMATS}")
     errors = _RowErrors(path, cfg.skip_bad_rows)
-    base = os.path.basename(path)
+    base = os.path.basename(os.path.normpath(path))
     out: list[Problem] = []
+    fmt = None if cfg.format == "auto" else cfg.format
     for i, label, rec in _read_rows(path, errors):
         if not isinstance(rec, Mapping):
-            errors.bad(label, f"expected an object with keys {cfg.prompt_key!r} and {cfg.answer_key!r}, got {type(rec).__name__}")
+            errors.bad(label, f"expected an object (a row), got {type(rec).__name__}")
             continue
-        if cfg.prompt_key not in rec:
-            errors.bad(label, f"missing prompt key {cfg.prompt_key!r} (keys: {sorted(rec)[:10]})")
+        if fmt is None:
+            fmt = _detect_format(rec, cfg)
+            log.info("%s: %s rows (data format detected from %s; set format= to override)", path, fmt, label)
+        fields = _row_fields(rec, fmt, cfg)
+        if isinstance(fields, str):
+            errors.bad(label, fields)
             continue
-        if cfg.answer_key not in rec:
-            errors.bad(label, f"missing answer key {cfg.answer_key!r} (keys: {sorted(rec)[:10]})")
+        question, answer, meta = fields
+        p = _make_problem(f"file:{base}:{i}", question, answer, cfg.answer_type, errors, label, meta)
+        if p is None or (exclude and p.question in exclude):
             continue
-        question = rec[cfg.prompt_key]
-        if exclude and question in exclude:
-            continue
-        p = _make_problem(f"file:{base}:{i}", question, rec[cfg.answer_key], cfg.answer_type, errors, label)
-        if p is not None:
-            out.append(p)
+        out.append(p)
     errors.summary(len(out))
     if not out:
         raise DataError(f"{path}: no usable problems")
@@ -553,16 +653,20 @@ def load_problems(cfg: DataSplitConfig | Mapping, exclude: set[str] | None = Non
 
 
 def build_messages(problem: Problem, system_prompt: str | None = None, fewshot: list[dict] | None = None) -> list[dict]:
-    """Chat messages: optional system turn, few-shot user/assistant pairs
-    (``{"question": ..., "response": ...}`` each), then the question."""
+    """Chat messages: a system turn (the data's own, else ``system_prompt``), few-shot user/assistant
+    pairs (``{"question": ..., "response": ...}`` each), the data's earlier turns, then the question."""
     messages: list[dict] = []
-    if system_prompt:
+    data_system = [content for role, content in problem.context if role == "system"]
+    if data_system:
+        messages.append({"role": "system", "content": "\n\n".join(data_system)})
+    elif system_prompt:
         messages.append({"role": "system", "content": str(system_prompt)})
     for i, shot in enumerate(_to_plain(fewshot) or []):
         if not isinstance(shot, Mapping) or not isinstance(shot.get("question"), str) or not isinstance(shot.get("response"), str):
             raise ValueError(f"fewshot[{i}] must be {{'question': str, 'response': str}}, got {shot!r}")
         messages.append({"role": "user", "content": shot["question"]})
         messages.append({"role": "assistant", "content": shot["response"]})
+    messages.extend({"role": role, "content": content} for role, content in problem.context if role != "system")
     messages.append({"role": "user", "content": problem.question})
     return messages
 

@@ -98,10 +98,7 @@ class BudgetController:
         self.counts["rounds"] = self.counts.get("rounds", 0) + 1
         self.counts["rollouts"] = self.counts.get("rollouts", 0) + len(samples)
         self.counts["gen_tokens"] = self.counts.get("gen_tokens", 0) + sum(len(s.response_ids) for s in samples)
-        scored = [
-            ScoreRequest(completion=s.text, answer=problems[s.prompt_index].answer, answer_type=problems[s.prompt_index].answer_type)
-            for s in samples
-        ]
+        scored = [ScoreRequest.for_problem(s.text, problems[s.prompt_index]) for s in samples]
         results, vstats = self._timed("verify", lambda: ray.get(self.verifier.score.remote(scored)))
         for kind in ("timeout", "oom", "crash"):
             self.counts[f"verifier_{kind}"] = self.counts.get(f"verifier_{kind}", 0) + vstats.get(kind, 0)

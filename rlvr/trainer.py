@@ -314,7 +314,7 @@ def evaluate(
 
     def correct_counts(n: int, sampling: SamplingConfig, seed: int) -> list[int]:
         samples = rollout.generate([GenerationRequest(i, render(p), n) for i, p in enumerate(problems)], sampling, seed)
-        requests = [ScoreRequest(s.text, problems[s.prompt_index].answer, problems[s.prompt_index].answer_type) for s in samples]
+        requests = [ScoreRequest.for_problem(s.text, problems[s.prompt_index]) for s in samples]
         results, _ = ray.get(verifier.score.remote(requests))
         correct = [0] * len(problems)
         for s, r in zip(samples, results):

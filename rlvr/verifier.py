@@ -85,6 +85,13 @@ class ScoreRequest:
     completion: str
     answer: str
     answer_type: str = "number"
+    prompt: str = ""  # the question, for reward functions that read it (trl style)
+    meta: dict | None = None  # the data row's other fields (verl: data_source, extra_info)
+
+    @classmethod
+    def for_problem(cls, completion: str, problem) -> "ScoreRequest":
+        """A completion of a ``rlvr.data.Problem``."""
+        return cls(completion, problem.answer, problem.answer_type, problem.question, dict(problem.meta or {}) or None)
 
 
 @dataclass
@@ -99,6 +106,7 @@ class RewardSpec:
     fn: str = "math"  # builtin name or "module:function"
     weight: float = 1.0
     kwargs: dict = field(default_factory=dict)
+    style: str = "rlvr"  # the function's signature: rlvr | trl | verl (rlvr.rewards.call_reward)
 
 
 class VerifierStartError(RuntimeError):
@@ -111,12 +119,17 @@ class VerifierStartError(RuntimeError):
 # ---------------------------------------------------------------------------
 
 
-def _coerce_spec(t: Any) -> RewardSpec:
+def coerce_spec(t: Any) -> RewardSpec:
+    """A reward term (RewardSpec, dict or bare name) checked: a known builtin or module:function, a finite weight, a known style."""
     if isinstance(t, RewardSpec):
         spec = t
     elif isinstance(t, str):
         spec = RewardSpec(fn=t)
     elif isinstance(t, dict):
+        known = [f.name for f in dataclasses.fields(RewardSpec)]
+        unknown = sorted(set(t) - set(known))
+        if unknown:
+            raise ValueError(f"unknown reward term keys {unknown}; known: {', '.join(known)}")
         spec = RewardSpec(**t)
     else:
         raise TypeError(f"reward term must be a RewardSpec, dict or str, got {type(t).__name__}")
@@ -132,7 +145,11 @@ def _coerce_spec(t: Any) -> RewardSpec:
     if not math.isfinite(weight):
         raise ValueError(f"reward weight must be finite, got {spec.weight!r}")
     kwargs = dict(spec.kwargs or {})
-    return RewardSpec(fn=spec.fn, weight=weight, kwargs=kwargs)
+    from rlvr.rewards import REWARD_STYLES
+
+    if spec.style not in REWARD_STYLES:
+        raise ValueError(f"reward term {spec.fn!r}: unknown style {spec.style!r}; known: {', '.join(REWARD_STYLES)}")
+    return RewardSpec(fn=spec.fn, weight=weight, kwargs=kwargs, style=spec.style)
 
 
 def _coerce_text(x: Any) -> str:
@@ -147,8 +164,8 @@ def _coerce_text(x: Any) -> str:
 
 def _coerce_request(r: Any) -> ScoreRequest:
     if isinstance(r, ScoreRequest):
-        c, a, t = r.completion, r.answer, r.answer_type
-    elif isinstance(r, dict):
+        return ScoreRequest(_coerce_text(r.completion), _coerce_text(r.answer), str(r.answer_type or "number"), _coerce_text(r.prompt), r.meta)
+    if isinstance(r, dict):
         c, a, t = r.get("completion"), r.get("answer"), r.get("answer_type", "number")
     elif isinstance(r, (tuple, list)):
         c, a, t = (list(r) + [None, None, "number"])[:3]
@@ -233,6 +250,8 @@ def _worker_main(fd: int, zygote_pid: int, cfg: dict, terms: list) -> None:  # p
         except (ValueError, OSError):
             pass
     soft_s = cfg["soft_timeout_s"]
+    from rlvr.rewards import BadRewardValue, call_reward
+
     conn.send(("ready", os.getpid(), _cpu_s()))
     while True:
         try:
@@ -241,7 +260,7 @@ def _worker_main(fd: int, zygote_pid: int, cfg: dict, terms: list) -> None:  # p
             os._exit(0)
         if msg is None:
             os._exit(0)
-        idx, completion, answer, answer_type = msg
+        idx, completion, answer, answer_type, prompt, meta = msg
         retire = False
         exit_after = False
         try:
@@ -249,11 +268,8 @@ def _worker_main(fd: int, zygote_pid: int, cfg: dict, terms: list) -> None:  # p
                 _armed = True
                 signal.setitimer(signal.ITIMER_PROF, soft_s)
                 values = []
-                for fn, kwargs in terms:
-                    v = float(fn(completion, answer, answer_type, **kwargs))
-                    if not math.isfinite(v):
-                        raise ValueError("reward is not finite")
-                    values.append(v)
+                for fn, kwargs, style in terms:
+                    values.append(call_reward(fn, style, completion, answer, answer_type, prompt, meta, kwargs))
                 _armed = False
                 reply = ("ok", idx, values)
             except _SoftTimeout:
@@ -268,6 +284,9 @@ def _worker_main(fd: int, zygote_pid: int, cfg: dict, terms: list) -> None:  # p
                 _armed = False
                 reply = ("err", idx, "error:RecursionError")
                 retire = True
+            except BadRewardValue as e:
+                _armed = False
+                reply = ("err", idx, f"error:BadRewardValue: {e}")
             except BaseException as e:  # noqa: BLE001 - untrusted code, report everything
                 _armed = False
                 reply = ("err", idx, "error:" + type(e).__name__)
@@ -292,8 +311,8 @@ def _zygote_main(fd: int) -> None:  # pragma: no cover - child
         from rlvr import rewards
 
         rewards.configure(None)
-        terms = [(rewards.load_reward_fn(fn), dict(kwargs)) for fn, kwargs in cfg["terms"]]
-        if any(fn == "math" for fn, _ in cfg["terms"]):
+        terms = [(rewards.load_reward_fn(fn), dict(kwargs), style) for fn, kwargs, style in cfg["terms"]]
+        if any(fn == "math" for fn, _, _ in cfg["terms"]):
             rewards.warmup()
         import gc
 
@@ -528,7 +547,7 @@ class ProcessVerifier:
     ):
         if isinstance(terms, (RewardSpec, dict, str)):
             terms = [terms]
-        self.terms = [_coerce_spec(t) for t in terms]
+        self.terms = [coerce_spec(t) for t in terms]
         if not self.terms:
             raise ValueError("at least one reward term is required")
         if num_workers < 1:
@@ -643,7 +662,7 @@ class ProcessVerifier:
             child_conn.close()
         st.zconn = parent_conn
         cfg = {
-            "terms": [(t.fn, t.kwargs) for t in self.terms],
+            "terms": [(t.fn, t.kwargs, t.style) for t in self.terms],
             "memory_mb": self.memory_mb,
             "soft_timeout_s": max(0.01, 0.8 * self.timeout_s),
         }
@@ -809,7 +828,7 @@ class ProcessVerifier:
                     idx = queue.popleft()
                     r = reqs[idx]
                     try:
-                        w.conn.send((idx, r.completion, r.answer, r.answer_type))
+                        w.conn.send((idx, r.completion, r.answer, r.answer_type, r.prompt, r.meta))
                     except (OSError, ValueError):
                         queue.appendleft(idx)
                         self._drop(w, kill=True)

@@ -54,3 +54,32 @@ def misbehave(completion: str, answer: str, answer_type: str = "number", **kwarg
 
 def bad_return(completion: str, answer: str, answer_type: str = "number", **kwargs):
     return "not a number"
+
+
+def trl_style(prompts, completions, answer, **kwargs):
+    """TRL's batched signature. Completions that say BAD_* return what TRL users sometimes return by mistake."""
+    out = []
+    for prompt, completion, gold in zip(prompts, completions, answer):
+        if completion == "BAD_NONE":
+            out.append(None)
+        elif completion == "BAD_NAN":
+            out.append(float("nan"))
+        elif completion == "BAD_RAISE":
+            raise RuntimeError("reward model offline")
+        else:
+            out.append(1.0 if gold in completion and "?" in prompt else 0.0)
+    if completions == ["BAD_LENGTH"]:
+        return [0.0, 0.0]
+    return out
+
+
+def verl_style(data_source, solution_str, ground_truth, extra_info=None):
+    """verl's compute_score: a dict with 'score' for one source, a float for the others."""
+    if solution_str == "BAD_RAISE":
+        raise RuntimeError("broken scorer")
+    if solution_str == "BAD_NAN":
+        return float("nan")
+    correct = float(ground_truth in solution_str)
+    if data_source == "openai/gsm8k":
+        return {"score": correct + (extra_info or {}).get("bonus", 0.0), "acc": correct}
+    return correct

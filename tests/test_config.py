@@ -73,3 +73,13 @@ def test_cli_reports_a_missing_model_without_a_traceback(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert "FileNotFoundError" in err and "no config.json" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("term, message", [
+    ("{fn: 'mymod:f', style: openrlhf}", "unknown style 'openrlhf'"),
+    ("{fn: 'mymod:f', stile: trl}", "unknown reward term keys \\['stile'\\]"),
+    ("{fn: nofunction}", "expected one of"),
+])
+def test_bad_reward_terms_fail_before_any_actor_starts(term, message):
+    with pytest.raises(ConfigError, match=r"verifier.terms\[0\]: .*" + message):
+        validate(compose([f"verifier.terms=[{term}]"]))

@@ -163,7 +163,7 @@ def test_failures_are_isolated_and_classified(bad_pool):
         "SEGV": "crash",
         "EXIT": "crash",
         "RAISE": "error:KeyError",
-        "NAN": "error:ValueError",
+        "NAN": "error:BadRewardValue: reward function returned nan, not a finite number",
     }
     order = ["ok", "HANG_PY", "ok", "HANG_C", "ok", "SLEEP", "OOM", "ok", "ABORT", "SEGV", "EXIT", "RAISE", "NAN", "ok"]
     before = set(bad_pool.worker_pids())
@@ -174,7 +174,7 @@ def test_failures_are_isolated_and_classified(bad_pool):
         assert r.error == kinds[c], (c, r)
         assert r.reward == (1.0 if c == "ok" else 0.0)
     assert stats["timeout"] == 3 and stats["oom"] == 1 and stats["crash"] == 3 and stats["error"] == 2
-    assert stats["errors_by_type"] == {"error:KeyError": 1, "error:ValueError": 1}
+    assert stats["errors_by_type"] == {"error:KeyError": 1, kinds["NAN"]: 1}
     assert stats["replaced"] >= 7
     # three hung items overlap: the batch takes about one deadline (2 s), not three
     assert elapsed < 3 * 2.0 + SLACK - 1.0
@@ -410,3 +410,40 @@ def test_slow_legitimate_item_is_not_starved_in_a_long_batch():
     assert elapsed > 2.0  # ... in a batch that outlasted its deadline
     assert results[0].error is None and results[0].reward == 1.0, (results[0], elapsed)
     assert stats["timeout"] == 0
+
+
+def test_trl_and_verl_style_rewards_score_through_the_pool():
+    """The peers' reward signatures run in the pool's isolated workers; a bad return value is a
+    per-item error with reward 0, never a crashed batch."""
+    meta = {"data_source": "openai/gsm8k", "extra_info": {"bonus": 0.5}}
+    with ProcessVerifier([RewardSpec("reward_fns_for_tests:trl_style", style="trl")], num_workers=1, timeout_s=TIMEOUT) as v:
+        results, stats = v.score([
+            ScoreRequest("so 42", "42", prompt="What is 6*7?"),
+            ScoreRequest("so 41", "42", prompt="What is 6*7?"),
+            ScoreRequest("BAD_NONE", "42", prompt="q?"),
+            ScoreRequest("BAD_NAN", "42", prompt="q?"),
+            ScoreRequest("BAD_LENGTH", "42", prompt="q?"),
+            ScoreRequest("BAD_RAISE", "42", prompt="q?"),
+            ScoreRequest("so 42", "42", prompt="q?"),
+        ])
+    assert [r.reward for r in results] == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    assert [r.error for r in results] == [
+        None, None,
+        "error:BadRewardValue: trl-style reward returned NoneType 'None', not a number",
+        "error:BadRewardValue: trl-style reward returned nan, not a finite number",
+        "error:BadRewardValue: trl-style reward returned 2 values for 1 completion (expected a list of 1 float)",
+        "error:RuntimeError",
+        None,
+    ]
+    assert stats["error"] == 4
+    with ProcessVerifier([RewardSpec("reward_fns_for_tests:verl_style", style="verl")], num_workers=1, timeout_s=TIMEOUT) as v:
+        results, _ = v.score([
+            ScoreRequest("it is 42", "42", meta=meta),  # dict return: its score
+            ScoreRequest("it is 42", "42", meta={"data_source": "other"}),  # float return
+            ScoreRequest("BAD_NAN", "42", meta=meta),
+            ScoreRequest("BAD_RAISE", "42", meta=meta),
+        ])
+    assert [r.reward for r in results] == [1.5, 1.0, 0.0, 0.0]
+    assert [r.error for r in results][2:] == ["error:BadRewardValue: verl-style reward returned nan, not a finite number", "error:RuntimeError"]
+    with pytest.raises(ValueError, match="unknown style 'openrlhf'"):
+        ProcessVerifier([RewardSpec("reward_fns_for_tests:verl_style", style="openrlhf")])

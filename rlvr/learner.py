@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from rlvr.algorithms import POLICY_LOSSES, policy_loss, rollout_correction, rollout_mismatch
 from rlvr.batch import MiniBatch, Trajectory
+from rlvr.logs import redirect_actor_output
 from rlvr.weight_sync import TensorSpec, broadcast, open_group, pack, plan_buckets, put_bucket, share
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,7 @@ def deepspeed_config(cfg: LearnerConfig) -> dict:
 @ray.remote
 class PolicyLearner:
     def __init__(self, cfg: LearnerConfig, rank: int, world_size: int, master_addr: str, master_port: int):
+        redirect_actor_output()
         torch.set_num_threads(cfg.threads)
         os.environ.update(
             RANK=str(rank),

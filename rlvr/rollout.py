@@ -16,6 +16,7 @@ from typing import Iterable, Iterator
 import ray
 import torch
 
+from rlvr.logs import redirect_actor_output
 from rlvr.weight_sync import TensorSpec, broadcast, fetch_buckets, open_group, open_shared, unpack
 
 log = logging.getLogger(__name__)
@@ -243,6 +244,7 @@ class RolloutEngine:
     """One inference engine. Each sample records the weight version it was generated with."""
 
     def __init__(self, cfg: EngineConfig):
+        redirect_actor_output()
         torch.set_num_threads(cfg.threads)
         if cfg.backend not in ENGINE_BACKENDS:
             raise ValueError(f"unknown rollout backend {cfg.backend!r}; known: {ENGINE_BACKENDS}")

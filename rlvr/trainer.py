@@ -38,6 +38,7 @@ from rlvr.batch import Batch, Trajectory, plan_mini_batches
 from rlvr.controller import BudgetController, ControllerConfig
 from rlvr.data import Problem, PromptStream, build_messages, load_problems
 from rlvr.learner import LearnerConfig, PolicyLearner, UpdateConfig
+from rlvr.logs import actor_log_env
 from rlvr.models import default_cache_dir, resolve_model_path
 from rlvr.placement import Placement, check_fits, cluster_nodes, plan_placement, rendezvous
 from rlvr.rollout import EngineConfig, GenerationRequest, RolloutEngine, RolloutPool, SamplingConfig
@@ -52,6 +53,10 @@ log = logging.getLogger("rlvr")
 def start_ray(cfg: DictConfig) -> None:
     if ray.is_initialized():
         return
+    from rlvr.logs import ConsoleFilter
+
+    for handler in logging.getLogger("ray").handlers:  # Ray prints through its own handlers
+        handler.addFilter(ConsoleFilter(cfg.logging.verbose))
     cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     env = {
         # DeepSpeed JIT-compiles a comm op once (~30 s); cache it across runs.
@@ -97,6 +102,14 @@ def threads_env(cfg: DictConfig) -> dict:
     """Runtime env for the torch actors. Ray starts actors with OMP_NUM_THREADS=1, and vLLM's CPU
     backend keeps torch at that: half the throughput of 2 threads on this box (~215 vs ~370 tokens/s)."""
     return {"env_vars": {"OMP_NUM_THREADS": str(cfg.rollout.threads)}}
+
+
+def actor_env(cfg: DictConfig, role: str, index: int = 0, torch_threads: bool = False) -> dict:
+    """An actor's runtime env: its output to run_dir/logs/<role>-<index>.log unless logging.verbose,
+    and the torch threads for the roles that compute."""
+    env = dict(threads_env(cfg)["env_vars"]) if torch_threads else {}
+    env.update(actor_log_env(cfg.run_dir, role, index, cfg.logging.verbose))
+    return {"env_vars": env}
 
 
 def engine_config(cfg: DictConfig, model_path: str) -> EngineConfig:
@@ -193,7 +206,7 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
     placement = Placement(role_plan(cfg, preset), timeout_s=c.placement_timeout_s)
     roles: dict = {"placement": placement, "verifier": None, "value": None, "rollout": RolloutPool([]), "learners": []}
     try:
-        roles["verifier"] = VerifierPool.options(**placement.options("verifier", 0)).remote(
+        roles["verifier"] = VerifierPool.options(**placement.options("verifier", 0), runtime_env=actor_env(cfg, "verifier")).remote(
             OmegaConf.to_container(cfg.verifier.terms),
             num_workers=cfg.verifier.num_workers,
             timeout_s=cfg.verifier.timeout_s,
@@ -207,10 +220,12 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
                 value_kwargs["regressor"] = cfg.value.regressor
             if cfg.value.backend == "v0":
                 value_kwargs = {"path": cfg.value.path}
-            roles["value"] = ValueServer.options(**placement.options("value", 0)).remote(backend=cfg.value.backend, **value_kwargs)
+            roles["value"] = ValueServer.options(**placement.options("value", 0), runtime_env=actor_env(cfg, "value")).remote(
+                backend=cfg.value.backend, **value_kwargs
+            )
         engine_cfg = engine_config(cfg, model_path)
         roles["rollout"].engines = [
-            RolloutEngine.options(**placement.options("rollout", i), runtime_env=threads_env(cfg)).remote(engine_cfg)
+            RolloutEngine.options(**placement.options("rollout", i), runtime_env=actor_env(cfg, "rollout", i, True)).remote(engine_cfg)
             for i in range(c.num_engines)
         ]
         if c.mode == "colocated":
@@ -220,7 +235,7 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
         learner_cfg = learner_config(cfg, model_path)
         host, port = rendezvous(placement, "learner")  # torch.distributed rendezvous on rank 0's node
         roles["learners"] = [
-            PolicyLearner.options(**placement.options("learner", rank), runtime_env=threads_env(cfg)).remote(
+            PolicyLearner.options(**placement.options("learner", rank), runtime_env=actor_env(cfg, "learner", rank, True)).remote(
                 learner_cfg, rank, c.num_learners, host, port
             )
             for rank in range(c.num_learners)
@@ -671,6 +686,11 @@ def train(cfg: DictConfig) -> dict:
         OmegaConf.to_container(cfg.data.eval, resolve=True), exclude={p.question for p in train_problems}
     )
     stream = PromptStream(train_problems, seed=cfg.seed)
+    log.info(
+        "%s + weighting %s | model %s | data %s: %d train, %d held-out prompts | %d steps x %d prompts x n=%d | run_dir %s",
+        cfg.algorithm.name, cfg.weighting.name, model_path, cfg.data.name, len(train_problems), len(eval_problems),
+        cfg.trainer.steps, cfg.trainer.batch_size, cfg.algorithm.n, run_dir,
+    )
 
     render = prompt_renderer(cfg, model_path)
     with running_roles(cfg, model_path, preset) as roles:
@@ -701,7 +721,7 @@ def train(cfg: DictConfig) -> dict:
             eval_records: list[dict] = []
             eval_m = evaluate(rollout, verifier, eval_problems, render, cfg, seed=cfg.seed + 10**6, per_prompt=eval_records)
             heldout_before = eval_m.get("eval/accuracy")
-            log.info("step 0 held-out accuracy %.3f on %d prompts", heldout_before or float("nan"), len(eval_problems))
+            log.info("step 0 held-out accuracy %.3f on %d prompts", float("nan") if heldout_before is None else heldout_before, len(eval_problems))
             metrics_log.write(0, eval_m, eval_records=eval_records)
             history.append({"step": 0, **eval_m})
 

@@ -35,6 +35,8 @@ from typing import Sequence
 import ray
 import torch
 
+from rlvr.logs import redirect_actor_output
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -586,6 +588,7 @@ class ValueServer:
     ``num_threads``: torch threads in the actor (Ray sets OMP_NUM_THREADS=1)."""
 
     def __init__(self, backend: str = "embedded", num_threads: int = 1, **kwargs):
+        redirect_actor_output()
         torch.set_num_threads(max(1, int(num_threads)))
         self.backend = backend
         self.model = make_value_model(backend, **kwargs)

@@ -1131,6 +1131,9 @@ class _VerifierPoolImpl:
     """Ray actor body: owns one ProcessVerifier."""
 
     def __init__(self, terms, num_workers: int = 2, timeout_s: float = 5.0, memory_mb: int = 1024, **kwargs):
+        from rlvr.logs import redirect_actor_output
+
+        redirect_actor_output()
         self._v = ProcessVerifier(terms, num_workers=num_workers, timeout_s=timeout_s, memory_mb=memory_mb, **kwargs)
 
     def score(self, requests: list[ScoreRequest]) -> tuple[list[ScoreResult], dict]:

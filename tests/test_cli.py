@@ -1,6 +1,7 @@
 """The command line as a Hydra user expects it: --help everywhere, --cfg, validated sweeps, -m runs."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -81,6 +82,10 @@ def test_multirun_makes_one_run_dir_per_job_and_compare_tabulates_them(tmp_path,
         assert json.loads((d / "summary.json").read_text())["steps"] == 1
         assert yaml.safe_load((d / ".hydra" / "config.yaml").read_text())["seed"] == seed
         assert "step 0 held-out accuracy" in (d / "train.log").read_text()
+        assert "vllm" in (d / "logs" / "rollout-0.log").read_text().lower()  # the engine's chatter went here
+    console = proc.stdout + proc.stderr
+    assert "(RolloutEngine" not in console and "(PolicyLearner" not in console and "Failed to load weights" not in console
+    assert console.count("INFO rlvr: step 0 held-out accuracy") == 2 and console.count("step 1/1 |") == 2
     compare = subprocess.run(
         [sys.executable, "-m", "rlvr.cli", "compare", "--json", *map(str, run_dirs)], env=env, capture_output=True, text=True, timeout=120
     )
@@ -88,3 +93,34 @@ def test_multirun_makes_one_run_dir_per_job_and_compare_tabulates_them(tmp_path,
     assert [r["steps"] for r in rows] == [1, 1] and all(r["rollouts"] > 0 for r in rows)
     assert all(0 <= r["heldout_final"] <= 1 for r in rows)
     assert [r["run_dir"] for r in rows] == [str(d) for d in run_dirs]
+
+
+def test_console_filter_keeps_rlvr_lines_and_real_warnings():
+    from rlvr.logs import ConsoleFilter
+
+    def record(name: str, level: int, msg: str) -> logging.LogRecord:
+        return logging.LogRecord(name, level, __file__, 1, msg, None, None)
+
+    quiet, verbose = ConsoleFilter(), ConsoleFilter(verbose=True)
+    assert quiet.filter(record("rlvr", logging.INFO, "step 0 held-out accuracy 0.3"))
+    assert quiet.filter(record("rlvr.data", logging.WARNING, "skipping bad row"))
+    assert not quiet.filter(record("ray", logging.INFO, "Started a local Ray instance."))
+    assert quiet.filter(record("ray", logging.WARNING, "a node died"))
+    assert not quiet.filter(record("ray", logging.WARNING, "Token authentication is enabled for this Ray cluster."))
+    assert all(verbose.filter(record("ray", logging.INFO, m)) for m in ("Started a local Ray instance.", "Setting accelerator to CPU"))
+
+
+def test_actor_output_goes_to_the_log_file_and_rlvr_warnings_to_the_console(tmp_path):
+    """What an actor does first: fd-level redirection, so C-level writes are captured too."""
+    log = tmp_path / "logs" / "rollout-0.log"
+    code = (
+        "import logging, os; from rlvr.logs import redirect_actor_output; redirect_actor_output(); "
+        "os.write(1, b'engine chatter from C\\n'); print('a library print'); "
+        "logging.getLogger('rlvr.rollout').info('an rlvr info line'); logging.getLogger('rlvr.rollout').warning('an rlvr warning')"
+    )
+    env = dict(os.environ, RLVR_ACTOR_LOG=str(log), PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    text = log.read_text()
+    assert all(s in text for s in ("engine chatter from C", "a library print", "an rlvr info line", "an rlvr warning"))
+    assert proc.stdout == "" and "an rlvr warning" in proc.stderr and "chatter" not in proc.stderr and "info line" not in proc.stderr

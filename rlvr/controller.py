@@ -100,7 +100,7 @@ class BudgetController:
         self.counts["gen_tokens"] = self.counts.get("gen_tokens", 0) + sum(len(s.response_ids) for s in samples)
         scored = [ScoreRequest.for_problem(s.text, problems[s.prompt_index]) for s in samples]
         results, vstats = self._timed("verify", lambda: ray.get(self.verifier.score.remote(scored)))
-        for kind in ("timeout", "oom", "crash"):
+        for kind in ("timeout", "oom", "crash", "error"):  # error: a reward function raised or returned a non-number
             self.counts[f"verifier_{kind}"] = self.counts.get(f"verifier_{kind}", 0) + vstats.get(kind, 0)
         rewards = torch.tensor([r.reward for r in results], dtype=torch.float32)
         if self.cfg.overlong:

@@ -106,9 +106,12 @@ def test_a_step_trains_on_verl_parquet_and_evaluates_on_trl_jsonl(tmp_path, ray_
         "model=tiny-random", "data=file", f"data.train.path={train_path}", f"data.eval.path={eval_path}", "eval.size=4",
         "trainer.steps=1", "trainer.batch_size=2", "trainer.eval_every=1", "trainer.save_every=0",
         "trainer.progress=false", "rollout.max_tokens=8", "algorithm=grpo", f"run_dir={tmp_path / 'run'}",
+        # the peers' reward signatures, through the Ray verifier pool, reading the verl row's fields
+        "verifier.terms=[{fn: math}, {fn: 'reward_fns_for_tests:trl_style', style: trl}, {fn: 'reward_fns_for_tests:verl_style', style: verl}]",
     ])
     history = train(cfg)["history"]
     assert [h["step"] for h in history] == [0, 1]
+    assert history[-1]["verifier_error"] == 0
     assert history[-1]["rollouts"] == 2 * 4 and 0 <= history[-1]["eval/accuracy"] <= 1
     records = [json.loads(line) for line in (tmp_path / "run" / "eval.jsonl").read_text().splitlines()]
     assert {r["uid"] for r in records} == {f"file:eval.jsonl:{i}" for i in range(4)}

@@ -104,6 +104,8 @@ def run_grid(args) -> None:
         if finished(d, steps):
             print(f"[{i}/{len(todo)}] {config} seed {seed}: done already, skipped", file=sys.stderr)
             continue
+        if d.exists() and not (d / "checkpoints").exists():
+            shutil.rmtree(d)  # records of a run that left no checkpoint: it restarts from step 0, so they go
         d.parent.mkdir(parents=True, exist_ok=True)
         shared = step0_run(args)
         at_start = [] if shared in (None, d) else ["eval.at_start=false"]

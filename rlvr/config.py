@@ -71,6 +71,26 @@ def _check(ok: bool, key: str, msg: str) -> None:
         raise ConfigError(f"{key}: {msg}")
 
 
+def _validate_value(v: DictConfig) -> None:
+    from rlvr.value import BACKENDS
+
+    _check(v.backend in BACKENDS, "value.backend", f"unknown {v.backend!r}; known: {', '.join(BACKENDS)}")
+    _check(v.context_size >= 1, "value.context_size", f"must be >= 1, got {v.context_size}")
+    if v.backend == "embedded":
+        _check(v.regressor in ("kernel", "ridge"), "value.regressor", f"unknown {v.regressor!r}; known: kernel, ridge")
+    if v.backend == "v0":
+        for key, kind in (("checkpoint", "file"), ("embedding_model", "folder"), ("tabpfn_head", "file")):
+            p = v.v0[key]
+            _check(bool(p), f"value.v0.{key}", "backend=v0 needs this local path")
+            exists = Path(p).is_dir() if kind == "folder" else Path(p).is_file()
+            _check(exists, f"value.v0.{key}", f"{kind} {p!r} not found")
+        for key in ("n_estimators", "max_length", "batch_size"):
+            _check(v.v0[key] >= 1, f"value.v0.{key}", f"must be >= 1, got {v.v0[key]}")
+    if v.backend == "hf-classifier":
+        p = v.hf_classifier.path
+        _check(bool(p) and Path(p).is_dir(), "value.hf_classifier.path", f"model folder {p!r} not found")
+
+
 def validate(cfg: DictConfig) -> None:
     """Fail fast, naming the key, on values that would only break later inside an actor."""
     missing = OmegaConf.missing_keys(cfg)
@@ -87,11 +107,7 @@ def validate(cfg: DictConfig) -> None:
             "algorithm.calibration_window",
             f"must hold at least one step's prompts (trainer.batch_size = {cfg.trainer.batch_size}), got {a.calibration_window}",
         )
-        _check(cfg.value.backend in ("embedded", "v0", "none"), "value.backend", f"unknown {cfg.value.backend!r}; known: embedded, v0, none")
-        if cfg.value.backend == "embedded":
-            _check(cfg.value.regressor in ("kernel", "ridge"), "value.regressor", f"unknown {cfg.value.regressor!r}; known: kernel, ridge")
-        if cfg.value.backend == "v0":
-            _check(bool(cfg.value.path) and Path(cfg.value.path).exists(), "value.path", f"V0 checkpoint {cfg.value.path!r} not found")
+        _validate_value(cfg.value)
     if preset.overlong:
         _check(
             0 < a.overlong_buffer <= cfg.rollout.max_tokens,

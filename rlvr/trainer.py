@@ -213,15 +213,10 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
             memory_mb=cfg.verifier.memory_mb,
         )
         if preset.sampling == "adaptive":
-            from rlvr.value import ValueServer
+            from rlvr.value import ValueServer, value_model_kwargs
 
-            value_kwargs = {"context_size": cfg.value.context_size}
-            if cfg.value.backend == "embedded":
-                value_kwargs["regressor"] = cfg.value.regressor
-            if cfg.value.backend == "v0":
-                value_kwargs = {"path": cfg.value.path}
             roles["value"] = ValueServer.options(**placement.options("value", 0), runtime_env=actor_env(cfg, "value")).remote(
-                backend=cfg.value.backend, **value_kwargs
+                backend=cfg.value.backend, **value_model_kwargs(cfg.value)
             )
         engine_cfg = engine_config(cfg, model_path)
         roles["rollout"].engines = [
@@ -240,8 +235,10 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
             )
             for rank in range(c.num_learners)
         ]
-        # Surface start-up errors (a bad model folder, an engine that cannot start) before step 1.
-        ray.get([e.weight_version.remote() for e in roles["rollout"].engines] + [l.__ray_ready__.remote() for l in roles["learners"]])
+        # Surface start-up errors (a bad model folder, an engine that cannot start, a value model
+        # that does not load) before step 1.
+        value_ready = [roles["value"].ready.remote()] if roles["value"] is not None else []
+        ray.get([e.weight_version.remote() for e in roles["rollout"].engines] + [l.__ray_ready__.remote() for l in roles["learners"]] + value_ready)
         connect(c.weight_sync, roles["learners"], roles["rollout"].engines, rendezvous(placement, "learner") if c.weight_sync == "nccl" else None)
     except BaseException:
         stop_roles(roles)

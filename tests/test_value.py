@@ -12,7 +12,7 @@ from rlvr.value import (  # noqa: E402
     PRIOR_MIN,
     ConstantValueModel,
     EmbeddedValueModel,
-    V0ValueModel,
+    HFClassifierValueModel,
     default_encoder_path,
     make_value_model,
     start_value_server,
@@ -149,29 +149,29 @@ def test_constant_backend():
 
 
 def test_unknown_backend():
-    with pytest.raises(ValueError, match=r"unknown value backend 'gp'.*\['embedded', 'none', 'v0'\]"):
+    with pytest.raises(ValueError, match=r"unknown value backend 'gp'.*\['embedded', 'hf-classifier', 'none', 'v0'\]"):
         make_value_model("gp")
 
 
 # --------------------------------------------------------------------------
-# v0
+# hf-classifier (the published V0 is tests/test_value_v0.py)
 # --------------------------------------------------------------------------
 
 
-def test_v0_missing_path(tmp_path):
+def test_hf_classifier_missing_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="no_such_ckpt"):
-        V0ValueModel(path=str(tmp_path / "no_such_ckpt"))
-    with pytest.raises(ValueError, match="value.path"):
-        make_value_model("v0")
-    with pytest.raises(ValueError, match="not a V0 value checkpoint"):
-        V0ValueModel(path=str(tmp_path))  # an empty folder
+        HFClassifierValueModel(path=str(tmp_path / "no_such_ckpt"))
+    with pytest.raises(ValueError, match="value.hf_classifier.path"):
+        make_value_model("hf-classifier")
+    with pytest.raises(ValueError, match="not an hf-classifier value model"):
+        HFClassifierValueModel(path=str(tmp_path))  # an empty folder
 
 
 @pytest.fixture(scope="module")
-def v0_checkpoint(tmp_path_factory):
+def hf_classifier_folder(tmp_path_factory):
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    path = tmp_path_factory.mktemp("v0")
+    path = tmp_path_factory.mktemp("hf_classifier")
     tok = AutoTokenizer.from_pretrained(default_encoder_path())
     cfg = BertConfig(
         vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -180,12 +180,12 @@ def v0_checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     BertForSequenceClassification(cfg).save_pretrained(path)
     tok.save_pretrained(path)
-    (path / "rlvr_v0.json").write_text('{"max_length": 128, "context_items": 3}')
+    (path / "rlvr_value.json").write_text('{"max_length": 128, "context_items": 3}')
     return str(path)
 
 
-def test_v0_tiny_random_checkpoint(v0_checkpoint):
-    m = make_value_model("v0", path=v0_checkpoint, context_size=4)
+def test_hf_classifier_tiny_random_checkpoint(hf_classifier_folder):
+    m = make_value_model("hf-classifier", path=hf_classifier_folder, context_size=4)
     assert m.max_length == 128 and m.context_items == 3
     prior, unc = m.predict(NEW_ARITH + NEW_LEGS)
     assert prior.shape == (4,) and ((prior >= PRIOR_MIN) & (prior <= PRIOR_MAX)).all()
@@ -198,7 +198,7 @@ def test_v0_tiny_random_checkpoint(v0_checkpoint):
     ids = m.tokenizer(m.render("What is 14 + 5?"), truncation=True, max_length=m.max_length)["input_ids"]
     assert len(ids) == 128 and m.tokenizer.decode(ids).endswith("what is 14 + 5? [SEP]")
     p1, _ = m.predict(NEW_ARITH)
-    m2 = V0ValueModel(path=v0_checkpoint, context_size=4)
+    m2 = HFClassifierValueModel(path=hf_classifier_folder, context_size=4)
     m2.load_state_dict(m.state_dict())
     assert torch.equal(m2.predict(NEW_ARITH)[0], p1)
 
@@ -237,8 +237,8 @@ def test_value_server_actor_round_trip(ray_local, fresh):
 def test_value_server_errors(ray_local, tmp_path):
     with pytest.raises(ValueError, match="known backends"):
         start_value_server("bogus")
-    with pytest.raises(ray.exceptions.RayActorError, match="V0 value checkpoint folder not found"):
-        start_value_server("v0", path=str(tmp_path / "missing"))
+    with pytest.raises(ray.exceptions.RayActorError, match="value.hf_classifier.path: model folder not found"):
+        start_value_server("hf-classifier", path=str(tmp_path / "missing"))
 
 
 def test_ridge_regressor_inherits_context_success_and_round_trips(fresh):

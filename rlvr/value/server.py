@@ -1,0 +1,81 @@
+"""The ValueServer role: the backend registry and the thin Ray actor around one value model."""
+
+from __future__ import annotations
+
+import ray
+import torch
+
+from rlvr.logs import redirect_actor_output
+from rlvr.value.constant import ConstantValueModel
+from rlvr.value.embedded import EmbeddedValueModel
+from rlvr.value.hf_classifier import HFClassifierValueModel
+from rlvr.value.v0 import V0ValueModel
+
+BACKENDS = {
+    "embedded": EmbeddedValueModel,
+    "v0": V0ValueModel,
+    "hf-classifier": HFClassifierValueModel,
+    "none": ConstantValueModel,
+}
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown value backend {backend!r}; known backends: {sorted(BACKENDS)}")
+
+
+def value_model_kwargs(value_cfg) -> dict:
+    """The constructor arguments of ``value_cfg.backend`` from the ``value`` config node."""
+    backend = value_cfg.backend
+    kwargs = {"context_size": int(value_cfg.context_size)}
+    if backend == "embedded":
+        kwargs["regressor"] = value_cfg.regressor
+    elif backend == "v0":
+        kwargs.update({k: value_cfg.v0[k] for k in value_cfg.v0})
+    elif backend == "hf-classifier":
+        kwargs["path"] = value_cfg.hf_classifier.path
+    return kwargs
+
+
+def make_value_model(backend: str = "embedded", **kwargs):
+    """A value model for ``backend`` (one of :data:`BACKENDS`)."""
+    _check_backend(backend)
+    return BACKENDS[backend](**kwargs)
+
+
+@ray.remote(num_cpus=0.1)
+class ValueServer:
+    """Thin Ray actor around one value model (see :func:`make_value_model`).
+    ``num_threads``: torch threads in the actor (Ray sets OMP_NUM_THREADS=1)."""
+
+    def __init__(self, backend: str = "embedded", num_threads: int = 1, **kwargs):
+        redirect_actor_output()
+        torch.set_num_threads(max(1, int(num_threads)))
+        self.backend = backend
+        self.model = make_value_model(backend, **kwargs)
+
+    def ready(self) -> bool:
+        return True
+
+    def predict(self, prompts) -> tuple[list[float], list[float]]:
+        prior, unc = self.model.predict(list(prompts))
+        return prior.tolist(), unc.tolist()
+
+    def add_context(self, prompts, success) -> None:
+        self.model.add_context(list(prompts), list(success))
+
+    def state_dict(self) -> dict:
+        return self.model.state_dict()
+
+    def load_state_dict(self, d) -> None:
+        self.model.load_state_dict(d)
+
+
+def start_value_server(backend: str = "embedded", num_cpus: float = 0.1, **kwargs):
+    """Start a :class:`ValueServer` after checking ``backend`` in the caller
+    (an actor's constructor error only shows up at its first call) and wait
+    until it is up, so that load errors (a missing checkpoint) raise here."""
+    _check_backend(backend)
+    actor = ValueServer.options(num_cpus=num_cpus).remote(backend=backend, **kwargs)
+    ray.get(actor.ready.remote())
+    return actor

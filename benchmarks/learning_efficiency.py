@@ -88,7 +88,7 @@ def step0_run(args) -> Path | None:
     for config in GRID:
         for seed in args.seeds:
             d = run_dir(args, config, seed)
-            if (d / "eval.jsonl").exists() and '"step": 0,' in (d / "eval.jsonl").read_text():
+            if (d / "eval.jsonl").exists() and 0 in read_evals(d):
                 return d
     return None
 

@@ -117,11 +117,16 @@ def train_command(argv: list[str]) -> int:
         user_set_run_dir = any(o.lstrip("+~").split("=", 1)[0] == "run_dir" for o in hc.overrides.task)
         if hc.mode == RunMode.MULTIRUN and not user_set_run_dir:
             cfg.run_dir = hc.runtime.output_dir  # multirun/<date>/<time>/<job>_<overrides>
+        from rlvr.faults import RoleFailed
+
         try:
             s = train(cfg)["summary"]
         except _user_errors() as e:
             print(f"rlvr: {type(e).__name__}: {e}", file=sys.stderr)
             raise SystemExit(2) from None
+        except RoleFailed as e:
+            print(f"rlvr: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
         print(f"held-out accuracy (strict): {s['heldout_before']} -> {s['heldout_after']}  run dir: {s['run_dir']}")
         return s
 

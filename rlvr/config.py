@@ -118,6 +118,7 @@ def validate(cfg: DictConfig) -> None:
     t = cfg.trainer
     _check(t.steps >= 1, "trainer.steps", f"must be >= 1, got {t.steps}")
     _check(t.batch_size >= 1, "trainer.batch_size", f"must be >= 1, got {t.batch_size}")
+    _check(t.max_restarts >= 0, "trainer.max_restarts", f"must be >= 0 (0 = stop at the first death), got {t.max_restarts}")
     _check(cfg.learner.lr > 0, "learner.lr", f"must be > 0, got {cfg.learner.lr}")
     _check(cfg.learner.micro_batch_size >= 1, "learner.micro_batch_size", f"must be >= 1, got {cfg.learner.micro_batch_size}")
     for key in ("mini_batches", "epochs"):

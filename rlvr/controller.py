@@ -20,13 +20,13 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import ray
 import torch
 
 from rlvr.algorithms import dynamic_sampling_keep_mask, overlong_penalty, v05
 from rlvr.algorithms.v05 import V05Baseline
 from rlvr.batch import Batch, PromptGroup, Trajectory
 from rlvr.data import Problem
+from rlvr.faults import RestartingRole
 from rlvr.rollout import GenerationRequest, RolloutPool, SamplingConfig
 from rlvr.verifier import ScoreRequest
 
@@ -60,8 +60,8 @@ class BudgetController:
         self,
         cfg: ControllerConfig,
         rollout: RolloutPool,
-        verifier,
-        value_server,
+        verifier: RestartingRole,
+        value_server: RestartingRole | None,
         render_prompt: Callable[[Problem], str],
         sampling: SamplingConfig,
     ):
@@ -99,7 +99,7 @@ class BudgetController:
         self.counts["rollouts"] = self.counts.get("rollouts", 0) + len(samples)
         self.counts["gen_tokens"] = self.counts.get("gen_tokens", 0) + sum(len(s.response_ids) for s in samples)
         scored = [ScoreRequest.for_problem(s.text, problems[s.prompt_index]) for s in samples]
-        results, vstats = self._timed("verify", lambda: ray.get(self.verifier.score.remote(scored)))
+        results, vstats = self._timed("verify", lambda: self.verifier.call("score", scored))
         for kind in ("timeout", "oom", "crash", "error"):  # error: a reward function raised or returned a non-number
             self.counts[f"verifier_{kind}"] = self.counts.get(f"verifier_{kind}", 0) + vstats.get(kind, 0)
         rewards = torch.tensor([r.reward for r in results], dtype=torch.float32)
@@ -158,7 +158,9 @@ class BudgetController:
     def _collect_adaptive(self, problems: list[Problem], seed: int) -> Batch:
         cfg = self.cfg
         texts = [p.question for p in problems]
-        prior_list, unc_list = self._timed("value", lambda: ray.get(self.value_server.predict.remote(texts)))
+        # A dead value server gives the uninformed prior for this step while its replacement loads.
+        uninformed = ([0.5] * len(texts), [0.5] * len(texts))
+        prior_list, unc_list = self._timed("value", lambda: self.value_server.call_or(uninformed, "predict", texts))
         prior = torch.tensor(prior_list, dtype=torch.float64).clamp(v05.PRIOR_MIN, v05.PRIOR_MAX)
         unc = torch.tensor(unc_list, dtype=torch.float64)
         groups = self._sample_and_score(problems, [cfg.n] * len(problems), seed * 100)
@@ -195,7 +197,8 @@ class BudgetController:
                     extra=int(bought[i]),
                 )
             )
-        self._timed("value", lambda: ray.get(self.value_server.add_context.remote(texts, (k / n).tolist())))
+        self._timed("value", lambda: self.value_server.call("add_context", texts, (k / n).tolist()))
+        self._timed("value", self.value_server.snapshot)  # what a replacement would be restored to
         p_hat = k / n
         stats = {
             "v05/accepted": sum(d["decision"] == "accepted" for d in decisions),

@@ -37,6 +37,7 @@ from rlvr.config import ConfigError, algorithm_preset, validate
 from rlvr.batch import Batch, Trajectory, plan_mini_batches
 from rlvr.controller import BudgetController, ControllerConfig
 from rlvr.data import Problem, PromptStream, build_messages, load_problems
+from rlvr.faults import RestartingRole, RoleFailed
 from rlvr.learner import LearnerConfig, PolicyLearner, UpdateConfig
 from rlvr.logs import actor_log_env
 from rlvr.models import default_cache_dir, resolve_model_path
@@ -206,17 +207,28 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
     placement = Placement(role_plan(cfg, preset), timeout_s=c.placement_timeout_s)
     roles: dict = {"placement": placement, "verifier": None, "value": None, "rollout": RolloutPool([]), "learners": []}
     try:
-        roles["verifier"] = VerifierPool.options(**placement.options("verifier", 0), runtime_env=actor_env(cfg, "verifier")).remote(
-            OmegaConf.to_container(cfg.verifier.terms),
-            num_workers=cfg.verifier.num_workers,
-            timeout_s=cfg.verifier.timeout_s,
-            memory_mb=cfg.verifier.memory_mb,
+        # The verifier pool and the value server are replaced, in the same bundle, if they die.
+        roles["verifier"] = RestartingRole(
+            "verifier",
+            lambda: VerifierPool.options(**placement.options("verifier", 0), runtime_env=actor_env(cfg, "verifier")).remote(
+                OmegaConf.to_container(cfg.verifier.terms),
+                num_workers=cfg.verifier.num_workers,
+                timeout_s=cfg.verifier.timeout_s,
+                memory_mb=cfg.verifier.memory_mb,
+            ),
+            cfg.trainer.max_restarts,
         )
         if preset.sampling == "adaptive":
             from rlvr.value import ValueServer, value_model_kwargs
 
-            roles["value"] = ValueServer.options(**placement.options("value", 0), runtime_env=actor_env(cfg, "value")).remote(
-                backend=cfg.value.backend, **value_model_kwargs(cfg.value)
+            roles["value"] = RestartingRole(
+                "value",
+                lambda: ValueServer.options(**placement.options("value", 0), runtime_env=actor_env(cfg, "value")).remote(
+                    backend=cfg.value.backend, **value_model_kwargs(cfg.value)
+                ),
+                cfg.trainer.max_restarts,
+                snapshot_method="state_dict",
+                restore_method="load_state_dict",
             )
         engine_cfg = engine_config(cfg, model_path)
         roles["rollout"].engines = [
@@ -237,7 +249,7 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
         ]
         # Surface start-up errors (a bad model folder, an engine that cannot start, a value model
         # that does not load) before step 1.
-        value_ready = [roles["value"].ready.remote()] if roles["value"] is not None else []
+        value_ready = [roles["value"].actor.ready.remote()] if roles["value"] is not None else []
         ray.get([e.weight_version.remote() for e in roles["rollout"].engines] + [l.__ray_ready__.remote() for l in roles["learners"]] + value_ready)
         connect(c.weight_sync, roles["learners"], roles["rollout"].engines, rendezvous(placement, "learner") if c.weight_sync == "nccl" else None)
     except BaseException:
@@ -259,10 +271,10 @@ def running_roles(cfg: DictConfig, model_path: str, preset):
 def stop_roles(roles: dict) -> None:
     if roles["verifier"] is not None:
         try:
-            ray.get(roles["verifier"].close.remote(), timeout=10)
+            ray.get(roles["verifier"].actor.close.remote(), timeout=10)
         except Exception:  # noqa: BLE001 - best effort: the actor is killed next anyway
             pass
-    handles = [roles["verifier"], roles["value"], *roles["rollout"].engines, *roles["learners"]]
+    handles = [r.actor for r in (roles["verifier"], roles["value"]) if r is not None] + [*roles["rollout"].engines, *roles["learners"]]
     for h in handles:
         if h is not None:
             ray.kill(h)
@@ -327,7 +339,7 @@ def evaluate(
     def correct_counts(n: int, sampling: SamplingConfig, seed: int) -> list[int]:
         samples = rollout.generate([GenerationRequest(i, render(p), n) for i, p in enumerate(problems)], sampling, seed)
         requests = [ScoreRequest.for_problem(s.text, problems[s.prompt_index]) for s in samples]
-        results, _ = ray.get(verifier.score.remote(requests))
+        results, _ = verifier.call("score", requests)
         correct = [0] * len(problems)
         for s, r in zip(samples, results):
             correct[s.prompt_index] += int(r.correct)
@@ -379,14 +391,18 @@ def evaluate_model(target: str, cfg: DictConfig) -> dict:
         engine = RolloutEngine.options(num_cpus=cfg.cluster.actor_cpus, runtime_env=threads_env(cfg)).remote(
             engine_config(cfg, model_path)
         )
-        verifier = VerifierPool.options(num_cpus=cfg.cluster.actor_cpus).remote(
-            OmegaConf.to_container(cfg.verifier.terms), num_workers=cfg.verifier.num_workers, timeout_s=cfg.verifier.timeout_s
+        verifier = RestartingRole(
+            "verifier",
+            lambda: VerifierPool.options(num_cpus=cfg.cluster.actor_cpus).remote(
+                OmegaConf.to_container(cfg.verifier.terms), num_workers=cfg.verifier.num_workers, timeout_s=cfg.verifier.timeout_s
+            ),
+            cfg.trainer.max_restarts,
         )
         try:
             return evaluate(RolloutPool([engine]), verifier, problems, render, cfg, seed=cfg.seed)
         finally:
             ray.kill(engine)
-            ray.kill(verifier)
+            verifier.kill()
 
 
 def step_metrics(batch: Batch, learn: dict) -> dict:
@@ -471,7 +487,18 @@ def console_line(step: int, total: int, m: dict) -> str:
         parts.append(f"updates {m['learner/optimizer_steps']} clip lo/hi {m['learner/clip_frac_low']:.3f}/{m['learner/clip_frac_high']:.3f}")
     if m.get("async/stale_dropped"):
         parts.append(f"stale dropped {m['async/stale_dropped']}")
+    restarts = {k.split("/")[1].removesuffix("_restarts"): v for k, v in m.items() if k.startswith("faults/") and k.endswith("_restarts") and v}
+    if restarts:
+        parts.append("restarts " + " ".join(f"{r} {n}" for r, n in restarts.items()) + f" ({m['faults/seconds_lost']:.1f}s lost)")
     return " | ".join(parts)
+
+
+def fault_metrics(roles: dict) -> dict:
+    """Restarts so far per restartable role, and the seconds the run waited on replacements."""
+    restartable = [r for r in (roles["verifier"], roles["value"]) if r is not None]
+    out = {f"faults/{r.name}_restarts": r.restarts for r in restartable}
+    out["faults/seconds_lost"] = sum(r.seconds_lost for r in restartable)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -503,7 +530,7 @@ def save_training_state(run_dir: Path, step: int, roles: dict, state: dict, cfg:
         ray.get([l.save_checkpoint.remote(str(tmp / "learner"), "policy") for l in roles["learners"]])
         value_state = state.get("value")
         if value_state is None and roles["value"] is not None:
-            value_state = ray.get(roles["value"].state_dict.remote())
+            value_state = roles["value"].call("state_dict")
         torch.save({**state, "value": value_state}, tmp / "trainer_state.pt")
         (tmp / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
@@ -514,7 +541,7 @@ def load_training_state(ckpt: Path, roles: dict) -> dict:
     ray.get([l.load_checkpoint.remote(str(ckpt / "learner"), "policy") for l in roles["learners"]])
     state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
     if roles["value"] is not None and state.get("value") is not None:
-        ray.get(roles["value"].load_state_dict.remote(state["value"]))
+        roles["value"].load(state["value"])
     return state
 
 
@@ -731,7 +758,7 @@ def train(cfg: DictConfig) -> dict:
             batch.stream_state = stream.state_dict()
             batch.controller_state = controller.state_dict()
             if k and roles["value"] is not None:  # the server moves on with the batches generated ahead
-                batch.value_state = ray.get(roles["value"].state_dict.remote())
+                batch.value_state = roles["value"].state  # the controller's snapshot after this batch
             batch.stats["time/collect"] = time.perf_counter() - start
             return batch
 
@@ -742,6 +769,7 @@ def train(cfg: DictConfig) -> dict:
         source = AsyncBatches(make_batch, start_step, total, cfg.trainer.generate_ahead or k) if k else None
         batches = source if source is not None else sync_batches(make_batch, start_step, total)
         step = start_step - 1
+        last = None  # (step, state) of the last trained step: saved if a role fails for good
         try:
             for step, batch in enumerate(batches, start=start_step):
                 step_start = time.perf_counter()
@@ -752,6 +780,7 @@ def train(cfg: DictConfig) -> dict:
                 else:
                     m["time/step"] = time.perf_counter() - step_start + batch.stats["time/collect"]
                 m["gen_tokens_per_s"] = m.get("gen_tokens", 0) / max(m.get("time/generate", 1e-9), 1e-9)
+                m.update(fault_metrics(roles))
                 # 5. metrics
                 eval_records = []
                 if cfg.trainer.eval_every and (step % cfg.trainer.eval_every == 0 or step == total):
@@ -767,23 +796,34 @@ def train(cfg: DictConfig) -> dict:
                 sys.stdout.flush()
                 # 6. checkpoint: periodically, at the end, and when asked to stop. It records the
                 # trained step; an async run regenerates whatever was generated ahead of it.
+                state = {
+                    "step": step,
+                    "epoch": batch.stream_state["epoch"],
+                    "stream": batch.stream_state,
+                    "controller": batch.controller_state,
+                    "hadw": parts.hadw_state.state_dict(),
+                    "rng": rng_state(),
+                    "heldout_before": heldout_before,
+                    # the value server's state after this batch: the controller's snapshot
+                    "value": roles["value"].state if roles["value"] is not None and k == 0 else batch.value_state,
+                }
                 every = cfg.trainer.save_every
-                if (every and step % every == 0) or step == total or stop.signal is not None:
-                    state = {
-                        "step": step,
-                        "epoch": batch.stream_state["epoch"],
-                        "stream": batch.stream_state,
-                        "controller": batch.controller_state,
-                        "hadw": parts.hadw_state.state_dict(),
-                        "rng": rng_state(),
-                        "heldout_before": heldout_before,
-                        "value": batch.value_state,
-                    }
+                saved = (every and step % every == 0) or step == total or stop.signal is not None
+                if saved:
                     path = save_training_state(run_dir, step, roles, state, cfg)
                     log.info("checkpoint %s", path)
+                last = (step, state, saved)
                 if stop.signal is not None:
                     log.warning("stopped at step %d; `rlvr train` with the same run_dir resumes from here", step)
                     break
+        except RoleFailed as e:
+            # The failure came while collecting the next batch: the learners still hold the last
+            # trained step's weights, so that step's checkpoint is exact.
+            if last is not None and not last[2]:
+                path = save_training_state(run_dir, last[0], roles, last[1], cfg)
+                log.info("checkpoint %s", path)
+            where = f"a checkpoint at step {last[0]}" if last is not None else "no step trained"
+            raise RoleFailed(f"{e}. The run stopped with {where}; the same command resumes it.") from e
         finally:
             if source is not None:
                 source.close(300 if sys.exc_info()[0] is None else 10)  # an abort need not wait for the batch in flight

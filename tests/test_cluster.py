@@ -57,7 +57,7 @@ def test_each_role_runs_where_the_config_puts_it(sim_cluster, tiny_model, tmp_pa
     try:
         assert [node_of(l) for l in roles["learners"]] == [nodes["trainer"]] * 2
         assert [node_of(e) for e in roles["rollout"].engines] == [nodes["rollout"]]
-        assert node_of(roles["verifier"]) == nodes["head"] and node_of(roles["value"]) == nodes["head"]
+        assert node_of(roles["verifier"].actor) == nodes["head"] and node_of(roles["value"].actor) == nodes["head"]
         # each learner holds one fake GPU of its bundle, each engine cluster.tensor_parallel of them
         learner_res = ray.get(roles["learners"][0].__ray_call__.remote(lambda self: ray.get_runtime_context().get_assigned_resources()))
         assert learner_res.get("fake_gpu") == 1.0

@@ -1,0 +1,133 @@
+"""Roles that outlive their actor: a dead actor is replaced and the call that found it dead is redone.
+
+A node is preempted, a worker segfaults, the OOM killer picks a process: Ray then raises
+``RayActorError`` at the next call.  A :class:`RestartingRole` holds one actor of a role and the
+recipe to make another (the same placement bundle and runtime env).  :meth:`RestartingRole.call`
+runs a method; if the actor is dead it starts a replacement, brings it to the dead one's state
+(``restore``), and re-issues the call.  After ``max_restarts`` replacements the run stops with
+:class:`RoleFailed`, which names the role, where it ran and the last error.
+
+Which roles restart this way, and what "the same state" is:
+- the verifier pool: stateless; the batch it was scoring is scored again, with the same result;
+- the value server: its context comes back from the last :meth:`snapshot` (taken after every
+  update), so predictions continue as if nothing happened.  The controller does not wait for it:
+  a step whose prediction hit the dead server uses the uninformed prior (0.5, 0.5), as V0.5 treats
+  a useless prior, while the replacement loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+import ray
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RestartingRole", "RoleFailed"]
+
+
+class RoleFailed(RuntimeError):
+    """A role's actor died more often than ``trainer.max_restarts`` allows."""
+
+
+def _node_of(actor) -> ray.ObjectRef:
+    return actor.__ray_call__.remote(lambda self: ray.util.get_node_ip_address())
+
+
+class RestartingRole:
+    """One actor of a role that is replaced when it dies (see the module docstring).
+
+    ``start()`` returns a new actor handle (the same placement bundle and options every time).
+    A role with state names the actor's methods that read it (``snapshot_method``) and set it
+    (``restore_method``): a replacement is restored to the state :meth:`snapshot` or :meth:`load`
+    last saw.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        start: Callable[[], Any],
+        max_restarts: int,
+        snapshot_method: str | None = None,
+        restore_method: str | None = None,
+    ):
+        self.name, self._start, self.max_restarts = name, start, int(max_restarts)
+        self.snapshot_method, self.restore_method = snapshot_method, restore_method
+        self.restarts, self.seconds_lost, self.last_error = 0, 0.0, None
+        self.state = None
+        self._lock = threading.Lock()  # the async driver's generator and the trainer share roles
+        self.actor = start()
+        self._node = _node_of(self.actor)  # asked at start: a dead actor cannot say where it ran
+
+    def call(self, method: str, *args, timeout: float | None = None):
+        """``actor.method(*args)``'s result, on a replacement actor if this one has died."""
+        failed_at = None
+        while True:
+            actor = self.actor
+            try:
+                out = ray.get(getattr(actor, method).remote(*args), timeout=timeout)
+            except ray.exceptions.RayActorError as e:
+                failed_at = failed_at or time.perf_counter()
+                self.restart(e, actor)
+                continue
+            if failed_at is not None:
+                self.seconds_lost += time.perf_counter() - failed_at
+            return out
+
+    def call_or(self, default, method: str, *args):
+        """Like :meth:`call`, but a dead actor gives ``default`` at once; the replacement starts and
+        restores meanwhile (calls queue behind its restore), so the caller does not wait for it."""
+        actor = self.actor
+        try:
+            return ray.get(getattr(actor, method).remote(*args))
+        except ray.exceptions.RayActorError as e:
+            self.restart(e, actor)
+            return default
+
+    def snapshot(self) -> Any:
+        """Read and keep the actor's state: what a replacement is restored to."""
+        self.state = self.call(self.snapshot_method)
+        return self.state
+
+    def load(self, state: Any) -> None:
+        """Set the actor's state (from a checkpoint); a replacement is restored to it too."""
+        self.call(self.restore_method, state)
+        self.state = state
+
+    def node(self) -> str:
+        try:
+            return ray.get(self._node, timeout=0)
+        except Exception:  # noqa: BLE001 - not known (yet)
+            return "an unknown node"
+
+    def restart(self, error: BaseException, dead) -> None:
+        """Replace the dead actor (restored to the last snapshot), or raise RoleFailed past the limit."""
+        with self._lock:
+            if self.actor is not dead:
+                return  # another thread has replaced it already
+            self._replace(error)
+
+    def _replace(self, error: BaseException) -> None:
+        self.last_error = error
+        if self.restarts >= self.max_restarts:
+            raise RoleFailed(
+                f"the {self.name} actor on {self.node()} died {self.restarts + 1} times, more than "
+                f"trainer.max_restarts={self.max_restarts} allows; last error: {str(error).strip().splitlines()[0]}"
+            ) from error
+        self.restarts += 1
+        log.warning("the %s actor on %s died (%s); starting a replacement (%d of at most %d)",
+                    self.name, self.node(), type(error).__name__, self.restarts, self.max_restarts)
+        try:
+            ray.kill(self.actor)
+        except Exception:  # noqa: BLE001 - it is dead already
+            pass
+        self.actor = self._start()
+        self._node = _node_of(self.actor)
+        if self.restore_method and self.state is not None:
+            getattr(self.actor, self.restore_method).remote(self.state)
+
+    def kill(self) -> None:
+        ray.kill(self.actor)

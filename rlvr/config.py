@@ -138,6 +138,7 @@ def validate(cfg: DictConfig) -> None:
     _check(r.temperature > 0, "rollout.temperature", f"training needs sampling, so > 0; got {r.temperature}")
     _check(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
     _check(r.max_tokens >= 1, "rollout.max_tokens", f"must be >= 1, got {r.max_tokens}")
+    _check(r.timeout_s > 0, "rollout.timeout_s", f"must be > 0 seconds, got {r.timeout_s}")
     validate_cluster(cfg.cluster, cfg.rollout.backend)
     _check(cfg.learner.bucket_mb >= 0, "learner.bucket_mb", f"must be >= 0 (0 = one tensor per bucket), got {cfg.learner.bucket_mb}")
     v = cfg.verifier

@@ -26,15 +26,24 @@ import ray
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RestartingRole", "RoleFailed"]
+__all__ = ["RestartingRole", "RoleFailed", "node_name", "node_of"]
 
 
 class RoleFailed(RuntimeError):
     """A role's actor died more often than ``trainer.max_restarts`` allows."""
 
 
-def _node_of(actor) -> ray.ObjectRef:
+def node_of(actor) -> ray.ObjectRef:
+    """Ask an actor where it runs, at start: once it is dead it cannot say."""
     return actor.__ray_call__.remote(lambda self: ray.util.get_node_ip_address())
+
+
+def node_name(ref: ray.ObjectRef) -> str:
+    """The answer to :func:`node_of`, if it came."""
+    try:
+        return ray.get(ref, timeout=0)
+    except Exception:  # noqa: BLE001 - not known (yet)
+        return "an unknown node"
 
 
 class RestartingRole:
@@ -60,7 +69,7 @@ class RestartingRole:
         self.state = None
         self._lock = threading.Lock()  # the async driver's generator and the trainer share roles
         self.actor = start()
-        self._node = _node_of(self.actor)  # asked at start: a dead actor cannot say where it ran
+        self._node = node_of(self.actor)
 
     def call(self, method: str, *args, timeout: float | None = None):
         """``actor.method(*args)``'s result, on a replacement actor if this one has died."""
@@ -98,10 +107,7 @@ class RestartingRole:
         self.state = state
 
     def node(self) -> str:
-        try:
-            return ray.get(self._node, timeout=0)
-        except Exception:  # noqa: BLE001 - not known (yet)
-            return "an unknown node"
+        return node_name(self._node)
 
     def restart(self, error: BaseException, dead) -> None:
         """Replace the dead actor (restored to the last snapshot), or raise RoleFailed past the limit."""
@@ -125,7 +131,7 @@ class RestartingRole:
         except Exception:  # noqa: BLE001 - it is dead already
             pass
         self.actor = self._start()
-        self._node = _node_of(self.actor)
+        self._node = node_of(self.actor)
         if self.restore_method and self.state is not None:
             getattr(self.actor, self.restore_method).remote(self.state)
 

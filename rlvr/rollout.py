@@ -11,11 +11,12 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import ray
 import torch
 
+from rlvr.faults import node_of
 from rlvr.logs import redirect_actor_output
 from rlvr.weight_sync import TensorSpec, broadcast, fetch_buckets, open_group, open_shared, unpack
 
@@ -311,24 +312,70 @@ class RolloutEngine:
 
 
 class RolloutPool:
-    """Driver-side handle over N `RolloutEngine` actors: splits prompts across them."""
+    """Driver-side handle over N `RolloutEngine` actors: splits prompts across them.
 
-    def __init__(self, engines: list):
+    With ``start`` (``start(i)`` makes engine i again, in its bundle), an engine that dies or does
+    not answer a generate call within ``timeout_s`` (stopped, or hung in a kernel) is replaced, up
+    to ``max_restarts`` times in the run: ``reload(engine)`` gives the replacement the current
+    weights, and its share of the requests is issued again with the same seed, so on CPU the step's
+    samples are those the dead engine would have drawn.  The other engines keep serving meanwhile.
+    """
+
+    name = "rollout"
+
+    def __init__(self, engines: list, start: Callable[[int], Any] | None = None, max_restarts: int = 0,
+                 timeout_s: float | None = None):
         self.engines = engines
+        self.start, self.max_restarts, self.timeout_s = start, int(max_restarts), timeout_s
+        self.reload: Callable[[Any], None] | None = None  # set by the trainer once the learners exist
+        self.restarts, self.seconds_lost = 0, 0.0
+        self.version = 0  # of the weights the engines hold: what a replacement is given
+        self._nodes = [node_of(e) for e in engines] if start is not None else []
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig, seed: int) -> list[Sample]:
         if not requests:
             return []
         shards = [requests[i :: len(self.engines)] for i in range(len(self.engines))]
-        futures = [
-            engine.generate.remote(shard, sampling, seed * 1000 + i)
-            for i, (engine, shard) in enumerate(zip(self.engines, shards))
-            if shard
-        ]
-        samples = [s for part in ray.get(futures) for s in part]
+        issue = lambda i: self.engines[i].generate.remote(shards[i], sampling, seed * 1000 + i)  # noqa: E731
+        pending = {issue(i): i for i, shard in enumerate(shards) if shard}
+        parts: dict[int, list[Sample]] = {}
+        failed_at = None
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=self.timeout_s)
+            for ref in list(pending):
+                i = pending.pop(ref)
+                try:
+                    if ref not in ready:
+                        raise TimeoutError(f"no answer to a generate call within rollout.timeout_s={self.timeout_s}")
+                    parts[i] = ray.get(ref)
+                except (ray.exceptions.RayActorError, TimeoutError) as e:
+                    failed_at = failed_at or time.perf_counter()
+                    self._replace(i, e)
+                    pending[issue(i)] = i
+        if failed_at is not None:
+            self.seconds_lost += time.perf_counter() - failed_at
+        samples = [s for i in sorted(parts) for s in parts[i]]
         order = {r.prompt_index: i for i, r in enumerate(requests)}
         samples.sort(key=lambda s: order[s.prompt_index])
         return samples
+
+    def _replace(self, i: int, error: BaseException) -> None:
+        from rlvr.faults import RoleFailed, node_name
+
+        where = node_name(self._nodes[i]) if self._nodes else "an unknown node"
+        if self.start is None or self.restarts >= self.max_restarts:
+            raise RoleFailed(
+                f"rollout engine {i} on {where} failed ({type(error).__name__}); engines failed {self.restarts + 1} times in this run, more than "
+                f"trainer.max_restarts={self.max_restarts} allows; last error: {str(error).strip().splitlines()[0]}"
+            ) from error
+        self.restarts += 1
+        log.warning("rollout engine %d on %s failed (%s); starting a replacement (%d of at most %d)",
+                    i, where, type(error).__name__, self.restarts, self.max_restarts)
+        ray.kill(self.engines[i])  # a stopped process too: Ray's kill is a SIGKILL
+        self.engines[i] = self.start(i)
+        self._nodes[i] = node_of(self.engines[i])
+        if self.reload is not None:
+            self.reload(self.engines[i])
 
     def sleep(self) -> None:
         ray.get([e.sleep.remote() for e in self.engines])

@@ -231,10 +231,11 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
                 restore_method="load_state_dict",
             )
         engine_cfg = engine_config(cfg, model_path)
-        roles["rollout"].engines = [
-            RolloutEngine.options(**placement.options("rollout", i), runtime_env=actor_env(cfg, "rollout", i, True)).remote(engine_cfg)
-            for i in range(c.num_engines)
-        ]
+
+        def start_engine(i: int):
+            return RolloutEngine.options(**placement.options("rollout", i), runtime_env=actor_env(cfg, "rollout", i, True)).remote(engine_cfg)
+
+        roles["rollout"] = RolloutPool([start_engine(i) for i in range(c.num_engines)], start_engine, cfg.trainer.max_restarts, cfg.rollout.timeout_s)
         if c.mode == "colocated":
             # vLLM sizes its KV cache from the free device memory at start-up: let it start before
             # the learner sharing its device loads anything.
@@ -252,10 +253,19 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
         value_ready = [roles["value"].actor.ready.remote()] if roles["value"] is not None else []
         ray.get([e.weight_version.remote() for e in roles["rollout"].engines] + [l.__ray_ready__.remote() for l in roles["learners"]] + value_ready)
         connect(c.weight_sync, roles["learners"], roles["rollout"].engines, rendezvous(placement, "learner") if c.weight_sync == "nccl" else None)
+        roles["rollout"].reload = lambda engine: reload_engine(c.weight_sync, roles["learners"], engine, roles["rollout"].version)
     except BaseException:
         stop_roles(roles)
         raise
     return roles
+
+
+def reload_engine(backend: str, learners: list, engine, version: int) -> None:
+    """A replacement engine gets the learners' current weights through the object store: it was
+    in no process group, and the ipc backend hands weights over the same way at every sync."""
+    if backend == "nccl":
+        raise RoleFailed("a rollout engine died; replacing it needs cluster.weight_sync=ray or ipc (the nccl group cannot take a new member)")
+    sync_weights("ray", learners, [engine], version=version)
 
 
 @contextlib.contextmanager
@@ -495,7 +505,7 @@ def console_line(step: int, total: int, m: dict) -> str:
 
 def fault_metrics(roles: dict) -> dict:
     """Restarts so far per restartable role, and the seconds the run waited on replacements."""
-    restartable = [r for r in (roles["verifier"], roles["value"]) if r is not None]
+    restartable = [r for r in (roles["verifier"], roles["value"], roles["rollout"]) if r is not None]
     out = {f"faults/{r.name}_restarts": r.restarts for r in restartable}
     out["faults/seconds_lost"] = sum(r.seconds_lost for r in restartable)
     return out
@@ -616,6 +626,7 @@ def train_step(parts: StepParts, batch: Batch, step: int) -> dict:
         rollout.wake_up()
     # 4. new weights to the rollout engines, bucketed (cluster.weight_sync picks the transport)
     sync_m = sync_weights(cfg.cluster.weight_sync, learners, rollout.engines, version=step)
+    rollout.version = step
     m = step_metrics(batch, learner_metrics)
     m.update(sync_m)
     m.update(async_m)
@@ -735,6 +746,7 @@ def train(cfg: DictConfig) -> dict:
             set_rng_state(state["rng"])
             start_step, heldout_before = state["step"] + 1, state.get("heldout_before")
             sync_weights(cfg.cluster.weight_sync, learners, rollout.engines, version=state["step"])
+            rollout.version = state["step"]
             log.info("resumed from %s: continuing at step %d (epoch %d)", ckpt, start_step, stream.epoch)
             if start_step > total:
                 log.warning(

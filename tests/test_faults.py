@@ -59,8 +59,8 @@ def test_a_dead_actor_is_replaced_restored_and_the_call_redone(ray_session):
     role.kill()
 
 
-def killer(run_dir: Path, after_step: int, actor_class: str) -> threading.Thread:
-    """SIGKILL every process of ``actor_class`` once metrics.jsonl has ``after_step``."""
+def killer(run_dir: Path, after_step: int, actor_class: str, sig: int = signal.SIGKILL) -> threading.Thread:
+    """Send ``sig`` to every process of ``actor_class`` once metrics.jsonl has ``after_step``."""
 
     def run():
         metrics = run_dir / "metrics.jsonl"
@@ -74,7 +74,7 @@ def killer(run_dir: Path, after_step: int, actor_class: str) -> threading.Thread
         for p in psutil.Process().children(recursive=True):
             try:
                 if (p.cmdline() or [""])[0].startswith(f"ray::{actor_class}"):
-                    os.kill(p.pid, signal.SIGKILL)
+                    os.kill(p.pid, sig)
             except psutil.NoSuchProcess:
                 pass
 
@@ -132,3 +132,26 @@ def test_a_role_that_keeps_dying_stops_with_a_checkpoint_and_resumes(tmp_path, r
     assert (run_dir / "checkpoints" / "step_00000001").is_dir()
     history = train(compose(base))["history"]  # resumes at step 2
     assert [h["step"] for h in history if h["step"] >= 1] == [2, 3]
+
+
+@pytest.mark.slow
+def test_a_killed_or_stopped_rollout_engine_is_replaced_and_the_run_is_unchanged(tmp_path, ray_session, tiny_model):
+    """SIGKILL the engine after step 1, SIGSTOP its replacement after step 2 (caught by
+    rollout.timeout_s): each replacement gets the current weights and redraws the same samples."""
+    from test_e2e import TINY
+
+    from rlvr.config import compose
+    from rlvr.trainer import train
+
+    base = TINY + ["algorithm=grpo", "trainer.steps=3", "trainer.eval_every=0", "trainer.save_every=0", "rollout.timeout_s=20"]
+    straight = {h["step"]: h for h in train(compose(base + [f"run_dir={tmp_path / 'straight'}"]))["history"]}
+    faulty_dir = tmp_path / "faulty"
+    threads = [killer(faulty_dir, 1, "RolloutEngine"), killer(faulty_dir, 2, "RolloutEngine", signal.SIGSTOP)]
+    faulty = {h["step"]: h for h in train(compose(base + [f"run_dir={faulty_dir}"]))["history"]}
+    for t in threads:
+        t.join(timeout=5)
+    assert [faulty[s]["faults/rollout_restarts"] for s in (1, 2, 3)] == [0, 1, 2]
+    assert faulty[3]["faults/seconds_lost"] >= 20  # the stopped engine was given its full deadline
+    for s in (1, 2, 3):
+        assert {k: faulty[s][k] for k in SAME} == {k: straight[s][k] for k in SAME}
+        assert faulty[s]["learner/rollout_logprob_diff"] == pytest.approx(straight[s]["learner/rollout_logprob_diff"], abs=1e-6)

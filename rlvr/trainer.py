@@ -13,6 +13,7 @@ trains). `train(cfg)` takes the composed Hydra config (see `rlvr.config.compose`
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -240,14 +241,7 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
             # vLLM sizes its KV cache from the free device memory at start-up: let it start before
             # the learner sharing its device loads anything.
             ray.get([e.weight_version.remote() for e in roles["rollout"].engines])
-        learner_cfg = learner_config(cfg, model_path)
-        host, port = rendezvous(placement, "learner")  # torch.distributed rendezvous on rank 0's node
-        roles["learners"] = [
-            PolicyLearner.options(**placement.options("learner", rank), runtime_env=actor_env(cfg, "learner", rank, True)).remote(
-                learner_cfg, rank, c.num_learners, host, port
-            )
-            for rank in range(c.num_learners)
-        ]
+        roles["learners"] = start_learners(cfg, placement, model_path)
         # Surface start-up errors (a bad model folder, an engine that cannot start, a value model
         # that does not load) before step 1.
         value_ready = [roles["value"].actor.ready.remote()] if roles["value"] is not None else []
@@ -258,6 +252,36 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
         stop_roles(roles)
         raise
     return roles
+
+
+def start_learners(cfg: DictConfig, placement: Placement, model_path: str) -> list:
+    c = cfg.cluster
+    learner_cfg = learner_config(cfg, model_path)
+    host, port = rendezvous(placement, "learner")  # torch.distributed rendezvous on rank 0's node
+    return [
+        PolicyLearner.options(**placement.options("learner", rank), runtime_env=actor_env(cfg, "learner", rank, True)).remote(
+            learner_cfg, rank, c.num_learners, host, port
+        )
+        for rank in range(c.num_learners)
+    ]
+
+
+def learners_lost(learners: list) -> bool:
+    try:
+        ray.get([l.__ray_ready__.remote() for l in learners], timeout=60)
+        return False
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        return True
+
+
+def restart_learners(cfg: DictConfig, roles: dict, model_path: str) -> None:
+    """Every learner rank anew (optimizer state lived in their memory): the caller reloads a checkpoint."""
+    if cfg.cluster.weight_sync == "nccl":
+        raise RoleFailed("a learner rank died; restarting the learners needs cluster.weight_sync=ray or ipc (the nccl group with the engines cannot be re-formed)")
+    for l in roles["learners"]:
+        ray.kill(l)
+    roles["learners"][:] = start_learners(cfg, roles["placement"], model_path)  # in place: every holder sees them
+    ray.get([l.__ray_ready__.remote() for l in roles["learners"]])
 
 
 def reload_engine(backend: str, learners: list, engine, version: int) -> None:
@@ -503,11 +527,13 @@ def console_line(step: int, total: int, m: dict) -> str:
     return " | ".join(parts)
 
 
-def fault_metrics(roles: dict) -> dict:
-    """Restarts so far per restartable role, and the seconds the run waited on replacements."""
+def fault_metrics(roles: dict, learner_faults: dict) -> dict:
+    """Restarts so far per role, and the seconds the run spent replacing actors (for the learners:
+    restarting them and going back to the checkpoint, not the steps trained again)."""
     restartable = [r for r in (roles["verifier"], roles["value"], roles["rollout"]) if r is not None]
     out = {f"faults/{r.name}_restarts": r.restarts for r in restartable}
-    out["faults/seconds_lost"] = sum(r.seconds_lost for r in restartable)
+    out["faults/learner_restarts"] = learner_faults["restarts"]
+    out["faults/seconds_lost"] = sum(r.seconds_lost for r in restartable) + learner_faults["seconds_lost"]
     return out
 
 
@@ -737,16 +763,24 @@ def train(cfg: DictConfig) -> dict:
         total = cfg.trainer.steps
         history: list[dict] = []
         start_step, heldout_before = 1, None
-        if ckpt is not None:
-            state = load_training_state(ckpt, roles)
+
+        def restore(state: dict) -> int:
+            """Every role and the loop's state as of a checkpoint; the step to continue at."""
             stream.load_state_dict(state["stream"])
             parts.hadw_state.load_state_dict(state["hadw"])
             if state.get("controller") is not None:  # checkpoints from before V05Baseline have none
                 controller.load_state_dict(state["controller"])
             set_rng_state(state["rng"])
-            start_step, heldout_before = state["step"] + 1, state.get("heldout_before")
             sync_weights(cfg.cluster.weight_sync, learners, rollout.engines, version=state["step"])
             rollout.version = state["step"]
+            return state["step"] + 1
+
+        # What a run that loses its learners before its first checkpoint goes back to.
+        initial = copy.deepcopy({"step": 0, "stream": stream.state_dict(), "hadw": parts.hadw_state.state_dict(),
+                                 "controller": controller.state_dict(), "rng": rng_state(), "value": {"prompts": [], "success": []}})
+        if ckpt is not None:
+            state = load_training_state(ckpt, roles)
+            start_step, heldout_before = restore(state), state.get("heldout_before")
             log.info("resumed from %s: continuing at step %d (epoch %d)", ckpt, start_step, stream.epoch)
             if start_step > total:
                 log.warning(
@@ -779,62 +813,91 @@ def train(cfg: DictConfig) -> dict:
         stop = StopRequest()
         bar = tqdm(total=total, initial=start_step - 1, desc="train", disable=not cfg.trainer.progress, dynamic_ncols=True, file=sys.stderr)
         source = AsyncBatches(make_batch, start_step, total, cfg.trainer.generate_ahead or k) if k else None
-        batches = source if source is not None else sync_batches(make_batch, start_step, total)
         step = start_step - 1
         last = None  # (step, state) of the last trained step: saved if a role fails for good
+        learner_restarts, learner_faults = 0, {"restarts": 0, "seconds_lost": 0.0}
         try:
-            for step, batch in enumerate(batches, start=start_step):
-                step_start = time.perf_counter()
-                m = train_step(parts, batch, step)
-                if source is not None:
-                    source.synced_version(step)
-                    m["time/step"] = time.perf_counter() - step_start + batch.stats.get("time/learner_wait", 0.0)
-                else:
-                    m["time/step"] = time.perf_counter() - step_start + batch.stats["time/collect"]
-                m["gen_tokens_per_s"] = m.get("gen_tokens", 0) / max(m.get("time/generate", 1e-9), 1e-9)
-                m.update(fault_metrics(roles))
-                # 5. metrics
-                eval_records = []
-                if cfg.trainer.eval_every and (step % cfg.trainer.eval_every == 0 or step == total):
-                    eval_start = time.perf_counter()
-                    every = cfg.eval.pass_at_k_every
-                    sampled = not every or step % every == 0 or step == total
-                    m.update(evaluate(rollout, verifier, eval_problems, render, cfg, cfg.seed + 10**6 + step, sampled, eval_records))
-                    m["time/eval"] = time.perf_counter() - eval_start
-                metrics_log.write(step, m, batch.decisions, eval_records)
-                history.append({"step": step, **m})
-                bar.update(1)
-                tqdm.write(console_line(step, total, m), file=sys.stdout)
-                sys.stdout.flush()
-                # 6. checkpoint: periodically, at the end, and when asked to stop. It records the
-                # trained step; an async run regenerates whatever was generated ahead of it.
-                state = {
-                    "step": step,
-                    "epoch": batch.stream_state["epoch"],
-                    "stream": batch.stream_state,
-                    "controller": batch.controller_state,
-                    "hadw": parts.hadw_state.state_dict(),
-                    "rng": rng_state(),
-                    "heldout_before": heldout_before,
-                    # the value server's state after this batch: the controller's snapshot
-                    "value": roles["value"].state if roles["value"] is not None and k == 0 else batch.value_state,
-                }
-                every = cfg.trainer.save_every
-                saved = (every and step % every == 0) or step == total or stop.signal is not None
-                if saved:
-                    path = save_training_state(run_dir, step, roles, state, cfg)
-                    log.info("checkpoint %s", path)
-                last = (step, state, saved)
-                if stop.signal is not None:
-                    log.warning("stopped at step %d; `rlvr train` with the same run_dir resumes from here", step)
+            while True:  # one pass, and one more after each learner restart
+                batches = source if source is not None else sync_batches(make_batch, start_step, total)
+                try:
+                    for step, batch in enumerate(batches, start=start_step):
+                        step_start = time.perf_counter()
+                        m = train_step(parts, batch, step)
+                        if source is not None:
+                            source.synced_version(step)
+                            m["time/step"] = time.perf_counter() - step_start + batch.stats.get("time/learner_wait", 0.0)
+                        else:
+                            m["time/step"] = time.perf_counter() - step_start + batch.stats["time/collect"]
+                        m["gen_tokens_per_s"] = m.get("gen_tokens", 0) / max(m.get("time/generate", 1e-9), 1e-9)
+                        m.update(fault_metrics(roles, learner_faults))
+                        # 5. metrics
+                        eval_records = []
+                        if cfg.trainer.eval_every and (step % cfg.trainer.eval_every == 0 or step == total):
+                            eval_start = time.perf_counter()
+                            every = cfg.eval.pass_at_k_every
+                            sampled = not every or step % every == 0 or step == total
+                            m.update(evaluate(rollout, verifier, eval_problems, render, cfg, cfg.seed + 10**6 + step, sampled, eval_records))
+                            m["time/eval"] = time.perf_counter() - eval_start
+                        metrics_log.write(step, m, batch.decisions, eval_records)
+                        history.append({"step": step, **m})
+                        bar.update(1)
+                        tqdm.write(console_line(step, total, m), file=sys.stdout)
+                        sys.stdout.flush()
+                        # 6. checkpoint: periodically, at the end, and when asked to stop. It records the
+                        # trained step; an async run regenerates whatever was generated ahead of it.
+                        state = {
+                            "step": step,
+                            "epoch": batch.stream_state["epoch"],
+                            "stream": batch.stream_state,
+                            "controller": batch.controller_state,
+                            "hadw": parts.hadw_state.state_dict(),
+                            "rng": rng_state(),
+                            "heldout_before": heldout_before,
+                            # the value server's state after this batch: the controller's snapshot
+                            "value": roles["value"].state if roles["value"] is not None and k == 0 else batch.value_state,
+                        }
+                        every = cfg.trainer.save_every
+                        saved = (every and step % every == 0) or step == total or stop.signal is not None
+                        if saved:
+                            path = save_training_state(run_dir, step, roles, state, cfg)
+                            log.info("checkpoint %s", path)
+                        last = (step, state, saved)
+                        if stop.signal is not None:
+                            log.warning("stopped at step %d; `rlvr train` with the same run_dir resumes from here", step)
+                            break
                     break
+                except ray.exceptions.RayActorError as e:
+                    # A learner rank died: its optimizer state went with it. Restart every rank, go
+                    # back to the last checkpoint (or the start) and train the steps since again.
+                    if k or not learners_lost(learners):
+                        raise
+                    learner_restarts += 1
+                    if learner_restarts > cfg.trainer.max_restarts:
+                        raise RoleFailed(
+                            f"a learner rank died {learner_restarts} times, more than trainer.max_restarts={cfg.trainer.max_restarts} "
+                            f"allows; last error: {str(e).strip().splitlines()[0]}"
+                        ) from e
+                    t0 = time.perf_counter()
+                    restart_learners(cfg, roles, model_path)
+                    back_to = resolve_resume(run_dir, "auto")
+                    state = load_training_state(back_to, roles) if back_to is not None else initial
+                    if back_to is None and roles["value"] is not None:
+                        roles["value"].load(initial["value"])
+                    start_step, last = restore(state), None
+                    history = [h for h in history if h["step"] < start_step]
+                    bar.n = start_step - 1
+                    bar.refresh()
+                    learner_faults["restarts"] = learner_restarts
+                    learner_faults["seconds_lost"] += time.perf_counter() - t0
+                    log.warning("a learner rank died (%s); restarted every rank from %s, training again from step %d (%d of at most %d)",
+                                type(e).__name__, back_to or "the initial weights", start_step, learner_restarts, cfg.trainer.max_restarts)
         except RoleFailed as e:
             # The failure came while collecting the next batch: the learners still hold the last
             # trained step's weights, so that step's checkpoint is exact.
             if last is not None and not last[2]:
                 path = save_training_state(run_dir, last[0], roles, last[1], cfg)
                 log.info("checkpoint %s", path)
-            where = f"a checkpoint at step {last[0]}" if last is not None else "no step trained"
+            where = f"a checkpoint at step {last[0]}" if last is not None else "its last checkpoint"
             raise RoleFailed(f"{e}. The run stopped with {where}; the same command resumes it.") from e
         finally:
             if source is not None:

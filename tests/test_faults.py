@@ -155,3 +155,28 @@ def test_a_killed_or_stopped_rollout_engine_is_replaced_and_the_run_is_unchanged
     for s in (1, 2, 3):
         assert {k: faulty[s][k] for k in SAME} == {k: straight[s][k] for k in SAME}
         assert faulty[s]["learner/rollout_logprob_diff"] == pytest.approx(straight[s]["learner/rollout_logprob_diff"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_killed_learner_restarts_from_the_last_checkpoint_and_the_run_is_unchanged(tmp_path, ray_session, tiny_model):
+    """SIGKILL the learner after step 3 (checkpoint at step 2): every rank restarts, reloads step 2
+    and trains step 3 again, with the same seeds, so steps 3 and 4 are the straight run's."""
+    from test_e2e import TINY
+
+    from rlvr.config import compose
+    from rlvr.trainer import train
+
+    base = TINY + ["algorithm=grpo", "trainer.steps=4", "trainer.eval_every=0", "trainer.save_every=2"]
+    straight = {h["step"]: h for h in train(compose(base + [f"run_dir={tmp_path / 'straight'}"]))["history"]}
+    faulty_dir = tmp_path / "faulty"
+    t = killer(faulty_dir, 3, "PolicyLearner")
+    history = train(compose(base + [f"run_dir={faulty_dir}"]))["history"]
+    t.join(timeout=5)
+    faulty = {h["step"]: h for h in history}
+    assert sorted(s for s in faulty if s >= 1) == [1, 2, 3, 4]
+    assert faulty[4]["faults/learner_restarts"] == 1 and faulty[4]["faults/seconds_lost"] > 0
+    for s in (1, 2, 3, 4):
+        assert {k: faulty[s][k] for k in SAME} == {k: straight[s][k] for k in SAME}
+    # step 3 was trained twice: metrics.jsonl holds both records, the second is the straight run's
+    records = [json.loads(l) for l in (faulty_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["step"] >= 1] == [1, 2, 3, 3, 4]

@@ -38,6 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from rlvr.algorithms import pass_at_k  # noqa: E402
+from rlvr.plots import load_metrics  # noqa: E402
 
 # In the order a seed's runs are made: the pairs the three questions compare come first.
 GRID = {
@@ -147,11 +148,9 @@ def load_run(d: Path, step0: dict[str, dict] | None = None) -> dict:
     if 0 not in evals and step0 is not None:
         evals[0] = step0
     cum, total = {0: 0.0}, 0.0
-    for line in (d / "metrics.jsonl").read_text().splitlines():
-        if line.strip():
-            m = json.loads(line)
-            total += m.get("rollouts", 0) if m["step"] > 0 else 0
-            cum[int(m["step"])] = total
+    for m in load_metrics(d):  # one record per step: a resumed run logs the steps it trains again
+        total += m.get("rollouts", 0) if m["step"] > 0 else 0
+        cum[m["step"]] = total
     return {"evals": evals, "rollouts": cum}
 
 

@@ -62,8 +62,11 @@ class RestartingRole:
         max_restarts: int,
         snapshot_method: str | None = None,
         restore_method: str | None = None,
+        ready_timeout_s: float | None = None,
     ):
         self.name, self._start, self.max_restarts = name, start, int(max_restarts)
+        self.ready_timeout_s = ready_timeout_s
+        self._unready = False  # a replacement not yet known to have started
         self.snapshot_method, self.restore_method = snapshot_method, restore_method
         self.restarts, self.seconds_lost, self.last_error = 0, 0.0, None
         self.state = None
@@ -77,6 +80,7 @@ class RestartingRole:
         while True:
             actor = self.actor
             try:
+                self._await_replacement()
                 out = ray.get(getattr(actor, method).remote(*args), timeout=timeout)
             except ray.exceptions.RayActorError as e:
                 failed_at = failed_at or time.perf_counter()
@@ -95,6 +99,20 @@ class RestartingRole:
         except ray.exceptions.RayActorError as e:
             self.restart(e, actor)
             return default
+
+    def _await_replacement(self) -> None:
+        """A replacement that cannot be placed (its node is gone and no other has room for its
+        bundle) would leave every call pending: give it ``ready_timeout_s`` to start."""
+        if not self._unready:
+            return
+        try:
+            ray.get(self.actor.__ray_ready__.remote(), timeout=self.ready_timeout_s)
+        except ray.exceptions.GetTimeoutError as e:
+            raise RoleFailed(
+                f"no replacement for the {self.name} actor started within cluster.placement_timeout_s={self.ready_timeout_s}: "
+                f"no node has room for its bundle (was its node lost?); last error: {str(self.last_error).strip().splitlines()[0]}"
+            ) from e
+        self._unready = False
 
     def snapshot(self) -> Any:
         """Read and keep the actor's state: what a replacement is restored to."""
@@ -132,6 +150,7 @@ class RestartingRole:
             pass
         self.actor = self._start()
         self._node = node_of(self.actor)
+        self._unready = True
         if self.restore_method and self.state is not None:
             getattr(self.actor, self.restore_method).remote(self.state)
 

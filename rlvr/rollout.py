@@ -324,9 +324,10 @@ class RolloutPool:
     name = "rollout"
 
     def __init__(self, engines: list, start: Callable[[int], Any] | None = None, max_restarts: int = 0,
-                 timeout_s: float | None = None):
+                 timeout_s: float | None = None, ready_timeout_s: float | None = None):
         self.engines = engines
         self.start, self.max_restarts, self.timeout_s = start, int(max_restarts), timeout_s
+        self.ready_timeout_s = ready_timeout_s
         self.reload: Callable[[Any], None] | None = None  # set by the trainer once the learners exist
         self.restarts, self.seconds_lost = 0, 0.0
         self.version = 0  # of the weights the engines hold: what a replacement is given
@@ -374,6 +375,13 @@ class RolloutPool:
         ray.kill(self.engines[i])  # a stopped process too: Ray's kill is a SIGKILL
         self.engines[i] = self.start(i)
         self._nodes[i] = node_of(self.engines[i])
+        try:
+            ray.get(self.engines[i].__ray_ready__.remote(), timeout=self.ready_timeout_s)
+        except ray.exceptions.GetTimeoutError as e:
+            raise RoleFailed(
+                f"no replacement for rollout engine {i} started within cluster.placement_timeout_s={self.ready_timeout_s}: "
+                "no node has room for its bundle (was its node lost?)"
+            ) from e
         if self.reload is not None:
             self.reload(self.engines[i])
 

@@ -218,6 +218,7 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
                 memory_mb=cfg.verifier.memory_mb,
             ),
             cfg.trainer.max_restarts,
+            ready_timeout_s=c.placement_timeout_s,
         )
         if preset.sampling == "adaptive":
             from rlvr.value import ValueServer, value_model_kwargs
@@ -230,13 +231,16 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
                 cfg.trainer.max_restarts,
                 snapshot_method="state_dict",
                 restore_method="load_state_dict",
+                ready_timeout_s=c.placement_timeout_s,
             )
         engine_cfg = engine_config(cfg, model_path)
 
         def start_engine(i: int):
             return RolloutEngine.options(**placement.options("rollout", i), runtime_env=actor_env(cfg, "rollout", i, True)).remote(engine_cfg)
 
-        roles["rollout"] = RolloutPool([start_engine(i) for i in range(c.num_engines)], start_engine, cfg.trainer.max_restarts, cfg.rollout.timeout_s)
+        roles["rollout"] = RolloutPool(
+            [start_engine(i) for i in range(c.num_engines)], start_engine, cfg.trainer.max_restarts, cfg.rollout.timeout_s, c.placement_timeout_s
+        )
         if c.mode == "colocated":
             # vLLM sizes its KV cache from the free device memory at start-up: let it start before
             # the learner sharing its device loads anything.
@@ -281,7 +285,13 @@ def restart_learners(cfg: DictConfig, roles: dict, model_path: str) -> None:
     for l in roles["learners"]:
         ray.kill(l)
     roles["learners"][:] = start_learners(cfg, roles["placement"], model_path)  # in place: every holder sees them
-    ray.get([l.__ray_ready__.remote() for l in roles["learners"]])
+    try:
+        ray.get([l.__ray_ready__.remote() for l in roles["learners"]], timeout=cfg.cluster.placement_timeout_s)
+    except ray.exceptions.GetTimeoutError as e:
+        raise RoleFailed(
+            f"the learner ranks did not start again within cluster.placement_timeout_s={cfg.cluster.placement_timeout_s}: "
+            "no node has room for their bundles (was their node lost?)"
+        ) from e
 
 
 def reload_engine(backend: str, learners: list, engine, version: int) -> None:

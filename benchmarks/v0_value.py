@@ -103,7 +103,7 @@ def main() -> None:
     result_v0["steady_head_s"] = round(max(0.0, result_v0["steady_median_s"] - t_encode), 3)
     result_v0["load_s"] = round(t_load, 1)
     result_v0["encoder_params_m"] = round(params / 1e6, 1)
-    del v0
+    v0 = None  # free the 2 GB encoder before the embedded run
 
     embedded = EmbeddedValueModel(context_size=args.context, regressor="ridge")
     result_emb = run_backend(embedded, context, steps)

@@ -59,16 +59,21 @@ def test_a_dead_actor_is_replaced_restored_and_the_call_redone(ray_session):
     role.kill()
 
 
+def wait_for_step(run_dir: Path, step: int, timeout_s: float = 600) -> None:
+    """Until the run's metrics.jsonl has a record of ``step``."""
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if metrics.exists() and any(json.loads(l)["step"] == step for l in metrics.read_text().splitlines() if l.strip()):
+            return
+        time.sleep(0.1)
+
+
 def killer(run_dir: Path, after_step: int, actor_class: str, sig: int = signal.SIGKILL) -> threading.Thread:
     """Send ``sig`` to every process of ``actor_class`` once metrics.jsonl has ``after_step``."""
 
     def run():
-        metrics = run_dir / "metrics.jsonl"
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            if metrics.exists() and any(json.loads(l)["step"] == after_step for l in metrics.read_text().splitlines() if l.strip()):
-                break
-            time.sleep(0.1)
+        wait_for_step(run_dir, after_step)
         # only this test's Ray session: its processes descend from this one (another Ray job on
         # the machine has actors of the same class)
         for p in psutil.Process().children(recursive=True):

@@ -1,9 +1,7 @@
 """Losing a node in a simulated cluster (``ray.cluster_utils``): its roles start again elsewhere when
 another node has room for their bundles; otherwise the run stops with a checkpoint and a message."""
 
-import json
 import threading
-import time
 from pathlib import Path
 
 import psutil
@@ -14,6 +12,7 @@ from rlvr.config import compose
 from rlvr.faults import RoleFailed
 from rlvr.trainer import train
 from test_e2e import TINY
+from test_faults import wait_for_step
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +59,7 @@ def node_running(c, actor_class: str):
 
 def remove_after(c, run_dir: Path, step: int, pick) -> threading.Thread:
     def run():
-        metrics = run_dir / "metrics.jsonl"
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            if metrics.exists() and any(json.loads(l)["step"] == step for l in metrics.read_text().splitlines() if l.strip()):
-                break
-            time.sleep(0.1)
+        wait_for_step(run_dir, step)
         c.remove_node(pick())
 
     t = threading.Thread(target=run, daemon=True)

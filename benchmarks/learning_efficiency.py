@@ -85,12 +85,11 @@ def finished(d: Path, steps: int) -> bool:
 
 
 def step0_run(args) -> Path | None:
-    """The run that evaluated the untrained model, if any: it is the same model in every run."""
-    for config in GRID:
-        for seed in args.seeds:
-            d = run_dir(args, config, seed)
-            if (d / "eval.jsonl").exists() and 0 in read_evals(d):
-                return d
+    """The run that evaluated the untrained model, if any: it is the same model in every run, so
+    any seed's will do (a grid continued with ``--seeds 1`` reuses seed 0's)."""
+    for d in sorted((args.out / "runs").glob("*-s*")):
+        if d.is_dir() and (d / "eval.jsonl").exists() and 0 in read_evals(d):
+            return d
     return None
 
 

@@ -3,7 +3,8 @@
     rlvr train [key=value ...]        a Hydra app: e.g. rlvr train algorithm=v05 weighting=focal data=mix
                                       --cfg job|hydra|all, --help, --info, -m algorithm=grpo,v05 seed=0,1,2
     rlvr config [key=value ...]       print the composed, validated config and exit
-    rlvr export CKPT OUT              write a checkpoint's policy as a plain Hugging Face model folder
+    rlvr export CKPT OUT [--adapter]  write a checkpoint's policy as a plain Hugging Face model folder
+                                      (LoRA merged), or with --adapter a peft adapter folder
     rlvr eval CKPT|MODEL [key=value]  held-out pass@1 / pass@k of a checkpoint or model folder, e.g. data=champ eval.n_samples=4
     rlvr plot RUN_DIR [RUN_DIR ...]   PNG figures comparing runs, e.g. every run dir of a sweep (--out DIR)
     rlvr compare RUN_DIR [...]        a table of final held-out accuracy, pass@k, rollouts and wall time per run
@@ -155,10 +156,13 @@ def export_command(argv: list[str]) -> int:
     parser = _parser("export", "write a checkpoint's policy as a plain Hugging Face model folder")
     parser.add_argument("ckpt", metavar="CKPT", help="a checkpoint dir (run_dir/checkpoints/step_N) or a run dir (its latest)")
     parser.add_argument("out", metavar="OUT", help="the model folder to write")
+    parser.add_argument(
+        "--adapter", action="store_true", help="a LoRA run: write the peft adapter folder (PeftModel.from_pretrained(base, OUT)) instead of merged weights"
+    )
     args = parser.parse_args(argv)
     from rlvr.export import export_checkpoint
 
-    print(export_checkpoint(args.ckpt, args.out))
+    print(export_checkpoint(args.ckpt, args.out, adapter=args.adapter))
     return 0
 
 

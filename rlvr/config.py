@@ -133,6 +133,15 @@ def validate(cfg: DictConfig) -> None:
             "trainer.max_staleness",
             "async generation needs engines of their own (cluster.mode=disaggregated); colocated engines sleep while learners step",
         )
+    lora = cfg.model.lora
+    _check(lora.rank >= 0, "model.lora.rank", f"must be >= 0 (0 = full fine-tuning), got {lora.rank}")
+    _check(lora.alpha > 0, "model.lora.alpha", f"must be > 0, got {lora.alpha}")
+    _check(0 <= lora.dropout < 1, "model.lora.dropout", f"must be in [0, 1), got {lora.dropout}")
+    _check(
+        isinstance(lora.target_modules, str) or len(lora.target_modules) > 0,
+        "model.lora.target_modules",
+        "is empty: give module names (e.g. [q_proj, v_proj]) or all-linear",
+    )
     r = cfg.rollout
     _check(r.backend in ("vllm", "hf"), "rollout.backend", f"unknown {r.backend!r}; known: vllm, hf")
     _check(r.temperature > 0, "rollout.temperature", f"training needs sampling, so > 0; got {r.temperature}")

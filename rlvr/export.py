@@ -1,4 +1,5 @@
-"""Turn a training checkpoint into a plain Hugging Face model folder (loadable by transformers and vLLM)."""
+"""Turn a training checkpoint into a plain Hugging Face model folder (loadable by transformers and
+vLLM), or, for a LoRA run, into a peft adapter folder (`adapter=True`)."""
 
 from __future__ import annotations
 
@@ -9,30 +10,34 @@ import torch
 from omegaconf import OmegaConf
 
 from rlvr.checkpoint import validate_checkpoint
+from rlvr.lora import LoraSettings, add_adapters, is_adapter
 from rlvr.models import resolve_model_path
 
 log = logging.getLogger(__name__)
 
 
-def policy_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
-    """The policy's full-precision weights from the DeepSpeed shards of a checkpoint (any ZeRO stage)."""
+def policy_state_dict(ckpt: Path, lora: bool = False) -> dict[str, torch.Tensor]:
+    """The policy's full-precision weights from the DeepSpeed shards of a checkpoint (any ZeRO
+    stage); a LoRA checkpoint holds the adapters only."""
     learner_dir = ckpt / "learner"
     if list((learner_dir / "policy").glob("*zero_pp_rank_*_mp_rank_00_model_states.pt")) and not list(
         (learner_dir / "policy").glob("mp_rank_00_model_states.pt")
     ):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        return get_fp32_state_dict_from_zero_checkpoint(str(learner_dir), tag="policy")
+        return get_fp32_state_dict_from_zero_checkpoint(str(learner_dir), tag="policy", exclude_frozen_parameters=lora)
     states = torch.load(learner_dir / "policy" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
     module = states["module"]
     if any(t.numel() == 0 for t in module.values()):  # ZeRO-3 placeholders: gather from the partitions
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        return get_fp32_state_dict_from_zero_checkpoint(str(learner_dir), tag="policy")
+        return get_fp32_state_dict_from_zero_checkpoint(str(learner_dir), tag="policy", exclude_frozen_parameters=lora)
     return module
 
 
-def export_checkpoint(ckpt: str | Path, out_dir: str | Path) -> Path:
+def export_checkpoint(ckpt: str | Path, out_dir: str | Path, adapter: bool = False) -> Path:
+    """Write `out_dir`: the trained policy as a plain HF folder (LoRA adapters merged into the base),
+    or with `adapter=True` a peft adapter folder that `PeftModel.from_pretrained(base, out_dir)` loads."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     ckpt, out_dir = Path(ckpt), Path(out_dir)
@@ -40,13 +45,25 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path) -> Path:
     if problem:
         raise ValueError(f"{ckpt} is not a complete checkpoint: {problem}")
     cfg = OmegaConf.load(ckpt / "config.yaml")
+    lora = LoraSettings.from_config(OmegaConf.select(cfg, "model.lora"))
+    if adapter and not lora.enabled:
+        raise ValueError(f"{ckpt} trained full weights (model.lora.rank = 0): there is no adapter to export; drop --adapter")
     base = resolve_model_path(cfg.model.path, cfg.get("cache_dir"))
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    missing, unexpected = model.load_state_dict(policy_state_dict(ckpt), strict=False)
-    missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_word_embeddings)]
+    if lora.enabled:
+        model = add_adapters(model, lora)
+    missing, unexpected = model.load_state_dict(policy_state_dict(ckpt, lora.enabled), strict=False)
+    if lora.enabled:
+        missing = [k for k in missing if is_adapter(k)]  # the frozen base comes from model.path, not the checkpoint
+    else:
+        missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_word_embeddings)]
     if missing or unexpected:
         raise ValueError(f"checkpoint does not match {base}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    model.to(getattr(torch, cfg.model.dtype)).save_pretrained(out_dir)
+    if lora.enabled and not adapter:
+        model = model.merge_and_unload()
+    if not adapter:
+        model = model.to(getattr(torch, cfg.model.dtype))
+    model.save_pretrained(out_dir)  # a PeftModel writes adapter_config.json and adapter_model.safetensors only
     AutoTokenizer.from_pretrained(base).save_pretrained(out_dir)
-    log.info("exported %s to %s", ckpt, out_dir)
+    log.info("exported %s to %s%s", ckpt, out_dir, " (peft adapter)" if adapter else "")
     return out_dir

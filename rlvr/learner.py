@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from rlvr.algorithms import POLICY_LOSSES, policy_loss, rollout_correction, rollout_mismatch
 from rlvr.batch import MiniBatch, Trajectory
 from rlvr.logs import redirect_actor_output
+from rlvr.lora import LoraSettings, add_adapters, sync_tensors
 from rlvr.weight_sync import TensorSpec, broadcast, open_group, pack, plan_buckets, put_bucket, share
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ class LearnerConfig:
     seed: int
     dtype: str
     bucket_mb: float
+    lora: LoraSettings  # rank 0: full fine-tuning
     betas: tuple = (0.9, 0.999)
 
 
@@ -160,14 +163,21 @@ class PolicyLearner:
         model = AutoModelForCausalLM.from_pretrained(cfg.model_path, dtype=dtype)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
+        if cfg.lora.enabled:
+            model = add_adapters(model, cfg.lora)
+            if cfg.gradient_checkpointing:
+                model.enable_input_require_grads()  # the frozen embeddings' output must carry grad into the recomputed blocks
         tok = AutoTokenizer.from_pretrained(cfg.model_path)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=deepspeed_config(cfg))
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=deepspeed_config(cfg))
+        self.sync = sync_tensors(self.engine.module)  # what the engines load: merged weights under LoRA
         self.ref_model = None
 
     def ensure_reference(self) -> None:
-        """Load a frozen copy of the initial policy for the KL term (only when kl_coef > 0)."""
-        if self.ref_model is None:
+        """Load a frozen copy of the initial policy for the KL term (only when kl_coef > 0). Under
+        LoRA the reference is the base model with the adapters switched off: no second copy."""
+        if self.ref_model is None and not self.cfg.lora.enabled:
             from transformers import AutoModelForCausalLM
 
             self.ref_model = AutoModelForCausalLM.from_pretrained(self.cfg.model_path, dtype=getattr(torch, self.cfg.dtype))
@@ -183,10 +193,17 @@ class PolicyLearner:
         return [[(collate(seqs or dummy, self.pad_id, self.device), not seqs) for seqs in mini.micro_batches] for mini in mini_batches]
 
     @torch.no_grad()
+    def _eval_logprobs(self, mb: dict, temperature: float) -> torch.Tensor:
+        """log π without dropout (LoRA dropout): π_old is the policy the engine sampled from."""
+        self.engine.eval()
+        try:
+            return self._logprobs(mb, temperature)[0]
+        finally:
+            self.engine.train()
+
     def logprobs(self, seqs: list[Trajectory], temperature: float) -> list[list[float]]:
         """log π(y_t) of each response token under the current weights (what `recompute` uses as π_old)."""
-        mb = collate(seqs, self.pad_id, self.device)
-        logp, _ = self._logprobs(mb, temperature)
+        logp = self._eval_logprobs(collate(seqs, self.pad_id, self.device), temperature)
         return [logp[b, : len(s.response_ids)].tolist() for b, s in enumerate(seqs)]
 
     def train_step(self, mini_batches: list[MiniBatch], update: UpdateConfig) -> dict:
@@ -205,8 +222,7 @@ class PolicyLearner:
         collated = self._collated(mini_batches)
         old: list[list[torch.Tensor]] | None = None
         if update.old_logprobs == "recompute" and (update.epochs > 1 or len(mini_batches) > 1):
-            with torch.no_grad():
-                old = [[self._logprobs(mb, update.temperature)[0] for mb, _ in mini] for mini in collated]
+            old = [[self._eval_logprobs(mb, update.temperature) for mb, _ in mini] for mini in collated]
         sums: dict[str, float] = {}
         ratio_min, ratio_max, first_dev, grad_norms = float("inf"), 0.0, 0.0, []
         for epoch in range(update.epochs):
@@ -236,6 +252,7 @@ class PolicyLearner:
             optimizer_steps=len(grad_norms),
             tokens=first_pass,
             seconds=time.perf_counter() - start,
+            peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this process's high-water mark (Linux: KiB)
         )
         return metrics
 
@@ -255,8 +272,7 @@ class PolicyLearner:
             weights, loss_mask, corrected = rollout_correction(update.rollout_correction, old_logp, mu, mask, update.correction_threshold)
         ref_logp = None
         if update.kl_coef > 0:
-            with torch.no_grad():
-                ref_logp, _ = response_logprobs(self.ref_model, mb["input_ids"], mb["attention_mask"], mb["gather_idx"], update.temperature)
+            ref_logp = self._reference_logprobs(mb, update.temperature)
         loss, stats = policy_loss(
             update.loss,
             logp,
@@ -297,6 +313,14 @@ class PolicyLearner:
         extremes = {"ratio_min": float(ratio.min()), "ratio_max": float(ratio.max()), "ratio_dev": float((ratio - 1).abs().max())}
         return sums, extremes
 
+    @torch.no_grad()
+    def _reference_logprobs(self, mb: dict, temperature: float) -> torch.Tensor:
+        args = (mb["input_ids"], mb["attention_mask"], mb["gather_idx"], temperature)
+        if self.cfg.lora.enabled:
+            with self.engine.module.disable_adapter():
+                return response_logprobs(self.engine.module, *args)[0]
+        return response_logprobs(self.ref_model, *args)[0]
+
     def _optimizer_step(self) -> float:
         """One optimizer step; returns the gradient norm before clipping."""
         local_norm = None
@@ -311,24 +335,25 @@ class PolicyLearner:
 
     # ---- weight sync (see rlvr/weight_sync.py) ----------------------------------------------
     def bucket_specs(self, bucket_mb: float | None = None) -> list[list[TensorSpec]]:
-        """Names, full shapes and dtypes of the parameters, grouped into buckets of ~`bucket_mb` MB."""
+        """Names, full shapes and dtypes of what the engines load, grouped into buckets of ~`bucket_mb` MB."""
         specs = [
             # ZeRO-3 keeps a partition in p; ds_shape is the full shape
-            TensorSpec(n, tuple(getattr(p, "ds_shape", p.shape)), p.dtype)
-            for n, p in self.engine.module.named_parameters()
+            TensorSpec(t.name, tuple(getattr(t.params[0], "ds_shape", t.params[0].shape)), t.params[0].dtype)
+            for t in self.sync
         ]
         return plan_buckets(specs, self.cfg.bucket_mb if bucket_mb is None else bucket_mb)
 
     def _gathered_buckets(self, bucket_mb: float | None = None) -> Iterator[tuple[list[TensorSpec], list[torch.Tensor]]]:
-        """Each bucket's full tensors. Under ZeRO-3 every rank must iterate: the gather is collective,
-        one bucket at a time, never the whole model."""
+        """Each bucket's full tensors (merged under LoRA). Under ZeRO-3 every rank must iterate: the
+        gather is collective, one bucket at a time, never the whole model."""
         import deepspeed
 
-        params = dict(self.engine.module.named_parameters())
+        by_name = {t.name: t for t in self.sync}
         for bucket in self.bucket_specs(bucket_mb):
-            tensors = [params[s.name] for s in bucket]
-            with deepspeed.zero.GatheredParameters(tensors, enabled=self.cfg.zero_stage == 3):
-                yield bucket, tensors
+            sources = [by_name[s.name] for s in bucket]
+            params = [p for t in sources for p in t.params]
+            with deepspeed.zero.GatheredParameters(params, enabled=self.cfg.zero_stage == 3):
+                yield bucket, [t.value() for t in sources]
 
     def export_weights(self, bucket_mb: float | None = None) -> tuple[list, int]:
         """`ray` backend: one object-store entry per packed bucket.
@@ -372,19 +397,14 @@ class PolicyLearner:
         self.shared = []
 
     def save_checkpoint(self, path: str, tag: str, client_state: dict | None = None) -> None:
-        self.engine.save_checkpoint(path, tag=tag, client_state=client_state or {}, save_latest=False)
+        """DeepSpeed's shards of this rank, with the rank's torch RNG (LoRA dropout draws from it).
+        Under LoRA only the adapters and their optimizer state are written: the base is `model_path`."""
+        state = {**(client_state or {}), "learner_rng": torch.get_rng_state()}
+        self.engine.save_checkpoint(path, tag=tag, client_state=state, save_latest=False, exclude_frozen_parameters=self.cfg.lora.enabled)
 
     def load_checkpoint(self, path: str, tag: str) -> dict:
-        _, client_state = self.engine.load_checkpoint(path, tag=tag)
-        return client_state or {}
-
-    def save_hf(self, out_dir: str) -> None:
-        """Write a plain HF model folder (rank 0 writes; all ranks join the ZeRO-3 gather)."""
-        import deepspeed
-        from transformers import AutoTokenizer
-
-        module = self.engine.module
-        with deepspeed.zero.GatheredParameters(list(module.parameters()), enabled=self.cfg.zero_stage == 3):
-            if self.rank == 0:
-                module.save_pretrained(out_dir)
-                AutoTokenizer.from_pretrained(self.cfg.model_path).save_pretrained(out_dir)
+        _, client_state = self.engine.load_checkpoint(path, tag=tag, load_module_strict=not self.cfg.lora.enabled)
+        client_state = dict(client_state or {})
+        if "learner_rng" in client_state:
+            torch.set_rng_state(client_state.pop("learner_rng"))
+        return client_state

@@ -41,6 +41,7 @@ from rlvr.data import Problem, PromptStream, build_messages, load_problems
 from rlvr.faults import RestartingRole, RoleFailed
 from rlvr.learner import LearnerConfig, PolicyLearner, UpdateConfig
 from rlvr.logs import actor_log_env
+from rlvr.lora import LoraSettings
 from rlvr.models import default_cache_dir, resolve_model_path
 from rlvr.placement import Placement, check_fits, cluster_nodes, plan_placement, rendezvous
 from rlvr.rollout import EngineConfig, GenerationRequest, RolloutEngine, RolloutPool, SamplingConfig
@@ -141,6 +142,7 @@ def learner_config(cfg: DictConfig, model_path: str) -> LearnerConfig:
         seed=cfg.seed,
         dtype=cfg.model.dtype,
         bucket_mb=cfg.learner.bucket_mb,
+        lora=LoraSettings.from_config(cfg.model.lora),
     )
 
 
@@ -550,17 +552,15 @@ def fault_metrics(roles: dict, learner_faults: dict) -> dict:
 # --------------------------------------------------------------------------------------------
 # Checkpoints: DeepSpeed shards of every learner rank + the driver's state, saved atomically
 # --------------------------------------------------------------------------------------------
-GUARDED_KEYS = ("model.path", "algorithm.name", "algorithm.estimator", "algorithm.loss", "weighting.name")
+GUARDED_KEYS = ("model.path", "model.lora.rank", "model.lora.target_modules", "algorithm.name", "algorithm.estimator", "algorithm.loss", "weighting.name")
+BEFORE_LORA = {"model.lora.rank": 0, "model.lora.target_modules": "all-linear"}  # what a checkpoint written before LoRA existed trained
 
 
 def check_resume_config(ckpt: Path, cfg: DictConfig) -> None:
     """Refuse to resume a checkpoint into a different model or algorithm, unless allowed."""
     saved = OmegaConf.load(ckpt / "config.yaml")
-    changed = [
-        f"{k}: {OmegaConf.select(saved, k)!r} -> {OmegaConf.select(cfg, k)!r}"
-        for k in GUARDED_KEYS
-        if OmegaConf.select(saved, k) != OmegaConf.select(cfg, k)
-    ]
+    saved_value = lambda k: OmegaConf.select(saved, k, default=BEFORE_LORA.get(k))  # noqa: E731
+    changed = [f"{k}: {saved_value(k)!r} -> {OmegaConf.select(cfg, k)!r}" for k in GUARDED_KEYS if saved_value(k) != OmegaConf.select(cfg, k)]
     if changed and not cfg.resume.allow_config_change:
         raise ConfigError(
             f"resume: checkpoint {ckpt} was written with a different config ({'; '.join(changed)}). "

@@ -24,8 +24,9 @@ TOKENS, SEQUENCES = sum(len(s.response_ids) for s in SEQS), len(SEQS)
 LR = 1e-3
 
 
-def trained_weights(tiny_model, micro_batches_per_rank, zero_stage, **cfg_kwargs):
-    """Run one step with len(micro_batches_per_rank) ranks; return rank 0's exported weights."""
+def trained_weights(tiny_model, micro_batches_per_rank, zero_stage, adapters=False, **cfg_kwargs):
+    """Run one step with len(micro_batches_per_rank) ranks; return rank 0's exported weights (or,
+    with `adapters`, its LoRA adapter weights)."""
     world = len(micro_batches_per_rank)
     host, port = ray.get(node_address.remote())
     cfg = tiny_learner_config(tiny_model, lr=LR, threads=1, zero_stage=zero_stage, **cfg_kwargs)
@@ -33,6 +34,9 @@ def trained_weights(tiny_model, micro_batches_per_rank, zero_stage, **cfg_kwargs
     try:
         update = tiny_update_config("algorithm=grpo")
         ray.get([l.train_step.remote([MiniBatch(mbs, TOKENS, SEQUENCES)], update) for l, mbs in zip(learners, micro_batches_per_rank)])
+        if adapters:
+            read = lambda self: {n: p.detach().clone() for n, p in self.engine.module.named_parameters() if ".lora_" in n}  # noqa: E731
+            return ray.get(learners[0].__ray_call__.remote(read))
         refs, _ = ray.get([l.export_weights.remote() for l in learners])[0]
         return dict(fetch_buckets(refs))
     finally:
@@ -63,3 +67,16 @@ def test_accumulation_and_checkpointing_do_not_change_the_update(ray_session, ti
     # four micro-batches of one sequence, accumulated, with activations recomputed in backward
     accumulated = trained_weights(tiny_model, [[[s] for s in SEQS]], 2, micro_batch_size=1, gradient_checkpointing=True)
     assert max_diff(whole, accumulated) < 1e-2 * LR
+
+
+@pytest.mark.slow
+def test_lora_two_ranks_match_one_rank_at_zero_2(ray_session, tiny_model):
+    from rlvr.lora import LoraSettings
+
+    lora = LoraSettings(rank=4, alpha=8, dropout=0.0, target_modules="all-linear")
+    one = trained_weights(tiny_model, [[SEQS]], 2, adapters=True, micro_batch_size=4, lora=lora)
+    two = trained_weights(tiny_model, [[SEQS[0::2]], [SEQS[1::2]]], 2, adapters=True, micro_batch_size=2, lora=lora)
+    assert one.keys() == two.keys() and any(".lora_B." in n for n in one)
+    moved = max(float(t.abs().max()) for n, t in one.items() if ".lora_B." in n)  # B starts at 0
+    assert moved > 0.5 * LR
+    assert max_diff(one, two) < 1e-2 * LR, f"2 ranks differ from 1 rank by {max_diff(one, two):.2e} (step {moved:.2e})"

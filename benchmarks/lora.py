@@ -1,0 +1,122 @@
+"""LoRA against full fine-tuning on the default job: learn time, learner memory, held-out accuracy.
+
+    .venv/bin/python benchmarks/lora.py [--ranks 16 64] [--steps 20] [--lora-lr 1e-4] [--out DIR] [key=value ...]
+
+One invocation runs `rlvr train` (the default job: V0.5, SmolLM2-135M, data=mix; the overrides are
+passed on) once with full weights and once per LoRA rank, one after the other, each in its own run
+dir under --out. Held-out accuracy (256 prompts, greedy) is taken before the first step (once: the
+step-0 model is the same for every run) and after the last; in between nothing is evaluated, so
+the runs spend their time training. Printed as JSON (and written to --out/lora.json):
+
+- per run: learn seconds per step (mean, the first step excluded: it pays one-off set-up), the
+  learner's peak RSS, trainable parameters, held-out accuracy at the last step, wall seconds;
+- LoRA ÷ full ratios for learn time and peak RSS, measured in this one invocation.
+
+Learning rates: full weights use the job's `learner.lr` (1e-5); LoRA uses `--lora-lr`, 10× that, the
+ratio "LoRA Without Regret" (Schulman et al., Thinking Machines 2025) found optimal for LoRA with a
+fixed alpha = 32 at every rank, in RL as in SFT. Nothing is tuned on the held-out prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from rlvr.plots import load_metrics  # noqa: E402
+
+
+def trainable_params(model_path: str, rank: int) -> int:
+    from transformers import AutoModelForCausalLM
+
+    from rlvr.config import compose
+    from rlvr.lora import LoraSettings, add_adapters
+
+    model = AutoModelForCausalLM.from_pretrained(model_path)
+    if rank:
+        lora = compose([f"model.lora.rank={rank}"]).model.lora
+        model = add_adapters(model, LoraSettings.from_config(lora))
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def run(name: str, overrides: list[str], args) -> dict:
+    run_dir = args.out / name
+    cmd = [
+        sys.executable, "-m", "rlvr.cli", "train", f"run_dir={run_dir}", f"trainer.steps={args.steps}",
+        f"trainer.eval_every={args.steps}", "trainer.save_every=0", "trainer.progress=false", "resume=never", *overrides, *args.overrides,
+    ]
+    print(f"[lora] {name}: {' '.join(cmd[3:])}", file=sys.stderr, flush=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(args.out / f"{name}.log", "w") as log:
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)).returncode
+    wall = time.perf_counter() - start
+    if rc != 0:
+        raise SystemExit(f"[lora] {name} failed (exit {rc}); see {args.out / f'{name}.log'}")
+    records = load_metrics(run_dir)
+    steps = [r for r in records if r["step"] >= 1]
+    learn = [r["time/learn"] for r in steps[1:] or steps]
+    final = next(r for r in reversed(records) if "eval/accuracy" in r)
+    first = next((r for r in records if r["step"] == 0 and "eval/accuracy" in r), None)
+    out = {
+        "learn_s_per_step": sum(learn) / len(learn),
+        "learner_peak_rss_mb": max(r.get("learner/peak_rss_mb", 0.0) for r in steps),
+        "heldout_accuracy": final["eval/accuracy"],
+        "heldout_step": final["step"],
+        "wall_s": wall,
+    }
+    if first is not None:
+        out["heldout_accuracy_step0"] = first["eval/accuracy"]
+    print(f"[lora] {name}: {json.dumps(out)}", file=sys.stderr, flush=True)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ranks", type=int, nargs="+", default=[16, 64])
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--lora-lr", type=float, default=1e-4)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/out/lora"))
+    p.add_argument("overrides", nargs="*", help="passed to every run, e.g. model=tiny-random")
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    from rlvr.config import compose
+    from rlvr.models import resolve_model_path
+
+    cfg = compose(args.overrides)
+    model_path = resolve_model_path(cfg.model.path, cfg.cache_dir)
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    load_before = os.getloadavg()
+    runs = {"full": run("full", [], args)}
+    runs["full"]["trainable_params"] = trainable_params(model_path, 0)
+    runs["full"]["lr"] = cfg.learner.lr
+    for rank in args.ranks:
+        name = f"lora-r{rank}"
+        runs[name] = run(name, [f"model.lora.rank={rank}", f"learner.lr={args.lora_lr}", "eval.at_start=false"], args)
+        runs[name].update(trainable_params=trainable_params(model_path, rank), lr=args.lora_lr)
+    full = runs["full"]
+    for name, r in runs.items():
+        if name != "full":
+            r["learn_time_vs_full"] = r["learn_s_per_step"] / full["learn_s_per_step"]
+            r["peak_rss_vs_full"] = r["learner_peak_rss_mb"] / full["learner_peak_rss_mb"]
+            r["heldout_minus_full"] = r["heldout_accuracy"] - full["heldout_accuracy"]
+    report = {
+        "started": started,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "steps": args.steps,
+        "overrides": args.overrides,
+        "runs": runs,
+    }
+    (args.out / "lora.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -162,7 +162,11 @@ def export_command(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from rlvr.export import export_checkpoint
 
-    print(export_checkpoint(args.ckpt, args.out, adapter=args.adapter))
+    try:
+        print(export_checkpoint(args.ckpt, args.out, adapter=args.adapter))
+    except ValueError as e:  # not a checkpoint, or one that does not fit its base model, or --adapter without LoRA
+        print(f"rlvr export: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -133,6 +133,13 @@ def validate(cfg: DictConfig) -> None:
             "trainer.max_staleness",
             "async generation needs engines of their own (cluster.mode=disaggregated); colocated engines sleep while learners step",
         )
+    m = cfg.model
+    _check(m.train_dtype in ("float32", "bfloat16"), "model.train_dtype", f"must be float32 or bfloat16, got {m.train_dtype!r}")
+    _check(
+        m.train_dtype == m.dtype or m.dtype == "float32",
+        "model.train_dtype",
+        f"{m.train_dtype} compute needs float32 weights to autocast from; model.dtype is {m.dtype}",
+    )
     lora = cfg.model.lora
     _check(lora.rank >= 0, "model.lora.rank", f"must be >= 0 (0 = full fine-tuning), got {lora.rank}")
     _check(lora.alpha > 0, "model.lora.alpha", f"must be > 0, got {lora.alpha}")

@@ -41,7 +41,8 @@ class LearnerConfig:
     gradient_checkpointing: bool
     threads: int
     seed: int
-    dtype: str
+    dtype: str  # the weights' dtype (model.dtype)
+    train_dtype: str  # the forward's: float32, or bfloat16 autocast over float32 weights and optimizer state
     bucket_mb: float
     lora: LoraSettings  # rank 0: full fine-tuning
     betas: tuple = (0.9, 0.999)
@@ -172,6 +173,9 @@ class PolicyLearner:
         trainable = [p for p in model.parameters() if p.requires_grad]
         self.engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=deepspeed_config(cfg))
         self.sync = sync_tensors(self.engine.module)  # what the engines load: merged weights under LoRA
+        # bf16 matmuls with fp32 master weights, Adam state and loss (torch.autocast keeps softmax,
+        # norms and reductions in fp32); with bf16 weights DeepSpeed's bf16 mode does the rest
+        self.autocast = cfg.train_dtype == "bfloat16" and cfg.dtype == "float32"
         self.ref_model = None
 
     def ensure_reference(self) -> None:
@@ -183,8 +187,10 @@ class PolicyLearner:
             self.ref_model = AutoModelForCausalLM.from_pretrained(self.cfg.model_path, dtype=getattr(torch, self.cfg.dtype))
             self.ref_model.to(self.device).eval().requires_grad_(False)
 
-    def _logprobs(self, mb: dict, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-        return response_logprobs(self.engine.module, mb["input_ids"], mb["attention_mask"], mb["gather_idx"], temperature)
+    def _logprobs(self, mb: dict, temperature: float, module=None) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            logp, entropy = response_logprobs(module or self.engine.module, mb["input_ids"], mb["attention_mask"], mb["gather_idx"], temperature)
+        return logp.float(), entropy.float()
 
     def _collated(self, mini_batches: list[MiniBatch]) -> list[list[tuple[dict, bool]]]:
         """Each micro-batch collated once, for every epoch. An empty one (this rank has fewer
@@ -315,11 +321,10 @@ class PolicyLearner:
 
     @torch.no_grad()
     def _reference_logprobs(self, mb: dict, temperature: float) -> torch.Tensor:
-        args = (mb["input_ids"], mb["attention_mask"], mb["gather_idx"], temperature)
         if self.cfg.lora.enabled:
             with self.engine.module.disable_adapter():
-                return response_logprobs(self.engine.module, *args)[0]
-        return response_logprobs(self.ref_model, *args)[0]
+                return self._logprobs(mb, temperature)[0]
+        return self._logprobs(mb, temperature, self.ref_model)[0]
 
     def _optimizer_step(self) -> float:
         """One optimizer step; returns the gradient norm before clipping."""

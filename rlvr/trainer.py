@@ -141,6 +141,7 @@ def learner_config(cfg: DictConfig, model_path: str) -> LearnerConfig:
         threads=cfg.rollout.threads,
         seed=cfg.seed,
         dtype=cfg.model.dtype,
+        train_dtype=cfg.model.train_dtype,
         bucket_mb=cfg.learner.bucket_mb,
         lora=LoraSettings.from_config(cfg.model.lora),
     )

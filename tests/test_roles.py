@@ -93,3 +93,25 @@ def test_learner_step_changes_weights_and_exports_them(ray_session, tiny_model):
     changed = sum(not torch.equal(after[n], before[n]) for n in before)
     assert changed == len(before)
     ray.kill(learner)
+
+
+@pytest.mark.slow
+def test_bf16_autocast_learner_keeps_fp32_weights_and_near_fp32_logprobs(ray_session, tiny_model):
+    """model.train_dtype=bfloat16 over float32 weights: the forward runs in bf16 (log-probs move by
+    bf16 rounding, not more), the weights, gradients and Adam state stay float32."""
+    seqs = [Trajectory([5, 6, 7], [8, 9, 10, 11], advantage=1.0), Trajectory([5, 6], [10, 11, 12], advantage=-1.0)]
+    learners = {
+        dtype: PolicyLearner.options(num_cpus=0.1).remote(tiny_learner_config(tiny_model, lr=1e-3, threads=1, train_dtype=dtype), 0, 1, "127.0.0.1", port)
+        for dtype, port in (("float32", 29541), ("bfloat16", 29542))
+    }
+    lp = {d: torch.tensor(sum(ray.get(l.logprobs.remote(seqs, 1.0)), [])) for d, l in learners.items()}
+    gap = float((lp["bfloat16"] - lp["float32"]).abs().max())
+    assert 0 < gap < 0.1, gap  # bf16 has an 8-bit mantissa: the forward differs, by rounding only
+    metrics = ray.get(learners["bfloat16"].train_step.remote([mini_batch(seqs)], tiny_update_config("algorithm=grpo")))
+    assert metrics["grad_norm"] > 0
+    refs, _ = ray.get(learners["bfloat16"].export_weights.remote())
+    assert all(t.dtype == torch.float32 for _, t in fetch_buckets(refs))
+    optim_dtypes = ray.get(learners["bfloat16"].__ray_call__.remote(lambda self: {v.dtype for s in self.engine.optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim()}))
+    assert optim_dtypes == {torch.float32}
+    for l in learners.values():
+        ray.kill(l)

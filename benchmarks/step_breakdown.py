@@ -12,9 +12,11 @@ the same sampling settings. Writes JSON (stdout and --out):
   expected on separate devices, (generate + learn) / max(generate, learn) from the sync run's
   phases, since on this box both phases share the same two cores;
 - seconds per phase (mean over steps, the first step excluded when there are several);
-- pool tokens/s ÷ bare-engine tokens/s (target ≥ 0.9). The bare engine gets the same per-step
-  prompt batches with n rollouts each; the pool's figure includes V0.5's extra-rollout rounds,
-  which are smaller batches;
+- pool tokens/s ÷ bare-engine tokens/s (target ≥ 0.9). The bare engine runs first, in a fresh
+  process of its own before Ray starts (with the pool engine's threads, dtype, sampling and max
+  tokens), on the same per-step prompt batches with n rollouts each: an engine started in this
+  process after Ray shut down measured ~40% slower than a standalone one. The pool's figure
+  includes V0.5's extra-rollout rounds, which are smaller batches (`algorithm=grpo` has none);
 - the share of the step outside generate and learn (target ≤ 10%);
 - weight-sync seconds and bytes.
 """
@@ -58,7 +60,39 @@ def bare_vllm_tokens_per_s(cfg, model_path: str, batches: list[list[str]], n: in
     return {"tokens_per_s": tokens / seconds, "tokens": tokens, "seconds": seconds}
 
 
+def bare_engine_in_fresh_process(overrides: list[str], batches: list[list[str]]) -> dict:
+    """`bare_vllm_tokens_per_s` in a new interpreter: nothing of Ray, the pool or this process's
+    thread pools around it."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="rlvr-bare-") as tmp:
+        spec = Path(tmp) / "spec.json"
+        spec.write_text(json.dumps({"overrides": overrides, "batches": batches}))
+        proc = subprocess.run([sys.executable, __file__, "--bare-engine", str(spec)], capture_output=True, text=True, timeout=3600)
+        if proc.returncode != 0:
+            raise SystemExit(f"bare engine failed:\n{proc.stderr[-3000:]}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bare_engine_main(spec_path: str) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from rlvr.config import compose
+    from rlvr.models import resolve_model_path
+
+    spec = json.loads(Path(spec_path).read_text())
+    cfg = compose(spec["overrides"])
+    os.environ["OMP_NUM_THREADS"] = str(cfg.rollout.threads)  # as threads_env gives the pool's engines
+    import torch
+
+    torch.set_num_threads(cfg.rollout.threads)
+    result = bare_vllm_tokens_per_s(cfg, resolve_model_path(cfg.model.path, cfg.cache_dir), spec["batches"], cfg.algorithm.n)
+    print(json.dumps(result))
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--bare-engine":
+        return bare_engine_main(sys.argv[2])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--max-staleness", default="0,1", help="comma-separated trainer.max_staleness values, run one after another")
@@ -75,11 +109,18 @@ def main() -> None:
     from rlvr.models import resolve_model_path
     from rlvr.trainer import prompt_renderer, train
 
+    base = [f"trainer.steps={args.steps}", "trainer.eval_every=0", "trainer.save_every=0", "resume.mode=never"]
+    # The prompts of the run's measured steps (the first pays set-up), through a bare engine first.
+    cfg0 = compose(base + args.overrides)
+    model_path = resolve_model_path(cfg0.model.path, cfg0.cache_dir)
+    render = prompt_renderer(cfg0, model_path)
+    stream = PromptStream(load_problems(OmegaConf.to_container(cfg0.data.train, resolve=True)), seed=cfg0.seed)
+    batches = [[render(p) for p in stream.next(cfg0.trainer.batch_size)] for _ in range(args.steps)]
+    batches = batches[1:] if len(batches) > 1 else batches
+    bare = bare_engine_in_fresh_process(base + args.overrides, batches)
+
     def run(k: int):
-        cfg = compose(
-            [f"trainer.steps={args.steps}", "trainer.eval_every=0", "trainer.save_every=0", "resume.mode=never",
-             f"trainer.max_staleness={k}", f"run_dir=benchmarks/out/step_breakdown_run_k{k}"] + args.overrides
-        )
+        cfg = compose(base + [f"trainer.max_staleness={k}", f"run_dir=benchmarks/out/step_breakdown_run_k{k}"] + args.overrides)
         steps = [h for h in train(cfg)["history"] if h["step"] >= 1]
         measured = steps[1:] if len(steps) > 1 else steps
         mean = lambda key: sum(h.get(key, 0.0) for h in measured) / len(measured)  # noqa: E731
@@ -110,20 +151,15 @@ def main() -> None:
                 overlap[f"sync_over_async_k{k}"] = by_k[0]["step_s"] / by_k[k]["step_s"]
         overlap["expected_on_separate_devices"] = (gen + learn) / max(gen, learn)
 
-    # The same prompts as the run's first measured steps, through a bare engine.
-    model_path = resolve_model_path(cfg.model.path, cfg.cache_dir)
-    render = prompt_renderer(cfg, model_path)
-    stream = PromptStream(load_problems(OmegaConf.to_container(cfg.data.train, resolve=True)), seed=cfg.seed)
-    batches = [[render(p) for p in stream.next(cfg.trainer.batch_size)] for _ in steps][len(steps) - len(measured) :]
-    bare = bare_vllm_tokens_per_s(cfg, model_path, batches, cfg.algorithm.n)
     outside = (phases["step"] - phases["generate"] - phases["learn"]) / phases["step"]
     report = {
+        "load_average_1_5_15min": os.getloadavg(),
         "config": {"algorithm": cfg.algorithm.name, "steps": args.steps, "batch_size": cfg.trainer.batch_size, "n": cfg.algorithm.n},
         "seconds_per_phase": phases,
         "by_max_staleness": by_k,
         "async_speedup": overlap,
         "pool_tokens_per_s": pool_rate,
-        "bare_vllm_tokens_per_s": bare["tokens_per_s"],
+        "bare_vllm_tokens_per_s": bare["tokens_per_s"],  # a fresh process, before Ray started
         "pool_over_bare": pool_rate / bare["tokens_per_s"],
         "share_outside_generate_and_learn": outside,
         "sync_seconds": phases["sync"],

@@ -189,7 +189,7 @@ class PolicyLearner:
 
     def _logprobs(self, mb: dict, temperature: float, module=None) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            logp, entropy = response_logprobs(module or self.engine.module, mb["input_ids"], mb["attention_mask"], mb["gather_idx"], temperature)
+            logp, entropy = response_logprobs(self.engine.module if module is None else module, mb["input_ids"], mb["attention_mask"], mb["gather_idx"], temperature)
         return logp.float(), entropy.float()
 
     def _collated(self, mini_batches: list[MiniBatch]) -> list[list[tuple[dict, bool]]]:

@@ -35,13 +35,21 @@ def trained_weights(tiny_model, micro_batches_per_rank, zero_stage, adapters=Fal
         update = tiny_update_config("algorithm=grpo")
         ray.get([l.train_step.remote([MiniBatch(mbs, TOKENS, SEQUENCES)], update) for l, mbs in zip(learners, micro_batches_per_rank)])
         if adapters:
-            read = lambda self: {n: p.detach().clone() for n, p in self.engine.module.named_parameters() if ".lora_" in n}  # noqa: E731
-            return ray.get(learners[0].__ray_call__.remote(read))
+            return ray.get([l.__ray_call__.remote(adapter_weights) for l in learners])[0]  # every rank joins the gather
         refs, _ = ray.get([l.export_weights.remote() for l in learners])[0]
         return dict(fetch_buckets(refs))
     finally:
         for l in learners:
             ray.kill(l)
+
+
+def adapter_weights(learner) -> dict:
+    """Inside a learner actor: its LoRA weights, whole (gathered from the ranks under ZeRO-3)."""
+    import deepspeed
+
+    params = {n: p for n, p in learner.engine.module.named_parameters() if ".lora_" in n}
+    with deepspeed.zero.GatheredParameters(list(params.values()), enabled=learner.cfg.zero_stage == 3):
+        return {n: p.detach().clone() for n, p in params.items()}
 
 
 def max_diff(a, b):
@@ -70,12 +78,13 @@ def test_accumulation_and_checkpointing_do_not_change_the_update(ray_session, ti
 
 
 @pytest.mark.slow
-def test_lora_two_ranks_match_one_rank_at_zero_2(ray_session, tiny_model):
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_lora_two_ranks_match_one_rank(zero_stage, ray_session, tiny_model):
     from rlvr.lora import LoraSettings
 
     lora = LoraSettings(rank=4, alpha=8, dropout=0.0, target_modules="all-linear")
-    one = trained_weights(tiny_model, [[SEQS]], 2, adapters=True, micro_batch_size=4, lora=lora)
-    two = trained_weights(tiny_model, [[SEQS[0::2]], [SEQS[1::2]]], 2, adapters=True, micro_batch_size=2, lora=lora)
+    one = trained_weights(tiny_model, [[SEQS]], zero_stage, adapters=True, micro_batch_size=4, lora=lora)
+    two = trained_weights(tiny_model, [[SEQS[0::2]], [SEQS[1::2]]], zero_stage, adapters=True, micro_batch_size=2, lora=lora)
     assert one.keys() == two.keys() and any(".lora_B." in n for n in one)
     moved = max(float(t.abs().max()) for n, t in one.items() if ".lora_B." in n)  # B starts at 0
     assert moved > 0.5 * LR

@@ -1,0 +1,276 @@
+"""rlvr against TRL's GRPOTrainer on identical work, one after the other in one invocation.
+
+    .venv/bin/python benchmarks/vs_trl.py [--warmup 1] [--steps 5] [--out benchmarks/out/vs_trl.json]
+
+The work: SmolLM2-135M (the embedded default, float32), the default job's `data=mix` prompts in the
+same order (rendered once by rlvr, handed to TRL as plain-text prompts), 8 prompts × 4 completions a
+step, at most 64 new tokens, T = 0.7, top-p 1, lr 1e-5, GRPO's clipped loss with ε = 0.2, a
+per-sequence token mean (TRL `loss_type="grpo"`, rlvr `seq-mean-token-mean`), no KL term, one
+optimizer step per batch, 2 CPU cores. `--warmup` steps are run and not counted.
+
+- rlvr: `rlvr train algorithm=grpo ...` as a user runs it (Ray, a vLLM engine, a verifier pool, a
+  DeepSpeed learner). Phases from its metrics: generation (`time/generate`), log-prob forward
+  (none: with one mini-batch and one epoch π_old is the detached current log-prob), train
+  (`time/learn`), the rest of the step (verification, weight sync, bookkeeping).
+- TRL 1.16 GRPOTrainer, generating with HF `generate` (TRL's default without a vLLM server), in its
+  own venv `benchmarks/.venv-trl` (created on first use; never by CI). Phases: generation
+  (`_generate_single_turn`), log-prob forward (no-grad `_get_per_token_logps_and_entropies`: none
+  is made when generation and optimization are aligned, as here), train (the rest of
+  `training_step`: rewards, the loss forward, backward, optimizer step).
+- Peak memory: the largest sum of PSS (proportional set size: shared pages counted once) over the
+  whole process tree (for rlvr: the driver, Ray's daemons, every actor), sampled every 0.5 s.
+
+Prints JSON (and writes --out): per framework seconds per step and per phase (mean over the
+counted steps), peak PSS, and rlvr ÷ TRL. Targets: step ≤ 0.5×, peak memory ≤ 1×.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TRL_VENV = ROOT / "benchmarks" / ".venv-trl"
+# torch first (a bare torch pulls the CUDA build), then TRL with the transformers rlvr pins (TRL 1.16 needs >= 4.56.2)
+TRL_INSTALL = [["torch==2.13.0"], ["trl==1.16.0", "transformers==5.19.0", "math-verify==0.9.0", "psutil"]]
+SETTINGS = dict(prompts_per_step=8, n=4, max_tokens=64, temperature=0.7, top_p=1.0, lr=1e-5, clip=0.2)
+
+
+# ---- the TRL side: runs inside benchmarks/.venv-trl, imports nothing of rlvr -------------------------
+def trl_worker(spec_path: str) -> None:
+    import torch
+    from datasets import Dataset
+    from math_verify import parse, verify
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    spec = json.loads(Path(spec_path).read_text())
+    s = spec["settings"]
+    torch.manual_seed(0)
+    steps: list[dict] = []
+    phase = {"generate": 0.0, "logprob": 0.0}
+
+    class TimedGRPOTrainer(GRPOTrainer):
+        """GRPOTrainer with a stopwatch around its phases; nothing else changes."""
+
+        def _generate_single_turn(self, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return super()._generate_single_turn(*args, **kwargs)
+            finally:
+                phase["generate"] += time.perf_counter() - start
+
+        def _get_per_token_logps_and_entropies(self, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return super()._get_per_token_logps_and_entropies(*args, **kwargs)
+            finally:
+                if not torch.is_grad_enabled():
+                    phase["logprob"] += time.perf_counter() - start
+
+        def training_step(self, *args, **kwargs):
+            phase.update(generate=0.0, logprob=0.0)
+            start = time.perf_counter()
+            out = super().training_step(*args, **kwargs)
+            total = time.perf_counter() - start
+            steps.append({"step": total, "generate": phase["generate"], "logprob": phase["logprob"], "train": total - phase["generate"] - phase["logprob"]})
+            return out
+
+    def correct(completions, answer, **_):
+        return [float(bool(verify(parse(a), parse(c)))) for c, a in zip(completions, answer)]
+
+    rows = [{"prompt": p, "answer": a} for p, a in zip(spec["prompts"], spec["answers"])]
+    config = GRPOConfig(
+        output_dir=spec["out_dir"],
+        per_device_train_batch_size=s["prompts_per_step"] * s["n"],
+        num_generations=s["n"],
+        max_completion_length=s["max_tokens"],
+        temperature=s["temperature"],
+        top_p=s["top_p"],
+        learning_rate=s["lr"],
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        beta=0.0,
+        epsilon=s["clip"],
+        loss_type="grpo",
+        num_iterations=1,
+        shuffle_dataset=False,
+        max_steps=spec["total_steps"],
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        bf16=False,
+        seed=0,
+        dataloader_num_workers=0,
+    )
+    model = AutoModelForCausalLM.from_pretrained(spec["model_path"], dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(spec["model_path"], padding_side="left")
+    trainer = TimedGRPOTrainer(model=model, reward_funcs=correct, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trainer.train()
+    print(json.dumps({"steps": steps, "threads": torch.get_num_threads()}))
+
+
+# ---- the driver: runs in rlvr's venv -----------------------------------------------------------------
+class PeakMemory:
+    """The largest sum of PSS over a process and its descendants, sampled every `interval_s`."""
+
+    def __init__(self, pid: int, interval_s: float = 0.5):
+        import psutil
+
+        self.root, self.interval_s, self.peak_mb = psutil.Process(pid), interval_s, 0.0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self.done.wait(self.interval_s):
+            total = 0
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+            except psutil.Error:
+                return
+            for p in procs:
+                try:
+                    total += p.memory_full_info().pss
+                except psutil.Error:
+                    pass  # a process that ended between listing and reading
+            self.peak_mb = max(self.peak_mb, total / 2**20)
+
+    def stop(self) -> float:
+        self.done.set()
+        self.thread.join()
+        return self.peak_mb
+
+
+def run_measured(cmd: list[str], log_path: Path, env: dict | None = None) -> tuple[str, float, float]:
+    """Run `cmd`; its stdout, peak PSS of its process tree in MB, and wall seconds."""
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env or dict(os.environ))
+        peak = PeakMemory(proc.pid)
+        out, _ = proc.communicate()
+    peak_mb = peak.stop()
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd[:4]} failed (exit {proc.returncode}); see {log_path}")
+    return out, peak_mb, time.perf_counter() - start
+
+
+def ensure_trl_venv() -> Path:
+    python = TRL_VENV / "bin" / "python"
+    if not python.exists():
+        print(f"[vs_trl] creating {TRL_VENV} (TRL 1.16, once)", file=sys.stderr, flush=True)
+        subprocess.run(["python3", "-m", "venv", str(TRL_VENV)], check=True)  # the system Python: not inside rlvr's venv
+        for pkgs in TRL_INSTALL:
+            subprocess.run([str(python), "-m", "pip", "install", "-q", *pkgs], check=True)
+    return python
+
+
+def summarize(steps: list[dict], keys: tuple[str, ...]) -> dict:
+    return {k: statistics.mean(s[k] for s in steps) for k in keys}
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--trl-worker":
+        return trl_worker(sys.argv[2])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "vs_trl.json")
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from omegaconf import OmegaConf
+
+    from rlvr.config import compose
+    from rlvr.data import PromptStream, load_problems
+    from rlvr.models import resolve_model_path
+    from rlvr.plots import load_metrics
+    from rlvr.trainer import prompt_renderer
+
+    s = SETTINGS
+    total = args.warmup + args.steps
+    overrides = [
+        "algorithm=grpo", "weighting=none", "data=mix", f"trainer.batch_size={s['prompts_per_step']}", f"algorithm.n={s['n']}",
+        f"rollout.max_tokens={s['max_tokens']}", f"rollout.temperature={s['temperature']}", f"rollout.top_p={s['top_p']}",
+        f"learner.lr={s['lr']}", f"trainer.steps={total}", "trainer.eval_every=0", "eval.at_start=false", "trainer.save_every=0",
+        "trainer.progress=false", "resume=never",
+    ]
+    cfg = compose(overrides)
+    assert cfg.algorithm.eps_low == cfg.algorithm.eps_high == s["clip"] and cfg.algorithm.kl_coef == 0.0
+    model_path = resolve_model_path(cfg.model.path, cfg.cache_dir)
+    render = prompt_renderer(cfg, model_path)
+    stream = PromptStream(load_problems(OmegaConf.to_container(cfg.data.train, resolve=True)), seed=cfg.seed)
+    problems = [p for _ in range(total) for p in stream.next(s["prompts_per_step"])]
+    trl_python = ensure_trl_venv()
+    load_before = os.getloadavg()
+
+    with tempfile.TemporaryDirectory(prefix="rlvr-vs-trl-") as tmp:
+        tmp = Path(tmp)
+        run_dir = tmp / "rlvr-run"
+        print("[vs_trl] rlvr ...", file=sys.stderr, flush=True)
+        _, rlvr_peak, rlvr_wall = run_measured([sys.executable, "-m", "rlvr.cli", "train", *overrides, f"run_dir={run_dir}"], tmp / "rlvr.log")
+        records = [r for r in load_metrics(run_dir) if r["step"] >= 1][args.warmup :]
+        rlvr_steps = [
+            {
+                "step": r["time/step"],
+                "generate": r["time/generate"],
+                "logprob": 0.0,
+                "train": r["time/learn"],
+                "other": r["time/step"] - r["time/generate"] - r["time/learn"],
+            }
+            for r in records
+        ]
+        spec = {
+            "settings": s,
+            "prompts": [render(p) for p in problems],
+            "answers": [str(p.answer) for p in problems],
+            "model_path": model_path,
+            "total_steps": total,
+            "out_dir": str(tmp / "trl-out"),
+        }
+        (tmp / "spec.json").write_text(json.dumps(spec))
+        print("[vs_trl] TRL ...", file=sys.stderr, flush=True)
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        out, trl_peak, trl_wall = run_measured([str(trl_python), __file__, "--trl-worker", str(tmp / "spec.json")], tmp / "trl.log", env)
+        trl = json.loads(out.strip().splitlines()[-1])
+        trl_steps = trl["steps"][args.warmup :]
+        for st in trl_steps:
+            st["other"] = 0.0
+        if len(trl_steps) != args.steps or len(rlvr_steps) != args.steps:
+            raise SystemExit(f"expected {args.steps} counted steps, got rlvr {len(rlvr_steps)}, TRL {len(trl_steps)}; logs in {tmp}")
+
+    keys = ("step", "generate", "logprob", "train", "other")
+    rlvr_s, trl_s = summarize(rlvr_steps, keys), summarize(trl_steps, keys)
+    report = {
+        "settings": {**s, "warmup_steps": args.warmup, "counted_steps": args.steps, "model": cfg.model.path, "dtype": cfg.model.dtype},
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "rlvr": {"seconds_per_step": rlvr_s, "peak_pss_mb": rlvr_peak, "wall_s": rlvr_wall, "per_step": rlvr_steps},
+        "trl": {"seconds_per_step": trl_s, "peak_pss_mb": trl_peak, "wall_s": trl_wall, "torch_threads": trl["threads"], "per_step": trl_steps},
+        "rlvr_over_trl": {
+            "step": rlvr_s["step"] / trl_s["step"],
+            "generate": rlvr_s["generate"] / trl_s["generate"],
+            "train": rlvr_s["train"] / trl_s["train"],
+            "peak_memory": rlvr_peak / trl_peak,
+        },
+        "targets": {"step<=0.5": rlvr_s["step"] / trl_s["step"] <= 0.5, "peak_memory<=1": rlvr_peak <= trl_peak},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

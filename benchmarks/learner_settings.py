@@ -6,8 +6,9 @@
 One invocation runs `rlvr train` (the default job: V0.5, SmolLM2-135M, data=mix; the overrides are
 passed on) once per setting, one after the other, each in its own run dir under --out:
 
-    fp32     full weights, float32 (the default)
-    bf16     full weights, model.train_dtype=bfloat16 (autocast over fp32 weights and Adam state)
+    fp32     full weights, model.train_dtype=float32
+    bf16     full weights, model.train_dtype=bfloat16 (autocast over fp32 weights and Adam state;
+             the default for smollm2-135m since this benchmark)
     loraN    LoRA adapters of rank N (model.lora.rank=N), float32 Held-out accuracy (256 prompts, greedy) is taken before the first step (once: the
 step-0 model is the same for every run) and after the last; in between nothing is evaluated, so
 the runs spend their time training. Printed as JSON (and written to --out/lora.json):
@@ -85,11 +86,11 @@ def run(name: str, overrides: list[str], args) -> dict:
 
 def setting_overrides(setting: str, args) -> list[str]:
     if setting == "fp32":
-        return []
+        return ["model.train_dtype=float32"]
     if setting == "bf16":
         return ["model.train_dtype=bfloat16"]
     if setting.startswith("lora") and setting[4:].isdigit():
-        return [f"model.lora.rank={int(setting[4:])}", f"learner.lr={args.lora_lr}"]
+        return [f"model.lora.rank={int(setting[4:])}", f"learner.lr={args.lora_lr}", "model.train_dtype=float32"]
     raise SystemExit(f"unknown setting {setting!r}: fp32, bf16 or loraN (e.g. lora16)")
 
 

@@ -70,6 +70,7 @@ def budget(args, config: str = "grpo") -> list[str]:
         f"eval.size={args.eval_prompts}", f"rollout.max_tokens={args.max_tokens}",
         f"eval.n_samples={n_samples}", f"eval.pass_at_k_every={args.steps}", "trainer.save_every=4",
         "trainer.progress=false", f"data={args.data}",
+        "model.train_dtype=float32",  # the grid began before bf16 became smollm2's default: every run the same
     ]
 
 

@@ -205,7 +205,7 @@ def main() -> None:
         "algorithm=grpo", "weighting=none", "data=mix", f"trainer.batch_size={s['prompts_per_step']}", f"algorithm.n={s['n']}",
         f"rollout.max_tokens={s['max_tokens']}", f"rollout.temperature={s['temperature']}", f"rollout.top_p={s['top_p']}",
         f"learner.lr={s['lr']}", f"trainer.steps={total}", "trainer.eval_every=0", "eval.at_start=false", "trainer.save_every=0",
-        "trainer.progress=false", "resume=never",
+        "trainer.progress=false", "resume=never", "model.train_dtype=float32",  # TRL's run is float32 too
     ]
     cfg = compose(overrides)
     assert cfg.algorithm.eps_low == cfg.algorithm.eps_high == s["clip"] and cfg.algorithm.kl_coef == 0.0

@@ -1,0 +1,145 @@
+"""Where the learner's step goes: a torch.profiler pass over one real `PolicyLearner.train_step`.
+
+    .venv/bin/python benchmarks/learner_profile.py [--sequences 32] [--repeats 3] [key=value ...]
+
+The learner class runs in this process (no Ray), built from the config tree like the trainer's, on
+one batch shaped like the default job's: `data=mix` prompts rendered with the chat template and the
+one-shot example, n = 4 per prompt, response lengths drawn from 8–64 tokens (the job's mean is
+20–25, its cap 96). Prints JSON (and writes --out):
+
+- the profile's top operators by self CPU time, and the shares of matmuls, the LM head's
+  log-softmax, the optimizer and everything else;
+- padding: the share of positions in the collated micro-batches that are padding;
+- torch threads: train_step seconds at 1 and at `rollout.threads` threads;
+- DeepSpeed at ZeRO-0 against a plain `torch.optim.AdamW` step on the same parameters;
+- train_step seconds with float32 and with `model.train_dtype=bfloat16` (autocast).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sequences", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "learner_profile.json")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    import torch
+    from omegaconf import OmegaConf
+    from transformers import AutoTokenizer
+
+    from rlvr.batch import MiniBatch, Trajectory
+    from rlvr.config import algorithm_preset, compose
+    from rlvr.data import PromptStream, load_problems
+    from rlvr.learner import PolicyLearner, collate
+    from rlvr.models import resolve_model_path
+    from rlvr.trainer import learner_config, prompt_renderer, update_config
+
+    cfg = compose(["algorithm=grpo", *args.overrides])
+    model_path = resolve_model_path(cfg.model.path, cfg.cache_dir)
+    render = prompt_renderer(cfg, model_path)
+    tok = AutoTokenizer.from_pretrained(model_path)
+    stream = PromptStream(load_problems(OmegaConf.to_container(cfg.data.train, resolve=True)), seed=0)
+    rng = random.Random(0)
+    n = cfg.algorithm.n
+    prompts = [tok(render(p))["input_ids"] for p in stream.next(args.sequences // n)]
+    vocab = tok.vocab_size
+    seqs = [
+        Trajectory(ids, [rng.randrange(vocab) for _ in range(rng.randint(8, 64))], advantage=rng.choice([-1.0, 1.0]))
+        for ids in prompts
+        for _ in range(n)
+    ]
+    base_cfg = learner_config(cfg, model_path)
+    update = update_config(cfg, algorithm_preset(cfg.algorithm))
+    mbs = base_cfg.micro_batch_size
+    micro = [seqs[i : i + mbs] for i in range(0, len(seqs), mbs)]
+    batch = [MiniBatch(micro, tokens=sum(t.num_tokens for t in seqs), sequences=len(seqs))]
+    Learner = PolicyLearner.__ray_actor_class__
+    port = [29600]
+
+    def learner(**fields):
+        port[0] += 1
+        return Learner(replace(base_cfg, **{"train_dtype": "float32", **fields}), 0, 1, "127.0.0.1", port[0])
+
+    def step_seconds(l) -> float:
+        l.train_step(batch, update)  # warm-up: first-call allocations
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            l.train_step(batch, update)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    threads = cfg.rollout.threads
+    report: dict = {"sequences": len(seqs), "micro_batch_size": mbs, "load_average_before": os.getloadavg()}
+
+    # padding in the collated micro-batches
+    real = pad = 0
+    for m in micro:
+        c = collate(m, 0, torch.device("cpu"))
+        real += int(c["attention_mask"].sum())
+        pad += int((c["attention_mask"] == 0).sum())
+    report["padding_share"] = pad / (real + pad)
+
+    # the profile, at the job's threads
+    torch.set_num_threads(threads)
+    l = learner(threads=threads)
+    l.train_step(batch, update)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        l.train_step(batch, update)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:15]
+    report["top_ops_self_cpu_share"] = {e.key: round(e.self_cpu_time_total / total, 4) for e in top}
+    matmul = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear"))
+    softmax = sum(e.self_cpu_time_total for e in events if "softmax" in e.key)
+    optim = sum(e.self_cpu_time_total for e in events if "adam" in e.key.lower() or e.key in ("aten::_foreach_mul_", "aten::_foreach_add_", "aten::_foreach_addcdiv_", "aten::_foreach_addcmul_", "aten::_foreach_sqrt", "aten::_foreach_div_", "aten::_foreach_lerp_"))
+    report["shares"] = {"matmul": matmul / total, "softmax": softmax / total, "optimizer": optim / total, "other": 1 - (matmul + softmax + optim) / total}
+
+    report["train_step_s"] = {f"threads_{threads}_float32": step_seconds(l)}
+    # DeepSpeed's optimizer step against a plain torch AdamW on the same parameters
+    params = [p for p in l.engine.module.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    start = time.perf_counter()
+    for _ in range(args.repeats):
+        l.engine.step()
+    ds_step = (time.perf_counter() - start) / args.repeats
+    plain = torch.optim.AdamW(params, lr=1e-5)
+    plain.step()
+    start = time.perf_counter()
+    for _ in range(args.repeats):
+        plain.step()
+    report["optimizer_step_s"] = {"deepspeed_zero0": ds_step, "torch_adamw": (time.perf_counter() - start) / args.repeats}
+    del l, plain, params
+
+    bf16 = learner(threads=threads, train_dtype="bfloat16")
+    report["train_step_s"][f"threads_{threads}_bfloat16"] = step_seconds(bf16)
+    del bf16
+    torch.set_num_threads(1)
+    one = learner(threads=1)
+    report["train_step_s"]["threads_1_float32"] = step_seconds(one)
+    report["load_average_after"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

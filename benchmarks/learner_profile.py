@@ -42,7 +42,7 @@ def main() -> None:
     from omegaconf import OmegaConf
     from transformers import AutoTokenizer
 
-    from rlvr.batch import MiniBatch, Trajectory
+    from rlvr.batch import Trajectory, plan_mini_batches
     from rlvr.config import algorithm_preset, compose
     from rlvr.data import PromptStream, load_problems
     from rlvr.learner import PolicyLearner, collate
@@ -66,8 +66,8 @@ def main() -> None:
     base_cfg = learner_config(cfg, model_path)
     update = update_config(cfg, algorithm_preset(cfg.algorithm))
     mbs = base_cfg.micro_batch_size
-    micro = [seqs[i : i + mbs] for i in range(0, len(seqs), mbs)]
-    batch = [MiniBatch(micro, tokens=sum(t.num_tokens for t in seqs), sequences=len(seqs))]
+    batch = plan_mini_batches(seqs, 1, 1, mbs, seed=0)[0]  # as the trainer splits it: similar lengths share a micro-batch
+    micro = batch[0].micro_batches
     Learner = PolicyLearner.__ray_actor_class__
     port = [29600]
 
@@ -94,6 +94,7 @@ def main() -> None:
         real += int(c["attention_mask"].sum())
         pad += int((c["attention_mask"] == 0).sum())
     report["padding_share"] = pad / (real + pad)
+    report["tokens_per_sequence"] = {"prompt_mean": statistics.mean(len(t.prompt_ids) for t in seqs), "response_mean": statistics.mean(len(t.response_ids) for t in seqs)}
 
     # the profile, at the job's threads
     torch.set_num_threads(threads)
@@ -122,6 +123,8 @@ def main() -> None:
         l.engine.step()
     ds_step = (time.perf_counter() - start) / args.repeats
     plain = torch.optim.AdamW(params, lr=1e-5)
+    for p in params:  # DeepSpeed's step cleared them
+        p.grad = torch.randn_like(p) * 1e-3
     plain.step()
     start = time.perf_counter()
     for _ in range(args.repeats):

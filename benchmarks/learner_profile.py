@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import sys
 import time
@@ -28,6 +27,39 @@ from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_job_batch(sequences: int, overrides: list[str]):
+    """The default job's config, learner config and update, and one batch shaped like its batches:
+    `data=mix` prompts rendered as the trainer renders them, n per prompt, random responses of
+    8–64 tokens with ±1 advantages, split into micro-batches as the trainer splits them."""
+    import random
+
+    from omegaconf import OmegaConf
+    from transformers import AutoTokenizer
+
+    from rlvr.batch import Trajectory, plan_mini_batches
+    from rlvr.config import algorithm_preset, compose
+    from rlvr.data import PromptStream, load_problems
+    from rlvr.models import resolve_model_path
+    from rlvr.trainer import learner_config, prompt_renderer, update_config
+
+    cfg = compose(["algorithm=grpo", *overrides])
+    model_path = resolve_model_path(cfg.model.path, cfg.cache_dir)
+    render = prompt_renderer(cfg, model_path)
+    tok = AutoTokenizer.from_pretrained(model_path)
+    stream = PromptStream(load_problems(OmegaConf.to_container(cfg.data.train, resolve=True)), seed=0)
+    rng = random.Random(0)
+    n = cfg.algorithm.n
+    prompts = [tok(render(p))["input_ids"] for p in stream.next(sequences // n)]
+    seqs = [
+        Trajectory(ids, [rng.randrange(tok.vocab_size) for _ in range(rng.randint(8, 64))], advantage=rng.choice([-1.0, 1.0]))
+        for ids in prompts
+        for _ in range(n)
+    ]
+    base_cfg = learner_config(cfg, model_path)
+    batch = plan_mini_batches(seqs, 1, 1, base_cfg.micro_batch_size, seed=0)[0]
+    return cfg, base_cfg, update_config(cfg, algorithm_preset(cfg.algorithm)), seqs, batch
 
 
 def main() -> None:
@@ -39,34 +71,11 @@ def main() -> None:
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     import torch
-    from omegaconf import OmegaConf
-    from transformers import AutoTokenizer
 
-    from rlvr.batch import Trajectory, plan_mini_batches
-    from rlvr.config import algorithm_preset, compose
-    from rlvr.data import PromptStream, load_problems
     from rlvr.learner import PolicyLearner, collate
-    from rlvr.models import resolve_model_path
-    from rlvr.trainer import learner_config, prompt_renderer, update_config
 
-    cfg = compose(["algorithm=grpo", *args.overrides])
-    model_path = resolve_model_path(cfg.model.path, cfg.cache_dir)
-    render = prompt_renderer(cfg, model_path)
-    tok = AutoTokenizer.from_pretrained(model_path)
-    stream = PromptStream(load_problems(OmegaConf.to_container(cfg.data.train, resolve=True)), seed=0)
-    rng = random.Random(0)
-    n = cfg.algorithm.n
-    prompts = [tok(render(p))["input_ids"] for p in stream.next(args.sequences // n)]
-    vocab = tok.vocab_size
-    seqs = [
-        Trajectory(ids, [rng.randrange(vocab) for _ in range(rng.randint(8, 64))], advantage=rng.choice([-1.0, 1.0]))
-        for ids in prompts
-        for _ in range(n)
-    ]
-    base_cfg = learner_config(cfg, model_path)
-    update = update_config(cfg, algorithm_preset(cfg.algorithm))
+    cfg, base_cfg, update, seqs, batch = default_job_batch(args.sequences, args.overrides)
     mbs = base_cfg.micro_batch_size
-    batch = plan_mini_batches(seqs, 1, 1, mbs, seed=0)[0]  # as the trainer splits it: similar lengths share a micro-batch
     micro = batch[0].micro_batches
     Learner = PolicyLearner.__ray_actor_class__
     port = [29600]

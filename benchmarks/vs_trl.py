@@ -1,12 +1,16 @@
 """rlvr against TRL's GRPOTrainer on identical work, one after the other in one invocation.
 
-    .venv/bin/python benchmarks/vs_trl.py [--warmup 1] [--steps 5] [--out benchmarks/out/vs_trl.json]
+    .venv/bin/python benchmarks/vs_trl.py [--precision float32|bfloat16] [--warmup 1] [--steps 5]
+                                          [--out benchmarks/out/vs_trl.json] [rlvr key=value ...]
 
-The work: SmolLM2-135M (the embedded default, float32), the default job's `data=mix` prompts in the
-same order (rendered once by rlvr, handed to TRL as plain-text prompts), 8 prompts × 4 completions a
+The work: SmolLM2-135M (the embedded default) in `--precision`: float32, or bfloat16 autocast over
+float32 weights for both (rlvr `model.train_dtype=bfloat16`, TRL `bf16=True`, its default), the
+default job's `data=mix` prompts in the same order (rendered once by rlvr, handed to TRL as plain-text prompts), 8 prompts × 4 completions a
 step, at most 64 new tokens, T = 0.7, top-p 1, lr 1e-5, GRPO's clipped loss with ε = 0.2, a
 per-sequence token mean (TRL `loss_type="grpo"`, rlvr `seq-mean-token-mean`), no KL term, one
-optimizer step per batch, 2 CPU cores. `--warmup` steps are run and not counted.
+optimizer step per batch, 2 CPU cores. `--warmup` steps are run and not counted. TRL keeps its
+default gradient checkpointing; extra `key=value` arguments go to `rlvr train` (for example
+`learner.micro_batch_size=8`).
 
 - rlvr: `rlvr train algorithm=grpo ...` as a user runs it (Ray, a vLLM engine, a verifier pool, a
   DeepSpeed learner). Phases from its metrics: generation (`time/generate`), log-prob forward
@@ -18,7 +22,8 @@ optimizer step per batch, 2 CPU cores. `--warmup` steps are run and not counted.
   is made when generation and optimization are aligned, as here), train (the rest of
   `training_step`: rewards, the loss forward, backward, optimizer step).
 - Peak memory: the largest sum of PSS (proportional set size: shared pages counted once) over the
-  whole process tree (for rlvr: the driver, Ray's daemons, every actor), sampled every 0.5 s.
+  whole process tree (for rlvr: the driver, Ray's daemons, every actor), sampled every 0.5 s, with
+  each process's share at the moment of the peak.
 
 Prints JSON (and writes --out): per framework seconds per step and per phase (mean over the
 counted steps), peak PSS, and rlvr ÷ TRL. Targets: step ≤ 0.5×, peak memory ≤ 1×.
@@ -110,7 +115,7 @@ def trl_worker(spec_path: str) -> None:
         report_to=[],
         save_strategy="no",
         use_cpu=True,
-        bf16=False,
+        bf16=s["precision"] == "bfloat16",
         seed=0,
         dataloader_num_workers=0,
     )
@@ -122,13 +127,30 @@ def trl_worker(spec_path: str) -> None:
 
 
 # ---- the driver: runs in rlvr's venv -----------------------------------------------------------------
+def process_title(p) -> str:
+    """`ray::PolicyLearner` for a Ray actor, `python rlvr.cli` for a Python process, else the binary."""
+    cmd = p.cmdline() or [p.name()]
+    head = cmd[0].split()[0]
+    if head.startswith("ray::"):
+        return head.split(".")[0].split("(")[0]
+    if Path(head).name.startswith("python"):
+        args = iter(cmd[1:])
+        for arg in args:
+            if arg in ("-m", "-c"):
+                return f"python {arg} {next(args, '')}"[:60]
+            if not arg.startswith("-"):
+                return f"python {Path(arg).name}"
+    return Path(head).name
+
+
 class PeakMemory:
-    """The largest sum of PSS over a process and its descendants, sampled every `interval_s`."""
+    """The largest sum of PSS over a process and its descendants, sampled every `interval_s`, and
+    each process's PSS at that moment (by process title: Ray names its actors `ray::Class`)."""
 
     def __init__(self, pid: int, interval_s: float = 0.5):
         import psutil
 
-        self.root, self.interval_s, self.peak_mb = psutil.Process(pid), interval_s, 0.0
+        self.root, self.interval_s, self.peak_mb, self.at_peak = psutil.Process(pid), interval_s, 0.0, {}
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -137,35 +159,38 @@ class PeakMemory:
         import psutil
 
         while not self.done.wait(self.interval_s):
-            total = 0
+            shares: dict[str, float] = {}
             try:
                 procs = [self.root, *self.root.children(recursive=True)]
             except psutil.Error:
                 return
             for p in procs:
                 try:
-                    total += p.memory_full_info().pss
+                    title = process_title(p)
+                    shares[title] = shares.get(title, 0.0) + p.memory_full_info().pss / 2**20
                 except psutil.Error:
                     pass  # a process that ended between listing and reading
-            self.peak_mb = max(self.peak_mb, total / 2**20)
+            if sum(shares.values()) > self.peak_mb:
+                self.peak_mb = sum(shares.values())
+                self.at_peak = {k: round(v) for k, v in sorted(shares.items(), key=lambda kv: -kv[1])}
 
-    def stop(self) -> float:
+    def stop(self) -> PeakMemory:
         self.done.set()
         self.thread.join()
-        return self.peak_mb
+        return self
 
 
-def run_measured(cmd: list[str], log_path: Path, env: dict | None = None) -> tuple[str, float, float]:
-    """Run `cmd`; its stdout, peak PSS of its process tree in MB, and wall seconds."""
+def run_measured(cmd: list[str], log_path: Path, env: dict | None = None) -> tuple[str, PeakMemory, float]:
+    """Run `cmd`; its stdout, the peak PSS of its process tree, and wall seconds."""
     start = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env or dict(os.environ))
         peak = PeakMemory(proc.pid)
         out, _ = proc.communicate()
-    peak_mb = peak.stop()
+    peak.stop()
     if proc.returncode != 0:
         raise SystemExit(f"{cmd[:4]} failed (exit {proc.returncode}); see {log_path}")
-    return out, peak_mb, time.perf_counter() - start
+    return out, peak, time.perf_counter() - start
 
 
 def ensure_trl_venv() -> Path:
@@ -186,9 +211,11 @@ def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--trl-worker":
         return trl_worker(sys.argv[2])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "vs_trl.json")
+    ap.add_argument("rlvr_overrides", nargs="*", help="extra `rlvr train` overrides, e.g. learner.micro_batch_size=8")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from omegaconf import OmegaConf
@@ -199,13 +226,13 @@ def main() -> None:
     from rlvr.plots import load_metrics
     from rlvr.trainer import prompt_renderer
 
-    s = SETTINGS
+    s = {**SETTINGS, "precision": args.precision}
     total = args.warmup + args.steps
     overrides = [
         "algorithm=grpo", "weighting=none", "data=mix", f"trainer.batch_size={s['prompts_per_step']}", f"algorithm.n={s['n']}",
         f"rollout.max_tokens={s['max_tokens']}", f"rollout.temperature={s['temperature']}", f"rollout.top_p={s['top_p']}",
         f"learner.lr={s['lr']}", f"trainer.steps={total}", "trainer.eval_every=0", "eval.at_start=false", "trainer.save_every=0",
-        "trainer.progress=false", "resume=never", "model.train_dtype=float32",  # TRL's run is float32 too
+        "trainer.progress=false", "resume=never", f"model.train_dtype={args.precision}", *args.rlvr_overrides,
     ]
     cfg = compose(overrides)
     assert cfg.algorithm.eps_low == cfg.algorithm.eps_high == s["clip"] and cfg.algorithm.kl_coef == 0.0
@@ -254,18 +281,18 @@ def main() -> None:
     keys = ("step", "generate", "logprob", "train", "other")
     rlvr_s, trl_s = summarize(rlvr_steps, keys), summarize(trl_steps, keys)
     report = {
-        "settings": {**s, "warmup_steps": args.warmup, "counted_steps": args.steps, "model": cfg.model.path, "dtype": cfg.model.dtype},
+        "settings": {**s, "warmup_steps": args.warmup, "counted_steps": args.steps, "model": cfg.model.path, "rlvr_overrides": args.rlvr_overrides},
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
-        "rlvr": {"seconds_per_step": rlvr_s, "peak_pss_mb": rlvr_peak, "wall_s": rlvr_wall, "per_step": rlvr_steps},
-        "trl": {"seconds_per_step": trl_s, "peak_pss_mb": trl_peak, "wall_s": trl_wall, "torch_threads": trl["threads"], "per_step": trl_steps},
+        "rlvr": {"seconds_per_step": rlvr_s, "peak_pss_mb": rlvr_peak.peak_mb, "pss_mb_at_peak": rlvr_peak.at_peak, "wall_s": rlvr_wall, "per_step": rlvr_steps},
+        "trl": {"seconds_per_step": trl_s, "peak_pss_mb": trl_peak.peak_mb, "pss_mb_at_peak": trl_peak.at_peak, "wall_s": trl_wall, "torch_threads": trl["threads"], "per_step": trl_steps},
         "rlvr_over_trl": {
             "step": rlvr_s["step"] / trl_s["step"],
             "generate": rlvr_s["generate"] / trl_s["generate"],
             "train": rlvr_s["train"] / trl_s["train"],
-            "peak_memory": rlvr_peak / trl_peak,
+            "peak_memory": rlvr_peak.peak_mb / trl_peak.peak_mb,
         },
-        "targets": {"step<=0.5": rlvr_s["step"] / trl_s["step"] <= 0.5, "peak_memory<=1": rlvr_peak <= trl_peak},
+        "targets": {"step<=0.5": rlvr_s["step"] / trl_s["step"] <= 0.5, "peak_memory<=1": rlvr_peak.peak_mb <= trl_peak.peak_mb},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

@@ -20,15 +20,10 @@ def policy_state_dict(ckpt: Path, lora: bool = False) -> dict[str, torch.Tensor]
     """The policy's full-precision weights from the DeepSpeed shards of a checkpoint (any ZeRO
     stage); a LoRA checkpoint holds the adapters only."""
     learner_dir = ckpt / "learner"
-    if list((learner_dir / "policy").glob("*zero_pp_rank_*_mp_rank_00_model_states.pt")) and not list(
-        (learner_dir / "policy").glob("mp_rank_00_model_states.pt")
-    ):
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        return get_fp32_state_dict_from_zero_checkpoint(str(learner_dir), tag="policy", exclude_frozen_parameters=lora)
-    states = torch.load(learner_dir / "policy" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
-    module = states["module"]
-    if any(t.numel() == 0 for t in module.values()):  # ZeRO-3 placeholders: gather from the partitions
+    model_states = learner_dir / "policy" / "mp_rank_00_model_states.pt"
+    # ZeRO-3 writes per-rank model states only, or a mp_rank_00 file of empty placeholders
+    module = torch.load(model_states, map_location="cpu", weights_only=False)["module"] if model_states.exists() else None
+    if module is None or any(t.numel() == 0 for t in module.values()):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         return get_fp32_state_dict_from_zero_checkpoint(str(learner_dir), tag="policy", exclude_frozen_parameters=lora)

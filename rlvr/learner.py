@@ -190,7 +190,7 @@ class PolicyLearner:
     def _logprobs(self, mb: dict, temperature: float, module=None) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             logp, entropy = response_logprobs(self.engine.module if module is None else module, mb["input_ids"], mb["attention_mask"], mb["gather_idx"], temperature)
-        return logp.float(), entropy.float()
+        return logp, entropy  # fp32 under autocast too: the LM head's logits are cast up first
 
     def _collated(self, mini_batches: list[MiniBatch]) -> list[list[tuple[dict, bool]]]:
         """Each micro-batch collated once, for every epoch. An empty one (this rank has fewer

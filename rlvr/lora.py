@@ -23,6 +23,8 @@ from typing import Callable
 
 import torch
 
+# what a checkpoint written before LoRA existed trained (its config has no model.lora)
+BEFORE_LORA = {"model.lora.rank": 0, "model.lora.target_modules": "all-linear"}
 PEFT_PREFIX = "base_model.model."  # what PeftModelForCausalLM puts before the wrapped model's names
 
 
@@ -43,7 +45,7 @@ class LoraSettings:
     def from_config(cls, lora) -> "LoraSettings":
         """From a `model.lora` node; a checkpoint written before LoRA existed has none (rank 0)."""
         if lora is None:
-            return cls(rank=0, alpha=1.0, dropout=0.0, target_modules="all-linear")
+            return cls(rank=BEFORE_LORA["model.lora.rank"], alpha=1.0, dropout=0.0, target_modules=BEFORE_LORA["model.lora.target_modules"])
         targets = lora.target_modules
         return cls(
             rank=int(lora.rank),
@@ -70,10 +72,9 @@ def add_adapters(model: torch.nn.Module, lora: LoraSettings) -> torch.nn.Module:
     from peft import get_peft_model
 
     try:
-        wrapped = get_peft_model(model, peft_config(lora))
+        return get_peft_model(model, peft_config(lora))
     except ValueError as e:  # peft names the module it could not find
         raise ValueError(f"model.lora.target_modules={lora.target_modules!r} does not fit this model: {e}") from e
-    return wrapped
 
 
 def base_name(peft_name: str) -> str:

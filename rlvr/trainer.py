@@ -41,7 +41,7 @@ from rlvr.data import Problem, PromptStream, build_messages, load_problems
 from rlvr.faults import RestartingRole, RoleFailed
 from rlvr.learner import LearnerConfig, PolicyLearner, UpdateConfig
 from rlvr.logs import actor_log_env
-from rlvr.lora import LoraSettings
+from rlvr.lora import BEFORE_LORA, LoraSettings
 from rlvr.models import default_cache_dir, resolve_model_path
 from rlvr.placement import Placement, check_fits, cluster_nodes, plan_placement, rendezvous
 from rlvr.rollout import EngineConfig, GenerationRequest, RolloutEngine, RolloutPool, SamplingConfig
@@ -554,7 +554,6 @@ def fault_metrics(roles: dict, learner_faults: dict) -> dict:
 # Checkpoints: DeepSpeed shards of every learner rank + the driver's state, saved atomically
 # --------------------------------------------------------------------------------------------
 GUARDED_KEYS = ("model.path", "model.lora.rank", "model.lora.target_modules", "algorithm.name", "algorithm.estimator", "algorithm.loss", "weighting.name")
-BEFORE_LORA = {"model.lora.rank": 0, "model.lora.target_modules": "all-linear"}  # what a checkpoint written before LoRA existed trained
 
 
 def check_resume_config(ckpt: Path, cfg: DictConfig) -> None:

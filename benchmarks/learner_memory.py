@@ -1,0 +1,97 @@
+"""The learner's peak memory and step time per setting, each setting in a fresh process.
+
+    .venv/bin/python benchmarks/learner_memory.py [--repeats 2] [--settings NAME ...] [key=value ...]
+
+One `PolicyLearner.train_step` on the default job's batch shape (`learner_profile.default_job_batch`:
+32 sequences, chat-template prompts, responses of 8–64 tokens), in-process, no Ray. A setting is a
+list of config overrides; every setting runs in its own subprocess, so each peak RSS
+(`ru_maxrss`) is that setting's alone. Prints JSON (and writes --out) with, per setting:
+
+- `rss_after_init_mb`: the process after the model, DeepSpeed and the optimizer are built;
+- `peak_rss_mb`: the highest RSS through a warm-up and `--repeats` train steps;
+- `train_step_s`: the median step, and its ratio to the first setting's.
+
+Memory is exact; seconds are only comparable within one invocation on a quiet box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = {
+    "mb16": [],
+    "mb8": ["learner.micro_batch_size=8"],
+    "mb16+ckpt": ["learner.gradient_checkpointing=true"],
+    "mb32+ckpt": ["learner.micro_batch_size=32", "learner.gradient_checkpointing=true"],
+}
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def worker(overrides: list[str], repeats: int) -> dict:
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from learner_profile import default_job_batch
+    from rlvr.learner import PolicyLearner
+
+    cfg, base_cfg, update, _, batch = default_job_batch(32, overrides)
+    torch.set_num_threads(cfg.rollout.threads)
+    learner = PolicyLearner.__ray_actor_class__(replace(base_cfg, threads=cfg.rollout.threads), 0, 1, "127.0.0.1", 29700)
+    after_init = rss_mb()
+    learner.train_step(batch, update)  # warm-up: first-call allocations
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        learner.train_step(batch, update)
+        times.append(time.perf_counter() - start)
+    return {
+        "overrides": overrides,
+        "rss_after_init_mb": after_init,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "train_step_s": statistics.median(times),
+        "micro_batches": len(batch[0].micro_batches),
+    }
+
+
+def main() -> None:
+    if len(sys.argv) >= 2 and sys.argv[1] == "--worker":
+        print(json.dumps(worker(json.loads(sys.argv[2]), int(sys.argv[3]))))
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS), help="the first is the reference")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "learner_memory.json")
+    ap.add_argument("overrides", nargs="*", help="added to every setting, e.g. model.train_dtype=float32")
+    args = ap.parse_args()
+    report: dict = {"common_overrides": args.overrides, "load_average_before": os.getloadavg(), "settings": {}}
+    for name in args.settings:
+        print(f"[learner_memory] {name}", file=sys.stderr, flush=True)
+        cmd = [sys.executable, __file__, "--worker", json.dumps([*args.overrides, *SETTINGS[name]]), str(args.repeats)]
+        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, cwd=ROOT).stdout
+        report["settings"][name] = json.loads(out.strip().splitlines()[-1])
+    ref = report["settings"][args.settings[0]]
+    for r in report["settings"].values():
+        r["peak_vs_first"] = r["peak_rss_mb"] / ref["peak_rss_mb"]
+        r["time_vs_first"] = r["train_step_s"] / ref["train_step_s"]
+    report["load_average_after"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

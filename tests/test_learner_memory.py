@@ -1,0 +1,21 @@
+"""benchmarks/learner_memory.py: each setting runs the real learner in its own process and the
+report is well formed. The figures come from full runs on SmolLM2 (docs/benchmarks.md)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_mode_measures_each_setting_in_its_own_process(tmp_path, tiny_model):
+    out = tmp_path / "learner_memory.json"
+    cmd = [sys.executable, "benchmarks/learner_memory.py", "--repeats", "1", "--settings", "mb16", "mb8", "--out", str(out), "model=tiny-random"]
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    settings = json.loads(out.read_text())["settings"]
+    assert settings["mb8"]["overrides"] == ["model=tiny-random", "learner.micro_batch_size=8"]
+    assert settings["mb8"]["micro_batches"] == 2 * settings["mb16"]["micro_batches"]
+    for r in settings.values():
+        assert 0 < r["rss_after_init_mb"] <= r["peak_rss_mb"] and r["train_step_s"] > 0
+    assert settings["mb16"]["peak_vs_first"] == settings["mb16"]["time_vs_first"] == 1

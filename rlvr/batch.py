@@ -130,8 +130,9 @@ def plan_mini_batches(
     """Trajectories -> per rank, `mini_batches` MiniBatches (one optimizer step each).
 
     The split into mini-batches is a seeded shuffle (each optimizer step sees a mix of prompts);
-    within one, similar lengths share a micro-batch (less padding), interleaved over the ranks, and
-    every rank gets equally many micro-batches (ZeRO-3 gathers in lockstep).
+    within one, a prompt's responses stay together (the learner runs a shared prompt once) and
+    similar lengths share a micro-batch (less padding), interleaved over the ranks, and every
+    rank gets equally many micro-batches (ZeRO-3 gathers in lockstep).
     """
     order = list(trajectories)
     random.Random(seed).shuffle(order)
@@ -139,7 +140,7 @@ def plan_mini_batches(
     bounds = [i * len(order) // m for i in range(m + 1)]  # sizes differ by at most one
     per_rank: list[list[MiniBatch]] = [[] for _ in range(num_ranks)]
     for i in range(m):
-        part = sorted(order[bounds[i] : bounds[i + 1]], key=lambda t: len(t.prompt_ids) + len(t.response_ids))
+        part = sorted(order[bounds[i] : bounds[i + 1]], key=lambda t: (len(t.prompt_ids), t.prompt_ids, len(t.response_ids)))
         shards = [part[r::num_ranks] for r in range(num_ranks)]
         n_micro = max(1, max(math.ceil(len(s) / micro_batch_size) for s in shards))
         tokens, sequences = max(1, sum(t.num_tokens for t in part)), max(1, len(part))

@@ -1,0 +1,64 @@
+"""The learner's log-probs with shared prompts: each distinct prompt of a micro-batch runs once and
+its responses continue from its KV cache. They must equal one plain forward per sequence, and the
+gradient must equal the gradient-checkpointing path's (one forward per sequence, no cache)."""
+
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from rlvr.batch import Trajectory, plan_mini_batches
+from rlvr.learner import collate, response_logprobs
+
+TEMPERATURE = 0.7
+
+
+def sequences(vocab: int) -> list[Trajectory]:
+    """3 prompts of different lengths × 3 responses of 0–9 tokens, and a one-token prompt."""
+    rng = random.Random(0)
+    prompts = [[rng.randrange(1, vocab) for _ in range(rng.randint(3, 12))] for _ in range(3)]
+    seqs = [Trajectory(p, [rng.randrange(1, vocab) for _ in range(rng.randint(0, 9))]) for p in prompts for _ in range(3)]
+    return [*seqs, Trajectory([5], [7])]
+
+
+def per_sequence(model, s: Trajectory) -> torch.Tensor:
+    """log π of each response token from one unpadded forward of prompt + response."""
+    logits = model(torch.tensor([s.prompt_ids + s.response_ids]), use_cache=False).logits[0].float()
+    logp = torch.log_softmax(logits / TEMPERATURE, -1)
+    start = len(s.prompt_ids) - 1
+    return logp[start + torch.arange(len(s.response_ids)), torch.tensor(s.response_ids, dtype=torch.long)]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_shared_prompts_equal_one_forward_per_sequence(tiny_model, attn):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation=attn)
+    seqs = sequences(model.config.vocab_size)
+    mb = collate(seqs, 0, torch.device("cpu"))
+    assert mb["prompt_ids"].shape[0] == 4 and mb["response_ids"].shape[0] == len(seqs)  # each prompt once
+    grads = {}
+    for path in ("shared", "checkpointing"):
+        if path == "checkpointing":
+            model.gradient_checkpointing_enable()
+        model.train()
+        model.zero_grad()
+        logp, entropy = response_logprobs(model, mb, TEMPERATURE)
+        with torch.no_grad():
+            for b, s in enumerate(seqs):
+                n = len(s.response_ids)
+                torch.testing.assert_close(logp[b, :n], per_sequence(model, s), atol=1e-5, rtol=0)
+                assert bool((entropy[b, :n] > 0).all())
+        (logp * mb["mask"]).sum().backward()
+        grads[path] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    assert grads["shared"].abs().max() > 0
+    torch.testing.assert_close(grads["shared"], grads["checkpointing"], atol=1e-5, rtol=1e-4)
+
+
+def test_the_planner_keeps_a_prompts_responses_together():
+    rng = random.Random(1)
+    prompts = [[rng.randrange(100) for _ in range(8)] for _ in range(6)]  # equal lengths: only grouping separates them
+    trajectories = [Trajectory(p, [1] * rng.randint(1, 20), group=g) for g, p in enumerate(prompts) for _ in range(4)]
+    (mini,) = plan_mini_batches(trajectories, 1, 1, 8, seed=0)[0]
+    for micro in mini.micro_batches:
+        assert len({tuple(t.prompt_ids) for t in micro}) == 2  # 8 sequences of 2 prompts, not up to 8

@@ -39,6 +39,7 @@ class LearnerConfig:
     grad_clip: float
     micro_batch_size: int
     gradient_checkpointing: bool
+    share_prompts: bool  # one forward per distinct prompt (cached); HF's cache is off under checkpointing
     threads: int
     seed: int
     dtype: str  # the weights' dtype (model.dtype)
@@ -68,16 +69,16 @@ class UpdateConfig:
     correction_threshold: float
 
 
-def response_logprobs(model, mb: dict, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def response_logprobs(model, mb: dict, temperature: float = 1.0, share_prompts: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """log π(y_j | x, y_<j) of each response token [B, T], and its entropy (no grad).
 
     The sequences of one prompt share its forward pass: the distinct prompts of the micro-batch
     run once, with a KV cache, and every response continues from its own prompt's cache (the
     cache is indexed per sequence, so autograd sums each response's gradient into the prompt's
     activations). With n responses a prompt, prompt tokens cost 1/n of a full-sequence forward,
-    and the default job's prompts are two thirds of its tokens. Under gradient checkpointing
-    (which turns HF's cache off) each sequence runs its own prompt in one forward instead; both
-    paths compute the same numbers.
+    and the default job's prompts are two thirds of its tokens. With `share_prompts=False`, and
+    under gradient checkpointing (which turns HF's cache off), each sequence runs its own prompt
+    in one forward instead; both paths compute the same numbers.
 
     The LM head runs on response positions only: on a 135M model with a 49k vocabulary it is a
     fifth of the FLOPs, and full-sequence logits would dominate memory.
@@ -92,7 +93,7 @@ def response_logprobs(model, mb: dict, temperature: float = 1.0) -> tuple[torch.
     key_ok = torch.cat([mb["prompt_mask"][group_of], torch.ones(len(group_of), follow, dtype=torch.bool, device=device)], 1)
     allowed = _attention_mask((causal & key_ok[:, None, :])[:, None], model)
     positions = torch.cat([torch.arange(width, device=device).expand(len(group_of), -1), prompt_len[group_of, None] + torch.arange(follow, device=device)], 1)
-    if getattr(model, "is_gradient_checkpointing", False):
+    if not share_prompts or getattr(model, "is_gradient_checkpointing", False):
         inputs = torch.cat([mb["prompt_ids"][group_of], response_ids[:, :follow]], 1)
         hidden = decoder(input_ids=inputs, attention_mask=allowed, position_ids=positions, use_cache=False).last_hidden_state
         first, rest = hidden[rows, prompt_len[group_of] - 1], hidden[:, width:]
@@ -229,7 +230,7 @@ class PolicyLearner:
 
     def _logprobs(self, mb: dict, temperature: float, module=None) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            logp, entropy = response_logprobs(self.engine.module if module is None else module, mb, temperature)
+            logp, entropy = response_logprobs(self.engine.module if module is None else module, mb, temperature, self.cfg.share_prompts)
         return logp, entropy  # fp32 under autocast too: the LM head's logits are cast up first
 
     def _collated(self, mini_batches: list[MiniBatch]) -> list[list[tuple[dict, bool]]]:

@@ -138,6 +138,7 @@ def learner_config(cfg: DictConfig, model_path: str) -> LearnerConfig:
         grad_clip=cfg.learner.grad_clip,
         micro_batch_size=cfg.learner.micro_batch_size,
         gradient_checkpointing=cfg.learner.gradient_checkpointing,
+        share_prompts=cfg.learner.share_prompts,
         threads=cfg.rollout.threads,
         seed=cfg.seed,
         dtype=cfg.model.dtype,

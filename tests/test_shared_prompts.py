@@ -1,6 +1,7 @@
 """The learner's log-probs with shared prompts: each distinct prompt of a micro-batch runs once and
 its responses continue from its KV cache. They must equal one plain forward per sequence, and the
-gradient must equal the gradient-checkpointing path's (one forward per sequence, no cache)."""
+gradient must equal the per-sequence path's (`learner.share_prompts=false`, and gradient
+checkpointing: one forward per sequence, no cache)."""
 
 import random
 
@@ -38,12 +39,12 @@ def test_shared_prompts_equal_one_forward_per_sequence(tiny_model, attn):
     mb = collate(seqs, 0, torch.device("cpu"))
     assert mb["prompt_ids"].shape[0] == 4 and mb["response_ids"].shape[0] == len(seqs)  # each prompt once
     grads = {}
-    for path in ("shared", "checkpointing"):
+    for path in ("shared", "per-sequence", "checkpointing"):
         if path == "checkpointing":
             model.gradient_checkpointing_enable()
         model.train()
         model.zero_grad()
-        logp, entropy = response_logprobs(model, mb, TEMPERATURE)
+        logp, entropy = response_logprobs(model, mb, TEMPERATURE, share_prompts=path == "shared")
         with torch.no_grad():
             for b, s in enumerate(seqs):
                 n = len(s.response_ids)
@@ -52,7 +53,8 @@ def test_shared_prompts_equal_one_forward_per_sequence(tiny_model, attn):
         (logp * mb["mask"]).sum().backward()
         grads[path] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     assert grads["shared"].abs().max() > 0
-    torch.testing.assert_close(grads["shared"], grads["checkpointing"], atol=1e-5, rtol=1e-4)
+    for path in ("per-sequence", "checkpointing"):
+        torch.testing.assert_close(grads["shared"], grads[path], atol=1e-5, rtol=1e-4)
 
 
 def test_the_planner_keeps_a_prompts_responses_together():

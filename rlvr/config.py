@@ -121,6 +121,7 @@ def validate(cfg: DictConfig) -> None:
     _check(t.max_restarts >= 0, "trainer.max_restarts", f"must be >= 0 (0 = stop at the first death), got {t.max_restarts}")
     _check(cfg.learner.lr > 0, "learner.lr", f"must be > 0, got {cfg.learner.lr}")
     _check(cfg.learner.micro_batch_size >= 1, "learner.micro_batch_size", f"must be >= 1, got {cfg.learner.micro_batch_size}")
+    _check(cfg.rollout.kv_cache_gb > 0, "rollout.kv_cache_gb", f"must be > 0 (GiB of host memory for the engine's KV cache), got {cfg.rollout.kv_cache_gb}")
     for key in ("mini_batches", "epochs"):
         _check(cfg.learner[key] >= 1, f"learner.{key}", f"must be >= 1, got {cfg.learner[key]}")
     _check(t.max_staleness >= 0, "trainer.max_staleness", f"must be >= 0 (0 = synchronous), got {t.max_staleness}")

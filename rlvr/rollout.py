@@ -77,7 +77,6 @@ class VLLMEngine:
 
     def __init__(self, cfg: EngineConfig):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(cfg.kv_cache_gb))))
         from vllm import LLM
 
         kwargs = dict(
@@ -104,6 +103,8 @@ class VLLMEngine:
             # On CPU this fraction reserves host RAM for the KV cache; the default 0.92 refuses to start
             # whenever anything else (the learners) is resident.
             kwargs["gpu_memory_utilization"] = 0.3
+            if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:  # vLLM's own whole-GiB setting wins where a user set it
+                kwargs["kv_cache_memory_bytes"] = int(cfg.kv_cache_gb * 2**30)
         kwargs.update(cfg.extra)
         self.llm = LLM(**kwargs)
 

@@ -44,6 +44,7 @@ def test_unknown_group_option_lists_the_choices():
         ("rollout.backend=tgi", "rollout.backend"),
         ("algorithm.loss=ppo", "algorithm"),
         ("verifier.timeout_s=0", "verifier.timeout_s"),
+        ("rollout.kv_cache_gb=0", "rollout.kv_cache_gb"),
         ("algorithm=dapo rollout.max_tokens=32", "algorithm.overlong_buffer"),
     ],
 )

@@ -78,6 +78,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "learner_memory.json")
     ap.add_argument("overrides", nargs="*", help="added to every setting, e.g. model.train_dtype=float32")
     args = ap.parse_args()
+    from learner_profile import write_report
+
     report: dict = {"common_overrides": args.overrides, "load_average_before": os.getloadavg(), "settings": {}}
     for name in args.settings:
         print(f"[learner_memory] {name}", file=sys.stderr, flush=True)
@@ -88,10 +90,7 @@ def main() -> None:
     for r in report["settings"].values():
         r["peak_vs_first"] = r["peak_rss_mb"] / ref["peak_rss_mb"]
         r["time_vs_first"] = r["train_step_s"] / ref["train_step_s"]
-    report["load_average_after"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,14 @@ def default_job_batch(sequences: int, overrides: list[str]):
     return cfg, base_cfg, update_config(cfg, algorithm_preset(cfg.algorithm)), seqs, batch
 
 
+def write_report(report: dict, out: Path) -> None:
+    """Stamp the load average after the run, write `out`, print the JSON."""
+    report["load_average_after"] = os.getloadavg()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sequences", type=int, default=32)
@@ -148,10 +156,7 @@ def main() -> None:
     torch.set_num_threads(1)
     one = learner(threads=1)
     report["train_step_s"]["threads_1_float32"] = step_seconds(one)
-    report["load_average_after"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -91,11 +91,14 @@ def response_logprobs(model, mb: dict, temperature: float = 1.0, share_prompts: 
     # a position sees the unpadded part of its own prompt and the tokens after it, up to itself
     causal = torch.ones(width + follow, width + follow, dtype=torch.bool, device=device).tril()
     key_ok = torch.cat([mb["prompt_mask"][group_of], torch.ones(len(group_of), follow, dtype=torch.bool, device=device)], 1)
-    allowed = _attention_mask((causal & key_ok[:, None, :])[:, None], model)
+
+    def allowed(first_query: int) -> torch.Tensor:  # the mask's rows from query position first_query on
+        return _attention_mask((causal[first_query:] & key_ok[:, None, :])[:, None], model)
+
     positions = torch.cat([torch.arange(width, device=device).expand(len(group_of), -1), prompt_len[group_of, None] + torch.arange(follow, device=device)], 1)
     if not share_prompts or getattr(model, "is_gradient_checkpointing", False):
         inputs = torch.cat([mb["prompt_ids"][group_of], response_ids[:, :follow]], 1)
-        hidden = decoder(input_ids=inputs, attention_mask=allowed, position_ids=positions, use_cache=False).last_hidden_state
+        hidden = decoder(input_ids=inputs, attention_mask=allowed(0), position_ids=positions, use_cache=False).last_hidden_state
         first, rest = hidden[rows, prompt_len[group_of] - 1], hidden[:, width:]
     else:
         prompt_allowed = _attention_mask((causal[:width, :width] & mb["prompt_mask"][:, None, :])[:, None], model)
@@ -106,7 +109,7 @@ def response_logprobs(model, mb: dict, temperature: float = 1.0, share_prompts: 
             cache = prompt.past_key_values
             for layer in cache.layers:  # each sequence continues from its own prompt's keys and values
                 layer.batch_select_indices(group_of)
-            out = decoder(input_ids=response_ids[:, :follow], attention_mask=allowed[:, :, width:], position_ids=positions[:, width:], past_key_values=cache, use_cache=True)
+            out = decoder(input_ids=response_ids[:, :follow], attention_mask=allowed(width), position_ids=positions[:, width:], past_key_values=cache, use_cache=True)
             rest = out.last_hidden_state
     h = torch.cat([first[:, None], rest], 1)
     logits = model.get_output_embeddings()(h).float()

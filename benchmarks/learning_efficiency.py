@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from rlvr.algorithms import pass_at_k  # noqa: E402
@@ -167,8 +168,7 @@ def matrices(runs: list[dict], step: int, uids: list[str]):
 def pass_table(succ: np.ndarray, n: int) -> dict[int, np.ndarray]:
     """Unbiased pass@k per (seed, prompt)."""
     ks = [k for k in PASS_KS if k <= n]
-    vec = {k: np.vectorize(lambda c, k=k: pass_at_k(n, int(c), k))(succ) for k in ks}
-    return vec
+    return {k: pass_at_k(n, torch.as_tensor(succ), k).numpy() for k in ks}
 
 
 def bootstrap(stat, shapes: dict[str, int], prompts: int, reps: int, rng) -> np.ndarray:
@@ -185,7 +185,9 @@ def interval(samples: np.ndarray) -> list[float]:
     finite = samples[~np.isnan(samples)]
     if len(finite) < 0.5 * len(samples):
         return [float("nan"), float("nan")]
-    return [float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5))]
+    with np.errstate(invalid="ignore"):  # inf - inf where "never reached" fills the tail
+        bounds = np.percentile(finite, [2.5, 97.5])
+    return [float("inf") if np.isnan(b) else float(b) for b in bounds]  # nan here comes only from inf: unbounded
 
 
 def crossing(xs: np.ndarray, ys: np.ndarray, target: float) -> float:

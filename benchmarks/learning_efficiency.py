@@ -14,7 +14,8 @@ Budget (the default, sized for one 2-core box; see docs/benchmarks.md for the wa
 Questions, each printed as a measured ratio or difference with its 95% interval:
   1. rollouts V0.5 needs to reach GRPO's final held-out accuracy ÷ GRPO's rollouts (target ≤ 0.8);
   2. focal against none: Δ pass@8 and Δ pass@1 at the last step (grpo+focal − grpo, v05+focal − v05);
-  3. HA-DW against GRPO: Δ final held-out accuracy.
+  3. HA-DW against GRPO: Δ final held-out accuracy, for the window anchor (the default) and the
+     published ema anchor, and ema − window.
 Hyper-parameters are the presets' (the papers'); nothing is tuned on the held-out prompts.
 
 Usage:
@@ -50,6 +51,8 @@ GRID = {
     "dapo": ["algorithm=dapo", "weighting=none"],
     "cispo": ["algorithm=cispo", "weighting=none"],
     "v05+focal": ["algorithm=v05", "weighting=focal"],
+    # HA-DW's published anchor (issue 12 §3), against the window anchor of "grpo+hadw"; same λ.
+    "grpo+hadw-ema": ["algorithm=grpo", "weighting=hadw", "weighting.anchor=ema"],
 }
 PASS_KS = (1, 2, 4, 8)
 # Sampled pass@k costs 8 generations per held-out prompt; only question 2 reads it.
@@ -171,8 +174,11 @@ def pass_table(succ: np.ndarray, n: int) -> dict[int, np.ndarray]:
     return {k: pass_at_k(n, torch.as_tensor(succ), k).numpy() for k in ks}
 
 
-def bootstrap(stat, shapes: dict[str, int], prompts: int, reps: int, rng) -> np.ndarray:
-    """``stat(seed_idx: dict[config, idx], prompt_idx)`` over ``reps`` joint resamples."""
+def bootstrap(stat, shapes: dict[str, int], prompts: int, reps: int, key: str) -> np.ndarray:
+    """``stat(seed_idx: dict[config, idx], prompt_idx)`` over ``reps`` joint resamples of the seeds of
+    the configs in ``shapes`` (config -> seeds) and of the prompts. The generator is seeded by ``key``,
+    so a statistic's interval does not move when other configs join the report."""
+    rng = np.random.default_rng(list(key.encode()))
     out = []
     for _ in range(reps):
         p_idx = rng.integers(0, prompts, prompts)
@@ -202,11 +208,10 @@ def crossing(xs: np.ndarray, ys: np.ndarray, target: float) -> float:
 
 
 def report(args) -> dict:
-    rng = np.random.default_rng(0)
     runs = {}
     shared = step0_run(args)
     step0 = read_evals(shared)[0] if shared is not None else None
-    for config in args.configs:
+    for config in GRID:  # every config with runs, not only those this call ran: the report is the grid's
         dirs = [run_dir(args, config, s) for s in args.seeds if (run_dir(args, config, s) / "eval.jsonl").exists()]
         if dirs:
             runs[config] = [load_run(d, step0) for d in dirs]
@@ -223,7 +228,9 @@ def report(args) -> dict:
     for config, rs in runs.items():
         greedy = np.stack([matrices(rs, s, uids)[0] for s in steps])  # [T, S, P]
         roll = np.array([[r["rollouts"].get(s, np.nan) for r in rs] for s in steps])  # [T, S]
-        boot = bootstrap(lambda si, pi: greedy[:, si[config]][:, :, pi].mean((1, 2)), shapes, len(uids), reps, rng)
+        boot = bootstrap(
+            lambda si, pi: greedy[:, si[config]][:, :, pi].mean((1, 2)), {config: shapes[config]}, len(uids), reps, config
+        )
         curves[config] = {
             "steps": steps,
             "rollouts": roll.mean(1).tolist(),
@@ -253,7 +260,7 @@ def report(args) -> dict:
             return crossing(roll_v, acc_v, target) / grpo_needs
 
         point = ratio({"grpo": np.arange(shapes["grpo"]), "v05": np.arange(shapes["v05"])}, np.arange(len(uids)))
-        boot = bootstrap(ratio, shapes, len(uids), reps, rng)
+        boot = bootstrap(ratio, {c: shapes[c] for c in ("grpo", "v05")}, len(uids), reps, "1")
         answers["1_v05_rollouts_to_grpo_final"] = {
             "question": "rollouts V0.5 needs to reach GRPO's final held-out accuracy / GRPO's rollouts (target <= 0.8)",
             "ratio": point, "ci95": interval(boot), "never_reached_frac": float(np.isinf(boot).mean()),
@@ -264,15 +271,22 @@ def report(args) -> dict:
             for k in (1, max(k for k in curves[base]["_pass"])):
                 a, b = curves[focal]["_pass"][k], curves[base]["_pass"][k]
                 diff = lambda si, pi, a=a, b=b: a[si[focal]][:, pi].mean() - b[si[base]][:, pi].mean()  # noqa: E731
-                out[f"delta_pass@{k}"] = {"diff": float(a.mean() - b.mean()), "ci95": interval(bootstrap(diff, shapes, len(uids), reps, rng))}
+                boot = bootstrap(diff, {c: shapes[c] for c in (base, focal)}, len(uids), reps, f"2 {focal} {k}")
+                out[f"delta_pass@{k}"] = {"diff": float(a.mean() - b.mean()), "ci95": interval(boot)}
             answers[f"2_{focal}_vs_{base}"] = {"question": f"{focal} - {base} at the last step", **out}
-    if "grpo" in curves and "grpo+hadw" in curves:
-        a, b = curves["grpo+hadw"]["_greedy"][-1], curves["grpo"]["_greedy"][-1]
-        diff = lambda si, pi: a[si["grpo+hadw"]][:, pi].mean() - b[si["grpo"]][:, pi].mean()  # noqa: E731
-        answers["3_hadw_vs_grpo"] = {
-            "question": "grpo+hadw - grpo, final held-out accuracy",
-            "diff": float(a.mean() - b.mean()), "ci95": interval(bootstrap(diff, shapes, len(uids), reps, rng)),
-        }
+    for key, treated, base in (
+        ("3_hadw_vs_grpo", "grpo+hadw", "grpo"),
+        ("3_hadw_ema_vs_grpo", "grpo+hadw-ema", "grpo"),
+        ("3_hadw_ema_vs_window", "grpo+hadw-ema", "grpo+hadw"),
+    ):
+        if treated in curves and base in curves:
+            a, b = curves[treated]["_greedy"][-1], curves[base]["_greedy"][-1]
+            diff = lambda si, pi, a=a, b=b, t=treated, c=base: a[si[t]][:, pi].mean() - b[si[c]][:, pi].mean()  # noqa: E731
+            answers[key] = {
+                "question": f"{treated} - {base}, final held-out accuracy",
+                "diff": float(a.mean() - b.mean()),
+                "ci95": interval(bootstrap(diff, {c: shapes[c] for c in (treated, base)}, len(uids), reps, key)),
+            }
     for c in curves.values():
         for key in ("_greedy", "_roll", "_pass"):
             c.pop(key, None)
@@ -309,13 +323,14 @@ def plot(result: dict, path: Path) -> None:
     ax_pass.set(title="sampled pass@k at the last step", xlabel="k", ylabel="pass@k")
     for ax in (ax_step, ax_roll, ax_pass):
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
     fig.savefig(path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--configs", nargs="+", default=list(GRID), choices=list(GRID))
+    parser.add_argument("--configs", nargs="+", default=list(GRID), choices=list(GRID), help="the configs to run; the report covers every config with runs under --out")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument(
         "--out", type=Path, default=Path("benchmarks/results/learning_efficiency"),

@@ -25,6 +25,11 @@ from rlvr.logs import redirect_actor_output
 from rlvr.lora import LoraSettings, add_adapters, sync_tensors
 from rlvr.weight_sync import TensorSpec, broadcast, open_group, pack, plan_buckets, put_bucket, share
 
+# Stats aggregated by `agg` like the loss itself: a micro-batch contributes its share of the
+# mini-batch's value (as its gradient does), not a token-weighted mean, which for the seq-mean
+# aggregations would depend on how sequences fall into micro-batches.
+LOSS_STATS = ("pg_loss", "kl", "loss")
+
 log = logging.getLogger(__name__)
 
 
@@ -292,7 +297,12 @@ class PolicyLearner:
             torch.cuda.empty_cache()  # a colocated engine wakes up next and re-allocates on this device
         tokens, first_pass = sums.pop("tokens", 0.0), sums.pop("first_pass_tokens", 0.0)
         clipped, clipped_grad = sums.pop("clipped_tokens", 0.0), sums.pop("clipped_grad_tokens", 0.0)
-        metrics = {k: v / max(first_pass if k.startswith("rollout_") else tokens, 1.0) for k, v in sums.items()}
+        # a loss stat's shares sum to 1/world_size per optimizer step on each rank: rank 0 estimates the global mean
+        passes = max(len(grad_norms), 1) / self.world_size
+        metrics = {
+            k: v / (passes if k in LOSS_STATS else max(first_pass if k.startswith("rollout_") else tokens, 1.0))
+            for k, v in sums.items()
+        }
         metrics.update(
             ratio_min=ratio_min if tokens else 1.0,
             ratio_max=ratio_max if tokens else 1.0,
@@ -344,8 +354,9 @@ class PolicyLearner:
         if empty:
             return None
         on = mask > 0
-        sums = {k: float(v) * tokens for k, v in stats.items() if k not in ("ratio_min", "ratio_max")}
-        sums.update(entropy=float((entropy * mask).sum()), loss=float(loss.detach()) * tokens, tokens=tokens)
+        stats["loss"] = loss.detach()
+        sums = {k: float(v) * (share if k in LOSS_STATS else tokens) for k, v in stats.items() if k not in ("ratio_min", "ratio_max")}
+        sums.update(entropy=float((entropy * mask).sum()), tokens=tokens)
         # the tokens the loss clipped, and how many of them still carry a gradient (CISPO: all; PPO: none)
         _, clipped = POLICY_LOSSES[update.loss](logp.detach(), old_logp, mb["advantages"][:, None], **update.loss_kwargs)
         clipped = clipped & on

@@ -89,3 +89,25 @@ def test_lora_two_ranks_match_one_rank(zero_stage, ray_session, tiny_model):
     moved = max(float(t.abs().max()) for n, t in one.items() if ".lora_B." in n)  # B starts at 0
     assert moved > 0.5 * LR
     assert max_diff(one, two) < 1e-2 * LR, f"2 ranks differ from 1 rank by {max_diff(one, two):.2e} (step {moved:.2e})"
+
+
+@pytest.mark.parametrize(
+    "agg, expected",
+    [
+        # ratio 1 on the first pass, so the PPO loss per token is −A: the aggregates of −A over SEQS
+        ("seq-mean-token-mean", -(1.0 - 1.0 + 0.5 - 0.3) / 4),
+        ("token-mean", -(1.0 * 2 - 1.0 * 3 + 0.5 * 1 - 0.3 * 4) / TOKENS),
+    ],
+)
+def test_logged_loss_is_the_batch_loss_however_it_is_split(agg, expected, ray_session, tiny_model):
+    host, port = ray.get(node_address.remote())
+    cfg = tiny_learner_config(tiny_model, lr=LR, threads=1, zero_stage=1, micro_batch_size=4)
+    learner = PolicyLearner.options(num_cpus=0.1).remote(cfg, 0, 1, host, port)
+    try:
+        update = tiny_update_config("algorithm=grpo", agg=agg)
+        for micro_batches in ([SEQS], [[s] for s in SEQS], [SEQS[:1], SEQS[1:]]):
+            m = ray.get(learner.train_step.remote([MiniBatch(micro_batches, TOKENS, SEQUENCES)], update))
+            assert m["pg_loss"] == pytest.approx(expected, abs=1e-6), micro_batches
+            assert m["loss"] == pytest.approx(expected, abs=1e-6)
+    finally:
+        ray.kill(learner)

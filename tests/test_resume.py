@@ -94,7 +94,10 @@ def test_sigkill_and_resume_matches_straight_run(tmp_path, tiny_model):
     assert sorted(k for k in a if k > 0) == sorted(k for k in b if k > 0) == [1, 2, 3, 4]
     for step in (1, 2, 3, 4):
         for key in DETERMINISTIC:
-            assert a[step][key] == b[step][key], (step, key, a[step][key], b[step][key])
+            # The learner on CPU is not bitwise run to run (MKL/oneDNN may vary how it splits a GEMM
+            # under load): a CI run measured 1-ulp differences already at step 1, before any kill.
+            expected = pytest.approx(a[step][key], rel=1e-5) if key.startswith("learner/") else a[step][key]
+            assert b[step][key] == expected, (step, key, a[step][key], b[step][key])
     assert b[3]["learner/tokens"] > 0 and b[4]["learner/tokens"] > 0  # the epoch after the boundary trained
     # V0.5's calibration window came back with the checkpoint: every decision after the resume is the same
     from rlvr.plots import load_decisions
@@ -106,7 +109,8 @@ def test_sigkill_and_resume_matches_straight_run(tmp_path, tiny_model):
         assert da[step] == db[step], step
     wa, wb = final_weights(straight), final_weights(resumed)
     assert wa.keys() == wb.keys()
-    assert all(torch.equal(wa[k], wb[k]) for k in wa), "final weights differ bitwise"
+    gap = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    assert gap <= 1e-5, f"final weights differ by {gap:.2e} (1-ulp noise is about 1e-7)"
     log = (tmp_path / "resumed-run.log").read_text()
     assert "resumed from" in log and "step_00000002" in log  # not the partial step_00000003
 

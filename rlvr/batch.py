@@ -104,6 +104,10 @@ class Batch:
     def rewards(self) -> torch.Tensor:
         return torch.tensor([t.reward for t in self.trajectories], dtype=torch.float32)
 
+    def correctness(self) -> torch.Tensor:
+        """Each trajectory's correctness as 0/1 floats: what a success rate is a mean of."""
+        return torch.tensor([float(t.correct) for t in self.trajectories], dtype=torch.float32)
+
     def group_ids(self) -> torch.Tensor:
         return torch.tensor([t.group for t in self.trajectories], dtype=torch.long)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from rlvr.algorithms import WEIGHTINGS, AlgorithmPreset
+from rlvr.algorithms import WEIGHTINGS, AlgorithmPreset, default_overlong_buffer
 
 PRESET_FIELDS = (
     "name",
@@ -25,6 +25,8 @@ PRESET_FIELDS = (
     "mini_batches",
     "epochs",
     "old_logprobs",
+    "clip_ratio_c",
+    "filter_metric",
 )
 
 
@@ -64,6 +66,12 @@ def algorithm_preset(algo: DictConfig) -> AlgorithmPreset:
         )
     except ValueError as e:
         raise ConfigError(f"algorithm: {e}") from e
+
+
+def overlong_buffer(cfg: DictConfig) -> int:
+    """DAPO's L_c in tokens: `algorithm.overlong_buffer`, or 20 % of `rollout.max_tokens` when null."""
+    buffer = cfg.algorithm.overlong_buffer
+    return default_overlong_buffer(cfg.rollout.max_tokens) if buffer is None else int(buffer)
 
 
 def _check(ok: bool, key: str, msg: str) -> None:
@@ -109,11 +117,17 @@ def validate(cfg: DictConfig) -> None:
         )
         _validate_value(cfg.value)
     if preset.overlong:
+        max_tokens = cfg.rollout.max_tokens
         _check(
-            0 < a.overlong_buffer <= cfg.rollout.max_tokens,
+            0 < overlong_buffer(cfg) < max_tokens / 2,
             "algorithm.overlong_buffer",
-            f"must be in (0, rollout.max_tokens={cfg.rollout.max_tokens}], got {a.overlong_buffer}",
+            f"must be in (0, rollout.max_tokens/2 = {max_tokens / 2:g}) tokens, got {a.overlong_buffer}: the length penalty "
+            f"starts at rollout.max_tokens - buffer, and a buffer of half the length or more penalises ordinary answers "
+            f"(DAPO: 4,096 of 20,480; null = 20 % of rollout.max_tokens)",
         )
+    _check(a.warmup_prompts >= 0, "algorithm.warmup_prompts", f"must be >= 0 (0 = no warm start), got {a.warmup_prompts}")
+    if a.warmup_prompts:
+        _check(preset.sampling == "adaptive", "algorithm.warmup_prompts", f"warms up V0.5's value context (sampling=adaptive); {preset.sampling} has none to fill")
     _check(cfg.weighting.name in WEIGHTINGS, "weighting.name", f"unknown {cfg.weighting.name!r}; known: {', '.join(WEIGHTINGS)}")
     t = cfg.trainer
     _check(t.steps >= 1, "trainer.steps", f"must be >= 1, got {t.steps}")

@@ -2,12 +2,14 @@
 
 Modes (`algorithm.sampling`):
 - `fixed`: n rollouts per prompt (GRPO, Dr.GRPO, RLOO, CISPO).
-- `dynamic_filter` (DAPO): drop groups whose rewards are all equal and draw fresh prompts until
-  the batch is full of mixed groups, for at most `max_rounds` generation rounds.
+- `dynamic_filter` (DAPO): drop groups whose correctness (`filter_metric=acc`, DAPO's and verl's
+  choice) or shaped reward (`reward`) is all equal, and draw fresh prompts until the batch is full
+  of mixed groups, for at most `max_rounds` generation rounds.
 - `adaptive` (V0.5): ask the ValueServer for a prior p0, sample n0, run the reliability test,
   buy extra rollouts (OSLA) under the step budget, and fuse prior and data into a per-prompt
   baseline, through `V05Baseline`, which calibrates the prior's reliability over the last
-  `calibration_window` prompts rather than one step's few.
+  `calibration_window` prompts rather than one step's few. `warm_start` fills that window and the
+  value context from the initial policy's rollouts before step 1, so the first steps can trust a prior.
 
 It runs in the driver: it holds handles to the rollout pool, the verifier and the value
 server, and returns a `rlvr.batch.Batch`.
@@ -51,6 +53,7 @@ class ControllerConfig:
     use_uncertainty: bool  # the value model's uncertainty scales each prior's error sd
     # DAPO
     max_rounds: int
+    filter_metric: str  # acc | reward: what must vary within a kept group
     overlong: bool
     overlong_buffer: int
 
@@ -105,7 +108,13 @@ class BudgetController:
         rewards = torch.tensor([r.reward for r in results], dtype=torch.float32)
         if self.cfg.overlong:
             lengths = torch.tensor([len(s.response_ids) for s in samples], dtype=torch.float32)
-            rewards = rewards + overlong_penalty(lengths, self.sampling.max_tokens, self.cfg.overlong_buffer)
+            penalty = overlong_penalty(lengths, self.sampling.max_tokens, self.cfg.overlong_buffer)
+            rewards = rewards + penalty
+            penalised = lengths[penalty < 0]
+            self.counts["overlong_penalised"] = self.counts.get("overlong_penalised", 0) + len(penalised)
+            if len(penalised):  # the shortest answer that paid for its length: never below the soft start
+                shortest = int(penalised.min())
+                self.counts["overlong_shortest_penalised"] = min(self.counts.get("overlong_shortest_penalised", shortest), shortest)
         groups = [PromptGroup(p) for p in problems]
         for s, r, res in zip(samples, rewards.tolist(), results):
             groups[s.prompt_index].trajectories.append(
@@ -122,6 +131,46 @@ class BudgetController:
                 )
             )
         return groups
+
+    def warm_start(self, problems: list[Problem], seed: int) -> dict:
+        """V0.5 before step 1: n0 rollouts of the initial policy on each warm-up prompt (neither
+        training nor held-out) fill the value context and the calibration window.
+
+        A window of priors that never saw a context reads as a useless prior, and the first steps
+        reject everything (DESIGN.md, "V0.5 starves at the start of a run"). So each half's priors
+        are predicted from the other half's outcomes (two-fold cross-fitting: no prior has seen its
+        own prompt's outcome), and those (prior, k, n) enter the window. The context then holds
+        every warm-up pair. Returns what it cost and what it found.
+        """
+        self.timings, self.counts = {}, {}
+        start = time.perf_counter()
+        groups = self._sample_and_score(problems, [self.cfg.n] * len(problems), seed)
+        k, n = _successes_and_counts(groups)
+        texts, success = [p.question for p in problems], (k / n).tolist()
+        empty = self.value_server.snapshot()
+        prior, unc = torch.full_like(k, 0.5), torch.full_like(k, 0.5)
+        half = len(problems) // 2
+        for context, target in ((slice(0, half), slice(half, None)), (slice(half, None), slice(0, half))):
+            self.value_server.load(empty)
+            self.value_server.call("add_context", texts[context], success[context])
+            p, u = self.value_server.call("predict", texts[target])
+            prior[target], unc[target] = torch.tensor(p, dtype=torch.float64), torch.tensor(u, dtype=torch.float64)
+        self.value_server.load(empty)
+        self.value_server.call("add_context", texts, success)
+        self.value_server.snapshot()
+        prior = prior.clamp(v05.PRIOR_MIN, v05.PRIOR_MAX)
+        self.v05.observe(prior, k, n, unc)
+        return {
+            "warmup/prompts": len(problems),
+            "warmup/rollouts": self.counts.get("rollouts", 0),
+            "warmup/gen_tokens": self.counts.get("gen_tokens", 0),
+            "warmup/seconds": time.perf_counter() - start,
+            "warmup/success": float((k / n).mean()),
+            "warmup/prior_brier": float(((prior - k / n) ** 2).mean()),
+            "warmup/context_mean_brier": float(((k / n).mean() - k / n).pow(2).mean()),
+            "warmup/prior_corr": _corr(prior, k / n),
+            "v05/window": len(self.v05),
+        }
 
     # -- the three modes -----------------------------------------------------------------------
     def collect(self, problems: list[Problem], more_problems: Callable[[int], list[Problem]], seed: int) -> Batch:
@@ -140,17 +189,29 @@ class BudgetController:
         return batch
 
     def _collect_dynamic(self, problems: list[Problem], more_problems, seed: int) -> Batch:
-        target, kept, rounds = len(problems), [], 0
+        target, kept, rounds, dropped, dropped_reward_mixed = len(problems), [], 0, 0, 0
         pending = problems
         while pending and rounds < self.cfg.max_rounds:
             groups = self._sample_and_score(pending, [self.cfg.n] * len(pending), seed * 100 + rounds)
             rounds += 1
             round_batch = Batch(groups)
-            keep = dynamic_sampling_keep_mask(round_batch.rewards(), round_batch.group_ids()).tolist() if groups else []
+            ids = round_batch.group_ids()
+            metric = round_batch.correctness() if self.cfg.filter_metric == "acc" else round_batch.rewards()
+            keep = dynamic_sampling_keep_mask(metric, ids).tolist() if groups else []
+            reward_mixed = dynamic_sampling_keep_mask(round_batch.rewards(), ids).tolist() if groups else []
             kept += [g for g, k in zip(groups, keep) if k]
+            dropped += sum(not k for k in keep)
+            # groups the shaped reward alone would have kept: all right or all wrong, differing in length
+            dropped_reward_mixed += sum(m and not k for k, m in zip(keep, reward_mixed))
             missing = target - len(kept)
             pending = more_problems(missing) if missing > 0 and rounds < self.cfg.max_rounds else []
-        stats = {"dapo/rounds": rounds, "dapo/kept_groups": min(len(kept), target), "dapo/target_groups": target}
+        stats = {
+            "dapo/rounds": rounds,
+            "dapo/kept_groups": min(len(kept), target),
+            "dapo/target_groups": target,
+            "dapo/dropped_groups": dropped,
+            "dapo/dropped_reward_mixed": dropped_reward_mixed,
+        }
         if len(kept) < target:
             log.warning("dynamic sampling: %d of %d mixed groups after %d rounds", len(kept), target, rounds)
         return Batch(kept[:target], stats=stats)

@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlvr.algorithms import HADWState, apply_weighting, compute_advantages, pass_at_k
 from rlvr.checkpoint import resolve_resume, save_checkpoint
-from rlvr.config import ConfigError, algorithm_preset, validate
+from rlvr.config import ConfigError, algorithm_preset, overlong_buffer, validate
 from rlvr.batch import Batch, Trajectory, plan_mini_batches
 from rlvr.controller import BudgetController, ControllerConfig
 from rlvr.data import Problem, PromptStream, build_messages, load_problems
@@ -177,8 +177,9 @@ def controller_config(cfg: DictConfig, preset) -> ControllerConfig:
         calibration_window=a.calibration_window,
         use_uncertainty=a.use_uncertainty,
         max_rounds=a.max_rounds,
+        filter_metric=preset.filter_metric,
         overlong=preset.overlong,
-        overlong_buffer=a.overlong_buffer,
+        overlong_buffer=overlong_buffer(cfg),
     )
 
 
@@ -332,6 +333,19 @@ def stop_roles(roles: dict) -> None:
 # --------------------------------------------------------------------------------------------
 # One step's pieces
 # --------------------------------------------------------------------------------------------
+def split_warmup(problems: list[Problem], count: int, seed: int) -> tuple[list[Problem], list[Problem]]:
+    """(training prompts, V0.5's warm-up prompts): `count` drawn by `seed` and held out of training,
+    the same way on every start, so that a resumed run's prompt stream is the original's."""
+    if count <= 0:
+        return problems, []
+    if count >= len(problems):
+        raise ConfigError(
+            f"algorithm.warmup_prompts: {count} warm-up prompts would leave none of the {len(problems)} training prompts; lower it"
+        )
+    chosen = set(random.Random(seed).sample(range(len(problems)), count))
+    return [p for i, p in enumerate(problems) if i not in chosen], [problems[i] for i in sorted(chosen)]
+
+
 def hadw_state(weighting: DictConfig) -> HADWState:
     """HA-DW's anchor state from `weighting=hadw`; an unused one for any other weighting."""
     if weighting.name != "hadw":
@@ -340,16 +354,17 @@ def hadw_state(weighting: DictConfig) -> HADWState:
 
 
 def set_advantages(batch: Batch, preset, weighting: DictConfig, hadw_state: HADWState) -> None:
-    """Advantages of every trajectory (the estimator, then the optional weighting), on the batch."""
+    """Advantages of every trajectory (the estimator on the shaped reward, then the optional
+    weighting on correctness: both papers weigh by success rate), on the batch."""
     rewards, group_ids = batch.rewards(), batch.group_ids()
     kwargs = dict(preset.estimator_kwargs())
     if preset.estimator == "v05":
         kwargs["baselines"] = batch.baselines()
     adv = compute_advantages(preset.estimator, rewards, group_ids, **kwargs)
     if weighting.name == "focal":
-        adv = apply_weighting("focal", adv, rewards, group_ids, gamma=weighting.gamma)
+        adv = apply_weighting("focal", adv, batch.correctness(), group_ids, gamma=weighting.gamma)
     elif weighting.name == "hadw":
-        adv = apply_weighting("hadw", adv, rewards, group_ids, state=hadw_state, lam=weighting.lam)
+        adv = apply_weighting("hadw", adv, batch.correctness(), group_ids, state=hadw_state, lam=weighting.lam)
     batch.set_advantages(adv)
 
 
@@ -757,6 +772,7 @@ def train(cfg: DictConfig) -> dict:
     eval_problems = load_problems(
         OmegaConf.to_container(cfg.data.eval, resolve=True), exclude={p.question for p in train_problems}
     )
+    train_problems, warmup_problems = split_warmup(train_problems, cfg.algorithm.warmup_prompts, cfg.seed)
     stream = PromptStream(train_problems, seed=cfg.seed)
     log.info(
         "%s + weighting %s | model %s | data %s: %d train, %d held-out prompts | %d steps x %d prompts x n=%d | run_dir %s",
@@ -798,13 +814,25 @@ def train(cfg: DictConfig) -> dict:
                     "%s already holds step %d of trainer.steps=%d: nothing to train. Raise trainer.steps to go on, "
                     "or pass resume=never (or another run_dir) to start fresh.", run_dir, state["step"], total
                 )
-        elif cfg.eval.at_start:
+        else:
+            step0: dict = {}
+            if warmup_problems:
+                step0 = controller.warm_start(warmup_problems, seed=cfg.seed * 100003)
+                log.info(
+                    "V0.5 warm start: %d prompts, %d rollouts in %.1f s; prior Brier %.4f (the context mean's %.4f), window %d",
+                    step0["warmup/prompts"], step0["warmup/rollouts"], step0["warmup/seconds"], step0["warmup/prior_brier"],
+                    step0["warmup/context_mean_brier"], step0["v05/window"],
+                )
+                # a learner lost before the first checkpoint goes back to the warmed-up state
+                initial.update(controller=copy.deepcopy(controller.state_dict()), value=roles["value"].state)
             eval_records: list[dict] = []
-            eval_m = evaluate(rollout, verifier, eval_problems, render, cfg, seed=cfg.seed + 10**6, per_prompt=eval_records)
-            heldout_before = eval_m.get("eval/accuracy")
-            log.info("step 0 held-out accuracy %.3f on %d prompts", float("nan") if heldout_before is None else heldout_before, len(eval_problems))
-            metrics_log.write(0, eval_m, eval_records=eval_records)
-            history.append({"step": 0, **eval_m})
+            if cfg.eval.at_start:
+                step0.update(evaluate(rollout, verifier, eval_problems, render, cfg, seed=cfg.seed + 10**6, per_prompt=eval_records))
+                heldout_before = step0.get("eval/accuracy")
+                log.info("step 0 held-out accuracy %.3f on %d prompts", float("nan") if heldout_before is None else heldout_before, len(eval_problems))
+            if step0:
+                metrics_log.write(0, step0, eval_records=eval_records)
+                history.append({"step": 0, **step0})
 
         k = cfg.trainer.max_staleness
 

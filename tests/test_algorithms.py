@@ -137,6 +137,24 @@ def test_all_equal_group_gets_v05_signal_from_fuse():
 # ---------------------------------------------------------------- weightings
 
 
+def test_weightings_read_success_not_the_shaped_reward():
+    """Under an overlong penalty a shaped group mean is negative; focal on correctness stays in
+    [0, 1] and HA-DW's anchor is the batch success rate."""
+    correct = t(0, 0, 1, 0, 1, 1, 1, 0)
+    shaped = correct - t(0.9, 0.8, 0, 1, 0, 0, 0.5, 0)
+    ids = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    adv = compute_advantages("grpo", shaped, ids)
+    focal_w = apply_weighting("focal", torch.ones(8, dtype=torch.float64), correct, ids, gamma=0.5)
+    torch.testing.assert_close(focal_w, t(*[math.sqrt(0.75)] * 4, *[0.5] * 4))
+    assert float(apply_weighting("focal", torch.ones(8, dtype=torch.float64), shaped, ids).max()) <= 1.0
+    state = HADWState(window=10)
+    out = apply_weighting("hadw", adv, correct, ids, state=state, lam=1.0)
+    assert state.anchor() == pytest.approx(0.5)
+    assert torch.isfinite(out).all() and (out != adv).any()
+    assert apply_weighting("hadw", torch.zeros(0, dtype=torch.float64), t(), torch.zeros(0, dtype=torch.long), state=state).numel() == 0
+    assert len(state.history) == 1  # an empty batch leaves the anchor alone
+
+
 def test_focal_hand_example():
     rewards, ids = t(1, 1, 1, 0, 1, 0, 0, 0), torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     adv = torch.ones(8, dtype=torch.float64)
@@ -241,6 +259,25 @@ def test_ppo_clip_hand_example():
     assert float(stats["clip_frac"]) == pytest.approx(1 / 3)
     assert float(stats["ratio_mean"]) == pytest.approx(1.0)
     assert float(stats["approx_kl"]) == pytest.approx(-float(ratios.log().mean()))
+
+
+def test_ppo_dual_clip_bounds_negative_advantages():
+    """verl's dual clip: for A < 0, L = min(−c·A, max(−ρA, −clip(ρ)A)); A > 0 is untouched."""
+    ratios = t(5.0, 2.0, 5.0)
+    logp = ratios.log().view(1, 3).requires_grad_(True)
+    adv = t(-1.0, -1.0, 1.0).view(1, 3)
+    per_token = []
+    for c in (None, 3.0):
+        kwargs = {} if c is None else {"clip_ratio_c": c}
+        loss, stats = policy_loss("ppo_clip", logp, torch.zeros(1, 3, dtype=torch.float64), adv, torch.ones(1, 3, dtype=torch.float64), **kwargs)
+        per_token.append(float(loss.detach()) * 3)
+    # without: 5 + 2 − 1.2 ; with c = 3: min(3, 5) + 2 − 1.2
+    assert per_token[0] == pytest.approx(5 + 2 - 1.2) and per_token[1] == pytest.approx(3 + 2 - 1.2)
+    (grad,) = torch.autograd.grad(loss, logp)
+    assert grad[0, 0] == 0 and grad[0, 1] != 0 and grad[0, 2] == 0  # the dual-clipped token gets no gradient
+    assert float(stats["clip_frac"]) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="clip_ratio_c"):
+        policy_loss("ppo_clip", logp, torch.zeros(1, 3, dtype=torch.float64), adv, torch.ones(1, 3, dtype=torch.float64), clip_ratio_c=1.0)
 
 
 def test_cispo_hand_example():
@@ -361,6 +398,28 @@ def test_overlong_penalty_hand_example():
         overlong_penalty(lengths, max_len=100, buffer=0)
 
 
+def test_overlong_default_buffer_is_dapos_share():
+    from rlvr.algorithms import default_overlong_buffer
+
+    assert default_overlong_buffer(20480) == 4096  # the recipe's own numbers
+    assert default_overlong_buffer(64) == 13 and default_overlong_buffer(3) == 1
+    # with the default buffer an answer of 80 % of the length pays nothing
+    lengths = torch.tensor([10, 51, 52, 58, 64, 65])
+    penalty = overlong_penalty(lengths, max_len=64, buffer=default_overlong_buffer(64))
+    assert penalty[:2].tolist() == [0.0, 0.0] and bool((penalty[2:] < 0).all()) and penalty[-1] == -1
+
+
+def test_accuracy_filter_drops_groups_mixed_only_in_reward():
+    """DAPO filters on correctness: an all-wrong group whose overlong penalties differ is dropped
+    on accuracy, though its shaped rewards differ."""
+    correct = t(0, 0, 0, 0, 1, 0, 1, 1)
+    lengths = torch.tensor([10, 60, 62, 30, 10, 10, 10, 10])
+    shaped = correct + overlong_penalty(lengths, max_len=64, buffer=13)
+    ids = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    assert dynamic_sampling_keep_mask(shaped, ids).tolist() == [True, True]
+    assert dynamic_sampling_keep_mask(correct, ids).tolist() == [False, True]
+
+
 def test_mask_truncated():
     mask = torch.ones(2, 3)
     torch.testing.assert_close(mask_truncated(mask, torch.tensor([True, False])), torch.tensor([[0.0] * 3, [1.0] * 3]))
@@ -373,7 +432,9 @@ def test_presets_compose_registered_parts():
     assert set(PRESETS) == {"grpo", "drgrpo", "rloo", "dapo", "cispo", "v05"}
     dapo = get_preset("dapo")
     assert (dapo.eps_low, dapo.eps_high, dapo.sampling, dapo.overlong) == (0.2, 0.28, "dynamic_filter", True)
-    assert get_preset("cispo").loss_kwargs() == {"eps_high": 4.0}
+    assert get_preset("cispo").loss_kwargs() == {"eps_high": 0.2}
+    assert get_preset("dapo").loss_kwargs() == {"eps_low": 0.2, "eps_high": 0.28, "clip_ratio_c": 10.0}
+    assert get_preset("dapo").filter_metric == "acc"
     assert get_preset("v05").sampling == "adaptive"
     assert get_preset("drgrpo").agg == "seq-mean-token-sum-norm"
     logp = torch.zeros(2, 3, requires_grad=True)

@@ -45,12 +45,44 @@ def test_unknown_group_option_lists_the_choices():
         ("algorithm.loss=ppo", "algorithm"),
         ("verifier.timeout_s=0", "verifier.timeout_s"),
         ("rollout.kv_cache_gb=0", "rollout.kv_cache_gb"),
-        ("algorithm=dapo rollout.max_tokens=32", "algorithm.overlong_buffer"),
+        ("algorithm=dapo rollout.max_tokens=32 algorithm.overlong_buffer=16", "algorithm.overlong_buffer"),
+        ("algorithm=dapo rollout.max_tokens=32 algorithm.overlong_buffer=0", "algorithm.overlong_buffer"),
+        ("algorithm=dapo algorithm.clip_ratio_c=1.0", "clip_ratio_c"),
+        ("algorithm=grpo algorithm.clip_ratio_c=3.0 algorithm.loss=cispo algorithm.eps_low=null", "clip_ratio_c"),
+        ("algorithm=cispo algorithm.eps_high=0", "eps_high"),
+        ("algorithm=cispo algorithm.eps_high=-0.5", "eps_high"),
+        ("algorithm=dapo algorithm.filter_metric=length", "filter_metric"),
+        ("algorithm=grpo algorithm.warmup_prompts=8", "algorithm.warmup_prompts"),
+        ("algorithm=v05 algorithm.warmup_prompts=-1", "algorithm.warmup_prompts"),
     ],
 )
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key):
         validate(compose(override.split()))
+
+
+def test_overlong_buffer_follows_max_tokens_and_names_both_keys():
+    from rlvr.config import overlong_buffer
+
+    for max_tokens, buffer in ((64, 13), (96, 19), (20480, 4096)):
+        cfg = compose(["algorithm=dapo", f"rollout.max_tokens={max_tokens}"])
+        validate(cfg)
+        assert overlong_buffer(cfg) == buffer  # DAPO's 20 %: the soft start at 80 % of the length
+    with pytest.raises(ConfigError, match="rollout.max_tokens") as e:
+        validate(compose(["algorithm=dapo", "rollout.max_tokens=64", "algorithm.overlong_buffer=64"]))
+    assert "algorithm.overlong_buffer" in str(e.value)
+
+
+def test_presets_are_their_base_plus_their_differences():
+    """Each algorithm file holds only what differs from grpo.yaml (Hydra defaults list)."""
+    grpo = compose(["algorithm=grpo"]).algorithm
+    for name in ("dapo", "cispo", "v05", "rloo", "drgrpo"):
+        algo = compose([f"algorithm={name}"]).algorithm
+        assert set(algo) == set(grpo), name
+    dapo, cispo, v05 = (compose([f"algorithm={n}"]).algorithm for n in ("dapo", "cispo", "v05"))
+    assert (dapo.clip_ratio_c, dapo.filter_metric, dapo.overlong_buffer, dapo.eps_high) == (10.0, "acc", None, 0.28)
+    assert (cispo.eps_low, cispo.eps_high) == (None, 0.2)
+    assert v05.warmup_prompts == 64 and grpo.warmup_prompts == 0
 
 
 def test_missing_required_value_is_named():

@@ -8,12 +8,23 @@ from __future__ import annotations
 
 import torch
 
+# DAPO's soft-punishment cache as a share of the maximum response length: 4,096 of 20,480 tokens
+# (arXiv 2503.14476 §3.4; verl recipe/dapo: overlong_buffer.len=4096, max_response_length=20480).
+OVERLONG_BUFFER_FRACTION = 0.2
+
+
+def default_overlong_buffer(max_len: int) -> int:
+    """L_c for a maximum length L_max when none is given: DAPO's 20 % of L_max, at least 1 token."""
+    return max(1, round(OVERLONG_BUFFER_FRACTION * max_len))
+
 
 def dynamic_sampling_keep_mask(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
     """bool[G], indexed by group id (G = max id + 1): keep a group iff max(r) > min(r).
 
-    A group whose rewards are all equal has zero group-relative advantage and no gradient,
-    so DAPO drops it and samples again. Ids with no rollout are False.
+    A group whose values are all equal has zero group-relative advantage and no gradient,
+    so DAPO drops it and samples again. Ids with no rollout are False. DAPO and verl
+    (``filter_groups.metric=acc``) pass correctness here, not the shaped reward: a group that
+    is all wrong but differs in length would otherwise be kept and trained on length alone.
     """
     if rewards.ndim != 1 or rewards.shape != group_ids.shape:
         raise ValueError("rewards and group_ids must both be 1-D of equal length")

@@ -36,17 +36,30 @@ def ppo_clip_loss(
     adv: torch.Tensor,
     eps_low: float = 0.2,
     eps_high: float = 0.2,
+    clip_ratio_c: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO-clip: L_t = −min(ρ_t·A, clip(ρ_t, 1−ε_low, 1+ε_high)·A).
 
     GRPO uses ε_low = ε_high = 0.2; DAPO's "clip-higher" uses 0.2 / 0.28. A token whose
     ratio left the trust region on the side its advantage pushes (A > 0 and ρ > 1+ε_high,
     or A < 0 and ρ < 1−ε_low) takes the constant branch and gets no gradient.
+
+    Dual-clip (``clip_ratio_c`` = c > 1, verl's ``clip_ratio_c``): for A < 0 the loss is
+    further bounded, L_t = min(−c·A, L_t), so a token with a huge ratio and a negative
+    advantage cannot dominate the update. verl's default is c = 3; DAPO's recipe sets 10.
     """
     ratio = torch.exp(_log_ratio(logp, old_logp))
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1 - eps_low, 1 + eps_high)
-    return torch.maximum(unclipped, clipped), clipped > unclipped
+    loss = torch.maximum(unclipped, clipped)
+    was_clipped = clipped > unclipped
+    if clip_ratio_c is not None:
+        if clip_ratio_c <= 1:
+            raise ValueError(f"clip_ratio_c must be > 1, got {clip_ratio_c}")
+        dual = (adv < 0) & (-adv * clip_ratio_c < loss)
+        loss = torch.where(dual, -adv * clip_ratio_c, loss)
+        was_clipped = was_clipped | dual
+    return loss, was_clipped
 
 
 @register(POLICY_LOSSES, "cispo")
@@ -54,14 +67,18 @@ def cispo_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
     adv: torch.Tensor,
-    eps_high: float = 4.0,
+    eps_high: float = 0.2,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """CISPO: L_t = −sg(clip(ρ_t, 0, 1+ε_high))·A·log π_θ(token), ε_high = 4.0.
+    """CISPO: L_t = −sg(clip(ρ_t, 0, 1+ε_high))·A·log π_θ(token).
 
     The importance weight is clipped and detached instead of the update, so every token
     keeps its gradient −sg(clip(ρ))·A·∇log π (no token is dropped, unlike PPO-clip).
-    There is no lower bound.
+    There is no lower bound (MiniMax-M1 sets ε_low large and tunes only ε_high). The
+    default ε_high = 0.2 is verl's CISPO example; ScaleRL's absolute cap 5 (ε_high = 4)
+    never bound on this box (docs/algorithms.md).
     """
+    if eps_high <= 0:
+        raise ValueError(f"CISPO eps_high must be > 0 (the cap is 1 + eps_high), got {eps_high}")
     ratio = torch.exp(_log_ratio(logp, old_logp))
     weight = ratio.clamp(max=1 + eps_high).detach()
     return -weight * adv * logp, ratio > 1 + eps_high

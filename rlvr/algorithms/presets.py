@@ -15,6 +15,7 @@ from .correction import CORRECTIONS
 from .losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
 
 SAMPLING_MODES = ("fixed", "dynamic_filter", "adaptive")
+FILTER_METRICS = ("acc", "reward")  # what DAPO's dynamic sampling reads: correctness (DAPO, verl) or the shaped reward
 OLD_LOGPROBS = ("recompute", "rollout")
 
 
@@ -32,6 +33,9 @@ class AlgorithmPreset:
     ``learner.mini_batches`` / ``learner.epochs`` default to these). ``old_logprobs``: π_old from
     a no-grad forward before the first update (``recompute``) or the engine's μ (``rollout``).
     ``rollout_correction``: ``none``, ``tis`` or ``mask`` with ``correction_threshold`` C.
+    ``clip_ratio_c``: PPO-clip's dual clip c > 1 for negative advantages (None: off).
+    ``filter_metric``: what ``dynamic_filter`` requires to vary within a group, ``acc``
+    (correctness, as DAPO and verl) or ``reward`` (the shaped reward).
     """
 
     name: str
@@ -51,6 +55,8 @@ class AlgorithmPreset:
     old_logprobs: str = "recompute"
     rollout_correction: str = "tis"
     correction_threshold: float = 2.0
+    clip_ratio_c: float | None = None
+    filter_metric: str = "acc"
 
     def __post_init__(self) -> None:
         lookup(ESTIMATORS, self.estimator, "advantage estimator")
@@ -68,14 +74,23 @@ class AlgorithmPreset:
             raise ValueError(f"correction_threshold must be > 1, got {self.correction_threshold}")
         if self.kl_coef < 0:
             raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
+        if self.filter_metric not in FILTER_METRICS:
+            raise ValueError(f"unknown filter_metric {self.filter_metric!r}; known: {', '.join(FILTER_METRICS)}")
+        if self.eps_high <= 0 or (self.eps_low is not None and not 0 <= self.eps_low < 1):
+            raise ValueError(f"clip range must have eps_high > 0 and eps_low in [0, 1), got {self.eps_low} / {self.eps_high}")
+        if self.clip_ratio_c is not None and (self.loss != "ppo_clip" or self.clip_ratio_c <= 1):
+            raise ValueError(f"clip_ratio_c (dual clip) applies to ppo_clip and must be > 1, got {self.clip_ratio_c} with loss {self.loss}")
         if self.scale_by_std and self.estimator != "v05":
             raise ValueError("scale_by_std applies to the v05 estimator only")
 
     def loss_kwargs(self) -> dict[str, float]:
         """Keyword arguments of the policy loss (for :func:`rlvr.algorithms.policy_loss`)."""
-        if self.eps_low is None:
-            return {"eps_high": self.eps_high}
-        return {"eps_low": self.eps_low, "eps_high": self.eps_high}
+        kwargs = {"eps_high": self.eps_high}
+        if self.eps_low is not None:
+            kwargs["eps_low"] = self.eps_low
+        if self.clip_ratio_c is not None:
+            kwargs["clip_ratio_c"] = self.clip_ratio_c
+        return kwargs
 
     def estimator_kwargs(self) -> dict[str, bool]:
         """Keyword arguments of the estimator, besides per-step inputs such as baselines."""
@@ -89,9 +104,10 @@ PRESETS: dict[str, AlgorithmPreset] = {
         AlgorithmPreset("drgrpo", "drgrpo", "ppo_clip", "seq-mean-token-sum-norm", 0.2, 0.2),
         AlgorithmPreset("rloo", "rloo", "ppo_clip", "token-mean", 0.2, 0.2),
         AlgorithmPreset(
-            "dapo", "grpo", "ppo_clip", "token-mean", 0.2, 0.28, sampling="dynamic_filter", overlong=True, mini_batches=4
+            "dapo", "grpo", "ppo_clip", "token-mean", 0.2, 0.28, sampling="dynamic_filter", overlong=True, mini_batches=4,
+            clip_ratio_c=10.0,
         ),
-        AlgorithmPreset("cispo", "grpo", "cispo", "token-mean", None, 4.0, mini_batches=4),
+        AlgorithmPreset("cispo", "grpo", "cispo", "token-mean", None, 0.2, mini_batches=4),
         AlgorithmPreset("v05", "v05", "ppo_clip", "token-mean", 0.2, 0.2, sampling="adaptive"),
     )
 }

@@ -1,8 +1,15 @@
 """Advantage modifiers that compose with any estimator: focal (F-GRPO) and HA-DW.
 
-Every modifier has the signature ``fn(adv, rewards, group_ids, **kwargs) -> adv'`` where
-``adv`` is float[N] per rollout (or float[N, ...], scaled along the first dim), ``rewards``
-float[N] and ``group_ids`` long[N]. Select one by name with :func:`apply_weighting`.
+Every modifier has the signature ``fn(adv, success, group_ids, **kwargs) -> adv'`` where
+``adv`` is float[N] per rollout (or float[N, ...], scaled along the first dim), ``success``
+float[N] each rollout's correctness (0/1) and ``group_ids`` long[N]. Select one by name with
+:func:`apply_weighting`.
+
+Both papers define their weights on success rates. The trainer passes correctness, never the
+shaped reward: under DAPO's overlong penalty a shaped group mean can be negative, which would
+give focal a weight above 1 and move HA-DW's anchor with answer lengths. With 0/1 rewards the
+two are the same. (HA-DW's released code reads its ±1 reward, whose group mean is 2p̂ − 1, so
+its exponent |p̂ − C| is twice ours at equal success rates; docs/algorithms.md.)
 """
 
 from __future__ import annotations
@@ -23,42 +30,43 @@ WEIGHTINGS: dict[str, Weighting] = {}
 def _scale_rows(adv: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Multiply each rollout's advantage (first dim) by its scale, broadcasting over tokens."""
     if adv.shape[0] != scale.shape[0]:
-        raise ValueError(f"adv has {adv.shape[0]} rollouts but rewards has {scale.shape[0]}")
+        raise ValueError(f"adv has {adv.shape[0]} rollouts but success has {scale.shape[0]}")
     return adv * scale.to(adv.dtype).view(-1, *([1] * (adv.ndim - 1)))
 
 
 @register(WEIGHTINGS, "none")
-def no_weighting(adv: torch.Tensor, rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+def no_weighting(adv: torch.Tensor, success: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
     """Identity: A_i ← A_i."""
     return adv
 
 
 @register(WEIGHTINGS, "focal")
 def focal_weighting(
-    adv: torch.Tensor, rewards: torch.Tensor, group_ids: torch.Tensor, gamma: float = 0.5
+    adv: torch.Tensor, success: torch.Tensor, group_ids: torch.Tensor, gamma: float = 0.5
 ) -> torch.Tensor:
-    """Focal difficulty scaling (F-GRPO): A_i ← (1 − p̂)^γ · A_i, one scalar per prompt.
+    """Focal difficulty scaling (F-GRPO): A_i ← (1 − p̂)^γ · A_i, one scalar per prompt,
+    p̂ the group's success rate (mean correctness), so the weight lies in [0, 1].
 
     Prompts the policy already solves (p̂ → 1) are down-weighted so rare correct modes
     on hard prompts keep their share of the gradient. γ = 0 is the identity.
     """
     if gamma < 0:
         raise ValueError(f"focal gamma must be >= 0, got {gamma}")
-    _, p_hat, _ = group_stats(rewards, group_ids)
-    # Rewards outside [0, 1] would make the base negative; the weight is defined on success rates.
-    return _scale_rows(adv, (1 - p_hat).clamp(min=0) ** gamma)
+    _, p_hat, _ = group_stats(success, group_ids)
+    # Success rates lie in [0, 1]; the clamp only guards a caller that passes something else.
+    return _scale_rows(adv, (1 - p_hat).clamp(0, 1) ** gamma)
 
 
 class HADWState:
     """HA-DW's difficulty anchor C, carried across batches (checkpoint it with :meth:`state_dict`).
 
-    ``anchor="window"`` (rlvr's default): C = the mean of the last ``window`` batch-mean rewards,
-    the current batch's included.
+    ``anchor="window"`` (the authors' released code, and the default): C = the mean of the last
+    ``window`` batch-mean success rates, the current batch's included.
 
-    ``anchor="ema"`` (the published update, as the TRL pull request adding HA-DW states it):
+    ``anchor="ema"`` (an option; it appears only in a closed TRL pull request's summary):
         C⁺ = (1 − η_t)·C⁻ + η_t·y_t,   η_t = η·σ_t
-    with y_t the current batch's mean reward (its accuracy, for 0/1 rewards), σ_t the standard
-    deviation of the last ``window`` batch-mean rewards (the "training stability" the update adapts
+    with y_t the current batch's success rate, σ_t the standard
+    deviation of the last ``window`` batch-mean success rates (the "training stability" the update adapts
     to) and C⁻ the anchor before this batch, which is what the weight uses. The first batch starts
     the anchor at y_1. Our reading of y_t and σ_t: see docs/algorithms.md.
     """
@@ -76,9 +84,9 @@ class HADWState:
         self.history: deque[float] = deque(maxlen=window)
         self.belief: float | None = None  # C, for anchor="ema"
 
-    def observe(self, batch_mean_reward: float) -> float:
-        """Take in this batch's mean reward and return the anchor its weights use."""
-        y = float(batch_mean_reward)
+    def observe(self, batch_success_rate: float) -> float:
+        """Take in this batch's success rate and return the anchor its weights use."""
+        y = float(batch_success_rate)
         self.history.append(y)
         if self.mode == "window":
             return self.anchor()
@@ -88,8 +96,8 @@ class HADWState:
         self.belief = (1 - eta_t) * before + eta_t * y
         return before
 
-    def push(self, batch_mean_reward: float) -> None:
-        self.observe(batch_mean_reward)
+    def push(self, batch_success_rate: float) -> None:
+        self.observe(batch_success_rate)
 
     def anchor(self) -> float:
         """The current anchor: the window mean, or the EMA belief C."""
@@ -115,7 +123,7 @@ class HADWState:
 @register(WEIGHTINGS, "hadw")
 def hadw_weighting(
     adv: torch.Tensor,
-    rewards: torch.Tensor,
+    success: torch.Tensor,
     group_ids: torch.Tensor,
     state: HADWState,
     lam: float = 1.5,
@@ -123,25 +131,29 @@ def hadw_weighting(
 ) -> torch.Tensor:
     """History-aware difficulty weighting (HA-DW).
 
-    - Anchor: C from ``state`` (:class:`HADWState`: the mean of the last k batch-mean rewards,
-      or the published EMA belief C⁻). With ``update_state`` the current batch's mean reward
-      enters the state first (the one side effect).
-    - Direction: D_i = −sgn(p̂ − C)·sgn(r_i − p̂).
+    - Anchor: C from ``state`` (:class:`HADWState`: the mean of the last k batch success
+      rates, as the authors' code, or the EMA belief C⁻). With ``update_state`` the current
+      batch's success rate enters the state first (the one side effect).
+    - Direction: D_i = −sgn(p̂ − C)·sgn(s_i − p̂), s_i the rollout's correctness, p̂ its group's
+      success rate.
     - Scale: A_i ← λ·exp(D_i·|p̂ − C|)·A_i, λ = 1.5.
 
     On a prompt harder than the anchor (p̂ < C) correct rollouts are amplified and wrong
     ones damped; on an easier one (p̂ > C) the reverse. This counters the bias of
     group-relative advantages toward the group's own difficulty.
     """
-    rewards_f = rewards if rewards.is_floating_point() else rewards.float()
-    anchor = state.observe(rewards_f.mean().item()) if update_state else state.anchor()
-    _, p_hat, _ = group_stats(rewards_f, group_ids)
-    direction = -torch.sign(p_hat - anchor) * torch.sign(rewards_f - p_hat)
+    success_f = success if success.is_floating_point() else success.float()
+    if success_f.numel() == 0:
+        return adv  # nothing to weigh, and an empty batch's mean must not enter the anchor
+    anchor = state.observe(success_f.mean().item()) if update_state else state.anchor()
+    _, p_hat, _ = group_stats(success_f, group_ids)
+    direction = -torch.sign(p_hat - anchor) * torch.sign(success_f - p_hat)
     return _scale_rows(adv, lam * torch.exp(direction * (p_hat - anchor).abs()))
 
 
 def apply_weighting(
-    name: str, adv: torch.Tensor, rewards: torch.Tensor, group_ids: torch.Tensor, **kwargs
+    name: str, adv: torch.Tensor, success: torch.Tensor, group_ids: torch.Tensor, **kwargs
 ) -> torch.Tensor:
-    """Apply the modifier registered as ``name`` (see ``WEIGHTINGS``) to the advantages."""
-    return lookup(WEIGHTINGS, name, "advantage weighting")(adv, rewards, group_ids, **kwargs)
+    """Apply the modifier registered as ``name`` (see ``WEIGHTINGS``) to the advantages;
+    ``success`` is each rollout's correctness (0/1), not its shaped reward."""
+    return lookup(WEIGHTINGS, name, "advantage weighting")(adv, success, group_ids, **kwargs)

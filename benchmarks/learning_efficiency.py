@@ -53,6 +53,8 @@ GRID = {
     "v05+focal": ["algorithm=v05", "weighting=focal"],
     # HA-DW's published anchor (issue 12 §3), against the window anchor of "grpo+hadw"; same λ.
     "grpo+hadw-ema": ["algorithm=grpo", "weighting=hadw", "weighting.anchor=ema"],
+    # V0.5 differing from GRPO in its baseline only: GRPO's aggregation, and A / sqrt(b(1-b)) for A / std
+    "v05@grpo-agg": ["algorithm=v05", "weighting=none", "algorithm.agg=seq-mean-token-mean", "algorithm.scale_by_std=true"],
 }
 PASS_KS = (1, 2, 4, 8)
 # Sampled pass@k costs 8 generations per held-out prompt; only question 2 reads it.
@@ -68,7 +70,7 @@ def budget(args, config: str = "grpo") -> list[str]:
             "model=tiny-random", "trainer.steps=1", "trainer.batch_size=2", "trainer.eval_every=1",
             "data.train.size=8", "eval.size=4", "rollout.max_tokens=8", f"eval.n_samples={n_samples}",
             "eval.pass_at_k_every=1", "trainer.save_every=0", "trainer.progress=false",
-        ]
+        ] + (["algorithm.warmup_prompts=2"] if config.startswith("v05") else [])
     return [
         f"trainer.steps={args.steps}", "trainer.batch_size=8", f"trainer.eval_every={args.eval_every}",
         f"eval.size={args.eval_prompts}", f"rollout.max_tokens={args.max_tokens}",

@@ -189,7 +189,8 @@ class BudgetController:
         return batch
 
     def _collect_dynamic(self, problems: list[Problem], more_problems, seed: int) -> Batch:
-        target, kept, rounds, dropped, dropped_reward_mixed = len(problems), [], 0, 0, 0
+        target, kept, rounds = len(problems), [], 0
+        dropped = dropped_reward_mixed = dropped_acc_mixed = 0
         pending = problems
         while pending and rounds < self.cfg.max_rounds:
             groups = self._sample_and_score(pending, [self.cfg.n] * len(pending), seed * 100 + rounds)
@@ -199,10 +200,12 @@ class BudgetController:
             metric = round_batch.correctness() if self.cfg.filter_metric == "acc" else round_batch.rewards()
             keep = dynamic_sampling_keep_mask(metric, ids).tolist() if groups else []
             reward_mixed = dynamic_sampling_keep_mask(round_batch.rewards(), ids).tolist() if groups else []
+            acc_mixed = dynamic_sampling_keep_mask(round_batch.correctness(), ids).tolist() if groups else []
             kept += [g for g, k in zip(groups, keep) if k]
             dropped += sum(not k for k in keep)
             # groups the shaped reward alone would have kept: all right or all wrong, differing in length
             dropped_reward_mixed += sum(m and not k for k, m in zip(keep, reward_mixed))
+            dropped_acc_mixed += sum(m and not k for k, m in zip(keep, acc_mixed))  # 0 under filter_metric=acc
             missing = target - len(kept)
             pending = more_problems(missing) if missing > 0 and rounds < self.cfg.max_rounds else []
         stats = {
@@ -211,6 +214,7 @@ class BudgetController:
             "dapo/target_groups": target,
             "dapo/dropped_groups": dropped,
             "dapo/dropped_reward_mixed": dropped_reward_mixed,
+            "dapo/dropped_acc_mixed": dropped_acc_mixed,
         }
         if len(kept) < target:
             log.warning("dynamic sampling: %d of %d mixed groups after %d rounds", len(kept), target, rounds)

@@ -361,10 +361,14 @@ def set_advantages(batch: Batch, preset, weighting: DictConfig, hadw_state: HADW
     if preset.estimator == "v05":
         kwargs["baselines"] = batch.baselines()
     adv = compute_advantages(preset.estimator, rewards, group_ids, **kwargs)
-    if weighting.name == "focal":
-        adv = apply_weighting("focal", adv, batch.correctness(), group_ids, gamma=weighting.gamma)
-    elif weighting.name == "hadw":
-        adv = apply_weighting("hadw", adv, batch.correctness(), group_ids, state=hadw_state, lam=weighting.lam)
+    if weighting.name != "none":
+        extra = {"gamma": weighting.gamma} if weighting.name == "focal" else {"state": hadw_state, "lam": weighting.lam}
+        weighted = apply_weighting(weighting.name, adv, batch.correctness(), group_ids, **extra)
+        moved = adv.abs() > 1e-8  # the weight a rollout got, where its advantage carries one
+        factor = weighted[moved] / adv[moved]
+        if factor.numel():
+            batch.stats.update({"weighting/min": float(factor.min()), "weighting/max": float(factor.max())})
+        adv = weighted
     batch.set_advantages(adv)
 
 

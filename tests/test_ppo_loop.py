@@ -158,7 +158,7 @@ def test_sigterm_saves_and_stops_an_async_run_and_resume_loses_no_data(tmp_path,
     run_dir = tmp_path / "async"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH", "")]))
     args = [sys.executable, "-m", "rlvr.cli", "train", *TINY, "algorithm=v05", "trainer.steps=6", "trainer.save_every=0",
-            "trainer.max_staleness=1", "data.train.size=8", f"run_dir={run_dir}"]
+            "trainer.max_staleness=1", "data.train.size=8", "algorithm.warmup_prompts=2", f"run_dir={run_dir}"]
     log = open(tmp_path / "run.log", "w")
     proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     metrics = run_dir / "metrics.jsonl"

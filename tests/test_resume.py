@@ -2,7 +2,7 @@
 
 Real processes: `rlvr train` runs as a subprocess (Ray, vLLM, DeepSpeed, math-verify inside), is
 SIGKILLed once its step-2 checkpoint exists, and is started again with the same run_dir.
-Step 2 is also the end of the first epoch (8 problems, 4 per step), so the resumed run must train
+Step 2 is also the end of the first epoch (8 training problems once V0.5's 4 warm-up prompts are held out, 4 per step), so the resumed run must train
 the next epoch rather than stop.
 """
 
@@ -27,7 +27,8 @@ ARGS = [
     "trainer.keep_checkpoints=3",
     "trainer.eval_every=0",
     "trainer.progress=false",
-    "data.train.size=8",
+    "data.train.size=12",
+    "algorithm.warmup_prompts=4",  # V0.5's warm start runs once: a resumed run holds the same prompts out
     "eval.size=4",
     "rollout.max_tokens=12",
     "learner.lr=1e-3",
@@ -104,7 +105,10 @@ def test_sigkill_and_resume_matches_straight_run(tmp_path, tiny_model):
 
     da, db = load_decisions(straight), load_decisions(resumed)
     assert list(da) == list(db) == [1, 2, 3, 4]
-    assert b[3]["v05/window"] == 12  # steps 1-2 (8 prompts) restored, plus step 3's own
+    assert b[3]["v05/window"] == 16  # the warm start's 4 and steps 1-2 (8 prompts) restored, plus step 3's own
+    assert a[0]["v05/window"] == 4 and a[0]["warmup/rollouts"] == 4 * 4  # the warm start filled the window before step 1
+    step0 = [line for line in (resumed / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] == 0]
+    assert len(step0) == 1  # a resumed run does not warm up (or evaluate step 0) again
     for step in (3, 4):
         assert da[step] == db[step], step
     wa, wb = final_weights(straight), final_weights(resumed)

@@ -129,6 +129,13 @@ def validate(cfg: DictConfig) -> None:
     if a.warmup_prompts:
         _check(preset.sampling == "adaptive", "algorithm.warmup_prompts", f"warms up V0.5's value context (sampling=adaptive); {preset.sampling} has none to fill")
     _check(cfg.weighting.name in WEIGHTINGS, "weighting.name", f"unknown {cfg.weighting.name!r}; known: {', '.join(WEIGHTINGS)}")
+    _check(cfg.eval.split in ("heldout", "validation"), "eval.split", f"unknown {cfg.eval.split!r}; known: heldout, validation")
+    if cfg.eval.split == "validation":
+        _check(
+            cfg.data.get("validation") is not None,
+            "eval.split",
+            f"data={cfg.data.name} has no validation split: add data.validation (a split like data.eval) or use eval.split=heldout",
+        )
     t = cfg.trainer
     _check(t.steps >= 1, "trainer.steps", f"must be >= 1, got {t.steps}")
     _check(t.batch_size >= 1, "trainer.batch_size", f"must be >= 1, got {t.batch_size}")

@@ -333,6 +333,20 @@ def stop_roles(roles: dict) -> None:
 # --------------------------------------------------------------------------------------------
 # One step's pieces
 # --------------------------------------------------------------------------------------------
+def evaluation_problems(cfg: DictConfig, train_problems: list[Problem]) -> list[Problem]:
+    """The prompts `evaluate` scores: the held-out split without any training question, or with
+    `eval.split=validation` the validation split without any training or held-out question."""
+    train = {p.question for p in train_problems}
+    eval_split = OmegaConf.to_container(cfg.data.eval, resolve=True)
+    if cfg.eval.split == "heldout":
+        return load_problems(eval_split, exclude=train)
+    # every question the held-out split could ever hold, whatever eval.size, stays out
+    heldout = {p.question for p in load_problems({**eval_split, "limit": None}, exclude=train)}
+    validation = load_problems(OmegaConf.to_container(cfg.data.validation, resolve=True), exclude=train | heldout)
+    log.info("evaluating on the validation split: %d prompts, none of them training or held-out", len(validation))
+    return validation
+
+
 def split_warmup(problems: list[Problem], count: int, seed: int) -> tuple[list[Problem], list[Problem]]:
     """(training prompts, V0.5's warm-up prompts): `count` drawn by `seed` and held out of training,
     the same way on every start, so that a resumed run's prompt stream is the original's."""
@@ -773,9 +787,7 @@ def train(cfg: DictConfig) -> dict:
     check_fits(role_plan(cfg, preset), cluster_nodes())
     model_path = resolve_model_path(cfg.model.path, cfg.cache_dir)
     train_problems = load_problems(OmegaConf.to_container(cfg.data.train, resolve=True))
-    eval_problems = load_problems(
-        OmegaConf.to_container(cfg.data.eval, resolve=True), exclude={p.question for p in train_problems}
-    )
+    eval_problems = evaluation_problems(cfg, train_problems)
     train_problems, warmup_problems = split_warmup(train_problems, cfg.algorithm.warmup_prompts, cfg.seed)
     stream = PromptStream(train_problems, seed=cfg.seed)
     log.info(

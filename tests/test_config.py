@@ -85,6 +85,27 @@ def test_presets_are_their_base_plus_their_differences():
     assert v05.warmup_prompts == 64 and grpo.warmup_prompts == 0
 
 
+def test_validation_split_is_disjoint_from_training_and_heldout():
+    from omegaconf import OmegaConf
+
+    from rlvr.data import load_problems
+    from rlvr.trainer import evaluation_problems
+
+    cfg = compose(["eval.split=validation", "eval.size=64"])
+    validate(cfg)
+    train = load_problems(OmegaConf.to_container(cfg.data.train, resolve=True))
+    validation = evaluation_problems(cfg, train)
+    heldout_all = load_problems({**OmegaConf.to_container(cfg.data.eval, resolve=True), "limit": None})
+    questions = {p.question for p in validation}
+    assert len(validation) == 64
+    assert not questions & {p.question for p in train} and not questions & {p.question for p in heldout_all}
+    assert evaluation_problems(compose(["eval.size=64"]), train)[0].question in {p.question for p in heldout_all}
+    with pytest.raises(ConfigError, match="eval.split"):
+        validate(compose(["data=arith", "eval.split=validation"]))
+    with pytest.raises(ConfigError, match="eval.split"):
+        validate(compose(["eval.split=test"]))
+
+
 def test_missing_required_value_is_named():
     with pytest.raises(ConfigError, match="model.path"):
         validate(compose(["model=local"]))

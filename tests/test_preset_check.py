@@ -46,3 +46,22 @@ def test_dapo_filters_on_correctness_not_on_the_shaped_reward(tmp_path, ray_sess
     assert acc["dapo/dropped_groups"] == acc["dapo/rounds"] * 4 and acc["dapo/dropped_reward_mixed"] > 0
     assert acc["dapo/dropped_acc_mixed"] == 0 and "learner/tokens" not in acc
     assert reward["dapo/kept_groups"] > 0 and reward["learner/tokens"] > 0
+
+
+@pytest.mark.slow
+def test_v05_tests_its_prior_on_correctness_under_shaped_rewards(tmp_path, ray_session, tiny_model):
+    """V0.5's test and fusion count correct rollouts, not reward mass: with a strict math term no
+    random answer is correct (k = 0), though a second term and the overlong penalty give every
+    rollout a nonzero shaped reward. The baseline estimates success; the shaping stays in A = r − b."""
+    import json
+
+    terms = "verifier.terms=[{fn: math, weight: 1.0}, {fn: format, weight: 1.0, kwargs: {pattern: '(?:.{2})*.', mode: fullmatch, bonus: 1.0}}]"
+    cfg = compose(preset_check.QUICK + ["algorithm=v05", "algorithm.overlong=true", "algorithm.warmup_prompts=8", "trainer.steps=1",
+                                        "trainer.eval_every=0", "eval.at_start=false", "trainer.save_every=0", "trainer.progress=false",
+                                        terms, f"run_dir={tmp_path / 'v05'}"])
+    history = train(cfg)["history"]
+    (step,) = [h for h in history if h["step"] == 1]
+    decisions = [json.loads(line) for line in (tmp_path / "v05" / "decisions.jsonl").read_text().splitlines()]
+    assert step["accuracy"] == 0 and step["reward"] != 0  # shaped rewards, no success
+    assert all(d["k"] == 0 for d in decisions) and all(0 <= d["baseline"] < 0.5 for d in decisions)
+    assert history[0]["warmup/success"] == 0 and history[0]["v05/window"] == 8

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -49,6 +50,7 @@ QUICK = [
     "verifier.terms=[{fn: format, weight: 1.0, kwargs: {pattern: '(?:.{2})*.', mode: fullmatch, bonus: 1.0}}]",
 ]
 QUICK_V05 = ["algorithm.warmup_prompts=8"]
+KEEP = ("config.yaml", "summary.json", "metrics.jsonl", "decisions.jsonl")  # what a finished run keeps
 
 
 def base_overrides(quick: bool, steps: int) -> list[str]:
@@ -124,6 +126,9 @@ def run(configs: list[str], overrides: list[str], out: Path, quick: bool = False
         start = time.perf_counter()
         history = train(cfg)["history"]
         found = checks(name, history, Path(cfg.run_dir), cfg)
+        for path in Path(cfg.run_dir).iterdir():  # the records answer; checkpoints (GBs) and logs go
+            if path.name not in KEEP:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
         results[name] = {"seconds": round(time.perf_counter() - start, 1), "checks": found, "ok": all(c["ok"] for c in found.values())}
         print(f"[preset_check] {name}: {'ok' if results[name]['ok'] else 'FAILED'} in {results[name]['seconds']} s", file=sys.stderr, flush=True)
     return results

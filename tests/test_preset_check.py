@@ -24,6 +24,7 @@ def test_every_presets_mechanism_acts_on_the_tiny_model(tmp_path, ray_session, t
     assert checks["v05"]["warmup_window"]["value"] == 8
     assert all("tis_logged" in cs for cs in checks.values())
     assert set(checks["grpo+focal"]) >= {"focal_weights_in_0_1"} and set(checks["grpo+hadw"]) >= {"hadw_weights_vary"}
+    assert not any((tmp_path / name / "checkpoints").exists() for name in results)  # only the records stay
     table = preset_check.table(results)
     assert table.count("\n") == sum(len(cs) for cs in checks.values()) + 1
 

@@ -155,7 +155,8 @@ def load_run(d: Path, step0: dict[str, dict] | None = None) -> dict:
         evals[0] = step0
     cum, total = {0: 0.0}, 0.0
     for m in load_metrics(d):  # one record per step: a resumed run logs the steps it trains again
-        total += m.get("rollouts", 0) if m["step"] > 0 else 0
+        # V0.5's warm start (step 0) is spend too: it counts from the start of the curve
+        total += m.get("rollouts", 0) if m["step"] > 0 else m.get("warmup/rollouts", 0)
         cum[m["step"]] = total
     return {"evals": evals, "rollouts": cum}
 

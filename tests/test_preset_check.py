@@ -10,7 +10,8 @@ from rlvr.trainer import train
 
 @pytest.mark.slow
 def test_every_presets_mechanism_acts_on_the_tiny_model(tmp_path, ray_session, tiny_model):
-    results = preset_check.run(list(preset_check.CONFIGS), preset_check.base_overrides(True, 2), tmp_path, quick=True)
+    configs = [c for c in preset_check.CONFIGS if c != "grpo"]  # grpo's one check (TIS logged) is every run's
+    results = preset_check.run(configs, preset_check.base_overrides(True, 2), tmp_path, quick=True)
     checks = {name: r["checks"] for name, r in results.items()}
     # On the tiny model an odd-length answer counts as correct, whatever the prompt: a prior read
     # from the prompt's text has nothing to find there, so V0.5 may rightly reject every prior.

@@ -51,14 +51,15 @@ def test_dapo_filters_on_correctness_not_on_the_shaped_reward(tmp_path, ray_sess
 
 
 @pytest.mark.slow
-def test_v05_tests_its_prior_on_correctness_under_shaped_rewards(tmp_path, ray_session, tiny_model):
+def test_v05_and_focal_read_correctness_under_shaped_rewards(tmp_path, ray_session, tiny_model):
     """V0.5's test and fusion count correct rollouts, not reward mass: with a strict math term no
     random answer is correct (k = 0), though a second term and the overlong penalty give every
-    rollout a nonzero shaped reward. The baseline estimates success; the shaping stays in A = r − b."""
+    rollout a nonzero shaped reward. The baseline estimates success; the shaping stays in A = r − b.
+    Focal's p̂ is the success rate too: 0 here, so every weight is (1 − 0)^γ = 1."""
     import json
 
     terms = "verifier.terms=[{fn: math, weight: 1.0}, {fn: format, weight: 1.0, kwargs: {pattern: '(?:.{2})*.', mode: fullmatch, bonus: 1.0}}]"
-    cfg = compose(preset_check.QUICK + ["algorithm=v05", "algorithm.overlong=true", "algorithm.warmup_prompts=8", "trainer.steps=1",
+    cfg = compose(preset_check.QUICK + ["algorithm=v05", "weighting=focal", "algorithm.overlong=true", "algorithm.warmup_prompts=8", "trainer.steps=1",
                                         "trainer.eval_every=0", "eval.at_start=false", "trainer.save_every=0", "trainer.progress=false",
                                         terms, f"run_dir={tmp_path / 'v05'}"])
     history = train(cfg)["history"]
@@ -67,3 +68,4 @@ def test_v05_tests_its_prior_on_correctness_under_shaped_rewards(tmp_path, ray_s
     assert step["accuracy"] == 0 and step["reward"] != 0  # shaped rewards, no success
     assert all(d["k"] == 0 for d in decisions) and all(0 <= d["baseline"] < 0.5 for d in decisions)
     assert history[0]["warmup/success"] == 0 and history[0]["v05/window"] == 8
+    assert step["weighting/min"] == step["weighting/max"] == 1.0  # on the shaped reward p̂ > 0 and weights < 1

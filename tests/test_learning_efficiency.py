@@ -19,10 +19,11 @@ def test_quick_grid_runs_resumes_and_reports(tmp_path, tiny_model, capsys):
     args = ["--quick", "--configs", "grpo", "v05", "--seeds", "0", "--out", str(tmp_path), "--bootstrap", "50"]
     result = le.main(args)
     assert set(result["curves"]) == {"grpo", "v05"}
-    for curve in result["curves"].values():
+    for name, curve in result["curves"].items():
         assert curve["steps"] == [0, 1] and len(curve["accuracy"]) == len(curve["accuracy_ci"]) == 2
         assert all(0 <= a <= 1 for a in curve["accuracy"])
-        assert curve["rollouts"][0] == 0 and curve["rollouts"][1] > 0
+        # V0.5's warm start (2 prompts x n0 = 4) is spend before step 1
+        assert curve["rollouts"][0] == (2 * 4 if name == "v05" else 0) and curve["rollouts"][1] > curve["rollouts"][0]
         assert set(curve["pass_at_k_last"]) == {1, 2}
     answer = result["answers"]["1_v05_rollouts_to_grpo_final"]
     # the tiny model never answers, so GRPO's final accuracy (0) is reached at 0 rollouts: no ratio

@@ -106,7 +106,9 @@ TINY = [
     "algorithm.overlong_buffer=4",
     "learner.lr=1e-3",
     "learner.micro_batch_size=8",
-    "verifier.terms=[{fn: math, weight: 1.0}, {fn: 'e2e_rewards:odd_length', weight: 1.0}]",
+    # the first term decides correctness: odd_length, since a random model never earns the strict math
+    # term and DAPO's filter (on correctness) would drop every group
+    "verifier.terms=[{fn: 'e2e_rewards:odd_length', weight: 1.0}, {fn: math, weight: 1.0}]",
 ]
 
 
@@ -158,7 +160,7 @@ def test_sigterm_saves_and_stops_an_async_run_and_resume_loses_no_data(tmp_path,
     run_dir = tmp_path / "async"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH", "")]))
     args = [sys.executable, "-m", "rlvr.cli", "train", *TINY, "algorithm=v05", "trainer.steps=6", "trainer.save_every=0",
-            "trainer.max_staleness=1", "data.train.size=8", "algorithm.warmup_prompts=2", f"run_dir={run_dir}"]
+            "trainer.max_staleness=1", "data.train.size=10", "algorithm.warmup_prompts=2", f"run_dir={run_dir}"]
     log = open(tmp_path / "run.log", "w")
     proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     metrics = run_dir / "metrics.jsonl"
@@ -178,7 +180,7 @@ def test_sigterm_saves_and_stops_an_async_run_and_resume_loses_no_data(tmp_path,
     state = torch.load(run_dir / "checkpoints" / latest / "trainer_state.pt", weights_only=False)
     # the stream as of the trained batch (4 prompts a step), not of the batch generated ahead
     assert (state["stream"]["epoch"] * 8 + state["stream"]["position"]) == 4 * stopped_at
-    assert len(state["value"]["prompts"]) == 4 * stopped_at
+    assert len(state["value"]["prompts"]) == 2 + 4 * stopped_at  # the warm start's 2, then the trained batches
 
     proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

@@ -191,7 +191,9 @@ def test_v05_trains_with_the_v0_prior(v0_files, tmp_path, ray_session, tiny_mode
     from rlvr.trainer import train
 
     run_dir = tmp_path / "v05-v0"
-    cfg = compose(TINY + ["algorithm=v05", "value.backend=v0", f"run_dir={run_dir}"] + [f"value.v0.{k}={v}" for k, v in v0_files.items()])
+    # without the warm start, so that step 1 meets an empty context and step 2 exactly step 1's
+    cfg = compose(TINY + ["algorithm=v05", "algorithm.warmup_prompts=0", "value.backend=v0", f"run_dir={run_dir}"]
+                  + [f"value.v0.{k}={v}" for k, v in v0_files.items()])
     history = train(cfg)["history"]
     assert [h["step"] for h in history if h["step"] >= 1] == [1, 2]
     decisions = [json.loads(l) for l in (run_dir / "decisions.jsonl").read_text().splitlines()]

@@ -197,10 +197,9 @@ class BudgetController:
             rounds += 1
             round_batch = Batch(groups)
             ids = round_batch.group_ids()
-            metric = round_batch.correctness() if self.cfg.filter_metric == "acc" else round_batch.rewards()
-            keep = dynamic_sampling_keep_mask(metric, ids).tolist() if groups else []
-            reward_mixed = dynamic_sampling_keep_mask(round_batch.rewards(), ids).tolist() if groups else []
             acc_mixed = dynamic_sampling_keep_mask(round_batch.correctness(), ids).tolist() if groups else []
+            reward_mixed = dynamic_sampling_keep_mask(round_batch.rewards(), ids).tolist() if groups else []
+            keep = acc_mixed if self.cfg.filter_metric == "acc" else reward_mixed
             kept += [g for g, k in zip(groups, keep) if k]
             dropped += sum(not k for k in keep)
             # groups the shaped reward alone would have kept: all right or all wrong, differing in length

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
@@ -320,6 +321,7 @@ class RolloutPool:
     to ``max_restarts`` times in the run: ``reload(engine)`` gives the replacement the current
     weights, and its share of the requests is issued again with the same seed, so on CPU the step's
     samples are those the dead engine would have drawn.  The other engines keep serving meanwhile.
+    An engine lost during a weight sync is replaced the same way (`replace_failed`).
     """
 
     name = "rollout"
@@ -333,6 +335,7 @@ class RolloutPool:
         self.restarts, self.seconds_lost = 0, 0.0
         self.version = 0  # of the weights the engines hold: what a replacement is given
         self._nodes = [node_of(e) for e in engines] if start is not None else []
+        self._lock = threading.Lock()
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig, seed: int) -> list[Sample]:
         if not requests:
@@ -346,13 +349,14 @@ class RolloutPool:
             ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=self.timeout_s)
             for ref in list(pending):
                 i = pending.pop(ref)
+                engine = self.engines[i]
                 try:
                     if ref not in ready:
                         raise TimeoutError(f"no answer to a generate call within rollout.timeout_s={self.timeout_s}")
                     parts[i] = ray.get(ref)
                 except (ray.exceptions.RayActorError, TimeoutError) as e:
                     failed_at = failed_at or time.perf_counter()
-                    self._replace(i, e)
+                    self._replace(i, e, engine)
                     pending[issue(i)] = i
         if failed_at is not None:
             self.seconds_lost += time.perf_counter() - failed_at
@@ -361,30 +365,41 @@ class RolloutPool:
         samples.sort(key=lambda s: order[s.prompt_index])
         return samples
 
-    def _replace(self, i: int, error: BaseException) -> None:
+    def replace_failed(self, failures: dict[int, BaseException], since: float) -> None:
+        """Engines lost during a weight sync (`sync_weights`' ``on_failure``): each is replaced and
+        given the current weights, so the sync completes; the time since ``since`` counts as lost."""
+        engines = list(self.engines)
+        for i, error in failures.items():
+            self._replace(i, error, engines[i])
+        self.seconds_lost += time.perf_counter() - since
+
+    def _replace(self, i: int, error: BaseException, engine: Any) -> None:
         from rlvr.faults import RoleFailed, node_name
 
-        where = node_name(self._nodes[i]) if self._nodes else "an unknown node"
-        if self.start is None or self.restarts >= self.max_restarts:
-            raise RoleFailed(
-                f"rollout engine {i} on {where} failed ({type(error).__name__}); engines failed {self.restarts + 1} times in this run, more than "
-                f"trainer.max_restarts={self.max_restarts} allows; last error: {str(error).strip().splitlines()[0]}"
-            ) from error
-        self.restarts += 1
-        log.warning("rollout engine %d on %s failed (%s); starting a replacement (%d of at most %d)",
-                    i, where, type(error).__name__, self.restarts, self.max_restarts)
-        ray.kill(self.engines[i])  # a stopped process too: Ray's kill is a SIGKILL
-        self.engines[i] = self.start(i)
-        self._nodes[i] = node_of(self.engines[i])
-        try:
-            ray.get(self.engines[i].__ray_ready__.remote(), timeout=self.ready_timeout_s)
-        except ray.exceptions.GetTimeoutError as e:
-            raise RoleFailed(
-                f"no replacement for rollout engine {i} started within cluster.placement_timeout_s={self.ready_timeout_s}: "
-                "no node has room for its bundle (was its node lost?)"
-            ) from e
-        if self.reload is not None:
-            self.reload(self.engines[i])
+        with self._lock:  # an async run's generating thread and the sync may both find it lost
+            if self.engines[i] is not engine:
+                return  # already replaced
+            where = node_name(self._nodes[i]) if self._nodes else "an unknown node"
+            if self.start is None or self.restarts >= self.max_restarts:
+                raise RoleFailed(
+                    f"rollout engine {i} on {where} failed ({type(error).__name__}); engines failed {self.restarts + 1} times in this run, more than "
+                    f"trainer.max_restarts={self.max_restarts} allows; last error: {str(error).strip().splitlines()[0]}"
+                ) from error
+            self.restarts += 1
+            log.warning("rollout engine %d on %s failed (%s); starting a replacement (%d of at most %d)",
+                        i, where, type(error).__name__, self.restarts, self.max_restarts)
+            ray.kill(self.engines[i])  # a stopped process too: Ray's kill is a SIGKILL
+            self.engines[i] = self.start(i)
+            self._nodes[i] = node_of(self.engines[i])
+            try:
+                ray.get(self.engines[i].__ray_ready__.remote(), timeout=self.ready_timeout_s)
+            except ray.exceptions.GetTimeoutError as e:
+                raise RoleFailed(
+                    f"no replacement for rollout engine {i} started within cluster.placement_timeout_s={self.ready_timeout_s}: "
+                    "no node has room for its bundle (was its node lost?)"
+                ) from e
+            if self.reload is not None:
+                self.reload(self.engines[i])
 
     def sleep(self) -> None:
         ray.get([e.sleep.remote() for e in self.engines])

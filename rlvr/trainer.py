@@ -695,8 +695,10 @@ def train_step(parts: StepParts, batch: Batch, step: int) -> dict:
     if colocated:
         rollout.wake_up()
     # 4. new weights to the rollout engines, bucketed (cluster.weight_sync picks the transport)
-    sync_m = sync_weights(cfg.cluster.weight_sync, learners, rollout.engines, version=step)
+    # (an engine lost meanwhile is replaced and loaded from the learners: the sync never hangs on it)
     rollout.version = step
+    sync_m = sync_weights(cfg.cluster.weight_sync, learners, rollout.engines, version=step,
+                          timeout_s=rollout.timeout_s, on_failure=rollout.replace_failed)
     m = step_metrics(batch, learner_metrics)
     m.update(sync_m)
     m.update(async_m)
@@ -814,8 +816,9 @@ def train(cfg: DictConfig) -> dict:
             if state.get("controller") is not None:  # checkpoints from before V05Baseline have none
                 controller.load_state_dict(state["controller"])
             set_rng_state(state["rng"])
-            sync_weights(cfg.cluster.weight_sync, learners, rollout.engines, version=state["step"])
             rollout.version = state["step"]
+            sync_weights(cfg.cluster.weight_sync, learners, rollout.engines, version=state["step"],
+                         timeout_s=rollout.timeout_s, on_failure=rollout.replace_failed)
             return state["step"] + 1
 
         # What a run that loses its learners before its first checkpoint goes back to.

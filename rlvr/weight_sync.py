@@ -25,7 +25,7 @@ import pickle
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import ray
 import torch
@@ -160,27 +160,33 @@ def connect(backend: str, learners: list, engines: list, address: tuple[str, int
     )
 
 
-def sync_weights(backend: str, learners: list, engines: list, version: int, bucket_mb: float | None = None) -> dict:
+def sync_weights(backend: str, learners: list, engines: list, version: int, bucket_mb: float | None = None,
+                 timeout_s: float | None = None, on_failure: Callable[[dict[int, BaseException], float], None] | None = None) -> dict:
     """Driver side of one sync. Every learner rank takes part (ZeRO-3 gathers collectively).
 
     `bucket_mb` overrides the learners' `learner.bucket_mb`. Returns seconds, bytes and GB/s.
+    With `on_failure`, an engine that dies or does not load within `timeout_s` (a stopped process
+    never answers) does not hang or fail the sync: ``on_failure({engine index: error}, start)``
+    runs once the others have loaded, and replaces them (`RolloutPool.replace_failed`).
     """
     start = time.perf_counter()
     if backend == "ray":
         exported = ray.get([l.export_weights.remote(bucket_mb) for l in learners])
         buckets, nbytes = exported[0]
-        load_s = max(ray.get([e.update_weights.remote(version, buckets) for e in engines]))
+        load_s = wait_loads([e.update_weights.remote(version, buckets) for e in engines], timeout_s, on_failure, start)
     elif backend == "nccl":
         specs = ray.get(learners[0].bucket_specs.remote(bucket_mb))
         sends = [l.broadcast_weights.remote(bucket_mb) for l in learners]
         loads = [e.receive_weights.remote(version, specs) for e in engines]
-        load_s = max(ray.get(loads))
+        # a member lost mid-broadcast breaks the group for everyone: no engine can be replaced
+        load_s = wait_loads(loads, timeout_s, None, start)
         nbytes = ray.get(sends)[0]
     elif backend == "ipc":
         specs = ray.get(learners[0].bucket_specs.remote(bucket_mb))
         handles = ray.get([l.share_weights.remote(len(engines), bucket_mb) for l in learners])
         try:
-            load_s = max(ray.get([e.open_shared_weights.remote(version, handles[i], specs) for i, e in enumerate(engines)]))
+            loads = [e.open_shared_weights.remote(version, handles[i], specs) for i, e in enumerate(engines)]
+            load_s = wait_loads(loads, timeout_s, on_failure, start)
         finally:
             ray.get([l.release_shared.remote() for l in learners])
         nbytes = sum(s.nbytes for bucket in specs for s in bucket)
@@ -188,3 +194,22 @@ def sync_weights(backend: str, learners: list, engines: list, version: int, buck
         raise ValueError(f"unknown weight sync backend {backend!r}; known: {BACKENDS}")
     seconds = time.perf_counter() - start
     return {"time/sync": seconds, "sync/bytes": nbytes, "sync/load_s": load_s, "sync/gb_per_s": nbytes / 1e9 / max(seconds, 1e-9)}
+
+
+def wait_loads(loads: list, timeout_s: float | None, on_failure: Callable | None, start: float) -> float:
+    """The slowest engine's load seconds. Without `on_failure` a lost engine raises (a missed
+    deadline as `TimeoutError`); with it, the lost engines are handed to it by index."""
+    ready, _ = ray.wait(loads, num_returns=len(loads), timeout=timeout_s)
+    seconds, failures = [0.0], {}
+    for i, ref in enumerate(loads):
+        try:
+            if ref not in ready:
+                raise TimeoutError(f"engine {i} loaded no weights within rollout.timeout_s={timeout_s}")
+            seconds.append(ray.get(ref))
+        except (ray.exceptions.RayActorError, TimeoutError) as e:
+            if on_failure is None:
+                raise
+            failures[i] = e
+    if failures:
+        on_failure(failures, start)
+    return max(seconds)

@@ -12,6 +12,7 @@ import pytest
 import ray
 
 from rlvr.faults import RestartingRole, RoleFailed
+from rlvr.learner import PolicyLearner
 
 
 @ray.remote(num_cpus=0.1)
@@ -143,24 +144,54 @@ def test_a_role_that_keeps_dying_stops_with_a_checkpoint_and_resumes(tmp_path, r
 @pytest.mark.slow
 def test_a_killed_or_stopped_rollout_engine_is_replaced_and_the_run_is_unchanged(tmp_path, ray_session, tiny_model):
     """SIGKILL the engine after step 1, SIGSTOP its replacement after step 2 (caught by
-    rollout.timeout_s): each replacement gets the current weights and redraws the same samples."""
+    rollout.timeout_s, in step 3's generate call or its weight sync, wherever the signal lands):
+    each replacement gets the current weights and redraws the same samples."""
     from test_e2e import TINY
 
     from rlvr.config import compose
     from rlvr.trainer import train
 
-    base = TINY + ["algorithm=grpo", "trainer.steps=3", "trainer.eval_every=0", "trainer.save_every=0", "rollout.timeout_s=20"]
+    base = TINY + ["algorithm=grpo", "trainer.steps=4", "trainer.eval_every=0", "trainer.save_every=0", "rollout.timeout_s=20"]
     straight = {h["step"]: h for h in train(compose(base + [f"run_dir={tmp_path / 'straight'}"]))["history"]}
     faulty_dir = tmp_path / "faulty"
     threads = [killer(faulty_dir, 1, "RolloutEngine"), killer(faulty_dir, 2, "RolloutEngine", signal.SIGSTOP)]
     faulty = {h["step"]: h for h in train(compose(base + [f"run_dir={faulty_dir}"]))["history"]}
     for t in threads:
         t.join(timeout=5)
-    assert [faulty[s]["faults/rollout_restarts"] for s in (1, 2, 3)] == [0, 1, 2]
-    assert faulty[3]["faults/seconds_lost"] >= 20  # the stopped engine was given its full deadline
-    for s in (1, 2, 3):
+    restarts = [faulty[s]["faults/rollout_restarts"] for s in (1, 2, 3, 4)]
+    assert restarts[:2] == [0, 1] and restarts[3] == 2 and restarts[2] in (1, 2)
+    assert faulty[4]["faults/seconds_lost"] >= 20  # the stopped engine was given its full deadline
+    for s in (1, 2, 3, 4):
         assert {k: faulty[s][k] for k in SAME} == {k: straight[s][k] for k in SAME}
         assert faulty[s]["learner/rollout_logprob_diff"] == pytest.approx(straight[s]["learner/rollout_logprob_diff"], abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend, engines", [("ray", 2), ("ipc", 1)])  # ipc pairs learner rank r with engine r
+def test_an_engine_stopped_before_a_weight_sync_is_replaced_and_loaded_not_waited_for(backend, engines, ray_session, tiny_model):
+    """A SIGSTOPped engine never answers its load: the sync gives up on it after rollout.timeout_s,
+    any other engine keeps the weights it loaded, and the replacement gets the learner's."""
+    from learner_helpers import tiny_engine_config, tiny_learner_config
+
+    from rlvr.placement import node_address
+    from rlvr.rollout import RolloutEngine, RolloutPool
+    from rlvr.trainer import reload_engine
+    from rlvr.weight_sync import sync_weights
+
+    host, port = ray.get(node_address.remote())
+    learner = PolicyLearner.options(num_cpus=0.1).remote(tiny_learner_config(tiny_model, threads=1), 0, 1, host, port)
+    start = lambda i: RolloutEngine.options(num_cpus=0.1).remote(tiny_engine_config(tiny_model, "rollout=hf"))  # noqa: E731
+    pool = RolloutPool([start(i) for i in range(engines)], start, max_restarts=1, timeout_s=5, ready_timeout_s=120)
+    pool.reload = lambda engine: reload_engine("ray", [learner], engine, pool.version)
+    stopped = pool.engines[0]
+    os.kill(ray.get(stopped.__ray_call__.remote(lambda self: os.getpid())), signal.SIGSTOP)
+    pool.version = 7
+    m = sync_weights(backend, [learner], pool.engines, version=7, timeout_s=pool.timeout_s, on_failure=pool.replace_failed)
+    assert pool.restarts == 1 and pool.engines[0] is not stopped and pool.seconds_lost >= 5
+    assert ray.get([e.weight_version.remote() for e in pool.engines]) == [7] * engines
+    assert m["time/sync"] >= 5
+    for actor in [learner, *pool.engines]:
+        ray.kill(actor)
 
 
 @pytest.mark.slow

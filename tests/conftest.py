@@ -27,22 +27,14 @@ def tiny_model(rlvr_cache) -> str:
     return resolve_model_path("tiny-random", rlvr_cache)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_session(rlvr_cache):
+    """One local Ray for the whole pytest run: starting it costs seconds, and every module paid
+    them. The simulated-cluster tests stop it for a cluster of their own and start it again."""
     import ray
+    from helpers import start_test_ray
 
     if not ray.is_initialized():
-        ray.init(
-            num_cpus=2,
-            include_dashboard=False,
-            log_to_driver=False,
-            runtime_env={
-                "env_vars": {
-                    "TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"],
-                    "HF_HUB_OFFLINE": "1",
-                    "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
-                }
-            },
-        )
+        start_test_ray()
     yield
     ray.shutdown()

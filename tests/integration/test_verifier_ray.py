@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 ray = pytest.importorskip("ray")
 
 from rlvr.verifier import RewardSpec, ScoreRequest, ScoreResult  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([ROOT, HERE])}},
-    )
-    yield
-    ray.shutdown()
-
-
-def test_verifier_pool_actor_round_trip(ray_local):
+def test_verifier_pool_actor_round_trip(ray_session):
     from rlvr.verifier import VerifierPool
 
     pool = VerifierPool.options(num_cpus=0.1).remote(

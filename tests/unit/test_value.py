@@ -4,8 +4,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
-import ray  # noqa: E402
 import torch  # noqa: E402
+from helpers import ARITH, LEGS, NEW_ARITH, NEW_LEGS  # noqa: E402
 
 from rlvr.value import (  # noqa: E402
     PRIOR_MAX,
@@ -15,25 +15,7 @@ from rlvr.value import (  # noqa: E402
     HFClassifierValueModel,
     default_encoder_path,
     make_value_model,
-    start_value_server,
 )
-
-ARITH = [
-    "What is 2 + 3?",
-    "What is 17 - 4?",
-    "Compute 45 + 12.",
-    "What is 9 + 8?",
-    "Calculate 30 - 7.",
-    "What is 6 + 11?",
-]
-LEGS = [
-    "How many legs do 3 cats and 2 birds have?",
-    "Count the legs of 4 spiders and 1 dog.",
-    "How many legs do 2 horses and 5 chickens have in total?",
-    "Count the total number of legs of 3 ants and 2 cows.",
-]
-NEW_ARITH = ["What is 14 + 5?", "Compute 81 - 22."]
-NEW_LEGS = ["How many legs do 6 ducks and 1 goat have?", "Count the legs of 2 beetles and 3 sheep."]
 
 
 @pytest.fixture(scope="module")
@@ -208,37 +190,10 @@ def test_hf_classifier_tiny_random_checkpoint(hf_classifier_folder):
 # --------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
-def test_value_server_actor_round_trip(ray_local, fresh):
-    server = start_value_server("embedded", context_size=32)
-    assert ray.get(server.predict.remote(NEW_ARITH)) == ([0.5, 0.5], [0.5, 0.5])
-    ray.get(server.add_context.remote(ARITH + LEGS, [0.9] * len(ARITH) + [0.1] * len(LEGS)))
-    prior, unc = ray.get(server.predict.remote(NEW_ARITH + NEW_LEGS))
-    assert isinstance(prior, list) and isinstance(prior[0], float) and len(unc) == 4
-    assert min(prior[:2]) > max(prior[2:])
-    state = ray.get(server.state_dict.remote())
-    assert state["prompts"] == ARITH + LEGS
-    local = fresh(context_size=32)
-    local.load_state_dict(state)
-    lp, lu = local.predict(NEW_ARITH + NEW_LEGS)
-    assert lp.tolist() == pytest.approx(prior, abs=1e-5) and lu.tolist() == pytest.approx(unc, abs=1e-5)
-    # and back into the actor
-    ray.get(server.load_state_dict.remote({"prompts": ARITH[:1], "success": [0.0]}))
-    assert ray.get(server.state_dict.remote())["prompts"] == ARITH[:1]
-    ray.kill(server)
 
 
-def test_value_server_errors(ray_local, tmp_path):
-    with pytest.raises(ValueError, match="known backends"):
-        start_value_server("bogus")
-    with pytest.raises(ray.exceptions.RayActorError, match="value.hf_classifier.path: model folder not found"):
-        start_value_server("hf-classifier", path=str(tmp_path / "missing"))
 
 
 def test_ridge_regressor_inherits_context_success_and_round_trips(fresh):

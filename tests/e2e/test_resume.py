@@ -7,57 +7,11 @@ the next epoch rather than stop.
 """
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-
-ARGS = [
-    "algorithm=v05",
-    "weighting=hadw",
-    "model=tiny-random",
-    "trainer.steps=4",
-    "trainer.batch_size=4",
-    "trainer.save_every=2",
-    "trainer.keep_checkpoints=3",
-    "trainer.eval_every=0",
-    "trainer.progress=false",
-    "data.train.size=12",
-    "algorithm.warmup_prompts=4",  # V0.5's warm start runs once: a resumed run holds the same prompts out
-    "eval.size=4",
-    "rollout.max_tokens=12",
-    "learner.lr=1e-3",
-    "learner.mini_batches=2",  # the recomputed-pi_old path, with its seeded mini-batch split
-    "verifier.terms=[{fn: math, weight: 1.0}, {fn: 'e2e_rewards:odd_length', weight: 1.0}]",
-]
-
-
-def rlvr_train(run_dir: Path, *extra: str, kill_at_step: int | None = None) -> subprocess.CompletedProcess | None:
-    env = dict(os.environ)
-    tests = str(Path(__file__).resolve().parent)
-    env["PYTHONPATH"] = os.pathsep.join([tests, env.get("PYTHONPATH", "")])
-    cmd = [sys.executable, "-m", "rlvr.cli", "train", *ARGS, f"run_dir={run_dir}", *extra]
-    log = open(run_dir.parent / f"{run_dir.name}-{'killed' if kill_at_step else 'run'}.log", "a")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    if kill_at_step is None:
-        assert proc.wait(timeout=600) == 0, (run_dir.parent / f"{run_dir.name}-run.log").read_text()[-3000:]
-        return None
-    latest = run_dir / "checkpoints" / "latest"
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        if latest.exists() and latest.read_text().strip() == f"step_{kill_at_step:08d}":
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver, its Ray cluster and every actor, no clean-up
-    proc.wait()
-    time.sleep(2)
-    return None
+from helpers import rlvr_train, run_cli
 
 
 def per_step(run_dir: Path) -> dict[int, dict]:
@@ -132,11 +86,6 @@ def test_sigkill_and_resume_matches_straight_run(tmp_path, tiny_model):
     assert (tmp_path / "plots" / "reward_vs_step.png").stat().st_size > 1000, plots
 
 
-def run_cli(*args: str) -> str:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent))
-    proc = subprocess.run([sys.executable, "-m", "rlvr.cli", *args], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc.stdout
 
 
 def test_resume_refuses_a_different_algorithm(tmp_path, tiny_model):

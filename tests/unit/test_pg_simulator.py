@@ -2,14 +2,9 @@
 quick mode writes well-formed outputs. The figures come from full runs (docs/benchmarks.md)."""
 
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-
-import pg_simulator as sim  # noqa: E402
-
-import rlvr.algorithms as algorithms  # noqa: E402
+import rlvr.algorithms as algorithms
+from benchmarks import pg_simulator as sim
 
 ARGS = dict(steps=6, prompts_n=16, answers_n=16, batch=8, lr=2.0, every=3)
 

@@ -3,9 +3,14 @@
 import pytest
 import ray
 import torch
+from helpers import (
+    mini_batch,
+    tiny_engine_config,
+    tiny_learner_config,
+    tiny_update_config,
+)
 from transformers import AutoModelForCausalLM
 
-from learner_helpers import mini_batch, tiny_engine_config, tiny_learner_config, tiny_update_config
 from rlvr.batch import Trajectory
 from rlvr.learner import PolicyLearner
 from rlvr.rollout import GenerationRequest, RolloutEngine, RolloutPool, SamplingConfig

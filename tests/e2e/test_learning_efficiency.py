@@ -3,12 +3,9 @@ finished, and a well-formed report. The figures come from full runs (docs/benchm
 
 import json
 import math
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-
-import learning_efficiency as le  # noqa: E402
+from benchmarks import learning_efficiency as le
 
 
 def saved_step0(out: Path) -> set[int]:

@@ -9,11 +9,11 @@ import time
 import pytest
 import ray
 import torch
+from helpers import TINY, start_test_ray
 
 from rlvr.config import algorithm_preset, compose
 from rlvr.placement import ClusterTooSmall
 from rlvr.trainer import start_ray, start_roles, stop_roles, train
-from test_e2e import TINY
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +30,7 @@ def sim_cluster(rlvr_cache):
     yield cluster, nodes
     ray.shutdown()
     cluster.shutdown()
+    start_test_ray()  # the run's shared Ray, for the tests after this module
 
 
 def cluster_overrides(address, *extra):

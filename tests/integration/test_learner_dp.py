@@ -7,8 +7,8 @@ accumulation (micro_batch_size) and gradient checkpointing must not change the u
 
 import pytest
 import ray
+from helpers import tiny_learner_config, tiny_update_config
 
-from learner_helpers import tiny_learner_config, tiny_update_config
 from rlvr.batch import MiniBatch, Trajectory
 from rlvr.learner import PolicyLearner
 from rlvr.placement import node_address

@@ -5,7 +5,6 @@ extraction rules, helpers.  Pure functions, run in-process (real math-verify).
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import textwrap

@@ -6,7 +6,6 @@ dimensions, a ``.pt`` with ``model_state_dict`` (with and without DDP's ``module
 tiny TabPFN v2.5-format classifier built with the tabpfn package's own constructors.
 """
 
-import json
 import math
 from pathlib import Path
 
@@ -14,7 +13,13 @@ import pytest
 import torch
 
 from rlvr.config import ConfigError, compose, validate
-from rlvr.value import PRIOR_MAX, PRIOR_MIN, V0ValueModel, make_value_model, value_model_kwargs
+from rlvr.value import (
+    PRIOR_MAX,
+    PRIOR_MIN,
+    V0ValueModel,
+    make_value_model,
+    value_model_kwargs,
+)
 from rlvr.value.v0 import NUM_HEADS, NUM_QUERIES, QUERY_DIM, write_random_v0
 
 PROMPTS = ["What is 2 + 3?", "What is 17 - 4?", "Compute 45 + 12.", "What is 9 + 8?", "Calculate 30 - 7.", "What is 6 + 11?"]
@@ -184,26 +189,3 @@ def test_config_validation_names_the_key(v0_files, tmp_path):
         validate(compose(["algorithm=v05", "value.backend=v0", *overrides, f"value.v0.tabpfn_head={tmp_path / 'nowhere'}"]))
 
 
-@pytest.mark.slow
-def test_v05_trains_with_the_v0_prior(v0_files, tmp_path, ray_session, tiny_model):
-    from test_e2e import TINY
-
-    from rlvr.trainer import train
-
-    run_dir = tmp_path / "v05-v0"
-    # without the warm start, so that step 1 meets an empty context and step 2 exactly step 1's
-    cfg = compose(TINY + ["algorithm=v05", "algorithm.warmup_prompts=0", "value.backend=v0", f"run_dir={run_dir}"]
-                  + [f"value.v0.{k}={v}" for k, v in v0_files.items()])
-    history = train(cfg)["history"]
-    assert [h["step"] for h in history if h["step"] >= 1] == [1, 2]
-    decisions = [json.loads(l) for l in (run_dir / "decisions.jsonl").read_text().splitlines()]
-    assert len(decisions) == 8
-    assert all(d["prior"] == 0.5 for d in decisions[:4])  # step 1: an empty context
-    # Step 2's priors are the backend's, given step 1's prompts and success rates as context.
-    state = torch.load(sorted((run_dir / "checkpoints").glob("step_*"))[-1] / "trainer_state.pt", weights_only=False)["value"]
-    assert state["backend"] == "v0" and len(state["prompts"]) == 8
-    local = V0ValueModel(**v0_files)
-    local.load_state_dict({"prompts": state["prompts"][:4], "success": state["success"][:4]})
-    prior, unc = local.predict(state["prompts"][4:])
-    assert [d["prior"] for d in decisions[4:]] == pytest.approx(prior.tolist(), abs=1e-5)
-    assert [d["uncertainty"] for d in decisions[4:]] == pytest.approx(unc.tolist(), abs=1e-5)

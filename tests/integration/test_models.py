@@ -1,7 +1,6 @@
 """Model sources: the tiny test model and the packaged SmolLM2 conversion."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

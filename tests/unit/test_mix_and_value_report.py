@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from rlvr.cli import main
 from rlvr.config import compose
 from rlvr.data import load_problems
-from rlvr.value_report import ContextMean, read_steps, replay, score, value_report
+from rlvr.value_report import ContextMean, read_steps, replay, score
 from rlvr.verifier import ProcessVerifier, ScoreRequest
 
 

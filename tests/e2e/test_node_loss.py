@@ -7,12 +7,11 @@ from pathlib import Path
 import psutil
 import pytest
 import ray
+from helpers import TINY, start_test_ray, wait_for_step
 
 from rlvr.config import compose
 from rlvr.faults import RoleFailed
 from rlvr.trainer import train
-from test_e2e import TINY
-from test_faults import wait_for_step
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +28,7 @@ def cluster(rlvr_cache):
     yield c
     ray.shutdown()
     c.shutdown()
+    start_test_ray()  # the run's shared Ray, for the tests after this module
 
 
 def overrides(c, run_dir: Path, *extra) -> list[str]:

@@ -1,0 +1,182 @@
+"""What several test modules share: the tiny-model overrides of a training run, learner and
+engine configs built from the config tree like the trainer's, and the helpers of the fault and
+resume tests (killing an actor class after a step; `rlvr` as a subprocess)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import psutil
+
+from rlvr.batch import MiniBatch, Trajectory
+from rlvr.config import algorithm_preset, compose
+from rlvr.learner import LearnerConfig, UpdateConfig
+from rlvr.rollout import EngineConfig
+from rlvr.trainer import engine_config, learner_config, update_config
+
+
+def tiny_learner_config(model_path: str, *overrides: str, **fields) -> LearnerConfig:
+    """`fields` replace values after composing (e.g. threads=1 for a component test)."""
+    return replace(learner_config(compose(["model=tiny-random", *overrides]), model_path), **fields)
+
+
+def tiny_update_config(*overrides: str, **fields) -> UpdateConfig:
+    cfg = compose(["model=tiny-random", *overrides])
+    return replace(update_config(cfg, algorithm_preset(cfg.algorithm)), **fields)
+
+
+def tiny_engine_config(model_path: str, *overrides: str, **fields) -> EngineConfig:
+    return replace(engine_config(compose(["model=tiny-random", *overrides]), model_path), **fields)
+
+
+def mini_batch(*micro_batches: list[Trajectory]) -> MiniBatch:
+    """One mini-batch of the given micro-batches, its global counts taken from them (one rank)."""
+    seqs = [t for mb in micro_batches for t in mb]
+    return MiniBatch(list(micro_batches), tokens=sum(t.num_tokens for t in seqs), sequences=len(seqs))
+
+
+# -- two families of prompts, and new ones of each: the value-model tests' context and queries ----
+ARITH = [
+    "What is 2 + 3?",
+    "What is 17 - 4?",
+    "Compute 45 + 12.",
+    "What is 9 + 8?",
+    "Calculate 30 - 7.",
+    "What is 6 + 11?",
+]
+LEGS = [
+    "How many legs do 3 cats and 2 birds have?",
+    "Count the legs of 4 spiders and 1 dog.",
+    "How many legs do 2 horses and 5 chickens have in total?",
+    "Count the total number of legs of 3 ants and 2 cows.",
+]
+NEW_ARITH = ["What is 14 + 5?", "Compute 81 - 22."]
+NEW_LEGS = ["How many legs do 6 ducks and 1 goat have?", "Count the legs of 2 beetles and 3 sheep."]
+
+
+# -- training runs on the tiny random model ---------------------------------------------------------
+TINY = [
+    "model=tiny-random",
+    "trainer.steps=2",
+    "trainer.batch_size=4",
+    "trainer.eval_every=2",
+    "eval.size=4",
+    "rollout.max_tokens=16",
+    "algorithm.overlong_buffer=4",
+    "learner.lr=1e-3",
+    "learner.micro_batch_size=8",
+    "verifier.timeout_s=10",
+    # the first term decides correctness: odd_length, since a random model never earns the strict math
+    # term and DAPO's filter (on correctness) would drop every group
+    "verifier.terms=[{fn: 'e2e_rewards:odd_length', weight: 1.0}, {fn: math, weight: 1.0}]",
+]
+
+# metrics a fault must not change: the step's samples, rewards and gradient
+SAME = ("reward", "accuracy", "rollouts", "response_length", "learner/grad_norm")
+
+TESTS = Path(__file__).resolve().parent
+
+# a 4-step V0.5 + HA-DW run, checkpointed every 2 steps: the resume tests' run
+RESUME_ARGS = [
+    "algorithm=v05",
+    "weighting=hadw",
+    "model=tiny-random",
+    "trainer.steps=4",
+    "trainer.batch_size=4",
+    "trainer.save_every=2",
+    "trainer.keep_checkpoints=3",
+    "trainer.eval_every=0",
+    "trainer.progress=false",
+    "data.train.size=12",
+    "algorithm.warmup_prompts=4",  # V0.5's warm start runs once: a resumed run holds the same prompts out
+    "eval.size=4",
+    "rollout.max_tokens=12",
+    "learner.lr=1e-3",
+    "learner.mini_batches=2",  # the recomputed-pi_old path, with its seeded mini-batch split
+    "verifier.terms=[{fn: math, weight: 1.0}, {fn: 'e2e_rewards:odd_length', weight: 1.0}]",
+]
+
+
+def start_test_ray() -> None:
+    """The local Ray of a pytest run (conftest's `ray_session`): 2 CPUs, and the test helpers'
+    modules (reward functions named in the configs) importable in every actor."""
+    import ray
+
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={
+            "env_vars": {
+                "TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"],
+                "HF_HUB_OFFLINE": "1",
+                "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]),
+            }
+        },
+    )
+
+
+def wait_for_step(run_dir: Path, step: int, timeout_s: float = 600) -> None:
+    """Until the run's metrics.jsonl has a record of ``step``."""
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if metrics.exists() and any(json.loads(l)["step"] == step for l in metrics.read_text().splitlines() if l.strip()):
+            return
+        time.sleep(0.1)
+
+
+def killer(run_dir: Path, after_step: int, actor_class: str, sig: int = signal.SIGKILL) -> threading.Thread:
+    """Send ``sig`` to every process of ``actor_class`` once metrics.jsonl has ``after_step``."""
+
+    def run():
+        wait_for_step(run_dir, after_step)
+        # only this test's Ray session: its processes descend from this one (another Ray job on
+        # the machine has actors of the same class)
+        for p in psutil.Process().children(recursive=True):
+            try:
+                if (p.cmdline() or [""])[0].startswith(f"ray::{actor_class}"):
+                    os.kill(p.pid, sig)
+            except psutil.NoSuchProcess:
+                pass
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def rlvr_train(run_dir: Path, *extra: str, kill_at_step: int | None = None) -> subprocess.CompletedProcess | None:
+    """`rlvr train` in a subprocess on RESUME_ARGS + extra; SIGKILLed, with its whole process group,
+    once its checkpoint of ``kill_at_step`` exists."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "rlvr.cli", "train", *RESUME_ARGS, f"run_dir={run_dir}", *extra]
+    log = open(run_dir.parent / f"{run_dir.name}-{'killed' if kill_at_step else 'run'}.log", "a")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    if kill_at_step is None:
+        assert proc.wait(timeout=600) == 0, (run_dir.parent / f"{run_dir.name}-run.log").read_text()[-3000:]
+        return None
+    latest = run_dir / "checkpoints" / "latest"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if latest.exists() and latest.read_text().strip() == f"step_{kill_at_step:08d}":
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver, its Ray cluster and every actor, no clean-up
+    proc.wait()
+    time.sleep(2)
+    return None
+
+
+def run_cli(*args: str) -> str:
+    env = dict(os.environ, PYTHONPATH=str(TESTS))
+    proc = subprocess.run([sys.executable, "-m", "rlvr.cli", *args], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc.stdout

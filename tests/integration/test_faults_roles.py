@@ -1,0 +1,88 @@
+"""Roles that outlive their actor, one at a time: a restarting role replaces a killed actor and
+redoes the call; a stopped engine does not hang a weight sync."""
+
+import os
+import signal
+import time
+
+import psutil
+import pytest
+import ray
+
+from rlvr.faults import RestartingRole, RoleFailed
+from rlvr.learner import PolicyLearner
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend, engines", [("ray", 2), ("ipc", 1)])  # ipc pairs learner rank r with engine r
+def test_an_engine_stopped_before_a_weight_sync_is_replaced_and_loaded_not_waited_for(backend, engines, ray_session, tiny_model):
+    """A SIGSTOPped engine never answers its load: the sync gives up on it after rollout.timeout_s,
+    any other engine keeps the weights it loaded, and the replacement gets the learner's."""
+    from helpers import tiny_engine_config, tiny_learner_config
+
+    from rlvr.placement import node_address
+    from rlvr.rollout import RolloutEngine, RolloutPool
+    from rlvr.trainer import reload_engine
+    from rlvr.weight_sync import sync_weights
+
+    host, port = ray.get(node_address.remote())
+    learner = PolicyLearner.options(num_cpus=0.1).remote(tiny_learner_config(tiny_model, threads=1), 0, 1, host, port)
+    start = lambda i: RolloutEngine.options(num_cpus=0.1).remote(tiny_engine_config(tiny_model, "rollout=hf"))  # noqa: E731
+    pool = RolloutPool([start(i) for i in range(engines)], start, max_restarts=1, timeout_s=5, ready_timeout_s=120)
+    pool.reload = lambda engine: reload_engine("ray", [learner], engine, pool.version)
+    stopped = pool.engines[0]
+    os.kill(ray.get(stopped.__ray_call__.remote(lambda self: os.getpid())), signal.SIGSTOP)
+    pool.version = 7
+    m = sync_weights(backend, [learner], pool.engines, version=7, timeout_s=pool.timeout_s, on_failure=pool.replace_failed)
+    assert pool.restarts == 1 and pool.engines[0] is not stopped and pool.seconds_lost >= 5
+    assert ray.get([e.weight_version.remote() for e in pool.engines]) == [7] * engines
+    assert m["time/sync"] >= 5
+    for actor in [learner, *pool.engines]:
+        ray.kill(actor)
+
+
+@ray.remote(num_cpus=0.1)
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def add(self, k: int) -> int:
+        self.n += k
+        return self.n
+
+    def state(self) -> int:
+        return self.n
+
+    def load(self, n: int) -> None:
+        self.n = n
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def sigkill(role: RestartingRole) -> None:
+    pid = role.call("pid")
+    os.kill(pid, signal.SIGKILL)
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        time.sleep(0.05)
+
+
+def test_a_dead_actor_is_replaced_restored_and_the_call_redone(ray_session):
+    role = RestartingRole("counter", Counter.remote, max_restarts=2, snapshot_method="state", restore_method="load")
+    assert role.call("add", 3) == 3 and role.snapshot() == 3
+    role.call("add", 1)  # 4, after the snapshot
+    sigkill(role)
+    assert role.call("add", 10) == 13  # the replacement came back at the snapshot (3)
+    assert role.restarts == 1 and role.seconds_lost > 0 and role.node() == ray.util.get_node_ip_address()
+
+    sigkill(role)
+    assert role.call_or(-1, "add", 1) == -1  # no waiting on the replacement
+    assert role.call("state") == 3  # ... which was restored meanwhile
+    assert role.restarts == 2
+
+    sigkill(role)
+    with pytest.raises(RoleFailed, match=r"the counter actor on .* died 3 times, more than trainer.max_restarts=2 allows; last error: "):
+        role.call("add", 1)
+    role.kill()
+
+

@@ -2,15 +2,14 @@
 engine configs built from the config tree like the trainer's, and the helpers of the fault and
 resume tests (killing an actor class after a step; `rlvr` as a subprocess)."""
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import psutil
 
@@ -39,6 +38,16 @@ def mini_batch(*micro_batches: list[Trajectory]) -> MiniBatch:
     """One mini-batch of the given micro-batches, its global counts taken from them (one rank)."""
     seqs = [t for mb in micro_batches for t in mb]
     return MiniBatch(list(micro_batches), tokens=sum(t.num_tokens for t in seqs), sequences=len(seqs))
+
+
+# (a module-level function, so that an actor can import it by name: give it to __ray_call__)
+def adapter_weights(learner) -> dict:
+    """Inside a learner actor: its LoRA weights, whole (gathered from the ranks under ZeRO-3)."""
+    import deepspeed
+
+    params = {n: p for n, p in learner.engine.module.named_parameters() if ".lora_" in n}
+    with deepspeed.zero.GatheredParameters(list(params.values()), enabled=learner.cfg.zero_stage == 3):
+        return {n: p.detach().clone() for n, p in params.items()}
 
 
 # -- two families of prompts, and new ones of each: the value-model tests' context and queries ----
@@ -122,21 +131,30 @@ def start_test_ray() -> None:
     )
 
 
-def wait_for_step(run_dir: Path, step: int, timeout_s: float = 600) -> None:
-    """Until the run's metrics.jsonl has a record of ``step``."""
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if metrics.exists() and any(json.loads(l)["step"] == step for l in metrics.read_text().splitlines() if l.strip()):
-            return
-        time.sleep(0.1)
+def at_step(monkeypatch, step: int, action: Callable[[], None], before: bool = False) -> None:
+    """Run ``action`` once, right after the trainer's update of ``step`` returns (its weights are on
+    the engines; step + 1's batch is next), or with ``before`` right before it (step's batch is
+    generated and scored; its update and weight sync are next). A fault placed here lands at a
+    named point of the run, whatever the box's speed: the test waits on no file and no clock."""
+    import rlvr.trainer as trainer
+
+    inner, done = trainer.train_step, []
+
+    def hooked(parts, batch, s: int) -> dict:
+        if before and s == step and not done:
+            done.append(action())
+        m = inner(parts, batch, s)
+        if not before and s == step and not done:
+            done.append(action())
+        return m
+
+    monkeypatch.setattr(trainer, "train_step", hooked)
 
 
-def killer(run_dir: Path, after_step: int, actor_class: str, sig: int = signal.SIGKILL) -> threading.Thread:
-    """Send ``sig`` to every process of ``actor_class`` once metrics.jsonl has ``after_step``."""
+def signal_actors(actor_class: str, sig: int = signal.SIGKILL) -> Callable[[], None]:
+    """An `at_step` action: send ``sig`` to every process of ``actor_class``."""
 
-    def run():
-        wait_for_step(run_dir, after_step)
+    def send() -> None:
         # only this test's Ray session: its processes descend from this one (another Ray job on
         # the machine has actors of the same class)
         for p in psutil.Process().children(recursive=True):
@@ -146,9 +164,7 @@ def killer(run_dir: Path, after_step: int, actor_class: str, sig: int = signal.S
             except psutil.NoSuchProcess:
                 pass
 
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
+    return send
 
 
 def rlvr_train(run_dir: Path, *extra: str, kill_at_step: int | None = None) -> subprocess.CompletedProcess | None:

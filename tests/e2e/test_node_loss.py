@@ -1,13 +1,12 @@
 """Losing a node in a simulated cluster (``ray.cluster_utils``): its roles start again elsewhere when
 another node has room for their bundles; otherwise the run stops with a checkpoint and a message."""
 
-import threading
 from pathlib import Path
 
 import psutil
 import pytest
 import ray
-from helpers import TINY, start_test_ray, wait_for_step
+from helpers import TINY, at_step, start_test_ray
 
 from rlvr.config import compose
 from rlvr.faults import RoleFailed
@@ -57,35 +56,23 @@ def node_running(c, actor_class: str):
     raise AssertionError(f"no {actor_class} process")
 
 
-def remove_after(c, run_dir: Path, step: int, pick) -> threading.Thread:
-    def run():
-        wait_for_step(run_dir, step)
-        c.remove_node(pick())
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
-
-
 @pytest.mark.slow
-def test_the_roles_of_a_lost_node_restart_on_another(cluster, tiny_model, tmp_path):
-    """The value server's node goes after step 1: it and anything else there start on the other
+def test_the_roles_of_a_lost_node_restart_on_another(cluster, tiny_model, tmp_path, monkeypatch):
+    """The value server's node goes after step 1's update: it and anything else there start on the other
     cpu_node, and the run completes."""
     run_dir = tmp_path / "run"
-    t = remove_after(cluster, run_dir, 1, lambda: node_running(cluster, "ValueServer"))
+    at_step(monkeypatch, 1, lambda: cluster.remove_node(node_running(cluster, "ValueServer")))
     history = train(compose(overrides(cluster, run_dir, "algorithm=v05")))["history"]
-    t.join(timeout=5)
     last = history[-1]
     assert last["step"] == 3 and last["faults/value_restarts"] == 1
 
 
 @pytest.mark.slow
-def test_a_lost_node_with_no_room_elsewhere_stops_with_a_checkpoint(cluster, tiny_model, tmp_path):
+def test_a_lost_node_with_no_room_elsewhere_stops_with_a_checkpoint(cluster, tiny_model, tmp_path, monkeypatch):
     """The only rollout node goes after step 1: no replacement engine can be placed, so the run
     stops with step 1's checkpoint and says why."""
     run_dir = tmp_path / "run"
-    t = remove_after(cluster, run_dir, 1, lambda: node_running(cluster, "RolloutEngine"))
+    at_step(monkeypatch, 1, lambda: cluster.remove_node(node_running(cluster, "RolloutEngine")))
     with pytest.raises(RoleFailed, match=r"no replacement for rollout engine 0 started within cluster.placement_timeout_s=30.*checkpoint at step 1"):
         train(compose(overrides(cluster, run_dir, "algorithm=grpo")))
-    t.join(timeout=5)
     assert (run_dir / "checkpoints" / "step_00000001").is_dir()

@@ -7,7 +7,7 @@ accumulation (micro_batch_size) and gradient checkpointing must not change the u
 
 import pytest
 import ray
-from helpers import tiny_learner_config, tiny_update_config
+from helpers import adapter_weights, tiny_learner_config, tiny_update_config
 
 from rlvr.batch import MiniBatch, Trajectory
 from rlvr.learner import PolicyLearner
@@ -43,13 +43,6 @@ def trained_weights(tiny_model, micro_batches_per_rank, zero_stage, adapters=Fal
             ray.kill(l)
 
 
-def adapter_weights(learner) -> dict:
-    """Inside a learner actor: its LoRA weights, whole (gathered from the ranks under ZeRO-3)."""
-    import deepspeed
-
-    params = {n: p for n, p in learner.engine.module.named_parameters() if ".lora_" in n}
-    with deepspeed.zero.GatheredParameters(list(params.values()), enabled=learner.cfg.zero_stage == 3):
-        return {n: p.detach().clone() for n, p in params.items()}
 
 
 def max_diff(a, b):

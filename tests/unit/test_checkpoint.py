@@ -27,7 +27,7 @@ from rlvr.checkpoint import (
     validate_checkpoint,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LOGGER = "rlvr.checkpoint"
 
 

@@ -26,7 +26,8 @@ VERL_ROWS = [
 
 @pytest.mark.slow
 def test_a_step_trains_on_verl_parquet_and_evaluates_on_trl_jsonl(tmp_path, ray_session, tiny_model):
-    """One run covers both readers end to end (one actor start-up instead of two)."""
+    """One run covers both readers end to end (one actor start-up instead of two), and sampled
+    pass@k in evaluation and the TensorBoard and (offline) wandb loggers."""
     from rlvr.config import compose
     from rlvr.trainer import train
 
@@ -44,6 +45,7 @@ def test_a_step_trains_on_verl_parquet_and_evaluates_on_trl_jsonl(tmp_path, ray_
         "model=tiny-random", "data=file", f"data.train.path={train_path}", f"data.eval.path={eval_path}", "eval.size=4",
         "trainer.steps=1", "trainer.batch_size=2", "trainer.eval_every=1", "trainer.save_every=0",
         "trainer.progress=false", "rollout.max_tokens=8", "algorithm=grpo", f"run_dir={tmp_path / 'run'}",
+        "eval.n_samples=3", "logging.tensorboard=true", "logging.wandb=true",
         # the peers' reward signatures, through the Ray verifier pool, reading the verl row's fields
         "verifier.terms=[{fn: math}, {fn: 'reward_fns_for_tests:trl_style', style: trl}, {fn: 'reward_fns_for_tests:verl_style', style: verl}]",
     ])
@@ -53,5 +55,8 @@ def test_a_step_trains_on_verl_parquet_and_evaluates_on_trl_jsonl(tmp_path, ray_
     assert history[-1]["rollouts"] == 2 * 4 and 0 <= history[-1]["eval/accuracy"] <= 1
     records = [json.loads(line) for line in (tmp_path / "run" / "eval.jsonl").read_text().splitlines()]
     assert {r["uid"] for r in records} == {f"file:eval.jsonl:{i}" for i in range(4)}
+    last = history[-1]
+    assert 0.0 <= last["eval/pass@1"] <= last["eval/pass@2"] <= last["eval/pass@3"] <= 1.0
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
 
 

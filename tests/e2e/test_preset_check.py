@@ -1,5 +1,10 @@
-"""benchmarks/preset_check.py quick mode, and DAPO's accuracy filter, on real Ray, vLLM, DeepSpeed
-and the verifier pool with the tiny model: each preset's defining mechanism acts."""
+"""Every preset through every role (real Ray, vLLM, DeepSpeed, math-verify, the value server) with
+the tiny model, as benchmarks/preset_check.py quick mode runs them: the roles work and each
+preset's defining mechanism acts. And DAPO's accuracy filter, V0.5's and focal's reading of
+correctness under shaped rewards."""
+
+import json
+from pathlib import Path
 
 import pytest
 
@@ -8,10 +13,39 @@ from rlvr.config import compose
 from rlvr.trainer import train
 
 
+def every_role_worked(name: str, run_dir: Path) -> None:
+    """Two steps through every role (Ray, vLLM, DeepSpeed, the verifier pool; V0.5's value server),
+    read from the records a finished run keeps."""
+    records = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["step"] >= 1]
+    assert [r["step"] for r in steps] == [1, 2]
+    for r in steps:
+        assert r["rollouts"] >= (4 if name == "dapo" else 4 * 4)
+        assert r["sync/bytes"] > 1_000_000  # the whole tiny model went to the engines
+        assert r["learner/tokens"] > 0 and r["learner/grad_norm"] > 0  # odd length splits groups
+        assert r["verifier_timeout"] == 0 and r["verifier_crash"] == 0
+        assert 0.0 <= r["accuracy"] <= 1.0
+    # Step 2 samples come from the weights the learner produced at step 1, so the learner's
+    # recomputed log-probs match the engine's (a missed sync would leave a gap of lr-sized steps).
+    assert steps[1]["learner/rollout_logprob_diff"] < 0.05
+    assert "eval/accuracy" in records[-1] and 0.0 <= records[-1]["eval/accuracy"] <= 1.0
+    if name == "v05":
+        assert all(r["v05/accepted"] + r["v05/shrunk"] + r["v05/rejected"] == 4 for r in steps)
+        assert all(r["rollouts"] <= 1.5 * 16 for r in steps)
+        decisions = [json.loads(l) for l in (run_dir / "decisions.jsonl").read_text().splitlines()]
+        assert len(decisions) == 8 and {"prior", "k", "n", "z2", "lam", "baseline", "extra"} <= set(decisions[0])
+    if name == "dapo":
+        assert all(r["dapo/rounds"] >= 1 for r in steps)
+
+
 @pytest.mark.slow
-def test_every_presets_mechanism_acts_on_the_tiny_model(tmp_path, ray_session, tiny_model):
-    configs = [c for c in preset_check.CONFIGS if c != "grpo"]  # grpo's one check (TIS logged) is every run's
-    results = preset_check.run(configs, preset_check.base_overrides(True, 2), tmp_path, quick=True)
+def test_every_preset_runs_through_every_role_and_its_mechanism_acts(tmp_path, ray_session, tiny_model):
+    """Each preset trains 2 steps on the real roles (and is evaluated after the second); the run's
+    records show every role worked and each of the preset's mechanisms acted."""
+    configs = [c for c in preset_check.CONFIGS if c != "grpo"]  # grpo runs under both weightings
+    results = preset_check.run(configs, preset_check.base_overrides(True, 2) + ["trainer.eval_every=2"], tmp_path, quick=True)
+    for name in configs:
+        every_role_worked(name, tmp_path / name)
     checks = {name: r["checks"] for name, r in results.items()}
     # On the tiny model an odd-length answer counts as correct, whatever the prompt: a prior read
     # from the prompt's text has nothing to find there, so V0.5 may rightly reject every prior.
@@ -56,8 +90,6 @@ def test_v05_and_focal_read_correctness_under_shaped_rewards(tmp_path, ray_sessi
     random answer is correct (k = 0), though a second term and the overlong penalty give every
     rollout a nonzero shaped reward. The baseline estimates success; the shaping stays in A = r − b.
     Focal's p̂ is the success rate too: 0 here, so every weight is (1 − 0)^γ = 1."""
-    import json
-
     terms = "verifier.terms=[{fn: math, weight: 1.0}, {fn: format, weight: 1.0, kwargs: {pattern: '(?:.{2})*.', mode: fullmatch, bonus: 1.0}}]"
     cfg = compose(preset_check.QUICK + ["algorithm=v05", "weighting=focal", "algorithm.overlong=true", "algorithm.warmup_prompts=8", "trainer.steps=1",
                                         "trainer.eval_every=0", "eval.at_start=false", "trainer.save_every=0", "trainer.progress=false",

@@ -20,7 +20,7 @@ train: $(STAMP)
 	$(VENV)/bin/rlvr train $(ARGS)
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -ra --durations=15 tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -ra --durations=25 tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -ra tests/unit $(PYTEST_ARGS)

@@ -1,27 +1,11 @@
-"""data=file reads the peers' formats as they are: verl's parquet, TRL's rows, save_to_disk folders."""
+"""data=file in a training run: verl's parquet to train on, TRL's jsonl to evaluate on, the peers'
+reward signatures through the verifier pool (tests/unit/test_data_formats.py checks the readers)."""
 
 import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-VERL_ROWS = [
-    {
-        "data_source": "openai/gsm8k",
-        "prompt": [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is 6 * 7?"}],
-        "ability": "math",
-        "reward_model": {"style": "rule", "ground_truth": "42"},
-        "extra_info": {"split": "train", "index": 0},
-    },
-    {
-        "data_source": "openai/gsm8k",
-        "prompt": [{"role": "user", "content": "What is 2 + 3?"}],
-        "ability": "math",
-        "reward_model": {"style": "rule", "ground_truth": "5"},
-        "extra_info": {"split": "train", "index": 1},
-    },
-]
 
 
 @pytest.mark.slow

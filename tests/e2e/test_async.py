@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY
+from helpers import TESTS, TINY
 
 from rlvr.config import compose
 
@@ -68,7 +68,7 @@ def test_delayed_training_makes_stale_samples_which_are_dropped_and_counted(tmp_
 @pytest.mark.slow
 def test_sigterm_saves_and_stops_an_async_run_and_resume_loses_no_data(tmp_path, tiny_model):
     run_dir = tmp_path / "async"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
     args = [sys.executable, "-m", "rlvr.cli", "train", *ASYNC, "algorithm=v05", "trainer.steps=6", "trainer.save_every=0",
             "trainer.max_staleness=1", "data.train.size=10", "algorithm.warmup_prompts=2", f"run_dir={run_dir}"]
     log = open(tmp_path / "run.log", "w")

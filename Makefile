@@ -19,11 +19,12 @@ $(STAMP): requirements/cpu.txt scripts/install.sh pyproject.toml
 train: $(STAMP)
 	$(VENV)/bin/rlvr train $(ARGS)
 
-test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -ra --durations=25 tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
+# the unit tier spreads over the cores (pytest-xdist); the Ray tiers share one Ray in one process
+test: test-unit
+	$(VENV)/bin/python -m pytest -q -ra --durations=25 tests/integration tests/e2e $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -ra tests/unit $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -ra -n auto --maxprocesses=4 tests/unit $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/baseline_mse.py

@@ -31,11 +31,30 @@ import ray
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RestartingRole", "RoleFailed", "node_name", "node_of"]
+__all__ = ["RestartingRole", "RoleFailed", "gather", "node_name", "node_of"]
 
 
 class RoleFailed(RuntimeError):
     """A role's actor died more often than ``trainer.max_restarts`` allows."""
+
+
+def gather(calls: dict[Any, ray.ObjectRef], timeout_s: float | None, deadline: str) -> tuple[dict, dict[Any, BaseException]]:
+    """Wait at most ``timeout_s`` for every call; return (answers, failures), each keyed as ``calls``.
+
+    A call fails when its actor is lost (``RayActorError``) or has not answered by the deadline
+    (``TimeoutError``: a stopped process never answers, so waiting longer would hang the run).
+    ``deadline`` names the config key that set ``timeout_s``, for the message.
+    """
+    ready = set(ray.wait(list(calls.values()), num_returns=len(calls), timeout=timeout_s)[0])
+    answers, failures = {}, {}
+    for key, ref in calls.items():
+        try:
+            if ref not in ready:
+                raise TimeoutError(f"no answer within {deadline}={timeout_s}")
+            answers[key] = ray.get(ref)
+        except (ray.exceptions.RayActorError, TimeoutError) as e:
+            failures[key] = e
+    return answers, failures
 
 
 def node_of(actor) -> ray.ObjectRef:

@@ -17,9 +17,9 @@ from typing import Any, Callable, Iterable, Iterator
 import ray
 import torch
 
-from rlvr.faults import node_of
+from rlvr.faults import gather, node_of
 from rlvr.logs import redirect_actor_output
-from rlvr.weight_sync import TensorSpec, broadcast, fetch_buckets, open_group, open_shared, unpack
+from rlvr.weight_sync import TensorSpec, broadcast, fetch_buckets, open_group, open_shared, sync_weights, unpack
 
 log = logging.getLogger(__name__)
 
@@ -341,23 +341,20 @@ class RolloutPool:
         if not requests:
             return []
         shards = [requests[i :: len(self.engines)] for i in range(len(self.engines))]
-        issue = lambda i: self.engines[i].generate.remote(shards[i], sampling, seed * 1000 + i)  # noqa: E731
-        pending = {issue(i): i for i, shard in enumerate(shards) if shard}
+
+        def issue(i: int) -> tuple[Any, ray.ObjectRef]:  # the engine asked, so a replacement is not replaced again
+            return self.engines[i], self.engines[i].generate.remote(shards[i], sampling, seed * 1000 + i)
+
+        pending = {i: issue(i) for i, shard in enumerate(shards) if shard}
         parts: dict[int, list[Sample]] = {}
         failed_at = None
         while pending:
-            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=self.timeout_s)
-            for ref in list(pending):
-                i = pending.pop(ref)
-                engine = self.engines[i]
-                try:
-                    if ref not in ready:
-                        raise TimeoutError(f"no answer to a generate call within rollout.timeout_s={self.timeout_s}")
-                    parts[i] = ray.get(ref)
-                except (ray.exceptions.RayActorError, TimeoutError) as e:
-                    failed_at = failed_at or time.perf_counter()
-                    self._replace(i, e, engine)
-                    pending[issue(i)] = i
+            answers, failures = gather({i: ref for i, (_, ref) in pending.items()}, self.timeout_s, "rollout.timeout_s")
+            parts.update(answers)
+            for i, error in failures.items():
+                failed_at = failed_at or time.perf_counter()
+                self._replace(i, error, pending[i][0])
+            pending = {i: issue(i) for i in failures}
         if failed_at is not None:
             self.seconds_lost += time.perf_counter() - failed_at
         samples = [s for i in sorted(parts) for s in parts[i]]
@@ -365,8 +362,14 @@ class RolloutPool:
         samples.sort(key=lambda s: order[s.prompt_index])
         return samples
 
+    def load_weights(self, backend: str, learners: list, version: int) -> dict:
+        """The learners' weights into every engine as `version` (`cluster.weight_sync` names the
+        backend); an engine lost or silent past ``timeout_s`` is replaced, so the sync never hangs."""
+        self.version = version  # what a replacement made during the sync is given
+        return sync_weights(backend, learners, self.engines, version, timeout_s=self.timeout_s, on_failure=self.replace_failed)
+
     def replace_failed(self, failures: dict[int, BaseException], since: float) -> None:
-        """Engines lost during a weight sync (`sync_weights`' ``on_failure``): each is replaced and
+        """Engines lost during a weight sync (`load_weights`): each is replaced and
         given the current weights, so the sync completes; the time since ``since`` counts as lost."""
         engines = list(self.engines)
         for i, error in failures.items():

@@ -696,9 +696,7 @@ def train_step(parts: StepParts, batch: Batch, step: int) -> dict:
         rollout.wake_up()
     # 4. new weights to the rollout engines, bucketed (cluster.weight_sync picks the transport)
     # (an engine lost meanwhile is replaced and loaded from the learners: the sync never hangs on it)
-    rollout.version = step
-    sync_m = sync_weights(cfg.cluster.weight_sync, learners, rollout.engines, version=step,
-                          timeout_s=rollout.timeout_s, on_failure=rollout.replace_failed)
+    sync_m = rollout.load_weights(cfg.cluster.weight_sync, learners, version=step)
     m = step_metrics(batch, learner_metrics)
     m.update(sync_m)
     m.update(async_m)
@@ -816,9 +814,7 @@ def train(cfg: DictConfig) -> dict:
             if state.get("controller") is not None:  # checkpoints from before V05Baseline have none
                 controller.load_state_dict(state["controller"])
             set_rng_state(state["rng"])
-            rollout.version = state["step"]
-            sync_weights(cfg.cluster.weight_sync, learners, rollout.engines, version=state["step"],
-                         timeout_s=rollout.timeout_s, on_failure=rollout.replace_failed)
+            rollout.load_weights(cfg.cluster.weight_sync, learners, version=state["step"])
             return state["step"] + 1
 
         # What a run that loses its learners before its first checkpoint goes back to.

@@ -30,6 +30,8 @@ from typing import Callable, Iterator
 import ray
 import torch
 
+from rlvr.faults import gather
+
 BACKENDS = ("ray", "nccl", "ipc")
 
 
@@ -199,17 +201,9 @@ def sync_weights(backend: str, learners: list, engines: list, version: int, buck
 def wait_loads(loads: list, timeout_s: float | None, on_failure: Callable | None, start: float) -> float:
     """The slowest engine's load seconds. Without `on_failure` a lost engine raises (a missed
     deadline as `TimeoutError`); with it, the lost engines are handed to it by index."""
-    ready, _ = ray.wait(loads, num_returns=len(loads), timeout=timeout_s)
-    seconds, failures = [0.0], {}
-    for i, ref in enumerate(loads):
-        try:
-            if ref not in ready:
-                raise TimeoutError(f"engine {i} loaded no weights within rollout.timeout_s={timeout_s}")
-            seconds.append(ray.get(ref))
-        except (ray.exceptions.RayActorError, TimeoutError) as e:
-            if on_failure is None:
-                raise
-            failures[i] = e
+    answers, failures = gather(dict(enumerate(loads)), timeout_s, "rollout.timeout_s")
+    if failures and on_failure is None:
+        raise next(iter(failures.values()))
     if failures:
         on_failure(failures, start)
-    return max(seconds)
+    return max(answers.values(), default=0.0)

@@ -47,14 +47,15 @@ def test_one_step_off_runs_within_the_staleness_bound(algorithm, tmp_path, ray_s
 @pytest.mark.slow
 def test_delayed_training_makes_stale_samples_which_are_dropped_and_counted(tmp_path, ray_session, tiny_model, monkeypatch):
     import rlvr.trainer as trainer
+    from rlvr.rollout import RolloutPool
 
-    real_sync = trainer.sync_weights
+    real_load = RolloutPool.load_weights
 
-    def slow_sync(*args, **kwargs):  # the learners fall behind: the generator runs 3 batches ahead
+    def slow_load(*args, **kwargs):  # the learners fall behind: the generator runs 3 batches ahead
         time.sleep(4)
-        return real_sync(*args, **kwargs)
+        return real_load(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "sync_weights", slow_sync)
+    monkeypatch.setattr(RolloutPool, "load_weights", slow_load)
     cfg = compose(ASYNC + ["algorithm=grpo", "trainer.max_staleness=1", "trainer.generate_ahead=3", f"run_dir={tmp_path / 'stale'}"])
     steps = [h for h in trainer.train(cfg)["history"] if h["step"] >= 1]
     assert [h["step"] for h in steps] == [1, 2, 3, 4]

@@ -9,7 +9,7 @@ import psutil
 import pytest
 import ray
 
-from rlvr.faults import RestartingRole, RoleFailed
+from rlvr.faults import RestartingRole, RoleFailed, gather
 from rlvr.learner import PolicyLearner
 
 
@@ -23,7 +23,6 @@ def test_an_engine_stopped_before_a_weight_sync_is_replaced_and_loaded_not_waite
     from rlvr.placement import node_address
     from rlvr.rollout import RolloutEngine, RolloutPool
     from rlvr.trainer import reload_engine
-    from rlvr.weight_sync import sync_weights
 
     host, port = ray.get(node_address.remote())
     learner = PolicyLearner.options(num_cpus=0.1).remote(tiny_learner_config(tiny_model, threads=1), 0, 1, host, port)
@@ -32,8 +31,7 @@ def test_an_engine_stopped_before_a_weight_sync_is_replaced_and_loaded_not_waite
     pool.reload = lambda engine: reload_engine("ray", [learner], engine, pool.version)
     stopped = pool.engines[0]
     os.kill(ray.get(stopped.__ray_call__.remote(lambda self: os.getpid())), signal.SIGSTOP)
-    pool.version = 7
-    m = sync_weights(backend, [learner], pool.engines, version=7, timeout_s=pool.timeout_s, on_failure=pool.replace_failed)
+    m = pool.load_weights(backend, [learner], version=7)
     assert pool.restarts == 1 and pool.engines[0] is not stopped and pool.seconds_lost >= 5
     assert ray.get([e.weight_version.remote() for e in pool.engines]) == [7] * engines
     assert m["time/sync"] >= 5
@@ -58,6 +56,7 @@ class Counter:
 
     def pid(self) -> int:
         return os.getpid()
+
 
 
 def sigkill(role: RestartingRole) -> None:
@@ -86,3 +85,18 @@ def test_a_dead_actor_is_replaced_restored_and_the_call_redone(ray_session):
     role.kill()
 
 
+
+
+def test_gather_returns_the_answers_and_names_the_lost_and_the_silent_calls(ray_session):
+    alive, stopped, dead = Counter.remote(), Counter.remote(), Counter.remote()
+    pids = ray.get([a.pid.remote() for a in (stopped, dead)])
+    os.kill(pids[0], signal.SIGSTOP)
+    os.kill(pids[1], signal.SIGKILL)
+    start = time.perf_counter()
+    answers, failures = gather({"alive": alive.add.remote(2), "stopped": stopped.add.remote(1), "dead": dead.add.remote(1)}, 5, "rollout.timeout_s")
+    assert answers == {"alive": 2} and set(failures) == {"stopped", "dead"}
+    assert isinstance(failures["stopped"], TimeoutError) and "rollout.timeout_s=5" in str(failures["stopped"])
+    assert isinstance(failures["dead"], ray.exceptions.RayActorError)
+    assert 5 <= time.perf_counter() - start < 30  # waited for the deadline, not past it
+    for actor in (alive, stopped, dead):
+        ray.kill(actor)

@@ -2,32 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from rlvr.algorithms import WEIGHTINGS, AlgorithmPreset, default_overlong_buffer
-
-PRESET_FIELDS = (
-    "name",
-    "estimator",
-    "loss",
-    "agg",
-    "eps_low",
-    "eps_high",
-    "sampling",
-    "kl_coef",
-    "kl_estimator",
-    "overlong",
-    "mask_truncated",
-    "scale_by_std",
-    "mini_batches",
-    "epochs",
-    "old_logprobs",
-    "clip_ratio_c",
-    "filter_metric",
-)
 
 
 class ConfigError(ValueError):
@@ -58,9 +39,10 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
 
 def algorithm_preset(algo: DictConfig) -> AlgorithmPreset:
     """The `algorithm` config node as an AlgorithmPreset (which validates the part names)."""
+    fields = [f.name for f in dataclasses.fields(AlgorithmPreset) if f.name not in ("rollout_correction", "correction_threshold")]
     try:
         return AlgorithmPreset(
-            **{k: algo[k] for k in PRESET_FIELDS},
+            **{k: algo[k] for k in fields},
             rollout_correction=algo.rollout_correction.mode,
             correction_threshold=algo.rollout_correction.threshold,
         )

@@ -19,7 +19,7 @@ import ray
 import torch
 import torch.nn.functional as F
 
-from rlvr.algorithms import POLICY_LOSSES, policy_loss, rollout_correction, rollout_mismatch
+from rlvr.algorithms import policy_loss, rollout_correction, rollout_mismatch
 from rlvr.batch import MiniBatch, Trajectory
 from rlvr.logs import redirect_actor_output
 from rlvr.lora import LoraSettings, add_adapters, sync_tensors
@@ -354,12 +354,11 @@ class PolicyLearner:
         if empty:
             return None
         on = mask > 0
+        # the tokens the loss clipped, and how many of them still carry a gradient (CISPO: all; PPO: none)
+        clipped = stats.pop("clipped") & on
         stats["loss"] = loss.detach()
         sums = {k: float(v) * (share if k in LOSS_STATS else tokens) for k, v in stats.items() if k not in ("ratio_min", "ratio_max")}
         sums.update(entropy=float((entropy * mask).sum()), tokens=tokens)
-        # the tokens the loss clipped, and how many of them still carry a gradient (CISPO: all; PPO: none)
-        _, clipped = POLICY_LOSSES[update.loss](logp.detach(), old_logp, mb["advantages"][:, None], **update.loss_kwargs)
-        clipped = clipped & on
         sums["clipped_tokens"] = float(clipped.sum())
         sums["clipped_grad_tokens"] = float((clipped & (logp.grad != 0)).sum()) if logp.grad is not None else 0.0
         if first_epoch:

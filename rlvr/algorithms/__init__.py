@@ -9,7 +9,7 @@ from .advantages import ESTIMATORS, compute_advantages, group_stats
 from .dapo import default_overlong_buffer, dynamic_sampling_keep_mask, mask_truncated, overlong_penalty
 from .losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, aggregate, kl_penalty, policy_loss
 from .metrics import pass_at_k
-from .presets import PRESETS, AlgorithmPreset, get_preset
+from .presets import AlgorithmPreset
 from .weighting import WEIGHTINGS, HADWState, apply_weighting
 
 __all__ = [
@@ -18,7 +18,6 @@ __all__ = [
     "ESTIMATORS",
     "KL_ESTIMATORS",
     "POLICY_LOSSES",
-    "PRESETS",
     "WEIGHTINGS",
     "AlgorithmPreset",
     "HADWState",
@@ -27,7 +26,6 @@ __all__ = [
     "compute_advantages",
     "default_overlong_buffer",
     "dynamic_sampling_keep_mask",
-    "get_preset",
     "group_stats",
     "kl_penalty",
     "mask_truncated",

@@ -4,8 +4,10 @@ Shapes: ``logp``, ``old_logp``, ``ref_logp`` and ``mask`` are float[B, T] (B seq
 T tokens; ``mask`` is 1 on response tokens). ``adv`` is float[B] (one advantage per
 sequence, broadcast to its tokens) or float[B, T]. ρ_t = π_θ/π_old = exp(logp − old_logp).
 
-A policy loss has the signature ``fn(logp, old_logp, adv, **kwargs) -> (per_token_loss,
-clipped)``; ``clipped`` is a bool[B, T] marking tokens the loss clipped (for stats).
+A policy loss has the signature ``fn(logp, old_logp, adv, mask, **kwargs) -> (per_token_loss,
+clipped, ratio)``: ``clipped`` is a bool[B, T] marking tokens the loss clipped and ``ratio`` the
+importance ratio it clipped on (per token, or a sequence's ratio on each of its tokens), both
+for stats. ``mask`` is there for sequence-level losses (GSPO); token-level ones ignore it.
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ def ppo_clip_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
     adv: torch.Tensor,
+    mask: torch.Tensor,
     eps_low: float = 0.2,
     eps_high: float = 0.2,
     clip_ratio_c: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PPO-clip: L_t = −min(ρ_t·A, clip(ρ_t, 1−ε_low, 1+ε_high)·A).
 
     GRPO uses ε_low = ε_high = 0.2; DAPO's "clip-higher" uses 0.2 / 0.28. A token whose
@@ -59,7 +62,7 @@ def ppo_clip_loss(
         dual = (adv < 0) & (-adv * clip_ratio_c < loss)
         loss = torch.where(dual, -adv * clip_ratio_c, loss)
         was_clipped = was_clipped | dual
-    return loss, was_clipped
+    return loss, was_clipped, ratio.detach()
 
 
 @register(POLICY_LOSSES, "cispo")
@@ -67,8 +70,9 @@ def cispo_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
     adv: torch.Tensor,
+    mask: torch.Tensor,
     eps_high: float = 0.2,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """CISPO: L_t = −sg(clip(ρ_t, 0, 1+ε_high))·A·log π_θ(token).
 
     The importance weight is clipped and detached instead of the update, so every token
@@ -81,7 +85,34 @@ def cispo_loss(
         raise ValueError(f"CISPO eps_high must be > 0 (the cap is 1 + eps_high), got {eps_high}")
     ratio = torch.exp(_log_ratio(logp, old_logp))
     weight = ratio.clamp(max=1 + eps_high).detach()
-    return -weight * adv * logp, ratio > 1 + eps_high
+    return -weight * adv * logp, ratio > 1 + eps_high, ratio.detach()
+
+
+@register(POLICY_LOSSES, "gspo")
+def gspo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    adv: torch.Tensor,
+    mask: torch.Tensor,
+    eps_low: float = 3e-4,
+    eps_high: float = 4e-4,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GSPO-token (Qwen, arXiv 2507.18071): PPO-clip on the sequence's importance ratio.
+
+    s_i = (π_θ(y_i|x) / π_old(y_i|x))^(1/|y_i|) = exp(mean_t log ρ_t), and on each token
+    s_i,t = sg[s_i]·π_θ(y_t)/sg[π_θ(y_t)] (equal to s_i in value, ∇s_i,t = s_i·∇log π_θ(y_t)).
+    L_t = −min(s_i,t·A, clip(s_i,t, 1−ε_low, 1+ε_high)·A): a whole sequence is clipped or not.
+    With a per-sequence A and seq-mean-token-mean this is the gradient of GSPO's sequence
+    objective mean_i min(s_i·A_i, clip(s_i)·A_i). The paper clips at 3e-4 / 4e-4 (a sequence
+    ratio moves far less than a token's); log s_i is capped at 10 before exponentiating, as verl.
+    """
+    tokens = mask.sum(-1, keepdim=True).clamp(min=1)
+    log_seq = (_log_ratio(logp, old_logp) * mask).sum(-1, keepdim=True) / tokens
+    log_ratio = (logp - logp.detach() + log_seq.detach()).clamp(max=10.0)
+    ratio = torch.exp(log_ratio)
+    unclipped = -adv * ratio
+    clipped = -adv * ratio.clamp(1 - eps_low, 1 + eps_high)
+    return torch.maximum(unclipped, clipped), clipped > unclipped, ratio.detach()
 
 
 @register(AGGREGATIONS, "token-mean")
@@ -177,8 +208,10 @@ def policy_loss(
     ``token_weights`` float[B, T] (detached) multiply the per-token policy loss: the rollout
     correction's IS weights (`rlvr.algorithms.correction`); None means 1.
     Stats: ``pg_loss``, ``clip_frac`` (fraction of response tokens clipped), split into
-    ``clip_frac_low`` (ρ < 1) and ``clip_frac_high`` (ρ > 1), ``approx_kl`` (mean of
-    old_logp − logp), ``ratio_mean``, ``ratio_min``, ``ratio_max``, and ``kl``.
+    ``clip_frac_low`` and ``clip_frac_high`` by the side of 1 of the ratio the loss clipped on
+    (GSPO: the sequence's), ``approx_kl`` (mean of old_logp − logp), the token ratio's
+    ``ratio_mean``, ``ratio_min`` and ``ratio_max``, ``kl``, and ``clipped``: the bool[B, T] of
+    tokens the loss clipped (not masked), for counts the caller makes on its own mask.
     """
     if logp.ndim != 2 or old_logp.shape != logp.shape or mask.shape != logp.shape:
         raise ValueError(
@@ -192,7 +225,7 @@ def policy_loss(
     mask = mask.to(logp.dtype)
     adv = adv.detach().to(logp.dtype)
 
-    per_token, clipped = lookup(POLICY_LOSSES, name, "policy loss")(logp, old_logp, adv, **loss_kwargs)
+    per_token, clipped, loss_ratio = lookup(POLICY_LOSSES, name, "policy loss")(logp, old_logp, adv, mask, **loss_kwargs)
     if token_weights is not None:
         per_token = per_token * token_weights.detach().to(logp.dtype)
     pg_loss = aggregate(per_token, mask, agg, max_len)
@@ -205,12 +238,13 @@ def policy_loss(
     stats: dict[str, torch.Tensor] = {
         "pg_loss": pg_loss.detach(),
         "clip_frac": _masked_mean(clipped, mask),
-        "clip_frac_low": _masked_mean(clipped * (ratio < 1), mask),
-        "clip_frac_high": _masked_mean(clipped * (ratio > 1), mask),
+        "clip_frac_low": _masked_mean(clipped * (loss_ratio < 1), mask),
+        "clip_frac_high": _masked_mean(clipped * (loss_ratio > 1), mask),
         "approx_kl": _masked_mean(-log_ratio, mask),
         "ratio_mean": _masked_mean(ratio, mask),
         "ratio_min": ratio[on].min().detach() if on.any() else ratio.new_ones(()),
         "ratio_max": ratio[on].max().detach() if on.any() else ratio.new_ones(()),
+        "clipped": clipped > 0,
     }
     if kl_coef > 0 and ref_logp is None:
         raise ValueError("kl_coef > 0 needs ref_logp")

@@ -1,8 +1,12 @@
-"""Named algorithm presets: ``algorithm=NAME`` in the config maps to one AlgorithmPreset.
+"""An algorithm as a composition of registered parts, checked: `AlgorithmPreset`.
 
 A preset composes parts from the registries: advantage estimator, policy loss and its
 clip range, loss aggregation, sampling strategy of the BudgetController, and KL.
 The advantage weighting (``weighting=none|focal|hadw``) is orthogonal and not part of it.
+
+The presets themselves are the files of ``configs/algorithm/`` (``algorithm=NAME``): each holds
+only its differences from ``grpo.yaml``, and the config tree is the one source of their values,
+so this dataclass has no defaults. A new algorithm is its registered parts plus one such file.
 """
 
 from __future__ import annotations
@@ -42,21 +46,21 @@ class AlgorithmPreset:
     estimator: str
     loss: str
     agg: str
-    eps_low: float | None = 0.2
-    eps_high: float = 0.2
-    sampling: str = "fixed"
-    kl_coef: float = 0.0
-    kl_estimator: str = "k3"
-    overlong: bool = False
-    mask_truncated: bool = False
-    scale_by_std: bool = False
-    mini_batches: int = 1
-    epochs: int = 1
-    old_logprobs: str = "recompute"
-    rollout_correction: str = "tis"
-    correction_threshold: float = 2.0
-    clip_ratio_c: float | None = None
-    filter_metric: str = "acc"
+    eps_low: float | None
+    eps_high: float
+    sampling: str
+    kl_coef: float
+    kl_estimator: str
+    overlong: bool
+    mask_truncated: bool
+    scale_by_std: bool
+    mini_batches: int
+    epochs: int
+    old_logprobs: str
+    rollout_correction: str
+    correction_threshold: float
+    clip_ratio_c: float | None
+    filter_metric: str
 
     def __post_init__(self) -> None:
         lookup(ESTIMATORS, self.estimator, "advantage estimator")
@@ -95,24 +99,3 @@ class AlgorithmPreset:
     def estimator_kwargs(self) -> dict[str, bool]:
         """Keyword arguments of the estimator, besides per-step inputs such as baselines."""
         return {"scale_by_std": self.scale_by_std} if self.estimator == "v05" else {}
-
-
-PRESETS: dict[str, AlgorithmPreset] = {
-    p.name: p
-    for p in (
-        AlgorithmPreset("grpo", "grpo", "ppo_clip", "seq-mean-token-mean", 0.2, 0.2),
-        AlgorithmPreset("drgrpo", "drgrpo", "ppo_clip", "seq-mean-token-sum-norm", 0.2, 0.2),
-        AlgorithmPreset("rloo", "rloo", "ppo_clip", "token-mean", 0.2, 0.2),
-        AlgorithmPreset(
-            "dapo", "grpo", "ppo_clip", "token-mean", 0.2, 0.28, sampling="dynamic_filter", overlong=True, mini_batches=4,
-            clip_ratio_c=10.0,
-        ),
-        AlgorithmPreset("cispo", "grpo", "cispo", "token-mean", None, 0.2, mini_batches=4),
-        AlgorithmPreset("v05", "v05", "ppo_clip", "token-mean", 0.2, 0.2, sampling="adaptive"),
-    )
-}
-
-
-def get_preset(name: str) -> AlgorithmPreset:
-    """The preset registered as ``name``; an unknown name raises ValueError listing the known ones."""
-    return lookup(PRESETS, name, "algorithm preset")

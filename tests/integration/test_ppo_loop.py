@@ -43,12 +43,12 @@ def new_learner(tiny_model, **fields):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm", ["grpo", "cispo"])
+@pytest.mark.parametrize("algorithm", ["grpo", "cispo", "gspo"])
 def test_two_mini_batches_two_epochs_clip_and_keep_gradients_as_each_loss_says(algorithm, engine_and_samples, tiny_model):
     _, trajectories = engine_and_samples
     learner = new_learner(tiny_model, lr=2e-2, micro_batch_size=4)
     # a narrow clip range, so the few updates of one batch push ratios out of it
-    update = tiny_update_config(f"algorithm={algorithm}", "algorithm.eps_high=0.05", *(["algorithm.eps_low=0.05"] if algorithm == "grpo" else []), epochs=2)
+    update = tiny_update_config(f"algorithm={algorithm}", "algorithm.eps_high=0.05", *(["algorithm.eps_low=0.05"] if algorithm != "cispo" else []), epochs=2)
     plan = plan_mini_batches(trajectories, 2, 1, 4, seed=0)[0]
     m = ray.get(learner.train_step.remote(plan, update))
     assert m["optimizer_steps"] == 4
@@ -58,8 +58,8 @@ def test_two_mini_batches_two_epochs_clip_and_keep_gradients_as_each_loss_says(a
     assert m["ratio_max"] > 1.05 or m["ratio_min"] < 0.95
     assert m["clip_frac"] > 0
     assert m["clip_frac"] == pytest.approx(m["clip_frac_low"] + m["clip_frac_high"], abs=1e-6)
-    if algorithm == "grpo":
-        assert m["clipped_grad_frac"] == 0.0  # PPO's clipped tokens take the constant branch
+    if algorithm != "cispo":
+        assert m["clipped_grad_frac"] == 0.0  # PPO's (and GSPO's, by sequence) clipped tokens take the constant branch
     else:
         assert m["clipped_grad_frac"] == 1.0  # CISPO clips the detached IS weight: every token keeps its gradient
     ray.kill(learner)

@@ -24,7 +24,7 @@ def test_every_command_answers_help(command, capsys):
     out = capsys.readouterr().out
     assert f"rlvr {command}" in out
     if command == "train":  # Hydra's app help, listing the groups and their options
-        assert "== Config groups ==" in out and "algorithm: cispo, dapo, drgrpo, grpo, rloo, v05" in out
+        assert "== Config groups ==" in out and "algorithm: cispo, dapo, drgrpo, grpo, gspo, rloo, v05" in out
 
 
 def test_cfg_job_prints_the_composed_groups(capsys):

@@ -1,20 +1,55 @@
 """The config tree: every preset composes, and bad input fails early with the key named."""
 
+from pathlib import Path
+
 import pytest
+import torch
+import yaml
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from rlvr.algorithms import PRESETS
+from rlvr.algorithms import policy_loss
 from rlvr.cli import main
-from rlvr.config import ConfigError, algorithm_preset, compose, validate
+from rlvr.config import ConfigError, algorithm_preset, compose, config_dir, validate
 from rlvr.models import resolve_model_path
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
-def test_algorithm_configs_match_the_library_presets(name):
+ALGORITHMS = sorted(p.stem for p in (Path(config_dir()) / "algorithm").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_every_algorithm_file_composes_into_a_checked_preset_of_registered_parts(name):
     cfg = compose([f"algorithm={name}"])
     validate(cfg)
-    assert algorithm_preset(cfg.algorithm) == PRESETS[name]
+    preset = algorithm_preset(cfg.algorithm)  # looks up every part in its registry
+    assert preset.name == name
+    logp = torch.zeros(2, 3, requires_grad=True)
+    loss, _ = policy_loss(preset.loss, logp, torch.zeros(2, 3), torch.ones(2), torch.ones(2, 3), preset.agg, **preset.loss_kwargs())
+    assert torch.isfinite(loss)
+    if name != "grpo":  # a preset is grpo.yaml plus its own recipe's values, no key of its own
+        own = yaml.safe_load((Path(config_dir()) / "algorithm" / f"{name}.yaml").read_text())
+        base = yaml.safe_load((Path(config_dir()) / "algorithm" / "grpo.yaml").read_text())
+        assert own.pop("defaults") == ["grpo", "_self_"]
+        assert set(own) < set(base) and len(own) <= len(base) // 3, sorted(own)
+
+
+def test_the_presets_hold_their_recipes_values():
+    presets = {name: algorithm_preset(compose([f"algorithm={name}"]).algorithm) for name in ALGORITHMS}
+    assert set(presets) == {"grpo", "drgrpo", "rloo", "dapo", "cispo", "v05", "gspo"}
+    dapo = presets["dapo"]
+    assert (dapo.eps_low, dapo.eps_high, dapo.sampling, dapo.overlong, dapo.filter_metric) == (0.2, 0.28, "dynamic_filter", True, "acc")
+    assert dapo.loss_kwargs() == {"eps_low": 0.2, "eps_high": 0.28, "clip_ratio_c": 10.0}
+    assert presets["cispo"].loss_kwargs() == {"eps_high": 0.2}
+    assert presets["v05"].sampling == "adaptive"
+    assert presets["drgrpo"].agg == "seq-mean-token-sum-norm"
+    gspo = presets["gspo"]
+    assert (gspo.loss, gspo.agg, gspo.mini_batches) == ("gspo", "seq-mean-token-mean", 4)
+    assert gspo.loss_kwargs() == {"eps_low": 3e-4, "eps_high": 4e-4}
+
+
+def test_an_unknown_loss_in_an_algorithm_file_is_named():
+    with pytest.raises(ConfigError, match=r"algorithm: unknown policy loss 'nope'; known: cispo, gspo, ppo_clip"):
+        algorithm_preset(compose(["algorithm.loss=nope"]).algorithm)
 
 
 @pytest.mark.parametrize("weighting", ["none", "focal", "hadw"])

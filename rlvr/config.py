@@ -76,6 +76,10 @@ def _validate_value(v: DictConfig) -> None:
             _check(exists, f"value.v0.{key}", f"{kind} {p!r} not found")
         for key in ("n_estimators", "max_length", "batch_size"):
             _check(v.v0[key] >= 1, f"value.v0.{key}", f"must be >= 1, got {v.v0[key]}")
+        from rlvr.value.prior_map import MAPS
+
+        _check(v.v0.prior_map in MAPS, "value.v0.prior_map", f"unknown {v.v0.prior_map!r}; known: {', '.join(MAPS)}")
+        _check(v.v0.map_folds >= 2, "value.v0.map_folds", f"must be >= 2, got {v.v0.map_folds}")
     if v.backend == "hf-classifier":
         p = v.hf_classifier.path
         _check(bool(p) and Path(p).is_dir(), "value.hf_classifier.path", f"model folder {p!r} not found")

@@ -18,8 +18,13 @@ public release (github Now-Join-Us/V0, ``v0_core/models/v0.py``):
 - **the head**: a TabPFN v2.5 classifier (``value.v0.tabpfn_head``; the ``tabpfn`` package,
   version :data:`TABPFN_VERSION`, the one V0 pins), 4 estimators, float32, with V0's
   differentiable-input preprocessing.  On every call it is fit in context on the support set's
-  embeddings with labels 1[success ≥ 0.5], and the prior is P(class 1): the softmax of the
+  embeddings with labels 1[success ≥ 0.5], and its answer is P(class 1): the softmax of the
   estimators' mean temperature-scaled logits.
+- **the prior map** (rlvr's, ``value.v0.prior_map``): P(pass rate ≥ 0.5) is not a pass rate,
+  and V0.5 fuses the prior as one, so by default (``isotonic``) the answer goes through
+  E[success | score], an isotonic fit on the context's out-of-fold scores
+  (:mod:`rlvr.value.prior_map`; ``value.v0.map_folds`` more head fits each time the context
+  changes).  ``none`` uses V0's answer as it is, as V0's authors do.
 
 The checkpoint (``value.v0.checkpoint``) is a ``.pt`` holding ``model_state_dict`` for the
 module ``{backbone, adapter_layer}``, possibly with DDP's ``module.`` prefix.  The adapter's
@@ -47,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlvr.value.context import UNC_MAX, UNC_MIN, EmbeddedContext, check_pairs, check_prompts, clip_prior, device, offline
+from rlvr.value.prior_map import MAPS, cross_fit, fit_isotonic
 
 __all__ = ["DynamicQueryAdapter", "TABPFN_VERSION", "V0Encoder", "V0ValueModel", "load_v0_state_dict", "write_random_v0"]
 
@@ -204,6 +210,8 @@ class V0ValueModel:
         max_length: int = MAX_LENGTH,
         batch_size: int = 32,
         weights_only: bool = True,
+        prior_map: str = "isotonic",
+        map_folds: int = 4,
     ):
         paths = {"checkpoint": checkpoint, "embedding_model": embedding_model, "tabpfn_head": tabpfn_head}
         for key, p in paths.items():
@@ -212,7 +220,11 @@ class V0ValueModel:
             want_dir = key == "embedding_model"
             if not (os.path.isdir(p) if want_dir else os.path.isfile(p)):
                 raise FileNotFoundError(f"value.v0.{key}: {'folder' if want_dir else 'file'} not found: {p}")
+        if prior_map not in MAPS:
+            raise ValueError(f"value.v0.prior_map: unknown {prior_map!r}; known: {', '.join(MAPS)}")
         self.n_estimators, self.max_length, self.batch_size = int(n_estimators), int(max_length), int(batch_size)
+        self.prior_map, self.map_folds = prior_map, int(map_folds)
+        self._map = None  # the fitted prior map of the current context
         self.device = device()
         self._classifier, specs_cls, init_head = _tabpfn()
 
@@ -276,8 +288,15 @@ class V0ValueModel:
         n_q = len(prompts)
         if len(self._ctx) < MIN_SUPPORT or n_q == 0:
             return torch.full((n_q,), 0.5), torch.full((n_q,), 0.5)
-        labels = (torch.tensor(self._ctx.success) >= 0.5).long()
-        p = self.head_probability(self._ctx.emb, labels, self.embed(prompts))
+        success = torch.tensor(self._ctx.success)
+        labels = (success >= 0.5).long()
+        emb = self._ctx.emb
+        p = self.head_probability(emb, labels, self.embed(prompts))
+        if self.prior_map == "isotonic" and len(self._ctx) >= 2 * MIN_SUPPORT:
+            if self._map is None:  # once per context: the folds cost map_folds head fits
+                scores = cross_fit(len(success), self.map_folds, lambda sup, held: self.head_probability(emb[sup], labels[sup], emb[held]))
+                self._map = fit_isotonic(scores, success)
+            p = self._map(p)  # the head's P(pass rate >= 0.5) as a pass rate, E[success | score]
         unc = torch.sqrt(p * (1.0 - p))
         return clip_prior(p), unc.clamp(UNC_MIN, UNC_MAX)
 
@@ -285,6 +304,7 @@ class V0ValueModel:
         prompts, success = check_pairs(prompts, success)
         if prompts:
             self._ctx.add(prompts, success)
+            self._map = None
 
     def state_dict(self) -> dict:
         """The context and its V0 embeddings (reused on load when the checkpoint's name matches)."""
@@ -292,6 +312,7 @@ class V0ValueModel:
 
     def load_state_dict(self, d: dict) -> None:
         self._ctx.load_state_dict(d)
+        self._map = None
 
 
 # --------------------------------------------------------------------------

@@ -33,7 +33,7 @@ def v0_files(tmp_path_factory, tiny_model) -> dict:
 
 @pytest.fixture(scope="module")
 def v0(v0_files) -> V0ValueModel:
-    return V0ValueModel(**v0_files, context_size=8)
+    return V0ValueModel(**v0_files, context_size=8, prior_map="none")  # V0's answer as it is
 
 
 def counting(model: V0ValueModel) -> list[str]:
@@ -157,6 +157,41 @@ def test_predicts_as_v0_does(v0, v0_files):
     assert prior0.shape == (3,) and ((prior0 >= PRIOR_MIN) & (prior0 <= PRIOR_MAX)).all()
 
 
+def test_the_isotonic_prior_map_is_fit_on_out_of_fold_head_answers(v0, v0_files):
+    """prior_map=isotonic: V0's answer mapped through E[success | score], fit on the context's
+    answers for itself with its fold left out of the support; once per context."""
+    from rlvr.value.prior_map import fit_isotonic
+
+    mapped = V0ValueModel(**v0_files, context_size=8, map_folds=3)
+    success = [1.0, 0.75, 0.0, 0.25, 1.0, 0.5]
+    for m in (v0, mapped):
+        m.load_state_dict({"prompts": [], "success": []})
+        m.add_context(PROMPTS, success)
+    emb, labels = v0.embed(PROMPTS), (torch.tensor(success) >= 0.5).long()
+    oof = torch.empty(6)
+    for k in range(3):  # item i in fold i mod 3
+        held = torch.tensor([i for i in range(6) if i % 3 == k])
+        support = torch.tensor([i for i in range(6) if i % 3 != k])
+        oof[held] = v0.head_probability(emb[support], labels[support], emb[held])
+    raw = v0.head_probability(emb, labels, v0.embed(TARGETS))
+    expected = fit_isotonic(oof, torch.tensor(success))(raw).clamp(PRIOR_MIN, PRIOR_MAX)
+    seen = counting(mapped)
+    prior, unc = mapped.predict(TARGETS)
+    torch.testing.assert_close(prior, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(unc, torch.sqrt(prior * (1 - prior)).clamp(min=1e-3), atol=1e-6, rtol=0)
+    assert seen == TARGETS  # the folds reuse the context's cached embeddings
+    order = raw.argsort()
+    assert (prior[order].diff() >= 0).all()  # the map keeps V0's ranking
+    calls = []
+    head = mapped.head_probability
+    mapped.head_probability = lambda *a: calls.append(1) or head(*a)
+    mapped.predict(TARGETS)
+    assert len(calls) == 1  # the map is fit once per context, not on every call
+    mapped.add_context(TARGETS[:1], [0.0])
+    mapped.predict(TARGETS)
+    assert len(calls) == 1 + 1 + 3  # a new context: the head, and the three folds again
+
+
 def test_context_prompts_are_never_re_encoded(v0_files):
     m = V0ValueModel(**v0_files, context_size=4)
     seen = counting(m)
@@ -185,6 +220,10 @@ def test_config_validation_names_the_key(v0_files, tmp_path):
     assert kwargs["checkpoint"] == v0_files["checkpoint"] and kwargs["n_estimators"] == 4 and kwargs["context_size"] == 256
     with pytest.raises(ConfigError, match="value.v0.checkpoint: backend=v0 needs this local path"):
         validate(compose(["algorithm=v05", "value.backend=v0"]))
+    with pytest.raises(ConfigError, match="value.v0.prior_map: unknown 'platt'; known: none, isotonic"):
+        validate(compose(["algorithm=v05", "value.backend=v0", *overrides, "value.v0.prior_map=platt"]))
+    with pytest.raises(ConfigError, match="value.v0.map_folds: must be >= 2, got 1"):
+        validate(compose(["algorithm=v05", "value.backend=v0", *overrides, "value.v0.map_folds=1"]))
     with pytest.raises(ConfigError, match="value.v0.tabpfn_head: file .*nowhere.* not found"):
         validate(compose(["algorithm=v05", "value.backend=v0", *overrides, f"value.v0.tabpfn_head={tmp_path / 'nowhere'}"]))
 

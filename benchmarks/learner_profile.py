@@ -40,9 +40,10 @@ def default_job_batch(sequences: int, overrides: list[str]):
 
     from rlvr.batch import Trajectory, plan_mini_batches
     from rlvr.config import algorithm_preset, compose
-    from rlvr.data import PromptStream, load_problems
+    from rlvr.data import PromptStream, load_problems, prompt_renderer
     from rlvr.models import resolve_model_path
-    from rlvr.trainer import learner_config, prompt_renderer, update_config
+    from rlvr.roles import learner_config
+    from rlvr.trainer import update_config
 
     cfg = compose(["algorithm=grpo", *overrides])
     model_path = resolve_model_path(cfg.model.path, cfg.cache_dir)

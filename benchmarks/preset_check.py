@@ -47,7 +47,7 @@ CONFIGS = {
 QUICK = [
     "model=tiny-random", "trainer.batch_size=4", "data.train.size=24", "eval.size=4", "rollout.max_tokens=16",
     "learner.lr=1e-3", "learner.micro_batch_size=8", "verifier.timeout_s=10",
-    "verifier.terms=[{fn: format, weight: 1.0, kwargs: {pattern: '(?:.{2})*.', mode: fullmatch, bonus: 1.0}}]",
+    "verifier.terms=[{fn: format, weight: 1.0, kwargs: {pattern: '(?:.{2})*.', mode: fullmatch, bonus: 1.0}, correctness: true}]",
 ]
 QUICK_V05 = ["algorithm.warmup_prompts=8"]
 KEEP = ("config.yaml", "summary.json", "metrics.jsonl", "decisions.jsonl")  # what a finished run keeps

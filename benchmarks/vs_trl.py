@@ -221,10 +221,9 @@ def main() -> None:
     from omegaconf import OmegaConf
 
     from rlvr.config import compose
-    from rlvr.data import PromptStream, load_problems
+    from rlvr.data import PromptStream, load_problems, prompt_renderer
     from rlvr.models import resolve_model_path
     from rlvr.plots import load_metrics
-    from rlvr.trainer import prompt_renderer
 
     s = {**SETTINGS, "precision": args.precision}
     total = args.warmup + args.steps

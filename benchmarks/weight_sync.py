@@ -36,16 +36,16 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/out/weight_sync.json")
     args = ap.parse_args()
 
-    import ray
-
     from dataclasses import replace
+
+    import ray
 
     from rlvr.config import compose
     from rlvr.learner import PolicyLearner
     from rlvr.models import build_tiny_model, default_cache_dir
     from rlvr.placement import node_address
+    from rlvr.roles import engine_config, learner_config
     from rlvr.rollout import RolloutEngine
-    from rlvr.trainer import engine_config, learner_config
     from rlvr.weight_sync import connect, sync_weights
 
     cache = default_cache_dir()

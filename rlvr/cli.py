@@ -175,7 +175,7 @@ def eval_command(argv: list[str]) -> int:
     parser.add_argument("target", metavar="CKPT|MODEL_DIR")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data=champ eval.n_samples=4")
     args = parser.parse_args(argv)
-    from rlvr.trainer import evaluate_model
+    from rlvr.evaluate import evaluate_model
 
     metrics = evaluate_model(args.target, _compose_or_exit(args.overrides))
     for k, v in metrics.items():

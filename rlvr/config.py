@@ -169,13 +169,18 @@ def validate(cfg: DictConfig) -> None:
     _check(v.timeout_s > 0, "verifier.timeout_s", f"must be > 0, got {v.timeout_s}")
     _check(v.num_workers >= 1, "verifier.num_workers", f"must be >= 1, got {v.num_workers}")
     _check(len(v.terms) >= 1, "verifier.terms", "needs at least one reward term")
-    from rlvr.verifier import coerce_spec
+    from rlvr.verifier import coerce_spec, correctness_terms
 
+    specs = []
     for i, term in enumerate(v.terms):
         try:
-            coerce_spec(OmegaConf.to_container(term, resolve=True) if OmegaConf.is_config(term) else term)
+            specs.append(coerce_spec(OmegaConf.to_container(term, resolve=True) if OmegaConf.is_config(term) else term))
         except (TypeError, ValueError) as e:
             raise ConfigError(f"verifier.terms[{i}]: {e}") from None
+    try:
+        correctness_terms(specs)
+    except ValueError as e:
+        raise ConfigError(f"verifier.terms: {e}") from None
 
 
 def validate_cluster(c: DictConfig, rollout_backend: str) -> None:

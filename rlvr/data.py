@@ -57,6 +57,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from omegaconf import DictConfig, OmegaConf
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -759,3 +761,17 @@ class PromptStream:
         self._epoch = epoch
         self._position = position
         self._order = self._permutation(epoch)
+
+
+def prompt_renderer(cfg: DictConfig, model_path: str):
+    """Problem -> prompt text: system prompt, few-shot turns and question through the chat template."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    fewshot = OmegaConf.to_container(cfg.data.fewshot, resolve=True) if cfg.data.fewshot else None
+
+    def render(problem: Problem) -> str:
+        messages = build_messages(problem, cfg.data.system_prompt, fewshot)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    return render

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LearnerConfig:
-    """Built from the config tree by `rlvr.trainer.learner_config`: no defaults of its own."""
+    """Built from the config tree by `rlvr.roles.learner_config`: no defaults of its own."""
 
     model_path: str
     zero_stage: int

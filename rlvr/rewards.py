@@ -31,6 +31,7 @@ from typing import Callable, NamedTuple
 __all__ = [
     "ANSWER_TYPES",
     "BadRewardValue",
+    "DECIDES_CORRECTNESS",
     "REWARD_FUNCTIONS",
     "REWARD_STYLES",
     "call_reward",
@@ -689,6 +690,8 @@ REWARD_FUNCTIONS: dict[str, Callable[..., float]] = {
     "exact": exact_reward,
     "format": format_reward,
 }
+# Whether each builtin says the answer is right (so that "correct" reads it) or shapes the reward.
+DECIDES_CORRECTNESS: dict[str, bool] = {"math": True, "exact": True, "format": False}
 
 
 REWARD_STYLES = ("rlvr", "trl", "verl")

@@ -54,7 +54,7 @@ class SamplingConfig:
 
 @dataclass
 class EngineConfig:
-    """Built from the config tree by `rlvr.trainer.engine_config`: no defaults of its own."""
+    """Built from the config tree by `rlvr.roles.engine_config`: no defaults of its own."""
 
     backend: str  # vllm | hf
     model_path: str

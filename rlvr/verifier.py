@@ -97,7 +97,7 @@ class ScoreRequest:
 @dataclass
 class ScoreResult:
     reward: float  # combined weighted reward
-    correct: bool  # reward of the first term >= 1.0
+    correct: bool  # every term that decides correctness (`correctness_terms`) scored >= 1.0
     error: str | None = None  # None, "timeout", "oom", "crash" or "error:<ExcType>"
 
 
@@ -107,6 +107,9 @@ class RewardSpec:
     weight: float = 1.0
     kwargs: dict = field(default_factory=dict)
     style: str = "rlvr"  # the function's signature: rlvr | trl | verl (rlvr.rewards.call_reward)
+    # Does this term say whether the answer is right? None: math and exact do, format does not,
+    # and a module:function does when no other term does (see `correctness_terms`).
+    correctness: bool | None = None
 
 
 class VerifierStartError(RuntimeError):
@@ -149,7 +152,28 @@ def coerce_spec(t: Any) -> RewardSpec:
 
     if spec.style not in REWARD_STYLES:
         raise ValueError(f"reward term {spec.fn!r}: unknown style {spec.style!r}; known: {', '.join(REWARD_STYLES)}")
-    return RewardSpec(fn=spec.fn, weight=weight, kwargs=kwargs, style=spec.style)
+    if spec.correctness not in (None, True, False):
+        raise ValueError(f"reward term {spec.fn!r}: correctness must be true, false or null, got {spec.correctness!r}")
+    return RewardSpec(fn=spec.fn, weight=weight, kwargs=kwargs, style=spec.style, correctness=spec.correctness)
+
+
+def correctness_terms(terms: list[RewardSpec]) -> list[int]:
+    """The indices of the terms that decide "correct": an answer is correct when each scores >= 1.
+
+    A term's ``correctness`` says it; unset, the builtins say it (math and exact decide, format
+    shapes), and a user's module:function decides only when no other term does. The order of the
+    terms never matters. No deciding term at all is an error naming the setting.
+    """
+    from rlvr.rewards import DECIDES_CORRECTNESS
+
+    said = [t.correctness if t.correctness is not None else DECIDES_CORRECTNESS.get(t.fn) for t in terms]
+    if not any(said):
+        said = [True if s is None else s for s in said]
+    deciding = [i for i, s in enumerate(said) if s]
+    if not deciding:
+        names = ", ".join(t.fn for t in terms)
+        raise ValueError(f"no reward term decides correctness ({names}): set correctness: true on the term that says an answer is right")
+    return deciding
 
 
 def _coerce_text(x: Any) -> str:
@@ -504,7 +528,8 @@ class ProcessVerifier:
     Args:
         terms: reward terms (``RewardSpec``, or dicts with ``fn``, ``weight``,
             ``kwargs``, or bare function names).  The combined reward is
-            ``sum(weight * fn(...))``; ``correct`` is ``fn_0(...) >= 1.0``.
+            ``sum(weight * fn(...))``; ``correct``: every term that decides
+            correctness (:func:`correctness_terms`) returned >= 1.0.
         num_workers: items scored concurrently.
         timeout_s: hard wall-clock deadline per item (all terms together).
         memory_mb: address space a worker may allocate beyond its start-up
@@ -550,6 +575,7 @@ class ProcessVerifier:
         self.terms = [coerce_spec(t) for t in terms]
         if not self.terms:
             raise ValueError("at least one reward term is required")
+        self.deciding = correctness_terms(self.terms)
         if num_workers < 1:
             raise ValueError("num_workers must be >= 1")
         if not (timeout_s > 0):
@@ -903,7 +929,7 @@ class ProcessVerifier:
                             reward += t.weight * v
                             term_sums[i] += v
                             term_counts[i] += 1
-                        finish(w.idx, ScoreResult(float(reward), bool(values[0] >= 1.0), None))
+                        finish(w.idx, ScoreResult(float(reward), all(values[i] >= 1.0 for i in self.deciding), None))
                     else:
                         finish(w.idx, ScoreResult(0.0, False, msg[2]))
                     w.state = "idle"

@@ -16,8 +16,9 @@ import psutil
 from rlvr.batch import MiniBatch, Trajectory
 from rlvr.config import algorithm_preset, compose
 from rlvr.learner import LearnerConfig, UpdateConfig
+from rlvr.roles import engine_config, learner_config
 from rlvr.rollout import EngineConfig
-from rlvr.trainer import engine_config, learner_config, update_config
+from rlvr.trainer import update_config
 
 
 def tiny_learner_config(model_path: str, *overrides: str, **fields) -> LearnerConfig:
@@ -81,9 +82,9 @@ TINY = [
     "learner.lr=1e-3",
     "learner.micro_batch_size=8",
     "verifier.timeout_s=10",
-    # the first term decides correctness: odd_length, since a random model never earns the strict math
-    # term and DAPO's filter (on correctness) would drop every group
-    "verifier.terms=[{fn: 'e2e_rewards:odd_length', weight: 1.0}, {fn: math, weight: 1.0}]",
+    # odd_length decides correctness, not math: a random model never earns the strict math term and
+    # DAPO's filter (on correctness) would drop every group
+    "verifier.terms=[{fn: 'e2e_rewards:odd_length', weight: 1.0, correctness: true}, {fn: math, weight: 1.0, correctness: false}]",
 ]
 
 # metrics a fault must not change: the step's samples, rewards and gradient

@@ -13,7 +13,8 @@ from helpers import TINY, start_test_ray
 
 from rlvr.config import algorithm_preset, compose
 from rlvr.placement import ClusterTooSmall
-from rlvr.trainer import start_ray, start_roles, stop_roles, train
+from rlvr.roles import start_ray, start_roles, stop_roles
+from rlvr.trainer import train
 
 
 @pytest.fixture(scope="module")

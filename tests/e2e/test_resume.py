@@ -90,7 +90,7 @@ def test_sigkill_and_resume_matches_straight_run(tmp_path, tiny_model):
 
 def test_resume_refuses_a_different_algorithm(tmp_path, tiny_model):
     from rlvr.config import ConfigError, compose
-    from rlvr.trainer import check_resume_config
+    from rlvr.run_state import check_resume_config
 
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()

@@ -21,8 +21,8 @@ def test_an_engine_stopped_before_a_weight_sync_is_replaced_and_loaded_not_waite
     from helpers import tiny_engine_config, tiny_learner_config
 
     from rlvr.placement import node_address
+    from rlvr.roles import reload_engine
     from rlvr.rollout import RolloutEngine, RolloutPool
-    from rlvr.trainer import reload_engine
 
     host, port = ray.get(node_address.remote())
     learner = PolicyLearner.options(num_cpus=0.1).remote(tiny_learner_config(tiny_model, threads=1), 0, 1, host, port)

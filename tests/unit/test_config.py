@@ -13,7 +13,6 @@ from rlvr.cli import main
 from rlvr.config import ConfigError, algorithm_preset, compose, config_dir, validate
 from rlvr.models import resolve_model_path
 
-
 ALGORITHMS = sorted(p.stem for p in (Path(config_dir()) / "algorithm").glob("*.yaml"))
 
 
@@ -124,7 +123,7 @@ def test_validation_split_is_disjoint_from_training_and_heldout():
     from omegaconf import OmegaConf
 
     from rlvr.data import load_problems
-    from rlvr.trainer import evaluation_problems
+    from rlvr.evaluate import evaluation_problems
 
     cfg = compose(["eval.split=validation", "eval.size=64"])
     validate(cfg)
@@ -172,3 +171,5 @@ def test_cli_reports_a_missing_model_without_a_traceback(tmp_path, capsys):
 def test_bad_reward_terms_fail_before_any_actor_starts(term, message):
     with pytest.raises(ConfigError, match=r"verifier.terms\[0\]: .*" + message):
         validate(compose([f"verifier.terms=[{term}]"]))
+    with pytest.raises(ConfigError, match=r"verifier.terms: no reward term decides correctness \(format\)"):
+        validate(compose(["verifier.terms=[{fn: format}]"]))

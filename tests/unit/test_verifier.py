@@ -22,6 +22,7 @@ from rlvr.verifier import (
     ScoreRequest,
     ScoreResult,
     VerifierStartError,
+    coerce_spec,
 )
 
 TIMEOUT = 2.0  # per-item deadline of the math pool
@@ -136,6 +137,28 @@ def test_weighted_terms_and_user_function():
     assert results[1].reward == pytest.approx(1.0 + 0.0 + 0.05) and results[1].correct
     assert results[2].reward == pytest.approx(0.0 + 0.1 + 0.45) and not results[2].correct
     assert stats["term_mean/1:format"] == pytest.approx(0.2 / 3)
+
+
+def test_correct_is_a_named_property_of_the_terms_not_their_order():
+    """Which terms say an answer is right: their `correctness`, or the builtins' own (math and exact
+    decide, format shapes); a user function decides when nothing else does."""
+    from rlvr.verifier import correctness_terms
+
+    fmt = {"fn": "format", "kwargs": {"bonus": 1.0}}
+    assert correctness_terms([coerce_spec(fmt), coerce_spec("math")]) == [1]
+    assert correctness_terms([coerce_spec("math"), coerce_spec(fmt)]) == [0]
+    assert correctness_terms([coerce_spec("reward_fns_for_tests:length_bonus"), coerce_spec(fmt)]) == [0]
+    assert correctness_terms([coerce_spec("math"), coerce_spec("reward_fns_for_tests:length_bonus")]) == [0]
+    own = {"fn": "reward_fns_for_tests:length_bonus", "correctness": True}
+    assert correctness_terms([coerce_spec({"fn": "math", "correctness": False}), coerce_spec(own)]) == [1]
+    with pytest.raises(ValueError, match="no reward term decides correctness \\(format\\): set correctness: true"):
+        correctness_terms([coerce_spec(fmt)])
+    with pytest.raises(ValueError, match="correctness must be true, false or null"):
+        coerce_spec({"fn": "math", "correctness": "yes"})
+    # format first, math second: a boxed wrong answer earns the format bonus and is still not correct
+    with ProcessVerifier([fmt, "math"], num_workers=1, timeout_s=TIMEOUT, num_spares=0) as v:
+        results, _ = v.score([ScoreRequest(r"\boxed{4}", "4"), ScoreRequest(r"\boxed{5}", "4")])
+    assert [r.correct for r in results] == [True, False] and results[1].reward == pytest.approx(1.0)
 
 
 def test_bad_specs_fail_fast():

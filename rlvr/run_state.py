@@ -1,0 +1,165 @@
+"""What a run leaves and resumes from: its records (metrics, decisions, per-prompt evaluation;
+TensorBoard and wandb when asked), the console line, the checkpoint's driver state and RNGs, and
+the signals that stop it after a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import signal
+import threading
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from rlvr.checkpoint import save_checkpoint
+from rlvr.config import ConfigError
+from rlvr.lora import BEFORE_LORA
+
+log = logging.getLogger("rlvr")
+
+
+class MetricsLog:
+    """metrics.jsonl in the run directory, plus TensorBoard / wandb when configured."""
+
+    def __init__(self, run_dir: Path, cfg: DictConfig):
+        self.file = open(run_dir / "metrics.jsonl", "a", buffering=1) if cfg.logging.jsonl else None
+        self.decisions = open(run_dir / "decisions.jsonl", "a", buffering=1)
+        self.eval = open(run_dir / "eval.jsonl", "a", buffering=1)  # per held-out prompt, for bootstrap CIs
+        self.tb = self.wandb = None
+        if cfg.logging.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        if cfg.logging.wandb:
+            import wandb
+
+            self.wandb = wandb.init(
+                project=cfg.logging.wandb_project,
+                dir=str(run_dir),
+                mode=cfg.logging.wandb_mode,
+                config=OmegaConf.to_container(cfg, resolve=True),
+            )
+
+    def write(self, step: int, metrics: dict, decisions: list[dict] = (), eval_records: list[dict] = ()) -> None:
+        record = {"step": step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+        if self.file:
+            self.file.write(json.dumps(record) + "\n")
+        for d in decisions:
+            self.decisions.write(json.dumps({"step": step, **d}) + "\n")
+        for r in eval_records:
+            self.eval.write(json.dumps({"step": step, **r}) + "\n")
+        if self.tb:
+            for k, v in record.items():
+                self.tb.add_scalar(k, v, step)
+        if self.wandb:
+            self.wandb.log(record, step=step)
+
+    def close(self) -> None:
+        for f in (self.file, self.decisions, self.eval):
+            if f:
+                f.close()
+        if self.tb:
+            self.tb.close()
+        if self.wandb:
+            self.wandb.finish()
+
+
+def console_line(step: int, total: int, m: dict) -> str:
+    t = lambda k: m.get(f"time/{k}", 0.0)  # noqa: E731
+    parts = [
+        f"step {step}/{total}",
+        f"reward {m['reward']:.3f}",
+        f"acc {m['accuracy']:.3f}",
+    ]
+    if "eval/accuracy" in m:
+        parts.append(f"heldout {m['eval/accuracy']:.3f}")
+    parts += [
+        f"rollouts {int(m.get('rollouts', 0))}",
+        f"len {m['response_length']:.0f}",
+        f"time gen {t('generate'):.1f}s verify {t('verify'):.1f}s value {t('value'):.1f}s "
+        f"learn {t('learn'):.1f}s sync {t('sync'):.1f}s",
+    ]
+    if "v05/accepted" in m:
+        parts.append(f"v05 acc/shr/rej {m['v05/accepted']}/{m['v05/shrunk']}/{m['v05/rejected']}")
+    if m.get("learner/optimizer_steps", 1) > 1:
+        parts.append(f"updates {m['learner/optimizer_steps']} clip lo/hi {m['learner/clip_frac_low']:.3f}/{m['learner/clip_frac_high']:.3f}")
+    if m.get("async/stale_dropped"):
+        parts.append(f"stale dropped {m['async/stale_dropped']}")
+    restarts = {k.split("/")[1].removesuffix("_restarts"): v for k, v in m.items() if k.startswith("faults/") and k.endswith("_restarts") and v}
+    if restarts:
+        parts.append("restarts " + " ".join(f"{r} {n}" for r, n in restarts.items()) + f" ({m['faults/seconds_lost']:.1f}s lost)")
+    return " | ".join(parts)
+
+
+GUARDED_KEYS = ("model.path", "model.lora.rank", "model.lora.target_modules", "algorithm.name", "algorithm.estimator", "algorithm.loss", "weighting.name")
+
+
+def check_resume_config(ckpt: Path, cfg: DictConfig) -> None:
+    """Refuse to resume a checkpoint into a different model or algorithm, unless allowed."""
+    saved = OmegaConf.load(ckpt / "config.yaml")
+    saved_value = lambda k: OmegaConf.select(saved, k, default=BEFORE_LORA.get(k))  # noqa: E731
+    changed = [f"{k}: {saved_value(k)!r} -> {OmegaConf.select(cfg, k)!r}" for k in GUARDED_KEYS if saved_value(k) != OmegaConf.select(cfg, k)]
+    if changed and not cfg.resume.allow_config_change:
+        raise ConfigError(
+            f"resume: checkpoint {ckpt} was written with a different config ({'; '.join(changed)}). "
+            "Pass resume.allow_config_change=true to resume anyway, or resume=never to start fresh."
+        )
+
+
+def save_training_state(run_dir: Path, step: int, roles: dict, state: dict, cfg: DictConfig) -> Path:
+    """`state["value"]`, when given, is the value server's state as of the trained batch (async runs:
+    the server has already seen the batches generated ahead); otherwise it is read from the server."""
+
+    def write(tmp: Path) -> None:
+        ray.get([l.save_checkpoint.remote(str(tmp / "learner"), "policy") for l in roles["learners"]])
+        value_state = state.get("value")
+        if value_state is None and roles["value"] is not None:
+            value_state = roles["value"].call("state_dict")
+        torch.save({**state, "value": value_state}, tmp / "trainer_state.pt")
+        (tmp / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    return save_checkpoint(run_dir, step, write, keep=cfg.trainer.keep_checkpoints)
+
+
+def load_training_state(ckpt: Path, roles: dict) -> dict:
+    ray.get([l.load_checkpoint.remote(str(ckpt / "learner"), "policy") for l in roles["learners"]])
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    if roles["value"] is not None and state.get("value") is not None:
+        roles["value"].load(state["value"])
+    return state
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+class StopRequest:
+    """SIGTERM/SIGINT ask the loop to checkpoint after the current step and exit; a second one aborts."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.previous[sig] = signal.signal(sig, self.handle)
+
+    def handle(self, signum, frame):
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+        log.warning("received %s: saving a checkpoint after this step, then stopping", signal.Signals(signum).name)
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)

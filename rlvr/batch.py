@@ -90,6 +90,7 @@ class Batch:
     stream_state: dict | None = None  # the prompt stream right after this batch was drawn
     value_state: dict | None = None  # the value server right after this batch (async runs)
     controller_state: dict | None = None  # the BudgetController right after this batch
+    oracle: dict | None = None  # rlvr.oracle.sample_oracle's answer for this batch's prompts, when measured
 
     def __post_init__(self) -> None:
         for i, g in enumerate(self.groups):

@@ -115,6 +115,12 @@ def validate(cfg: DictConfig) -> None:
     if a.warmup_prompts:
         _check(preset.sampling == "adaptive", "algorithm.warmup_prompts", f"warms up V0.5's value context (sampling=adaptive); {preset.sampling} has none to fill")
     _check(cfg.weighting.name in WEIGHTINGS, "weighting.name", f"unknown {cfg.weighting.name!r}; known: {', '.join(WEIGHTINGS)}")
+    oracle = cfg.eval.oracle
+    _check(oracle.samples >= 0, "eval.oracle.samples", f"must be >= 0 (0 = off), got {oracle.samples}")
+    _check(oracle.every >= 1, "eval.oracle.every", f"must be >= 1, got {oracle.every}")
+    if oracle.samples:
+        _check(cfg.trainer.max_staleness == 0, "eval.oracle.samples",
+               f"the oracle measures at the weights that sampled the batch: synchronous runs only (trainer.max_staleness=0, got {cfg.trainer.max_staleness})")
     _check(cfg.eval.split in ("heldout", "validation"), "eval.split", f"unknown {cfg.eval.split!r}; known: heldout, validation")
     if cfg.eval.split == "validation":
         _check(

@@ -30,6 +30,7 @@ class MetricsLog:
         self.file = open(run_dir / "metrics.jsonl", "a", buffering=1) if cfg.logging.jsonl else None
         self.decisions = open(run_dir / "decisions.jsonl", "a", buffering=1)
         self.eval = open(run_dir / "eval.jsonl", "a", buffering=1)  # per held-out prompt, for bootstrap CIs
+        self.oracle = open(run_dir / "oracle.jsonl", "a", buffering=1) if cfg.eval.oracle.samples else None  # per training prompt
         self.tb = self.wandb = None
         if cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -45,7 +46,7 @@ class MetricsLog:
                 config=OmegaConf.to_container(cfg, resolve=True),
             )
 
-    def write(self, step: int, metrics: dict, decisions: list[dict] = (), eval_records: list[dict] = ()) -> None:
+    def write(self, step: int, metrics: dict, decisions: list[dict] = (), eval_records: list[dict] = (), oracle_records: list[dict] = ()) -> None:
         record = {"step": step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
         if self.file:
             self.file.write(json.dumps(record) + "\n")
@@ -53,6 +54,8 @@ class MetricsLog:
             self.decisions.write(json.dumps({"step": step, **d}) + "\n")
         for r in eval_records:
             self.eval.write(json.dumps({"step": step, **r}) + "\n")
+        for r in oracle_records:
+            self.oracle.write(json.dumps({"step": step, **r}) + "\n")
         if self.tb:
             for k, v in record.items():
                 self.tb.add_scalar(k, v, step)
@@ -60,7 +63,7 @@ class MetricsLog:
             self.wandb.log(record, step=step)
 
     def close(self) -> None:
-        for f in (self.file, self.decisions, self.eval):
+        for f in (self.file, self.decisions, self.eval, self.oracle):
             if f:
                 f.close()
         if self.tb:

@@ -43,6 +43,7 @@ from rlvr.evaluate import evaluate, evaluation_problems
 from rlvr.faults import RoleFailed
 from rlvr.learner import UpdateConfig
 from rlvr.models import resolve_model_path
+from rlvr.oracle import oracle_metrics, sample_oracle
 from rlvr.placement import check_fits, cluster_nodes
 from rlvr.roles import fault_metrics, learners_lost, restart_learners, role_plan, running_roles, start_ray
 from rlvr.rollout import SamplingConfig
@@ -373,6 +374,8 @@ def train(cfg: DictConfig) -> dict:
             if k and roles["value"] is not None:  # the server moves on with the batches generated ahead
                 batch.value_state = roles["value"].state  # the controller's snapshot after this batch
             batch.stats["time/collect"] = time.perf_counter() - start
+            if cfg.eval.oracle.samples and step % cfg.eval.oracle.every == 0:  # p* at the weights that sampled the batch
+                batch.oracle = sample_oracle(rollout, verifier, batch, render, sampling, cfg.eval.oracle.samples, cfg.seed * 100003 + step + 10**7)
             return batch
 
         from tqdm import tqdm
@@ -398,14 +401,17 @@ def train(cfg: DictConfig) -> dict:
                         m["gen_tokens_per_s"] = m.get("gen_tokens", 0) / max(m.get("time/generate", 1e-9), 1e-9)
                         m.update(fault_metrics(roles, learner_faults))
                         # 5. metrics
-                        eval_records = []
+                        eval_records, oracle_records = [], []
+                        if batch.oracle is not None:
+                            oracle_m, oracle_records = oracle_metrics(batch, batch.oracle, cfg.algorithm.n)
+                            m.update(oracle_m)
                         if cfg.trainer.eval_every and (step % cfg.trainer.eval_every == 0 or step == total):
                             eval_start = time.perf_counter()
                             every = cfg.eval.pass_at_k_every
                             sampled = not every or step % every == 0 or step == total
                             m.update(evaluate(rollout, verifier, eval_problems, render, cfg, cfg.seed + 10**6 + step, sampled, eval_records))
                             m["time/eval"] = time.perf_counter() - eval_start
-                        metrics_log.write(step, m, batch.decisions, eval_records)
+                        metrics_log.write(step, m, batch.decisions, eval_records, oracle_records)
                         history.append({"step": step, **m})
                         bar.update(1)
                         tqdm.write(console_line(step, total, m), file=sys.stdout)

@@ -110,6 +110,7 @@ RESUME_ARGS = [
     "learner.lr=1e-3",
     "learner.mini_batches=2",  # the recomputed-pi_old path, with its seeded mini-batch split
     "verifier.terms=[{fn: math, weight: 1.0}, {fn: 'e2e_rewards:odd_length', weight: 1.0}]",
+    "eval.oracle.samples=4",  # the oracle's figures must come back the same after a resume
 ]
 
 

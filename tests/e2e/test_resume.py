@@ -31,6 +31,7 @@ DETERMINISTIC = [
     "reward", "accuracy", "rollouts", "response_length", "learner/loss", "learner/pg_loss", "learner/entropy", "learner/grad_norm",
     "learner/clip_frac", "learner/ratio_max", "learner/optimizer_steps",
     "v05/prior_err_sd", "v05/invalid_rate", "v05/window", "v05/extra_mean",
+    "oracle/p_star_mean", "oracle/se_v05", "oracle/se_prior", "oracle/sign_disagree",
 ]
 
 

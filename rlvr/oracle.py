@@ -1,0 +1,87 @@
+"""An oracle in the live loop: each training prompt's success rate p* at the current weights, and
+how far each baseline the methods use is from it (issue "Evidence that decides").
+
+At the steps `eval.oracle.every` names, after the step's batch is collected and before its update
+(so the engines still hold the weights that sampled it), the engines draw `eval.oracle.samples`
+(M) more answers to each of the batch's prompts, seeded apart from training and scored by the
+same verifier. Their success rate is p*, with the binomial variance p*(1 − p*)/M. The samples are
+never trained on, never enter the value context and are not counted in `rollouts`; their time is
+`time/oracle`. Synchronous runs only: an async run's engines may already hold newer weights.
+
+What is measured per prompt, on correctness (what every baseline estimates), against p*:
+- the group mean of the first n0 rollouts (GRPO's baseline at the base spend), RLOO's
+  leave-one-out means of those n0, and the group mean of all the prompt's rollouts (the spend the
+  method actually made: V0.5's, with its extra rollouts);
+- V0.5's fused baseline b and the value model's prior alone, when the run has them;
+- whether each rollout's advantage has the sign of its oracle advantage c − p* (a zero advantage
+  where c − p* is not zero, as GRPO gives a uniform group, counts as a disagreement).
+Every squared error carries the same oracle noise, E = error² + p*(1 − p*)/M on average, so the
+baselines compare fairly; `oracle/p_star_var` is that noise, to subtract for absolute figures.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from rlvr.batch import Batch
+from rlvr.rollout import GenerationRequest, SamplingConfig
+
+__all__ = ["oracle_metrics", "sample_oracle"]
+
+
+def sample_oracle(rollout, verifier, batch: Batch, render, sampling: SamplingConfig, samples: int, seed: int) -> dict:
+    """M seeded samples of each of the batch's prompts, scored: {"successes": [...], "samples": M, "seconds": s}."""
+    start = time.perf_counter()
+    from rlvr.verifier import ScoreRequest
+
+    problems = [g.problem for g in batch.groups]
+    outs = rollout.generate([GenerationRequest(i, render(p), samples) for i, p in enumerate(problems)], sampling, seed)
+    results, _ = verifier.call("score", [ScoreRequest.for_problem(s.text, problems[s.prompt_index]) for s in outs])
+    successes = [0] * len(problems)
+    for s, r in zip(outs, results):
+        successes[s.prompt_index] += int(r.correct)
+    return {"successes": successes, "samples": samples, "seconds": time.perf_counter() - start}
+
+
+def oracle_metrics(batch: Batch, oracle: dict, n0: int) -> tuple[dict[str, float], list[dict]]:
+    """The step's means over prompts (`oracle/*`) and one record per prompt, from a batch whose
+    advantages are set and the oracle's successes of its prompts."""
+    m_samples = oracle["samples"]
+    p_star = torch.tensor(oracle["successes"], dtype=torch.float64) / m_samples
+    priors = {d["uid"]: d["prior"] for d in batch.decisions}
+    records, errors = [], {"se_mean_n0": [], "se_rloo": [], "se_mean_spend": [], "se_v05": [], "se_prior": []}
+    disagree, zero = 0, 0
+    for g, p in zip(batch.groups, p_star.tolist()):
+        c = torch.tensor([float(t.correct) for t in g.trajectories], dtype=torch.float64)
+        first = c[:n0]
+        errors["se_mean_n0"].append((float(first.mean()) - p) ** 2)
+        if len(first) > 1:
+            loo = (first.sum() - first) / (len(first) - 1)
+            errors["se_rloo"].append(float(((loo - p) ** 2).mean()))
+        errors["se_mean_spend"].append((float(c.mean()) - p) ** 2)
+        record = {"uid": g.problem.uid, "p_star": p, "samples": m_samples, "n": len(c), "mean_n0": float(first.mean()),
+                  "mean_spend": float(c.mean())}
+        if g.baseline is not None:
+            errors["se_v05"].append((g.baseline - p) ** 2)
+            record["baseline"] = g.baseline
+        if g.problem.uid in priors:
+            errors["se_prior"].append((priors[g.problem.uid] - p) ** 2)
+            record["prior"] = priors[g.problem.uid]
+        for t in g.trajectories:
+            target = float(t.correct) - p
+            zero += t.advantage == 0
+            disagree += (t.advantage > 0) != (target > 0) or (t.advantage == 0) != (target == 0)
+        records.append(record)
+    rollouts = max(sum(len(g.trajectories) for g in batch.groups), 1)
+    metrics = {f"oracle/{k}": sum(v) / len(v) for k, v in errors.items() if v}
+    metrics.update({
+        "oracle/p_star_mean": float(p_star.mean()),
+        "oracle/p_star_var": float((p_star * (1 - p_star) / m_samples).mean()),
+        "oracle/sign_disagree": disagree / rollouts,
+        "oracle/zero_advantage": zero / rollouts,
+        "oracle/samples": float(m_samples),
+        "time/oracle": oracle["seconds"],
+    })
+    return metrics, records

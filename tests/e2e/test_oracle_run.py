@@ -1,0 +1,35 @@
+"""The oracle in the live loop (eval.oracle.*) measures and changes nothing it measures: the same
+run with and without it trains on the same batches, makes the same V0.5 decisions, and spends the
+same rollouts. (A resumed run logs the same oracle figures: tests/e2e/test_resume.py.)"""
+
+import json
+
+import pytest
+from helpers import SAME, TINY
+
+from rlvr.config import compose
+from rlvr.trainer import train
+
+BASE = TINY + ["algorithm=v05", "algorithm.warmup_prompts=4", "trainer.eval_every=0", "eval.at_start=false", "trainer.save_every=0"]
+
+
+@pytest.mark.slow
+def test_the_oracle_changes_neither_the_batch_nor_the_value_context_nor_the_spend(tmp_path, ray_session, tiny_model):
+    plain = {h["step"]: h for h in train(compose(BASE + [f"run_dir={tmp_path / 'plain'}"]))["history"]}
+    run_dir = tmp_path / "oracle"
+    measured = {h["step"]: h for h in train(compose(BASE + ["eval.oracle.samples=6", f"run_dir={run_dir}"]))["history"]}
+    for step in (1, 2):
+        for key in SAME + ("v05/window", "v05/extra_mean", "v05/prior_brier"):
+            expected = pytest.approx(plain[step][key], rel=1e-5) if key.startswith("learner/") else plain[step][key]
+            assert measured[step][key] == expected, (step, key)
+        assert 0 <= measured[step]["oracle/p_star_mean"] <= 1 and measured[step]["time/oracle"] > 0
+        assert {"oracle/se_mean_n0", "oracle/se_rloo", "oracle/se_v05", "oracle/se_prior", "oracle/sign_disagree"} <= set(measured[step])
+        assert not any(k.startswith("oracle/") for k in plain[step])
+    decisions = [(tmp_path / name / "decisions.jsonl").read_text() for name in ("plain", "oracle")]
+    assert decisions[0] == decisions[1]  # step 2's priors read a value context the oracle never entered
+    records = [json.loads(line) for line in (run_dir / "oracle.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1] * 4 + [2] * 4  # every training prompt, at every step (every=1)
+    for r in records:
+        assert r["samples"] == 6 and 0 <= r["p_star"] <= 1 and r["p_star"] * 6 == pytest.approx(round(r["p_star"] * 6))
+        assert r["n"] >= 4 and "baseline" in r and "prior" in r
+    assert not (tmp_path / "plain" / "oracle.jsonl").exists()

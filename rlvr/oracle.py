@@ -28,7 +28,7 @@ import torch
 from rlvr.batch import Batch
 from rlvr.rollout import GenerationRequest, SamplingConfig
 
-__all__ = ["oracle_metrics", "sample_oracle"]
+__all__ = ["oracle_metrics", "report", "sample_oracle"]
 
 
 def sample_oracle(rollout, verifier, batch: Batch, render, sampling: SamplingConfig, samples: int, seed: int) -> dict:
@@ -57,12 +57,13 @@ def oracle_metrics(batch: Batch, oracle: dict, n0: int) -> tuple[dict[str, float
         c = torch.tensor([float(t.correct) for t in g.trajectories], dtype=torch.float64)
         first = c[:n0]
         errors["se_mean_n0"].append((float(first.mean()) - p) ** 2)
+        record = {"uid": g.problem.uid, "p_star": p, "samples": m_samples, "n": len(c), "mean_n0": float(first.mean()),
+                  "mean_spend": float(c.mean())}
         if len(first) > 1:
             loo = (first.sum() - first) / (len(first) - 1)
             errors["se_rloo"].append(float(((loo - p) ** 2).mean()))
+            record["se_rloo"] = errors["se_rloo"][-1]
         errors["se_mean_spend"].append((float(c.mean()) - p) ** 2)
-        record = {"uid": g.problem.uid, "p_star": p, "samples": m_samples, "n": len(c), "mean_n0": float(first.mean()),
-                  "mean_spend": float(c.mean())}
         if g.baseline is not None:
             errors["se_v05"].append((g.baseline - p) ** 2)
             record["baseline"] = g.baseline
@@ -85,3 +86,38 @@ def oracle_metrics(batch: Batch, oracle: dict, n0: int) -> tuple[dict[str, float
         "time/oracle": oracle["seconds"],
     })
     return metrics, records
+
+
+BASELINES = {"mean_n0": "group mean, first n0", "rloo": "RLOO leave-one-out (first n0)", "mean_spend": "group mean at the spend made",
+             "v05": "V0.5 fused baseline", "prior": "value prior alone"}
+
+
+def report(records: list[dict], reps: int = 2000, seed: int = 0) -> dict:
+    """Each baseline's mean squared error against p* over the (step, prompt) records of
+    oracle.jsonl, less the oracle's own noise p*(1 − p*)/M, with a 95 % bootstrap interval over
+    records; and each one's ratio to the group mean of the first n0 (paired, same resamples)."""
+    import numpy as np
+
+    p = np.array([r["p_star"] for r in records])
+    noise = p * (1 - p) / np.array([r["samples"] for r in records])
+    se = {"mean_n0": (np.array([r["mean_n0"] for r in records]) - p) ** 2,
+          "mean_spend": (np.array([r["mean_spend"] for r in records]) - p) ** 2}
+    if all("se_rloo" in r for r in records):
+        se["rloo"] = np.array([r["se_rloo"] for r in records])
+    for key, field in (("v05", "baseline"), ("prior", "prior")):
+        if records and all(field in r for r in records):
+            se[key] = (np.array([r[field] for r in records]) - p) ** 2
+    idx = np.random.default_rng(seed).integers(0, len(records), size=(reps, len(records)))
+    out = {"records": len(records), "p_star_mean": float(p.mean()), "oracle_noise": float(noise.mean()), "baselines": {}}
+    base = se["mean_n0"][idx].mean(1) - noise[idx].mean(1)
+    for key, v in se.items():
+        mse = v[idx].mean(1) - noise[idx].mean(1)
+        ratio = mse / np.where(base > 0, base, np.nan)
+        out["baselines"][key] = {
+            "what": BASELINES[key],
+            "mse": float(v.mean() - noise.mean()),
+            "mse_ci95": [float(np.percentile(mse, 2.5)), float(np.percentile(mse, 97.5))],
+            "over_mean_n0": float((v.mean() - noise.mean()) / max(se["mean_n0"].mean() - noise.mean(), 1e-12)),
+            "over_mean_n0_ci95": [float(np.nanpercentile(ratio, 2.5)), float(np.nanpercentile(ratio, 97.5))],
+        }
+    return out

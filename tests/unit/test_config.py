@@ -88,6 +88,9 @@ def test_unknown_group_option_lists_the_choices():
         ("algorithm=dapo algorithm.filter_metric=length", "filter_metric"),
         ("algorithm=grpo algorithm.warmup_prompts=8", "algorithm.warmup_prompts"),
         ("algorithm=v05 algorithm.warmup_prompts=-1", "algorithm.warmup_prompts"),
+        ("eval.oracle.samples=-1", "eval.oracle.samples"),
+        ("eval.oracle.every=0", "eval.oracle.every"),
+        ("eval.oracle.samples=8 trainer.max_staleness=1", "eval.oracle.samples: the oracle measures at the weights that sampled the batch"),
     ],
 )
 def test_bad_values_name_the_key(override, key):

@@ -30,7 +30,8 @@ def test_each_baseline_is_scored_against_the_oracle_success_rate():
     assert m["oracle/p_star_mean"] == pytest.approx(0.375)
     assert m["oracle/p_star_var"] == pytest.approx((0.25 / 16 + 0.1875 / 16) / 2)
     assert m["time/oracle"] == 1.5 and m["oracle/samples"] == 16
-    assert records[0] == {"uid": "a", "p_star": 0.5, "samples": 16, "n": 6, "mean_n0": 0.25, "mean_spend": 0.5, "baseline": 0.45, "prior": 0.3}
+    assert records[0] == {"uid": "a", "p_star": 0.5, "samples": 16, "n": 6, "mean_n0": 0.25, "mean_spend": 0.5, "se_rloo": pytest.approx(loo_a),
+                          "baseline": 0.45, "prior": 0.3}
     assert records[1]["n"] == 4 and records[1]["p_star"] == 0.25
 
 
@@ -39,3 +40,19 @@ def test_a_run_without_baselines_or_priors_reports_what_it_has():
     m, records = oracle_metrics(batch, {"successes": [3], "samples": 4, "seconds": 0.1}, n0=4)
     assert "oracle/se_v05" not in m and "oracle/se_prior" not in m and "baseline" not in records[0]
     assert m["oracle/sign_disagree"] == 0.0 and m["oracle/se_mean_n0"] == pytest.approx(0.25**2)
+
+
+def test_the_report_subtracts_the_oracle_noise_and_pairs_the_ratios():
+    from rlvr.oracle import report
+
+    records = [{"p_star": p, "samples": 8, "mean_n0": m, "mean_spend": s, "se_rloo": 0.05, "baseline": b, "prior": 0.5}
+               for p, m, s, b in [(0.5, 0.25, 0.5, 0.45), (0.25, 0.0, 0.125, 0.2), (1.0, 1.0, 1.0, 0.9), (0.0, 0.25, 0.0, 0.1)]]
+    out = report(records, reps=500)
+    noise = (0.25 / 8 + 0.1875 / 8) / 4
+    assert out["records"] == 4 and out["oracle_noise"] == pytest.approx(noise)
+    n0 = out["baselines"]["mean_n0"]
+    assert n0["mse"] == pytest.approx((0.0625 + 0.0625 + 0 + 0.0625) / 4 - noise)
+    assert n0["over_mean_n0"] == pytest.approx(1.0) and n0["mse_ci95"][0] <= n0["mse"] <= n0["mse_ci95"][1]
+    v05 = out["baselines"]["v05"]
+    assert v05["mse"] == pytest.approx((0.0025 + 0.0025 + 0.01 + 0.01) / 4 - noise)
+    assert set(out["baselines"]) == {"mean_n0", "mean_spend", "rloo", "v05", "prior"}

@@ -13,8 +13,9 @@ What is measured per prompt, on correctness (what every baseline estimates), aga
   leave-one-out means of those n0, and the group mean of all the prompt's rollouts (the spend the
   method actually made: V0.5's, with its extra rollouts);
 - V0.5's fused baseline b and the value model's prior alone, when the run has them;
-- whether each rollout's advantage has the sign of its oracle advantage c − p* (a zero advantage
-  where c − p* is not zero, as GRPO gives a uniform group, counts as a disagreement).
+- whether each rollout's advantage has the sign of its oracle advantage c − p*, over the rollouts
+  where that is not zero (p* strictly between 0 and 1); a zero advantage, as GRPO gives a uniform
+  group, counts as a disagreement.
 Every squared error carries the same oracle noise, E = error² + p*(1 − p*)/M on average, so the
 baselines compare fairly; `oracle/p_star_var` is that noise, to subtract for absolute figures.
 """
@@ -52,7 +53,7 @@ def oracle_metrics(batch: Batch, oracle: dict, n0: int) -> tuple[dict[str, float
     p_star = torch.tensor(oracle["successes"], dtype=torch.float64) / m_samples
     priors = {d["uid"]: d["prior"] for d in batch.decisions}
     records, errors = [], {"se_mean_n0": [], "se_rloo": [], "se_mean_spend": [], "se_v05": [], "se_prior": []}
-    disagree, zero = 0, 0
+    disagree, zero, signed = 0, 0, 0
     for g, p in zip(batch.groups, p_star.tolist()):
         c = torch.tensor([float(t.correct) for t in g.trajectories], dtype=torch.float64)
         first = c[:n0]
@@ -73,14 +74,16 @@ def oracle_metrics(batch: Batch, oracle: dict, n0: int) -> tuple[dict[str, float
         for t in g.trajectories:
             target = float(t.correct) - p
             zero += t.advantage == 0
-            disagree += (t.advantage > 0) != (target > 0) or (t.advantage == 0) != (target == 0)
+            if target != 0:  # p* of 0 or 1: the oracle gives no sign to agree with
+                signed += 1
+                disagree += t.advantage == 0 or (t.advantage > 0) != (target > 0)
         records.append(record)
     rollouts = max(sum(len(g.trajectories) for g in batch.groups), 1)
     metrics = {f"oracle/{k}": sum(v) / len(v) for k, v in errors.items() if v}
     metrics.update({
         "oracle/p_star_mean": float(p_star.mean()),
         "oracle/p_star_var": float((p_star * (1 - p_star) / m_samples).mean()),
-        "oracle/sign_disagree": disagree / rollouts,
+        "oracle/sign_disagree": disagree / max(signed, 1),
         "oracle/zero_advantage": zero / rollouts,
         "oracle/samples": float(m_samples),
         "time/oracle": oracle["seconds"],
@@ -109,15 +112,13 @@ def report(records: list[dict], reps: int = 2000, seed: int = 0) -> dict:
             se[key] = (np.array([r[field] for r in records]) - p) ** 2
     idx = np.random.default_rng(seed).integers(0, len(records), size=(reps, len(records)))
     out = {"records": len(records), "p_star_mean": float(p.mean()), "oracle_noise": float(noise.mean()), "baselines": {}}
-    base = se["mean_n0"][idx].mean(1) - noise[idx].mean(1)
-    for key, v in se.items():
-        mse = v[idx].mean(1) - noise[idx].mean(1)
-        ratio = mse / np.where(base > 0, base, np.nan)
-        out["baselines"][key] = {
-            "what": BASELINES[key],
-            "mse": float(v.mean() - noise.mean()),
-            "mse_ci95": [float(np.percentile(mse, 2.5)), float(np.percentile(mse, 97.5))],
-            "over_mean_n0": float((v.mean() - noise.mean()) / max(se["mean_n0"].mean() - noise.mean(), 1e-12)),
-            "over_mean_n0_ci95": [float(np.nanpercentile(ratio, 2.5)), float(np.nanpercentile(ratio, 97.5))],
-        }
+    boot = {key: v[idx].mean(1) - noise[idx].mean(1) for key, v in se.items()}
+    point = {key: float(v.mean() - noise.mean()) for key, v in se.items()}
+    for key in se:
+        row = {"what": BASELINES[key], "mse": point[key], "mse_ci95": [float(np.percentile(boot[key], 2.5)), float(np.percentile(boot[key], 97.5))]}
+        for ref in ("mean_n0", "mean_spend"):  # paired: the same resamples for both
+            ratio = boot[key] / np.where(boot[ref] > 0, boot[ref], np.nan)
+            row[f"over_{ref}"] = point[key] / max(point[ref], 1e-12)
+            row[f"over_{ref}_ci95"] = [float(np.nanpercentile(ratio, 2.5)), float(np.nanpercentile(ratio, 97.5))]
+        out["baselines"][key] = row
     return out

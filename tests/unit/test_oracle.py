@@ -40,6 +40,9 @@ def test_a_run_without_baselines_or_priors_reports_what_it_has():
     m, records = oracle_metrics(batch, {"successes": [3], "samples": 4, "seconds": 0.1}, n0=4)
     assert "oracle/se_v05" not in m and "oracle/se_prior" not in m and "baseline" not in records[0]
     assert m["oracle/sign_disagree"] == 0.0 and m["oracle/se_mean_n0"] == pytest.approx(0.25**2)
+    # p* = 1: no oracle sign, so no rollout can disagree with it
+    m, _ = oracle_metrics(batch, {"successes": [4], "samples": 4, "seconds": 0.1}, n0=4)
+    assert m["oracle/sign_disagree"] == 0.0
 
 
 def test_the_report_subtracts_the_oracle_noise_and_pairs_the_ratios():

@@ -4,26 +4,56 @@ For a change that must not change behaviour (a refactor): run the default job fo
 before and after it, then `python scripts/compare_records.py RUN_BEFORE RUN_AFTER`. Timings are
 left out; any other value that differs (beyond a relative 1e-6) is listed. Prints JSON.
 """
-import json, sys, math
-a, b = sys.argv[1], sys.argv[2]
-def load(d, f):
-    try: return [json.loads(l) for l in open(f"{d}/{f}")]
-    except FileNotFoundError: return []
-report = {}
-for f in ("metrics.jsonl", "decisions.jsonl", "eval.jsonl"):
-    ra, rb = load(a, f), load(b, f)
-    diffs, maxrel = [], 0.0
-    for x, y in zip(ra, rb):
-        for k in sorted(set(x) | set(y)):
-            if k.startswith("time/") or k.endswith("seconds") or k in ("learner/peak_rss_mb", "sync/gb_per_s", "sync/load_s", "learner/seconds") or "_s" == k[-2:]:
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+FILES = ("metrics.jsonl", "decisions.jsonl", "eval.jsonl")
+TIMINGS = ("learner/peak_rss_mb", "sync/gb_per_s", "sync/load_s", "learner/seconds", "gen_tokens_per_s")
+
+
+def is_timing(key: str) -> bool:
+    return key.startswith("time/") or key.endswith("seconds") or key.endswith("_s") or key in TIMINGS
+
+
+def load(run: Path, name: str) -> list[dict]:
+    path = run / name
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def differences(before: list[dict], after: list[dict]) -> tuple[list[tuple], float]:
+    diffs, max_rel = [], 0.0
+    for x, y in zip(before, after):
+        for key in sorted(set(x) | set(y)):
+            u, v = x.get(key), y.get(key)
+            if is_timing(key) or u == v:
                 continue
-            u, v = x.get(k), y.get(k)
-            if u == v: continue
-            if isinstance(u, float) and isinstance(v, float) and (math.isnan(u) and math.isnan(v)): continue
+            if isinstance(u, float) and isinstance(v, float) and math.isnan(u) and math.isnan(v):
+                continue
             if isinstance(u, (int, float)) and isinstance(v, (int, float)):
-                rel = abs(u - v) / max(abs(u), abs(v), 1e-12); maxrel = max(maxrel, rel)
-                if rel > 1e-6: diffs.append((x.get("step"), k, u, v))
-            else:
-                diffs.append((x.get("step"), k, u, v))
-    report[f] = {"records": [len(ra), len(rb)], "differing": len(diffs), "max_rel_diff": maxrel, "first": diffs[:8]}
-print(json.dumps(report, indent=1, default=str))
+                rel = abs(u - v) / max(abs(u), abs(v), 1e-12)
+                max_rel = max(max_rel, rel)
+                if rel <= 1e-6:
+                    continue
+            diffs.append((x.get("step"), key, u, v))
+    return diffs, max_rel
+
+
+def main() -> None:
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    before, after = Path(sys.argv[1]), Path(sys.argv[2])
+    report = {}
+    for name in FILES:
+        a, b = load(before, name), load(after, name)
+        diffs, max_rel = differences(a, b)
+        report[name] = {"records": [len(a), len(b)], "differing": len(diffs), "max_rel_diff": max_rel, "first": diffs[:8]}
+    print(json.dumps(report, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -119,6 +119,7 @@ def report(records: list[dict], reps: int = 2000, seed: int = 0) -> dict:
         for ref in ("mean_n0", "mean_spend"):  # paired: the same resamples for both
             ratio = boot[key] / np.where(boot[ref] > 0, boot[ref], np.nan)
             row[f"over_{ref}"] = point[key] / max(point[ref], 1e-12)
-            row[f"over_{ref}_ci95"] = [float(np.nanpercentile(ratio, 2.5)), float(np.nanpercentile(ratio, 97.5))]
+            defined = ratio[~np.isnan(ratio)]  # a reference below the oracle's noise has no ratio
+            row[f"over_{ref}_ci95"] = [float(np.percentile(defined, 2.5)), float(np.percentile(defined, 97.5))] if len(defined) else None
         out["baselines"][key] = row
     return out

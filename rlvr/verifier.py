@@ -108,7 +108,7 @@ class RewardSpec:
     kwargs: dict = field(default_factory=dict)
     style: str = "rlvr"  # the function's signature: rlvr | trl | verl (rlvr.rewards.call_reward)
     # Does this term say whether the answer is right? None: math and exact do, format does not,
-    # and a module:function does when no other term does (see `correctness_terms`).
+    # and a module:function does when it is the only candidate (see `correctness_terms`).
     correctness: bool | None = None
 
 
@@ -161,13 +161,18 @@ def correctness_terms(terms: list[RewardSpec]) -> list[int]:
     """The indices of the terms that decide "correct": an answer is correct when each scores >= 1.
 
     A term's ``correctness`` says it; unset, the builtins say it (math and exact decide, format
-    shapes), and a user's module:function decides only when no other term does. The order of the
-    terms never matters. No deciding term at all is an error naming the setting.
+    shapes), and a user's module:function decides when it is the only one that could (several
+    unmarked ones with no deciding builtin are an error). The order of the terms never matters.
+    No deciding term at all is an error naming the setting.
     """
     from rlvr.rewards import DECIDES_CORRECTNESS
 
     said = [t.correctness if t.correctness is not None else DECIDES_CORRECTNESS.get(t.fn) for t in terms]
     if not any(said):
+        unmarked = [i for i, s in enumerate(said) if s is None]
+        if len(unmarked) > 1:  # which of them says an answer is right is the user's to say, not the order's
+            names = ", ".join(terms[i].fn for i in unmarked)
+            raise ValueError(f"several reward terms could decide correctness ({names}): set correctness: true on the one(s) that say an answer is right")
         said = [True if s is None else s for s in said]
     deciding = [i for i, s in enumerate(said) if s]
     if not deciding:

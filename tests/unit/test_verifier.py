@@ -153,6 +153,11 @@ def test_correct_is_a_named_property_of_the_terms_not_their_order():
     assert correctness_terms([coerce_spec({"fn": "math", "correctness": False}), coerce_spec(own)]) == [1]
     with pytest.raises(ValueError, match="no reward term decides correctness \\(format\\): set correctness: true"):
         correctness_terms([coerce_spec(fmt)])
+    two = [coerce_spec("reward_fns_for_tests:length_bonus"), coerce_spec("reward_fns_for_tests:trl_style")]
+    with pytest.raises(ValueError, match="several reward terms could decide correctness \\(reward_fns_for_tests:length_bonus, reward_fns_for_tests:trl_style\\)"):
+        correctness_terms(two)
+    two[1] = coerce_spec({"fn": "reward_fns_for_tests:trl_style", "correctness": False})
+    assert correctness_terms(two) == [0]
     with pytest.raises(ValueError, match="correctness must be true, false or null"):
         coerce_spec({"fn": "math", "correctness": "yes"})
     # format first, math second: a boxed wrong answer earns the format bonus and is still not correct

@@ -32,6 +32,18 @@ def evaluation_problems(cfg: DictConfig, train_problems: list[Problem]) -> list[
     return validation
 
 
+def correct_counts(rollout: RolloutPool, verifier, problems: list[Problem], render, n: int, sampling: SamplingConfig, seed: int) -> list[int]:
+    """How many of ``n`` seeded samples of each problem the verifier scores correct."""
+    from rlvr.verifier import ScoreRequest
+
+    samples = rollout.generate([GenerationRequest(i, render(p), n) for i, p in enumerate(problems)], sampling, seed)
+    results, _ = verifier.call("score", [ScoreRequest.for_problem(s.text, problems[s.prompt_index]) for s in samples])
+    correct = [0] * len(problems)
+    for s, r in zip(samples, results):
+        correct[s.prompt_index] += int(r.correct)
+    return correct
+
+
 def evaluate(
     rollout: RolloutPool,
     verifier,
@@ -47,17 +59,6 @@ def evaluate(
     one record per problem (uid, family, greedy correct, sampled successes of n)."""
     if not problems:
         return {}
-    from rlvr.verifier import ScoreRequest
-
-    def correct_counts(n: int, sampling: SamplingConfig, seed: int) -> list[int]:
-        samples = rollout.generate([GenerationRequest(i, render(p), n) for i, p in enumerate(problems)], sampling, seed)
-        requests = [ScoreRequest.for_problem(s.text, problems[s.prompt_index]) for s in samples]
-        results, _ = verifier.call("score", requests)
-        correct = [0] * len(problems)
-        for s, r in zip(samples, results):
-            correct[s.prompt_index] += int(r.correct)
-        return correct
-
     families = sorted({p.family for p in problems})
 
     def by_family(name: str, values: list[float]) -> dict:
@@ -68,13 +69,13 @@ def evaluate(
                 out[f"eval/{name}/{f}"] = float(np.mean([v for v, p in zip(values, problems) if p.family == f]))
         return out
 
-    greedy = correct_counts(1, SamplingConfig(temperature=0.0, max_tokens=cfg.eval.max_tokens), seed)
+    greedy = correct_counts(rollout, verifier, problems, render, 1, SamplingConfig(temperature=0.0, max_tokens=cfg.eval.max_tokens), seed)
     metrics = by_family("accuracy", greedy)
     records = [{"uid": p.uid, "family": p.family, "greedy": g} for p, g in zip(problems, greedy)]
     n = cfg.eval.n_samples
     if n > 1 and sampled:
         sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_tokens=cfg.eval.max_tokens)
-        correct = correct_counts(n, sampling, seed + 1)
+        correct = correct_counts(rollout, verifier, problems, render, n, sampling, seed + 1)
         for k in range(1, n + 1):
             metrics.update(by_family(f"pass@{k}", [pass_at_k(n, c, k) for c in correct]))
         for r, c in zip(records, correct):

@@ -27,7 +27,8 @@ import time
 import torch
 
 from rlvr.batch import Batch
-from rlvr.rollout import GenerationRequest, SamplingConfig
+from rlvr.evaluate import correct_counts
+from rlvr.rollout import SamplingConfig
 
 __all__ = ["oracle_metrics", "report", "sample_oracle"]
 
@@ -35,14 +36,7 @@ __all__ = ["oracle_metrics", "report", "sample_oracle"]
 def sample_oracle(rollout, verifier, batch: Batch, render, sampling: SamplingConfig, samples: int, seed: int) -> dict:
     """M seeded samples of each of the batch's prompts, scored: {"successes": [...], "samples": M, "seconds": s}."""
     start = time.perf_counter()
-    from rlvr.verifier import ScoreRequest
-
-    problems = [g.problem for g in batch.groups]
-    outs = rollout.generate([GenerationRequest(i, render(p), samples) for i, p in enumerate(problems)], sampling, seed)
-    results, _ = verifier.call("score", [ScoreRequest.for_problem(s.text, problems[s.prompt_index]) for s in outs])
-    successes = [0] * len(problems)
-    for s, r in zip(outs, results):
-        successes[s.prompt_index] += int(r.correct)
+    successes = correct_counts(rollout, verifier, [g.problem for g in batch.groups], render, samples, sampling, seed)
     return {"successes": successes, "samples": samples, "seconds": time.perf_counter() - start}
 
 
@@ -57,14 +51,14 @@ def oracle_metrics(batch: Batch, oracle: dict, n0: int) -> tuple[dict[str, float
     for g, p in zip(batch.groups, p_star.tolist()):
         c = torch.tensor([float(t.correct) for t in g.trajectories], dtype=torch.float64)
         first = c[:n0]
-        errors["se_mean_n0"].append((float(first.mean()) - p) ** 2)
         record = {"uid": g.problem.uid, "p_star": p, "samples": m_samples, "n": len(c), "mean_n0": float(first.mean()),
                   "mean_spend": float(c.mean())}
+        errors["se_mean_n0"].append((record["mean_n0"] - p) ** 2)
         if len(first) > 1:
             loo = (first.sum() - first) / (len(first) - 1)
             errors["se_rloo"].append(float(((loo - p) ** 2).mean()))
             record["se_rloo"] = errors["se_rloo"][-1]
-        errors["se_mean_spend"].append((float(c.mean()) - p) ** 2)
+        errors["se_mean_spend"].append((record["mean_spend"] - p) ** 2)
         if g.baseline is not None:
             errors["se_v05"].append((g.baseline - p) ** 2)
             record["baseline"] = g.baseline

@@ -45,7 +45,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from rlvr.verifier import ProcessVerifier, RewardSpec, ScoreRequest  # noqa: E402
+from rlvr.sandbox import ProcessVerifier, RewardSpec, ScoreRequest  # noqa: E402
 
 FILLER = (
     "Let's think step by step. First we find how many items there are in each group, "

@@ -175,7 +175,7 @@ def validate(cfg: DictConfig) -> None:
     _check(v.timeout_s > 0, "verifier.timeout_s", f"must be > 0, got {v.timeout_s}")
     _check(v.num_workers >= 1, "verifier.num_workers", f"must be >= 1, got {v.num_workers}")
     _check(len(v.terms) >= 1, "verifier.terms", "needs at least one reward term")
-    from rlvr.verifier import coerce_spec, correctness_terms
+    from rlvr.rewards import coerce_spec, correctness_terms
 
     specs = []
     for i, term in enumerate(v.terms):

@@ -30,7 +30,7 @@ from rlvr.batch import Batch, PromptGroup, Trajectory
 from rlvr.data import Problem
 from rlvr.faults import RestartingRole
 from rlvr.rollout import GenerationRequest, RolloutPool, SamplingConfig
-from rlvr.verifier import ScoreRequest
+from rlvr.sandbox import ScoreRequest
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ def evaluation_problems(cfg: DictConfig, train_problems: list[Problem]) -> list[
 
 def correct_counts(rollout: RolloutPool, verifier, problems: list[Problem], render, n: int, sampling: SamplingConfig, seed: int) -> list[int]:
     """How many of ``n`` seeded samples of each problem the verifier scores correct."""
-    from rlvr.verifier import ScoreRequest
+    from rlvr.sandbox import ScoreRequest
 
     samples = rollout.generate([GenerationRequest(i, render(p), n) for i, p in enumerate(problems)], sampling, seed)
     results, _ = verifier.call("score", [ScoreRequest.for_problem(s.text, problems[s.prompt_index]) for s in samples])

@@ -184,7 +184,7 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
 def verifier_role(cfg: DictConfig, actor_options: dict) -> RestartingRole:
     """The verifier pool as `verifier.*` configures it, replaced (with the same options) if it dies:
     the one place a run and `rlvr eval` make it."""
-    from rlvr.verifier import VerifierPool
+    from rlvr.sandbox.actor import VerifierPool
 
     v = cfg.verifier
     return RestartingRole(

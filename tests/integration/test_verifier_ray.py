@@ -6,11 +6,11 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from rlvr.verifier import RewardSpec, ScoreRequest, ScoreResult  # noqa: E402
+from rlvr.sandbox import RewardSpec, ScoreRequest, ScoreResult  # noqa: E402
 
 
 def test_verifier_pool_actor_round_trip(ray_session):
-    from rlvr.verifier import VerifierPool
+    from rlvr.sandbox.actor import VerifierPool
 
     pool = VerifierPool.options(num_cpus=0.1).remote(
         [{"fn": "math", "weight": 1.0}, RewardSpec("reward_fns_for_tests:misbehave", weight=0.0)],

@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 
 from rlvr.config import compose
 from rlvr.data import load_problems
-from rlvr.verifier import ProcessVerifier, ScoreRequest
+from rlvr.sandbox import ProcessVerifier, ScoreRequest
 
 
 def test_echoed_question_scores_zero_on_the_default_task():

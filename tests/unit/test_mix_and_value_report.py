@@ -10,8 +10,8 @@ from omegaconf import OmegaConf
 from rlvr.cli import main
 from rlvr.config import compose
 from rlvr.data import load_problems
+from rlvr.sandbox import ProcessVerifier, ScoreRequest
 from rlvr.value_report import ContextMean, read_steps, replay, score
-from rlvr.verifier import ProcessVerifier, ScoreRequest
 
 
 def mix_splits(*overrides: str):

@@ -16,13 +16,13 @@ import time
 
 import pytest
 
-from rlvr.verifier import (
+from rlvr.rewards import coerce_spec
+from rlvr.sandbox import (
     ProcessVerifier,
     RewardSpec,
     ScoreRequest,
     ScoreResult,
     VerifierStartError,
-    coerce_spec,
 )
 
 TIMEOUT = 2.0  # per-item deadline of the math pool
@@ -142,7 +142,7 @@ def test_weighted_terms_and_user_function():
 def test_correct_is_a_named_property_of_the_terms_not_their_order():
     """Which terms say an answer is right: their `correctness`, or the builtins' own (math and exact
     decide, format shapes); a user function decides when nothing else does."""
-    from rlvr.verifier import correctness_terms
+    from rlvr.rewards import correctness_terms
 
     fmt = {"fn": "format", "kwargs": {"bonus": 1.0}}
     assert correctness_terms([coerce_spec(fmt), coerce_spec("math")]) == [1]
@@ -267,7 +267,7 @@ def test_no_orphans_when_the_driver_is_killed(tmp_path):
     code = textwrap.dedent(
         f"""
         import json, sys, threading, time
-        from rlvr.verifier import ProcessVerifier, RewardSpec, ScoreRequest
+        from rlvr.sandbox import ProcessVerifier, RewardSpec, ScoreRequest
         v = ProcessVerifier([RewardSpec("reward_fns_for_tests:misbehave")], num_workers=2, timeout_s=60)
         v.score([ScoreRequest("ok", "1")] * 4)
         threading.Thread(target=v.score, args=([ScoreRequest("HANG_C", "1")] * 2,), daemon=True).start()

@@ -1,0 +1,39 @@
+"""``VerifierPool``: the sandbox as a Ray actor, a thin shell around one :class:`ProcessVerifier`.
+
+Ray is imported only when ``VerifierPool`` is first used: the zygote and the workers import the
+sandbox package and must stay light (and thread-free).
+"""
+
+from __future__ import annotations
+
+from rlvr.sandbox.messages import ScoreRequest, ScoreResult
+from rlvr.sandbox.pool import ProcessVerifier
+
+
+class _VerifierPoolImpl:
+    """Ray actor body: owns one ProcessVerifier."""
+
+    def __init__(self, terms, num_workers: int = 2, timeout_s: float = 5.0, memory_mb: int = 1024, **kwargs):
+        from rlvr.logs import redirect_actor_output
+
+        redirect_actor_output()
+        self._v = ProcessVerifier(terms, num_workers=num_workers, timeout_s=timeout_s, memory_mb=memory_mb, **kwargs)
+
+    def score(self, requests: list[ScoreRequest]) -> tuple[list[ScoreResult], dict]:
+        return self._v.score(requests)
+
+    def worker_pids(self) -> list[int]:
+        return self._v.worker_pids()
+
+    def close(self) -> None:
+        self._v.close()
+
+
+def __getattr__(name: str):
+    if name == "VerifierPool":
+        import ray
+
+        pool = ray.remote(num_cpus=0.1)(_VerifierPoolImpl)
+        globals()["VerifierPool"] = pool
+        return pool
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,274 @@
+"""The sandbox's child processes: the zygote, which imports the reward functions once and forks
+workers on request, and the worker loop, which scores one item at a time under its own CPU timer
+and memory limit.  Runs only in the children: keep it light and thread-free (no Ray, no torch).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import traceback
+from multiprocessing import reduction
+from multiprocessing.connection import Connection, wait
+
+from rlvr.sandbox.messages import EXIT_OOM
+
+# The zygote's entry point, run by ``python -c`` in a fresh interpreter.
+BOOT = (
+    "import json, os, sys\n"
+    "sys.path[:] = json.loads(os.environ.pop('RLVR_VERIFIER_SYS_PATH'))\n"
+    "fd = int(os.environ.pop('RLVR_VERIFIER_FD'))\n"
+    "from rlvr.sandbox.child import zygote_main\n"
+    "zygote_main(fd)\n"
+)
+
+
+class _SoftTimeout(BaseException):
+    """Raised in a worker by its own CPU-time timer (not an Exception, so
+    library code that swallows ``Exception`` cannot swallow it)."""
+
+
+_armed = False
+
+
+def _on_alarm(signum, frame):  # pragma: no cover - runs in workers
+    global _armed
+    if _armed:
+        _armed = False
+        raise _SoftTimeout()
+
+
+def _set_pdeathsig() -> None:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except Exception:  # pragma: no cover - non-Linux
+        pass
+
+
+def cpu_s() -> float:
+    """CPU seconds (user + system) this process has used."""
+    t = os.times()
+    return t.user + t.system
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def proc_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) used so far by ``pid``, from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _vm_size_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except Exception:  # pragma: no cover
+        return 0
+
+
+def _worker_setup(zygote_pid: int, cfg: dict) -> None:  # pragma: no cover - child
+    _set_pdeathsig()
+    if os.getppid() != zygote_pid:
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGPROF, _on_alarm)
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if cfg["memory_mb"]:
+        limit = _vm_size_bytes() + int(cfg["memory_mb"]) * 2**20
+        try:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        except (ValueError, OSError):
+            pass
+
+
+def _score_item(msg: tuple, terms: list, soft_s: float) -> tuple[tuple, bool, bool]:  # pragma: no cover - child
+    """(reply, retire the worker, exit after replying) for one item: every term's value, or the error."""
+    global _armed
+    from rlvr.rewards import BadRewardValue, call_reward
+
+    idx, completion, answer, answer_type, prompt, meta = msg
+    retire = exit_after = False
+    try:
+        try:
+            _armed = True
+            signal.setitimer(signal.ITIMER_PROF, soft_s)
+            values = [call_reward(fn, style, completion, answer, answer_type, prompt, meta, kwargs) for fn, kwargs, style in terms]
+            _armed = False
+            reply = ("ok", idx, values)
+        except _SoftTimeout:
+            reply, retire = ("err", idx, "timeout"), True
+        except MemoryError:
+            _armed = False
+            values = None
+            reply, exit_after = ("err", idx, "oom"), True
+        except RecursionError:
+            _armed = False
+            reply, retire = ("err", idx, "error:RecursionError"), True
+        except BadRewardValue as e:
+            _armed = False
+            reply = ("err", idx, f"error:BadRewardValue: {e}")
+        except BaseException as e:  # noqa: BLE001 - untrusted code, report everything
+            _armed = False
+            reply = ("err", idx, "error:" + type(e).__name__)
+    except _SoftTimeout:  # the timer fired between the inner handler and disarming
+        reply, retire = ("err", idx, "timeout"), True
+    _armed = False
+    signal.setitimer(signal.ITIMER_PROF, 0)
+    return reply, retire, exit_after
+
+
+def worker_main(fd: int, zygote_pid: int, cfg: dict, terms: list) -> None:  # pragma: no cover - child
+    """Score items from ``fd`` until it closes: reply ``(ok|err, idx, values|error, retire, cpu_s)``."""
+    conn = Connection(fd)
+    _worker_setup(zygote_pid, cfg)
+    conn.send(("ready", os.getpid(), cpu_s()))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            os._exit(0)
+        if msg is None:
+            os._exit(0)
+        reply, retire, exit_after = _score_item(msg, terms, cfg["soft_timeout_s"])
+        try:
+            conn.send(reply + (retire or exit_after, cpu_s()))
+        except BaseException:
+            os._exit(EXIT_OOM if exit_after else 1)
+        if exit_after:
+            os._exit(EXIT_OOM)
+
+
+class _Zygote:  # pragma: no cover - child
+    """Forks workers on request, reaps them and reports their exit status; kills them on request or shutdown."""
+
+    def __init__(self, conn: Connection, cfg: dict, terms: list):
+        self.conn, self.cfg, self.terms = conn, cfg, terms
+        self.children: set[int] = set()
+        self.me = os.getpid()
+        self.rfd, self.wfd = os.pipe()  # SIGCHLD wakes the loop through this pipe
+        os.set_blocking(self.rfd, False)
+        os.set_blocking(self.wfd, False)
+        signal.signal(signal.SIGCHLD, lambda *a: None)
+        signal.set_wakeup_fd(self.wfd)
+
+    def reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.children.discard(pid)
+            try:
+                self.conn.send(("exit", pid, os.waitstatus_to_exitcode(status)))
+            except OSError:
+                pass
+
+    def shutdown(self) -> None:
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        for pid in list(self.children):
+            try:
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+        os._exit(0)
+
+    def spawn(self, token: int) -> None:
+        try:
+            wfd_child = reduction.recv_handle(self.conn)
+        except (EOFError, OSError):
+            self.shutdown()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                os.close(self.rfd)
+                os.close(self.wfd)
+                self.conn.close()
+                worker_main(wfd_child, self.me, self.cfg, self.terms)
+            finally:
+                os._exit(1)
+        os.close(wfd_child)
+        self.children.add(pid)
+        self.conn.send(("spawned", token, pid))
+
+    def serve(self) -> None:
+        """Handle ``spawn``, ``kill``, ``renice`` and ``shutdown`` until the pool's end of the socket closes."""
+        while True:
+            try:
+                ready = wait([self.conn, self.rfd])
+            except OSError:
+                self.shutdown()
+            if self.rfd in ready:
+                try:
+                    while os.read(self.rfd, 512):
+                        pass
+                except OSError:
+                    pass
+            self.reap()
+            if self.conn not in ready:
+                continue
+            try:
+                msg = self.conn.recv()
+            except (EOFError, OSError):
+                self.shutdown()
+            op = msg[0]
+            if op == "spawn":
+                self.spawn(msg[1])
+            elif op == "kill" and msg[1] in self.children:
+                try:
+                    os.kill(msg[1], signal.SIGKILL)
+                except OSError:
+                    pass
+            elif op == "renice" and msg[1] in self.children:
+                try:
+                    os.setpriority(os.PRIO_PROCESS, msg[1], msg[2])
+                except OSError:
+                    pass
+            elif op == "shutdown":
+                self.shutdown()
+
+
+def zygote_main(fd: int) -> None:  # pragma: no cover - child
+    """Import the reward terms and warm math-verify up (before any fork), say ``ready``, then serve."""
+    conn = Connection(fd)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        cfg = conn.recv()
+        from rlvr import rewards
+
+        rewards.configure(None)
+        terms = [(rewards.load_reward_fn(fn), dict(kwargs), style) for fn, kwargs, style in cfg["terms"]]
+        if any(fn == "math" for fn, _, _ in cfg["terms"]):
+            rewards.warmup()
+        import gc
+
+        gc.collect()
+        gc.freeze()  # keep the warmed-up heap shared copy-on-write with the workers
+    except BaseException:
+        try:
+            conn.send(("start_error", traceback.format_exc()))
+        finally:
+            os._exit(1)
+    zygote = _Zygote(conn, cfg, terms)
+    conn.send(("ready", zygote.me))
+    zygote.serve()

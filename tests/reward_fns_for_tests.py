@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
+import subprocess
 import time
 
 
@@ -20,7 +22,17 @@ def misbehave(completion: str, answer: str, answer_type: str = "number", **kwarg
     can interrupt; SLEEP: blocks in a syscall; OOM: allocate until
     MemoryError; ABORT: os.abort(); SEGV: dereference NULL; RAISE: raise;
     EXIT: os._exit(3); NAN: return NaN; BURN:<ms>: compute for that many
-    milliseconds of CPU time, then 1.0; anything else: 1.0."""
+    milliseconds of CPU time, then 1.0; SELF_KILL: SIGKILL itself; SPAWN, SPAWN_SETSID,
+    DOUBLE_FORK: leave a sleeping process behind (a child, a child in a new session, a
+    grandchild whose parent exited), then 1.0; SPAWN_HANG: leave one and hang. The pids of
+    the processes left behind are written to the directory ``pid_dir``. Anything else: 1.0."""
+    if completion in ("SPAWN", "SPAWN_SETSID", "DOUBLE_FORK", "SPAWN_HANG"):
+        _leave_a_process(completion, kwargs["pid_dir"])
+        if completion == "SPAWN_HANG":
+            time.sleep(3600)
+        return 1.0
+    if completion == "SELF_KILL":
+        os.kill(os.getpid(), signal.SIGKILL)
     if completion.startswith("BURN:"):
         end = time.process_time() + int(completion[5:]) / 1000
         x = 0
@@ -50,6 +62,25 @@ def misbehave(completion: str, answer: str, answer_type: str = "number", **kwarg
     if completion == "NAN":
         return float("nan")
     return 1.0
+
+
+def _leave_a_process(how: str, pid_dir: str) -> None:
+    if how == "DOUBLE_FORK":
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child starts a new session, forks the sleeper and exits
+            os.setsid()
+            grandchild = subprocess.Popen(["sleep", "3600"]).pid
+            os.write(w, str(grandchild).encode())
+            os._exit(0)
+        os.waitpid(pid, 0)
+        left = int(os.read(r, 32))
+        os.close(r)
+        os.close(w)
+    else:
+        left = subprocess.Popen(["sleep", "3600"], start_new_session=how == "SPAWN_SETSID").pid
+    with open(os.path.join(pid_dir, f"{how}-{left}"), "w"):
+        pass
 
 
 def bad_return(completion: str, answer: str, answer_type: str = "number", **kwargs):

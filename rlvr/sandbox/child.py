@@ -38,15 +38,61 @@ def _on_alarm(signum, frame):  # pragma: no cover - runs in workers
         raise _SoftTimeout()
 
 
-def _set_pdeathsig() -> None:
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _prctl(option: int, arg: int) -> None:
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0)
     except Exception:  # pragma: no cover - non-Linux
         pass
+
+
+def _children() -> list[int]:
+    """This process's children, every thread's (a process started by a thread is that thread's child)."""
+    pids: list[int] = []
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:  # pragma: no cover
+        return pids
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids += [int(p) for p in f.read().split()]
+        except (OSError, ValueError):
+            pass
+    return pids
+
+
+def kill_strays(keep: set[int], wait: bool, rounds: int = 1000) -> int:
+    """SIGKILL every child not in ``keep``; with ``wait``, reap them and repeat until none is left.
+
+    The caller is a child subreaper (``PR_SET_CHILD_SUBREAPER``), so the orphans of a killed child,
+    a double fork or a ``setsid`` included, become its children in turn: repeating reaches every
+    descendant. ``rounds`` bounds a fork bomb. Returns how many processes were killed.
+    """
+    killed = 0
+    for _ in range(rounds):
+        strays = [p for p in _children() if p not in keep]
+        if not strays:
+            break
+        for pid in strays:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except OSError:
+                pass
+        if not wait:
+            break
+        for pid in strays:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+    return killed
 
 
 def cpu_s() -> float:
@@ -77,9 +123,13 @@ def _vm_size_bytes() -> int:
 
 
 def _worker_setup(zygote_pid: int, cfg: dict) -> None:  # pragma: no cover - child
-    _set_pdeathsig()
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != zygote_pid:
         os._exit(1)
+    # Everything an item starts is the worker's: its own process group, and the orphans of a double
+    # fork or a new session come back to it, so that they can be killed when the item ends.
+    os.setpgid(0, 0)
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGPROF, _on_alarm)
@@ -143,6 +193,7 @@ def worker_main(fd: int, zygote_pid: int, cfg: dict, terms: list) -> None:  # pr
         if msg is None:
             os._exit(0)
         reply, retire, exit_after = _score_item(msg, terms, cfg["soft_timeout_s"])
+        kill_strays(set(), wait=True)  # no process outlives its item
         try:
             conn.send(reply + (retire or exit_after, cpu_s()))
         except BaseException:
@@ -158,6 +209,7 @@ class _Zygote:  # pragma: no cover - child
         self.conn, self.cfg, self.terms = conn, cfg, terms
         self.children: set[int] = set()
         self.me = os.getpid()
+        _prctl(_PR_SET_CHILD_SUBREAPER, 1)  # a killed worker's orphans come here, to be killed
         self.rfd, self.wfd = os.pipe()  # SIGCHLD wakes the loop through this pipe
         os.set_blocking(self.rfd, False)
         os.set_blocking(self.wfd, False)
@@ -165,30 +217,38 @@ class _Zygote:  # pragma: no cover - child
         signal.set_wakeup_fd(self.wfd)
 
     def reap(self) -> None:
-        while self.children:
+        """Reap dead children and report a worker's exit; then kill the orphans that came here (a dead
+        worker's or a dead orphan's children), which are reaped in turn when their SIGCHLD comes."""
+        reaped = False
+        while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
-            self.children.discard(pid)
+                break
+            reaped = True
+            if pid in self.children:
+                self.children.discard(pid)
+                try:
+                    self.conn.send(("exit", pid, os.waitstatus_to_exitcode(status)))
+                except OSError:
+                    pass
+        if reaped:
+            kill_strays(self.children, wait=False)
+
+    def kill(self, pid: int) -> None:
+        """Kill a worker and its process group (what its item started and has not left)."""
+        for kill in (os.killpg, os.kill):
             try:
-                self.conn.send(("exit", pid, os.waitstatus_to_exitcode(status)))
+                kill(pid, signal.SIGKILL)
             except OSError:
                 pass
 
     def shutdown(self) -> None:
         for pid in list(self.children):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        for pid in list(self.children):
-            try:
-                os.waitpid(pid, 0)
-            except OSError:
-                pass
+            self.kill(pid)
+        kill_strays(set(), wait=True)
         os._exit(0)
 
     def spawn(self, token: int) -> None:
@@ -235,10 +295,7 @@ class _Zygote:  # pragma: no cover - child
             if op == "spawn":
                 self.spawn(msg[1])
             elif op == "kill" and msg[1] in self.children:
-                try:
-                    os.kill(msg[1], signal.SIGKILL)
-                except OSError:
-                    pass
+                self.kill(msg[1])
             elif op == "renice" and msg[1] in self.children:
                 try:
                     os.setpriority(os.PRIO_PROCESS, msg[1], msg[2])

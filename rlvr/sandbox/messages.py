@@ -61,8 +61,22 @@ def coerce_request(r: Any) -> ScoreRequest:
     return ScoreRequest(_coerce_text(c), _coerce_text(a), str(t or "number"))
 
 
-def death_kind(exit_code: int) -> str:
-    """A worker that died without replying: SIGKILL that we did not send is
-    the kernel's OOM killer; the worker's own MemoryError exit is ``oom``;
-    anything else (segfault, abort, ...) is a crash."""
-    return "oom" if exit_code in (EXIT_OOM, -signal.SIGKILL) else "crash"
+def kernel_oom_kills() -> int:
+    """How many processes the kernel's OOM killer has killed since boot (``oom_kill`` in /proc/vmstat)."""
+    try:
+        with open("/proc/vmstat") as f:
+            for line in f:
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def death_kind(exit_code: int, kernel_oom_killed: bool) -> str:
+    """A worker that died without replying: its own MemoryError exit is ``oom``, and so is a SIGKILL
+    we did not send while the kernel's OOM killer was at work; any other death (segfault, abort, a
+    SIGKILL the item sent itself, ...) is a crash."""
+    if exit_code == EXIT_OOM or (exit_code == -signal.SIGKILL and kernel_oom_killed):
+        return "oom"
+    return "crash"

@@ -9,7 +9,7 @@ import threading
 import time
 import weakref
 from multiprocessing.connection import wait
-from typing import Any, Callable
+from typing import Any
 
 from rlvr.rewards.spec import RewardSpec, coerce_spec, correctness_terms
 from rlvr.sandbox.child import proc_cpu_s
@@ -20,6 +20,7 @@ from rlvr.sandbox.messages import (
     VerifierStartError,
     coerce_request,
     death_kind,
+    kernel_oom_kills,
 )
 from rlvr.sandbox.pacing import Pacing
 from rlvr.sandbox.zygote import Worker, Zygote
@@ -42,12 +43,16 @@ class _Batch:
         self.term_counts = [0] * n_terms
         self.queue = collections.deque(range(n))
         self.left = n
+        self.oom_kills0 = kernel_oom_kills()
 
     def finish(self, idx: int, res: ScoreResult) -> None:
         if self.results[idx] is None:
             self.results[idx] = res
             self.finish_times[idx] = time.monotonic() - self.t0
             self.left -= 1
+
+    def death_kind(self, exit_code: int) -> str:
+        return death_kind(exit_code, kernel_oom_killed=kernel_oom_kills() > self.oom_kills0)
 
 
 def _idle_worker_died(w: Worker) -> bool:
@@ -195,13 +200,13 @@ class ProcessVerifier:
         for _ in range(max(0, self.num_workers + self.num_spares - self._z.capacity())):
             self._z.spawn()
 
-    def _drain_zygote(self, finish: "Callable[[int, ScoreResult], None] | None") -> None:
-        """The zygote's messages; ``finish`` classifies a dead busy worker's item by its exit status."""
+    def _drain_zygote(self, batch: "_Batch | None") -> None:
+        """The zygote's messages; a dead busy worker's item in ``batch`` is classified by its exit status."""
         for pid, code in self._z.drain():
             if pid in self._dead:
                 idx, _ = self._dead.pop(pid)
-                if finish is not None:
-                    finish(idx, ScoreResult(0.0, False, death_kind(code)))
+                if batch is not None:
+                    batch.finish(idx, ScoreResult(0.0, False, batch.death_kind(code)))
                     self.replaced_total += 1
             elif pid in self._z.workers:
                 # exit seen before the worker's EOF: keep it for then
@@ -311,7 +316,7 @@ class ProcessVerifier:
         by_conn = {id(w.conn): w for w in z.workers.values()}
         for obj in ready:
             if obj is z.conn:
-                self._drain_zygote(batch.finish)
+                self._drain_zygote(batch)
                 continue
             w = by_conn.get(id(obj))
             if w is None or w.pid not in z.workers:
@@ -340,7 +345,7 @@ class ProcessVerifier:
             if code is None:
                 self._dead[w.pid] = (w.idx, now + 1.0)  # classify when the zygote reports the exit status
             else:
-                batch.finish(w.idx, ScoreResult(0.0, False, death_kind(code)))
+                batch.finish(w.idx, ScoreResult(0.0, False, batch.death_kind(code)))
                 self.replaced_total += 1
         elif w.state == "starting":
             self._start_failures += 1

@@ -190,10 +190,11 @@ def test_failures_are_isolated_and_classified(bad_pool):
         "ABORT": "crash",
         "SEGV": "crash",
         "EXIT": "crash",
+        "SELF_KILL": "crash",  # a SIGKILL the item sent itself is not the kernel's OOM killer
         "RAISE": "error:KeyError",
         "NAN": "error:BadRewardValue: reward function returned nan, not a finite number",
     }
-    order = ["ok", "HANG_PY", "ok", "HANG_C", "ok", "SLEEP", "OOM", "ok", "ABORT", "SEGV", "EXIT", "RAISE", "NAN", "ok"]
+    order = ["ok", "HANG_PY", "ok", "HANG_C", "ok", "SLEEP", "OOM", "ok", "ABORT", "SEGV", "EXIT", "SELF_KILL", "RAISE", "NAN", "ok"]
     before = set(bad_pool.worker_pids())
     t0 = time.monotonic()
     results, stats = bad_pool.score([ScoreRequest(c, "1") for c in order])
@@ -201,9 +202,9 @@ def test_failures_are_isolated_and_classified(bad_pool):
     for c, r in zip(order, results):
         assert r.error == kinds[c], (c, r)
         assert r.reward == (1.0 if c == "ok" else 0.0)
-    assert stats["timeout"] == 3 and stats["oom"] == 1 and stats["crash"] == 3 and stats["error"] == 2
+    assert stats["timeout"] == 3 and stats["oom"] == 1 and stats["crash"] == 4 and stats["error"] == 2
     assert stats["errors_by_type"] == {"error:KeyError": 1, kinds["NAN"]: 1}
-    assert stats["replaced"] >= 7
+    assert stats["replaced"] >= 8
     # three hung items overlap: the batch takes about one deadline (2 s), not three
     assert elapsed < 3 * 2.0 + SLACK - 1.0
     # the pool is whole again and keeps working
@@ -289,6 +290,42 @@ def test_no_orphans_when_the_driver_is_killed(tmp_path):
         proc.kill()
         proc.wait()
     assert _wait_dead(pids) == []
+
+
+def _left_behind(pid_dir) -> dict[str, int]:
+    return {p.name.split("-")[0]: int(p.name.split("-")[1]) for p in pid_dir.iterdir()}
+
+
+def test_no_process_outlives_its_item(tmp_path):
+    """A reward function that leaves a process behind (a child, a child in a new session, an
+    orphaned grandchild of a double fork) or starts one and hangs: each is dead once its item's
+    result is back, and the pool scores the next batch."""
+    kinds = ["SPAWN", "SPAWN_SETSID", "DOUBLE_FORK", "SPAWN_HANG", "ok"]
+    spec = RewardSpec("reward_fns_for_tests:misbehave", kwargs={"pid_dir": str(tmp_path)})
+    with ProcessVerifier([spec], num_workers=2, timeout_s=2.0, memory_mb=256) as v:
+        results, _ = v.score([ScoreRequest(k, "1") for k in kinds])
+        assert [r.error for r in results] == [None, None, None, "timeout", None]
+        left = _left_behind(tmp_path)
+        assert sorted(left) == sorted(kinds[:4])
+        # the three that replied killed theirs before replying; the hung one's die with its worker
+        assert [p for k, p in left.items() if k != "SPAWN_HANG" and _alive(p)] == []
+        assert _wait_dead(list(left.values()), timeout=3.0) == []
+        results, _ = v.score([ScoreRequest("ok", "1")] * 4)
+        assert [r.reward for r in results] == [1.0] * 4
+
+
+def test_close_kills_what_a_running_item_started(tmp_path):
+    spec = RewardSpec("reward_fns_for_tests:misbehave", kwargs={"pid_dir": str(tmp_path)})
+    v = ProcessVerifier([spec], num_workers=1, timeout_s=60.0, memory_mb=256)
+    threading.Thread(target=lambda: v.score([ScoreRequest("SPAWN_HANG", "1")]), daemon=True).start()
+    t0 = time.monotonic()
+    while not list(tmp_path.iterdir()) and time.monotonic() - t0 < 30:
+        time.sleep(0.05)
+    left = list(_left_behind(tmp_path).values())
+    assert len(left) == 1 and _alive(left[0])
+    pids = v.worker_pids() + [v.zygote_pid]
+    v.close()
+    assert _wait_dead(left + pids) == []
 
 
 # ---------------------------------------------------------------------------

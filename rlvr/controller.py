@@ -105,6 +105,8 @@ class BudgetController:
         results, vstats = self._timed("verify", lambda: self.verifier.call("score", scored))
         for kind in ("timeout", "oom", "crash", "error"):  # error: a reward function raised or returned a non-number
             self.counts[f"verifier_{kind}"] = self.counts.get(f"verifier_{kind}", 0) + vstats.get(kind, 0)
+        for outcome, n in vstats.get("outcomes", {}).items():  # code_tests: passed, wrong_answer, compile_error, ...
+            self.counts[f"verifier_outcome_{outcome}"] = self.counts.get(f"verifier_outcome_{outcome}", 0) + n
         rewards = torch.tensor([r.reward for r in results], dtype=torch.float32)
         if self.cfg.overlong:
             lengths = torch.tensor([len(s.response_ids) for s in samples], dtype=torch.float32)

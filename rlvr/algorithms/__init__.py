@@ -4,8 +4,8 @@ No Ray, no I/O: actors call these. See docs/algorithms.md for the formulas and d
 """
 
 from . import v05
-from .correction import CORRECTIONS, rollout_correction, rollout_mismatch
 from .advantages import ESTIMATORS, compute_advantages, group_stats
+from .correction import CORRECTIONS, rollout_correction, rollout_mismatch
 from .dapo import default_overlong_buffer, dynamic_sampling_keep_mask, mask_truncated, overlong_penalty
 from .losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, aggregate, kl_penalty, policy_loss
 from .metrics import pass_at_k

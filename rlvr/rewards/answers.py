@@ -11,7 +11,7 @@ import re
 from fractions import Fraction
 from typing import NamedTuple
 
-ANSWER_TYPES = ("number", "expression", "choice", "string", "any")
+ANSWER_TYPES = ("number", "expression", "choice", "string", "any", "code")
 
 # Final answers longer than this are never an answer; they are rejected before
 # any parsing (a defence against 1 MB "answers" and parser blow-ups).

@@ -24,6 +24,7 @@ from rlvr.rewards.answers import (
     numbers_match,
     parse_numeric_literal,
 )
+from rlvr.rewards.code import check_tests_parsable, code_tests_reward
 
 # Per-call timeout handed to math-verify's own SIGALRM timer.  ``None``: the
 # caller enforces the deadline (the verifier workers run every item under
@@ -239,6 +240,8 @@ def math_reward(completion: str, answer: str, answer_type: str = "number", **kwa
         return 1.0 if pred is not None and normalize_choice(pred, choices) == g else 0.0
     if answer_type == "string":
         return exact_reward(completion, answer, answer_type)
+    if answer_type == "code":
+        raise ValueError("a code answer is scored by running its tests: use the code_tests reward")
     raise ValueError(f"unknown answer_type {answer_type!r}; expected one of {ANSWER_TYPES}")
 
 
@@ -303,13 +306,15 @@ def format_reward(
     return float(bonus) if fn(completion) is not None else 0.0
 
 
-REWARD_FUNCTIONS: dict[str, Callable[..., float]] = {
+REWARD_FUNCTIONS: dict[str, Callable[..., float | dict]] = {
     "math": math_reward,
     "exact": exact_reward,
     "format": format_reward,
+    "code_tests": code_tests_reward,
 }
 # Whether each builtin says the answer is right (so that "correct" reads it) or shapes the reward.
-DECIDES_CORRECTNESS: dict[str, bool] = {"math": True, "exact": True, "format": False}
+DECIDES_CORRECTNESS: dict[str, bool] = {"math": True, "exact": True, "format": False, "code_tests": True}
+
 
 def check_answer_parsable(answer: str, answer_type: str) -> str | None:
     """Error message if a dataset's gold ``answer`` cannot be used with
@@ -331,6 +336,8 @@ def check_answer_parsable(answer: str, answer_type: str) -> str | None:
     elif answer_type == "choice":
         if normalize_choice(gold) is None:
             return f"not a choice letter A-E: {gold[:80]!r}"
+    elif answer_type == "code":
+        return check_tests_parsable(answer)
     elif answer_type in ("expression", "any"):
         if parse_numeric_literal(gold) is None:
             reason = _dangerous_latex(gold)

@@ -25,10 +25,20 @@ def _one_number(value, what: str) -> float:
     return v
 
 
+def _score_and_outcome(out, what: str) -> tuple[float, str | None]:
+    """A number, or a dict with ``score`` and an optional named ``outcome`` (such as ``wrong_answer``)."""
+    if isinstance(out, dict):
+        if "score" not in out:
+            raise BadRewardValue(f"{what} returned a dict without 'score' (keys: {sorted(out)[:8]})")
+        outcome = out.get("outcome")
+        return _one_number(out["score"], what), (str(outcome)[:40] if outcome is not None else None)
+    return _one_number(out, what), None
+
+
 def call_reward(
     fn: Callable, style: str, completion: str, answer: str, answer_type: str,
     prompt: str = "", meta: dict | None = None, kwargs: dict | None = None,
-) -> float:
+) -> tuple[float, str | None]:
     """One completion's reward from a term written in ``style``:
 
     - ``rlvr``: ``fn(completion, answer, answer_type, **kwargs) -> float``;
@@ -37,12 +47,14 @@ def call_reward(
       and ``answer`` when the row has none);
     - ``verl``: ``fn(data_source, completion, ground_truth, extra_info, **kwargs) -> float | {"score": float, ...}``.
 
+    Any style may return ``{"score": float, "outcome": str}`` instead of the float, to name what
+    happened (``code_tests`` does: ``passed``, ``wrong_answer``, ...). Returns (score, outcome or None).
     Raises :class:`BadRewardValue` for None, NaN, a non-number or a list of the wrong length.
     """
     kwargs = kwargs or {}
     meta = meta or {}
     if style == "rlvr":
-        return _one_number(fn(completion, answer, answer_type, **kwargs), "reward function")
+        return _score_and_outcome(fn(completion, answer, answer_type, **kwargs), "reward function")
     if style == "trl":
         columns = {k: [v] for k, v in meta.items() if k not in ("prompts", "completions")}
         columns.setdefault("answer", [answer])
@@ -50,14 +62,10 @@ def call_reward(
         if not isinstance(out, (list, tuple)) or len(out) != 1:
             got = f"{len(out)} values" if isinstance(out, (list, tuple)) else type(out).__name__
             raise BadRewardValue(f"trl-style reward returned {got} for 1 completion (expected a list of 1 float)")
-        return _one_number(out[0], "trl-style reward")
+        return _score_and_outcome(out[0], "trl-style reward")
     if style == "verl":
         out = fn(meta.get("data_source") or "", completion, answer, meta.get("extra_info"), **kwargs)
-        if isinstance(out, dict):
-            if "score" not in out:
-                raise BadRewardValue(f"verl-style reward returned a dict without 'score' (keys: {sorted(out)[:8]})")
-            out = out["score"]
-        return _one_number(out, "verl-style reward")
+        return _score_and_outcome(out, "verl-style reward")
     raise ValueError(f"unknown reward style {style!r}; known: {REWARD_STYLES}")
 
 

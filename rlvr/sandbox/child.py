@@ -155,14 +155,15 @@ def _score_item(msg: tuple, terms: list, soft_s: float) -> tuple[tuple, bool, bo
         try:
             _armed = True
             signal.setitimer(signal.ITIMER_PROF, soft_s)
-            values = [call_reward(fn, style, completion, answer, answer_type, prompt, meta, kwargs) for fn, kwargs, style in terms]
+            scored = [call_reward(fn, style, completion, answer, answer_type, prompt, meta, kwargs) for fn, kwargs, style in terms]
             _armed = False
-            reply = ("ok", idx, values)
+            outcome = next((o for _, o in scored if o is not None), None)
+            reply = ("ok", idx, ([v for v, _ in scored], outcome))
         except _SoftTimeout:
             reply, retire = ("err", idx, "timeout"), True
         except MemoryError:
             _armed = False
-            values = None
+            scored = None
             reply, exit_after = ("err", idx, "oom"), True
         except RecursionError:
             _armed = False
@@ -181,7 +182,7 @@ def _score_item(msg: tuple, terms: list, soft_s: float) -> tuple[tuple, bool, bo
 
 
 def worker_main(fd: int, zygote_pid: int, cfg: dict, terms: list) -> None:  # pragma: no cover - child
-    """Score items from ``fd`` until it closes: reply ``(ok|err, idx, values|error, retire, cpu_s)``."""
+    """Score items from ``fd`` until it closes: reply ``(ok|err, idx, (values, outcome)|error, retire, cpu_s)``."""
     conn = Connection(fd)
     _worker_setup(zygote_pid, cfg)
     conn.send(("ready", os.getpid(), cpu_s()))
@@ -317,6 +318,10 @@ def zygote_main(fd: int) -> None:  # pragma: no cover - child
         terms = [(rewards.load_reward_fn(fn), dict(kwargs), style) for fn, kwargs, style in cfg["terms"]]
         if any(fn == "math" for fn, _, _ in cfg["terms"]):
             rewards.warmup()
+        if any(fn == "code_tests" for fn, _, _ in cfg["terms"]):
+            from rlvr.sandbox.bubblewrap import probe
+
+            probe()  # no sandbox, no start: model code never runs unsandboxed
         import gc
 
         gc.collect()

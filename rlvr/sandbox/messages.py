@@ -31,6 +31,7 @@ class ScoreResult:
     reward: float  # combined weighted reward
     correct: bool  # every term that decides correctness (`correctness_terms`) scored >= 1.0
     error: str | None = None  # None, "timeout", "oom", "crash" or "error:<ExcType>"
+    outcome: str | None = None  # what a term named (code_tests: passed, wrong_answer, compile_error, ...)
 
 
 class VerifierStartError(RuntimeError):

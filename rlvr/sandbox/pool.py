@@ -220,7 +220,7 @@ class ProcessVerifier:
         """Score a batch.  Returns one ``ScoreResult`` per request, in order,
         and stats: ``items``, ``seconds``, ``items_per_s``, counts ``timeout``,
         ``oom``, ``crash``, ``error`` (all ``error:*``), ``errors_by_type``,
-        ``replaced`` (workers replaced), ``reward_mean``, ``correct_rate`` and
+        ``replaced`` (workers replaced), ``outcomes`` (counts of what terms named), ``reward_mean``, ``correct_rate`` and
         ``term_mean/<i>:<fn>``."""
         with self._lock:
             return self._score(requests)
@@ -377,14 +377,15 @@ class ProcessVerifier:
             # a set-aside worker came back after its slot was refilled: the pool is one too big
             self._z.retire(w)
 
-    def _combine(self, values: list[float], batch: "_Batch") -> ScoreResult:
+    def _combine(self, payload: tuple[list[float], str | None], batch: "_Batch") -> ScoreResult:
         """The weighted sum of the terms; correct when every deciding term scored >= 1."""
+        values, outcome = payload
         reward = 0.0
         for i, (t, v) in enumerate(zip(self.terms, values)):
             reward += t.weight * v
             batch.term_sums[i] += v
             batch.term_counts[i] += 1
-        return ScoreResult(float(reward), all(values[i] >= 1.0 for i in self.deciding), None)
+        return ScoreResult(float(reward), all(values[i] >= 1.0 for i in self.deciding), None, outcome)
 
     def _restore_niced(self) -> None:
         """The queue is empty: nothing healthy waits for the CPU any more, so overdue items get their
@@ -449,6 +450,7 @@ class ProcessVerifier:
         stats["error"] = sum(by_type.values())
         stats["errors_by_type"] = dict(by_type)
         stats["replaced"] = self.replaced_total - replaced0
+        stats["outcomes"] = dict(collections.Counter(r.outcome for r in out if r.outcome))
         stats["reward_mean"] = sum(r.reward for r in out) / n if n else 0.0
         stats["correct_rate"] = sum(1 for r in out if r.correct) / n if n else 0.0
         for i, t in enumerate(self.terms):

@@ -1,0 +1,172 @@
+"""``code_tests``: the share of a task's tests the model's program passes. The program runs only in
+the sandbox (:mod:`rlvr.sandbox.bubblewrap`), one fresh sandbox per test.
+
+Tests come as the gold ``answer`` (a JSON string) or a dict, in the shapes the peers use:
+
+- standard input/output pairs: ``{"inputs": ["1 2\\n", ...], "outputs": ["3\\n", ...]}`` (APPS,
+  TACO, verl's and prime-rl's code rows); outputs compare line by line, trailing space ignored;
+- assert-style tests calling a named function: ``{"asserts": ["assert add(1, 2) == 3", ...]}``, or
+  a bare list of assert lines (TRL rows' ``tests`` column);
+- HumanEval: ``{"test": "def check(candidate): ...", "entry_point": "add"}``, one test.
+
+Each test's outcome is one of ``passed``, ``compile_error``, ``runtime_error``, ``timeout``,
+``wrong_answer`` and ``sandbox_error``; the term reports the first that is not ``passed``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+OUTCOMES = ("passed", "compile_error", "runtime_error", "timeout", "wrong_answer", "sandbox_error")
+_EXIT_COMPILE_ERROR = 90
+_EXIT_ASSERTION = 91
+_SIGXCPU = 24
+MAX_PROGRAM_CHARS = 100_000
+
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+#.-]*)[^\n]*\n(.*?)```", re.S)
+
+# Runs inside the sandbox: compile the program (a SyntaxError is the program's, not the test's), run
+# it, then the test in the same namespace. Model code reaches exec only here, behind the walls.
+_HARNESS = """\
+import sys
+source = open("/sandbox/program.py").read()
+try:
+    program = compile(source, "program.py", "exec")
+except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError):
+    sys.exit(%(compile_error)d)
+namespace = {"__name__": sys.argv[1]}
+exec(program, namespace)
+try:
+    test = open("/sandbox/test.py").read()
+except FileNotFoundError:
+    test = None
+if test is not None:
+    try:
+        exec(compile(test, "test.py", "exec"), namespace)
+    except AssertionError:
+        sys.exit(%(assertion)d)
+""" % {"compile_error": _EXIT_COMPILE_ERROR, "assertion": _EXIT_ASSERTION}
+
+
+@dataclass(frozen=True)
+class TestSuite:
+    kind: str  # stdio | asserts
+    cases: tuple  # stdio: (input, expected output) pairs; asserts: test sources
+
+
+def extract_program(completion: str, language: str = "python") -> str | None:
+    """The last fenced code block tagged ``language`` or untagged, else None."""
+    blocks = [code for tag, code in _FENCE.findall(completion) if tag.lower() in ("", language, "py" if language == "python" else language)]
+    if not blocks or len(blocks[-1]) > MAX_PROGRAM_CHARS:
+        return None
+    return blocks[-1]
+
+
+def parse_tests(spec) -> TestSuite:
+    """A test suite from a JSON string, a dict or a list of assert lines; ValueError names what is wrong."""
+    if isinstance(spec, str):
+        try:
+            spec = json.loads(spec)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"code tests are not JSON: {e.msg} at character {e.pos}") from None
+    if isinstance(spec, list):
+        spec = {"asserts": spec}
+    if not isinstance(spec, dict):
+        raise ValueError(f"code tests must be a dict or a list of asserts, got {type(spec).__name__}")
+    if "inputs" in spec or "outputs" in spec:
+        if "fn_name" in spec:
+            raise ValueError("call-based tests (fn_name) are not supported: give asserts instead")
+        ins, outs = spec.get("inputs"), spec.get("outputs")
+        if not isinstance(ins, list) or not isinstance(outs, list) or len(ins) != len(outs) or not ins:
+            raise ValueError("stdin/stdout tests need non-empty 'inputs' and 'outputs' lists of the same length")
+        return TestSuite("stdio", tuple((str(i), str(o)) for i, o in zip(ins, outs)))
+    if "asserts" in spec:
+        asserts = spec["asserts"]
+        if not isinstance(asserts, list) or not asserts or not all(isinstance(a, str) for a in asserts):
+            raise ValueError("'asserts' must be a non-empty list of strings")
+        return TestSuite("asserts", tuple(asserts))
+    if "test" in spec and "entry_point" in spec:
+        return TestSuite("asserts", (f"{spec['test']}\n\ncheck({spec['entry_point']})\n",))
+    raise ValueError(f"unknown code test shape with keys {sorted(spec)[:8]}: expected inputs/outputs, asserts, or test/entry_point")
+
+
+def _same_output(got: bytes, expected: str) -> bool:
+    lines = lambda s: [line.rstrip() for line in s.strip().splitlines()]  # noqa: E731
+    return lines(got.decode(errors="replace")) == lines(expected)
+
+
+def _outcome(execution, expected: str | None) -> str:
+    status, code = execution.status, execution.returncode
+    if status == "sandbox_error":
+        return "sandbox_error"
+    if status == "timeout" or (status == "signaled" and code == -_SIGXCPU):
+        return "timeout"
+    if status != "exited" or (code not in (0, _EXIT_COMPILE_ERROR, _EXIT_ASSERTION)):
+        return "runtime_error"
+    if code == _EXIT_COMPILE_ERROR:
+        return "compile_error"
+    if code == _EXIT_ASSERTION:
+        return "wrong_answer"
+    return "passed" if expected is None or _same_output(execution.stdout, expected) else "wrong_answer"
+
+
+def run_tests(program: str, suite: TestSuite, limits) -> list[str]:
+    """Each test's outcome; after a compile error the program is not run again."""
+    from rlvr.sandbox.bubblewrap import INTERPRETER, run
+
+    outcomes: list[str] = []
+    for case in suite.cases:
+        if outcomes and outcomes[0] == "compile_error":
+            outcomes.append("compile_error")
+            continue
+        files = {"/sandbox/harness.py": _HARNESS.encode(), "/sandbox/program.py": program.encode()}
+        if suite.kind == "stdio":
+            stdin, expected, name = case[0].encode(), case[1], "__main__"
+        else:
+            files["/sandbox/test.py"] = case.encode()
+            stdin, expected, name = b"", None, "solution"
+        execution = run([INTERPRETER, "-I", "-S", "/sandbox/harness.py", name], files, stdin, limits)
+        outcomes.append(_outcome(execution, expected))
+    return outcomes
+
+
+def code_tests_reward(
+    completion: str,
+    answer: str,
+    answer_type: str = "code",
+    mode: str = "fraction",
+    timeout_s: float = 2.0,
+    memory_mb: int = 256,
+    language: str = "python",
+    **kwargs,
+) -> dict:
+    """``{"score": s, "outcome": o}``: s is the share of tests passed (``mode=fraction``) or 1 if all
+    pass, else 0 (``mode=all``); o is the first failing test's outcome, or ``passed``. A completion
+    with no fenced program scores 0 with outcome ``compile_error``. ``timeout_s`` is per test: the
+    verifier's ``timeout_s`` must cover all of an item's tests."""
+    from rlvr.sandbox.bubblewrap import Limits
+
+    if mode not in ("fraction", "all"):
+        raise ValueError(f"code_tests mode must be 'fraction' or 'all', got {mode!r}")
+    if language != "python":
+        raise ValueError(f"code_tests runs python programs only, got language {language!r}")
+    suite = parse_tests(answer)
+    program = extract_program(completion, language)
+    if program is None:
+        return {"score": 0.0, "outcome": "compile_error"}
+    outcomes = run_tests(program, suite, Limits(wall_s=float(timeout_s), cpu_s=float(timeout_s), memory_mb=int(memory_mb)))
+    passed = sum(o == "passed" for o in outcomes)
+    failed = [o for o in outcomes if o != "passed"]
+    score = passed / len(outcomes) if mode == "fraction" else float(not failed)
+    return {"score": score, "outcome": failed[0] if failed else "passed"}
+
+
+def check_tests_parsable(answer: str) -> str | None:
+    """Error message if a code row's tests cannot be used, else None."""
+    try:
+        parse_tests(answer)
+    except ValueError as e:
+        return str(e)
+    return None

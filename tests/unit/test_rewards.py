@@ -384,7 +384,7 @@ def test_format_reward():
 
 
 def test_reward_functions_registry_and_loader():
-    assert set(REWARD_FUNCTIONS) == {"math", "exact", "format"}
+    assert set(REWARD_FUNCTIONS) == {"math", "exact", "format", "code_tests"}
     assert load_reward_fn("math") is math_reward
     assert load_reward_fn("rlvr.rewards:exact_reward") is exact_reward
     assert load_reward_fn("reward_fns_for_tests:length_bonus")("abc", "", "number") == pytest.approx(0.03)
@@ -439,7 +439,7 @@ def test_check_answer_parsable(answer, answer_type, ok):
 
 
 def test_answer_types_constant():
-    assert set(ANSWER_TYPES) == {"number", "expression", "choice", "string", "any"}
+    assert set(ANSWER_TYPES) == {"number", "expression", "choice", "string", "any", "code"}
 
 
 # ---------------------------------------------------------------------------

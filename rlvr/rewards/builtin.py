@@ -225,7 +225,7 @@ def math_reward(completion: str, answer: str, answer_type: str = "number", **kwa
         if pred is None:
             return 0.0
         p = parse_numeric_literal(pred)
-        return 1.0 if p is not None and numbers_match(p, g) else 0.0
+        return 1.0 if p is not None and p.lowest_terms and numbers_match(p, g) else 0.0
     if answer_type == "expression":
         pred = extract_final_answer(completion)
         if pred is None:

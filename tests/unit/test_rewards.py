@@ -59,7 +59,19 @@ CASES = [
     ("0.5", r"\boxed{\frac{1}{2}}", "number", 1.0),
     ("0.5", r"\boxed{\dfrac{1}{2}}", "number", 1.0),
     ("0.5", r"\boxed{\frac12}", "number", 1.0),
-    ("1/2", r"\boxed{2/4}", "number", 1.0),
+    # a fraction must be in lowest terms: 90/2 restates "what is 90 / 2?" instead of answering it
+    ("1/2", r"\boxed{2/4}", "number", 0.0),
+    ("45", r"\boxed{\frac{90}{2}}", "number", 0.0),
+    ("45", r"\boxed{\dfrac{90}{2}}", "number", 0.0),
+    ("45", r"\boxed{\tfrac{90}{2}}", "number", 0.0),
+    ("45", r"\boxed{90/2}", "number", 0.0),
+    ("45", r"\boxed{\frac{45}{1}}", "number", 0.0),
+    ("1.5", r"\boxed{\frac{6}{4}}", "number", 0.0),
+    ("1.5", r"\boxed{\frac{1.5}{1}}", "number", 0.0),
+    ("1.5", r"\boxed{\frac{3}{2}}", "number", 1.0),
+    ("1.5", r"\boxed{3/2}", "number", 1.0),
+    (r"-\frac{3}{4}", r"\boxed{\frac{-6}{8}}", "number", 0.0),
+    (r"\frac{90}{2}", r"\boxed{45}", "number", 1.0),  # the rule binds answers, not gold
     ("0.75", r"\boxed{\tfrac{3}{4}}", "number", 1.0),
     (r"\frac{1}{3}", r"\boxed{0.33}", "number", 1.0),  # mv (rounding rule)
     (r"\frac{1}{3}", r"\boxed{0.333}", "number", 1.0),  # mv

@@ -148,23 +148,27 @@ def code_tests_reward(
     timeout_s: float = 2.0,
     memory_mb: int = 256,
     language: str = "python",
+    program: str = "last_block",
     **kwargs,
 ) -> dict:
     """``{"score": s, "outcome": o}``: s is the share of tests passed (``mode=fraction``) or 1 if all
     pass, else 0 (``mode=all``); o is the first failing test's outcome, or ``passed``. A completion
-    with no fenced program scores 0 with outcome ``compile_error``. ``timeout_s`` is per test: the
-    verifier's ``timeout_s`` must cover all of an item's tests."""
+    with no fenced program scores 0 with outcome ``compile_error``; ``program=whole`` runs the whole
+    completion instead (completion-style prompts). ``timeout_s`` is per test: the verifier's
+    ``timeout_s`` must cover all of an item's tests."""
     from rlvr.sandbox.bubblewrap import Limits
 
     if mode not in ("fraction", "all"):
         raise ValueError(f"code_tests mode must be 'fraction' or 'all', got {mode!r}")
     if language != "python":
         raise ValueError(f"code_tests runs python programs only, got language {language!r}")
+    if program not in ("last_block", "whole"):
+        raise ValueError(f"code_tests program must be 'last_block' or 'whole', got {program!r}")
     suite = parse_tests(answer)
-    program = extract_program(completion, language)
-    if program is None:
+    source = extract_program(completion, language) if program == "last_block" else completion[:MAX_PROGRAM_CHARS]
+    if source is None:
         return {"score": 0.0, "outcome": "compile_error"}
-    outcomes = run_tests(program, suite, Limits(wall_s=float(timeout_s), cpu_s=float(timeout_s), memory_mb=int(memory_mb)))
+    outcomes = run_tests(source, suite, Limits(wall_s=float(timeout_s), cpu_s=float(timeout_s), memory_mb=int(memory_mb)))
     passed = sum(o == "passed" for o in outcomes)
     failed = [o for o in outcomes if o != "passed"]
     score = passed / len(outcomes) if mode == "fraction" else float(not failed)

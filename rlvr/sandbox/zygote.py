@@ -137,10 +137,7 @@ class Zygote:
         self.workers.pop(w.pid, None)
         if kill:
             self.send(("kill", w.pid))
-        try:
-            w.conn.close()
-        except OSError:
-            pass
+        _close_quietly(w.conn)
 
     def retire(self, w: Worker) -> None:
         """Ask a worker to exit after its item (``None`` ends its loop)."""
@@ -160,10 +157,7 @@ class Zygote:
                 msg = self.conn.recv()
             except (EOFError, OSError):
                 # the zygote died; the scoring loop notices (alive() is False)
-                try:
-                    self.conn.close()
-                except OSError:
-                    pass
+                _close_quietly(self.conn)
                 self.conn = None
                 break
             if msg[0] == "spawned":
@@ -177,54 +171,39 @@ class Zygote:
                 exits.append((msg[1], msg[2]))
         return exits
 
-    def stop(self) -> None:
-        """Close the socket and kill the zygote (its workers follow through ``PR_SET_PDEATHSIG``)."""
-        if self.conn is not None:
-            try:
-                self.conn.close()
-            except OSError:
-                pass
-            self.conn = None
+    def stop(self, grace_s: float = 0.0) -> None:
+        """Close the socket and end the zygote: after ``grace_s`` to shut down by itself (it kills its
+        workers), else killed (its workers follow through ``PR_SET_PDEATHSIG``)."""
+        _close_quietly(self.conn)
+        self.conn = None
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.kill()
             try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:  # pragma: no cover
-                pass
+                self.proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                try:
+                    self.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:  # pragma: no cover
+                    pass
             self.proc = None
 
     def close(self) -> None:
-        """Close every worker socket, ask the zygote to shut down (it kills its workers), and wait for it."""
+        """Close every worker socket, ask the zygote to shut down, and wait 3 s for it. Idempotent."""
         if self.closed:
             return
         self.closed = True
-        for w in list(self.workers.values()):
-            try:
-                w.conn.close()
-            except OSError:
-                pass
-        for c in list(self.pending.values()):
-            try:
-                c.close()
-            except OSError:
-                pass
+        for c in [w.conn for w in self.workers.values()] + list(self.pending.values()):
+            _close_quietly(c)
         self.workers.clear()
         self.pending.clear()
         if self.conn is not None:
             self.send(("shutdown",))
-            try:
-                self.conn.close()
-            except OSError:
-                pass
-            self.conn = None
-        if self.proc is not None:
-            try:
-                self.proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()  # its workers follow through PR_SET_PDEATHSIG
-                try:
-                    self.proc.wait(timeout=3)
-                except subprocess.TimeoutExpired:  # pragma: no cover
-                    pass
-            self.proc = None
+        self.stop(grace_s=3.0)
+
+
+def _close_quietly(conn: Connection | None) -> None:
+    if conn is not None:
+        try:
+            conn.close()
+        except OSError:
+            pass

@@ -103,6 +103,9 @@ def test_modes_and_shapes():
     assert code_tests_reward("no code here", ADD_ASSERTS) == {"score": 0.0, "outcome": "compile_error"}
     with pytest.raises(ValueError, match="mode"):
         code_tests_reward(half, ADD_ASSERTS, mode="most")
+    bare = "def add(a, b):\n    return a + b\n"  # a completion-style answer, no fence
+    assert code_tests_reward(bare, ADD_ASSERTS)["outcome"] == "compile_error"
+    assert code_tests_reward(bare, ADD_ASSERTS, program="whole") == {"score": 1.0, "outcome": "passed"}
 
 
 def test_program_extraction():

@@ -90,6 +90,15 @@ def validate(cfg: DictConfig) -> None:
     missing = OmegaConf.missing_keys(cfg)
     _check(not missing, ", ".join(sorted(missing)), "is required but has no value")
     preset = algorithm_preset(cfg.algorithm)
+    _validate_algorithm(cfg, preset)
+    _validate_eval(cfg)
+    _validate_trainer(cfg)
+    _validate_model(cfg)
+    _validate_rollout(cfg)
+    _validate_verifier(cfg)
+
+
+def _validate_algorithm(cfg: DictConfig, preset: AlgorithmPreset) -> None:
     a = cfg.algorithm
     _check(a.n >= 2, "algorithm.n", f"a group needs at least 2 rollouts, got {a.n}")
     if preset.sampling == "adaptive":
@@ -115,6 +124,9 @@ def validate(cfg: DictConfig) -> None:
     if a.warmup_prompts:
         _check(preset.sampling == "adaptive", "algorithm.warmup_prompts", f"warms up V0.5's value context (sampling=adaptive); {preset.sampling} has none to fill")
     _check(cfg.weighting.name in WEIGHTINGS, "weighting.name", f"unknown {cfg.weighting.name!r}; known: {', '.join(WEIGHTINGS)}")
+
+
+def _validate_eval(cfg: DictConfig) -> None:
     oracle = cfg.eval.oracle
     _check(oracle.samples >= 0, "eval.oracle.samples", f"must be >= 0 (0 = off), got {oracle.samples}")
     _check(oracle.every >= 1, "eval.oracle.every", f"must be >= 1, got {oracle.every}")
@@ -128,6 +140,9 @@ def validate(cfg: DictConfig) -> None:
             "eval.split",
             f"data={cfg.data.name} has no validation split: add data.validation (a split like data.eval) or use eval.split=heldout",
         )
+
+
+def _validate_trainer(cfg: DictConfig) -> None:
     t = cfg.trainer
     _check(t.steps >= 1, "trainer.steps", f"must be >= 1, got {t.steps}")
     _check(t.batch_size >= 1, "trainer.batch_size", f"must be >= 1, got {t.batch_size}")
@@ -147,6 +162,9 @@ def validate(cfg: DictConfig) -> None:
             "trainer.max_staleness",
             "async generation needs engines of their own (cluster.mode=disaggregated); colocated engines sleep while learners step",
         )
+
+
+def _validate_model(cfg: DictConfig) -> None:
     m = cfg.model
     _check(m.train_dtype in ("float32", "bfloat16"), "model.train_dtype", f"must be float32 or bfloat16, got {m.train_dtype!r}")
     _check(
@@ -163,6 +181,9 @@ def validate(cfg: DictConfig) -> None:
         "model.lora.target_modules",
         "is empty: give module names (e.g. [q_proj, v_proj]) or all-linear",
     )
+
+
+def _validate_rollout(cfg: DictConfig) -> None:
     r = cfg.rollout
     _check(r.backend in ("vllm", "hf"), "rollout.backend", f"unknown {r.backend!r}; known: vllm, hf")
     _check(r.temperature > 0, "rollout.temperature", f"training needs sampling, so > 0; got {r.temperature}")
@@ -171,6 +192,9 @@ def validate(cfg: DictConfig) -> None:
     _check(r.timeout_s > 0, "rollout.timeout_s", f"must be > 0 seconds, got {r.timeout_s}")
     validate_cluster(cfg.cluster, cfg.rollout.backend)
     _check(cfg.learner.bucket_mb >= 0, "learner.bucket_mb", f"must be >= 0 (0 = one tensor per bucket), got {cfg.learner.bucket_mb}")
+
+
+def _validate_verifier(cfg: DictConfig) -> None:
     v = cfg.verifier
     _check(v.timeout_s > 0, "verifier.timeout_s", f"must be > 0, got {v.timeout_s}")
     _check(v.num_workers >= 1, "verifier.num_workers", f"must be >= 1, got {v.num_workers}")

@@ -5,9 +5,10 @@
                real π_old and the rollout correction) -> weight sync to the RolloutPool
             -> metrics, evaluation, checkpoint
 
-Two drivers feed `train_step` the same `Batch`: `sync_batches` (generate, then train: exact
-resume) and `AsyncBatches` (trainer.max_staleness >= 1: the next batch is generated while this one
-trains). `train(cfg)` takes the composed Hydra config (see `rlvr.config.compose`).
+`train(cfg)` takes the composed Hydra config (see `rlvr.config.compose`), starts the roles and
+hands them to a `Run`, whose `loop` reads top to bottom: each batch from a driver (`rlvr.drivers`:
+`sync_batches`, or `AsyncBatches` when trainer.max_staleness >= 1), `train_step`, `record`,
+`checkpoint`.
 
 What the loop stands on lives next door: the roles as Ray actors (`rlvr.roles`), held-out
 evaluation and `rlvr eval` (`rlvr.evaluate`), the run's records, checkpoint state and stop signals
@@ -19,19 +20,18 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import queue
 import random
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import ray
 import torch
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 from rlvr.algorithms import HADWState, apply_weighting, compute_advantages
 from rlvr.batch import Batch, Trajectory, plan_mini_batches
@@ -39,6 +39,7 @@ from rlvr.checkpoint import resolve_resume
 from rlvr.config import ConfigError, algorithm_preset, overlong_buffer, validate
 from rlvr.controller import BudgetController, ControllerConfig
 from rlvr.data import Problem, PromptStream, load_problems, prompt_renderer
+from rlvr.drivers import AsyncBatches, sync_batches
 from rlvr.evaluate import evaluate, evaluation_problems
 from rlvr.faults import RoleFailed
 from rlvr.learner import UpdateConfig
@@ -171,7 +172,7 @@ def step_metrics(batch: Batch, learn: dict) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# The step, and the two drivers that feed it batches
+# The step (its two drivers, sync and async, are in rlvr.drivers)
 # --------------------------------------------------------------------------------------------
 @dataclass
 class StepParts:
@@ -218,72 +219,11 @@ def train_step(parts: StepParts, batch: Batch, step: int) -> dict:
     return m
 
 
-def sync_batches(make_batch: Callable[[int], Batch], first: int, last: int) -> Iterator[Batch]:
-    """max_staleness = 0: batch s is generated after step s-1's weights reached the engines."""
-    for step in range(first, last + 1):
-        yield make_batch(step)
-
-
-class AsyncBatches:
-    """max_staleness = k >= 1: a thread generates the next batches while the learners train.
-
-    The batch of step s starts generating once the weights of step s-1-ahead are on the engines
-    (`ahead` = trainer.generate_ahead, default k), so with ahead = k nothing it samples is ever
-    older than the bound when trained; a larger `ahead` keeps the engines busier, and what goes
-    stale is dropped (`trainable`). Weight loads queue on each engine between generate calls, so
-    a sync stalls generation by the load alone.
-    """
-
-    def __init__(self, make_batch: Callable[[int], Batch], first: int, last: int, ahead: int):
-        self.make_batch, self.first, self.last, self.ahead = make_batch, first, last, ahead
-        self.synced = first - 1  # the weight version on the engines
-        self.changed = threading.Condition()
-        self.stopping = False
-        self.ready: queue.Queue = queue.Queue()
-        self.thread = threading.Thread(target=self._generate, name="rlvr-generate", daemon=True)
-        self.thread.start()
-
-    def _generate(self) -> None:
-        try:
-            for step in range(self.first, self.last + 1):
-                start = time.perf_counter()
-                with self.changed:
-                    self.changed.wait_for(lambda: self.stopping or self.synced >= step - 1 - self.ahead)
-                    if self.stopping:
-                        return
-                waited = time.perf_counter() - start
-                batch = self.make_batch(step)
-                batch.stats["time/generator_wait"] = waited  # generation waiting for weights
-                self.ready.put(batch)
-        except BaseException as e:  # noqa: BLE001 - handed to the training thread, which raises it
-            self.ready.put(e)
-
-    def __iter__(self) -> Iterator[Batch]:
-        for _ in range(self.first, self.last + 1):
-            start = time.perf_counter()
-            item = self.ready.get()
-            if isinstance(item, BaseException):
-                raise item
-            item.stats["time/learner_wait"] = time.perf_counter() - start  # learning waiting for data
-            yield item
-
-    def synced_version(self, version: int) -> None:
-        with self.changed:
-            self.synced = version
-            self.changed.notify_all()
-
-    def close(self, timeout_s: float = 300) -> None:
-        """Stop after the batch in flight (it is discarded: resume regenerates it)."""
-        with self.changed:
-            self.stopping = True
-            self.changed.notify_all()
-        self.thread.join(timeout=timeout_s)
-
-
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
 def train(cfg: DictConfig) -> dict:
+    """Train as `cfg` says; returns the run's summary and its per-step history."""
     validate(cfg)  # bad keys and values fail here, before any actor starts
     preset = algorithm_preset(cfg.algorithm)
     run_dir = Path(cfg.run_dir)
@@ -309,181 +249,228 @@ def train(cfg: DictConfig) -> dict:
         cfg.algorithm.name, cfg.weighting.name, model_path, cfg.data.name, len(train_problems), len(eval_problems),
         cfg.trainer.steps, cfg.trainer.batch_size, cfg.algorithm.n, run_dir,
     )
-
     render = prompt_renderer(cfg, model_path)
     with running_roles(cfg, model_path, preset) as roles:
-        rollout, verifier, learners = roles["rollout"], roles["verifier"], roles["learners"]
-        sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_tokens=cfg.rollout.max_tokens)
-        controller = BudgetController(controller_config(cfg, preset), rollout, verifier, roles["value"], render, sampling)
-        parts = StepParts(cfg, preset, roles, update_config(cfg, preset), hadw_state(cfg.weighting))
-        metrics_log = MetricsLog(run_dir, cfg)
-        total = cfg.trainer.steps
-        history: list[dict] = []
-        start_step, heldout_before = 1, None
-
-        def restore(state: dict) -> int:
-            """Every role and the loop's state as of a checkpoint; the step to continue at."""
-            stream.load_state_dict(state["stream"])
-            parts.hadw_state.load_state_dict(state["hadw"])
-            if state.get("controller") is not None:  # checkpoints from before V05Baseline have none
-                controller.load_state_dict(state["controller"])
-            set_rng_state(state["rng"])
-            rollout.load_weights(cfg.cluster.weight_sync, learners, version=state["step"])
-            return state["step"] + 1
-
-        # What a run that loses its learners before its first checkpoint goes back to.
-        initial = copy.deepcopy({"step": 0, "stream": stream.state_dict(), "hadw": parts.hadw_state.state_dict(),
-                                 "controller": controller.state_dict(), "rng": rng_state(), "value": {"prompts": [], "success": []}})
+        run = Run(cfg, preset, roles, stream, render, eval_problems, run_dir, model_path)
         if ckpt is not None:
-            state = load_training_state(ckpt, roles)
-            start_step, heldout_before = restore(state), state.get("heldout_before")
-            log.info("resumed from %s: continuing at step %d (epoch %d)", ckpt, start_step, stream.epoch)
-            if start_step > total:
-                log.warning(
-                    "%s already holds step %d of trainer.steps=%d: nothing to train. Raise trainer.steps to go on, "
-                    "or pass resume=never (or another run_dir) to start fresh.", run_dir, state["step"], total
-                )
+            run.resume(ckpt)
         else:
-            step0: dict = {}
-            if warmup_problems:
-                step0 = controller.warm_start(warmup_problems, seed=cfg.seed * 100003)
-                log.info(
-                    "V0.5 warm start: %d prompts, %d rollouts in %.1f s; prior Brier %.4f (the context mean's %.4f), window %d",
-                    step0["warmup/prompts"], step0["warmup/rollouts"], step0["warmup/seconds"], step0["warmup/prior_brier"],
-                    step0["warmup/context_mean_brier"], step0["v05/window"],
-                )
-                # a learner lost before the first checkpoint goes back to the warmed-up state
-                initial.update(controller=copy.deepcopy(controller.state_dict()), value=roles["value"].state)
-            eval_records: list[dict] = []
-            if cfg.eval.at_start:
-                step0.update(evaluate(rollout, verifier, eval_problems, render, cfg, seed=cfg.seed + 10**6, per_prompt=eval_records))
-                heldout_before = step0.get("eval/accuracy")
-                log.info("step 0 held-out accuracy %.3f on %d prompts", float("nan") if heldout_before is None else heldout_before, len(eval_problems))
-            if step0:
-                metrics_log.write(0, step0, eval_records=eval_records)
-                history.append({"step": 0, **step0})
+            run.step_zero(warmup_problems)
+        run.loop()
+        return run.finish()
 
-        k = cfg.trainer.max_staleness
 
-        def make_batch(step: int) -> Batch:
-            """1. rollouts: the controller decides how many per prompt, and scores them."""
-            start = time.perf_counter()
-            batch = controller.collect(stream.next(cfg.trainer.batch_size), stream.next, seed=cfg.seed * 100003 + step)
-            batch.stream_state = stream.state_dict()
-            batch.controller_state = controller.state_dict()
-            if k and roles["value"] is not None:  # the server moves on with the batches generated ahead
-                batch.value_state = roles["value"].state  # the controller's snapshot after this batch
-            batch.stats["time/collect"] = time.perf_counter() - start
-            if cfg.eval.oracle.samples and step % cfg.eval.oracle.every == 0:  # p* at the weights that sampled the batch
-                batch.oracle = sample_oracle(rollout, verifier, batch, render, sampling, cfg.eval.oracle.samples, cfg.seed * 100003 + step + 10**7)
-            return batch
+class Run:
+    """One `train()` call once its roles are up: the loop (`loop`), what each step leaves behind
+    (`record`, `checkpoint`) and how the run comes back (`restore`, `restart_learners`)."""
 
-        from tqdm import tqdm
+    def __init__(self, cfg: DictConfig, preset, roles: dict, stream: PromptStream, render: Callable[[Problem], str],
+                 eval_problems: list[Problem], run_dir: Path, model_path: str):
+        self.cfg, self.roles, self.stream, self.render = cfg, roles, stream, render
+        self.eval_problems, self.run_dir, self.model_path = eval_problems, run_dir, model_path
+        self.sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_tokens=cfg.rollout.max_tokens)
+        self.controller = BudgetController(controller_config(cfg, preset), roles["rollout"], roles["verifier"], roles["value"], render, self.sampling)
+        self.parts = StepParts(cfg, preset, roles, update_config(cfg, preset), hadw_state(cfg.weighting))
+        self.metrics_log = MetricsLog(run_dir, cfg)
+        self.total = cfg.trainer.steps
+        self.staleness = cfg.trainer.max_staleness  # 0: synchronous
+        self.history: list[dict] = []
+        self.start_step, self.step, self.heldout_before = 1, 0, None
+        self.last: tuple[int, dict, bool] | None = None  # (step, state, saved) of the last trained step
+        self.learner_faults = {"restarts": 0, "seconds_lost": 0.0}
+        # What a run that loses its learners before its first checkpoint goes back to.
+        self.initial = copy.deepcopy({"step": 0, "stream": stream.state_dict(), "hadw": self.parts.hadw_state.state_dict(),
+                                      "controller": self.controller.state_dict(), "rng": rng_state(),
+                                      "value": {"prompts": [], "success": []}})
+        self.stop: StopRequest | None = None
+        self.bar = None
 
-        stop = StopRequest()
-        bar = tqdm(total=total, initial=start_step - 1, desc="train", disable=not cfg.trainer.progress, dynamic_ncols=True, file=sys.stderr)
-        source = AsyncBatches(make_batch, start_step, total, cfg.trainer.generate_ahead or k) if k else None
-        step = start_step - 1
-        last = None  # (step, state) of the last trained step: saved if a role fails for good
-        learner_restarts, learner_faults = 0, {"restarts": 0, "seconds_lost": 0.0}
+    # -- where the run starts --------------------------------------------------------------------
+    def restore(self, state: dict) -> int:
+        """Every role and the loop's state as of a checkpoint; the step to continue at."""
+        self.stream.load_state_dict(state["stream"])
+        self.parts.hadw_state.load_state_dict(state["hadw"])
+        if state.get("controller") is not None:  # checkpoints from before V05Baseline have none
+            self.controller.load_state_dict(state["controller"])
+        set_rng_state(state["rng"])
+        self.roles["rollout"].load_weights(self.cfg.cluster.weight_sync, self.roles["learners"], version=state["step"])
+        return state["step"] + 1
+
+    def resume(self, ckpt: Path) -> None:
+        state = load_training_state(ckpt, self.roles)
+        self.start_step, self.heldout_before = self.restore(state), state.get("heldout_before")
+        log.info("resumed from %s: continuing at step %d (epoch %d)", ckpt, self.start_step, self.stream.epoch)
+        if self.start_step > self.total:
+            log.warning(
+                "%s already holds step %d of trainer.steps=%d: nothing to train. Raise trainer.steps to go on, "
+                "or pass resume=never (or another run_dir) to start fresh.", self.run_dir, state["step"], self.total
+            )
+
+    def step_zero(self, warmup_problems: list[Problem]) -> None:
+        """A fresh run: V0.5's warm start (if any) and the held-out accuracy before training."""
+        cfg, roles = self.cfg, self.roles
+        step0: dict = {}
+        if warmup_problems:
+            step0 = self.controller.warm_start(warmup_problems, seed=cfg.seed * 100003)
+            log.info(
+                "V0.5 warm start: %d prompts, %d rollouts in %.1f s; prior Brier %.4f (the context mean's %.4f), window %d",
+                step0["warmup/prompts"], step0["warmup/rollouts"], step0["warmup/seconds"], step0["warmup/prior_brier"],
+                step0["warmup/context_mean_brier"], step0["v05/window"],
+            )
+            # a learner lost before the first checkpoint goes back to the warmed-up state
+            self.initial.update(controller=copy.deepcopy(self.controller.state_dict()), value=roles["value"].state)
+        eval_records: list[dict] = []
+        if cfg.eval.at_start:
+            step0.update(evaluate(roles["rollout"], roles["verifier"], self.eval_problems, self.render, cfg,
+                                  seed=cfg.seed + 10**6, per_prompt=eval_records))
+            self.heldout_before = step0.get("eval/accuracy")
+            log.info("step 0 held-out accuracy %.3f on %d prompts",
+                     float("nan") if self.heldout_before is None else self.heldout_before, len(self.eval_problems))
+        if step0:
+            self.metrics_log.write(0, step0, eval_records=eval_records)
+            self.history.append({"step": 0, **step0})
+
+    # -- the loop --------------------------------------------------------------------------------
+    def make_batch(self, step: int) -> Batch:
+        """1. rollouts: the controller decides how many per prompt, and scores them."""
+        cfg, stream, controller = self.cfg, self.stream, self.controller
+        start = time.perf_counter()
+        batch = controller.collect(stream.next(cfg.trainer.batch_size), stream.next, seed=cfg.seed * 100003 + step)
+        batch.stream_state = stream.state_dict()
+        batch.controller_state = controller.state_dict()
+        if self.staleness and self.roles["value"] is not None:  # the server moves on with the batches generated ahead
+            batch.value_state = self.roles["value"].state  # the controller's snapshot after this batch
+        batch.stats["time/collect"] = time.perf_counter() - start
+        if cfg.eval.oracle.samples and step % cfg.eval.oracle.every == 0:  # p* at the weights that sampled the batch
+            batch.oracle = sample_oracle(self.roles["rollout"], self.roles["verifier"], batch, self.render, self.sampling,
+                                         cfg.eval.oracle.samples, cfg.seed * 100003 + step + 10**7)
+        return batch
+
+    def loop(self) -> None:
+        """Steps start_step..total: each batch through `train_step` (2.-4.), then `record` (5.) and
+        `checkpoint` (6.). A learner rank that dies sends the run back to its last checkpoint."""
+        self.stop = StopRequest()
+        self.bar = tqdm(total=self.total, initial=self.start_step - 1, desc="train", disable=not self.cfg.trainer.progress,
+                        dynamic_ncols=True, file=sys.stderr)
+        ahead = self.cfg.trainer.generate_ahead or self.staleness
+        source = AsyncBatches(self.make_batch, self.start_step, self.total, ahead) if self.staleness else None
+        self.step = self.start_step - 1
         try:
             while True:  # one pass, and one more after each learner restart
-                batches = source if source is not None else sync_batches(make_batch, start_step, total)
+                batches = source if source is not None else sync_batches(self.make_batch, self.start_step, self.total)
                 try:
-                    for step, batch in enumerate(batches, start=start_step):
+                    for step, batch in enumerate(batches, start=self.start_step):
+                        self.step = step
                         step_start = time.perf_counter()
-                        m = train_step(parts, batch, step)
+                        m = train_step(self.parts, batch, step)
                         if source is not None:
                             source.synced_version(step)
                             m["time/step"] = time.perf_counter() - step_start + batch.stats.get("time/learner_wait", 0.0)
                         else:
                             m["time/step"] = time.perf_counter() - step_start + batch.stats["time/collect"]
-                        m["gen_tokens_per_s"] = m.get("gen_tokens", 0) / max(m.get("time/generate", 1e-9), 1e-9)
-                        m.update(fault_metrics(roles, learner_faults))
-                        # 5. metrics
-                        eval_records, oracle_records = [], []
-                        if batch.oracle is not None:
-                            oracle_m, oracle_records = oracle_metrics(batch, batch.oracle, cfg.algorithm.n)
-                            m.update(oracle_m)
-                        if cfg.trainer.eval_every and (step % cfg.trainer.eval_every == 0 or step == total):
-                            eval_start = time.perf_counter()
-                            every = cfg.eval.pass_at_k_every
-                            sampled = not every or step % every == 0 or step == total
-                            m.update(evaluate(rollout, verifier, eval_problems, render, cfg, cfg.seed + 10**6 + step, sampled, eval_records))
-                            m["time/eval"] = time.perf_counter() - eval_start
-                        metrics_log.write(step, m, batch.decisions, eval_records, oracle_records)
-                        history.append({"step": step, **m})
-                        bar.update(1)
-                        tqdm.write(console_line(step, total, m), file=sys.stdout)
-                        sys.stdout.flush()
-                        # 6. checkpoint: periodically, at the end, and when asked to stop. It records the
-                        # trained step; an async run regenerates whatever was generated ahead of it.
-                        state = {
-                            "step": step,
-                            "epoch": batch.stream_state["epoch"],
-                            "stream": batch.stream_state,
-                            "controller": batch.controller_state,
-                            "hadw": parts.hadw_state.state_dict(),
-                            "rng": rng_state(),
-                            "heldout_before": heldout_before,
-                            # the value server's state after this batch: the controller's snapshot
-                            "value": roles["value"].state if roles["value"] is not None and k == 0 else batch.value_state,
-                        }
-                        every = cfg.trainer.save_every
-                        saved = (every and step % every == 0) or step == total or stop.signal is not None
-                        if saved:
-                            path = save_training_state(run_dir, step, roles, state, cfg)
-                            log.info("checkpoint %s", path)
-                        last = (step, state, saved)
-                        if stop.signal is not None:
-                            log.warning("stopped at step %d; `rlvr train` with the same run_dir resumes from here", step)
+                        self.record(step, batch, m)
+                        if self.checkpoint(step, batch):
                             break
                     break
                 except ray.exceptions.RayActorError as e:
-                    # A learner rank died: its optimizer state went with it. Restart every rank, go
-                    # back to the last checkpoint (or the start) and train the steps since again.
-                    if k or not learners_lost(learners):
+                    if self.staleness or not learners_lost(self.roles["learners"]):
                         raise
-                    learner_restarts += 1
-                    if learner_restarts > cfg.trainer.max_restarts:
-                        raise RoleFailed(
-                            f"a learner rank died {learner_restarts} times, more than trainer.max_restarts={cfg.trainer.max_restarts} "
-                            f"allows; last error: {str(e).strip().splitlines()[0]}"
-                        ) from e
-                    t0 = time.perf_counter()
-                    restart_learners(cfg, roles, model_path)
-                    back_to = resolve_resume(run_dir, "auto")
-                    state = load_training_state(back_to, roles) if back_to is not None else initial
-                    if back_to is None and roles["value"] is not None:
-                        roles["value"].load(initial["value"])
-                    start_step, last = restore(state), None
-                    history = [h for h in history if h["step"] < start_step]
-                    bar.n = start_step - 1
-                    bar.refresh()
-                    learner_faults["restarts"] = learner_restarts
-                    learner_faults["seconds_lost"] += time.perf_counter() - t0
-                    log.warning("a learner rank died (%s); restarted every rank from %s, training again from step %d (%d of at most %d)",
-                                type(e).__name__, back_to or "the initial weights", start_step, learner_restarts, cfg.trainer.max_restarts)
+                    self.restart_learners(e)
         except RoleFailed as e:
             # The failure came while collecting the next batch: the learners still hold the last
             # trained step's weights, so that step's checkpoint is exact.
-            if last is not None and not last[2]:
-                path = save_training_state(run_dir, last[0], roles, last[1], cfg)
+            if self.last is not None and not self.last[2]:
+                path = save_training_state(self.run_dir, self.last[0], self.roles, self.last[1], self.cfg)
                 log.info("checkpoint %s", path)
-            where = f"a checkpoint at step {last[0]}" if last is not None else "its last checkpoint"
+            where = f"a checkpoint at step {self.last[0]}" if self.last is not None else "its last checkpoint"
             raise RoleFailed(f"{e}. The run stopped with {where}; the same command resumes it.") from e
         finally:
             if source is not None:
                 source.close(300 if sys.exc_info()[0] is None else 10)  # an abort need not wait for the batch in flight
-            stop.restore()
-            bar.close()
-            metrics_log.close()
-        summary = {
-            "heldout_before": heldout_before,
-            "heldout_after": next((h["eval/accuracy"] for h in reversed(history) if "eval/accuracy" in h), None),
-            "steps": step if total >= start_step else total,
-            "run_dir": str(run_dir),
+            self.stop.restore()
+            self.bar.close()
+            self.metrics_log.close()
+
+    def record(self, step: int, batch: Batch, m: dict) -> None:
+        """5. metrics: the step's, the oracle's and the held-out evaluation's, to the log and the console."""
+        cfg = self.cfg
+        m["gen_tokens_per_s"] = m.get("gen_tokens", 0) / max(m.get("time/generate", 1e-9), 1e-9)
+        m.update(fault_metrics(self.roles, self.learner_faults))
+        eval_records, oracle_records = [], []
+        if batch.oracle is not None:
+            oracle_m, oracle_records = oracle_metrics(batch, batch.oracle, cfg.algorithm.n)
+            m.update(oracle_m)
+        if cfg.trainer.eval_every and (step % cfg.trainer.eval_every == 0 or step == self.total):
+            eval_start = time.perf_counter()
+            every = cfg.eval.pass_at_k_every
+            sampled = not every or step % every == 0 or step == self.total
+            m.update(evaluate(self.roles["rollout"], self.roles["verifier"], self.eval_problems, self.render, cfg,
+                              cfg.seed + 10**6 + step, sampled, eval_records))
+            m["time/eval"] = time.perf_counter() - eval_start
+        self.metrics_log.write(step, m, batch.decisions, eval_records, oracle_records)
+        self.history.append({"step": step, **m})
+        self.bar.update(1)
+        tqdm.write(console_line(step, self.total, m), file=sys.stdout)
+        sys.stdout.flush()
+
+    def checkpoint(self, step: int, batch: Batch) -> bool:
+        """6. checkpoint: periodically, at the end, and when asked to stop (then True). It records the
+        trained step; an async run regenerates whatever was generated ahead of it."""
+        cfg, value = self.cfg, self.roles["value"]
+        state = {
+            "step": step,
+            "epoch": batch.stream_state["epoch"],
+            "stream": batch.stream_state,
+            "controller": batch.controller_state,
+            "hadw": self.parts.hadw_state.state_dict(),
+            "rng": rng_state(),
+            "heldout_before": self.heldout_before,
+            # the value server's state after this batch: the controller's snapshot
+            "value": value.state if value is not None and self.staleness == 0 else batch.value_state,
         }
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        every = cfg.trainer.save_every
+        saved = (every and step % every == 0) or step == self.total or self.stop.signal is not None
+        if saved:
+            path = save_training_state(self.run_dir, step, self.roles, state, cfg)
+            log.info("checkpoint %s", path)
+        self.last = (step, state, saved)
+        if self.stop.signal is not None:
+            log.warning("stopped at step %d; `rlvr train` with the same run_dir resumes from here", step)
+            return True
+        return False
+
+    def restart_learners(self, error: Exception) -> None:
+        """A learner rank died: its optimizer state went with it. Restart every rank, go back to the
+        last checkpoint (or the start) and train the steps since again."""
+        cfg, roles = self.cfg, self.roles
+        restarts = self.learner_faults["restarts"] + 1
+        if restarts > cfg.trainer.max_restarts:
+            raise RoleFailed(
+                f"a learner rank died {restarts} times, more than trainer.max_restarts={cfg.trainer.max_restarts} "
+                f"allows; last error: {str(error).strip().splitlines()[0]}"
+            ) from error
+        t0 = time.perf_counter()
+        restart_learners(cfg, roles, self.model_path)
+        back_to = resolve_resume(self.run_dir, "auto")
+        state = load_training_state(back_to, roles) if back_to is not None else self.initial
+        if back_to is None and roles["value"] is not None:
+            roles["value"].load(self.initial["value"])
+        self.start_step, self.last = self.restore(state), None
+        self.history = [h for h in self.history if h["step"] < self.start_step]
+        self.bar.n = self.start_step - 1
+        self.bar.refresh()
+        self.learner_faults["restarts"] = restarts
+        self.learner_faults["seconds_lost"] += time.perf_counter() - t0
+        log.warning("a learner rank died (%s); restarted every rank from %s, training again from step %d (%d of at most %d)",
+                    type(error).__name__, back_to or "the initial weights", self.start_step, restarts, cfg.trainer.max_restarts)
+
+    def finish(self) -> dict:
+        summary = {
+            "heldout_before": self.heldout_before,
+            "heldout_after": next((h["eval/accuracy"] for h in reversed(self.history) if "eval/accuracy" in h), None),
+            "steps": self.step if self.total >= self.start_step else self.total,
+            "run_dir": str(self.run_dir),
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         log.info("done: held-out accuracy %s -> %s", summary["heldout_before"], summary["heldout_after"])
-        return {"summary": summary, "history": history}
+        return {"summary": summary, "history": self.history}

@@ -493,9 +493,3 @@ class ProcessVerifier:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    def __del__(self):
-        try:
-            self._finalizer()
-        except Exception:
-            pass

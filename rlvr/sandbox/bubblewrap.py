@@ -126,7 +126,10 @@ def _limit_child(limits: Limits):
         if root:  # last: the limits above may be raised only while still root
             os.setgroups([])
             os.setgid(NOBODY)
-            os.setuid(sandbox_uid)
+            try:
+                os.setuid(sandbox_uid)
+            except OSError:  # a user namespace that maps only low ids (rootless containers): share nobody
+                os.setuid(NOBODY)
 
     return apply
 

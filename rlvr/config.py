@@ -96,6 +96,24 @@ def validate(cfg: DictConfig) -> None:
     _validate_model(cfg)
     _validate_rollout(cfg)
     _validate_verifier(cfg)
+    _validate_env(cfg)
+
+
+def _validate_env(cfg: DictConfig) -> None:
+    e = cfg.env
+    if e.name == "none":
+        return
+    from rlvr.envs import make_environment
+    from rlvr.envs.tools import PARSERS, tool_schemas
+
+    _check(e.max_turns >= 1, "env.max_turns", f"must be >= 1, got {e.max_turns}")
+    _check(e.max_tokens >= 1, "env.max_tokens", f"must be >= 1 (response tokens of an episode, observations included), got {e.max_tokens}")
+    _check(e.parser in PARSERS, "env.parser", f"unknown tool-call parser {e.parser!r}; known: {', '.join(sorted(PARSERS))}")
+    try:  # an unknown environment, bad options or a tool without a schema fail here, naming it
+        env = make_environment(e.name, OmegaConf.to_container(e.options, resolve=True), list(e.tools))
+        tool_schemas(env.tools)
+    except ValueError as err:
+        raise ConfigError(f"env: {err}") from err
 
 
 def _validate_algorithm(cfg: DictConfig, preset: AlgorithmPreset) -> None:

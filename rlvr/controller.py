@@ -11,8 +11,8 @@ Modes (`algorithm.sampling`):
   `calibration_window` prompts rather than one step's few. `warm_start` fills that window and the
   value context from the initial policy's rollouts before step 1, so the first steps can trust a prior.
 
-It runs in the driver: it holds handles to the rollout pool, the verifier and the value
-server, and returns a `rlvr.batch.Batch`.
+It runs in the driver: it holds the generator (`rlvr.generation`: the engines, the verifier and,
+for multi-turn episodes, the environment) and the value server, and returns a `rlvr.batch.Batch`.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from rlvr.algorithms.v05 import V05Baseline
 from rlvr.batch import Batch, PromptGroup, Trajectory
 from rlvr.data import Problem
 from rlvr.faults import RestartingRole
-from rlvr.rollout import GenerationRequest, RolloutPool, SamplingConfig
-from rlvr.sandbox import ScoreRequest
+from rlvr.generation import Generator, env_rates
+from rlvr.rollout import SamplingConfig
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +62,11 @@ class BudgetController:
     def __init__(
         self,
         cfg: ControllerConfig,
-        rollout: RolloutPool,
-        verifier: RestartingRole,
+        generator: Generator,
         value_server: RestartingRole | None,
-        render_prompt: Callable[[Problem], str],
         sampling: SamplingConfig,
     ):
-        self.cfg, self.rollout, self.verifier, self.value_server = cfg, rollout, verifier, value_server
-        self.render_prompt, self.sampling = render_prompt, sampling
+        self.cfg, self.generator, self.value_server, self.sampling = cfg, generator, value_server, sampling
         self.timings: dict[str, float] = {}
         self.counts: dict[str, float] = {}
         self.v05 = V05Baseline(
@@ -95,21 +92,16 @@ class BudgetController:
         return out
 
     def _sample_and_score(self, problems: list[Problem], ns: list[int], seed: int) -> list[PromptGroup]:
-        """Generate ns[i] rollouts of problems[i] and score them: one generation round."""
-        requests = [GenerationRequest(i, self.render_prompt(p), n) for i, (p, n) in enumerate(zip(problems, ns)) if n > 0]
-        samples = self._timed("generate", self.rollout.generate, requests, self.sampling, seed)
+        """Generate ns[i] scored rollouts of problems[i]: one generation round."""
+        out = self.generator.generate(problems, ns, self.sampling, seed)
+        for phase, seconds in out.timings.items():
+            self.timings[phase] = self.timings.get(phase, 0.0) + seconds
         self.counts["rounds"] = self.counts.get("rounds", 0) + 1
-        self.counts["rollouts"] = self.counts.get("rollouts", 0) + len(samples)
-        self.counts["gen_tokens"] = self.counts.get("gen_tokens", 0) + sum(len(s.response_ids) for s in samples)
-        scored = [ScoreRequest.for_problem(s.text, problems[s.prompt_index]) for s in samples]
-        results, vstats = self._timed("verify", lambda: self.verifier.call("score", scored))
-        for kind in ("timeout", "oom", "crash", "error"):  # error: a reward function raised or returned a non-number
-            self.counts[f"verifier_{kind}"] = self.counts.get(f"verifier_{kind}", 0) + vstats.get(kind, 0)
-        for outcome, n in vstats.get("outcomes", {}).items():  # code_tests: passed, wrong_answer, compile_error, ...
-            self.counts[f"verifier_outcome_{outcome}"] = self.counts.get(f"verifier_outcome_{outcome}", 0) + n
-        rewards = torch.tensor([r.reward for r in results], dtype=torch.float32)
+        for key, n in out.counts.items():
+            self.counts[key] = self.counts.get(key, 0) + n
+        rewards = torch.tensor([t.reward for t in out.trajectories], dtype=torch.float32)
         if self.cfg.overlong:
-            lengths = torch.tensor([len(s.response_ids) for s in samples], dtype=torch.float32)
+            lengths = torch.tensor([t.num_tokens for t in out.trajectories], dtype=torch.float32)  # the model's tokens only
             penalty = overlong_penalty(lengths, self.sampling.max_tokens, self.cfg.overlong_buffer)
             rewards = rewards + penalty
             penalised = lengths[penalty < 0]
@@ -117,21 +109,11 @@ class BudgetController:
             if len(penalised):  # the shortest answer that paid for its length: never below the soft start
                 shortest = int(penalised.min())
                 self.counts["overlong_shortest_penalised"] = min(self.counts.get("overlong_shortest_penalised", shortest), shortest)
+        for t, r in zip(out.trajectories, rewards.tolist()):
+            t.reward = r
         groups = [PromptGroup(p) for p in problems]
-        for s, r, res in zip(samples, rewards.tolist(), results):
-            groups[s.prompt_index].trajectories.append(
-                Trajectory(
-                    prompt_ids=s.prompt_ids,
-                    response_ids=s.response_ids,
-                    rollout_logprobs=s.logprobs,
-                    weight_version=s.weight_version,
-                    reward=r,
-                    correct=bool(res.correct),
-                    error=res.error,
-                    truncated=s.truncated,
-                    text=s.text,
-                )
-            )
+        for t in out.trajectories:
+            groups[t.group].trajectories.append(t)
         return groups
 
     def warm_start(self, problems: list[Problem], seed: int) -> dict:
@@ -188,6 +170,7 @@ class BudgetController:
             raise ValueError(f"unknown sampling mode {self.cfg.sampling!r}")
         batch.stats.update({f"time/{k}": v for k, v in self.timings.items()})
         batch.stats.update(self.counts)
+        batch.stats.update(env_rates(self.counts))
         return batch
 
     def _collect_dynamic(self, problems: list[Problem], more_problems, seed: int) -> Batch:

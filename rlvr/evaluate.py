@@ -10,10 +10,11 @@ import ray
 from omegaconf import DictConfig, OmegaConf
 
 from rlvr.algorithms import pass_at_k
-from rlvr.data import Problem, load_problems, prompt_renderer
+from rlvr.data import Problem, load_problems
+from rlvr.generation import Generator, env_rates, make_generator
 from rlvr.models import resolve_model_path
 from rlvr.roles import engine_config, start_ray, threads_env, verifier_role
-from rlvr.rollout import GenerationRequest, RolloutEngine, RolloutPool, SamplingConfig
+from rlvr.rollout import RolloutEngine, RolloutPool, SamplingConfig
 
 log = logging.getLogger("rlvr")
 
@@ -32,23 +33,22 @@ def evaluation_problems(cfg: DictConfig, train_problems: list[Problem]) -> list[
     return validation
 
 
-def correct_counts(rollout: RolloutPool, verifier, problems: list[Problem], render, n: int, sampling: SamplingConfig, seed: int) -> list[int]:
-    """How many of ``n`` seeded samples of each problem the verifier scores correct."""
-    from rlvr.sandbox import ScoreRequest
-
-    samples = rollout.generate([GenerationRequest(i, render(p), n) for i, p in enumerate(problems)], sampling, seed)
-    results, _ = verifier.call("score", [ScoreRequest.for_problem(s.text, problems[s.prompt_index]) for s in samples])
+def correct_counts(generator: Generator, problems: list[Problem], n: int, sampling: SamplingConfig, seed: int,
+                   env_counts: dict | None = None) -> list[int]:
+    """How many of ``n`` seeded rollouts of each problem are correct; ``env_counts``, when given,
+    receives a multi-turn generator's `env/*` counts."""
+    out = generator.generate(problems, [n] * len(problems), sampling, seed)
     correct = [0] * len(problems)
-    for s, r in zip(samples, results):
-        correct[s.prompt_index] += int(r.correct)
+    for t in out.trajectories:
+        correct[t.group] += int(t.correct)
+    if env_counts is not None:
+        env_counts.update({k: v for k, v in out.counts.items() if k.startswith("env/")})
     return correct
 
 
 def evaluate(
-    rollout: RolloutPool,
-    verifier,
+    generator: Generator,
     problems: list[Problem],
-    render,
     cfg: DictConfig,
     seed: int,
     sampled: bool = True,
@@ -69,13 +69,15 @@ def evaluate(
                 out[f"eval/{name}/{f}"] = float(np.mean([v for v, p in zip(values, problems) if p.family == f]))
         return out
 
-    greedy = correct_counts(rollout, verifier, problems, render, 1, SamplingConfig(temperature=0.0, max_tokens=cfg.eval.max_tokens), seed)
+    env_counts: dict = {}
+    greedy = correct_counts(generator, problems, 1, SamplingConfig(temperature=0.0, max_tokens=cfg.eval.max_tokens), seed, env_counts)
     metrics = by_family("accuracy", greedy)
+    metrics.update({f"eval/{k}": v for k, v in env_rates(env_counts).items()})  # tool calls and turns of the greedy episodes
     records = [{"uid": p.uid, "family": p.family, "greedy": g} for p, g in zip(problems, greedy)]
     n = cfg.eval.n_samples
     if n > 1 and sampled:
         sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_tokens=cfg.eval.max_tokens)
-        correct = correct_counts(rollout, verifier, problems, render, n, sampling, seed + 1)
+        correct = correct_counts(generator, problems, n, sampling, seed + 1)
         for k in range(1, n + 1):
             metrics.update(by_family(f"pass@{k}", [pass_at_k(n, c, k) for c in correct]))
         for r, c in zip(records, correct):
@@ -98,7 +100,6 @@ def evaluate_model(target: str, cfg: DictConfig) -> dict:
         else:
             model_path = resolve_model_path(target, cfg.cache_dir)
         problems = load_problems(OmegaConf.to_container(cfg.data.eval, resolve=True))
-        render = prompt_renderer(cfg, model_path)
 
         start_ray(cfg)
         engine = RolloutEngine.options(num_cpus=cfg.cluster.actor_cpus, runtime_env=threads_env(cfg)).remote(
@@ -106,7 +107,7 @@ def evaluate_model(target: str, cfg: DictConfig) -> dict:
         )
         verifier = verifier_role(cfg, {"num_cpus": cfg.cluster.actor_cpus})
         try:
-            return evaluate(RolloutPool([engine]), verifier, problems, render, cfg, seed=cfg.seed)
+            return evaluate(make_generator(cfg, RolloutPool([engine]), verifier, model_path), problems, cfg, seed=cfg.seed)
         finally:
             ray.kill(engine)
             verifier.kill()

@@ -33,10 +33,10 @@ from rlvr.rollout import SamplingConfig
 __all__ = ["oracle_metrics", "report", "sample_oracle"]
 
 
-def sample_oracle(rollout, verifier, batch: Batch, render, sampling: SamplingConfig, samples: int, seed: int) -> dict:
+def sample_oracle(generator, batch: Batch, sampling: SamplingConfig, samples: int, seed: int) -> dict:
     """M seeded samples of each of the batch's prompts, scored: {"successes": [...], "samples": M, "seconds": s}."""
     start = time.perf_counter()
-    successes = correct_counts(rollout, verifier, [g.problem for g in batch.groups], render, samples, sampling, seed)
+    successes = correct_counts(generator, [g.problem for g in batch.groups], samples, sampling, seed)
     return {"successes": successes, "samples": samples, "seconds": time.perf_counter() - start}
 
 

@@ -181,6 +181,15 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
     return roles
 
 
+def environment_tools(cfg: DictConfig) -> list[str]:
+    """The tools of `env` (its class's own, plus `env.tools`): the verifier pool runs their calls."""
+    if cfg.env.name == "none":
+        return []
+    from rlvr.envs import make_environment
+
+    return make_environment(cfg.env.name, OmegaConf.to_container(cfg.env.options, resolve=True), list(cfg.env.tools)).tools
+
+
 def verifier_role(cfg: DictConfig, actor_options: dict) -> RestartingRole:
     """The verifier pool as `verifier.*` configures it, replaced (with the same options) if it dies:
     the one place a run and `rlvr eval` make it."""
@@ -190,7 +199,8 @@ def verifier_role(cfg: DictConfig, actor_options: dict) -> RestartingRole:
     return RestartingRole(
         "verifier",
         lambda: VerifierPool.options(**actor_options).remote(
-            OmegaConf.to_container(v.terms), num_workers=v.num_workers, timeout_s=v.timeout_s, memory_mb=v.memory_mb
+            OmegaConf.to_container(v.terms), num_workers=v.num_workers, timeout_s=v.timeout_s, memory_mb=v.memory_mb,
+            tools=environment_tools(cfg),
         ),
         cfg.trainer.max_restarts,
         ready_timeout_s=cfg.cluster.placement_timeout_s,

@@ -26,11 +26,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class GenerationRequest:
-    """Sample `n` completions of one prompt (the prompt is text with the chat template applied)."""
+    """Sample `n` completions of one prompt: text with the chat template applied, or token ids
+    (a multi-turn episode continues from its ids, never from re-tokenized text)."""
 
     prompt_index: int
-    prompt: str
+    prompt: str | list[int]
     n: int
+    max_tokens: int | None = None  # this request's cap, below `SamplingConfig.max_tokens` (a turn of an episode)
 
 
 @dataclass
@@ -50,6 +52,7 @@ class SamplingConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_tokens: int = 256
+    stop: tuple[str, ...] = ()  # strings that end a completion, kept in it (a tool call's closing tag)
 
 
 @dataclass
@@ -109,19 +112,21 @@ class VLLMEngine:
         kwargs.update(cfg.extra)
         self.llm = LLM(**kwargs)
 
-    def generate(self, prompts: list[str], ns: list[int], sampling: SamplingConfig) -> list[list[dict]]:
+    def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig) -> list[list[dict]]:
         from vllm import SamplingParams
 
         params = [
             SamplingParams(
-                n=n,
+                n=r.n,
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
-                max_tokens=sampling.max_tokens,
+                max_tokens=r.max_tokens or sampling.max_tokens,
                 logprobs=0,  # the sampled token's own log-prob
+                **(dict(stop=list(sampling.stop), include_stop_str_in_output=True) if sampling.stop else {}),
             )
-            for n in ns
+            for r in requests
         ]
+        prompts = [r.prompt if isinstance(r.prompt, str) else {"prompt_token_ids": list(r.prompt)} for r in requests]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         results = []
         for out in outputs:
@@ -190,18 +195,22 @@ class HFEngine:
         self.eos_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos]) - {None}
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], ns: list[int], sampling: SamplingConfig) -> list[list[dict]]:
+    def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig) -> list[list[dict]]:
         results = []
-        for prompt, n in zip(prompts, ns):
-            ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids.to(self.device)
+        for r in requests:
+            if isinstance(r.prompt, str):
+                ids = self.tokenizer(r.prompt, return_tensors="pt", add_special_tokens=False).input_ids.to(self.device)
+            else:
+                ids = torch.tensor([list(r.prompt)], device=self.device)
             out = self.model.generate(
                 ids,
                 do_sample=sampling.temperature > 0,
                 temperature=sampling.temperature if sampling.temperature > 0 else None,
                 top_p=sampling.top_p,
                 top_k=0,  # the model's generation_config may set top_k=50; the learner's π is the full softmax
-                max_new_tokens=sampling.max_tokens,
-                num_return_sequences=n,
+                max_new_tokens=r.max_tokens or sampling.max_tokens,
+                num_return_sequences=r.n,
+                **(dict(stop_strings=list(sampling.stop), tokenizer=self.tokenizer) if sampling.stop else {}),
                 output_scores=True,
                 return_dict_in_generate=True,
                 pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
@@ -213,11 +222,13 @@ class HFEngine:
                 end = next((i + 1 for i, t in enumerate(resp) if t in self.eos_ids), len(resp))
                 stopped = end < len(resp) or (resp and resp[end - 1] in self.eos_ids)
                 resp = resp[:end]
+                text = self.tokenizer.decode(resp, skip_special_tokens=True)
+                stopped = stopped or any(x in text for x in sampling.stop)
                 group.append(
                     dict(
                         prompt_ids=ids[0].tolist(),
                         response_ids=resp,
-                        text=self.tokenizer.decode(resp, skip_special_tokens=True),
+                        text=text,
                         logprobs=lp[:end].float().tolist(),
                         finish_reason="stop" if stopped else "length",
                     )
@@ -259,7 +270,7 @@ class RolloutEngine:
         # Reseeding the (in-process) sampler per call makes a resumed run draw the same samples;
         # vLLM's per-request seeds are not supported by its CPU sampler.
         torch.manual_seed(seed)
-        groups = self.engine.generate([r.prompt for r in requests], [r.n for r in requests], sampling)
+        groups = self.engine.generate(requests, sampling)
         samples = []
         for req, group in zip(requests, groups):
             for g in group:

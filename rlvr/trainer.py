@@ -38,10 +38,11 @@ from rlvr.batch import Batch, Trajectory, plan_mini_batches
 from rlvr.checkpoint import resolve_resume
 from rlvr.config import ConfigError, algorithm_preset, overlong_buffer, validate
 from rlvr.controller import BudgetController, ControllerConfig
-from rlvr.data import Problem, PromptStream, load_problems, prompt_renderer
+from rlvr.data import Problem, PromptStream, load_problems
 from rlvr.drivers import AsyncBatches, sync_batches
 from rlvr.evaluate import evaluate, evaluation_problems
 from rlvr.faults import RoleFailed
+from rlvr.generation import Generator, make_generator
 from rlvr.learner import UpdateConfig
 from rlvr.models import resolve_model_path
 from rlvr.oracle import oracle_metrics, sample_oracle
@@ -249,9 +250,9 @@ def train(cfg: DictConfig) -> dict:
         cfg.algorithm.name, cfg.weighting.name, model_path, cfg.data.name, len(train_problems), len(eval_problems),
         cfg.trainer.steps, cfg.trainer.batch_size, cfg.algorithm.n, run_dir,
     )
-    render = prompt_renderer(cfg, model_path)
     with running_roles(cfg, model_path, preset) as roles:
-        run = Run(cfg, preset, roles, stream, render, eval_problems, run_dir, model_path)
+        generator = make_generator(cfg, roles["rollout"], roles["verifier"], model_path)
+        run = Run(cfg, preset, roles, stream, generator, eval_problems, run_dir, model_path)
         if ckpt is not None:
             run.resume(ckpt)
         else:
@@ -264,12 +265,12 @@ class Run:
     """One `train()` call once its roles are up: the loop (`loop`), what each step leaves behind
     (`record`, `checkpoint`) and how the run comes back (`restore`, `restart_learners`)."""
 
-    def __init__(self, cfg: DictConfig, preset, roles: dict, stream: PromptStream, render: Callable[[Problem], str],
+    def __init__(self, cfg: DictConfig, preset, roles: dict, stream: PromptStream, generator: Generator,
                  eval_problems: list[Problem], run_dir: Path, model_path: str):
-        self.cfg, self.roles, self.stream, self.render = cfg, roles, stream, render
+        self.cfg, self.roles, self.stream, self.generator = cfg, roles, stream, generator
         self.eval_problems, self.run_dir, self.model_path = eval_problems, run_dir, model_path
         self.sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_tokens=cfg.rollout.max_tokens)
-        self.controller = BudgetController(controller_config(cfg, preset), roles["rollout"], roles["verifier"], roles["value"], render, self.sampling)
+        self.controller = BudgetController(controller_config(cfg, preset), generator, roles["value"], self.sampling)
         self.parts = StepParts(cfg, preset, roles, update_config(cfg, preset), hadw_state(cfg.weighting))
         self.metrics_log = MetricsLog(run_dir, cfg)
         self.total = cfg.trainer.steps
@@ -321,7 +322,7 @@ class Run:
             self.initial.update(controller=copy.deepcopy(self.controller.state_dict()), value=roles["value"].state)
         eval_records: list[dict] = []
         if cfg.eval.at_start:
-            step0.update(evaluate(roles["rollout"], roles["verifier"], self.eval_problems, self.render, cfg,
+            step0.update(evaluate(self.generator, self.eval_problems, cfg,
                                   seed=cfg.seed + 10**6, per_prompt=eval_records))
             self.heldout_before = step0.get("eval/accuracy")
             log.info("step 0 held-out accuracy %.3f on %d prompts",
@@ -342,7 +343,7 @@ class Run:
             batch.value_state = self.roles["value"].state  # the controller's snapshot after this batch
         batch.stats["time/collect"] = time.perf_counter() - start
         if cfg.eval.oracle.samples and step % cfg.eval.oracle.every == 0:  # p* at the weights that sampled the batch
-            batch.oracle = sample_oracle(self.roles["rollout"], self.roles["verifier"], batch, self.render, self.sampling,
+            batch.oracle = sample_oracle(self.generator, batch, self.sampling,
                                          cfg.eval.oracle.samples, cfg.seed * 100003 + step + 10**7)
         return batch
 
@@ -404,7 +405,7 @@ class Run:
             eval_start = time.perf_counter()
             every = cfg.eval.pass_at_k_every
             sampled = not every or step % every == 0 or step == self.total
-            m.update(evaluate(self.roles["rollout"], self.roles["verifier"], self.eval_problems, self.render, cfg,
+            m.update(evaluate(self.generator, self.eval_problems, cfg,
                               cfg.seed + 10**6 + step, sampled, eval_records))
             m["time/eval"] = time.perf_counter() - eval_start
         self.metrics_log.write(step, m, batch.decisions, eval_records, oracle_records)

@@ -116,15 +116,20 @@ class PromptStream:
         self._order = self._permutation(epoch)
 
 
+def message_builder(cfg: DictConfig):
+    """Problem -> the data's chat messages: system prompt, few-shot turns, question."""
+    fewshot = OmegaConf.to_container(cfg.data.fewshot, resolve=True) if cfg.data.fewshot else None
+    return lambda problem: build_messages(problem, cfg.data.system_prompt, fewshot)
+
+
 def prompt_renderer(cfg: DictConfig, model_path: str):
     """Problem -> prompt text: system prompt, few-shot turns and question through the chat template."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    fewshot = OmegaConf.to_container(cfg.data.fewshot, resolve=True) if cfg.data.fewshot else None
+    messages_of = message_builder(cfg)
 
     def render(problem: Problem) -> str:
-        messages = build_messages(problem, cfg.data.system_prompt, fewshot)
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(messages_of(problem), tokenize=False, add_generation_prompt=True)
 
     return render

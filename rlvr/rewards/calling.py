@@ -25,20 +25,29 @@ def _one_number(value, what: str) -> float:
     return v
 
 
-def _score_and_outcome(out, what: str) -> tuple[float, str | None]:
-    """A number, or a dict with ``score`` and an optional named ``outcome`` (such as ``wrong_answer``)."""
+# what a term's ``output`` may carry back (a tool's result, which becomes a message to the model)
+MAX_OUTPUT_CHARS = 4096
+
+
+def _score_and_outcome(out, what: str) -> tuple[float, str | None, str | None]:
+    """A number, or a dict with ``score``, an optional named ``outcome`` (such as ``wrong_answer``)
+    and an optional text ``output``."""
     if isinstance(out, dict):
         if "score" not in out:
             raise BadRewardValue(f"{what} returned a dict without 'score' (keys: {sorted(out)[:8]})")
-        outcome = out.get("outcome")
-        return _one_number(out["score"], what), (str(outcome)[:40] if outcome is not None else None)
-    return _one_number(out, what), None
+        outcome, output = out.get("outcome"), out.get("output")
+        return (
+            _one_number(out["score"], what),
+            str(outcome)[:40] if outcome is not None else None,
+            str(output)[:MAX_OUTPUT_CHARS] if output is not None else None,
+        )
+    return _one_number(out, what), None, None
 
 
 def call_reward(
     fn: Callable, style: str, completion: str, answer: str, answer_type: str,
     prompt: str = "", meta: dict | None = None, kwargs: dict | None = None,
-) -> tuple[float, str | None]:
+) -> tuple[float, str | None, str | None]:
     """One completion's reward from a term written in ``style``:
 
     - ``rlvr``: ``fn(completion, answer, answer_type, **kwargs) -> float``;
@@ -47,8 +56,9 @@ def call_reward(
       and ``answer`` when the row has none);
     - ``verl``: ``fn(data_source, completion, ground_truth, extra_info, **kwargs) -> float | {"score": float, ...}``.
 
-    Any style may return ``{"score": float, "outcome": str}`` instead of the float, to name what
-    happened (``code_tests`` does: ``passed``, ``wrong_answer``, ...). Returns (score, outcome or None).
+    Any style may return ``{"score": float, "outcome": str, "output": str}`` instead of the float, to
+    name what happened (``code_tests`` does: ``passed``, ``wrong_answer``, ...) and to send text back
+    (a tool's result does). Returns (score, outcome or None, output or None).
     Raises :class:`BadRewardValue` for None, NaN, a non-number or a list of the wrong length.
     """
     kwargs = kwargs or {}

@@ -11,22 +11,37 @@ from rlvr.sandbox.pool import ProcessVerifier
 
 
 class _VerifierPoolImpl:
-    """Ray actor body: owns one ProcessVerifier."""
+    """Ray actor body: owns one ProcessVerifier for the reward terms and, when an environment gives
+    the model ``tools`` (``module:function`` specs), a second one that runs their calls."""
 
-    def __init__(self, terms, num_workers: int = 2, timeout_s: float = 5.0, memory_mb: int = 1024, **kwargs):
+    def __init__(self, terms, num_workers: int = 2, timeout_s: float = 5.0, memory_mb: int = 1024, tools: list[str] | None = None, **kwargs):
         from rlvr.logs import redirect_actor_output
 
         redirect_actor_output()
         self._v = ProcessVerifier(terms, num_workers=num_workers, timeout_s=timeout_s, memory_mb=memory_mb, **kwargs)
+        self._tools = None
+        if tools:
+            from rlvr.envs.tools import tool_term
+
+            self._tools = ProcessVerifier([tool_term(tools)], num_workers=num_workers, timeout_s=timeout_s, memory_mb=memory_mb, **kwargs)
 
     def score(self, requests: list[ScoreRequest]) -> tuple[list[ScoreResult], dict]:
         return self._v.score(requests)
+
+    def run_tools(self, calls: list[str]) -> tuple[list[ScoreResult], dict]:
+        """Tool calls (`rlvr.envs.tools.ToolCall.to_json`), each in a worker: the result's
+        ``outcome`` is ok or the error kind, its ``output`` the text for the model."""
+        if self._tools is None:
+            raise RuntimeError("this verifier pool was started without tools")
+        return self._tools.score([ScoreRequest(c, "") for c in calls])
 
     def worker_pids(self) -> list[int]:
         return self._v.worker_pids()
 
     def close(self) -> None:
         self._v.close()
+        if self._tools is not None:
+            self._tools.close()
 
 
 def __getattr__(name: str):

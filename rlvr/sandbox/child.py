@@ -157,8 +157,9 @@ def _score_item(msg: tuple, terms: list, soft_s: float) -> tuple[tuple, bool, bo
             signal.setitimer(signal.ITIMER_PROF, soft_s)
             scored = [call_reward(fn, style, completion, answer, answer_type, prompt, meta, kwargs) for fn, kwargs, style in terms]
             _armed = False
-            outcome = next((o for _, o in scored if o is not None), None)
-            reply = ("ok", idx, ([v for v, _ in scored], outcome))
+            outcome = next((o for _, o, _ in scored if o is not None), None)
+            output = next((t for _, _, t in scored if t is not None), None)
+            reply = ("ok", idx, ([v for v, _, _ in scored], outcome, output))
         except _SoftTimeout:
             reply, retire = ("err", idx, "timeout"), True
         except MemoryError:
@@ -182,7 +183,7 @@ def _score_item(msg: tuple, terms: list, soft_s: float) -> tuple[tuple, bool, bo
 
 
 def worker_main(fd: int, zygote_pid: int, cfg: dict, terms: list) -> None:  # pragma: no cover - child
-    """Score items from ``fd`` until it closes: reply ``(ok|err, idx, (values, outcome)|error, retire, cpu_s)``."""
+    """Score items from ``fd`` until it closes: reply ``(ok|err, idx, (values, outcome, output)|error, retire, cpu_s)``."""
     conn = Connection(fd)
     _worker_setup(zygote_pid, cfg)
     conn.send(("ready", os.getpid(), cpu_s()))

@@ -32,6 +32,7 @@ class ScoreResult:
     correct: bool  # every term that decides correctness (`correctness_terms`) scored >= 1.0
     error: str | None = None  # None, "timeout", "oom", "crash" or "error:<ExcType>"
     outcome: str | None = None  # what a term named (code_tests: passed, wrong_answer, compile_error, ...)
+    output: str | None = None  # text a term sent back (a tool's result)
 
 
 class VerifierStartError(RuntimeError):

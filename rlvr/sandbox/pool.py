@@ -379,15 +379,15 @@ class ProcessVerifier:
             # a set-aside worker came back after its slot was refilled: the pool is one too big
             self._z.retire(w)
 
-    def _combine(self, payload: tuple[list[float], str | None], batch: "_Batch") -> ScoreResult:
+    def _combine(self, payload: tuple[list[float], str | None, str | None], batch: "_Batch") -> ScoreResult:
         """The weighted sum of the terms; correct when every deciding term scored >= 1."""
-        values, outcome = payload
+        values, outcome, output = payload
         reward = 0.0
         for i, (t, v) in enumerate(zip(self.terms, values)):
             reward += t.weight * v
             batch.term_sums[i] += v
             batch.term_counts[i] += 1
-        return ScoreResult(float(reward), all(values[i] >= 1.0 for i in self.deciding), None, outcome)
+        return ScoreResult(float(reward), all(values[i] >= 1.0 for i in self.deciding), None, outcome, output)
 
     def _restore_niced(self) -> None:
         """The queue is empty: nothing healthy waits for the CPU any more, so overdue items get their

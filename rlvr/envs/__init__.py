@@ -1,0 +1,77 @@
+"""Environments for multi-turn episodes: what the model is told, what a turn leads to, what it earns.
+
+An environment is any object with two methods and one attribute (SkyRL's ``init/step`` and the
+verifiers library's environments are the models):
+
+    tools: list[str]
+        ``module:function`` specs the model may call. They run in the sandbox's worker processes
+        (`rlvr.envs.tools.run_tool`), never in the driver, an engine or a learner.
+    reset(problem, messages) -> list[dict]
+        The episode's first chat messages, given the data's own (system prompt, few-shot turns, question).
+    step(messages, scores) -> Step
+        Called after each turn in which the model called no tool, once the verifier has scored it:
+        ``messages`` is the conversation so far (the model's turn last), ``scores`` the verifier's
+        `ScoreResult` of every such turn. Returns the next observation, or the end with the reward.
+
+The generator (`rlvr.generation.MultiTurn`) owns everything else: the token ids, the loss mask,
+tool calls and their errors, the limits (`env.max_turns`, `env.max_tokens`). Environments are
+named in config (`env=calculator`), and a user's own is `env.name=my_module:MyEnv`, constructed
+with `env.options` as keyword arguments.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # the sandbox's workers import this package (tools): no data or torch imports here
+    from rlvr.data import Problem
+    from rlvr.sandbox.messages import ScoreResult
+
+
+@dataclass
+class Step:
+    """What follows a scored turn: ``observation`` (messages for the model; None ends the episode)
+    and the reward and correctness the episode ends with if it ends here (by the environment or a limit)."""
+
+    observation: list[dict] | None
+    reward: float
+    correct: bool
+
+
+class Environment(Protocol):
+    tools: list[str]
+
+    def reset(self, problem: "Problem", messages: list[dict]) -> list[dict]: ...
+
+    def step(self, messages: list[dict], scores: "list[ScoreResult]") -> Step: ...
+
+
+def _registry() -> dict[str, str]:
+    return {"calculator": "rlvr.envs.calculator:Calculator", "retry": "rlvr.envs.retry:Retry"}
+
+
+def make_environment(name: str, options: dict | None = None, tools: list[str] | tuple = ()) -> Any:
+    """A registered environment by name, or a user's ``module:Class``, built with ``options``; ``tools``
+    (``module:function`` specs, config's `env.tools`) are added to its own."""
+    spec = _registry().get(name, name)
+    if ":" not in spec:
+        raise ValueError(f"unknown environment {name!r}; known: {sorted(_registry())}, or give module:Class")
+    module, _, attr = spec.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"environment {name!r}: cannot import {spec!r} ({type(e).__name__}: {e})") from e
+    try:
+        env = cls(**(options or {}))
+    except TypeError as e:
+        raise ValueError(f"environment {name!r} does not take env.options {sorted(options or {})}: {e}") from e
+    for method in ("reset", "step"):
+        if not callable(getattr(env, method, None)):
+            raise ValueError(f"environment {name!r} ({spec}) has no {method}() method")
+    env.tools = list(dict.fromkeys([*(getattr(env, "tools", None) or []), *tools]))
+    return env
+
+
+__all__ = ["Environment", "Step", "make_environment"]

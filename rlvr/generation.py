@@ -1,0 +1,319 @@
+"""Generators: problems in, scored trajectories out, for training, evaluation and the oracle alike.
+
+The seam between the BudgetController (how many rollouts of which prompt) and what one rollout is:
+
+    SingleTurn   one prompt -> one answer: render, sample on the engines, score in the sandbox
+    MultiTurn    an episode with an environment (`rlvr.envs`): the model's turns, tool calls run in
+                 the sandbox, the environment's observations, until it ends or a limit is hit
+
+Both return `Rollouts`: one `Trajectory` per rollout (``group`` is its problem's index) and the
+counts the step logs. A multi-turn trajectory is token in, token out: the prompt is rendered once,
+each turn continues from the ids so far, and each observation is tokenized on its own with the chat
+template's role markers, so the model's own ids are never re-tokenized. Its loss mask is 1 exactly
+on the model's tokens, and its log-probs are the engine's there (0 elsewhere, masked).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Callable, Protocol
+
+from omegaconf import DictConfig, OmegaConf
+
+from rlvr.batch import Trajectory
+from rlvr.data import Problem
+from rlvr.envs import Step, make_environment
+from rlvr.envs.tools import PARSERS, STOP_AFTER_CALL, MalformedCall, ToolCall, tool_prompt, tool_schemas
+from rlvr.rollout import GenerationRequest, Sample, SamplingConfig
+from rlvr.sandbox import ScoreRequest, ScoreResult
+
+VERIFIER_FAILURES = ("timeout", "oom", "crash", "error")  # error: a reward function raised or returned a non-number
+
+
+@dataclass
+class Rollouts:
+    trajectories: list[Trajectory]  # `group` is the index of the trajectory's problem
+    counts: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase: generate, verify, tools
+
+
+class Generator(Protocol):
+    def generate(self, problems: list[Problem], ns: list[int], sampling: SamplingConfig, seed: int) -> Rollouts:
+        """``ns[i]`` scored rollouts of ``problems[i]``, drawn with ``seed``."""
+        ...
+
+
+def verifier_counts(vstats: dict) -> dict[str, float]:
+    """The verifier's failures and named outcomes of one `score` call, as the step counts them."""
+    counts = {f"verifier_{kind}": vstats.get(kind, 0) for kind in VERIFIER_FAILURES}
+    counts.update({f"verifier_outcome_{o}": n for o, n in vstats.get("outcomes", {}).items()})  # code_tests: passed, wrong_answer, ...
+    return counts
+
+
+class SingleTurn:
+    def __init__(self, rollout, verifier, render: Callable[[Problem], str]):
+        self.rollout, self.verifier, self.render = rollout, verifier, render
+
+    def generate(self, problems: list[Problem], ns: list[int], sampling: SamplingConfig, seed: int) -> Rollouts:
+        requests = [GenerationRequest(i, self.render(p), n) for i, (p, n) in enumerate(zip(problems, ns)) if n > 0]
+        start = time.perf_counter()
+        samples = self.rollout.generate(requests, sampling, seed)
+        generated = time.perf_counter()
+        results, vstats = self.verifier.call("score", [ScoreRequest.for_problem(s.text, problems[s.prompt_index]) for s in samples])
+        timings = {"generate": generated - start, "verify": time.perf_counter() - generated}
+        trajectories = [
+            Trajectory(
+                prompt_ids=s.prompt_ids,
+                response_ids=s.response_ids,
+                rollout_logprobs=s.logprobs,
+                weight_version=s.weight_version,
+                reward=r.reward,
+                correct=bool(r.correct),
+                error=r.error,
+                group=s.prompt_index,
+                truncated=s.truncated,
+                text=s.text,
+            )
+            for s, r in zip(samples, results)
+        ]
+        counts = {"rollouts": len(samples), "gen_tokens": sum(len(s.response_ids) for s in samples), **verifier_counts(vstats)}
+        return Rollouts(trajectories, counts, timings)
+
+
+class ChatTokens:
+    """A conversation's token ids, built turn by turn: the first messages through the chat template
+    once, then each observation on its own, with the markers the template puts around it."""
+
+    _MARK = "\x1frlvr-turn\x1f"
+
+    def __init__(self, tokenizer, tools: list[dict]):
+        self.tok, self.tools = tokenizer, tools
+        probe = [{"role": "user", "content": "x"}]
+        # a template with no place for tools renders the same with and without them
+        self.template_takes_tools = bool(tools) and self._render(probe, True, tools) != self._render(probe, True, None)
+        self.dummy = probe + [{"role": "assistant", "content": self._MARK}]
+        closed = self._render(self.dummy, False, None)
+        self.turn_end = closed[closed.index(self._MARK) + len(self._MARK) :]  # what ends an assistant turn ("<|im_end|>\n")
+        self.dummy[1] = {"role": "assistant", "content": "y"}
+        self.eos_id, self.eos_text = tokenizer.eos_token_id, tokenizer.eos_token or ""
+
+    def _render(self, messages: list[dict], generation_prompt: bool, tools: list[dict] | None) -> str:
+        kwargs = {"tools": tools} if tools else {}
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt, **kwargs)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False)
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        if self.tools and not self.template_takes_tools:  # the tools go into the system message instead
+            block = tool_prompt(self.tools)
+            if messages and messages[0]["role"] == "system":
+                messages = [{"role": "system", "content": f"{block}\n\n{messages[0]['content']}"}, *messages[1:]]
+            else:
+                messages = [{"role": "system", "content": block}, *messages]
+        return self.encode(self._render(messages, True, self.tools if self.template_takes_tools else None))
+
+    def observation_ids(self, turn_ids: list[int], messages: list[dict]) -> list[int]:
+        """After a model turn ending in ``turn_ids``: the rest of its end marker (the model wrote the
+        end-of-turn token itself, or stopped after a tool call), ``messages`` in their roles, and the
+        next assistant header. Tokenized alone and appended, never merged with the model's ids."""
+        close = self.turn_end
+        if turn_ids and turn_ids[-1] == self.eos_id and close.startswith(self.eos_text):
+            close = close[len(self.eos_text) :]
+        before = self._render(self.dummy, False, None)
+        after = self._render(self.dummy + messages, True, None)
+        if not after.startswith(before):
+            raise ValueError("the chat template renders a conversation differently once messages follow it; cannot append observations")
+        return self.encode(close + after[len(before) :])
+
+
+@dataclass
+class Episode:
+    group: int
+    problem: Problem
+    messages: list[dict]
+    prompt_ids: list[int]
+    response_ids: list[int] = field(default_factory=list)
+    loss_mask: list[float] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)
+    last: Sample | None = None  # the model's latest turn
+    scores: list[ScoreResult] = field(default_factory=list)  # the verifier's, of each answer turn
+    tool_calls: int = 0
+    ended: str | None = None  # done | max_turns | max_tokens | turn_tokens
+    reward: float = 0.0
+    correct: bool = False
+
+    def add_turn(self, s: Sample) -> None:
+        self.last = s
+        self.response_ids += s.response_ids
+        self.loss_mask += [1.0] * len(s.response_ids)
+        self.logprobs += s.logprobs
+        self.versions.append(s.weight_version)
+        self.messages.append({"role": "assistant", "content": s.text})
+
+    def add_observation(self, messages: list[dict], ids: list[int]) -> None:
+        self.messages += messages
+        self.response_ids += ids
+        self.loss_mask += [0.0] * len(ids)
+        self.logprobs += [0.0] * len(ids)
+
+    def finish(self, step: Step, reason: str) -> None:
+        self.ended, self.reward, self.correct = reason, float(step.reward), bool(step.correct)
+
+    def trajectory(self, text: str) -> Trajectory:
+        return Trajectory(
+            prompt_ids=self.prompt_ids,
+            response_ids=self.response_ids,
+            rollout_logprobs=self.logprobs,
+            loss_mask=self.loss_mask,
+            weight_version=min(self.versions),  # the oldest weights any of its turns was sampled with
+            reward=self.reward,
+            correct=self.correct,
+            error=self.scores[-1].error if self.scores else None,
+            group=self.group,
+            truncated=self.ended in ("turn_tokens", "max_tokens"),
+            text=text,
+        )
+
+
+class MultiTurn:
+    """Episodes with an environment. Each turn, every running episode continues from its ids; a turn
+    with tool calls gets their results (run in the sandbox), a turn without is an answer that the
+    verifier scores and the environment answers. Limits: ``max_turns`` model turns, ``max_tokens``
+    response tokens in all (observations included), and the sampling's per-turn ``max_tokens``."""
+
+    def __init__(self, rollout, verifier, tokenizer, env, messages_of: Callable[[Problem], list[dict]],
+                 max_turns: int, max_tokens: int, max_model_len: int, parser: str):
+        if parser not in PARSERS:
+            raise ValueError(f"unknown tool-call parser env.parser={parser!r}; known: {sorted(PARSERS)}")
+        self.rollout, self.verifier, self.env, self.messages_of = rollout, verifier, env, messages_of
+        self.max_turns, self.max_tokens, self.max_model_len = int(max_turns), int(max_tokens), int(max_model_len)
+        self.parse, self.stop = PARSERS[parser], STOP_AFTER_CALL[parser] if env.tools else ()
+        self.chat = ChatTokens(tokenizer, tool_schemas(env.tools))
+        self.tokenizer = tokenizer
+
+    def _room(self, e: Episode) -> int:
+        used = len(e.response_ids)
+        return min(self.max_tokens - used, self.max_model_len - len(e.prompt_ids) - used)
+
+    def _go_on(self, e: Episode, messages: list[dict]) -> bool:
+        """Append an observation if the episode has room for it and one more token; else False."""
+        ids = self.chat.observation_ids(e.last.response_ids, messages)
+        if self._room(e) - len(ids) < 1:
+            return False
+        e.add_observation(messages, ids)
+        return True
+
+    def generate(self, problems: list[Problem], ns: list[int], sampling: SamplingConfig, seed: int) -> Rollouts:
+        episodes = []
+        for i, (p, n) in enumerate(zip(problems, ns)):
+            first = self.env.reset(p, self.messages_of(p))
+            episodes += [Episode(i, p, [dict(m) for m in first], self.chat.prompt_ids(first)) for _ in range(n)]
+        sampling = replace(sampling, stop=tuple(sampling.stop) + self.stop)
+        counts: Counter = Counter()
+        timings: Counter = Counter()
+        for turn in range(self.max_turns):
+            active = [e for e in episodes if e.ended is None]
+            if not active:
+                break
+            requests = [GenerationRequest(j, e.prompt_ids + e.response_ids, 1, min(sampling.max_tokens, self._room(e)))
+                        for j, e in enumerate(active)]
+            start = time.perf_counter()
+            for s in self.rollout.generate(requests, sampling, seed * self.max_turns + turn):
+                active[s.prompt_index].add_turn(s)
+            timings["generate"] += time.perf_counter() - start
+            counts["env/turns"] += len(active)
+            last_turn = turn == self.max_turns - 1
+            calls = {id(e): ([] if e.last.truncated or last_turn else self.parse(e.last.text)) for e in active}
+            with_calls = [e for e in active if calls[id(e)]]
+            observations = self._run_tools(with_calls, calls, counts, timings)
+            went_on = {id(e) for e, obs in zip(with_calls, observations) if self._go_on(e, obs)}
+            self._answer([e for e in active if id(e) not in went_on], last_turn, counts, timings)
+        for e in episodes:
+            counts[f"env/ended/{e.ended}"] += 1
+        counts.update({
+            "rollouts": len(episodes),
+            "gen_tokens": sum(int(sum(e.loss_mask)) for e in episodes),
+            "env/episodes": len(episodes),
+            "env/tool_calls": sum(e.tool_calls for e in episodes),
+        })
+        trajectories = [e.trajectory(self.tokenizer.decode(e.response_ids)) for e in episodes]
+        return Rollouts(trajectories, dict(counts), dict(timings))
+
+    def _run_tools(self, episodes: list[Episode], calls: dict, counts: Counter, timings: Counter) -> list[list[dict]]:
+        """Each episode's tool calls, run in the sandbox in one batch: its tool messages, in call order.
+        A call that cannot be read, names no tool, has bad arguments, raises, hangs or runs out of
+        memory gets an error message, and is counted by kind."""
+        runnable = [c.to_json() for e in episodes for c in calls[id(e)] if isinstance(c, ToolCall)]
+        start = time.perf_counter()
+        results = iter(self.verifier.call("run_tools", runnable)[0] if runnable else [])
+        timings["tools"] += time.perf_counter() - start
+        observations = []
+        for e in episodes:
+            messages = []
+            for c in calls[id(e)]:
+                e.tool_calls += 1
+                if isinstance(c, MalformedCall):
+                    kind, text = "malformed", c.message
+                else:
+                    r = next(results)
+                    kind = r.outcome if r.error is None else r.error.split(":")[0]
+                    text = r.output if r.error is None else f"the tool call failed: {r.error}"
+                if kind != "ok":
+                    counts[f"env/tool_errors/{kind}"] += 1
+                    text = f"error: {text}"
+                messages.append({"role": "tool", "content": text})
+            observations.append(messages)
+        return observations
+
+    def _answer(self, episodes: list[Episode], last_turn: bool, counts: Counter, timings: Counter) -> None:
+        """Score each turn that answered (or had to), and let the environment say what follows."""
+        if not episodes:
+            return
+        start = time.perf_counter()
+        results, vstats = self.verifier.call("score", [ScoreRequest.for_problem(e.last.text, e.problem) for e in episodes])
+        timings["verify"] += time.perf_counter() - start
+        counts.update(verifier_counts(vstats))
+        for e, r in zip(episodes, results):
+            e.scores.append(r)
+            step = self.env.step(e.messages, e.scores)
+            if step.observation is None:
+                e.finish(step, "done")
+            elif e.last.truncated:
+                e.finish(step, "turn_tokens")
+            elif last_turn:
+                e.finish(step, "max_turns")
+            elif not self._go_on(e, step.observation):
+                e.finish(step, "max_tokens")
+
+
+def env_rates(counts: dict) -> dict[str, float]:
+    """Per-episode means and shares from a step's summed `env/*` counts."""
+    episodes = counts.get("env/episodes", 0)
+    if not episodes:
+        return {}
+    calls = counts.get("env/tool_calls", 0)
+    errors = sum(v for k, v in counts.items() if k.startswith("env/tool_errors/"))
+    rates = {
+        "env/turns_per_episode": counts.get("env/turns", 0) / episodes,
+        "env/tool_calls_per_episode": calls / episodes,
+        "env/tool_error_rate": errors / calls if calls else 0.0,
+    }
+    rates.update({f"env/ended_share/{k.rsplit('/', 1)[1]}": v / episodes for k, v in counts.items() if k.startswith("env/ended/")})
+    return rates
+
+
+def make_generator(cfg: DictConfig, rollout, verifier, model_path: str) -> Generator:
+    """`SingleTurn` when `env.name` is none, else `MultiTurn` with that environment."""
+    from transformers import AutoTokenizer
+
+    from rlvr.data.stream import message_builder, prompt_renderer
+
+    if cfg.env.name == "none":
+        return SingleTurn(rollout, verifier, prompt_renderer(cfg, model_path))
+    env = make_environment(cfg.env.name, OmegaConf.to_container(cfg.env.options, resolve=True), list(cfg.env.tools))
+    return MultiTurn(rollout, verifier, AutoTokenizer.from_pretrained(model_path), env, message_builder(cfg),
+                     cfg.env.max_turns, cfg.env.max_tokens, cfg.model.max_model_len, cfg.env.parser)

@@ -18,6 +18,7 @@ import importlib
 import inspect
 import json
 import re
+import typing
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -130,10 +131,14 @@ def _check_arguments(fn: Callable, arguments: dict) -> str | None:
         sig.bind(**arguments)
     except TypeError as e:
         return str(e)
+    try:
+        hints = typing.get_type_hints(fn)  # the tool's own source (trusted), never the model's text
+    except Exception:  # noqa: BLE001 - an unresolvable hint: the tool checks its arguments itself
+        hints = {}
     for name, value in arguments.items():
-        want = _SIMPLE.get(sig.parameters[name].annotation) if name in sig.parameters else None
+        want = _SIMPLE.get(hints.get(name))
         if want is not None and (not isinstance(value, want) or (want is not bool and isinstance(value, bool))):
-            return f"argument {name!r} must be {sig.parameters[name].annotation.__name__}, got {type(value).__name__}"
+            return f"argument {name!r} must be {hints[name].__name__}, got {type(value).__name__}"
     return None
 
 
@@ -155,6 +160,8 @@ def run_tool(completion: str, answer: str, answer_type: str, tools: list[str]) -
         return {"score": 0.0, "outcome": "bad_arguments", "output": f"bad arguments for {call['name']}: {problem}"}
     try:
         out = fn(**call["arguments"])
+    except (MemoryError, RecursionError):
+        raise  # the sandbox's to classify (oom), and to retire the worker
     except Exception as e:  # noqa: BLE001 - the tool's error is the model's to read
         return {"score": 0.0, "outcome": "raised", "output": f"{type(e).__name__}: {e}"}
     return {"score": 1.0, "outcome": "ok", "output": out if isinstance(out, str) else json.dumps(out, default=str)}

@@ -1,0 +1,154 @@
+"""Environments, tools and the token bookkeeping of multi-turn episodes, without Ray
+(tests/integration/test_multiturn.py runs episodes through the real engines and sandbox)."""
+
+import json
+
+import pytest
+
+from rlvr.data import Problem
+from rlvr.envs import Step, make_environment
+from rlvr.envs.calculator import calculate
+from rlvr.envs.tools import MalformedCall, ToolCall, parse_hermes, run_tool, tool_prompt, tool_schemas
+from rlvr.generation import ChatTokens, Episode, env_rates
+from rlvr.rollout import Sample
+from rlvr.sandbox import ScoreResult
+
+TOOLS = ["tools_for_tests:echo", "tools_for_tests:boom"]
+
+
+@pytest.mark.parametrize("expression, value", [
+    ("23 * 47", "1081"), ("12 + 85 + 30", "127"), ("(2 + 3) * -4", "-20"), ("7 / 2", "3.5"), ("8 / 4", "2"), ("2 ** 10", "1024"), (" 17 % 5 ", "2"),
+])
+def test_calculate_does_arithmetic(expression, value):
+    assert calculate(expression) == value
+
+
+@pytest.mark.parametrize("expression", [
+    "__import__('os').system('touch /tmp/pwned')", "open('/etc/passwd').read()", "(1).__class__", "x + 1", "[1, 2]", "lambda: 1",
+    "9 ** 9 ** 9", "10 ** 40 * 10 ** 40", "1 / 0", "1 +", "'a' * 3", "1" * 300,
+])
+def test_calculate_refuses_what_is_not_small_arithmetic(expression):
+    with pytest.raises((ValueError, ZeroDivisionError)):
+        calculate(expression)
+
+
+def test_hermes_parser_reads_calls_and_names_what_is_malformed():
+    text = (
+        'Let me compute. <tool_call>{"name": "calculate", "arguments": {"expression": "2 + 2"}}</tool_call>'
+        '<tool_call>{"name": "echo", "arguments": "{\\"text\\": \\"hi\\"}"}</tool_call>'
+        "<tool_call>{not json}</tool_call><tool_call>[1, 2]</tool_call><tool_call>{\"name\": \"x\""
+    )
+    calls = parse_hermes(text)
+    assert calls[0] == ToolCall("calculate", {"expression": "2 + 2"})
+    assert calls[1] == ToolCall("echo", {"text": "hi"})  # arguments written as a JSON string
+    assert [type(c) for c in calls[2:]] == [MalformedCall] * 3  # bad JSON, not an object, unclosed and cut
+    assert "not valid JSON" in calls[2].message
+    assert parse_hermes("The answer is \\boxed{4}.") == []
+
+
+def test_run_tool_answers_every_failure_with_a_message_for_the_model():
+    def run(name, **arguments):
+        return run_tool(ToolCall(name, arguments).to_json(), "", "tool", TOOLS)
+
+    assert run("echo", text="hi") == {"score": 1.0, "outcome": "ok", "output": "hi"}
+    unknown = run("rm", path="/")
+    assert unknown["outcome"] == "unknown_tool" and "boom, echo" in unknown["output"]
+    assert run("echo")["outcome"] == "bad_arguments"  # missing
+    assert run("echo", text="a", extra=1)["outcome"] == "bad_arguments"  # unexpected
+    wrong_type = run("echo", text=3)
+    assert wrong_type["outcome"] == "bad_arguments" and "must be str" in wrong_type["output"]
+    raised = run("boom", message="kaput")
+    assert raised == {"score": 0.0, "outcome": "raised", "output": "RuntimeError: kaput"}
+
+
+def test_tool_schemas_come_from_type_hints_and_docstrings():
+    (schema,) = tool_schemas(["rlvr.envs.calculator:calculate"])
+    assert schema["function"]["name"] == "calculate"
+    assert schema["function"]["parameters"]["required"] == ["expression"]
+    assert json.dumps(schema) in tool_prompt([schema])
+    with pytest.raises(ValueError, match="tools_for_tests:undocumented"):
+        tool_schemas(["tools_for_tests:undocumented"])
+    with pytest.raises(ValueError, match="cannot import"):
+        tool_schemas(["tools_for_tests:missing"])
+
+
+def test_environments_by_name_or_module_and_their_errors():
+    calc = make_environment("calculator", {"system_prompt": "S", "fewshot": [{"role": "user", "content": "q"}]}, ["tools_for_tests:echo"])
+    assert calc.tools == ["rlvr.envs.calculator:calculate", "tools_for_tests:echo"]
+    first = calc.reset(Problem("t/0", "What is 2 * 3?", "6"), [{"role": "user", "content": "ignored"}])
+    assert [m["role"] for m in first] == ["system", "user", "user"] and first[-1]["content"] == "What is 2 * 3?"
+    assert make_environment("rlvr.envs.retry:Retry", {"attempts": 2}).attempts == 2
+    with pytest.raises(ValueError, match="unknown environment 'chess'"):
+        make_environment("chess")
+    with pytest.raises(ValueError, match="does not take env.options"):
+        make_environment("retry", {"tries": 2})
+
+
+def test_retry_asks_again_until_right_or_out_of_attempts():
+    env = make_environment("retry", {"attempts": 3, "turn_penalty": 0.1})
+    wrong, right = ScoreResult(0.0, False), ScoreResult(1.0, True)
+    assert env.step([], [wrong]).observation == [{"role": "user", "content": "Incorrect, try again."}]
+    end = env.step([], [wrong, right])
+    assert end.observation is None and end.correct and end.reward == pytest.approx(0.9)
+    out = env.step([], [wrong, wrong, wrong])
+    assert out.observation is None and not out.correct and out.reward == pytest.approx(-0.2)
+
+
+def test_unknown_env_keys_and_values_fail_naming_them():
+    from rlvr.config import ConfigError, compose, validate
+
+    validate(compose(["env=calculator"]))
+    validate(compose(["env=retry", "data=arith"]))
+    with pytest.raises(ConfigError, match="env.max_turns"):
+        validate(compose(["env=calculator", "env.max_turns=0"]))
+    with pytest.raises(ConfigError, match="env.parser"):
+        validate(compose(["env=calculator", "env.parser=xml"]))
+    with pytest.raises(ConfigError, match="undocumented"):
+        validate(compose(["env=calculator", "env.tools=[tools_for_tests:undocumented]"]))
+    with pytest.raises(ConfigError, match="unknown environment"):
+        validate(compose(["env=retry", "env.name=chess"]))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model)
+
+
+def test_observations_are_tokenized_alone_and_the_model_ids_are_kept(tokenizer):
+    chat = ChatTokens(tokenizer, tool_schemas(["rlvr.envs.calculator:calculate"]))
+    assert not chat.template_takes_tools  # the tiny model's ChatML template: the tools go into the system message
+    prompt = chat.prompt_ids([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 23 * 47?"}])
+    text = tokenizer.decode(prompt)
+    assert "<tools>" in text and '"calculate"' in text and "Be brief." in text and text.endswith("<|im_start|>assistant\n")
+
+    # The model wrote "1081" as four single-digit tokens, which the tokenizer itself would merge:
+    # the episode keeps the engine's ids, and the tool's "5" right after the turn is its own token.
+    digits = [tokenizer.convert_tokens_to_ids(d) for d in "1081"]
+    assert tokenizer.encode("1081", add_special_tokens=False) != digits
+    e = Episode(0, Problem("t/1", "q", "1"), [], prompt)
+    turn = digits + [tokenizer.eos_token_id]
+    e.add_turn(Sample(0, prompt, turn, "1081", [-0.5] * len(turn), "stop", False, 3))
+    observation = [{"role": "tool", "content": "5"}]
+    obs = chat.observation_ids(turn, observation)
+    e.add_observation(observation, obs)
+    assert tokenizer.decode(obs) == "\n<|im_start|>tool\n5<|im_end|>\n<|im_start|>assistant\n"  # the model wrote <|im_end|> itself
+    assert e.response_ids == turn + obs and e.response_ids[:4] == digits
+    assert e.loss_mask == [1.0] * len(turn) + [0.0] * len(obs)
+    assert e.logprobs == [-0.5] * len(turn) + [0.0] * len(obs)
+    # a turn cut at a tool call's closing tag (no end-of-turn token) gets the whole end marker
+    assert tokenizer.decode(chat.observation_ids(digits, observation)).startswith("<|im_end|>\n<|im_start|>tool\n")
+    e.finish(Step(None, 1.0, True), "done")
+    t = e.trajectory("x")
+    assert t.num_tokens == len(turn) and t.weight_version == 3 and t.correct and not t.truncated
+
+
+def test_env_rates_are_means_per_episode_and_shares():
+    counts = {"env/episodes": 4, "env/turns": 10, "env/tool_calls": 6, "env/tool_errors/raised": 1, "env/tool_errors/malformed": 2,
+              "env/ended/done": 3, "env/ended/max_turns": 1}
+    assert env_rates(counts) == {
+        "env/turns_per_episode": 2.5, "env/tool_calls_per_episode": 1.5, "env/tool_error_rate": 0.5,
+        "env/ended_share/done": 0.75, "env/ended_share/max_turns": 0.25,
+    }
+    assert env_rates({"rollouts": 3}) == {}

@@ -211,7 +211,11 @@ class MultiTurn:
         episodes = []
         for i, (p, n) in enumerate(zip(problems, ns)):
             first = self.env.reset(p, self.messages_of(p))
-            episodes += [Episode(i, p, [dict(m) for m in first], self.chat.prompt_ids(first)) for _ in range(n)]
+            ids = self.chat.prompt_ids(first)
+            if self.max_model_len - len(ids) < 1:
+                raise ValueError(f"problem {p.uid}: the episode's first prompt (tools included) has {len(ids)} tokens, "
+                                 f"no room to answer within model.max_model_len={self.max_model_len}")
+            episodes += [Episode(i, p, [dict(m) for m in first], ids) for _ in range(n)]
         sampling = replace(sampling, stop=tuple(sampling.stop) + self.stop)
         counts: Counter = Counter()
         timings: Counter = Counter()

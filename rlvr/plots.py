@@ -376,9 +376,37 @@ def _v05_figure(runs: list[_Run]):
     return fig
 
 
+def _env_figure(runs: list[_Run]):
+    """Multi-turn episodes per step: turns and tool calls per episode, the tool error rate, and the
+    share of episodes each ending (the environment's, or a limit) closed; None without env runs."""
+    from matplotlib.figure import Figure
+
+    runs = [run for run in runs if run.series("env/episodes")[0]]
+    if not runs:
+        return None
+    fig = Figure(figsize=(15, 4.5), layout="constrained")
+    axes = fig.subplots(1, 3)
+    fig.suptitle("Multi-turn episodes (env=...)")
+    for i, run in enumerate(runs):
+        for key, style in (("env/turns_per_episode", "-"), ("env/tool_calls_per_episode", "--")):
+            xs, ys = run.series(key)
+            axes[0].plot(xs, ys, style, color=f"C{i}", label=f"{run.label}: {key.split('/')[1].replace('_per_episode', '')}")
+        axes[1].plot(*run.series("env/tool_error_rate"), color=f"C{i}", label=run.label)
+        endings = sorted({k for r in run.records for k in r if k.startswith("env/ended_share/")})
+        for j, key in enumerate(endings):
+            axes[2].plot(*run.series(key), color=f"C{i}", linestyle=("-", "--", ":", "-.")[j % 4], label=f"{run.label}: {key.rsplit('/', 1)[1]}")
+    axes[0].set(title="per episode", xlabel="step", ylabel="turns (solid), tool calls (dashed)")
+    axes[1].set(title="tool calls that failed", xlabel="step", ylabel="error rate", ylim=(0, 1))
+    axes[2].set(title="how episodes ended", xlabel="step", ylabel="share of episodes", ylim=(0, 1))
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+        _finish(ax, "no values")
+    return fig
+
+
 def build_figures(run_dirs: list[str]) -> dict[str, "object"]:
     """``{file name: matplotlib Figure}`` for the given runs (pass_at_k.png only if some run has pass@k,
-    v05_decisions.png only if some run logged V0.5 decisions)."""
+    v05_decisions.png only if some run logged V0.5 decisions, episodes.png only for multi-turn runs)."""
     if not run_dirs:
         raise ValueError("no run directories given")
     run_dirs = [str(d) for d in run_dirs]
@@ -397,9 +425,9 @@ def build_figures(run_dirs: list[str]) -> dict[str, "object"]:
     pass_fig = _pass_at_k_figure(runs)
     if pass_fig is not None:
         figs["pass_at_k.png"] = pass_fig
-    v05_fig = _v05_figure(runs)
-    if v05_fig is not None:
-        figs["v05_decisions.png"] = v05_fig
+    for name, fig in (("v05_decisions.png", _v05_figure(runs)), ("episodes.png", _env_figure(runs))):
+        if fig is not None:
+            figs[name] = fig
     return figs
 
 

@@ -258,3 +258,17 @@ def test_v05_decisions_figure_from_decisions_jsonl(tmp_path, caplog):
     paths = plot_runs([str(a)])
     assert "v05_decisions.png" in {p.name for p in paths}
     _png_ok(a / "plots" / "v05_decisions.png")
+
+
+def test_episodes_figure_for_multi_turn_runs_only(tmp_path):
+    plain = make_run(tmp_path / "plain")
+    assert "episodes.png" not in {p.name for p in plot_runs([str(plain)])}
+    env = make_run(tmp_path / "env")
+    records = [json.loads(line) for line in (env / "metrics.jsonl").read_text().splitlines()]
+    for r in records[1:]:
+        r.update({"env/episodes": 32, "env/turns_per_episode": 2.0 - r["step"] / 20, "env/tool_calls_per_episode": 1.0,
+                  "env/tool_error_rate": 0.4 / r["step"], "env/ended_share/done": 0.9, "env/ended_share/max_turns": 0.1})
+    (env / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    paths = plot_runs([str(env), str(plain)], str(tmp_path / "out"))
+    assert "episodes.png" in {p.name for p in paths}
+    _png_ok(tmp_path / "out" / "episodes.png")

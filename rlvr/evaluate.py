@@ -77,7 +77,9 @@ def evaluate(
     n = cfg.eval.n_samples
     if n > 1 and sampled:
         sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_tokens=cfg.eval.max_tokens)
-        correct = correct_counts(generator, problems, n, sampling, seed + 1)
+        sampled_env: dict = {}
+        correct = correct_counts(generator, problems, n, sampling, seed + 1, sampled_env)
+        metrics.update({f"eval/sampled/{k}": v for k, v in env_rates(sampled_env).items()})
         for k in range(1, n + 1):
             metrics.update(by_family(f"pass@{k}", [pass_at_k(n, c, k) for c in correct]))
         for r, c in zip(records, correct):

@@ -282,6 +282,8 @@ class MultiTurn:
         timings["verify"] += time.perf_counter() - start
         counts.update(verifier_counts(vstats))
         for e, r in zip(episodes, results):
+            if not e.scores:
+                counts["env/first_answers_correct"] += int(r.correct)
             e.scores.append(r)
             step = self.env.step(e.messages, e.scores)
             if step.observation is None:
@@ -305,6 +307,7 @@ def env_rates(counts: dict) -> dict[str, float]:
         "env/turns_per_episode": counts.get("env/turns", 0) / episodes,
         "env/tool_calls_per_episode": calls / episodes,
         "env/tool_error_rate": errors / calls if calls else 0.0,
+        "env/first_answer_accuracy": counts.get("env/first_answers_correct", 0) / episodes,  # before any feedback (env=retry)
     }
     rates.update({f"env/ended_share/{k.rsplit('/', 1)[1]}": v / episodes for k, v in counts.items() if k.startswith("env/ended/")})
     return rates

@@ -146,9 +146,9 @@ def test_observations_are_tokenized_alone_and_the_model_ids_are_kept(tokenizer):
 
 def test_env_rates_are_means_per_episode_and_shares():
     counts = {"env/episodes": 4, "env/turns": 10, "env/tool_calls": 6, "env/tool_errors/raised": 1, "env/tool_errors/malformed": 2,
-              "env/ended/done": 3, "env/ended/max_turns": 1}
+              "env/ended/done": 3, "env/ended/max_turns": 1, "env/first_answers_correct": 1}
     assert env_rates(counts) == {
-        "env/turns_per_episode": 2.5, "env/tool_calls_per_episode": 1.5, "env/tool_error_rate": 0.5,
+        "env/turns_per_episode": 2.5, "env/tool_calls_per_episode": 1.5, "env/tool_error_rate": 0.5, "env/first_answer_accuracy": 0.25,
         "env/ended_share/done": 0.75, "env/ended_share/max_turns": 0.25,
     }
     assert env_rates({"rollouts": 3}) == {}

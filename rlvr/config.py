@@ -103,15 +103,14 @@ def _validate_env(cfg: DictConfig) -> None:
     e = cfg.env
     if e.name == "none":
         return
-    from rlvr.envs import make_environment
+    from rlvr.envs import environment_from_config
     from rlvr.envs.tools import PARSERS, tool_schemas
 
     _check(e.max_turns >= 1, "env.max_turns", f"must be >= 1, got {e.max_turns}")
     _check(e.max_tokens >= 1, "env.max_tokens", f"must be >= 1 (response tokens of an episode, observations included), got {e.max_tokens}")
     _check(e.parser in PARSERS, "env.parser", f"unknown tool-call parser {e.parser!r}; known: {', '.join(sorted(PARSERS))}")
     try:  # an unknown environment, bad options or a tool without a schema fail here, naming it
-        env = make_environment(e.name, OmegaConf.to_container(e.options, resolve=True), list(e.tools))
-        tool_schemas(env.tools)
+        tool_schemas(environment_from_config(e).tools)
     except ValueError as err:
         raise ConfigError(f"env: {err}") from err
 

@@ -26,7 +26,7 @@ import torch
 
 from rlvr.algorithms import dynamic_sampling_keep_mask, overlong_penalty, v05
 from rlvr.algorithms.v05 import V05Baseline
-from rlvr.batch import Batch, PromptGroup, Trajectory
+from rlvr.batch import Batch, PromptGroup
 from rlvr.data import Problem
 from rlvr.faults import RestartingRole
 from rlvr.generation import Generator, env_rates

@@ -20,11 +20,11 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from rlvr.batch import Trajectory
 from rlvr.data import Problem
-from rlvr.envs import Step, make_environment
+from rlvr.envs import Step, environment_from_config
 from rlvr.envs.tools import PARSERS, STOP_AFTER_CALL, MalformedCall, ToolCall, tool_prompt, tool_schemas
 from rlvr.rollout import GenerationRequest, Sample, SamplingConfig
 from rlvr.sandbox import ScoreRequest, ScoreResult
@@ -321,6 +321,6 @@ def make_generator(cfg: DictConfig, rollout, verifier, model_path: str) -> Gener
 
     if cfg.env.name == "none":
         return SingleTurn(rollout, verifier, prompt_renderer(cfg, model_path))
-    env = make_environment(cfg.env.name, OmegaConf.to_container(cfg.env.options, resolve=True), list(cfg.env.tools))
+    env = environment_from_config(cfg.env)
     return MultiTurn(rollout, verifier, AutoTokenizer.from_pretrained(model_path), env, message_builder(cfg),
                      cfg.env.max_turns, cfg.env.max_tokens, cfg.model.max_model_len, cfg.env.parser)

@@ -185,9 +185,9 @@ def environment_tools(cfg: DictConfig) -> list[str]:
     """The tools of `env` (its class's own, plus `env.tools`): the verifier pool runs their calls."""
     if cfg.env.name == "none":
         return []
-    from rlvr.envs import make_environment
+    from rlvr.envs import environment_from_config
 
-    return make_environment(cfg.env.name, OmegaConf.to_container(cfg.env.options, resolve=True), list(cfg.env.tools)).tools
+    return environment_from_config(cfg.env).tools
 
 
 def verifier_role(cfg: DictConfig, actor_options: dict) -> RestartingRole:

@@ -6,7 +6,8 @@ Row formats (``format``, detected per file by default):
 - ``rlvr``: a prompt column and an answer column (``prompt_key``, ``answer_key``);
 - ``verl``: ``prompt`` as chat messages, ``reward_model.ground_truth``, ``data_source`` and
   ``extra_info`` (kept for reward functions);
-- ``trl``: ``prompt`` as a string or chat messages, with ``answer`` or ``solution`` (whose last
+- ``trl``: ``prompt`` as a string or chat messages (or OpenAI's ``messages``, up to its last user
+  turn), with ``answer`` or ``solution`` (whose last
   ``\\boxed{}`` is the answer), or, for code, ``tests``; the other columns are kept for reward functions.
 
 A chat prompt's last turn is the question; the turns before it (a system message among them wins
@@ -105,10 +106,20 @@ def _boxed_answer(solution: Any) -> Any:
     return solution
 
 
+def _openai_messages(rec: Mapping) -> Any:
+    """An OpenAI-style ``messages`` conversation as the prompt: its turns up to the last user turn (a
+    reference reply after it is not shown to the model)."""
+    messages = rec["messages"]
+    if not isinstance(messages, (list, tuple)):
+        return messages  # make_problem names what is wrong with it
+    users = [i for i, m in enumerate(messages) if isinstance(m, Mapping) and m.get("role") == "user"]
+    return list(messages[: users[-1] + 1]) if users else list(messages)
+
+
 def _detect_format(rec: Mapping, cfg: DataSplitConfig) -> str:
     if "reward_model" in rec:
         return "verl"
-    if isinstance(rec.get("prompt"), (list, tuple)) or (cfg.answer_key not in rec and ("solution" in rec or "tests" in rec)):
+    if isinstance(rec.get("prompt"), (list, tuple)) or isinstance(rec.get("messages"), (list, tuple)) or (cfg.answer_key not in rec and ("solution" in rec or "tests" in rec)):
         return "trl"
     return "rlvr"
 
@@ -123,14 +134,16 @@ def _row_fields(rec: Mapping, fmt: str, cfg: DataSplitConfig) -> tuple[Any, Any,
             return f"verl row needs reward_model.ground_truth, got reward_model={str(rm)[:80]!r}"
         return rec["prompt"], rm["ground_truth"], {"data_source": rec.get("data_source"), "extra_info": rec.get("extra_info")}
     if fmt == "trl":
-        if "prompt" not in rec:
-            return f"trl row without 'prompt' (keys: {sorted(rec)[:10]})"
+        prompt = _openai_messages(rec) if "prompt" not in rec and "messages" in rec else rec.get("prompt")
+        if prompt is None:
+            return f"trl row without 'prompt' or 'messages' (keys: {sorted(rec)[:10]})"
+        meta = {k: v for k, v in rec.items() if k not in ("prompt", "messages")}
         if cfg.answer_type == "code" and "tests" in rec:
-            return rec["prompt"], rec["tests"], {k: v for k, v in rec.items() if k != "prompt"}
+            return prompt, rec["tests"], meta
         for key in ("answer", "solution"):
             if key in rec:
                 answer = rec[key] if key == "answer" else _boxed_answer(rec[key])
-                return rec["prompt"], answer, {k: v for k, v in rec.items() if k != "prompt"}
+                return prompt, answer, meta
         return f"trl row needs 'answer' or 'solution' (keys: {sorted(rec)[:10]})"
     if cfg.prompt_key not in rec:
         return f"missing prompt key {cfg.prompt_key!r} (keys: {sorted(rec)[:10]})"

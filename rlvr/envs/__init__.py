@@ -74,4 +74,15 @@ def make_environment(name: str, options: dict | None = None, tools: list[str] | 
     return env
 
 
-__all__ = ["Environment", "Step", "make_environment"]
+def environment_from_config(env_cfg) -> Any:
+    """The environment `env.*` configures: `env.name` with `env.options`, its tools plus `env.tools`
+    and those of a verl tool-config file (`env.tool_config`)."""
+    from omegaconf import OmegaConf
+
+    from rlvr.envs.tools import tools_from_verl_config
+
+    tools = list(env_cfg.tools) + (tools_from_verl_config(env_cfg.tool_config) if env_cfg.get("tool_config") else [])
+    return make_environment(env_cfg.name, OmegaConf.to_container(env_cfg.options, resolve=True), tools)
+
+
+__all__ = ["Environment", "Step", "environment_from_config", "make_environment"]

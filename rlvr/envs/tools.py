@@ -93,6 +93,36 @@ def load_tool(spec: str) -> Callable:
     return fn
 
 
+def tools_from_verl_config(path: str) -> list[str]:
+    """The tools of a verl tool-config YAML (``tools: [{class_name, config, tool_schema}]``) that are
+    plain functions: ``class_name: pkg.module.function`` becomes ``pkg.module:function``. verl's
+    ``BaseTool`` classes (create/execute/release) have no equivalent here and are refused by name;
+    the schema is read from the function itself."""
+    import os
+
+    import yaml
+
+    path = os.path.expanduser(str(path))
+    if not os.path.isfile(path):
+        raise ValueError(f"env.tool_config: no such file {path!r}")
+    with open(path, encoding="utf-8") as f:
+        doc = yaml.safe_load(f) or {}
+    entries = doc.get("tools") if isinstance(doc, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError(f"env.tool_config {path}: expected a 'tools:' list, as verl's tool configs have")
+    specs = []
+    for i, entry in enumerate(entries):
+        name = entry.get("class_name") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or "." not in name:
+            raise ValueError(f"env.tool_config {path}: tools[{i}] needs class_name: package.module.function")
+        spec = ":".join(name.rsplit(".", 1))
+        if inspect.isclass(load_tool(spec)):
+            raise ValueError(f"env.tool_config {path}: tools[{i}] {name} is a class (a verl BaseTool); "
+                             "rlvr's tools are functions with type hints and a docstring")
+        specs.append(spec)
+    return specs
+
+
 def tool_schemas(specs: list[str]) -> list[dict]:
     """The JSON schema of each tool, as chat templates take them (``tools=``). A tool without type
     hints or an ``Args:`` docstring is an error that names it."""

@@ -55,9 +55,9 @@ class EndAtAnswer:
 
 @pytest.fixture(scope="module")
 def episodes_on_real_parts(ray_session, tiny_model):
+    from helpers import tiny_engine_config
     from transformers import AutoTokenizer
 
-    from helpers import tiny_engine_config
     from rlvr.sandbox.actor import VerifierPool
 
     engine = RolloutEngine.options(num_cpus=0.1).remote(tiny_engine_config(tiny_model))

@@ -52,6 +52,19 @@ def test_trl_rows_string_or_chat_prompt_answer_or_solution(tmp_path):
     assert (b.question, b.answer, b.context) == ("What is 3 + 4?", "7", ())
 
 
+def test_openai_messages_rows_up_to_the_last_user_turn(tmp_path):
+    path = tmp_path / "chat.jsonl"
+    rows = [
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 * 4?"},
+                      {"role": "assistant", "content": "8"}], "answer": "8"},
+        {"messages": [{"role": "user", "content": "What is 1 + 2?"}], "solution": "\\boxed{3}", "source": "x"},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    a, b = load_problems({"source": "file", "path": str(path)})
+    assert (a.question, a.answer, a.context) == ("What is 2 * 4?", "8", (("system", "Be brief."),))  # the reference reply is not shown
+    assert (b.question, b.answer, b.meta) == ("What is 1 + 2?", "3", {"solution": "\\boxed{3}", "source": "x"})
+
+
 def test_save_to_disk_folder_and_dataset_dict(tmp_path):
     from datasets import Dataset, DatasetDict
 

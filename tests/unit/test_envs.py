@@ -152,3 +152,21 @@ def test_env_rates_are_means_per_episode_and_shares():
         "env/ended_share/done": 0.75, "env/ended_share/max_turns": 0.25,
     }
     assert env_rates({"rollouts": 3}) == {}
+
+
+def test_a_verl_tool_config_of_functions_gives_their_tools(tmp_path):
+    from rlvr.config import compose
+    from rlvr.envs import environment_from_config
+
+    config = tmp_path / "tools.yaml"
+    config.write_text(
+        "tools:\n"
+        "  - class_name: tools_for_tests.echo\n"
+        "    config: {type: native}\n"
+        "    tool_schema: {type: function, function: {name: echo, description: Return the text., parameters: {}}}\n"
+    )
+    env = environment_from_config(compose(["env=calculator", f"env.tool_config={config}"]).env)
+    assert env.tools == ["rlvr.envs.calculator:calculate", "tools_for_tests:echo"]
+    config.write_text("tools:\n  - class_name: rlvr.envs.calculator.Calculator\n")
+    with pytest.raises(ValueError, match="is a class"):
+        environment_from_config(compose(["env=calculator", f"env.tool_config={config}"]).env)

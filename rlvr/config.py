@@ -50,10 +50,15 @@ def algorithm_preset(algo: DictConfig) -> AlgorithmPreset:
         raise ConfigError(f"algorithm: {e}") from e
 
 
+def max_response_tokens(cfg: DictConfig) -> int:
+    """The length a response may reach: `rollout.max_tokens`, or an episode's `env.max_tokens`."""
+    return cfg.rollout.max_tokens if cfg.env.name == "none" else cfg.env.max_tokens
+
+
 def overlong_buffer(cfg: DictConfig) -> int:
-    """DAPO's L_c in tokens: `algorithm.overlong_buffer`, or 20 % of `rollout.max_tokens` when null."""
+    """DAPO's L_c in tokens: `algorithm.overlong_buffer`, or 20 % of the longest response when null."""
     buffer = cfg.algorithm.overlong_buffer
-    return default_overlong_buffer(cfg.rollout.max_tokens) if buffer is None else int(buffer)
+    return default_overlong_buffer(max_response_tokens(cfg)) if buffer is None else int(buffer)
 
 
 def _check(ok: bool, key: str, msg: str) -> None:
@@ -129,13 +134,13 @@ def _validate_algorithm(cfg: DictConfig, preset: AlgorithmPreset) -> None:
         )
         _validate_value(cfg.value)
     if preset.overlong:
-        max_tokens = cfg.rollout.max_tokens
+        max_tokens, key = max_response_tokens(cfg), "rollout.max_tokens" if cfg.env.name == "none" else "env.max_tokens"
         _check(
             0 < overlong_buffer(cfg) < max_tokens / 2,
             "algorithm.overlong_buffer",
-            f"must be in (0, rollout.max_tokens/2 = {max_tokens / 2:g}) tokens, got {a.overlong_buffer}: the length penalty "
-            f"starts at rollout.max_tokens - buffer, and a buffer of half the length or more penalises ordinary answers "
-            f"(DAPO: 4,096 of 20,480; null = 20 % of rollout.max_tokens)",
+            f"must be in (0, {key}/2 = {max_tokens / 2:g}) tokens, got {a.overlong_buffer}: the length penalty "
+            f"starts at {key} - buffer, and a buffer of half the length or more penalises ordinary answers "
+            f"(DAPO: 4,096 of 20,480; null = 20 % of {key})",
         )
     _check(a.warmup_prompts >= 0, "algorithm.warmup_prompts", f"must be >= 0 (0 = no warm start), got {a.warmup_prompts}")
     if a.warmup_prompts:

@@ -56,6 +56,7 @@ class ControllerConfig:
     filter_metric: str  # acc | reward: what must vary within a kept group
     overlong: bool
     overlong_buffer: int
+    max_response_tokens: int  # DAPO's L_max: rollout.max_tokens, or an episode's env.max_tokens
 
 
 class BudgetController:
@@ -101,8 +102,8 @@ class BudgetController:
             self.counts[key] = self.counts.get(key, 0) + n
         rewards = torch.tensor([t.reward for t in out.trajectories], dtype=torch.float32)
         if self.cfg.overlong:
-            lengths = torch.tensor([t.num_tokens for t in out.trajectories], dtype=torch.float32)  # the model's tokens only
-            penalty = overlong_penalty(lengths, self.sampling.max_tokens, self.cfg.overlong_buffer)
+            lengths = torch.tensor([len(t.response_ids) for t in out.trajectories], dtype=torch.float32)  # an episode's observations too
+            penalty = overlong_penalty(lengths, self.cfg.max_response_tokens, self.cfg.overlong_buffer)
             rewards = rewards + penalty
             penalised = lengths[penalty < 0]
             self.counts["overlong_penalised"] = self.counts.get("overlong_penalised", 0) + len(penalised)

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from rlvr.algorithms import HADWState, apply_weighting, compute_advantages
 from rlvr.batch import Batch, Trajectory, plan_mini_batches
 from rlvr.checkpoint import resolve_resume
-from rlvr.config import ConfigError, algorithm_preset, overlong_buffer, validate
+from rlvr.config import ConfigError, algorithm_preset, max_response_tokens, overlong_buffer, validate
 from rlvr.controller import BudgetController, ControllerConfig
 from rlvr.data import Problem, PromptStream, load_problems
 from rlvr.drivers import AsyncBatches, sync_batches
@@ -97,6 +97,7 @@ def controller_config(cfg: DictConfig, preset) -> ControllerConfig:
         filter_metric=preset.filter_metric,
         overlong=preset.overlong,
         overlong_buffer=overlong_buffer(cfg),
+        max_response_tokens=max_response_tokens(cfg),
     )
 
 

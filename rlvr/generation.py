@@ -53,7 +53,9 @@ def verifier_counts(vstats: dict) -> dict[str, float]:
 
 
 class SingleTurn:
-    def __init__(self, rollout, verifier, render: Callable[[Problem], str]):
+    """One prompt, one answer. ``render`` gives a problem's prompt as token ids (or text)."""
+
+    def __init__(self, rollout, verifier, render: Callable[[Problem], list[int] | str]):
         self.rollout, self.verifier, self.render = rollout, verifier, render
 
     def generate(self, problems: list[Problem], ns: list[int], sampling: SamplingConfig, seed: int) -> Rollouts:
@@ -320,7 +322,7 @@ def make_generator(cfg: DictConfig, rollout, verifier, model_path: str) -> Gener
     from rlvr.data.stream import message_builder, prompt_renderer
 
     if cfg.env.name == "none":
-        return SingleTurn(rollout, verifier, prompt_renderer(cfg, model_path))
+        return SingleTurn(rollout, verifier, prompt_renderer(cfg, model_path, as_ids=True))
     env = environment_from_config(cfg.env)
     return MultiTurn(rollout, verifier, AutoTokenizer.from_pretrained(model_path), env, message_builder(cfg),
                      cfg.env.max_turns, cfg.env.max_tokens, cfg.model.max_model_len, cfg.env.parser)

@@ -122,8 +122,9 @@ def message_builder(cfg: DictConfig):
     return lambda problem: build_messages(problem, cfg.data.system_prompt, fewshot)
 
 
-def prompt_renderer(cfg: DictConfig, model_path: str):
-    """Problem -> prompt text: system prompt, few-shot turns and question through the chat template."""
+def prompt_renderer(cfg: DictConfig, model_path: str, as_ids: bool = False):
+    """Problem -> prompt text: system prompt, few-shot turns and question through the chat template;
+    with ``as_ids``, that text's token ids (what crosses to the engines: they never re-tokenize)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -132,4 +133,6 @@ def prompt_renderer(cfg: DictConfig, model_path: str):
     def render(problem: Problem) -> str:
         return tokenizer.apply_chat_template(messages_of(problem), tokenize=False, add_generation_prompt=True)
 
+    if as_ids:  # the template writes any special tokens itself
+        return lambda problem: tokenizer.encode(render(problem), add_special_tokens=False)
     return render

@@ -34,7 +34,8 @@ KEEP = ("config.yaml", "summary.json", "metrics.jsonl", "eval.jsonl", "decisions
 
 def budget(quick: bool, steps: int, prompts: int) -> list[str]:
     common = [f"trainer.steps={steps}", f"trainer.eval_every={steps}", "eval.at_start=false", "eval.split=validation",
-              f"eval.size={prompts}", "trainer.save_every=0", "trainer.progress=false"]
+              f"eval.size={prompts}", "trainer.save_every=0", "trainer.progress=false",
+              "cluster.keep_roles=true"]  # each run resets the previous run's actors instead of starting its own
     if quick:
         return common + ["model=tiny-random", "trainer.batch_size=2", "data.train.size=12", "rollout.max_tokens=8"]
     return common + ["data=mix", "trainer.batch_size=8", "rollout.max_tokens=64"]

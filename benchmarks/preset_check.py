@@ -46,7 +46,7 @@ CONFIGS = {
 # correct instead (a built-in regex term), so groups are mixed and every mechanism has work.
 QUICK = [
     "model=tiny-random", "trainer.batch_size=4", "data.train.size=24", "eval.size=4", "rollout.max_tokens=16",
-    "learner.lr=1e-3", "learner.micro_batch_size=8", "verifier.timeout_s=10",
+    "learner.lr=1e-3", "learner.micro_batch_size=8", "verifier.timeout_s=10", "cluster.keep_roles=true",
     "verifier.terms=[{fn: format, weight: 1.0, kwargs: {pattern: '(?:.{2})*.', mode: fullmatch, bonus: 1.0}, correctness: true}]",
 ]
 QUICK_V05 = ["algorithm.warmup_prompts=8"]
@@ -54,7 +54,8 @@ KEEP = ("config.yaml", "summary.json", "metrics.jsonl", "decisions.jsonl")  # wh
 
 
 def base_overrides(quick: bool, steps: int) -> list[str]:
-    common = [f"trainer.steps={steps}", "trainer.eval_every=0", "eval.at_start=false", "trainer.save_every=0", "trainer.progress=false"]
+    common = [f"trainer.steps={steps}", "trainer.eval_every=0", "eval.at_start=false", "trainer.save_every=0", "trainer.progress=false",
+              "cluster.keep_roles=true"]  # each run resets the previous run's actors instead of starting its own
     return common + (QUICK if quick else ["trainer.batch_size=8", "rollout.max_tokens=64", "data=mix"])
 
 

@@ -87,7 +87,9 @@ class RestartingRole:
         snapshot_method: str | None = None,
         restore_method: str | None = None,
         ready_timeout_s: float | None = None,
+        actor: Any = None,
     ):
+        """``actor``: one already running (kept from a previous run) instead of ``start()``'s."""
         self.name, self._start, self.max_restarts = name, start, int(max_restarts)
         self.ready_timeout_s = ready_timeout_s
         self._unready = False  # a replacement not yet known to have started
@@ -95,7 +97,7 @@ class RestartingRole:
         self.restarts, self.seconds_lost, self.last_error = 0, 0.0, None
         self.state = None
         self._lock = threading.Lock()  # the async driver's generator and the trainer share roles
-        self.actor = start()
+        self.actor = actor if actor is not None else start()
         self._node = node_of(self.actor)
 
     def call(self, method: str, *args, timeout: float | None = None):

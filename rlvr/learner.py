@@ -8,6 +8,7 @@ mini-batch for `epochs` passes, with the policy loss and the rollout correction 
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import resource
@@ -194,7 +195,6 @@ def deepspeed_config(cfg: LearnerConfig) -> dict:
 class PolicyLearner:
     def __init__(self, cfg: LearnerConfig, rank: int, world_size: int, master_addr: str, master_port: int):
         redirect_actor_output()
-        torch.set_num_threads(cfg.threads)
         os.environ.update(
             RANK=str(rank),
             LOCAL_RANK="0" if torch.cuda.is_available() else str(rank),
@@ -203,11 +203,24 @@ class PolicyLearner:
             MASTER_PORT=str(master_port),
         )
         import deepspeed
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.rank, self.world_size = rank, world_size
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        self.engine = None
+        self._build(cfg)
+
+    def _build(self, cfg: LearnerConfig) -> None:
+        """The model, its optimizer and the reference slot, as of the initial weights on disk."""
+        import deepspeed
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if self.engine is not None:  # a kept actor's previous run: free it before loading again
+            self.engine.destroy()
+            self.engine = self.sync = self.ref_model = None
+            gc.collect()
+        self.cfg = cfg
+        torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         dtype = getattr(torch, cfg.dtype)
         model = AutoModelForCausalLM.from_pretrained(cfg.model_path, dtype=dtype)
@@ -226,6 +239,12 @@ class PolicyLearner:
         # norms and reductions in fp32); with bf16 weights DeepSpeed's bf16 mode does the rest
         self.autocast = cfg.train_dtype == "bfloat16" and cfg.dtype == "float32"
         self.ref_model = None
+
+    def reset(self, cfg: LearnerConfig, log_path: str | None) -> None:
+        """Start over for a new run in this process (`cluster.keep_roles`): the initial weights, a
+        new optimizer, `cfg`'s settings; the process group and the weight-sync group stay."""
+        redirect_actor_output(log_path)
+        self._build(cfg)
 
     def ensure_reference(self) -> None:
         """Load a frozen copy of the initial policy for the KL term (only when kl_coef > 0). Under

@@ -70,21 +70,28 @@ def actor_log_env(run_dir: str | Path, role: str, index: int, verbose: bool) -> 
     return {ACTOR_LOG_ENV: str(Path(run_dir).resolve() / "logs" / f"{role}-{index}.log")}
 
 
-def redirect_actor_output() -> None:
+def redirect_actor_output(path: str | None = None) -> None:
     """In an actor process, first thing in ``__init__``: stdout and stderr (file descriptors 1 and 2,
-    so C extensions too) go to the file named by $RLVR_ACTOR_LOG; rlvr's INFO lines go there too,
-    and its warnings also to the original stderr, which Ray shows on the driver's console."""
-    path = os.environ.get(ACTOR_LOG_ENV)
+    so C extensions too) go to ``path`` (default: the file named by $RLVR_ACTOR_LOG); rlvr's INFO
+    lines go there too, and its warnings also to the original stderr, which Ray shows on the
+    driver's console. Called again (an actor kept for the next run), it moves to the new file."""
+    path = path or os.environ.get(ACTOR_LOG_ENV)
     if not path:
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    console = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
+    logger = logging.getLogger("rlvr")
+    first = not getattr(logger, "_rlvr_redirected", False)
+    if first:
+        console = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
+    if not first:  # the handlers write to fds 1 and 2, which now name the new file
+        return
+    logger._rlvr_redirected = True
     plain = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     to_file = logging.StreamHandler(sys.stderr)
     to_file.setFormatter(plain)
@@ -92,7 +99,6 @@ def redirect_actor_output() -> None:
     to_console.setLevel(logging.WARNING)
     to_console.setFormatter(plain)
     to_console.addFilter(ConsoleFilter())
-    logger = logging.getLogger("rlvr")
     logger.setLevel(logging.INFO)
     logger.addHandler(to_file)
     logger.addHandler(to_console)

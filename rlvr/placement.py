@@ -208,14 +208,16 @@ def cluster_nodes() -> list[dict[str, float]]:
 class Placement:
     """The placement groups of one run, and the Ray options that put actor i of a role in bundle i."""
 
-    def __init__(self, plan: dict[str, RolePlacement], timeout_s: float = 120.0):
+    def __init__(self, plan: dict[str, RolePlacement], timeout_s: float = 120.0, groups: dict | None = None):
+        """``groups``: placement groups already reserved for some roles (kept from a previous run
+        with the same bundles); the others are reserved here."""
         from ray.util.placement_group import placement_group
 
         self.plan = plan
+        self.groups = dict(groups or {})
         check_fits(plan, cluster_nodes())
-        self.groups = {}
         for role, rp in plan.items():
-            if rp.bundles:
+            if rp.bundles and role not in self.groups:
                 self.groups[role] = placement_group(rp.bundles, strategy=rp.strategy, name="")
         pending = [pg.ready() for pg in self.groups.values()]
         ready, _ = ray.wait(pending, num_returns=len(pending), timeout=timeout_s)

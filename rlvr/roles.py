@@ -13,14 +13,17 @@ import contextlib
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import ray
 from omegaconf import DictConfig, OmegaConf
+from ray.util.placement_group import remove_placement_group
 
 from rlvr.faults import RestartingRole, RoleFailed
 from rlvr.learner import LearnerConfig, PolicyLearner
-from rlvr.logs import actor_log_env
+from rlvr.logs import ACTOR_LOG_ENV, actor_log_env
 from rlvr.lora import LoraSettings
 from rlvr.models import default_cache_dir
 from rlvr.placement import Placement, plan_placement, rendezvous
@@ -133,16 +136,22 @@ def role_plan(cfg: DictConfig, preset) -> dict:
 
 
 def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
-    """Reserve the placement groups, then create the four pools. Returns their handles.
+    """Reserve the placement groups, then create the four pools (or reset those kept from the
+    previous run, `cluster.keep_roles`). Returns their handles.
 
     A cluster too small for `cfg.cluster` fails in `Placement`, before any model loads.
     """
     c = cfg.cluster
-    placement = Placement(role_plan(cfg, preset), timeout_s=c.placement_timeout_s)
-    roles: dict = {"placement": placement, "verifier": None, "value": None, "rollout": RolloutPool([]), "learners": []}
+    plan = role_plan(cfg, preset)
+    keys = role_keys(cfg, plan, model_path)
+    kept = claim_kept(keys)
+    placement = Placement(plan, timeout_s=c.placement_timeout_s, groups={r: k.group for r, k in kept.items()})
+    roles: dict = {"placement": placement, "verifier": None, "value": None, "rollout": RolloutPool([]), "learners": [], "keys": keys}
+    reused = {r: k.actors for r, k in kept.items()}
     try:
         # The verifier pool and the value server are replaced, in the same bundle, if they die.
-        roles["verifier"] = verifier_role(cfg, dict(**placement.options("verifier", 0), runtime_env=actor_env(cfg, "verifier")))
+        roles["verifier"] = verifier_role(cfg, dict(**placement.options("verifier", 0), runtime_env=actor_env(cfg, "verifier")),
+                                          actor=reused.get("verifier", [None])[0])
         if preset.sampling == "adaptive":
             from rlvr.value import ValueServer, value_model_kwargs
 
@@ -155,6 +164,7 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
                 snapshot_method="state_dict",
                 restore_method="load_state_dict",
                 ready_timeout_s=c.placement_timeout_s,
+                actor=reused.get("value", [None])[0],
             )
         engine_cfg = engine_config(cfg, model_path)
 
@@ -162,23 +172,111 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
             return RolloutEngine.options(**placement.options("rollout", i), runtime_env=actor_env(cfg, "rollout", i, True)).remote(engine_cfg)
 
         roles["rollout"] = RolloutPool(
-            [start_engine(i) for i in range(c.num_engines)], start_engine, cfg.trainer.max_restarts, cfg.rollout.timeout_s, c.placement_timeout_s
+            reused.get("rollout") or [start_engine(i) for i in range(c.num_engines)], start_engine, cfg.trainer.max_restarts,
+            cfg.rollout.timeout_s, c.placement_timeout_s
         )
         if c.mode == "colocated":
             # vLLM sizes its KV cache from the free device memory at start-up: let it start before
             # the learner sharing its device loads anything.
             ray.get([e.weight_version.remote() for e in roles["rollout"].engines])
-        roles["learners"] = start_learners(cfg, placement, model_path)
+        roles["learners"] = reused.get("learner") or start_learners(cfg, placement, model_path)
+        if reused:
+            reset_kept(cfg, roles, reused, model_path)
         # Surface start-up errors (a bad model folder, an engine that cannot start, a value model
         # that does not load) before step 1.
         value_ready = [roles["value"].actor.ready.remote()] if roles["value"] is not None else []
         ray.get([e.weight_version.remote() for e in roles["rollout"].engines] + [l.__ray_ready__.remote() for l in roles["learners"]] + value_ready)
-        connect(c.weight_sync, roles["learners"], roles["rollout"].engines, rendezvous(placement, "learner") if c.weight_sync == "nccl" else None)
+        if not reused:
+            connect(c.weight_sync, roles["learners"], roles["rollout"].engines, rendezvous(placement, "learner") if c.weight_sync == "nccl" else None)
         roles["rollout"].reload = lambda engine: reload_engine(c.weight_sync, roles["learners"], engine, roles["rollout"].version)
+    except ray.exceptions.RayActorError as e:
+        stop_roles(roles)
+        if not reused:
+            raise
+        log.warning("a role kept from the previous run died (%s); starting every role anew", type(e).__name__)
+        return start_roles(cfg, model_path, preset)
     except BaseException:
         stop_roles(roles)
         raise
     return roles
+
+
+# -- roles kept for the next run of this process (cluster.keep_roles) ------------------------------
+# An actor's start imports torch and vLLM or DeepSpeed and loads its model: about 15 of a tiny run's
+# 20 s on 2 cores. A process that trains several times (a sweep, the learning-rate search, the test
+# suite) can keep each role's actors, with their placement group, for the next run whose role needs
+# the same bundles and the same process set-up; `reset` gives each a fresh start first (the weights
+# on disk, a new optimizer, a new value model, the new run's log files).
+@dataclass
+class KeptRole:
+    key: tuple
+    group: Any  # the role's placement group
+    actors: list
+
+
+_kept: dict[str, KeptRole] = {}
+_kept_session: list = [None]  # the Ray session the kept actors live in
+
+
+def role_keys(cfg: DictConfig, plan: dict, model_path: str) -> dict[str, tuple]:
+    """What a kept role must share with this run's to be reused: its bundles, the actors' runtime
+    env and what each actor fixes when it starts (`reset` sets the rest). Empty without
+    `cluster.keep_roles`, and where a role shares a group or a process group with another
+    (colocated mode, the nccl weight sync)."""
+    c = cfg.cluster
+    if not c.keep_roles or c.mode == "colocated" or c.weight_sync == "nccl":
+        return {}
+
+    def same(role: str, *fixed) -> tuple:
+        return (repr(plan[role]), cfg.rollout.threads, bool(cfg.logging.verbose), *fixed)
+
+    keys = {
+        "verifier": same("verifier", repr(OmegaConf.to_container(cfg.verifier, resolve=True)), tuple(environment_tools(cfg))),
+        "rollout": same("rollout", repr(engine_config(cfg, model_path))),
+        # the process group's size and ZeRO's partitioning; the model, optimizer and seed are reset
+        "learner": same("learner", c.zero_stage),
+    }
+    if "value" in plan:
+        from rlvr.value import value_model_kwargs
+
+        keys["value"] = same("value", cfg.value.backend, repr(value_model_kwargs(cfg.value)))
+    return keys
+
+
+def ray_session() -> str:
+    return ray.get_runtime_context().get_session_name()
+
+
+def claim_kept(keys: dict[str, tuple]) -> dict[str, KeptRole]:
+    """The kept roles this run can reuse (same key); the others are stopped, since they hold memory
+    and bundles. Roles kept in a Ray session since shut down are gone already."""
+    kept = dict(_kept)
+    _kept.clear()
+    if not kept or not ray.is_initialized() or ray_session() != _kept_session[0]:
+        return {}
+    claimed = {r: k for r, k in kept.items() if keys.get(r) == k.key}
+    for r, k in kept.items():
+        if r not in claimed:
+            kill_actors(k.actors)
+            remove_placement_group(k.group)
+    return claimed
+
+
+def release_kept_roles() -> None:
+    """Stop the roles kept by the last run of this process (`cluster.keep_roles`)."""
+    claim_kept({})
+
+
+def reset_kept(cfg: DictConfig, roles: dict, reused: dict[str, list], model_path: str) -> None:
+    """Give each reused actor its fresh start for this run, all at once."""
+    def log_path(role: str, i: int) -> str | None:
+        return actor_env(cfg, role, i)["env_vars"].get(ACTOR_LOG_ENV)
+
+    calls = [a.reset.remote(log_path(role, i)) for role in ("verifier", "value", "rollout") for i, a in enumerate(reused.get(role, []))]
+    learner_cfg = learner_config(cfg, model_path)
+    calls += [l.reset.remote(learner_cfg, log_path("learner", rank)) for rank, l in enumerate(reused.get("learner", []))]
+    ray.get(calls, timeout=cfg.cluster.placement_timeout_s)
+    log.info("reused the %s kept from the previous run", ", ".join(sorted(reused)))
 
 
 def environment_tools(cfg: DictConfig) -> list[str]:
@@ -190,7 +288,7 @@ def environment_tools(cfg: DictConfig) -> list[str]:
     return environment_from_config(cfg.env).tools
 
 
-def verifier_role(cfg: DictConfig, actor_options: dict) -> RestartingRole:
+def verifier_role(cfg: DictConfig, actor_options: dict, actor=None) -> RestartingRole:
     """The verifier pool as `verifier.*` configures it, replaced (with the same options) if it dies:
     the one place a run and `rlvr eval` make it."""
     from rlvr.sandbox.actor import VerifierPool
@@ -204,6 +302,7 @@ def verifier_role(cfg: DictConfig, actor_options: dict) -> RestartingRole:
         ),
         cfg.trainer.max_restarts,
         ready_timeout_s=cfg.cluster.placement_timeout_s,
+        actor=actor,
     )
 
 
@@ -253,25 +352,46 @@ def reload_engine(backend: str, learners: list, engine, version: int) -> None:
 
 @contextlib.contextmanager
 def running_roles(cfg: DictConfig, model_path: str, preset):
-    """The roles of one run; their actors are killed on exit (the Ray session may be shared)."""
+    """The roles of one run; their actors are killed on exit (the Ray session may be shared), or
+    kept for the next run with `cluster.keep_roles` when this one ends without an error."""
     roles = start_roles(cfg, model_path, preset)
     try:
         yield roles
-    finally:
+    except BaseException:
         stop_roles(roles)
+        raise
+    stop_roles(roles, keep=True)
 
 
-def stop_roles(roles: dict) -> None:
-    if roles["verifier"] is not None:
-        try:
-            ray.get(roles["verifier"].actor.close.remote(), timeout=10)
-        except Exception:  # noqa: BLE001 - best effort: the actor is killed next anyway
-            pass
-    handles = [r.actor for r in (roles["verifier"], roles["value"]) if r is not None] + [*roles["rollout"].engines, *roles["learners"]]
+def stop_roles(roles: dict, keep: bool = False) -> None:
+    """Kill the run's actors and free its bundles; with ``keep``, the roles that have a key
+    (`role_keys`) are kept instead, for the next run of this process."""
+    keys = roles.get("keys", {}) if keep else {}
+    actors = {
+        "verifier": [roles["verifier"].actor] if roles["verifier"] is not None else [],
+        "value": [roles["value"].actor] if roles["value"] is not None else [],
+        "rollout": list(roles["rollout"].engines),
+        "learner": list(roles["learners"]),
+    }
+    placement = roles["placement"]
+    for role, handles in actors.items():
+        if role in keys and handles and role in placement.groups:
+            _kept[role] = KeptRole(keys[role], placement.groups.pop(role), handles)
+            _kept_session[0] = ray_session()
+            continue
+        if role == "verifier" and handles:
+            try:
+                ray.get(handles[0].close.remote(), timeout=10)
+            except Exception:  # noqa: BLE001 - best effort: the actor is killed next anyway
+                pass
+        kill_actors(handles)
+    placement.remove()
+
+
+def kill_actors(handles: list) -> None:
     for h in handles:
         if h is not None:
             ray.kill(h)
-    roles["placement"].remove()
 
 
 def fault_metrics(roles: dict, learner_faults: dict) -> dict:

@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import ray
@@ -253,6 +254,19 @@ class HFEngine:
             self.model.to(self.device)
 
 
+def initial_weights(model_path: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """The (name, tensor) pairs of a model folder's safetensors files, as its config names them."""
+    from safetensors import safe_open
+
+    files = sorted(Path(model_path).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{model_path} holds no .safetensors file to reload the initial weights from")
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            for name in st.keys():
+                yield name, st.get_tensor(name)
+
+
 @ray.remote
 class RolloutEngine:
     """One inference engine. Each sample records the weight version it was generated with."""
@@ -264,7 +278,13 @@ class RolloutEngine:
             raise ValueError(f"unknown rollout backend {cfg.backend!r}; known: {ENGINE_BACKENDS}")
         self.engine = VLLMEngine(cfg) if cfg.backend == "vllm" else HFEngine(cfg)
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        self.model_path = cfg.model_path
         self.version = 0
+
+    def reset(self, log_path: str | None) -> None:
+        """Back to the weights on disk, version 0, for a new run in this process (`cluster.keep_roles`)."""
+        redirect_actor_output(log_path)
+        self._load(0, initial_weights(self.model_path))
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig, seed: int) -> list[Sample]:
         # Reseeding the (in-process) sampler per call makes a resumed run draw the same samples;

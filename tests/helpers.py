@@ -82,6 +82,7 @@ TINY = [
     "learner.lr=1e-3",
     "learner.micro_batch_size=8",
     "verifier.timeout_s=10",
+    "cluster.keep_roles=true",  # each run resets the previous test's actors instead of starting its own
     # odd_length decides correctness, not math: a random model never earns the strict math term and
     # DAPO's filter (on correctness) would drop every group
     "verifier.terms=[{fn: 'e2e_rewards:odd_length', weight: 1.0, correctness: true}, {fn: math, weight: 1.0, correctness: false}]",

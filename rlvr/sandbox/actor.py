@@ -35,6 +35,13 @@ class _VerifierPoolImpl:
             raise RuntimeError("this verifier pool was started without tools")
         return self._tools.score([ScoreRequest(c, "") for c in calls])
 
+    def reset(self, log_path: str | None) -> None:
+        """For a new run in this process (`cluster.keep_roles`): the workers hold no state between
+        items, so only the log file changes."""
+        from rlvr.logs import redirect_actor_output
+
+        redirect_actor_output(log_path)
+
     def worker_pids(self) -> list[int]:
         return self._v.worker_pids()
 

@@ -51,11 +51,18 @@ class ValueServer:
     def __init__(self, backend: str = "embedded", num_threads: int = 1, **kwargs):
         redirect_actor_output()
         torch.set_num_threads(max(1, int(num_threads)))
-        self.backend = backend
+        self.backend, self.kwargs = backend, kwargs
         self.model = make_value_model(backend, **kwargs)
 
     def ready(self) -> bool:
         return True
+
+    def reset(self, log_path: str | None) -> None:
+        """The model as it started (an empty context, no cached embeddings), for a new run in
+        this process (`cluster.keep_roles`); the process and its imports stay."""
+        redirect_actor_output(log_path)
+        self.model = None
+        self.model = make_value_model(self.backend, **self.kwargs)
 
     def predict(self, prompts) -> tuple[list[float], list[float]]:
         prior, unc = self.model.predict(list(prompts))

@@ -13,7 +13,7 @@ def test_a_step_trains_on_code_tasks_with_sandboxed_rewards(tmp_path, ray_sessio
     cfg = compose([
         "model=tiny-random", "data=code", "eval.size=2", "trainer.steps=1", "trainer.batch_size=2",
         "trainer.eval_every=1", "trainer.save_every=0", "trainer.progress=false", "rollout.max_tokens=8",
-        "algorithm=grpo", f"run_dir={tmp_path / 'run'}",
+        "algorithm=grpo", f"run_dir={tmp_path / 'run'}", "cluster.keep_roles=true",
         # the random model writes no fenced block: run its whole completion, so each one meets the sandbox
         "verifier.terms=[{fn: code_tests, kwargs: {timeout_s: 1.0, program: whole}}]",
     ])

@@ -28,7 +28,7 @@ def test_a_step_trains_on_verl_parquet_and_evaluates_on_trl_jsonl(tmp_path, ray_
     cfg = compose([
         "model=tiny-random", "data=file", f"data.train.path={train_path}", f"data.eval.path={eval_path}", "eval.size=4",
         "trainer.steps=1", "trainer.batch_size=2", "trainer.eval_every=1", "trainer.save_every=0",
-        "trainer.progress=false", "rollout.max_tokens=8", "algorithm=grpo", f"run_dir={tmp_path / 'run'}",
+        "trainer.progress=false", "rollout.max_tokens=8", "algorithm=grpo", f"run_dir={tmp_path / 'run'}", "cluster.keep_roles=true",
         "eval.n_samples=3", "logging.tensorboard=true", "logging.wandb=true",
         # the peers' reward signatures, through the Ray verifier pool, reading the verl row's fields
         "verifier.terms=[{fn: math}, {fn: 'reward_fns_for_tests:trl_style', style: trl}, {fn: 'reward_fns_for_tests:verl_style', style: verl}]",

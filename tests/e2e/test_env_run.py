@@ -9,7 +9,7 @@ import pytest
 
 # The tool's description and the two worked examples take 875 of the tiny tokenizer's tokens.
 TINY_CALCULATOR = ["env=calculator", "model=tiny-random", "model.max_model_len=1024", "env.max_tokens=48", "rollout.max_tokens=12",
-                   "trainer.batch_size=2", "trainer.progress=false", "eval.size=2"]
+                   "trainer.batch_size=2", "trainer.progress=false", "eval.size=2", "cluster.keep_roles=true"]
 EPISODE_KEYS = ["rollouts", "gen_tokens", "reward", "env/episodes", "env/turns", "env/tool_calls", "env/turns_per_episode"]
 
 

@@ -194,6 +194,15 @@ def rlvr_train(run_dir: Path, *extra: str, kill_at_step: int | None = None) -> s
     return None
 
 
+def train_in_process(run_dir: Path, *extra: str) -> dict:
+    """`train()` here on RESUME_ARGS + extra, on the previous run's actors where they fit
+    (`cluster.keep_roles`): what `rlvr_train` does, without a new interpreter, Ray and actors."""
+    from rlvr.config import compose
+    from rlvr.trainer import train
+
+    return train(compose([*RESUME_ARGS, "cluster.keep_roles=true", *extra, f"run_dir={run_dir}"]))
+
+
 def run_cli(*args: str) -> str:
     env = dict(os.environ, PYTHONPATH=str(TESTS))
     proc = subprocess.run([sys.executable, "-m", "rlvr.cli", *args], env=env, capture_output=True, text=True, timeout=600)

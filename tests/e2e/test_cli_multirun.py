@@ -16,6 +16,7 @@ def test_multirun_makes_one_run_dir_per_job_and_compare_tabulates_them(tmp_path,
     tiny = [
         "model=tiny-random", "trainer.steps=1", "trainer.batch_size=2", "trainer.eval_every=1", "eval.size=4",
         "rollout.max_tokens=8", "data.train.size=8", "trainer.save_every=0", "trainer.progress=false", "algorithm=grpo",
+        "cluster.keep_roles=true",  # the second job resets the first one's learner and verifier pool (the seed is the engine's)
     ]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     proc = subprocess.run(

@@ -1,7 +1,7 @@
 """`cluster.keep_roles`: a run hands its actors to the next run of the process, which resets them
 instead of starting its own. A run on kept actors must be the run a fresh start gives, record
 for record; a role whose key differs is started anew and the kept one stopped; a kept actor that
-died is noticed and every role started anew."""
+died is noticed and every role started anew. (Which settings make a role's key: tests/unit/test_keep_roles.py.)"""
 
 import pytest
 import ray
@@ -56,12 +56,9 @@ def test_a_run_on_kept_actors_equals_a_fresh_run_and_a_changed_role_starts_anew(
     assert kept_actor_ids()["rollout"] != first["rollout"]
     assert kept_actor_ids()["learner"] != first["learner"]
 
-
-@pytest.mark.slow
-def test_without_keep_roles_a_run_stops_what_the_last_one_kept(tmp_path, ray_session, tiny_model):
-    train(compose(TINY + ["algorithm=grpo", "trainer.steps=1", f"run_dir={tmp_path / 'kept'}"]))
+    # what a run without keep_roles (or the end of a sweep) does with the kept roles: stop them
     engine = roles._kept["rollout"].actors[0]
-    train(compose(TINY + ["algorithm=grpo", "trainer.steps=1", "cluster.keep_roles=false", f"run_dir={tmp_path / 'plain'}"]))
+    roles.release_kept_roles()
     assert roles._kept == {}
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(engine.weight_version.remote(), timeout=60)

@@ -10,10 +10,7 @@ import shutil
 
 import pytest
 import torch
-from helpers import (
-    rlvr_train,
-    run_cli,
-)
+from helpers import run_cli, train_in_process
 from transformers import AutoModelForCausalLM
 
 from rlvr.lora import LoraSettings, is_adapter
@@ -30,10 +27,10 @@ def adapter_checkpoint(run_dir, step: int) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_lora_run_resumes_exactly_and_exports_merged_and_adapter_folders(tmp_path, tiny_model):
+def test_lora_run_resumes_exactly_and_exports_merged_and_adapter_folders(tmp_path, ray_session, tiny_model):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     straight.mkdir()
-    rlvr_train(straight, *LORA_RUN, "learner.lr=1e-2")
+    train_in_process(straight, *LORA_RUN, "learner.lr=1e-2")
     final = adapter_checkpoint(straight, 2)
     # Only the adapters are written (the base is model.path), except a tied head: DeepSpeed finds frozen
     # tensors by parameter name, and the head is the embedding under a second name.
@@ -43,7 +40,7 @@ def test_lora_run_resumes_exactly_and_exports_merged_and_adapter_folders(tmp_pat
     # Resume from the step-1 checkpoint in a fresh run dir: step 2 comes out bitwise the same.
     (resumed / "checkpoints").mkdir(parents=True)
     shutil.copytree(straight / "checkpoints" / "step_00000001", resumed / "checkpoints" / "step_00000001")
-    rlvr_train(resumed, *LORA_RUN, "learner.lr=1e-2")
+    train_in_process(resumed, *LORA_RUN, "learner.lr=1e-2")  # on the straight run's actors, reset
     again = adapter_checkpoint(resumed, 2)
     assert final.keys() == again.keys() and all(torch.equal(final[k], again[k]) for k in final), "adapters differ after resume"
     a = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]

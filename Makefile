@@ -19,9 +19,10 @@ $(STAMP): requirements/cpu.txt scripts/install.sh pyproject.toml
 train: $(STAMP)
 	$(VENV)/bin/rlvr train $(ARGS)
 
-# the unit tier spreads over the cores (pytest-xdist); the Ray tiers share one Ray in one process
+# the unit tier spreads over the cores (pytest-xdist); the Ray tiers run in two pytest workers, a
+# test file at a time, each with its own Ray (one alone leaves half of a 2-core box idle: actors wait)
 test: test-unit
-	$(VENV)/bin/python -m pytest -q -ra --durations=25 tests/integration tests/e2e $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -ra --durations=25 -n 2 --dist loadfile tests/integration tests/e2e $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -ra -n auto --maxprocesses=4 tests/unit $(PYTEST_ARGS)

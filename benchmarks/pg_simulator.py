@@ -2,16 +2,18 @@
 
     .venv/bin/python benchmarks/pg_simulator.py [--seeds 50] [--steps 200] [--quick]
 
-Each prompt has a tabular softmax policy over K answers. Two answers are correct: a common one
-and a rare one (1/5 of the initial correct mass), so small groups can lose the rare mode as in the
-F-GRPO analysis. Initial success rates are drawn from Beta(a, b). Every config trains through the
-project's own functions (`compute_advantages`, `apply_weighting`, `policy_loss`, `v05.V05Baseline`,
-calibrated across steps, with the controller's budget rules: n0 = 4, 2 OSLA rounds of one chunk, budget 1.5×)
-and plain SGD on the logits.
+Each prompt has a tabular softmax policy over K answers. Two answers are correct (`--correct`
+sets how many): a common one and rare ones sharing 1/5 of the initial correct mass, so small
+groups can lose the rare modes as in the F-GRPO analysis. Initial success rates are drawn from
+Beta(a, b). Every config trains through the project's own functions (`compute_advantages`,
+`apply_weighting`, `policy_loss`, `v05.V05Baseline`, calibrated across steps, with the controller's
+budget rules: n0 = 4 by default, 2 OSLA rounds of one chunk, budget 1.5×), with plain SGD on the
+logits or (`--optimizer adam`) the learner's AdamW: betas (0.9, 0.999), eps 1e-8, no weight decay.
+Under SGD a constant advantage scale changes the step; under Adam it cancels.
 
 Per config and seed it records, against step and cumulative rollouts:
-- pass@1 and pass@8 (exact, from the current policy) over all prompts;
-- the probability mass on correct answers never sampled so far, and on the rare correct answer;
+- pass@1, pass@8 and pass@64 (exact, from the current policy) over all prompts;
+- the probability mass on correct answers never sampled so far, and on the rare correct answers;
 - the cosine between the estimated gradient and the true gradient of the batch's mean success,
   overall and for hard (p < 0.2), medium and easy (p > 0.8) prompts;
 - the baseline's squared error against the true success rate.
@@ -31,6 +33,7 @@ from pathlib import Path
 import torch
 
 from rlvr.algorithms import HADWState, apply_weighting, compute_advantages, policy_loss, v05
+
 
 @dataclass(frozen=True)
 class SimConfig:
@@ -58,24 +61,32 @@ CONFIGS = [
 ]
 
 
+# the learner's AdamW (rlvr.learner.deepspeed_config: torch AdamW, learner.weight_decay 0)
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
+
+
 @dataclass
 class World:
     logits: torch.Tensor  # [P, K]
     correct: torch.Tensor  # bool [P, K]
-    rare: torch.Tensor  # long [P]: index of the rare correct answer
+    rare: torch.Tensor  # bool [P, K]: the rare correct answers
     seen: torch.Tensor  # bool [P, K]: answers sampled at least once
 
 
-def make_world(prompts: int, answers: int, a: float, b: float, gen: torch.Generator) -> World:
-    """Initial success p ~ Beta(a, b); answer 0 is the common correct one (4/5 of p), answer 1 the
-    rare one (1/5), the other K − 2 share 1 − p with random proportions."""
+def make_world(prompts: int, answers: int, a: float, b: float, gen: torch.Generator, correct_n: int = 2) -> World:
+    """Initial success p ~ Beta(a, b); answer 0 is the common correct one (4/5 of p), answers
+    1..correct_n − 1 the rare ones (sharing 1/5), the other K − correct_n share 1 − p with random
+    proportions. correct_n = 2 draws exactly what the two-answer world always drew."""
     p = _beta(a, b, prompts, gen)
-    wrong = torch.rand(prompts, answers - 2, generator=gen) + 0.1
+    wrong = torch.rand(prompts, answers - correct_n, generator=gen) + 0.1
     wrong = wrong / wrong.sum(-1, keepdim=True) * (1 - p)[:, None]
-    probs = torch.cat([(0.8 * p)[:, None], (0.2 * p)[:, None], wrong], dim=-1)
+    rare_p = (0.2 * p / (correct_n - 1))[:, None].expand(prompts, correct_n - 1)
+    probs = torch.cat([(0.8 * p)[:, None], rare_p, wrong], dim=-1)
     correct = torch.zeros(prompts, answers, dtype=torch.bool)
-    correct[:, :2] = True
-    return World(probs.log(), correct, torch.ones(prompts, dtype=torch.long), torch.zeros(prompts, answers, dtype=torch.bool))
+    correct[:, :correct_n] = True
+    rare = torch.zeros(prompts, answers, dtype=torch.bool)
+    rare[:, 1:correct_n] = True
+    return World(probs.log(), correct, rare, torch.zeros(prompts, answers, dtype=torch.bool))
 
 
 def _beta(a: float, b: float, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -142,10 +153,14 @@ def _counts(world: World, prompts, groups, answers) -> tuple[torch.Tensor, torch
     return k, n
 
 
-def run(cfg: SimConfig, seed: int, steps: int, prompts_n: int, answers_n: int, batch: int, lr: float, every: int) -> dict:
+def run(cfg: SimConfig, seed: int, steps: int, prompts_n: int, answers_n: int, batch: int, lr: float, every: int,
+        optimizer: str = "sgd", n0: int = 4, correct_n: int = 2) -> dict:
     gen = torch.Generator().manual_seed(seed)
-    world = make_world(prompts_n, answers_n, 0.7, 1.3, gen)
+    world = make_world(prompts_n, answers_n, 0.7, 1.3, gen, correct_n)
     world.logits.requires_grad_(True)
+    if optimizer not in ("sgd", "adam"):
+        raise ValueError(f"optimizer must be sgd or adam, got {optimizer!r}")
+    adam = torch.optim.AdamW([world.logits], lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=0.0) if optimizer == "adam" else None
     hadw = HADWState(window=10, anchor=cfg.anchor, eta=cfg.eta)
     baseline = v05.V05Baseline(delta=4, n_max=16, kappa=1e-3, window=256)
     rollouts, log = 0, []
@@ -162,14 +177,15 @@ def run(cfg: SimConfig, seed: int, steps: int, prompts_n: int, answers_n: int, b
                         "rollouts": rollouts,
                         "pass@1": float(p.mean()),
                         "pass@8": float((1 - (1 - p) ** 8).mean()),
+                        "pass@64": float((1 - (1 - p) ** 64).mean()),
                         "unsampled_correct_mass": float((probs * (world.correct & ~world.seen)).sum(-1).mean()),
-                        "rare_mass": float(probs.gather(1, world.rare[:, None]).mean()),
+                        "rare_mass": float((probs * world.rare).sum(-1).mean()),
                     }
                 )
         if step == steps:
             break
         prompts = torch.randperm(prompts_n, generator=gen)[:batch]
-        groups, answers, baselines = collect(cfg, world, prompts, 4, gen, baseline)
+        groups, answers, baselines = collect(cfg, world, prompts, n0, gen, baseline)
         rollouts += len(answers)
         world.seen[prompts[groups], answers] = True
         rewards = world.correct[prompts[groups], answers].float()
@@ -195,7 +211,11 @@ def run(cfg: SimConfig, seed: int, steps: int, prompts_n: int, answers_n: int, b
             for name, sel in (("all", torch.ones_like(p_b, dtype=torch.bool)), ("hard", p_b < 0.2), ("medium", (p_b >= 0.2) & (p_b <= 0.8)), ("easy", p_b > 0.8)):
                 if sel.any() and float(est[sel].norm()) > 0:
                     cos_sum[name].append(float(torch.nn.functional.cosine_similarity(est[sel].flatten(), true[sel].flatten(), dim=0)))
-            world.logits -= lr * grad
+            if adam is None:
+                world.logits -= lr * grad
+        if adam is not None:
+            world.logits.grad = grad
+            adam.step()
     return {
         "curve": log,
         "grad_cosine": {k: (sum(v) / len(v) if v else None) for k, v in cos_sum.items()},  # None: no prompt in the bucket
@@ -219,7 +239,7 @@ def summarise(results: dict[str, list[dict]]) -> dict:
         points = []
         for i, point in enumerate(runs[0]["curve"]):
             entry = {"step": point["step"]}
-            for key in ("rollouts", "pass@1", "pass@8", "unsampled_correct_mass", "rare_mass"):
+            for key in ("rollouts", "pass@1", "pass@8", "pass@64", "unsampled_correct_mass", "rare_mass"):
                 entry[key] = mean_ci([r["curve"][i][key] for r in runs])
             points.append(entry)
         out[name] = {
@@ -262,6 +282,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--answers", type=int, default=64)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2.0)
+    ap.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    ap.add_argument("--n0", type=int, default=4, help="rollouts per prompt (V0.5: before its extra rounds)")
+    ap.add_argument("--correct", type=int, default=2, help="correct answers per prompt: one common, the rest rare")
     ap.add_argument("--lrs", default=None, help="comma list: pick each config's lr by final pass@1 on --val-seeds (seeds 10000+), then report at it")
     ap.add_argument("--val-seeds", type=int, default=10)
     ap.add_argument("--every", type=int, default=10)
@@ -275,6 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
     chosen = [c for c in CONFIGS if c.name in args.configs.split(",")]
     start = time.perf_counter()
     lr_of = {c.name: args.lr for c in chosen}
+    training = dict(optimizer=args.optimizer, n0=args.n0, correct_n=args.correct)
     sweep: dict[str, dict[float, float]] = {}
     if args.lrs:
         # The step-size confound: estimators differ in scale, so each gets its best lr, chosen on
@@ -282,10 +306,12 @@ def main(argv: list[str] | None = None) -> dict:
         for c in chosen:
             sweep[c.name] = {}
             for lr in (float(x) for x in args.lrs.split(",")):
-                finals = [run(c, 10_000 + s, args.steps, args.prompts, args.answers, args.batch, lr, args.steps)["curve"][-1]["pass@1"] for s in range(args.val_seeds)]
+                finals = [run(c, 10_000 + s, args.steps, args.prompts, args.answers, args.batch, lr, args.steps, **training)["curve"][-1]["pass@1"]
+                          for s in range(args.val_seeds)]
                 sweep[c.name][lr] = sum(finals) / len(finals)
             lr_of[c.name] = max(sweep[c.name], key=sweep[c.name].get)
-    results = {c.name: [run(c, s, args.steps, args.prompts, args.answers, args.batch, lr_of[c.name], args.every) for s in range(args.seeds)] for c in chosen}
+    results = {c.name: [run(c, s, args.steps, args.prompts, args.answers, args.batch, lr_of[c.name], args.every, **training)
+                        for s in range(args.seeds)] for c in chosen}
     summary = summarise(results)
     for name in summary:
         summary[name]["lr"] = lr_of[name]

@@ -60,7 +60,7 @@ def main() -> None:
     )
     cfg = compose(["model=tiny-random", f"rollout={args.engine}"])
     env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2", "TORCH_EXTENSIONS_DIR": str(cache / "torch_extensions")}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
     host, port = ray.get(node_address.remote())
     learner = PolicyLearner.options(num_cpus=0.1).remote(
         replace(learner_config(cfg, model_path), threads=2, bucket_mb=args.bucket_mb), 0, 1, host, port

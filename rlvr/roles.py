@@ -52,10 +52,11 @@ def start_ray(cfg: DictConfig) -> None:
         "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1",
     }
     # cluster.address, else RAY_ADDRESS (set by `ray job submit` and scripts/launch_ray_cluster.sh),
-    # else a fresh local Ray
+    # else a fresh local Ray ("local": given None, Ray joins whatever cluster /tmp/ray last recorded,
+    # such as another job's `ray start` on this machine)
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS") or None
     kwargs = dict(
-        address=address,
+        address=address or "local",
         num_cpus=cfg.cluster.num_cpus if address is None else None,
         include_dashboard=False,
         log_to_driver=True,

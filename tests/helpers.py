@@ -121,6 +121,7 @@ def start_test_ray() -> None:
     import ray
 
     ray.init(
+        address="local",  # not a cluster another pytest worker started (Ray would join the one /tmp/ray recorded)
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,

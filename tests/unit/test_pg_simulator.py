@@ -45,3 +45,43 @@ def test_lr_sweep_picks_each_configs_lr_on_validation_seeds(tmp_path):
     for s in report["configs"].values():
         sweep = s["lr_sweep_val_pass@1"]
         assert set(sweep) == {0.5, 4.0} and s["lr"] == max(sweep, key=sweep.get)
+
+
+def test_more_correct_answers_keep_the_initial_success_and_two_draw_the_original_world():
+    import torch
+
+    two = sim.make_world(8, 16, 0.7, 1.3, torch.Generator().manual_seed(5))
+    again = sim.make_world(8, 16, 0.7, 1.3, torch.Generator().manual_seed(5), correct_n=2)
+    assert torch.equal(two.logits, again.logits) and torch.equal(two.rare, again.rare)
+    four = sim.make_world(8, 16, 0.7, 1.3, torch.Generator().manual_seed(5), correct_n=4)
+    assert four.correct.sum(-1).tolist() == [4] * 8 and four.rare.sum(-1).tolist() == [3] * 8
+    p2, p4 = sim.success(two), sim.success(four)
+    assert torch.allclose(p2, p4, atol=1e-6)  # the same Beta draw of p, shared out over more answers
+    probs = four.logits.softmax(-1)
+    assert torch.allclose((probs * four.rare).sum(-1), 0.2 * p4, atol=1e-6)
+
+
+def test_adam_is_seeded_differs_from_sgd_and_an_unknown_optimizer_is_refused():
+    import pytest
+
+    grpo = sim.SimConfig("grpo")
+    adam = sim.run(grpo, 3, **(ARGS | {"lr": 0.1}), optimizer="adam")
+    assert adam == sim.run(grpo, 3, **(ARGS | {"lr": 0.1}), optimizer="adam")
+    assert adam["curve"][-1] != sim.run(grpo, 3, **(ARGS | {"lr": 0.1}))["curve"][-1]
+    assert adam["curve"][-1]["pass@1"] != adam["curve"][0]["pass@1"]  # it moved
+    with pytest.raises(ValueError, match="optimizer"):
+        sim.run(grpo, 3, **ARGS, optimizer="lion")
+
+
+def test_regimes_quick_mode_pairs_every_cell_with_grpo_under_both_optimizers(tmp_path):
+    from benchmarks import pg_regimes
+
+    report = pg_regimes.main(["--quick", "--workers", "1", "--out", str(tmp_path)])
+    cells = pg_regimes.cells(quick=True)
+    assert len(report["rows"]) == 2 * len(cells)
+    for row in report["rows"]:
+        gains = {k: v for k, v in row.items() if k.startswith("gain/")}
+        assert gains and all(g["n"] in (0, 3) and (g["n"] == 0 or g["lo"] <= g["mean"] <= g["hi"]) for g in gains.values())
+        if row["method"].startswith("v05"):
+            assert row["rollouts_ratio"] >= 0.99  # V0.5 buys extra rollouts, never fewer
+    assert (tmp_path / "pg_regimes.png").stat().st_size > 10_000

@@ -1,7 +1,7 @@
 """Where each method's gain over GRPO survives the learner's optimizer: the policy-gradient
 simulator (`pg_simulator.py`) under plain SGD and under AdamW (issue 28, part 3).
 
-    .venv/bin/python benchmarks/pg_regimes.py [--seeds 16] [--steps 100] [--workers 2] [--quick]
+    .venv/bin/python benchmarks/pg_regimes.py [--seeds 40] [--steps 100] [--workers 2] [--quick]
 
 Under SGD a constant advantage scale changes the step (GRPO's division by the group std, HA-DW's
 λ, focal's shrinking); under Adam it cancels, so what is left of a gain there is the method's
@@ -126,7 +126,9 @@ def plot(report: dict, path: Path) -> None:
 
     panels = [("v05-good", "pass@1"), ("v05-useless", "pass@1"), ("v05-good", "baseline_mse"),
               ("grpo+focal", "rare_mass"), ("grpo+focal", "pass@64"), ("grpo+hadw", "pass@1"), ("grpo+hadw", "cos_hard")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4))
+    fig, grid = plt.subplots(2, 4, figsize=(16, 8))
+    axes = grid.flatten()
+    axes[-1].axis("off")
     for ax, (method, metric) in zip(axes, panels):
         for opt, color in zip(OPTIMIZERS, ("tab:blue", "tab:orange")):
             rows = [r for r in report["rows"] if r["method"] == method and r["optimizer"] == opt]
@@ -147,13 +149,13 @@ def plot(report: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, default=16)
+    ap.add_argument("--seeds", type=int, default=40)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--prompts", type=int, default=128)
     ap.add_argument("--answers", type=int, default=64)
     ap.add_argument("--batch", type=int, default=16, help="prompts per step where the cell does not set it")
     ap.add_argument("--lr-sgd", type=float, default=8.0)
-    ap.add_argument("--lr-adam", type=float, default=0.1)
+    ap.add_argument("--lr-adam", type=float, default=0.05, help="with --lr-sgd 8, GRPO ends near the same pass@1 (0.56) under both at 100 steps")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="3 seeds x 10 steps, two values per axis: checks the outputs, measures nothing")
     ap.add_argument("--out", default="benchmarks/out/pg_regimes")

@@ -60,9 +60,10 @@ def one_run(job: tuple) -> tuple:
     torch.set_num_threads(1)  # one run per worker process
     name, optimizer, settings, seed, args = job
     lr = args["lr_adam"] if optimizer == "adam" else args["lr_sgd"]
-    run_settings = dict(batch=args["batch"], n0=4, correct_n=2) | dict(settings)
-    out = sim.run(CONFIGS[name], seed, args["steps"], args["prompts"], args["answers"], run_settings["batch"], lr, args["steps"],
-                  optimizer=optimizer, n0=run_settings["n0"], correct_n=run_settings["correct_n"])
+    varied = dict(settings)  # n0 and correct_n not set here keep pg_simulator.run's defaults
+    batch = varied.pop("batch", args["batch"])
+    out = sim.run(CONFIGS[name], seed, args["steps"], args["prompts"], args["answers"], batch, lr, args["steps"],
+                  optimizer=optimizer, **varied)
     final = out["curve"][-1]
     figures = {k: final[k] for k in ("pass@1", "pass@64", "rare_mass", "rollouts")}
     figures["baseline_mse"] = out["baseline_mse"]

@@ -213,10 +213,10 @@ class KeptRole:
     key: tuple
     group: Any  # the role's placement group
     actors: list
+    session: str  # the Ray session they live in
 
 
 _kept: dict[str, KeptRole] = {}
-_kept_session: list = [None]  # the Ray session the kept actors live in
 
 
 def role_keys(cfg: DictConfig, plan: dict, model_path: str) -> dict[str, tuple]:
@@ -253,8 +253,10 @@ def claim_kept(keys: dict[str, tuple]) -> dict[str, KeptRole]:
     and bundles. Roles kept in a Ray session since shut down are gone already."""
     kept = dict(_kept)
     _kept.clear()
-    if not kept or not ray.is_initialized() or ray_session() != _kept_session[0]:
+    if not ray.is_initialized():
         return {}
+    session = ray_session()
+    kept = {r: k for r, k in kept.items() if k.session == session}
     claimed = {r: k for r, k in kept.items() if keys.get(r) == k.key}
     for r, k in kept.items():
         if r not in claimed:
@@ -377,8 +379,7 @@ def stop_roles(roles: dict, keep: bool = False) -> None:
     placement = roles["placement"]
     for role, handles in actors.items():
         if role in keys and handles and role in placement.groups:
-            _kept[role] = KeptRole(keys[role], placement.groups.pop(role), handles)
-            _kept_session[0] = ray_session()
+            _kept[role] = KeptRole(keys[role], placement.groups.pop(role), handles, ray_session())
             continue
         if role == "verifier" and handles:
             try:

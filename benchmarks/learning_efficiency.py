@@ -1,7 +1,9 @@
-"""Learning efficiency on the real model: configs × seeds through `rlvr train`, with bootstrap CIs.
+"""Learning efficiency on the real model: configs × seeds of real training runs, with bootstrap CIs.
 
-Each (config, seed) is one `rlvr train` run in its own directory under ``--out``; a rerun skips
-finished runs and resumes interrupted ones (the trainer's own resume). Held-out results come from
+Each (config, seed) is one training run in its own directory under ``--out``, in this process on
+the previous run's actors (`cluster.keep_roles`: each run resets them instead of starting its own,
+as `benchmarks/lr_search.py` does); a rerun skips finished runs and resumes interrupted ones (the
+trainer's own resume). Each run's log is ``runs/<config>-s<seed>.log``. Held-out results come from
 each run's ``eval.jsonl`` (one record per held-out prompt and eval point), so intervals resample
 both seeds and prompts (paired: every run sees the same held-out prompts).
 
@@ -28,9 +30,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import logging
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,7 +41,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from rlvr.algorithms import pass_at_k  # noqa: E402
+from rlvr.config import compose  # noqa: E402
 from rlvr.plots import load_metrics  # noqa: E402
+from rlvr.roles import release_kept_roles  # noqa: E402
+from rlvr.trainer import train  # noqa: E402
 
 # In the order a seed's runs are made: the pairs the three questions compare come first.
 GRID = {
@@ -62,16 +66,19 @@ SAMPLED = {"grpo", "v05", "grpo+focal", "v05+focal"}
 KEEP = ("config.yaml", "summary.json", "metrics.jsonl", "eval.jsonl", "decisions.jsonl")  # what a finished run keeps
 
 
+KEPT = ["cluster.keep_roles=true"]  # each run resets the previous run's actors instead of starting its own
+
+
 def budget(args, config: str = "grpo") -> list[str]:
     """The overrides every run of ``config`` gets (pass@k sampling only where a question reads it)."""
     n_samples = (2 if args.quick else max(PASS_KS)) if config in SAMPLED else 1
     if args.quick:
-        return [
+        return KEPT + [
             "model=tiny-random", "trainer.steps=1", "trainer.batch_size=2", "trainer.eval_every=1",
             "data.train.size=8", "eval.size=4", "rollout.max_tokens=8", f"eval.n_samples={n_samples}",
             "eval.pass_at_k_every=1", "trainer.save_every=0", "trainer.progress=false",
         ] + (["algorithm.warmup_prompts=2"] if config.startswith("v05") else [])
-    return [
+    return KEPT + [
         f"trainer.steps={args.steps}", "trainer.batch_size=8", f"trainer.eval_every={args.eval_every}",
         f"eval.size={args.eval_prompts}", f"rollout.max_tokens={args.max_tokens}",
         f"eval.n_samples={n_samples}", f"eval.pass_at_k_every={args.steps}", "trainer.save_every=4",
@@ -106,32 +113,43 @@ def run_grid(args) -> None:
     steps = 1 if args.quick else args.steps
     todo = [(c, s) for s in args.seeds for c in args.configs]
     start = time.perf_counter()
-    for i, (config, seed) in enumerate(todo, 1):
-        d = run_dir(args, config, seed)
-        if finished(d, steps):
-            print(f"[{i}/{len(todo)}] {config} seed {seed}: done already, skipped", file=sys.stderr)
-            continue
-        if d.exists() and not (d / "checkpoints").exists():
-            shutil.rmtree(d)  # records of a run that left no checkpoint: it restarts from step 0, so they go
-        d.parent.mkdir(parents=True, exist_ok=True)
-        shared = step0_run(args)
-        at_start = [] if shared in (None, d) else ["eval.at_start=false"]
-        cmd = [
-            sys.executable, "-m", "rlvr.cli", "train", *GRID[config], *budget(args, config), *at_start,
-            f"seed={seed}", f"run_dir={d}", *args.extra,
-        ]
-        t0 = time.perf_counter()
-        with open(d.parent / f"{d.name}.log", "a") as log:
-            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)).returncode
-        if rc != 0:
-            raise SystemExit(f"{config} seed {seed} failed (exit {rc}); see {d.parent / (d.name + '.log')}")
-        for extra in d.iterdir():  # a finished run needs no checkpoints (GBs each); its records stay
-            if extra.name not in KEEP:
-                shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
-        print(
-            f"[{i}/{len(todo)}] {config} seed {seed}: {time.perf_counter() - t0:.0f} s "
-            f"(total {time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True,
-        )
+    rlvr_log = logging.getLogger("rlvr")
+    if rlvr_log.level == logging.NOTSET:
+        rlvr_log.setLevel(logging.INFO)  # each run's log file gets its progress lines
+    try:
+        for i, (config, seed) in enumerate(todo, 1):
+            one_run(args, config, seed, f"[{i}/{len(todo)}]", steps, start)
+    finally:
+        release_kept_roles()  # the last run's actors: nothing runs on them after the grid
+
+
+def one_run(args, config: str, seed: int, tag: str, steps: int, start: float) -> None:
+    """Train ``config`` at ``seed`` unless it finished before; keep its records, drop its checkpoints."""
+    d = run_dir(args, config, seed)
+    if finished(d, steps):
+        print(f"{tag} {config} seed {seed}: done already, skipped", file=sys.stderr)
+        return
+    if d.exists() and not (d / "checkpoints").exists():
+        shutil.rmtree(d)  # records of a run that left no checkpoint: it restarts from step 0, so they go
+    d.parent.mkdir(parents=True, exist_ok=True)
+    shared = step0_run(args)
+    at_start = [] if shared in (None, d) else ["eval.at_start=false"]
+    overrides = [*GRID[config], *budget(args, config), *at_start, f"seed={seed}", f"run_dir={d}", *args.extra]
+    t0 = time.perf_counter()
+    log = logging.FileHandler(d.parent / f"{d.name}.log")
+    log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("rlvr").addHandler(log)
+    try:
+        train(compose(overrides))
+    except Exception as err:
+        raise SystemExit(f"{config} seed {seed} failed ({err!r}); see {d.parent / (d.name + '.log')}") from err
+    finally:
+        logging.getLogger("rlvr").removeHandler(log)
+        log.close()
+    for extra in d.iterdir():  # a finished run needs no checkpoints (GBs each); its records stay
+        if extra.name not in KEEP:
+            shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
+    print(f"{tag} {config} seed {seed}: {time.perf_counter() - t0:.0f} s (total {time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
 
 
 # -- report ---------------------------------------------------------------------------------

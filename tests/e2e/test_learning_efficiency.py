@@ -1,4 +1,4 @@
-"""benchmarks/learning_efficiency.py quick mode: real `rlvr train` runs on the tiny model, skipped when
+"""benchmarks/learning_efficiency.py quick mode: real training runs on the tiny model (kept actors), skipped when
 finished, and a well-formed report. The figures come from full runs (docs/benchmarks.md)."""
 
 import json

@@ -31,6 +31,7 @@ def test_quick_grid_runs_resumes_and_reports(tmp_path, tiny_model, capsys):
     assert v05_steps == {1} and saved_step0(tmp_path) == {0, 1}
     kept = {p.name for p in (tmp_path / "runs" / "v05-s0").iterdir()}
     assert {"summary.json", "eval.jsonl", "metrics.jsonl"} <= kept <= set(le.KEEP)  # checkpoints removed
+    assert "step 0 held-out accuracy" in (tmp_path / "runs" / "grpo-s0.log").read_text()  # each run's own log
     saved = json.loads((tmp_path / "learning_efficiency.json").read_text())
     assert saved["held_out_prompts"] == 4 and (tmp_path / "learning_efficiency.png").stat().st_size > 0
     capsys.readouterr()

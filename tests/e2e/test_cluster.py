@@ -11,9 +11,9 @@ import ray
 import torch
 from helpers import TINY, start_test_ray
 
-from rlvr.config import algorithm_preset, compose
+from rlvr.config import compose
 from rlvr.placement import ClusterTooSmall
-from rlvr.roles import start_ray, start_roles, stop_roles
+from rlvr.roles import start_ray
 from rlvr.trainer import train
 
 
@@ -49,39 +49,48 @@ def node_of(actor) -> str:
     return ray.get(actor.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()))
 
 
-@pytest.mark.slow
-def test_each_role_runs_where_the_config_puts_it(sim_cluster, tiny_model, tmp_path):
-    cluster, nodes = sim_cluster
-    cfg = compose(TINY + cluster_overrides(cluster.address, "cluster.weight_sync=nccl") + [f"run_dir={tmp_path}"])
-    start_ray(cfg)
-    assert len([n for n in ray.nodes() if n["Alive"]]) == 3
-    roles = start_roles(cfg, tiny_model, algorithm_preset(cfg.algorithm))
-    try:
-        assert [node_of(l) for l in roles["learners"]] == [nodes["trainer"]] * 2
-        assert [node_of(e) for e in roles["rollout"].engines] == [nodes["rollout"]]
-        assert node_of(roles["verifier"].actor) == nodes["head"] and node_of(roles["value"].actor) == nodes["head"]
-        # each learner holds one fake GPU of its bundle, each engine cluster.tensor_parallel of them
-        learner_res = ray.get(roles["learners"][0].__ray_call__.remote(lambda self: ray.get_runtime_context().get_assigned_resources()))
-        assert learner_res.get("fake_gpu") == 1.0
-    finally:
-        stop_roles(roles)
+def record_placement(monkeypatch) -> dict:
+    """The node of every role's actor, read once, as the run's first update begins."""
+    import rlvr.trainer as trainer
+
+    inner, placed = trainer.train_step, {}
+
+    def hooked(parts, batch, step: int) -> dict:
+        roles = parts.roles
+        if not placed:
+            placed["learners"] = [node_of(l) for l in roles["learners"]]
+            placed["rollout"] = [node_of(e) for e in roles["rollout"].engines]
+            placed["verifier"] = node_of(roles["verifier"].actor)
+            placed["value"] = node_of(roles["value"].actor) if roles.get("value") is not None else None
+            res = ray.get(roles["learners"][0].__ray_call__.remote(lambda self: ray.get_runtime_context().get_assigned_resources()))
+            placed["learner_fake_gpu"] = res.get("fake_gpu")
+        return inner(parts, batch, step)
+
+    monkeypatch.setattr(trainer, "train_step", hooked)
+    return placed
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "layout",
     [
-        # disaggregated: learners (ZeRO-3, 2 ranks) on one node, the engine on another, nccl-style broadcast over gloo
-        ["cluster.weight_sync=nccl"],
+        # disaggregated: learners (ZeRO-3, 2 ranks) on one node, the engine on another, nccl-style broadcast over gloo;
+        # V0.5, so every role runs (its value server on the head node with the verifier)
+        ["cluster.weight_sync=nccl", "algorithm=v05"],
         # colocated: the engine shares learner rank 0's bundle and gets its weights through shared memory
-        ["cluster.mode=colocated", "cluster.weight_sync=ipc", "cluster.zero_stage=2", "cluster.node_resources.rollout=null"],
+        ["cluster.mode=colocated", "cluster.weight_sync=ipc", "cluster.zero_stage=2", "cluster.node_resources.rollout=null", "algorithm=grpo"],
     ],
     ids=["disaggregated-nccl", "colocated-ipc"],
 )
-def test_two_training_steps_across_nodes(layout, sim_cluster, tiny_model, tmp_path):
-    cluster, _ = sim_cluster
-    cfg = compose(TINY + cluster_overrides(cluster.address, *layout) + ["algorithm=grpo", f"run_dir={tmp_path}"])
+def test_two_training_steps_across_nodes(layout, sim_cluster, tiny_model, tmp_path, monkeypatch):
+    cluster, nodes = sim_cluster
+    placed = record_placement(monkeypatch)
+    cfg = compose(TINY + cluster_overrides(cluster.address, *layout) + [f"run_dir={tmp_path}"])
     history = train(cfg)["history"]
+    if "cluster.weight_sync=nccl" in layout:  # each role ran where the config put it
+        assert placed["learners"] == [nodes["trainer"]] * 2 and placed["rollout"] == [nodes["rollout"]]
+        assert placed["verifier"] == placed["value"] == nodes["head"]
+        assert placed["learner_fake_gpu"] == 1.0  # each learner holds one fake GPU of its bundle
     steps = [h for h in history if h["step"] >= 1]
     assert [h["step"] for h in steps] == [1, 2]
     for h in steps:
@@ -101,7 +110,7 @@ def test_two_training_steps_across_nodes(layout, sim_cluster, tiny_model, tmp_pa
     assert trained.keys() == init.keys()
     assert all(torch.isfinite(trained[n]).all() and not torch.equal(trained[n], init[n]) for n in init)
     # every rank reloads its shards and the run goes on at step 3
-    more = train(compose(TINY + cluster_overrides(cluster.address, *layout) + ["algorithm=grpo", f"run_dir={tmp_path}", "trainer.steps=3"]))
+    more = train(compose(TINY + cluster_overrides(cluster.address, *layout) + [f"run_dir={tmp_path}", "trainer.steps=3"]))
     assert [h["step"] for h in more["history"]] == [3]
     assert more["history"][0]["learner/rollout_logprob_diff"] < 0.05  # the engines got the resumed weights
 

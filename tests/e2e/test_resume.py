@@ -38,7 +38,7 @@ DETERMINISTIC = [
 
 
 @pytest.mark.slow
-def test_sigkill_and_resume_matches_straight_run(tmp_path, ray_session, tiny_model, caplog):
+def test_sigkill_and_resume_matches_straight_run(tmp_path, ray_session, tiny_model, caplog, capsys):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     straight.mkdir(), resumed.mkdir()
     train_in_process(straight)
@@ -84,7 +84,12 @@ def test_sigkill_and_resume_matches_straight_run(tmp_path, ray_session, tiny_mod
 
     exported = dict(AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).named_parameters())
     assert all(torch.equal(exported[k].detach(), wa[k]) for k in exported)
-    report = run_cli("eval", str(straight / "checkpoints" / "step_00000004"), "model=tiny-random", "eval.size=4", "rollout.max_tokens=8")
+    # `rlvr eval` in this process (its Ray is up; a subprocess would start another): the command's parser and output
+    from rlvr.cli import main as rlvr_main
+
+    capsys.readouterr()
+    assert rlvr_main(["eval", str(straight / "checkpoints" / "step_00000004"), "model=tiny-random", "eval.size=4", "rollout.max_tokens=8"]) == 0
+    report = capsys.readouterr().out
     assert 0.0 <= float(report.split("eval/accuracy:")[1].split()[0]) <= 1.0
     plots = run_cli("plot", str(straight), str(resumed), "--out", str(tmp_path / "plots"))
     assert (tmp_path / "plots" / "reward_vs_step.png").stat().st_size > 1000, plots

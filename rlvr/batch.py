@@ -91,6 +91,7 @@ class Batch:
     value_state: dict | None = None  # the value server right after this batch (async runs)
     controller_state: dict | None = None  # the BudgetController right after this batch
     oracle: dict | None = None  # rlvr.oracle.sample_oracle's answer for this batch's prompts, when measured
+    advantage_weights: torch.Tensor | None = None  # the weighting's factor per trajectory (focal, HA-DW), when one is on
 
     def __post_init__(self) -> None:
         for i, g in enumerate(self.groups):

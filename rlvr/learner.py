@@ -171,6 +171,11 @@ def collate(seqs: list[Trajectory], pad_id: int, device) -> dict:
     )
 
 
+def loss_share(mb: dict, plan: MiniBatch, agg: str) -> float:
+    """A micro-batch's share of its mini-batch's loss, from the mini-batch's global counts."""
+    return float(mb["mask"].sum()) / plan.tokens if agg == "token-mean" else len(mb["advantages"]) / plan.sequences
+
+
 def deepspeed_config(cfg: LearnerConfig) -> dict:
     return {
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
@@ -367,7 +372,7 @@ class PolicyLearner:
             **update.loss_kwargs,
         )
         tokens = float(mask.sum())
-        share = tokens / plan.tokens if update.agg == "token-mean" else len(mb["advantages"]) / plan.sequences
+        share = loss_share(mb, plan, update.agg)
         # DeepSpeed averages gradients over ranks; the sum over ranks is what the global loss needs.
         self.engine.backward(loss * (0.0 if empty else share * self.world_size), scale_wrt_gas=False)
         if empty:
@@ -391,6 +396,35 @@ class PolicyLearner:
         ratio = torch.exp((logp.detach() - old_logp).clamp(-20, 20))[on]
         extremes = {"ratio_min": float(ratio.min()), "ratio_max": float(ratio.max()), "ratio_dev": float((ratio - 1).abs().max())}
         return sums, extremes
+
+    def gradient_cosine(self, estimated: list[MiniBatch], oracle: list[MiniBatch], update: UpdateConfig) -> float:
+        """cos(g, g*): this step's policy gradient g against g*, the gradient with the oracle's
+        advantages, both at the current weights with π_old = π (the update's first micro-steps),
+        summed over the ranks. Nothing steps and no gradient is kept. ``estimated`` and ``oracle``
+        hold the same sequences in the same micro-batches; only their advantages differ. NaN under
+        ZeRO-3 (partitioned parameters) or gradient checkpointing (reentrant: no torch.autograd.grad)."""
+        if self.cfg.zero_stage == 3 or self.cfg.gradient_checkpointing:
+            return float("nan")
+        import torch.distributed as dist
+
+        params = [p for p in self.engine.module.parameters() if p.requires_grad]
+        flat = []
+        for plan in (estimated, oracle):
+            total = torch.zeros(sum(p.numel() for p in params), dtype=torch.float32, device=self.device)
+            for mini, collated in zip(plan, self._collated(plan)):
+                for mb, empty in collated:
+                    if empty:
+                        continue
+                    logp, _ = self._logprobs(mb, update.temperature)
+                    loss, _ = policy_loss(update.loss, logp, logp.detach(), mb["advantages"], mb["mask"], agg=update.agg,
+                                          max_len=update.max_len, **update.loss_kwargs)
+                    grads = torch.autograd.grad(loss * loss_share(mb, mini, update.agg), params, allow_unused=True)
+                    total += torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1).float() for p, g in zip(params, grads)])
+            dist.all_reduce(total)  # the ranks' shares sum to the batch's gradient
+            flat.append(total)
+        g, g_star = flat
+        norms = float(g.norm() * g_star.norm())
+        return float(g @ g_star) / norms if norms > 0 else float("nan")
 
     @torch.no_grad()
     def _reference_logprobs(self, mb: dict, temperature: float) -> torch.Tensor:

@@ -15,7 +15,15 @@ What is measured per prompt, on correctness (what every baseline estimates), aga
 - V0.5's fused baseline b and the value model's prior alone, when the run has them;
 - whether each rollout's advantage has the sign of its oracle advantage c − p*, over the rollouts
   where that is not zero (p* strictly between 0 and 1); a zero advantage, as GRPO gives a uniform
-  group, counts as a disagreement.
+  group, counts as a disagreement;
+- HA-DW's claim, the estimator's bias by difficulty: Â − A* averaged over a prompt's correct and
+  over its wrong rollouts, where Â is the run's estimator on correctness (the papers' 0/1 reward)
+  and A* the same estimator with the true baseline and scale (`true_advantages`), for prompts with
+  0 < p* < 1. With a weighting on, the same for Â times the rollout's weight over its constant
+  gain (HA-DW's λ: under Adam a constant scale does not change the update). Logged per step by
+  bucket of p*, hard (< 0.3) and easy (> 0.7): `oracle/adv_bias_{hard,easy}_{correct,wrong}[_weighted]`;
+- the cosine between the step's policy gradient and the gradient with A* (`oracle/grad_cosine`,
+  computed by the learners on the same batch before the update: `PolicyLearner.gradient_cosine`).
 Every squared error carries the same oracle noise, E = error² + p*(1 − p*)/M on average, so the
 baselines compare fairly; `oracle/p_star_var` is that noise, to subtract for absolute figures.
 """
@@ -26,11 +34,15 @@ import time
 
 import torch
 
+from rlvr.algorithms import compute_advantages
 from rlvr.batch import Batch
 from rlvr.evaluate import correct_counts
 from rlvr.rollout import SamplingConfig
 
-__all__ = ["oracle_metrics", "report", "sample_oracle"]
+__all__ = ["oracle_advantages", "oracle_metrics", "report", "sample_oracle", "true_advantages"]
+
+# the difficulty buckets of the advantage bias, by p* (prompts with 0 < p* < 1 only)
+HARD_BELOW, EASY_ABOVE = 0.3, 0.7
 
 
 def sample_oracle(generator, batch: Batch, sampling: SamplingConfig, samples: int, seed: int) -> dict:
@@ -40,11 +52,72 @@ def sample_oracle(generator, batch: Batch, sampling: SamplingConfig, samples: in
     return {"successes": successes, "samples": samples, "seconds": time.perf_counter() - start}
 
 
-def oracle_metrics(batch: Batch, oracle: dict, n0: int) -> tuple[dict[str, float], list[dict]]:
+def scales_by_std(estimator: str, estimator_kwargs: dict) -> bool:
+    return estimator == "grpo" or bool(estimator_kwargs.get("scale_by_std", False))
+
+
+def true_advantages(correct: torch.Tensor, p_star: torch.Tensor, scaled: bool) -> torch.Tensor:
+    """A* per rollout: c − p*, divided by sqrt(p*(1 − p*)) for an estimator that divides by the
+    group's std (GRPO, V0.5 with scale_by_std), ``p_star`` given per rollout. NaN where the
+    estimator scales and p* is 0 or 1 (no finite true scale)."""
+    adv = correct.double() - p_star.double()
+    if scaled:
+        var = p_star.double() * (1 - p_star.double())
+        adv = torch.where(var > 0, adv / var.clamp(min=1e-12).sqrt(), torch.full_like(adv, float("nan")))
+    return adv
+
+
+def oracle_advantages(batch: Batch, estimator: str, estimator_kwargs: dict) -> list[float]:
+    """A* of each of the batch's trajectories from its oracle's p* (0 where it has no finite value)."""
+    p_star = torch.tensor(batch.oracle["successes"], dtype=torch.float64) / batch.oracle["samples"]
+    a_star = true_advantages(batch.correctness(), p_star[batch.group_ids()], scales_by_std(estimator, estimator_kwargs))
+    return torch.nan_to_num(a_star, nan=0.0).tolist()
+
+
+def advantage_bias(batch: Batch, p_star: torch.Tensor, estimator: str, estimator_kwargs: dict,
+                   weight_gain: float) -> tuple[dict[str, float], list[dict]]:
+    """Per prompt with 0 < p* < 1: the mean of Â − A* over its correct and over its wrong rollouts
+    (and, with a weighting, of Â·w/gain − A*); and the step's rollout-weighted means by bucket."""
+    c, gids = batch.correctness().double(), batch.group_ids()
+    kwargs = dict(estimator_kwargs)
+    if estimator == "v05":
+        kwargs["baselines"] = batch.baselines().double()
+    raw = compute_advantages(estimator, c, gids, **kwargs)
+    a_star = true_advantages(c, p_star[gids], scales_by_std(estimator, estimator_kwargs))
+    gap = {"": raw - a_star}
+    if batch.advantage_weights is not None:
+        gap["_weighted"] = raw * batch.advantage_weights.double() / weight_gain - a_star
+    fields: list[dict] = []
+    sums: dict[str, list[float]] = {}
+    for g, p in enumerate(p_star.tolist()):
+        in_group = gids == g
+        if not 0 < p < 1 or not in_group.any():
+            fields.append({})
+            continue
+        bucket = "hard" if p < HARD_BELOW else "easy" if p > EASY_ABOVE else None
+        record = {}
+        for cls, mask in (("correct", in_group & (c > 0)), ("wrong", in_group & (c == 0))):
+            count = int(mask.sum())
+            record[f"n_{cls}"] = count
+            for suffix, values in gap.items():
+                if count:
+                    record[f"bias_{cls}{suffix}"] = float(values[mask].mean())
+                    if bucket is not None:
+                        acc = sums.setdefault(f"oracle/adv_bias_{bucket}_{cls}{suffix}", [0.0, 0.0])
+                        acc[0] += float(values[mask].sum())
+                        acc[1] += count
+        fields.append(record)
+    return {k: total / count for k, (total, count) in sums.items()}, fields
+
+
+def oracle_metrics(batch: Batch, oracle: dict, n0: int, estimator: str = "grpo", estimator_kwargs: dict | None = None,
+                   weight_gain: float = 1.0) -> tuple[dict[str, float], list[dict]]:
     """The step's means over prompts (`oracle/*`) and one record per prompt, from a batch whose
-    advantages are set and the oracle's successes of its prompts."""
+    advantages are set and the oracle's successes of its prompts; ``estimator`` (with its
+    kwargs) and the weighting's constant ``weight_gain`` are the run's, for the advantage bias."""
     m_samples = oracle["samples"]
     p_star = torch.tensor(oracle["successes"], dtype=torch.float64) / m_samples
+    bias_metrics, bias_fields = advantage_bias(batch, p_star, estimator, estimator_kwargs or {}, weight_gain)
     priors = {d["uid"]: d["prior"] for d in batch.decisions}
     records, errors = [], {"se_mean_n0": [], "se_rloo": [], "se_mean_spend": [], "se_v05": [], "se_prior": []}
     disagree, zero, signed = 0, 0, 0
@@ -71,7 +144,7 @@ def oracle_metrics(batch: Batch, oracle: dict, n0: int) -> tuple[dict[str, float
             if target != 0:  # p* of 0 or 1: the oracle gives no sign to agree with
                 signed += 1
                 disagree += t.advantage == 0 or (t.advantage > 0) != (target > 0)
-        records.append(record)
+        records.append({**record, **bias_fields[len(records)]})
     rollouts = max(sum(len(g.trajectories) for g in batch.groups), 1)
     metrics = {f"oracle/{k}": sum(v) / len(v) for k, v in errors.items() if v}
     metrics.update({
@@ -82,6 +155,7 @@ def oracle_metrics(batch: Batch, oracle: dict, n0: int) -> tuple[dict[str, float
         "oracle/samples": float(m_samples),
         "time/oracle": oracle["seconds"],
     })
+    metrics.update(bias_metrics)
     return metrics, records
 
 

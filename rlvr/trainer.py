@@ -23,7 +23,7 @@ import logging
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +44,7 @@ from rlvr.faults import RoleFailed
 from rlvr.generation import Generator, make_generator
 from rlvr.learner import UpdateConfig
 from rlvr.models import resolve_model_path
-from rlvr.oracle import oracle_metrics, sample_oracle
+from rlvr.oracle import oracle_advantages, oracle_metrics, sample_oracle
 from rlvr.placement import check_fits, cluster_nodes
 from rlvr.roles import fault_metrics, learners_lost, restart_learners, role_plan, running_roles, start_ray
 from rlvr.rollout import SamplingConfig
@@ -134,25 +134,26 @@ def set_advantages(batch: Batch, preset, weighting: DictConfig, hadw_state: HADW
     adv = compute_advantages(preset.estimator, rewards, group_ids, **kwargs)
     if weighting.name != "none":
         extra = {"gamma": weighting.gamma} if weighting.name == "focal" else {"state": hadw_state, "lam": weighting.lam}
-        weighted = apply_weighting(weighting.name, adv, batch.correctness(), group_ids, **extra)
-        moved = adv.abs() > 1e-8  # the weight a rollout got, where its advantage carries one
-        factor = weighted[moved] / adv[moved]
-        if factor.numel():
-            batch.stats.update({"weighting/min": float(factor.min()), "weighting/max": float(factor.max())})
-        adv = weighted
+        # a weighting scales each rollout's row: a column of ones beside the advantages comes out as the weights
+        both = apply_weighting(weighting.name, torch.stack([adv, torch.ones_like(adv)], 1), batch.correctness(), group_ids, **extra)
+        moved = both[:, 1][adv.abs() > 1e-8]  # the weight a rollout got, where its advantage carries one
+        adv, batch.advantage_weights = both[:, 0].contiguous(), both[:, 1].contiguous()
+        if moved.numel():
+            batch.stats.update({"weighting/min": float(moved.min()), "weighting/max": float(moved.max())})
     batch.set_advantages(adv)
 
 
-def trainable(batch: Batch, preset, version: int, max_staleness: int) -> tuple[list[Trajectory], dict]:
+def trainable(batch: Batch, preset, version: int, max_staleness: int, advantages: list[float] | None = None) -> tuple[list[Trajectory], dict]:
     """The trajectories the learners train on: none sampled with weights older than
     `version - max_staleness`, and no truncated one when the preset masks them. Stale ones still
-    counted in their group's baseline (their rewards are real); they only leave the loss."""
+    counted in their group's baseline (their rewards are real); they only leave the loss.
+    ``advantages`` (one per trajectory of the batch) replace the batch's in the copies."""
     keep, stale = [], 0
-    for t in batch.trajectories:
+    for i, t in enumerate(batch.trajectories):
         if t.weight_version < version - max_staleness:
             stale += 1
         elif not (preset.mask_truncated and t.truncated):
-            keep.append(t.for_learner())
+            keep.append(t.for_learner() if advantages is None else replace(t.for_learner(), advantage=advantages[i]))
     lags = [version - t.weight_version for t in keep]
     return keep, {"async/stale_dropped": stale, "async/staleness_max": max(lags, default=0)}
 
@@ -200,6 +201,7 @@ def train_step(parts: StepParts, batch: Batch, step: int) -> dict:
     colocated = cfg.cluster.mode == "colocated"
     if colocated:
         rollout.sleep()  # hand the shared accelerators to the learners (a no-op on CPU)
+    oracle_m = gradient_cosine(parts, batch, trajectories, step) if batch.oracle is not None and trajectories else {}
     learn_start = time.perf_counter()
     plans = plan_mini_batches(trajectories, cfg.learner.mini_batches, len(learners), cfg.learner.micro_batch_size, seed=cfg.seed * 100003 + step)
     if trajectories:
@@ -216,8 +218,23 @@ def train_step(parts: StepParts, batch: Batch, step: int) -> dict:
     m = step_metrics(batch, learner_metrics)
     m.update(sync_m)
     m.update(async_m)
+    m.update(oracle_m)
     m["time/learn"] = learn_s
     return m
+
+
+def gradient_cosine(parts: StepParts, batch: Batch, trajectories: list[Trajectory], step: int) -> dict:
+    """The oracle's `oracle/grad_cosine`: the learners' gradient on this batch as trained against
+    the gradient with the oracle's advantages A* (rlvr.oracle), on the same micro-batches, before the update."""
+    cfg, learners, preset = parts.cfg, parts.roles["learners"], parts.preset
+    start = time.perf_counter()
+    a_star = oracle_advantages(batch, preset.estimator, preset.estimator_kwargs())
+    oracle_trajectories, _ = trainable(batch, preset, step - 1, cfg.trainer.max_staleness, advantages=a_star)
+    seed = cfg.seed * 100003 + step
+    plans, oracle_plans = (plan_mini_batches(ts, 1, len(learners), cfg.learner.micro_batch_size, seed=seed)
+                           for ts in (trajectories, oracle_trajectories))
+    cosine = ray.get([l.gradient_cosine.remote(p, q, parts.update) for l, p, q in zip(learners, plans, oracle_plans)])[0]
+    return {"oracle/grad_cosine": cosine, "time/oracle_gradient": time.perf_counter() - start}
 
 
 # --------------------------------------------------------------------------------------------
@@ -399,7 +416,9 @@ class Run:
         m.update(fault_metrics(self.roles, self.learner_faults))
         eval_records, oracle_records = [], []
         if batch.oracle is not None:
-            oracle_m, oracle_records = oracle_metrics(batch, batch.oracle, cfg.algorithm.n)
+            preset = self.parts.preset
+            oracle_m, oracle_records = oracle_metrics(batch, batch.oracle, cfg.algorithm.n, preset.estimator, preset.estimator_kwargs(),
+                                                      weight_gain=cfg.weighting.lam if cfg.weighting.name == "hadw" else 1.0)
             m.update(oracle_m)
         if cfg.trainer.eval_every and (step % cfg.trainer.eval_every == 0 or step == self.total):
             eval_start = time.perf_counter()

@@ -30,9 +30,39 @@ def test_each_baseline_is_scored_against_the_oracle_success_rate():
     assert m["oracle/p_star_mean"] == pytest.approx(0.375)
     assert m["oracle/p_star_var"] == pytest.approx((0.25 / 16 + 0.1875 / 16) / 2)
     assert m["time/oracle"] == 1.5 and m["oracle/samples"] == 16
+    # GRPO on A's correctness: (c - 0.5) / (sqrt(0.3) + 1e-6) (Bessel std); A* = (c - 0.5) / 0.5
+    grpo_gap = 1 - 0.5 / 0.3**0.5
     assert records[0] == {"uid": "a", "p_star": 0.5, "samples": 16, "n": 6, "mean_n0": 0.25, "mean_spend": 0.5, "se_rloo": pytest.approx(loo_a),
-                          "baseline": 0.45, "prior": 0.3}
+                          "baseline": 0.45, "prior": 0.3, "n_correct": 3, "n_wrong": 3,
+                          "bias_correct": pytest.approx(-grpo_gap, rel=1e-4), "bias_wrong": pytest.approx(grpo_gap, rel=1e-4)}  # GRPO's eps
     assert records[1]["n"] == 4 and records[1]["p_star"] == 0.25
+    # B (p* = 0.25, hard): GRPO gives its uniform group 0, A* = -0.25 / sqrt(0.1875) for each wrong rollout
+    assert records[1]["bias_wrong"] == pytest.approx(0.25 / 0.1875**0.5) and "bias_correct" not in records[1]
+    assert m["oracle/adv_bias_hard_wrong"] == pytest.approx(0.25 / 0.1875**0.5)
+    assert not any(k.startswith("oracle/adv_bias_easy") for k in m) and "oracle/adv_bias_hard_correct" not in m  # A (0.5) is neither
+
+
+def test_the_advantage_bias_uses_the_run_s_estimator_and_its_weights_over_their_gain():
+    import torch
+
+    from rlvr.oracle import true_advantages
+
+    c, p = torch.tensor([1.0, 0.0, 1.0, 0.0]), torch.tensor([0.2, 0.2, 0.0, 1.0])
+    assert true_advantages(c, p, scaled=False).tolist() == pytest.approx([0.8, -0.2, 1.0, -1.0])
+    scaled = true_advantages(c, p, scaled=True)
+    assert scaled[:2].tolist() == pytest.approx([0.8 / 0.4, -0.2 / 0.4]) and scaled[2:].isnan().all()  # no finite true scale at 0 and 1
+
+    # V0.5 (unscaled): Â = c - b on correctness; HA-DW-like weights 1.5 * (2, 0.5, 0.5, 0.5), gain 1.5
+    a = group("a", [1, 0, 0, 0], [0.0] * 4, 0.4)
+    batch = Batch([a])
+    batch.advantage_weights = torch.tensor([3.0, 0.75, 0.75, 0.75])
+    m, records = oracle_metrics(batch, {"successes": [2], "samples": 10, "seconds": 0.1}, n0=4, estimator="v05",
+                                estimator_kwargs={"scale_by_std": False}, weight_gain=1.5)  # p* = 0.2: hard
+    assert records[0]["bias_correct"] == pytest.approx((1 - 0.4) - (1 - 0.2))
+    assert records[0]["bias_wrong"] == pytest.approx((0 - 0.4) - (0 - 0.2))
+    assert records[0]["bias_correct_weighted"] == pytest.approx(2 * 0.6 - 0.8)
+    assert records[0]["bias_wrong_weighted"] == pytest.approx(0.5 * -0.4 + 0.2, abs=1e-6)  # b is float32
+    assert m["oracle/adv_bias_hard_correct"] == pytest.approx(-0.2) and m["oracle/adv_bias_hard_wrong_weighted"] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_a_run_without_baselines_or_priors_reports_what_it_has():

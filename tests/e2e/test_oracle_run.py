@@ -10,7 +10,7 @@ from helpers import SAME, TINY
 from rlvr.config import compose
 from rlvr.trainer import train
 
-BASE = TINY + ["algorithm=v05", "algorithm.warmup_prompts=4", "trainer.eval_every=0", "eval.at_start=false", "trainer.save_every=0"]
+BASE = TINY + ["algorithm=v05", "weighting=hadw", "algorithm.warmup_prompts=4", "trainer.eval_every=0", "eval.at_start=false", "trainer.save_every=0"]
 
 
 @pytest.mark.slow
@@ -24,6 +24,7 @@ def test_the_oracle_changes_neither_the_batch_nor_the_value_context_nor_the_spen
             assert measured[step][key] == expected, (step, key)
         assert 0 <= measured[step]["oracle/p_star_mean"] <= 1 and measured[step]["time/oracle"] > 0
         assert {"oracle/se_mean_n0", "oracle/se_rloo", "oracle/se_v05", "oracle/se_prior", "oracle/sign_disagree"} <= set(measured[step])
+        assert -1 <= measured[step]["oracle/grad_cosine"] <= 1 and measured[step]["time/oracle_gradient"] > 0
         assert not any(k.startswith("oracle/") for k in plain[step])
     decisions = [(tmp_path / name / "decisions.jsonl").read_text() for name in ("plain", "oracle")]
     assert decisions[0] == decisions[1]  # step 2's priors read a value context the oracle never entered
@@ -32,4 +33,7 @@ def test_the_oracle_changes_neither_the_batch_nor_the_value_context_nor_the_spen
     for r in records:
         assert r["samples"] == 6 and 0 <= r["p_star"] <= 1 and r["p_star"] * 6 == pytest.approx(round(r["p_star"] * 6))
         assert r["n"] >= 4 and "baseline" in r and "prior" in r
+        if 0 < r["p_star"] < 1:  # HA-DW's bias, with and without its weights, on each side of p*
+            assert r["n_correct"] + r["n_wrong"] == r["n"]
+            assert all(f"bias_{cls}{w}" in r for cls in ("correct", "wrong") if r[f"n_{cls}"] for w in ("", "_weighted"))
     assert not (tmp_path / "plain" / "oracle.jsonl").exists()

@@ -3,7 +3,9 @@
 `rlvr train ... eval.oracle.samples=32` writes oracle.jsonl (one record per training prompt at each
 oracle step); this reads one or more run dirs and prints, per run, each baseline's mean squared
 error against p* (less the oracle's own sampling noise) with a 95 % bootstrap interval over the
-(step, prompt) records, and its ratio to the group mean of the first n0 rollouts (rlvr.oracle.report).
+(step, prompt) records, and its ratio to the group mean of the first n0 rollouts; the advantage
+bias Â − A* by difficulty bucket (rlvr.oracle.report); and the cosine of each oracle step's
+policy gradient with the gradient at A* (`oracle/grad_cosine`), over steps.
 
 Usage: python benchmarks/oracle_report.py RUN_DIR [RUN_DIR ...] [--out FILE.json]
 """
@@ -19,6 +21,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from rlvr.oracle import report  # noqa: E402
 
 
+def cosine_summary(run: Path, reps: int = 2000) -> dict | None:
+    """`oracle/grad_cosine` over the run's oracle steps: mean, 95 % bootstrap interval over steps."""
+    import numpy as np
+
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    values = np.array([m["oracle/grad_cosine"] for m in metrics if m.get("oracle/grad_cosine") is not None])
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return None
+    boot = values[np.random.default_rng(0).integers(0, len(values), size=(reps, len(values)))].mean(1)
+    return {"steps": len(values), "mean": float(values.mean()), "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", type=Path)
@@ -30,6 +45,7 @@ def main() -> None:
         if not path.is_file():
             sys.exit(f"{path}: no oracle records (train with eval.oracle.samples=M)")
         result[str(run)] = report([json.loads(line) for line in path.read_text().splitlines()])
+        result[str(run)]["grad_cosine"] = cosine_summary(run)
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -190,4 +190,31 @@ def report(records: list[dict], reps: int = 2000, seed: int = 0) -> dict:
             defined = ratio[~np.isnan(ratio)]  # a reference below the oracle's noise has no ratio
             row[f"over_{ref}_ci95"] = [float(np.percentile(defined, 2.5)), float(np.percentile(defined, 97.5))] if len(defined) else None
         out["baselines"][key] = row
+    out["advantage_bias"] = bias_report(records, idx)
+    return out
+
+
+def bias_report(records: list[dict], idx) -> dict:
+    """Mean Â − A* over the rollouts of each p* bucket (hard, easy) and side (correct, wrong), raw
+    and with the weighting when the run had one, with 95 % bootstrap intervals over records (the
+    resamples ``idx``)."""
+    import numpy as np
+
+    p = np.array([r["p_star"] for r in records])
+    buckets = {"hard": (p > 0) & (p < HARD_BELOW), "easy": (p > EASY_ABOVE) & (p < 1)}
+    out: dict = {}
+    for bucket, in_bucket in buckets.items():
+        for cls in ("correct", "wrong"):
+            count = np.array([r.get(f"n_{cls}", 0) for r in records], dtype=float) * in_bucket
+            for suffix, name in (("", "raw"), ("_weighted", "weighted")):
+                key = f"bias_{cls}{suffix}"
+                if not count.sum() or not any(key in r for r in records):
+                    continue
+                total = np.array([r.get(key, 0.0) for r in records]) * count  # a record's mean times its rollouts
+                boot = total[idx].sum(1) / np.where(count[idx].sum(1) > 0, count[idx].sum(1), np.nan)
+                boot = boot[~np.isnan(boot)]
+                out.setdefault(bucket, {}).setdefault(cls, {})[name] = {
+                    "mean": float(total.sum() / count.sum()), "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+                    "rollouts": int(count.sum()),
+                }
     return out

@@ -89,3 +89,23 @@ def test_the_report_subtracts_the_oracle_noise_and_pairs_the_ratios():
     v05 = out["baselines"]["v05"]
     assert v05["mse"] == pytest.approx((0.0025 + 0.0025 + 0.01 + 0.01) / 4 - noise)
     assert set(out["baselines"]) == {"mean_n0", "mean_spend", "rloo", "v05", "prior"}
+
+
+def test_the_report_gives_the_advantage_bias_by_bucket_with_intervals():
+    from rlvr.oracle import report
+
+    # two hard prompts (p* 0.1, 0.2) and one in between (0.5, in no bucket); rollout-weighted means
+    records = [
+        {"p_star": 0.1, "samples": 10, "mean_n0": 0.0, "mean_spend": 0.0, "n_correct": 1, "n_wrong": 3, "bias_correct": -1.0, "bias_wrong": 0.2,
+         "bias_correct_weighted": -0.5, "bias_wrong_weighted": 0.1},
+        {"p_star": 0.2, "samples": 10, "mean_n0": 0.0, "mean_spend": 0.0, "n_correct": 3, "n_wrong": 1, "bias_correct": -2.0, "bias_wrong": 0.4,
+         "bias_correct_weighted": -1.0, "bias_wrong_weighted": 0.3},
+        {"p_star": 0.5, "samples": 10, "mean_n0": 0.5, "mean_spend": 0.5, "n_correct": 2, "n_wrong": 2, "bias_correct": 9.0, "bias_wrong": 9.0},
+    ]
+    bias = report(records, reps=300)["advantage_bias"]
+    assert set(bias) == {"hard"}
+    assert bias["hard"]["correct"]["raw"]["mean"] == pytest.approx((-1.0 * 1 - 2.0 * 3) / 4)
+    assert bias["hard"]["wrong"]["weighted"]["mean"] == pytest.approx((0.1 * 3 + 0.3 * 1) / 4)
+    assert bias["hard"]["correct"]["raw"]["rollouts"] == 4
+    lo, hi = bias["hard"]["correct"]["raw"]["ci95"]
+    assert -2.0 <= lo <= bias["hard"]["correct"]["raw"]["mean"] <= hi <= -1.0

@@ -34,11 +34,11 @@ def cosine_summary(run: Path, reps: int = 2000) -> dict | None:
     return {"steps": len(values), "mean": float(values.mean()), "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     result = {}
     for run in args.runs:
         path = run / "oracle.jsonl"
@@ -51,6 +51,7 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
     print(text)
+    return result
 
 
 if __name__ == "__main__":

@@ -37,3 +37,10 @@ def test_the_oracle_changes_neither_the_batch_nor_the_value_context_nor_the_spen
             assert r["n_correct"] + r["n_wrong"] == r["n"]
             assert all(f"bias_{cls}{w}" in r for cls in ("correct", "wrong") if r[f"n_{cls}"] for w in ("", "_weighted"))
     assert not (tmp_path / "plain" / "oracle.jsonl").exists()
+    # the report over the run: each baseline's error, the bias by bucket, the gradient cosine over steps
+    from benchmarks import oracle_report
+
+    result = oracle_report.main([str(run_dir), "--out", str(tmp_path / "oracle.json")])[str(run_dir)]
+    assert result["records"] == 8 and {"mean_n0", "v05", "prior"} <= set(result["baselines"])
+    assert result["grad_cosine"]["steps"] == 2 and -1 <= result["grad_cosine"]["mean"] <= 1
+    assert isinstance(result["advantage_bias"], dict) and (tmp_path / "oracle.json").exists()

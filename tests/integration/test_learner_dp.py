@@ -24,25 +24,37 @@ TOKENS, SEQUENCES = sum(len(s.response_ids) for s in SEQS), len(SEQS)
 LR = 1e-3
 
 
-def trained_weights(tiny_model, micro_batches_per_rank, zero_stage, adapters=False, **cfg_kwargs):
-    """Run one step with len(micro_batches_per_rank) ranks; return rank 0's exported weights (or,
-    with `adapters`, its LoRA adapter weights)."""
-    world = len(micro_batches_per_rank)
-    host, port = ray.get(node_address.remote())
+@pytest.fixture(scope="module")
+def learner_group(ray_session, tiny_model):
+    """learner_group(world): a group of `world` learner ranks, made once per module; each use resets
+    it to its settings (`PolicyLearner.reset`, as a kept role is), instead of starting new ranks."""
+    made: dict[int, list] = {}
+
+    def group(world: int) -> list:
+        if world not in made:
+            host, port = ray.get(node_address.remote())
+            cfg = tiny_learner_config(tiny_model, threads=1)
+            made[world] = [PolicyLearner.options(num_cpus=0.1).remote(cfg, r, world, host, port) for r in range(world)]
+        return made[world]
+
+    yield group
+    for learners in made.values():
+        for learner in learners:
+            ray.kill(learner)
+
+
+def trained_weights(learner_group, tiny_model, micro_batches_per_rank, zero_stage, adapters=False, **cfg_kwargs):
+    """Run one step with len(micro_batches_per_rank) ranks, from the initial weights; return rank 0's
+    exported weights (or, with `adapters`, its LoRA adapter weights)."""
+    learners = learner_group(len(micro_batches_per_rank))
     cfg = tiny_learner_config(tiny_model, lr=LR, threads=1, zero_stage=zero_stage, **cfg_kwargs)
-    learners = [PolicyLearner.options(num_cpus=0.1).remote(cfg, r, world, host, port) for r in range(world)]
-    try:
-        update = tiny_update_config("algorithm=grpo")
-        ray.get([l.train_step.remote([MiniBatch(mbs, TOKENS, SEQUENCES)], update) for l, mbs in zip(learners, micro_batches_per_rank)])
-        if adapters:
-            return ray.get([l.__ray_call__.remote(adapter_weights) for l in learners])[0]  # every rank joins the gather
-        refs, _ = ray.get([l.export_weights.remote() for l in learners])[0]
-        return dict(fetch_buckets(refs))
-    finally:
-        for l in learners:
-            ray.kill(l)
-
-
+    ray.get([l.reset.remote(cfg, None) for l in learners])
+    update = tiny_update_config("algorithm=grpo")
+    ray.get([l.train_step.remote([MiniBatch(mbs, TOKENS, SEQUENCES)], update) for l, mbs in zip(learners, micro_batches_per_rank)])
+    if adapters:
+        return ray.get([l.__ray_call__.remote(adapter_weights) for l in learners])[0]  # every rank joins the gather
+    refs, _ = ray.get([l.export_weights.remote() for l in learners])[0]
+    return dict(fetch_buckets(refs))
 
 
 def max_diff(a, b):
@@ -51,9 +63,9 @@ def max_diff(a, b):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("zero_stage", [1, 2, 3])
-def test_two_ranks_match_one_rank_with_twice_the_micro_batch(zero_stage, ray_session, tiny_model):
-    one = trained_weights(tiny_model, [[SEQS]], zero_stage, micro_batch_size=4)
-    two = trained_weights(tiny_model, [[SEQS[0::2]], [SEQS[1::2]]], zero_stage, micro_batch_size=2)
+def test_two_ranks_match_one_rank_with_twice_the_micro_batch(zero_stage, learner_group, tiny_model):
+    one = trained_weights(learner_group, tiny_model, [[SEQS]], zero_stage, micro_batch_size=4)
+    two = trained_weights(learner_group, tiny_model, [[SEQS[0::2]], [SEQS[1::2]]], zero_stage, micro_batch_size=2)
     from transformers import AutoModelForCausalLM
 
     init = {n: p.detach() for n, p in AutoModelForCausalLM.from_pretrained(tiny_model).named_parameters()}
@@ -63,21 +75,21 @@ def test_two_ranks_match_one_rank_with_twice_the_micro_batch(zero_stage, ray_ses
 
 
 @pytest.mark.slow
-def test_accumulation_and_checkpointing_do_not_change_the_update(ray_session, tiny_model):
-    whole = trained_weights(tiny_model, [[SEQS]], 2, micro_batch_size=4)
+def test_accumulation_and_checkpointing_do_not_change_the_update(learner_group, tiny_model):
+    whole = trained_weights(learner_group, tiny_model, [[SEQS]], 2, micro_batch_size=4)
     # four micro-batches of one sequence, accumulated, with activations recomputed in backward
-    accumulated = trained_weights(tiny_model, [[[s] for s in SEQS]], 2, micro_batch_size=1, gradient_checkpointing=True)
+    accumulated = trained_weights(learner_group, tiny_model, [[[s] for s in SEQS]], 2, micro_batch_size=1, gradient_checkpointing=True)
     assert max_diff(whole, accumulated) < 1e-2 * LR
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("zero_stage", [2, 3])
-def test_lora_two_ranks_match_one_rank(zero_stage, ray_session, tiny_model):
+def test_lora_two_ranks_match_one_rank(zero_stage, learner_group, tiny_model):
     from rlvr.lora import LoraSettings
 
     lora = LoraSettings(rank=4, alpha=8, dropout=0.0, target_modules="all-linear")
-    one = trained_weights(tiny_model, [[SEQS]], zero_stage, adapters=True, micro_batch_size=4, lora=lora)
-    two = trained_weights(tiny_model, [[SEQS[0::2]], [SEQS[1::2]]], zero_stage, adapters=True, micro_batch_size=2, lora=lora)
+    one = trained_weights(learner_group, tiny_model, [[SEQS]], zero_stage, adapters=True, micro_batch_size=4, lora=lora)
+    two = trained_weights(learner_group, tiny_model, [[SEQS[0::2]], [SEQS[1::2]]], zero_stage, adapters=True, micro_batch_size=2, lora=lora)
     assert one.keys() == two.keys() and any(".lora_B." in n for n in one)
     moved = max(float(t.abs().max()) for n, t in one.items() if ".lora_B." in n)  # B starts at 0
     assert moved > 0.5 * LR
@@ -92,15 +104,11 @@ def test_lora_two_ranks_match_one_rank(zero_stage, ray_session, tiny_model):
         ("token-mean", -(1.0 * 2 - 1.0 * 3 + 0.5 * 1 - 0.3 * 4) / TOKENS),
     ],
 )
-def test_logged_loss_is_the_batch_loss_however_it_is_split(agg, expected, ray_session, tiny_model):
-    host, port = ray.get(node_address.remote())
-    cfg = tiny_learner_config(tiny_model, lr=LR, threads=1, zero_stage=1, micro_batch_size=4)
-    learner = PolicyLearner.options(num_cpus=0.1).remote(cfg, 0, 1, host, port)
-    try:
-        update = tiny_update_config("algorithm=grpo", agg=agg)
-        for micro_batches in ([SEQS], [[s] for s in SEQS], [SEQS[:1], SEQS[1:]]):
-            m = ray.get(learner.train_step.remote([MiniBatch(micro_batches, TOKENS, SEQUENCES)], update))
-            assert m["pg_loss"] == pytest.approx(expected, abs=1e-6), micro_batches
-            assert m["loss"] == pytest.approx(expected, abs=1e-6)
-    finally:
-        ray.kill(learner)
+def test_logged_loss_is_the_batch_loss_however_it_is_split(agg, expected, learner_group, tiny_model):
+    (learner,) = learner_group(1)
+    ray.get(learner.reset.remote(tiny_learner_config(tiny_model, lr=LR, threads=1, zero_stage=1, micro_batch_size=4), None))
+    update = tiny_update_config("algorithm=grpo", agg=agg)
+    for micro_batches in ([SEQS], [[s] for s in SEQS], [SEQS[:1], SEQS[1:]]):
+        m = ray.get(learner.train_step.remote([MiniBatch(micro_batches, TOKENS, SEQUENCES)], update))
+        assert m["pg_loss"] == pytest.approx(expected, abs=1e-6), micro_batches
+        assert m["loss"] == pytest.approx(expected, abs=1e-6)

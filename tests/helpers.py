@@ -115,6 +115,75 @@ RESUME_ARGS = [
 ]
 
 
+# -- actors kept for a pytest worker's whole run ---------------------------------------------------
+# A component test needs a live learner or engine, not a new process: starting one costs seconds
+# (imports, DeepSpeed, vLLM), resetting a kept one a fraction (the reset a kept role gets between
+# runs: the initial weights from disk, a new optimizer, version 0). Kept per Ray session (the
+# simulated-cluster tests restart Ray, and the actors of the old session are gone with it), and
+# started anew when one died (the fault tests signal every actor of a class in their session).
+_kept_actors: dict = {"session": None, "learners": [], "engines": {}, "pids": set()}
+
+
+def _kept_for_this_session() -> dict:
+    import ray
+
+    session = ray.get_runtime_context().get_node_id()
+    if _kept_actors["session"] != session:
+        _kept_actors.update(session=session, learners=[], engines={}, pids=set())
+    return _kept_actors
+
+
+def kept_learner(cfg: LearnerConfig, index: int = 0):
+    """A single-rank PolicyLearner with `cfg`'s settings and the initial weights. ``index`` tells
+    apart learners a test needs at the same time. The test must not kill it."""
+    import ray
+
+    from rlvr.learner import PolicyLearner
+    from rlvr.placement import node_address
+
+    learners = _kept_for_this_session()["learners"]
+    if len(learners) > index and _reset(learners[index], cfg, None):
+        return learners[index]
+    while len(learners) <= index:
+        learners.append(None)
+    host, port = ray.get(node_address.remote())
+    learners[index] = _spare_from_faults(PolicyLearner.options(num_cpus=0.1).remote(cfg, 0, 1, host, port))
+    return learners[index]
+
+
+def kept_engine(cfg: EngineConfig):
+    """A RolloutEngine of `cfg` (one per distinct config) at the initial weights, version 0. The
+    test must not kill it."""
+    from rlvr.rollout import RolloutEngine
+
+    engines = _kept_for_this_session()["engines"]
+    key = repr(cfg)
+    if key not in engines or not _reset(engines[key], None):
+        engines[key] = _spare_from_faults(RolloutEngine.options(num_cpus=0.1).remote(cfg))
+    return engines[key]
+
+
+def _spare_from_faults(actor):
+    """Record a kept actor's process, which `signal_actors` leaves alone: the fault tests signal the
+    actors of the run they test, not those kept for the component tests."""
+    import ray
+
+    _kept_actors["pids"].add(ray.get(actor.__ray_call__.remote(lambda self: os.getpid())))
+    return actor
+
+
+def _reset(actor, *args) -> bool:
+    """Reset a kept actor; False if it died (or hangs) meanwhile."""
+    import ray
+
+    try:
+        ray.get(actor.reset.remote(*args), timeout=120)
+        return True
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        ray.kill(actor)
+        return False
+
+
 def start_test_ray() -> None:
     """The local Ray of a pytest run (conftest's `ray_session`): 2 CPUs, and the test helpers'
     modules (reward functions named in the configs) importable in every actor."""
@@ -156,14 +225,14 @@ def at_step(monkeypatch, step: int, action: Callable[[], None], before: bool = F
 
 
 def signal_actors(actor_class: str, sig: int = signal.SIGKILL) -> Callable[[], None]:
-    """An `at_step` action: send ``sig`` to every process of ``actor_class``."""
+    """An `at_step` action: send ``sig`` to every process of ``actor_class`` but the kept ones (`kept_learner`, `kept_engine`)."""
 
     def send() -> None:
         # only this test's Ray session: its processes descend from this one (another Ray job on
         # the machine has actors of the same class)
         for p in psutil.Process().children(recursive=True):
             try:
-                if (p.cmdline() or [""])[0].startswith(f"ray::{actor_class}"):
+                if (p.cmdline() or [""])[0].startswith(f"ray::{actor_class}") and p.pid not in _kept_actors["pids"]:
                     os.kill(p.pid, sig)
             except psutil.NoSuchProcess:
                 pass

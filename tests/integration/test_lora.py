@@ -10,6 +10,8 @@ import pytest
 import ray
 import torch
 from helpers import (
+    kept_engine,
+    kept_learner,
     mini_batch,
     tiny_engine_config,
     tiny_learner_config,
@@ -18,10 +20,8 @@ from helpers import (
 from transformers import AutoModelForCausalLM
 
 from rlvr.batch import Trajectory
-from rlvr.learner import PolicyLearner
 from rlvr.lora import LoraSettings, base_name, is_adapter
-from rlvr.placement import node_address
-from rlvr.rollout import GenerationRequest, RolloutEngine, RolloutPool, SamplingConfig
+from rlvr.rollout import GenerationRequest, RolloutPool, SamplingConfig
 from rlvr.weight_sync import fetch_buckets, sync_weights
 
 PROMPTS = ["<|im_start|>user\nWhat is 3 + 4?<|im_end|>\n<|im_start|>assistant\n", "State the final answer: 9 - 2 =", "Count: 1 2 3"]
@@ -34,9 +34,8 @@ def learner_params(learner) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_adapters_train_the_base_stays_and_the_engine_matches_the_merged_model(ray_session, tiny_model):
-    host, port = ray.get(node_address.remote())
-    learner = PolicyLearner.options(num_cpus=0.1).remote(tiny_learner_config(tiny_model, lr=1e-2, threads=1, lora=LORA), 0, 1, host, port)
-    engine = RolloutEngine.options(num_cpus=0.1).remote(tiny_engine_config(tiny_model))
+    learner = kept_learner(tiny_learner_config(tiny_model, lr=1e-2, threads=1, lora=LORA))
+    engine = kept_engine(tiny_engine_config(tiny_model))
     pool = RolloutPool([engine])
     sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_tokens=12)
     samples = pool.generate([GenerationRequest(i, p, 4) for i, p in enumerate(PROMPTS)], sampling, seed=0)
@@ -65,19 +64,15 @@ def test_adapters_train_the_base_stays_and_the_engine_matches_the_merged_model(r
     learner_lp = ray.get(learner.logprobs.remote([Trajectory(s.prompt_ids, s.response_ids) for s in fresh], sampling.temperature))
     for s, lp in zip(fresh, learner_lp):
         torch.testing.assert_close(torch.tensor(s.logprobs), torch.tensor(lp), atol=2e-3, rtol=0)
-    ray.kill(learner)
-    ray.kill(engine)
 
 
 @pytest.mark.slow
 def test_kl_reference_is_the_base_model_without_a_second_copy(ray_session, tiny_model):
     """With LoRA the KL term's reference is the policy with its adapters off: at step 1 (B = 0) the KL is 0."""
-    host, port = ray.get(node_address.remote())
-    learner = PolicyLearner.options(num_cpus=0.1).remote(tiny_learner_config(tiny_model, lr=1e-2, threads=1, lora=LORA), 0, 1, host, port)
+    learner = kept_learner(tiny_learner_config(tiny_model, lr=1e-2, threads=1, lora=LORA))
     seqs = [Trajectory([5, 6, 7], [8, 9], advantage=1.0), Trajectory([5, 6], [10, 11, 12], advantage=-1.0)]
     update = tiny_update_config("algorithm=grpo", kl_coef=0.1)
     first = ray.get(learner.train_step.remote([mini_batch(seqs)], update))
     second = ray.get(learner.train_step.remote([mini_batch(seqs)], update))
     assert first["kl"] == pytest.approx(0.0, abs=1e-7) and second["kl"] > 1e-6
     assert ray.get(learner.__ray_call__.remote(lambda self: self.ref_model)) is None
-    ray.kill(learner)

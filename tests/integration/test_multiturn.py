@@ -8,7 +8,7 @@ turn stands in for reading them from the text (tests/unit/test_envs.py tests the
 import pytest
 import ray
 import torch
-from helpers import tiny_learner_config
+from helpers import kept_engine, kept_learner, tiny_engine_config, tiny_learner_config
 
 from rlvr.config import compose
 from rlvr.data import Problem
@@ -16,9 +16,7 @@ from rlvr.envs import Step
 from rlvr.envs.tools import MalformedCall, ToolCall
 from rlvr.faults import RestartingRole
 from rlvr.generation import ChatTokens, MultiTurn
-from rlvr.learner import PolicyLearner
-from rlvr.placement import node_address
-from rlvr.rollout import RolloutEngine, RolloutPool, SamplingConfig
+from rlvr.rollout import RolloutPool, SamplingConfig
 
 TOOLS = [f"tools_for_tests:{name}" for name in ("echo", "boom", "hang", "hog")]
 # turn 1: a tool that hangs past the deadline, one that raises, a call that is not JSON;
@@ -55,12 +53,11 @@ class EndAtAnswer:
 
 @pytest.fixture(scope="module")
 def episodes_on_real_parts(ray_session, tiny_model):
-    from helpers import tiny_engine_config
     from transformers import AutoTokenizer
 
     from rlvr.sandbox.actor import VerifierPool
 
-    engine = RolloutEngine.options(num_cpus=0.1).remote(tiny_engine_config(tiny_model))
+    engine = kept_engine(tiny_engine_config(tiny_model))
     verifier = RestartingRole("verifier", lambda: VerifierPool.options(num_cpus=0.1).remote(
         [{"fn": "math"}], num_workers=2, timeout_s=2.0, memory_mb=512, tools=TOOLS), 0)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
@@ -74,7 +71,6 @@ def episodes_on_real_parts(ray_session, tiny_model):
     generator.parse = ScriptedCalls(SCRIPT, episodes=2)
     out = generator.generate([Problem("t/0", "What is 2 + 3?", "5")], [2], sampling, seed=0)
     yield generator, sampling, tokenizer, out
-    ray.kill(engine)
     verifier.kill()
 
 
@@ -107,11 +103,9 @@ def test_a_three_turn_episode_gets_every_tool_error_as_an_observation_and_goes_o
 @pytest.mark.slow
 def test_the_learner_log_probs_equal_the_engine_s_on_the_model_tokens(episodes_on_real_parts, tiny_model):
     _, sampling, _, out = episodes_on_real_parts
-    host, port = ray.get(node_address.remote())
-    learner = PolicyLearner.options(num_cpus=0.1).remote(tiny_learner_config(tiny_model, threads=1), 0, 1, host, port)
+    learner = kept_learner(tiny_learner_config(tiny_model, threads=1))
     recomputed = ray.get(learner.logprobs.remote(out.trajectories, sampling.temperature))
     for t, lp in zip(out.trajectories, recomputed):
         mask = torch.tensor(t.loss_mask) == 1
         assert len(lp) == len(t.response_ids)
         torch.testing.assert_close(torch.tensor(lp)[mask], torch.tensor(t.rollout_logprobs)[mask], atol=2e-3, rtol=0)
-    ray.kill(learner)

@@ -9,6 +9,8 @@ import pytest
 import ray
 import torch
 from helpers import (
+    kept_engine,
+    kept_learner,
     mini_batch,
     tiny_engine_config,
     tiny_learner_config,
@@ -17,9 +19,7 @@ from helpers import (
 
 from rlvr.algorithms import rollout_correction, rollout_mismatch
 from rlvr.batch import Trajectory, plan_mini_batches
-from rlvr.learner import PolicyLearner
-from rlvr.placement import node_address
-from rlvr.rollout import GenerationRequest, RolloutEngine, RolloutPool, SamplingConfig
+from rlvr.rollout import GenerationRequest, RolloutPool, SamplingConfig
 
 PROMPTS = ["<|im_start|>user\nWhat is 3 + 4?<|im_end|>\n<|im_start|>assistant\n", "State the final answer: 9 - 2 =", "Count: 1 2 3"]
 
@@ -27,19 +27,17 @@ PROMPTS = ["<|im_start|>user\nWhat is 3 + 4?<|im_end|>\n<|im_start|>assistant\n"
 @pytest.fixture(scope="module")
 def engine_and_samples(ray_session, tiny_model):
     """vLLM's samples (with its log-probs μ) of the initial weights, as the learners receive them."""
-    engine = RolloutEngine.options(num_cpus=0.1).remote(tiny_engine_config(tiny_model))
+    engine = kept_engine(tiny_engine_config(tiny_model))
     samples = RolloutPool([engine]).generate([GenerationRequest(i, p, 4) for i, p in enumerate(PROMPTS)], SamplingConfig(1.0, 1.0, 12), seed=0)
     # alternating advantages: every token is pushed one way or the other
     trajectories = [
         Trajectory(s.prompt_ids, s.response_ids, s.logprobs, weight_version=0, advantage=1.0 if i % 2 else -1.0) for i, s in enumerate(samples)
     ]
-    yield engine, trajectories
-    ray.kill(engine)
+    return engine, trajectories
 
 
 def new_learner(tiny_model, **fields):
-    host, port = ray.get(node_address.remote())
-    return PolicyLearner.options(num_cpus=0.1).remote(tiny_learner_config(tiny_model, threads=1, **fields), 0, 1, host, port)
+    return kept_learner(tiny_learner_config(tiny_model, threads=1, **fields))
 
 
 @pytest.mark.slow
@@ -62,7 +60,6 @@ def test_two_mini_batches_two_epochs_clip_and_keep_gradients_as_each_loss_says(a
         assert m["clipped_grad_frac"] == 0.0  # PPO's (and GSPO's, by sequence) clipped tokens take the constant branch
     else:
         assert m["clipped_grad_frac"] == 1.0  # CISPO clips the detached IS weight: every token keeps its gradient
-    ray.kill(learner)
 
 
 @pytest.mark.slow
@@ -88,4 +85,3 @@ def test_tis_weights_from_vllm_logprobs_match_the_pure_function(engine_and_sampl
     assert m["rollout_weight_mean"] == pytest.approx(float((weights * mask).sum()) / tokens, rel=1e-4)
     assert m["rollout_corrected_frac"] == pytest.approx(float(truncated.sum()) / tokens, abs=1e-6)
     assert m["rollout_logprob_diff"] > 1e-3  # the gap is real, not numerical noise
-    ray.kill(learner)

@@ -4,6 +4,8 @@ import pytest
 import ray
 import torch
 from helpers import (
+    kept_engine,
+    kept_learner,
     mini_batch,
     tiny_engine_config,
     tiny_learner_config,
@@ -12,8 +14,7 @@ from helpers import (
 from transformers import AutoModelForCausalLM
 
 from rlvr.batch import Trajectory
-from rlvr.learner import PolicyLearner
-from rlvr.rollout import GenerationRequest, RolloutEngine, RolloutPool, SamplingConfig
+from rlvr.rollout import GenerationRequest, RolloutPool, SamplingConfig
 from rlvr.weight_sync import fetch_buckets, put_bucket
 
 # The last prompt is long enough (~940 tokens) for vLLM to cache its prefix blocks: after a weight
@@ -45,7 +46,7 @@ def perturbed_state(model_path, seed=1):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["vllm", "hf"])
 def test_engine_samples_and_weight_update(backend, ray_session, tiny_model):
-    engine = RolloutEngine.options(num_cpus=0.1).remote(tiny_engine_config(tiny_model, f"rollout={backend}", max_model_len=1024))
+    engine = kept_engine(tiny_engine_config(tiny_model, f"rollout={backend}", max_model_len=1024))
     pool = RolloutPool([engine])
     sampling = SamplingConfig(temperature=0.8, max_tokens=12)
     reqs = [GenerationRequest(i, p, 3) for i, p in enumerate(PROMPTS)]
@@ -69,13 +70,11 @@ def test_engine_samples_and_weight_update(backend, ray_session, tiny_model):
     for s in after[::3]:  # one sample per prompt, the long cached-prefix one included
         expected = hf_logprobs(model, s.prompt_ids, s.response_ids, sampling.temperature)
         torch.testing.assert_close(torch.tensor(s.logprobs), expected, atol=2e-3, rtol=0)
-    ray.kill(engine)
 
 
 @pytest.mark.slow
 def test_learner_step_changes_weights_and_exports_them(ray_session, tiny_model):
-    cfg = tiny_learner_config(tiny_model, lr=1e-2, micro_batch_size=2, threads=1)
-    learner = PolicyLearner.options(num_cpus=0.1).remote(cfg, 0, 1, "127.0.0.1", 29533)
+    learner = kept_learner(tiny_learner_config(tiny_model, lr=1e-2, micro_batch_size=2, threads=1))
     refs_before, nbytes = ray.get(learner.export_weights.remote(bucket_mb=1))
     assert len(refs_before) > 1  # several ~1 MB buckets, not one tensor at a time nor one blob
     before = dict(fetch_buckets(refs_before))
@@ -97,7 +96,6 @@ def test_learner_step_changes_weights_and_exports_them(ray_session, tiny_model):
     after = dict(fetch_buckets(refs_after))
     changed = sum(not torch.equal(after[n], before[n]) for n in before)
     assert changed == len(before)
-    ray.kill(learner)
 
 
 @pytest.mark.slow
@@ -105,10 +103,8 @@ def test_bf16_autocast_learner_keeps_fp32_weights_and_near_fp32_logprobs(ray_ses
     """model.train_dtype=bfloat16 over float32 weights: the forward runs in bf16 (log-probs move by
     bf16 rounding, not more), the weights, gradients and Adam state stay float32."""
     seqs = [Trajectory([5, 6, 7], [8, 9, 10, 11], advantage=1.0), Trajectory([5, 6], [10, 11, 12], advantage=-1.0)]
-    learners = {
-        dtype: PolicyLearner.options(num_cpus=0.1).remote(tiny_learner_config(tiny_model, lr=1e-3, threads=1, train_dtype=dtype), 0, 1, "127.0.0.1", port)
-        for dtype, port in (("float32", 29541), ("bfloat16", 29542))
-    }
+    learners = {dtype: kept_learner(tiny_learner_config(tiny_model, lr=1e-3, threads=1, train_dtype=dtype), index)
+                for index, dtype in enumerate(("float32", "bfloat16"))}
     lp = {d: torch.tensor(sum(ray.get(l.logprobs.remote(seqs, 1.0)), [])) for d, l in learners.items()}
     gap = float((lp["bfloat16"] - lp["float32"]).abs().max())
     assert 0 < gap < 0.1, gap  # bf16 has an 8-bit mantissa: the forward differs, by rounding only
@@ -118,5 +114,3 @@ def test_bf16_autocast_learner_keeps_fp32_weights_and_near_fp32_logprobs(ray_ses
     assert all(t.dtype == torch.float32 for _, t in fetch_buckets(refs))
     optim_dtypes = ray.get(learners["bfloat16"].__ray_call__.remote(lambda self: {v.dtype for s in self.engine.optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim()}))
     assert optim_dtypes == {torch.float32}
-    for l in learners.values():
-        ray.kill(l)

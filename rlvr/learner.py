@@ -176,6 +176,12 @@ def loss_share(mb: dict, plan: MiniBatch, agg: str) -> float:
     return float(mb["mask"].sum()) / plan.tokens if agg == "token-mean" else len(mb["advantages"]) / plan.sequences
 
 
+def dot64(a: torch.Tensor, b: torch.Tensor, chunk: int = 1 << 22) -> float:
+    """⟨a, b⟩ summed in float64, a chunk at a time (no float64 copy of a whole gradient). A float32
+    reduction's order follows the buffers' alignment: two processes differed at 1e-7."""
+    return sum(float(torch.dot(a[i : i + chunk].double(), b[i : i + chunk].double())) for i in range(0, a.numel(), chunk))
+
+
 def deepspeed_config(cfg: LearnerConfig) -> dict:
     return {
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
@@ -423,8 +429,8 @@ class PolicyLearner:
             dist.all_reduce(total)  # the ranks' shares sum to the batch's gradient
             flat.append(total)
         g, g_star = flat
-        norms = float(g.norm() * g_star.norm())
-        return float(g @ g_star) / norms if norms > 0 else float("nan")
+        norms = (dot64(g, g) * dot64(g_star, g_star)) ** 0.5
+        return dot64(g, g_star) / norms if norms > 0 else float("nan")
 
     @torch.no_grad()
     def _reference_logprobs(self, mb: dict, temperature: float) -> torch.Tensor:

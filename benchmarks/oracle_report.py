@@ -22,16 +22,28 @@ from rlvr.oracle import report  # noqa: E402
 
 
 def cosine_summary(run: Path, reps: int = 2000) -> dict | None:
-    """`oracle/grad_cosine` over the run's oracle steps: mean, 95 % bootstrap interval over steps."""
+    """`oracle/grad_cosine` over the run's oracle steps: mean, 95 % bootstrap interval over steps;
+    with a weighting, the same for `oracle/grad_cosine_unweighted` and the paired difference
+    weighted − unweighted (the same steps resampled for both)."""
     import numpy as np
 
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    values = np.array([m["oracle/grad_cosine"] for m in metrics if m.get("oracle/grad_cosine") is not None])
-    values = values[~np.isnan(values)]
-    if not len(values):
+    steps = [m for m in metrics if m.get("oracle/grad_cosine") is not None and not np.isnan(m["oracle/grad_cosine"])]
+    if not steps:
         return None
-    boot = values[np.random.default_rng(0).integers(0, len(values), size=(reps, len(values)))].mean(1)
-    return {"steps": len(values), "mean": float(values.mean()), "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]}
+    idx = np.random.default_rng(0).integers(0, len(steps), size=(reps, len(steps)))
+
+    def summary(values: np.ndarray) -> dict:
+        boot = values[idx].mean(1)
+        return {"mean": float(values.mean()), "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]}
+
+    weighted = np.array([m["oracle/grad_cosine"] for m in steps])
+    out = {"steps": len(steps), **summary(weighted)}
+    if all("oracle/grad_cosine_unweighted" in m for m in steps):
+        unweighted = np.array([m["oracle/grad_cosine_unweighted"] for m in steps])
+        out["unweighted"] = summary(unweighted)
+        out["weighted_minus_unweighted"] = summary(weighted - unweighted)
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -403,34 +403,44 @@ class PolicyLearner:
         extremes = {"ratio_min": float(ratio.min()), "ratio_max": float(ratio.max()), "ratio_dev": float((ratio - 1).abs().max())}
         return sums, extremes
 
-    def gradient_cosine(self, estimated: list[MiniBatch], oracle: list[MiniBatch], update: UpdateConfig) -> float:
-        """cos(g, g*): this step's policy gradient g against g*, the gradient with the oracle's
-        advantages, both at the current weights with π_old = π (the update's first micro-steps),
-        summed over the ranks. Nothing steps and no gradient is kept. ``estimated`` and ``oracle``
-        hold the same sequences in the same micro-batches; only their advantages differ. NaN under
-        ZeRO-3 (partitioned parameters) or gradient checkpointing (reentrant: no torch.autograd.grad)."""
+    def gradient_cosines(self, plans: list[list[MiniBatch]], update: UpdateConfig) -> list[float]:
+        """cos(g_k, g*) for each plan but the last, g* being the last plan's gradient (the oracle's
+        advantages): policy gradients at the current weights with π_old = π (the update's first
+        micro-steps), summed over the ranks. Nothing steps and no gradient is kept. The plans hold
+        the same sequences in the same micro-batches; only their advantages differ, so one forward
+        per micro-batch serves them all. NaN under ZeRO-3 (partitioned parameters) or gradient
+        checkpointing (reentrant: no torch.autograd.grad)."""
         if self.cfg.zero_stage == 3 or self.cfg.gradient_checkpointing:
-            return float("nan")
+            return [float("nan")] * (len(plans) - 1)
         import torch.distributed as dist
 
         params = [p for p in self.engine.module.parameters() if p.requires_grad]
-        flat = []
-        for plan in (estimated, oracle):
-            total = torch.zeros(sum(p.numel() for p in params), dtype=torch.float32, device=self.device)
-            for mini, collated in zip(plan, self._collated(plan)):
-                for mb, empty in collated:
-                    if empty:
-                        continue
-                    logp, _ = self._logprobs(mb, update.temperature)
-                    loss, _ = policy_loss(update.loss, logp, logp.detach(), mb["advantages"], mb["mask"], agg=update.agg,
+        sums = [[torch.zeros_like(p, dtype=torch.float32) for p in params] for _ in plans]
+        collated = [self._collated(plan) for plan in plans]
+        for i, mini in enumerate(plans[0]):
+            for j, (mb, empty) in enumerate(collated[0][i]):
+                if empty:
+                    continue
+                logp, _ = self._logprobs(mb, update.temperature)
+                share = loss_share(mb, mini, update.agg)
+                for k, acc in enumerate(sums):
+                    loss, _ = policy_loss(update.loss, logp, logp.detach(), collated[k][i][j][0]["advantages"], mb["mask"], agg=update.agg,
                                           max_len=update.max_len, **update.loss_kwargs)
-                    grads = torch.autograd.grad(loss * loss_share(mb, mini, update.agg), params, allow_unused=True)
-                    total += torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1).float() for p, g in zip(params, grads)])
+                    grads = torch.autograd.grad(loss * share, params, allow_unused=True, retain_graph=k < len(sums) - 1)
+                    for a, g in zip(acc, grads):
+                        if g is not None:
+                            a += g
+        flat = [torch.cat([a.reshape(-1) for a in acc]) for acc in sums]
+        del sums
+        for total in flat:
             dist.all_reduce(total)  # the ranks' shares sum to the batch's gradient
-            flat.append(total)
-        g, g_star = flat
-        norms = (dot64(g, g) * dot64(g_star, g_star)) ** 0.5
-        return dot64(g, g_star) / norms if norms > 0 else float("nan")
+        g_star = flat[-1]
+        star_sq = dot64(g_star, g_star)
+        cosines = []
+        for g in flat[:-1]:
+            norms = (dot64(g, g) * star_sq) ** 0.5
+            cosines.append(dot64(g, g_star) / norms if norms > 0 else float("nan"))
+        return cosines
 
     @torch.no_grad()
     def _reference_logprobs(self, mb: dict, temperature: float) -> torch.Tensor:

@@ -23,7 +23,9 @@ What is measured per prompt, on correctness (what every baseline estimates), aga
   gain (HA-DW's λ: under Adam a constant scale does not change the update). Logged per step by
   bucket of p*, hard (< 0.3) and easy (> 0.7): `oracle/adv_bias_{hard,easy}_{correct,wrong}[_weighted]`;
 - the cosine between the step's policy gradient and the gradient with A* (`oracle/grad_cosine`,
-  computed by the learners on the same batch before the update: `PolicyLearner.gradient_cosine`).
+  computed by the learners on the same batch before the update: `PolicyLearner.gradient_cosines`;
+  with a weighting on, `oracle/grad_cosine_unweighted` for the same step's gradient before the
+  weighting, so the two pair). Its time, `time/oracle_gradient`, is outside `time/step`.
 Every squared error carries the same oracle noise, E = error² + p*(1 − p*)/M on average, so the
 baselines compare fairly; `oracle/p_star_var` is that noise, to subtract for absolute figures.
 """

@@ -225,16 +225,21 @@ def train_step(parts: StepParts, batch: Batch, step: int) -> dict:
 
 def gradient_cosine(parts: StepParts, batch: Batch, trajectories: list[Trajectory], step: int) -> dict:
     """The oracle's `oracle/grad_cosine`: the learners' gradient on this batch as trained against
-    the gradient with the oracle's advantages A* (rlvr.oracle), on the same micro-batches, before the update."""
+    the gradient with the oracle's advantages A* (rlvr.oracle), on the same micro-batches, before
+    the update; with a weighting on, also `oracle/grad_cosine_unweighted`, the estimator's gradient
+    before the weighting (the same step, so the two pair)."""
     cfg, learners, preset = parts.cfg, parts.roles["learners"], parts.preset
     start = time.perf_counter()
-    a_star = oracle_advantages(batch, preset.estimator, preset.estimator_kwargs())
-    oracle_trajectories, _ = trainable(batch, preset, step - 1, cfg.trainer.max_staleness, advantages=a_star)
+    keep = lambda advantages: trainable(batch, preset, step - 1, cfg.trainer.max_staleness, advantages=advantages)[0]  # noqa: E731
+    variants = {"oracle/grad_cosine": trajectories}
+    if batch.advantage_weights is not None:
+        unweighted = [a / w if w else 0.0 for a, w in zip(batch.advantages().tolist(), batch.advantage_weights.tolist())]
+        variants["oracle/grad_cosine_unweighted"] = keep(unweighted)
+    oracle = keep(oracle_advantages(batch, preset.estimator, preset.estimator_kwargs()))
     seed = cfg.seed * 100003 + step
-    plans, oracle_plans = (plan_mini_batches(ts, 1, len(learners), cfg.learner.micro_batch_size, seed=seed)
-                           for ts in (trajectories, oracle_trajectories))
-    cosine = ray.get([l.gradient_cosine.remote(p, q, parts.update) for l, p, q in zip(learners, plans, oracle_plans)])[0]
-    return {"oracle/grad_cosine": cosine, "time/oracle_gradient": time.perf_counter() - start}
+    plans = [plan_mini_batches(ts, 1, len(learners), cfg.learner.micro_batch_size, seed=seed) for ts in [*variants.values(), oracle]]
+    cosines = ray.get([l.gradient_cosines.remote([p[r] for p in plans], parts.update) for r, l in enumerate(learners)])[0]
+    return {**dict(zip(variants, cosines)), "time/oracle_gradient": time.perf_counter() - start}
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,6 +386,7 @@ class Run:
                         self.step = step
                         step_start = time.perf_counter()
                         m = train_step(self.parts, batch, step)
+                        step_start += m.get("time/oracle_gradient", 0.0)  # the oracle's time is logged apart
                         if source is not None:
                             source.synced_version(step)
                             m["time/step"] = time.perf_counter() - step_start + batch.stats.get("time/learner_wait", 0.0)

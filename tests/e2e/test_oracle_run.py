@@ -25,6 +25,7 @@ def test_the_oracle_changes_neither_the_batch_nor_the_value_context_nor_the_spen
         assert 0 <= measured[step]["oracle/p_star_mean"] <= 1 and measured[step]["time/oracle"] > 0
         assert {"oracle/se_mean_n0", "oracle/se_rloo", "oracle/se_v05", "oracle/se_prior", "oracle/sign_disagree"} <= set(measured[step])
         assert -1 <= measured[step]["oracle/grad_cosine"] <= 1 and measured[step]["time/oracle_gradient"] > 0
+        assert -1 <= measured[step]["oracle/grad_cosine_unweighted"] <= 1  # HA-DW's gradient before its weights, the same step
         assert not any(k.startswith("oracle/") for k in plain[step])
     decisions = [(tmp_path / name / "decisions.jsonl").read_text() for name in ("plain", "oracle")]
     assert decisions[0] == decisions[1]  # step 2's priors read a value context the oracle never entered
@@ -43,4 +44,5 @@ def test_the_oracle_changes_neither_the_batch_nor_the_value_context_nor_the_spen
     result = oracle_report.main([str(run_dir), "--out", str(tmp_path / "oracle.json")])[str(run_dir)]
     assert result["records"] == 8 and {"mean_n0", "v05", "prior"} <= set(result["baselines"])
     assert result["grad_cosine"]["steps"] == 2 and -1 <= result["grad_cosine"]["mean"] <= 1
+    assert set(result["grad_cosine"]) >= {"unweighted", "weighted_minus_unweighted"}
     assert isinstance(result["advantage_bias"], dict) and (tmp_path / "oracle.json").exists()

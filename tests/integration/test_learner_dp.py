@@ -112,3 +112,28 @@ def test_logged_loss_is_the_batch_loss_however_it_is_split(agg, expected, learne
         m = ray.get(learner.train_step.remote([MiniBatch(micro_batches, TOKENS, SEQUENCES)], update))
         assert m["pg_loss"] == pytest.approx(expected, abs=1e-6), micro_batches
         assert m["loss"] == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_gradient_cosines_are_the_batch_gradient_s_on_one_rank_or_two(learner_group, tiny_model):
+    """The oracle's instrument (PolicyLearner.gradient_cosines): cos(g, g) = 1 and cos(−g, g) = −1,
+    and two ranks' shares sum to one rank's gradient, so the cosine of two advantage sets is the same."""
+    from dataclasses import replace
+
+    update = tiny_update_config("algorithm=grpo")
+    flipped = [replace(s, advantage=-s.advantage) for s in SEQS]
+    other = [replace(s, advantage=a) for s, a in zip(SEQS, (0.3, 0.9, -0.4, 1.0))]
+    cfg = tiny_learner_config(tiny_model, lr=LR, threads=1, zero_stage=1, micro_batch_size=2)
+    (one,) = learner_group(1)
+    ray.get(one.reset.remote(cfg, None))
+
+    def plan(seqs, micro):  # the same sequences, in the same micro-batches, only the advantages differ
+        return [MiniBatch([seqs[i : i + micro] for i in range(0, len(seqs), micro)], TOKENS, SEQUENCES)]
+
+    same, opposite, between = ray.get(one.gradient_cosines.remote([plan(SEQS, 2), plan(flipped, 2), plan(other, 2), plan(SEQS, 2)], update))
+    assert same == pytest.approx(1.0, abs=1e-6) and opposite == pytest.approx(-1.0, abs=1e-6) and -1 < between < 1
+    two = learner_group(2)
+    ray.get([l.reset.remote(cfg, None) for l in two])
+    halves = ray.get([l.gradient_cosines.remote([plan(part(other), 2), plan(part(SEQS), 2)], update)
+                      for l, part in zip(two, (lambda s: s[0::2], lambda s: s[1::2]))])
+    assert halves[0] == halves[1] and halves[0][0] == pytest.approx(between, abs=1e-5)

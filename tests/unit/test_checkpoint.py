@@ -210,7 +210,9 @@ def test_sigkill_during_save_leaves_previous(tmp_path, caplog):
             with open(d / "model.bin", "wb") as f:
                 f.write(b"x" * 100000)
                 f.flush()
-                Path({str(ready)!r}).write_text(str(d))
+                # written whole, then renamed: the test must never read a half-written (empty) file
+                Path({str(ready) + ".part"!r}).write_text(str(d))
+                Path({str(ready) + ".part"!r}).rename({str(ready)!r})
                 time.sleep(60)
 
         save_checkpoint({str(tmp_path)!r}, 2, write)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -92,6 +92,7 @@ class Batch:
     controller_state: dict | None = None  # the BudgetController right after this batch
     oracle: dict | None = None  # rlvr.oracle.sample_oracle's answer for this batch's prompts, when measured
     advantage_weights: torch.Tensor | None = None  # the weighting's factor per trajectory (focal, HA-DW), when one is on
+    unweighted_advantages: torch.Tensor | None = None  # the estimator's advantages before that weighting
 
     def __post_init__(self) -> None:
         for i, g in enumerate(self.groups):
@@ -102,6 +103,21 @@ class Batch:
     @property
     def trajectories(self) -> list[Trajectory]:
         return [t for g in self.groups for t in g.trajectories]
+
+    def for_learners(self, version: int, max_staleness: int, mask_truncated: bool,
+                     advantages: list[float] | None = None) -> tuple[list[Trajectory], dict]:
+        """The trajectories the learners train on: none sampled with weights older than
+        `version - max_staleness`, and no truncated one when `mask_truncated`. Stale ones still
+        counted in their group's baseline (their rewards are real); they only leave the loss.
+        ``advantages`` (one per trajectory of the batch) replace the batch's in the copies."""
+        keep, stale = [], 0
+        for i, t in enumerate(self.trajectories):
+            if t.weight_version < version - max_staleness:
+                stale += 1
+            elif not (mask_truncated and t.truncated):
+                keep.append(t.for_learner() if advantages is None else replace(t.for_learner(), advantage=advantages[i]))
+        lags = [version - t.weight_version for t in keep]
+        return keep, {"async/stale_dropped": stale, "async/staleness_max": max(lags, default=0)}
 
     def rewards(self) -> torch.Tensor:
         return torch.tensor([t.reward for t in self.trajectories], dtype=torch.float32)

@@ -18,10 +18,10 @@ from typing import Iterator
 
 import ray
 import torch
-import torch.nn.functional as F
 
 from rlvr.algorithms import policy_loss, rollout_correction, rollout_mismatch
 from rlvr.batch import MiniBatch, Trajectory
+from rlvr.forward import collate, dot64, loss_share, response_logprobs
 from rlvr.logs import redirect_actor_output
 from rlvr.lora import LoraSettings, add_adapters, sync_tensors
 from rlvr.weight_sync import TensorSpec, broadcast, open_group, pack, plan_buckets, put_bucket, share
@@ -73,113 +73,6 @@ class UpdateConfig:
     old_logprobs: str  # recompute | rollout
     rollout_correction: str  # none | tis | mask
     correction_threshold: float
-
-
-def response_logprobs(model, mb: dict, temperature: float = 1.0, share_prompts: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """log π(y_j | x, y_<j) of each response token [B, T], and its entropy (no grad).
-
-    The sequences of one prompt share its forward pass: the distinct prompts of the micro-batch
-    run once, with a KV cache, and every response continues from its own prompt's cache (the
-    cache is indexed per sequence, so autograd sums each response's gradient into the prompt's
-    activations). With n responses a prompt, prompt tokens cost 1/n of a full-sequence forward,
-    and the default job's prompts are two thirds of its tokens. With `share_prompts=False`, and
-    under gradient checkpointing (which turns HF's cache off), each sequence runs its own prompt
-    in one forward instead; both paths compute the same numbers.
-
-    The LM head runs on response positions only: on a 135M model with a 49k vocabulary it is a
-    fifth of the FLOPs, and full-sequence logits would dominate memory.
-    Logits are divided by the sampling temperature, so π is the policy the engine sampled from.
-    """
-    decoder = model.get_decoder()
-    group_of, prompt_len, response_ids = mb["group_of"], mb["prompt_len"], mb["response_ids"]
-    width, follow = mb["prompt_ids"].shape[1], response_ids.shape[1] - 1  # response tokens fed as inputs
-    device, rows = response_ids.device, torch.arange(len(group_of), device=response_ids.device)
-    # a position sees the unpadded part of its own prompt and the tokens after it, up to itself
-    causal = torch.ones(width + follow, width + follow, dtype=torch.bool, device=device).tril()
-    key_ok = torch.cat([mb["prompt_mask"][group_of], torch.ones(len(group_of), follow, dtype=torch.bool, device=device)], 1)
-
-    def allowed(first_query: int) -> torch.Tensor:  # the mask's rows from query position first_query on
-        return _attention_mask((causal[first_query:] & key_ok[:, None, :])[:, None], model)
-
-    positions = torch.cat([torch.arange(width, device=device).expand(len(group_of), -1), prompt_len[group_of, None] + torch.arange(follow, device=device)], 1)
-    if not share_prompts or getattr(model, "is_gradient_checkpointing", False):
-        inputs = torch.cat([mb["prompt_ids"][group_of], response_ids[:, :follow]], 1)
-        hidden = decoder(input_ids=inputs, attention_mask=allowed(0), position_ids=positions, use_cache=False).last_hidden_state
-        first, rest = hidden[rows, prompt_len[group_of] - 1], hidden[:, width:]
-    else:
-        prompt_allowed = _attention_mask((causal[:width, :width] & mb["prompt_mask"][:, None, :])[:, None], model)
-        prompt = decoder(input_ids=mb["prompt_ids"], attention_mask=prompt_allowed, position_ids=positions[:1, :width], use_cache=True)
-        first = prompt.last_hidden_state[torch.arange(len(prompt_len), device=device), prompt_len - 1][group_of]
-        rest = first[:, None, :][:, :0]
-        if follow:
-            cache = prompt.past_key_values
-            for layer in cache.layers:  # each sequence continues from its own prompt's keys and values
-                layer.batch_select_indices(group_of)
-            out = decoder(input_ids=response_ids[:, :follow], attention_mask=allowed(width), position_ids=positions[:, width:], past_key_values=cache, use_cache=True)
-            rest = out.last_hidden_state
-    h = torch.cat([first[:, None], rest], 1)
-    logits = model.get_output_embeddings()(h).float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    logp_all = F.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, response_ids[..., None]).squeeze(-1)
-    with torch.no_grad():
-        entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, entropy
-
-
-def _attention_mask(allowed: torch.Tensor, model) -> torch.Tensor:
-    """A 4D mask as the model's attention takes it: boolean for SDPA, additive otherwise (eager)."""
-    if model.config._attn_implementation == "sdpa":
-        return allowed
-    dtype = next(model.parameters()).dtype
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, torch.finfo(dtype).min)
-
-
-def collate(seqs: list[Trajectory], pad_id: int, device) -> dict:
-    """One micro-batch as tensors: each distinct prompt once, right-padded ([G, P]), and the
-    responses ([B, T]), with `group_of` mapping a sequence to its prompt."""
-    index: dict[tuple[int, ...], int] = {}
-    group_of = [index.setdefault(tuple(s.prompt_ids), len(index)) for s in seqs]
-    prompts = list(index)
-    width = max(len(p) for p in prompts)
-    resp_width = max(1, max(len(s.response_ids) for s in seqs))
-    prompt_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    prompt_mask = torch.zeros((len(prompts), width), dtype=torch.bool)
-    for g, p in enumerate(prompts):
-        prompt_ids[g, : len(p)] = torch.tensor(p)
-        prompt_mask[g, : len(p)] = True
-    response_ids = torch.full((len(seqs), resp_width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), resp_width))
-    rollout_lp = torch.zeros((len(seqs), resp_width))
-    for b, s in enumerate(seqs):
-        n_resp = len(s.response_ids)
-        response_ids[b, :n_resp] = torch.tensor(s.response_ids, dtype=torch.long)
-        mask[b, :n_resp] = torch.tensor(s.loss_mask, dtype=torch.float32)
-        if s.rollout_logprobs:
-            rollout_lp[b, :n_resp] = torch.tensor(s.rollout_logprobs[:n_resp])
-    return dict(
-        prompt_ids=prompt_ids.to(device),
-        prompt_mask=prompt_mask.to(device),
-        prompt_len=prompt_mask.sum(1).to(device),
-        group_of=torch.tensor(group_of, dtype=torch.long, device=device),
-        response_ids=response_ids.to(device),
-        mask=mask.to(device),
-        rollout_logprobs=rollout_lp.to(device),
-        has_rollout_logprobs=all(bool(s.rollout_logprobs) for s in seqs),
-        advantages=torch.tensor([s.advantage for s in seqs], dtype=torch.float32, device=device),
-    )
-
-
-def loss_share(mb: dict, plan: MiniBatch, agg: str) -> float:
-    """A micro-batch's share of its mini-batch's loss, from the mini-batch's global counts."""
-    return float(mb["mask"].sum()) / plan.tokens if agg == "token-mean" else len(mb["advantages"]) / plan.sequences
-
-
-def dot64(a: torch.Tensor, b: torch.Tensor, chunk: int = 1 << 22) -> float:
-    """⟨a, b⟩ summed in float64, a chunk at a time (no float64 copy of a whole gradient). A float32
-    reduction's order follows the buffers' alignment: two processes differed at 1e-7."""
-    return sum(float(torch.dot(a[i : i + chunk].double(), b[i : i + chunk].double())) for i in range(0, a.numel(), chunk))
 
 
 def deepspeed_config(cfg: LearnerConfig) -> dict:

@@ -34,14 +34,15 @@ from __future__ import annotations
 
 import time
 
+import ray
 import torch
 
 from rlvr.algorithms import compute_advantages
-from rlvr.batch import Batch
+from rlvr.batch import Batch, Trajectory, plan_mini_batches
 from rlvr.evaluate import correct_counts
 from rlvr.rollout import SamplingConfig
 
-__all__ = ["oracle_advantages", "oracle_metrics", "report", "sample_oracle", "true_advantages"]
+__all__ = ["gradient_cosine", "oracle_advantages", "oracle_metrics", "report", "sample_oracle", "true_advantages"]
 
 # the difficulty buckets of the advantage bias, by p* (prompts with 0 < p* < 1 only)
 HARD_BELOW, EASY_ABOVE = 0.3, 0.7
@@ -52,6 +53,11 @@ def sample_oracle(generator, batch: Batch, sampling: SamplingConfig, samples: in
     start = time.perf_counter()
     successes = correct_counts(generator, [g.problem for g in batch.groups], samples, sampling, seed)
     return {"successes": successes, "samples": samples, "seconds": time.perf_counter() - start}
+
+
+def success_rates(oracle: dict) -> torch.Tensor:
+    """Each prompt's success rate under the oracle's samples, in float64."""
+    return torch.tensor(oracle["successes"], dtype=torch.float64) / oracle["samples"]
 
 
 def scales_by_std(estimator: str, estimator_kwargs: dict) -> bool:
@@ -71,8 +77,7 @@ def true_advantages(correct: torch.Tensor, p_star: torch.Tensor, scaled: bool) -
 
 def oracle_advantages(batch: Batch, estimator: str, estimator_kwargs: dict) -> list[float]:
     """A* of each of the batch's trajectories from its oracle's p* (0 where it has no finite value)."""
-    p_star = torch.tensor(batch.oracle["successes"], dtype=torch.float64) / batch.oracle["samples"]
-    a_star = true_advantages(batch.correctness(), p_star[batch.group_ids()], scales_by_std(estimator, estimator_kwargs))
+    a_star = true_advantages(batch.correctness(), success_rates(batch.oracle)[batch.group_ids()], scales_by_std(estimator, estimator_kwargs))
     return torch.nan_to_num(a_star, nan=0.0).tolist()
 
 
@@ -117,13 +122,12 @@ def oracle_metrics(batch: Batch, oracle: dict, n0: int, estimator: str = "grpo",
     """The step's means over prompts (`oracle/*`) and one record per prompt, from a batch whose
     advantages are set and the oracle's successes of its prompts; ``estimator`` (with its
     kwargs) and the weighting's constant ``weight_gain`` are the run's, for the advantage bias."""
-    m_samples = oracle["samples"]
-    p_star = torch.tensor(oracle["successes"], dtype=torch.float64) / m_samples
-    bias_metrics, bias_fields = advantage_bias(batch, p_star, estimator, estimator_kwargs or {}, weight_gain)
+    m_samples, rates = oracle["samples"], success_rates(oracle)
+    bias_metrics, bias_fields = advantage_bias(batch, rates, estimator, estimator_kwargs or {}, weight_gain)
     priors = {d["uid"]: d["prior"] for d in batch.decisions}
     records, errors = [], {"se_mean_n0": [], "se_rloo": [], "se_mean_spend": [], "se_v05": [], "se_prior": []}
     disagree, zero, signed = 0, 0, 0
-    for g, p in zip(batch.groups, p_star.tolist()):
+    for g, p in zip(batch.groups, rates.tolist()):
         c = torch.tensor([float(t.correct) for t in g.trajectories], dtype=torch.float64)
         first = c[:n0]
         record = {"uid": g.problem.uid, "p_star": p, "samples": m_samples, "n": len(c), "mean_n0": float(first.mean()),
@@ -150,8 +154,8 @@ def oracle_metrics(batch: Batch, oracle: dict, n0: int, estimator: str = "grpo",
     rollouts = max(sum(len(g.trajectories) for g in batch.groups), 1)
     metrics = {f"oracle/{k}": sum(v) / len(v) for k, v in errors.items() if v}
     metrics.update({
-        "oracle/p_star_mean": float(p_star.mean()),
-        "oracle/p_star_var": float((p_star * (1 - p_star) / m_samples).mean()),
+        "oracle/p_star_mean": float(rates.mean()),
+        "oracle/p_star_var": float((rates * (1 - rates) / m_samples).mean()),
         "oracle/sign_disagree": disagree / max(signed, 1),
         "oracle/zero_advantage": zero / rollouts,
         "oracle/samples": float(m_samples),
@@ -159,6 +163,23 @@ def oracle_metrics(batch: Batch, oracle: dict, n0: int, estimator: str = "grpo",
     })
     metrics.update(bias_metrics)
     return metrics, records
+
+
+def gradient_cosine(batch: Batch, trajectories: list[Trajectory], learners: list, update, preset, version: int,
+                    max_staleness: int, micro_batch_size: int, seed: int) -> dict:
+    """The oracle's `oracle/grad_cosine`: the learners' gradient on ``trajectories`` (the batch as
+    trained) against the gradient with the oracle's advantages A*, on the same micro-batches, before
+    the update; with a weighting on, also `oracle/grad_cosine_unweighted`, the estimator's gradient
+    before the weighting (the same step, so the two pair)."""
+    start = time.perf_counter()
+    keep = lambda advantages: batch.for_learners(version, max_staleness, preset.mask_truncated, advantages)[0]  # noqa: E731
+    variants = {"oracle/grad_cosine": trajectories}
+    if batch.unweighted_advantages is not None:
+        variants["oracle/grad_cosine_unweighted"] = keep(batch.unweighted_advantages.tolist())
+    oracle = keep(oracle_advantages(batch, preset.estimator, preset.estimator_kwargs()))
+    plans = [plan_mini_batches(ts, 1, len(learners), micro_batch_size, seed=seed) for ts in [*variants.values(), oracle]]
+    cosines = ray.get([l.gradient_cosines.remote([p[r] for p in plans], update) for r, l in enumerate(learners)])[0]
+    return {**dict(zip(variants, cosines)), "time/oracle_gradient": time.perf_counter() - start}
 
 
 BASELINES = {"mean_n0": "group mean, first n0", "rloo": "RLOO leave-one-out (first n0)", "mean_spend": "group mean at the spend made",

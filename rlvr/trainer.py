@@ -23,7 +23,7 @@ import logging
 import random
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from rlvr.algorithms import HADWState, apply_weighting, compute_advantages
-from rlvr.batch import Batch, Trajectory, plan_mini_batches
+from rlvr.batch import Batch, plan_mini_batches
 from rlvr.checkpoint import resolve_resume
 from rlvr.config import ConfigError, algorithm_preset, max_response_tokens, overlong_buffer, validate
 from rlvr.controller import BudgetController, ControllerConfig
@@ -44,7 +44,7 @@ from rlvr.faults import RoleFailed
 from rlvr.generation import Generator, make_generator
 from rlvr.learner import UpdateConfig
 from rlvr.models import resolve_model_path
-from rlvr.oracle import oracle_advantages, oracle_metrics, sample_oracle
+from rlvr.oracle import gradient_cosine, oracle_metrics, sample_oracle
 from rlvr.placement import check_fits, cluster_nodes
 from rlvr.roles import fault_metrics, learners_lost, restart_learners, role_plan, running_roles, start_ray
 from rlvr.rollout import SamplingConfig
@@ -137,25 +137,11 @@ def set_advantages(batch: Batch, preset, weighting: DictConfig, hadw_state: HADW
         # a weighting scales each rollout's row: a column of ones beside the advantages comes out as the weights
         both = apply_weighting(weighting.name, torch.stack([adv, torch.ones_like(adv)], 1), batch.correctness(), group_ids, **extra)
         moved = both[:, 1][adv.abs() > 1e-8]  # the weight a rollout got, where its advantage carries one
+        batch.unweighted_advantages = adv
         adv, batch.advantage_weights = both[:, 0].contiguous(), both[:, 1].contiguous()
         if moved.numel():
             batch.stats.update({"weighting/min": float(moved.min()), "weighting/max": float(moved.max())})
     batch.set_advantages(adv)
-
-
-def trainable(batch: Batch, preset, version: int, max_staleness: int, advantages: list[float] | None = None) -> tuple[list[Trajectory], dict]:
-    """The trajectories the learners train on: none sampled with weights older than
-    `version - max_staleness`, and no truncated one when the preset masks them. Stale ones still
-    counted in their group's baseline (their rewards are real); they only leave the loss.
-    ``advantages`` (one per trajectory of the batch) replace the batch's in the copies."""
-    keep, stale = [], 0
-    for i, t in enumerate(batch.trajectories):
-        if t.weight_version < version - max_staleness:
-            stale += 1
-        elif not (preset.mask_truncated and t.truncated):
-            keep.append(t.for_learner() if advantages is None else replace(t.for_learner(), advantage=advantages[i]))
-    lags = [version - t.weight_version for t in keep]
-    return keep, {"async/stale_dropped": stale, "async/staleness_max": max(lags, default=0)}
 
 
 def step_metrics(batch: Batch, learn: dict) -> dict:
@@ -196,12 +182,15 @@ def train_step(parts: StepParts, batch: Batch, step: int) -> dict:
     learners, rollout = roles["learners"], roles["rollout"]
     # 2. advantages, then the optional weighting, written onto the batch's trajectories
     set_advantages(batch, parts.preset, cfg.weighting, parts.hadw_state)
-    trajectories, async_m = trainable(batch, parts.preset, step - 1, cfg.trainer.max_staleness)
+    trajectories, async_m = batch.for_learners(step - 1, cfg.trainer.max_staleness, parts.preset.mask_truncated)
     # 3. learner.mini_batches optimizer steps for each of learner.epochs passes
     colocated = cfg.cluster.mode == "colocated"
     if colocated:
         rollout.sleep()  # hand the shared accelerators to the learners (a no-op on CPU)
-    oracle_m = gradient_cosine(parts, batch, trajectories, step) if batch.oracle is not None and trajectories else {}
+    oracle_m = {}
+    if batch.oracle is not None and trajectories:
+        oracle_m = gradient_cosine(batch, trajectories, learners, parts.update, parts.preset, step - 1, cfg.trainer.max_staleness,
+                                   cfg.learner.micro_batch_size, seed=cfg.seed * 100003 + step)
     learn_start = time.perf_counter()
     plans = plan_mini_batches(trajectories, cfg.learner.mini_batches, len(learners), cfg.learner.micro_batch_size, seed=cfg.seed * 100003 + step)
     if trajectories:
@@ -221,25 +210,6 @@ def train_step(parts: StepParts, batch: Batch, step: int) -> dict:
     m.update(oracle_m)
     m["time/learn"] = learn_s
     return m
-
-
-def gradient_cosine(parts: StepParts, batch: Batch, trajectories: list[Trajectory], step: int) -> dict:
-    """The oracle's `oracle/grad_cosine`: the learners' gradient on this batch as trained against
-    the gradient with the oracle's advantages A* (rlvr.oracle), on the same micro-batches, before
-    the update; with a weighting on, also `oracle/grad_cosine_unweighted`, the estimator's gradient
-    before the weighting (the same step, so the two pair)."""
-    cfg, learners, preset = parts.cfg, parts.roles["learners"], parts.preset
-    start = time.perf_counter()
-    keep = lambda advantages: trainable(batch, preset, step - 1, cfg.trainer.max_staleness, advantages=advantages)[0]  # noqa: E731
-    variants = {"oracle/grad_cosine": trajectories}
-    if batch.advantage_weights is not None:
-        unweighted = [a / w if w else 0.0 for a, w in zip(batch.advantages().tolist(), batch.advantage_weights.tolist())]
-        variants["oracle/grad_cosine_unweighted"] = keep(unweighted)
-    oracle = keep(oracle_advantages(batch, preset.estimator, preset.estimator_kwargs()))
-    seed = cfg.seed * 100003 + step
-    plans = [plan_mini_batches(ts, 1, len(learners), cfg.learner.micro_batch_size, seed=seed) for ts in [*variants.values(), oracle]]
-    cosines = ray.get([l.gradient_cosines.remote([p[r] for p in plans], parts.update) for r, l in enumerate(learners)])[0]
-    return {**dict(zip(variants, cosines)), "time/oracle_gradient": time.perf_counter() - start}
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,6 +32,39 @@ def test_flat_view_is_aligned_with_the_groups_by_construction():
         batch.set_advantages(torch.zeros(2))
 
 
+def test_the_learners_get_fresh_untruncated_copies_with_the_advantages_given():
+    fresh, stale, truncated = traj(2, 3, version=4), traj(2, 3, version=1), traj(2, 3, version=4)
+    truncated.truncated = True
+    batch = Batch([PromptGroup(problem(0), [fresh, stale, truncated])])
+    batch.set_advantages(torch.tensor([0.5, -0.5, 0.25]))
+    kept, m = batch.for_learners(version=4, max_staleness=2, mask_truncated=True)
+    assert [t.advantage for t in kept] == [0.5] and m == {"async/stale_dropped": 1, "async/staleness_max": 0}
+    kept, _ = batch.for_learners(version=4, max_staleness=3, mask_truncated=False, advantages=[1.0, 2.0, 3.0])
+    assert [t.advantage for t in kept] == [1.0, 2.0, 3.0] and fresh.advantage == 0.5  # copies: the batch keeps its own
+
+
+def test_a_weighting_keeps_the_estimator_s_advantages_beside_its_weights():
+    from rlvr.algorithms import compute_advantages
+    from rlvr.config import algorithm_preset, compose
+    from rlvr.trainer import hadw_state, set_advantages
+
+    cfg = compose(["algorithm=dapo", "weighting=focal"])
+    # an all-correct group whose shaped rewards differ (an overlong penalty): focal's weight (1 - p̂)^γ is 0,
+    # the estimator's advantage is not, and the unweighted gradient must see it
+    rewards = [1.0, 0.5, 1.0, 0.25]
+    group = [traj(2, 3, reward=r) for r in rewards]
+    for t in group:
+        t.correct = True
+    batch = Batch([PromptGroup(problem(0), group), PromptGroup(problem(1), [traj(2, 3, 1.0), traj(2, 3, 0.0)])])
+    batch.groups[1].trajectories[0].correct = True
+    preset = algorithm_preset(cfg.algorithm)
+    set_advantages(batch, preset, cfg.weighting, hadw_state(cfg.weighting))
+    raw = compute_advantages(preset.estimator, batch.rewards(), batch.group_ids(), **preset.estimator_kwargs())
+    assert torch.allclose(batch.unweighted_advantages, raw) and raw[:4].abs().sum() > 0
+    assert batch.advantages()[:4].abs().sum() == 0 and batch.advantage_weights[:4].abs().sum() == 0
+    assert torch.allclose(batch.advantages(), raw * batch.advantage_weights)
+
+
 def test_trajectory_loss_mask_defaults_to_every_token_and_must_match():
     assert traj(1, 4).loss_mask == [1.0] * 4
     with pytest.raises(ValueError, match="loss_mask"):

@@ -7,10 +7,9 @@ import random
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 from rlvr.batch import Trajectory, plan_mini_batches
-from rlvr.learner import collate, response_logprobs
+from rlvr.forward import collate, response_logprobs
 
 TEMPERATURE = 0.7
 
@@ -33,6 +32,8 @@ def per_sequence(model, s: Trajectory) -> torch.Tensor:
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_shared_prompts_equal_one_forward_per_sequence(tiny_model, attn):
+    from transformers import AutoModelForCausalLM  # here, not at collection: every xdist worker collects (3 s each)
+
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation=attn)
     seqs = sequences(model.config.vocab_size)

@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 export RLVR_CACHE ?= $(HOME)/.cache/rlvr
 export TORCH_EXTENSIONS_DIR ?= $(RLVR_CACHE)/torch_extensions
 
-.PHONY: install train test test-unit bench clean
+.PHONY: install train test test-unit bench gpu-bundle clean
 
 install: $(STAMP)
 
@@ -33,5 +33,11 @@ bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/step_breakdown.py
 	$(VENV)/bin/python benchmarks/weight_sync.py
 
+# what the device machine lacks for benchmarks/gpu_check.py (it has torch and transformers): omegaconf,
+# and SmolLM2-135M's config and tokenizer (no weights); carried there as .gpu_bundle (docs/benchmarks.md)
+gpu-bundle: $(STAMP)
+	$(VENV)/bin/python -m pip install -q --no-deps --target .gpu_bundle/site omegaconf==2.3.1 antlr4-python3-runtime==4.9.3
+	$(VENV)/bin/python benchmarks/gpu_check.py --write-bundle .gpu_bundle
+
 clean:
-	rm -rf $(VENV) runs benchmarks/out
+	rm -rf $(VENV) runs benchmarks/out .gpu_bundle

@@ -28,9 +28,9 @@ from rlvr.algorithms import dynamic_sampling_keep_mask, overlong_penalty, v05
 from rlvr.algorithms.v05 import V05Baseline
 from rlvr.batch import Batch, PromptGroup
 from rlvr.data import Problem
+from rlvr.engines import SamplingConfig
 from rlvr.faults import RestartingRole
 from rlvr.generation import Generator, env_rates
-from rlvr.rollout import SamplingConfig
 
 log = logging.getLogger(__name__)
 

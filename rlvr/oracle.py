@@ -39,8 +39,8 @@ import torch
 
 from rlvr.algorithms import compute_advantages
 from rlvr.batch import Batch, Trajectory, plan_mini_batches
+from rlvr.engines import SamplingConfig
 from rlvr.evaluate import correct_counts
-from rlvr.rollout import SamplingConfig
 
 __all__ = ["gradient_cosine", "oracle_advantages", "oracle_metrics", "report", "sample_oracle", "true_advantages"]
 

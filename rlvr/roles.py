@@ -21,13 +21,14 @@ import ray
 from omegaconf import DictConfig, OmegaConf
 from ray.util.placement_group import remove_placement_group
 
+from rlvr.engines import EngineConfig
 from rlvr.faults import RestartingRole, RoleFailed
 from rlvr.learner import LearnerConfig, PolicyLearner
 from rlvr.logs import ACTOR_LOG_ENV, actor_log_env
 from rlvr.lora import LoraSettings
 from rlvr.models import default_cache_dir
 from rlvr.placement import Placement, plan_placement, rendezvous
-from rlvr.rollout import EngineConfig, RolloutEngine, RolloutPool
+from rlvr.rollout import RolloutEngine, RolloutPool
 from rlvr.weight_sync import connect, sync_weights
 
 log = logging.getLogger("rlvr")

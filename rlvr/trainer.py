@@ -39,6 +39,7 @@ from rlvr.config import ConfigError, algorithm_preset, max_response_tokens, over
 from rlvr.controller import BudgetController, ControllerConfig
 from rlvr.data import Problem, PromptStream, load_problems
 from rlvr.drivers import AsyncBatches, sync_batches
+from rlvr.engines import SamplingConfig
 from rlvr.evaluate import evaluate, evaluation_problems
 from rlvr.faults import RoleFailed
 from rlvr.generation import Generator, make_generator
@@ -47,7 +48,6 @@ from rlvr.models import resolve_model_path
 from rlvr.oracle import gradient_cosine, oracle_metrics, sample_oracle
 from rlvr.placement import check_fits, cluster_nodes
 from rlvr.roles import fault_metrics, learners_lost, restart_learners, role_plan, running_roles, start_ray
-from rlvr.rollout import SamplingConfig
 from rlvr.run_state import (
     MetricsLog,
     StopRequest,

@@ -15,9 +15,9 @@ import psutil
 
 from rlvr.batch import MiniBatch, Trajectory
 from rlvr.config import algorithm_preset, compose
+from rlvr.engines import EngineConfig
 from rlvr.learner import LearnerConfig, UpdateConfig
 from rlvr.roles import engine_config, learner_config
-from rlvr.rollout import EngineConfig
 from rlvr.trainer import update_config
 
 

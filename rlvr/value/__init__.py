@@ -18,15 +18,27 @@ module each:
 Every backend has the same interface: ``predict(prompts) -> (prior, uncertainty)`` as float
 tensors, ``add_context(prompts, success)``, ``state_dict()`` / ``load_state_dict()``.  The prior
 is clipped to [0.02, 0.98]; the uncertainty is a standard deviation of the prior's error in
-(0, 0.5].  :class:`ValueServer` (:mod:`rlvr.value.server`) is the thin Ray actor around one.
+(0, 0.5].  :class:`ValueServer` (:mod:`rlvr.value.server`) is the thin Ray actor around one; it
+and the other server names are imported on first use, so the models themselves load without Ray
+(a GPU check runs them on a machine that has none).
 """
 
 from rlvr.value.constant import ConstantValueModel
 from rlvr.value.context import PRIOR_MAX, PRIOR_MIN, UNC_MAX, UNC_MIN
 from rlvr.value.embedded import EmbeddedValueModel, default_encoder_path
 from rlvr.value.hf_classifier import HFClassifierValueModel
-from rlvr.value.server import BACKENDS, ValueServer, make_value_model, start_value_server, value_model_kwargs
 from rlvr.value.v0 import V0ValueModel
+
+_SERVER_NAMES = ("BACKENDS", "ValueServer", "make_value_model", "start_value_server", "value_model_kwargs")
+
+
+def __getattr__(name: str):
+    if name in _SERVER_NAMES:
+        from rlvr.value import server
+
+        return getattr(server, name)
+    raise AttributeError(f"module 'rlvr.value' has no attribute {name!r}")
+
 
 __all__ = [
     "BACKENDS",

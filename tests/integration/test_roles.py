@@ -14,7 +14,8 @@ from helpers import (
 from transformers import AutoModelForCausalLM
 
 from rlvr.batch import Trajectory
-from rlvr.rollout import GenerationRequest, RolloutPool, SamplingConfig
+from rlvr.engines import GenerationRequest, SamplingConfig
+from rlvr.rollout import RolloutPool
 from rlvr.weight_sync import fetch_buckets, put_bucket
 
 # The last prompt is long enough (~940 tokens) for vLLM to cache its prefix blocks: after a weight

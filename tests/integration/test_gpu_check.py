@@ -1,0 +1,30 @@
+"""benchmarks/gpu_check.py, the one command for a GPU machine, run here on CPU: every part runs and
+checks itself, and a part that fails is recorded while the others go on (issue "Performance at the
+limit of the box", part 5)."""
+
+import json
+
+
+def test_the_gpu_check_runs_on_cpu_and_records_a_failing_part(tmp_path):
+    from benchmarks import gpu_check
+
+    out = tmp_path / "gpu_check.json"
+    # no bundle here: the SmolLM2-shaped model cannot be built, and that is a record, not the end
+    report = gpu_check.main(["--device", "cpu", "--models", f"tiny,{gpu_check.SMOLLM2_SHAPED}", "--quick", "--repeats", "1",
+                             "--bundle", str(tmp_path / "no-bundle"), "--out", str(out)])
+    assert json.loads(out.read_text())["models"].keys() == report["models"].keys()
+    missing = report["models"][gpu_check.SMOLLM2_SHAPED]
+    assert "make gpu-bundle" in missing["build"]["error"] and "learner" not in missing
+
+    tiny = report["models"]["tiny"]
+    learner = tiny["learner"]
+    assert "error" not in learner, learner
+    assert learner["max_abs_logprob_diff_shared_vs_per_sequence"] < 1e-5  # the two forward paths compute the same numbers
+    for key in ("float32/shared", "float32/per_sequence", "bf16_autocast/shared", "bf16_autocast/per_sequence"):
+        assert learner[key]["tokens_per_s"] > 0 and learner[key]["peak_mb"] is None  # no accelerator memory on CPU
+    engine = tiny["engine_hf"]
+    assert engine["engine_device"] == "cpu" and engine["samples"] == 8 and engine["logprobs_finite"], engine
+
+    value = report["value_v0"]
+    assert value["backbone"] == "tiny" and value["embedding_finite"], value
+    assert value["v0_value_model"]["prior_in_range"] and value["v0_value_model"]["predictions"] == 16

@@ -81,7 +81,8 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from rlvr.learner import PolicyLearner, collate
+    from rlvr.forward import collate
+    from rlvr.learner import PolicyLearner
 
     cfg, base_cfg, update, seqs, batch = default_job_batch(args.sequences, args.overrides)
     mbs = base_cfg.micro_batch_size

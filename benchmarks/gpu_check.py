@@ -15,9 +15,9 @@ values. Per model, printed as JSON (and written to --out):
 
 - `learner`: `rlvr.forward.response_logprobs` (the learner's forward) on a batch shaped like the
   default job's (8 prompts x 4 responses, prompts of 120-200 tokens, responses of 8-64), float32
-  weights, SDPA attention: the largest |Δ log-prob| between the shared-prompt and per-sequence
-  paths (they compute the same numbers), then forward + backward seconds, tokens/s and peak memory
-  for each path, in float32 and under bf16 autocast (`model.train_dtype=bfloat16`).
+  weights, SDPA attention: the largest |Δ log-prob| of the shared-prompt and packed paths against
+  the per-sequence one (they compute the same numbers), then forward + backward seconds, tokens/s
+  and peak memory for each path, in float32 and under bf16 autocast (`model.train_dtype=bfloat16`).
 - `engine_hf`: `rlvr.engines.HFEngine` (the engine takes CUDA whenever it is present) sampling 8
   prompts x n=4 x up to 64 tokens: seconds, new tokens/s, peak memory, every log-prob finite.
 - `value_v0` (once): V0's backbone (Qwen3-Embedding-0.6B's shape with --device cuda, tiny on CPU)
@@ -152,18 +152,20 @@ def learner_part(folder: Path, device: torch.device, repeats: int) -> dict:
     model.train()
     seqs = default_job_shaped(model.config.vocab_size)
     mb = collate(seqs, 0, device)
+    paths = {"shared": {"share_prompts": True}, "packed": {"share_prompts": True, "pack_responses": True},
+             "per_sequence": {"share_prompts": False}}
     with torch.no_grad():
-        shared, _ = response_logprobs(model, mb, TEMPERATURE, share_prompts=True)
-        alone, _ = response_logprobs(model, mb, TEMPERATURE, share_prompts=False)
-    out = {"sequences": len(seqs), "prompt_tokens": int(mb["prompt_mask"].sum()), "response_tokens": int(mb["mask"].sum()),
-           "max_abs_logprob_diff_shared_vs_per_sequence": float(((shared - alone).abs() * mb["mask"]).max())}
+        logps = {path: response_logprobs(model, mb, TEMPERATURE, **kw)[0] for path, kw in paths.items()}
+    out = {"sequences": len(seqs), "prompt_tokens": int(mb["prompt_mask"].sum()), "response_tokens": int(mb["mask"].sum())}
+    for path in ("shared", "packed"):
+        out[f"max_abs_logprob_diff_{path}_vs_per_sequence"] = float(((logps[path] - logps["per_sequence"]).abs() * mb["mask"]).max())
     tokens = out["prompt_tokens"] + out["response_tokens"]
     for precision in ("float32", "bf16_autocast"):
-        for path in ("shared", "per_sequence"):
+        for path, kw in paths.items():
             def step():
                 model.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision != "float32"):
-                    logp, _ = response_logprobs(model, mb, TEMPERATURE, share_prompts=path == "shared")
+                    logp, _ = response_logprobs(model, mb, TEMPERATURE, **kw)
                 loss = -(logp.float() * mb["mask"] * mb["advantages"][:, None]).sum() / mb["mask"].sum()
                 loss.backward()
 

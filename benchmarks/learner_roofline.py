@@ -71,17 +71,26 @@ def forward_flops(m: dict, mb: dict) -> dict[str, float]:
     return {"matmul": matmul, "attention": attention}
 
 
-def gemm_shapes(m: dict, mb: dict) -> list[tuple[int, int, int]]:
-    """(M, K, N) of every forward GEMM the micro-batch runs, at its padded shapes."""
-    prompt_rows = mb["prompt_ids"].numel()
+def gemm_shapes(m: dict, mb: dict, packed: bool) -> list[tuple[int, int, int]]:
+    """(M, K, N) of every forward GEMM the micro-batch runs, at its padded shapes: the prompt rows,
+    the response rows ([B, T - 1], or [G, L] packed) and the LM head's ([B, T], or the real tokens packed)."""
     follow = mb["response_ids"].shape[1] - 1
-    response_rows = mb["response_ids"].shape[0] * follow
+    response_rows = mb["packed_ids"].numel() if packed else mb["response_ids"].shape[0] * follow
+    head_rows = len(mb["packed_source"]) if packed else mb["response_ids"].shape[0] * (follow + 1)
     shapes = []
-    for rows in (prompt_rows, response_rows):
+    for rows in (mb["prompt_ids"].numel(), response_rows):
         if rows:
             shapes += [(rows, i, o) for i, o in projections(m)] * m["layers"]
-    shapes.append((mb["response_ids"].shape[0] * (follow + 1), m["d"], m["vocab"]))
+    shapes.append((head_rows, m["d"], m["vocab"]))
     return shapes
+
+
+def padding_share(mb: dict, packed: bool) -> tuple[int, int]:
+    """(positions the decoder's forwards run on, real ones): the prompts, then the fed response
+    tokens ([B, T - 1] padded, or the packed rows)."""
+    follow = mb["response_ids"].shape[1] - 1
+    responses = mb["packed_ids"].numel() if packed else mb["response_ids"].shape[0] * follow
+    return mb["prompt_ids"].numel() + responses, int(mb["prompt_mask"].sum()) + int((mb["packed_seq"] >= 0).sum())
 
 
 def gemm_seconds(shape: tuple[int, int, int], dtype: torch.dtype, repeats: int) -> float:
@@ -156,11 +165,11 @@ def main(argv: list[str] | None = None) -> dict:
     dtype = torch.bfloat16 if base_cfg.train_dtype == "bfloat16" else torch.float32
     micro = [collate(mb, 0, torch.device("cpu")) for mini in batch for mb in mini.micro_batches]
     step_flops = 3 * sum(sum(forward_flops(m, mb).values()) for mb in micro)
-    shapes = [s for mb in micro for s in gemm_shapes(m, mb)]
-    computed = sum(mb["prompt_ids"].numel() + mb["response_ids"].numel() for mb in micro)
-    real = sum(int(mb["prompt_mask"].sum()) + int(mb["mask"].sum()) for mb in micro)
+    packed = base_cfg.share_prompts and base_cfg.pack_responses
+    shapes = [s for mb in micro for s in gemm_shapes(m, mb, packed)]
+    computed, real = (sum(x) for x in zip(*(padding_share(mb, packed) for mb in micro)))
 
-    report: dict = {"sequences": len(seqs), "micro_batches": len(micro), "micro_batch_size": base_cfg.micro_batch_size,
+    report: dict = {"sequences": len(seqs), "micro_batches": len(micro), "micro_batch_size": base_cfg.micro_batch_size, "packed": packed,
                     "dtype": str(dtype), "threads": threads, "model": m, "load_average_before": os.getloadavg(),
                     "padding_share": 1 - real / computed, "step_flops": step_flops}
     learner.train_step(batch, update)  # warm-up: first-call allocations

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from rlvr.batch import MiniBatch, Trajectory
 
 
-def response_logprobs(model, mb: dict, temperature: float = 1.0, share_prompts: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def response_logprobs(model, mb: dict, temperature: float = 1.0, share_prompts: bool = True,
+                      pack_responses: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """log π(y_j | x, y_<j) of each response token [B, T], and its entropy (no grad).
 
     The sequences of one prompt share its forward pass: the distinct prompts of the micro-batch
@@ -26,7 +27,12 @@ def response_logprobs(model, mb: dict, temperature: float = 1.0, share_prompts: 
     The LM head runs on response positions only: on a 135M model with a 49k vocabulary it is a
     fifth of the FLOPs, and full-sequence logits would dominate memory.
     Logits are divided by the sampling temperature, so π is the policy the engine sampled from.
+    With `pack_responses` (and shared prompts), a prompt's responses continue from its cache packed
+    in one row (`packed_logprobs`): no padding between them, and the LM head runs on real tokens only.
     """
+    checkpointing = getattr(model, "is_gradient_checkpointing", False)
+    if pack_responses and share_prompts and not checkpointing:
+        return packed_logprobs(model, mb, temperature)
     decoder = model.get_decoder()
     group_of, prompt_len, response_ids = mb["group_of"], mb["prompt_len"], mb["response_ids"]
     width, follow = mb["prompt_ids"].shape[1], response_ids.shape[1] - 1  # response tokens fed as inputs
@@ -39,7 +45,7 @@ def response_logprobs(model, mb: dict, temperature: float = 1.0, share_prompts: 
         return _attention_mask((causal[first_query:] & key_ok[:, None, :])[:, None], model)
 
     positions = torch.cat([torch.arange(width, device=device).expand(len(group_of), -1), prompt_len[group_of, None] + torch.arange(follow, device=device)], 1)
-    if not share_prompts or getattr(model, "is_gradient_checkpointing", False):
+    if not share_prompts or checkpointing:
         inputs = torch.cat([mb["prompt_ids"][group_of], response_ids[:, :follow]], 1)
         hidden = decoder(input_ids=inputs, attention_mask=allowed(0), position_ids=positions, use_cache=False).last_hidden_state
         first, rest = hidden[rows, prompt_len[group_of] - 1], hidden[:, width:]
@@ -62,6 +68,45 @@ def response_logprobs(model, mb: dict, temperature: float = 1.0, share_prompts: 
     logp = logp_all.gather(-1, response_ids[..., None]).squeeze(-1)
     with torch.no_grad():
         entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy
+
+
+def packed_logprobs(model, mb: dict, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """`response_logprobs` with each prompt's responses packed after it: the same numbers.
+
+    The distinct prompts run once ([G, P], cached, as in the shared path). Then row g holds every
+    response of prompt g back to back ([G, L], L the longest row): a response's token sees its
+    prompt and the tokens of its own response up to itself, never a sibling's, and its position
+    restarts at the prompt's length. The prompt cache is used as it is, one row per prompt (no copy
+    per sequence). The LM head, log-softmax and entropy run on the real response positions only
+    ([N, vocab]); the results are scattered back to [B, T], zero at padding.
+    """
+    decoder = model.get_decoder()
+    prompt_ids, prompt_mask, prompt_len = mb["prompt_ids"], mb["prompt_mask"], mb["prompt_len"]
+    groups, width = prompt_ids.shape
+    device = prompt_ids.device
+    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+    prompt_allowed = _attention_mask((causal & prompt_mask[:, None, :])[:, None], model)
+    positions = torch.arange(width, device=device)[None]
+    prompt = decoder(input_ids=prompt_ids, attention_mask=prompt_allowed, position_ids=positions, use_cache=True)
+    hidden = [prompt.last_hidden_state[torch.arange(groups, device=device), prompt_len - 1]]  # predicts each first token
+    seq, local = mb["packed_seq"], mb["packed_local"]
+    if seq.shape[1]:
+        own = (seq[:, :, None] == seq[:, None, :]) & (local[:, None, :] <= local[:, :, None]) & (seq[:, :, None] >= 0)
+        allowed = torch.cat([prompt_mask[:, None, :].expand(-1, seq.shape[1], -1), own], 2)  # a pad slot sees the prompt: no empty row
+        out = decoder(input_ids=mb["packed_ids"], attention_mask=_attention_mask(allowed[:, None], model),
+                      position_ids=prompt_len[:, None] + local.clamp(min=0), past_key_values=prompt.past_key_values, use_cache=True)
+        hidden.append(out.last_hidden_state.reshape(-1, out.last_hidden_state.shape[-1]))
+    rows, cols = mb["real_rows"], mb["real_cols"]
+    h = torch.cat(hidden)[mb["packed_source"]]
+    logits = model.get_output_embeddings()(h).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp_all = F.log_softmax(logits, dim=-1)
+    logp = torch.zeros(mb["response_ids"].shape, dtype=logp_all.dtype, device=device)
+    logp = logp.index_put((rows, cols), logp_all.gather(-1, mb["response_ids"][rows, cols][:, None]).squeeze(-1))
+    with torch.no_grad():
+        entropy = torch.zeros_like(logp).index_put_((rows, cols), -(logp_all.exp() * logp_all).sum(-1))
     return logp, entropy
 
 
@@ -95,7 +140,9 @@ def collate(seqs: list[Trajectory], pad_id: int, device) -> dict:
         mask[b, :n_resp] = torch.tensor(s.loss_mask, dtype=torch.float32)
         if s.rollout_logprobs:
             rollout_lp[b, :n_resp] = torch.tensor(s.rollout_logprobs[:n_resp])
+    packed = _packed_layout([len(s.response_ids) for s in seqs], group_of, len(prompts), response_ids)
     return dict(
+        **{k: v.to(device) for k, v in packed.items()},
         prompt_ids=prompt_ids.to(device),
         prompt_mask=prompt_mask.to(device),
         prompt_len=prompt_mask.sum(1).to(device),
@@ -106,6 +153,38 @@ def collate(seqs: list[Trajectory], pad_id: int, device) -> dict:
         has_rollout_logprobs=all(bool(s.rollout_logprobs) for s in seqs),
         advantages=torch.tensor([s.advantage for s in seqs], dtype=torch.float32, device=device),
     )
+
+
+def _packed_layout(lengths: list[int], group_of: list[int], groups: int, response_ids: torch.Tensor) -> dict:
+    """Where each response token lives in `packed_logprobs`' rows. Row g holds the fed tokens (all
+    but the last) of prompt g's responses back to back; `packed_seq`/`packed_local` name a slot's
+    sequence and index in it (-1 at padding). Response token t of sequence b is predicted by the
+    prompt's last position (t = 0: row g of the prompt hiddens) or by slot t - 1 of its run
+    (`groups + g * L + offset + t - 1` in the flattened packed hiddens): `packed_source`, listed
+    over the real positions (`real_rows`, `real_cols`)."""
+    runs: dict[int, list[int]] = {}
+    for b, g in enumerate(group_of):
+        runs.setdefault(g, []).append(b)
+    width = max([sum(max(lengths[b] - 1, 0) for b in bs) for bs in runs.values()] + [0])
+    ids = torch.zeros((groups, width), dtype=torch.long)
+    seq = torch.full((groups, width), -1, dtype=torch.long)
+    local = torch.full((groups, width), -1, dtype=torch.long)
+    source, rows, cols = [], [], []
+    for g, bs in runs.items():
+        offset = 0
+        for b in bs:
+            fed = max(lengths[b] - 1, 0)
+            ids[g, offset : offset + fed] = response_ids[b, :fed]
+            seq[g, offset : offset + fed] = b
+            local[g, offset : offset + fed] = torch.arange(fed)
+            for t in range(lengths[b]):
+                source.append(g if t == 0 else groups + g * width + offset + t - 1)
+                rows.append(b)
+                cols.append(t)
+            offset += fed
+    as_long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
+    return {"packed_ids": ids, "packed_seq": seq, "packed_local": local, "packed_source": as_long(source),
+            "real_rows": as_long(rows), "real_cols": as_long(cols)}
 
 
 def loss_share(mb: dict, plan: MiniBatch, agg: str) -> float:

@@ -46,6 +46,7 @@ class LearnerConfig:
     micro_batch_size: int
     gradient_checkpointing: bool
     share_prompts: bool  # one forward per distinct prompt (cached); HF's cache is off under checkpointing
+    pack_responses: bool  # with share_prompts: a prompt's responses in one row, no padding (rlvr.forward.packed_logprobs)
     threads: int
     seed: int
     dtype: str  # the weights' dtype (model.dtype)
@@ -161,7 +162,8 @@ class PolicyLearner:
 
     def _logprobs(self, mb: dict, temperature: float, module=None) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            logp, entropy = response_logprobs(self.engine.module if module is None else module, mb, temperature, self.cfg.share_prompts)
+            logp, entropy = response_logprobs(self.engine.module if module is None else module, mb, temperature, self.cfg.share_prompts,
+                                              self.cfg.pack_responses)
         return logp, entropy  # fp32 under autocast too: the LM head's logits are cast up first
 
     def _collated(self, mini_batches: list[MiniBatch]) -> list[list[tuple[dict, bool]]]:

@@ -123,6 +123,7 @@ def learner_config(cfg: DictConfig, model_path: str) -> LearnerConfig:
         micro_batch_size=cfg.learner.micro_batch_size,
         gradient_checkpointing=cfg.learner.gradient_checkpointing,
         share_prompts=cfg.learner.share_prompts,
+        pack_responses=cfg.learner.pack_responses,
         threads=cfg.rollout.threads,
         seed=cfg.seed,
         dtype=cfg.model.dtype,

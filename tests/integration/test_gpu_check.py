@@ -19,8 +19,9 @@ def test_the_gpu_check_runs_on_cpu_and_records_a_failing_part(tmp_path):
     tiny = report["models"]["tiny"]
     learner = tiny["learner"]
     assert "error" not in learner, learner
-    assert learner["max_abs_logprob_diff_shared_vs_per_sequence"] < 1e-5  # the two forward paths compute the same numbers
-    for key in ("float32/shared", "float32/per_sequence", "bf16_autocast/shared", "bf16_autocast/per_sequence"):
+    # the three forward paths compute the same numbers
+    assert learner["max_abs_logprob_diff_shared_vs_per_sequence"] < 1e-5 and learner["max_abs_logprob_diff_packed_vs_per_sequence"] < 1e-5
+    for key in [f"{precision}/{path}" for precision in ("float32", "bf16_autocast") for path in ("shared", "packed", "per_sequence")]:
         assert learner[key]["tokens_per_s"] > 0 and learner[key]["peak_mb"] is None  # no accelerator memory on CPU
     engine = tiny["engine_hf"]
     assert engine["engine_device"] == "cpu" and engine["samples"] == 8 and engine["logprobs_finite"], engine

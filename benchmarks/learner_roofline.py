@@ -85,14 +85,6 @@ def gemm_shapes(m: dict, mb: dict, packed: bool) -> list[tuple[int, int, int]]:
     return shapes
 
 
-def padding_share(mb: dict, packed: bool) -> tuple[int, int]:
-    """(positions the decoder's forwards run on, real ones): the prompts, then the fed response
-    tokens ([B, T - 1] padded, or the packed rows)."""
-    follow = mb["response_ids"].shape[1] - 1
-    responses = mb["packed_ids"].numel() if packed else mb["response_ids"].shape[0] * follow
-    return mb["prompt_ids"].numel() + responses, int(mb["prompt_mask"].sum()) + int((mb["packed_seq"] >= 0).sum())
-
-
 def gemm_seconds(shape: tuple[int, int, int], dtype: torch.dtype, repeats: int) -> float:
     """Median seconds of the forward GEMM and its two backward GEMMs at one shape."""
     rows, k, n = shape
@@ -154,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
 
-    from rlvr.forward import collate
+    from rlvr.forward import collate, positions
     from rlvr.learner import PolicyLearner
 
     cfg, base_cfg, update, seqs, batch = default_job_batch(args.sequences, args.overrides)
@@ -167,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     step_flops = 3 * sum(sum(forward_flops(m, mb).values()) for mb in micro)
     packed = base_cfg.share_prompts and base_cfg.pack_responses
     shapes = [s for mb in micro for s in gemm_shapes(m, mb, packed)]
-    computed, real = (sum(x) for x in zip(*(padding_share(mb, packed) for mb in micro)))
+    computed, real = (sum(x) for x in zip(*(positions(mb, packed) for mb in micro)))
 
     report: dict = {"sequences": len(seqs), "micro_batches": len(micro), "micro_batch_size": base_cfg.micro_batch_size, "packed": packed,
                     "dtype": str(dtype), "threads": threads, "model": m, "load_average_before": os.getloadavg(),

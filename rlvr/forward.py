@@ -187,6 +187,13 @@ def _packed_layout(lengths: list[int], group_of: list[int], groups: int, respons
             "real_rows": as_long(rows), "real_cols": as_long(cols)}
 
 
+def positions(mb: dict, packed: bool) -> tuple[int, int]:
+    """(positions the decoder's forwards run on, the real ones among them): the prompts, then the
+    fed response tokens ([B, T - 1] padded, or the packed rows). 1 - real/run is the padding share."""
+    responses = mb["packed_ids"].numel() if packed else mb["response_ids"].shape[0] * (mb["response_ids"].shape[1] - 1)
+    return mb["prompt_ids"].numel() + responses, int(mb["prompt_mask"].sum()) + int((mb["packed_seq"] >= 0).sum())
+
+
 def loss_share(mb: dict, plan: MiniBatch, agg: str) -> float:
     """A micro-batch's share of its mini-batch's loss, from the mini-batch's global counts."""
     return float(mb["mask"].sum()) / plan.tokens if agg == "token-mean" else len(mb["advantages"]) / plan.sequences

@@ -21,7 +21,7 @@ import torch
 
 from rlvr.algorithms import policy_loss, rollout_correction, rollout_mismatch
 from rlvr.batch import MiniBatch, Trajectory
-from rlvr.forward import collate, dot64, loss_share, response_logprobs
+from rlvr.forward import collate, dot64, loss_share, positions, response_logprobs
 from rlvr.logs import redirect_actor_output
 from rlvr.lora import LoraSettings, add_adapters, sync_tensors
 from rlvr.weight_sync import TensorSpec, broadcast, open_group, pack, plan_buckets, put_bucket, share
@@ -172,6 +172,15 @@ class PolicyLearner:
         dummy = [Trajectory(prompt_ids=[self.pad_id], response_ids=[self.pad_id])]
         return [[(collate(seqs or dummy, self.pad_id, self.device), not seqs) for seqs in mini.micro_batches] for mini in mini_batches]
 
+    def _padding_share(self, collated: list[list[tuple[dict, bool]]]) -> float:
+        """The share of the positions this rank's forwards run on that are padding (shared-prompt
+        paths; NaN for one forward per sequence, whose rows hold whole sequences)."""
+        if not self.cfg.share_prompts or self.cfg.gradient_checkpointing:
+            return float("nan")
+        counts = [positions(mb, self.cfg.pack_responses) for mini in collated for mb, empty in mini if not empty]
+        run = sum(c[0] for c in counts)
+        return 1 - sum(c[1] for c in counts) / run if run else 0.0
+
     @torch.no_grad()
     def _eval_logprobs(self, mb: dict, temperature: float) -> torch.Tensor:
         """log π without dropout (LoRA dropout): π_old is the policy the engine sampled from."""
@@ -200,6 +209,7 @@ class PolicyLearner:
         if update.kl_coef > 0:
             self.ensure_reference()
         collated = self._collated(mini_batches)
+        padding = self._padding_share(collated)
         old: list[list[torch.Tensor]] | None = None
         if update.old_logprobs == "recompute" and (update.epochs > 1 or len(mini_batches) > 1):
             old = [[self._eval_logprobs(mb, update.temperature) for mb, _ in mini] for mini in collated]
@@ -235,6 +245,7 @@ class PolicyLearner:
             clipped_grad_frac=clipped_grad / clipped if clipped else float("nan"),
             grad_norm=float(sum(grad_norms) / len(grad_norms)) if grad_norms else float("nan"),
             optimizer_steps=len(grad_norms),
+            padding_share=padding,
             tokens=first_pass,
             seconds=time.perf_counter() - start,
             peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this process's high-water mark (Linux: KiB)

@@ -50,7 +50,7 @@ def test_two_mini_batches_two_epochs_clip_and_keep_gradients_as_each_loss_says(a
     update = tiny_update_config(f"algorithm={algorithm}", "algorithm.eps_high=0.05", *(["algorithm.eps_low=0.05"] if algorithm != "cispo" else []), epochs=2)
     plan = plan_mini_batches(trajectories, 2, 1, 4, seed=0)[0]
     m = ray.get(learner.train_step.remote(plan, update))
-    assert m["optimizer_steps"] == 4
+    assert m["optimizer_steps"] == 4 and 0 <= m["padding_share"] < 1
     # π_old recomputed before the first update: the first mini-batch's ratio is exactly 1
     assert m["ratio_dev_first_minibatch"] < 1e-5
     # later mini-batches and the second epoch see the moved policy

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rlvr.batch import Trajectory, plan_mini_batches
-from rlvr.forward import collate, response_logprobs
+from rlvr.forward import collate, positions, response_logprobs
 
 TEMPERATURE = 0.7
 
@@ -68,3 +68,14 @@ def test_the_planner_keeps_a_prompts_responses_together():
     (mini,) = plan_mini_batches(trajectories, 1, 1, 8, seed=0)[0]
     for micro in mini.micro_batches:
         assert len({tuple(t.prompt_ids) for t in micro}) == 2  # 8 sequences of 2 prompts, not up to 8
+
+
+def test_packing_leaves_less_padding_and_counts_the_same_real_positions():
+    seqs = sequences(500)
+    mb = collate(seqs, 0, torch.device("cpu"))
+    prompts = {tuple(s.prompt_ids) for s in seqs}
+    real = sum(len(p) for p in prompts) + sum(max(len(s.response_ids) - 1, 0) for s in seqs)  # each prompt once, fed tokens
+    (run_packed, real_packed), (run_padded, real_padded) = positions(mb, packed=True), positions(mb, packed=False)
+    assert real_packed == real_padded == real
+    assert run_padded == mb["prompt_ids"].numel() + len(seqs) * (mb["response_ids"].shape[1] - 1)
+    assert real < run_packed < run_padded

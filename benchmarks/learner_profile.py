@@ -63,6 +63,17 @@ def default_job_batch(sequences: int, overrides: list[str]):
     return cfg, base_cfg, update_config(cfg, algorithm_preset(cfg.algorithm)), seqs, batch
 
 
+def median_step_seconds(learner, batch, update, repeats: int) -> float:
+    """The median of `repeats` `train_step` calls after one warm-up (first-call allocations)."""
+    learner.train_step(batch, update)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        learner.train_step(batch, update)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def write_report(report: dict, out: Path) -> None:
     """Stamp the load average after the run, write `out`, print the JSON."""
     report["load_average_after"] = os.getloadavg()
@@ -95,13 +106,7 @@ def main() -> None:
         return Learner(replace(base_cfg, **{"train_dtype": "float32", **fields}), 0, 1, "127.0.0.1", port[0])
 
     def step_seconds(l) -> float:
-        l.train_step(batch, update)  # warm-up: first-call allocations
-        times = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            l.train_step(batch, update)
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
+        return median_step_seconds(l, batch, update, args.repeats)
 
     threads = cfg.rollout.threads
     report: dict = {"sequences": len(seqs), "micro_batch_size": mbs, "load_average_before": os.getloadavg()}

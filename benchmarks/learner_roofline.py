@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.learner_profile import default_job_batch, write_report
+from benchmarks.learner_profile import default_job_batch, median_step_seconds, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "aten::_addmm_activation")
@@ -164,13 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     report: dict = {"sequences": len(seqs), "micro_batches": len(micro), "micro_batch_size": base_cfg.micro_batch_size, "packed": packed,
                     "dtype": str(dtype), "threads": threads, "model": m, "load_average_before": os.getloadavg(),
                     "padding_share": 1 - real / computed, "step_flops": step_flops}
-    learner.train_step(batch, update)  # warm-up: first-call allocations
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        learner.train_step(batch, update)
-        times.append(time.perf_counter() - start)
-    report["train_step_s"] = statistics.median(times)
+    report["train_step_s"] = median_step_seconds(learner, batch, update, args.repeats)
     report["learner_flops"] = step_flops / report["train_step_s"]
     report["machine"] = machine_peak(shapes, dtype, args.repeats)
     report["ratio_to_peak_at_shapes"] = report["learner_flops"] / report["machine"]["at_learner_shapes_flops"]

@@ -15,7 +15,8 @@ starts them. Writes JSON (stdout and --out) and a PNG beside it, with per settin
   the run. The processes are kept across settings, so a figure is the peak of this setting and
   every one before it: the settings run smallest first.
 - a least-squares fit of generation seconds against generated tokens and of learning seconds
-  against learned tokens (prompt + response tokens): the per-token cost and the fixed cost per step.
+  against learned tokens (`learner/tokens`: the response tokens in the loss; each prompt rides
+  along once per micro-batch): the per-token cost and the fixed cost per step.
 """
 
 from __future__ import annotations

@@ -50,9 +50,8 @@ def response_logprobs(model, mb: dict, temperature: float = 1.0, share_prompts: 
         hidden = decoder(input_ids=inputs, attention_mask=allowed(0), position_ids=positions, use_cache=False).last_hidden_state
         first, rest = hidden[rows, prompt_len[group_of] - 1], hidden[:, width:]
     else:
-        prompt_allowed = _attention_mask((causal[:width, :width] & mb["prompt_mask"][:, None, :])[:, None], model)
-        prompt = decoder(input_ids=mb["prompt_ids"], attention_mask=prompt_allowed, position_ids=positions[:1, :width], use_cache=True)
-        first = prompt.last_hidden_state[torch.arange(len(prompt_len), device=device), prompt_len - 1][group_of]
+        prompt, last = _prompt_forward(model, mb)
+        first = last[group_of]
         rest = first[:, None, :][:, :0]
         if follow:
             cache = prompt.past_key_values
@@ -60,15 +59,7 @@ def response_logprobs(model, mb: dict, temperature: float = 1.0, share_prompts: 
                 layer.batch_select_indices(group_of)
             out = decoder(input_ids=response_ids[:, :follow], attention_mask=allowed(width), position_ids=positions[:, width:], past_key_values=cache, use_cache=True)
             rest = out.last_hidden_state
-    h = torch.cat([first[:, None], rest], 1)
-    logits = model.get_output_embeddings()(h).float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    logp_all = F.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, response_ids[..., None]).squeeze(-1)
-    with torch.no_grad():
-        entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, entropy
+    return _token_logprobs(model, torch.cat([first[:, None], rest], 1), response_ids, temperature)
 
 
 def packed_logprobs(model, mb: dict, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,32 +72,44 @@ def packed_logprobs(model, mb: dict, temperature: float = 1.0) -> tuple[torch.Te
     per sequence). The LM head, log-softmax and entropy run on the real response positions only
     ([N, vocab]); the results are scattered back to [B, T], zero at padding.
     """
-    decoder = model.get_decoder()
-    prompt_ids, prompt_mask, prompt_len = mb["prompt_ids"], mb["prompt_mask"], mb["prompt_len"]
-    groups, width = prompt_ids.shape
-    device = prompt_ids.device
-    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
-    prompt_allowed = _attention_mask((causal & prompt_mask[:, None, :])[:, None], model)
-    positions = torch.arange(width, device=device)[None]
-    prompt = decoder(input_ids=prompt_ids, attention_mask=prompt_allowed, position_ids=positions, use_cache=True)
-    hidden = [prompt.last_hidden_state[torch.arange(groups, device=device), prompt_len - 1]]  # predicts each first token
+    prompt_mask, prompt_len = mb["prompt_mask"], mb["prompt_len"]
+    prompt, last = _prompt_forward(model, mb)
+    hidden = [last]  # predicts each response's first token
     seq, local = mb["packed_seq"], mb["packed_local"]
     if seq.shape[1]:
         own = (seq[:, :, None] == seq[:, None, :]) & (local[:, None, :] <= local[:, :, None]) & (seq[:, :, None] >= 0)
         allowed = torch.cat([prompt_mask[:, None, :].expand(-1, seq.shape[1], -1), own], 2)  # a pad slot sees the prompt: no empty row
-        out = decoder(input_ids=mb["packed_ids"], attention_mask=_attention_mask(allowed[:, None], model),
+        out = model.get_decoder()(input_ids=mb["packed_ids"], attention_mask=_attention_mask(allowed[:, None], model),
                       position_ids=prompt_len[:, None] + local.clamp(min=0), past_key_values=prompt.past_key_values, use_cache=True)
         hidden.append(out.last_hidden_state.reshape(-1, out.last_hidden_state.shape[-1]))
     rows, cols = mb["real_rows"], mb["real_cols"]
-    h = torch.cat(hidden)[mb["packed_source"]]
-    logits = model.get_output_embeddings()(h).float()
+    real_logp, real_entropy = _token_logprobs(model, torch.cat(hidden)[mb["packed_source"]], mb["response_ids"][rows, cols], temperature)
+    logp = torch.zeros(mb["response_ids"].shape, dtype=real_logp.dtype, device=real_logp.device).index_put((rows, cols), real_logp)
+    return logp, torch.zeros_like(logp).index_put_((rows, cols), real_entropy)
+
+
+def _prompt_forward(model, mb: dict):
+    """The micro-batch's distinct prompts through the decoder once, cached: (its output, with the
+    cache, and each prompt's last hidden state [G, d], which predicts its responses' first token)."""
+    prompt_ids, prompt_mask, prompt_len = mb["prompt_ids"], mb["prompt_mask"], mb["prompt_len"]
+    groups, width = prompt_ids.shape
+    device = prompt_ids.device
+    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+    allowed = _attention_mask((causal & prompt_mask[:, None, :])[:, None], model)
+    out = model.get_decoder()(input_ids=prompt_ids, attention_mask=allowed, position_ids=torch.arange(width, device=device)[None], use_cache=True)
+    return out, out.last_hidden_state[torch.arange(groups, device=device), prompt_len - 1]
+
+
+def _token_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π of each target under the LM head on ``hidden`` [..., d] (logits over the temperature,
+    in float32), and the entropy of each position's distribution (no grad)."""
+    logits = model.get_output_embeddings()(hidden).float()
     if temperature != 1.0:
         logits = logits / temperature
     logp_all = F.log_softmax(logits, dim=-1)
-    logp = torch.zeros(mb["response_ids"].shape, dtype=logp_all.dtype, device=device)
-    logp = logp.index_put((rows, cols), logp_all.gather(-1, mb["response_ids"][rows, cols][:, None]).squeeze(-1))
+    logp = logp_all.gather(-1, targets[..., None]).squeeze(-1)
     with torch.no_grad():
-        entropy = torch.zeros_like(logp).index_put_((rows, cols), -(logp_all.exp() * logp_all).sum(-1))
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
     return logp, entropy
 
 

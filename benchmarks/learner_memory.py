@@ -33,6 +33,7 @@ SETTINGS = {
     "mb16-unshared": ["learner.share_prompts=false"],
     "mb16-packed": ["learner.pack_responses=true"],
     "mb8": ["learner.micro_batch_size=8"],
+    "mb4": ["learner.micro_batch_size=4"],
     "mb16+ckpt": ["learner.gradient_checkpointing=true"],
     "mb32+ckpt": ["learner.micro_batch_size=32", "learner.gradient_checkpointing=true"],
 }

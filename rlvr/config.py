@@ -164,14 +164,23 @@ def _validate_eval(cfg: DictConfig) -> None:
         )
 
 
+def _auto_or(value, types, minimum) -> bool:
+    """`auto`, or a number of `types` at least `minimum` (bools are not numbers here)."""
+    return value == "auto" or (isinstance(value, types) and not isinstance(value, bool) and value >= minimum)
+
+
 def _validate_trainer(cfg: DictConfig) -> None:
     t = cfg.trainer
     _check(t.steps >= 1, "trainer.steps", f"must be >= 1, got {t.steps}")
     _check(t.batch_size >= 1, "trainer.batch_size", f"must be >= 1, got {t.batch_size}")
     _check(t.max_restarts >= 0, "trainer.max_restarts", f"must be >= 0 (0 = stop at the first death), got {t.max_restarts}")
     _check(cfg.learner.lr > 0, "learner.lr", f"must be > 0, got {cfg.learner.lr}")
-    _check(cfg.learner.micro_batch_size >= 1, "learner.micro_batch_size", f"must be >= 1, got {cfg.learner.micro_batch_size}")
-    _check(cfg.rollout.kv_cache_gb > 0, "rollout.kv_cache_gb", f"must be > 0 (GiB of host memory for the engine's KV cache), got {cfg.rollout.kv_cache_gb}")
+    _check(_auto_or(cfg.learner.micro_batch_size, int, 1), "learner.micro_batch_size", f"must be auto or an integer >= 1, got {cfg.learner.micro_batch_size!r}")
+    _check(cfg.learner.activation_memory_gb > 0, "learner.activation_memory_gb", f"must be > 0 (GiB), got {cfg.learner.activation_memory_gb}")
+    _check(_auto_or(cfg.rollout.kv_cache_gb, (int, float), 1e-9), "rollout.kv_cache_gb",
+           f"must be auto or > 0 (GiB of host memory for the engine's KV cache), got {cfg.rollout.kv_cache_gb!r}")
+    for key in ("max_num_seqs", "block_size", "max_num_batched_tokens"):
+        _check(cfg.rollout[key] >= 1, f"rollout.{key}", f"must be >= 1, got {cfg.rollout[key]}")
     for key in ("mini_batches", "epochs"):
         _check(cfg.learner[key] >= 1, f"learner.{key}", f"must be >= 1, got {cfg.learner[key]}")
     _check(t.max_staleness >= 0, "trainer.max_staleness", f"must be >= 0 (0 = synchronous), got {t.max_staleness}")

@@ -56,7 +56,10 @@ class EngineConfig:
     model_path: str
     dtype: str
     max_model_len: int
-    kv_cache_gb: float
+    kv_cache_gb: float  # vLLM on CPU: the KV cache (rlvr.sizing works out `auto`)
+    max_num_seqs: int  # vLLM on CPU: sequences decoded at once
+    block_size: int  # vLLM on CPU: tokens per KV block
+    max_num_batched_tokens: int  # vLLM on CPU: tokens per scheduler step
     seed: int
     threads: int
     tensor_parallel: int
@@ -102,6 +105,10 @@ class VLLMEngine:
             kwargs["gpu_memory_utilization"] = 0.3
             if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:  # vLLM's own whole-GiB setting wins where a user set it
                 kwargs["kv_cache_memory_bytes"] = int(cfg.kv_cache_gb * 2**30)
+            # vLLM's CPU defaults (256 sequences, 128-token blocks, 4,096 tokens a step) decode slower
+            # and hold more memory on a small box (docs/benchmarks.md, "Lean by default")
+            kwargs.update(max_num_seqs=cfg.max_num_seqs, block_size=cfg.block_size,
+                          max_num_batched_tokens=max(cfg.max_num_batched_tokens, cfg.max_num_seqs))
         kwargs.update(cfg.extra)
         self.llm = LLM(**kwargs)
 
@@ -120,6 +127,10 @@ class VLLMEngine:
             for r in requests
         ]
         prompts = [r.prompt if isinstance(r.prompt, str) else {"prompt_token_ids": list(r.prompt)} for r in requests]
+        # A prefix cached by an earlier call was computed in another batch shape, so its KV differs
+        # in the last bits and a seeded call would sample differently the second time: each call
+        # starts cold (its own requests still share their common prefixes).
+        self.llm.reset_prefix_cache()
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         results = []
         for out in outputs:

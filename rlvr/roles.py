@@ -29,6 +29,7 @@ from rlvr.lora import LoraSettings
 from rlvr.models import default_cache_dir
 from rlvr.placement import Placement, plan_placement, rendezvous
 from rlvr.rollout import RolloutEngine, RolloutPool
+from rlvr.sizing import kv_cache_gb, micro_batch_size
 from rlvr.weight_sync import connect, sync_weights
 
 log = logging.getLogger("rlvr")
@@ -105,7 +106,10 @@ def engine_config(cfg: DictConfig, model_path: str) -> EngineConfig:
         model_path=model_path,
         dtype=cfg.model.dtype,
         max_model_len=cfg.model.max_model_len,
-        kv_cache_gb=cfg.rollout.kv_cache_gb,
+        kv_cache_gb=kv_cache_gb(cfg, model_path) if cfg.rollout.backend == "vllm" else 0.0,
+        max_num_seqs=cfg.rollout.max_num_seqs,
+        block_size=cfg.rollout.block_size,
+        max_num_batched_tokens=cfg.rollout.max_num_batched_tokens,
         seed=cfg.seed,
         threads=cfg.rollout.threads,
         tensor_parallel=cfg.cluster.tensor_parallel,
@@ -120,7 +124,7 @@ def learner_config(cfg: DictConfig, model_path: str) -> LearnerConfig:
         lr=cfg.learner.lr,
         weight_decay=cfg.learner.weight_decay,
         grad_clip=cfg.learner.grad_clip,
-        micro_batch_size=cfg.learner.micro_batch_size,
+        micro_batch_size=micro_batch_size(cfg, model_path),
         gradient_checkpointing=cfg.learner.gradient_checkpointing,
         share_prompts=cfg.learner.share_prompts,
         pack_responses=cfg.learner.pack_responses,

@@ -13,6 +13,7 @@ from helpers import (
 )
 from transformers import AutoModelForCausalLM
 
+from rlvr import sizing
 from rlvr.batch import Trajectory
 from rlvr.engines import GenerationRequest, SamplingConfig
 from rlvr.rollout import RolloutPool
@@ -58,6 +59,11 @@ def test_engine_samples_and_weight_update(backend, ray_session, tiny_model):
         assert s.finish_reason in ("stop", "length") and s.truncated == (s.finish_reason == "length")
         assert s.weight_version == 0
         assert all(lp <= 0 for lp in s.logprobs)
+    if backend == "vllm":  # the cache rlvr.sizing worked out is the one vLLM allocated
+        cfg = tiny_engine_config(tiny_model, max_model_len=1024)
+        blocks = ray.get(engine.__ray_call__.remote(lambda self: self.engine.llm.llm_engine.vllm_config.cache_config.num_gpu_blocks))
+        per_token = sizing.kv_bytes_per_token(sizing.ModelShape.of(tiny_model), cfg.dtype)
+        assert blocks == int(cfg.kv_cache_gb * 2**30) // (per_token * cfg.block_size)
     # Same seed, same samples: what exact resume relies on.
     again = pool.generate(reqs, sampling, seed=0)
     assert [s.response_ids for s in again] == [s.response_ids for s in samples]

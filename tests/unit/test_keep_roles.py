@@ -6,7 +6,8 @@ from rlvr.roles import role_keys, role_plan
 
 
 def keys(*overrides: str) -> dict:
-    cfg = compose(["model=tiny-random", "cluster.keep_roles=true", *overrides])
+    # sizes given, not `auto`: auto reads the model's shapes and the data (tests/unit/test_sizing.py)
+    cfg = compose(["model=tiny-random", "cluster.keep_roles=true", "rollout.kv_cache_gb=1", "learner.micro_batch_size=16", *overrides])
     return role_keys(cfg, role_plan(cfg, algorithm_preset(cfg.algorithm)), "/models/tiny")
 
 

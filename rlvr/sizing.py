@@ -1,0 +1,156 @@
+"""The engine's KV cache and the learner's micro-batch when the config says `auto`: sized from the
+model's shapes and the longest sequence this job makes, instead of fixed numbers.
+
+- `rollout.kv_cache_gb=auto`: room for the largest generate call one engine gets (at most
+  `rollout.max_num_seqs` sequences at once), each of the longest prompt plus its answer budget.
+- `learner.micro_batch_size=auto`: the most sequences whose activations fit in
+  `learner.activation_memory_gb`, at the same longest sequence.
+
+The pure functions take numbers; `kv_cache_gb(cfg, ...)` and `micro_batch_size(cfg, ...)` read the
+config and the data (once per process: the longest prompt is rendered from the data itself).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from omegaconf import DictConfig, OmegaConf
+
+from rlvr.config import max_response_tokens
+
+# vLLM's KV block on CPU (vllm/platforms/cpu.py sets 128 unless a user chose one): a sequence
+# holds whole blocks, so a 155-token sequence takes 256 tokens of cache.
+CPU_BLOCK_TOKENS = 128
+# Prompts rendered to find the longest: all of a dataset up to this many, else an even sample. A
+# longer prompt outside the sample costs the engine some concurrency on that call, nothing more.
+PROMPT_SAMPLE = 2048
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    layers: int
+    hidden: int
+    intermediate: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+
+    @classmethod
+    def of(cls, model_path: str) -> "ModelShape":
+        from transformers import AutoConfig
+
+        c = AutoConfig.from_pretrained(model_path)
+        heads = c.num_attention_heads
+        return cls(
+            layers=c.num_hidden_layers,
+            hidden=c.hidden_size,
+            intermediate=c.intermediate_size,
+            kv_heads=getattr(c, "num_key_value_heads", None) or heads,
+            head_dim=getattr(c, "head_dim", None) or c.hidden_size // heads,
+            vocab=c.vocab_size,
+        )
+
+
+def kv_bytes_per_token(shape: ModelShape, dtype: str) -> int:
+    """K and V of every layer for one token: 2 · layers · kv_heads · head_dim · bytes(dtype)."""
+    return 2 * shape.layers * shape.kv_heads * shape.head_dim * DTYPE_BYTES[dtype]
+
+
+def kv_cache_bytes(bytes_per_token: int, sequences: int, tokens_per_sequence: int, max_model_len: int,
+                   block_tokens: int = CPU_BLOCK_TOKENS) -> int:
+    """sequences · ⌈tokens_per_sequence / block⌉ blocks, and never less than one sequence of
+    max_model_len (vLLM refuses to start with less)."""
+    blocks = max(sequences * math.ceil(tokens_per_sequence / block_tokens), math.ceil(max_model_len / block_tokens))
+    return blocks * block_tokens * bytes_per_token
+
+
+def activation_bytes_per_position(shape: ModelShape, train_dtype: str, checkpointing: bool = False) -> tuple[float, float]:
+    """What one position holds for backward, as (every position, more per response position).
+
+    Per decoder layer, from what autograd saves in a Llama-style block: the two RMSNorms in float32
+    (input and normalized output, 16·h bytes) and, in the training dtype, the normed inputs cast for
+    the projections, q, k, v (after GQA's repeat), the attention output, o_proj's input, the MLP's
+    gate, up, silu(gate) and their product (7·h + 4·f elements). A response position also holds the
+    LM head's float32 log-softmax and its backward temporaries (about 16 bytes a vocabulary entry).
+    On smollm2-135m this predicts the learner's measured peak growth from micro-batch 8 to 16 as
+    631 MB (measured 633) and from 4 to 8 as 315 MB (measured 276): benchmarks/learner_memory.py.
+    With gradient checkpointing only each layer's float32 input stays, and one layer's full set
+    while it is recomputed.
+    """
+    act = DTYPE_BYTES[train_dtype]
+    per_layer = 16 * shape.hidden + act * (7 * shape.hidden + 4 * shape.intermediate)
+    held = shape.layers * 4 * shape.hidden + per_layer if checkpointing else shape.layers * per_layer
+    return held, 16 * shape.vocab
+
+
+def micro_batch_for_budget(budget_bytes: float, prompt_tokens: int, response_tokens: int, n: int, shared_prompts: bool,
+                           per_position: float, per_response_position: float, cap: int = 64) -> int:
+    """The largest m ≤ cap whose activations fit the budget (at least 1).
+
+    m sequences of the longest prompt P and a full answer R compute m·R response positions and,
+    with shared prompts, the prompts of the ⌈m/n⌉ + 1 groups they can span (m·P without).
+    """
+
+    def need(m: int) -> float:
+        prompts = (math.ceil(m / n) + 1) * prompt_tokens if shared_prompts else m * prompt_tokens
+        return (prompts + m * response_tokens) * per_position + m * response_tokens * per_response_position
+
+    fits = [m for m in range(1, cap + 1) if need(m) <= budget_bytes]
+    return max(fits, default=1)
+
+
+# ---- from the config ---------------------------------------------------------------------------
+_longest_prompt: dict[tuple[str, str], int] = {}
+
+
+def longest_prompt_tokens(cfg: DictConfig, model_path: str) -> int:
+    """The longest rendered prompt (chat template, system prompt, few-shot turns) over the training
+    and evaluation data, or an even sample of PROMPT_SAMPLE of them; once per process per data."""
+    key = (model_path, OmegaConf.to_yaml(cfg.data, resolve=True) + OmegaConf.to_yaml(cfg.env, resolve=True))
+    if key not in _longest_prompt:
+        from rlvr.data import load_problems, prompt_renderer
+
+        problems = []
+        for split in ("train", "eval"):
+            rows = load_problems(OmegaConf.to_container(cfg.data[split], resolve=True))
+            step = max(1, len(rows) // PROMPT_SAMPLE)
+            problems += rows[::step]
+        render = prompt_renderer(cfg, model_path, as_ids=True)
+        _longest_prompt[key] = max((len(render(p)) for p in problems), default=0)
+    return _longest_prompt[key]
+
+
+def largest_generate_call(cfg: DictConfig) -> int:
+    """Sequences in the largest generate call the job makes: a training batch (V0.5 up to n_max a
+    prompt), the held-out evaluation, the warm-up prompts, the oracle's samples."""
+    a = cfg.algorithm
+    per_prompt = a.n_max if a.sampling == "adaptive" else a.n
+    calls = [cfg.trainer.batch_size * per_prompt, a.warmup_prompts * a.n, cfg.trainer.batch_size * cfg.eval.oracle.samples]
+    if cfg.trainer.eval_every > 0 or cfg.eval.at_start:
+        calls.append(cfg.eval.size * cfg.eval.n_samples)
+    return max(calls)
+
+
+def kv_cache_gb(cfg: DictConfig, model_path: str) -> float:
+    """`rollout.kv_cache_gb`, with `auto` worked out for this job (see the module's docstring)."""
+    if cfg.rollout.kv_cache_gb != "auto":
+        return float(cfg.rollout.kv_cache_gb)
+    sequences = min(cfg.rollout.max_num_seqs, math.ceil(largest_generate_call(cfg) / cfg.cluster.num_engines))
+    answer = max(max_response_tokens(cfg), cfg.eval.max_tokens if cfg.env.name == "none" else 0)
+    tokens = min(cfg.model.max_model_len, longest_prompt_tokens(cfg, model_path) + answer)
+    per_token = kv_bytes_per_token(ModelShape.of(model_path), cfg.model.dtype)
+    return kv_cache_bytes(per_token, sequences, tokens, cfg.model.max_model_len, cfg.rollout.block_size) / 2**30
+
+
+def micro_batch_size(cfg: DictConfig, model_path: str) -> int:
+    """`learner.micro_batch_size`, with `auto` worked out for this job (see the module's docstring)."""
+    if cfg.learner.micro_batch_size != "auto":
+        return int(cfg.learner.micro_batch_size)
+    checkpointing = cfg.learner.gradient_checkpointing
+    per_position, per_response = activation_bytes_per_position(ModelShape.of(model_path), cfg.model.train_dtype, checkpointing)
+    prompt = longest_prompt_tokens(cfg, model_path)
+    shared = cfg.learner.share_prompts and not checkpointing  # HF turns the prompt cache off under checkpointing
+    return micro_batch_for_budget(cfg.learner.activation_memory_gb * 2**30, prompt, max_response_tokens(cfg), cfg.algorithm.n,
+                                  shared, per_position, per_response)

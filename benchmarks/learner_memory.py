@@ -29,12 +29,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {
-    "mb16": [],
-    "mb16-unshared": ["learner.share_prompts=false"],
-    "mb16-packed": ["learner.pack_responses=true"],
+    "default": [],  # learner.micro_batch_size=auto: 8 on this batch's shape (rlvr/sizing.py)
+    "mb16": ["learner.micro_batch_size=16"],
+    "mb16-unshared": ["learner.micro_batch_size=16", "learner.share_prompts=false"],
+    "mb16-unpacked": ["learner.micro_batch_size=16", "learner.pack_responses=false"],
     "mb8": ["learner.micro_batch_size=8"],
     "mb4": ["learner.micro_batch_size=4"],
-    "mb16+ckpt": ["learner.gradient_checkpointing=true"],
+    "mb16+ckpt": ["learner.micro_batch_size=16", "learner.gradient_checkpointing=true"],
     "mb32+ckpt": ["learner.micro_batch_size=32", "learner.gradient_checkpointing=true"],
 }
 

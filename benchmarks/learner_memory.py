@@ -35,6 +35,7 @@ SETTINGS = {
     "mb16-unpacked": ["learner.micro_batch_size=16", "learner.pack_responses=false"],
     "mb8": ["learner.micro_batch_size=8"],
     "mb4": ["learner.micro_batch_size=4"],
+    "mb1": ["learner.micro_batch_size=1"],
     "mb16+ckpt": ["learner.micro_batch_size=16", "learner.gradient_checkpointing=true"],
     "mb32+ckpt": ["learner.micro_batch_size=32", "learner.gradient_checkpointing=true"],
 }

@@ -26,13 +26,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {
     "default": [],
-    "vllm-cpu-defaults": ["rollout.max_num_seqs=256", "rollout.block_size=128", "rollout.max_num_batched_tokens=4096", "rollout.kv_cache_gb=1"],
+    "vllm-cpu-defaults": ["rollout.max_num_seqs=256", "rollout.block_size=128", "rollout.kv_cache_gb=1"],
     "block128": ["rollout.block_size=128"],
     "block64": ["rollout.block_size=64"],
     "seqs16": ["rollout.max_num_seqs=16"],
     "seqs32": ["rollout.max_num_seqs=32"],
     "seqs128": ["rollout.max_num_seqs=128"],
-    "step4096": ["rollout.max_num_batched_tokens=4096"],
     "kv1gb": ["rollout.kv_cache_gb=1"],
 }
 
@@ -74,7 +73,6 @@ def worker(overrides: list[str], prompts: int, max_tokens: int) -> dict:
         "kv_cache_gb": engine_cfg.kv_cache_gb,
         "max_num_seqs": engine_cfg.max_num_seqs,
         "block_size": engine_cfg.block_size,
-        "max_num_batched_tokens": engine_cfg.max_num_batched_tokens,
         "seconds": seconds,
         "tokens": tokens,
         "tokens_per_s": tokens / seconds,

@@ -179,6 +179,7 @@ def engine_part(folder: Path, device: torch.device, quick: bool) -> dict:
 
     dtype = "bfloat16" if device.type == "cuda" else "float32"
     engine = HFEngine(EngineConfig(backend="hf", model_path=str(folder), dtype=dtype, max_model_len=1024, kv_cache_gb=0.0, seed=0,
+                                   max_num_seqs=64, block_size=32,  # vLLM-only, unused by HF
                                    threads=torch.get_num_threads(), tensor_parallel=1, sleep_mode=False))
     vocab = engine.model.config.vocab_size
     rng = random.Random(1)

@@ -179,7 +179,7 @@ def _validate_trainer(cfg: DictConfig) -> None:
     _check(cfg.learner.activation_memory_gb > 0, "learner.activation_memory_gb", f"must be > 0 (GiB), got {cfg.learner.activation_memory_gb}")
     _check(_auto_or(cfg.rollout.kv_cache_gb, (int, float), 1e-9), "rollout.kv_cache_gb",
            f"must be auto or > 0 (GiB of host memory for the engine's KV cache), got {cfg.rollout.kv_cache_gb!r}")
-    for key in ("max_num_seqs", "block_size", "max_num_batched_tokens"):
+    for key in ("max_num_seqs", "block_size"):
         _check(cfg.rollout[key] >= 1, f"rollout.{key}", f"must be >= 1, got {cfg.rollout[key]}")
     for key in ("mini_batches", "epochs"):
         _check(cfg.learner[key] >= 1, f"learner.{key}", f"must be >= 1, got {cfg.learner[key]}")

@@ -59,7 +59,6 @@ class EngineConfig:
     kv_cache_gb: float  # vLLM on CPU: the KV cache (rlvr.sizing works out `auto`)
     max_num_seqs: int  # vLLM on CPU: sequences decoded at once
     block_size: int  # vLLM on CPU: tokens per KV block
-    max_num_batched_tokens: int  # vLLM on CPU: tokens per scheduler step
     seed: int
     threads: int
     tensor_parallel: int
@@ -105,10 +104,9 @@ class VLLMEngine:
             kwargs["gpu_memory_utilization"] = 0.3
             if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:  # vLLM's own whole-GiB setting wins where a user set it
                 kwargs["kv_cache_memory_bytes"] = int(cfg.kv_cache_gb * 2**30)
-            # vLLM's CPU defaults (256 sequences, 128-token blocks, 4,096 tokens a step) decode slower
-            # and hold more memory on a small box (docs/benchmarks.md, "Lean by default")
-            kwargs.update(max_num_seqs=cfg.max_num_seqs, block_size=cfg.block_size,
-                          max_num_batched_tokens=max(cfg.max_num_batched_tokens, cfg.max_num_seqs))
+            # vLLM's CPU defaults (256 sequences, 128-token blocks) decode slower and hold more
+            # memory on a small box (docs/benchmarks.md, "Lean by default")
+            kwargs.update(max_num_seqs=cfg.max_num_seqs, block_size=cfg.block_size)
         kwargs.update(cfg.extra)
         self.llm = LLM(**kwargs)
 

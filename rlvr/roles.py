@@ -109,7 +109,6 @@ def engine_config(cfg: DictConfig, model_path: str) -> EngineConfig:
         kv_cache_gb=kv_cache_gb(cfg, model_path) if cfg.rollout.backend == "vllm" else 0.0,
         max_num_seqs=cfg.rollout.max_num_seqs,
         block_size=cfg.rollout.block_size,
-        max_num_batched_tokens=cfg.rollout.max_num_batched_tokens,
         seed=cfg.seed,
         threads=cfg.rollout.threads,
         tensor_parallel=cfg.cluster.tensor_parallel,

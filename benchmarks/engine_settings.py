@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -93,20 +92,13 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="added to every setting, e.g. model=tiny-random")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from learner_profile import write_report
+    from learner_profile import settings_in_fresh_processes, write_report
 
     report: dict = {"common_overrides": args.overrides, "prompts": args.prompts, "max_tokens": args.max_tokens,
-                    "load_average_before": os.getloadavg(), "settings": {}}
-    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-    for name in args.settings:
-        print(f"[engine_settings] {name}", file=sys.stderr, flush=True)
-        cmd = [sys.executable, __file__, "--worker", json.dumps([*args.overrides, *SETTINGS[name]]), str(args.prompts), str(args.max_tokens)]
-        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env).stdout
-        report["settings"][name] = json.loads(out.strip().splitlines()[-1])
-    ref = report["settings"][args.settings[0]]
-    for r in report["settings"].values():
-        r["rate_vs_first"] = r["tokens_per_s"] / ref["tokens_per_s"]
-        r["peak_vs_first"] = r["peak_rss_mb"] / ref["peak_rss_mb"]
+                    "load_average_before": os.getloadavg()}
+    report["settings"] = settings_in_fresh_processes(
+        __file__, SETTINGS, args.settings, args.overrides, [str(args.prompts), str(args.max_tokens)],
+        {"rate_vs_first": "tokens_per_s", "peak_vs_first": "peak_rss_mb"}, env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
     write_report(report, args.out)
 
 

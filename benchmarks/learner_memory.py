@@ -21,7 +21,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -82,18 +81,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "learner_memory.json")
     ap.add_argument("overrides", nargs="*", help="added to every setting, e.g. model.train_dtype=float32")
     args = ap.parse_args()
-    from learner_profile import write_report
+    from learner_profile import settings_in_fresh_processes, write_report
 
-    report: dict = {"common_overrides": args.overrides, "load_average_before": os.getloadavg(), "settings": {}}
-    for name in args.settings:
-        print(f"[learner_memory] {name}", file=sys.stderr, flush=True)
-        cmd = [sys.executable, __file__, "--worker", json.dumps([*args.overrides, *SETTINGS[name]]), str(args.repeats)]
-        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, cwd=ROOT).stdout
-        report["settings"][name] = json.loads(out.strip().splitlines()[-1])
-    ref = report["settings"][args.settings[0]]
-    for r in report["settings"].values():
-        r["peak_vs_first"] = r["peak_rss_mb"] / ref["peak_rss_mb"]
-        r["time_vs_first"] = r["train_step_s"] / ref["train_step_s"]
+    report: dict = {"common_overrides": args.overrides, "load_average_before": os.getloadavg()}
+    report["settings"] = settings_in_fresh_processes(__file__, SETTINGS, args.settings, args.overrides, [str(args.repeats)],
+                                                     {"peak_vs_first": "peak_rss_mb", "time_vs_first": "train_step_s"})
     write_report(report, args.out)
 
 

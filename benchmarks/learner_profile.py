@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -72,6 +73,23 @@ def median_step_seconds(learner, batch, update, repeats: int) -> float:
         learner.train_step(batch, update)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def settings_in_fresh_processes(script: str, settings: dict[str, list[str]], names: list[str], common: list[str],
+                                 worker_args: list[str], relative: dict[str, str], env: dict | None = None) -> dict[str, dict]:
+    """Run `script --worker JSON(common + settings[name]) *worker_args` for each name, each in its own
+    process (so each memory figure is that setting's alone): {name: the worker's JSON}, with each
+    `relative` key (new name -> measured key) as the ratio to the first setting's."""
+    results: dict[str, dict] = {}
+    for name in names:
+        print(f"[{Path(script).stem}] {name}", file=sys.stderr, flush=True)
+        cmd = [sys.executable, script, "--worker", json.dumps([*common, *settings[name]]), *worker_args]
+        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env).stdout
+        results[name] = json.loads(out.strip().splitlines()[-1])
+    first = results[names[0]]
+    for r in results.values():
+        r.update({ratio: r[key] / first[key] for ratio, key in relative.items()})
+    return results
 
 
 def write_report(report: dict, out: Path) -> None:

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +224,14 @@ class KeptRole:
 _kept: dict[str, KeptRole] = {}
 
 
+def engine_key(cfg: DictConfig, model_path: str) -> EngineConfig:
+    """What a kept engine must share with this run's. A cache sized by `auto` is left out: it
+    differs between jobs whose largest generate call differs, and an engine whose cache is smaller
+    than a job's call only runs fewer sequences at once (it always holds one of max_model_len)."""
+    engine = engine_config(cfg, model_path)
+    return replace(engine, kv_cache_gb=0.0) if cfg.rollout.kv_cache_gb == "auto" else engine
+
+
 def role_keys(cfg: DictConfig, plan: dict, model_path: str) -> dict[str, tuple]:
     """What a kept role must share with this run's to be reused: its bundles, the actors' runtime
     env and what each actor fixes when it starts (`reset` sets the rest). Empty without
@@ -238,7 +246,7 @@ def role_keys(cfg: DictConfig, plan: dict, model_path: str) -> dict[str, tuple]:
 
     keys = {
         "verifier": same("verifier", repr(OmegaConf.to_container(cfg.verifier, resolve=True)), tuple(environment_tools(cfg))),
-        "rollout": same("rollout", repr(engine_config(cfg, model_path))),
+        "rollout": same("rollout", repr(engine_key(cfg, model_path))),
         # the process group's size and ZeRO's partitioning; the model, optimizer and seed are reset
         "learner": same("learner", c.zero_stage),
     }

@@ -42,3 +42,16 @@ def test_what_a_reset_sets_leaves_the_keys_alone_and_what_a_process_fixes_change
     for override, roles in changed.items():
         other = keys("algorithm=v05", override)
         assert {r for r in base if other.get(r) != base[r]} == roles, override
+
+
+def test_an_auto_sized_kv_cache_is_left_out_of_the_engine_key(tiny_model):
+    from rlvr.sizing import kv_cache_gb
+
+    def cfg_and_key(*overrides):
+        cfg = compose(["model=tiny-random", "algorithm=grpo", "cluster.keep_roles=true", "trainer.eval_every=0", "eval.at_start=false",
+                       *overrides])
+        return cfg, role_keys(cfg, role_plan(cfg, algorithm_preset(cfg.algorithm)), tiny_model)["rollout"]
+
+    (small, small_key), (large, large_key) = cfg_and_key("trainer.batch_size=1"), cfg_and_key("trainer.batch_size=16")
+    assert kv_cache_gb(small, tiny_model) < kv_cache_gb(large, tiny_model)  # auto gives each job its own size
+    assert small_key == large_key  # and a kept engine serves both

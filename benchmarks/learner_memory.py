@@ -28,7 +28,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {
-    "default": [],  # learner.micro_batch_size=auto: 8 on this batch's shape (rlvr/sizing.py)
+    "default": [],  # learner.micro_batch_size=auto: micro-batches cut to activation_memory_gb (rlvr/sizing.py)
+    "budget1.0": ["learner.activation_memory_gb=1.0"],
+    "budget0.75": ["learner.activation_memory_gb=0.75"],
+    "budget0.5": ["learner.activation_memory_gb=0.5"],
     "mb16": ["learner.micro_batch_size=16"],
     "mb16-unshared": ["learner.micro_batch_size=16", "learner.share_prompts=false"],
     "mb16-unpacked": ["learner.micro_batch_size=16", "learner.pack_responses=false"],
@@ -67,7 +70,7 @@ def worker(overrides: list[str], repeats: int) -> dict:
         "rss_after_init_mb": after_init,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "train_step_s": statistics.median(times),
-        "micro_batches": len(batch[0].micro_batches),
+        "micro_batch_sizes": [len(mb) for mb in batch[0].micro_batches],
     }
 
 

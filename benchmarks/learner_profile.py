@@ -44,6 +44,7 @@ def default_job_batch(sequences: int, overrides: list[str]):
     from rlvr.data import PromptStream, load_problems, prompt_renderer
     from rlvr.models import resolve_model_path
     from rlvr.roles import learner_config
+    from rlvr.sizing import micro_batching
     from rlvr.trainer import update_config
 
     cfg = compose(["algorithm=grpo", *overrides])
@@ -60,7 +61,7 @@ def default_job_batch(sequences: int, overrides: list[str]):
         for _ in range(n)
     ]
     base_cfg = learner_config(cfg, model_path)
-    batch = plan_mini_batches(seqs, 1, 1, base_cfg.micro_batch_size, seed=0)[0]
+    batch = plan_mini_batches(seqs, 1, 1, micro_batching(cfg, model_path), seed=0)[0]
     return cfg, base_cfg, update_config(cfg, algorithm_preset(cfg.algorithm)), seqs, batch
 
 
@@ -114,7 +115,6 @@ def main() -> None:
     from rlvr.learner import PolicyLearner
 
     cfg, base_cfg, update, seqs, batch = default_job_batch(args.sequences, args.overrides)
-    mbs = base_cfg.micro_batch_size
     micro = batch[0].micro_batches
     Learner = PolicyLearner.__ray_actor_class__
     port = [29600]
@@ -127,7 +127,7 @@ def main() -> None:
         return median_step_seconds(l, batch, update, args.repeats)
 
     threads = cfg.rollout.threads
-    report: dict = {"sequences": len(seqs), "micro_batch_size": mbs, "load_average_before": os.getloadavg()}
+    report: dict = {"sequences": len(seqs), "micro_batch_sizes": [len(m) for m in micro], "load_average_before": os.getloadavg()}
 
     # padding in the collated micro-batches
     real = pad = 0

@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     shapes = [s for mb in micro for s in gemm_shapes(m, mb, packed)]
     computed, real = (sum(x) for x in zip(*(positions(mb, packed) for mb in micro)))
 
-    report: dict = {"sequences": len(seqs), "micro_batches": len(micro), "micro_batch_size": base_cfg.micro_batch_size, "packed": packed,
+    report: dict = {"sequences": len(seqs), "micro_batches": len(micro), "micro_batch_sizes": [len(mb) for mini in batch for mb in mini.micro_batches], "packed": packed,
                     "dtype": str(dtype), "threads": threads, "model": m, "load_average_before": os.getloadavg(),
                     "padding_share": 1 - real / computed, "step_flops": step_flops}
     report["train_step_s"] = median_step_seconds(learner, batch, update, args.repeats)

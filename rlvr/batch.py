@@ -12,8 +12,8 @@ re-zips a flat tensor with a list.
 
 from __future__ import annotations
 
-import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -147,15 +147,19 @@ class Batch:
 
 
 def plan_mini_batches(
-    trajectories: list[Trajectory], mini_batches: int, num_ranks: int, micro_batch_size: int, seed: int
+    trajectories: list[Trajectory], mini_batches: int, num_ranks: int,
+    micro_batch: int | Callable[[list[Trajectory]], list[list[Trajectory]]], seed: int,
 ) -> list[list[MiniBatch]]:
     """Trajectories -> per rank, `mini_batches` MiniBatches (one optimizer step each).
 
     The split into mini-batches is a seeded shuffle (each optimizer step sees a mix of prompts);
     within one, a prompt's responses stay together (the learner runs a shared prompt once) and
-    similar lengths share a micro-batch (less padding), interleaved over the ranks, and every
-    rank gets equally many micro-batches (ZeRO-3 gathers in lockstep).
+    similar lengths share a micro-batch (less padding), interleaved over the ranks. A rank's share
+    is cut into micro-batches of `micro_batch` sequences, or by `micro_batch(share)` (`rlvr.sizing.
+    ActivationBudget`: by memory). Every rank gets equally many micro-batches (ZeRO-3 gathers in
+    lockstep): a rank with fewer ends with empty ones.
     """
+    cut = micro_batch if callable(micro_batch) else lambda shard: [shard[j : j + micro_batch] for j in range(0, len(shard), micro_batch)]
     order = list(trajectories)
     random.Random(seed).shuffle(order)
     m = max(1, min(mini_batches, len(order)))
@@ -163,10 +167,9 @@ def plan_mini_batches(
     per_rank: list[list[MiniBatch]] = [[] for _ in range(num_ranks)]
     for i in range(m):
         part = sorted(order[bounds[i] : bounds[i + 1]], key=lambda t: (len(t.prompt_ids), t.prompt_ids, len(t.response_ids)))
-        shards = [part[r::num_ranks] for r in range(num_ranks)]
-        n_micro = max(1, max(math.ceil(len(s) / micro_batch_size) for s in shards))
+        shards = [cut(part[r::num_ranks]) for r in range(num_ranks)]
+        n_micro = max(1, max(len(s) for s in shards))
         tokens, sequences = max(1, sum(t.num_tokens for t in part)), max(1, len(part))
-        for r, shard in enumerate(shards):
-            micro = [shard[j * micro_batch_size : (j + 1) * micro_batch_size] for j in range(n_micro)]
-            per_rank[r].append(MiniBatch(micro, tokens, sequences))
+        for r, micro in enumerate(shards):
+            per_rank[r].append(MiniBatch(micro + [[] for _ in range(n_micro - len(micro))], tokens, sequences))
     return per_rank

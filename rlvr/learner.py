@@ -43,7 +43,6 @@ class LearnerConfig:
     lr: float
     weight_decay: float
     grad_clip: float
-    micro_batch_size: int
     gradient_checkpointing: bool
     share_prompts: bool  # one forward per distinct prompt (cached); HF's cache is off under checkpointing
     pack_responses: bool  # with share_prompts: a prompt's responses in one row, no padding (rlvr.forward.packed_logprobs)
@@ -78,10 +77,11 @@ class UpdateConfig:
 
 def deepspeed_config(cfg: LearnerConfig) -> dict:
     return {
-        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        # The number and size of micro-batches per step vary (V0.5 and DAPO buy rollouts on demand;
+        # `learner.micro_batch_size=auto` cuts them by memory), so we accumulate ourselves and let
+        # step() be the reduction boundary. DeepSpeed's batch size enters only its own logging.
+        "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,
-        # The number of micro-batches per step varies (V0.5 and DAPO buy rollouts on demand), so we
-        # accumulate ourselves and let step() be the reduction boundary.
         "managed_gradient_accumulation": False,
         "gradient_clipping": cfg.grad_clip,
         "zero_optimization": {"stage": cfg.zero_stage},

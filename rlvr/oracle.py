@@ -41,6 +41,7 @@ from rlvr.algorithms import compute_advantages
 from rlvr.batch import Batch, Trajectory, plan_mini_batches
 from rlvr.engines import SamplingConfig
 from rlvr.evaluate import correct_counts
+from rlvr.sizing import ActivationBudget
 
 __all__ = ["gradient_cosine", "oracle_advantages", "oracle_metrics", "report", "sample_oracle", "true_advantages"]
 
@@ -166,7 +167,7 @@ def oracle_metrics(batch: Batch, oracle: dict, n0: int, estimator: str = "grpo",
 
 
 def gradient_cosine(batch: Batch, trajectories: list[Trajectory], learners: list, update, preset, version: int,
-                    max_staleness: int, micro_batch_size: int, seed: int) -> dict:
+                    max_staleness: int, micro_batching: int | ActivationBudget, seed: int) -> dict:
     """The oracle's `oracle/grad_cosine`: the learners' gradient on ``trajectories`` (the batch as
     trained) against the gradient with the oracle's advantages A*, on the same micro-batches, before
     the update; with a weighting on, also `oracle/grad_cosine_unweighted`, the estimator's gradient
@@ -177,7 +178,7 @@ def gradient_cosine(batch: Batch, trajectories: list[Trajectory], learners: list
     if batch.unweighted_advantages is not None:
         variants["oracle/grad_cosine_unweighted"] = keep(batch.unweighted_advantages.tolist())
     oracle = keep(oracle_advantages(batch, preset.estimator, preset.estimator_kwargs()))
-    plans = [plan_mini_batches(ts, 1, len(learners), micro_batch_size, seed=seed) for ts in [*variants.values(), oracle]]
+    plans = [plan_mini_batches(ts, 1, len(learners), micro_batching, seed=seed) for ts in [*variants.values(), oracle]]
     cosines = ray.get([l.gradient_cosines.remote([p[r] for p in plans], update) for r, l in enumerate(learners)])[0]
     return {**dict(zip(variants, cosines)), "time/oracle_gradient": time.perf_counter() - start}
 

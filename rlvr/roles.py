@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from rlvr.lora import LoraSettings
 from rlvr.models import default_cache_dir
 from rlvr.placement import Placement, plan_placement, rendezvous
 from rlvr.rollout import RolloutEngine, RolloutPool
-from rlvr.sizing import kv_cache_gb, micro_batch_size
+from rlvr.sizing import kv_cache_gb
 from rlvr.weight_sync import connect, sync_weights
 
 log = logging.getLogger("rlvr")
@@ -100,13 +100,15 @@ def actor_env(cfg: DictConfig, role: str, index: int = 0, torch_threads: bool = 
     return {"env_vars": env}
 
 
-def engine_config(cfg: DictConfig, model_path: str) -> EngineConfig:
+def engine_config(cfg: DictConfig, model_path: str, size_auto_cache: bool = True) -> EngineConfig:
+    """The engine's settings; with `size_auto_cache=False` a cache of `auto` stays 0 (`engine_key`)."""
+    sized = cfg.rollout.backend == "vllm" and (size_auto_cache or cfg.rollout.kv_cache_gb != "auto")
     return EngineConfig(
         backend=cfg.rollout.backend,
         model_path=model_path,
         dtype=cfg.model.dtype,
         max_model_len=cfg.model.max_model_len,
-        kv_cache_gb=kv_cache_gb(cfg, model_path) if cfg.rollout.backend == "vllm" else 0.0,
+        kv_cache_gb=kv_cache_gb(cfg, model_path) if sized else 0.0,
         max_num_seqs=cfg.rollout.max_num_seqs,
         block_size=cfg.rollout.block_size,
         seed=cfg.seed,
@@ -123,7 +125,6 @@ def learner_config(cfg: DictConfig, model_path: str) -> LearnerConfig:
         lr=cfg.learner.lr,
         weight_decay=cfg.learner.weight_decay,
         grad_clip=cfg.learner.grad_clip,
-        micro_batch_size=micro_batch_size(cfg, model_path),
         gradient_checkpointing=cfg.learner.gradient_checkpointing,
         share_prompts=cfg.learner.share_prompts,
         pack_responses=cfg.learner.pack_responses,
@@ -228,8 +229,7 @@ def engine_key(cfg: DictConfig, model_path: str) -> EngineConfig:
     """What a kept engine must share with this run's. A cache sized by `auto` is left out: it
     differs between jobs whose largest generate call differs, and an engine whose cache is smaller
     than a job's call only runs fewer sequences at once (it always holds one of max_model_len)."""
-    engine = engine_config(cfg, model_path)
-    return replace(engine, kv_cache_gb=0.0) if cfg.rollout.kv_cache_gb == "auto" else engine
+    return engine_config(cfg, model_path, size_auto_cache=False)
 
 
 def role_keys(cfg: DictConfig, plan: dict, model_path: str) -> dict[str, tuple]:

@@ -3,10 +3,11 @@ model's shapes and the longest sequence this job makes, instead of fixed numbers
 
 - `rollout.kv_cache_gb=auto`: room for the largest generate call one engine gets (at most
   `rollout.max_num_seqs` sequences at once), each of the longest prompt plus its answer budget.
-- `learner.micro_batch_size=auto`: the most sequences whose activations fit in
-  `learner.activation_memory_gb`, at the same longest sequence.
+- `learner.micro_batch_size=auto`: each micro-batch takes as many sequences as its activations,
+  counted at the lengths they have, fit in `learner.activation_memory_gb` (verl's dynamic batch
+  size, `ppo_max_token_len_per_gpu`, with the budget in bytes instead of tokens).
 
-The pure functions take numbers; `kv_cache_gb(cfg, ...)` and `micro_batch_size(cfg, ...)` read the
+The pure functions take numbers; `kv_cache_gb(cfg, ...)` and `micro_batching(cfg, ...)` read the
 config and the data (once per process: the longest prompt is rendered from the data itself).
 """
 
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
+from rlvr.batch import Trajectory
 from rlvr.config import max_response_tokens
 
 # vLLM's KV block on CPU (vllm/platforms/cpu.py sets 128 unless a user chose one): a sequence
@@ -85,20 +87,82 @@ def activation_bytes_per_position(shape: ModelShape, train_dtype: str, checkpoin
     return held, 16 * shape.vocab
 
 
-def micro_batch_for_budget(budget_bytes: float, prompt_tokens: int, response_tokens: int, n: int, shared_prompts: bool,
-                           per_position: float, per_response_position: float, cap: int = 64) -> int:
-    """The largest m ≤ cap whose activations fit the budget (at least 1).
+@dataclass(frozen=True)
+class ActivationBudget:
+    """`learner.micro_batch_size=auto`: a rank's shard cut into micro-batches whose activations fit
+    `budget_bytes`, counted at the sequences' own lengths.
 
-    m sequences of the longest prompt P and a full answer R compute m·R response positions and,
-    with shared prompts, the prompts of the ⌈m/n⌉ + 1 groups they can span (m·P without).
+    The positions are counted as `rlvr.forward` lays the micro-batch out (`rlvr.forward.positions`
+    counts the same from a collated one): with shared prompts, the G distinct prompts padded to the
+    longest P, then (packed) each prompt's responses back to back in a row padded to the longest L,
+    or (unpacked) B rows of the longest response T less its last token; without, B rows of P + T − 1.
+    The LM head runs on the real response tokens when packed, on B · T positions otherwise.
     """
 
-    def need(m: int) -> float:
-        prompts = (math.ceil(m / n) + 1) * prompt_tokens if shared_prompts else m * prompt_tokens
-        return (prompts + m * response_tokens) * per_position + m * response_tokens * per_response_position
+    budget_bytes: float
+    per_position: float
+    per_response_position: float
+    shared_prompts: bool
+    packed: bool
 
-    fits = [m for m in range(1, cap + 1) if need(m) <= budget_bytes]
-    return max(fits, default=1)
+    def bytes(self, seqs: list[Trajectory]) -> float:
+        layout = _Layout()
+        for s in seqs:
+            layout.add(s, tuple(s.prompt_ids))
+        return self._bytes(*layout.shape())
+
+    def _bytes(self, groups: int, prompt: int, row: int, sequences: int, response: int, response_tokens: int) -> float:
+        if self.shared_prompts and self.packed:
+            run, head = groups * (prompt + row), response_tokens
+        elif self.shared_prompts:
+            run, head = groups * prompt + sequences * (response - 1), sequences * response
+        else:
+            run, head = sequences * (prompt + response - 1), sequences * response
+        return run * self.per_position + head * self.per_response_position
+
+    def __call__(self, shard: list[Trajectory]) -> list[list[Trajectory]]:
+        """The shard, in its order, cut into the fewest micro-batches that fit (a sequence over the
+        budget goes alone), then as evenly as that count allows: the tightest budget that still cuts
+        no more. Even cuts lower the peak at the same number of forwards."""
+        keys = [tuple(s.prompt_ids) for s in shard]
+        fewest = len(self._cut(shard, keys, self.budget_bytes))
+        low, high = 0.0, self.budget_bytes
+        for _ in range(30):
+            mid = (low + high) / 2
+            low, high = (low, mid) if len(self._cut(shard, keys, mid)) <= fewest else (mid, high)
+        return self._cut(shard, keys, high)
+
+    def _cut(self, shard: list[Trajectory], keys: list[tuple], budget: float) -> list[list[Trajectory]]:
+        micro: list[list[Trajectory]] = []
+        layout = _Layout()
+        for s, key in zip(shard, keys):
+            if not micro or self._bytes(*layout.shape(s, key)) > budget:
+                micro.append([])
+                layout = _Layout()
+            micro[-1].append(s)
+            layout.add(s, key)
+        return micro
+
+
+class _Layout:
+    """A micro-batch's shape as sequences join it: distinct prompts, the longest prompt, the longest
+    packed row, sequences, the longest response and the response tokens."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple, int] = {}  # a prompt's packed row: its responses' fed tokens
+        self.prompt = self.row = self.sequences = self.response = self.response_tokens = 0
+
+    def shape(self, s: Trajectory | None = None, key: tuple = ()) -> tuple[int, int, int, int, int, int]:
+        """The shape now, or with `s` (whose prompt is `key`) added."""
+        if s is None:
+            return len(self.rows), self.prompt, self.row, self.sequences, max(self.response, 1), self.response_tokens
+        row = self.rows.get(key, 0) + max(len(s.response_ids) - 1, 0)
+        return (len(self.rows) + (key not in self.rows), max(self.prompt, len(key)), max(self.row, row), self.sequences + 1,
+                max(self.response, len(s.response_ids), 1), self.response_tokens + len(s.response_ids))
+
+    def add(self, s: Trajectory, key: tuple) -> None:
+        groups, self.prompt, self.row, self.sequences, self.response, self.response_tokens = self.shape(s, key)
+        self.rows[key] = self.rows.get(key, 0) + max(len(s.response_ids) - 1, 0)
 
 
 # ---- from the config ---------------------------------------------------------------------------
@@ -144,13 +208,12 @@ def kv_cache_gb(cfg: DictConfig, model_path: str) -> float:
     return kv_cache_bytes(per_token, sequences, tokens, cfg.model.max_model_len, cfg.rollout.block_size) / 2**30
 
 
-def micro_batch_size(cfg: DictConfig, model_path: str) -> int:
-    """`learner.micro_batch_size`, with `auto` worked out for this job (see the module's docstring)."""
+def micro_batching(cfg: DictConfig, model_path: str) -> int | ActivationBudget:
+    """How `rlvr.batch.plan_mini_batches` cuts micro-batches: `learner.micro_batch_size` sequences,
+    or with `auto` an `ActivationBudget` of `learner.activation_memory_gb`."""
     if cfg.learner.micro_batch_size != "auto":
         return int(cfg.learner.micro_batch_size)
     checkpointing = cfg.learner.gradient_checkpointing
     per_position, per_response = activation_bytes_per_position(ModelShape.of(model_path), cfg.model.train_dtype, checkpointing)
-    prompt = longest_prompt_tokens(cfg, model_path)
     shared = cfg.learner.share_prompts and not checkpointing  # HF turns the prompt cache off under checkpointing
-    return micro_batch_for_budget(cfg.learner.activation_memory_gb * 2**30, prompt, max_response_tokens(cfg), cfg.algorithm.n,
-                                  shared, per_position, per_response)
+    return ActivationBudget(cfg.learner.activation_memory_gb * 2**30, per_position, per_response, shared, shared and cfg.learner.pack_responses)

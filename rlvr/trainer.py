@@ -58,7 +58,7 @@ from rlvr.run_state import (
     save_training_state,
     set_rng_state,
 )
-from rlvr.sizing import micro_batch_size
+from rlvr.sizing import ActivationBudget, micro_batching
 
 log = logging.getLogger("rlvr")
 
@@ -172,7 +172,7 @@ class StepParts:
     roles: dict
     update: UpdateConfig
     hadw_state: HADWState
-    micro_batch_size: int  # learner.micro_batch_size with `auto` worked out (rlvr.sizing)
+    micro_batching: int | ActivationBudget  # how micro-batches are cut: learner.micro_batch_size, `auto` worked out
 
 
 def train_step(parts: StepParts, batch: Batch, step: int) -> dict:
@@ -192,9 +192,9 @@ def train_step(parts: StepParts, batch: Batch, step: int) -> dict:
     oracle_m = {}
     if batch.oracle is not None and trajectories:
         oracle_m = gradient_cosine(batch, trajectories, learners, parts.update, parts.preset, step - 1, cfg.trainer.max_staleness,
-                                   parts.micro_batch_size, seed=cfg.seed * 100003 + step)
+                                   parts.micro_batching, seed=cfg.seed * 100003 + step)
     learn_start = time.perf_counter()
-    plans = plan_mini_batches(trajectories, cfg.learner.mini_batches, len(learners), parts.micro_batch_size, seed=cfg.seed * 100003 + step)
+    plans = plan_mini_batches(trajectories, cfg.learner.mini_batches, len(learners), parts.micro_batching, seed=cfg.seed * 100003 + step)
     if trajectories:
         learner_metrics = ray.get([l.train_step.remote(plan, parts.update) for l, plan in zip(learners, plans)])[0]
     else:
@@ -265,7 +265,7 @@ class Run:
         self.eval_problems, self.run_dir, self.model_path = eval_problems, run_dir, model_path
         self.sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_tokens=cfg.rollout.max_tokens)
         self.controller = BudgetController(controller_config(cfg, preset), generator, roles["value"], self.sampling)
-        self.parts = StepParts(cfg, preset, roles, update_config(cfg, preset), hadw_state(cfg.weighting), micro_batch_size(cfg, model_path))
+        self.parts = StepParts(cfg, preset, roles, update_config(cfg, preset), hadw_state(cfg.weighting), micro_batching(cfg, model_path))
         self.metrics_log = MetricsLog(run_dir, cfg)
         self.total = cfg.trainer.steps
         self.staleness = cfg.trainer.max_staleness  # 0: synchronous

@@ -64,8 +64,8 @@ def max_diff(a, b):
 @pytest.mark.slow
 @pytest.mark.parametrize("zero_stage", [1, 2, 3])
 def test_two_ranks_match_one_rank_with_twice_the_micro_batch(zero_stage, learner_group, tiny_model):
-    one = trained_weights(learner_group, tiny_model, [[SEQS]], zero_stage, micro_batch_size=4)
-    two = trained_weights(learner_group, tiny_model, [[SEQS[0::2]], [SEQS[1::2]]], zero_stage, micro_batch_size=2)
+    one = trained_weights(learner_group, tiny_model, [[SEQS]], zero_stage)
+    two = trained_weights(learner_group, tiny_model, [[SEQS[0::2]], [SEQS[1::2]]], zero_stage)
     from transformers import AutoModelForCausalLM
 
     init = {n: p.detach() for n, p in AutoModelForCausalLM.from_pretrained(tiny_model).named_parameters()}
@@ -76,9 +76,9 @@ def test_two_ranks_match_one_rank_with_twice_the_micro_batch(zero_stage, learner
 
 @pytest.mark.slow
 def test_accumulation_and_checkpointing_do_not_change_the_update(learner_group, tiny_model):
-    whole = trained_weights(learner_group, tiny_model, [[SEQS]], 2, micro_batch_size=4)
+    whole = trained_weights(learner_group, tiny_model, [[SEQS]], 2)
     # four micro-batches of one sequence, accumulated, with activations recomputed in backward
-    accumulated = trained_weights(learner_group, tiny_model, [[[s] for s in SEQS]], 2, micro_batch_size=1, gradient_checkpointing=True)
+    accumulated = trained_weights(learner_group, tiny_model, [[[s] for s in SEQS]], 2, gradient_checkpointing=True)
     assert max_diff(whole, accumulated) < 1e-2 * LR
 
 
@@ -88,8 +88,8 @@ def test_lora_two_ranks_match_one_rank(zero_stage, learner_group, tiny_model):
     from rlvr.lora import LoraSettings
 
     lora = LoraSettings(rank=4, alpha=8, dropout=0.0, target_modules="all-linear")
-    one = trained_weights(learner_group, tiny_model, [[SEQS]], zero_stage, adapters=True, micro_batch_size=4, lora=lora)
-    two = trained_weights(learner_group, tiny_model, [[SEQS[0::2]], [SEQS[1::2]]], zero_stage, adapters=True, micro_batch_size=2, lora=lora)
+    one = trained_weights(learner_group, tiny_model, [[SEQS]], zero_stage, adapters=True, lora=lora)
+    two = trained_weights(learner_group, tiny_model, [[SEQS[0::2]], [SEQS[1::2]]], zero_stage, adapters=True, lora=lora)
     assert one.keys() == two.keys() and any(".lora_B." in n for n in one)
     moved = max(float(t.abs().max()) for n, t in one.items() if ".lora_B." in n)  # B starts at 0
     assert moved > 0.5 * LR
@@ -106,7 +106,7 @@ def test_lora_two_ranks_match_one_rank(zero_stage, learner_group, tiny_model):
 )
 def test_logged_loss_is_the_batch_loss_however_it_is_split(agg, expected, learner_group, tiny_model):
     (learner,) = learner_group(1)
-    ray.get(learner.reset.remote(tiny_learner_config(tiny_model, lr=LR, threads=1, zero_stage=1, micro_batch_size=4), None))
+    ray.get(learner.reset.remote(tiny_learner_config(tiny_model, lr=LR, threads=1, zero_stage=1), None))
     update = tiny_update_config("algorithm=grpo", agg=agg)
     for micro_batches in ([SEQS], [[s] for s in SEQS], [SEQS[:1], SEQS[1:]]):
         m = ray.get(learner.train_step.remote([MiniBatch(micro_batches, TOKENS, SEQUENCES)], update))
@@ -123,7 +123,7 @@ def test_gradient_cosines_are_the_batch_gradient_s_on_one_rank_or_two(learner_gr
     update = tiny_update_config("algorithm=grpo")
     flipped = [replace(s, advantage=-s.advantage) for s in SEQS]
     other = [replace(s, advantage=a) for s, a in zip(SEQS, (0.3, 0.9, -0.4, 1.0))]
-    cfg = tiny_learner_config(tiny_model, lr=LR, threads=1, zero_stage=1, micro_batch_size=2)
+    cfg = tiny_learner_config(tiny_model, lr=LR, threads=1, zero_stage=1)
     (one,) = learner_group(1)
     ray.get(one.reset.remote(cfg, None))
 

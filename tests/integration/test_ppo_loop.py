@@ -45,7 +45,7 @@ def new_learner(tiny_model, **fields):
 @pytest.mark.parametrize("algorithm", ["grpo", "cispo", "gspo"])
 def test_two_mini_batches_two_epochs_clip_and_keep_gradients_as_each_loss_says(algorithm, engine_and_samples, tiny_model):
     _, trajectories = engine_and_samples
-    learner = new_learner(tiny_model, lr=2e-2, micro_batch_size=4)
+    learner = new_learner(tiny_model, lr=2e-2)
     # a narrow clip range, so the few updates of one batch push ratios out of it
     update = tiny_update_config(f"algorithm={algorithm}", "algorithm.eps_high=0.05", *(["algorithm.eps_low=0.05"] if algorithm != "cispo" else []), epochs=2)
     plan = plan_mini_batches(trajectories, 2, 1, 4, seed=0)[0]
@@ -66,7 +66,7 @@ def test_two_mini_batches_two_epochs_clip_and_keep_gradients_as_each_loss_says(a
 @pytest.mark.slow
 def test_tis_weights_from_vllm_logprobs_match_the_pure_function(engine_and_samples, tiny_model):
     _, trajectories = engine_and_samples
-    learner = new_learner(tiny_model, lr=2e-2, micro_batch_size=4)
+    learner = new_learner(tiny_model, lr=2e-2)
     update = tiny_update_config("algorithm=grpo")  # tis, C = 2
     # One update moves the learner off the engine's weights: μ (vLLM, version 0) ≠ π_old (version 1),
     # as for a batch generated one step off.

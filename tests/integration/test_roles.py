@@ -81,7 +81,7 @@ def test_engine_samples_and_weight_update(backend, ray_session, tiny_model):
 
 @pytest.mark.slow
 def test_learner_step_changes_weights_and_exports_them(ray_session, tiny_model):
-    learner = kept_learner(tiny_learner_config(tiny_model, lr=1e-2, micro_batch_size=2, threads=1))
+    learner = kept_learner(tiny_learner_config(tiny_model, lr=1e-2, threads=1))
     refs_before, nbytes = ray.get(learner.export_weights.remote(bucket_mb=1))
     assert len(refs_before) > 1  # several ~1 MB buckets, not one tensor at a time nor one blob
     before = dict(fetch_buckets(refs_before))

@@ -39,7 +39,7 @@ def test_backend_moves_the_trained_weights_into_the_engine(backend, ray_session,
     """After a training step, each backend leaves the engine holding exactly the learner's weights."""
     host, port = ray.get(node_address.remote())
     learner = PolicyLearner.options(num_cpus=0.1).remote(
-        tiny_learner_config(tiny_model, lr=1e-2, micro_batch_size=2, threads=1, bucket_mb=1), 0, 1, host, port
+        tiny_learner_config(tiny_model, lr=1e-2, threads=1, bucket_mb=1), 0, 1, host, port
     )
     engine = RolloutEngine.options(num_cpus=0.1).remote(tiny_engine_config(tiny_model, "rollout=hf"))
     ray.get(learner.train_step.remote([mini_batch(SEQS)], tiny_update_config("algorithm=grpo")))

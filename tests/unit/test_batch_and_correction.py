@@ -72,26 +72,25 @@ def test_trajectory_loss_mask_defaults_to_every_token_and_must_match():
 
 
 @settings(max_examples=60, deadline=None)
-@given(
-    lengths=st.lists(st.integers(1, 9), min_size=1, max_size=40),
-    mini=st.integers(1, 6),
-    ranks=st.integers(1, 3),
-    micro=st.integers(1, 5),
-)
-def test_mini_batch_plan_covers_every_trajectory_once_in_lockstep(lengths, mini, ranks, micro):
+@given(lengths=st.lists(st.integers(1, 40), min_size=1, max_size=30), ranks=st.integers(1, 3), piece=st.integers(1, 5))
+def test_a_cut_by_function_keeps_lockstep_padding_the_end(lengths, ranks, piece):
+    """A function that cuts a rank's share (what `learner.micro_batch_size=auto` passes) gives the
+    micro-batches; a rank that gets fewer ends with empty ones."""
     trajectories = [traj(2, n) for n in lengths]
-    plans = plan_mini_batches(trajectories, mini, ranks, micro, seed=3)
-    assert len(plans) == ranks and len({len(p) for p in plans}) == 1
-    seen = [id(t) for p in plans for m in p for mb in m.micro_batches for t in mb]
-    assert sorted(seen) == sorted(id(t) for t in trajectories)
-    for i in range(len(plans[0])):
-        # every rank has equally many micro-batches, and the global counts of the mini-batch
-        assert len({len(p[i].micro_batches) for p in plans}) == 1
-        members = [t for p in plans for mb in p[i].micro_batches for t in mb]
-        assert plans[0][i].tokens == sum(t.num_tokens for t in members)
-        assert plans[0][i].sequences == len(members)
-        assert all(len(mb) <= micro for p in plans for mb in p[i].micro_batches)
-    assert len(plans[0]) == min(mini, len(trajectories))
+    cut = lambda shard: [shard[:piece], *([shard[piece:]] if shard[piece:] else [])] if shard else []  # noqa: E731
+    plans = plan_mini_batches(trajectories, 1, ranks, cut, seed=0)
+    assert sorted(id(t) for p in plans for mb in p[0].micro_batches for t in mb) == sorted(id(t) for t in trajectories)
+    assert len({len(p[0].micro_batches) for p in plans}) == 1
+    for p in plans:
+        real = [mb for mb in p[0].micro_batches if mb]
+        assert p[0].micro_batches[: len(real)] == real and all(len(mb) <= piece for mb in real[:1])
+
+
+def test_a_size_and_the_equivalent_cut_alike():
+    trajectories = [traj(1 + i % 3, 1 + i % 7) for i in range(23)]
+    by_size = plan_mini_batches(trajectories, 2, 2, 4, seed=5)
+    by_cut = plan_mini_batches(trajectories, 2, 2, lambda shard: [shard[j : j + 4] for j in range(0, len(shard), 4)], seed=5)
+    assert [[m.micro_batches for m in p] for p in by_size] == [[m.micro_batches for m in p] for p in by_cut]
 
 
 def test_mini_batch_plan_is_seeded():

@@ -5,11 +5,13 @@ was given and holds it is checked in tests/integration/test_roles.py."""
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlvr import sizing
+from rlvr.batch import Trajectory
 from rlvr.config import ConfigError, compose, validate
+from rlvr.forward import collate, positions
 from rlvr.sizing import ModelShape
 
 # SmolLM2-135M's shapes (its config.json)
@@ -30,23 +32,51 @@ def test_kv_cache_holds_whole_blocks_and_at_least_one_longest_sequence():
     assert sizing.kv_cache_bytes(10, 1, 20, 1024, block_tokens=32) == 1024 * 10
 
 
-def _need(m, prompt, response, n, shared, per, per_resp):
-    prompts = (math.ceil(m / n) + 1) * prompt if shared else m * prompt
-    return (prompts + m * response) * per + m * response * per_resp
+@settings(max_examples=40, deadline=None)
+@given(shapes=st.lists(st.tuples(st.integers(0, 3), st.integers(1, 30)), min_size=1, max_size=12), packed=st.booleans())
+def test_the_budget_counts_the_positions_the_forward_runs(shapes, packed):
+    """ActivationBudget counts, from the trajectories, what `rlvr.forward` computes on once they are
+    collated: decoder positions (padding included) and LM-head positions."""
+    prompts = [[7] * (5 + 3 * k) for k in range(4)]  # four distinct prompts of 5-14 tokens
+    seqs = [Trajectory(prompts[k], list(range(1, r + 1))) for k, r in shapes]
+    mb = collate(seqs, 0, "cpu")
+    decoder = sizing.ActivationBudget(0, 1, 0, shared_prompts=True, packed=packed)
+    assert decoder.bytes(seqs) == positions(mb, packed)[0]
+    head = sizing.ActivationBudget(0, 0, 1, shared_prompts=True, packed=packed)
+    assert head.bytes(seqs) == (len(mb["real_rows"]) if packed else mb["response_ids"].numel())
+    unshared = sizing.ActivationBudget(0, 1, 0, shared_prompts=False, packed=False)
+    assert unshared.bytes(seqs) == len(seqs) * (mb["prompt_ids"].shape[1] + mb["response_ids"].shape[1] - 1)
 
 
-@given(budget=st.floats(1e6, 1e10), prompt=st.integers(1, 500), response=st.integers(1, 1000), n=st.integers(2, 16),
-       shared=st.booleans())
-def test_micro_batch_is_the_largest_that_fits_the_budget(budget, prompt, response, n, shared):
+@settings(max_examples=60, deadline=None)
+@given(shapes=st.lists(st.tuples(st.integers(0, 3), st.integers(1, 60)), min_size=1, max_size=40), budget_mb=st.floats(50, 3000))
+def test_the_budget_cuts_the_fewest_micro_batches_that_fit_as_evenly_as_it_can(shapes, budget_mb):
     per, per_resp = sizing.activation_bytes_per_position(SMOLLM2, "bfloat16")
-    m = sizing.micro_batch_for_budget(budget, prompt, response, n, shared, per, per_resp, cap=64)
-    assert 1 <= m <= 64
-    if m > 1 or _need(1, prompt, response, n, shared, per, per_resp) <= budget:
-        assert _need(m, prompt, response, n, shared, per, per_resp) <= budget
-    if m < 64:
-        assert _need(m + 1, prompt, response, n, shared, per, per_resp) > budget
-    # more memory never buys a smaller micro-batch
-    assert sizing.micro_batch_for_budget(budget * 2, prompt, response, n, shared, per, per_resp) >= m
+    budget = sizing.ActivationBudget(budget_mb * 2**20, per, per_resp, shared_prompts=True, packed=True)
+    prompts = [list(range(40 + 30 * k)) for k in range(4)]
+    shard = sorted((Trajectory(prompts[k], [1] * r) for k, r in shapes), key=lambda t: (len(t.prompt_ids), len(t.response_ids)))
+    micro = budget(shard)
+    assert [t for mb in micro for t in mb] == shard  # in order, every sequence once
+    assert all(budget.bytes(mb) <= budget.budget_bytes or len(mb) == 1 for mb in micro)
+    # greedy at the full budget cuts the fewest; the even cut has as many, none costlier than greedy's costliest
+    greedy, current = [], []
+    for t in shard:
+        if current and budget.bytes(current + [t]) > budget.budget_bytes:
+            greedy.append(current)
+            current = []
+        current.append(t)
+    greedy.append(current)
+    assert len(micro) == len(greedy)
+    assert max(budget.bytes(mb) for mb in micro) <= max(budget.bytes(mb) for mb in greedy)
+
+
+def test_the_budget_fits_short_answers_many_to_a_micro_batch():
+    per, per_resp = sizing.activation_bytes_per_position(SMOLLM2, "bfloat16")
+    budget = sizing.ActivationBudget(1.5 * 2**30, per, per_resp, shared_prompts=True, packed=True)
+    prompt = list(range(150))
+    assert [len(mb) for mb in budget([Trajectory(prompt, [1] * 30)] * 16)] == [16]  # 0.9 GB
+    assert [len(mb) for mb in budget([Trajectory(prompt, [1] * 30)] * 32)] == [16, 16]
+    assert [len(mb) for mb in budget([Trajectory(prompt, [1] * 4000)] * 2)] == [1, 1]  # over the budget alone: cannot be split
 
 
 def test_activation_estimate_per_position():
@@ -76,9 +106,13 @@ def test_auto_sizes_from_the_model_and_the_data(tiny_model):
     expected = 32 * math.ceil(tokens / cfg.rollout.block_size) * cfg.rollout.block_size * sizing.kv_bytes_per_token(shape, "float32")
     assert sizing.kv_cache_gb(cfg, tiny_model) == pytest.approx(max(expected, 512 * sizing.kv_bytes_per_token(shape, "float32")) / 2**30)
     assert sizing.kv_cache_gb(compose(["model=tiny-random", "rollout.kv_cache_gb=0.5"]), tiny_model) == 0.5
-    assert sizing.micro_batch_size(compose(["model=tiny-random", "learner.micro_batch_size=3"]), tiny_model) == 3
-    small = sizing.micro_batch_size(compose(["model=tiny-random", "learner.activation_memory_gb=0.001"]), tiny_model)
-    assert 1 <= small < sizing.micro_batch_size(cfg, tiny_model)
+    assert sizing.micro_batching(compose(["model=tiny-random", "learner.micro_batch_size=3"]), tiny_model) == 3
+    budget = sizing.micro_batching(cfg, tiny_model)
+    assert isinstance(budget, sizing.ActivationBudget)
+    assert budget.budget_bytes == cfg.learner.activation_memory_gb * 2**30 and budget.shared_prompts and budget.packed
+    assert (budget.per_position, budget.per_response_position) == sizing.activation_bytes_per_position(shape, "float32")
+    ckpt = sizing.micro_batching(compose(["model=tiny-random", "learner.gradient_checkpointing=true"]), tiny_model)
+    assert not ckpt.shared_prompts and not ckpt.packed  # HF turns the prompt cache off under checkpointing
 
 
 @pytest.mark.parametrize("override", ["learner.micro_batch_size=0", "learner.micro_batch_size=big", "rollout.kv_cache_gb=-1",

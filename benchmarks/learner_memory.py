@@ -29,9 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {
     "default": [],  # learner.micro_batch_size=auto: micro-batches cut to activation_memory_gb (rlvr/sizing.py)
-    "budget1.0": ["learner.activation_memory_gb=1.0"],
+    "budget1.5": ["learner.activation_memory_gb=1.5"],
     "budget0.75": ["learner.activation_memory_gb=0.75"],
-    "budget0.5": ["learner.activation_memory_gb=0.5"],
     "mb16": ["learner.micro_batch_size=16"],
     "mb16-unshared": ["learner.micro_batch_size=16", "learner.share_prompts=false"],
     "mb16-unpacked": ["learner.micro_batch_size=16", "learner.pack_responses=false"],

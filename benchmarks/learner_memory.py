@@ -31,7 +31,9 @@ SETTINGS = {
     "default": [],  # learner.micro_batch_size=auto: micro-batches cut to activation_memory_gb (rlvr/sizing.py)
     "budget1.5": ["learner.activation_memory_gb=1.5"],
     "budget0.75": ["learner.activation_memory_gb=0.75"],
+    "head-whole": ["learner.head_chunk=0"],
     "mb16": ["learner.micro_batch_size=16"],
+    "mb16-head-whole": ["learner.micro_batch_size=16", "learner.head_chunk=0"],
     "mb16-unshared": ["learner.micro_batch_size=16", "learner.share_prompts=false"],
     "mb16-unpacked": ["learner.micro_batch_size=16", "learner.pack_responses=false"],
     "mb8": ["learner.micro_batch_size=8"],

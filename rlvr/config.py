@@ -176,6 +176,8 @@ def _validate_trainer(cfg: DictConfig) -> None:
     _check(t.max_restarts >= 0, "trainer.max_restarts", f"must be >= 0 (0 = stop at the first death), got {t.max_restarts}")
     _check(cfg.learner.lr > 0, "learner.lr", f"must be > 0, got {cfg.learner.lr}")
     _check(_auto_or(cfg.learner.micro_batch_size, int, 1), "learner.micro_batch_size", f"must be auto or an integer >= 1, got {cfg.learner.micro_batch_size!r}")
+    _check(isinstance(cfg.learner.head_chunk, int) and cfg.learner.head_chunk >= 0, "learner.head_chunk",
+           f"must be an integer >= 0 (0: the LM head on all positions at once), got {cfg.learner.head_chunk!r}")
     _check(cfg.learner.activation_memory_gb > 0, "learner.activation_memory_gb", f"must be > 0 (GiB), got {cfg.learner.activation_memory_gb}")
     _check(_auto_or(cfg.rollout.kv_cache_gb, (int, float), 1e-9), "rollout.kv_cache_gb",
            f"must be auto or > 0 (GiB of host memory for the engine's KV cache), got {cfg.rollout.kv_cache_gb!r}")

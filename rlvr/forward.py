@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from rlvr.batch import MiniBatch, Trajectory
 
 
 def response_logprobs(model, mb: dict, temperature: float = 1.0, share_prompts: bool = True,
-                      pack_responses: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                      pack_responses: bool = False, head_chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """log π(y_j | x, y_<j) of each response token [B, T], and its entropy (no grad).
 
     The sequences of one prompt share its forward pass: the distinct prompts of the micro-batch
@@ -29,10 +30,12 @@ def response_logprobs(model, mb: dict, temperature: float = 1.0, share_prompts: 
     Logits are divided by the sampling temperature, so π is the policy the engine sampled from.
     With `pack_responses` (and shared prompts), a prompt's responses continue from its cache packed
     in one row (`packed_logprobs`): no padding between them, and the LM head runs on real tokens only.
+    With `head_chunk`, the LM head runs that many positions at a time under activation
+    checkpointing (`_token_logprobs`).
     """
     checkpointing = getattr(model, "is_gradient_checkpointing", False)
     if pack_responses and share_prompts and not checkpointing:
-        return packed_logprobs(model, mb, temperature)
+        return packed_logprobs(model, mb, temperature, head_chunk)
     decoder = model.get_decoder()
     group_of, prompt_len, response_ids = mb["group_of"], mb["prompt_len"], mb["response_ids"]
     width, follow = mb["prompt_ids"].shape[1], response_ids.shape[1] - 1  # response tokens fed as inputs
@@ -59,10 +62,10 @@ def response_logprobs(model, mb: dict, temperature: float = 1.0, share_prompts: 
                 layer.batch_select_indices(group_of)
             out = decoder(input_ids=response_ids[:, :follow], attention_mask=allowed(width), position_ids=positions[:, width:], past_key_values=cache, use_cache=True)
             rest = out.last_hidden_state
-    return _token_logprobs(model, torch.cat([first[:, None], rest], 1), response_ids, temperature)
+    return _token_logprobs(model, torch.cat([first[:, None], rest], 1), response_ids, temperature, head_chunk)
 
 
-def packed_logprobs(model, mb: dict, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def packed_logprobs(model, mb: dict, temperature: float = 1.0, head_chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """`response_logprobs` with each prompt's responses packed after it: the same numbers.
 
     The distinct prompts run once ([G, P], cached, as in the shared path). Then row g holds every
@@ -83,7 +86,7 @@ def packed_logprobs(model, mb: dict, temperature: float = 1.0) -> tuple[torch.Te
                       position_ids=prompt_len[:, None] + local.clamp(min=0), past_key_values=prompt.past_key_values, use_cache=True)
         hidden.append(out.last_hidden_state.reshape(-1, out.last_hidden_state.shape[-1]))
     rows, cols = mb["real_rows"], mb["real_cols"]
-    real_logp, real_entropy = _token_logprobs(model, torch.cat(hidden)[mb["packed_source"]], mb["response_ids"][rows, cols], temperature)
+    real_logp, real_entropy = _token_logprobs(model, torch.cat(hidden)[mb["packed_source"]], mb["response_ids"][rows, cols], temperature, head_chunk)
     logp = torch.zeros(mb["response_ids"].shape, dtype=real_logp.dtype, device=real_logp.device).index_put((rows, cols), real_logp)
     return logp, torch.zeros_like(logp).index_put_((rows, cols), real_entropy)
 
@@ -100,10 +103,27 @@ def _prompt_forward(model, mb: dict):
     return out, out.last_hidden_state[torch.arange(groups, device=device), prompt_len - 1]
 
 
-def _token_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _token_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor, temperature: float,
+                    head_chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """log π of each target under the LM head on ``hidden`` [..., d] (logits over the temperature,
-    in float32), and the entropy of each position's distribution (no grad)."""
-    logits = model.get_output_embeddings()(hidden).float()
+    in float32), and the entropy of each position's distribution (no grad).
+
+    The head's float32 logits and log-softmax take about 16 bytes a vocabulary entry a position
+    (0.8 MB on a 49k vocabulary), held for backward. With `head_chunk` and a graph to build, the
+    head runs `head_chunk` positions at a time under checkpointing: backward keeps only the hidden
+    states and recomputes one chunk's logits at a time, for one more head forward."""
+    head = model.get_output_embeddings()
+    count = hidden.shape[:-1].numel()
+    if not head_chunk or count <= head_chunk or not (torch.is_grad_enabled() and hidden.requires_grad):
+        return _head_logprobs(head, hidden, targets, temperature)
+    flat, flat_targets = hidden.reshape(count, -1), targets.reshape(count)
+    chunks = [checkpoint(_head_logprobs, head, flat[i : i + head_chunk], flat_targets[i : i + head_chunk], temperature, use_reentrant=False)
+              for i in range(0, count, head_chunk)]
+    return torch.cat([c[0] for c in chunks]).reshape(targets.shape), torch.cat([c[1] for c in chunks]).reshape(targets.shape)
+
+
+def _head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = head(hidden).float()
     if temperature != 1.0:
         logits = logits / temperature
     logp_all = F.log_softmax(logits, dim=-1)

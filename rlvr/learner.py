@@ -46,6 +46,7 @@ class LearnerConfig:
     gradient_checkpointing: bool
     share_prompts: bool  # one forward per distinct prompt (cached); HF's cache is off under checkpointing
     pack_responses: bool  # with share_prompts: a prompt's responses in one row, no padding (rlvr.forward.packed_logprobs)
+    head_chunk: int  # response positions per LM-head chunk under checkpointing when training (0: all at once)
     threads: int
     seed: int
     dtype: str  # the weights' dtype (model.dtype)
@@ -168,7 +169,7 @@ class PolicyLearner:
     def _logprobs(self, mb: dict, temperature: float, module=None) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             logp, entropy = response_logprobs(self.engine.module if module is None else module, mb, temperature, self.cfg.share_prompts,
-                                              self.cfg.pack_responses)
+                                              self.cfg.pack_responses, self.cfg.head_chunk)
         return logp, entropy  # fp32 under autocast too: the LM head's logits are cast up first
 
     def _collated(self, mini_batches: list[MiniBatch]) -> list[list[tuple[dict, bool]]]:
@@ -251,6 +252,8 @@ class PolicyLearner:
             grad_norm=float(sum(grad_norms) / len(grad_norms)) if grad_norms else float("nan"),
             optimizer_steps=len(grad_norms),
             padding_share=padding,
+            micro_batches=sum(len(mini.micro_batches) for mini in mini_batches),  # a pass's forwards on this rank (empty ones included)
+            micro_batch_sequences_max=max((len(mb) for mini in mini_batches for mb in mini.micro_batches), default=0),
             tokens=first_pass,
             seconds=time.perf_counter() - start,
             peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this process's high-water mark (Linux: KiB)

@@ -128,6 +128,7 @@ def learner_config(cfg: DictConfig, model_path: str) -> LearnerConfig:
         gradient_checkpointing=cfg.learner.gradient_checkpointing,
         share_prompts=cfg.learner.share_prompts,
         pack_responses=cfg.learner.pack_responses,
+        head_chunk=cfg.learner.head_chunk,
         threads=cfg.rollout.threads,
         seed=cfg.seed,
         dtype=cfg.model.dtype,

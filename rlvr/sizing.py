@@ -96,7 +96,8 @@ class ActivationBudget:
     counts the same from a collated one): with shared prompts, the G distinct prompts padded to the
     longest P, then (packed) each prompt's responses back to back in a row padded to the longest L,
     or (unpacked) B rows of the longest response T less its last token; without, B rows of P + T − 1.
-    The LM head runs on the real response tokens when packed, on B · T positions otherwise.
+    The LM head runs on the real response tokens when packed, on B · T positions otherwise, and
+    with `head_chunk` holds its logits for that many at a time (`rlvr.forward._token_logprobs`).
     """
 
     budget_bytes: float
@@ -104,6 +105,7 @@ class ActivationBudget:
     per_response_position: float
     shared_prompts: bool
     packed: bool
+    head_chunk: int  # 0: the whole micro-batch at once
 
     def bytes(self, seqs: list[Trajectory]) -> float:
         layout = _Layout()
@@ -118,6 +120,8 @@ class ActivationBudget:
             run, head = groups * prompt + sequences * (response - 1), sequences * response
         else:
             run, head = sequences * (prompt + response - 1), sequences * response
+        if self.head_chunk:
+            head = min(head, self.head_chunk)
         return run * self.per_position + head * self.per_response_position
 
     def __call__(self, shard: list[Trajectory]) -> list[list[Trajectory]]:
@@ -216,4 +220,5 @@ def micro_batching(cfg: DictConfig, model_path: str) -> int | ActivationBudget:
     checkpointing = cfg.learner.gradient_checkpointing
     per_position, per_response = activation_bytes_per_position(ModelShape.of(model_path), cfg.model.train_dtype, checkpointing)
     shared = cfg.learner.share_prompts and not checkpointing  # HF turns the prompt cache off under checkpointing
-    return ActivationBudget(cfg.learner.activation_memory_gb * 2**30, per_position, per_response, shared, shared and cfg.learner.pack_responses)
+    return ActivationBudget(cfg.learner.activation_memory_gb * 2**30, per_position, per_response, shared, shared and cfg.learner.pack_responses,
+                            cfg.learner.head_chunk)

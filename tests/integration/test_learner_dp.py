@@ -132,6 +132,9 @@ def test_gradient_cosines_are_the_batch_gradient_s_on_one_rank_or_two(learner_gr
 
     same, opposite, between = ray.get(one.gradient_cosines.remote([plan(SEQS, 2), plan(flipped, 2), plan(other, 2), plan(SEQS, 2)], update))
     assert same == pytest.approx(1.0, abs=1e-6) and opposite == pytest.approx(-1.0, abs=1e-6) and -1 < between < 1
+    ray.get(one.reset.remote(replace(cfg, head_chunk=1), None))  # the LM head a position at a time, recomputed per backward
+    chunked = ray.get(one.gradient_cosines.remote([plan(SEQS, 2), plan(other, 2), plan(SEQS, 2)], update))
+    assert chunked[0] == pytest.approx(1.0, abs=1e-6) and chunked[1] == pytest.approx(between, abs=1e-5)
     two = learner_group(2)
     ray.get([l.reset.remote(cfg, None) for l in two])
     halves = ray.get([l.gradient_cosines.remote([plan(part(other), 2), plan(part(SEQS), 2)], update)

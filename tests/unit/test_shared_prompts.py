@@ -2,7 +2,8 @@
 its responses continue from its KV cache. They must equal one plain forward per sequence, and the
 gradient must equal the per-sequence path's (`learner.share_prompts=false`, and gradient
 checkpointing: one forward per sequence, no cache), and so must the packed path's
-(`learner.pack_responses=true`: a prompt's responses in one row after its cache, no padding)."""
+(`learner.pack_responses=true`: a prompt's responses in one row after its cache, no padding), and
+both with the LM head run a few positions at a time under checkpointing (`learner.head_chunk`)."""
 
 import random
 
@@ -41,23 +42,24 @@ def test_shared_prompts_equal_one_forward_per_sequence(tiny_model, attn):
     mb = collate(seqs, 0, torch.device("cpu"))
     assert mb["prompt_ids"].shape[0] == 4 and mb["response_ids"].shape[0] == len(seqs)  # each prompt once
     grads = {}
-    for path in ("shared", "packed", "per-sequence", "checkpointing"):
+    for path in ("shared", "packed", "shared+head-chunks", "packed+head-chunks", "per-sequence", "checkpointing"):  # checkpointing stays on: last
         if path == "checkpointing":
             model.gradient_checkpointing_enable()
         model.train()
         model.zero_grad()
-        logp, entropy = response_logprobs(model, mb, TEMPERATURE, share_prompts=path in ("shared", "packed"), pack_responses=path == "packed")
+        logp, entropy = response_logprobs(model, mb, TEMPERATURE, share_prompts=path.startswith(("shared", "packed")),
+                                          pack_responses=path.startswith("packed"), head_chunk=4 if path.endswith("head-chunks") else 0)
         with torch.no_grad():
             for b, s in enumerate(seqs):
                 n = len(s.response_ids)
                 torch.testing.assert_close(logp[b, :n], per_sequence(model, s), atol=1e-5, rtol=0)
                 assert bool((entropy[b, :n] > 0).all())
-                if path == "packed":
+                if path.startswith("packed"):
                     assert not logp[b, n:].any()  # padding holds zeros, and gets no gradient
         (logp * mb["mask"]).sum().backward()
         grads[path] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     assert grads["shared"].abs().max() > 0
-    for path in ("packed", "per-sequence", "checkpointing"):
+    for path in ("packed", "per-sequence", "checkpointing", "shared+head-chunks", "packed+head-chunks"):
         torch.testing.assert_close(grads["shared"], grads[path], atol=1e-5, rtol=1e-4)
 
 

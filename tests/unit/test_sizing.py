@@ -40,11 +40,11 @@ def test_the_budget_counts_the_positions_the_forward_runs(shapes, packed):
     prompts = [[7] * (5 + 3 * k) for k in range(4)]  # four distinct prompts of 5-14 tokens
     seqs = [Trajectory(prompts[k], list(range(1, r + 1))) for k, r in shapes]
     mb = collate(seqs, 0, "cpu")
-    decoder = sizing.ActivationBudget(0, 1, 0, shared_prompts=True, packed=packed)
+    decoder = sizing.ActivationBudget(0, 1, 0, shared_prompts=True, packed=packed, head_chunk=0)
     assert decoder.bytes(seqs) == positions(mb, packed)[0]
-    head = sizing.ActivationBudget(0, 0, 1, shared_prompts=True, packed=packed)
+    head = sizing.ActivationBudget(0, 0, 1, shared_prompts=True, packed=packed, head_chunk=0)
     assert head.bytes(seqs) == (len(mb["real_rows"]) if packed else mb["response_ids"].numel())
-    unshared = sizing.ActivationBudget(0, 1, 0, shared_prompts=False, packed=False)
+    unshared = sizing.ActivationBudget(0, 1, 0, shared_prompts=False, packed=False, head_chunk=0)
     assert unshared.bytes(seqs) == len(seqs) * (mb["prompt_ids"].shape[1] + mb["response_ids"].shape[1] - 1)
 
 
@@ -52,7 +52,7 @@ def test_the_budget_counts_the_positions_the_forward_runs(shapes, packed):
 @given(shapes=st.lists(st.tuples(st.integers(0, 3), st.integers(1, 60)), min_size=1, max_size=40), budget_mb=st.floats(50, 3000))
 def test_the_budget_cuts_the_fewest_micro_batches_that_fit_as_evenly_as_it_can(shapes, budget_mb):
     per, per_resp = sizing.activation_bytes_per_position(SMOLLM2, "bfloat16")
-    budget = sizing.ActivationBudget(budget_mb * 2**20, per, per_resp, shared_prompts=True, packed=True)
+    budget = sizing.ActivationBudget(budget_mb * 2**20, per, per_resp, shared_prompts=True, packed=True, head_chunk=0)
     prompts = [list(range(40 + 30 * k)) for k in range(4)]
     shard = sorted((Trajectory(prompts[k], [1] * r) for k, r in shapes), key=lambda t: (len(t.prompt_ids), len(t.response_ids)))
     micro = budget(shard)
@@ -72,11 +72,15 @@ def test_the_budget_cuts_the_fewest_micro_batches_that_fit_as_evenly_as_it_can(s
 
 def test_the_budget_fits_short_answers_many_to_a_micro_batch():
     per, per_resp = sizing.activation_bytes_per_position(SMOLLM2, "bfloat16")
-    budget = sizing.ActivationBudget(1.5 * 2**30, per, per_resp, shared_prompts=True, packed=True)
+    budget = sizing.ActivationBudget(1.5 * 2**30, per, per_resp, shared_prompts=True, packed=True, head_chunk=0)
     prompt = list(range(150))
     assert [len(mb) for mb in budget([Trajectory(prompt, [1] * 30)] * 16)] == [16]  # 0.9 GB
     assert [len(mb) for mb in budget([Trajectory(prompt, [1] * 30)] * 32)] == [16, 16]
     assert [len(mb) for mb in budget([Trajectory(prompt, [1] * 4000)] * 2)] == [1, 1]  # over the budget alone: cannot be split
+    # the LM head a chunk at a time holds one chunk's logits, whatever the micro-batch's answers
+    chunked = sizing.ActivationBudget(1.5 * 2**30, per, per_resp, shared_prompts=True, packed=True, head_chunk=128)
+    assert chunked.bytes([Trajectory(prompt, [1] * 30)] * 16) == budget.bytes([Trajectory(prompt, [1] * 30)] * 16) - (480 - 128) * per_resp
+    assert len(chunked([Trajectory(prompt, [1] * 30)] * 32)) == 1
 
 
 def test_activation_estimate_per_position():
@@ -116,7 +120,8 @@ def test_auto_sizes_from_the_model_and_the_data(tiny_model):
 
 
 @pytest.mark.parametrize("override", ["learner.micro_batch_size=0", "learner.micro_batch_size=big", "rollout.kv_cache_gb=-1",
-                                      "learner.activation_memory_gb=0", "rollout.block_size=0"])
+                                      "learner.activation_memory_gb=0", "rollout.block_size=0",
+                                      "learner.head_chunk=-1"])
 def test_bad_sizes_are_refused_naming_the_key(override):
     with pytest.raises(ConfigError, match=override.split("=")[0]):
         validate(compose([override]))

@@ -72,8 +72,8 @@ def run_setting(overrides: list[str], run_dir: Path) -> dict:
 
 
 def fit(xs: list[float], ys: list[float]) -> dict:
-    """y = fixed + per_token * x, least squares (two points or more)."""
-    if len(xs) < 2:
+    """y = fixed + per_token * x, least squares (two distinct token counts or more)."""
+    if len(set(xs)) < 2 or not np.isfinite(ys).all():
         return {}
     per_token, fixed = np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)
     return {"per_token_s": float(per_token), "fixed_s": float(fixed), "tokens_per_s": float(1 / per_token) if per_token > 0 else None}
@@ -125,11 +125,11 @@ def main(argv: list[str] | None = None) -> dict:
     prompts = [2, 4] if args.quick else [int(x) for x in args.prompts.split(",")]
     max_tokens = [8, 16] if args.quick else [int(x) for x in args.max_tokens.split(",")]
     base = ["algorithm=grpo", "cluster.keep_roles=true", f"trainer.steps={args.steps}", "trainer.eval_every=0", "eval.at_start=false",
-            "trainer.save_every=0", "trainer.progress=false"]
+            "trainer.save_every=0", "trainer.progress=false", "resume=never"]  # a run dir left by an earlier sweep is started over
     if args.quick:
         base += ["model=tiny-random", "data.train.size=16"]
     base += args.overrides
-    work = args.out.parent / "scaling_runs"
+    work = ROOT / "benchmarks" / "out" / "scaling_runs"  # run dirs stay out of the results that --out may name
     report: dict = {"overrides": base, "cpus": os.cpu_count(), "load_average_before": os.getloadavg(), "sweeps": {"prompts": [], "max_tokens": []}}
     start = time.perf_counter()
     try:

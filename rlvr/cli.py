@@ -21,11 +21,6 @@ from pathlib import Path
 USAGE = __doc__
 
 
-def _shorthand(overrides: list[str]) -> list[str]:
-    """`resume=never|auto|PATH` is short for resume.mode=..."""
-    return [("resume.mode=" + o.split("=", 1)[1]) if o.startswith("resume=") else o for o in overrides]
-
-
 def _compose_or_exit(overrides: list[str]):
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -33,7 +28,7 @@ def _compose_or_exit(overrides: list[str]):
     from rlvr.config import ConfigError, compose, validate
 
     try:
-        cfg = compose(_shorthand(overrides))
+        cfg = compose(overrides)
         validate(cfg)
         return cfg
     except (HydraException, OmegaConfBaseException, ConfigError) as e:
@@ -95,9 +90,9 @@ def train_command(argv: list[str]) -> int:
     from hydra._internal.utils import get_args_parser
     from hydra.errors import HydraException
 
-    from rlvr.config import config_dir
+    from rlvr.config import config_dir, expand_shorthand
 
-    argv = _shorthand(argv)
+    argv = expand_shorthand(argv)
     args = get_args_parser().parse_args(argv)
     if not (args.help or args.hydra_help or args.info or args.cfg or args.shell_completion):
         try:

@@ -22,18 +22,25 @@ def config_dir() -> str:
     return str(Path(__file__).resolve().parent.parent / "configs")
 
 
+def expand_shorthand(overrides: list[str]) -> list[str]:
+    """`resume=never|auto|PATH` is short for resume.mode=..."""
+    return [("resume.mode=" + o.split("=", 1)[1]) if o.startswith("resume=") else o for o in overrides]
+
+
 def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
     """The config tree with command-line style overrides (`key=value`, `group=option`).
 
     Hydra keeps the tree in struct mode, so an unknown key fails here with its name.
+    `resume=never|auto|PATH` is short for resume.mode=... (`expand_shorthand`).
     """
+    overrides = expand_shorthand(list(overrides or []))
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=config_dir(), version_base=None):
-        cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
+        cfg = hydra_compose(config_name=config_name, overrides=overrides)
     return cfg
 
 

@@ -15,7 +15,7 @@ def test_quick_mode_measures_each_setting_in_its_own_process(tmp_path, tiny_mode
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     settings = json.loads(out.read_text())["settings"]
     assert settings["mb8"]["overrides"] == ["model=tiny-random", "learner.micro_batch_size=8"]
-    assert settings["mb8"]["micro_batches"] == 2 * settings["mb16"]["micro_batches"]
+    assert settings["mb8"]["micro_batch_sizes"] == [8] * 4 and settings["mb16"]["micro_batch_sizes"] == [16] * 2  # 32 sequences
     for r in settings.values():
         assert 0 < r["rss_after_init_mb"] <= r["peak_rss_mb"] and r["train_step_s"] > 0
     assert settings["mb16"]["peak_vs_first"] == settings["mb16"]["time_vs_first"] == 1

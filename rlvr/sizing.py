@@ -129,8 +129,10 @@ class ActivationBudget:
         budget goes alone), then as evenly as that count allows: the tightest budget that still cuts
         no more. Even cuts lower the peak at the same number of forwards."""
         keys = [tuple(s.prompt_ids) for s in shard]
-        fewest = len(self._cut(shard, keys, self.budget_bytes))
-        low, high = 0.0, self.budget_bytes
+        greedy = self._cut(shard, keys, self.budget_bytes)
+        if len(greedy) <= 1:  # one micro-batch (or none): nothing to even out
+            return greedy
+        fewest, low, high = len(greedy), 0.0, self.budget_bytes
         for _ in range(30):
             mid = (low + high) / 2
             low, high = (low, mid) if len(self._cut(shard, keys, mid)) <= fewest else (mid, high)
@@ -160,13 +162,18 @@ class _Layout:
         """The shape now, or with `s` (whose prompt is `key`) added."""
         if s is None:
             return len(self.rows), self.prompt, self.row, self.sequences, max(self.response, 1), self.response_tokens
-        row = self.rows.get(key, 0) + max(len(s.response_ids) - 1, 0)
+        row = self.rows.get(key, 0) + _fed(s)
         return (len(self.rows) + (key not in self.rows), max(self.prompt, len(key)), max(self.row, row), self.sequences + 1,
                 max(self.response, len(s.response_ids), 1), self.response_tokens + len(s.response_ids))
 
     def add(self, s: Trajectory, key: tuple) -> None:
-        groups, self.prompt, self.row, self.sequences, self.response, self.response_tokens = self.shape(s, key)
-        self.rows[key] = self.rows.get(key, 0) + max(len(s.response_ids) - 1, 0)
+        _, self.prompt, self.row, self.sequences, self.response, self.response_tokens = self.shape(s, key)
+        self.rows[key] = self.rows.get(key, 0) + _fed(s)
+
+
+def _fed(s: Trajectory) -> int:
+    """The response tokens fed to the decoder: all but the last (which nothing after it predicts from)."""
+    return max(len(s.response_ids) - 1, 0)
 
 
 # ---- from the config ---------------------------------------------------------------------------

@@ -28,16 +28,16 @@ test-unit: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -ra -n auto --maxprocesses=4 tests/unit $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(VENV)/bin/python benchmarks/baseline_mse.py
-	$(VENV)/bin/python benchmarks/verifier_throughput.py
-	$(VENV)/bin/python benchmarks/step_breakdown.py
-	$(VENV)/bin/python benchmarks/weight_sync.py
+	$(VENV)/bin/python -m benchmarks.experiments.baseline_mse
+	$(VENV)/bin/python -m benchmarks.micro.verifier_throughput
+	$(VENV)/bin/python -m benchmarks.profiles.step_breakdown
+	$(VENV)/bin/python -m benchmarks.micro.weight_sync
 
-# what the device machine lacks for benchmarks/gpu_check.py (it has torch and transformers): omegaconf,
+# what the device machine lacks for benchmarks/profiles/gpu_check.py (it has torch and transformers): omegaconf,
 # and SmolLM2-135M's config and tokenizer (no weights); carried there as .gpu_bundle (docs/benchmarks.md)
 gpu-bundle: $(STAMP)
 	$(VENV)/bin/python -m pip install -q --no-deps --target .gpu_bundle/site omegaconf==2.3.1 antlr4-python3-runtime==4.9.3
-	$(VENV)/bin/python benchmarks/gpu_check.py --write-bundle .gpu_bundle
+	$(VENV)/bin/python -m benchmarks.profiles.gpu_check --write-bundle .gpu_bundle
 
 clean:
 	rm -rf $(VENV) runs benchmarks/out .gpu_bundle

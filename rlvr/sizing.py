@@ -77,7 +77,7 @@ def activation_bytes_per_position(shape: ModelShape, train_dtype: str, checkpoin
     gate, up, silu(gate) and their product (7·h + 4·f elements). A response position also holds the
     LM head's float32 log-softmax and its backward temporaries (about 16 bytes a vocabulary entry).
     On smollm2-135m this predicts the learner's measured peak growth from micro-batch 8 to 16 as
-    631 MB (measured 633) and from 4 to 8 as 315 MB (measured 276): benchmarks/learner_memory.py.
+    631 MB (measured 633) and from 4 to 8 as 315 MB (measured 276): benchmarks/micro/learner_memory.py.
     With gradient checkpointing only each layer's float32 input stays, and one layer's full set
     while it is recomputed.
     """

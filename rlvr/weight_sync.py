@@ -2,7 +2,7 @@
 
 Parameters are grouped into buckets of about `learner.bucket_mb` MB (in parameter order), and each
 bucket travels as one object: per-tensor transfers pay a round trip per tensor, several hundred per
-model (benchmarks/weight_sync.py measures the difference). Under ZeRO-3 the learners gather one
+model (benchmarks/micro/weight_sync.py measures the difference). Under ZeRO-3 the learners gather one
 bucket at a time, never the whole model.
 
 Three backends (`cluster.weight_sync`):

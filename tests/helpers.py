@@ -117,17 +117,19 @@ RESUME_ARGS = [
 
 # -- actors kept for a pytest worker's whole run ---------------------------------------------------
 # A component test needs a live learner or engine, not a new process: starting one costs seconds
-# (imports, DeepSpeed, vLLM), resetting a kept one a fraction (the reset a kept role gets between
-# runs: the initial weights from disk, a new optimizer, version 0). Kept per Ray session (the
-# simulated-cluster tests restart Ray, and the actors of the old session are gone with it), and
-# started anew when one died (the fault tests signal every actor of a class in their session).
+# (imports, DeepSpeed, vLLM), resetting a kept one a fraction. This is `cluster.keep_roles`
+# (rlvr/roles.py) for one actor at a time: the same `reset` protocol (the initial weights from disk, a
+# new optimizer, version 0) and the same Ray-session scope (the simulated-cluster tests restart Ray,
+# and the actors of the old session are gone with it), without a role's placement group, which a
+# component test does not have. An actor that died is started anew (the fault tests signal every
+# actor of a class in their session).
 _kept_actors: dict = {"session": None, "learners": [], "engines": {}, "pids": set()}
 
 
 def _kept_for_this_session() -> dict:
-    import ray
+    from rlvr.roles import ray_session
 
-    session = ray.get_runtime_context().get_node_id()
+    session = ray_session()
     if _kept_actors["session"] != session:
         _kept_actors.update(session=session, learners=[], engines={}, pids=set())
     return _kept_actors

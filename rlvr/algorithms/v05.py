@@ -18,7 +18,7 @@ z² = (p̂ − p0)²/σ0²:
 where p̃ = (k + ½)/(n + 1) is the smoothed rate used wherever a variance enters a decision.
 One c cannot suit both a good prior and a useless one: with a useless prior the accept
 region keeps wrong priors, and the baseline's MSE is ~1.25× the plain group mean's at
-equal spend (benchmarks/baseline_mse.py).
+equal spend (benchmarks/experiments/baseline_mse.py).
 
 **Calibrated rule** (default; empirical Bayes across the batch). Same three steps, with the
 prior's reliability learned from the batch instead of fixed constants:
@@ -382,7 +382,7 @@ class V05Baseline:
 
     One step holds too few prompts to learn the prior's reliability from: fitted on the 8
     prompts of a default step, (τ, π) are noise, and a useless prior costs more than it saves
-    (benchmarks/baseline_mse.py, section ``stateful``). This estimator keeps each finished
+    (benchmarks/experiments/baseline_mse.py, section ``stateful``). This estimator keeps each finished
     step's (p0, k, n) and calibrates on the last ``window`` prompts, the current step's
     included: its own prompts come first, then the most recent history fills the rest.
 

@@ -1,11 +1,11 @@
-"""benchmarks/learning_efficiency.py quick mode: real training runs on the tiny model (kept actors), skipped when
+"""benchmarks/experiments/learning_efficiency.py quick mode: real training runs on the tiny model (kept actors), skipped when
 finished, and a well-formed report. The figures come from full runs (docs/benchmarks.md)."""
 
 import json
 import math
 from pathlib import Path
 
-from benchmarks import learning_efficiency as le
+from benchmarks.experiments import learning_efficiency as le
 
 
 def saved_step0(out: Path) -> set[int]:

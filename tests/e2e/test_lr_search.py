@@ -1,9 +1,9 @@
-"""benchmarks/lr_search.py on the tiny model: real short runs scored on the validation split, the
+"""benchmarks/experiments/lr_search.py on the tiny model: real short runs scored on the validation split, the
 best lr chosen per preset, and finished runs not trained again. The figures: docs/benchmarks.md."""
 
 import pytest
 
-from benchmarks import lr_search
+from benchmarks.experiments import lr_search
 
 
 @pytest.mark.slow

@@ -39,7 +39,7 @@ def test_the_oracle_changes_neither_the_batch_nor_the_value_context_nor_the_spen
             assert all(f"bias_{cls}{w}" in r for cls in ("correct", "wrong") if r[f"n_{cls}"] for w in ("", "_weighted"))
     assert not (tmp_path / "plain" / "oracle.jsonl").exists()
     # the report over the run: each baseline's error, the bias by bucket, the gradient cosine over steps
-    from benchmarks import oracle_report
+    from benchmarks.experiments import oracle_report
 
     result = oracle_report.main([str(run_dir), "--out", str(tmp_path / "oracle.json")])[str(run_dir)]
     assert result["records"] == 8 and {"mean_n0", "v05", "prior"} <= set(result["baselines"])

@@ -1,5 +1,5 @@
 """Every preset through every role (real Ray, vLLM, DeepSpeed, math-verify, the value server) with
-the tiny model, as benchmarks/preset_check.py quick mode runs them: the roles work and each
+the tiny model, as benchmarks/experiments/preset_check.py quick mode runs them: the roles work and each
 preset's defining mechanism acts. And DAPO's accuracy filter, V0.5's and focal's reading of
 correctness under shaped rewards."""
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import preset_check
+from benchmarks.experiments import preset_check
 from rlvr.config import compose
 from rlvr.trainer import train
 

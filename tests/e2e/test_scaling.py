@@ -1,4 +1,4 @@
-"""benchmarks/scaling.py quick mode: real training runs on the tiny model (kept actors) at two prompt
+"""benchmarks/profiles/scaling.py quick mode: real training runs on the tiny model (kept actors) at two prompt
 counts and two answer caps, each phase timed, each role's peak memory read, the costs fitted and
 plotted. The figures come from the full sweep (docs/benchmarks.md)."""
 
@@ -6,7 +6,7 @@ import json
 
 
 def test_quick_sweep_times_each_phase_and_reads_each_role_s_memory(tmp_path, tiny_model):
-    from benchmarks import scaling
+    from benchmarks.profiles import scaling
 
     report = scaling.main(["--quick", "--out", str(tmp_path / "scaling.json")])
     by_prompts, by_tokens = report["sweeps"]["prompts"], report["sweeps"]["max_tokens"]

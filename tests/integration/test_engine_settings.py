@@ -1,4 +1,4 @@
-"""benchmarks/engine_settings.py: each setting runs rlvr's vLLM engine in its own process with the
+"""benchmarks/micro/engine_settings.py: each setting runs rlvr's vLLM engine in its own process with the
 settings it names, and the report is well formed. The figures come from SmolLM2 (docs/benchmarks.md)."""
 
 import json
@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_quick_mode_runs_each_setting_in_its_own_engine(tmp_path, tiny_model):
     out = tmp_path / "engine_settings.json"
-    cmd = [sys.executable, "benchmarks/engine_settings.py", "--prompts", "8", "--max-tokens", "8", "--settings", "default", "block128",
+    cmd = [sys.executable, "-m", "benchmarks.micro.engine_settings", "--prompts", "8", "--max-tokens", "8", "--settings", "default", "block128",
            "--out", str(out), "model=tiny-random"]
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     settings = json.loads(out.read_text())["settings"]

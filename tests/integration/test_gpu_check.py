@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py, the one command for a GPU machine, run here on CPU: every part runs and
+"""benchmarks/profiles/gpu_check.py, the one command for a GPU machine, run here on CPU: every part runs and
 checks itself, and a part that fails is recorded while the others go on (issue "Performance at the
 limit of the box", part 5)."""
 
@@ -6,7 +6,7 @@ import json
 
 
 def test_the_gpu_check_runs_on_cpu_and_records_a_failing_part(tmp_path):
-    from benchmarks import gpu_check
+    from benchmarks.profiles import gpu_check
 
     out = tmp_path / "gpu_check.json"
     # no bundle here: the SmolLM2-shaped model cannot be built, and that is a record, not the end

@@ -1,4 +1,4 @@
-"""benchmarks/learner_memory.py: each setting runs the real learner in its own process and the
+"""benchmarks/micro/learner_memory.py: each setting runs the real learner in its own process and the
 report is well formed. The figures come from full runs on SmolLM2 (docs/benchmarks.md)."""
 
 import json
@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_quick_mode_measures_each_setting_in_its_own_process(tmp_path, tiny_model):
     out = tmp_path / "learner_memory.json"
-    cmd = [sys.executable, "benchmarks/learner_memory.py", "--repeats", "1", "--settings", "mb16", "mb8", "--out", str(out), "model=tiny-random"]
+    cmd = [sys.executable, "-m", "benchmarks.micro.learner_memory", "--repeats", "1", "--settings", "mb16", "mb8", "--out", str(out), "model=tiny-random"]
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     settings = json.loads(out.read_text())["settings"]
     assert settings["mb8"]["overrides"] == ["model=tiny-random", "learner.micro_batch_size=8"]

@@ -1,4 +1,4 @@
-"""benchmarks/learner_roofline.py: its FLOP count is the model's, and its report runs end to end
+"""benchmarks/profiles/learner_roofline.py: its FLOP count is the model's, and its report runs end to end
 on a real (tiny) DeepSpeed learner (issue "Performance at the limit of the box", part 1)."""
 
 import pytest
@@ -9,7 +9,7 @@ def test_the_counted_matmul_flops_are_what_torch_counts(tiny_model):
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import AutoModelForCausalLM
 
-    from benchmarks.learner_roofline import dims, forward_flops
+    from benchmarks.profiles.learner_roofline import dims, forward_flops
     from rlvr.batch import Trajectory
     from rlvr.forward import collate, response_logprobs
 
@@ -26,7 +26,7 @@ def test_the_counted_matmul_flops_are_what_torch_counts(tiny_model):
 
 
 def test_the_report_runs_on_a_tiny_learner(tmp_path):
-    from benchmarks import learner_roofline
+    from benchmarks.profiles import learner_roofline
 
     report = learner_roofline.main(["--sequences", "8", "--repeats", "1", "--out", str(tmp_path / "r.json"), "model.path=tiny-random"])
     assert report["step_flops"] > 0 and report["train_step_s"] > 0 and 0 <= report["padding_share"] < 1

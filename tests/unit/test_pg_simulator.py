@@ -1,10 +1,10 @@
-"""benchmarks/pg_simulator.py: it trains through the library's own functions, is seeded, and its
+"""benchmarks/experiments/pg_simulator.py: it trains through the library's own functions, is seeded, and its
 quick mode writes well-formed outputs. The figures come from full runs (docs/benchmarks.md)."""
 
 import json
 
 import rlvr.algorithms as algorithms
-from benchmarks import pg_simulator as sim
+from benchmarks.experiments import pg_simulator as sim
 
 ARGS = dict(steps=6, prompts_n=16, answers_n=16, batch=8, lr=2.0, every=3)
 
@@ -74,7 +74,7 @@ def test_adam_is_seeded_differs_from_sgd_and_an_unknown_optimizer_is_refused():
 
 
 def test_regimes_quick_mode_pairs_every_cell_with_grpo_under_both_optimizers(tmp_path):
-    from benchmarks import pg_regimes
+    from benchmarks.experiments import pg_regimes
 
     report = pg_regimes.main(["--quick", "--workers", "1", "--out", str(tmp_path)])
     cells = pg_regimes.cells(quick=True)

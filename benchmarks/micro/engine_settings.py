@@ -1,6 +1,6 @@
 """The vLLM engine's decode rate and memory per CPU setting, each setting in a fresh process.
 
-    .venv/bin/python benchmarks/engine_settings.py [--prompts 128] [--max-tokens 64] [--settings NAME ...] [key=value ...]
+    .venv/bin/python -m benchmarks.micro.engine_settings [--prompts 128] [--max-tokens 64] [--settings NAME ...] [key=value ...]
 
 One `VLLMEngine.generate` call (rlvr's engine, built by `rlvr.roles.engine_config` from the config
 tree) on `--prompts` distinct `data=mix` prompts rendered as the trainer renders them, one answer
@@ -22,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import OUT, settings_in_fresh_processes, write_report
+
 SETTINGS = {
     "default": [],
     "vllm-cpu-defaults": ["rollout.max_num_seqs=256", "rollout.block_size=128", "rollout.kv_cache_gb=1"],
@@ -41,7 +42,6 @@ def status_mb() -> dict:
 
 
 def worker(overrides: list[str], prompts: int, max_tokens: int) -> dict:
-    sys.path.insert(0, str(ROOT))
     from omegaconf import OmegaConf
 
     from rlvr.config import compose
@@ -88,16 +88,14 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=128)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS), help="the first is the reference")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "engine_settings.json")
+    ap.add_argument("--out", type=Path, default=OUT / "engine_settings.json")
     ap.add_argument("overrides", nargs="*", help="added to every setting, e.g. model=tiny-random")
     args = ap.parse_args()
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from learner_profile import settings_in_fresh_processes, write_report
 
     report: dict = {"common_overrides": args.overrides, "prompts": args.prompts, "max_tokens": args.max_tokens,
                     "load_average_before": os.getloadavg()}
     report["settings"] = settings_in_fresh_processes(
-        __file__, SETTINGS, args.settings, args.overrides, [str(args.prompts), str(args.max_tokens)],
+        __spec__.name, SETTINGS, args.settings, args.overrides, [str(args.prompts), str(args.max_tokens)],
         {"rate_vs_first": "tokens_per_s", "peak_vs_first": "peak_rss_mb"}, env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
     write_report(report, args.out)
 

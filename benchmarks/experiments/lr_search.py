@@ -9,9 +9,9 @@ steps, prompts per step and answer length; the presets keep their own optimizer 
 shows as one.
 
 Usage:
-  python benchmarks/lr_search.py                          # grpo, dapo, cispo, v05 x 3e-6, 1e-5, 3e-5
-  python benchmarks/lr_search.py --presets dapo --lrs 1e-6 3e-6
-  python benchmarks/lr_search.py --quick                  # the tiny model: a test of the script
+  python -m benchmarks.experiments.lr_search                          # grpo, dapo, cispo, v05 x 3e-6, 1e-5, 3e-5
+  python -m benchmarks.experiments.lr_search --presets dapo --lrs 1e-6 3e-6
+  python -m benchmarks.experiments.lr_search --quick                  # the tiny model: a test of the script
 A rerun skips (preset, lr) runs that finished. Writes <out>/lr_search.json and prints a table.
 """
 
@@ -24,8 +24,6 @@ import shutil
 import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 PRESETS = ("grpo", "dapo", "cispo", "v05")
 LRS = (3e-6, 1e-5, 3e-5)

@@ -1,6 +1,6 @@
 """Where a training step's time goes, and what the rollout pool costs over a bare vLLM engine.
 
-    .venv/bin/python benchmarks/step_breakdown.py [--steps 3] [--max-staleness 0,1] [key=value overrides ...]
+    .venv/bin/python -m benchmarks.profiles.step_breakdown [--steps 3] [--max-staleness 0,1] [key=value overrides ...]
 
 Runs the default job (V0.5 on SmolLM2-135M, or whatever the overrides select) for a few steps,
 once per `--max-staleness` value (0: generate, then train; 1: one-step-off async), then, in the
@@ -29,6 +29,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+from benchmarks.common import ROOT, write_report
 
 
 def bare_vllm_tokens_per_s(cfg, model_path: str, batches: list[list[str]], n: int) -> dict:
@@ -69,14 +71,14 @@ def bare_engine_in_fresh_process(overrides: list[str], batches: list[list[str]])
     with tempfile.TemporaryDirectory(prefix="rlvr-bare-") as tmp:
         spec = Path(tmp) / "spec.json"
         spec.write_text(json.dumps({"overrides": overrides, "batches": batches}))
-        proc = subprocess.run([sys.executable, __file__, "--bare-engine", str(spec)], capture_output=True, text=True, timeout=3600)
+        proc = subprocess.run([sys.executable, "-m", __spec__.name, "--bare-engine", str(spec)], capture_output=True, text=True,
+                              timeout=3600, cwd=ROOT)
         if proc.returncode != 0:
             raise SystemExit(f"bare engine failed:\n{proc.stderr[-3000:]}")
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def bare_engine_main(spec_path: str) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from rlvr.config import compose
     from rlvr.models import resolve_model_path
 
@@ -100,7 +102,6 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import ray
     from omegaconf import OmegaConf
 
@@ -127,11 +128,11 @@ def main() -> None:
         phases = {p: mean(f"time/{p}") for p in ("generate", "verify", "value", "collect", "learn", "sync", "step", "learner_wait", "generator_wait")}
         return cfg, steps, measured, phases
 
-    by_k, cfg, steps, measured = {}, None, None, None
+    by_k, cfg, measured = {}, None, None
     for k in [int(x) for x in args.max_staleness.split(",")]:
         cfg_k, steps_k, measured_k, phases = run(k)
         if cfg is None:
-            cfg, steps, measured = cfg_k, steps_k, measured_k
+            cfg, measured = cfg_k, measured_k
         by_k[k] = {
             "seconds_per_phase": phases,
             "step_s": phases["step"],
@@ -169,9 +170,7 @@ def main() -> None:
             "outside_share<=0.10": outside <= 0.10,
         },
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    write_report(report, Path(args.out))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ What a V0.5 step asks of the value server, on data=mix questions:
 The same steps run through the embedded backend (MiniLM + ridge) in the same invocation, and the
 JSON gives the ratio, since this box's speed varies from run to run.
 
-Usage: python benchmarks/v0_value.py [--steps 3] [--context 256] [--targets 8] [--out benchmarks/out]
+Usage: python -m benchmarks.micro.v0_value [--steps 3] [--context 256] [--targets 8] [--out benchmarks/out]
 """
 
 from __future__ import annotations
@@ -28,12 +28,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from rlvr.config import compose  # noqa: E402
-from rlvr.data import load_problems  # noqa: E402
-from rlvr.models import default_cache_dir, resolve_model_path  # noqa: E402
-from rlvr.value import EmbeddedValueModel, V0ValueModel  # noqa: E402
-from rlvr.value.v0 import write_random_v0  # noqa: E402
+from rlvr.config import compose
+from rlvr.data import load_problems
+from rlvr.models import default_cache_dir, resolve_model_path
+from rlvr.value import EmbeddedValueModel, V0ValueModel
+from rlvr.value.v0 import write_random_v0
 
 
 def questions(n: int) -> list[str]:

@@ -1,6 +1,6 @@
 """A policy-gradient simulator: the advantage estimators and weightings with statistical power.
 
-    .venv/bin/python benchmarks/pg_simulator.py [--seeds 50] [--steps 200] [--quick]
+    .venv/bin/python -m benchmarks.experiments.pg_simulator [--seeds 50] [--steps 200] [--quick]
 
 Each prompt has a tabular softmax policy over K answers. Two answers are correct (`--correct`
 sets how many): a common one and rare ones sharing 1/5 of the initial correct mass, so small

@@ -16,9 +16,9 @@ mechanism acted at all, with the figure that shows it:
   every   TIS weights logged (mean weight and the share of tokens truncated)
 
 Usage:
-  python benchmarks/preset_check.py                 # SmolLM2-135M, data=mix, 3 steps each (~25 min)
-  python benchmarks/preset_check.py --quick         # tiny random model, 2 steps each: the test
-  python benchmarks/preset_check.py --configs dapo cispo --steps 4
+  python -m benchmarks.experiments.preset_check                 # SmolLM2-135M, data=mix, 3 steps each (~25 min)
+  python -m benchmarks.experiments.preset_check --quick         # tiny random model, 2 steps each: the test
+  python -m benchmarks.experiments.preset_check --configs dapo cispo --steps 4
 Writes <out>/preset_check.json and prints a Markdown table.
 """
 
@@ -31,8 +31,6 @@ import shutil
 import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 CONFIGS = {
     "grpo": ["algorithm=grpo"],

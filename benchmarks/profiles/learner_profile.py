@@ -1,6 +1,6 @@
 """Where the learner's step goes: a torch.profiler pass over one real `PolicyLearner.train_step`.
 
-    .venv/bin/python benchmarks/learner_profile.py [--sequences 32] [--repeats 3] [key=value ...]
+    .venv/bin/python -m benchmarks.profiles.learner_profile [--sequences 32] [--repeats 3] [key=value ...]
 
 The learner class runs in this process (no Ray), built from the config tree like the trainer's, on
 one batch shaped like the default job's: `data=mix` prompts rendered with the chat template and the
@@ -18,16 +18,13 @@ one-shot example, n = 4 per prompt, response lengths drawn from 8–64 tokens (t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import OUT, write_report
 
 
 def default_job_batch(sequences: int, overrides: list[str]):
@@ -76,39 +73,13 @@ def median_step_seconds(learner, batch, update, repeats: int) -> float:
     return statistics.median(times)
 
 
-def settings_in_fresh_processes(script: str, settings: dict[str, list[str]], names: list[str], common: list[str],
-                                 worker_args: list[str], relative: dict[str, str], env: dict | None = None) -> dict[str, dict]:
-    """Run `script --worker JSON(common + settings[name]) *worker_args` for each name, each in its own
-    process (so each memory figure is that setting's alone): {name: the worker's JSON}, with each
-    `relative` key (new name -> measured key) as the ratio to the first setting's."""
-    results: dict[str, dict] = {}
-    for name in names:
-        print(f"[{Path(script).stem}] {name}", file=sys.stderr, flush=True)
-        cmd = [sys.executable, script, "--worker", json.dumps([*common, *settings[name]]), *worker_args]
-        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env).stdout
-        results[name] = json.loads(out.strip().splitlines()[-1])
-    first = results[names[0]]
-    for r in results.values():
-        r.update({ratio: r[key] / first[key] for ratio, key in relative.items()})
-    return results
-
-
-def write_report(report: dict, out: Path) -> None:
-    """Stamp the load average after the run, write `out`, print the JSON."""
-    report["load_average_after"] = os.getloadavg()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sequences", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "learner_profile.json")
+    ap.add_argument("--out", type=Path, default=OUT / "learner_profile.json")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    sys.path.insert(0, str(ROOT))
     import torch
 
     from rlvr.forward import collate

@@ -17,7 +17,7 @@ success rates); the map is fit on them and applied to `queries` new prompts. Rep
 the mean squared error against the true p of the raw answer, of the mapped answer, and of the
 context mean (the no-information prior), averaged over `seeds` worlds.
 
-Usage: python benchmarks/v0_prior_map.py [--seeds 20] [--context 256] [--n0 4] [--out benchmarks/results]
+Usage: python -m benchmarks.experiments.v0_prior_map [--seeds 20] [--context 256] [--n0 4] [--out benchmarks/results]
 Prints JSON and writes <out>/v0_prior_map.json.
 """
 
@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from rlvr.value.prior_map import fit_isotonic  # noqa: E402
+from rlvr.value.prior_map import fit_isotonic
 
 SIGMAS = (0.25, 0.5, 1.0, 2.0)
 

@@ -8,7 +8,7 @@ on the box hits both sides alike) and through the real pool (items per second, `
 
 Prints JSON and writes it to --out (default benchmarks/results/sandbox.json).
 
-Usage: python benchmarks/sandbox.py [--executions 200] [--items 60] [--workers 2]
+Usage: python -m benchmarks.micro.sandbox [--executions 200] [--items 60] [--workers 2]
 """
 
 from __future__ import annotations
@@ -19,17 +19,13 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from rlvr.rewards.code import _HARNESS  # noqa: E402
-from rlvr.sandbox import ProcessVerifier, RewardSpec, ScoreRequest  # noqa: E402
-from rlvr.sandbox.bubblewrap import INTERPRETER, Limits, probe, run  # noqa: E402
+from benchmarks.common import RESULTS
+from rlvr.rewards.code import _HARNESS
+from rlvr.sandbox import ProcessVerifier, RewardSpec, ScoreRequest
+from rlvr.sandbox.bubblewrap import INTERPRETER, Limits, probe, run
 
 PROGRAM = "a, b = map(int, input().split())\nprint(a + b)\n"
 TESTS = json.dumps({"inputs": [f"{i} {i + 1}\n" for i in range(3)], "outputs": [f"{2 * i + 1}\n" for i in range(3)]})
@@ -84,7 +80,7 @@ def main() -> None:
     ap.add_argument("--executions", type=int, default=200)
     ap.add_argument("--items", type=int, default=60)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "sandbox.json"))
+    ap.add_argument("--out", default=os.path.join(RESULTS, "sandbox.json"))
     args = ap.parse_args()
     probe()
     out = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "interpreter": INTERPRETER},

@@ -1,7 +1,7 @@
 """Where each method's gain over GRPO survives the learner's optimizer: the policy-gradient
 simulator (`pg_simulator.py`) under plain SGD and under AdamW (issue 28, part 3).
 
-    .venv/bin/python benchmarks/pg_regimes.py [--seeds 40] [--steps 100] [--workers 2] [--quick]
+    .venv/bin/python -m benchmarks.experiments.pg_regimes [--seeds 40] [--steps 100] [--workers 2] [--quick]
 
 Under SGD a constant advantage scale changes the step (GRPO's division by the group std, HA-DW's
 λ, focal's shrinking); under Adam it cancels, so what is left of a gain there is the method's
@@ -28,9 +28,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from benchmarks import pg_simulator as sim  # noqa: E402
+from benchmarks.experiments import pg_simulator as sim
 
 CONFIGS = {c.name: c for c in sim.CONFIGS}
 OPTIMIZERS = ("sgd", "adam")

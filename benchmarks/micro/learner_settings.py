@@ -1,6 +1,6 @@
 """Learner settings on the default job: full fp32 weights against bf16 autocast and LoRA ranks.
 
-    .venv/bin/python benchmarks/learner_settings.py [--settings fp32 bf16 lora16 lora64] [--steps 20]
+    .venv/bin/python -m benchmarks.micro.learner_settings [--settings fp32 bf16 lora16 lora64] [--steps 20]
         [--lora-lr 1e-4] [--out DIR] [key=value ...]
 
 One invocation runs `rlvr train` (the default job: V0.5, SmolLM2-135M, data=mix; the overrides are
@@ -33,8 +33,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from rlvr.plots import load_metrics  # noqa: E402
+from benchmarks.common import write_report
+from rlvr.plots import load_metrics
 
 
 def trainable_params(model_path: str, rank: int) -> int:
@@ -127,13 +127,11 @@ def main() -> None:
     report = {
         "started": started,
         "load_average_before": load_before,
-        "load_average_after": os.getloadavg(),
         "steps": args.steps,
         "overrides": args.overrides,
         "runs": runs,
     }
-    (args.out / "learner_settings.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    write_report(report, args.out / "learner_settings.json")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@ V0 value backend on an accelerator, with a tiny model and a SmolLM2-135M-shaped 
     # on this box, once: the bundle the device machine needs (it has torch and transformers only)
     make gpu-bundle
     # on the device machine (see docs/benchmarks.md, "GPU paths"), under 8 minutes:
-    PYTHONPATH=.gpu_bundle/site:. python benchmarks/gpu_check.py --device cuda --bundle .gpu_bundle --out $OUT/gpu_check.json
+    PYTHONPATH=.gpu_bundle/site:. python -m benchmarks.profiles.gpu_check --device cuda --bundle .gpu_bundle --out $OUT/gpu_check.json
     # the same code on CPU, as the test tests/integration/test_gpu_check.py runs it:
-    .venv/bin/python benchmarks/gpu_check.py --device cpu --models tiny --quick
+    .venv/bin/python -m benchmarks.profiles.gpu_check --device cpu --models tiny --quick
 
 No weights travel: the device machine reaches no model hub and the carried tree holds 64 MiB, so
 each model is built there with random weights from a config (the tests' tiny Llama, and SmolLM2-135M's
@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import OUT, ROOT, write_report
 
 TEMPERATURE = 0.7
 SMOLLM2_SHAPED = "smollm2-135m-shaped"
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="smaller engine and value parts (the CPU test)")
     ap.add_argument("--skip-value", action="store_true")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "gpu_check.json")
+    ap.add_argument("--out", type=Path, default=OUT / "gpu_check.json")
     ap.add_argument("--write-bundle", type=Path, help="write SmolLM2-135M's config and tokenizer here, then stop")
     args = ap.parse_args(argv)
     if args.write_bundle:
@@ -288,9 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not args.skip_value and "tiny" in folders:
             report["value_v0"] = attempt("value v0", lambda: value_part(folders["tiny"], device, work, args.quick))
     report["seconds"] = round(time.perf_counter() - start, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=str))
-    print(json.dumps(report, indent=2, default=str))
+    write_report(report, args.out)
     return report
 
 

@@ -36,7 +36,7 @@ Section ``uncertainty``: the prior's error sd varies per prompt (sd·r, r log-no
 model reports u = r·noise (``informative``) or an unrelated u (``uninformative``); V05Baseline
 with and without ``use_uncertainty`` (τ_g = τ·u_g/rms(u)), against the group mean.
 
-Usage: python benchmarks/baseline_mse.py [--out benchmarks/out/baseline_mse.json] [--sections ...]
+Usage: python -m benchmarks.experiments.baseline_mse [--out benchmarks/out/baseline_mse.json] [--sections ...]
 """
 
 from __future__ import annotations
@@ -51,8 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from rlvr.algorithms import v05  # noqa: E402
+from rlvr.algorithms import v05
 
 PRIOR_LO, PRIOR_HI = v05.PRIOR_MIN, v05.PRIOR_MAX
 BETA_A = BETA_B = 0.7

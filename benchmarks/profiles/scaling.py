@@ -22,7 +22,6 @@ starts them. Writes JSON (stdout and --out) and a PNG beside it, with per settin
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -30,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import OUT, write_report
+
 PHASES = ("generate", "verify", "learn", "sync", "step")
 # the role of each Ray actor class (the verifier's scoring workers are its forks, outside these figures)
 ROLES = {"RolloutEngine": "rollout", "PolicyLearner": "learner", "_VerifierPoolImpl": "verifier", "ValueServer": "value"}
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-tokens", default="64,256,1024")
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="the tiny model, prompts 2,4 and max tokens 8,16, 2 steps")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "scaling.json")
+    ap.add_argument("--out", type=Path, default=OUT / "scaling.json")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     from rlvr.roles import release_kept_roles
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         base += ["model=tiny-random", "data.train.size=16"]
     base += args.overrides
-    work = ROOT / "benchmarks" / "out" / "scaling_runs"  # run dirs stay out of the results that --out may name
+    work = OUT / "scaling_runs"  # run dirs stay out of the results that --out may name
     report: dict = {"overrides": base, "cpus": os.cpu_count(), "load_average_before": os.getloadavg(), "sweeps": {"prompts": [], "max_tokens": []}}
     start = time.perf_counter()
     try:
@@ -149,11 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
     report["fit"] = {"generation": fit([r["gen_tokens"] for r in rows], [r["seconds"]["generate"] for r in rows]),
                      "learning": fit([r["learn_tokens"] for r in rows], [r["seconds"]["learn"] for r in rows])}
     report["seconds"] = time.perf_counter() - start
-    report["load_average_after"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_report(report, args.out)
     plot(report, args.out.with_suffix(".png"))
-    print(json.dumps(report, indent=2))
     return report
 
 

@@ -1,6 +1,6 @@
 """rlvr against TRL's GRPOTrainer on identical work, one after the other in one invocation.
 
-    .venv/bin/python benchmarks/vs_trl.py [--precision float32|bfloat16] [--warmup 1] [--steps 5]
+    .venv/bin/python -m benchmarks.micro.vs_trl [--precision float32|bfloat16] [--warmup 1] [--steps 5]
                                           [--out benchmarks/out/vs_trl.json] [rlvr key=value ...]
 
 The work: SmolLM2-135M (the embedded default) in `--precision`: float32, or bfloat16 autocast over
@@ -42,7 +42,8 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import OUT, ROOT, write_report
+
 TRL_VENV = ROOT / "benchmarks" / ".venv-trl"
 # torch first (a bare torch pulls the CUDA build), then TRL with the transformers rlvr pins (TRL 1.16 needs >= 4.56.2)
 TRL_INSTALL = [["torch==2.13.0"], ["trl==1.16.0", "transformers==5.19.0", "math-verify==0.9.0", "psutil"]]
@@ -214,10 +215,9 @@ def main() -> None:
     ap.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "vs_trl.json")
+    ap.add_argument("--out", type=Path, default=OUT / "vs_trl.json")
     ap.add_argument("rlvr_overrides", nargs="*", help="extra `rlvr train` overrides, e.g. learner.micro_batch_size=8")
     args = ap.parse_args()
-    sys.path.insert(0, str(ROOT))
     from omegaconf import OmegaConf
 
     from rlvr.config import compose
@@ -269,7 +269,8 @@ def main() -> None:
         (tmp / "spec.json").write_text(json.dumps(spec))
         print("[vs_trl] TRL ...", file=sys.stderr, flush=True)
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-        out, trl_peak, trl_wall = run_measured([str(trl_python), __file__, "--trl-worker", str(tmp / "spec.json")], tmp / "trl.log", env)
+        env["PYTHONPATH"] = str(ROOT)  # the checkout (this module), none of rlvr's venv
+        out, trl_peak, trl_wall = run_measured([str(trl_python), "-m", __spec__.name, "--trl-worker", str(tmp / "spec.json")], tmp / "trl.log", env)
         trl = json.loads(out.strip().splitlines()[-1])
         trl_steps = trl["steps"][args.warmup :]
         for st in trl_steps:
@@ -282,7 +283,6 @@ def main() -> None:
     report = {
         "settings": {**s, "warmup_steps": args.warmup, "counted_steps": args.steps, "model": cfg.model.path, "rlvr_overrides": args.rlvr_overrides},
         "load_average_before": load_before,
-        "load_average_after": os.getloadavg(),
         "rlvr": {"seconds_per_step": rlvr_s, "peak_pss_mb": rlvr_peak.peak_mb, "pss_mb_at_peak": rlvr_peak.at_peak, "wall_s": rlvr_wall, "per_step": rlvr_steps},
         "trl": {"seconds_per_step": trl_s, "peak_pss_mb": trl_peak.peak_mb, "pss_mb_at_peak": trl_peak.at_peak, "wall_s": trl_wall, "torch_threads": trl["threads"], "per_step": trl_steps},
         "rlvr_over_trl": {
@@ -293,9 +293,7 @@ def main() -> None:
         },
         "targets": {"step<=0.5": rlvr_s["step"] / trl_s["step"] <= 0.5, "peak_memory<=1": rlvr_peak.peak_mb <= trl_peak.peak_mb},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

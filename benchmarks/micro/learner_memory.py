@@ -1,6 +1,6 @@
 """The learner's peak memory and step time per setting, each setting in a fresh process.
 
-    .venv/bin/python benchmarks/learner_memory.py [--repeats 2] [--settings NAME ...] [key=value ...]
+    .venv/bin/python -m benchmarks.micro.learner_memory [--repeats 2] [--settings NAME ...] [key=value ...]
 
 One `PolicyLearner.train_step` on the default job's batch shape (`learner_profile.default_job_batch`:
 32 sequences, chat-template prompts, responses of 8–64 tokens), in-process, no Ray. A setting is a
@@ -26,7 +26,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import OUT, settings_in_fresh_processes, write_report
+
 SETTINGS = {
     "default": [],  # learner.micro_batch_size=auto: micro-batches cut to activation_memory_gb (rlvr/sizing.py)
     "budget1.5": ["learner.activation_memory_gb=1.5"],
@@ -50,10 +51,9 @@ def rss_mb() -> float:
 
 
 def worker(overrides: list[str], repeats: int) -> dict:
-    sys.path.insert(0, str(ROOT))
     import torch
 
-    from learner_profile import default_job_batch
+    from benchmarks.profiles.learner_profile import default_job_batch
     from rlvr.learner import PolicyLearner
 
     cfg, base_cfg, update, _, batch = default_job_batch(32, overrides)
@@ -82,13 +82,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS), help="the first is the reference")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "learner_memory.json")
+    ap.add_argument("--out", type=Path, default=OUT / "learner_memory.json")
     ap.add_argument("overrides", nargs="*", help="added to every setting, e.g. model.train_dtype=float32")
     args = ap.parse_args()
-    from learner_profile import settings_in_fresh_processes, write_report
 
     report: dict = {"common_overrides": args.overrides, "load_average_before": os.getloadavg()}
-    report["settings"] = settings_in_fresh_processes(__file__, SETTINGS, args.settings, args.overrides, [str(args.repeats)],
+    report["settings"] = settings_in_fresh_processes(__spec__.name, SETTINGS, args.settings, args.overrides, [str(args.repeats)],
                                                      {"peak_vs_first": "peak_rss_mb", "time_vs_first": "train_step_s"})
     write_report(report, args.out)
 

@@ -25,7 +25,7 @@ Writes JSON to stdout and to --out (default benchmarks/out/verifier_throughput.j
   external SIGKILLs, against the cold start of a fresh interpreter with
   math-verify (what a spawn-per-replacement design would pay).
 
-Usage: python benchmarks/verifier_throughput.py [--items 600] [--timeout 5] [--workers 2] [--rounds 3] [--hang-rounds 1]
+Usage: python -m benchmarks.micro.verifier_throughput [--items 600] [--timeout 5] [--workers 2] [--rounds 3] [--hang-rounds 1]
 Keep it short on a 2-core box: the defaults run in well under a minute.
 """
 
@@ -41,11 +41,8 @@ import statistics
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from rlvr.sandbox import ProcessVerifier, RewardSpec, ScoreRequest  # noqa: E402
+from benchmarks.common import OUT
+from rlvr.sandbox import ProcessVerifier, RewardSpec, ScoreRequest
 
 FILLER = (
     "Let's think step by step. First we find how many items there are in each group, "
@@ -166,7 +163,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--hang-rounds", type=int, default=1)
-    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "out", "verifier_throughput.json"))
+    ap.add_argument("--out", default=os.path.join(OUT, "verifier_throughput.json"))
     args = ap.parse_args()
 
     rng = random.Random(args.seed)

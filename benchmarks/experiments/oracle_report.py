@@ -7,7 +7,7 @@ error against p* (less the oracle's own sampling noise) with a 95 % bootstrap in
 bias Â − A* by difficulty bucket (rlvr.oracle.report); and the cosine of each oracle step's
 policy gradient with the gradient at A* (`oracle/grad_cosine`), over steps.
 
-Usage: python benchmarks/oracle_report.py RUN_DIR [RUN_DIR ...] [--out FILE.json]
+Usage: python -m benchmarks.experiments.oracle_report RUN_DIR [RUN_DIR ...] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from rlvr.oracle import report  # noqa: E402
+from rlvr.oracle import report
 
 
 def cosine_summary(run: Path, reps: int = 2000) -> dict | None:

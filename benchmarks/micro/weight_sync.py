@@ -1,6 +1,6 @@
 """Bucketed weight sync against one tensor at a time, same model, same run.
 
-    .venv/bin/python benchmarks/weight_sync.py [--layers 48] [--repeats 5] [--engine vllm]
+    .venv/bin/python -m benchmarks.micro.weight_sync [--layers 48] [--repeats 5] [--engine vllm]
 
 Builds a random-init Llama with several hundred tensors (48 layers: 434), starts one DeepSpeed
 learner and one rollout engine on Ray, then alternates syncs:
@@ -22,8 +22,7 @@ import statistics
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from benchmarks.common import ROOT
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 Each (config, seed) is one training run in its own directory under ``--out``, in this process on
 the previous run's actors (`cluster.keep_roles`: each run resets them instead of starting its own,
-as `benchmarks/lr_search.py` does); a rerun skips finished runs and resumes interrupted ones (the
+as `benchmarks/experiments/lr_search.py` does); a rerun skips finished runs and resumes interrupted ones (the
 trainer's own resume). Each run's log is ``runs/<config>-s<seed>.log``. Held-out results come from
 each run's ``eval.jsonl`` (one record per held-out prompt and eval point), so intervals resample
 both seeds and prompts (paired: every run sees the same held-out prompts).
@@ -21,9 +21,9 @@ Questions, each printed as a measured ratio or difference with its 95% interval:
 Hyper-parameters are the presets' (the papers'); nothing is tuned on the held-out prompts.
 
 Usage:
-  python benchmarks/learning_efficiency.py [--configs grpo v05 ...] [--seeds 0 1 2] [--out DIR]
-  python benchmarks/learning_efficiency.py --report-only       # re-read finished runs
-  python benchmarks/learning_efficiency.py --quick             # tiny model, one step: the test
+  python -m benchmarks.experiments.learning_efficiency [--configs grpo v05 ...] [--seeds 0 1 2] [--out DIR]
+  python -m benchmarks.experiments.learning_efficiency --report-only       # re-read finished runs
+  python -m benchmarks.experiments.learning_efficiency --quick             # tiny model, one step: the test
 """
 
 from __future__ import annotations
@@ -39,12 +39,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from rlvr.algorithms import pass_at_k  # noqa: E402
-from rlvr.config import compose  # noqa: E402
-from rlvr.plots import load_metrics  # noqa: E402
-from rlvr.roles import release_kept_roles  # noqa: E402
-from rlvr.trainer import train  # noqa: E402
+from rlvr.algorithms import pass_at_k
+from rlvr.config import compose
+from rlvr.plots import load_metrics
+from rlvr.roles import release_kept_roles
+from rlvr.trainer import train
 
 # In the order a seed's runs are made: the pairs the three questions compare come first.
 GRID = {

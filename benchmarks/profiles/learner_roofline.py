@@ -33,9 +33,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.learner_profile import default_job_batch, median_step_seconds, write_report
+from benchmarks.common import OUT, write_report
+from benchmarks.profiles.learner_profile import default_job_batch, median_step_seconds
 
-ROOT = Path(__file__).resolve().parents[1]
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "aten::_addmm_activation")
 
 
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sequences", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "learner_roofline.json")
+    ap.add_argument("--out", type=Path, default=OUT / "learner_roofline.json")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
 

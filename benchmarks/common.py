@@ -1,0 +1,40 @@
+"""What the benchmarks share. Standard library only: `profiles/gpu_check.py` imports it on a machine
+without rlvr's dependencies, and `micro/vs_trl.py` in TRL's own virtual environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "out"  # scratch output; what docs/benchmarks.md reads is copied to benchmarks/results
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def write_report(report: dict, out: Path) -> None:
+    """Stamp the load average after the run, write `out`, print the JSON."""
+    report["load_average_after"] = os.getloadavg()
+    text = json.dumps(report, indent=2, default=str)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(text)
+
+
+def settings_in_fresh_processes(module: str, settings: dict[str, list[str]], names: list[str], common: list[str],
+                                 worker_args: list[str], relative: dict[str, str], env: dict | None = None) -> dict[str, dict]:
+    """Run `python -m module --worker JSON(common + settings[name]) *worker_args` for each name, each in its
+    own process (so each memory figure is that setting's alone): {name: the worker's JSON}, with each
+    `relative` key (new name -> measured key) as the ratio to the first setting's."""
+    results: dict[str, dict] = {}
+    for name in names:
+        print(f"[{module.rsplit('.', 1)[-1]}] {name}", file=sys.stderr, flush=True)
+        cmd = [sys.executable, "-m", module, "--worker", json.dumps([*common, *settings[name]]), *worker_args]
+        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env).stdout
+        results[name] = json.loads(out.strip().splitlines()[-1])
+    first = results[names[0]]
+    for r in results.values():
+        r.update({ratio: r[key] / first[key] for ratio, key in relative.items()})
+    return results

@@ -1,0 +1,1 @@
+"""Experiments: what learning does under each method and setting, with intervals."""

@@ -90,7 +90,7 @@ class Batch:
     stream_state: dict | None = None  # the prompt stream right after this batch was drawn
     value_state: dict | None = None  # the value server right after this batch (async runs)
     controller_state: dict | None = None  # the BudgetController right after this batch
-    oracle: dict | None = None  # rlvr.oracle.sample_oracle's answer for this batch's prompts, when measured
+    oracle: dict | None = None  # rlvr.train.oracle.sample_oracle's answer for this batch's prompts, when measured
     advantage_weights: torch.Tensor | None = None  # the weighting's factor per trajectory (focal, HA-DW), when one is on
     unweighted_advantages: torch.Tensor | None = None  # the estimator's advantages before that weighting
 
@@ -155,7 +155,7 @@ def plan_mini_batches(
     The split into mini-batches is a seeded shuffle (each optimizer step sees a mix of prompts);
     within one, a prompt's responses stay together (the learner runs a shared prompt once) and
     similar lengths share a micro-batch (less padding), interleaved over the ranks. A rank's share
-    is cut into micro-batches of `micro_batch` sequences, or by `micro_batch(share)` (`rlvr.sizing.
+    is cut into micro-batches of `micro_batch` sequences, or by `micro_batch(share)` (`rlvr.runtime.sizing.
     ActivationBudget`: by memory). Every rank gets equally many micro-batches (ZeRO-3 gathers in
     lockstep): a rank with fewer ends with empty ones.
     """

@@ -40,7 +40,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message says what to fix: printed without a traceback."""
     from rlvr.config import ConfigError
     from rlvr.data import DataError
-    from rlvr.placement import ClusterTooSmall
+    from rlvr.runtime.placement import ClusterTooSmall
 
     return (ConfigError, DataError, ClusterTooSmall, ConnectionError, FileNotFoundError)
 
@@ -107,13 +107,13 @@ def train_command(argv: list[str]) -> int:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        from rlvr.trainer import train
+        from rlvr.train.loop import train
 
         hc = HydraConfig.get()
         user_set_run_dir = any(o.lstrip("+~").split("=", 1)[0] == "run_dir" for o in hc.overrides.task)
         if hc.mode == RunMode.MULTIRUN and not user_set_run_dir:
             cfg.run_dir = hc.runtime.output_dir  # multirun/<date>/<time>/<job>_<overrides>
-        from rlvr.faults import RoleFailed
+        from rlvr.runtime.faults import RoleFailed
 
         try:
             s = train(cfg)["summary"]
@@ -170,7 +170,7 @@ def eval_command(argv: list[str]) -> int:
     parser.add_argument("target", metavar="CKPT|MODEL_DIR")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data=champ eval.n_samples=4")
     args = parser.parse_args(argv)
-    from rlvr.evaluate import evaluate_model
+    from rlvr.train.evaluate import evaluate_model
 
     metrics = evaluate_model(args.target, _compose_or_exit(args.overrides))
     for k, v in metrics.items():
@@ -184,7 +184,7 @@ def value_report_command(argv: list[str]) -> int:
     parser.add_argument("--min-context", type=int, default=64, help="score prompts predicted with at least this much context")
     parser.add_argument("--predictors", nargs="+", default=None, help="subset of: logged context_mean embedded ridge")
     args = parser.parse_args(argv)
-    from rlvr.value_report import PREDICTORS, format_table, value_report
+    from rlvr.analysis.value_report import PREDICTORS, format_table, value_report
 
     report = value_report(Path(args.run_dir), args.min_context, tuple(args.predictors or PREDICTORS))
     print(format_table(report))
@@ -193,7 +193,7 @@ def value_report_command(argv: list[str]) -> int:
 
 
 def plot_command(argv: list[str]) -> int:
-    from rlvr.plots import main as plot_main
+    from rlvr.analysis.plots import main as plot_main
 
     return plot_main(argv)
 
@@ -203,7 +203,7 @@ def compare_command(argv: list[str]) -> int:
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run dirs, e.g. multirun/<date>/<time>/*")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
-    from rlvr.plots import compare_runs, format_comparison
+    from rlvr.analysis.plots import compare_runs, format_comparison
 
     rows = compare_runs(args.run_dirs)
     if args.json:

@@ -254,7 +254,7 @@ def _validate_verifier(cfg: DictConfig) -> None:
 
 
 def validate_cluster(c: DictConfig, rollout_backend: str) -> None:
-    from rlvr.placement import MODES, STRATEGIES
+    from rlvr.runtime.placement import MODES, STRATEGIES
 
     _check(c.mode in MODES, "cluster.mode", f"unknown {c.mode!r}; known: {', '.join(MODES)}")
     _check(c.strategy in STRATEGIES, "cluster.strategy", f"unknown {c.strategy!r}; known: {', '.join(STRATEGIES)}")

@@ -24,9 +24,9 @@ from omegaconf import DictConfig
 
 from rlvr.batch import Trajectory
 from rlvr.data import Problem
-from rlvr.engines import GenerationRequest, Sample, SamplingConfig
 from rlvr.envs import Step, environment_from_config
 from rlvr.envs.tools import PARSERS, STOP_AFTER_CALL, MalformedCall, ToolCall, tool_prompt, tool_schemas
+from rlvr.rollout.engines import GenerationRequest, Sample, SamplingConfig
 from rlvr.sandbox import ScoreRequest, ScoreResult
 
 VERIFIER_FAILURES = ("timeout", "oom", "crash", "error")  # error: a reward function raised or returned a non-number

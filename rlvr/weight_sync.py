@@ -30,7 +30,7 @@ from typing import Callable, Iterator
 import ray
 import torch
 
-from rlvr.faults import gather
+from rlvr.runtime.faults import gather
 
 BACKENDS = ("ray", "nccl", "ipc")
 
@@ -150,7 +150,7 @@ def open_shared(handle: bytes) -> torch.Tensor:
 def connect(backend: str, learners: list, engines: list, address: tuple[str, int] | None) -> None:
     """Open the nccl backend's group: learner rank 0 is rank 0, engine i is rank i + 1.
 
-    `address` is a free port on learner rank 0's node (see `rlvr.placement.rendezvous`).
+    `address` is a free port on learner rank 0's node (see `rlvr.runtime.placement.rendezvous`).
     """
     if backend != "nccl":
         return

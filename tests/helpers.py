@@ -15,10 +15,10 @@ import psutil
 
 from rlvr.batch import MiniBatch, Trajectory
 from rlvr.config import algorithm_preset, compose
-from rlvr.engines import EngineConfig
-from rlvr.learner import LearnerConfig, UpdateConfig
-from rlvr.roles import engine_config, learner_config
-from rlvr.trainer import update_config
+from rlvr.learner.actor import LearnerConfig, UpdateConfig
+from rlvr.rollout.engines import EngineConfig
+from rlvr.runtime.roles import engine_config, learner_config
+from rlvr.train.loop import update_config
 
 
 def tiny_learner_config(model_path: str, *overrides: str, **fields) -> LearnerConfig:
@@ -118,7 +118,7 @@ RESUME_ARGS = [
 # -- actors kept for a pytest worker's whole run ---------------------------------------------------
 # A component test needs a live learner or engine, not a new process: starting one costs seconds
 # (imports, DeepSpeed, vLLM), resetting a kept one a fraction. This is `cluster.keep_roles`
-# (rlvr/roles.py) for one actor at a time: the same `reset` protocol (the initial weights from disk, a
+# (rlvr/runtime/roles.py) for one actor at a time: the same `reset` protocol (the initial weights from disk, a
 # new optimizer, version 0) and the same Ray-session scope (the simulated-cluster tests restart Ray,
 # and the actors of the old session are gone with it), without a role's placement group, which a
 # component test does not have. An actor that died is started anew (the fault tests signal every
@@ -127,7 +127,7 @@ _kept_actors: dict = {"session": None, "learners": [], "engines": {}, "pids": se
 
 
 def _kept_for_this_session() -> dict:
-    from rlvr.roles import ray_session
+    from rlvr.runtime.roles import ray_session
 
     session = ray_session()
     if _kept_actors["session"] != session:
@@ -140,8 +140,8 @@ def kept_learner(cfg: LearnerConfig, index: int = 0):
     apart learners a test needs at the same time. The test must not kill it."""
     import ray
 
-    from rlvr.learner import PolicyLearner
-    from rlvr.placement import node_address
+    from rlvr.learner.actor import PolicyLearner
+    from rlvr.runtime.placement import node_address
 
     learners = _kept_for_this_session()["learners"]
     if len(learners) > index and _reset(learners[index], cfg, None):
@@ -156,7 +156,7 @@ def kept_learner(cfg: LearnerConfig, index: int = 0):
 def kept_engine(cfg: EngineConfig):
     """A RolloutEngine of `cfg` (one per distinct config) at the initial weights, version 0. The
     test must not kill it."""
-    from rlvr.rollout import RolloutEngine
+    from rlvr.rollout.pool import RolloutEngine
 
     engines = _kept_for_this_session()["engines"]
     key = repr(cfg)
@@ -211,7 +211,7 @@ def at_step(monkeypatch, step: int, action: Callable[[], None], before: bool = F
     the engines; step + 1's batch is next), or with ``before`` right before it (step's batch is
     generated and scored; its update and weight sync are next). A fault placed here lands at a
     named point of the run, whatever the box's speed: the test waits on no file and no clock."""
-    import rlvr.trainer as trainer
+    import rlvr.train.loop as trainer
 
     inner, done = trainer.train_step, []
 
@@ -270,7 +270,7 @@ def train_in_process(run_dir: Path, *extra: str) -> dict:
     """`train()` here on RESUME_ARGS + extra, on the previous run's actors where they fit
     (`cluster.keep_roles`): what `rlvr_train` does, without a new interpreter, Ray and actors."""
     from rlvr.config import compose
-    from rlvr.trainer import train
+    from rlvr.train.loop import train
 
     return train(compose([*RESUME_ARGS, "cluster.keep_roles=true", *extra, f"run_dir={run_dir}"]))
 

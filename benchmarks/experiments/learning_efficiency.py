@@ -40,10 +40,10 @@ import numpy as np
 import torch
 
 from rlvr.algorithms import pass_at_k
+from rlvr.analysis.plots import load_metrics
 from rlvr.config import compose
-from rlvr.plots import load_metrics
-from rlvr.roles import release_kept_roles
-from rlvr.trainer import train
+from rlvr.runtime.roles import release_kept_roles
+from rlvr.train.loop import train
 
 # In the order a seed's runs are made: the pairs the three questions compare come first.
 GRID = {

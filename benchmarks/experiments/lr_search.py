@@ -42,7 +42,7 @@ def budget(quick: bool, steps: int, prompts: int) -> list[str]:
 def run(presets: list[str], lrs: list[float], overrides: list[str], out: Path, quick: bool = False) -> dict:
     """Train each (preset, lr) in this process unless it finished before; read its final validation accuracy."""
     from rlvr.config import compose
-    from rlvr.trainer import train
+    from rlvr.train.loop import train
 
     results: dict[str, dict[str, dict]] = {}
     for preset in presets:

@@ -4,7 +4,7 @@
 oracle step); this reads one or more run dirs and prints, per run, each baseline's mean squared
 error against p* (less the oracle's own sampling noise) with a 95 % bootstrap interval over the
 (step, prompt) records, and its ratio to the group mean of the first n0 rollouts; the advantage
-bias Â − A* by difficulty bucket (rlvr.oracle.report); and the cosine of each oracle step's
+bias Â − A* by difficulty bucket (rlvr.train.oracle.report); and the cosine of each oracle step's
 policy gradient with the gradient at A* (`oracle/grad_cosine`), over steps.
 
 Usage: python -m benchmarks.experiments.oracle_report RUN_DIR [RUN_DIR ...] [--out FILE.json]
@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from rlvr.oracle import report
+from rlvr.train.oracle import report
 
 
 def cosine_summary(run: Path, reps: int = 2000) -> dict | None:

@@ -61,7 +61,7 @@ CONFIGS = [
 ]
 
 
-# the learner's AdamW (rlvr.learner.deepspeed_config: torch AdamW, learner.weight_decay 0)
+# the learner's AdamW (rlvr.learner.actor.deepspeed_config: torch AdamW, learner.weight_decay 0)
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 
 

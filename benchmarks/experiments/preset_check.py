@@ -116,7 +116,7 @@ def checks(name: str, history: list[dict], run_dir: Path, cfg) -> dict[str, dict
 def run(configs: list[str], overrides: list[str], out: Path, quick: bool = False) -> dict:
     """Train each config for a few steps in this process and check its mechanisms."""
     from rlvr.config import compose
-    from rlvr.trainer import train
+    from rlvr.train.loop import train
 
     results = {}
     for name in configs:

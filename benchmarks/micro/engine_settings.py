@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.micro.engine_settings [--prompts 128] [--max-tokens 64] [--settings NAME ...] [key=value ...]
 
-One `VLLMEngine.generate` call (rlvr's engine, built by `rlvr.roles.engine_config` from the config
+One `VLLMEngine.generate` call (rlvr's engine, built by `rlvr.runtime.roles.engine_config` from the config
 tree) on `--prompts` distinct `data=mix` prompts rendered as the trainer renders them, one answer
 each, at the default temperature, after a warm-up call on 8 of them. A setting is a list of
 `rollout.*` overrides; each runs in its own subprocess, so each memory figure is that engine's
@@ -46,9 +46,9 @@ def worker(overrides: list[str], prompts: int, max_tokens: int) -> dict:
 
     from rlvr.config import compose
     from rlvr.data import load_problems, prompt_renderer
-    from rlvr.engines import GenerationRequest, SamplingConfig, VLLMEngine
     from rlvr.models import resolve_model_path
-    from rlvr.roles import engine_config
+    from rlvr.rollout.engines import GenerationRequest, SamplingConfig, VLLMEngine
+    from rlvr.runtime.roles import engine_config
 
     cfg = compose(overrides)
     model_path = resolve_model_path(cfg.model.path, cfg.cache_dir)

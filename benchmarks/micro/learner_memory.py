@@ -29,7 +29,7 @@ from pathlib import Path
 from benchmarks.common import OUT, settings_in_fresh_processes, write_report
 
 SETTINGS = {
-    "default": [],  # learner.micro_batch_size=auto: micro-batches cut to activation_memory_gb (rlvr/sizing.py)
+    "default": [],  # learner.micro_batch_size=auto: micro-batches cut to activation_memory_gb (rlvr/runtime/sizing.py)
     "budget1.5": ["learner.activation_memory_gb=1.5"],
     "budget0.75": ["learner.activation_memory_gb=0.75"],
     "head-whole": ["learner.head_chunk=0"],
@@ -54,7 +54,7 @@ def worker(overrides: list[str], repeats: int) -> dict:
     import torch
 
     from benchmarks.profiles.learner_profile import default_job_batch
-    from rlvr.learner import PolicyLearner
+    from rlvr.learner.actor import PolicyLearner
 
     cfg, base_cfg, update, _, batch = default_job_batch(32, overrides)
     torch.set_num_threads(cfg.rollout.threads)

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import write_report
-from rlvr.plots import load_metrics
+from rlvr.analysis.plots import load_metrics
 
 
 def trainable_params(model_path: str, rank: int) -> int:

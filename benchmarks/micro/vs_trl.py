@@ -220,10 +220,10 @@ def main() -> None:
     args = ap.parse_args()
     from omegaconf import OmegaConf
 
+    from rlvr.analysis.plots import load_metrics
     from rlvr.config import compose
     from rlvr.data import PromptStream, load_problems, prompt_renderer
     from rlvr.models import resolve_model_path
-    from rlvr.plots import load_metrics
 
     s = {**SETTINGS, "precision": args.precision}
     total = args.warmup + args.steps

@@ -40,11 +40,11 @@ def main() -> None:
     import ray
 
     from rlvr.config import compose
-    from rlvr.learner import PolicyLearner
+    from rlvr.learner.actor import PolicyLearner
     from rlvr.models import build_tiny_model, default_cache_dir
-    from rlvr.placement import node_address
-    from rlvr.roles import engine_config, learner_config
-    from rlvr.rollout import RolloutEngine
+    from rlvr.rollout.pool import RolloutEngine
+    from rlvr.runtime.placement import node_address
+    from rlvr.runtime.roles import engine_config, learner_config
     from rlvr.weight_sync import connect, sync_weights
 
     cache = default_cache_dir()

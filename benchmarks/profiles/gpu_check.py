@@ -13,12 +13,12 @@ each model is built there with random weights from a config (the tests' tiny Lla
 own config.json and tokenizer from the bundle). Speed and memory depend on the shapes, not the
 values. Per model, printed as JSON (and written to --out):
 
-- `learner`: `rlvr.forward.response_logprobs` (the learner's forward) on a batch shaped like the
+- `learner`: `rlvr.learner.forward.response_logprobs` (the learner's forward) on a batch shaped like the
   default job's (8 prompts x 4 responses, prompts of 120-200 tokens, responses of 8-64), float32
   weights, SDPA attention: the largest |Δ log-prob| of the shared-prompt and packed paths against
   the per-sequence one (they compute the same numbers), then forward + backward seconds, tokens/s
   and peak memory for each path, in float32 and under bf16 autocast (`model.train_dtype=bfloat16`).
-- `engine_hf`: `rlvr.engines.HFEngine` (the engine takes CUDA whenever it is present) sampling 8
+- `engine_hf`: `rlvr.rollout.engines.HFEngine` (the engine takes CUDA whenever it is present) sampling 8
   prompts x n=4 x up to 64 tokens: seconds, new tokens/s, peak memory, every log-prob finite.
 - `value_v0` (once): V0's backbone (Qwen3-Embedding-0.6B's shape with --device cuda, tiny on CPU)
   and adapter at the published dimensions encoding 128 prompts, and, where the `tabpfn` package is
@@ -146,7 +146,7 @@ def default_job_shaped(vocab: int, prompts: int = 8, n: int = 4, seed: int = 0):
 def learner_part(folder: Path, device: torch.device, repeats: int) -> dict:
     from transformers import AutoModelForCausalLM
 
-    from rlvr.forward import collate, response_logprobs
+    from rlvr.learner.forward import collate, response_logprobs
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa").to(device)
     model.train()
@@ -175,7 +175,7 @@ def learner_part(folder: Path, device: torch.device, repeats: int) -> dict:
 
 
 def engine_part(folder: Path, device: torch.device, quick: bool) -> dict:
-    from rlvr.engines import EngineConfig, GenerationRequest, HFEngine, SamplingConfig
+    from rlvr.rollout.engines import EngineConfig, GenerationRequest, HFEngine, SamplingConfig
 
     dtype = "bfloat16" if device.type == "cuda" else "float32"
     engine = HFEngine(EngineConfig(backend="hf", model_path=str(folder), dtype=dtype, max_model_len=1024, kv_cache_gb=0.0, seed=0,

@@ -40,9 +40,9 @@ def default_job_batch(sequences: int, overrides: list[str]):
     from rlvr.config import algorithm_preset, compose
     from rlvr.data import PromptStream, load_problems, prompt_renderer
     from rlvr.models import resolve_model_path
-    from rlvr.roles import learner_config
-    from rlvr.sizing import micro_batching
-    from rlvr.trainer import update_config
+    from rlvr.runtime.roles import learner_config
+    from rlvr.runtime.sizing import micro_batching
+    from rlvr.train.loop import update_config
 
     cfg = compose(["algorithm=grpo", *overrides])
     model_path = resolve_model_path(cfg.model.path, cfg.cache_dir)
@@ -82,8 +82,8 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from rlvr.forward import collate
-    from rlvr.learner import PolicyLearner
+    from rlvr.learner.actor import PolicyLearner
+    from rlvr.learner.forward import collate
 
     cfg, base_cfg, update, seqs, batch = default_job_batch(args.sequences, args.overrides)
     micro = batch[0].micro_batches

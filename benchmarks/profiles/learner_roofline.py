@@ -146,8 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
 
-    from rlvr.forward import collate, positions
-    from rlvr.learner import PolicyLearner
+    from rlvr.learner.actor import PolicyLearner
+    from rlvr.learner.forward import collate, positions
 
     cfg, base_cfg, update, seqs, batch = default_job_batch(args.sequences, args.overrides)
     threads = cfg.rollout.threads

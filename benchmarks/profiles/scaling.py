@@ -55,7 +55,7 @@ def role_peaks_mb() -> dict[str, float]:
 
 def run_setting(overrides: list[str], run_dir: Path) -> dict:
     from rlvr.config import compose
-    from rlvr.trainer import train
+    from rlvr.train.loop import train
 
     result = train(compose([*overrides, f"run_dir={run_dir}"]))
     history = result["history"]
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=OUT / "scaling.json")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
-    from rlvr.roles import release_kept_roles
+    from rlvr.runtime.roles import release_kept_roles
 
     prompts = [2, 4] if args.quick else [int(x) for x in args.prompts.split(",")]
     max_tokens = [8, 16] if args.quick else [int(x) for x in args.max_tokens.split(",")]

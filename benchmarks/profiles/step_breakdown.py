@@ -108,7 +108,7 @@ def main() -> None:
     from rlvr.config import compose
     from rlvr.data import PromptStream, load_problems, prompt_renderer
     from rlvr.models import resolve_model_path
-    from rlvr.trainer import train
+    from rlvr.train.loop import train
 
     base = [f"trainer.steps={args.steps}", "trainer.eval_every=0", "trainer.save_every=0", "resume.mode=never"]
     # The prompts of the run's measured steps (the first pays set-up), through a bare engine first.

@@ -15,7 +15,7 @@ class _VerifierPoolImpl:
     the model ``tools`` (``module:function`` specs), a second one that runs their calls."""
 
     def __init__(self, terms, num_workers: int = 2, timeout_s: float = 5.0, memory_mb: int = 1024, tools: list[str] | None = None, **kwargs):
-        from rlvr.logs import redirect_actor_output
+        from rlvr.runtime.logs import redirect_actor_output
 
         redirect_actor_output()
         self._v = ProcessVerifier(terms, num_workers=num_workers, timeout_s=timeout_s, memory_mb=memory_mb, **kwargs)
@@ -38,7 +38,7 @@ class _VerifierPoolImpl:
     def reset(self, log_path: str | None) -> None:
         """For a new run in this process (`cluster.keep_roles`): the workers hold no state between
         items, so only the log file changes."""
-        from rlvr.logs import redirect_actor_output
+        from rlvr.runtime.logs import redirect_actor_output
 
         redirect_actor_output(log_path)
 

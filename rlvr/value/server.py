@@ -5,7 +5,7 @@ from __future__ import annotations
 import ray
 import torch
 
-from rlvr.logs import redirect_actor_output
+from rlvr.runtime.logs import redirect_actor_output
 from rlvr.value.constant import ConstantValueModel
 from rlvr.value.embedded import EmbeddedValueModel
 from rlvr.value.hf_classifier import HFClassifierValueModel

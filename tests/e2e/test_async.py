@@ -23,7 +23,7 @@ ASYNC = TINY + ["trainer.steps=4", "trainer.eval_every=0", "trainer.progress=fal
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["grpo", "dapo", "v05"])
 def test_one_step_off_runs_within_the_staleness_bound(algorithm, tmp_path, ray_session, tiny_model):
-    from rlvr.trainer import train
+    from rlvr.train.loop import train
 
     cfg = compose(ASYNC + [f"algorithm={algorithm}", "trainer.max_staleness=1", f"run_dir={tmp_path / algorithm}"])
     history = train(cfg)["history"]
@@ -44,8 +44,8 @@ def test_one_step_off_runs_within_the_staleness_bound(algorithm, tmp_path, ray_s
 
 @pytest.mark.slow
 def test_delayed_training_makes_stale_samples_which_are_dropped_and_counted(tmp_path, ray_session, tiny_model, monkeypatch):
-    import rlvr.trainer as trainer
-    from rlvr.rollout import RolloutPool
+    import rlvr.train.loop as trainer
+    from rlvr.rollout.pool import RolloutPool
 
     real_load = RolloutPool.load_weights
 
@@ -68,7 +68,7 @@ def test_delayed_training_makes_stale_samples_which_are_dropped_and_counted(tmp_
 def test_sigterm_saves_and_stops_an_async_run_and_resume_loses_no_data(tmp_path, ray_session, tiny_model, monkeypatch):
     """SIGTERM to this process right after step 2's update, while the generator thread works on
     step 3's batch; then the same command again, on the actors the stopped run kept."""
-    from rlvr.trainer import train
+    from rlvr.train.loop import train
 
     run_dir = tmp_path / "async"
     cfg = compose(ASYNC + ["algorithm=v05", "trainer.steps=6", "trainer.save_every=0", "trainer.max_staleness=1",

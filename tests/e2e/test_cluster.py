@@ -12,9 +12,9 @@ import torch
 from helpers import TINY, start_test_ray
 
 from rlvr.config import compose
-from rlvr.placement import ClusterTooSmall
-from rlvr.roles import start_ray
-from rlvr.trainer import train
+from rlvr.runtime.placement import ClusterTooSmall
+from rlvr.runtime.roles import start_ray
+from rlvr.train.loop import train
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def node_of(actor) -> str:
 
 def record_placement(monkeypatch) -> dict:
     """The node of every role's actor, read once, as the run's first update begins."""
-    import rlvr.trainer as trainer
+    import rlvr.train.loop as trainer
 
     inner, placed = trainer.train_step, {}
 

@@ -8,7 +8,7 @@ import pytest
 @pytest.mark.slow
 def test_a_step_trains_on_code_tasks_with_sandboxed_rewards(tmp_path, ray_session, tiny_model):
     from rlvr.config import compose
-    from rlvr.trainer import train
+    from rlvr.train.loop import train
 
     cfg = compose([
         "model=tiny-random", "data=code", "eval.size=2", "trainer.steps=1", "trainer.batch_size=2",

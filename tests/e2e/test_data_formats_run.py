@@ -13,7 +13,7 @@ def test_a_step_trains_on_verl_parquet_and_evaluates_on_trl_jsonl(tmp_path, ray_
     """One run covers both readers end to end (one actor start-up instead of two), and sampled
     pass@k in evaluation and the TensorBoard and (offline) wandb loggers."""
     from rlvr.config import compose
-    from rlvr.trainer import train
+    from rlvr.train.loop import train
 
     train_path, eval_path = tmp_path / "train.parquet", tmp_path / "eval.jsonl"
     pq.write_table(pa.Table.from_pylist([

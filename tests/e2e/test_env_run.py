@@ -21,7 +21,7 @@ def step_records(run_dir) -> dict[int, dict]:
 @pytest.mark.parametrize("algorithm", ["dapo", "v05"])
 def test_two_steps_of_calculator_episodes_train(algorithm, tmp_path, ray_session, tiny_model):
     from rlvr.config import compose
-    from rlvr.trainer import train
+    from rlvr.train.loop import train
 
     cfg = compose([*TINY_CALCULATOR, f"algorithm={algorithm}", "trainer.steps=2", "trainer.eval_every=0", "eval.at_start=false",
                    "trainer.save_every=0", *(["algorithm.warmup_prompts=4"] if algorithm == "v05" else []), f"run_dir={tmp_path / 'run'}"])
@@ -36,7 +36,7 @@ def test_two_steps_of_calculator_episodes_train(algorithm, tmp_path, ray_session
 @pytest.mark.slow
 def test_calculator_episodes_train_evaluate_and_resume_to_the_same_episodes(tmp_path, ray_session, tiny_model):
     from rlvr.config import compose
-    from rlvr.trainer import train
+    from rlvr.train.loop import train
 
     def run(run_dir):
         return train(compose([*TINY_CALCULATOR, "algorithm=grpo", "trainer.steps=2", "trainer.eval_every=2", "trainer.save_every=1",

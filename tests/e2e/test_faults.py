@@ -12,8 +12,8 @@ import pytest
 from helpers import SAME, TINY, at_step, signal_actors
 
 from rlvr.config import compose
-from rlvr.faults import RoleFailed
-from rlvr.trainer import train
+from rlvr.runtime.faults import RoleFailed
+from rlvr.train.loop import train
 
 GRPO_4 = TINY + ["algorithm=grpo", "trainer.steps=4", "trainer.eval_every=0", "trainer.save_every=2", "rollout.timeout_s=10"]
 

@@ -7,9 +7,9 @@ import pytest
 import ray
 from helpers import TINY
 
-import rlvr.roles as roles
+import rlvr.runtime.roles as roles
 from rlvr.config import compose
-from rlvr.trainer import train
+from rlvr.train.loop import train
 from scripts.compare_records import FILES, differences, load
 
 # every role, and the state each keeps: V0.5's value context, HA-DW's weights, a recomputed π_old

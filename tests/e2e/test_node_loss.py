@@ -9,8 +9,8 @@ import ray
 from helpers import TINY, at_step, start_test_ray
 
 from rlvr.config import compose
-from rlvr.faults import RoleFailed
-from rlvr.trainer import train
+from rlvr.runtime.faults import RoleFailed
+from rlvr.train.loop import train
 
 
 @pytest.fixture(scope="module")

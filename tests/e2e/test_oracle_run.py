@@ -8,7 +8,7 @@ import pytest
 from helpers import SAME, TINY
 
 from rlvr.config import compose
-from rlvr.trainer import train
+from rlvr.train.loop import train
 
 BASE = TINY + ["algorithm=v05", "weighting=hadw", "algorithm.warmup_prompts=4", "trainer.eval_every=0", "eval.at_start=false", "trainer.save_every=0"]
 

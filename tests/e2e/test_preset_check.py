@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks.experiments import preset_check
 from rlvr.config import compose
-from rlvr.trainer import train
+from rlvr.train.loop import train
 
 
 def every_role_worked(name: str, run_dir: Path) -> None:

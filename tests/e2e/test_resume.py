@@ -59,7 +59,7 @@ def test_sigkill_and_resume_matches_straight_run(tmp_path, ray_session, tiny_mod
             assert b[step][key] == expected, (step, key, a[step][key], b[step][key])
     assert b[3]["learner/tokens"] > 0 and b[4]["learner/tokens"] > 0  # the epoch after the boundary trained
     # V0.5's calibration window came back with the checkpoint: every decision after the resume is the same
-    from rlvr.plots import load_decisions
+    from rlvr.analysis.plots import load_decisions
 
     da, db = load_decisions(straight), load_decisions(resumed)
     assert list(da) == list(db) == [1, 2, 3, 4]
@@ -99,7 +99,7 @@ def test_sigkill_and_resume_matches_straight_run(tmp_path, ray_session, tiny_mod
 
 def test_resume_refuses_a_different_algorithm(tmp_path, tiny_model):
     from rlvr.config import ConfigError, compose
-    from rlvr.run_state import check_resume_config
+    from rlvr.train.state import check_resume_config
 
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()

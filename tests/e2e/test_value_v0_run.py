@@ -20,7 +20,7 @@ def v0_files(tmp_path_factory, tiny_model) -> dict:
 def test_v05_trains_with_the_v0_prior(v0_files, tmp_path, ray_session, tiny_model):
     from helpers import TINY
 
-    from rlvr.trainer import train
+    from rlvr.train.loop import train
 
     run_dir = tmp_path / "v05-v0"
     # without the warm start, so that step 1 meets an empty context and step 2 exactly step 1's

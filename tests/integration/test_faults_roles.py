@@ -9,8 +9,8 @@ import psutil
 import pytest
 import ray
 
-from rlvr.faults import RestartingRole, RoleFailed, gather
-from rlvr.learner import PolicyLearner
+from rlvr.learner.actor import PolicyLearner
+from rlvr.runtime.faults import RestartingRole, RoleFailed, gather
 
 
 @pytest.mark.slow
@@ -20,9 +20,9 @@ def test_an_engine_stopped_before_a_weight_sync_is_replaced_and_loaded_not_waite
     any other engine keeps the weights it loaded, and the replacement gets the learner's."""
     from helpers import tiny_engine_config, tiny_learner_config
 
-    from rlvr.placement import node_address
-    from rlvr.roles import reload_engine
-    from rlvr.rollout import RolloutEngine, RolloutPool
+    from rlvr.rollout.pool import RolloutEngine, RolloutPool
+    from rlvr.runtime.placement import node_address
+    from rlvr.runtime.roles import reload_engine
 
     host, port = ray.get(node_address.remote())
     learner = PolicyLearner.options(num_cpus=0.1).remote(tiny_learner_config(tiny_model, threads=1), 0, 1, host, port)

@@ -10,8 +10,8 @@ import ray
 from helpers import adapter_weights, tiny_learner_config, tiny_update_config
 
 from rlvr.batch import MiniBatch, Trajectory
-from rlvr.learner import PolicyLearner
-from rlvr.placement import node_address
+from rlvr.learner.actor import PolicyLearner
+from rlvr.runtime.placement import node_address
 from rlvr.weight_sync import fetch_buckets
 
 SEQS = [

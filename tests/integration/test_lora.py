@@ -20,9 +20,9 @@ from helpers import (
 from transformers import AutoModelForCausalLM
 
 from rlvr.batch import Trajectory
-from rlvr.engines import GenerationRequest, SamplingConfig
 from rlvr.lora import LoraSettings, base_name, is_adapter
-from rlvr.rollout import RolloutPool
+from rlvr.rollout.engines import GenerationRequest, SamplingConfig
+from rlvr.rollout.pool import RolloutPool
 from rlvr.weight_sync import fetch_buckets, sync_weights
 
 PROMPTS = ["<|im_start|>user\nWhat is 3 + 4?<|im_end|>\n<|im_start|>assistant\n", "State the final answer: 9 - 2 =", "Count: 1 2 3"]

@@ -12,12 +12,12 @@ from helpers import kept_engine, kept_learner, tiny_engine_config, tiny_learner_
 
 from rlvr.config import compose
 from rlvr.data import Problem
-from rlvr.engines import SamplingConfig
 from rlvr.envs import Step
 from rlvr.envs.tools import MalformedCall, ToolCall
-from rlvr.faults import RestartingRole
 from rlvr.generation import ChatTokens, MultiTurn
-from rlvr.rollout import RolloutPool
+from rlvr.rollout.engines import SamplingConfig
+from rlvr.rollout.pool import RolloutPool
+from rlvr.runtime.faults import RestartingRole
 
 TOOLS = [f"tools_for_tests:{name}" for name in ("echo", "boom", "hang", "hog")]
 # turn 1: a tool that hangs past the deadline, one that raises, a call that is not JSON;

@@ -19,8 +19,8 @@ from helpers import (
 
 from rlvr.algorithms import rollout_correction, rollout_mismatch
 from rlvr.batch import Trajectory, plan_mini_batches
-from rlvr.engines import GenerationRequest, SamplingConfig
-from rlvr.rollout import RolloutPool
+from rlvr.rollout.engines import GenerationRequest, SamplingConfig
+from rlvr.rollout.pool import RolloutPool
 
 PROMPTS = ["<|im_start|>user\nWhat is 3 + 4?<|im_end|>\n<|im_start|>assistant\n", "State the final answer: 9 - 2 =", "Count: 1 2 3"]
 

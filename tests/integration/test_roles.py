@@ -13,10 +13,10 @@ from helpers import (
 )
 from transformers import AutoModelForCausalLM
 
-from rlvr import sizing
 from rlvr.batch import Trajectory
-from rlvr.engines import GenerationRequest, SamplingConfig
-from rlvr.rollout import RolloutPool
+from rlvr.rollout.engines import GenerationRequest, SamplingConfig
+from rlvr.rollout.pool import RolloutPool
+from rlvr.runtime import sizing
 from rlvr.weight_sync import fetch_buckets, put_bucket
 
 # The last prompt is long enough (~940 tokens) for vLLM to cache its prefix blocks: after a weight
@@ -59,7 +59,7 @@ def test_engine_samples_and_weight_update(backend, ray_session, tiny_model):
         assert s.finish_reason in ("stop", "length") and s.truncated == (s.finish_reason == "length")
         assert s.weight_version == 0
         assert all(lp <= 0 for lp in s.logprobs)
-    if backend == "vllm":  # the cache rlvr.sizing worked out is the one vLLM allocated
+    if backend == "vllm":  # the cache rlvr.runtime.sizing worked out is the one vLLM allocated
         cfg = tiny_engine_config(tiny_model, max_model_len=1024)
         blocks = ray.get(engine.__ray_call__.remote(lambda self: self.engine.llm.llm_engine.vllm_config.cache_config.num_gpu_blocks))
         per_token = sizing.kv_bytes_per_token(sizing.ModelShape.of(tiny_model), cfg.dtype)

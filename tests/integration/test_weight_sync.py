@@ -11,9 +11,9 @@ from helpers import (
 )
 
 from rlvr.batch import Trajectory
-from rlvr.learner import PolicyLearner
-from rlvr.placement import node_address
-from rlvr.rollout import RolloutEngine
+from rlvr.learner.actor import PolicyLearner
+from rlvr.rollout.pool import RolloutEngine
+from rlvr.runtime.placement import node_address
 from rlvr.weight_sync import (
     connect,
     fetch_buckets,

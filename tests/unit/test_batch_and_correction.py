@@ -46,7 +46,7 @@ def test_the_learners_get_fresh_untruncated_copies_with_the_advantages_given():
 def test_a_weighting_keeps_the_estimator_s_advantages_beside_its_weights():
     from rlvr.algorithms import compute_advantages
     from rlvr.config import algorithm_preset, compose
-    from rlvr.trainer import hadw_state, set_advantages
+    from rlvr.train.loop import hadw_state, set_advantages
 
     cfg = compose(["algorithm=dapo", "weighting=focal"])
     # an all-correct group whose shaped rewards differ (an overlong penalty): focal's weight (1 - p̂)^γ is 0,

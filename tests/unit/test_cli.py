@@ -63,7 +63,7 @@ def test_command_errors_exit_2(tmp_path, capsys):
 
 
 def test_console_filter_keeps_rlvr_lines_and_real_warnings():
-    from rlvr.logs import ConsoleFilter
+    from rlvr.runtime.logs import ConsoleFilter
 
     def record(name: str, level: int, msg: str) -> logging.LogRecord:
         return logging.LogRecord(name, level, __file__, 1, msg, None, None)
@@ -81,9 +81,9 @@ def test_actor_output_goes_to_the_log_file_and_rlvr_warnings_to_the_console(tmp_
     """What an actor does first: fd-level redirection, so C-level writes are captured too."""
     log = tmp_path / "logs" / "rollout-0.log"
     code = (
-        "import logging, os; from rlvr.logs import redirect_actor_output; redirect_actor_output(); "
+        "import logging, os; from rlvr.runtime.logs import redirect_actor_output; redirect_actor_output(); "
         "os.write(1, b'engine chatter from C\\n'); print('a library print'); "
-        "logging.getLogger('rlvr.rollout').info('an rlvr info line'); logging.getLogger('rlvr.rollout').warning('an rlvr warning')"
+        "logging.getLogger('rlvr.rollout.pool').info('an rlvr info line'); logging.getLogger('rlvr.rollout.pool').warning('an rlvr warning')"
     )
     env = dict(os.environ, RLVR_ACTOR_LOG=str(log), PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)

@@ -126,7 +126,7 @@ def test_validation_split_is_disjoint_from_training_and_heldout():
     from omegaconf import OmegaConf
 
     from rlvr.data import load_problems
-    from rlvr.evaluate import evaluation_problems
+    from rlvr.train.evaluate import evaluation_problems
 
     cfg = compose(["eval.split=validation", "eval.size=64"])
     validate(cfg)

@@ -1,8 +1,8 @@
-"""`rlvr.roles.role_keys`: which settings let a run reuse the actors the previous run kept
+"""`rlvr.runtime.roles.role_keys`: which settings let a run reuse the actors the previous run kept
 (`cluster.keep_roles`). What a reset restores is checked on real runs in tests/e2e/test_keep_roles.py."""
 
 from rlvr.config import algorithm_preset, compose
-from rlvr.roles import role_keys, role_plan
+from rlvr.runtime.roles import role_keys, role_plan
 
 
 def keys(*overrides: str) -> dict:
@@ -45,7 +45,7 @@ def test_what_a_reset_sets_leaves_the_keys_alone_and_what_a_process_fixes_change
 
 
 def test_an_auto_sized_kv_cache_is_left_out_of_the_engine_key(tiny_model):
-    from rlvr.sizing import kv_cache_gb
+    from rlvr.runtime.sizing import kv_cache_gb
 
     def cfg_and_key(*overrides):
         cfg = compose(["model=tiny-random", "algorithm=grpo", "cluster.keep_roles=true", "trainer.eval_every=0", "eval.at_start=false",

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from rlvr.analysis.value_report import ContextMean, read_steps, replay, score
 from rlvr.cli import main
 from rlvr.config import compose
 from rlvr.data import load_problems
 from rlvr.sandbox import ProcessVerifier, ScoreRequest
-from rlvr.value_report import ContextMean, read_steps, replay, score
 
 
 def mix_splits(*overrides: str):

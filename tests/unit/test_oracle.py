@@ -1,10 +1,10 @@
-"""The oracle's figures (rlvr.oracle.oracle_metrics) against a hand-worked batch."""
+"""The oracle's figures (rlvr.train.oracle.oracle_metrics) against a hand-worked batch."""
 
 import pytest
 
 from rlvr.batch import Batch, PromptGroup, Trajectory
 from rlvr.data import Problem
-from rlvr.oracle import oracle_metrics
+from rlvr.train.oracle import oracle_metrics
 
 
 def group(uid: str, correct: list[int], advantages: list[float], baseline: float) -> PromptGroup:
@@ -45,7 +45,7 @@ def test_each_baseline_is_scored_against_the_oracle_success_rate():
 def test_the_advantage_bias_uses_the_run_s_estimator_and_its_weights_over_their_gain():
     import torch
 
-    from rlvr.oracle import true_advantages
+    from rlvr.train.oracle import true_advantages
 
     c, p = torch.tensor([1.0, 0.0, 1.0, 0.0]), torch.tensor([0.2, 0.2, 0.0, 1.0])
     assert true_advantages(c, p, scaled=False).tolist() == pytest.approx([0.8, -0.2, 1.0, -1.0])
@@ -76,7 +76,7 @@ def test_a_run_without_baselines_or_priors_reports_what_it_has():
 
 
 def test_the_report_subtracts_the_oracle_noise_and_pairs_the_ratios():
-    from rlvr.oracle import report
+    from rlvr.train.oracle import report
 
     records = [{"p_star": p, "samples": 8, "mean_n0": m, "mean_spend": s, "se_rloo": 0.05, "baseline": b, "prior": 0.5}
                for p, m, s, b in [(0.5, 0.25, 0.5, 0.45), (0.25, 0.0, 0.125, 0.2), (1.0, 1.0, 1.0, 0.9), (0.0, 0.25, 0.0, 0.1)]]
@@ -92,7 +92,7 @@ def test_the_report_subtracts_the_oracle_noise_and_pairs_the_ratios():
 
 
 def test_the_report_gives_the_advantage_bias_by_bucket_with_intervals():
-    from rlvr.oracle import report
+    from rlvr.train.oracle import report
 
     # two hard prompts (p* 0.1, 0.2) and one in between (0.5, in no bucket); rollout-weighted means
     records = [

@@ -3,7 +3,7 @@
 import pytest
 
 from rlvr.config import ConfigError, compose, validate
-from rlvr.placement import ClusterTooSmall, check_fits, plan_placement
+from rlvr.runtime.placement import ClusterTooSmall, check_fits, plan_placement
 
 
 def gpu_nodes(n, gpus=8, cpus=64):

@@ -1,4 +1,4 @@
-"""rlvr.plots: loading metrics.jsonl (dedup after resume) and writing the comparison PNGs."""
+"""rlvr.analysis.plots: loading metrics.jsonl (dedup after resume) and writing the comparison PNGs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rlvr.plots import build_figures, load_metrics, main, plot_runs, run_label
+from rlvr.analysis.plots import build_figures, load_metrics, main, plot_runs, run_label
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CURVES = ("reward_vs_step.png", "heldout_vs_step.png", "reward_vs_rollouts.png", "heldout_vs_rollouts.png")
@@ -98,7 +98,7 @@ def test_load_metrics_skips_bad_lines(tmp_path, caplog):
         + '{"step": 4, "reward": 0.'  # cut short at the end
     )
     (tmp_path / "metrics.jsonl").write_text(text)
-    with caplog.at_level(logging.WARNING, logger="rlvr.plots"):
+    with caplog.at_level(logging.WARNING, logger="rlvr.analysis.plots"):
         recs = load_metrics(tmp_path)
     assert [(r["step"], r["reward"]) for r in recs] == [(1, 0.1), (3, 0.3)]
     assert len(caplog.records) == 3
@@ -249,9 +249,9 @@ def test_v05_decisions_figure_from_decisions_jsonl(tmp_path, caplog):
     lines.insert(3, "{cut short")  # a crash mid-line loses that line only
     lines += [json.dumps({"step": 5, "uid": "q0", "prior": 0.5, "k": 2, "n": 4, "decision": "accepted", "extra": 0})]  # step 5 rewritten after a resume
     (a / "decisions.jsonl").write_text("\n".join(lines) + "\n")
-    from rlvr.plots import load_decisions
+    from rlvr.analysis.plots import load_decisions
 
-    with caplog.at_level(logging.WARNING, logger="rlvr.plots"):
+    with caplog.at_level(logging.WARNING, logger="rlvr.analysis.plots"):
         steps = load_decisions(a)
     assert "not a decision record" in caplog.text
     assert list(steps) == [1, 2, 3, 4, 5] and len(steps[1]) == 4 and len(steps[5]) == 1

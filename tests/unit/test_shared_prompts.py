@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rlvr.batch import Trajectory, plan_mini_batches
-from rlvr.forward import collate, positions, response_logprobs
+from rlvr.learner.forward import collate, positions, response_logprobs
 
 TEMPERATURE = 0.7
 

@@ -1,4 +1,4 @@
-"""rlvr.sizing: the engine's KV cache and the learner's micro-batch worked out from the model's
+"""rlvr.runtime.sizing: the engine's KV cache and the learner's micro-batch worked out from the model's
 shapes and the job (`auto`), against their formulas. That a real engine starts with the cache it
 was given and holds it is checked in tests/integration/test_roles.py."""
 
@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlvr import sizing
 from rlvr.batch import Trajectory
 from rlvr.config import ConfigError, compose, validate
-from rlvr.forward import collate, positions
-from rlvr.sizing import ModelShape
+from rlvr.learner.forward import collate, positions
+from rlvr.runtime import sizing
+from rlvr.runtime.sizing import ModelShape
 
 # SmolLM2-135M's shapes (its config.json)
 SMOLLM2 = ModelShape(layers=30, hidden=576, intermediate=1536, kv_heads=3, head_dim=64, vocab=49152)
@@ -35,7 +35,7 @@ def test_kv_cache_holds_whole_blocks_and_at_least_one_longest_sequence():
 @settings(max_examples=40, deadline=None)
 @given(shapes=st.lists(st.tuples(st.integers(0, 3), st.integers(1, 30)), min_size=1, max_size=12), packed=st.booleans())
 def test_the_budget_counts_the_positions_the_forward_runs(shapes, packed):
-    """ActivationBudget counts, from the trajectories, what `rlvr.forward` computes on once they are
+    """ActivationBudget counts, from the trajectories, what `rlvr.learner.forward` computes on once they are
     collated: decoder positions (padding included) and LM-head positions."""
     prompts = [[7] * (5 + 3 * k) for k in range(4)]  # four distinct prompts of 5-14 tokens
     seqs = [Trajectory(prompts[k], list(range(1, r + 1))) for k, r in shapes]

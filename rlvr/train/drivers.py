@@ -1,4 +1,4 @@
-"""The two drivers that feed `rlvr.trainer.train_step` batches: `sync_batches` (generate, then
+"""The two drivers that feed `rlvr.train.loop.train_step` batches: `sync_batches` (generate, then
 train: exact resume) and `AsyncBatches` (trainer.max_staleness >= 1: the next batch is generated
 while this one trains)."""
 

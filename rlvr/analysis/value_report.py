@@ -62,7 +62,7 @@ class ContextMean:
 
 
 def read_steps(run_dir: Path) -> "OrderedDict[int, list[dict]]":
-    from rlvr.plots import load_decisions
+    from rlvr.analysis.plots import load_decisions
 
     steps = load_decisions(run_dir)
     if not steps:

@@ -21,7 +21,7 @@ import re
 import sys
 from pathlib import Path
 
-log = logging.getLogger("rlvr.plots")
+log = logging.getLogger("rlvr.analysis.plots")
 
 METRICS_FILE = "metrics.jsonl"
 DECISIONS_FILE = "decisions.jsonl"

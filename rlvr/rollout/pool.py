@@ -1,6 +1,6 @@
 """RolloutPool: inference engines that turn prompts into sampled completions.
 
-One Ray actor class, `RolloutEngine`, wraps one engine of `rlvr.engines` (vLLM by default,
+One Ray actor class, `RolloutEngine`, wraps one engine of `rlvr.rollout.engines` (vLLM by default,
 transformers `generate` as a debugging fallback). `RolloutPool` is the driver-side handle that spreads a batch of
 requests over N engines and broadcasts weight updates to all of them.
 """
@@ -15,9 +15,18 @@ from typing import Any, Callable, Iterator
 import ray
 import torch
 
-from rlvr.engines import ENGINE_BACKENDS, EngineConfig, GenerationRequest, HFEngine, Sample, SamplingConfig, VLLMEngine, initial_weights
-from rlvr.faults import gather, node_of
-from rlvr.logs import redirect_actor_output
+from rlvr.rollout.engines import (
+    ENGINE_BACKENDS,
+    EngineConfig,
+    GenerationRequest,
+    HFEngine,
+    Sample,
+    SamplingConfig,
+    VLLMEngine,
+    initial_weights,
+)
+from rlvr.runtime.faults import gather, node_of
+from rlvr.runtime.logs import redirect_actor_output
 from rlvr.weight_sync import TensorSpec, broadcast, fetch_buckets, open_group, open_shared, sync_weights, unpack
 
 log = logging.getLogger(__name__)
@@ -164,7 +173,7 @@ class RolloutPool:
         self.seconds_lost += time.perf_counter() - since
 
     def _replace(self, i: int, error: BaseException, engine: Any) -> None:
-        from rlvr.faults import RoleFailed, node_name
+        from rlvr.runtime.faults import RoleFailed, node_name
 
         with self._lock:  # an async run's generating thread and the sync may both find it lost
             if self.engines[i] is not engine:

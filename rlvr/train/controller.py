@@ -28,9 +28,9 @@ from rlvr.algorithms import dynamic_sampling_keep_mask, overlong_penalty, v05
 from rlvr.algorithms.v05 import V05Baseline
 from rlvr.batch import Batch, PromptGroup
 from rlvr.data import Problem
-from rlvr.engines import SamplingConfig
-from rlvr.faults import RestartingRole
 from rlvr.generation import Generator, env_rates
+from rlvr.rollout.engines import SamplingConfig
+from rlvr.runtime.faults import RestartingRole
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ __all__ = ["BudgetController", "ControllerConfig", "V05Baseline"]
 
 @dataclass
 class ControllerConfig:
-    """Built from the `algorithm` config node by `rlvr.trainer`: no defaults of its own."""
+    """Built from the `algorithm` config node by `rlvr.train.loop`: no defaults of its own."""
 
     sampling: str  # fixed | dynamic_filter | adaptive
     n: int  # group size (n0 for adaptive)

@@ -14,7 +14,7 @@ Which roles restart this way, and what "the same state" is:
   a step whose prediction hit the dead server uses the uninformed prior (0.5, 0.5), as V0.5 treats
   a useless prior, while the replacement loads.
 
-The rollout engines restart inside :class:`rlvr.rollout.RolloutPool` (they also count a generate
+The rollout engines restart inside :class:`rlvr.rollout.pool.RolloutPool` (they also count a generate
 call unanswered within ``rollout.timeout_s`` as a death), and the learners in the trainer's loop,
 which goes back to the last checkpoint.  A replacement that no node has room for (its node was
 lost) fails within ``cluster.placement_timeout_s`` with :class:`RoleFailed`, never pends forever.

@@ -1,9 +1,9 @@
 """The roles of a run as Ray actors: Ray start-up, the config of each actor, start, restart, stop.
 
-`start_roles` reserves the placement (`rlvr.placement`) and starts the verifier pool, the value
+`start_roles` reserves the placement (`rlvr.runtime.placement`) and starts the verifier pool, the value
 server (V0.5 only), the rollout engines and the learner ranks, and connects the weight sync;
 `running_roles` stops them again when the run ends, since the Ray session may be shared. The
-roles that outlive their actor are replaced as `rlvr.faults` describes; the learners restart here
+roles that outlive their actor are replaced as `rlvr.runtime.faults` describes; the learners restart here
 (`restart_learners`), and the loop goes back to its last checkpoint.
 """
 
@@ -21,15 +21,15 @@ import ray
 from omegaconf import DictConfig, OmegaConf
 from ray.util.placement_group import remove_placement_group
 
-from rlvr.engines import EngineConfig
-from rlvr.faults import RestartingRole, RoleFailed
-from rlvr.learner import LearnerConfig, PolicyLearner
-from rlvr.logs import ACTOR_LOG_ENV, actor_log_env
+from rlvr.learner.actor import LearnerConfig, PolicyLearner
 from rlvr.lora import LoraSettings
 from rlvr.models import default_cache_dir
-from rlvr.placement import Placement, plan_placement, rendezvous
-from rlvr.rollout import RolloutEngine, RolloutPool
-from rlvr.sizing import kv_cache_gb
+from rlvr.rollout.engines import EngineConfig
+from rlvr.rollout.pool import RolloutEngine, RolloutPool
+from rlvr.runtime.faults import RestartingRole, RoleFailed
+from rlvr.runtime.logs import ACTOR_LOG_ENV, actor_log_env
+from rlvr.runtime.placement import Placement, plan_placement, rendezvous
+from rlvr.runtime.sizing import kv_cache_gb
 from rlvr.weight_sync import connect, sync_weights
 
 log = logging.getLogger("rlvr")
@@ -38,7 +38,7 @@ log = logging.getLogger("rlvr")
 def start_ray(cfg: DictConfig) -> None:
     if ray.is_initialized():
         return
-    from rlvr.logs import ConsoleFilter
+    from rlvr.runtime.logs import ConsoleFilter
 
     for handler in logging.getLogger("ray").handlers:  # Ray prints through its own handlers
         handler.addFilter(ConsoleFilter(cfg.logging.verbose))

@@ -39,9 +39,9 @@ import torch
 
 from rlvr.algorithms import compute_advantages
 from rlvr.batch import Batch, Trajectory, plan_mini_batches
-from rlvr.engines import SamplingConfig
-from rlvr.evaluate import correct_counts
-from rlvr.sizing import ActivationBudget
+from rlvr.rollout.engines import SamplingConfig
+from rlvr.runtime.sizing import ActivationBudget
+from rlvr.train.evaluate import correct_counts
 
 __all__ = ["gradient_cosine", "oracle_advantages", "oracle_metrics", "report", "sample_oracle", "true_advantages"]
 

@@ -1,6 +1,6 @@
 """The inference engines themselves, without Ray: what a rollout request and its samples are, and
 the two backends that answer them (vLLM by default, transformers `generate` as a debugging
-fallback and for GPU boxes without vLLM). `rlvr.rollout` wraps one engine in a Ray actor and
+fallback and for GPU boxes without vLLM). `rlvr.rollout.pool` wraps one engine in a Ray actor and
 spreads requests over a pool of them; a benchmark or a GPU check can use an engine directly.
 """
 
@@ -50,13 +50,13 @@ class SamplingConfig:
 
 @dataclass
 class EngineConfig:
-    """Built from the config tree by `rlvr.roles.engine_config`: no defaults of its own."""
+    """Built from the config tree by `rlvr.runtime.roles.engine_config`: no defaults of its own."""
 
     backend: str  # vllm | hf
     model_path: str
     dtype: str
     max_model_len: int
-    kv_cache_gb: float  # vLLM on CPU: the KV cache (rlvr.sizing works out `auto`)
+    kv_cache_gb: float  # vLLM on CPU: the KV cache (rlvr.runtime.sizing works out `auto`)
     max_num_seqs: int  # vLLM on CPU: sequences decoded at once
     block_size: int  # vLLM on CPU: tokens per KV block
     seed: int

@@ -6,13 +6,13 @@
             -> metrics, evaluation, checkpoint
 
 `train(cfg)` takes the composed Hydra config (see `rlvr.config.compose`), starts the roles and
-hands them to a `Run`, whose `loop` reads top to bottom: each batch from a driver (`rlvr.drivers`:
+hands them to a `Run`, whose `loop` reads top to bottom: each batch from a driver (`rlvr.train.drivers`:
 `sync_batches`, or `AsyncBatches` when trainer.max_staleness >= 1), `train_step`, `record`,
 `checkpoint`.
 
-What the loop stands on lives next door: the roles as Ray actors (`rlvr.roles`), held-out
-evaluation and `rlvr eval` (`rlvr.evaluate`), the run's records, checkpoint state and stop signals
-(`rlvr.run_state`).
+What the loop stands on lives next door: the roles as Ray actors (`rlvr.runtime.roles`), held-out
+evaluation and `rlvr eval` (`rlvr.train.evaluate`), the run's records, checkpoint state and stop signals
+(`rlvr.train.state`).
 """
 
 from __future__ import annotations
@@ -36,19 +36,20 @@ from rlvr.algorithms import HADWState, apply_weighting, compute_advantages
 from rlvr.batch import Batch, plan_mini_batches
 from rlvr.checkpoint import resolve_resume
 from rlvr.config import ConfigError, algorithm_preset, max_response_tokens, overlong_buffer, validate
-from rlvr.controller import BudgetController, ControllerConfig
 from rlvr.data import Problem, PromptStream, load_problems
-from rlvr.drivers import AsyncBatches, sync_batches
-from rlvr.engines import SamplingConfig
-from rlvr.evaluate import evaluate, evaluation_problems
-from rlvr.faults import RoleFailed
 from rlvr.generation import Generator, make_generator
-from rlvr.learner import UpdateConfig
+from rlvr.learner.actor import UpdateConfig
 from rlvr.models import resolve_model_path
-from rlvr.oracle import gradient_cosine, oracle_metrics, sample_oracle
-from rlvr.placement import check_fits, cluster_nodes
-from rlvr.roles import fault_metrics, learners_lost, restart_learners, role_plan, running_roles, start_ray
-from rlvr.run_state import (
+from rlvr.rollout.engines import SamplingConfig
+from rlvr.runtime.faults import RoleFailed
+from rlvr.runtime.placement import check_fits, cluster_nodes
+from rlvr.runtime.roles import fault_metrics, learners_lost, restart_learners, role_plan, running_roles, start_ray
+from rlvr.runtime.sizing import ActivationBudget, micro_batching
+from rlvr.train.controller import BudgetController, ControllerConfig
+from rlvr.train.drivers import AsyncBatches, sync_batches
+from rlvr.train.evaluate import evaluate, evaluation_problems
+from rlvr.train.oracle import gradient_cosine, oracle_metrics, sample_oracle
+from rlvr.train.state import (
     MetricsLog,
     StopRequest,
     check_resume_config,
@@ -58,7 +59,6 @@ from rlvr.run_state import (
     save_training_state,
     set_rng_state,
 )
-from rlvr.sizing import ActivationBudget, micro_batching
 
 log = logging.getLogger("rlvr")
 
@@ -161,7 +161,7 @@ def step_metrics(batch: Batch, learn: dict) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# The step (its two drivers, sync and async, are in rlvr.drivers)
+# The step (its two drivers, sync and async, are in rlvr.train.drivers)
 # --------------------------------------------------------------------------------------------
 @dataclass
 class StepParts:

@@ -21,9 +21,9 @@ import torch
 
 from rlvr.algorithms import policy_loss, rollout_correction, rollout_mismatch
 from rlvr.batch import MiniBatch, Trajectory
-from rlvr.forward import collate, dot64, loss_share, positions, response_logprobs
-from rlvr.logs import redirect_actor_output
+from rlvr.learner.forward import collate, dot64, loss_share, positions, response_logprobs
 from rlvr.lora import LoraSettings, add_adapters, sync_tensors
+from rlvr.runtime.logs import redirect_actor_output
 from rlvr.weight_sync import TensorSpec, broadcast, open_group, pack, plan_buckets, put_bucket, share
 
 # Stats aggregated by `agg` like the loss itself: a micro-batch contributes its share of the
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LearnerConfig:
-    """Built from the config tree by `rlvr.roles.learner_config`: no defaults of its own."""
+    """Built from the config tree by `rlvr.runtime.roles.learner_config`: no defaults of its own."""
 
     model_path: str
     zero_stage: int
@@ -45,7 +45,7 @@ class LearnerConfig:
     grad_clip: float
     gradient_checkpointing: bool
     share_prompts: bool  # one forward per distinct prompt (cached); HF's cache is off under checkpointing
-    pack_responses: bool  # with share_prompts: a prompt's responses in one row, no padding (rlvr.forward.packed_logprobs)
+    pack_responses: bool  # with share_prompts: a prompt's responses in one row, no padding (rlvr.learner.forward.packed_logprobs)
     head_chunk: int  # response positions per LM-head chunk under checkpointing when training (0: all at once)
     threads: int
     seed: int
@@ -60,7 +60,7 @@ class LearnerConfig:
 class UpdateConfig:
     """One rollout batch's update: the loss and how π_old and μ enter it.
 
-    Built from the config tree by `rlvr.trainer.update_config`: no defaults of its own.
+    Built from the config tree by `rlvr.train.loop.update_config`: no defaults of its own.
     """
 
     loss: str  # a name in rlvr.algorithms.POLICY_LOSSES

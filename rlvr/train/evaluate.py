@@ -11,11 +11,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlvr.algorithms import pass_at_k
 from rlvr.data import Problem, load_problems
-from rlvr.engines import SamplingConfig
 from rlvr.generation import Generator, env_rates, make_generator
 from rlvr.models import resolve_model_path
-from rlvr.roles import engine_config, start_ray, threads_env, verifier_role
-from rlvr.rollout import RolloutEngine, RolloutPool
+from rlvr.rollout.engines import SamplingConfig
+from rlvr.rollout.pool import RolloutEngine, RolloutPool
+from rlvr.runtime.roles import engine_config, start_ray, threads_env, verifier_role
 
 log = logging.getLogger("rlvr")
 

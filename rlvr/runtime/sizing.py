@@ -92,12 +92,12 @@ class ActivationBudget:
     """`learner.micro_batch_size=auto`: a rank's shard cut into micro-batches whose activations fit
     `budget_bytes`, counted at the sequences' own lengths.
 
-    The positions are counted as `rlvr.forward` lays the micro-batch out (`rlvr.forward.positions`
+    The positions are counted as `rlvr.learner.forward` lays the micro-batch out (`rlvr.learner.forward.positions`
     counts the same from a collated one): with shared prompts, the G distinct prompts padded to the
     longest P, then (packed) each prompt's responses back to back in a row padded to the longest L,
     or (unpacked) B rows of the longest response T less its last token; without, B rows of P + T − 1.
     The LM head runs on the real response tokens when packed, on B · T positions otherwise, and
-    with `head_chunk` holds its logits for that many at a time (`rlvr.forward._token_logprobs`).
+    with `head_chunk` holds its logits for that many at a time (`rlvr.learner.forward._token_logprobs`).
     """
 
     budget_bytes: float

@@ -1,0 +1,1 @@
+"""What a user reads after a run: comparison plots (plots.py) and the value model's report (value_report.py)."""

@@ -1,0 +1,1 @@
+"""The policy learner: one DeepSpeed rank's actor (actor.py) and its forward (forward.py: collate, log-probs)."""

@@ -91,6 +91,7 @@ def train_command(argv: list[str]) -> int:
     from hydra.errors import HydraException
 
     from rlvr.config import config_dir, expand_shorthand
+    from rlvr.config.schema import register_schema
 
     argv = expand_shorthand(argv)
     args = get_args_parser().parse_args(argv)
@@ -126,6 +127,7 @@ def train_command(argv: list[str]) -> int:
         print(f"held-out accuracy (strict): {s['heldout_before']} -> {s['heldout_after']}  run dir: {s['run_dir']}")
         return s
 
+    register_schema()  # configs/config.yaml names it; --help and --cfg reach hydra.main without compose()
     saved = sys.argv
     sys.argv = ["rlvr train", *argv]  # hydra.main reads its flags and overrides from sys.argv
     try:

@@ -63,6 +63,43 @@ def test_unknown_key_is_named():
         compose(["learner.lrr=1e-6"])
 
 
+@pytest.mark.parametrize(
+    "override, key, says",
+    [
+        ("trainer.steps=abc", "trainer.steps", "converted to Integer"),
+        ("rollout.max_tokens=1.5", "rollout.max_tokens", "converted to Integer"),
+        ("learner.lr=fast", "learner.lr", "converted to Float"),
+        ("trainer.progress=maybe", "trainer.progress", "not a valid bool"),
+        ("algorithm.n=[1,2]", "algorithm.n", "converted to Integer"),
+        ("eval.oracle.samples=x", "eval.oracle.samples", "converted to Integer"),
+    ],
+)
+def test_a_value_of_the_wrong_type_fails_as_the_tree_is_composed_naming_its_key(override, key, says):
+    """Before the schema these passed compose and failed later (`'>=' not supported between 'str' and
+    'int'`, no key named) or not at all (`trainer.progress=maybe`, `rollout.max_tokens=1.5`)."""
+    with pytest.raises(HydraException, match=f"{key}=.*{says}"):
+        compose([override])
+
+
+def test_the_schema_types_keys_and_holds_no_value_of_its_own():
+    """The tree is the one source of values: every schema field is MISSING, and the composed default
+    tree sets each one (validate reports a MISSING key); numbers stay numbers of their key's type."""
+    import dataclasses
+
+    from omegaconf import MISSING
+
+    from rlvr.config import schema
+
+    for node in (c for c in vars(schema).values() if dataclasses.is_dataclass(c)):
+        for f in dataclasses.fields(node):
+            nested = f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory)
+            assert nested or f.default == MISSING, f"{node.__name__}.{f.name} holds a value: {f.default!r}"
+    cfg = compose(["cluster=multi_node"])
+    validate(cfg)
+    assert isinstance(cfg.learner.lr, float) and isinstance(cfg.cluster.actor_cpus, float) and cfg.cluster.actor_cpus == 2
+    assert compose(["learner.micro_batch_size=8"]).learner.micro_batch_size == 8  # "auto" or a number: checked by validate
+
+
 def test_unknown_group_option_lists_the_choices():
     with pytest.raises(HydraException, match="grpo"):
         compose(["algorithm=ppo"])

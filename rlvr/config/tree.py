@@ -1,4 +1,4 @@
-"""Compose the Hydra config tree and check it before any actor starts."""
+"""Compose the Hydra config tree (typed by `rlvr.config.schema`) and check it before any actor starts."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def config_dir() -> str:
     env = os.environ.get("RLVR_CONFIG_DIR")
     if env:
         return str(Path(env).resolve())
-    return str(Path(__file__).resolve().parent.parent / "configs")
+    return str(Path(__file__).resolve().parents[2] / "configs")
 
 
 def expand_shorthand(overrides: list[str]) -> list[str]:
@@ -30,18 +30,28 @@ def expand_shorthand(overrides: list[str]) -> list[str]:
 def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
     """The config tree with command-line style overrides (`key=value`, `group=option`).
 
-    Hydra keeps the tree in struct mode, so an unknown key fails here with its name.
+    Hydra keeps the tree in struct mode, so an unknown key fails here with its name, and the schema
+    (`rlvr.config.schema`) types every typed key, so a value of the wrong type does too.
     `resume=never|auto|PATH` is short for resume.mode=... (`expand_shorthand`).
     """
     overrides = expand_shorthand(list(overrides or []))
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import ConfigCompositionException
 
+    from rlvr.config.schema import register_schema
+
+    register_schema()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=config_dir(), version_base=None):
-        cfg = hydra_compose(config_name=config_name, overrides=overrides)
-    return cfg
+        try:
+            return hydra_compose(config_name=config_name, overrides=overrides)
+        except ConfigCompositionException as e:
+            if e.__cause__ is None:
+                raise
+            # Hydra says which override failed; its cause says why ("Value 'abc' ... converted to Integer")
+            raise ConfigCompositionException(f"{e}: {str(e.__cause__).splitlines()[0]}") from e.__cause__
 
 
 def algorithm_preset(algo: DictConfig) -> AlgorithmPreset:

@@ -265,10 +265,11 @@ def _validate_verifier(cfg: DictConfig) -> None:
 
 def validate_cluster(c: DictConfig, rollout_backend: str) -> None:
     from rlvr.runtime.placement import MODES, STRATEGIES
+    from rlvr.weight_sync import BACKENDS
 
     _check(c.mode in MODES, "cluster.mode", f"unknown {c.mode!r}; known: {', '.join(MODES)}")
     _check(c.strategy in STRATEGIES, "cluster.strategy", f"unknown {c.strategy!r}; known: {', '.join(STRATEGIES)}")
-    _check(c.weight_sync in ("ray", "nccl", "ipc"), "cluster.weight_sync", f"unknown {c.weight_sync!r}; known: ray, nccl, ipc")
+    _check(c.weight_sync in BACKENDS, "cluster.weight_sync", f"unknown {c.weight_sync!r}; known: {', '.join(BACKENDS)}")
     _check(c.zero_stage in (0, 1, 2, 3), "cluster.zero_stage", f"must be 0, 1, 2 or 3, got {c.zero_stage}")
     for key in ("num_learners", "num_engines", "tensor_parallel"):
         _check(c[key] >= 1, f"cluster.{key}", f"must be >= 1, got {c[key]}")

@@ -24,7 +24,10 @@ from rlvr.batch import MiniBatch, Trajectory
 from rlvr.learner.forward import collate, dot64, loss_share, positions, response_logprobs
 from rlvr.lora import LoraSettings, add_adapters, sync_tensors
 from rlvr.runtime.logs import redirect_actor_output
-from rlvr.weight_sync import TensorSpec, broadcast, open_group, pack, plan_buckets, put_bucket, share
+from rlvr.weight_sync.buckets import TensorSpec, pack, plan_buckets
+from rlvr.weight_sync.ipc import share
+from rlvr.weight_sync.nccl import broadcast, open_group
+from rlvr.weight_sync.ray_objects import put_bucket
 
 # Stats aggregated by `agg` like the loss itself: a micro-batch contributes its share of the
 # mini-batch's value (as its gradient does), not a token-weighted mean, which for the seq-mean
@@ -375,7 +378,7 @@ class PolicyLearner:
         grad_norm = local_norm if grad_norm is None else grad_norm
         return float(grad_norm) if grad_norm is not None else float("nan")
 
-    # ---- weight sync (see rlvr/weight_sync.py) ----------------------------------------------
+    # ---- weight sync (see rlvr/weight_sync/) ----------------------------------------------
     def bucket_specs(self, bucket_mb: float | None = None) -> list[list[TensorSpec]]:
         """Names, full shapes and dtypes of what the engines load, grouped into buckets of ~`bucket_mb` MB."""
         specs = [

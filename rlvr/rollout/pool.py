@@ -27,7 +27,11 @@ from rlvr.rollout.engines import (
 )
 from rlvr.runtime.faults import gather, node_of
 from rlvr.runtime.logs import redirect_actor_output
-from rlvr.weight_sync import TensorSpec, broadcast, fetch_buckets, open_group, open_shared, sync_weights, unpack
+from rlvr.weight_sync import sync_weights
+from rlvr.weight_sync.buckets import TensorSpec, unpack
+from rlvr.weight_sync.ipc import open_shared
+from rlvr.weight_sync.nccl import broadcast, open_group
+from rlvr.weight_sync.ray_objects import fetch_buckets
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +73,7 @@ class RolloutEngine:
                 )
         return samples
 
-    # ---- weight sync (see rlvr/weight_sync.py): one method per backend ------------------------
+    # ---- weight sync (see rlvr/weight_sync/): one method per backend ------------------------
     def _load(self, version: int, weights: Iterator[tuple[str, torch.Tensor]]) -> float:
         start = time.perf_counter()
         self.engine.load_weights(weights)

@@ -12,7 +12,7 @@ from helpers import adapter_weights, tiny_learner_config, tiny_update_config
 from rlvr.batch import MiniBatch, Trajectory
 from rlvr.learner.actor import PolicyLearner
 from rlvr.runtime.placement import node_address
-from rlvr.weight_sync import fetch_buckets
+from rlvr.weight_sync.ray_objects import fetch_buckets
 
 SEQS = [
     Trajectory([5, 6, 7], [8, 9], advantage=1.0),

@@ -23,7 +23,8 @@ from rlvr.batch import Trajectory
 from rlvr.lora import LoraSettings, base_name, is_adapter
 from rlvr.rollout.engines import GenerationRequest, SamplingConfig
 from rlvr.rollout.pool import RolloutPool
-from rlvr.weight_sync import fetch_buckets, sync_weights
+from rlvr.weight_sync import sync_weights
+from rlvr.weight_sync.ray_objects import fetch_buckets
 
 PROMPTS = ["<|im_start|>user\nWhat is 3 + 4?<|im_end|>\n<|im_start|>assistant\n", "State the final answer: 9 - 2 =", "Count: 1 2 3"]
 LORA = LoraSettings(rank=4, alpha=8, dropout=0.0, target_modules="all-linear")

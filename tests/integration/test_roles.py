@@ -17,7 +17,7 @@ from rlvr.batch import Trajectory
 from rlvr.rollout.engines import GenerationRequest, SamplingConfig
 from rlvr.rollout.pool import RolloutPool
 from rlvr.runtime import sizing
-from rlvr.weight_sync import fetch_buckets, put_bucket
+from rlvr.weight_sync.ray_objects import fetch_buckets, put_bucket
 
 # The last prompt is long enough (~940 tokens) for vLLM to cache its prefix blocks: after a weight
 # update those must not be reused.

@@ -14,11 +14,8 @@ from rlvr.batch import Trajectory
 from rlvr.learner.actor import PolicyLearner
 from rlvr.rollout.pool import RolloutEngine
 from rlvr.runtime.placement import node_address
-from rlvr.weight_sync import (
-    connect,
-    fetch_buckets,
-    sync_weights,
-)
+from rlvr.weight_sync import connect, sync_weights
+from rlvr.weight_sync.ray_objects import fetch_buckets
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.int64]
 

@@ -5,12 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlvr.weight_sync import (
-    TensorSpec,
-    pack,
-    plan_buckets,
-    unpack,
-)
+from rlvr.weight_sync.buckets import TensorSpec, pack, plan_buckets, unpack
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.int64]
 

@@ -1,0 +1,49 @@
+"""Moving policy weights from the learners to the rollout engines, in buckets.
+
+Parameters are grouped into buckets of about `learner.bucket_mb` MB (in parameter order), and each
+bucket travels as one object: per-tensor transfers pay a round trip per tensor, several hundred per
+model (benchmarks/micro/weight_sync.py measures the difference). Under ZeRO-3 the learners gather one
+bucket at a time, never the whole model.
+
+One module per backend (`cluster.weight_sync`), each holding both ends of its wire and its driver
+side, `sync` (base.py says what a backend is):
+
+    ray   ray_objects.py  rank 0 puts each bucket in the object store, every engine streams them
+    nccl  nccl.py         rank 0 broadcasts each packed bucket to the engines over a process group
+    ipc   ipc.py          colocated: learner rank r shares packed buckets with engine r in shared memory
+
+`buckets.py` is what they all move. A new backend is one module with `sync` (and the actor methods it
+calls) and one entry in `BACKENDS`.
+"""
+
+from __future__ import annotations
+
+import time
+
+from rlvr.weight_sync import ipc, nccl, ray_objects
+from rlvr.weight_sync.base import OnFailure
+
+BACKENDS = {"ray": ray_objects, "nccl": nccl, "ipc": ipc}
+
+
+def connect(backend: str, learners: list, engines: list, address: tuple[str, int] | None) -> None:
+    """Open what a backend holds open between syncs (the nccl group); the others need nothing."""
+    if backend == "nccl":
+        nccl.connect(learners, engines, address)
+
+
+def sync_weights(backend: str, learners: list, engines: list, version: int, bucket_mb: float | None = None,
+                 timeout_s: float | None = None, on_failure: OnFailure | None = None) -> dict:
+    """Driver side of one sync. Every learner rank takes part (ZeRO-3 gathers collectively).
+
+    `bucket_mb` overrides the learners' `learner.bucket_mb`. Returns seconds, bytes and GB/s.
+    With `on_failure`, an engine that dies or does not load within `timeout_s` (a stopped process
+    never answers) does not hang or fail the sync: ``on_failure({engine index: error}, start)``
+    runs once the others have loaded, and replaces them (`RolloutPool.replace_failed`).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown weight sync backend {backend!r}; known: {tuple(BACKENDS)}")
+    start = time.perf_counter()
+    nbytes, load_s = BACKENDS[backend].sync(learners, engines, version, bucket_mb, timeout_s, on_failure, start)
+    seconds = time.perf_counter() - start
+    return {"time/sync": seconds, "sync/bytes": nbytes, "sync/load_s": load_s, "sync/gb_per_s": nbytes / 1e9 / max(seconds, 1e-9)}

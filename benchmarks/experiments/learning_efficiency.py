@@ -20,8 +20,16 @@ Questions, each printed as a measured ratio or difference with its 95% interval:
      published ema anchor, and ema − window.
 Hyper-parameters are the presets' (the papers'); nothing is tuned on the held-out prompts.
 
+The long grid (issue "Evidence that decides", part 2; ``--long``): the configs below at 40 steps,
+held-out accuracy every 10, 3 seeds, bf16 learner, with the oracle (``eval.oracle.samples=32`` every
+5 steps) on grpo, grpo-n6 and both V0.5 runs; into ``benchmarks/results/learning_efficiency_long``.
+About 27 runs of 15-20 minutes on a quiet 2-core box (about 8 hours), run in parts: a rerun skips
+finished runs and resumes an interrupted one. The report adds held-out accuracy per task family
+(question 4) and the oracle's baseline errors pooled over each config's seeds (question 5).
+
 Usage:
   python -m benchmarks.experiments.learning_efficiency [--configs grpo v05 ...] [--seeds 0 1 2] [--out DIR]
+  python -m benchmarks.experiments.learning_efficiency --long [--seeds 0]    # the long grid, a seed at a time
   python -m benchmarks.experiments.learning_efficiency --report-only       # re-read finished runs
   python -m benchmarks.experiments.learning_efficiency --quick             # tiny model, one step: the test
 """
@@ -58,11 +66,22 @@ GRID = {
     "grpo+hadw-ema": ["algorithm=grpo", "weighting=hadw", "weighting.anchor=ema"],
     # V0.5 differing from GRPO in its baseline only: GRPO's aggregation, and A / sqrt(b(1-b)) for A / std
     "v05@grpo-agg": ["algorithm=v05", "weighting=none", "algorithm.agg=seq-mean-token-mean", "algorithm.scale_by_std=true"],
+    # GRPO at V0.5's average spend: n0 = 4 plus its budget of 1.5x the base rollouts
+    "grpo-n6": ["algorithm=grpo", "weighting=none", "algorithm.n=6"],
 }
+# --long: the grid of issue 28 part 2 (v05@grpo-agg is "V0.5 with GRPO's aggregation" there)
+LONG = {"configs": ["grpo", "grpo-n6", "v05@grpo-agg", "v05", "v05+focal", "grpo+focal", "grpo+hadw", "dapo", "cispo"],
+        "steps": 40, "eval_every": 10, "out": Path("benchmarks/results/learning_efficiency_long")}
+SHORT = {"configs": [c for c in GRID if c != "grpo-n6"], "steps": 12, "eval_every": 4, "out": Path("benchmarks/results/learning_efficiency")}
+# the oracle (rlvr/train/oracle.py) measures the baselines these runs use; never trained on, not counted as spend
+ORACLE = {"grpo", "grpo-n6", "v05", "v05@grpo-agg"}
+# question 4: differences by task family, where HA-DW and focal claim effects that depend on difficulty
+FAMILY_PAIRS = (("v05", "grpo"), ("grpo-n6", "grpo"), ("v05", "grpo-n6"), ("v05@grpo-agg", "grpo-n6"),
+                ("grpo+hadw", "grpo"), ("grpo+focal", "grpo"), ("v05+focal", "v05"))
 PASS_KS = (1, 2, 4, 8)
 # Sampled pass@k costs 8 generations per held-out prompt; only question 2 reads it.
 SAMPLED = {"grpo", "v05", "grpo+focal", "v05+focal"}
-KEEP = ("config.yaml", "summary.json", "metrics.jsonl", "eval.jsonl", "decisions.jsonl")  # what a finished run keeps
+KEEP = ("config.yaml", "summary.json", "metrics.jsonl", "eval.jsonl", "decisions.jsonl", "oracle.jsonl")  # what a finished run keeps
 
 
 KEPT = ["cluster.keep_roles=true"]  # each run resets the previous run's actors instead of starting its own
@@ -76,7 +95,15 @@ def budget(args, config: str = "grpo") -> list[str]:
             "model=tiny-random", "trainer.steps=1", "trainer.batch_size=2", "trainer.eval_every=1",
             "data.train.size=8", "eval.size=4", "rollout.max_tokens=8", f"eval.n_samples={n_samples}",
             "eval.pass_at_k_every=1", "trainer.save_every=0", "trainer.progress=false",
-        ] + (["algorithm.warmup_prompts=2"] if config.startswith("v05") else [])
+        ] + (["algorithm.warmup_prompts=2"] if config.startswith("v05") else []) + (
+            ["eval.oracle.samples=2", "eval.oracle.every=1"] if config in ORACLE else [])
+    if args.long:
+        return KEPT + [
+            f"trainer.steps={args.steps}", "trainer.batch_size=8", f"trainer.eval_every={args.eval_every}",
+            f"eval.size={args.eval_prompts}", f"rollout.max_tokens={args.max_tokens}",
+            f"eval.n_samples={n_samples}", f"eval.pass_at_k_every={args.steps}", "trainer.save_every=5",
+            "trainer.progress=false", f"data={args.data}",
+        ] + (["eval.oracle.samples=32", f"eval.oracle.every={max(1, args.eval_every // 2)}"] if config in ORACLE else [])
     return KEPT + [
         f"trainer.steps={args.steps}", "trainer.batch_size=8", f"trainer.eval_every={args.eval_every}",
         f"eval.size={args.eval_prompts}", f"rollout.max_tokens={args.max_tokens}",
@@ -307,6 +334,12 @@ def report(args) -> dict:
                 "diff": float(a.mean() - b.mean()),
                 "ci95": interval(bootstrap(diff, {c: shapes[c] for c in (treated, base)}, len(uids), reps, key)),
             }
+    families = by_family(curves, runs, last, uids, shapes, reps)
+    if families:
+        answers["4_by_family"] = families
+    oracle = oracle_errors(args, runs)
+    if oracle:
+        answers["5_oracle_baseline_mse"] = oracle
     for c in curves.values():
         for key in ("_greedy", "_roll", "_pass"):
             c.pop(key, None)
@@ -323,6 +356,57 @@ def report(args) -> dict:
     (args.out / "learning_efficiency.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, args.out / "learning_efficiency.png")
     return result
+
+
+def by_family(curves: dict, runs: dict, last: int, uids: list[str], shapes: dict, reps: int) -> dict:
+    """Final held-out accuracy per task family for each config, and each pair of FAMILY_PAIRS' difference
+    per family, with 95 % intervals over seeds and the family's prompts (an eval record without a
+    family, from before the field existed, gives no figures)."""
+    record = next(iter(runs.values()))[0]["evals"][last]
+    if not all("family" in record[u] for u in uids):
+        return {}
+    groups: dict[str, np.ndarray] = {}
+    for i, u in enumerate(uids):
+        groups.setdefault(record[u]["family"], []).append(i)
+    groups = {f: np.array(ix) for f, ix in sorted(groups.items())}
+    out: dict = {"accuracy": {}, "differences": {}}
+    for config, c in curves.items():
+        final = c["_greedy"][-1]  # [S, P]
+        row = {}
+        for fam, ix in groups.items():
+            sub = final[:, ix]
+            boot = bootstrap(lambda si, pi, sub=sub, config=config: sub[si[config]][:, pi].mean(), {config: shapes[config]},
+                             len(ix), reps, f"4 {config} {fam}")
+            row[fam] = {"accuracy": float(sub.mean()), "ci95": interval(boot), "prompts": len(ix)}
+        out["accuracy"][config] = row
+    for treated, base in FAMILY_PAIRS:
+        if treated in curves and base in curves:
+            a, b = curves[treated]["_greedy"][-1], curves[base]["_greedy"][-1]
+            row = {}
+            for fam, ix in groups.items():
+                sa, sb = a[:, ix], b[:, ix]
+                diff = lambda si, pi, sa=sa, sb=sb, t=treated, c=base: sa[si[t]][:, pi].mean() - sb[si[c]][:, pi].mean()  # noqa: E731
+                boot = bootstrap(diff, {k: shapes[k] for k in (treated, base)}, len(ix), reps, f"4 {treated} {base} {fam}")
+                row[fam] = {"diff": float(sa.mean() - sb.mean()), "ci95": interval(boot)}
+            out["differences"][f"{treated} - {base}"] = row
+    return out
+
+
+def oracle_errors(args, runs: dict) -> dict:
+    """Each baseline's squared error against the oracle's p*, pooled over a config's seeds
+    (`rlvr.train.oracle.report`), for the configs whose runs logged oracle records."""
+    from rlvr.train.oracle import report as oracle_report
+
+    out = {}
+    for config in runs:
+        records = []
+        for s in args.seeds:
+            path = run_dir(args, config, s) / "oracle.jsonl"
+            if path.is_file():
+                records += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if records:
+            out[config] = oracle_report(records, reps=args.bootstrap)
+    return out
 
 
 def plot(result: dict, path: Path) -> None:
@@ -348,24 +432,35 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--configs", nargs="+", default=list(GRID), choices=list(GRID), help="the configs to run; the report covers every config with runs under --out")
+    parser.add_argument("--configs", nargs="+", choices=list(GRID),
+                        help="the configs to run (default: the grid's); the report covers every config with runs under --out")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument(
-        "--out", type=Path, default=Path("benchmarks/results/learning_efficiency"),
-        help="run dirs and report; the default is tracked in git (checkpoints are removed once a run finishes)",
+        "--out", type=Path,
+        help="run dirs and report (default: benchmarks/results/learning_efficiency, or ..._long with --long); "
+             "tracked in git (checkpoints are removed once a run finishes)",
     )
     parser.add_argument("--data", default="mix", help="data config (mix | arith)")
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--eval-every", type=int, default=4)
+    parser.add_argument("--steps", type=int, help="default 12, or 40 with --long")
+    parser.add_argument("--eval-every", type=int, help="default 4, or 10 with --long")
     parser.add_argument("--eval-prompts", type=int, default=256)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--quick", action="store_true", help="tiny model, one step per run: checks the pipeline only")
+    parser.add_argument("--long", action="store_true", help="the long grid: 40 steps, the oracle on grpo, grpo-n6 and V0.5, bf16")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("extra", nargs="*", help="more key=value overrides for every run")
     args = parser.parse_args(argv)
+    for key, value in (LONG if args.long else SHORT).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     if not args.report_only:
         run_grid(args)
     result = report(args)

@@ -32,6 +32,15 @@ def test_quick_grid_runs_resumes_and_reports(tmp_path, tiny_model, capsys):
     kept = {p.name for p in (tmp_path / "runs" / "v05-s0").iterdir()}
     assert {"summary.json", "eval.jsonl", "metrics.jsonl"} <= kept <= set(le.KEEP)  # checkpoints removed
     assert "step 0 held-out accuracy" in (tmp_path / "runs" / "grpo-s0.log").read_text()  # each run's own log
+    # question 4: per task family, for each config and for the pair v05 - grpo
+    families = result["answers"]["4_by_family"]
+    assert set(families["accuracy"]) == {"grpo", "v05"} and set(families["differences"]) == {"v05 - grpo"}
+    for row in families["accuracy"]["grpo"].values():
+        assert 0 <= row["accuracy"] <= 1 and row["prompts"] >= 1
+    # question 5: the oracle ran on both (eval.oracle.samples=2 in quick mode) and its records were kept
+    assert (tmp_path / "runs" / "grpo-s0" / "oracle.jsonl").stat().st_size > 0
+    oracle = result["answers"]["5_oracle_baseline_mse"]
+    assert set(oracle) == {"grpo", "v05"} and oracle["v05"]["records"] == 2 and "v05" in oracle["v05"]["baselines"]
     saved = json.loads((tmp_path / "learning_efficiency.json").read_text())
     assert saved["held_out_prompts"] == 4 and (tmp_path / "learning_efficiency.png").stat().st_size > 0
     capsys.readouterr()

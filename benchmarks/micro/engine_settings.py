@@ -47,7 +47,8 @@ def worker(overrides: list[str], prompts: int, max_tokens: int) -> dict:
     from rlvr.config import compose
     from rlvr.data import load_problems, prompt_renderer
     from rlvr.models import resolve_model_path
-    from rlvr.rollout.engines import GenerationRequest, SamplingConfig, VLLMEngine
+    from rlvr.rollout.engines import GenerationRequest, SamplingConfig
+    from rlvr.rollout.vllm_engine import VLLMEngine
     from rlvr.runtime.roles import engine_config
 
     cfg = compose(overrides)

@@ -18,7 +18,7 @@ values. Per model, printed as JSON (and written to --out):
   weights, SDPA attention: the largest |Δ log-prob| of the shared-prompt and packed paths against
   the per-sequence one (they compute the same numbers), then forward + backward seconds, tokens/s
   and peak memory for each path, in float32 and under bf16 autocast (`model.train_dtype=bfloat16`).
-- `engine_hf`: `rlvr.rollout.engines.HFEngine` (the engine takes CUDA whenever it is present) sampling 8
+- `engine_hf`: `rlvr.rollout.hf_engine.HFEngine` (the engine takes CUDA whenever it is present) sampling 8
   prompts x n=4 x up to 64 tokens: seconds, new tokens/s, peak memory, every log-prob finite.
 - `value_v0` (once): V0's backbone (Qwen3-Embedding-0.6B's shape with --device cuda, tiny on CPU)
   and adapter at the published dimensions encoding 128 prompts, and, where the `tabpfn` package is
@@ -175,7 +175,8 @@ def learner_part(folder: Path, device: torch.device, repeats: int) -> dict:
 
 
 def engine_part(folder: Path, device: torch.device, quick: bool) -> dict:
-    from rlvr.rollout.engines import EngineConfig, GenerationRequest, HFEngine, SamplingConfig
+    from rlvr.rollout.engines import EngineConfig, GenerationRequest, SamplingConfig
+    from rlvr.rollout.hf_engine import HFEngine
 
     dtype = "bfloat16" if device.type == "cuda" else "float32"
     engine = HFEngine(EngineConfig(backend="hf", model_path=str(folder), dtype=dtype, max_model_len=1024, kv_cache_gb=0.0, seed=0,

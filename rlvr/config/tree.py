@@ -235,7 +235,9 @@ def _validate_model(cfg: DictConfig) -> None:
 
 def _validate_rollout(cfg: DictConfig) -> None:
     r = cfg.rollout
-    _check(r.backend in ("vllm", "hf"), "rollout.backend", f"unknown {r.backend!r}; known: vllm, hf")
+    from rlvr.rollout.engines import ENGINES
+
+    _check(r.backend in ENGINES, "rollout.backend", f"unknown {r.backend!r}; known: {', '.join(ENGINES)}")
     _check(r.temperature > 0, "rollout.temperature", f"training needs sampling, so > 0; got {r.temperature}")
     _check(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
     _check(r.max_tokens >= 1, "rollout.max_tokens", f"must be >= 1, got {r.max_tokens}")

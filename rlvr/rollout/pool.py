@@ -15,16 +15,7 @@ from typing import Any, Callable, Iterator
 import ray
 import torch
 
-from rlvr.rollout.engines import (
-    ENGINE_BACKENDS,
-    EngineConfig,
-    GenerationRequest,
-    HFEngine,
-    Sample,
-    SamplingConfig,
-    VLLMEngine,
-    initial_weights,
-)
+from rlvr.rollout.engines import EngineConfig, GenerationRequest, Sample, SamplingConfig, initial_weights, make_engine
 from rlvr.runtime.faults import gather, node_of
 from rlvr.runtime.logs import redirect_actor_output
 from rlvr.weight_sync import sync_weights
@@ -43,9 +34,7 @@ class RolloutEngine:
     def __init__(self, cfg: EngineConfig):
         redirect_actor_output()
         torch.set_num_threads(cfg.threads)
-        if cfg.backend not in ENGINE_BACKENDS:
-            raise ValueError(f"unknown rollout backend {cfg.backend!r}; known: {ENGINE_BACKENDS}")
-        self.engine = VLLMEngine(cfg) if cfg.backend == "vllm" else HFEngine(cfg)
+        self.engine = make_engine(cfg)
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         self.model_path = cfg.model_path
         self.version = 0

@@ -213,3 +213,12 @@ def test_bad_reward_terms_fail_before_any_actor_starts(term, message):
         validate(compose([f"verifier.terms=[{term}]"]))
     with pytest.raises(ConfigError, match=r"verifier.terms: no reward term decides correctness \(format\)"):
         validate(compose(["verifier.terms=[{fn: format}]"]))
+
+
+def test_every_sampling_mode_a_preset_may_name_has_a_sampler():
+    """`rlvr.algorithms.presets.SAMPLING_MODES` validates the name (the algorithms stay free of I/O);
+    `rlvr.sampling.SAMPLERS` runs it. The two lists are one list."""
+    from rlvr.algorithms.presets import SAMPLING_MODES
+    from rlvr.sampling import SAMPLERS
+
+    assert tuple(SAMPLERS) == SAMPLING_MODES

@@ -87,6 +87,11 @@ class AlgorithmPreset:
         if self.scale_by_std and self.estimator != "v05":
             raise ValueError("scale_by_std applies to the v05 estimator only")
 
+    @property
+    def uses_value_model(self) -> bool:
+        """V0.5's adaptive sampling reads a prior from the value server; no other mode starts one."""
+        return self.sampling == "adaptive"
+
     def loss_kwargs(self) -> dict[str, float]:
         """Keyword arguments of the policy loss (for :func:`rlvr.algorithms.policy_loss`)."""
         kwargs = {"eps_high": self.eps_high}

@@ -140,7 +140,7 @@ def learner_config(cfg: DictConfig, model_path: str) -> LearnerConfig:
 
 def role_plan(cfg: DictConfig, preset) -> dict:
     """The placement of this run's roles (the ValueServer only for V0.5's adaptive sampling)."""
-    return plan_placement(cfg.cluster, with_value=preset.sampling == "adaptive")
+    return plan_placement(cfg.cluster, with_value=preset.uses_value_model)
 
 
 def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
@@ -160,7 +160,7 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
         # The verifier pool and the value server are replaced, in the same bundle, if they die.
         roles["verifier"] = verifier_role(cfg, dict(**placement.options("verifier", 0), runtime_env=actor_env(cfg, "verifier")),
                                           actor=reused.get("verifier", [None])[0])
-        if preset.sampling == "adaptive":
+        if preset.uses_value_model:
             from rlvr.value import ValueServer, value_model_kwargs
 
             roles["value"] = RestartingRole(

@@ -1,87 +1,20 @@
-"""Generators: problems in, scored trajectories out, for training, evaluation and the oracle alike.
-
-The seam between the BudgetController (how many rollouts of which prompt) and what one rollout is:
-
-    SingleTurn   one prompt -> one answer: render, sample on the engines, score in the sandbox
-    MultiTurn    an episode with an environment (`rlvr.envs`): the model's turns, tool calls run in
-                 the sandbox, the environment's observations, until it ends or a limit is hit
-
-Both return `Rollouts`: one `Trajectory` per rollout (``group`` is its problem's index) and the
-counts the step logs. A multi-turn trajectory is token in, token out: the prompt is rendered once,
-each turn continues from the ids so far, and each observation is tokenized on its own with the chat
-template's role markers, so the model's own ids are never re-tokenized. Its loss mask is 1 exactly
-on the model's tokens, and its log-probs are the engine's there (0 elsewhere, masked).
-"""
+"""An episode with an environment (`rlvr.envs`): the model's turns, tool calls run in the sandbox, the
+environment's observations, until it ends or a limit is hit; token in, token out."""
 
 from __future__ import annotations
 
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Callable, Protocol
-
-from omegaconf import DictConfig
+from typing import Callable
 
 from rlvr.batch import Trajectory
 from rlvr.data import Problem
-from rlvr.envs import Step, environment_from_config
+from rlvr.envs import Step
 from rlvr.envs.tools import PARSERS, STOP_AFTER_CALL, MalformedCall, ToolCall, tool_prompt, tool_schemas
+from rlvr.generation.base import Rollouts, verifier_counts
 from rlvr.rollout.engines import GenerationRequest, Sample, SamplingConfig
 from rlvr.sandbox import ScoreRequest, ScoreResult
-
-VERIFIER_FAILURES = ("timeout", "oom", "crash", "error")  # error: a reward function raised or returned a non-number
-
-
-@dataclass
-class Rollouts:
-    trajectories: list[Trajectory]  # `group` is the index of the trajectory's problem
-    counts: dict[str, float] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase: generate, verify, tools
-
-
-class Generator(Protocol):
-    def generate(self, problems: list[Problem], ns: list[int], sampling: SamplingConfig, seed: int) -> Rollouts:
-        """``ns[i]`` scored rollouts of ``problems[i]``, drawn with ``seed``."""
-        ...
-
-
-def verifier_counts(vstats: dict) -> dict[str, float]:
-    """The verifier's failures and named outcomes of one `score` call, as the step counts them."""
-    counts = {f"verifier_{kind}": vstats.get(kind, 0) for kind in VERIFIER_FAILURES}
-    counts.update({f"verifier_outcome_{o}": n for o, n in vstats.get("outcomes", {}).items()})  # code_tests: passed, wrong_answer, ...
-    return counts
-
-
-class SingleTurn:
-    """One prompt, one answer. ``render`` gives a problem's prompt as token ids (or text)."""
-
-    def __init__(self, rollout, verifier, render: Callable[[Problem], list[int] | str]):
-        self.rollout, self.verifier, self.render = rollout, verifier, render
-
-    def generate(self, problems: list[Problem], ns: list[int], sampling: SamplingConfig, seed: int) -> Rollouts:
-        requests = [GenerationRequest(i, self.render(p), n) for i, (p, n) in enumerate(zip(problems, ns)) if n > 0]
-        start = time.perf_counter()
-        samples = self.rollout.generate(requests, sampling, seed)
-        generated = time.perf_counter()
-        results, vstats = self.verifier.call("score", [ScoreRequest.for_problem(s.text, problems[s.prompt_index]) for s in samples])
-        timings = {"generate": generated - start, "verify": time.perf_counter() - generated}
-        trajectories = [
-            Trajectory(
-                prompt_ids=s.prompt_ids,
-                response_ids=s.response_ids,
-                rollout_logprobs=s.logprobs,
-                weight_version=s.weight_version,
-                reward=r.reward,
-                correct=bool(r.correct),
-                error=r.error,
-                group=s.prompt_index,
-                truncated=s.truncated,
-                text=s.text,
-            )
-            for s, r in zip(samples, results)
-        ]
-        counts = {"rollouts": len(samples), "gen_tokens": sum(len(s.response_ids) for s in samples), **verifier_counts(vstats)}
-        return Rollouts(trajectories, counts, timings)
 
 
 class ChatTokens:
@@ -296,33 +229,3 @@ class MultiTurn:
                 e.finish(step, "max_turns")
             elif not self._go_on(e, step.observation):
                 e.finish(step, "max_tokens")
-
-
-def env_rates(counts: dict) -> dict[str, float]:
-    """Per-episode means and shares from a step's summed `env/*` counts."""
-    episodes = counts.get("env/episodes", 0)
-    if not episodes:
-        return {}
-    calls = counts.get("env/tool_calls", 0)
-    errors = sum(v for k, v in counts.items() if k.startswith("env/tool_errors/"))
-    rates = {
-        "env/turns_per_episode": counts.get("env/turns", 0) / episodes,
-        "env/tool_calls_per_episode": calls / episodes,
-        "env/tool_error_rate": errors / calls if calls else 0.0,
-        "env/first_answer_accuracy": counts.get("env/first_answers_correct", 0) / episodes,  # before any feedback (env=retry)
-    }
-    rates.update({f"env/ended_share/{k.rsplit('/', 1)[1]}": v / episodes for k, v in counts.items() if k.startswith("env/ended/")})
-    return rates
-
-
-def make_generator(cfg: DictConfig, rollout, verifier, model_path: str) -> Generator:
-    """`SingleTurn` when `env.name` is none, else `MultiTurn` with that environment."""
-    from transformers import AutoTokenizer
-
-    from rlvr.data.stream import message_builder, prompt_renderer
-
-    if cfg.env.name == "none":
-        return SingleTurn(rollout, verifier, prompt_renderer(cfg, model_path, as_ids=True))
-    env = environment_from_config(cfg.env)
-    return MultiTurn(rollout, verifier, AutoTokenizer.from_pretrained(model_path), env, message_builder(cfg),
-                     cfg.env.max_turns, cfg.env.max_tokens, cfg.model.max_model_len, cfg.env.parser)

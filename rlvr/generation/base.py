@@ -1,0 +1,50 @@
+"""What every generator shares: the `Generator` protocol, what it returns (`Rollouts`), and the
+counts a step logs from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from rlvr.batch import Trajectory
+from rlvr.data import Problem
+from rlvr.rollout.engines import SamplingConfig
+
+VERIFIER_FAILURES = ("timeout", "oom", "crash", "error")  # error: a reward function raised or returned a non-number
+
+
+@dataclass
+class Rollouts:
+    trajectories: list[Trajectory]  # `group` is the index of the trajectory's problem
+    counts: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase: generate, verify, tools
+
+
+class Generator(Protocol):
+    def generate(self, problems: list[Problem], ns: list[int], sampling: SamplingConfig, seed: int) -> Rollouts:
+        """``ns[i]`` scored rollouts of ``problems[i]``, drawn with ``seed``."""
+        ...
+
+
+def verifier_counts(vstats: dict) -> dict[str, float]:
+    """The verifier's failures and named outcomes of one `score` call, as the step counts them."""
+    counts = {f"verifier_{kind}": vstats.get(kind, 0) for kind in VERIFIER_FAILURES}
+    counts.update({f"verifier_outcome_{o}": n for o, n in vstats.get("outcomes", {}).items()})  # code_tests: passed, wrong_answer, ...
+    return counts
+
+
+def env_rates(counts: dict) -> dict[str, float]:
+    """Per-episode means and shares from a step's summed `env/*` counts."""
+    episodes = counts.get("env/episodes", 0)
+    if not episodes:
+        return {}
+    calls = counts.get("env/tool_calls", 0)
+    errors = sum(v for k, v in counts.items() if k.startswith("env/tool_errors/"))
+    rates = {
+        "env/turns_per_episode": counts.get("env/turns", 0) / episodes,
+        "env/tool_calls_per_episode": calls / episodes,
+        "env/tool_error_rate": errors / calls if calls else 0.0,
+        "env/first_answer_accuracy": counts.get("env/first_answers_correct", 0) / episodes,  # before any feedback (env=retry)
+    }
+    rates.update({f"env/ended_share/{k.rsplit('/', 1)[1]}": v / episodes for k, v in counts.items() if k.startswith("env/ended/")})
+    return rates

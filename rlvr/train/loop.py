@@ -18,6 +18,7 @@ evaluation and `rlvr eval` (`rlvr.train.evaluate`), the run's records, checkpoin
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import logging
 import random
@@ -32,7 +33,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from rlvr.algorithms import HADWState, apply_weighting, compute_advantages
+from rlvr.algorithms import WEIGHTINGS, HADWState, apply_weighting, compute_advantages
 from rlvr.batch import Batch, plan_mini_batches
 from rlvr.checkpoint import resolve_resume
 from rlvr.config import ConfigError, algorithm_preset, max_response_tokens, overlong_buffer, validate
@@ -125,6 +126,17 @@ def hadw_state(weighting: DictConfig) -> HADWState:
     return HADWState(window=weighting.window, anchor=weighting.anchor, eta=weighting.eta)
 
 
+def weighting_kwargs(weighting: DictConfig, hadw_state: HADWState) -> dict:
+    """The registered weighting's keyword arguments: each key of its config node that its function
+    takes (focal: gamma; HA-DW: lam), and the anchor state where it takes one. A new weighting is its
+    registered function and its `configs/weighting/*.yaml`, nothing here."""
+    params = inspect.signature(WEIGHTINGS[weighting.name]).parameters
+    kwargs = {k: v for k, v in weighting.items() if k in params}
+    if "state" in params:
+        kwargs["state"] = hadw_state
+    return kwargs
+
+
 def set_advantages(batch: Batch, preset, weighting: DictConfig, hadw_state: HADWState) -> None:
     """Advantages of every trajectory (the estimator on the shaped reward, then the optional
     weighting on correctness: both papers weigh by success rate), on the batch."""
@@ -134,9 +146,9 @@ def set_advantages(batch: Batch, preset, weighting: DictConfig, hadw_state: HADW
         kwargs["baselines"] = batch.baselines()
     adv = compute_advantages(preset.estimator, rewards, group_ids, **kwargs)
     if weighting.name != "none":
-        extra = {"gamma": weighting.gamma} if weighting.name == "focal" else {"state": hadw_state, "lam": weighting.lam}
         # a weighting scales each rollout's row: a column of ones beside the advantages comes out as the weights
-        both = apply_weighting(weighting.name, torch.stack([adv, torch.ones_like(adv)], 1), batch.correctness(), group_ids, **extra)
+        both = apply_weighting(weighting.name, torch.stack([adv, torch.ones_like(adv)], 1), batch.correctness(), group_ids,
+                               **weighting_kwargs(weighting, hadw_state))
         moved = both[:, 1][adv.abs() > 1e-8]  # the weight a rollout got, where its advantage carries one
         batch.unweighted_advantages = adv
         adv, batch.advantage_weights = both[:, 0].contiguous(), both[:, 1].contiguous()

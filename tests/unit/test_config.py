@@ -222,3 +222,15 @@ def test_every_sampling_mode_a_preset_may_name_has_a_sampler():
     from rlvr.sampling import SAMPLERS
 
     assert tuple(SAMPLERS) == SAMPLING_MODES
+
+
+def test_a_weighting_takes_its_keyword_arguments_from_its_config_node():
+    """No branch on weighting names: each key of `weighting=X` that X's registered function takes,
+    and HA-DW's anchor state where the function takes one."""
+    from rlvr.algorithms import HADWState
+    from rlvr.train.loop import weighting_kwargs
+
+    state = HADWState()
+    assert weighting_kwargs(compose(["weighting=focal", "weighting.gamma=2.0"]).weighting, state) == {"gamma": 2.0}
+    assert weighting_kwargs(compose(["weighting=hadw", "weighting.lam=1.2"]).weighting, state) == {"lam": 1.2, "state": state}
+    assert weighting_kwargs(compose(["weighting=none"]).weighting, state) == {}

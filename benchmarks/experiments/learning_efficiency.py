@@ -97,20 +97,15 @@ def budget(args, config: str = "grpo") -> list[str]:
             "eval.pass_at_k_every=1", "trainer.save_every=0", "trainer.progress=false",
         ] + (["algorithm.warmup_prompts=2"] if config.startswith("v05") else []) + (
             ["eval.oracle.samples=2", "eval.oracle.every=1"] if config in ORACLE else [])
-    if args.long:
-        return KEPT + [
-            f"trainer.steps={args.steps}", "trainer.batch_size=8", f"trainer.eval_every={args.eval_every}",
-            f"eval.size={args.eval_prompts}", f"rollout.max_tokens={args.max_tokens}",
-            f"eval.n_samples={n_samples}", f"eval.pass_at_k_every={args.steps}", "trainer.save_every=5",
-            "trainer.progress=false", f"data={args.data}",
-        ] + (["eval.oracle.samples=32", f"eval.oracle.every={max(1, args.eval_every // 2)}"] if config in ORACLE else [])
-    return KEPT + [
+    overrides = KEPT + [
         f"trainer.steps={args.steps}", "trainer.batch_size=8", f"trainer.eval_every={args.eval_every}",
         f"eval.size={args.eval_prompts}", f"rollout.max_tokens={args.max_tokens}",
-        f"eval.n_samples={n_samples}", f"eval.pass_at_k_every={args.steps}", "trainer.save_every=4",
+        f"eval.n_samples={n_samples}", f"eval.pass_at_k_every={args.steps}", f"trainer.save_every={5 if args.long else 4}",
         "trainer.progress=false", f"data={args.data}",
-        "model.train_dtype=float32",  # the grid began before bf16 became smollm2's default: every run the same
     ]
+    if args.long:  # the bf16 learner (smollm2's default), and the oracle on the runs whose baselines it measures
+        return overrides + (["eval.oracle.samples=32", f"eval.oracle.every={max(1, args.eval_every // 2)}"] if config in ORACLE else [])
+    return overrides + ["model.train_dtype=float32"]  # the grid began before bf16 became smollm2's default: every run the same
 
 
 def run_dir(args, config: str, seed: int) -> Path:
@@ -365,10 +360,10 @@ def by_family(curves: dict, runs: dict, last: int, uids: list[str], shapes: dict
     record = next(iter(runs.values()))[0]["evals"][last]
     if not all("family" in record[u] for u in uids):
         return {}
-    groups: dict[str, np.ndarray] = {}
+    members: dict[str, list[int]] = {}
     for i, u in enumerate(uids):
-        groups.setdefault(record[u]["family"], []).append(i)
-    groups = {f: np.array(ix) for f, ix in sorted(groups.items())}
+        members.setdefault(record[u]["family"], []).append(i)
+    groups = {f: np.array(ix) for f, ix in sorted(members.items())}
     out: dict = {"accuracy": {}, "differences": {}}
     for config, c in curves.items():
         final = c["_greedy"][-1]  # [S, P]

@@ -161,7 +161,7 @@ def _validate_algorithm(cfg: DictConfig, preset: AlgorithmPreset) -> None:
         )
     _check(a.warmup_prompts >= 0, "algorithm.warmup_prompts", f"must be >= 0 (0 = no warm start), got {a.warmup_prompts}")
     if a.warmup_prompts:
-        _check(preset.sampling == "adaptive", "algorithm.warmup_prompts", f"warms up V0.5's value context (sampling=adaptive); {preset.sampling} has none to fill")
+        _check(preset.uses_value_model, "algorithm.warmup_prompts", f"warms up V0.5's value context (sampling=adaptive); {preset.sampling} has none to fill")
     _check(cfg.weighting.name in WEIGHTINGS, "weighting.name", f"unknown {cfg.weighting.name!r}; known: {', '.join(WEIGHTINGS)}")
 
 

@@ -27,9 +27,10 @@ BACKENDS = {"ray": ray_objects, "nccl": nccl, "ipc": ipc}
 
 
 def connect(backend: str, learners: list, engines: list, address: tuple[str, int] | None) -> None:
-    """Open what a backend holds open between syncs (the nccl group); the others need nothing."""
-    if backend == "nccl":
-        nccl.connect(learners, engines, address)
+    """Open what a backend holds open between syncs, where its module has a `connect` (nccl: its group)."""
+    open_backend = getattr(BACKENDS[backend], "connect", None)
+    if open_backend is not None:
+        open_backend(learners, engines, address)
 
 
 def sync_weights(backend: str, learners: list, engines: list, version: int, bucket_mb: float | None = None,

@@ -46,8 +46,7 @@ def test_each_tracked_result_is_cited_or_a_record_a_report_rereads():
         if "runs" in rel.parts:
             continue  # per-run records: learning_efficiency, lr_search and preset_check re-read them
         # a file is cited by its path, by its stem (a .json and its .png), or by its folder
-        names = {str(rel), str(rel.with_suffix("")) + ".", f"{rel.parent}/"} if rel.parent != Path(".") else {
-            str(rel), str(rel.with_suffix("")) + "."}
+        names = {str(rel), str(rel.with_suffix("")) + "."} | ({f"{rel.parent}/"} if rel.parent != Path(".") else set())
         if not any(name in cited_in for name in names):
             uncited.append(f)
     assert uncited == [], f"tracked results nothing cites (docs/benchmarks.md): {uncited}"

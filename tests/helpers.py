@@ -13,12 +13,12 @@ from typing import Callable
 
 import psutil
 
-from rlvr.batch import MiniBatch, Trajectory
 from rlvr.config import algorithm_preset, compose
 from rlvr.learner.actor import LearnerConfig, UpdateConfig
 from rlvr.rollout.engines import EngineConfig
 from rlvr.runtime.roles import engine_config, learner_config
 from rlvr.train.loop import update_config
+from rlvr.types import MiniBatch, Trajectory
 
 
 def tiny_learner_config(model_path: str, *overrides: str, **fields) -> LearnerConfig:

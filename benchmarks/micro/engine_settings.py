@@ -47,9 +47,10 @@ def worker(overrides: list[str], prompts: int, max_tokens: int) -> dict:
     from rlvr.config import compose
     from rlvr.data import load_problems, prompt_renderer
     from rlvr.models import resolve_model_path
-    from rlvr.rollout.engines import GenerationRequest, SamplingConfig
+    from rlvr.rollout.engines import SamplingConfig
     from rlvr.rollout.vllm_engine import VLLMEngine
     from rlvr.runtime.roles import engine_config
+    from rlvr.types import GenerationRequest
 
     cfg = compose(overrides)
     model_path = resolve_model_path(cfg.model.path, cfg.cache_dir)

@@ -132,7 +132,7 @@ def write_bundle(out: Path) -> None:
 # -- the parts ---------------------------------------------------------------------------------
 def default_job_shaped(vocab: int, prompts: int = 8, n: int = 4, seed: int = 0):
     """Trajectories shaped like the default job's batch, with ±1 advantages."""
-    from rlvr.batch import Trajectory
+    from rlvr.types import Trajectory
 
     rng = random.Random(seed)
     out = []
@@ -175,8 +175,9 @@ def learner_part(folder: Path, device: torch.device, repeats: int) -> dict:
 
 
 def engine_part(folder: Path, device: torch.device, quick: bool) -> dict:
-    from rlvr.rollout.engines import EngineConfig, GenerationRequest, SamplingConfig
+    from rlvr.rollout.engines import EngineConfig, SamplingConfig
     from rlvr.rollout.hf_engine import HFEngine
+    from rlvr.types import GenerationRequest
 
     dtype = "bfloat16" if device.type == "cuda" else "float32"
     engine = HFEngine(EngineConfig(backend="hf", model_path=str(folder), dtype=dtype, max_model_len=1024, kv_cache_gb=0.0, seed=0,

@@ -36,13 +36,14 @@ def default_job_batch(sequences: int, overrides: list[str]):
     from omegaconf import OmegaConf
     from transformers import AutoTokenizer
 
-    from rlvr.batch import Trajectory, plan_mini_batches
     from rlvr.config import algorithm_preset, compose
     from rlvr.data import PromptStream, load_problems, prompt_renderer
+    from rlvr.learner.plan import plan_mini_batches
     from rlvr.models import resolve_model_path
     from rlvr.runtime.roles import learner_config
     from rlvr.runtime.sizing import micro_batching
     from rlvr.train.loop import update_config
+    from rlvr.types import Trajectory
 
     cfg = compose(["algorithm=grpo", *overrides])
     model_path = resolve_model_path(cfg.model.path, cfg.cache_dir)

@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from rlvr.rewards import ANSWER_TYPES, check_answer_parsable
+from rlvr.types import Problem
 
 log = logging.getLogger(__name__)
 
@@ -27,25 +28,6 @@ ROLES = ("system", "user", "assistant")
 
 class DataError(ValueError):
     """A data file or generator produced a row that cannot be trained on."""
-
-
-@dataclass(frozen=True)
-class Problem:
-    uid: str  # stable id, e.g. "chain_sum/0/17" or "file:gsm8k.jsonl:42"
-    question: str  # the question text shown to the model (no chat template applied)
-    answer: str  # gold answer as a string
-    answer_type: str = "number"  # number | expression | choice | string | any
-    # chat turns before the question, as (role, content) pairs, from a chat-format prompt
-    context: tuple[tuple[str, str], ...] = ()
-    # the row's other fields (verl: data_source, extra_info; trl: its columns), for reward functions
-    meta: Mapping | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def family(self) -> str:
-        """The task family a problem came from: its reasoning-gym task label, else its source file."""
-        if self.uid.count("/") >= 2:
-            return self.uid.rsplit("/", 2)[0]
-        return self.uid.rsplit(":", 1)[0]
 
 
 def _default_tasks() -> list:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from rlvr.batch import Trajectory
 from rlvr.data import Problem
 from rlvr.rollout.engines import SamplingConfig
+from rlvr.types import Trajectory
 
 VERIFIER_FAILURES = ("timeout", "oom", "crash", "error")  # error: a reward function raised or returned a non-number
 

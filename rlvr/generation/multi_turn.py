@@ -8,13 +8,13 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from rlvr.batch import Trajectory
 from rlvr.data import Problem
 from rlvr.envs import Step
 from rlvr.envs.tools import PARSERS, STOP_AFTER_CALL, MalformedCall, ToolCall, tool_prompt, tool_schemas
 from rlvr.generation.base import Rollouts, verifier_counts
-from rlvr.rollout.engines import GenerationRequest, Sample, SamplingConfig
+from rlvr.rollout.engines import SamplingConfig
 from rlvr.sandbox import ScoreRequest, ScoreResult
+from rlvr.types import GenerationRequest, Sample, Trajectory
 
 
 class ChatTokens:
@@ -83,9 +83,9 @@ class Episode:
 
     def add_turn(self, s: Sample) -> None:
         self.last = s
-        self.response_ids += s.response_ids
+        self.response_ids += s.response_ids.tolist()
         self.loss_mask += [1.0] * len(s.response_ids)
-        self.logprobs += s.logprobs
+        self.logprobs += s.logprobs.tolist()
         self.versions.append(s.weight_version)
         self.messages.append({"role": "assistant", "content": s.text})
 
@@ -136,7 +136,7 @@ class MultiTurn:
 
     def _go_on(self, e: Episode, messages: list[dict]) -> bool:
         """Append an observation if the episode has room for it and one more token; else False."""
-        ids = self.chat.observation_ids(e.last.response_ids, messages)
+        ids = self.chat.observation_ids(e.last.response_ids.tolist(), messages)
         if self._room(e) - len(ids) < 1:
             return False
         e.add_observation(messages, ids)

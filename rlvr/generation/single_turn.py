@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from rlvr.batch import Trajectory
 from rlvr.data import Problem
 from rlvr.generation.base import Rollouts, verifier_counts
-from rlvr.rollout.engines import GenerationRequest, SamplingConfig
+from rlvr.rollout.engines import SamplingConfig
 from rlvr.sandbox import ScoreRequest
+from rlvr.types import GenerationRequest, Trajectory
 
 
 class SingleTurn:

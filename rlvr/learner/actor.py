@@ -20,10 +20,10 @@ import ray
 import torch
 
 from rlvr.algorithms import policy_loss, rollout_correction, rollout_mismatch
-from rlvr.batch import MiniBatch, Trajectory
 from rlvr.learner.forward import collate, dot64, loss_share, positions, response_logprobs
 from rlvr.lora import LoraSettings, add_adapters, sync_tensors
 from rlvr.runtime.logs import redirect_actor_output
+from rlvr.types import MiniBatch, Trajectory
 from rlvr.weight_sync.buckets import TensorSpec, pack, plan_buckets
 from rlvr.weight_sync.ipc import share
 from rlvr.weight_sync.nccl import broadcast, open_group

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from rlvr.batch import MiniBatch, Trajectory
+from rlvr.types import MiniBatch, Trajectory
 
 
 def response_logprobs(model, mb: dict, temperature: float = 1.0, share_prompts: bool = True,
@@ -145,7 +145,7 @@ def collate(seqs: list[Trajectory], pad_id: int, device) -> dict:
     """One micro-batch as tensors: each distinct prompt once, right-padded ([G, P]), and the
     responses ([B, T]), with `group_of` mapping a sequence to its prompt."""
     index: dict[tuple[int, ...], int] = {}
-    group_of = [index.setdefault(tuple(s.prompt_ids), len(index)) for s in seqs]
+    group_of = [index.setdefault(s.prompt_key, len(index)) for s in seqs]
     prompts = list(index)
     width = max(len(p) for p in prompts)
     resp_width = max(1, max(len(s.response_ids) for s in seqs))
@@ -159,10 +159,10 @@ def collate(seqs: list[Trajectory], pad_id: int, device) -> dict:
     rollout_lp = torch.zeros((len(seqs), resp_width))
     for b, s in enumerate(seqs):
         n_resp = len(s.response_ids)
-        response_ids[b, :n_resp] = torch.tensor(s.response_ids, dtype=torch.long)
-        mask[b, :n_resp] = torch.tensor(s.loss_mask, dtype=torch.float32)
-        if s.rollout_logprobs:
-            rollout_lp[b, :n_resp] = torch.tensor(s.rollout_logprobs[:n_resp])
+        response_ids[b, :n_resp] = s.response_ids
+        mask[b, :n_resp] = s.loss_mask
+        if len(s.rollout_logprobs):
+            rollout_lp[b, :n_resp] = s.rollout_logprobs
     packed = _packed_layout([len(s.response_ids) for s in seqs], group_of, len(prompts), response_ids)
     return dict(
         **{k: v.to(device) for k, v in packed.items()},
@@ -173,7 +173,7 @@ def collate(seqs: list[Trajectory], pad_id: int, device) -> dict:
         response_ids=response_ids.to(device),
         mask=mask.to(device),
         rollout_logprobs=rollout_lp.to(device),
-        has_rollout_logprobs=all(bool(s.rollout_logprobs) for s in seqs),
+        has_rollout_logprobs=all(len(s.rollout_logprobs) > 0 for s in seqs),
         advantages=torch.tensor([s.advantage for s in seqs], dtype=torch.float32, device=device),
     )
 

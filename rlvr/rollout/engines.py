@@ -1,10 +1,11 @@
-"""The inference engines without Ray: what a rollout request and its samples are, and the registry of
-backends that answer them, one module each (`vllm_engine.py`: vLLM, the default; `hf_engine.py`:
+"""The inference engines without Ray: the sampling and engine settings, and the registry of backends
+that answer a `rlvr.types.GenerationRequest`, one module each (`vllm_engine.py`: vLLM, the default; `hf_engine.py`:
 transformers `generate`, a debugging fallback and for GPU boxes without vLLM). A backend is a class
 with `generate(requests, sampling)`, `load_weights(named tensors)`, `sleep()` and `wake_up()`; a new
 one is a module and an entry in `ENGINES` (plus, for a weight transport of its own, `rlvr/weight_sync/`).
 `rlvr.rollout.pool` wraps one engine in a Ray actor and spreads requests over a pool of them; a
-benchmark or a GPU check can use an engine directly.
+benchmark or a GPU check can use an engine directly (its answer is plain dicts; the pool makes them
+`rlvr.types.Sample`s).
 """
 
 from __future__ import annotations
@@ -14,29 +15,6 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-
-
-@dataclass
-class GenerationRequest:
-    """Sample `n` completions of one prompt: text with the chat template applied, or token ids
-    (a multi-turn episode continues from its ids, never from re-tokenized text)."""
-
-    prompt_index: int
-    prompt: str | list[int]
-    n: int
-    max_tokens: int | None = None  # this request's cap, below `SamplingConfig.max_tokens` (a turn of an episode)
-
-
-@dataclass
-class Sample:
-    prompt_index: int
-    prompt_ids: list[int]
-    response_ids: list[int]
-    text: str
-    logprobs: list[float]  # log-prob of each sampled token under the engine's weights
-    finish_reason: str  # "stop" or "length"
-    truncated: bool  # hit max_tokens before an end-of-sequence token
-    weight_version: int
 
 
 @dataclass

@@ -6,7 +6,8 @@ from typing import Iterable
 
 import torch
 
-from rlvr.rollout.engines import EngineConfig, GenerationRequest, SamplingConfig
+from rlvr.rollout.engines import EngineConfig, SamplingConfig
+from rlvr.types import GenerationRequest
 
 
 class HFEngine:

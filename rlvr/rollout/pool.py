@@ -15,9 +15,10 @@ from typing import Any, Callable, Iterator
 import ray
 import torch
 
-from rlvr.rollout.engines import EngineConfig, GenerationRequest, Sample, SamplingConfig, initial_weights, make_engine
+from rlvr.rollout.engines import EngineConfig, SamplingConfig, initial_weights, make_engine
 from rlvr.runtime.faults import gather, node_of
 from rlvr.runtime.logs import redirect_actor_output
+from rlvr.types import GenerationRequest, Sample
 from rlvr.weight_sync import sync_weights
 from rlvr.weight_sync.buckets import TensorSpec, unpack
 from rlvr.weight_sync.ipc import open_shared

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
-from rlvr.batch import Trajectory
 from rlvr.config import max_response_tokens
+from rlvr.types import Trajectory
 
 # vLLM's KV block on CPU (vllm/platforms/cpu.py sets 128 unless a user chose one): a sequence
 # holds whole blocks, so a 155-token sequence takes 256 tokens of cache.
@@ -110,7 +110,7 @@ class ActivationBudget:
     def bytes(self, seqs: list[Trajectory]) -> float:
         layout = _Layout()
         for s in seqs:
-            layout.add(s, tuple(s.prompt_ids))
+            layout.add(s, s.prompt_key)
         return self._bytes(*layout.shape())
 
     def _bytes(self, groups: int, prompt: int, row: int, sequences: int, response: int, response_tokens: int) -> float:
@@ -128,7 +128,7 @@ class ActivationBudget:
         """The shard, in its order, cut into the fewest micro-batches that fit (a sequence over the
         budget goes alone), then as evenly as that count allows: the tightest budget that still cuts
         no more. Even cuts lower the peak at the same number of forwards."""
-        keys = [tuple(s.prompt_ids) for s in shard]
+        keys = [s.prompt_key for s in shard]
         greedy = self._cut(shard, keys, self.budget_bytes)
         if len(greedy) <= 1:  # one micro-batch (or none): nothing to even out
             return greedy
@@ -220,7 +220,7 @@ def kv_cache_gb(cfg: DictConfig, model_path: str) -> float:
 
 
 def micro_batching(cfg: DictConfig, model_path: str) -> int | ActivationBudget:
-    """How `rlvr.batch.plan_mini_batches` cuts micro-batches: `learner.micro_batch_size` sequences,
+    """How `rlvr.learner.plan.plan_mini_batches` cuts micro-batches: `learner.micro_batch_size` sequences,
     or with `auto` an `ActivationBudget` of `learner.activation_memory_gb`."""
     if cfg.learner.micro_batch_size != "auto":
         return int(cfg.learner.micro_batch_size)

@@ -21,9 +21,9 @@ from rlvr.sampling.dynamic_filter import collect_dynamic_filter
 from rlvr.sampling.fixed import collect_fixed
 
 if TYPE_CHECKING:
-    from rlvr.batch import Batch
     from rlvr.data import Problem
     from rlvr.train.controller import BudgetController
+    from rlvr.types import Batch
 
     Sampler = Callable[[BudgetController, list[Problem], Callable[[int], list[Problem]], int], Batch]
 

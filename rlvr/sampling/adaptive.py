@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from rlvr.algorithms import v05
-from rlvr.batch import Batch, PromptGroup
 from rlvr.data import Problem
+from rlvr.types import Batch, PromptGroup
 
 if TYPE_CHECKING:
     from rlvr.train.controller import BudgetController

@@ -8,8 +8,8 @@ import logging
 from typing import TYPE_CHECKING, Callable
 
 from rlvr.algorithms import dynamic_sampling_keep_mask
-from rlvr.batch import Batch
 from rlvr.data import Problem
+from rlvr.types import Batch
 
 if TYPE_CHECKING:
     from rlvr.train.controller import BudgetController

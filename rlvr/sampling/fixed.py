@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from rlvr.batch import Batch
 from rlvr.data import Problem
+from rlvr.types import Batch
 
 if TYPE_CHECKING:
     from rlvr.train.controller import BudgetController

@@ -5,7 +5,7 @@ The mode (`algorithm.sampling`: fixed, dynamic_filter for DAPO, adaptive for V0.
 and keeps what outlives a step: V0.5's calibration window (`V05Baseline`), checkpointed with the run.
 
 It runs in the driver: it holds the generator (`rlvr.generation`: the engines, the verifier and,
-for multi-turn episodes, the environment) and the value server, and returns a `rlvr.batch.Batch`.
+for multi-turn episodes, the environment) and the value server, and returns a `rlvr.types.Batch`.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import torch
 
 from rlvr.algorithms import overlong_penalty
 from rlvr.algorithms.v05 import V05Baseline
-from rlvr.batch import Batch, PromptGroup
 from rlvr.data import Problem
 from rlvr.generation import Generator, env_rates
 from rlvr.rollout.engines import SamplingConfig
 from rlvr.runtime.faults import RestartingRole
 from rlvr.sampling import SAMPLERS
 from rlvr.sampling.adaptive import warm_start
+from rlvr.types import Batch, PromptGroup
 
 __all__ = ["BudgetController", "ControllerConfig", "V05Baseline"]
 

@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Callable, Iterator
 
-from rlvr.batch import Batch
+from rlvr.types import Batch
 
 
 def sync_batches(make_batch: Callable[[int], Batch], first: int, last: int) -> Iterator[Batch]:

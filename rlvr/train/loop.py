@@ -34,12 +34,12 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from rlvr.algorithms import WEIGHTINGS, HADWState, apply_weighting, compute_advantages
-from rlvr.batch import Batch, plan_mini_batches
 from rlvr.checkpoint import resolve_resume
 from rlvr.config import ConfigError, algorithm_preset, max_response_tokens, overlong_buffer, validate
 from rlvr.data import Problem, PromptStream, load_problems
 from rlvr.generation import Generator, make_generator
 from rlvr.learner.actor import UpdateConfig
+from rlvr.learner.plan import plan_mini_batches
 from rlvr.models import resolve_model_path
 from rlvr.rollout.engines import SamplingConfig
 from rlvr.runtime.faults import RoleFailed
@@ -60,6 +60,7 @@ from rlvr.train.state import (
     save_training_state,
     set_rng_state,
 )
+from rlvr.types import Batch
 
 log = logging.getLogger("rlvr")
 

@@ -38,10 +38,11 @@ import ray
 import torch
 
 from rlvr.algorithms import compute_advantages
-from rlvr.batch import Batch, Trajectory, plan_mini_batches
+from rlvr.learner.plan import plan_mini_batches
 from rlvr.rollout.engines import SamplingConfig
 from rlvr.runtime.sizing import ActivationBudget
 from rlvr.train.evaluate import correct_counts
+from rlvr.types import Batch, Trajectory
 
 __all__ = ["gradient_cosine", "oracle_advantages", "oracle_metrics", "report", "sample_oracle", "true_advantages"]
 

@@ -9,9 +9,9 @@ import pytest
 import ray
 from helpers import adapter_weights, tiny_learner_config, tiny_update_config
 
-from rlvr.batch import MiniBatch, Trajectory
 from rlvr.learner.actor import PolicyLearner
 from rlvr.runtime.placement import node_address
+from rlvr.types import MiniBatch, Trajectory
 from rlvr.weight_sync.ray_objects import fetch_buckets
 
 SEQS = [

@@ -10,8 +10,8 @@ def test_the_counted_matmul_flops_are_what_torch_counts(tiny_model):
     from transformers import AutoModelForCausalLM
 
     from benchmarks.profiles.learner_roofline import dims, forward_flops
-    from rlvr.batch import Trajectory
     from rlvr.learner.forward import collate, response_logprobs
+    from rlvr.types import Trajectory
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     # one prompt and one response: nothing is padded, so torch's count is the real tokens' count

@@ -19,10 +19,10 @@ from helpers import (
 )
 from transformers import AutoModelForCausalLM
 
-from rlvr.batch import Trajectory
 from rlvr.lora import LoraSettings, base_name, is_adapter
-from rlvr.rollout.engines import GenerationRequest, SamplingConfig
+from rlvr.rollout.engines import SamplingConfig
 from rlvr.rollout.pool import RolloutPool
+from rlvr.types import GenerationRequest, Trajectory
 from rlvr.weight_sync import sync_weights
 from rlvr.weight_sync.ray_objects import fetch_buckets
 
@@ -65,7 +65,7 @@ def test_adapters_train_the_base_stays_and_the_engine_matches_the_merged_model(r
     assert all(s.weight_version == 2 for s in fresh)
     learner_lp = ray.get(learner.logprobs.remote([Trajectory(s.prompt_ids, s.response_ids) for s in fresh], sampling.temperature))
     for s, lp in zip(fresh, learner_lp):
-        torch.testing.assert_close(torch.tensor(s.logprobs), torch.tensor(lp), atol=2e-3, rtol=0)
+        torch.testing.assert_close(s.logprobs, torch.tensor(lp), atol=2e-3, rtol=0)
 
 
 @pytest.mark.slow

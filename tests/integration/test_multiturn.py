@@ -85,7 +85,7 @@ def test_a_three_turn_episode_gets_every_tool_error_as_an_observation_and_goes_o
     for kind in ("timeout", "raised", "malformed", "unknown_tool", "bad_arguments", "oom"):
         assert counts[f"env/tool_errors/{kind}"] == 2, (kind, counts)
     for t in out.trajectories:
-        observed = tokenizer.decode([i for i, m in zip(t.response_ids, t.loss_mask) if m == 0])
+        observed = tokenizer.decode(t.response_ids[t.loss_mask == 0].tolist())
         assert observed.count("<|im_start|>tool\n") == 7
         for text in ("error: the tool call failed: timeout", "error: RuntimeError: kaput", "error: the tool call is not valid JSON",
                      "\n5<|im_end|>", "error: unknown tool 'nope'", "must be str", "error: the tool call failed: oom"):
@@ -107,6 +107,6 @@ def test_the_learner_log_probs_equal_the_engine_s_on_the_model_tokens(episodes_o
     learner = kept_learner(tiny_learner_config(tiny_model, threads=1))
     recomputed = ray.get(learner.logprobs.remote(out.trajectories, sampling.temperature))
     for t, lp in zip(out.trajectories, recomputed):
-        mask = torch.tensor(t.loss_mask) == 1
+        mask = t.loss_mask == 1
         assert len(lp) == len(t.response_ids)
-        torch.testing.assert_close(torch.tensor(lp)[mask], torch.tensor(t.rollout_logprobs)[mask], atol=2e-3, rtol=0)
+        torch.testing.assert_close(torch.tensor(lp)[mask], t.rollout_logprobs[mask], atol=2e-3, rtol=0)

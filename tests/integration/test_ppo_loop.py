@@ -18,9 +18,10 @@ from helpers import (
 )
 
 from rlvr.algorithms import rollout_correction, rollout_mismatch
-from rlvr.batch import Trajectory, plan_mini_batches
-from rlvr.rollout.engines import GenerationRequest, SamplingConfig
+from rlvr.learner.plan import plan_mini_batches
+from rlvr.rollout.engines import SamplingConfig
 from rlvr.rollout.pool import RolloutPool
+from rlvr.types import GenerationRequest, Trajectory
 
 PROMPTS = ["<|im_start|>user\nWhat is 3 + 4?<|im_end|>\n<|im_start|>assistant\n", "State the final answer: 9 - 2 =", "Count: 1 2 3"]
 
@@ -74,7 +75,7 @@ def test_tis_weights_from_vllm_logprobs_match_the_pure_function(engine_and_sampl
     old = [torch.tensor(lp) for lp in ray.get(learner.logprobs.remote(trajectories, update.temperature))]
     width = max(len(t.response_ids) for t in trajectories)
     pad = lambda rows: torch.stack([torch.nn.functional.pad(r, (0, width - len(r))) for r in rows])  # noqa: E731
-    old_t, mu_t = pad(old), pad([torch.tensor(t.rollout_logprobs) for t in trajectories])
+    old_t, mu_t = pad(old), pad([t.rollout_logprobs for t in trajectories])
     mask = pad([torch.ones(len(t.response_ids)) for t in trajectories])
     weights, _, truncated = rollout_correction("tis", old_t, mu_t, mask, threshold=2.0)
     gap = rollout_mismatch(old_t, mu_t, mask)

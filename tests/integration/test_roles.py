@@ -13,10 +13,10 @@ from helpers import (
 )
 from transformers import AutoModelForCausalLM
 
-from rlvr.batch import Trajectory
-from rlvr.rollout.engines import GenerationRequest, SamplingConfig
+from rlvr.rollout.engines import SamplingConfig
 from rlvr.rollout.pool import RolloutPool
 from rlvr.runtime import sizing
+from rlvr.types import GenerationRequest, Trajectory
 from rlvr.weight_sync.ray_objects import fetch_buckets, put_bucket
 
 # The last prompt is long enough (~940 tokens) for vLLM to cache its prefix blocks: after a weight
@@ -30,10 +30,10 @@ PROMPTS = [
 
 
 def hf_logprobs(model, prompt_ids, response_ids, temperature):
-    ids = torch.tensor([prompt_ids + response_ids])
+    ids = torch.cat([prompt_ids, response_ids])[None]
     with torch.no_grad():
         logits = model(ids).logits[0, len(prompt_ids) - 1 : -1].float() / temperature
-    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(response_ids)[:, None]).squeeze(-1)
+    return torch.log_softmax(logits, -1).gather(-1, response_ids[:, None]).squeeze(-1)
 
 
 def perturbed_state(model_path, seed=1):
@@ -66,7 +66,7 @@ def test_engine_samples_and_weight_update(backend, ray_session, tiny_model):
         assert blocks == int(cfg.kv_cache_gb * 2**30) // (per_token * cfg.block_size)
     # Same seed, same samples: what exact resume relies on.
     again = pool.generate(reqs, sampling, seed=0)
-    assert [s.response_ids for s in again] == [s.response_ids for s in samples]
+    assert [s.response_ids.tolist() for s in again] == [s.response_ids.tolist() for s in samples]
 
     # New weights: the engine's log-probs must be those of the new model, not the old one.
     model = perturbed_state(tiny_model)
@@ -76,7 +76,7 @@ def test_engine_samples_and_weight_update(backend, ray_session, tiny_model):
     assert all(s.weight_version == 7 for s in after)
     for s in after[::3]:  # one sample per prompt, the long cached-prefix one included
         expected = hf_logprobs(model, s.prompt_ids, s.response_ids, sampling.temperature)
-        torch.testing.assert_close(torch.tensor(s.logprobs), expected, atol=2e-3, rtol=0)
+        torch.testing.assert_close(s.logprobs, expected, atol=2e-3, rtol=0)
 
 
 @pytest.mark.slow

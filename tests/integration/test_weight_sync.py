@@ -10,10 +10,10 @@ from helpers import (
     tiny_update_config,
 )
 
-from rlvr.batch import Trajectory
 from rlvr.learner.actor import PolicyLearner
 from rlvr.rollout.pool import RolloutEngine
 from rlvr.runtime.placement import node_address
+from rlvr.types import Trajectory
 from rlvr.weight_sync import connect, sync_weights
 from rlvr.weight_sync.ray_objects import fetch_buckets
 

@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlvr.algorithms import policy_loss, rollout_correction, rollout_mismatch
-from rlvr.batch import Batch, PromptGroup, Trajectory, plan_mini_batches
 from rlvr.data import Problem
+from rlvr.learner.plan import plan_mini_batches
+from rlvr.types import Batch, PromptGroup, Trajectory
 
 
 def problem(i: int) -> Problem:
@@ -66,9 +67,22 @@ def test_a_weighting_keeps_the_estimator_s_advantages_beside_its_weights():
 
 
 def test_trajectory_loss_mask_defaults_to_every_token_and_must_match():
-    assert traj(1, 4).loss_mask == [1.0] * 4
+    assert traj(1, 4).loss_mask.tolist() == [1.0] * 4
     with pytest.raises(ValueError, match="loss_mask"):
         Trajectory([1], [2, 3], loss_mask=[1.0])
+    with pytest.raises(ValueError, match="rollout log-probs"):
+        Trajectory([1], [2, 3], rollout_logprobs=[-0.5])
+
+
+def test_token_data_is_held_as_tensors_whatever_the_constructor_got():
+    t = Trajectory([5, 6], torch.tensor([7, 8, 9]), [-0.25, -1.5, -3.0])
+    assert t.prompt_ids.dtype == t.response_ids.dtype == torch.long
+    assert t.rollout_logprobs.dtype == t.loss_mask.dtype == torch.float32
+    assert t.rollout_logprobs.tolist() == [-0.25, -1.5, -3.0] and t.num_tokens == 3
+    assert t.prompt_key == (5, 6) and hash(t.prompt_key) == hash(Trajectory([5, 6], [1]).prompt_key)
+    copy = t.for_learner()
+    assert copy is not t and copy.response_ids.tolist() == [7, 8, 9] and copy.rollout_logprobs.tolist() == [-0.25, -1.5, -3.0]
+    assert t != copy and t == t  # identity: tensors have no single truth value to compare by
 
 
 @settings(max_examples=60, deadline=None)

@@ -10,8 +10,8 @@ from rlvr.envs import Step, make_environment
 from rlvr.envs.calculator import calculate
 from rlvr.envs.tools import MalformedCall, ToolCall, parse_hermes, run_tool, tool_prompt, tool_schemas
 from rlvr.generation import ChatTokens, Episode, env_rates
-from rlvr.rollout.engines import Sample
 from rlvr.sandbox import ScoreResult
+from rlvr.types import Sample
 
 TOOLS = ["tools_for_tests:echo", "tools_for_tests:boom"]
 

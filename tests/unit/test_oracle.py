@@ -2,9 +2,9 @@
 
 import pytest
 
-from rlvr.batch import Batch, PromptGroup, Trajectory
 from rlvr.data import Problem
 from rlvr.train.oracle import oracle_metrics
+from rlvr.types import Batch, PromptGroup, Trajectory
 
 
 def group(uid: str, correct: list[int], advantages: list[float], baseline: float) -> PromptGroup:

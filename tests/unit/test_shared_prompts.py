@@ -10,8 +10,9 @@ import random
 import pytest
 import torch
 
-from rlvr.batch import Trajectory, plan_mini_batches
 from rlvr.learner.forward import collate, positions, response_logprobs
+from rlvr.learner.plan import plan_mini_batches
+from rlvr.types import Trajectory
 
 TEMPERATURE = 0.7
 
@@ -26,10 +27,10 @@ def sequences(vocab: int) -> list[Trajectory]:
 
 def per_sequence(model, s: Trajectory) -> torch.Tensor:
     """log π of each response token from one unpadded forward of prompt + response."""
-    logits = model(torch.tensor([s.prompt_ids + s.response_ids]), use_cache=False).logits[0].float()
+    logits = model(torch.cat([s.prompt_ids, s.response_ids])[None], use_cache=False).logits[0].float()
     logp = torch.log_softmax(logits / TEMPERATURE, -1)
     start = len(s.prompt_ids) - 1
-    return logp[start + torch.arange(len(s.response_ids)), torch.tensor(s.response_ids, dtype=torch.long)]
+    return logp[start + torch.arange(len(s.response_ids)), s.response_ids]
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -69,13 +70,13 @@ def test_the_planner_keeps_a_prompts_responses_together():
     trajectories = [Trajectory(p, [1] * rng.randint(1, 20), group=g) for g, p in enumerate(prompts) for _ in range(4)]
     (mini,) = plan_mini_batches(trajectories, 1, 1, 8, seed=0)[0]
     for micro in mini.micro_batches:
-        assert len({tuple(t.prompt_ids) for t in micro}) == 2  # 8 sequences of 2 prompts, not up to 8
+        assert len({t.prompt_key for t in micro}) == 2  # 8 sequences of 2 prompts, not up to 8
 
 
 def test_packing_leaves_less_padding_and_counts_the_same_real_positions():
     seqs = sequences(500)
     mb = collate(seqs, 0, torch.device("cpu"))
-    prompts = {tuple(s.prompt_ids) for s in seqs}
+    prompts = {s.prompt_key for s in seqs}
     real = sum(len(p) for p in prompts) + sum(max(len(s.response_ids) - 1, 0) for s in seqs)  # each prompt once, fed tokens
     (run_packed, real_packed), (run_padded, real_padded) = positions(mb, packed=True), positions(mb, packed=False)
     assert real_packed == real_padded == real

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlvr.batch import Trajectory
 from rlvr.config import ConfigError, compose, validate
 from rlvr.learner.forward import collate, positions
 from rlvr.runtime import sizing
 from rlvr.runtime.sizing import ModelShape
+from rlvr.types import Trajectory
 
 # SmolLM2-135M's shapes (its config.json)
 SMOLLM2 = ModelShape(layers=30, hidden=576, intermediate=1536, kv_heads=3, head_dim=64, vocab=49152)

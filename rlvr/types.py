@@ -1,32 +1,95 @@
-"""The typed batch that flows from the BudgetController to the learners.
+"""The records that cross role boundaries, in the order a step makes them.
 
-    Trajectory   one sampled response: its tokens, loss mask, the engine's log-probs μ, the weight
-                 version it was sampled with, its reward, and (once computed) its advantage
-    PromptGroup  one prompt's trajectories, plus per-prompt data (V0.5's baseline and decision)
-    Batch        one step's groups, with a flat view (rewards, group ids, advantages, in one
-                 order by construction) and the mini-batch plan the learners receive
+    Problem            a prompt and its gold answer (`rlvr.data` loads them)
+    GenerationRequest  sample `n` completions of one prompt: text, or token ids (a multi-turn episode)
+    Sample             one completion as the rollout pool returns it: token ids and the engine's
+                       log-probs as tensors, and the weight version that sampled it
+    Trajectory         one sampled response as the learners train on it: its tokens, loss mask,
+                       the engine's log-probs μ, its weight version, reward and (once computed) advantage
+    PromptGroup        one prompt's trajectories, plus per-prompt data (V0.5's baseline)
+    Batch              one step's groups, with a flat view (rewards, group ids, advantages, in one
+                       order by construction)
+    MiniBatch          one optimizer step's share of a learner rank (`rlvr.learner.plan` cuts them),
+                       with the mini-batch's global token and sequence counts for loss scaling
 
+Token data is held as 1-D tensors (ids `int64`, log-probs and masks `float32`) from the rollout
+pool to the learner's collate: token ids go into and come out of the engines, so nothing is
+re-tokenized between the engine and the loss. The constructors accept lists as well and convert them.
 Advantages are written onto the trajectories (`Batch.set_advantages`), so nothing downstream
 re-zips a flat tensor with a list.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
 
-from rlvr.data import Problem
+TokenIds = torch.Tensor  # 1-D int64
+TokenFloats = torch.Tensor  # 1-D float32, one per response token
+
+
+def token_ids(ids: Sequence[int] | torch.Tensor) -> TokenIds:
+    return torch.as_tensor(ids, dtype=torch.long).reshape(-1)
+
+
+def token_floats(values: Sequence[float] | torch.Tensor) -> TokenFloats:
+    return torch.as_tensor(values, dtype=torch.float32).reshape(-1)
+
+
+@dataclass(frozen=True)
+class Problem:
+    uid: str  # stable id, e.g. "chain_sum/0/17" or "file:gsm8k.jsonl:42"
+    question: str  # the question text shown to the model (no chat template applied)
+    answer: str  # gold answer as a string
+    answer_type: str = "number"  # number | expression | choice | string | any
+    # chat turns before the question, as (role, content) pairs, from a chat-format prompt
+    context: tuple[tuple[str, str], ...] = ()
+    # the row's other fields (verl: data_source, extra_info; trl: its columns), for reward functions
+    meta: Mapping | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def family(self) -> str:
+        """The task family a problem came from: its reasoning-gym task label, else its source file."""
+        if self.uid.count("/") >= 2:
+            return self.uid.rsplit("/", 2)[0]
+        return self.uid.rsplit(":", 1)[0]
 
 
 @dataclass
+class GenerationRequest:
+    """Sample `n` completions of one prompt: text with the chat template applied, or token ids
+    (a multi-turn episode continues from its ids, never from re-tokenized text)."""
+
+    prompt_index: int
+    prompt: str | list[int]
+    n: int
+    max_tokens: int | None = None  # this request's cap, below `SamplingConfig.max_tokens` (a turn of an episode)
+
+
+@dataclass(eq=False)  # tensors have no truth value: two samples are equal only when they are one
+class Sample:
+    prompt_index: int
+    prompt_ids: TokenIds
+    response_ids: TokenIds
+    text: str
+    logprobs: TokenFloats  # log-prob of each sampled token under the engine's weights
+    finish_reason: str  # "stop" or "length"
+    truncated: bool  # hit max_tokens before an end-of-sequence token
+    weight_version: int
+
+    def __post_init__(self) -> None:
+        self.prompt_ids, self.response_ids = token_ids(self.prompt_ids), token_ids(self.response_ids)
+        self.logprobs = token_floats(self.logprobs)
+
+
+@dataclass(eq=False)
 class Trajectory:
-    prompt_ids: list[int]
-    response_ids: list[int]
-    rollout_logprobs: list[float] = field(default_factory=list)  # μ: the engine's log-prob of each token
-    loss_mask: list[float] = field(default_factory=list)  # 1 = trained on; empty means every token
+    prompt_ids: TokenIds
+    response_ids: TokenIds
+    rollout_logprobs: TokenFloats = field(default_factory=lambda: token_floats([]))  # μ: the engine's log-prob of each token; empty: none
+    loss_mask: TokenFloats | None = None  # 1 = trained on; None means every token
     weight_version: int = 0
     reward: float = 0.0
     correct: bool = False
@@ -37,16 +100,24 @@ class Trajectory:
     advantage: float = 0.0
 
     def __post_init__(self) -> None:
-        if not self.loss_mask:
-            self.loss_mask = [1.0] * len(self.response_ids)
+        self.prompt_ids, self.response_ids = token_ids(self.prompt_ids), token_ids(self.response_ids)
+        self.rollout_logprobs = token_floats(self.rollout_logprobs)
+        self.loss_mask = torch.ones(len(self.response_ids)) if self.loss_mask is None else token_floats(self.loss_mask)
         if len(self.loss_mask) != len(self.response_ids):
             raise ValueError(f"loss_mask has {len(self.loss_mask)} entries for {len(self.response_ids)} response tokens")
+        if len(self.rollout_logprobs) not in (0, len(self.response_ids)):
+            raise ValueError(f"{len(self.rollout_logprobs)} rollout log-probs for {len(self.response_ids)} response tokens")
 
     @property
     def num_tokens(self) -> int:
-        return int(sum(self.loss_mask))
+        return int(self.loss_mask.sum())
 
-    def for_learner(self) -> "Trajectory":
+    @property
+    def prompt_key(self) -> tuple[int, ...]:
+        """The prompt's ids as a hashable, ordered key: which trajectories share a prompt."""
+        return tuple(self.prompt_ids.tolist())
+
+    def for_learner(self) -> Trajectory:
         """The fields a learner needs (no text): what travels to the learner actors."""
         return Trajectory(
             self.prompt_ids, self.response_ids, self.rollout_logprobs, self.loss_mask, self.weight_version, advantage=self.advantage
@@ -144,32 +215,3 @@ class Batch:
 
     def versions(self) -> list[int]:
         return [t.weight_version for t in self.trajectories]
-
-
-def plan_mini_batches(
-    trajectories: list[Trajectory], mini_batches: int, num_ranks: int,
-    micro_batch: int | Callable[[list[Trajectory]], list[list[Trajectory]]], seed: int,
-) -> list[list[MiniBatch]]:
-    """Trajectories -> per rank, `mini_batches` MiniBatches (one optimizer step each).
-
-    The split into mini-batches is a seeded shuffle (each optimizer step sees a mix of prompts);
-    within one, a prompt's responses stay together (the learner runs a shared prompt once) and
-    similar lengths share a micro-batch (less padding), interleaved over the ranks. A rank's share
-    is cut into micro-batches of `micro_batch` sequences, or by `micro_batch(share)` (`rlvr.runtime.sizing.
-    ActivationBudget`: by memory). Every rank gets equally many micro-batches (ZeRO-3 gathers in
-    lockstep): a rank with fewer ends with empty ones.
-    """
-    cut = micro_batch if callable(micro_batch) else lambda shard: [shard[j : j + micro_batch] for j in range(0, len(shard), micro_batch)]
-    order = list(trajectories)
-    random.Random(seed).shuffle(order)
-    m = max(1, min(mini_batches, len(order)))
-    bounds = [i * len(order) // m for i in range(m + 1)]  # sizes differ by at most one
-    per_rank: list[list[MiniBatch]] = [[] for _ in range(num_ranks)]
-    for i in range(m):
-        part = sorted(order[bounds[i] : bounds[i + 1]], key=lambda t: (len(t.prompt_ids), t.prompt_ids, len(t.response_ids)))
-        shards = [cut(part[r::num_ranks]) for r in range(num_ranks)]
-        n_micro = max(1, max(len(s) for s in shards))
-        tokens, sequences = max(1, sum(t.num_tokens for t in part)), max(1, len(part))
-        for r, micro in enumerate(shards):
-            per_rank[r].append(MiniBatch(micro + [[] for _ in range(n_micro - len(micro))], tokens, sequences))
-    return per_rank

@@ -167,6 +167,8 @@ def one_run(args, config: str, seed: int, tag: str, steps: int, start: float) ->
     finally:
         logging.getLogger("rlvr").removeHandler(log)
         log.close()
+    if not finished(d, steps):  # stopped by a signal (SIGTERM, Ctrl-C): keep its checkpoint, stop the grid
+        raise SystemExit(f"{config} seed {seed} stopped before step {steps}; the same command resumes it from its checkpoint")
     for extra in d.iterdir():  # a finished run needs no checkpoints (GBs each); its records stay
         if extra.name not in KEEP:
             shutil.rmtree(extra) if extra.is_dir() else extra.unlink()

@@ -7,6 +7,7 @@ from rlvr.config.tree import (
     compose,
     config_dir,
     expand_shorthand,
+    fill,
     max_response_tokens,
     overlong_buffer,
     validate,
@@ -14,6 +15,6 @@ from rlvr.config.tree import (
 )
 
 __all__ = [
-    "ConfigError", "algorithm_preset", "compose", "config_dir", "expand_shorthand", "max_response_tokens", "overlong_buffer",
+    "ConfigError", "algorithm_preset", "compose", "config_dir", "expand_shorthand", "fill", "max_response_tokens", "overlong_buffer",
     "validate", "validate_cluster",
 ]

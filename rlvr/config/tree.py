@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
 from rlvr.algorithms import WEIGHTINGS, AlgorithmPreset, default_overlong_buffer
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -54,15 +58,30 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
             raise ConfigCompositionException(f"{e}: {str(e.__cause__).splitlines()[0]}") from e.__cause__
 
 
+def fill(cls: type[T], *nodes: Mapping, **given: Any) -> T:
+    """An instance of the dataclass `cls`: each field is `given[name]`, or else the key of the same
+    name in the one node of `nodes` that holds it. What a role's settings take from the tree is then
+    written once, as the tree's keys; `given` holds only what is renamed, derived or from elsewhere.
+    A field with no default that no node holds, or that two nodes hold, is an error naming it."""
+    values = dict(given)
+    for f in dataclasses.fields(cls):
+        if f.name in values:
+            continue
+        holders = [node for node in nodes if f.name in node]
+        if len(holders) > 1:
+            raise ConfigError(f"{cls.__name__}.{f.name}: more than one config node has the key {f.name!r}; pass it by name")
+        if holders:
+            values[f.name] = holders[0][f.name]
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{cls.__name__}.{f.name}: no config node has the key {f.name!r}")
+    return cls(**values)
+
+
 def algorithm_preset(algo: DictConfig) -> AlgorithmPreset:
     """The `algorithm` config node as an AlgorithmPreset (which validates the part names)."""
-    fields = [f.name for f in dataclasses.fields(AlgorithmPreset) if f.name not in ("rollout_correction", "correction_threshold")]
     try:
-        return AlgorithmPreset(
-            **{k: algo[k] for k in fields},
-            rollout_correction=algo.rollout_correction.mode,
-            correction_threshold=algo.rollout_correction.threshold,
-        )
+        return fill(AlgorithmPreset, algo, rollout_correction=algo.rollout_correction.mode,
+                    correction_threshold=algo.rollout_correction.threshold)
     except ValueError as e:
         raise ConfigError(f"algorithm: {e}") from e
 

@@ -14,6 +14,7 @@ from rlvr.envs.tools import PARSERS, STOP_AFTER_CALL, MalformedCall, ToolCall, t
 from rlvr.generation.base import Rollouts, verifier_counts
 from rlvr.rollout.engines import SamplingConfig
 from rlvr.sandbox import ScoreRequest, ScoreResult
+from rlvr.seeds import turn_seed
 from rlvr.types import GenerationRequest, Sample, Trajectory
 
 
@@ -161,7 +162,7 @@ class MultiTurn:
             requests = [GenerationRequest(j, e.prompt_ids + e.response_ids, 1, min(sampling.max_tokens, self._room(e)))
                         for j, e in enumerate(active)]
             start = time.perf_counter()
-            for s in self.rollout.generate(requests, sampling, seed * self.max_turns + turn):
+            for s in self.rollout.generate(requests, sampling, turn_seed(seed, self.max_turns, turn)):
                 active[s.prompt_index].add_turn(s)
             timings["generate"] += time.perf_counter() - start
             counts["env/turns"] += len(active)

@@ -8,7 +8,6 @@ requests over N engines and broadcasts weight updates to all of them.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -16,8 +15,9 @@ import ray
 import torch
 
 from rlvr.rollout.engines import EngineConfig, SamplingConfig, initial_weights, make_engine
-from rlvr.runtime.faults import gather, node_of
+from rlvr.runtime.faults import RestartPolicy, gather, node_name, node_of
 from rlvr.runtime.logs import redirect_actor_output
+from rlvr.seeds import engine_seed
 from rlvr.types import GenerationRequest, Sample
 from rlvr.weight_sync import sync_weights
 from rlvr.weight_sync.buckets import TensorSpec, unpack
@@ -119,13 +119,11 @@ class RolloutPool:
     def __init__(self, engines: list, start: Callable[[int], Any] | None = None, max_restarts: int = 0,
                  timeout_s: float | None = None, ready_timeout_s: float | None = None):
         self.engines = engines
-        self.start, self.max_restarts, self.timeout_s = start, int(max_restarts), timeout_s
-        self.ready_timeout_s = ready_timeout_s
+        self.start, self.timeout_s = start, timeout_s
+        self.policy = RestartPolicy(self.name, max_restarts if start is not None else 0, ready_timeout_s)
         self.reload: Callable[[Any], None] | None = None  # set by the trainer once the learners exist
-        self.restarts, self.seconds_lost = 0, 0.0
         self.version = 0  # of the weights the engines hold: what a replacement is given
         self._nodes = [node_of(e) for e in engines] if start is not None else []
-        self._lock = threading.Lock()
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig, seed: int) -> list[Sample]:
         if not requests:
@@ -133,7 +131,7 @@ class RolloutPool:
         shards = [requests[i :: len(self.engines)] for i in range(len(self.engines))]
 
         def issue(i: int) -> tuple[Any, ray.ObjectRef]:  # the engine asked, so a replacement is not replaced again
-            return self.engines[i], self.engines[i].generate.remote(shards[i], sampling, seed * 1000 + i)
+            return self.engines[i], self.engines[i].generate.remote(shards[i], sampling, engine_seed(seed, i))
 
         pending = {i: issue(i) for i, shard in enumerate(shards) if shard}
         parts: dict[int, list[Sample]] = {}
@@ -146,7 +144,7 @@ class RolloutPool:
                 self._replace(i, error, pending[i][0])
             pending = {i: issue(i) for i in failures}
         if failed_at is not None:
-            self.seconds_lost += time.perf_counter() - failed_at
+            self.policy.seconds_lost += time.perf_counter() - failed_at
         samples = [s for i in sorted(parts) for s in parts[i]]
         order = {r.prompt_index: i for i, r in enumerate(requests)}
         samples.sort(key=lambda s: order[s.prompt_index])
@@ -164,33 +162,17 @@ class RolloutPool:
         engines = list(self.engines)
         for i, error in failures.items():
             self._replace(i, error, engines[i])
-        self.seconds_lost += time.perf_counter() - since
+        self.policy.seconds_lost += time.perf_counter() - since
 
     def _replace(self, i: int, error: BaseException, engine: Any) -> None:
-        from rlvr.runtime.faults import RoleFailed, node_name
-
-        with self._lock:  # an async run's generating thread and the sync may both find it lost
+        with self.policy.lock:  # an async run's generating thread and the sync may both find it lost
             if self.engines[i] is not engine:
                 return  # already replaced
-            where = node_name(self._nodes[i]) if self._nodes else "an unknown node"
-            if self.start is None or self.restarts >= self.max_restarts:
-                raise RoleFailed(
-                    f"rollout engine {i} on {where} failed ({type(error).__name__}); engines failed {self.restarts + 1} times in this run, more than "
-                    f"trainer.max_restarts={self.max_restarts} allows; last error: {str(error).strip().splitlines()[0]}"
-                ) from error
-            self.restarts += 1
-            log.warning("rollout engine %d on %s failed (%s); starting a replacement (%d of at most %d)",
-                        i, where, type(error).__name__, self.restarts, self.max_restarts)
-            ray.kill(self.engines[i])  # a stopped process too: Ray's kill is a SIGKILL
-            self.engines[i] = self.start(i)
+            what = f"rollout engine {i}"
+            self.policy.charge(what, node_name(self._nodes[i]) if self._nodes else "an unknown node", error)
+            self.engines[i] = self.policy.replace([engine], lambda: self.start(i))
             self._nodes[i] = node_of(self.engines[i])
-            try:
-                ray.get(self.engines[i].__ray_ready__.remote(), timeout=self.ready_timeout_s)
-            except ray.exceptions.GetTimeoutError as e:
-                raise RoleFailed(
-                    f"no replacement for rollout engine {i} started within cluster.placement_timeout_s={self.ready_timeout_s}: "
-                    "no node has room for its bundle (was its node lost?)"
-                ) from e
+            self.policy.await_ready([self.engines[i]], what)
             if self.reload is not None:
                 self.reload(self.engines[i])
 

@@ -14,10 +14,15 @@ Which roles restart this way, and what "the same state" is:
   a step whose prediction hit the dead server uses the uninformed prior (0.5, 0.5), as V0.5 treats
   a useless prior, while the replacement loads.
 
-The rollout engines restart inside :class:`rlvr.rollout.pool.RolloutPool` (they also count a generate
-call unanswered within ``rollout.timeout_s`` as a death), and the learners in the trainer's loop,
-which goes back to the last checkpoint.  A replacement that no node has room for (its node was
-lost) fails within ``cluster.placement_timeout_s`` with :class:`RoleFailed`, never pends forever.
+The rollout engines restart inside :class:`rlvr.rollout.pool.RolloutPool` (they also count a call
+unanswered within ``rollout.timeout_s``, during generation or a weight sync, as a death), and the
+learners in the trainer's loop, which goes back to the last checkpoint.
+
+Every role follows one :class:`RestartPolicy`: at most ``trainer.max_restarts`` replacements per role
+in a run, the dead actor killed (a stopped process too), and a replacement that no node has room
+for (its node was lost) failing within ``cluster.placement_timeout_s`` with :class:`RoleFailed`,
+never pending forever.  The policy also keeps the role's restarts and the seconds they cost, which
+every step's record logs (`faults/*`).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import ray
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RestartingRole", "RoleFailed", "gather", "node_name", "node_of"]
+__all__ = ["RestartPolicy", "RestartingRole", "RoleFailed", "gather", "node_name", "node_of"]
 
 
 class RoleFailed(RuntimeError):
@@ -70,6 +75,56 @@ def node_name(ref: ray.ObjectRef) -> str:
         return "an unknown node"
 
 
+class RestartPolicy:
+    """How every role's dead actors are replaced: the role's budget of ``max_restarts`` replacements
+    in the run, the kill of the dead actor, and the deadline ``ready_timeout_s`` for a replacement to
+    start. It counts the role's restarts and the seconds they cost (the caller adds those)."""
+
+    def __init__(self, role: str, max_restarts: int, ready_timeout_s: float | None):
+        self.role, self.max_restarts, self.ready_timeout_s = role, int(max_restarts), ready_timeout_s
+        self.restarts, self.seconds_lost, self.last_error = 0, 0.0, None
+        self.lock = threading.Lock()  # the async driver's generator and the trainer share roles
+
+    def charge(self, what: str, where: str | None, error: BaseException) -> None:
+        """Count one replacement of ``what`` (which ran on ``where``, when known), or raise RoleFailed past the budget."""
+        self.last_error = error
+        what = f"{what} on {where}" if where else what
+        if self.restarts >= self.max_restarts:
+            deaths = self.restarts + 1
+            raise RoleFailed(
+                f"the {self.role} role's actors died {deaths} time{'s' * (deaths != 1)} in this run, more than "
+                f"trainer.max_restarts={self.max_restarts} allows; the last was {what} ({type(error).__name__}): {first_line(error)}"
+            ) from error
+        self.restarts += 1
+        log.warning("%s died (%s); starting a replacement (%d of at most %d for the %s role)",
+                    what, type(error).__name__, self.restarts, self.max_restarts, self.role)
+
+    def replace(self, dead: list, start: Callable[[], Any]) -> Any:
+        """Kill the dead actors (Ray's kill is a SIGKILL: a stopped process goes too) and start the replacement."""
+        for actor in dead:
+            try:
+                ray.kill(actor)
+            except Exception:  # noqa: BLE001 - it is gone already
+                pass
+        return start()
+
+    def await_ready(self, actors: list, what: str) -> None:
+        """Wait for replacements to start, at most ``ready_timeout_s``: one that cannot be placed (its
+        node is gone and no other has room for its bundle) would otherwise leave every call pending."""
+        try:
+            ray.get([a.__ray_ready__.remote() for a in actors], timeout=self.ready_timeout_s)
+        except ray.exceptions.GetTimeoutError as e:
+            last = f"; last error: {first_line(self.last_error)}" if self.last_error is not None else ""
+            raise RoleFailed(
+                f"no replacement for {what} started within cluster.placement_timeout_s={self.ready_timeout_s}: "
+                f"no node has room for its bundle (was its node lost?){last}"
+            ) from e
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 class RestartingRole:
     """One actor of a role that is replaced when it dies (see the module docstring).
 
@@ -90,13 +145,11 @@ class RestartingRole:
         actor: Any = None,
     ):
         """``actor``: one already running (kept from a previous run) instead of ``start()``'s."""
-        self.name, self._start, self.max_restarts = name, start, int(max_restarts)
-        self.ready_timeout_s = ready_timeout_s
+        self.name, self._start = name, start
+        self.policy = RestartPolicy(name, max_restarts, ready_timeout_s)
         self._unready = False  # a replacement not yet known to have started
         self.snapshot_method, self.restore_method = snapshot_method, restore_method
-        self.restarts, self.seconds_lost, self.last_error = 0, 0.0, None
         self.state = None
-        self._lock = threading.Lock()  # the async driver's generator and the trainer share roles
         self.actor = actor if actor is not None else start()
         self._node = node_of(self.actor)
 
@@ -113,7 +166,7 @@ class RestartingRole:
                 self.restart(e, actor)
                 continue
             if failed_at is not None:
-                self.seconds_lost += time.perf_counter() - failed_at
+                self.policy.seconds_lost += time.perf_counter() - failed_at
             return out
 
     def call_or(self, default, method: str, *args):
@@ -127,18 +180,9 @@ class RestartingRole:
             return default
 
     def _await_replacement(self) -> None:
-        """A replacement that cannot be placed (its node is gone and no other has room for its
-        bundle) would leave every call pending: give it ``ready_timeout_s`` to start."""
-        if not self._unready:
-            return
-        try:
-            ray.get(self.actor.__ray_ready__.remote(), timeout=self.ready_timeout_s)
-        except ray.exceptions.GetTimeoutError as e:
-            raise RoleFailed(
-                f"no replacement for the {self.name} actor started within cluster.placement_timeout_s={self.ready_timeout_s}: "
-                f"no node has room for its bundle (was its node lost?); last error: {str(self.last_error).strip().splitlines()[0]}"
-            ) from e
-        self._unready = False
+        if self._unready:
+            self.policy.await_ready([self.actor], f"the {self.name} actor")
+            self._unready = False
 
     def snapshot(self) -> Any:
         """Read and keep the actor's state: what a replacement is restored to."""
@@ -155,30 +199,15 @@ class RestartingRole:
 
     def restart(self, error: BaseException, dead) -> None:
         """Replace the dead actor (restored to the last snapshot), or raise RoleFailed past the limit."""
-        with self._lock:
+        with self.policy.lock:
             if self.actor is not dead:
                 return  # another thread has replaced it already
-            self._replace(error)
-
-    def _replace(self, error: BaseException) -> None:
-        self.last_error = error
-        if self.restarts >= self.max_restarts:
-            raise RoleFailed(
-                f"the {self.name} actor on {self.node()} died {self.restarts + 1} times, more than "
-                f"trainer.max_restarts={self.max_restarts} allows; last error: {str(error).strip().splitlines()[0]}"
-            ) from error
-        self.restarts += 1
-        log.warning("the %s actor on %s died (%s); starting a replacement (%d of at most %d)",
-                    self.name, self.node(), type(error).__name__, self.restarts, self.max_restarts)
-        try:
-            ray.kill(self.actor)
-        except Exception:  # noqa: BLE001 - it is dead already
-            pass
-        self.actor = self._start()
-        self._node = node_of(self.actor)
-        self._unready = True
-        if self.restore_method and self.state is not None:
-            getattr(self.actor, self.restore_method).remote(self.state)
+            self.policy.charge(f"the {self.name} actor", self.node(), error)
+            self.actor = self.policy.replace([dead], self._start)
+            self._node = node_of(self.actor)
+            self._unready = True  # its first call waits for it to start (`call_or` does not wait at all)
+            if self.restore_method and self.state is not None:
+                getattr(self.actor, self.restore_method).remote(self.state)
 
     def kill(self) -> None:
         ray.kill(self.actor)

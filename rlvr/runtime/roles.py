@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,13 @@ import ray
 from omegaconf import DictConfig, OmegaConf
 from ray.util.placement_group import remove_placement_group
 
+from rlvr.config import fill
 from rlvr.learner.actor import LearnerConfig, PolicyLearner
 from rlvr.lora import LoraSettings
 from rlvr.models import default_cache_dir
 from rlvr.rollout.engines import EngineConfig
 from rlvr.rollout.pool import RolloutEngine, RolloutPool
-from rlvr.runtime.faults import RestartingRole, RoleFailed
+from rlvr.runtime.faults import RestartingRole, RestartPolicy, RoleFailed
 from rlvr.runtime.logs import ACTOR_LOG_ENV, actor_log_env
 from rlvr.runtime.placement import Placement, plan_placement, rendezvous
 from rlvr.runtime.sizing import kv_cache_gb
@@ -103,39 +104,40 @@ def actor_env(cfg: DictConfig, role: str, index: int = 0, torch_threads: bool = 
 def engine_config(cfg: DictConfig, model_path: str, size_auto_cache: bool = True) -> EngineConfig:
     """The engine's settings; with `size_auto_cache=False` a cache of `auto` stays 0 (`engine_key`)."""
     sized = cfg.rollout.backend == "vllm" and (size_auto_cache or cfg.rollout.kv_cache_gb != "auto")
-    return EngineConfig(
-        backend=cfg.rollout.backend,
+    return fill(
+        EngineConfig, cfg.rollout, cfg.model,
         model_path=model_path,
-        dtype=cfg.model.dtype,
-        max_model_len=cfg.model.max_model_len,
         kv_cache_gb=kv_cache_gb(cfg, model_path) if sized else 0.0,
-        max_num_seqs=cfg.rollout.max_num_seqs,
-        block_size=cfg.rollout.block_size,
         seed=cfg.seed,
-        threads=cfg.rollout.threads,
         tensor_parallel=cfg.cluster.tensor_parallel,
         sleep_mode=cfg.cluster.mode == "colocated",
     )
 
 
 def learner_config(cfg: DictConfig, model_path: str) -> LearnerConfig:
-    return LearnerConfig(
+    return fill(
+        LearnerConfig, cfg.learner, cfg.model,
         model_path=model_path,
         zero_stage=cfg.cluster.zero_stage,
-        lr=cfg.learner.lr,
-        weight_decay=cfg.learner.weight_decay,
-        grad_clip=cfg.learner.grad_clip,
-        gradient_checkpointing=cfg.learner.gradient_checkpointing,
-        share_prompts=cfg.learner.share_prompts,
-        pack_responses=cfg.learner.pack_responses,
-        head_chunk=cfg.learner.head_chunk,
         threads=cfg.rollout.threads,
         seed=cfg.seed,
-        dtype=cfg.model.dtype,
-        train_dtype=cfg.model.train_dtype,
-        bucket_mb=cfg.learner.bucket_mb,
         lora=LoraSettings.from_config(cfg.model.lora),
     )
+
+
+@dataclass
+class Roles:
+    """One run's actors. The verifier pool and the value server replace their actor when it dies
+    (`RestartingRole`), the rollout pool its engines; the learners restart together, through
+    `restart_learners` and `learner_restarts`, and the loop goes back to its last checkpoint."""
+
+    placement: Placement
+    learner_restarts: RestartPolicy
+    keys: dict  # role -> its `KeptRole` key (`cluster.keep_roles`)
+    verifier: RestartingRole | None = None
+    value: RestartingRole | None = None  # only for V0.5's adaptive sampling
+    rollout: RolloutPool = field(default_factory=lambda: RolloutPool([]))
+    learners: list = field(default_factory=list)  # one actor per rank; replaced in place, so every holder sees new ones
 
 
 def role_plan(cfg: DictConfig, preset) -> dict:
@@ -143,7 +145,7 @@ def role_plan(cfg: DictConfig, preset) -> dict:
     return plan_placement(cfg.cluster, with_value=preset.uses_value_model)
 
 
-def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
+def start_roles(cfg: DictConfig, model_path: str, preset) -> Roles:
     """Reserve the placement groups, then create the four pools (or reset those kept from the
     previous run, `cluster.keep_roles`). Returns their handles.
 
@@ -154,16 +156,16 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
     keys = role_keys(cfg, plan, model_path)
     kept = claim_kept(keys)
     placement = Placement(plan, timeout_s=c.placement_timeout_s, groups={r: k.group for r, k in kept.items()})
-    roles: dict = {"placement": placement, "verifier": None, "value": None, "rollout": RolloutPool([]), "learners": [], "keys": keys}
+    roles = Roles(placement, RestartPolicy("learner", cfg.trainer.max_restarts, c.placement_timeout_s), keys)
     reused = {r: k.actors for r, k in kept.items()}
     try:
         # The verifier pool and the value server are replaced, in the same bundle, if they die.
-        roles["verifier"] = verifier_role(cfg, dict(**placement.options("verifier", 0), runtime_env=actor_env(cfg, "verifier")),
+        roles.verifier = verifier_role(cfg, dict(**placement.options("verifier", 0), runtime_env=actor_env(cfg, "verifier")),
                                           actor=reused.get("verifier", [None])[0])
         if preset.uses_value_model:
             from rlvr.value import ValueServer, value_model_kwargs
 
-            roles["value"] = RestartingRole(
+            roles.value = RestartingRole(
                 "value",
                 lambda: ValueServer.options(**placement.options("value", 0), runtime_env=actor_env(cfg, "value")).remote(
                     backend=cfg.value.backend, **value_model_kwargs(cfg.value)
@@ -179,24 +181,24 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> dict:
         def start_engine(i: int):
             return RolloutEngine.options(**placement.options("rollout", i), runtime_env=actor_env(cfg, "rollout", i, True)).remote(engine_cfg)
 
-        roles["rollout"] = RolloutPool(
+        roles.rollout = RolloutPool(
             reused.get("rollout") or [start_engine(i) for i in range(c.num_engines)], start_engine, cfg.trainer.max_restarts,
             cfg.rollout.timeout_s, c.placement_timeout_s
         )
         if c.mode == "colocated":
             # vLLM sizes its KV cache from the free device memory at start-up: let it start before
             # the learner sharing its device loads anything.
-            ray.get([e.weight_version.remote() for e in roles["rollout"].engines])
-        roles["learners"] = reused.get("learner") or start_learners(cfg, placement, model_path)
+            ray.get([e.weight_version.remote() for e in roles.rollout.engines])
+        roles.learners = reused.get("learner") or start_learners(cfg, placement, model_path)
         if reused:
             reset_kept(cfg, roles, reused, model_path)
         # Surface start-up errors (a bad model folder, an engine that cannot start, a value model
         # that does not load) before step 1.
-        value_ready = [roles["value"].actor.ready.remote()] if roles["value"] is not None else []
-        ray.get([e.weight_version.remote() for e in roles["rollout"].engines] + [l.__ray_ready__.remote() for l in roles["learners"]] + value_ready)
+        value_ready = [roles.value.actor.ready.remote()] if roles.value is not None else []
+        ray.get([e.weight_version.remote() for e in roles.rollout.engines] + [l.__ray_ready__.remote() for l in roles.learners] + value_ready)
         if not reused:
-            connect(c.weight_sync, roles["learners"], roles["rollout"].engines, rendezvous(placement, "learner") if c.weight_sync == "nccl" else None)
-        roles["rollout"].reload = lambda engine: reload_engine(c.weight_sync, roles["learners"], engine, roles["rollout"].version)
+            connect(c.weight_sync, roles.learners, roles.rollout.engines, rendezvous(placement, "learner") if c.weight_sync == "nccl" else None)
+        roles.rollout.reload = lambda engine: reload_engine(c.weight_sync, roles.learners, engine, roles.rollout.version)
     except ray.exceptions.RayActorError as e:
         stop_roles(roles)
         if not reused:
@@ -284,7 +286,7 @@ def release_kept_roles() -> None:
     claim_kept({})
 
 
-def reset_kept(cfg: DictConfig, roles: dict, reused: dict[str, list], model_path: str) -> None:
+def reset_kept(cfg: DictConfig, roles: Roles, reused: dict[str, list], model_path: str) -> None:
     """Give each reused actor its fresh start for this run, all at once."""
     def log_path(role: str, i: int) -> str | None:
         return actor_env(cfg, role, i)["env_vars"].get(ACTOR_LOG_ENV)
@@ -343,20 +345,15 @@ def learners_lost(learners: list) -> bool:
         return True
 
 
-def restart_learners(cfg: DictConfig, roles: dict, model_path: str) -> None:
-    """Every learner rank anew (optimizer state lived in their memory): the caller reloads a checkpoint."""
+def restart_learners(cfg: DictConfig, roles: Roles, model_path: str, error: BaseException) -> None:
+    """Every learner rank anew (optimizer state lived in their memory), charged to `roles.learner_restarts`:
+    the caller reloads a checkpoint."""
     if cfg.cluster.weight_sync == "nccl":
         raise RoleFailed("a learner rank died; restarting the learners needs cluster.weight_sync=ray or ipc (the nccl group with the engines cannot be re-formed)")
-    for l in roles["learners"]:
-        ray.kill(l)
-    roles["learners"][:] = start_learners(cfg, roles["placement"], model_path)  # in place: every holder sees them
-    try:
-        ray.get([l.__ray_ready__.remote() for l in roles["learners"]], timeout=cfg.cluster.placement_timeout_s)
-    except ray.exceptions.GetTimeoutError as e:
-        raise RoleFailed(
-            f"the learner ranks did not start again within cluster.placement_timeout_s={cfg.cluster.placement_timeout_s}: "
-            "no node has room for their bundles (was their node lost?)"
-        ) from e
+    policy = roles.learner_restarts
+    policy.charge("a learner rank", None, error)
+    roles.learners[:] = policy.replace(roles.learners, lambda: start_learners(cfg, roles.placement, model_path))  # in place
+    policy.await_ready(roles.learners, "the learner ranks")
 
 
 def reload_engine(backend: str, learners: list, engine, version: int) -> None:
@@ -380,17 +377,17 @@ def running_roles(cfg: DictConfig, model_path: str, preset):
     stop_roles(roles, keep=True)
 
 
-def stop_roles(roles: dict, keep: bool = False) -> None:
+def stop_roles(roles: Roles, keep: bool = False) -> None:
     """Kill the run's actors and free its bundles; with ``keep``, the roles that have a key
     (`role_keys`) are kept instead, for the next run of this process."""
-    keys = roles.get("keys", {}) if keep else {}
+    keys = roles.keys if keep else {}
     actors = {
-        "verifier": [roles["verifier"].actor] if roles["verifier"] is not None else [],
-        "value": [roles["value"].actor] if roles["value"] is not None else [],
-        "rollout": list(roles["rollout"].engines),
-        "learner": list(roles["learners"]),
+        "verifier": [roles.verifier.actor] if roles.verifier is not None else [],
+        "value": [roles.value.actor] if roles.value is not None else [],
+        "rollout": list(roles.rollout.engines),
+        "learner": list(roles.learners),
     }
-    placement = roles["placement"]
+    placement = roles.placement
     for role, handles in actors.items():
         if role in keys and handles and role in placement.groups:
             _kept[role] = KeptRole(keys[role], placement.groups.pop(role), handles, ray_session())
@@ -410,11 +407,10 @@ def kill_actors(handles: list) -> None:
             ray.kill(h)
 
 
-def fault_metrics(roles: dict, learner_faults: dict) -> dict:
+def fault_metrics(roles: Roles) -> dict:
     """Restarts so far per role, and the seconds the run spent replacing actors (for the learners:
     restarting them and going back to the checkpoint, not the steps trained again)."""
-    restartable = [r for r in (roles["verifier"], roles["value"], roles["rollout"]) if r is not None]
-    out = {f"faults/{r.name}_restarts": r.restarts for r in restartable}
-    out["faults/learner_restarts"] = learner_faults["restarts"]
-    out["faults/seconds_lost"] = sum(r.seconds_lost for r in restartable) + learner_faults["seconds_lost"]
+    policies = [r.policy for r in (roles.verifier, roles.value, roles.rollout) if r is not None] + [roles.learner_restarts]
+    out = {f"faults/{p.role}_restarts": p.restarts for p in policies}
+    out["faults/seconds_lost"] = sum(p.seconds_lost for p in policies)
     return out

@@ -14,6 +14,7 @@ import torch
 
 from rlvr.algorithms import v05
 from rlvr.data import Problem
+from rlvr.seeds import round_seed
 from rlvr.types import Batch, PromptGroup
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ def collect_adaptive(ctl: BudgetController, problems: list[Problem], more_proble
     prior_list, unc_list = ctl.timed("value", lambda: ctl.value_server.call_or(uninformed, "predict", texts))
     prior = torch.tensor(prior_list, dtype=torch.float64).clamp(v05.PRIOR_MIN, v05.PRIOR_MAX)
     unc = torch.tensor(unc_list, dtype=torch.float64)
-    groups = ctl.sample(problems, [cfg.n] * len(problems), seed * 100)
+    groups = ctl.sample(problems, [cfg.n] * len(problems), round_seed(seed, 0))
     budget_left = int(round((cfg.budget_factor - 1.0) * cfg.n * len(problems)))
     bought = torch.zeros(len(problems), dtype=torch.long)
     for round_ in range(cfg.adaptive_rounds):
@@ -82,7 +83,7 @@ def collect_adaptive(ctl: BudgetController, problems: list[Problem], more_proble
         extra = ctl.v05.allocate(prior, k, n, budget_left, uncertainty=unc)
         if int(extra.sum()) == 0:
             break
-        more = ctl.sample(problems, extra.tolist(), seed * 100 + 1 + round_)
+        more = ctl.sample(problems, extra.tolist(), round_seed(seed, 1 + round_))
         for g, m in zip(groups, more):
             g.trajectories += m.trajectories
         bought += extra

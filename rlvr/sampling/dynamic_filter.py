@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Callable
 
 from rlvr.algorithms import dynamic_sampling_keep_mask
 from rlvr.data import Problem
+from rlvr.seeds import round_seed
 from rlvr.types import Batch
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ def collect_dynamic_filter(ctl: BudgetController, problems: list[Problem], more_
     dropped = dropped_reward_mixed = dropped_acc_mixed = 0
     pending = problems
     while pending and rounds < ctl.cfg.max_rounds:
-        groups = ctl.sample(pending, [ctl.cfg.n] * len(pending), seed * 100 + rounds)
+        groups = ctl.sample(pending, [ctl.cfg.n] * len(pending), round_seed(seed, rounds))
         rounds += 1
         round_batch = Batch(groups)
         ids = round_batch.group_ids()

@@ -26,6 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import ray
@@ -35,7 +36,7 @@ from tqdm import tqdm
 
 from rlvr.algorithms import WEIGHTINGS, HADWState, apply_weighting, compute_advantages
 from rlvr.checkpoint import resolve_resume
-from rlvr.config import ConfigError, algorithm_preset, max_response_tokens, overlong_buffer, validate
+from rlvr.config import ConfigError, algorithm_preset, fill, max_response_tokens, overlong_buffer, validate
 from rlvr.data import Problem, PromptStream, load_problems
 from rlvr.generation import Generator, make_generator
 from rlvr.learner.actor import UpdateConfig
@@ -44,8 +45,9 @@ from rlvr.models import resolve_model_path
 from rlvr.rollout.engines import SamplingConfig
 from rlvr.runtime.faults import RoleFailed
 from rlvr.runtime.placement import check_fits, cluster_nodes
-from rlvr.runtime.roles import fault_metrics, learners_lost, restart_learners, role_plan, running_roles, start_ray
+from rlvr.runtime.roles import Roles, fault_metrics, learners_lost, restart_learners, role_plan, running_roles, start_ray
 from rlvr.runtime.sizing import ActivationBudget, micro_batching
+from rlvr.seeds import evaluation_seed, oracle_seed, step_seed
 from rlvr.train.controller import BudgetController, ControllerConfig
 from rlvr.train.drivers import AsyncBatches, sync_batches
 from rlvr.train.evaluate import evaluate, evaluation_problems
@@ -69,39 +71,18 @@ log = logging.getLogger("rlvr")
 # The algorithm's configs: the learners' update and the controller's sampling
 # --------------------------------------------------------------------------------------------
 def update_config(cfg: DictConfig, preset) -> UpdateConfig:
-    return UpdateConfig(
-        loss=preset.loss,
-        agg=preset.agg,
+    return fill(
+        UpdateConfig, vars(preset),
         loss_kwargs=preset.loss_kwargs(),
-        kl_coef=preset.kl_coef,
-        kl_estimator=preset.kl_estimator,
         max_len=cfg.rollout.max_tokens,
         temperature=cfg.rollout.temperature,
         epochs=cfg.learner.epochs,
-        old_logprobs=preset.old_logprobs,
-        rollout_correction=preset.rollout_correction,
-        correction_threshold=preset.correction_threshold,
     )
 
 
-def controller_config(cfg: DictConfig, preset) -> ControllerConfig:
-    a = cfg.algorithm
-    return ControllerConfig(
-        sampling=preset.sampling,
-        n=a.n,
-        delta=a.delta,
-        n_max=a.n_max,
-        kappa=a.kappa,
-        budget_factor=a.budget_factor,
-        adaptive_rounds=a.adaptive_rounds,
-        calibration_window=a.calibration_window,
-        use_uncertainty=a.use_uncertainty,
-        max_rounds=a.max_rounds,
-        filter_metric=preset.filter_metric,
-        overlong=preset.overlong,
-        overlong_buffer=overlong_buffer(cfg),
-        max_response_tokens=max_response_tokens(cfg),
-    )
+def controller_config(cfg: DictConfig) -> ControllerConfig:
+    """The `algorithm` node's keys (the preset's values among them), and DAPO's lengths in tokens."""
+    return fill(ControllerConfig, cfg.algorithm, overlong_buffer=overlong_buffer(cfg), max_response_tokens=max_response_tokens(cfg))
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,7 +163,7 @@ class StepParts:
 
     cfg: DictConfig
     preset: object
-    roles: dict
+    roles: Roles
     update: UpdateConfig
     hadw_state: HADWState
     micro_batching: int | ActivationBudget  # how micro-batches are cut: learner.micro_batch_size, `auto` worked out
@@ -194,7 +175,7 @@ def train_step(parts: StepParts, batch: Batch, step: int) -> dict:
     The learners hold version step-1 on entry and step on return; the engines get step.
     """
     cfg, roles = parts.cfg, parts.roles
-    learners, rollout = roles["learners"], roles["rollout"]
+    learners, rollout = roles.learners, roles.rollout
     # 2. advantages, then the optional weighting, written onto the batch's trajectories
     set_advantages(batch, parts.preset, cfg.weighting, parts.hadw_state)
     trajectories, async_m = batch.for_learners(step - 1, cfg.trainer.max_staleness, parts.preset.mask_truncated)
@@ -205,9 +186,9 @@ def train_step(parts: StepParts, batch: Batch, step: int) -> dict:
     oracle_m = {}
     if batch.oracle is not None and trajectories:
         oracle_m = gradient_cosine(batch, trajectories, learners, parts.update, parts.preset, step - 1, cfg.trainer.max_staleness,
-                                   parts.micro_batching, seed=cfg.seed * 100003 + step)
+                                   parts.micro_batching, seed=step_seed(cfg.seed, step))
     learn_start = time.perf_counter()
-    plans = plan_mini_batches(trajectories, cfg.learner.mini_batches, len(learners), parts.micro_batching, seed=cfg.seed * 100003 + step)
+    plans = plan_mini_batches(trajectories, cfg.learner.mini_batches, len(learners), parts.micro_batching, seed=step_seed(cfg.seed, step))
     if trajectories:
         learner_metrics = ray.get([l.train_step.remote(plan, parts.update) for l, plan in zip(learners, plans)])[0]
     else:
@@ -258,7 +239,7 @@ def train(cfg: DictConfig) -> dict:
         cfg.trainer.steps, cfg.trainer.batch_size, cfg.algorithm.n, run_dir,
     )
     with running_roles(cfg, model_path, preset) as roles:
-        generator = make_generator(cfg, roles["rollout"], roles["verifier"], model_path)
+        generator = make_generator(cfg, roles.rollout, roles.verifier, model_path)
         run = Run(cfg, preset, roles, stream, generator, eval_problems, run_dir, model_path)
         if ckpt is not None:
             run.resume(ckpt)
@@ -268,24 +249,31 @@ def train(cfg: DictConfig) -> dict:
         return run.finish()
 
 
+class TrainedStep(NamedTuple):
+    """The last trained step: what a run that stops while collecting the next batch checkpoints."""
+
+    step: int
+    state: dict  # its checkpoint state (`Run.checkpoint`)
+    saved: bool  # already on disk
+
+
 class Run:
     """One `train()` call once its roles are up: the loop (`loop`), what each step leaves behind
     (`record`, `checkpoint`) and how the run comes back (`restore`, `restart_learners`)."""
 
-    def __init__(self, cfg: DictConfig, preset, roles: dict, stream: PromptStream, generator: Generator,
+    def __init__(self, cfg: DictConfig, preset, roles: Roles, stream: PromptStream, generator: Generator,
                  eval_problems: list[Problem], run_dir: Path, model_path: str):
         self.cfg, self.roles, self.stream, self.generator = cfg, roles, stream, generator
         self.eval_problems, self.run_dir, self.model_path = eval_problems, run_dir, model_path
         self.sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_tokens=cfg.rollout.max_tokens)
-        self.controller = BudgetController(controller_config(cfg, preset), generator, roles["value"], self.sampling)
+        self.controller = BudgetController(controller_config(cfg), generator, roles.value, self.sampling)
         self.parts = StepParts(cfg, preset, roles, update_config(cfg, preset), hadw_state(cfg.weighting), micro_batching(cfg, model_path))
         self.metrics_log = MetricsLog(run_dir, cfg)
         self.total = cfg.trainer.steps
         self.staleness = cfg.trainer.max_staleness  # 0: synchronous
         self.history: list[dict] = []
         self.start_step, self.step, self.heldout_before = 1, 0, None
-        self.last: tuple[int, dict, bool] | None = None  # (step, state, saved) of the last trained step
-        self.learner_faults = {"restarts": 0, "seconds_lost": 0.0}
+        self.last: TrainedStep | None = None
         # What a run that loses its learners before its first checkpoint goes back to.
         self.initial = copy.deepcopy({"step": 0, "stream": stream.state_dict(), "hadw": self.parts.hadw_state.state_dict(),
                                       "controller": self.controller.state_dict(), "rng": rng_state(),
@@ -301,7 +289,7 @@ class Run:
         if state.get("controller") is not None:  # checkpoints from before V05Baseline have none
             self.controller.load_state_dict(state["controller"])
         set_rng_state(state["rng"])
-        self.roles["rollout"].load_weights(self.cfg.cluster.weight_sync, self.roles["learners"], version=state["step"])
+        self.roles.rollout.load_weights(self.cfg.cluster.weight_sync, self.roles.learners, version=state["step"])
         return state["step"] + 1
 
     def resume(self, ckpt: Path) -> None:
@@ -319,18 +307,18 @@ class Run:
         cfg, roles = self.cfg, self.roles
         step0: dict = {}
         if warmup_problems:
-            step0 = self.controller.warm_start(warmup_problems, seed=cfg.seed * 100003)
+            step0 = self.controller.warm_start(warmup_problems, seed=step_seed(cfg.seed, 0))
             log.info(
                 "V0.5 warm start: %d prompts, %d rollouts in %.1f s; prior Brier %.4f (the context mean's %.4f), window %d",
                 step0["warmup/prompts"], step0["warmup/rollouts"], step0["warmup/seconds"], step0["warmup/prior_brier"],
                 step0["warmup/context_mean_brier"], step0["v05/window"],
             )
             # a learner lost before the first checkpoint goes back to the warmed-up state
-            self.initial.update(controller=copy.deepcopy(self.controller.state_dict()), value=roles["value"].state)
+            self.initial.update(controller=copy.deepcopy(self.controller.state_dict()), value=roles.value.state)
         eval_records: list[dict] = []
         if cfg.eval.at_start:
             step0.update(evaluate(self.generator, self.eval_problems, cfg,
-                                  seed=cfg.seed + 10**6, per_prompt=eval_records))
+                                  seed=evaluation_seed(cfg.seed, 0), per_prompt=eval_records))
             self.heldout_before = step0.get("eval/accuracy")
             log.info("step 0 held-out accuracy %.3f on %d prompts",
                      float("nan") if self.heldout_before is None else self.heldout_before, len(self.eval_problems))
@@ -343,15 +331,15 @@ class Run:
         """1. rollouts: the controller decides how many per prompt, and scores them."""
         cfg, stream, controller = self.cfg, self.stream, self.controller
         start = time.perf_counter()
-        batch = controller.collect(stream.next(cfg.trainer.batch_size), stream.next, seed=cfg.seed * 100003 + step)
+        batch = controller.collect(stream.next(cfg.trainer.batch_size), stream.next, seed=step_seed(cfg.seed, step))
         batch.stream_state = stream.state_dict()
         batch.controller_state = controller.state_dict()
-        if self.staleness and self.roles["value"] is not None:  # the server moves on with the batches generated ahead
-            batch.value_state = self.roles["value"].state  # the controller's snapshot after this batch
+        if self.staleness and self.roles.value is not None:  # the server moves on with the batches generated ahead
+            batch.value_state = self.roles.value.state  # the controller's snapshot after this batch
         batch.stats["time/collect"] = time.perf_counter() - start
         if cfg.eval.oracle.samples and step % cfg.eval.oracle.every == 0:  # p* at the weights that sampled the batch
             batch.oracle = sample_oracle(self.generator, batch, self.sampling,
-                                         cfg.eval.oracle.samples, cfg.seed * 100003 + step + 10**7)
+                                         cfg.eval.oracle.samples, oracle_seed(cfg.seed, step))
         return batch
 
     def loop(self) -> None:
@@ -382,16 +370,16 @@ class Run:
                             break
                     break
                 except ray.exceptions.RayActorError as e:
-                    if self.staleness or not learners_lost(self.roles["learners"]):
+                    if self.staleness or not learners_lost(self.roles.learners):
                         raise
                     self.restart_learners(e)
         except RoleFailed as e:
             # The failure came while collecting the next batch: the learners still hold the last
             # trained step's weights, so that step's checkpoint is exact.
-            if self.last is not None and not self.last[2]:
-                path = save_training_state(self.run_dir, self.last[0], self.roles, self.last[1], self.cfg)
+            if self.last is not None and not self.last.saved:
+                path = save_training_state(self.run_dir, self.last.step, self.roles, self.last.state, self.cfg)
                 log.info("checkpoint %s", path)
-            where = f"a checkpoint at step {self.last[0]}" if self.last is not None else "its last checkpoint"
+            where = f"a checkpoint at step {self.last.step}" if self.last is not None else "its last checkpoint"
             raise RoleFailed(f"{e}. The run stopped with {where}; the same command resumes it.") from e
         finally:
             if source is not None:
@@ -404,7 +392,7 @@ class Run:
         """5. metrics: the step's, the oracle's and the held-out evaluation's, to the log and the console."""
         cfg = self.cfg
         m["gen_tokens_per_s"] = m.get("gen_tokens", 0) / max(m.get("time/generate", 1e-9), 1e-9)
-        m.update(fault_metrics(self.roles, self.learner_faults))
+        m.update(fault_metrics(self.roles))
         eval_records, oracle_records = [], []
         if batch.oracle is not None:
             preset = self.parts.preset
@@ -416,7 +404,7 @@ class Run:
             every = cfg.eval.pass_at_k_every
             sampled = not every or step % every == 0 or step == self.total
             m.update(evaluate(self.generator, self.eval_problems, cfg,
-                              cfg.seed + 10**6 + step, sampled, eval_records))
+                              evaluation_seed(cfg.seed, step), sampled, eval_records))
             m["time/eval"] = time.perf_counter() - eval_start
         self.metrics_log.write(step, m, batch.decisions, eval_records, oracle_records)
         self.history.append({"step": step, **m})
@@ -427,7 +415,7 @@ class Run:
     def checkpoint(self, step: int, batch: Batch) -> bool:
         """6. checkpoint: periodically, at the end, and when asked to stop (then True). It records the
         trained step; an async run regenerates whatever was generated ahead of it."""
-        cfg, value = self.cfg, self.roles["value"]
+        cfg, value = self.cfg, self.roles.value
         state = {
             "step": step,
             "epoch": batch.stream_state["epoch"],
@@ -444,7 +432,7 @@ class Run:
         if saved:
             path = save_training_state(self.run_dir, step, self.roles, state, cfg)
             log.info("checkpoint %s", path)
-        self.last = (step, state, saved)
+        self.last = TrainedStep(step, state, bool(saved))
         if self.stop.signal is not None:
             log.warning("stopped at step %d; `rlvr train` with the same run_dir resumes from here", step)
             return True
@@ -454,26 +442,18 @@ class Run:
         """A learner rank died: its optimizer state went with it. Restart every rank, go back to the
         last checkpoint (or the start) and train the steps since again."""
         cfg, roles = self.cfg, self.roles
-        restarts = self.learner_faults["restarts"] + 1
-        if restarts > cfg.trainer.max_restarts:
-            raise RoleFailed(
-                f"a learner rank died {restarts} times, more than trainer.max_restarts={cfg.trainer.max_restarts} "
-                f"allows; last error: {str(error).strip().splitlines()[0]}"
-            ) from error
         t0 = time.perf_counter()
-        restart_learners(cfg, roles, self.model_path)
+        restart_learners(cfg, roles, self.model_path, error)
         back_to = resolve_resume(self.run_dir, "auto")
         state = load_training_state(back_to, roles) if back_to is not None else self.initial
-        if back_to is None and roles["value"] is not None:
-            roles["value"].load(self.initial["value"])
+        if back_to is None and roles.value is not None:
+            roles.value.load(self.initial["value"])
         self.start_step, self.last = self.restore(state), None
         self.history = [h for h in self.history if h["step"] < self.start_step]
         self.bar.n = self.start_step - 1
         self.bar.refresh()
-        self.learner_faults["restarts"] = restarts
-        self.learner_faults["seconds_lost"] += time.perf_counter() - t0
-        log.warning("a learner rank died (%s); restarted every rank from %s, training again from step %d (%d of at most %d)",
-                    type(error).__name__, back_to or "the initial weights", self.start_step, restarts, cfg.trainer.max_restarts)
+        roles.learner_restarts.seconds_lost += time.perf_counter() - t0
+        log.warning("restarted every learner rank from %s, training again from step %d", back_to or "the initial weights", self.start_step)
 
     def finish(self) -> dict:
         summary = {

@@ -10,6 +10,7 @@ import random
 import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import ray
@@ -19,6 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 from rlvr.checkpoint import save_checkpoint
 from rlvr.config import ConfigError
 from rlvr.lora import BEFORE_LORA
+
+if TYPE_CHECKING:  # the roles module starts actors; this one only reads their handles
+    from rlvr.runtime.roles import Roles
 
 log = logging.getLogger("rlvr")
 
@@ -114,26 +118,26 @@ def check_resume_config(ckpt: Path, cfg: DictConfig) -> None:
         )
 
 
-def save_training_state(run_dir: Path, step: int, roles: dict, state: dict, cfg: DictConfig) -> Path:
+def save_training_state(run_dir: Path, step: int, roles: Roles, state: dict, cfg: DictConfig) -> Path:
     """`state["value"]`, when given, is the value server's state as of the trained batch (async runs:
     the server has already seen the batches generated ahead); otherwise it is read from the server."""
 
     def write(tmp: Path) -> None:
-        ray.get([l.save_checkpoint.remote(str(tmp / "learner"), "policy") for l in roles["learners"]])
+        ray.get([l.save_checkpoint.remote(str(tmp / "learner"), "policy") for l in roles.learners])
         value_state = state.get("value")
-        if value_state is None and roles["value"] is not None:
-            value_state = roles["value"].call("state_dict")
+        if value_state is None and roles.value is not None:
+            value_state = roles.value.call("state_dict")
         torch.save({**state, "value": value_state}, tmp / "trainer_state.pt")
         (tmp / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     return save_checkpoint(run_dir, step, write, keep=cfg.trainer.keep_checkpoints)
 
 
-def load_training_state(ckpt: Path, roles: dict) -> dict:
-    ray.get([l.load_checkpoint.remote(str(ckpt / "learner"), "policy") for l in roles["learners"]])
+def load_training_state(ckpt: Path, roles: Roles) -> dict:
+    ray.get([l.load_checkpoint.remote(str(ckpt / "learner"), "policy") for l in roles.learners])
     state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-    if roles["value"] is not None and state.get("value") is not None:
-        roles["value"].load(state["value"])
+    if roles.value is not None and state.get("value") is not None:
+        roles.value.load(state["value"])
     return state
 
 

@@ -58,11 +58,11 @@ def record_placement(monkeypatch) -> dict:
     def hooked(parts, batch, step: int) -> dict:
         roles = parts.roles
         if not placed:
-            placed["learners"] = [node_of(l) for l in roles["learners"]]
-            placed["rollout"] = [node_of(e) for e in roles["rollout"].engines]
-            placed["verifier"] = node_of(roles["verifier"].actor)
-            placed["value"] = node_of(roles["value"].actor) if roles.get("value") is not None else None
-            res = ray.get(roles["learners"][0].__ray_call__.remote(lambda self: ray.get_runtime_context().get_assigned_resources()))
+            placed["learners"] = [node_of(l) for l in roles.learners]
+            placed["rollout"] = [node_of(e) for e in roles.rollout.engines]
+            placed["verifier"] = node_of(roles.verifier.actor)
+            placed["value"] = node_of(roles.value.actor) if roles.value is not None else None
+            res = ray.get(roles.learners[0].__ray_call__.remote(lambda self: ray.get_runtime_context().get_assigned_resources()))
             placed["learner_fake_gpu"] = res.get("fake_gpu")
         return inner(parts, batch, step)
 

@@ -32,7 +32,7 @@ def test_an_engine_stopped_before_a_weight_sync_is_replaced_and_loaded_not_waite
     stopped = pool.engines[0]
     os.kill(ray.get(stopped.__ray_call__.remote(lambda self: os.getpid())), signal.SIGSTOP)
     m = pool.load_weights(backend, [learner], version=7)
-    assert pool.restarts == 1 and pool.engines[0] is not stopped and pool.seconds_lost >= 5
+    assert pool.policy.restarts == 1 and pool.engines[0] is not stopped and pool.policy.seconds_lost >= 5
     assert ray.get([e.weight_version.remote() for e in pool.engines]) == [7] * engines
     assert m["time/sync"] >= 5
     for actor in [learner, *pool.engines]:
@@ -72,15 +72,15 @@ def test_a_dead_actor_is_replaced_restored_and_the_call_redone(ray_session):
     role.call("add", 1)  # 4, after the snapshot
     sigkill(role)
     assert role.call("add", 10) == 13  # the replacement came back at the snapshot (3)
-    assert role.restarts == 1 and role.seconds_lost > 0 and role.node() == ray.util.get_node_ip_address()
+    assert role.policy.restarts == 1 and role.policy.seconds_lost > 0 and role.node() == ray.util.get_node_ip_address()
 
     sigkill(role)
     assert role.call_or(-1, "add", 1) == -1  # no waiting on the replacement
     assert role.call("state") == 3  # ... which was restored meanwhile
-    assert role.restarts == 2
+    assert role.policy.restarts == 2
 
     sigkill(role)
-    with pytest.raises(RoleFailed, match=r"the counter actor on .* died 3 times, more than trainer.max_restarts=2 allows; last error: "):
+    with pytest.raises(RoleFailed, match=r"the counter role's actors died 3 times in this run, more than trainer.max_restarts=2 allows; the last was the counter actor on .* \(\w+\): "):
         role.call("add", 1)
     role.kill()
 

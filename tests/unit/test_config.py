@@ -234,3 +234,24 @@ def test_a_weighting_takes_its_keyword_arguments_from_its_config_node():
     assert weighting_kwargs(compose(["weighting=focal", "weighting.gamma=2.0"]).weighting, state) == {"gamma": 2.0}
     assert weighting_kwargs(compose(["weighting=hadw", "weighting.lam=1.2"]).weighting, state) == {"lam": 1.2, "state": state}
     assert weighting_kwargs(compose(["weighting=none"]).weighting, state) == {}
+
+
+def test_fill_takes_each_field_from_the_one_node_that_holds_it_or_from_what_is_given():
+    from dataclasses import dataclass
+
+    from rlvr.config import fill
+
+    @dataclass
+    class Settings:
+        lr: float
+        dtype: str
+        seed: int
+        betas: tuple = (0.9, 0.999)
+
+    cfg = compose(["model=tiny-random"])
+    s = fill(Settings, cfg.learner, cfg.model, seed=7)
+    assert (s.lr, s.dtype, s.seed, s.betas) == (cfg.learner.lr, cfg.model.dtype, 7, (0.9, 0.999))
+    with pytest.raises(ConfigError, match=r"Settings\.seed: no config node has the key 'seed'"):
+        fill(Settings, cfg.learner, cfg.model)
+    with pytest.raises(ConfigError, match=r"Settings\.dtype: more than one config node"):
+        fill(Settings, cfg.learner, cfg.model, {"dtype": "bfloat16"}, seed=7)

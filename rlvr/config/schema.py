@@ -124,6 +124,7 @@ class TrainerConfig:
     max_staleness: int = MISSING
     generate_ahead: Optional[int] = MISSING
     max_restarts: int = MISSING
+    role_timeout_s: float = MISSING
 
 
 @dataclass

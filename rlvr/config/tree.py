@@ -210,6 +210,7 @@ def _validate_trainer(cfg: DictConfig) -> None:
     _check(t.steps >= 1, "trainer.steps", f"must be >= 1, got {t.steps}")
     _check(t.batch_size >= 1, "trainer.batch_size", f"must be >= 1, got {t.batch_size}")
     _check(t.max_restarts >= 0, "trainer.max_restarts", f"must be >= 0 (0 = stop at the first death), got {t.max_restarts}")
+    _check(t.role_timeout_s > 0, "trainer.role_timeout_s", f"must be > 0 (seconds), got {t.role_timeout_s}")
     _check(cfg.learner.lr > 0, "learner.lr", f"must be > 0, got {cfg.learner.lr}")
     _check(_auto_or(cfg.learner.micro_batch_size, int, 1), "learner.micro_batch_size", f"must be auto or an integer >= 1, got {cfg.learner.micro_batch_size!r}")
     _check(isinstance(cfg.learner.head_chunk, int) and cfg.learner.head_chunk >= 0, "learner.head_chunk",

@@ -1,7 +1,8 @@
 """Roles that outlive their actor: a dead actor is replaced and the call that found it dead is redone.
 
 A node is preempted, a worker segfaults, the OOM killer picks a process: Ray then raises
-``RayActorError`` at the next call.  A :class:`RestartingRole` holds one actor of a role and the
+``RayActorError`` at the next call. A stopped or hung process raises nothing and never answers: a
+call unanswered within its deadline (``trainer.role_timeout_s``) counts as a death too.  A :class:`RestartingRole` holds one actor of a role and the
 recipe to make another (the same placement bundle and runtime env).  :meth:`RestartingRole.call`
 runs a method; if the actor is dead it starts a replacement, brings it to the dead one's state
 (``restore``), and re-issues the call.  After ``max_restarts`` replacements the run stops with
@@ -143,9 +144,12 @@ class RestartingRole:
         restore_method: str | None = None,
         ready_timeout_s: float | None = None,
         actor: Any = None,
+        call_timeout_s: float | None = None,
     ):
-        """``actor``: one already running (kept from a previous run) instead of ``start()``'s."""
-        self.name, self._start = name, start
+        """``actor``: one already running (kept from a previous run) instead of ``start()``'s.
+        ``call_timeout_s``: a call unanswered this long counts as a death (a stopped or hung process
+        never answers), so the actor is replaced and the call redone; None waits."""
+        self.name, self._start, self.call_timeout_s = name, start, call_timeout_s
         self.policy = RestartPolicy(name, max_restarts, ready_timeout_s)
         self._unready = False  # a replacement not yet known to have started
         self.snapshot_method, self.restore_method = snapshot_method, restore_method
@@ -153,15 +157,15 @@ class RestartingRole:
         self.actor = actor if actor is not None else start()
         self._node = node_of(self.actor)
 
-    def call(self, method: str, *args, timeout: float | None = None):
-        """``actor.method(*args)``'s result, on a replacement actor if this one has died."""
+    def call(self, method: str, *args):
+        """``actor.method(*args)``'s result, on a replacement actor if this one has died or gone silent."""
         failed_at = None
         while True:
             actor = self.actor
             try:
                 self._await_replacement()
-                out = ray.get(getattr(actor, method).remote(*args), timeout=timeout)
-            except ray.exceptions.RayActorError as e:
+                out = self._answer(actor, method, args)
+            except (ray.exceptions.RayActorError, TimeoutError) as e:
                 failed_at = failed_at or time.perf_counter()
                 self.restart(e, actor)
                 continue
@@ -170,14 +174,20 @@ class RestartingRole:
             return out
 
     def call_or(self, default, method: str, *args):
-        """Like :meth:`call`, but a dead actor gives ``default`` at once; the replacement starts and
+        """Like :meth:`call`, but a dead (or silent) actor gives ``default``; the replacement starts and
         restores meanwhile (calls queue behind its restore), so the caller does not wait for it."""
         actor = self.actor
         try:
-            return ray.get(getattr(actor, method).remote(*args))
-        except ray.exceptions.RayActorError as e:
+            return self._answer(actor, method, args)
+        except (ray.exceptions.RayActorError, TimeoutError) as e:
             self.restart(e, actor)
             return default
+
+    def _answer(self, actor, method: str, args: tuple):
+        try:
+            return ray.get(getattr(actor, method).remote(*args), timeout=self.call_timeout_s)
+        except ray.exceptions.GetTimeoutError as e:
+            raise TimeoutError(f"no answer to {method} within trainer.role_timeout_s={self.call_timeout_s}") from e
 
     def _await_replacement(self) -> None:
         if self._unready:

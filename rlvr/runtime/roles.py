@@ -174,6 +174,7 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> Roles:
                 snapshot_method="state_dict",
                 restore_method="load_state_dict",
                 ready_timeout_s=c.placement_timeout_s,
+                call_timeout_s=cfg.trainer.role_timeout_s,
                 actor=reused.get("value", [None])[0],
             )
         engine_cfg = engine_config(cfg, model_path)
@@ -321,6 +322,7 @@ def verifier_role(cfg: DictConfig, actor_options: dict, actor=None) -> Restartin
         ),
         cfg.trainer.max_restarts,
         ready_timeout_s=cfg.cluster.placement_timeout_s,
+        call_timeout_s=cfg.trainer.role_timeout_s,
         actor=actor,
     )
 

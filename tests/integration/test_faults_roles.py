@@ -59,11 +59,19 @@ class Counter:
 
 
 
+def gone(pid: int, within_s: float = 10) -> bool:
+    end = time.perf_counter() + within_s
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        if time.perf_counter() > end:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def sigkill(role: RestartingRole) -> None:
     pid = role.call("pid")
     os.kill(pid, signal.SIGKILL)
-    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-        time.sleep(0.05)
+    assert gone(pid)
 
 
 def test_a_dead_actor_is_replaced_restored_and_the_call_redone(ray_session):
@@ -100,3 +108,22 @@ def test_gather_returns_the_answers_and_names_the_lost_and_the_silent_calls(ray_
     assert 5 <= time.perf_counter() - start < 30  # waited for the deadline, not past it
     for actor in (alive, stopped, dead):
         ray.kill(actor)
+
+
+def test_a_stopped_actor_is_a_dead_one_once_a_call_passes_its_deadline(ray_session):
+    role = RestartingRole("counter", Counter.remote, max_restarts=2, snapshot_method="state", restore_method="load", call_timeout_s=3)
+    assert role.call("add", 2) == 2 and role.snapshot() == 2
+    pid = role.call("pid")
+    os.kill(pid, signal.SIGSTOP)  # no error, no answer: only the deadline tells
+    start = time.perf_counter()
+    assert role.call("add", 5) == 7  # on the replacement, restored to the snapshot
+    assert 3 <= time.perf_counter() - start < 60 and role.policy.restarts == 1 and gone(pid)  # the stopped one was killed
+
+    os.kill(role.call("pid"), signal.SIGSTOP)
+    assert role.call_or(-1, "add", 1) == -1  # past the deadline again: the default, the replacement meanwhile
+    assert role.call("state") == 2 and role.policy.restarts == 2
+
+    os.kill(role.call("pid"), signal.SIGSTOP)
+    with pytest.raises(RoleFailed, match=r"the counter role's actors died 3 times .* \(TimeoutError\): no answer to add within trainer.role_timeout_s=3"):
+        role.call("add", 1)
+    role.kill()

@@ -156,9 +156,9 @@ def learner_part(folder: Path, device: torch.device, repeats: int) -> dict:
              "per_sequence": {"share_prompts": False}}
     with torch.no_grad():
         logps = {path: response_logprobs(model, mb, TEMPERATURE, **kw)[0] for path, kw in paths.items()}
-    out = {"sequences": len(seqs), "prompt_tokens": int(mb["prompt_mask"].sum()), "response_tokens": int(mb["mask"].sum())}
+    out = {"sequences": len(seqs), "prompt_tokens": int(mb.prompt_mask.sum()), "response_tokens": int(mb.mask.sum())}
     for path in ("shared", "packed"):
-        out[f"max_abs_logprob_diff_{path}_vs_per_sequence"] = float(((logps[path] - logps["per_sequence"]).abs() * mb["mask"]).max())
+        out[f"max_abs_logprob_diff_{path}_vs_per_sequence"] = float(((logps[path] - logps["per_sequence"]).abs() * mb.mask).max())
     tokens = out["prompt_tokens"] + out["response_tokens"]
     for precision in ("float32", "bf16_autocast"):
         for path, kw in paths.items():
@@ -166,7 +166,7 @@ def learner_part(folder: Path, device: torch.device, repeats: int) -> dict:
                 model.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision != "float32"):
                     logp, _ = response_logprobs(model, mb, TEMPERATURE, **kw)
-                loss = -(logp.float() * mb["mask"] * mb["advantages"][:, None]).sum() / mb["mask"].sum()
+                loss = -(logp.float() * mb.mask * mb.advantages[:, None]).sum() / mb.mask.sum()
                 loss.backward()
 
             seconds, peak = timed(step, device, repeats)

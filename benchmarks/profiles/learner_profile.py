@@ -105,9 +105,9 @@ def main() -> None:
     real = pad = 0
     for m in micro:
         c = collate(m, 0, torch.device("cpu"))
-        computed = c["prompt_mask"].numel() + c["response_ids"].numel()  # positions the forward runs on
-        real += int(c["prompt_mask"].sum()) + int(c["mask"].sum())
-        pad += computed - int(c["prompt_mask"].sum()) - int(c["mask"].sum())
+        computed = c.prompt_mask.numel() + c.response_ids.numel()  # positions the forward runs on
+        real += int(c.prompt_mask.sum()) + int(c.mask.sum())
+        pad += computed - int(c.prompt_mask.sum()) - int(c.mask.sum())
     report["padding_share"] = pad / (real + pad)
     report["tokens_per_sequence"] = {"prompt_mean": statistics.mean(len(t.prompt_ids) for t in seqs), "response_mean": statistics.mean(len(t.response_ids) for t in seqs)}
 

@@ -29,11 +29,15 @@ import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from benchmarks.common import OUT, write_report
+
+if TYPE_CHECKING:
+    from rlvr.learner.forward import Collated
 from benchmarks.profiles.learner_profile import default_job_batch, median_step_seconds
 
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "aten::_addmm_activation")
@@ -52,18 +56,18 @@ def projections(m: dict) -> list[tuple[int, int]]:
     return [(d, a), (d, kv), (d, kv), (a, d), (d, ff), (d, ff), (ff, d)]
 
 
-def forward_flops(m: dict, mb: dict) -> dict[str, float]:
+def forward_flops(m: dict, mb: "Collated") -> dict[str, float]:
     """One micro-batch's forward FLOPs on real tokens, as the shared-prompt forward computes them:
     {"matmul": the projections and the LM head, "attention": QKᵀ and AV over the keys each query sees}."""
     per_token = 2 * sum(i * o for i, o in projections(m)) * m["layers"]
     attn = 4 * m["attn"] * m["layers"]  # QKᵀ and AV: 2 FLOPs x 2 products per (query, key) pair and attention width
-    prompt_len = mb["prompt_len"].tolist()
+    prompt_len = mb.prompt_len.tolist()
     matmul = attention = 0.0
     for p in prompt_len:  # each distinct prompt once; causal: position i sees i + 1 keys
         matmul += p * per_token
         attention += attn * p * (p + 1) / 2
-    lengths = mb["mask"].sum(1).long().tolist()
-    for g, t in zip(mb["group_of"].tolist(), lengths):
+    lengths = mb.mask.sum(1).long().tolist()
+    for g, t in zip(mb.group_of.tolist(), lengths):
         fed = max(t - 1, 0)  # response tokens fed as inputs; the first is predicted from the prompt's last position
         p = prompt_len[g]
         matmul += fed * per_token + 2 * m["d"] * m["vocab"] * t  # the LM head on response positions
@@ -71,14 +75,14 @@ def forward_flops(m: dict, mb: dict) -> dict[str, float]:
     return {"matmul": matmul, "attention": attention}
 
 
-def gemm_shapes(m: dict, mb: dict, packed: bool) -> list[tuple[int, int, int]]:
+def gemm_shapes(m: dict, mb: "Collated", packed: bool) -> list[tuple[int, int, int]]:
     """(M, K, N) of every forward GEMM the micro-batch runs, at its padded shapes: the prompt rows,
     the response rows ([B, T - 1], or [G, L] packed) and the LM head's ([B, T], or the real tokens packed)."""
-    follow = mb["response_ids"].shape[1] - 1
-    response_rows = mb["packed_ids"].numel() if packed else mb["response_ids"].shape[0] * follow
-    head_rows = len(mb["packed_source"]) if packed else mb["response_ids"].shape[0] * (follow + 1)
+    follow = mb.response_ids.shape[1] - 1
+    response_rows = mb.packed_ids.numel() if packed else mb.response_ids.shape[0] * follow
+    head_rows = len(mb.packed_source) if packed else mb.response_ids.shape[0] * (follow + 1)
     shapes = []
-    for rows in (mb["prompt_ids"].numel(), response_rows):
+    for rows in (mb.prompt_ids.numel(), response_rows):
         if rows:
             shapes += [(rows, i, o) for i, o in projections(m)] * m["layers"]
     shapes.append((head_rows, m["d"], m["vocab"]))

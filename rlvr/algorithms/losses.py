@@ -210,7 +210,7 @@ def policy_loss(
     Stats: ``pg_loss``, ``clip_frac`` (fraction of response tokens clipped), split into
     ``clip_frac_low`` and ``clip_frac_high`` by the side of 1 of the ratio the loss clipped on
     (GSPO: the sequence's), ``approx_kl`` (mean of old_logp − logp), the token ratio's
-    ``ratio_mean``, ``ratio_min`` and ``ratio_max``, ``kl``, and ``clipped``: the bool[B, T] of
+    ``ratio_mean``, ``ratio_min`` and ``ratio_max`` and ``ratio_dev`` (max |ρ − 1|) over the masked tokens, ``kl``, and ``clipped``: the bool[B, T] of
     tokens the loss clipped (not masked), for counts the caller makes on its own mask.
     """
     if logp.ndim != 2 or old_logp.shape != logp.shape or mask.shape != logp.shape:
@@ -244,6 +244,7 @@ def policy_loss(
         "ratio_mean": _masked_mean(ratio, mask),
         "ratio_min": ratio[on].min().detach() if on.any() else ratio.new_ones(()),
         "ratio_max": ratio[on].max().detach() if on.any() else ratio.new_ones(()),
+        "ratio_dev": (ratio[on] - 1).abs().max().detach() if on.any() else ratio.new_zeros(()),
         "clipped": clipped > 0,
     }
     if kl_coef > 0 and ref_logp is None:

@@ -20,7 +20,7 @@ import ray
 import torch
 
 from rlvr.algorithms import policy_loss, rollout_correction, rollout_mismatch
-from rlvr.learner.forward import collate, dot64, loss_share, positions, response_logprobs
+from rlvr.learner.forward import Collated, collate, dot64, loss_share, positions, response_logprobs
 from rlvr.lora import LoraSettings, add_adapters, sync_tensors
 from rlvr.runtime.logs import redirect_actor_output
 from rlvr.types import MiniBatch, Trajectory
@@ -169,19 +169,19 @@ class PolicyLearner:
             self.ref_model = AutoModelForCausalLM.from_pretrained(self.cfg.model_path, dtype=getattr(torch, self.cfg.dtype))
             self.ref_model.to(self.device).eval().requires_grad_(False)
 
-    def _logprobs(self, mb: dict, temperature: float, module=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _logprobs(self, mb: Collated, temperature: float, module=None) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             logp, entropy = response_logprobs(self.engine.module if module is None else module, mb, temperature, self.cfg.share_prompts,
                                               self.cfg.pack_responses, self.cfg.head_chunk)
         return logp, entropy  # fp32 under autocast too: the LM head's logits are cast up first
 
-    def _collated(self, mini_batches: list[MiniBatch]) -> list[list[tuple[dict, bool]]]:
+    def _collated(self, mini_batches: list[MiniBatch]) -> list[list[tuple[Collated, bool]]]:
         """Each micro-batch collated once, for every epoch. An empty one (this rank has fewer
         sequences) becomes a zero-weight dummy, so collectives stay in lockstep across ranks."""
         dummy = [Trajectory(prompt_ids=[self.pad_id], response_ids=[self.pad_id])]
         return [[(collate(seqs or dummy, self.pad_id, self.device), not seqs) for seqs in mini.micro_batches] for mini in mini_batches]
 
-    def _padding_share(self, collated: list[list[tuple[dict, bool]]]) -> float:
+    def _padding_share(self, collated: list[list[tuple[Collated, bool]]]) -> float:
         """The share of the positions this rank's forwards run on that are padding (shared-prompt
         paths; NaN for one forward per sequence, whose rows hold whole sequences)."""
         if not self.cfg.share_prompts or self.cfg.gradient_checkpointing:
@@ -191,7 +191,7 @@ class PolicyLearner:
         return 1 - sum(c[1] for c in counts) / run if run else 0.0
 
     @torch.no_grad()
-    def _eval_logprobs(self, mb: dict, temperature: float) -> torch.Tensor:
+    def _eval_logprobs(self, mb: Collated, temperature: float) -> torch.Tensor:
         """log π without dropout (LoRA dropout): π_old is the policy the engine sampled from."""
         self.engine.eval()
         try:
@@ -264,12 +264,12 @@ class PolicyLearner:
         return metrics
 
     def _micro_step(
-        self, mb: dict, empty: bool, plan: MiniBatch, update: UpdateConfig, old_logp: torch.Tensor | None, first_epoch: bool
+        self, mb: Collated, empty: bool, plan: MiniBatch, update: UpdateConfig, old_logp: torch.Tensor | None, first_epoch: bool
     ) -> tuple[dict[str, float], dict[str, float]] | None:
         """Forward, loss and backward of one micro-batch: token-weighted stat sums and ratio extremes."""
         logp, entropy = self._logprobs(mb, update.temperature)
         logp.retain_grad()  # ∂L/∂log π per token: shows which clipped tokens keep a gradient
-        mask, mu, has_mu = mb["mask"], mb["rollout_logprobs"], mb["has_rollout_logprobs"]
+        mask, mu, has_mu = mb.mask, mb.rollout_logprobs, mb.has_rollout_logprobs
         if update.old_logprobs == "rollout" and has_mu:
             old_logp = mu
         elif old_logp is None:
@@ -284,7 +284,7 @@ class PolicyLearner:
             update.loss,
             logp,
             old_logp,
-            mb["advantages"],
+            mb.advantages,
             loss_mask,
             agg=update.agg,
             ref_logp=ref_logp,
@@ -304,7 +304,8 @@ class PolicyLearner:
         # the tokens the loss clipped, and how many of them still carry a gradient (CISPO: all; PPO: none)
         clipped = stats.pop("clipped") & on
         stats["loss"] = loss.detach()
-        sums = {k: float(v) * (share if k in LOSS_STATS else tokens) for k, v in stats.items() if k not in ("ratio_min", "ratio_max")}
+        extremes = {k: float(stats.pop(k)) for k in ("ratio_min", "ratio_max", "ratio_dev")}  # over the tokens the loss trains on
+        sums = {k: float(v) * (share if k in LOSS_STATS else tokens) for k, v in stats.items()}
         sums.update(entropy=float((entropy * mask).sum()), tokens=tokens)
         sums["clipped_tokens"] = float(clipped.sum())
         sums["clipped_grad_tokens"] = float((clipped & (logp.grad != 0)).sum()) if logp.grad is not None else 0.0
@@ -316,8 +317,6 @@ class PolicyLearner:
                 sums["rollout_kl"] = float(gap["kl"])  # KL(μ‖π_old), k3 under μ's samples
                 sums["rollout_corrected_frac"] = float((corrected & on).sum())  # truncated (tis) or masked (mask)
                 sums["rollout_weight_mean"] = float((weights * mask).sum())
-        ratio = torch.exp((logp.detach() - old_logp).clamp(-20, 20))[on]
-        extremes = {"ratio_min": float(ratio.min()), "ratio_max": float(ratio.max()), "ratio_dev": float((ratio - 1).abs().max())}
         return sums, extremes
 
     def gradient_cosines(self, plans: list[list[MiniBatch]], update: UpdateConfig) -> list[float]:
@@ -341,7 +340,7 @@ class PolicyLearner:
                 logp, _ = self._logprobs(mb, update.temperature)
                 share = loss_share(mb, mini, update.agg)
                 for k, acc in enumerate(sums):
-                    loss, _ = policy_loss(update.loss, logp, logp.detach(), collated[k][i][j][0]["advantages"], mb["mask"], agg=update.agg,
+                    loss, _ = policy_loss(update.loss, logp, logp.detach(), collated[k][i][j][0].advantages, mb.mask, agg=update.agg,
                                           max_len=update.max_len, **update.loss_kwargs)
                     grads = torch.autograd.grad(loss * share, params, allow_unused=True, retain_graph=k < len(sums) - 1)
                     for a, g in zip(acc, grads):
@@ -360,7 +359,7 @@ class PolicyLearner:
         return cosines
 
     @torch.no_grad()
-    def _reference_logprobs(self, mb: dict, temperature: float) -> torch.Tensor:
+    def _reference_logprobs(self, mb: Collated, temperature: float) -> torch.Tensor:
         if self.cfg.lora.enabled:
             with self.engine.module.disable_adapter():
                 return self._logprobs(mb, temperature)[0]

@@ -6,6 +6,8 @@ tests run it on a bare Hugging Face model.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -13,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 from rlvr.types import MiniBatch, Trajectory
 
 
-def response_logprobs(model, mb: dict, temperature: float = 1.0, share_prompts: bool = True,
+def response_logprobs(model, mb: Collated, temperature: float = 1.0, share_prompts: bool = True,
                       pack_responses: bool = False, head_chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """log π(y_j | x, y_<j) of each response token [B, T], and its entropy (no grad).
 
@@ -37,19 +39,19 @@ def response_logprobs(model, mb: dict, temperature: float = 1.0, share_prompts: 
     if pack_responses and share_prompts and not checkpointing:
         return packed_logprobs(model, mb, temperature, head_chunk)
     decoder = model.get_decoder()
-    group_of, prompt_len, response_ids = mb["group_of"], mb["prompt_len"], mb["response_ids"]
-    width, follow = mb["prompt_ids"].shape[1], response_ids.shape[1] - 1  # response tokens fed as inputs
+    group_of, prompt_len, response_ids = mb.group_of, mb.prompt_len, mb.response_ids
+    width, follow = mb.prompt_ids.shape[1], response_ids.shape[1] - 1  # response tokens fed as inputs
     device, rows = response_ids.device, torch.arange(len(group_of), device=response_ids.device)
     # a position sees the unpadded part of its own prompt and the tokens after it, up to itself
     causal = torch.ones(width + follow, width + follow, dtype=torch.bool, device=device).tril()
-    key_ok = torch.cat([mb["prompt_mask"][group_of], torch.ones(len(group_of), follow, dtype=torch.bool, device=device)], 1)
+    key_ok = torch.cat([mb.prompt_mask[group_of], torch.ones(len(group_of), follow, dtype=torch.bool, device=device)], 1)
 
     def allowed(first_query: int) -> torch.Tensor:  # the mask's rows from query position first_query on
         return _attention_mask((causal[first_query:] & key_ok[:, None, :])[:, None], model)
 
     positions = torch.cat([torch.arange(width, device=device).expand(len(group_of), -1), prompt_len[group_of, None] + torch.arange(follow, device=device)], 1)
     if not share_prompts or checkpointing:
-        inputs = torch.cat([mb["prompt_ids"][group_of], response_ids[:, :follow]], 1)
+        inputs = torch.cat([mb.prompt_ids[group_of], response_ids[:, :follow]], 1)
         hidden = decoder(input_ids=inputs, attention_mask=allowed(0), position_ids=positions, use_cache=False).last_hidden_state
         first, rest = hidden[rows, prompt_len[group_of] - 1], hidden[:, width:]
     else:
@@ -65,7 +67,7 @@ def response_logprobs(model, mb: dict, temperature: float = 1.0, share_prompts: 
     return _token_logprobs(model, torch.cat([first[:, None], rest], 1), response_ids, temperature, head_chunk)
 
 
-def packed_logprobs(model, mb: dict, temperature: float = 1.0, head_chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def packed_logprobs(model, mb: Collated, temperature: float = 1.0, head_chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """`response_logprobs` with each prompt's responses packed after it: the same numbers.
 
     The distinct prompts run once ([G, P], cached, as in the shared path). Then row g holds every
@@ -75,26 +77,26 @@ def packed_logprobs(model, mb: dict, temperature: float = 1.0, head_chunk: int =
     per sequence). The LM head, log-softmax and entropy run on the real response positions only
     ([N, vocab]); the results are scattered back to [B, T], zero at padding.
     """
-    prompt_mask, prompt_len = mb["prompt_mask"], mb["prompt_len"]
+    prompt_mask, prompt_len = mb.prompt_mask, mb.prompt_len
     prompt, last = _prompt_forward(model, mb)
     hidden = [last]  # predicts each response's first token
-    seq, local = mb["packed_seq"], mb["packed_local"]
+    seq, local = mb.packed_seq, mb.packed_local
     if seq.shape[1]:
         own = (seq[:, :, None] == seq[:, None, :]) & (local[:, None, :] <= local[:, :, None]) & (seq[:, :, None] >= 0)
         allowed = torch.cat([prompt_mask[:, None, :].expand(-1, seq.shape[1], -1), own], 2)  # a pad slot sees the prompt: no empty row
-        out = model.get_decoder()(input_ids=mb["packed_ids"], attention_mask=_attention_mask(allowed[:, None], model),
+        out = model.get_decoder()(input_ids=mb.packed_ids, attention_mask=_attention_mask(allowed[:, None], model),
                       position_ids=prompt_len[:, None] + local.clamp(min=0), past_key_values=prompt.past_key_values, use_cache=True)
         hidden.append(out.last_hidden_state.reshape(-1, out.last_hidden_state.shape[-1]))
-    rows, cols = mb["real_rows"], mb["real_cols"]
-    real_logp, real_entropy = _token_logprobs(model, torch.cat(hidden)[mb["packed_source"]], mb["response_ids"][rows, cols], temperature, head_chunk)
-    logp = torch.zeros(mb["response_ids"].shape, dtype=real_logp.dtype, device=real_logp.device).index_put((rows, cols), real_logp)
+    rows, cols = mb.real_rows, mb.real_cols
+    real_logp, real_entropy = _token_logprobs(model, torch.cat(hidden)[mb.packed_source], mb.response_ids[rows, cols], temperature, head_chunk)
+    logp = torch.zeros(mb.response_ids.shape, dtype=real_logp.dtype, device=real_logp.device).index_put((rows, cols), real_logp)
     return logp, torch.zeros_like(logp).index_put_((rows, cols), real_entropy)
 
 
-def _prompt_forward(model, mb: dict):
+def _prompt_forward(model, mb: Collated):
     """The micro-batch's distinct prompts through the decoder once, cached: (its output, with the
     cache, and each prompt's last hidden state [G, d], which predicts its responses' first token)."""
-    prompt_ids, prompt_mask, prompt_len = mb["prompt_ids"], mb["prompt_mask"], mb["prompt_len"]
+    prompt_ids, prompt_mask, prompt_len = mb.prompt_ids, mb.prompt_mask, mb.prompt_len
     groups, width = prompt_ids.shape
     device = prompt_ids.device
     causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
@@ -141,7 +143,32 @@ def _attention_mask(allowed: torch.Tensor, model) -> torch.Tensor:
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
-def collate(seqs: list[Trajectory], pad_id: int, device) -> dict:
+@dataclass
+class Collated:
+    """One micro-batch as the learner's forward reads it (`collate`): each distinct prompt once, the
+    responses padded, and the packed layout of `packed_logprobs`."""
+
+    prompt_ids: torch.Tensor  # [G, P] right-padded
+    prompt_mask: torch.Tensor  # [G, P] bool
+    prompt_len: torch.Tensor  # [G]
+    group_of: torch.Tensor  # [B] each sequence's prompt
+    response_ids: torch.Tensor  # [B, T] right-padded
+    mask: torch.Tensor  # [B, T] the loss mask (0 at padding)
+    rollout_logprobs: torch.Tensor  # [B, T] the engine's μ (0 where none)
+    has_rollout_logprobs: bool  # every sequence came with μ
+    advantages: torch.Tensor  # [B]
+    packed_ids: torch.Tensor  # [G, L] each prompt's responses' fed tokens back to back (`_packed_layout`)
+    packed_seq: torch.Tensor  # [G, L] a slot's sequence (-1 at padding)
+    packed_local: torch.Tensor  # [G, L] a slot's index in its sequence (-1 at padding)
+    packed_source: torch.Tensor  # per real response token: the flattened hidden that predicts it
+    real_rows: torch.Tensor  # per real response token: its sequence
+    real_cols: torch.Tensor  # per real response token: its position
+
+    def to(self, device) -> Collated:
+        return Collated(**{f.name: v.to(device) if isinstance(v := getattr(self, f.name), torch.Tensor) else v for f in fields(self)})
+
+
+def collate(seqs: list[Trajectory], pad_id: int, device) -> Collated:
     """One micro-batch as tensors: each distinct prompt once, right-padded ([G, P]), and the
     responses ([B, T]), with `group_of` mapping a sequence to its prompt."""
     index: dict[tuple[int, ...], int] = {}
@@ -163,19 +190,18 @@ def collate(seqs: list[Trajectory], pad_id: int, device) -> dict:
         mask[b, :n_resp] = s.loss_mask
         if len(s.rollout_logprobs):
             rollout_lp[b, :n_resp] = s.rollout_logprobs
-    packed = _packed_layout([len(s.response_ids) for s in seqs], group_of, len(prompts), response_ids)
-    return dict(
-        **{k: v.to(device) for k, v in packed.items()},
-        prompt_ids=prompt_ids.to(device),
-        prompt_mask=prompt_mask.to(device),
-        prompt_len=prompt_mask.sum(1).to(device),
-        group_of=torch.tensor(group_of, dtype=torch.long, device=device),
-        response_ids=response_ids.to(device),
-        mask=mask.to(device),
-        rollout_logprobs=rollout_lp.to(device),
+    return Collated(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        prompt_len=prompt_mask.sum(1),
+        group_of=torch.tensor(group_of, dtype=torch.long),
+        response_ids=response_ids,
+        mask=mask,
+        rollout_logprobs=rollout_lp,
         has_rollout_logprobs=all(len(s.rollout_logprobs) > 0 for s in seqs),
-        advantages=torch.tensor([s.advantage for s in seqs], dtype=torch.float32, device=device),
-    )
+        advantages=torch.tensor([s.advantage for s in seqs], dtype=torch.float32),
+        **_packed_layout([len(s.response_ids) for s in seqs], group_of, len(prompts), response_ids),
+    ).to(device)
 
 
 def _packed_layout(lengths: list[int], group_of: list[int], groups: int, response_ids: torch.Tensor) -> dict:
@@ -210,16 +236,16 @@ def _packed_layout(lengths: list[int], group_of: list[int], groups: int, respons
             "real_rows": as_long(rows), "real_cols": as_long(cols)}
 
 
-def positions(mb: dict, packed: bool) -> tuple[int, int]:
+def positions(mb: Collated, packed: bool) -> tuple[int, int]:
     """(positions the decoder's forwards run on, the real ones among them): the prompts, then the
     fed response tokens ([B, T - 1] padded, or the packed rows). 1 - real/run is the padding share."""
-    responses = mb["packed_ids"].numel() if packed else mb["response_ids"].shape[0] * (mb["response_ids"].shape[1] - 1)
-    return mb["prompt_ids"].numel() + responses, int(mb["prompt_mask"].sum()) + int((mb["packed_seq"] >= 0).sum())
+    responses = mb.packed_ids.numel() if packed else mb.response_ids.shape[0] * (mb.response_ids.shape[1] - 1)
+    return mb.prompt_ids.numel() + responses, int(mb.prompt_mask.sum()) + int((mb.packed_seq >= 0).sum())
 
 
-def loss_share(mb: dict, plan: MiniBatch, agg: str) -> float:
+def loss_share(mb: Collated, plan: MiniBatch, agg: str) -> float:
     """A micro-batch's share of its mini-batch's loss, from the mini-batch's global counts."""
-    return float(mb["mask"].sum()) / plan.tokens if agg == "token-mean" else len(mb["advantages"]) / plan.sequences
+    return float(mb.mask.sum()) / plan.tokens if agg == "token-mean" else len(mb.advantages) / plan.sequences
 
 
 def dot64(a: torch.Tensor, b: torch.Tensor, chunk: int = 1 << 22) -> float:

@@ -176,3 +176,6 @@ def test_clip_fractions_split_low_and_high():
     assert float(pos["clip_frac_high"]) == 0.25 and float(pos["clip_frac_low"]) == 0.0
     assert float(neg["clip_frac_low"]) == 0.25 and float(neg["clip_frac_high"]) == 0.0
     assert math.isclose(float(pos["ratio_min"]), 0.2, rel_tol=1e-5) and math.isclose(float(pos["ratio_max"]), 1.8, rel_tol=1e-5)
+    assert math.isclose(float(pos["ratio_dev"]), 0.8, rel_tol=1e-5)  # max |ρ − 1|
+    _, masked = policy_loss("ppo_clip", logp, old, torch.tensor([1.0]), torch.tensor([[1.0, 0.0, 0.0, 1.0]]))
+    assert float(masked["ratio_min"]) == float(masked["ratio_max"]) == 1.0 and float(masked["ratio_dev"]) == 0.0  # masked tokens: none

@@ -41,7 +41,7 @@ def test_shared_prompts_equal_one_forward_per_sequence(tiny_model, attn):
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation=attn)
     seqs = sequences(model.config.vocab_size)
     mb = collate(seqs, 0, torch.device("cpu"))
-    assert mb["prompt_ids"].shape[0] == 4 and mb["response_ids"].shape[0] == len(seqs)  # each prompt once
+    assert mb.prompt_ids.shape[0] == 4 and mb.response_ids.shape[0] == len(seqs)  # each prompt once
     grads = {}
     for path in ("shared", "packed", "shared+head-chunks", "packed+head-chunks", "per-sequence", "checkpointing"):  # checkpointing stays on: last
         if path == "checkpointing":
@@ -57,7 +57,7 @@ def test_shared_prompts_equal_one_forward_per_sequence(tiny_model, attn):
                 assert bool((entropy[b, :n] > 0).all())
                 if path.startswith("packed"):
                     assert not logp[b, n:].any()  # padding holds zeros, and gets no gradient
-        (logp * mb["mask"]).sum().backward()
+        (logp * mb.mask).sum().backward()
         grads[path] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     assert grads["shared"].abs().max() > 0
     for path in ("packed", "per-sequence", "checkpointing", "shared+head-chunks", "packed+head-chunks"):
@@ -80,5 +80,5 @@ def test_packing_leaves_less_padding_and_counts_the_same_real_positions():
     real = sum(len(p) for p in prompts) + sum(max(len(s.response_ids) - 1, 0) for s in seqs)  # each prompt once, fed tokens
     (run_packed, real_packed), (run_padded, real_padded) = positions(mb, packed=True), positions(mb, packed=False)
     assert real_packed == real_padded == real
-    assert run_padded == mb["prompt_ids"].numel() + len(seqs) * (mb["response_ids"].shape[1] - 1)
+    assert run_padded == mb.prompt_ids.numel() + len(seqs) * (mb.response_ids.shape[1] - 1)
     assert real < run_packed < run_padded

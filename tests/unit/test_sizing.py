@@ -43,9 +43,9 @@ def test_the_budget_counts_the_positions_the_forward_runs(shapes, packed):
     decoder = sizing.ActivationBudget(0, 1, 0, shared_prompts=True, packed=packed, head_chunk=0)
     assert decoder.bytes(seqs) == positions(mb, packed)[0]
     head = sizing.ActivationBudget(0, 0, 1, shared_prompts=True, packed=packed, head_chunk=0)
-    assert head.bytes(seqs) == (len(mb["real_rows"]) if packed else mb["response_ids"].numel())
+    assert head.bytes(seqs) == (len(mb.real_rows) if packed else mb.response_ids.numel())
     unshared = sizing.ActivationBudget(0, 1, 0, shared_prompts=False, packed=False, head_chunk=0)
-    assert unshared.bytes(seqs) == len(seqs) * (mb["prompt_ids"].shape[1] + mb["response_ids"].shape[1] - 1)
+    assert unshared.bytes(seqs) == len(seqs) * (mb.prompt_ids.shape[1] + mb.response_ids.shape[1] - 1)
 
 
 @settings(max_examples=60, deadline=None)

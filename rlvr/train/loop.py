@@ -186,11 +186,12 @@ def train_step(parts: StepParts, batch: Batch, step: int) -> dict:
     oracle_m = {}
     if batch.oracle is not None and trajectories:
         oracle_m = gradient_cosine(batch, trajectories, learners, parts.update, parts.preset, step - 1, cfg.trainer.max_staleness,
-                                   parts.micro_batching, seed=step_seed(cfg.seed, step))
+                                   parts.micro_batching, seed=step_seed(cfg.seed, step), timeout_s=cfg.trainer.role_timeout_s)
     learn_start = time.perf_counter()
     plans = plan_mini_batches(trajectories, cfg.learner.mini_batches, len(learners), parts.micro_batching, seed=step_seed(cfg.seed, step))
     if trajectories:
-        learner_metrics = ray.get([l.train_step.remote(plan, parts.update) for l, plan in zip(learners, plans)])[0]
+        learner_metrics = ray.get([l.train_step.remote(plan, parts.update) for l, plan in zip(learners, plans)],
+                                  timeout=cfg.trainer.role_timeout_s)[0]
     else:
         log.warning("step %d: no trainable trajectories (%d stale), skipping the update", step, async_m["async/stale_dropped"])
         learner_metrics = {}
@@ -369,8 +370,10 @@ class Run:
                         if self.checkpoint(step, batch):
                             break
                     break
-                except ray.exceptions.RayActorError as e:
-                    if self.staleness or not learners_lost(self.roles.learners):
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
+                    # a learner silent past its deadline (stopped, hung) is as lost as a dead one
+                    silent = isinstance(e, ray.exceptions.GetTimeoutError)
+                    if self.staleness or not (silent or learners_lost(self.roles.learners)):
                         raise
                     self.restart_learners(e)
         except RoleFailed as e:

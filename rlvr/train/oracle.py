@@ -168,7 +168,7 @@ def oracle_metrics(batch: Batch, oracle: dict, n0: int, estimator: str = "grpo",
 
 
 def gradient_cosine(batch: Batch, trajectories: list[Trajectory], learners: list, update, preset, version: int,
-                    max_staleness: int, micro_batching: int | ActivationBudget, seed: int) -> dict:
+                    max_staleness: int, micro_batching: int | ActivationBudget, seed: int, timeout_s: float | None = None) -> dict:
     """The oracle's `oracle/grad_cosine`: the learners' gradient on ``trajectories`` (the batch as
     trained) against the gradient with the oracle's advantages A*, on the same micro-batches, before
     the update; with a weighting on, also `oracle/grad_cosine_unweighted`, the estimator's gradient
@@ -180,7 +180,7 @@ def gradient_cosine(batch: Batch, trajectories: list[Trajectory], learners: list
         variants["oracle/grad_cosine_unweighted"] = keep(batch.unweighted_advantages.tolist())
     oracle = keep(oracle_advantages(batch, preset.estimator, preset.estimator_kwargs()))
     plans = [plan_mini_batches(ts, 1, len(learners), micro_batching, seed=seed) for ts in [*variants.values(), oracle]]
-    cosines = ray.get([l.gradient_cosines.remote([p[r] for p in plans], update) for r, l in enumerate(learners)])[0]
+    cosines = ray.get([l.gradient_cosines.remote([p[r] for p in plans], update) for r, l in enumerate(learners)], timeout=timeout_s)[0]
     return {**dict(zip(variants, cosines)), "time/oracle_gradient": time.perf_counter() - start}
 
 

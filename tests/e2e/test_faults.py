@@ -81,12 +81,14 @@ def test_a_killed_or_stopped_rollout_engine_is_replaced_and_the_run_is_unchanged
 
 
 @pytest.mark.slow
-def test_a_killed_learner_restarts_from_the_last_checkpoint_and_the_run_is_unchanged(tmp_path, straight_grpo, monkeypatch):
-    """SIGKILL the learner after step 3 (checkpoint at step 2): every rank restarts, reloads step 2
-    and trains step 3 again, with the same seeds, so steps 3 and 4 are the straight run's."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "stopped"])
+def test_a_killed_or_stopped_learner_restarts_from_the_last_checkpoint_and_the_run_is_unchanged(tmp_path, straight_grpo, monkeypatch, sig):
+    """SIGKILL (or SIGSTOP) the learner after step 3 (checkpoint at step 2): step 4's update finds it
+    dead (or silent past trainer.role_timeout_s), every rank restarts, reloads step 2 and trains
+    step 3 again, with the same seeds, so steps 3 and 4 are the straight run's."""
     faulty_dir = tmp_path / "faulty"
-    at_step(monkeypatch, 3, signal_actors("PolicyLearner"))
-    history = train(compose(GRPO_4 + [f"run_dir={faulty_dir}"]))["history"]
+    at_step(monkeypatch, 3, signal_actors("PolicyLearner", sig))
+    history = train(compose(GRPO_4 + [f"run_dir={faulty_dir}", "trainer.role_timeout_s=20"]))["history"]
     faulty = {h["step"]: h for h in history}
     assert sorted(s for s in faulty if s >= 1) == [1, 2, 3, 4]
     assert faulty[4]["faults/learner_restarts"] == 1 and faulty[4]["faults/seconds_lost"] > 0

@@ -248,8 +248,8 @@ class PolicyLearner:
             for k, v in sums.items()
         }
         metrics.update(
-            ratio_min=ratio_min if tokens else 1.0,
-            ratio_max=ratio_max if tokens else 1.0,
+            ratio_min=ratio_min if ratio_min <= ratio_max else 1.0,  # no token trained on: the neutral 1
+            ratio_max=ratio_max if ratio_min <= ratio_max else 1.0,
             ratio_dev_first_minibatch=first_dev,  # max |ρ − 1| before any update: 0 when π_old is right
             clipped_grad_frac=clipped_grad / clipped if clipped else float("nan"),
             grad_norm=float(sum(grad_norms) / len(grad_norms)) if grad_norms else float("nan"),
@@ -304,7 +304,10 @@ class PolicyLearner:
         # the tokens the loss clipped, and how many of them still carry a gradient (CISPO: all; PPO: none)
         clipped = stats.pop("clipped") & on
         stats["loss"] = loss.detach()
-        extremes = {k: float(stats.pop(k)) for k in ("ratio_min", "ratio_max", "ratio_dev")}  # over the tokens the loss trains on
+        # over the tokens the loss trains on; none (the rollout correction masked them all): no extremes
+        extremes = {k: float(stats.pop(k)) for k in ("ratio_min", "ratio_max", "ratio_dev")}
+        if not bool((loss_mask > 0).any()):
+            extremes = {"ratio_min": float("inf"), "ratio_max": 0.0, "ratio_dev": 0.0}
         sums = {k: float(v) * (share if k in LOSS_STATS else tokens) for k, v in stats.items()}
         sums.update(entropy=float((entropy * mask).sum()), tokens=tokens)
         sums["clipped_tokens"] = float(clipped.sum())

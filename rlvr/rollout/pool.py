@@ -144,7 +144,7 @@ class RolloutPool:
                 self._replace(i, error, pending[i][0])
             pending = {i: issue(i) for i in failures}
         if failed_at is not None:
-            self.policy.seconds_lost += time.perf_counter() - failed_at
+            self.policy.lost(failed_at)
         samples = [s for i in sorted(parts) for s in parts[i]]
         order = {r.prompt_index: i for i, r in enumerate(requests)}
         samples.sort(key=lambda s: order[s.prompt_index])
@@ -162,7 +162,7 @@ class RolloutPool:
         engines = list(self.engines)
         for i, error in failures.items():
             self._replace(i, error, engines[i])
-        self.policy.seconds_lost += time.perf_counter() - since
+        self.policy.lost(since)
 
     def _replace(self, i: int, error: BaseException, engine: Any) -> None:
         with self.policy.lock:  # an async run's generating thread and the sync may both find it lost

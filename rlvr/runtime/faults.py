@@ -100,6 +100,11 @@ class RestartPolicy:
         log.warning("%s died (%s); starting a replacement (%d of at most %d for the %s role)",
                     what, type(error).__name__, self.restarts, self.max_restarts, self.role)
 
+    def lost(self, since: float) -> None:
+        """Count the seconds since ``since`` (a `time.perf_counter()`) as lost to this role's faults."""
+        with self.lock:
+            self.seconds_lost += time.perf_counter() - since
+
     def replace(self, dead: list, start: Callable[[], Any]) -> Any:
         """Kill the dead actors (Ray's kill is a SIGKILL: a stopped process goes too) and start the replacement."""
         for actor in dead:
@@ -170,7 +175,7 @@ class RestartingRole:
                 self.restart(e, actor)
                 continue
             if failed_at is not None:
-                self.policy.seconds_lost += time.perf_counter() - failed_at
+                self.policy.lost(failed_at)
             return out
 
     def call_or(self, default, method: str, *args):

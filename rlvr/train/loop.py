@@ -446,6 +446,7 @@ class Run:
         last checkpoint (or the start) and train the steps since again."""
         cfg, roles = self.cfg, self.roles
         t0 = time.perf_counter()
+        self.last = None  # its weights died with the learners: if the restart fails, there is nothing to checkpoint
         restart_learners(cfg, roles, self.model_path, error)
         back_to = resolve_resume(self.run_dir, "auto")
         state = load_training_state(back_to, roles) if back_to is not None else self.initial
@@ -455,7 +456,7 @@ class Run:
         self.history = [h for h in self.history if h["step"] < self.start_step]
         self.bar.n = self.start_step - 1
         self.bar.refresh()
-        roles.learner_restarts.seconds_lost += time.perf_counter() - t0
+        roles.learner_restarts.lost(t0)
         log.warning("restarted every learner rank from %s, training again from step %d", back_to or "the initial weights", self.start_step)
 
     def finish(self) -> dict:

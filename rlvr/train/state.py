@@ -123,7 +123,7 @@ def save_training_state(run_dir: Path, step: int, roles: Roles, state: dict, cfg
     the server has already seen the batches generated ahead); otherwise it is read from the server."""
 
     def write(tmp: Path) -> None:
-        ray.get([l.save_checkpoint.remote(str(tmp / "learner"), "policy") for l in roles.learners])
+        ray.get([l.save_checkpoint.remote(str(tmp / "learner"), "policy") for l in roles.learners], timeout=cfg.trainer.role_timeout_s)
         value_state = state.get("value")
         if value_state is None and roles.value is not None:
             value_state = roles.value.call("state_dict")

@@ -29,7 +29,7 @@ from rlvr.value.embedded import EmbeddedValueModel, default_encoder_path
 from rlvr.value.hf_classifier import HFClassifierValueModel
 from rlvr.value.v0 import V0ValueModel
 
-_SERVER_NAMES = ("BACKENDS", "ValueServer", "make_value_model", "start_value_server", "value_model_kwargs")
+_SERVER_NAMES = ("BACKENDS", "ValueModel", "ValueServer", "make_value_model", "start_value_server", "value_model_kwargs")
 
 
 def __getattr__(name: str):
@@ -50,6 +50,7 @@ __all__ = [
     "UNC_MAX",
     "UNC_MIN",
     "V0ValueModel",
+    "ValueModel",
     "ValueServer",
     "default_encoder_path",
     "make_value_model",

@@ -19,6 +19,10 @@ class ConstantValueModel:
         self.uncertainty = float(uncertainty)
         self._ctx = Context(context_size)
 
+    @staticmethod
+    def config_kwargs(value_cfg) -> dict:
+        return {}  # no keys of its own
+
     def predict(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(check_prompts(prompts))
         return torch.full((n,), self.prior), torch.full((n,), self.uncertainty)

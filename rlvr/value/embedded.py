@@ -116,6 +116,10 @@ class EmbeddedValueModel:
     RIDGE_NOISE_GRID = (0.1, 0.3, 1.0, 3.0, 10.0)
     REGRESSORS = ("kernel", "ridge")
 
+    @staticmethod
+    def config_kwargs(value_cfg) -> dict:
+        return {"regressor": value_cfg.regressor}
+
     def __init__(
         self,
         context_size: int = 256,

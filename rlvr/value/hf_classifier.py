@@ -40,6 +40,10 @@ class HFClassifierValueModel:
     its own, so the uncertainty is the constant ``uncertainty``.
     """
 
+    @staticmethod
+    def config_kwargs(value_cfg) -> dict:
+        return {"path": value_cfg.hf_classifier.path}
+
     def __init__(
         self,
         path: str | None = None,

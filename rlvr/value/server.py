@@ -1,6 +1,10 @@
-"""The ValueServer role: the backend registry and the thin Ray actor around one value model."""
+"""The ValueServer role: what a value model is (`ValueModel`), the backend registry and the thin Ray
+actor around one value model. A new backend is a class with the protocol's methods, registered in
+`BACKENDS`; its `config_kwargs` reads its own keys from the `value` config node."""
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import ray
 import torch
@@ -11,7 +15,26 @@ from rlvr.value.embedded import EmbeddedValueModel
 from rlvr.value.hf_classifier import HFClassifierValueModel
 from rlvr.value.v0 import V0ValueModel
 
-BACKENDS = {
+
+class ValueModel(Protocol):
+    """A value model: a prior success rate and its uncertainty per prompt, read from a context of
+    (prompt, success) pairs of the current policy that the run keeps adding to and checkpoints."""
+
+    @staticmethod
+    def config_kwargs(value_cfg) -> dict:
+        """Its constructor's arguments from the `value` config node, beside `context_size`."""
+        ...
+
+    def predict(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def add_context(self, prompts: list[str], success: list[float]) -> None: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, d: dict) -> None: ...
+
+
+BACKENDS: dict[str, type[ValueModel]] = {
     "embedded": EmbeddedValueModel,
     "v0": V0ValueModel,
     "hf-classifier": HFClassifierValueModel,
@@ -26,15 +49,8 @@ def _check_backend(backend: str) -> None:
 
 def value_model_kwargs(value_cfg) -> dict:
     """The constructor arguments of ``value_cfg.backend`` from the ``value`` config node."""
-    backend = value_cfg.backend
-    kwargs = {"context_size": int(value_cfg.context_size)}
-    if backend == "embedded":
-        kwargs["regressor"] = value_cfg.regressor
-    elif backend == "v0":
-        kwargs.update({k: value_cfg.v0[k] for k in value_cfg.v0})
-    elif backend == "hf-classifier":
-        kwargs["path"] = value_cfg.hf_classifier.path
-    return kwargs
+    _check_backend(value_cfg.backend)
+    return {"context_size": int(value_cfg.context_size), **BACKENDS[value_cfg.backend].config_kwargs(value_cfg)}
 
 
 def make_value_model(backend: str = "embedded", **kwargs):

@@ -200,6 +200,10 @@ def _tabpfn():
 class V0ValueModel:
     """The published V0 as a value backend (see the module docstring for the model)."""
 
+    @staticmethod
+    def config_kwargs(value_cfg) -> dict:
+        return {k: value_cfg.v0[k] for k in value_cfg.v0}  # the `value.v0` node
+
     def __init__(
         self,
         checkpoint: str | None = None,

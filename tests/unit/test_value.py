@@ -230,3 +230,15 @@ def test_ridge_leave_one_out_is_the_closed_form_of_refitting(fresh):
         k_keep = kernel[keep][:, keep] + ratio * torch.eye(len(keep), dtype=torch.float64)
         pred = y.mean() + kernel[i, keep] @ torch.linalg.solve(k_keep, y[keep] - y.mean())
         assert float(y[i] - pred) == pytest.approx(float(closed[i]), abs=1e-9)
+
+
+def test_every_value_backend_has_the_protocol_s_methods_and_reads_its_own_config_keys():
+    from rlvr.config import compose
+    from rlvr.value import BACKENDS, ValueModel, value_model_kwargs
+
+    methods = [m for m in vars(ValueModel) if not m.startswith("_")]
+    assert sorted(methods) == ["add_context", "config_kwargs", "load_state_dict", "predict", "state_dict"]
+    for name, cls in BACKENDS.items():
+        assert all(callable(getattr(cls, m, None)) for m in methods), name
+        kwargs = value_model_kwargs(compose(["algorithm=v05", f"value.backend={name}"]).value)
+        assert kwargs["context_size"] == 256 and set(kwargs) <= set(cls.__init__.__code__.co_varnames), name

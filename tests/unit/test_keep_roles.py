@@ -35,7 +35,8 @@ def test_what_a_reset_sets_leaves_the_keys_alone_and_what_a_process_fixes_change
         "verifier.timeout_s=3": {"verifier"},
         "verifier.terms=[{fn: math}]": {"verifier"},
         "env=calculator": {"verifier"},  # its tool runs in the verifier pool
-        "value.backend=constant": {"value"},
+        "value.backend=none": {"value"},
+        "value.regressor=kernel": {"value"},
         "rollout.threads=1": {"verifier", "rollout", "learner", "value"},
         "logging.verbose=true": {"verifier", "rollout", "learner", "value"},
     }

@@ -199,7 +199,7 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> Roles:
         ray.get([e.weight_version.remote() for e in roles.rollout.engines] + [l.__ray_ready__.remote() for l in roles.learners] + value_ready)
         if not reused:
             connect(c.weight_sync, roles.learners, roles.rollout.engines, rendezvous(placement, "learner") if c.weight_sync == "nccl" else None)
-        roles.rollout.reload = lambda engine: reload_engine(c.weight_sync, roles.learners, engine, roles.rollout.version, cfg.rollout.timeout_s)
+        roles.rollout.reload = lambda engine: reload_engine(c.weight_sync, roles.learners, engine, roles.rollout.version)
     except ray.exceptions.RayActorError as e:
         stop_roles(roles)
         if not reused:
@@ -358,12 +358,12 @@ def restart_learners(cfg: DictConfig, roles: Roles, model_path: str, error: Base
     policy.await_ready(roles.learners, "the learner ranks")
 
 
-def reload_engine(backend: str, learners: list, engine, version: int, timeout_s: float | None) -> None:
+def reload_engine(backend: str, learners: list, engine, version: int) -> None:
     """A replacement engine gets the learners' current weights through the object store: it was
     in no process group, and the ipc backend hands weights over the same way at every sync."""
     if backend == "nccl":
         raise RoleFailed("a rollout engine died; replacing it needs cluster.weight_sync=ray or ipc (the nccl group cannot take a new member)")
-    sync_weights("ray", learners, [engine], version=version, timeout_s=timeout_s)
+    sync_weights("ray", learners, [engine], version=version)
 
 
 @contextlib.contextmanager

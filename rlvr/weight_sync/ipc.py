@@ -35,11 +35,11 @@ def open_shared(handle: bytes) -> torch.Tensor:
 
 def sync(learners: list, engines: list, version: int, bucket_mb: float | None, timeout_s: float | None,
          on_failure: OnFailure | None, start: float) -> tuple[int, float]:
-    specs = ray.get(learners[0].bucket_specs.remote(bucket_mb), timeout=timeout_s)
-    handles = ray.get([l.share_weights.remote(len(engines), bucket_mb) for l in learners], timeout=timeout_s)
+    specs = ray.get(learners[0].bucket_specs.remote(bucket_mb))
+    handles = ray.get([l.share_weights.remote(len(engines), bucket_mb) for l in learners])
     try:
         loads = [e.open_shared_weights.remote(version, handles[i], specs) for i, e in enumerate(engines)]
         load_s = wait_loads(loads, timeout_s, on_failure, start)
     finally:
-        ray.get([l.release_shared.remote() for l in learners], timeout=timeout_s)
+        ray.get([l.release_shared.remote() for l in learners])
     return sum(s.nbytes for bucket in specs for s in bucket), load_s

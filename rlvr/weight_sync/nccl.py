@@ -47,9 +47,9 @@ def connect(learners: list, engines: list, address: tuple[str, int]) -> None:
 
 def sync(learners: list, engines: list, version: int, bucket_mb: float | None, timeout_s: float | None,
          on_failure: OnFailure | None, start: float) -> tuple[int, float]:
-    specs = ray.get(learners[0].bucket_specs.remote(bucket_mb), timeout=timeout_s)
+    specs = ray.get(learners[0].bucket_specs.remote(bucket_mb))
     sends = [l.broadcast_weights.remote(bucket_mb) for l in learners]
     loads = [e.receive_weights.remote(version, specs) for e in engines]
     # a member lost mid-broadcast breaks the group for everyone: no engine can be replaced
     load_s = wait_loads(loads, timeout_s, None, start)
-    return ray.get(sends, timeout=timeout_s)[0], load_s
+    return ray.get(sends)[0], load_s

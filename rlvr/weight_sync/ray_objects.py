@@ -32,7 +32,7 @@ def fetch_buckets(buckets: list[tuple[ray.ObjectRef, list[TensorSpec]]]) -> Iter
 
 def sync(learners: list, engines: list, version: int, bucket_mb: float | None, timeout_s: float | None,
          on_failure: OnFailure | None, start: float) -> tuple[int, float]:
-    exported = ray.get([l.export_weights.remote(bucket_mb) for l in learners], timeout=timeout_s)  # a silent learner: the loop restarts it
+    exported = ray.get([l.export_weights.remote(bucket_mb) for l in learners])
     buckets, nbytes = exported[0]
     load_s = wait_loads([e.update_weights.remote(version, buckets) for e in engines], timeout_s, on_failure, start)
     return nbytes, load_s

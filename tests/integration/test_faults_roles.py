@@ -28,7 +28,7 @@ def test_an_engine_stopped_before_a_weight_sync_is_replaced_and_loaded_not_waite
     learner = PolicyLearner.options(num_cpus=0.1).remote(tiny_learner_config(tiny_model, threads=1), 0, 1, host, port)
     start = lambda i: RolloutEngine.options(num_cpus=0.1).remote(tiny_engine_config(tiny_model, "rollout=hf"))  # noqa: E731
     pool = RolloutPool([start(i) for i in range(engines)], start, max_restarts=1, timeout_s=5, ready_timeout_s=120)
-    pool.reload = lambda engine: reload_engine("ray", [learner], engine, pool.version, pool.timeout_s)
+    pool.reload = lambda engine: reload_engine("ray", [learner], engine, pool.version)
     stopped = pool.engines[0]
     os.kill(ray.get(stopped.__ray_call__.remote(lambda self: os.getpid())), signal.SIGSTOP)
     m = pool.load_weights(backend, [learner], version=7)

@@ -226,6 +226,21 @@ def at_step(monkeypatch, step: int, action: Callable[[], None], before: bool = F
     monkeypatch.setattr(trainer, "train_step", hooked)
 
 
+def in_weight_sync(monkeypatch, step: int, action: Callable[[], None]) -> None:
+    """Run ``action`` once, as the weight sync of ``step`` starts (the learners have updated; the
+    engines have not loaded the new weights)."""
+    from rlvr.rollout.pool import RolloutPool
+
+    inner, done = RolloutPool.load_weights, []
+
+    def hooked(pool, backend: str, learners: list, version: int) -> dict:
+        if version == step and not done:
+            done.append(action())
+        return inner(pool, backend, learners, version)
+
+    monkeypatch.setattr(RolloutPool, "load_weights", hooked)
+
+
 def signal_actors(actor_class: str, sig: int = signal.SIGKILL) -> Callable[[], None]:
     """An `at_step` action: send ``sig`` to every process of ``actor_class`` but the kept ones (`kept_learner`, `kept_engine`)."""
 

@@ -19,7 +19,7 @@ from rlvr.runtime.faults import RestartPolicy, gather, node_name, node_of
 from rlvr.runtime.logs import redirect_actor_output
 from rlvr.seeds import engine_seed
 from rlvr.types import GenerationRequest, Sample
-from rlvr.weight_sync import sync_weights
+from rlvr.weight_sync import Deadlines, sync_weights
 from rlvr.weight_sync.buckets import TensorSpec, unpack
 from rlvr.weight_sync.ipc import open_shared
 from rlvr.weight_sync.nccl import broadcast, open_group
@@ -117,9 +117,10 @@ class RolloutPool:
     name = "rollout"
 
     def __init__(self, engines: list, start: Callable[[int], Any] | None = None, max_restarts: int = 0,
-                 timeout_s: float | None = None, ready_timeout_s: float | None = None):
+                 timeout_s: float | None = None, ready_timeout_s: float | None = None, learner_timeout_s: float | None = None):
         self.engines = engines
         self.start, self.timeout_s = start, timeout_s
+        self.learner_timeout_s = learner_timeout_s  # the learners' side of a sync (trainer.role_timeout_s)
         self.policy = RestartPolicy(self.name, max_restarts if start is not None else 0, ready_timeout_s)
         self.reload: Callable[[Any], None] | None = None  # set by the trainer once the learners exist
         self.version = 0  # of the weights the engines hold: what a replacement is given
@@ -152,9 +153,12 @@ class RolloutPool:
 
     def load_weights(self, backend: str, learners: list, version: int) -> dict:
         """The learners' weights into every engine as `version` (`cluster.weight_sync` names the
-        backend); an engine lost or silent past ``timeout_s`` is replaced, so the sync never hangs."""
+        backend); an engine lost or silent past ``timeout_s`` is replaced, and a learner rank silent
+        past ``learner_timeout_s`` raises ``GetTimeoutError`` (the loop restarts the learners), so
+        the sync never hangs."""
         self.version = version  # what a replacement made during the sync is given
-        return sync_weights(backend, learners, self.engines, version, timeout_s=self.timeout_s, on_failure=self.replace_failed)
+        return sync_weights(backend, learners, self.engines, version, deadlines=Deadlines(self.timeout_s, self.learner_timeout_s),
+                            on_failure=self.replace_failed)
 
     def replace_failed(self, failures: dict[int, BaseException], since: float) -> None:
         """Engines lost during a weight sync (`load_weights`): each is replaced and

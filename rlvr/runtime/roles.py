@@ -31,7 +31,7 @@ from rlvr.runtime.faults import RestartingRole, RestartPolicy, RoleFailed
 from rlvr.runtime.logs import ACTOR_LOG_ENV, actor_log_env
 from rlvr.runtime.placement import Placement, plan_placement, rendezvous
 from rlvr.runtime.sizing import kv_cache_gb
-from rlvr.weight_sync import connect, sync_weights
+from rlvr.weight_sync import Deadlines, connect, sync_weights
 
 log = logging.getLogger("rlvr")
 
@@ -184,7 +184,7 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> Roles:
 
         roles.rollout = RolloutPool(
             reused.get("rollout") or [start_engine(i) for i in range(c.num_engines)], start_engine, cfg.trainer.max_restarts,
-            cfg.rollout.timeout_s, c.placement_timeout_s
+            cfg.rollout.timeout_s, c.placement_timeout_s, learner_timeout_s=cfg.trainer.role_timeout_s
         )
         if c.mode == "colocated":
             # vLLM sizes its KV cache from the free device memory at start-up: let it start before
@@ -199,7 +199,8 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> Roles:
         ray.get([e.weight_version.remote() for e in roles.rollout.engines] + [l.__ray_ready__.remote() for l in roles.learners] + value_ready)
         if not reused:
             connect(c.weight_sync, roles.learners, roles.rollout.engines, rendezvous(placement, "learner") if c.weight_sync == "nccl" else None)
-        roles.rollout.reload = lambda engine: reload_engine(c.weight_sync, roles.learners, engine, roles.rollout.version)
+        roles.rollout.reload = lambda engine: reload_engine(c.weight_sync, roles.learners, engine, roles.rollout.version,
+                                                            cfg.trainer.role_timeout_s)
     except ray.exceptions.RayActorError as e:
         stop_roles(roles)
         if not reused:
@@ -358,12 +359,20 @@ def restart_learners(cfg: DictConfig, roles: Roles, model_path: str, error: Base
     policy.await_ready(roles.learners, "the learner ranks")
 
 
-def reload_engine(backend: str, learners: list, engine, version: int) -> None:
+def reload_engine(backend: str, learners: list, engine, version: int, timeout_s: float | None) -> None:
     """A replacement engine gets the learners' current weights through the object store: it was
-    in no process group, and the ipc backend hands weights over the same way at every sync."""
+    in no process group, and the ipc backend hands weights over the same way at every sync.
+
+    `timeout_s` (`trainer.role_timeout_s`, not the generate deadline: a new engine's first load
+    may include its warm-up) bounds both sides; a replacement that does not load stops the run.
+    """
     if backend == "nccl":
         raise RoleFailed("a rollout engine died; replacing it needs cluster.weight_sync=ray or ipc (the nccl group cannot take a new member)")
-    sync_weights("ray", learners, [engine], version=version)
+
+    def lost(failures: dict[int, BaseException], since: float) -> None:
+        raise RoleFailed(f"a replacement rollout engine did not load the weights: {failures[0]}")
+
+    sync_weights("ray", learners, [engine], version=version, deadlines=Deadlines(timeout_s, timeout_s, "trainer.role_timeout_s"), on_failure=lost)
 
 
 @contextlib.contextmanager

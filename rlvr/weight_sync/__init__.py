@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 
 from rlvr.weight_sync import ipc, nccl, ray_objects
-from rlvr.weight_sync.base import OnFailure
+from rlvr.weight_sync.base import NO_DEADLINES, Deadlines, OnFailure
 
 BACKENDS = {"ray": ray_objects, "nccl": nccl, "ipc": ipc}
 
@@ -34,17 +34,19 @@ def connect(backend: str, learners: list, engines: list, address: tuple[str, int
 
 
 def sync_weights(backend: str, learners: list, engines: list, version: int, bucket_mb: float | None = None,
-                 timeout_s: float | None = None, on_failure: OnFailure | None = None) -> dict:
+                 deadlines: Deadlines = NO_DEADLINES, on_failure: OnFailure | None = None) -> dict:
     """Driver side of one sync. Every learner rank takes part (ZeRO-3 gathers collectively).
 
     `bucket_mb` overrides the learners' `learner.bucket_mb`. Returns seconds, bytes and GB/s.
-    With `on_failure`, an engine that dies or does not load within `timeout_s` (a stopped process
-    never answers) does not hang or fail the sync: ``on_failure({engine index: error}, start)``
+    With `on_failure`, an engine that dies or does not load within `deadlines.engines` (a stopped
+    process never answers) does not hang or fail the sync: ``on_failure({engine index: error}, start)``
     runs once the others have loaded, and replaces them (`RolloutPool.replace_failed`).
+    A learner rank silent past `deadlines.learners` (its export, share or broadcast) raises
+    `ray.exceptions.GetTimeoutError`: the loop restarts the learners, as for a silent update.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown weight sync backend {backend!r}; known: {tuple(BACKENDS)}")
     start = time.perf_counter()
-    nbytes, load_s = BACKENDS[backend].sync(learners, engines, version, bucket_mb, timeout_s, on_failure, start)
+    nbytes, load_s = BACKENDS[backend].sync(learners, engines, version, bucket_mb, deadlines, on_failure, start)
     seconds = time.perf_counter() - start
     return {"time/sync": seconds, "sync/bytes": nbytes, "sync/load_s": load_s, "sync/gb_per_s": nbytes / 1e9 / max(seconds, 1e-9)}

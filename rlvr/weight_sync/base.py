@@ -1,25 +1,39 @@
 """What a backend is: one module holding both ends of its wire (the learner's send, the engine's
 receive, as functions the actors call) and `sync`, the driver's side of one sync.
 
-    def sync(learners, engines, version, bucket_mb, timeout_s, on_failure, start) -> (bytes sent, load seconds)
+    def sync(learners, engines, version, bucket_mb, deadlines, on_failure, start) -> (bytes sent, load seconds)
 
-`wait_loads` is the engines' end of every backend's sync: each load has a deadline, and a lost
-engine is handed to `on_failure` (or raises) instead of hanging the run.
+Both sides of a sync have a deadline (`Deadlines`), so a stopped process on either side cannot hang
+the run: `wait_loads` is the engines' end of every backend's sync (each load within
+`deadlines.engines`; a lost engine is handed to `on_failure`, or raises), and every wait on the
+learners passes `deadlines.learners` to `ray.get`, whose `GetTimeoutError` the loop treats as a
+lost learner.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from rlvr.runtime.faults import gather
 
 OnFailure = Callable[[dict[int, BaseException], float], None]
 
 
-def wait_loads(loads: list, timeout_s: float | None, on_failure: Callable | None, start: float) -> float:
+class Deadlines(NamedTuple):
+    """Seconds one sync waits on each side (None: for ever)."""
+
+    engines: float | None  # each engine's load
+    learners: float | None  # each wait on the learner ranks (export, share, broadcast)
+    engines_key: str = "rollout.timeout_s"  # the config key that set `engines`, for the message
+
+
+NO_DEADLINES = Deadlines(None, None)
+
+
+def wait_loads(loads: list, deadlines: Deadlines, on_failure: Callable | None, start: float) -> float:
     """The slowest engine's load seconds. Without `on_failure` a lost engine raises (a missed
     deadline as `TimeoutError`); with it, the lost engines are handed to it by index."""
-    answers, failures = gather(dict(enumerate(loads)), timeout_s, "rollout.timeout_s")
+    answers, failures = gather(dict(enumerate(loads)), deadlines.engines, deadlines.engines_key)
     if failures and on_failure is None:
         raise next(iter(failures.values()))
     if failures:

@@ -10,7 +10,7 @@ import pickle
 import ray
 import torch
 
-from rlvr.weight_sync.base import OnFailure, wait_loads
+from rlvr.weight_sync.base import Deadlines, OnFailure, wait_loads
 
 
 def share(flat: torch.Tensor) -> bytes:
@@ -33,13 +33,13 @@ def open_shared(handle: bytes) -> torch.Tensor:
     return pickle.loads(handle)
 
 
-def sync(learners: list, engines: list, version: int, bucket_mb: float | None, timeout_s: float | None,
+def sync(learners: list, engines: list, version: int, bucket_mb: float | None, deadlines: Deadlines,
          on_failure: OnFailure | None, start: float) -> tuple[int, float]:
-    specs = ray.get(learners[0].bucket_specs.remote(bucket_mb))
-    handles = ray.get([l.share_weights.remote(len(engines), bucket_mb) for l in learners])
+    specs = ray.get(learners[0].bucket_specs.remote(bucket_mb), timeout=deadlines.learners)
+    handles = ray.get([l.share_weights.remote(len(engines), bucket_mb) for l in learners], timeout=deadlines.learners)
     try:
         loads = [e.open_shared_weights.remote(version, handles[i], specs) for i, e in enumerate(engines)]
-        load_s = wait_loads(loads, timeout_s, on_failure, start)
+        load_s = wait_loads(loads, deadlines, on_failure, start)
     finally:
-        ray.get([l.release_shared.remote() for l in learners])
+        ray.get([l.release_shared.remote() for l in learners], timeout=deadlines.learners)
     return sum(s.nbytes for bucket in specs for s in bucket), load_s

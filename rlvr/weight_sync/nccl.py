@@ -9,7 +9,7 @@ import datetime
 import ray
 import torch
 
-from rlvr.weight_sync.base import OnFailure, wait_loads
+from rlvr.weight_sync.base import Deadlines, OnFailure, wait_loads
 
 
 def open_group(host: str, port: int, world_size: int, rank: int, device: torch.device, timeout_s: float = 600.0):
@@ -45,11 +45,11 @@ def connect(learners: list, engines: list, address: tuple[str, int]) -> None:
     )
 
 
-def sync(learners: list, engines: list, version: int, bucket_mb: float | None, timeout_s: float | None,
+def sync(learners: list, engines: list, version: int, bucket_mb: float | None, deadlines: Deadlines,
          on_failure: OnFailure | None, start: float) -> tuple[int, float]:
-    specs = ray.get(learners[0].bucket_specs.remote(bucket_mb))
+    specs = ray.get(learners[0].bucket_specs.remote(bucket_mb), timeout=deadlines.learners)
     sends = [l.broadcast_weights.remote(bucket_mb) for l in learners]
     loads = [e.receive_weights.remote(version, specs) for e in engines]
     # a member lost mid-broadcast breaks the group for everyone: no engine can be replaced
-    load_s = wait_loads(loads, timeout_s, None, start)
-    return ray.get(sends)[0], load_s
+    load_s = wait_loads(loads, deadlines, None, start)
+    return ray.get(sends, timeout=deadlines.learners)[0], load_s

@@ -9,7 +9,7 @@ from typing import Iterator
 import ray
 import torch
 
-from rlvr.weight_sync.base import OnFailure, wait_loads
+from rlvr.weight_sync.base import Deadlines, OnFailure, wait_loads
 from rlvr.weight_sync.buckets import TensorSpec, pack, unpack
 
 
@@ -30,9 +30,9 @@ def fetch_buckets(buckets: list[tuple[ray.ObjectRef, list[TensorSpec]]]) -> Iter
         yield from unpack(flat, specs)
 
 
-def sync(learners: list, engines: list, version: int, bucket_mb: float | None, timeout_s: float | None,
+def sync(learners: list, engines: list, version: int, bucket_mb: float | None, deadlines: Deadlines,
          on_failure: OnFailure | None, start: float) -> tuple[int, float]:
-    exported = ray.get([l.export_weights.remote(bucket_mb) for l in learners])
+    exported = ray.get([l.export_weights.remote(bucket_mb) for l in learners], timeout=deadlines.learners)
     buckets, nbytes = exported[0]
-    load_s = wait_loads([e.update_weights.remote(version, buckets) for e in engines], timeout_s, on_failure, start)
+    load_s = wait_loads([e.update_weights.remote(version, buckets) for e in engines], deadlines, on_failure, start)
     return nbytes, load_s

@@ -73,8 +73,9 @@ GRID = {
 LONG = {"configs": ["grpo", "grpo-n6", "v05@grpo-agg", "v05", "v05+focal", "grpo+focal", "grpo+hadw", "dapo", "cispo"],
         "steps": 40, "eval_every": 10, "out": Path("benchmarks/results/learning_efficiency_long")}
 SHORT = {"configs": [c for c in GRID if c != "grpo-n6"], "steps": 12, "eval_every": 4, "out": Path("benchmarks/results/learning_efficiency")}
-# the oracle (rlvr/train/oracle.py) measures the baselines these runs use; never trained on, not counted as spend
-ORACLE = {"grpo", "grpo-n6", "v05", "v05@grpo-agg"}
+# the oracle (rlvr/train/oracle.py) measures the baselines these runs use, and on grpo+hadw the advantage bias
+# with and without HA-DW's weights; never trained on, not counted as spend (seed 0 of grpo+hadw ran without it)
+ORACLE = {"grpo", "grpo-n6", "v05", "v05@grpo-agg", "grpo+hadw"}
 # question 4: differences by task family, where HA-DW and focal claim effects that depend on difficulty
 FAMILY_PAIRS = (("v05", "grpo"), ("grpo-n6", "grpo"), ("v05", "grpo-n6"), ("v05@grpo-agg", "grpo-n6"),
                 ("grpo+hadw", "grpo"), ("grpo+focal", "grpo"), ("v05+focal", "v05"))
@@ -446,7 +447,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--quick", action="store_true", help="tiny model, one step per run: checks the pipeline only")
-    parser.add_argument("--long", action="store_true", help="the long grid: 40 steps, the oracle on grpo, grpo-n6 and V0.5, bf16")
+    parser.add_argument("--long", action="store_true", help="the long grid: 40 steps, the oracle on grpo, grpo-n6, V0.5 and grpo+hadw, bf16")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("extra", nargs="*", help="more key=value overrides for every run")
     args = parser.parse_args(argv)

@@ -13,6 +13,7 @@ def test_the_long_learning_efficiency_grid_is_issue_28s():
     grpo, dapo = le.budget(args, "grpo"), le.budget(args, "dapo")
     assert "eval.oracle.samples=32" in grpo and "eval.oracle.every=5" in grpo and "trainer.steps=40" in grpo
     assert not any(o.startswith("eval.oracle") for o in dapo)
+    assert "eval.oracle.samples=32" in le.budget(args, "grpo+hadw")  # HA-DW's bias, with and without its weights
     assert not any(o.startswith("model.train_dtype") for o in grpo)
     assert le.GRID["grpo-n6"][-1] == "algorithm.n=6"
     short = le.parse_args([])

@@ -13,24 +13,43 @@ from rlvr.learner.actor import PolicyLearner
 from rlvr.runtime.faults import RestartingRole, RoleFailed, gather
 
 
+def fresh_learner(tiny_model: str):
+    """A learner of its own: these tests stop or kill it, so the kept actors cannot serve."""
+    from helpers import tiny_learner_config
+
+    from rlvr.runtime.placement import node_address
+
+    host, port = ray.get(node_address.remote())
+    return PolicyLearner.options(num_cpus=0.1).remote(tiny_learner_config(tiny_model, threads=1), 0, 1, host, port)
+
+
+def fresh_engine(tiny_model: str):
+    """An HF engine of its own, for the same reason."""
+    from helpers import tiny_engine_config
+
+    from rlvr.rollout.pool import RolloutEngine
+
+    return RolloutEngine.options(num_cpus=0.1).remote(tiny_engine_config(tiny_model, "rollout=hf"))
+
+
+def pid_of(actor) -> int:
+    return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend, engines", [("ray", 2), ("ipc", 1)])  # ipc pairs learner rank r with engine r
 def test_an_engine_stopped_before_a_weight_sync_is_replaced_and_loaded_not_waited_for(backend, engines, ray_session, tiny_model):
     """A SIGSTOPped engine never answers its load: the sync gives up on it after rollout.timeout_s,
     any other engine keeps the weights it loaded, and the replacement gets the learner's."""
-    from helpers import tiny_engine_config, tiny_learner_config
-
-    from rlvr.rollout.pool import RolloutEngine, RolloutPool
-    from rlvr.runtime.placement import node_address
+    from rlvr.rollout.pool import RolloutPool
     from rlvr.runtime.roles import reload_engine
 
-    host, port = ray.get(node_address.remote())
-    learner = PolicyLearner.options(num_cpus=0.1).remote(tiny_learner_config(tiny_model, threads=1), 0, 1, host, port)
-    start = lambda i: RolloutEngine.options(num_cpus=0.1).remote(tiny_engine_config(tiny_model, "rollout=hf"))  # noqa: E731
+    learner = fresh_learner(tiny_model)
+    start = lambda i: fresh_engine(tiny_model)  # noqa: E731
     pool = RolloutPool([start(i) for i in range(engines)], start, max_restarts=1, timeout_s=5, ready_timeout_s=120)
     pool.reload = lambda engine: reload_engine("ray", [learner], engine, pool.version, timeout_s=120)
     stopped = pool.engines[0]
-    os.kill(ray.get(stopped.__ray_call__.remote(lambda self: os.getpid())), signal.SIGSTOP)
+    os.kill(pid_of(stopped), signal.SIGSTOP)
     m = pool.load_weights(backend, [learner], version=7)
     assert pool.policy.restarts == 1 and pool.engines[0] is not stopped and pool.policy.seconds_lost >= 5
     assert ray.get([e.weight_version.remote() for e in pool.engines]) == [7] * engines
@@ -44,18 +63,13 @@ def test_an_engine_stopped_before_a_weight_sync_is_replaced_and_loaded_not_waite
 def test_a_learner_stopped_before_a_weight_sync_raises_at_its_deadline(backend, ray_session, tiny_model):
     """The learners' side of a sync has a deadline too (trainer.role_timeout_s in a run): a SIGSTOPped
     learner rank raises GetTimeoutError, which the loop treats as a lost learner, instead of hanging."""
-    from helpers import tiny_engine_config, tiny_learner_config
+    from rlvr.rollout.pool import RolloutPool
 
-    from rlvr.rollout.pool import RolloutEngine, RolloutPool
-    from rlvr.runtime.placement import node_address
-
-    host, port = ray.get(node_address.remote())
-    learner = PolicyLearner.options(num_cpus=0.1).remote(tiny_learner_config(tiny_model, threads=1), 0, 1, host, port)
-    engine = RolloutEngine.options(num_cpus=0.1).remote(tiny_engine_config(tiny_model, "rollout=hf"))
+    learner, engine = fresh_learner(tiny_model), fresh_engine(tiny_model)
     pool = RolloutPool([engine], timeout_s=60)
     assert pool.load_weights(backend, [learner], version=1)["sync/bytes"] > 0  # both sides up, with no deadline on start-up
     pool.learner_timeout_s = 5
-    pid = ray.get(learner.__ray_call__.remote(lambda self: os.getpid()))
+    pid = pid_of(learner)
     os.kill(pid, signal.SIGSTOP)
     start = time.perf_counter()
     with pytest.raises(ray.exceptions.GetTimeoutError):
@@ -70,17 +84,11 @@ def test_a_learner_stopped_before_a_weight_sync_raises_at_its_deadline(backend, 
 def test_a_replacement_engine_that_does_not_load_stops_the_run_at_its_deadline(ray_session, tiny_model):
     """A replacement's first load is timed by trainer.role_timeout_s (it may include the engine's
     warm-up): a stopped replacement raises RoleFailed, naming the key, instead of hanging."""
-    from helpers import tiny_engine_config, tiny_learner_config
-
-    from rlvr.rollout.pool import RolloutEngine
-    from rlvr.runtime.placement import node_address
     from rlvr.runtime.roles import reload_engine
 
-    host, port = ray.get(node_address.remote())
-    learner = PolicyLearner.options(num_cpus=0.1).remote(tiny_learner_config(tiny_model, threads=1), 0, 1, host, port)
-    engine = RolloutEngine.options(num_cpus=0.1).remote(tiny_engine_config(tiny_model, "rollout=hf"))
+    learner, engine = fresh_learner(tiny_model), fresh_engine(tiny_model)
     ray.get([learner.__ray_ready__.remote(), engine.weight_version.remote()])
-    os.kill(ray.get(engine.__ray_call__.remote(lambda self: os.getpid())), signal.SIGSTOP)
+    os.kill(pid_of(engine), signal.SIGSTOP)
     start = time.perf_counter()
     with pytest.raises(RoleFailed, match=r"a replacement rollout engine did not load the weights: no answer within trainer.role_timeout_s=5"):
         reload_engine("ray", [learner], engine, version=3, timeout_s=5)

@@ -391,19 +391,23 @@ def by_family(curves: dict, runs: dict, last: int, uids: list[str], shapes: dict
 
 
 def oracle_errors(args, runs: dict) -> dict:
-    """Each baseline's squared error against the oracle's p*, pooled over a config's seeds
-    (`rlvr.train.oracle.report`), for the configs whose runs logged oracle records."""
+    """Each baseline's squared error against the oracle's p* and the advantage bias
+    (`rlvr.train.oracle.report`), and the gradient's cosine with the oracle's
+    (`oracle_report.cosine_summary`), pooled over a config's seeds, for the configs whose runs
+    logged oracle records."""
+    from benchmarks.experiments.oracle_report import cosine_summary
     from rlvr.train.oracle import report as oracle_report
 
     out = {}
     for config in runs:
-        records = []
+        records, dirs = [], []
         for s in args.seeds:
             path = run_dir(args, config, s) / "oracle.jsonl"
             if path.is_file():
                 records += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+                dirs.append(path.parent)
         if records:
-            out[config] = oracle_report(records, reps=args.bootstrap)
+            out[config] = {**oracle_report(records, reps=args.bootstrap), "grad_cosine": cosine_summary(dirs, reps=args.bootstrap)}
     return out
 
 

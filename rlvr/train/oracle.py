@@ -222,8 +222,13 @@ def report(records: list[dict], reps: int = 2000, seed: int = 0) -> dict:
 def bias_report(records: list[dict], idx) -> dict:
     """Mean Â − A* over the rollouts of each p* bucket (hard, easy) and side (correct, wrong), raw
     and with the weighting when the run had one, with 95 % bootstrap intervals over records (the
-    resamples ``idx``)."""
+    resamples ``idx``). With both, ``reduction`` is |raw| − |weighted|, paired on the same
+    resamples: above 0 where the weighting brings the bias closer to 0."""
     import numpy as np
+
+    def interval(boot: np.ndarray) -> list[float]:
+        boot = boot[~np.isnan(boot)]
+        return [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
 
     p = np.array([r["p_star"] for r in records])
     buckets = {"hard": (p > 0) & (p < HARD_BELOW), "easy": (p > EASY_ABOVE) & (p < 1)}
@@ -231,15 +236,18 @@ def bias_report(records: list[dict], idx) -> dict:
     for bucket, in_bucket in buckets.items():
         for cls in ("correct", "wrong"):
             count = np.array([r.get(f"n_{cls}", 0) for r in records], dtype=float) * in_bucket
+            boots, means = {}, {}
             for suffix, name in (("", "raw"), ("_weighted", "weighted")):
                 key = f"bias_{cls}{suffix}"
                 if not count.sum() or not any(key in r for r in records):
                     continue
                 total = np.array([r.get(key, 0.0) for r in records]) * count  # a record's mean times its rollouts
-                boot = total[idx].sum(1) / np.where(count[idx].sum(1) > 0, count[idx].sum(1), np.nan)
-                boot = boot[~np.isnan(boot)]
+                boots[name] = total[idx].sum(1) / np.where(count[idx].sum(1) > 0, count[idx].sum(1), np.nan)
+                means[name] = float(total.sum() / count.sum())
                 out.setdefault(bucket, {}).setdefault(cls, {})[name] = {
-                    "mean": float(total.sum() / count.sum()), "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
-                    "rollouts": int(count.sum()),
+                    "mean": means[name], "ci95": interval(boots[name]), "rollouts": int(count.sum()),
                 }
+            if len(boots) == 2:
+                out[bucket][cls]["reduction"] = {"mean": abs(means["raw"]) - abs(means["weighted"]),
+                                                 "ci95": interval(np.abs(boots["raw"]) - np.abs(boots["weighted"]))}
     return out

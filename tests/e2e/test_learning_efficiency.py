@@ -41,6 +41,7 @@ def test_quick_grid_runs_resumes_and_reports(tmp_path, tiny_model, capsys):
     assert (tmp_path / "runs" / "grpo-s0" / "oracle.jsonl").stat().st_size > 0
     oracle = result["answers"]["5_oracle_baseline_mse"]
     assert set(oracle) == {"grpo", "v05"} and oracle["v05"]["records"] == 2 and "v05" in oracle["v05"]["baselines"]
+    assert all("grad_cosine" in oracle[c] for c in oracle)  # None where no oracle step computed one
     saved = json.loads((tmp_path / "learning_efficiency.json").read_text())
     assert saved["held_out_prompts"] == 4 and (tmp_path / "learning_efficiency.png").stat().st_size > 0
     capsys.readouterr()

@@ -109,3 +109,7 @@ def test_the_report_gives_the_advantage_bias_by_bucket_with_intervals():
     assert bias["hard"]["correct"]["raw"]["rollouts"] == 4
     lo, hi = bias["hard"]["correct"]["raw"]["ci95"]
     assert -2.0 <= lo <= bias["hard"]["correct"]["raw"]["mean"] <= hi <= -1.0
+    # the weights halve the hard-correct bias in both records: |raw| - |weighted| is above 0, paired
+    reduction = bias["hard"]["correct"]["reduction"]
+    assert reduction["mean"] == pytest.approx(7 / 4 - (0.5 * 1 + 1.0 * 3) / 4)
+    assert 0.5 <= reduction["ci95"][0] <= reduction["mean"] <= reduction["ci95"][1] <= 1.0

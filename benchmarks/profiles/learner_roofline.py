@@ -1,6 +1,6 @@
 """The learner against this machine's own matmul peak (issue "Performance at the limit of the box", part 1).
 
-    .venv/bin/python -m benchmarks.learner_roofline [--sequences 32] [--repeats 3] [key=value ...]
+    .venv/bin/python -m benchmarks.profiles.learner_roofline [--sequences 32] [--repeats 3] [key=value ...]
 
 On one batch shaped like the default job's (`learner_profile.default_job_batch`), with the job's
 learner settings (dtype, threads, micro-batch size, shared prompts):
@@ -76,13 +76,15 @@ def forward_flops(m: dict, mb: "Collated") -> dict[str, float]:
 
 
 def gemm_shapes(m: dict, mb: "Collated", packed: bool) -> list[tuple[int, int, int]]:
-    """(M, K, N) of every forward GEMM the micro-batch runs, at its padded shapes: the prompt rows,
-    the response rows ([B, T - 1], or [G, L] packed) and the LM head's ([B, T], or the real tokens packed)."""
+    """(M, K, N) of every forward GEMM the micro-batch runs, at the shapes it runs them: the prompt
+    rows ([G, P] padded, or the real tokens packed), the response rows ([B, T - 1], or the real fed
+    tokens packed) and the LM head's ([B, T], or the real tokens packed)."""
     follow = mb.response_ids.shape[1] - 1
+    prompt_rows = int(mb.prompt_mask.sum()) if packed else mb.prompt_ids.numel()
     response_rows = mb.packed_ids.numel() if packed else mb.response_ids.shape[0] * follow
     head_rows = len(mb.packed_source) if packed else mb.response_ids.shape[0] * (follow + 1)
     shapes = []
-    for rows in (mb.prompt_ids.numel(), response_rows):
+    for rows in (prompt_rows, response_rows):
         if rows:
             shapes += [(rows, i, o) for i, o in projections(m)] * m["layers"]
     shapes.append((head_rows, m["d"], m["vocab"]))

@@ -1,7 +1,7 @@
 """How a step's cost grows with the work (issue "Performance at the limit of the box", part 4).
 
-    .venv/bin/python -m benchmarks.scaling [--prompts 8,16,32,64] [--max-tokens 64,256,1024] [--steps 2] [key=value ...]
-    .venv/bin/python -m benchmarks.scaling --quick      # the tiny model, two small settings (the test)
+    .venv/bin/python -m benchmarks.profiles.scaling [--prompts 8,16,32,64] [--max-tokens 64,256,1024] [--steps 2] [key=value ...]
+    .venv/bin/python -m benchmarks.profiles.scaling --quick      # the tiny model, two small settings (the test)
 
 Trains the default model with GRPO (a fixed n rollouts per prompt, so the work is what the setting
 says; V0.5 would buy a variable number) in this process, once per setting: prompts per step

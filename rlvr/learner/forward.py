@@ -6,6 +6,7 @@ tests run it on a bare Hugging Face model.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 
 import torch
@@ -68,29 +69,84 @@ def response_logprobs(model, mb: Collated, temperature: float = 1.0, share_promp
 
 
 def packed_logprobs(model, mb: Collated, temperature: float = 1.0, head_chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """`response_logprobs` with each prompt's responses packed after it: the same numbers.
+    """`response_logprobs` with no padding at all: the same numbers.
 
-    The distinct prompts run once ([G, P], cached, as in the shared path). Then row g holds every
-    response of prompt g back to back ([G, L], L the longest row): a response's token sees its
-    prompt and the tokens of its own response up to itself, never a sibling's, and its position
-    restarts at the prompt's length. The prompt cache is used as it is, one row per prompt (no copy
-    per sequence). The LM head, log-softmax and entropy run on the real response positions only
-    ([N, vocab]); the results are scattered back to [B, T], zero at padding.
+    The micro-batch's distinct prompts run once, back to back in one row ([1, ΣP], positions
+    restarting at each prompt, causal within it), cached. Then every response token runs in a
+    second row ([1, ΣR]), prompt g's responses back to back: a response's token sees its prompt
+    and its own response up to itself, never a sibling's, and its position restarts at the
+    prompt's length. Attention runs one prompt at a time (`_segment_attention`, torch's SDPA on
+    that prompt's queries and keys only), the rest of the decoder on the two rows as they are, so
+    the projections and MLPs see real tokens only, as `flash_attn_varlen` would arrange on a GPU.
+    The LM head, log-softmax and entropy run on the real response positions ([N, vocab]); the
+    results are scattered back to [B, T], zero at padding.
     """
-    prompt_mask, prompt_len = mb.prompt_mask, mb.prompt_len
-    prompt, last = _prompt_forward(model, mb)
-    hidden = [last]  # predicts each response's first token
-    seq, local = mb.packed_seq, mb.packed_local
-    if seq.shape[1]:
-        own = (seq[:, :, None] == seq[:, None, :]) & (local[:, None, :] <= local[:, :, None]) & (seq[:, :, None] >= 0)
-        allowed = torch.cat([prompt_mask[:, None, :].expand(-1, seq.shape[1], -1), own], 2)  # a pad slot sees the prompt: no empty row
-        out = model.get_decoder()(input_ids=mb.packed_ids, attention_mask=_attention_mask(allowed[:, None], model),
-                      position_ids=prompt_len[:, None] + local.clamp(min=0), past_key_values=prompt.past_key_values, use_cache=True)
-        hidden.append(out.last_hidden_state.reshape(-1, out.last_hidden_state.shape[-1]))
+    decoder, prompt_len = model.get_decoder(), mb.prompt_len
+    ends = prompt_len.cumsum(0).tolist()
+    starts = [0, *ends[:-1]]
+    prompt_ids = mb.prompt_ids[mb.prompt_mask][None]  # row-major: prompt g's tokens at [starts[g], ends[g])
+    prompt_positions = torch.cat([torch.arange(int(n), device=prompt_ids.device) for n in prompt_len])[None]
+    causal = [(slice(a, b), [slice(a, b)], None) for a, b in zip(starts, ends)]
+    with _segmented(model):
+        prompt = decoder(input_ids=prompt_ids, position_ids=prompt_positions, use_cache=True, segments=causal)
+        hidden = [prompt.last_hidden_state[0, [e - 1 for e in ends]]]  # predicts each response's first token
+        bounds, seq, local = mb.packed_bounds.tolist(), mb.packed_seq, mb.packed_local
+        if seq.numel():
+            total = ends[-1]
+            segments = []
+            for g, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+                if a == b:
+                    continue
+                own = (seq[a:b, None] == seq[None, a:b]) & (local[None, a:b] <= local[a:b, None])
+                sees_prompt = torch.ones(b - a, ends[g] - starts[g], dtype=torch.bool, device=own.device)
+                segments.append((slice(a, b), [slice(starts[g], ends[g]), slice(total + a, total + b)], torch.cat([sees_prompt, own], 1)[None, None]))
+            group = torch.repeat_interleave(torch.arange(len(bounds) - 1, device=seq.device), torch.tensor(bounds).diff().to(seq.device))
+            out = decoder(input_ids=mb.packed_ids, position_ids=(prompt_len[group] + local)[None], past_key_values=prompt.past_key_values,
+                          use_cache=True, segments=segments)
+            hidden.append(out.last_hidden_state[0])
     rows, cols = mb.real_rows, mb.real_cols
     real_logp, real_entropy = _token_logprobs(model, torch.cat(hidden)[mb.packed_source], mb.response_ids[rows, cols], temperature, head_chunk)
     logp = torch.zeros(mb.response_ids.shape, dtype=real_logp.dtype, device=real_logp.device).index_put((rows, cols), real_logp)
     return logp, torch.zeros_like(logp).index_put_((rows, cols), real_entropy)
+
+
+SEGMENTED = "rlvr_segmented"  # the attention `packed_logprobs` switches a model to for its two forwards
+
+
+def _segment_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
+                       scaling: float | None = None, dropout: float = 0.0, segments: list | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+    """Attention over one packed row, a segment at a time: each segment (queries, key slices, mask)
+    attends over its own keys only, with the mask, or causally where it is None. query [1, H, Q, d],
+    key and value [1, H_kv, K, d] (K includes the cache); returns [1, Q, H, d] as HF's attention does."""
+    groups = query.shape[1] // key.shape[1]
+    outputs = []
+    for queries, key_slices, mask in segments:
+        k = torch.cat([key[:, :, s] for s in key_slices], 2) if len(key_slices) > 1 else key[:, :, key_slices[0]]
+        v = torch.cat([value[:, :, s] for s in key_slices], 2) if len(key_slices) > 1 else value[:, :, key_slices[0]]
+        if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
+            k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+        outputs.append(F.scaled_dot_product_attention(query[:, :, queries], k, v, attn_mask=mask, dropout_p=dropout,
+                                                      is_causal=mask is None, scale=scaling))
+    return torch.cat(outputs, 2).transpose(1, 2), None
+
+
+@contextmanager
+def _segmented(model):
+    """The model's attention is `_segment_attention` inside the block (HF reads
+    `config._attn_implementation` at every call), its own outside; backward does not call it again."""
+    from transformers import AttentionInterface
+
+    if SEGMENTED not in AttentionInterface._global_mapping:
+        AttentionInterface.register(SEGMENTED, _segment_attention)
+    if getattr(model.config, "attn_logit_softcapping", None) or getattr(model.config, "use_sliding_window", False):
+        raise ValueError(f"learner.pack_responses: {type(model).__name__}'s attention is not plain scaled dot-product (softcapping or "
+                         "a sliding window); set learner.pack_responses=false")
+    base = model.config._attn_implementation
+    model.config._attn_implementation = SEGMENTED
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = base
 
 
 def _prompt_forward(model, mb: Collated):
@@ -157,10 +213,11 @@ class Collated:
     rollout_logprobs: torch.Tensor  # [B, T] the engine's μ (0 where none)
     has_rollout_logprobs: bool  # every sequence came with μ
     advantages: torch.Tensor  # [B]
-    packed_ids: torch.Tensor  # [G, L] each prompt's responses' fed tokens back to back (`_packed_layout`)
-    packed_seq: torch.Tensor  # [G, L] a slot's sequence (-1 at padding)
-    packed_local: torch.Tensor  # [G, L] a slot's index in its sequence (-1 at padding)
-    packed_source: torch.Tensor  # per real response token: the flattened hidden that predicts it
+    packed_ids: torch.Tensor  # [1, R] every fed response token, prompt by prompt (`_packed_layout`)
+    packed_seq: torch.Tensor  # [R] a slot's sequence
+    packed_local: torch.Tensor  # [R] a slot's index in its sequence
+    packed_bounds: torch.Tensor  # [G + 1] prompt g's responses fill slots [bounds[g], bounds[g + 1])
+    packed_source: torch.Tensor  # per real response token: the hidden that predicts it ([G] prompt ends, then the R slots)
     real_rows: torch.Tensor  # per real response token: its sequence
     real_cols: torch.Tensor  # per real response token: its position
 
@@ -205,42 +262,41 @@ def collate(seqs: list[Trajectory], pad_id: int, device) -> Collated:
 
 
 def _packed_layout(lengths: list[int], group_of: list[int], groups: int, response_ids: torch.Tensor) -> dict:
-    """Where each response token lives in `packed_logprobs`' rows. Row g holds the fed tokens (all
-    but the last) of prompt g's responses back to back; `packed_seq`/`packed_local` name a slot's
-    sequence and index in it (-1 at padding). Response token t of sequence b is predicted by the
-    prompt's last position (t = 0: row g of the prompt hiddens) or by slot t - 1 of its run
-    (`groups + g * L + offset + t - 1` in the flattened packed hiddens): `packed_source`, listed
-    over the real positions (`real_rows`, `real_cols`)."""
-    runs: dict[int, list[int]] = {}
+    """Where each response token lives in `packed_logprobs`' response row: the fed tokens (all but
+    the last) of prompt 0's responses back to back, then prompt 1's, and so on; `packed_seq` and
+    `packed_local` name a slot's sequence and its index in it. Response token t of sequence b is
+    predicted by its prompt's last position (t = 0: row g of the [G] prompt hiddens) or by slot
+    t - 1 of its run (`groups + offset + t - 1` once the prompt hiddens and the slots are
+    concatenated): `packed_source`, listed over the real positions (`real_rows`, `real_cols`)."""
+    runs: list[list[int]] = [[] for _ in range(groups)]
     for b, g in enumerate(group_of):
-        runs.setdefault(g, []).append(b)
-    width = max([sum(max(lengths[b] - 1, 0) for b in bs) for bs in runs.values()] + [0])
-    ids = torch.zeros((groups, width), dtype=torch.long)
-    seq = torch.full((groups, width), -1, dtype=torch.long)
-    local = torch.full((groups, width), -1, dtype=torch.long)
-    source, rows, cols = [], [], []
-    for g, bs in runs.items():
-        offset = 0
+        runs[g].append(b)
+    ids, seq, local, bounds, source, rows, cols = [], [], [], [0], [], [], []
+    for g, bs in enumerate(runs):
         for b in bs:
             fed = max(lengths[b] - 1, 0)
-            ids[g, offset : offset + fed] = response_ids[b, :fed]
-            seq[g, offset : offset + fed] = b
-            local[g, offset : offset + fed] = torch.arange(fed)
+            offset = len(seq)
+            ids += response_ids[b, :fed].tolist()
+            seq += [b] * fed
+            local += range(fed)
             for t in range(lengths[b]):
-                source.append(g if t == 0 else groups + g * width + offset + t - 1)
+                source.append(g if t == 0 else groups + offset + t - 1)
                 rows.append(b)
                 cols.append(t)
-            offset += fed
+        bounds.append(len(seq))
     as_long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
-    return {"packed_ids": ids, "packed_seq": seq, "packed_local": local, "packed_source": as_long(source),
-            "real_rows": as_long(rows), "real_cols": as_long(cols)}
+    return {"packed_ids": as_long(ids)[None], "packed_seq": as_long(seq), "packed_local": as_long(local), "packed_bounds": as_long(bounds),
+            "packed_source": as_long(source), "real_rows": as_long(rows), "real_cols": as_long(cols)}
 
 
 def positions(mb: Collated, packed: bool) -> tuple[int, int]:
-    """(positions the decoder's forwards run on, the real ones among them): the prompts, then the
-    fed response tokens ([B, T - 1] padded, or the packed rows). 1 - real/run is the padding share."""
-    responses = mb.packed_ids.numel() if packed else mb.response_ids.shape[0] * (mb.response_ids.shape[1] - 1)
-    return mb.prompt_ids.numel() + responses, int(mb.prompt_mask.sum()) + int((mb.packed_seq >= 0).sum())
+    """(positions the decoder's forwards run on, the real ones among them): the prompts ([G, P]
+    padded, or one row) and the fed response tokens ([B, T - 1] padded, or one row). 1 - real/run
+    is the padding share: 0 when packed."""
+    real = int(mb.prompt_mask.sum()) + mb.packed_ids.shape[1]
+    if packed:
+        return real, real
+    return mb.prompt_ids.numel() + mb.response_ids.shape[0] * (mb.response_ids.shape[1] - 1), real
 
 
 def loss_share(mb: Collated, plan: MiniBatch, agg: str) -> float:

@@ -93,9 +93,9 @@ class ActivationBudget:
     `budget_bytes`, counted at the sequences' own lengths.
 
     The positions are counted as `rlvr.learner.forward` lays the micro-batch out (`rlvr.learner.forward.positions`
-    counts the same from a collated one): with shared prompts, the G distinct prompts padded to the
-    longest P, then (packed) each prompt's responses back to back in a row padded to the longest L,
-    or (unpacked) B rows of the longest response T less its last token; without, B rows of P + T − 1.
+    counts the same from a collated one): with shared prompts and packed, the distinct prompts' tokens
+    and the fed response tokens, no padding; shared and unpacked, the G distinct prompts padded to
+    the longest P and B rows of the longest response T less its last token; without, B rows of P + T − 1.
     The LM head runs on the real response tokens when packed, on B · T positions otherwise, and
     with `head_chunk` holds its logits for that many at a time (`rlvr.learner.forward._token_logprobs`).
     """
@@ -113,9 +113,9 @@ class ActivationBudget:
             layout.add(s, s.prompt_key)
         return self._bytes(*layout.shape())
 
-    def _bytes(self, groups: int, prompt: int, row: int, sequences: int, response: int, response_tokens: int) -> float:
+    def _bytes(self, groups: int, prompt: int, prompt_tokens: int, fed_tokens: int, sequences: int, response: int, response_tokens: int) -> float:
         if self.shared_prompts and self.packed:
-            run, head = groups * (prompt + row), response_tokens
+            run, head = prompt_tokens + fed_tokens, response_tokens
         elif self.shared_prompts:
             run, head = groups * prompt + sequences * (response - 1), sequences * response
         else:
@@ -151,24 +151,26 @@ class ActivationBudget:
 
 
 class _Layout:
-    """A micro-batch's shape as sequences join it: distinct prompts, the longest prompt, the longest
-    packed row, sequences, the longest response and the response tokens."""
+    """A micro-batch's shape as sequences join it: distinct prompts, the longest prompt, the
+    distinct prompts' tokens, the fed response tokens, sequences, the longest response and the
+    response tokens."""
 
     def __init__(self) -> None:
-        self.rows: dict[tuple, int] = {}  # a prompt's packed row: its responses' fed tokens
-        self.prompt = self.row = self.sequences = self.response = self.response_tokens = 0
+        self.prompts: set[tuple] = set()
+        self.prompt = self.prompt_tokens = self.fed_tokens = self.sequences = self.response = self.response_tokens = 0
 
-    def shape(self, s: Trajectory | None = None, key: tuple = ()) -> tuple[int, int, int, int, int, int]:
+    def shape(self, s: Trajectory | None = None, key: tuple = ()) -> tuple[int, int, int, int, int, int, int]:
         """The shape now, or with `s` (whose prompt is `key`) added."""
         if s is None:
-            return len(self.rows), self.prompt, self.row, self.sequences, max(self.response, 1), self.response_tokens
-        row = self.rows.get(key, 0) + _fed(s)
-        return (len(self.rows) + (key not in self.rows), max(self.prompt, len(key)), max(self.row, row), self.sequences + 1,
-                max(self.response, len(s.response_ids), 1), self.response_tokens + len(s.response_ids))
+            return (len(self.prompts), self.prompt, self.prompt_tokens, self.fed_tokens, self.sequences, max(self.response, 1),
+                    self.response_tokens)
+        new = key not in self.prompts
+        return (len(self.prompts) + new, max(self.prompt, len(key)), self.prompt_tokens + new * len(key), self.fed_tokens + _fed(s),
+                self.sequences + 1, max(self.response, len(s.response_ids), 1), self.response_tokens + len(s.response_ids))
 
     def add(self, s: Trajectory, key: tuple) -> None:
-        _, self.prompt, self.row, self.sequences, self.response, self.response_tokens = self.shape(s, key)
-        self.rows[key] = self.rows.get(key, 0) + _fed(s)
+        _, self.prompt, self.prompt_tokens, self.fed_tokens, self.sequences, self.response, self.response_tokens = self.shape(s, key)
+        self.prompts.add(key)
 
 
 def _fed(s: Trajectory) -> int:

@@ -2,7 +2,8 @@
 its responses continue from its KV cache. They must equal one plain forward per sequence, and the
 gradient must equal the per-sequence path's (`learner.share_prompts=false`, and gradient
 checkpointing: one forward per sequence, no cache), and so must the packed path's
-(`learner.pack_responses=true`: a prompt's responses in one row after its cache, no padding), and
+(`learner.pack_responses=true`: the prompts in one row, every response in another, attention a
+prompt at a time, no padding), and
 both with the LM head run a few positions at a time under checkpointing (`learner.head_chunk`)."""
 
 import random
@@ -73,7 +74,7 @@ def test_the_planner_keeps_a_prompts_responses_together():
         assert len({t.prompt_key for t in micro}) == 2  # 8 sequences of 2 prompts, not up to 8
 
 
-def test_packing_leaves_less_padding_and_counts_the_same_real_positions():
+def test_packing_leaves_no_padding_and_counts_the_same_real_positions():
     seqs = sequences(500)
     mb = collate(seqs, 0, torch.device("cpu"))
     prompts = {s.prompt_key for s in seqs}
@@ -81,4 +82,4 @@ def test_packing_leaves_less_padding_and_counts_the_same_real_positions():
     (run_packed, real_packed), (run_padded, real_padded) = positions(mb, packed=True), positions(mb, packed=False)
     assert real_packed == real_padded == real
     assert run_padded == mb.prompt_ids.numel() + len(seqs) * (mb.response_ids.shape[1] - 1)
-    assert real < run_packed < run_padded
+    assert real == run_packed < run_padded  # one row of prompts, one of responses

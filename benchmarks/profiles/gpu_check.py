@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["transformers"] = transformers.__version__
         import flash_attn  # noqa: F401
 
-        report["flash_attn"] = "installed; not used: rlvr's forward passes a 4D mask (packing with flash_attn_varlen is issue 33's part 2)"
+        report["flash_attn"] = "installed; not used: the packed path runs torch SDPA a prompt at a time, where flash_attn_varlen would take one call"
     except ImportError:
         report.setdefault("flash_attn", "not installed")
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:

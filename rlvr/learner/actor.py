@@ -48,7 +48,7 @@ class LearnerConfig:
     grad_clip: float
     gradient_checkpointing: bool
     share_prompts: bool  # one forward per distinct prompt (cached); HF's cache is off under checkpointing
-    pack_responses: bool  # with share_prompts: a prompt's responses in one row, no padding (rlvr.learner.forward.packed_logprobs)
+    pack_responses: bool  # with share_prompts: prompts in one row, responses in another, no padding (rlvr.learner.forward.packed_logprobs)
     head_chunk: int  # response positions per LM-head chunk under checkpointing when training (0: all at once)
     threads: int
     seed: int

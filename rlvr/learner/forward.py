@@ -83,24 +83,23 @@ def packed_logprobs(model, mb: Collated, temperature: float = 1.0, head_chunk: i
     """
     decoder, prompt_len = model.get_decoder(), mb.prompt_len
     ends = prompt_len.cumsum(0).tolist()
-    starts = [0, *ends[:-1]]
-    prompt_ids = mb.prompt_ids[mb.prompt_mask][None]  # row-major: prompt g's tokens at [starts[g], ends[g])
+    prompt_ids = mb.prompt_ids[mb.prompt_mask][None]  # row-major: prompt g's tokens end at ends[g]
     prompt_positions = torch.cat([torch.arange(int(n), device=prompt_ids.device) for n in prompt_len])[None]
-    causal = [(slice(a, b), [slice(a, b)], None) for a, b in zip(starts, ends)]
+    sizes = prompt_len.tolist()
+    causal = {"queries": sizes, "keys": sizes, "attend": [([g], None) for g in range(len(sizes))]}
     with _segmented(model):
         prompt = decoder(input_ids=prompt_ids, position_ids=prompt_positions, use_cache=True, segments=causal)
         hidden = [prompt.last_hidden_state[0, [e - 1 for e in ends]]]  # predicts each response's first token
         bounds, seq, local = mb.packed_bounds.tolist(), mb.packed_seq, mb.packed_local
         if seq.numel():
-            total = ends[-1]
-            segments = []
+            attend = []
             for g, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
-                if a == b:
-                    continue
                 own = (seq[a:b, None] == seq[None, a:b]) & (local[None, a:b] <= local[a:b, None])
-                sees_prompt = torch.ones(b - a, ends[g] - starts[g], dtype=torch.bool, device=own.device)
-                segments.append((slice(a, b), [slice(starts[g], ends[g]), slice(total + a, total + b)], torch.cat([sees_prompt, own], 1)[None, None]))
-            group = torch.repeat_interleave(torch.arange(len(bounds) - 1, device=seq.device), torch.tensor(bounds).diff().to(seq.device))
+                sees_prompt = torch.ones(b - a, sizes[g], dtype=torch.bool, device=own.device)
+                attend.append(([g, len(sizes) + g], torch.cat([sees_prompt, own], 1)[None, None]))
+            responses = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+            segments = {"queries": responses, "keys": sizes + responses, "attend": attend}
+            group = torch.repeat_interleave(torch.arange(len(sizes), device=seq.device), torch.tensor(responses, device=seq.device))
             out = decoder(input_ids=mb.packed_ids, position_ids=(prompt_len[group] + local)[None], past_key_values=prompt.past_key_values,
                           use_cache=True, segments=segments)
             hidden.append(out.last_hidden_state[0])
@@ -114,19 +113,25 @@ SEGMENTED = "rlvr_segmented"  # the attention `packed_logprobs` switches a model
 
 
 def _segment_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
-                       scaling: float | None = None, dropout: float = 0.0, segments: list | None = None, **kwargs) -> tuple[torch.Tensor, None]:
-    """Attention over one packed row, a segment at a time: each segment (queries, key slices, mask)
-    attends over its own keys only, with the mask, or causally where it is None. query [1, H, Q, d],
-    key and value [1, H_kv, K, d] (K includes the cache); returns [1, Q, H, d] as HF's attention does."""
+                       scaling: float | None = None, dropout: float = 0.0, segments: dict | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+    """Attention over one packed row, a segment at a time. ``segments``: the queries' lengths, the
+    keys' parts' lengths, and per query segment the key parts it attends over (concatenated) with
+    its mask, or causally where the mask is None. query [1, H, Q, d], key and value [1, H_kv, K, d]
+    (K includes the cache); returns [1, Q, H, d] as HF's attention does. The rows are split, not
+    sliced: a split's backward is one concatenation, where each slice's would write a zero-filled
+    copy of the whole row."""
     groups = query.shape[1] // key.shape[1]
+    queries = query.split(segments["queries"], 2)
+    keys, values = key.split(segments["keys"], 2), value.split(segments["keys"], 2)
     outputs = []
-    for queries, key_slices, mask in segments:
-        k = torch.cat([key[:, :, s] for s in key_slices], 2) if len(key_slices) > 1 else key[:, :, key_slices[0]]
-        v = torch.cat([value[:, :, s] for s in key_slices], 2) if len(key_slices) > 1 else value[:, :, key_slices[0]]
+    for q, (parts, mask) in zip(queries, segments["attend"]):
+        if not q.shape[2]:
+            continue
+        k = torch.cat([keys[i] for i in parts], 2) if len(parts) > 1 else keys[parts[0]]
+        v = torch.cat([values[i] for i in parts], 2) if len(parts) > 1 else values[parts[0]]
         if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
             k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
-        outputs.append(F.scaled_dot_product_attention(query[:, :, queries], k, v, attn_mask=mask, dropout_p=dropout,
-                                                      is_causal=mask is None, scale=scaling))
+        outputs.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None, scale=scaling))
     return torch.cat(outputs, 2).transpose(1, 2), None
 
 

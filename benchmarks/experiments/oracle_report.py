@@ -20,14 +20,13 @@ from pathlib import Path
 from rlvr.train.oracle import report
 
 
-def cosine_summary(runs: Path | list[Path], reps: int = 2000) -> dict | None:
-    """`oracle/grad_cosine` over the oracle steps of a run (or of several, pooled): mean, 95 %
-    bootstrap interval over steps; with a weighting, the same for `oracle/grad_cosine_unweighted`
-    and the paired difference weighted − unweighted (the same steps resampled for both)."""
+def cosine_summary(runs: list[Path], reps: int = 2000) -> dict | None:
+    """`oracle/grad_cosine` over the oracle steps of the runs, pooled: mean, 95 % bootstrap interval
+    over steps; with a weighting, the same for `oracle/grad_cosine_unweighted` and the paired
+    difference weighted − unweighted (the same steps resampled for both)."""
     import numpy as np
 
-    metrics = [json.loads(line) for run in ([runs] if isinstance(runs, Path) else runs)
-               for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    metrics = [json.loads(line) for run in runs for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     steps = [m for m in metrics if m.get("oracle/grad_cosine") is not None and not np.isnan(m["oracle/grad_cosine"])]
     if not steps:
         return None
@@ -57,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not path.is_file():
             sys.exit(f"{path}: no oracle records (train with eval.oracle.samples=M)")
         result[str(run)] = report([json.loads(line) for line in path.read_text().splitlines()])
-        result[str(run)]["grad_cosine"] = cosine_summary(run)
+        result[str(run)]["grad_cosine"] = cosine_summary([run])
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

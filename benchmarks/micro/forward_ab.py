@@ -63,30 +63,31 @@ def main(argv: list[str] | None = None) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         versions = {"ours": ours, "theirs": forward_at(args.against, Path(tmp))}
+    # each version's own layout of the same micro-batches, collated once, outside the timing
+    collated = {name: [module.collate(seqs, 0, torch.device("cpu")) for seqs in micro] for name, module in versions.items()}
 
-        def step(module) -> float:
-            if hasattr(module, "_segment_attention"):  # both may register the same attention name: the one timed holds it
-                AttentionInterface.register(module.SEGMENTED, module._segment_attention)
-            collated = [module.collate(seqs, 0, torch.device("cpu")) for seqs in micro]
-            start = time.perf_counter()
-            model.zero_grad(set_to_none=True)
-            for mb in collated:
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                    logp, _ = module.response_logprobs(model, mb, 1.0, learner_cfg.share_prompts, learner_cfg.pack_responses, learner_cfg.head_chunk)
-                (-(logp * mb.mask * mb.advantages[:, None]).sum() / mb.mask.sum()).backward()
-            return time.perf_counter() - start
+    def step(name: str) -> float:
+        module = versions[name]
+        if hasattr(module, "_segment_attention"):  # both may register the same attention name: the one timed holds it
+            AttentionInterface.register(module.SEGMENTED, module._segment_attention)
+        start = time.perf_counter()
+        model.zero_grad(set_to_none=True)
+        for mb in collated[name]:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                logp, _ = module.response_logprobs(model, mb, 1.0, learner_cfg.share_prompts, learner_cfg.pack_responses, learner_cfg.head_chunk)
+            (-(logp * mb.mask * mb.advantages[:, None]).sum() / mb.mask.sum()).backward()
+        return time.perf_counter() - start
 
-        times: dict[str, list[float]] = {name: [] for name in versions}
-        for module in versions.values():
-            step(module)  # warm-up: first-call allocations
-        for r in range(args.repeats):
-            for name in (list(versions) if r % 2 == 0 else list(versions)[::-1]):
-                times[name].append(step(versions[name]))
-        padding = {}
-        for name, module in versions.items():
-            counts = [module.positions(module.collate(seqs, 0, torch.device("cpu")), learner_cfg.pack_responses) for seqs in micro]
-            run, real = (sum(c) for c in zip(*counts))
-            padding[name] = 1 - real / run
+    times: dict[str, list[float]] = {name: [] for name in versions}
+    for name in versions:
+        step(name)  # warm-up: first-call allocations
+    for r in range(args.repeats):
+        for name in (list(versions) if r % 2 == 0 else list(versions)[::-1]):
+            times[name].append(step(name))
+    padding = {}
+    for name, module in versions.items():
+        run, real = (sum(c) for c in zip(*(module.positions(mb, learner_cfg.pack_responses) for mb in collated[name])))
+        padding[name] = 1 - real / run
 
     report = {"against": args.against, "micro_batch_sizes": [len(m) for m in micro], "packed": learner_cfg.pack_responses,
               "seconds": {k: statistics.median(v) for k, v in times.items()}, "all_seconds": times, "padding_share": padding}

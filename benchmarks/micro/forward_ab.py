@@ -84,10 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     for r in range(args.repeats):
         for name in (list(versions) if r % 2 == 0 else list(versions)[::-1]):
             times[name].append(step(name))
-    padding = {}
-    for name, module in versions.items():
-        run, real = (sum(c) for c in zip(*(module.positions(mb, learner_cfg.pack_responses) for mb in collated[name])))
-        padding[name] = 1 - real / run
+    padding = {name: ours.padding_share([module.positions(mb, learner_cfg.pack_responses) for mb in collated[name]]) for name, module in versions.items()}
 
     report = {"against": args.against, "micro_batch_sizes": [len(m) for m in micro], "packed": learner_cfg.pack_responses,
               "seconds": {k: statistics.median(v) for k, v in times.items()}, "all_seconds": times, "padding_share": padding}

@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     from rlvr.learner.actor import PolicyLearner
-    from rlvr.learner.forward import collate, positions
+    from rlvr.learner.forward import collate, padding_share, positions
 
     cfg, base_cfg, update, seqs, batch = default_job_batch(args.sequences, args.overrides)
     threads = cfg.rollout.threads
@@ -165,11 +165,10 @@ def main(argv: list[str] | None = None) -> dict:
     step_flops = 3 * sum(sum(forward_flops(m, mb).values()) for mb in micro)
     packed = base_cfg.share_prompts and base_cfg.pack_responses
     shapes = [s for mb in micro for s in gemm_shapes(m, mb, packed)]
-    computed, real = (sum(x) for x in zip(*(positions(mb, packed) for mb in micro)))
 
     report: dict = {"sequences": len(seqs), "micro_batches": len(micro), "micro_batch_sizes": [len(mb) for mini in batch for mb in mini.micro_batches], "packed": packed,
                     "dtype": str(dtype), "threads": threads, "model": m, "load_average_before": os.getloadavg(),
-                    "padding_share": 1 - real / computed, "step_flops": step_flops}
+                    "padding_share": padding_share([positions(mb, packed) for mb in micro]), "step_flops": step_flops}
     report["train_step_s"] = median_step_seconds(learner, batch, update, args.repeats)
     report["learner_flops"] = step_flops / report["train_step_s"]
     report["machine"] = machine_peak(shapes, dtype, args.repeats)

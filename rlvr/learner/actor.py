@@ -20,7 +20,7 @@ import ray
 import torch
 
 from rlvr.algorithms import policy_loss, rollout_correction, rollout_mismatch
-from rlvr.learner.forward import Collated, collate, dot64, loss_share, positions, response_logprobs
+from rlvr.learner.forward import Collated, collate, dot64, loss_share, padding_share, positions, response_logprobs
 from rlvr.lora import LoraSettings, add_adapters, sync_tensors
 from rlvr.runtime.logs import redirect_actor_output
 from rlvr.types import MiniBatch, Trajectory
@@ -186,9 +186,7 @@ class PolicyLearner:
         paths; NaN for one forward per sequence, whose rows hold whole sequences)."""
         if not self.cfg.share_prompts or self.cfg.gradient_checkpointing:
             return float("nan")
-        counts = [positions(mb, self.cfg.pack_responses) for mini in collated for mb, empty in mini if not empty]
-        run = sum(c[0] for c in counts)
-        return 1 - sum(c[1] for c in counts) / run if run else 0.0
+        return padding_share([positions(mb, self.cfg.pack_responses) for mini in collated for mb, empty in mini if not empty])
 
     @torch.no_grad()
     def _eval_logprobs(self, mb: Collated, temperature: float) -> torch.Tensor:

@@ -84,11 +84,10 @@ def packed_logprobs(model, mb: Collated, temperature: float = 1.0, head_chunk: i
     decoder, prompt_len = model.get_decoder(), mb.prompt_len
     ends = prompt_len.cumsum(0).tolist()
     prompt_ids = mb.prompt_ids[mb.prompt_mask][None]  # row-major: prompt g's tokens end at ends[g]
-    prompt_positions = torch.cat([torch.arange(int(n), device=prompt_ids.device) for n in prompt_len])[None]
     sizes = prompt_len.tolist()
     causal = {"queries": sizes, "keys": sizes, "attend": [([g], None) for g in range(len(sizes))]}
     with _segmented(model):
-        prompt = decoder(input_ids=prompt_ids, position_ids=prompt_positions, use_cache=True, segments=causal)
+        prompt = decoder(input_ids=prompt_ids, position_ids=mb.packed_prompt_positions, use_cache=True, segments=causal)
         hidden = [prompt.last_hidden_state[0, [e - 1 for e in ends]]]  # predicts each response's first token
         bounds, seq, local = mb.packed_bounds.tolist(), mb.packed_seq, mb.packed_local
         if seq.numel():
@@ -99,8 +98,7 @@ def packed_logprobs(model, mb: Collated, temperature: float = 1.0, head_chunk: i
                 attend.append(([g, len(sizes) + g], torch.cat([sees_prompt, own], 1)[None, None]))
             responses = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
             segments = {"queries": responses, "keys": sizes + responses, "attend": attend}
-            group = torch.repeat_interleave(torch.arange(len(sizes), device=seq.device), torch.tensor(responses, device=seq.device))
-            out = decoder(input_ids=mb.packed_ids, position_ids=(prompt_len[group] + local)[None], past_key_values=prompt.past_key_values,
+            out = decoder(input_ids=mb.packed_ids, position_ids=mb.packed_positions, past_key_values=prompt.past_key_values,
                           use_cache=True, segments=segments)
             hidden.append(out.last_hidden_state[0])
     rows, cols = mb.real_rows, mb.real_cols
@@ -221,6 +219,8 @@ class Collated:
     packed_ids: torch.Tensor  # [1, R] every fed response token, prompt by prompt (`_packed_layout`)
     packed_seq: torch.Tensor  # [R] a slot's sequence
     packed_local: torch.Tensor  # [R] a slot's index in its sequence
+    packed_positions: torch.Tensor  # [1, R] a slot's position: its prompt's length + packed_local
+    packed_prompt_positions: torch.Tensor  # [1, ΣP] the prompt row's positions, restarting at each prompt
     packed_bounds: torch.Tensor  # [G + 1] prompt g's responses fill slots [bounds[g], bounds[g + 1])
     packed_source: torch.Tensor  # per real response token: the hidden that predicts it ([G] prompt ends, then the R slots)
     real_rows: torch.Tensor  # per real response token: its sequence
@@ -262,21 +262,22 @@ def collate(seqs: list[Trajectory], pad_id: int, device) -> Collated:
         rollout_logprobs=rollout_lp,
         has_rollout_logprobs=all(len(s.rollout_logprobs) > 0 for s in seqs),
         advantages=torch.tensor([s.advantage for s in seqs], dtype=torch.float32),
-        **_packed_layout([len(s.response_ids) for s in seqs], group_of, len(prompts), response_ids),
+        **_packed_layout([len(s.response_ids) for s in seqs], group_of, [len(p) for p in prompts], response_ids),
     ).to(device)
 
 
-def _packed_layout(lengths: list[int], group_of: list[int], groups: int, response_ids: torch.Tensor) -> dict:
+def _packed_layout(lengths: list[int], group_of: list[int], prompt_lengths: list[int], response_ids: torch.Tensor) -> dict:
     """Where each response token lives in `packed_logprobs`' response row: the fed tokens (all but
     the last) of prompt 0's responses back to back, then prompt 1's, and so on; `packed_seq` and
     `packed_local` name a slot's sequence and its index in it. Response token t of sequence b is
     predicted by its prompt's last position (t = 0: row g of the [G] prompt hiddens) or by slot
     t - 1 of its run (`groups + offset + t - 1` once the prompt hiddens and the slots are
     concatenated): `packed_source`, listed over the real positions (`real_rows`, `real_cols`)."""
+    groups = len(prompt_lengths)
     runs: list[list[int]] = [[] for _ in range(groups)]
     for b, g in enumerate(group_of):
         runs[g].append(b)
-    ids, seq, local, bounds, source, rows, cols = [], [], [], [0], [], [], []
+    ids, seq, local, pos, bounds, source, rows, cols = [], [], [], [], [0], [], [], []
     for g, bs in enumerate(runs):
         for b in bs:
             fed = max(lengths[b] - 1, 0)
@@ -284,24 +285,32 @@ def _packed_layout(lengths: list[int], group_of: list[int], groups: int, respons
             ids += response_ids[b, :fed].tolist()
             seq += [b] * fed
             local += range(fed)
+            pos += range(prompt_lengths[g], prompt_lengths[g] + fed)
             for t in range(lengths[b]):
                 source.append(g if t == 0 else groups + offset + t - 1)
                 rows.append(b)
                 cols.append(t)
         bounds.append(len(seq))
     as_long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
-    return {"packed_ids": as_long(ids)[None], "packed_seq": as_long(seq), "packed_local": as_long(local), "packed_bounds": as_long(bounds),
+    return {"packed_ids": as_long(ids)[None], "packed_seq": as_long(seq), "packed_local": as_long(local), "packed_positions": as_long(pos)[None],
+            "packed_prompt_positions": as_long([i for n in prompt_lengths for i in range(n)])[None], "packed_bounds": as_long(bounds),
             "packed_source": as_long(source), "real_rows": as_long(rows), "real_cols": as_long(cols)}
 
 
 def positions(mb: Collated, packed: bool) -> tuple[int, int]:
     """(positions the decoder's forwards run on, the real ones among them): the prompts ([G, P]
     padded, or one row) and the fed response tokens ([B, T - 1] padded, or one row). 1 - real/run
-    is the padding share: 0 when packed."""
+    is the padding share: 0 when packed (`padding_share`)."""
     real = int(mb.prompt_mask.sum()) + mb.packed_ids.shape[1]
     if packed:
         return real, real
     return mb.prompt_ids.numel() + mb.response_ids.shape[0] * (mb.response_ids.shape[1] - 1), real
+
+
+def padding_share(counts: list[tuple[int, int]]) -> float:
+    """The share of the positions run that are padding, over micro-batches' `positions` counts."""
+    run, real = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    return 1 - real / run if run else 0.0
 
 
 def loss_share(mb: Collated, plan: MiniBatch, agg: str) -> float:

@@ -33,6 +33,8 @@ SETTINGS = {
     "seqs32": ["rollout.max_num_seqs=32"],
     "seqs128": ["rollout.max_num_seqs=128"],
     "kv1gb": ["rollout.kv_cache_gb=1"],
+    "float32": ["model.rollout_dtype=float32"],
+    "bfloat16": ["model.rollout_dtype=bfloat16"],
 }
 
 

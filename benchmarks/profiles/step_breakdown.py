@@ -42,7 +42,7 @@ def bare_vllm_tokens_per_s(cfg, model_path: str, batches: list[list[str]], n: in
 
     llm = LLM(
         model=model_path,
-        dtype=cfg.model.dtype,
+        dtype=cfg.model.rollout_dtype,
         max_model_len=cfg.model.max_model_len,
         seed=cfg.seed,
         enforce_eager=True,

@@ -70,6 +70,7 @@ class ModelConfig:
     path: str = MISSING
     dtype: str = MISSING
     train_dtype: str = MISSING
+    rollout_dtype: str = MISSING
     max_model_len: int = MISSING
     lora: LoraConfig = field(default_factory=LoraConfig)
 

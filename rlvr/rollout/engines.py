@@ -31,7 +31,7 @@ class EngineConfig:
 
     backend: str  # vllm | hf
     model_path: str
-    dtype: str
+    dtype: str  # the weights and KV cache (model.rollout_dtype)
     max_model_len: int
     kv_cache_gb: float  # vLLM on CPU: the KV cache (rlvr.runtime.sizing works out `auto`)
     max_num_seqs: int  # vLLM on CPU: sequences decoded at once

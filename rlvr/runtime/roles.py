@@ -107,6 +107,7 @@ def engine_config(cfg: DictConfig, model_path: str, size_auto_cache: bool = True
     return fill(
         EngineConfig, cfg.rollout, cfg.model,
         model_path=model_path,
+        dtype=cfg.model.rollout_dtype,
         kv_cache_gb=kv_cache_gb(cfg, model_path) if sized else 0.0,
         seed=cfg.seed,
         tensor_parallel=cfg.cluster.tensor_parallel,

@@ -217,7 +217,7 @@ def kv_cache_gb(cfg: DictConfig, model_path: str) -> float:
     sequences = min(cfg.rollout.max_num_seqs, math.ceil(largest_generate_call(cfg) / cfg.cluster.num_engines))
     answer = max(max_response_tokens(cfg), cfg.eval.max_tokens if cfg.env.name == "none" else 0)
     tokens = min(cfg.model.max_model_len, longest_prompt_tokens(cfg, model_path) + answer)
-    per_token = kv_bytes_per_token(ModelShape.of(model_path), cfg.model.dtype)
+    per_token = kv_bytes_per_token(ModelShape.of(model_path), cfg.model.rollout_dtype)
     return kv_cache_bytes(per_token, sequences, tokens, cfg.model.max_model_len, cfg.rollout.block_size) / 2**30
 
 

@@ -53,3 +53,32 @@ def test_backend_moves_the_trained_weights_into_the_engine(backend, ray_session,
             assert torch.equal(loaded[name], t), name
     ray.kill(learner)
     ray.kill(engine)
+
+
+@pytest.mark.slow
+def test_a_bfloat16_engine_loads_the_float32_learners_weights(ray_session, tiny_model):
+    """`model.rollout_dtype=bfloat16`: the vLLM engine holds bf16 weights and KV cache while the learner
+    trains float32; a sync casts on load, so the engine holds the trained weights rounded to bf16."""
+    host, port = ray.get(node_address.remote())
+    learner = PolicyLearner.options(num_cpus=0.1).remote(tiny_learner_config(tiny_model, lr=1e-2, threads=1), 0, 1, host, port)
+    engine = RolloutEngine.options(num_cpus=0.1).remote(tiny_engine_config(tiny_model, "model.rollout_dtype=bfloat16"))
+    def engine_weights() -> dict:
+        return ray.get(engine.__ray_call__.remote(lambda self: self.engine.llm.collective_rpc(
+            lambda worker: {n: p.detach().clone() for n, p in worker.get_model().named_parameters()})[0]))
+
+    before = engine_weights()
+    ray.get(learner.train_step.remote([mini_batch(SEQS)], tiny_update_config("algorithm=grpo")))
+    connect("ray", [learner], [engine], ray.get(node_address.remote()))
+    sync_weights("ray", [learner], [engine], version=1)
+    refs, _ = ray.get(learner.export_weights.remote())
+    trained = dict(fetch_buckets(refs))
+    loaded = engine_weights()
+    assert {p.dtype for p in loaded.values()} == {torch.bfloat16}
+    assert all(t.dtype == torch.float32 for t in trained.values())
+    shared = [n for n in trained if n in loaded and loaded[n].shape == trained[n].shape]  # embeddings and norms keep HF's names
+    assert "model.embed_tokens.weight" in shared and len(shared) > 2
+    for name in shared:
+        assert torch.equal(loaded[name], trained[name].to(torch.bfloat16)), name
+    assert not torch.equal(before["model.embed_tokens.weight"], loaded["model.embed_tokens.weight"])  # the step moved them
+    ray.kill(learner)
+    ray.kill(engine)

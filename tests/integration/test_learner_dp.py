@@ -75,6 +75,15 @@ def test_two_ranks_match_one_rank_with_twice_the_micro_batch(zero_stage, learner
 
 
 @pytest.mark.slow
+def test_the_optimizer_is_torch_s_fused_adamw(learner_group, tiny_model):
+    """The CPU default is a per-tensor loop, 8x slower on smollm2-135m (docs/benchmarks.md)."""
+    learner = learner_group(1)[0]
+    ray.get(learner.reset.remote(tiny_learner_config(tiny_model, lr=LR, threads=1, zero_stage=0), None))
+    kind = ray.get(learner.__ray_call__.remote(lambda self: (type(self.engine.optimizer).__name__, self.engine.optimizer.defaults.get("fused"))))
+    assert kind == ("AdamW", True)
+
+
+@pytest.mark.slow
 def test_accumulation_and_checkpointing_do_not_change_the_update(learner_group, tiny_model):
     whole = trained_weights(learner_group, tiny_model, [[SEQS]], 2)
     # four micro-batches of one sequence, accumulated, with activations recomputed in backward

@@ -103,6 +103,7 @@ def budget(args, config: str = "grpo") -> list[str]:
         f"eval.size={args.eval_prompts}", f"rollout.max_tokens={args.max_tokens}",
         f"eval.n_samples={n_samples}", f"eval.pass_at_k_every={args.steps}", f"trainer.save_every={5 if args.long else 4}",
         "trainer.progress=false", f"data={args.data}",
+        "model.rollout_dtype=float32",  # both grids' records were sampled by a float32 engine, before bfloat16 became smollm2's default
     ]
     if args.long:  # the bf16 learner (smollm2's default), and the oracle on the runs whose baselines it measures
         return overrides + (["eval.oracle.samples=32", f"eval.oracle.every={max(1, args.eval_every // 2)}"] if config in ORACLE else [])

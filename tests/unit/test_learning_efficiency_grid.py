@@ -15,6 +15,7 @@ def test_the_long_learning_efficiency_grid_is_issue_28s():
     assert not any(o.startswith("eval.oracle") for o in dapo)
     assert "eval.oracle.samples=32" in le.budget(args, "grpo+hadw")  # HA-DW's bias, with and without its weights
     assert not any(o.startswith("model.train_dtype") for o in grpo)
+    assert "model.rollout_dtype=float32" in grpo  # the engine its records were sampled with
     assert le.GRID["grpo-n6"][-1] == "algorithm.n=6"
     short = le.parse_args([])
     assert (short.steps, short.out.name, "grpo-n6" in short.configs) == (12, "learning_efficiency", False)

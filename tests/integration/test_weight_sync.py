@@ -62,6 +62,7 @@ def test_a_bfloat16_engine_loads_the_float32_learners_weights(ray_session, tiny_
     host, port = ray.get(node_address.remote())
     learner = PolicyLearner.options(num_cpus=0.1).remote(tiny_learner_config(tiny_model, lr=1e-2, threads=1), 0, 1, host, port)
     engine = RolloutEngine.options(num_cpus=0.1).remote(tiny_engine_config(tiny_model, "model.rollout_dtype=bfloat16"))
+
     def engine_weights() -> dict:
         return ray.get(engine.__ray_call__.remote(lambda self: self.engine.llm.collective_rpc(
             lambda worker: {n: p.detach().clone() for n, p in worker.get_model().named_parameters()})[0]))

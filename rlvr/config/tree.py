@@ -235,10 +235,12 @@ def _validate_trainer(cfg: DictConfig) -> None:
 
 
 def _validate_model(cfg: DictConfig) -> None:
+    from rlvr.runtime.sizing import DTYPE_BYTES
+
     m = cfg.model
     _check(m.train_dtype in ("float32", "bfloat16"), "model.train_dtype", f"must be float32 or bfloat16, got {m.train_dtype!r}")
-    _check(m.rollout_dtype in ("float32", "bfloat16", "float16"), "model.rollout_dtype",
-           f"must be float32, bfloat16 or float16, got {m.rollout_dtype!r}")
+    _check(m.rollout_dtype in DTYPE_BYTES, "model.rollout_dtype",
+           f"must be one of {', '.join(DTYPE_BYTES)}, got {m.rollout_dtype!r}")
     _check(
         m.train_dtype == m.dtype or m.dtype == "float32",
         "model.train_dtype",

@@ -120,10 +120,19 @@ def trim_heap() -> None:
         libc.malloc_trim(0)
 
 
+# oneDNN's primitive cache and ideep's above it keep compiled GEMM kernels for up to 1,024 shapes
+# each, and the learner meets new row lengths every step: its resident set grew about 60 MB a step
+# until they filled. 256 holds a step's working set (docs/benchmarks.md, "The learner's kernel caches").
+# Both are read at the process's first GEMM; a value in the environment wins.
+KERNEL_CACHES = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "256", "LRU_CACHE_CAPACITY": "256"}
+
+
 @ray.remote
 class PolicyLearner:
     def __init__(self, cfg: LearnerConfig, rank: int, world_size: int, master_addr: str, master_port: int):
         redirect_actor_output()
+        for name, capacity in KERNEL_CACHES.items():
+            os.environ.setdefault(name, capacity)
         os.environ.update(
             RANK=str(rank),
             LOCAL_RANK="0" if torch.cuda.is_available() else str(rank),

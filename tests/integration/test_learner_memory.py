@@ -14,8 +14,23 @@ def test_quick_mode_measures_each_setting_in_its_own_process(tmp_path, tiny_mode
     cmd = [sys.executable, "-m", "benchmarks.micro.learner_memory", "--repeats", "1", "--settings", "mb16", "mb8", "--out", str(out), "model=tiny-random"]
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     settings = json.loads(out.read_text())["settings"]
-    assert settings["mb8"]["overrides"] == ["model=tiny-random", "learner.micro_batch_size=8"]
+    assert settings["mb8"]["entries"] == ["model=tiny-random", "learner.micro_batch_size=8"]
     assert settings["mb8"]["micro_batch_sizes"] == [8] * 4 and settings["mb16"]["micro_batch_sizes"] == [16] * 2  # 32 sequences
     for r in settings.values():
         assert 0 < r["rss_after_init_mb"] <= r["peak_rss_mb"] and r["train_step_s"] > 0
     assert settings["mb16"]["peak_vs_first"] == settings["mb16"]["time_vs_first"] == 1
+
+
+def test_fresh_shapes_and_process_settings_reach_the_learner(tmp_path, tiny_model):
+    """--fresh-shapes draws new lengths every step; `env:` and `mallopt:` entries set the process up
+    before the learner's first GEMM, and the learner's own kernel-cache bound yields to them."""
+    out = tmp_path / "learner_memory.json"
+    cmd = [sys.executable, "-m", "benchmarks.micro.learner_memory", "--repeats", "2", "--fresh-shapes", "--settings", "default",
+           "kernel-caches-1024", "mmap-4mb", "--out", str(out), "model=tiny-random"]
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    report = json.loads(out.read_text())
+    settings = report["settings"]
+    assert report["fresh_shapes"] and all(len(r["rss_after_steps_mb"]) == 3 for r in settings.values())  # the warm-up and 2 steps
+    assert settings["default"]["kernel_caches"] == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "256", "LRU_CACHE_CAPACITY": "256"}
+    assert settings["kernel-caches-1024"]["kernel_caches"] == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024", "LRU_CACHE_CAPACITY": "1024"}
+    assert settings["mmap-4mb"]["entries"] == ["model=tiny-random", "mallopt:mmap_threshold=4194304"]

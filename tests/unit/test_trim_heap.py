@@ -28,3 +28,31 @@ print(before, rss_mb())
 def test_freed_heap_pages_leave_the_resident_set():
     before, after = map(float, subprocess.run([sys.executable, "-c", PROBE], check=True, capture_output=True, text=True).stdout.split())
     assert before - after > 200, f"{before:.0f} MB -> {after:.0f} MB"
+
+
+MAPPED = """
+import ctypes, sys, torch
+from rlvr.learner.actor import _glibc, map_large_allocations
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+_glibc().mallinfo2.restype = MallInfo2
+if sys.argv[1] == "mapped":
+    map_large_allocations()
+big = torch.empty(16 << 20, dtype=torch.uint8)
+del big  # freeing a mapped 16 MiB block raises glibc's own threshold past 8 MiB
+before = _glibc().mallinfo2().hblkhd
+block = torch.empty(8 << 20, dtype=torch.uint8)
+print((_glibc().mallinfo2().hblkhd - before) >> 20)
+"""
+
+
+@pytest.mark.skipif(_glibc() is None, reason="mallopt is glibc's; this libc has none")
+def test_large_allocations_keep_mappings_of_their_own():
+    """After `map_large_allocations` an 8 MiB block is mapped on its own (freed straight back to the OS),
+    where glibc's own sliding threshold would have put it on the heap."""
+    def mapped_mib(mode: str) -> int:
+        return int(subprocess.run([sys.executable, "-c", MAPPED, mode], check=True, capture_output=True, text=True).stdout.split()[-1])
+
+    assert mapped_mib("glibc") == 0
+    assert mapped_mib("mapped") >= 8

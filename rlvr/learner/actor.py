@@ -120,8 +120,8 @@ def map_large_allocations(threshold: int = MMAP_THRESHOLD) -> None:
     """Serve allocations of `threshold` bytes and up from mappings of their own, which free() hands
     back to the OS at once (glibc's M_MMAP_THRESHOLD). glibc otherwise raises its threshold to the
     largest block freed, up to 32 MiB, so a step's activations come from the heap and the next
-    step's, of other sizes, fragment it: 4 MiB cut the learner's 6-step peak by 170 MB at no
-    measurable cost (docs/benchmarks.md, "The learner's kernel caches and heap")."""
+    step's, of other sizes, fragment it. 4 MiB cut the learner's 6-step peak by 170-190 MB for
+    about 3 % of its step time, in page faults (docs/benchmarks.md, "The learner's kernel caches and heap")."""
     if (libc := _glibc()) is not None:
         libc.mallopt(M_MMAP_THRESHOLD, threshold)
 

@@ -14,8 +14,7 @@ list of config overrides; every setting runs in its own subprocess, so each peak
 
 With `--fresh-shapes` every step draws new response lengths, as a run does, so the GEMMs meet new
 row counts each step; without it every step repeats one batch. A setting's entries may also be
-`env:NAME=VALUE` (set before the learner's first GEMM: oneDNN's kernel caches read it then) or
-`heap:glibc` (the learner leaves glibc's own mmap threshold as it is: no `map_large_allocations`).
+`env:NAME=VALUE`, set before the learner's first GEMM (oneDNN's kernel caches read it then).
 
 Memory is exact; seconds are only comparable within one invocation on a quiet box.
 """
@@ -51,7 +50,7 @@ SETTINGS = {
     # the libraries' own kernel-cache capacities, against the learner's KERNEL_CACHES
     "kernel-caches-1024": ["env:ONEDNN_PRIMITIVE_CACHE_CAPACITY=1024", "env:LRU_CACHE_CAPACITY=1024"],
     # glibc's sliding mmap threshold, against the learner's `map_large_allocations`
-    "glibc-heap": ["heap:glibc"],
+    "glibc-heap": ["learner.mmap_threshold_mb=0"],
 }
 
 
@@ -66,19 +65,14 @@ def worker(entries: list[str], repeats: int, fresh_shapes: bool) -> dict:
     import torch
 
     from benchmarks.profiles.learner_profile import default_job_batch
-    from rlvr.learner import actor
     from rlvr.learner.actor import KERNEL_CACHES, PolicyLearner
     from rlvr.learner.plan import plan_mini_batches
     from rlvr.models import resolve_model_path
     from rlvr.runtime.sizing import micro_batching
     from rlvr.types import Trajectory
 
-    overrides = [e for e in entries if not e.startswith(("env:", "heap:"))]
-    for entry in entries:
-        if entry.startswith("env:"):
-            os.environ.update([entry[4:].split("=", 1)])
-        elif entry == "heap:glibc":
-            actor.map_large_allocations = lambda: None
+    overrides = [e for e in entries if not e.startswith("env:")]
+    os.environ.update(e[4:].split("=", 1) for e in entries if e.startswith("env:"))
     cfg, base_cfg, update, seqs, batch = default_job_batch(32, overrides)
     split = micro_batching(cfg, resolve_model_path(cfg.model.path, cfg.cache_dir))
     vocab = 1 + max(int(s.response_ids.max()) for s in seqs)  # the batch's tokens came from the tokenizer's whole vocabulary

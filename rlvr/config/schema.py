@@ -142,6 +142,7 @@ class LearnerConfig:
     head_chunk: int = MISSING
     pack_responses: bool = MISSING
     bucket_mb: int = MISSING
+    mmap_threshold_mb: float = MISSING
 
 
 @dataclass

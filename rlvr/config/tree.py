@@ -213,6 +213,7 @@ def _validate_trainer(cfg: DictConfig) -> None:
     _check(t.role_timeout_s > 0, "trainer.role_timeout_s", f"must be > 0 (seconds), got {t.role_timeout_s}")
     _check(cfg.learner.lr > 0, "learner.lr", f"must be > 0, got {cfg.learner.lr}")
     _check(_auto_or(cfg.learner.micro_batch_size, int, 1), "learner.micro_batch_size", f"must be auto or an integer >= 1, got {cfg.learner.micro_batch_size!r}")
+    _check(cfg.learner.mmap_threshold_mb >= 0, "learner.mmap_threshold_mb", f"must be >= 0 (0: glibc's own threshold), got {cfg.learner.mmap_threshold_mb}")
     _check(isinstance(cfg.learner.head_chunk, int) and cfg.learner.head_chunk >= 0, "learner.head_chunk",
            f"must be an integer >= 0 (0: the LM head on all positions at once), got {cfg.learner.head_chunk!r}")
     _check(cfg.learner.activation_memory_gb > 0, "learner.activation_memory_gb", f"must be > 0 (GiB), got {cfg.learner.activation_memory_gb}")

@@ -57,6 +57,7 @@ class LearnerConfig:
     dtype: str  # the weights' dtype (model.dtype)
     train_dtype: str  # the forward's: float32, or bfloat16 autocast over float32 weights and optimizer state
     bucket_mb: float
+    mmap_threshold_mb: float  # CPU: glibc maps allocations this large on their own (`map_large_allocations`); 0: glibc's sliding threshold
     lora: LoraSettings  # rank 0: full fine-tuning
     betas: tuple = (0.9, 0.999)
 
@@ -113,15 +114,15 @@ def _glibc():
 
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-MMAP_THRESHOLD = 4 << 20
 
 
-def map_large_allocations(threshold: int = MMAP_THRESHOLD) -> None:
+def map_large_allocations(threshold: int) -> None:
     """Serve allocations of `threshold` bytes and up from mappings of their own, which free() hands
     back to the OS at once (glibc's M_MMAP_THRESHOLD). glibc otherwise raises its threshold to the
     largest block freed, up to 32 MiB, so a step's activations come from the heap and the next
-    step's, of other sizes, fragment it. 4 MiB cut the learner's 6-step peak by 170-190 MB for
-    about 3 % of its step time, in page faults (docs/benchmarks.md, "The learner's kernel caches and heap")."""
+    step's, of other sizes, fragment it. 4 MiB (`learner.mmap_threshold_mb`) cut the learner's
+    6-step peak by 190-310 MB for 3-9 % of its step time, in page faults (docs/benchmarks.md,
+    "The learner's kernel caches and heap")."""
     if (libc := _glibc()) is not None:
         libc.mallopt(M_MMAP_THRESHOLD, threshold)
 
@@ -147,8 +148,8 @@ class PolicyLearner:
         redirect_actor_output()
         for name, capacity in KERNEL_CACHES.items():
             os.environ.setdefault(name, capacity)
-        if not torch.cuda.is_available():
-            map_large_allocations()
+        if not torch.cuda.is_available() and cfg.mmap_threshold_mb > 0:
+            map_large_allocations(int(cfg.mmap_threshold_mb * 2**20))
         os.environ.update(
             RANK=str(rank),
             LOCAL_RANK="0" if torch.cuda.is_available() else str(rank),

@@ -22,8 +22,8 @@ def test_quick_mode_measures_each_setting_in_its_own_process(tmp_path, tiny_mode
 
 
 def test_fresh_shapes_and_process_settings_reach_the_learner(tmp_path, tiny_model):
-    """--fresh-shapes draws new lengths every step; `env:` and `heap:` entries set the process up
-    before the learner's first GEMM, and the learner's own kernel-cache bound yields to them."""
+    """--fresh-shapes draws new lengths every step; `env:` entries set the process up before the
+    learner's first GEMM, and the learner's own kernel-cache bound yields to them."""
     out = tmp_path / "learner_memory.json"
     cmd = [sys.executable, "-m", "benchmarks.micro.learner_memory", "--repeats", "2", "--fresh-shapes", "--settings", "default",
            "kernel-caches-1024", "glibc-heap", "--out", str(out), "model=tiny-random"]
@@ -33,4 +33,4 @@ def test_fresh_shapes_and_process_settings_reach_the_learner(tmp_path, tiny_mode
     assert report["fresh_shapes"] and all(len(r["rss_after_steps_mb"]) == 3 for r in settings.values())  # the warm-up and 2 steps
     assert settings["default"]["kernel_caches"] == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "256", "LRU_CACHE_CAPACITY": "256"}
     assert settings["kernel-caches-1024"]["kernel_caches"] == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024", "LRU_CACHE_CAPACITY": "1024"}
-    assert settings["glibc-heap"]["entries"] == ["model=tiny-random", "heap:glibc"]
+    assert settings["glibc-heap"]["entries"] == ["model=tiny-random", "learner.mmap_threshold_mb=0"]

@@ -116,6 +116,7 @@ def test_unknown_group_option_lists_the_choices():
         ("algorithm.loss=ppo", "algorithm"),
         ("verifier.timeout_s=0", "verifier.timeout_s"),
         ("rollout.kv_cache_gb=0", "rollout.kv_cache_gb"),
+        ("learner.mmap_threshold_mb=-1", "learner.mmap_threshold_mb"),
         ("model.rollout_dtype=int8", "model.rollout_dtype: must be one of float32, bfloat16, float16"),
         ("algorithm=dapo rollout.max_tokens=32 algorithm.overlong_buffer=16", "algorithm.overlong_buffer"),
         ("algorithm=dapo rollout.max_tokens=32 algorithm.overlong_buffer=0", "algorithm.overlong_buffer"),

@@ -38,7 +38,7 @@ class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 _glibc().mallinfo2.restype = MallInfo2
 if sys.argv[1] == "mapped":
-    map_large_allocations()
+    map_large_allocations(4 << 20)
 big = torch.empty(16 << 20, dtype=torch.uint8)
 del big  # freeing a mapped 16 MiB block raises glibc's own threshold past 8 MiB
 before = _glibc().mallinfo2().hblkhd

@@ -10,7 +10,9 @@ list of config overrides; every setting runs in its own subprocess, so each peak
 - `rss_after_init_mb`: the process after the model, DeepSpeed and the optimizer are built;
 - `peak_rss_mb`: the highest RSS through a warm-up and `--repeats` train steps;
 - `train_step_s`: the median step, and its ratio to the first setting's;
-- `rss_after_steps_mb`: the resident set after each step (the learner trims the heap after a step).
+- `rss_after_steps_mb`: the resident set after each step (the learner trims the heap after a step);
+- `micro_batch_sizes_per_step`: each step's split, the warm-up's first (new with each step's lengths
+  under `--fresh-shapes`; `micro_batch_sizes` is the repeated batch's).
 
 With `--fresh-shapes` every step draws new response lengths, as a run does, so the GEMMs meet new
 row counts each step; without it every step repeats one batch. A setting's entries may also be
@@ -88,14 +90,15 @@ def worker(entries: list[str], repeats: int, fresh_shapes: bool) -> dict:
     torch.set_num_threads(cfg.rollout.threads)
     learner = PolicyLearner.__ray_actor_class__(replace(base_cfg, threads=cfg.rollout.threads), 0, 1, "127.0.0.1", 29700)
     after_init = rss_mb()
-    learner.train_step(step_batch(0), update)  # warm-up: first-call allocations
-    times, after_steps = [], [rss_mb()]
-    for k in range(1, repeats + 1):
+    times, after_steps, splits = [], [], []
+    for k in range(repeats + 1):  # step 0 is the warm-up (first-call allocations), not timed
         b = step_batch(k)
         start = time.perf_counter()
         learner.train_step(b, update)
-        times.append(time.perf_counter() - start)
+        if k:
+            times.append(time.perf_counter() - start)
         after_steps.append(rss_mb())
+        splits.append([len(mb) for mb in b[0].micro_batches])
     return {
         "entries": entries,
         "rss_after_init_mb": after_init,
@@ -104,6 +107,7 @@ def worker(entries: list[str], repeats: int, fresh_shapes: bool) -> dict:
         "rss_after_steps_mb": after_steps,
         "kernel_caches": {name: os.environ.get(name) for name in KERNEL_CACHES},  # as the learner left them
         "micro_batch_sizes": [len(mb) for mb in batch[0].micro_batches],
+        "micro_batch_sizes_per_step": splits,
     }
 
 

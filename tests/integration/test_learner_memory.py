@@ -31,6 +31,8 @@ def test_fresh_shapes_and_process_settings_reach_the_learner(tmp_path, tiny_mode
     report = json.loads(out.read_text())
     settings = report["settings"]
     assert report["fresh_shapes"] and all(len(r["rss_after_steps_mb"]) == 3 for r in settings.values())  # the warm-up and 2 steps
+    for r in settings.values():
+        assert len(r["micro_batch_sizes_per_step"]) == 3 and all(sum(split) == 32 for split in r["micro_batch_sizes_per_step"])
     assert settings["default"]["kernel_caches"] == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "256", "LRU_CACHE_CAPACITY": "256"}
     assert settings["kernel-caches-1024"]["kernel_caches"] == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024", "LRU_CACHE_CAPACITY": "1024"}
     assert settings["glibc-heap"]["entries"] == ["model=tiny-random", "learner.mmap_threshold_mb=0"]

@@ -295,3 +295,16 @@ def run_cli(*args: str) -> str:
     proc = subprocess.run([sys.executable, "-m", "rlvr.cli", *args], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc.stdout
+
+
+# Probe source (for `python -c`) that gives glibc's `mallinfo2` its struct: `heap_info()` returns it.
+# Test probes run in fresh processes, since the heap figures they read are the whole process's.
+MALLINFO2 = """
+import ctypes
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+_libc = ctypes.CDLL("libc.so.6")
+_libc.mallinfo2.restype = MallInfo2
+def heap_info():
+    return _libc.mallinfo2()
+"""

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import MALLINFO2
 
 from rlvr.learner.actor import _glibc
 
@@ -30,20 +31,17 @@ def test_freed_heap_pages_leave_the_resident_set():
     assert before - after > 200, f"{before:.0f} MB -> {after:.0f} MB"
 
 
-MAPPED = """
-import ctypes, sys, torch
-from rlvr.learner.actor import _glibc, map_large_allocations
+MAPPED = MALLINFO2 + """
+import sys, torch
+from rlvr.learner.actor import map_large_allocations
 
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
-_glibc().mallinfo2.restype = MallInfo2
 if sys.argv[1] == "mapped":
     map_large_allocations(4 << 20)
 big = torch.empty(16 << 20, dtype=torch.uint8)
 del big  # freeing a mapped 16 MiB block raises glibc's own threshold past 8 MiB
-before = _glibc().mallinfo2().hblkhd
+before = heap_info().hblkhd
 block = torch.empty(8 << 20, dtype=torch.uint8)
-print((_glibc().mallinfo2().hblkhd - before) >> 20)
+print((heap_info().hblkhd - before) >> 20)
 """
 
 

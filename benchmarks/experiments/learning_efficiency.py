@@ -27,9 +27,16 @@ About 27 runs of 15-20 minutes on a quiet 2-core box (about 8 hours), run in par
 finished runs and resumes an interrupted one. The report adds held-out accuracy per task family
 (question 4) and the oracle's baseline errors pooled over each config's seeds (question 5).
 
+The GPU grid (``--gpu MODEL_DIR``): the long grid's configs and oracle on a larger model, on one
+node of 8 GPUs (``cluster=single_node_gpu``: 4 ZeRO-2 learners, 4 vLLM engines), 100 steps of 32
+prompts, answers up to 512 tokens, bf16 throughout, into ``benchmarks/results/learning_efficiency_gpu``.
+Any local Hugging Face folder (``model=local``), e.g. Qwen2.5-1.5B-Instruct; ``--data`` picks harder
+data where the model saturates ``mix``. Other cluster shapes: ``cluster.*=`` overrides after the flags.
+
 Usage:
   python -m benchmarks.experiments.learning_efficiency [--configs grpo v05 ...] [--seeds 0 1 2] [--out DIR]
   python -m benchmarks.experiments.learning_efficiency --long [--seeds 0]    # the long grid, a seed at a time
+  python -m benchmarks.experiments.learning_efficiency --gpu /models/Qwen2.5-1.5B-Instruct   # the same grid on a GPU node
   python -m benchmarks.experiments.learning_efficiency --report-only       # re-read finished runs
   python -m benchmarks.experiments.learning_efficiency --quick             # tiny model, one step: the test
 """
@@ -73,6 +80,8 @@ GRID = {
 LONG = {"configs": ["grpo", "grpo-n6", "v05@grpo-agg", "v05", "v05+focal", "grpo+focal", "grpo+hadw", "dapo", "cispo"],
         "steps": 40, "eval_every": 10, "out": Path("benchmarks/results/learning_efficiency_long")}
 SHORT = {"configs": [c for c in GRID if c != "grpo-n6"], "steps": 12, "eval_every": 4, "out": Path("benchmarks/results/learning_efficiency")}
+# --gpu: the long grid's configs on a larger model and a bigger batch, on one 8-GPU node
+GPU = {**LONG, "steps": 100, "eval_every": 20, "batch_size": 32, "max_tokens": 512, "out": Path("benchmarks/results/learning_efficiency_gpu")}
 # the oracle (rlvr/train/oracle.py) measures the baselines these runs use, and on grpo+hadw the advantage bias
 # with and without HA-DW's weights; never trained on, not counted as spend (seed 0 of grpo+hadw ran without it)
 ORACLE = {"grpo", "grpo-n6", "v05", "v05@grpo-agg", "grpo+hadw"}
@@ -99,14 +108,18 @@ def budget(args, config: str = "grpo") -> list[str]:
         ] + (["algorithm.warmup_prompts=2"] if config.startswith("v05") else []) + (
             ["eval.oracle.samples=2", "eval.oracle.every=1"] if config in ORACLE else [])
     overrides = KEPT + [
-        f"trainer.steps={args.steps}", "trainer.batch_size=8", f"trainer.eval_every={args.eval_every}",
+        f"trainer.steps={args.steps}", f"trainer.batch_size={args.batch_size}", f"trainer.eval_every={args.eval_every}",
         f"eval.size={args.eval_prompts}", f"rollout.max_tokens={args.max_tokens}",
         f"eval.n_samples={n_samples}", f"eval.pass_at_k_every={args.steps}", f"trainer.save_every={5 if args.long else 4}",
         "trainer.progress=false", f"data={args.data}",
-        "model.rollout_dtype=float32",  # both grids' records were sampled by a float32 engine, before bfloat16 became smollm2's default
     ]
-    if args.long:  # the bf16 learner (smollm2's default), and the oracle on the runs whose baselines it measures
-        return overrides + (["eval.oracle.samples=32", f"eval.oracle.every={max(1, args.eval_every // 2)}"] if config in ORACLE else [])
+    # the oracle on the runs whose baselines it measures
+    oracle = ["eval.oracle.samples=32", f"eval.oracle.every={max(1, args.eval_every // 2)}"] if config in ORACLE else []
+    if args.gpu:  # bf16 weights, learner and engine (model=local's defaults); the CPU grids' settings below do not apply
+        return overrides + ["cluster=single_node_gpu", "model=local", f"model.path={args.gpu}"] + oracle
+    overrides.append("model.rollout_dtype=float32")  # both CPU grids' records were sampled by a float32 engine, before bfloat16 became smollm2's default
+    if args.long:  # the bf16 learner (smollm2's default)
+        return overrides + oracle
     return overrides + ["model.train_dtype=float32"]  # the grid began before bf16 became smollm2's default: every run the same
 
 
@@ -449,14 +462,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="default 12, or 40 with --long")
     parser.add_argument("--eval-every", type=int, help="default 4, or 10 with --long")
     parser.add_argument("--eval-prompts", type=int, default=256)
-    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, help="default 64, or 512 with --gpu")
+    parser.add_argument("--batch-size", type=int, help="prompts a step: default 8, or 32 with --gpu")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--quick", action="store_true", help="tiny model, one step per run: checks the pipeline only")
     parser.add_argument("--long", action="store_true", help="the long grid: 40 steps, the oracle on grpo, grpo-n6, V0.5 and grpo+hadw, bf16")
+    parser.add_argument("--gpu", metavar="MODEL_DIR",
+                        help="the long grid on a GPU node with this local model folder: 100 steps x 32 prompts, 512 tokens")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("extra", nargs="*", help="more key=value overrides for every run")
     args = parser.parse_args(argv)
-    for key, value in (LONG if args.long else SHORT).items():
+    args.long = args.long or bool(args.gpu)  # the GPU grid is the long one, larger
+    for key, value in ({"batch_size": 8, "max_tokens": 64} | (GPU if args.gpu else LONG if args.long else SHORT)).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     return args

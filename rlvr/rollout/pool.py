@@ -8,6 +8,7 @@ requests over N engines and broadcasts weight updates to all of them.
 from __future__ import annotations
 
 import logging
+import resource
 import time
 from typing import Any, Callable, Iterator
 
@@ -64,20 +65,22 @@ class RolloutEngine:
         return samples
 
     # ---- weight sync (see rlvr/weight_sync/): one method per backend ------------------------
-    def _load(self, version: int, weights: Iterator[tuple[str, torch.Tensor]]) -> float:
+    def _load(self, version: int, weights: Iterator[tuple[str, torch.Tensor]]) -> dict[str, float]:
+        """Load `weights` as `version`. The reply is what every sync logs of the engines: the load's
+        seconds and this process's memory high-water mark (an engine's memory is otherwise unseen)."""
         start = time.perf_counter()
         self.engine.load_weights(weights)
         self.version = version
-        return time.perf_counter() - start
+        return {"load_s": time.perf_counter() - start, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
-    def update_weights(self, version: int, buckets: list) -> float:
-        """`ray` backend: stream the packed buckets from the object store. Returns seconds."""
+    def update_weights(self, version: int, buckets: list) -> dict[str, float]:
+        """`ray` backend: stream the packed buckets from the object store."""
         return self._load(version, fetch_buckets(buckets))
 
     def open_sync_group(self, host: str, port: int, world_size: int, rank: int) -> None:
         self.sync_group = open_group(host, port, world_size, rank, self.device)
 
-    def receive_weights(self, version: int, specs: list[list[TensorSpec]]) -> float:
+    def receive_weights(self, version: int, specs: list[list[TensorSpec]]) -> dict[str, float]:
         """`nccl` backend: receive each packed bucket from learner rank 0's broadcast."""
 
         def buckets() -> Iterator[tuple[str, torch.Tensor]]:
@@ -88,7 +91,7 @@ class RolloutEngine:
 
         return self._load(version, buckets())
 
-    def open_shared_weights(self, version: int, handles: list[bytes], specs: list[list[TensorSpec]]) -> float:
+    def open_shared_weights(self, version: int, handles: list[bytes], specs: list[list[TensorSpec]]) -> dict[str, float]:
         """`ipc` backend: map the colocated learner's packed buckets, no copy in transit."""
         return self._load(version, (kv for h, bucket in zip(handles, specs) for kv in unpack(open_shared(h), bucket)))
 

@@ -37,7 +37,8 @@ def sync_weights(backend: str, learners: list, engines: list, version: int, buck
                  deadlines: Deadlines = NO_DEADLINES, on_failure: OnFailure | None = None) -> dict:
     """Driver side of one sync. Every learner rank takes part (ZeRO-3 gathers collectively).
 
-    `bucket_mb` overrides the learners' `learner.bucket_mb`. Returns seconds, bytes and GB/s.
+    `bucket_mb` overrides the learners' `learner.bucket_mb`. Returns seconds, bytes and GB/s, the
+    slowest engine's load seconds and the engines' memory high-water mark (`rollout/peak_rss_mb`).
     With `on_failure`, an engine that dies or does not load within `deadlines.engines` (a stopped
     process never answers) does not hang or fail the sync: ``on_failure({engine index: error}, start)``
     runs once the others have loaded, and replaces them (`RolloutPool.replace_failed`).
@@ -47,6 +48,6 @@ def sync_weights(backend: str, learners: list, engines: list, version: int, buck
     if backend not in BACKENDS:
         raise ValueError(f"unknown weight sync backend {backend!r}; known: {tuple(BACKENDS)}")
     start = time.perf_counter()
-    nbytes, load_s = BACKENDS[backend].sync(learners, engines, version, bucket_mb, deadlines, on_failure, start)
+    nbytes, loads = BACKENDS[backend].sync(learners, engines, version, bucket_mb, deadlines, on_failure, start)
     seconds = time.perf_counter() - start
-    return {"time/sync": seconds, "sync/bytes": nbytes, "sync/load_s": load_s, "sync/gb_per_s": nbytes / 1e9 / max(seconds, 1e-9)}
+    return {"time/sync": seconds, "sync/bytes": nbytes, **loads, "sync/gb_per_s": nbytes / 1e9 / max(seconds, 1e-9)}

@@ -1,7 +1,7 @@
 """What a backend is: one module holding both ends of its wire (the learner's send, the engine's
 receive, as functions the actors call) and `sync`, the driver's side of one sync.
 
-    def sync(learners, engines, version, bucket_mb, deadlines, on_failure, start) -> (bytes sent, load seconds)
+    def sync(learners, engines, version, bucket_mb, deadlines, on_failure, start) -> (bytes sent, `wait_loads`'s report)
 
 Both sides of a sync have a deadline (`Deadlines`), so a stopped process on either side cannot hang
 the run: `wait_loads` is the engines' end of every backend's sync (each load within
@@ -30,12 +30,15 @@ class Deadlines(NamedTuple):
 NO_DEADLINES = Deadlines(None, None)
 
 
-def wait_loads(loads: list, deadlines: Deadlines, on_failure: Callable | None, start: float) -> float:
-    """The slowest engine's load seconds. Without `on_failure` a lost engine raises (a missed
-    deadline as `TimeoutError`); with it, the lost engines are handed to it by index."""
+def wait_loads(loads: list, deadlines: Deadlines, on_failure: Callable | None, start: float) -> dict[str, float]:
+    """The slowest engine's load seconds and the largest engine's memory high-water mark, over the
+    engines that answered (each answers `RolloutEngine._load`'s report). Without `on_failure` a lost
+    engine raises (a missed deadline as `TimeoutError`); with it, the lost engines are handed to it by index."""
     answers, failures = gather(dict(enumerate(loads)), deadlines.engines, deadlines.engines_key)
     if failures and on_failure is None:
         raise next(iter(failures.values()))
     if failures:
         on_failure(failures, start)
-    return max(answers.values(), default=0.0)
+    reports = list(answers.values())
+    return {"sync/load_s": max((r["load_s"] for r in reports), default=0.0),
+            "rollout/peak_rss_mb": max((r["peak_rss_mb"] for r in reports), default=float("nan"))}

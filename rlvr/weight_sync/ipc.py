@@ -34,12 +34,12 @@ def open_shared(handle: bytes) -> torch.Tensor:
 
 
 def sync(learners: list, engines: list, version: int, bucket_mb: float | None, deadlines: Deadlines,
-         on_failure: OnFailure | None, start: float) -> tuple[int, float]:
+         on_failure: OnFailure | None, start: float) -> tuple[int, dict[str, float]]:
     specs = ray.get(learners[0].bucket_specs.remote(bucket_mb), timeout=deadlines.learners)
     handles = ray.get([l.share_weights.remote(len(engines), bucket_mb) for l in learners], timeout=deadlines.learners)
     try:
         loads = [e.open_shared_weights.remote(version, handles[i], specs) for i, e in enumerate(engines)]
-        load_s = wait_loads(loads, deadlines, on_failure, start)
+        loads = wait_loads(loads, deadlines, on_failure, start)
     finally:
         ray.get([l.release_shared.remote() for l in learners], timeout=deadlines.learners)
-    return sum(s.nbytes for bucket in specs for s in bucket), load_s
+    return sum(s.nbytes for bucket in specs for s in bucket), loads

@@ -46,10 +46,10 @@ def connect(learners: list, engines: list, address: tuple[str, int]) -> None:
 
 
 def sync(learners: list, engines: list, version: int, bucket_mb: float | None, deadlines: Deadlines,
-         on_failure: OnFailure | None, start: float) -> tuple[int, float]:
+         on_failure: OnFailure | None, start: float) -> tuple[int, dict[str, float]]:
     specs = ray.get(learners[0].bucket_specs.remote(bucket_mb), timeout=deadlines.learners)
     sends = [l.broadcast_weights.remote(bucket_mb) for l in learners]
     loads = [e.receive_weights.remote(version, specs) for e in engines]
     # a member lost mid-broadcast breaks the group for everyone: no engine can be replaced
-    load_s = wait_loads(loads, deadlines, None, start)
-    return ray.get(sends, timeout=deadlines.learners)[0], load_s
+    loads = wait_loads(loads, deadlines, None, start)
+    return ray.get(sends, timeout=deadlines.learners)[0], loads

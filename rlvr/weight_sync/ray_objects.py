@@ -31,8 +31,8 @@ def fetch_buckets(buckets: list[tuple[ray.ObjectRef, list[TensorSpec]]]) -> Iter
 
 
 def sync(learners: list, engines: list, version: int, bucket_mb: float | None, deadlines: Deadlines,
-         on_failure: OnFailure | None, start: float) -> tuple[int, float]:
+         on_failure: OnFailure | None, start: float) -> tuple[int, dict[str, float]]:
     exported = ray.get([l.export_weights.remote(bucket_mb) for l in learners], timeout=deadlines.learners)
     buckets, nbytes = exported[0]
-    load_s = wait_loads([e.update_weights.remote(version, buckets) for e in engines], deadlines, on_failure, start)
-    return nbytes, load_s
+    loads = wait_loads([e.update_weights.remote(version, buckets) for e in engines], deadlines, on_failure, start)
+    return nbytes, loads

@@ -8,6 +8,7 @@ requests over N engines and broadcasts weight updates to all of them.
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import time
 from typing import Any, Callable, Iterator
@@ -27,6 +28,15 @@ from rlvr.weight_sync.nccl import broadcast, open_group
 from rlvr.weight_sync.ray_objects import fetch_buckets
 
 log = logging.getLogger(__name__)
+
+
+def resident_mb() -> float:
+    """This process's resident memory now (Linux; NaN elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return float("nan")
 
 
 @ray.remote
@@ -66,12 +76,13 @@ class RolloutEngine:
 
     # ---- weight sync (see rlvr/weight_sync/): one method per backend ------------------------
     def _load(self, version: int, weights: Iterator[tuple[str, torch.Tensor]]) -> dict[str, float]:
-        """Load `weights` as `version`. The reply is what every sync logs of the engines: the load's
-        seconds and this process's memory high-water mark (an engine's memory is otherwise unseen)."""
+        """Load `weights` as `version`. The reply is what every sync logs of the engines (whose memory
+        is otherwise unseen): the load's seconds, this process's resident memory now and its high-water mark."""
         start = time.perf_counter()
         self.engine.load_weights(weights)
         self.version = version
-        return {"load_s": time.perf_counter() - start, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        return {"load_s": time.perf_counter() - start, "rss_mb": resident_mb(),
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
     def update_weights(self, version: int, buckets: list) -> dict[str, float]:
         """`ray` backend: stream the packed buckets from the object store."""

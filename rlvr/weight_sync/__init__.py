@@ -38,7 +38,8 @@ def sync_weights(backend: str, learners: list, engines: list, version: int, buck
     """Driver side of one sync. Every learner rank takes part (ZeRO-3 gathers collectively).
 
     `bucket_mb` overrides the learners' `learner.bucket_mb`. Returns seconds, bytes and GB/s, the
-    slowest engine's load seconds and the engines' memory high-water mark (`rollout/peak_rss_mb`).
+    slowest engine's load seconds and the largest engine's resident memory (`rollout/rss_mb`, and
+    its high-water mark `rollout/peak_rss_mb`).
     With `on_failure`, an engine that dies or does not load within `deadlines.engines` (a stopped
     process never answers) does not hang or fail the sync: ``on_failure({engine index: error}, start)``
     runs once the others have loaded, and replaces them (`RolloutPool.replace_failed`).

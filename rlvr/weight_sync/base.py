@@ -31,8 +31,8 @@ NO_DEADLINES = Deadlines(None, None)
 
 
 def wait_loads(loads: list, deadlines: Deadlines, on_failure: Callable | None, start: float) -> dict[str, float]:
-    """The slowest engine's load seconds and the largest engine's memory high-water mark, over the
-    engines that answered (each answers `RolloutEngine._load`'s report). Without `on_failure` a lost
+    """The slowest engine's load seconds and the largest engine's resident memory, now and at its
+    high-water mark, over the engines that answered (each answers `RolloutEngine._load`'s report). Without `on_failure` a lost
     engine raises (a missed deadline as `TimeoutError`); with it, the lost engines are handed to it by index."""
     answers, failures = gather(dict(enumerate(loads)), deadlines.engines, deadlines.engines_key)
     if failures and on_failure is None:
@@ -41,4 +41,4 @@ def wait_loads(loads: list, deadlines: Deadlines, on_failure: Callable | None, s
         on_failure(failures, start)
     reports = list(answers.values())
     return {"sync/load_s": max((r["load_s"] for r in reports), default=0.0),
-            "rollout/peak_rss_mb": max((r["peak_rss_mb"] for r in reports), default=float("nan"))}
+            **{f"rollout/{k}": max((r[k] for r in reports), default=float("nan")) for k in ("rss_mb", "peak_rss_mb")}}

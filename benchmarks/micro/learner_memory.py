@@ -67,9 +67,10 @@ def worker(entries: list[str], repeats: int, fresh_shapes: bool) -> dict:
     import torch
 
     from benchmarks.profiles.learner_profile import default_job_batch
-    from rlvr.learner.actor import KERNEL_CACHES, PolicyLearner
+    from rlvr.learner.actor import PolicyLearner
     from rlvr.learner.plan import plan_mini_batches
     from rlvr.models import resolve_model_path
+    from rlvr.runtime.kernel_caches import KERNEL_CACHES
     from rlvr.runtime.sizing import micro_batching
     from rlvr.types import Trajectory
 

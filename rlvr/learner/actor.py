@@ -24,6 +24,7 @@ import torch
 from rlvr.algorithms import policy_loss, rollout_correction, rollout_mismatch
 from rlvr.learner.forward import Collated, collate, dot64, loss_share, padding_share, positions, response_logprobs
 from rlvr.lora import LoraSettings, add_adapters, sync_tensors
+from rlvr.runtime.kernel_caches import bound_kernel_caches
 from rlvr.runtime.logs import redirect_actor_output
 from rlvr.types import MiniBatch, Trajectory
 from rlvr.weight_sync.buckets import TensorSpec, pack, plan_buckets
@@ -136,19 +137,11 @@ def trim_heap() -> None:
         libc.malloc_trim(0)
 
 
-# oneDNN's primitive cache and ideep's above it keep compiled GEMM kernels for up to 1,024 shapes
-# each, and the learner meets new row lengths every step: its resident set grew about 60 MB a step
-# until they filled. 256 holds a step's working set (docs/benchmarks.md, "The learner's kernel caches and heap").
-# Both are read at the process's first GEMM; a value in the environment wins.
-KERNEL_CACHES = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "256", "LRU_CACHE_CAPACITY": "256"}
-
-
 @ray.remote
 class PolicyLearner:
     def __init__(self, cfg: LearnerConfig, rank: int, world_size: int, master_addr: str, master_port: int):
         redirect_actor_output()
-        for name, capacity in KERNEL_CACHES.items():
-            os.environ.setdefault(name, capacity)
+        bound_kernel_caches()
         if not torch.cuda.is_available() and cfg.mmap_threshold_mb > 0:
             map_large_allocations(int(cfg.mmap_threshold_mb * 2**20))
         os.environ.update(

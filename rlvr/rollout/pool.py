@@ -18,6 +18,7 @@ import torch
 
 from rlvr.rollout.engines import EngineConfig, SamplingConfig, initial_weights, make_engine
 from rlvr.runtime.faults import RestartPolicy, gather, node_name, node_of
+from rlvr.runtime.kernel_caches import bound_kernel_caches
 from rlvr.runtime.logs import redirect_actor_output
 from rlvr.seeds import engine_seed
 from rlvr.types import GenerationRequest, Sample
@@ -45,6 +46,7 @@ class RolloutEngine:
 
     def __init__(self, cfg: EngineConfig):
         redirect_actor_output()
+        bound_kernel_caches()
         torch.set_num_threads(cfg.threads)
         self.engine = make_engine(cfg)
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")

@@ -1,4 +1,4 @@
-"""The learner's bound on oneDNN's kernel caches (`rlvr.learner.actor.KERNEL_CACHES`). oneDNN and
+"""The learner's and the engine's bound on oneDNN's kernel caches (`rlvr.runtime.kernel_caches`). oneDNN and
 ideep keep a compiled GEMM kernel per shape, 1,024 of each by default, and bf16 GEMMs over rows of
 ever-new lengths (a learner's every step) grew a process's heap until they filled. Each setting runs
 in a fresh process: both caches read their capacity at the process's first GEMM."""
@@ -11,7 +11,8 @@ import sys
 import pytest
 from helpers import MALLINFO2
 
-from rlvr.learner.actor import KERNEL_CACHES, _glibc
+from rlvr.learner.actor import _glibc
+from rlvr.runtime.kernel_caches import KERNEL_CACHES
 
 PROBE = MALLINFO2 + """
 import json, torch

@@ -1,8 +1,8 @@
 """Two run dirs compared record by record: metrics.jsonl, decisions.jsonl and eval.jsonl.
 
 For a change that must not change behaviour (a refactor): run the default job for a few steps
-before and after it, then `python scripts/compare_records.py RUN_BEFORE RUN_AFTER`. Timings are
-left out; any other value that differs (beyond a relative 1e-6) is listed. Prints JSON.
+before and after it, then `python scripts/compare_records.py RUN_BEFORE RUN_AFTER`. Timings and the
+processes' memory are left out; any other value that differs (beyond a relative 1e-6) is listed. Prints JSON.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import sys
 from pathlib import Path
 
 FILES = ("metrics.jsonl", "decisions.jsonl", "eval.jsonl")
-TIMINGS = ("learner/peak_rss_mb", "sync/gb_per_s", "sync/load_s", "learner/seconds", "gen_tokens_per_s")
+TIMINGS = ("sync/gb_per_s", "sync/load_s", "learner/seconds", "gen_tokens_per_s")
 
 
 def is_timing(key: str) -> bool:
-    return key.startswith("time/") or key.endswith("seconds") or key.endswith("_s") or key in TIMINGS
+    """Seconds, rates and memory (learner/peak_rss_mb, rollout/rss_mb, ...): the machine's, not the run's."""
+    return key.startswith("time/") or key.endswith(("seconds", "_s", "rss_mb")) or key in TIMINGS
 
 
 def load(run: Path, name: str) -> list[dict]:

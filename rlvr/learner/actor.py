@@ -59,7 +59,7 @@ class LearnerConfig:
     train_dtype: str  # the forward's: float32, or bfloat16 autocast over float32 weights and optimizer state
     bucket_mb: float
     mmap_threshold_mb: float  # CPU: glibc maps allocations this large on their own (`map_large_allocations`); 0: glibc's sliding
-    # threshold. Process-wide, set when the actor starts: a kept actor (`cluster.keep_roles`) keeps its first run's
+    # threshold. Process-wide, set when the actor starts: a kept actor (`cluster.keep_roles`) keeps its first run's setting
     lora: LoraSettings  # rank 0: full fine-tuning
     betas: tuple = (0.9, 0.999)
 

@@ -49,6 +49,6 @@ def sync_weights(backend: str, learners: list, engines: list, version: int, buck
     if backend not in BACKENDS:
         raise ValueError(f"unknown weight sync backend {backend!r}; known: {tuple(BACKENDS)}")
     start = time.perf_counter()
-    nbytes, loads = BACKENDS[backend].sync(learners, engines, version, bucket_mb, deadlines, on_failure, start)
+    nbytes, report = BACKENDS[backend].sync(learners, engines, version, bucket_mb, deadlines, on_failure, start)
     seconds = time.perf_counter() - start
-    return {"time/sync": seconds, "sync/bytes": nbytes, **loads, "sync/gb_per_s": nbytes / 1e9 / max(seconds, 1e-9)}
+    return {"time/sync": seconds, "sync/bytes": nbytes, **report, "sync/gb_per_s": nbytes / 1e9 / max(seconds, 1e-9)}

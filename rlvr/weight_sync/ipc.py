@@ -39,7 +39,7 @@ def sync(learners: list, engines: list, version: int, bucket_mb: float | None, d
     handles = ray.get([l.share_weights.remote(len(engines), bucket_mb) for l in learners], timeout=deadlines.learners)
     try:
         loads = [e.open_shared_weights.remote(version, handles[i], specs) for i, e in enumerate(engines)]
-        loads = wait_loads(loads, deadlines, on_failure, start)
+        report = wait_loads(loads, deadlines, on_failure, start)
     finally:
         ray.get([l.release_shared.remote() for l in learners], timeout=deadlines.learners)
-    return sum(s.nbytes for bucket in specs for s in bucket), loads
+    return sum(s.nbytes for bucket in specs for s in bucket), report

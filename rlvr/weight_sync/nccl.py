@@ -51,5 +51,5 @@ def sync(learners: list, engines: list, version: int, bucket_mb: float | None, d
     sends = [l.broadcast_weights.remote(bucket_mb) for l in learners]
     loads = [e.receive_weights.remote(version, specs) for e in engines]
     # a member lost mid-broadcast breaks the group for everyone: no engine can be replaced
-    loads = wait_loads(loads, deadlines, None, start)
-    return ray.get(sends, timeout=deadlines.learners)[0], loads
+    report = wait_loads(loads, deadlines, None, start)
+    return ray.get(sends, timeout=deadlines.learners)[0], report

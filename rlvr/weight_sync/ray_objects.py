@@ -34,5 +34,5 @@ def sync(learners: list, engines: list, version: int, bucket_mb: float | None, d
          on_failure: OnFailure | None, start: float) -> tuple[int, dict[str, float]]:
     exported = ray.get([l.export_weights.remote(bucket_mb) for l in learners], timeout=deadlines.learners)
     buckets, nbytes = exported[0]
-    loads = wait_loads([e.update_weights.remote(version, buckets) for e in engines], deadlines, on_failure, start)
-    return nbytes, loads
+    report = wait_loads([e.update_weights.remote(version, buckets) for e in engines], deadlines, on_failure, start)
+    return nbytes, report

@@ -47,7 +47,7 @@ def test_backend_moves_the_trained_weights_into_the_engine(backend, ray_session,
     loaded = ray.get(engine.__ray_call__.remote(lambda self: {n: p.detach().clone() for n, p in self.engine.model.named_parameters()}))
     assert ray.get(engine.weight_version.remote()) == 3
     assert m["sync/bytes"] == nbytes > 1_000_000 and m["sync/gb_per_s"] > 0
-    # (the kernel updates the high-water mark lazily: it can trail the resident set by a page or two)
+    # not compared with each other: the kernel updates the high-water mark lazily, a page or two behind
     assert m["rollout/rss_mb"] > 100 and m["rollout/peak_rss_mb"] > 100 and m["sync/load_s"] >= 0  # what the engines report of themselves
     assert len(ray.get(learner.bucket_specs.remote())) > 1  # 1 MB buckets: several of them
     for name, t in trained.items():

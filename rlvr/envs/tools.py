@@ -53,11 +53,14 @@ def parse_hermes(text: str) -> list[ToolCall | MalformedCall]:
         except json.JSONDecodeError as e:
             calls.append(MalformedCall(f"the tool call is not valid JSON ({e.msg} at character {e.pos})"))
             continue
+        except RecursionError:  # model output nested past the decoder's stack ("[" * 1000): not a call
+            calls.append(MalformedCall("the tool call is nested too deeply to read"))
+            continue
         args = obj.get("arguments", {}) if isinstance(obj, dict) else None
         if isinstance(args, str):  # some models write the arguments as a JSON string
             try:
                 args = json.loads(args)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 args = None
         if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not isinstance(args, dict):
             calls.append(MalformedCall('a tool call must be {"name": "<tool>", "arguments": {...}}'))

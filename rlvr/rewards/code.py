@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from dataclasses import dataclass
 
 OUTCOMES = ("passed", "compile_error", "runtime_error", "timeout", "wrong_answer", "sandbox_error")
@@ -31,24 +32,42 @@ _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+#.-]*)[^\n]*\n(.*?)```", re.S)
 
 # Runs inside the sandbox: compile the program (a SyntaxError is the program's, not the test's), run
 # it, then the test in the same namespace. Model code reaches exec only here, behind the walls.
+# With a test (assert-style), a pass is not an exit status, which the program controls (os._exit(0),
+# a replaced sys.exit or exec): it is the run's token, read from stdin before the program starts and
+# written to the saved stdout only after the test returned; the program's own output goes to
+# /dev/null. The harness holds its own references to what it calls after the program ran.
 _HARNESS = """\
-import sys
-source = open("/sandbox/program.py").read()
-try:
-    program = compile(source, "program.py", "exec")
-except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError):
-    sys.exit(%(compile_error)d)
-namespace = {"__name__": sys.argv[1]}
-exec(program, namespace)
-try:
-    test = open("/sandbox/test.py").read()
-except FileNotFoundError:
-    test = None
-if test is not None:
+import os, sys
+
+
+def main():
+    run, exit_now, write, assertion = exec, os._exit, os.write, AssertionError
+    source = open("/sandbox/program.py").read()
     try:
-        exec(compile(test, "test.py", "exec"), namespace)
-    except AssertionError:
-        sys.exit(%(assertion)d)
+        program = compile(source, "program.py", "exec")
+    except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError):
+        exit_now(%(compile_error)d)
+    namespace = {"__name__": sys.argv[1]}
+    if not os.path.exists("/sandbox/test.py"):  # stdin/stdout tests: the output is the verdict
+        run(program, namespace)
+        return
+    test = compile(open("/sandbox/test.py").read(), "test.py", "exec")
+    token = sys.stdin.buffer.readline().strip()
+    report = os.dup(1)
+    os.dup2(os.open("/dev/null", os.O_WRONLY), 1)
+    try:
+        run(program, namespace)
+    except SystemExit:
+        pass  # a program that ends itself still faces its test
+    try:
+        run(test, namespace)
+    except assertion:
+        exit_now(%(assertion)d)
+    write(report, token)
+    exit_now(0)
+
+
+main()
 """ % {"compile_error": _EXIT_COMPILE_ERROR, "assertion": _EXIT_ASSERTION}
 
 
@@ -103,11 +122,14 @@ def _same_output(got: bytes, expected: str) -> bool:
     return lines(got.decode(errors="replace")) == lines(expected)
 
 
-def _outcome(execution, expected: str | None) -> str:
+def _outcome(execution, expected: str | None, token: bytes | None = None) -> str:
+    """A test's outcome: stdin/stdout tests compare the output (``expected``); assert-style tests
+    pass only if the harness wrote the run's ``token`` (an exit status of 0 alone is not a pass)."""
     status, code = execution.status, execution.returncode
     if status == "sandbox_error":
         return "sandbox_error"
-    if status == "timeout" or (status == "signaled" and code == -_SIGXCPU):
+    # CPU time out: SIGXCPU; bwrap hands its program's death by a signal on as exit status 128 + signal
+    if status == "timeout" or (status == "signaled" and code == -_SIGXCPU) or (status == "exited" and code == 128 + _SIGXCPU):
         return "timeout"
     if status != "exited" or (code not in (0, _EXIT_COMPILE_ERROR, _EXIT_ASSERTION)):
         return "runtime_error"
@@ -115,7 +137,9 @@ def _outcome(execution, expected: str | None) -> str:
         return "compile_error"
     if code == _EXIT_ASSERTION:
         return "wrong_answer"
-    return "passed" if expected is None or _same_output(execution.stdout, expected) else "wrong_answer"
+    if token is not None:  # ended with 0 before its test reported: os._exit(0) or the like
+        return "passed" if execution.stdout == token else "runtime_error"
+    return "passed" if _same_output(execution.stdout, expected) else "wrong_answer"
 
 
 def run_tests(program: str, suite: TestSuite, limits) -> list[str]:
@@ -131,12 +155,13 @@ def run_tests(program: str, suite: TestSuite, limits) -> list[str]:
             continue
         files = {"/sandbox/harness.py": _HARNESS.encode(), "/sandbox/program.py": program.encode()}
         if suite.kind == "stdio":
-            stdin, expected, name = case[0].encode(), case[1], "__main__"
+            token, stdin, expected, name = None, case[0].encode(), case[1], "__main__"
         else:
             files["/sandbox/test.py"] = case.encode()
-            stdin, expected, name = b"", None, "solution"
+            token = secrets.token_hex(16).encode()
+            stdin, expected, name = token + b"\n", None, "solution"
         execution = run([INTERPRETER, "-I", "-S", "/sandbox/harness.py", name], files, stdin, limits)
-        outcomes.append(_outcome(execution, expected))
+        outcomes.append(_outcome(execution, expected, token))
     return outcomes
 
 

@@ -92,6 +92,12 @@ def test_stdio_tests(name):
         ("def add(a, b):\n    while True:\n        pass", 0.0, "timeout"),
         ("def add(a, b) return a + b", 0.0, "compile_error"),
         ("print(input())\ndef add(a, b):\n    return a + b", 0.0, "runtime_error"),  # no stdin in assert tests
+        # reward hacks: ending the run before the test (a status of 0 used to be a pass)
+        ("import os\nos._exit(0)", 0.0, "runtime_error"),
+        ("import sys\nsys.exit(0)", 0.0, "runtime_error"),  # the test still runs: add is undefined
+        ("import builtins, os, sys\nsys.exit = os._exit = builtins.exec = lambda *a, **k: None\ndef add(a, b):\n    return 7",
+         2 / 3, "wrong_answer"),  # the harness calls its own exec and exit
+        ("def add(a, b):\n    return a + b\nraise SystemExit(0)", 1.0, "passed"),  # ending itself is no failure either
     ],
 )
 def test_assert_tests(code, score, outcome):
@@ -104,6 +110,7 @@ def test_modes_and_shapes():
     assert code_tests_reward(fenced("def add(a, b):\n    return a + b"), ADD_ASSERTS, mode="all")["score"] == 1.0
     humaneval = json.dumps({"test": "def check(candidate):\n    assert candidate(2, 2) == 4\n", "entry_point": "add"})
     assert code_tests_reward(fenced("def add(a, b):\n    return a + b"), humaneval)["outcome"] == "passed"
+    assert code_tests_reward(fenced("import os\nos._exit(0)"), humaneval) == {"score": 0.0, "outcome": "runtime_error"}
     trl_tests = ["assert add(1, 1) == 2"]  # a TRL row's tests column: a bare list of asserts
     assert code_tests_reward(fenced("def add(a, b):\n    return a + b"), json.dumps(trl_tests))["score"] == 1.0
     assert code_tests_reward("no code here", ADD_ASSERTS) == {"score": 0.0, "outcome": "compile_error"}
@@ -206,7 +213,8 @@ def escapes(targets: dict[str, int], tmp_path, port: int) -> dict[str, str]:
             f"    return libc.ptrace(16, {targets['worker']}, None, None) == 0"
         ),
         "fill_disk": "def attempt():\n    with open('/tmp/fill', 'wb') as f:\n        while True:\n            f.write(b'x' * (1 << 20))\n            f.flush()",
-        "print_100mb": "import sys\ndef attempt():\n    sys.stdout.write('x' * (100 << 20))\n    return True",
+        # stderr: an assert-style test's stdout goes to /dev/null, stderr is read back (and bounded)
+        "print_100mb": "import sys\ndef attempt():\n    sys.stderr.write('x' * (100 << 20))\n    return True",
     }
 
 

@@ -46,6 +46,16 @@ def test_hermes_parser_reads_calls_and_names_what_is_malformed():
     assert parse_hermes("The answer is \\boxed{4}.") == []
 
 
+def test_hermes_parser_turns_deep_nesting_into_a_malformed_call():
+    """json's decoder recurses per bracket: 1,000 of them (about 500 tokens) overflowed its stack
+    in the generator's process, outside any sandbox."""
+    deep = "[" * 5000
+    nested_args = '{"name": "echo", "arguments": "' + deep + '"}'
+    calls = parse_hermes(f"<tool_call>{deep}</tool_call><tool_call>{nested_args}</tool_call>")
+    assert [type(c) for c in calls] == [MalformedCall, MalformedCall]
+    assert "nested too deeply" in calls[0].message
+
+
 def test_run_tool_answers_every_failure_with_a_message_for_the_model():
     def run(name, **arguments):
         return run_tool(ToolCall(name, arguments).to_json(), "", "tool", TOOLS)

@@ -212,7 +212,7 @@ class PolicyLearner:
     def _logprobs(self, mb: Collated, temperature: float, module=None) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             logp, entropy = response_logprobs(self.engine.module if module is None else module, mb, temperature, self.cfg.share_prompts,
-                                              self.cfg.pack_responses, self.cfg.head_chunk)
+                                              self.cfg.pack_responses, self.cfg.head_chunk, lockstep=self.cfg.zero_stage == 3 and self.world_size > 1)
         return logp, entropy  # fp32 under autocast too: the LM head's logits are cast up first
 
     def _collated(self, mini_batches: list[MiniBatch]) -> list[list[tuple[Collated, bool]]]:
@@ -307,6 +307,13 @@ class PolicyLearner:
         self, mb: Collated, empty: bool, plan: MiniBatch, update: UpdateConfig, old_logp: torch.Tensor | None, first_epoch: bool
     ) -> tuple[dict[str, float], dict[str, float]] | None:
         """Forward, loss and backward of one micro-batch: token-weighted stat sums and ratio extremes."""
+        from deepspeed.runtime.base_optimizer import ZeROOptimizer
+
+        if isinstance(self.engine.optimizer, ZeROOptimizer):
+            # what DeepSpeed's engine.forward does first, which this forward (the decoder, not the
+            # module's forward) bypasses: ZeRO-3 counts its micro-steps here, and without it each
+            # micro-batch's gradient replaced the one before instead of adding to it
+            self.engine.optimizer.clear_backward_seen_flag()
         logp, entropy = self._logprobs(mb, update.temperature)
         logp.retain_grad()  # ∂L/∂log π per token: shows which clipped tokens keep a gradient
         mask, mu, has_mu = mb.mask, mb.rollout_logprobs, mb.has_rollout_logprobs

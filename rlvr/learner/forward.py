@@ -17,7 +17,7 @@ from rlvr.types import MiniBatch, Trajectory
 
 
 def response_logprobs(model, mb: Collated, temperature: float = 1.0, share_prompts: bool = True,
-                      pack_responses: bool = False, head_chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                      pack_responses: bool = False, head_chunk: int = 0, lockstep: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """log π(y_j | x, y_<j) of each response token [B, T], and its entropy (no grad).
 
     The sequences of one prompt share its forward pass: the distinct prompts of the micro-batch
@@ -35,10 +35,18 @@ def response_logprobs(model, mb: Collated, temperature: float = 1.0, share_promp
     in one row (`packed_logprobs`): no padding between them, and the LM head runs on real tokens only.
     With `head_chunk`, the LM head runs that many positions at a time under activation
     checkpointing (`_token_logprobs`).
+
+    With `lockstep` (ZeRO-3 over several ranks: every module call gathers the module's parameters
+    in a collective, so every rank must make the same calls), the calls do not depend on the data:
+    the response forward runs even with no response token to feed (on one stand-in token whose
+    output joins the graph at zero size, so backward gathers for it too), and the LM head runs in
+    one call.
     """
     checkpointing = getattr(model, "is_gradient_checkpointing", False)
+    if lockstep:
+        head_chunk = 0
     if pack_responses and share_prompts and not checkpointing:
-        return packed_logprobs(model, mb, temperature, head_chunk)
+        return packed_logprobs(model, mb, temperature, head_chunk, lockstep)
     decoder = model.get_decoder()
     group_of, prompt_len, response_ids = mb.group_of, mb.prompt_len, mb.response_ids
     width, follow = mb.prompt_ids.shape[1], response_ids.shape[1] - 1  # response tokens fed as inputs
@@ -59,16 +67,21 @@ def response_logprobs(model, mb: Collated, temperature: float = 1.0, share_promp
         prompt, last = _prompt_forward(model, mb)
         first = last[group_of]
         rest = first[:, None, :][:, :0]
-        if follow:
+        if follow or lockstep:
             cache = prompt.past_key_values
             for layer in cache.layers:  # each sequence continues from its own prompt's keys and values
                 layer.batch_select_indices(group_of)
-            out = decoder(input_ids=response_ids[:, :follow], attention_mask=allowed(width), position_ids=positions[:, width:], past_key_values=cache, use_cache=True)
-            rest = out.last_hidden_state
+            if follow:
+                out = decoder(input_ids=response_ids[:, :follow], attention_mask=allowed(width), position_ids=positions[:, width:], past_key_values=cache, use_cache=True)
+                rest = out.last_hidden_state
+            else:  # lockstep, every response a single token: a stand-in call, none of its output used
+                out = decoder(input_ids=response_ids[:, :1], position_ids=prompt_len[group_of, None], past_key_values=cache, use_cache=True)
+                rest = out.last_hidden_state[:, :0]
     return _token_logprobs(model, torch.cat([first[:, None], rest], 1), response_ids, temperature, head_chunk)
 
 
-def packed_logprobs(model, mb: Collated, temperature: float = 1.0, head_chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def packed_logprobs(model, mb: Collated, temperature: float = 1.0, head_chunk: int = 0,
+                    lockstep: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """`response_logprobs` with no padding at all: the same numbers.
 
     The micro-batch's distinct prompts run once, back to back in one row ([1, ΣP], positions
@@ -79,7 +92,7 @@ def packed_logprobs(model, mb: Collated, temperature: float = 1.0, head_chunk: i
     that prompt's queries and keys only), the rest of the decoder on the two rows as they are, so
     the projections and MLPs see real tokens only, as `flash_attn_varlen` would arrange on a GPU.
     The LM head, log-softmax and entropy run on the real response positions ([N, vocab]); the
-    results are scattered back to [B, T], zero at padding.
+    results are scattered back to [B, T], zero at padding. `lockstep`: as in `response_logprobs`.
     """
     decoder, prompt_len = model.get_decoder(), mb.prompt_len
     ends = prompt_len.cumsum(0).tolist()
@@ -101,6 +114,11 @@ def packed_logprobs(model, mb: Collated, temperature: float = 1.0, head_chunk: i
             out = decoder(input_ids=mb.packed_ids, position_ids=mb.packed_positions, past_key_values=prompt.past_key_values,
                           use_cache=True, segments=segments)
             hidden.append(out.last_hidden_state[0])
+        elif lockstep:  # every response a single token: a stand-in call that attends to itself, none of its output used
+            stand_in = {"queries": [1], "keys": sizes + [1], "attend": [([len(sizes)], None)]}
+            out = decoder(input_ids=mb.prompt_ids[:1, :1], position_ids=mb.packed_prompt_positions[:, :1], past_key_values=prompt.past_key_values,
+                          use_cache=True, segments=stand_in)
+            hidden.append(out.last_hidden_state[0, :0])
     rows, cols = mb.real_rows, mb.real_cols
     real_logp, real_entropy = _token_logprobs(model, torch.cat(hidden)[mb.packed_source], mb.response_ids[rows, cols], temperature, head_chunk)
     logp = torch.zeros(mb.response_ids.shape, dtype=real_logp.dtype, device=real_logp.device).index_put((rows, cols), real_logp)

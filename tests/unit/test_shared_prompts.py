@@ -65,6 +65,33 @@ def test_shared_prompts_equal_one_forward_per_sequence(tiny_model, attn):
         torch.testing.assert_close(grads["shared"], grads[path], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("pack", [True, False])
+def test_lockstep_makes_the_same_calls_and_changes_no_number(tiny_model, pack):
+    """ZeRO-3 over several ranks (`lockstep`) gathers parameters at every module call, so the calls
+    must not depend on the data: with no response token to feed (single-token responses) a stand-in
+    response forward still runs, and the LM head runs once instead of in chunks. Its output is not
+    used: log-probs and gradients are the ones without lockstep."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    mb = collate([Trajectory([5, 6, 7], [8]), Trajectory([5, 6, 7], [9]), Trajectory([4], [3])], 0, torch.device("cpu"))
+    calls = {"decoder": 0, "head": 0}
+    model.get_decoder().register_forward_hook(lambda *_: calls.__setitem__("decoder", calls["decoder"] + 1))
+    model.get_output_embeddings().register_forward_hook(lambda *_: calls.__setitem__("head", calls["head"] + 1))
+    got = {}
+    for lockstep in (False, True):
+        model.zero_grad()
+        calls.update(decoder=0, head=0)
+        logp, _ = response_logprobs(model, mb, TEMPERATURE, share_prompts=True, pack_responses=pack, head_chunk=1, lockstep=lockstep)
+        counted = dict(calls)
+        (logp * mb.mask).sum().backward()
+        got[lockstep] = (logp.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]), counted)
+    assert got[False][2] == {"decoder": 1, "head": 3} and got[True][2] == {"decoder": 2, "head": 1}
+    torch.testing.assert_close(got[False][0], got[True][0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(got[False][1], got[True][1], atol=1e-6, rtol=1e-5)
+
+
 def test_the_planner_keeps_a_prompts_responses_together():
     rng = random.Random(1)
     prompts = [[rng.randrange(100) for _ in range(8)] for _ in range(6)]  # equal lengths: only grouping separates them

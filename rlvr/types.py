@@ -149,8 +149,8 @@ class MiniBatch:
     mini-batch (all ranks), so each micro-batch's loss is its share of the mini-batch's loss."""
 
     micro_batches: list[list[Trajectory]]
-    tokens: int
-    sequences: int
+    tokens: int  # loss-masked tokens
+    sequences: int  # sequences with at least one loss-masked token
 
 
 @dataclass

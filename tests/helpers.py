@@ -38,7 +38,7 @@ def tiny_engine_config(model_path: str, *overrides: str, **fields) -> EngineConf
 def mini_batch(*micro_batches: list[Trajectory]) -> MiniBatch:
     """One mini-batch of the given micro-batches, its global counts taken from them (one rank)."""
     seqs = [t for mb in micro_batches for t in mb]
-    return MiniBatch(list(micro_batches), tokens=sum(t.num_tokens for t in seqs), sequences=len(seqs))
+    return MiniBatch(list(micro_batches), tokens=sum(t.num_tokens for t in seqs), sequences=sum(t.num_tokens > 0 for t in seqs))
 
 
 # (a module-level function, so that an actor can import it by name: give it to __ray_call__)

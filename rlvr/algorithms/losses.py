@@ -142,12 +142,14 @@ def seq_mean_token_sum_norm(
     """mean_b (Σ_t m·L) / L_max with a constant L_max (Dr.GRPO; default T).
 
     Dividing by a constant instead of each sequence's length removes the length bias of
-    per-sequence normalisation.
+    per-sequence normalisation. As in seq-mean-token-mean, sequences without any response token
+    are left out of the mean (so the learners' micro-batch shares, counted the same way, add up).
     """
     norm = loss.shape[-1] if max_len is None else max_len
     if norm <= 0:
         raise ValueError(f"max_len must be positive, got {norm}")
-    return (loss * mask).sum(-1).mean() / norm
+    tokens = mask.sum(-1)
+    return (loss * mask).sum() / ((tokens > 0).sum().clamp(min=1) * norm)
 
 
 def aggregate(

@@ -321,9 +321,13 @@ class PolicyLearner:
             old_logp = mu
         elif old_logp is None:
             old_logp = logp.detach()
-        weights, loss_mask, corrected = None, mask, None
+        weights, kept, corrected = None, mask, None
         if has_mu:
-            weights, loss_mask, corrected = rollout_correction(update.rollout_correction, old_logp, mu, mask, update.correction_threshold)
+            weights, kept, corrected = rollout_correction(update.rollout_correction, old_logp, mu, mask, update.correction_threshold)
+            # a dropped sequence (`mask` correction) weighs 0 in the loss and stays in its denominator:
+            # the global counts this micro-batch's share comes from (`loss_share`) are known before any
+            # forward, so a sequence counts the same whichever micro-batch it lands in
+            weights = weights * kept
         ref_logp = None
         if update.kl_coef > 0:
             ref_logp = self._reference_logprobs(mb, update.temperature)
@@ -332,7 +336,7 @@ class PolicyLearner:
             logp,
             old_logp,
             mb.advantages,
-            loss_mask,
+            mask,
             agg=update.agg,
             ref_logp=ref_logp,
             kl_coef=update.kl_coef,
@@ -353,7 +357,7 @@ class PolicyLearner:
         stats["loss"] = loss.detach()
         # over the tokens the loss trains on; none (the rollout correction masked them all): no extremes
         extremes = {k: float(stats.pop(k)) for k in ("ratio_min", "ratio_max", "ratio_dev")}
-        if not bool((loss_mask > 0).any()):
+        if not bool((kept > 0).any()):
             extremes = {"ratio_min": float("inf"), "ratio_max": 0.0, "ratio_dev": 0.0}
         sums = {k: float(v) * (share if k in LOSS_STATS else tokens) for k, v in stats.items()}
         sums.update(entropy=float((entropy * mask).sum()), tokens=tokens)

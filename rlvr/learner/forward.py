@@ -332,8 +332,10 @@ def padding_share(counts: list[tuple[int, int]]) -> float:
 
 
 def loss_share(mb: Collated, plan: MiniBatch, agg: str) -> float:
-    """A micro-batch's share of its mini-batch's loss, from the mini-batch's global counts."""
-    return float(mb.mask.sum()) / plan.tokens if agg == "token-mean" else len(mb.advantages) / plan.sequences
+    """A micro-batch's share of its mini-batch's loss, from the mini-batch's global counts: its
+    tokens, or its sequences with a token to train on (the per-sequence aggregations leave the
+    others out of their means, and so does `plan.sequences`)."""
+    return float(mb.mask.sum()) / plan.tokens if agg == "token-mean" else int((mb.mask.sum(-1) > 0).sum()) / plan.sequences
 
 
 def dot64(a: torch.Tensor, b: torch.Tensor, chunk: int = 1 << 22) -> float:

@@ -33,7 +33,8 @@ def plan_mini_batches(
         part = sorted(order[bounds[i] : bounds[i + 1]], key=lambda t: (len(t.prompt_ids), t.prompt_key, len(t.response_ids)))
         shards = [cut(part[r::num_ranks]) for r in range(num_ranks)]
         n_micro = max(1, max(len(s) for s in shards))
-        tokens, sequences = max(1, sum(t.num_tokens for t in part)), max(1, len(part))
+        # sequences with a token to train on: the per-sequence aggregations' means leave the others out
+        tokens, sequences = max(1, sum(t.num_tokens for t in part)), max(1, sum(t.num_tokens > 0 for t in part))
         for r, micro in enumerate(shards):
             per_rank[r].append(MiniBatch(micro + [[] for _ in range(n_micro - len(micro))], tokens, sequences))
     return per_rank

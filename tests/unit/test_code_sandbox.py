@@ -16,7 +16,7 @@ import pytest
 from rlvr.rewards import check_answer_parsable
 from rlvr.rewards.code import code_tests_reward, extract_program, parse_tests
 from rlvr.sandbox import ProcessVerifier, RewardSpec, ScoreRequest
-from rlvr.sandbox.bubblewrap import Limits, SandboxUnavailable, probe, run_python
+from rlvr.sandbox.bubblewrap import Limits, SandboxUnavailable, cgroup_parents, probe, run_python
 
 SECRET = "hunter2-not-for-models"
 ADD_STDIO = json.dumps({"inputs": ["1 2\n", "3 4\n", "10 -3\n"], "outputs": ["3\n", "7\n", "7\n"]})
@@ -162,6 +162,55 @@ def test_limits_and_isolation_of_one_execution(tmp_path, monkeypatch):
     assert run_python("while True:\n    pass", limits=Limits(wall_s=0.3)).status == "timeout"
     disk = run_python("f = open('/tmp/fill', 'wb')\nwhile True:\n    f.write(b'x' * (1 << 20))\n    f.flush()")
     assert disk.returncode == 1 and b"File too large" in disk.stderr or b"No space left" in disk.stderr
+    assert wait_only(os.getpid(), set()) == set()
+
+
+WRITES = """
+import os
+for d in ["/", "/sandbox", "/dev", "/dev/shm", "/tmp"]:
+    try:
+        with open(os.path.join(d, "probe.bin"), "wb") as f:
+            f.write(b"x" * (64 << 10))
+        print(d, "written")
+    except OSError as e:
+        print(d, "refused", e.errno)
+try:
+    with open("/dev/shm/big.bin", "wb") as f:
+        f.write(b"x" * (4 << 20))
+except OSError as e:
+    print("/dev/shm full", e.errno)
+"""
+
+
+def test_only_tmp_and_a_small_dev_shm_are_writable():
+    """bwrap's root and /dev are tmpfs mounts of its own with no size: a program wrote 4 GB of the
+    host's memory there. Now they are read-only (EROFS, 30); /dev/shm holds 1 MiB (ENOSPC, 28)."""
+    got = run_python(WRITES, limits=Limits(wall_s=10.0))
+    assert got.status == "exited" and got.returncode == 0, got.stderr
+    assert got.stdout.decode().split("\n")[:6] == [
+        "/ refused 30", "/sandbox refused 30", "/dev refused 30", "/dev/shm written", "/tmp written", "/dev/shm full 28"]
+
+
+FORKS = """
+import os, time
+children = []
+for _ in range(4):
+    pid = os.fork()
+    if pid == 0:
+        held = bytearray(150 << 20)  # touched: resident, not just reserved
+        time.sleep(1.0)
+        os._exit(0)
+    children.append(pid)
+print(sum(os.waitpid(pid, 0)[1] == 0 for pid in children))
+"""
+
+
+@pytest.mark.skipif(not cgroup_parents(), reason="needs root and a writable cgroupfs (cgroup v1 memory+pids, or v2): the rlimits alone bound each process, not their sum")
+def test_an_execution_s_processes_share_one_memory_bound():
+    """RLIMIT_AS binds each process: four forks of 150 MB each held 600 MB in a 256 MB sandbox. The
+    execution's cgroup bounds their sum (memory_mb + file_mb), so at most one of them survives."""
+    got = run_python(FORKS, limits=Limits(wall_s=10.0, cpu_s=10.0, memory_mb=256))
+    assert got.status == "exited" and int(got.stdout) <= 1, (got.stdout, got.stderr)
     assert wait_only(os.getpid(), set()) == set()
 
 

@@ -133,8 +133,52 @@ def _parse_latex(latex: str) -> tuple:
     )
 
 
-_POW_GROUP = re.compile(r"\^\s*\{([^{}]*(?:\{[^{}]*\}[^{}]*)*)\}|\^\s*(\d+)")
 _FACTORIAL = re.compile(r"(\d+)\s*!")
+_CLOSING = {")": "(", "}": "{", "]": "["}
+
+
+def _group_before(s: str, end: int) -> str:
+    """The bracketed group closing at ``s[end]``, without its brackets ('' if unbalanced)."""
+    close, depth = s[end], 0
+    for i in range(end, -1, -1):
+        depth += (s[i] == close) - (s[i] == _CLOSING[close])
+        if depth == 0:
+            return s[i + 1 : end]
+    return ""
+
+
+def _group_after(s: str, start: int) -> str:
+    """The braced group opening at ``s[start]``, without its braces (the rest if unbalanced)."""
+    depth = 0
+    for i in range(start, len(s)):
+        depth += (s[i] == "{") - (s[i] == "}")
+        if depth == 0:
+            return s[start + 1 : i]
+    return s[start + 1 :]
+
+
+def _powers(s: str):
+    """(base group or '', exponent) of each ``^`` in ``s``: the exponent is its braced group (any
+    depth) or the number or character after it; the base, a bracketed group closing right before."""
+    for i, ch in enumerate(s):
+        if ch != "^":
+            continue
+        j = i + 1
+        while j < len(s) and s[j].isspace():
+            j += 1
+        if j < len(s) and s[j] == "{":
+            exponent = _group_after(s, j)
+        else:
+            exponent = re.match(r"\d*", s[j:]).group() or s[j : j + 1]
+        k = i - 1
+        while k >= 0 and s[k].isspace():
+            k -= 1
+        yield (_group_before(s, k) if k >= 0 and s[k] in _CLOSING else ""), exponent
+
+
+def _numeric(tex: str) -> bool:
+    """No variable in it: SymPy would evaluate it (LaTeX commands such as \\left count as none)."""
+    return not re.search(r"[A-Za-z]", re.sub(r"\\[A-Za-z]+", "", tex))
 
 
 def _dangerous_latex(s: str) -> str | None:
@@ -153,10 +197,13 @@ def _dangerous_latex(s: str) -> str | None:
             depth -= 1
     if s.count("^") > 16:
         return "powers"
-    for m in _POW_GROUP.finditer(s):
-        exp = m.group(1) if m.group(1) is not None else m.group(2)
-        if "^" in exp and not re.search(r"[A-Za-z]", exp.replace("\\cdot", "").replace("\\times", "")):
+    for base, exp in _powers(s):
+        if "^" in exp and _numeric(exp):
             return "power tower"
+        if "^" in base and _numeric(base + exp):  # (10^{99999})^{99999}: a tower written the other way
+            inner = sum(len(d) for _, e in _powers(base) for d in re.findall(r"\d+", e))
+            if inner + max((len(d) for d in re.findall(r"\d+", exp)), default=0) > 6:  # exponents' product past 10^6
+                return "power of a power"
         for digits in re.findall(r"\d+", exp):
             if len(digits) > 5:
                 return "huge exponent"

@@ -376,6 +376,8 @@ ADVERSARIAL = [
     ("huge power expr", r"\boxed{9^{99999999}}", "expression"),
     ("huge factorial", r"\boxed{100000!}", "expression"),
     ("huge exponent any", "9**9**9**9", "any"),
+    ("power of a power", r"\boxed{(10^{99999})^{99999}}", "expression"),
+    ("tower in nested braces", r"\boxed{2^{{{9^{99}}}}}", "expression"),
     ("deep braces", "\\boxed{" + "{" * 100_000 + "1" + "}" * 100_000 + "}", "expression"),
     ("deep boxes", "\\boxed{" * 50_000 + "1" + "}" * 50_000, "number"),
     ("unbalanced", "\\boxed{" + "{" * 10_000, "expression"),
@@ -400,6 +402,22 @@ ADVERSARIAL = [
     ("latex soup", r"\boxed{\left(\right.\begin{matrix}\end{array}\frac{}{}^{_}\sqrt[}}", "expression"),
     ("control chars", "".join(chr(i) for i in range(32)) * 100, "any"),
 ]
+
+
+@pytest.mark.parametrize("latex,reason", [
+    (r"(10^{99999})^{99999}", "power of a power"),  # 10^(10^10): got past the screen, hung SymPy for a whole deadline
+    (r"((10^{999})^{999})^{999}", "power of a power"),
+    (r"\left(10^{50}\right)^{99999}", "power of a power"),
+    (r"2^{{{9^{99}}}}", "power tower"),  # braces deeper than the old pattern's one level
+    (r"10^{10^{10^{10}}}", "power tower"),
+    (r"9^{99999999}", "huge exponent"),
+    (r"(2^3)^2", None), (r"((2^3)^2)^2", None), (r"(x^2)^{99999}", None), (r"2^{10}", None), (r"e^{i\pi}", None),
+    (r"\frac{1}{2^{3}}", None), (r"\left(10^{5}\right)^{99999}", None),
+])
+def test_the_latex_screen_names_what_would_explode(latex, reason):
+    from rlvr.rewards.builtin import _dangerous_latex
+
+    assert _dangerous_latex(latex) == reason
 
 
 @pytest.mark.parametrize("name,completion,answer_type", ADVERSARIAL, ids=[a[0] for a in ADVERSARIAL])

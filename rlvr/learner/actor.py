@@ -84,6 +84,11 @@ class UpdateConfig:
     correction_threshold: float
 
 
+def _clips_itself(cfg: LearnerConfig) -> bool:
+    """ZeRO-0 over float32 weights: a plain torch optimizer, whose gradient norm nobody keeps."""
+    return cfg.zero_stage == 0 and cfg.dtype != "bfloat16"
+
+
 def deepspeed_config(cfg: LearnerConfig) -> dict:
     return {
         # The number and size of micro-batches per step vary (V0.5 and DAPO buy rollouts on demand;
@@ -92,7 +97,9 @@ def deepspeed_config(cfg: LearnerConfig) -> dict:
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,
         "managed_gradient_accumulation": False,
-        "gradient_clipping": cfg.grad_clip,
+        # ZeRO-0 over float32 weights clips in PolicyLearner._clip_reduced instead: DeepSpeed's
+        # clip there drops the norm it computes
+        "gradient_clipping": 0.0 if _clips_itself(cfg) else cfg.grad_clip,
         "zero_optimization": {"stage": cfg.zero_stage},
         "optimizer": {
             "type": "AdamW",
@@ -188,6 +195,9 @@ class PolicyLearner:
             # gradient into one buffer and copies it back: a second copy of the gradients at the
             # step's peak (0.5 GiB on smollm2-135m).
             self.engine.enable_backward_allreduce = False
+        self._grad_norm = float("nan")
+        if _clips_itself(cfg):
+            self.engine.optimizer.register_step_pre_hook(self._clip_reduced)
         self.sync = sync_tensors(self.engine.module)  # what the engines load: merged weights under LoRA
         # bf16 matmuls with fp32 master weights, Adam state and loss (torch.autocast keeps softmax,
         # norms and reductions in fp32); with bf16 weights DeepSpeed's bf16 mode does the rest
@@ -281,8 +291,15 @@ class PolicyLearner:
             trim_heap()
         tokens, first_pass = sums.pop("tokens", 0.0), sums.pop("first_pass_tokens", 0.0)
         clipped, clipped_grad = sums.pop("clipped_tokens", 0.0), sums.pop("clipped_grad_tokens", 0.0)
-        # a loss stat's shares sum to 1/world_size per optimizer step on each rank: rank 0 estimates the global mean
-        passes = max(len(grad_norms), 1) / self.world_size
+        if self.world_size > 1:
+            # a rank holds its micro-batches' shares of the loss: summed over the ranks, the batch's
+            # (rank 0's alone, times the world size, logged -0.75 for a batch loss of -0.05)
+            import torch.distributed as dist
+
+            totals = torch.tensor([sums.get(k, 0.0) for k in LOSS_STATS], dtype=torch.float64, device=self.device)
+            dist.all_reduce(totals)
+            sums.update({k: v for k, v in zip(LOSS_STATS, totals.tolist()) if k in sums})
+        passes = max(len(grad_norms), 1)  # the shares of each optimizer step's mini-batch sum to 1
         metrics = {
             k: v / (passes if k in LOSS_STATS else max(first_pass if k.startswith("rollout_") else tokens, 1.0))
             for k, v in sums.items()
@@ -419,16 +436,19 @@ class PolicyLearner:
                 return self._logprobs(mb, temperature)[0]
         return self._logprobs(mb, temperature, self.ref_model)[0]
 
+    def _clip_reduced(self, optimizer, args, kwargs) -> None:
+        """Before a ZeRO-0 float32 optimizer step, once DeepSpeed has reduced the ranks' gradients:
+        keep their norm, and clip to `grad_clip`. (Measured before `engine.step()`, the norm was
+        rank 0's own gradient, times the world size the loss is scaled by: 16.7 where the batch's
+        was 9.6 over two ranks.)"""
+        params = [p for p in self.engine.module.parameters() if p.grad is not None]
+        limit = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        self._grad_norm = float(torch.nn.utils.clip_grad_norm_(params, limit)) if params else 0.0
+
     def _optimizer_step(self) -> float:
         """One optimizer step; returns the gradient norm before clipping."""
-        local_norm = None
-        if self.cfg.zero_stage == 0:
-            # ZeRO-0 in fp32 clips without keeping the norm; this is rank 0's norm before the all-reduce.
-            grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
-            local_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
         self.engine.step()
-        grad_norm = self.engine.get_global_grad_norm()
-        grad_norm = local_norm if grad_norm is None else grad_norm
+        grad_norm = self._grad_norm if _clips_itself(self.cfg) else self.engine.get_global_grad_norm()
         return float(grad_norm) if grad_norm is not None else float("nan")
 
     # ---- weight sync (see rlvr/weight_sync/) ----------------------------------------------

@@ -43,14 +43,16 @@ def learner_group(ray_session, tiny_model):
             ray.kill(learner)
 
 
-def trained_weights(learner_group, tiny_model, micro_batches_per_rank, zero_stage, adapters=False, **cfg_kwargs):
+def trained_weights(learner_group, tiny_model, micro_batches_per_rank, zero_stage, adapters=False, metrics=None, **cfg_kwargs):
     """Run one step with len(micro_batches_per_rank) ranks, from the initial weights; return rank 0's
-    exported weights (or, with `adapters`, its LoRA adapter weights)."""
+    exported weights (or, with `adapters`, its LoRA adapter weights); `metrics` (a list) gets rank 0's."""
     learners = learner_group(len(micro_batches_per_rank))
     cfg = tiny_learner_config(tiny_model, lr=LR, threads=1, zero_stage=zero_stage, **cfg_kwargs)
     ray.get([l.reset.remote(cfg, None) for l in learners])
     update = tiny_update_config("algorithm=grpo")
-    ray.get([l.train_step.remote([MiniBatch(mbs, TOKENS, SEQUENCES)], update) for l, mbs in zip(learners, micro_batches_per_rank)])
+    logged = ray.get([l.train_step.remote([MiniBatch(mbs, TOKENS, SEQUENCES)], update) for l, mbs in zip(learners, micro_batches_per_rank)])
+    if metrics is not None:
+        metrics.append(logged[0])
     if adapters:
         return ray.get([l.__ray_call__.remote(adapter_weights) for l in learners])[0]  # every rank joins the gather
     refs, _ = ray.get([l.export_weights.remote() for l in learners])[0]
@@ -62,10 +64,15 @@ def max_diff(a, b):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("zero_stage", [1, 2, 3])
+@pytest.mark.parametrize("zero_stage", [0, 1, 2, 3])
 def test_two_ranks_match_one_rank_with_twice_the_micro_batch(zero_stage, learner_group, tiny_model):
-    one = trained_weights(learner_group, tiny_model, [[SEQS]], zero_stage)
-    two = trained_weights(learner_group, tiny_model, [[SEQS[0::2]], [SEQS[1::2]]], zero_stage)
+    """And so do the logged loss and gradient norm: rank 0 logged its own share of the loss times
+    the world size (-0.75 for -0.05), and under ZeRO-0 its own gradient's norm (16.7 for 9.6)."""
+    metrics = []
+    one = trained_weights(learner_group, tiny_model, [[SEQS]], zero_stage, metrics=metrics)
+    two = trained_weights(learner_group, tiny_model, [[SEQS[0::2]], [SEQS[1::2]]], zero_stage, metrics=metrics)
+    for key in ("pg_loss", "loss", "grad_norm"):
+        assert metrics[1][key] == pytest.approx(metrics[0][key], rel=1e-5), key
     from transformers import AutoModelForCausalLM
 
     init = {n: p.detach() for n, p in AutoModelForCausalLM.from_pretrained(tiny_model).named_parameters()}

@@ -278,7 +278,7 @@ def collate(seqs: list[Trajectory], pad_id: int, device) -> Collated:
         response_ids=response_ids,
         mask=mask,
         rollout_logprobs=rollout_lp,
-        has_rollout_logprobs=all(len(s.rollout_logprobs) > 0 for s in seqs),
+        has_rollout_logprobs=all(len(s.rollout_logprobs) == len(s.response_ids) for s in seqs),  # an empty response has its (no) μ
         advantages=torch.tensor([s.advantage for s in seqs], dtype=torch.float32),
         **_packed_layout([len(s.response_ids) for s in seqs], group_of, [len(p) for p in prompts], response_ids),
     ).to(device)

@@ -74,7 +74,7 @@ def update_config(cfg: DictConfig, preset) -> UpdateConfig:
     return fill(
         UpdateConfig, vars(preset),
         loss_kwargs=preset.loss_kwargs(),
-        max_len=cfg.rollout.max_tokens,
+        max_len=max_response_tokens(cfg),  # Dr.GRPO's constant: an episode's responses reach env.max_tokens
         temperature=cfg.rollout.temperature,
         epochs=cfg.learner.epochs,
     )

@@ -330,6 +330,15 @@ def test_aggregations_hand_example():
     assert float(aggregate(loss, mask, "seq-mean-token-sum-norm", max_len=8)) == pytest.approx((6 / 8 + 4 / 8) / 2)
 
 
+def test_per_sequence_aggregations_leave_out_sequences_with_no_token():
+    """As the learners' mini-batch counts do (`loss_share`): otherwise a sequence's weight would
+    depend on the micro-batch it shares with an empty one."""
+    loss = t(1, 2, 3, 4, 9, 9).view(3, 2)
+    mask = t(1, 1, 0, 0, 1, 0).view(3, 2)
+    assert float(aggregate(loss, mask, "seq-mean-token-mean")) == pytest.approx((1.5 + 9) / 2)
+    assert float(aggregate(loss, mask, "seq-mean-token-sum-norm", max_len=4)) == pytest.approx((3 / 4 + 9 / 4) / 2)
+
+
 def test_seq_mean_token_mean_skips_empty_sequences():
     loss, mask = t(1, 2, 5, 5).view(2, 2), t(1, 1, 0, 0).view(2, 2)
     assert float(aggregate(loss, mask, "seq-mean-token-mean")) == pytest.approx(1.5)

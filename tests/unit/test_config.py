@@ -149,6 +149,17 @@ def test_overlong_buffer_follows_max_tokens_and_names_both_keys():
     assert "algorithm.overlong_buffer" in str(e.value)
 
 
+def test_dr_grpo_s_constant_is_the_longest_response():
+    """An episode's response (every turn, tool results included) runs to env.max_tokens, not to one
+    turn's rollout.max_tokens: Dr.GRPO divides by that length."""
+    from rlvr.config import algorithm_preset
+    from rlvr.train.loop import update_config
+
+    for overrides, length in ((["rollout.max_tokens=96"], 96), (["rollout.max_tokens=96", "env=calculator", "env.max_tokens=256"], 256)):
+        cfg = compose(["algorithm=drgrpo", *overrides])
+        assert update_config(cfg, algorithm_preset(cfg.algorithm)).max_len == length
+
+
 def test_presets_are_their_base_plus_their_differences():
     """Each algorithm file holds only what differs from grpo.yaml (Hydra defaults list)."""
     grpo = compose(["algorithm=grpo"]).algorithm

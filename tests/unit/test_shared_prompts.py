@@ -110,3 +110,11 @@ def test_packing_leaves_no_padding_and_counts_the_same_real_positions():
     assert real_packed == real_padded == real
     assert run_padded == mb.prompt_ids.numel() + len(seqs) * (mb.response_ids.shape[1] - 1)
     assert real == run_packed < run_padded  # one row of prompts, one of responses
+
+
+def test_an_empty_response_does_not_switch_off_the_rollout_correction():
+    """μ comes per response token, so an empty response has all of its (none): the micro-batch
+    still has μ. Before, it turned the correction off for every sequence beside it."""
+    with_mu = Trajectory([5, 6], [7, 8], rollout_logprobs=[-0.5, -1.0])
+    assert collate([with_mu, Trajectory([5, 6], [], rollout_logprobs=[])], 0, torch.device("cpu")).has_rollout_logprobs
+    assert not collate([with_mu, Trajectory([5, 6], [9])], 0, torch.device("cpu")).has_rollout_logprobs

@@ -275,6 +275,8 @@ class Run:
         self.history: list[dict] = []
         self.start_step, self.step, self.heldout_before = 1, 0, None
         self.last: TrainedStep | None = None
+        self.updating = False  # a step's update has begun and its checkpoint is not yet recorded
+        self.latest_checkpoint: Path | None = None  # the latest checkpoint this run started from or wrote
         # What a run that loses its learners before its first checkpoint goes back to.
         self.initial = copy.deepcopy({"step": 0, "stream": stream.state_dict(), "hadw": self.parts.hadw_state.state_dict(),
                                       "controller": self.controller.state_dict(), "rng": rng_state(),
@@ -296,6 +298,7 @@ class Run:
     def resume(self, ckpt: Path) -> None:
         state = load_training_state(ckpt, self.roles)
         self.start_step, self.heldout_before = self.restore(state), state.get("heldout_before")
+        self.latest_checkpoint = ckpt
         log.info("resumed from %s: continuing at step %d (epoch %d)", ckpt, self.start_step, self.stream.epoch)
         if self.start_step > self.total:
             log.warning(
@@ -359,6 +362,7 @@ class Run:
                     for step, batch in enumerate(batches, start=self.start_step):
                         self.step = step
                         step_start = time.perf_counter()
+                        self.updating = True
                         m = train_step(self.parts, batch, step)
                         step_start += m.get("time/oracle_gradient", 0.0)  # the oracle's time is logged apart
                         if source is not None:
@@ -367,7 +371,9 @@ class Run:
                         else:
                             m["time/step"] = time.perf_counter() - step_start + batch.stats["time/collect"]
                         self.record(step, batch, m)
-                        if self.checkpoint(step, batch):
+                        stop = self.checkpoint(step, batch)
+                        self.updating = False
+                        if stop:
                             break
                     break
                 except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
@@ -377,12 +383,14 @@ class Run:
                         raise
                     self.restart_learners(e)
         except RoleFailed as e:
-            # The failure came while collecting the next batch: the learners still hold the last
-            # trained step's weights, so that step's checkpoint is exact.
-            if self.last is not None and not self.last.saved:
-                path = save_training_state(self.run_dir, self.last.step, self.roles, self.last.state, self.cfg)
-                log.info("checkpoint %s", path)
-            where = f"a checkpoint at step {self.last.step}" if self.last is not None else "its last checkpoint"
+            # Failing while collecting the next batch, the learners still hold the last trained
+            # step's weights, so that step's checkpoint is exact. Failing within a step (its weight
+            # sync, its held-out evaluation), they may hold the next step's: nothing is saved then.
+            if self.last is not None and not self.last.saved and not self.updating:
+                self.latest_checkpoint = save_training_state(self.run_dir, self.last.step, self.roles, self.last.state, self.cfg)
+                self.last = self.last._replace(saved=True)
+                log.info("checkpoint %s", self.latest_checkpoint)
+            where = f"a checkpoint at step {self.last.step}" if self.last is not None and self.last.saved else "its last checkpoint"
             raise RoleFailed(f"{e}. The run stopped with {where}; the same command resumes it.") from e
         finally:
             if source is not None:
@@ -431,12 +439,13 @@ class Run:
             "value": value.state if value is not None and self.staleness == 0 else batch.value_state,
         }
         every = cfg.trainer.save_every
-        saved = (every and step % every == 0) or step == self.total or self.stop.signal is not None
+        stopping = self.stop.signal is not None  # read once: a signal arriving in between must not stop an unsaved run
+        saved = (every and step % every == 0) or step == self.total or stopping
         if saved:
-            path = save_training_state(self.run_dir, step, self.roles, state, cfg)
-            log.info("checkpoint %s", path)
+            self.latest_checkpoint = save_training_state(self.run_dir, step, self.roles, state, cfg)
+            log.info("checkpoint %s", self.latest_checkpoint)
         self.last = TrainedStep(step, state, bool(saved))
-        if self.stop.signal is not None:
+        if stopping:
             log.warning("stopped at step %d; `rlvr train` with the same run_dir resumes from here", step)
             return True
         return False
@@ -447,8 +456,11 @@ class Run:
         cfg, roles = self.cfg, self.roles
         t0 = time.perf_counter()
         self.last = None  # its weights died with the learners: if the restart fails, there is nothing to checkpoint
+        self.updating = False
         restart_learners(cfg, roles, self.model_path, error)
-        back_to = resolve_resume(self.run_dir, "auto")
+        # this run's own latest: the checkpoint it resumed from (resume=PATH may be another run's,
+        # or an earlier one of this run_dir than its latest) or the last it wrote
+        back_to = self.latest_checkpoint
         state = load_training_state(back_to, roles) if back_to is not None else self.initial
         if back_to is None and roles.value is not None:
             roles.value.load(self.initial["value"])
@@ -460,12 +472,15 @@ class Run:
         log.warning("restarted every learner rank from %s, training again from step %d", back_to or "the initial weights", self.start_step)
 
     def finish(self) -> dict:
+        summary_path = self.run_dir / "summary.json"
+        if self.start_step > self.total and summary_path.exists():  # a finished run resumed: nothing trained, nothing to rewrite
+            return {"summary": json.loads(summary_path.read_text()), "history": self.history}
         summary = {
             "heldout_before": self.heldout_before,
             "heldout_after": next((h["eval/accuracy"] for h in reversed(self.history) if "eval/accuracy" in h), None),
             "steps": self.step if self.total >= self.start_step else self.total,
             "run_dir": str(self.run_dir),
         }
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        summary_path.write_text(json.dumps(summary, indent=2))
         log.info("done: held-out accuracy %s -> %s", summary["heldout_before"], summary["heldout_after"])
         return {"summary": summary, "history": self.history}

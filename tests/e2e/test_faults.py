@@ -64,6 +64,20 @@ def test_a_role_that_keeps_dying_stops_with_a_checkpoint_and_resumes(tmp_path, r
 
 
 @pytest.mark.slow
+def test_a_role_lost_within_a_step_saves_no_mislabelled_checkpoint(tmp_path, ray_session, tiny_model, monkeypatch):
+    """The verifier dies after step 2's update, so step 2's held-out evaluation fails. The learners
+    already hold step 2's weights: saving them as step 1's checkpoint (with step 1's stream and RNG)
+    would train step 2 twice on resume. Nothing is saved; the run says it resumes from its last
+    checkpoint (here none: it starts over)."""
+    run_dir = tmp_path / "run"
+    base = TINY + ["algorithm=grpo", "trainer.steps=3", "trainer.eval_every=2", "trainer.save_every=0", f"run_dir={run_dir}"]
+    at_step(monkeypatch, 2, signal_actors("_VerifierPoolImpl"))
+    with pytest.raises(RoleFailed, match=r"the verifier role's actors died 1 time .*The run stopped with its last checkpoint"):
+        train(compose(base + ["trainer.max_restarts=0"]))
+    assert not (run_dir / "checkpoints").exists() or not any((run_dir / "checkpoints").iterdir())
+
+
+@pytest.mark.slow
 def test_a_killed_or_stopped_rollout_engine_is_replaced_and_the_run_is_unchanged(tmp_path, straight_grpo, monkeypatch):
     """The engine is SIGKILLed after step 1 (step 2's generate call finds it dead), its replacement
     SIGSTOPped before step 3's update (the weight sync waits rollout.timeout_s for it) and the next

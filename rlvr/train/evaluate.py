@@ -34,6 +34,14 @@ def evaluation_problems(cfg: DictConfig, train_problems: list[Problem]) -> list[
     return validation
 
 
+def checkpoint_problems(cfg: DictConfig) -> list[Problem]:
+    """What `rlvr eval` scores: the run's own held-out set (`evaluation_problems`: no training
+    question, `eval.split`), or, for `data=file` without a training file, the eval split as it is.
+    (Before 2026-12-07 it scored `data.eval` raw: 71 of `data=mix`'s 256 were training prompts.)"""
+    train = [] if OmegaConf.missing_keys(cfg.data.train) else load_problems(OmegaConf.to_container(cfg.data.train, resolve=True))
+    return evaluation_problems(cfg, train)
+
+
 def correct_counts(generator: Generator, problems: list[Problem], n: int, sampling: SamplingConfig, seed: int,
                    env_counts: dict | None = None) -> list[int]:
     """How many of ``n`` seeded rollouts of each problem are correct; ``env_counts``, when given,
@@ -102,7 +110,7 @@ def evaluate_model(target: str, cfg: DictConfig) -> dict:
             model_path = str(export_checkpoint(path, Path(tmp) / "model"))
         else:
             model_path = resolve_model_path(target, cfg.cache_dir)
-        problems = load_problems(OmegaConf.to_container(cfg.data.eval, resolve=True))
+        problems = checkpoint_problems(cfg)
 
         start_ray(cfg)
         engine = RolloutEngine.options(num_cpus=cfg.cluster.actor_cpus, runtime_env=threads_env(cfg)).remote(

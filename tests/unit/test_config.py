@@ -172,6 +172,23 @@ def test_presets_are_their_base_plus_their_differences():
     assert v05.warmup_prompts == 64 and grpo.warmup_prompts == 0
 
 
+def test_rlvr_eval_scores_the_run_s_own_held_out_set(tmp_path):
+    """`rlvr eval` scored `data.eval` raw: 71 of data=mix's 256 prompts were training prompts."""
+    from omegaconf import OmegaConf
+
+    from rlvr.data import load_problems
+    from rlvr.train.evaluate import checkpoint_problems, evaluation_problems
+
+    cfg = compose(["data=mix", "eval.size=256"])
+    train = load_problems(OmegaConf.to_container(cfg.data.train, resolve=True))
+    got = checkpoint_problems(cfg)
+    assert [p.question for p in got] == [p.question for p in evaluation_problems(cfg, train)]
+    assert not {p.question for p in got} & {p.question for p in train}
+    rows = tmp_path / "eval.jsonl"  # data=file with no training file: the eval split as it is
+    rows.write_text('{"prompt": "1 + 1?", "answer": "2"}\n{"prompt": "2 + 2?", "answer": "4"}\n')
+    assert [p.answer for p in checkpoint_problems(compose(["data=file", f"data.eval.path={rows}"]))] == ["2", "4"]
+
+
 def test_validation_split_is_disjoint_from_training_and_heldout():
     from omegaconf import OmegaConf
 

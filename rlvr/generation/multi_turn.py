@@ -171,7 +171,8 @@ class MultiTurn:
             with_calls = [e for e in active if calls[id(e)]]
             observations = self._run_tools(with_calls, calls, counts, timings)
             went_on = {id(e) for e, obs in zip(with_calls, observations) if self._go_on(e, obs)}
-            self._answer([e for e in active if id(e) not in went_on], last_turn, counts, timings)
+            out_of_room = {id(e) for e in with_calls} - went_on  # a call whose result did not fit: scored as the answer
+            self._answer([e for e in active if id(e) not in went_on], last_turn, counts, timings, out_of_room)
         for e in episodes:
             counts[f"env/ended/{e.ended}"] += 1
         counts.update({
@@ -209,8 +210,10 @@ class MultiTurn:
             observations.append(messages)
         return observations
 
-    def _answer(self, episodes: list[Episode], last_turn: bool, counts: Counter, timings: Counter) -> None:
-        """Score each turn that answered (or had to), and let the environment say what follows."""
+    def _answer(self, episodes: list[Episode], last_turn: bool, counts: Counter, timings: Counter, out_of_room: set[int] = frozenset()) -> None:
+        """Score each turn that answered (or had to), and let the environment say what follows. An
+        episode that ran out of length ends as such (truncated) even where the environment would
+        stop on any answer: DAPO's `mask_truncated` and `truncated_frac` read it."""
         if not episodes:
             return
         start = time.perf_counter()
@@ -222,10 +225,12 @@ class MultiTurn:
                 counts["env/first_answers_correct"] += int(r.correct)
             e.scores.append(r)
             step = self.env.step(e.messages, e.scores)
-            if step.observation is None:
-                e.finish(step, "done")
-            elif e.last.truncated:
+            if e.last.truncated:
                 e.finish(step, "turn_tokens")
+            elif id(e) in out_of_room:
+                e.finish(step, "max_tokens")
+            elif step.observation is None:
+                e.finish(step, "done")
             elif last_turn:
                 e.finish(step, "max_turns")
             elif not self._go_on(e, step.observation):

@@ -110,3 +110,15 @@ def test_the_learner_log_probs_equal_the_engine_s_on_the_model_tokens(episodes_o
         mask = t.loss_mask == 1
         assert len(lp) == len(t.response_ids)
         torch.testing.assert_close(torch.tensor(lp)[mask], t.rollout_logprobs[mask], atol=2e-3, rtol=0)
+
+
+@pytest.mark.slow
+def test_an_answer_cut_at_its_length_ends_the_episode_truncated(episodes_on_real_parts):
+    """The environment ends an episode on any answer, but an answer cut at the turn's max_tokens is
+    a truncated episode (DAPO's mask_truncated, truncated_frac). It ended as 'done', untruncated."""
+    generator, _, _, _ = episodes_on_real_parts
+    generator.parse, generator.max_turns = (lambda text: []), 2
+    cut = SamplingConfig(1.0, 1.0, 4)  # no stop string: the random model's turns run to 4 tokens
+    out = generator.generate([Problem("t/2", "What is 2 + 2?", "4")], [2], cut, seed=2)
+    assert out.counts["env/ended/turn_tokens"] == 2
+    assert all(t.truncated and len(t.response_ids) == 4 for t in out.trajectories)

@@ -59,6 +59,26 @@ def test_an_engine_stopped_before_a_weight_sync_is_replaced_and_loaded_not_waite
 
 
 @pytest.mark.slow
+def test_an_engine_the_generating_thread_replaced_is_not_replaced_again_by_the_sync(ray_session, tiny_model):
+    """An async run: the generating thread and the weight sync both find engine 0 lost, and the
+    generating thread replaces it first. The sync names the handle it waited on, so its failure
+    does not take the replacement for the lost engine (which killed it and charged a second death)."""
+    from rlvr.rollout.pool import RolloutPool
+
+    start = lambda i: fresh_engine(tiny_model)  # noqa: E731
+    pool = RolloutPool([start(0)], start, max_restarts=1, timeout_s=5, ready_timeout_s=120)
+    waited_on = list(pool.engines)  # what load_weights hands sync_weights
+    lost = pool.engines[0]
+    ray.kill(lost)
+    pool._replace(0, RuntimeError("lost in generate"), lost)  # the generating thread, first
+    replacement = pool.engines[0]
+    pool.replace_failed({0: RuntimeError("lost in the weight sync")}, time.perf_counter(), waited_on)
+    assert pool.policy.restarts == 1 and pool.engines[0] is replacement
+    assert ray.get(replacement.weight_version.remote(), timeout=30) is not None  # alive
+    ray.kill(replacement)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["ray", "ipc"])
 def test_a_learner_stopped_before_a_weight_sync_raises_at_its_deadline(backend, ray_session, tiny_model):
     """The learners' side of a sync has a deadline too (trainer.role_timeout_s in a run): a SIGSTOPped

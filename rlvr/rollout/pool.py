@@ -201,7 +201,24 @@ class RolloutPool:
                 self.reload(self.engines[i])
 
     def sleep(self) -> None:
-        ray.get([e.sleep.remote() for e in self.engines])
+        self._on_every_engine("sleep")
 
     def wake_up(self) -> None:
-        ray.get([e.wake_up.remote() for e in self.engines])
+        self._on_every_engine("wake_up")
+
+    def _on_every_engine(self, method: str) -> None:
+        """`method` (colocated mode's sleep or wake_up) on every engine; one lost or silent past
+        ``timeout_s`` is replaced and asked again, as in `generate` (a stopped engine hung the run)."""
+        def issue(i: int) -> tuple[Any, ray.ObjectRef]:
+            return self.engines[i], getattr(self.engines[i], method).remote()
+
+        pending = {i: issue(i) for i in range(len(self.engines))}
+        failed_at = None
+        while pending:
+            _, failures = gather({i: ref for i, (_, ref) in pending.items()}, self.timeout_s, "rollout.timeout_s")
+            for i, error in failures.items():
+                failed_at = failed_at or time.perf_counter()
+                self._replace(i, error, pending[i][0])
+            pending = {i: issue(i) for i in failures}
+        if failed_at is not None:
+            self.policy.lost(failed_at)

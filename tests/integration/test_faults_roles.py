@@ -59,6 +59,23 @@ def test_an_engine_stopped_before_a_weight_sync_is_replaced_and_loaded_not_waite
 
 
 @pytest.mark.slow
+def test_an_engine_stopped_before_colocated_sleep_is_replaced_not_waited_for(ray_session, tiny_model):
+    """Colocated mode puts the engines to sleep before each update and wakes them after it: a
+    SIGSTOPped engine hung that call for good. Now it is replaced after rollout.timeout_s."""
+    from rlvr.rollout.pool import RolloutPool
+
+    start = lambda i: fresh_engine(tiny_model)  # noqa: E731
+    pool = RolloutPool([start(0)], start, max_restarts=1, timeout_s=5, ready_timeout_s=120)
+    stopped = pool.engines[0]
+    os.kill(pid_of(stopped), signal.SIGSTOP)
+    t0 = time.perf_counter()
+    pool.sleep()
+    assert pool.policy.restarts == 1 and pool.engines[0] is not stopped and 5 <= time.perf_counter() - t0 < 120
+    pool.wake_up()  # the replacement answers
+    ray.kill(pool.engines[0])
+
+
+@pytest.mark.slow
 def test_an_engine_the_generating_thread_replaced_is_not_replaced_again_by_the_sync(ray_session, tiny_model):
     """An async run: the generating thread and the weight sync both find engine 0 lost, and the
     generating thread replaces it first. The sync names the handle it waited on, so its failure

@@ -239,6 +239,11 @@ def train(cfg: DictConfig) -> dict:
         cfg.algorithm.name, cfg.weighting.name, model_path, cfg.data.name, len(train_problems), len(eval_problems),
         cfg.trainer.steps, cfg.trainer.batch_size, cfg.algorithm.n, run_dir,
     )
+    if cfg.rollout.top_p < 1:
+        log.warning(
+            "rollout.top_p=%s: the engines sample, and report log-probs, from the nucleus renormalised, while the learners' "
+            "π is the whole softmax(logits/T); π/μ is then low by the nucleus's mass on every token, which the rollout "
+            "correction and old_logprobs=rollout read as a mismatch. RL recipes keep top_p=1 (the default).", cfg.rollout.top_p)
     with running_roles(cfg, model_path, preset) as roles:
         generator = make_generator(cfg, roles.rollout, roles.verifier, model_path)
         run = Run(cfg, preset, roles, stream, generator, eval_problems, run_dir, model_path)

@@ -304,6 +304,7 @@ class Run:
         state = load_training_state(ckpt, self.roles)
         self.start_step, self.heldout_before = self.restore(state), state.get("heldout_before")
         self.latest_checkpoint = ckpt
+        self.metrics_log.rewind(self.start_step)
         log.info("resumed from %s: continuing at step %d (epoch %d)", ckpt, self.start_step, self.stream.epoch)
         if self.start_step > self.total:
             log.warning(
@@ -471,6 +472,7 @@ class Run:
             roles.value.load(self.initial["value"])
         self.start_step, self.last = self.restore(state), None
         self.history = [h for h in self.history if h["step"] < self.start_step]
+        self.metrics_log.rewind(self.start_step)
         self.bar.n = self.start_step - 1
         self.bar.refresh()
         roles.learner_restarts.lost(t0)

@@ -66,6 +66,29 @@ class MetricsLog:
         if self.wandb:
             self.wandb.log(record, step=step)
 
+    def rewind(self, step: int) -> None:
+        """Drop every record of ``step`` or later from the JSONL files: a run that goes back to a
+        checkpoint (resume, a learner restart) trains those steps again, and their first records
+        would be counted twice by a reader that does not keep the last record of each step (the
+        oracle report did). A line a crash cut short goes too. TensorBoard and wandb keep theirs."""
+        for name in ("file", "decisions", "eval", "oracle"):
+            f = getattr(self, name)
+            if f is None:
+                continue
+            path = Path(f.name)
+            f.close()
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", -1) < step:
+                        kept.append(line + "\n")
+                except json.JSONDecodeError:
+                    continue
+            tmp = path.with_suffix(".rewind")
+            tmp.write_text("".join(kept))
+            tmp.replace(path)
+            setattr(self, name, open(path, "a", buffering=1))
+
     def close(self) -> None:
         for f in (self.file, self.decisions, self.eval, self.oracle):
             if f:

@@ -491,3 +491,24 @@ def test_resolve_resume(tmp_path):
         resolve_resume(tmp_path, str(tmp_path))
     with pytest.raises(ValueError):
         resolve_resume(tmp_path, "")
+
+
+def test_a_run_that_goes_back_keeps_one_record_per_step(tmp_path):
+    """Resuming at step 3 (or restarting the learners back to it) trains steps 3 and on again: their
+    first records go, with a line a crash cut short, so every step has one record in each file."""
+    import json
+
+    from rlvr.config import compose
+    from rlvr.train.state import MetricsLog
+
+    log = MetricsLog(tmp_path, compose(["eval.oracle.samples=4"]))
+    for step in range(5):
+        log.write(step, {"reward": step / 10}, decisions=[{"prior": 0.5}], eval_records=[{"correct": 1}], oracle_records=[{"p_star": 0.2}])
+    log.file.write('{"step": 5, "rew')  # killed mid-line
+    log.rewind(3)
+    log.write(3, {"reward": 0.33})
+    log.close()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2, 3] and json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["reward"] == 0.33
+    for name in ("decisions", "eval", "oracle"):
+        assert [json.loads(line)["step"] for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()] == [0, 1, 2], name

@@ -70,8 +70,13 @@ def _step_of(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+_MADE_HERE: set[str] = set()  # hidden names this process made: a container restarted with our pid left the others
+
+
 def _hidden_name(kind: str, name: str) -> str:
-    return f".{kind}-{name}-{os.getpid()}-{secrets.token_hex(4)}"
+    hidden = f".{kind}-{name}-{os.getpid()}-{secrets.token_hex(4)}"
+    _MADE_HERE.add(hidden)
+    return hidden
 
 
 def _checkpoints_dir(run_dir: str | Path) -> Path:
@@ -347,8 +352,8 @@ def _clean_hidden(ckdir: Path) -> None:
         if kind == "del":
             _remove(p)  # already committed to deletion
             continue
-        if pid == os.getpid() or _pid_alive(pid):
-            continue  # ours, or a save still running in another process
+        if p.name in _MADE_HERE or (pid != os.getpid() and _pid_alive(pid)):
+            continue  # ours, or a save still running in another process (our pid alone: a previous container's driver)
         if kind == "tmp":
             log.info("removing %s left by an interrupted save (process %d)", p, pid)
             _remove(p)

@@ -146,22 +146,8 @@ class RolloutPool:
         if not requests:
             return []
         shards = [requests[i :: len(self.engines)] for i in range(len(self.engines))]
-
-        def issue(i: int) -> tuple[Any, ray.ObjectRef]:  # the engine asked, so a replacement is not replaced again
-            return self.engines[i], self.engines[i].generate.remote(shards[i], sampling, engine_seed(seed, i))
-
-        pending = {i: issue(i) for i, shard in enumerate(shards) if shard}
-        parts: dict[int, list[Sample]] = {}
-        failed_at = None
-        while pending:
-            answers, failures = gather({i: ref for i, (_, ref) in pending.items()}, self.timeout_s, "rollout.timeout_s")
-            parts.update(answers)
-            for i, error in failures.items():
-                failed_at = failed_at or time.perf_counter()
-                self._replace(i, error, pending[i][0])
-            pending = {i: issue(i) for i in failures}
-        if failed_at is not None:
-            self.policy.lost(failed_at)
+        parts = self._ask([i for i, shard in enumerate(shards) if shard],
+                          lambda engine, i: engine.generate.remote(shards[i], sampling, engine_seed(seed, i)))
         samples = [s for i in sorted(parts) for s in parts[i]]
         order = {r.prompt_index: i for i, r in enumerate(requests)}
         samples.sort(key=lambda s: order[s.prompt_index])
@@ -207,18 +193,26 @@ class RolloutPool:
         self._on_every_engine("wake_up")
 
     def _on_every_engine(self, method: str) -> None:
-        """`method` (colocated mode's sleep or wake_up) on every engine; one lost or silent past
-        ``timeout_s`` is replaced and asked again, as in `generate` (a stopped engine hung the run)."""
-        def issue(i: int) -> tuple[Any, ray.ObjectRef]:
-            return self.engines[i], getattr(self.engines[i], method).remote()
+        """`method` (colocated mode's sleep or wake_up) on every engine (a stopped engine hung the run here)."""
+        self._ask(range(len(self.engines)), lambda engine, i: getattr(engine, method).remote())
 
-        pending = {i: issue(i) for i in range(len(self.engines))}
+    def _ask(self, indices, call: Callable[[Any, int], ray.ObjectRef]) -> dict[int, Any]:
+        """``call(engine, i)`` on engine i for each of ``indices``; their answers. One lost or silent
+        past ``timeout_s`` is replaced and asked again; the time since the first loss counts as lost.
+        The handle asked is kept, so a replacement made meanwhile is not replaced again."""
+        def issue(i: int) -> tuple[Any, ray.ObjectRef]:
+            return self.engines[i], call(self.engines[i], i)
+
+        pending = {i: issue(i) for i in indices}
+        answers: dict[int, Any] = {}
         failed_at = None
         while pending:
-            _, failures = gather({i: ref for i, (_, ref) in pending.items()}, self.timeout_s, "rollout.timeout_s")
+            got, failures = gather({i: ref for i, (_, ref) in pending.items()}, self.timeout_s, "rollout.timeout_s")
+            answers.update(got)
             for i, error in failures.items():
                 failed_at = failed_at or time.perf_counter()
                 self._replace(i, error, pending[i][0])
             pending = {i: issue(i) for i in failures}
         if failed_at is not None:
             self.policy.lost(failed_at)
+        return answers

@@ -512,3 +512,19 @@ def test_a_run_that_goes_back_keeps_one_record_per_step(tmp_path):
     assert steps == [0, 1, 2, 3] and json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["reward"] == 0.33
     for name in ("decisions", "eval", "oracle"):
         assert [json.loads(line)["step"] for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()] == [0, 1, 2], name
+
+
+def test_what_a_crashed_save_under_our_own_pid_left_is_cleaned(tmp_path):
+    """A container's driver often gets the same pid at every start: a save it crashed in left a
+    full-size `.tmp-` dir with this process's pid, which was taken for a save still running."""
+    import os
+
+    from rlvr.checkpoint import _clean_hidden, _hidden_name
+
+    left = tmp_path / f".tmp-step_00000003-{os.getpid()}-deadbeef"
+    left.mkdir()
+    (left / "weights.bin").write_bytes(b"x" * 1024)
+    ours = tmp_path / _hidden_name("tmp", "step_00000004")
+    ours.mkdir()
+    _clean_hidden(tmp_path)
+    assert not left.exists() and ours.exists()

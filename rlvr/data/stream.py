@@ -39,6 +39,17 @@ def _fingerprint(problems: list[Problem]) -> str:
     return h.hexdigest()[:16]
 
 
+def _content_fingerprint(problems: list[Problem]) -> str:
+    """Of what the problems say, not only their ids: a file's edited rows, or a task's new kwargs,
+    keep every uid (`file:<name>:<row>`, `<task>/<seed>/<index>`)."""
+    h = hashlib.sha256()
+    for p in problems:
+        for part in (p.question, p.answer, p.answer_type, *(c for turn in p.context for c in turn)):
+            h.update(part.encode(errors="surrogatepass"))
+            h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
 class PromptStream:
     """Endless, seeded, resumable stream over a list of problems.
 
@@ -98,16 +109,23 @@ class PromptStream:
             "shuffle": self._shuffle,
             "num_problems": len(self._problems),
             "fingerprint": _fingerprint(self._problems),
+            "content": _content_fingerprint(self._problems),
         }
 
-    def load_state_dict(self, d: dict) -> None:
+    def mismatch(self, d: dict) -> str | None:
+        """What differs between a checkpoint's stream state and this stream, or None. (A state
+        from before the content fingerprint has none, and is checked on the rest.)"""
         mine = self.state_dict()
-        for key in ("num_problems", "fingerprint", "seed", "shuffle"):
+        for key in ("num_problems", "fingerprint", "content", "seed", "shuffle"):
             if key in d and d[key] != mine[key]:
-                raise ValueError(
-                    f"PromptStream state does not match this stream: {key} is {d[key]!r} in the state, "
-                    f"{mine[key]!r} here (a different dataset or seed than the checkpoint's)"
-                )
+                return (f"the training prompts differ from the checkpoint's: {key} is {d[key]!r} there, {mine[key]!r} here "
+                        "(a different dataset, data settings or seed)")
+        return None
+
+    def load_state_dict(self, d: dict) -> None:
+        problem = self.mismatch(d)
+        if problem is not None:
+            raise ValueError(f"PromptStream state does not match this stream: {problem}")
         epoch, position = int(d["epoch"]), int(d["position"])
         if epoch < 0 or not 0 <= position < len(self._problems):
             raise ValueError(f"bad PromptStream state: epoch={epoch}, position={position}, {len(self._problems)} problems")

@@ -56,6 +56,7 @@ from rlvr.train.state import (
     MetricsLog,
     StopRequest,
     check_resume_config,
+    check_resume_data,
     console_line,
     load_training_state,
     rng_state,
@@ -234,6 +235,8 @@ def train(cfg: DictConfig) -> dict:
     eval_problems = evaluation_problems(cfg, train_problems)
     train_problems, warmup_problems = split_warmup(train_problems, cfg.algorithm.warmup_prompts, cfg.seed)
     stream = PromptStream(train_problems, seed=cfg.seed)
+    if ckpt is not None:
+        check_resume_data(ckpt, stream)
     log.info(
         "%s + weighting %s | model %s | data %s: %d train, %d held-out prompts | %d steps x %d prompts x n=%d | run_dir %s",
         cfg.algorithm.name, cfg.weighting.name, model_path, cfg.data.name, len(train_problems), len(eval_problems),

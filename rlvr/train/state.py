@@ -141,6 +141,17 @@ def check_resume_config(ckpt: Path, cfg: DictConfig) -> None:
         )
 
 
+def check_resume_data(ckpt: Path, stream) -> None:
+    """Refuse, before any role starts, to resume a checkpoint into different training prompts (a
+    different dataset, data settings, seed or held-out warm-up prompts): its stream position would
+    point into other data."""
+    saved = torch.load(ckpt / "trainer_state.pt", weights_only=False)["stream"]
+    problem = stream.mismatch(saved)
+    if problem is not None:
+        raise ConfigError(f"resume: checkpoint {ckpt}: {problem}. Resume with the checkpoint's data settings, or pass "
+                          "resume=never (or another run_dir) to start fresh.")
+
+
 def save_training_state(run_dir: Path, step: int, roles: Roles, state: dict, cfg: DictConfig) -> Path:
     """`state["value"]`, when given, is the value server's state as of the trained batch (async runs:
     the server has already seen the batches generated ahead); otherwise it is read from the server."""

@@ -287,3 +287,23 @@ def test_stream_rejects_state_of_another_dataset():
         PromptStream(_problems(10), seed=2).load_state_dict(a.state_dict())
     with pytest.raises(ValueError, match="at least one problem"):
         PromptStream([], seed=0)
+
+
+def test_resume_refuses_edited_prompts_before_any_role_starts(tmp_path):
+    """Edited rows of a file (or a task's new kwargs) keep every uid: the content fingerprint tells,
+    and `rlvr train` refuses with a config error before starting Ray, not a traceback after."""
+    import torch
+
+    from rlvr.config import ConfigError
+    from rlvr.train.state import check_resume_data
+
+    saved = PromptStream(_problems(10), seed=1).state_dict()
+    edited = _problems(10)
+    edited[3] = Problem("p3", "q3, reworded", "3")
+    assert "content" in PromptStream(edited, seed=1).mismatch(saved)
+    old_state = {k: v for k, v in saved.items() if k != "content"}  # a checkpoint from before the content fingerprint
+    assert PromptStream(edited, seed=1).mismatch(old_state) is None
+    torch.save({"stream": saved}, tmp_path / "trainer_state.pt")
+    with pytest.raises(ConfigError, match="training prompts differ from the checkpoint's: content"):
+        check_resume_data(tmp_path, PromptStream(edited, seed=1))
+    check_resume_data(tmp_path, PromptStream(_problems(10), seed=1))  # the same prompts: no error

@@ -68,11 +68,20 @@ class HFEngine:
         return results
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy each named tensor into the model. A name the model lacks is an error (it was skipped,
+        leaving stale weights unseen), except a tied LM head, which is the embedding's tensor."""
         params = dict(self.model.named_parameters())
+        tied = {"lm_head.weight"} if getattr(self.model.config, "tie_word_embeddings", False) else set()
+        unknown = []
         with torch.no_grad():
             for name, tensor in weights:
                 if name in params:
                     params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+                elif name not in tied:
+                    unknown.append(name)
+        if unknown:
+            raise ValueError(f"the HF engine's model has no parameters named {unknown[:5]} ({len(unknown)} in all): "
+                             "the learner's and the engine's models differ")
 
     def sleep(self) -> None:
         if self.sleeps:

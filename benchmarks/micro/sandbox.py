@@ -25,6 +25,7 @@ import time
 from benchmarks.common import RESULTS
 from rlvr.rewards.code import _HARNESS
 from rlvr.sandbox import ProcessVerifier, RewardSpec, ScoreRequest
+from rlvr.sandbox import bubblewrap
 from rlvr.sandbox.bubblewrap import INTERPRETER, Limits, probe, run
 
 PROGRAM = "a, b = map(int, input().split())\nprint(a + b)\n"
@@ -52,15 +53,33 @@ def sandboxed_execution(stdin: bytes) -> float:
 
 
 def per_execution(n: int) -> dict:
-    bare, walled = [], []
-    for i in range(n):  # interleaved: load on the box hits both alike
+    """Bare, sandboxed, and (where the sandbox makes cgroups) sandboxed on its rlimits alone."""
+    bare, walled, rlimits_only = [], [], []
+    with_cgroups = bool(bubblewrap.cgroup_parents())
+    for i in range(n):  # interleaved, in turns: load on the box and what one run leaves hit all alike
         stdin = f"{i} {i}\n".encode()
         bare.append(bare_execution(stdin))
+
+        def without_cgroups() -> None:
+            bubblewrap._cgroups_off = True
+            try:
+                rlimits_only.append(sandboxed_execution(stdin))
+            finally:
+                bubblewrap._cgroups_off = False
+
+        if with_cgroups and i % 2:
+            without_cgroups()
         walled.append(sandboxed_execution(stdin))
+        if with_cgroups and not i % 2:
+            without_cgroups()
     b, w = statistics.median(bare), statistics.median(walled)
-    return {"executions": n, "bare_median_ms": round(1e3 * b, 2), "sandboxed_median_ms": round(1e3 * w, 2),
-            "overhead_ms": round(1e3 * (w - b), 2), "ratio": round(w / b, 3),
-            "sandboxed_p90_ms": round(1e3 * statistics.quantiles(walled, n=10)[-1], 2)}
+    out = {"executions": n, "bare_median_ms": round(1e3 * b, 2), "sandboxed_median_ms": round(1e3 * w, 2),
+           "overhead_ms": round(1e3 * (w - b), 2), "ratio": round(w / b, 3),
+           "sandboxed_p90_ms": round(1e3 * statistics.quantiles(walled, n=10)[-1], 2), "cgroups": with_cgroups}
+    if rlimits_only:
+        r = statistics.median(rlimits_only)
+        out.update(without_cgroups_median_ms=round(1e3 * r, 2), cgroups_cost_ms=round(1e3 * (w - r), 2))
+    return out
 
 
 def through_pool(items: int, workers: int) -> dict:

@@ -24,8 +24,7 @@ import time
 
 from benchmarks.common import RESULTS
 from rlvr.rewards.code import _HARNESS
-from rlvr.sandbox import ProcessVerifier, RewardSpec, ScoreRequest
-from rlvr.sandbox import bubblewrap
+from rlvr.sandbox import ProcessVerifier, RewardSpec, ScoreRequest, bubblewrap
 from rlvr.sandbox.bubblewrap import INTERPRETER, Limits, probe, run
 
 PROGRAM = "a, b = map(int, input().split())\nprint(a + b)\n"

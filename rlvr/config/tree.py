@@ -159,6 +159,8 @@ def _validate_env(cfg: DictConfig) -> None:
 def _validate_algorithm(cfg: DictConfig, preset: AlgorithmPreset) -> None:
     a = cfg.algorithm
     _check(a.n >= 2, "algorithm.n", f"a group needs at least 2 rollouts, got {a.n}")
+    _check(preset.estimator != "v05" or a.sampling == "adaptive", "algorithm.sampling",
+           f"the v05 estimator subtracts the baseline adaptive sampling fuses for each prompt: needs sampling=adaptive, got {a.sampling}")
     if preset.uses_value_model:
         _check(a.delta >= 1, "algorithm.delta", f"must be >= 1, got {a.delta}")
         _check(a.n_max >= a.n, "algorithm.n_max", f"must be >= algorithm.n ({a.n}), got {a.n_max}")

@@ -120,13 +120,24 @@ def weighting_kwargs(weighting: DictConfig, hadw_state: HADWState) -> dict:
     return kwargs
 
 
+def v05_baselines(batch: Batch, rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """Each group's V0.5 baseline of the reward the estimator subtracts it from. V0.5's b estimates
+    the success rate; a shaped reward (partial test credit, a format term, a penalty) differs from
+    correctness by a part no prior speaks to, so the group's mean of that part goes on top:
+    b_r = b + mean_i(r_i − c_i), which is b itself when the reward is correctness. (Without it,
+    four solutions passing 2/3 of their tests each, none correct, got +0.47 each against b = 0.2.)"""
+    base = batch.baselines()
+    gap = torch.zeros_like(base).index_add_(0, group_ids, rewards - batch.correctness())
+    return base + gap / torch.bincount(group_ids, minlength=len(base)).clamp(min=1)
+
+
 def set_advantages(batch: Batch, preset, weighting: DictConfig, hadw_state: HADWState) -> None:
     """Advantages of every trajectory (the estimator on the shaped reward, then the optional
     weighting on correctness: both papers weigh by success rate), on the batch."""
     rewards, group_ids = batch.rewards(), batch.group_ids()
     kwargs = dict(preset.estimator_kwargs())
     if preset.estimator == "v05":
-        kwargs["baselines"] = batch.baselines()
+        kwargs["baselines"] = v05_baselines(batch, rewards, group_ids)
     adv = compute_advantages(preset.estimator, rewards, group_ids, **kwargs)
     if weighting.name != "none":
         # a weighting scales each rollout's row: a column of ones beside the advantages comes out as the weights

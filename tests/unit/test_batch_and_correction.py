@@ -66,6 +66,27 @@ def test_a_weighting_keeps_the_estimator_s_advantages_beside_its_weights():
     assert torch.allclose(batch.advantages(), raw * batch.advantage_weights)
 
 
+def test_v05_s_baseline_is_of_the_reward_it_is_subtracted_from():
+    """V0.5's b estimates P(correct); code_tests scores the share of tests passed. Four solutions
+    each passing 2/3 (none correct) got A = 2/3 − 0.2 = +0.47 with b = 0.2: partial credit counted
+    as success beyond the prior. b now carries the group's mean partial credit, so they get what
+    four wrong answers get (−b), and a binary reward's baseline is b itself."""
+    from rlvr.config import algorithm_preset, compose
+    from rlvr.train.loop import hadw_state, set_advantages
+
+    cfg = compose(["algorithm=v05"])
+    partial = PromptGroup(problem(0), [traj(2, 3, reward=2 / 3) for _ in range(4)], baseline=0.2)
+    binary = PromptGroup(problem(1), [traj(2, 3, reward=r) for r in (1.0, 0.0, 0.0, 0.0)], baseline=0.3)
+    binary.trajectories[0].correct = True
+    wrong = PromptGroup(problem(2), [traj(2, 3, reward=0.0) for _ in range(4)], baseline=0.2)
+    batch = Batch([partial, binary, wrong])
+    set_advantages(batch, algorithm_preset(cfg.algorithm), cfg.weighting, hadw_state(cfg.weighting))
+    adv = batch.advantages()
+    assert torch.allclose(adv[:4], adv[8:], atol=1e-6) and bool((adv[:4] < 0).all())
+    assert adv[4] > 0 and bool((adv[5:8] < 0).all())  # 1 − 0.3 and 0 − 0.3, scaled alike
+    assert float(adv[4] / adv[5]) == pytest.approx(-0.7 / 0.3)
+
+
 def test_trajectory_loss_mask_defaults_to_every_token_and_must_match():
     assert traj(1, 4).loss_mask.tolist() == [1.0] * 4
     with pytest.raises(ValueError, match="loss_mask"):

@@ -149,6 +149,13 @@ def test_overlong_buffer_follows_max_tokens_and_names_both_keys():
     assert "algorithm.overlong_buffer" in str(e.value)
 
 
+def test_the_v05_estimator_needs_adaptive_sampling():
+    """Without it no prompt gets a baseline: step 1 crashed with "Could not infer dtype of NoneType"."""
+    with pytest.raises(ConfigError, match="algorithm.sampling"):
+        validate(compose(["algorithm=v05", "algorithm.sampling=fixed"]))
+    validate(compose(["algorithm=v05"]))
+
+
 def test_dr_grpo_s_constant_is_the_longest_response():
     """An episode's response (every turn, tool results included) runs to env.max_tokens, not to one
     turn's rollout.max_tokens: Dr.GRPO divides by that length."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -31,23 +31,22 @@ def build_messages(problem: Problem, system_prompt: str | None = None, fewshot: 
 
 
 
-def _fingerprint(problems: list[Problem]) -> str:
+def _digest(parts: Iterable[str]) -> str:
     h = hashlib.sha256()
-    for p in problems:
-        h.update(p.uid.encode())
+    for part in parts:
+        h.update(part.encode(errors="surrogatepass"))
         h.update(b"\0")
     return h.hexdigest()[:16]
+
+
+def _fingerprint(problems: list[Problem]) -> str:
+    return _digest(p.uid for p in problems)
 
 
 def _content_fingerprint(problems: list[Problem]) -> str:
     """Of what the problems say, not only their ids: a file's edited rows, or a task's new kwargs,
     keep every uid (`file:<name>:<row>`, `<task>/<seed>/<index>`)."""
-    h = hashlib.sha256()
-    for p in problems:
-        for part in (p.question, p.answer, p.answer_type, *(c for turn in p.context for c in turn)):
-            h.update(part.encode(errors="surrogatepass"))
-            h.update(b"\0")
-    return h.hexdigest()[:16]
+    return _digest(part for p in problems for part in (p.question, p.answer, p.answer_type, *(c for turn in p.context for c in turn)))
 
 
 class PromptStream:

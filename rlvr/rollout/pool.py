@@ -163,13 +163,12 @@ class RolloutPool:
         return sync_weights(backend, learners, engines, version, deadlines=Deadlines(self.timeout_s, self.learner_timeout_s),
                             on_failure=lambda failures, since: self.replace_failed(failures, since, engines))
 
-    def replace_failed(self, failures: dict[int, BaseException], since: float, engines: list | None = None) -> None:
+    def replace_failed(self, failures: dict[int, BaseException], since: float, engines: list) -> None:
         """Engines lost during a weight sync (`load_weights`): each is replaced and given the
         current weights, so the sync completes; the time since ``since`` counts as lost. ``engines``:
         the handles the sync waited on. (Looked up in the pool at failure time instead, an engine an
         async run's generating thread had already replaced was taken for the lost one: killed, and
         charged as a second death.)"""
-        engines = list(self.engines) if engines is None else engines
         for i, error in failures.items():
             self._replace(i, error, engines[i])
         self.policy.lost(since)

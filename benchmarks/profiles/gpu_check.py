@@ -20,6 +20,8 @@ values. Per model, printed as JSON (and written to --out):
   and peak memory for each path, in float32 and under bf16 autocast (`model.train_dtype=bfloat16`).
 - `engine_hf`: `rlvr.rollout.hf_engine.HFEngine` (the engine takes CUDA whenever it is present) sampling 8
   prompts x n=4 x up to 64 tokens: seconds, new tokens/s, peak memory, every log-prob finite.
+- `weight_share` (once): the `ipc` weight sync's two ends, a 64 MB bucket shared by one process and
+  opened and summed by another (CUDA IPC on a GPU).
 - `value_v0` (once): V0's backbone (Qwen3-Embedding-0.6B's shape with --device cuda, tiny on CPU)
   and adapter at the published dimensions encoding 128 prompts, and, where the `tabpfn` package is
   installed, the whole `V0ValueModel` (context of 64, prediction of 64 more).
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import statistics
@@ -246,6 +249,37 @@ def value_part(tokenizer_dir: Path, device: torch.device, work: Path, quick: boo
     return out
 
 
+SHARE_RECEIVER = """
+import sys, torch
+from rlvr.weight_sync.ipc import open_shared
+bucket = open_shared(sys.stdin.buffer.read())
+print(bucket.device.type, int(bucket.to(torch.int64).sum()))
+"""
+
+
+def weight_share_part(device: torch.device) -> dict:
+    """`cluster.weight_sync=ipc`'s two ends (`rlvr.weight_sync.ipc`): a packed 64 MB bucket on the device,
+    opened by another process (CUDA IPC on a GPU, a /dev/shm file on CPU) and summed there."""
+    import subprocess
+
+    from rlvr.weight_sync import ipc
+
+    flat = torch.randint(0, 256, (64 * 2**20,), dtype=torch.uint8, device=device)
+    start = time.perf_counter()
+    bucket = ipc.share(flat)
+    try:
+        out = subprocess.run([sys.executable, "-c", SHARE_RECEIVER], input=bucket.handle, capture_output=True, timeout=180,
+                             env={**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}"})
+    finally:
+        ipc.release([bucket])
+    seconds = time.perf_counter() - start
+    if out.returncode:
+        raise RuntimeError(out.stderr.decode()[-800:])
+    opened_on, total = out.stdout.decode().split()
+    return {"bytes": flat.numel(), "opened_on": opened_on, "sum_equal": total == str(int(flat.to(torch.int64).sum())),
+            "seconds_share_open_release": round(seconds, 3)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -287,6 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name, folder in folders.items():
             report["models"][name]["learner"] = attempt(f"{name}: learner", lambda: learner_part(folder, device, args.repeats))
             report["models"][name]["engine_hf"] = attempt(f"{name}: hf engine", lambda: engine_part(folder, device, args.quick))
+        report["weight_share"] = attempt("weight share (ipc)", lambda: weight_share_part(device))
         if not args.skip_value and "tiny" in folders:
             report["value_v0"] = attempt("value v0", lambda: value_part(folders["tiny"], device, work, args.quick))
     report["seconds"] = round(time.perf_counter() - start, 1)

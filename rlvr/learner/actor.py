@@ -27,8 +27,8 @@ from rlvr.lora import LoraSettings, add_adapters, sync_tensors
 from rlvr.runtime.kernel_caches import bound_kernel_caches
 from rlvr.runtime.logs import redirect_actor_output
 from rlvr.types import MiniBatch, Trajectory
+from rlvr.weight_sync import ipc
 from rlvr.weight_sync.buckets import TensorSpec, pack, plan_buckets
-from rlvr.weight_sync.ipc import share
 from rlvr.weight_sync.nccl import broadcast, open_group
 from rlvr.weight_sync.ray_objects import put_bucket
 
@@ -164,6 +164,7 @@ class PolicyLearner:
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
         self.engine = None
+        self.shared: list[ipc.Shared] = []  # the `ipc` backend's buckets, between share and release
         self._build(cfg)
 
     def _build(self, cfg: LearnerConfig) -> None:
@@ -503,15 +504,15 @@ class PolicyLearner:
 
         The buffers stay alive until `release_shared`, after the engine has loaded them.
         """
-        self.shared, handles = [], []
+        self.release_shared()
+        ipc.remove_orphans()
         for _, tensors in self._gathered_buckets(bucket_mb):
             if self.rank < num_engines:
-                flat = pack(tensors)
-                self.shared.append(flat)
-                handles.append(share(flat))
-        return handles
+                self.shared.append(ipc.share(pack(tensors)))
+        return [bucket.handle for bucket in self.shared]
 
     def release_shared(self) -> None:
+        ipc.release(self.shared)
         self.shared = []
 
     def save_checkpoint(self, path: str, tag: str, client_state: dict | None = None) -> None:

@@ -18,17 +18,25 @@ calls) and one entry in `BACKENDS`.
 
 from __future__ import annotations
 
+import importlib
 import time
+from types import ModuleType
 
-from rlvr.weight_sync import ipc, nccl, ray_objects
 from rlvr.weight_sync.base import NO_DEADLINES, Deadlines, OnFailure
 
-BACKENDS = {"ray": ray_objects, "nccl": nccl, "ipc": ipc}
+# name -> its module in this package, imported on first use (so `ipc`'s two ends import without Ray)
+BACKENDS = {"ray": "ray_objects", "nccl": "nccl", "ipc": "ipc"}
+
+
+def backend_module(name: str) -> ModuleType:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown weight sync backend {name!r}; known: {tuple(BACKENDS)}")
+    return importlib.import_module(f"rlvr.weight_sync.{BACKENDS[name]}")
 
 
 def connect(backend: str, learners: list, engines: list, address: tuple[str, int] | None) -> None:
     """Open what a backend holds open between syncs, where its module has a `connect` (nccl: its group)."""
-    open_backend = getattr(BACKENDS[backend], "connect", None)
+    open_backend = getattr(backend_module(backend), "connect", None)
     if open_backend is not None:
         open_backend(learners, engines, address)
 
@@ -46,9 +54,7 @@ def sync_weights(backend: str, learners: list, engines: list, version: int, buck
     A learner rank silent past `deadlines.learners` (its export, share or broadcast) raises
     `ray.exceptions.GetTimeoutError`: the loop restarts the learners, as for a silent update.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown weight sync backend {backend!r}; known: {tuple(BACKENDS)}")
     start = time.perf_counter()
-    nbytes, report = BACKENDS[backend].sync(learners, engines, version, bucket_mb, deadlines, on_failure, start)
+    nbytes, report = backend_module(backend).sync(learners, engines, version, bucket_mb, deadlines, on_failure, start)
     seconds = time.perf_counter() - start
     return {"time/sync": seconds, "sync/bytes": nbytes, **report, "sync/gb_per_s": nbytes / 1e9 / max(seconds, 1e-9)}

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-from rlvr.runtime.faults import gather
-
 OnFailure = Callable[[dict[int, BaseException], float], None]
 
 
@@ -34,6 +32,8 @@ def wait_loads(loads: list, deadlines: Deadlines, on_failure: Callable | None, s
     """The slowest engine's load seconds and the largest engine's resident memory, now and at its
     high-water mark, over the engines that answered (each answers `RolloutEngine._load`'s report). Without `on_failure` a lost
     engine raises (a missed deadline as `TimeoutError`); with it, the lost engines are handed to it by index."""
+    from rlvr.runtime.faults import gather  # Ray's; the backends' two ends import without it
+
     answers, failures = gather(dict(enumerate(loads)), deadlines.engines, deadlines.engines_key)
     if failures and on_failure is None:
         raise next(iter(failures.values()))

@@ -11,6 +11,7 @@ import ray
 
 from rlvr.learner.actor import PolicyLearner
 from rlvr.runtime.faults import RestartingRole, RoleFailed, gather
+from rlvr.weight_sync import ipc
 
 
 def fresh_learner(tiny_model: str):
@@ -54,6 +55,8 @@ def test_an_engine_stopped_before_a_weight_sync_is_replaced_and_loaded_not_waite
     assert pool.policy.restarts == 1 and pool.engines[0] is not stopped and pool.policy.seconds_lost >= 5
     assert ray.get([e.weight_version.remote() for e in pool.engines]) == [7] * engines
     assert m["time/sync"] >= 5
+    # the stopped engine never opened its bucket: the learner's release still removed the file
+    assert not list(ipc.SHM_DIR.glob(f"{ipc.FILE_PREFIX}{pid_of(learner)}-*"))
     for actor in [learner, *pool.engines]:
         ray.kill(actor)
 

@@ -26,6 +26,9 @@ def test_the_gpu_check_runs_on_cpu_and_records_a_failing_part(tmp_path):
     engine = tiny["engine_hf"]
     assert engine["engine_device"] == "cpu" and engine["samples"] == 8 and engine["logprobs_finite"], engine
 
+    share = report["weight_share"]
+    assert share["opened_on"] == "cpu" and share["sum_equal"], share
+
     value = report["value_v0"]
     assert value["backbone"] == "tiny" and value["embedding_finite"], value
     assert value["v0_value_model"]["prior_in_range"] and value["v0_value_model"]["predictions"] == 16

@@ -23,7 +23,7 @@ import tempfile
 import time
 
 from benchmarks.common import RESULTS
-from rlvr.rewards.code import _HARNESS
+from rlvr.rewards.code import STDIO_HARNESS as _HARNESS
 from rlvr.sandbox import ProcessVerifier, RewardSpec, ScoreRequest, bubblewrap
 from rlvr.sandbox.bubblewrap import INTERPRETER, Limits, probe, run
 
@@ -35,18 +35,18 @@ def bare_execution(stdin: bytes) -> float:
     """The harness and program run directly: a temp dir instead of the tmpfs, no namespaces."""
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
-        for name, data in (("harness.py", _HARNESS.replace("/sandbox/", d + "/")), ("program.py", PROGRAM)):
+        for name, data in (("harness.py", _HARNESS.decode().replace("/sandbox/", d + "/")), ("program.py", PROGRAM)):
             with open(os.path.join(d, name), "w") as f:
                 f.write(data)
-        subprocess.run([INTERPRETER, "-I", "-S", os.path.join(d, "harness.py"), "__main__"], input=stdin,
+        subprocess.run([INTERPRETER, "-I", "-S", os.path.join(d, "harness.py")], input=stdin,
                        capture_output=True, cwd=d, timeout=10, check=True)
     return time.perf_counter() - t0
 
 
 def sandboxed_execution(stdin: bytes) -> float:
     t0 = time.perf_counter()
-    got = run([INTERPRETER, "-I", "-S", "/sandbox/harness.py", "__main__"],
-              {"/sandbox/harness.py": _HARNESS.encode(), "/sandbox/program.py": PROGRAM.encode()}, stdin, Limits())
+    got = run([INTERPRETER, "-I", "-S", "/sandbox/harness.py"],
+              {"/sandbox/harness.py": _HARNESS, "/sandbox/program.py": PROGRAM.encode()}, stdin, Limits())
     assert got.status == "exited" and got.returncode == 0, got
     return time.perf_counter() - t0
 

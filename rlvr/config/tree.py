@@ -184,6 +184,22 @@ def _validate_algorithm(cfg: DictConfig, preset: AlgorithmPreset) -> None:
     if a.warmup_prompts:
         _check(preset.uses_value_model, "algorithm.warmup_prompts", f"warms up V0.5's value context (sampling=adaptive); {preset.sampling} has none to fill")
     _check(cfg.weighting.name in WEIGHTINGS, "weighting.name", f"unknown {cfg.weighting.name!r}; known: {', '.join(WEIGHTINGS)}")
+    _check_weighting(cfg.weighting)
+
+
+def _check_weighting(weighting: DictConfig) -> None:
+    """The weighting run once on a two-rollout group with its config node's values: a bad value
+    (focal's gamma < 0, HA-DW's anchor) fails here, not after the warm start and the first step."""
+    import torch
+
+    from rlvr.algorithms import apply_weighting
+    from rlvr.train.loop import hadw_state, weighting_kwargs
+
+    try:
+        kwargs = weighting_kwargs(weighting, hadw_state(weighting))
+        apply_weighting(weighting.name, torch.tensor([1.0, -1.0]), torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), **kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"weighting={weighting.name}: {e}") from None
 
 
 def _validate_eval(cfg: DictConfig) -> None:
@@ -286,10 +302,27 @@ def _validate_verifier(cfg: DictConfig) -> None:
             specs.append(coerce_spec(OmegaConf.to_container(term, resolve=True) if OmegaConf.is_config(term) else term))
         except (TypeError, ValueError) as e:
             raise ConfigError(f"verifier.terms[{i}]: {e}") from None
+        _check(_module_found(specs[-1].fn), f"verifier.terms[{i}]",
+               f"{specs[-1].fn!r}: no module {specs[-1].fn.partition(':')[0]!r} on this process's path (the current directory and PYTHONPATH)")
     try:
         correctness_terms(specs)
     except ValueError as e:
         raise ConfigError(f"verifier.terms: {e}") from None
+
+
+def _module_found(fn: str) -> bool:
+    """A builtin, or a ``module:function`` whose module exists (found, not run: the verifier's
+    workers import it; an import that fails there used to surface as three actor restarts)."""
+    import importlib.util
+
+    from rlvr.rewards import REWARD_FUNCTIONS
+
+    if fn in REWARD_FUNCTIONS:
+        return True
+    try:
+        return importlib.util.find_spec(fn.partition(":")[0]) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def validate_cluster(c: DictConfig, rollout_backend: str) -> None:

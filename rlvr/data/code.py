@@ -7,6 +7,7 @@ in the sandbox. The model is asked for the whole function in a fenced ``python``
 
 from __future__ import annotations
 
+import ast
 import gzip
 import json
 import logging
@@ -32,19 +33,26 @@ def _humaneval_rows() -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _imports(prompt: str) -> str:
-    return "\n".join(line for line in prompt.splitlines() if line.startswith(("import ", "from ")))
+def _prelude(prompt: str, entry_point: str) -> str:
+    """The prompt without the function asked for: its imports and the helpers its test may call
+    (HumanEval/10, 32, 38 and 50 define one), which a model's answer may leave out."""
+    lines = prompt.splitlines()
+    for node in ast.parse(prompt).body:
+        if isinstance(node, ast.FunctionDef) and node.name == entry_point:
+            start = min([node.lineno, *(d.lineno for d in node.decorator_list)]) - 1
+            return "\n".join(lines[:start] + lines[node.end_lineno:]).strip() + "\n"
+    raise ValueError(f"HumanEval prompt defines no {entry_point}()")
 
 
 def load_humaneval(cfg: DataSplitConfig, exclude: set[str] | None) -> list[Problem]:
     """HumanEval's problems in order: complete the function; its ``check`` is the one test, and the
-    prompt's imports are the program's prelude (a model may leave them out of its answer)."""
+    rest of the prompt (imports, helpers) is the program's prelude."""
     out = []
     for row in _humaneval_rows():
         question = f"Complete this Python function.\n\n```python\n{row['prompt']}```\n\n{ASK}"
         if exclude and question in exclude:
             continue
-        tests = {"test": row["test"], "entry_point": row["entry_point"], "prelude": _imports(row["prompt"])}
+        tests = {"test": row["test"], "entry_point": row["entry_point"], "prelude": _prelude(row["prompt"], row["entry_point"])}
         out.append(Problem(uid=f"humaneval:{row['task_id']}", question=question, answer=json.dumps(tests), answer_type="code"))
     return out
 

@@ -237,7 +237,7 @@ def _expression_match(pred: str, gold: str) -> bool:
 # --------------------------------------------------------------------------
 
 
-def math_reward(completion: str, answer: str, answer_type: str = "number", **kwargs) -> float:
+def math_reward(completion: str, answer: str, answer_type: str = "number", choices: str = "ABCDE") -> float:
     """1.0 if the completion's final answer equals the gold ``answer``, else 0.0.
 
     ``answer_type`` (per dataset):
@@ -279,7 +279,6 @@ def math_reward(completion: str, answer: str, answer_type: str = "number", **kwa
             return 0.0
         return 1.0 if _expression_match(pred, gold) else 0.0
     if answer_type == "choice":
-        choices = kwargs.get("choices", "ABCDE")
         g = normalize_choice(gold, choices)
         if g is None:
             raise ValueError(f"gold answer is not a choice letter: {gold[:80]!r}")
@@ -306,7 +305,7 @@ def _any_reward(completion: str, answer: str) -> float:
     return 1.0 if mv.verify(list(g), p, timeout_seconds=_mv_timeout()) else 0.0
 
 
-def exact_reward(completion: str, answer: str, answer_type: str = "string", **kwargs) -> float:
+def exact_reward(completion: str, answer: str, answer_type: str = "string", choices: str = "ABCDE") -> float:
     """1.0 if the final answer equals the gold answer as a string, after
     normalisation (math delimiters, ``\\text{}``, markdown bold and a final
     period removed, whitespace collapsed, case folded).  For ``choice`` both
@@ -316,7 +315,6 @@ def exact_reward(completion: str, answer: str, answer_type: str = "string", **kw
         return 0.0
     gold = gold_answer(answer)
     if answer_type == "choice":
-        choices = kwargs.get("choices", "ABCDE")
         g = normalize_choice(gold, choices)
         return 1.0 if g is not None and normalize_choice(pred, choices) == g else 0.0
     g = normalize_text(gold)
@@ -339,7 +337,6 @@ def format_reward(
     bonus: float = 0.1,
     mode: str = "search",
     flags: int = re.DOTALL,
-    **kwargs,
 ) -> float:
     """``bonus`` if the completion matches the regex ``pattern`` (``mode``
     ``search``, ``match`` or ``fullmatch``), else 0.  The default pattern

@@ -17,58 +17,34 @@ Each test's outcome is one of ``passed``, ``compile_error``, ``runtime_error``, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 
 OUTCOMES = ("passed", "compile_error", "runtime_error", "timeout", "wrong_answer", "sandbox_error")
-_EXIT_COMPILE_ERROR = 90
-_EXIT_ASSERTION = 91
 _SIGXCPU = 24
 MAX_PROGRAM_CHARS = 100_000
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+#.-]*)[^\n]*\n(.*?)```", re.S)
 
-# Runs inside the sandbox: compile the program (a SyntaxError is the program's, not the test's), run
-# it, then the test in the same namespace. Model code reaches exec only here, behind the walls.
-# With a test (assert-style), a pass is not an exit status, which the program controls (os._exit(0),
-# a replaced sys.exit or exec): it is the run's token, read from stdin before the program starts and
-# written to the saved stdout only after the test returned; the program's own output goes to
-# /dev/null. The harness holds its own references to what it calls after the program ran.
-_HARNESS = """\
-import os, sys
-
-
-def main():
-    run, exit_now, write, assertion = exec, os._exit, os.write, AssertionError
-    source = open("/sandbox/program.py").read()
-    try:
-        program = compile(source, "program.py", "exec")
-    except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError):
-        exit_now(%(compile_error)d)
-    namespace = {"__name__": sys.argv[1]}
-    if not os.path.exists("/sandbox/test.py"):  # stdin/stdout tests: the output is the verdict
-        run(program, namespace)
-        return
-    test = compile(open("/sandbox/test.py").read(), "test.py", "exec")
-    token = sys.stdin.buffer.readline().strip()
-    report = os.dup(1)
-    os.dup2(os.open("/dev/null", os.O_WRONLY), 1)
-    try:
-        run(program, namespace)
-    except SystemExit:
-        pass  # a program that ends itself still faces its test
-    try:
-        run(test, namespace)
-    except assertion:
-        exit_now(%(assertion)d)
-    write(report, token)
-    exit_now(0)
-
-
-main()
-""" % {"compile_error": _EXIT_COMPILE_ERROR, "assertion": _EXIT_ASSERTION}
+# What runs inside the sandbox, and the exit statuses it reports. Assert-style tests: the harness
+# whose docstring says how a pass cannot be forged by the program it tests. Stdin/stdout tests: the
+# program alone, its output the verdict, compared out here (a harness of a few lines: each test
+# starts an interpreter, and the assert harness's imports cost 5-10 ms of it).
+_EXIT_COMPILE_ERROR, _EXIT_ASSERTION, _EXIT_UNSAFE = 90, 91, 92
+ASSERTS_HARNESS = (Path(__file__).parent / "code_harness.py").read_bytes()
+STDIO_HARNESS = f"""\
+import builtins, os, sys
+builtins.exit = builtins.quit = sys.exit  # `-S` leaves them out, and programs end with them
+try:
+    program = compile(open("/sandbox/program.py").read(), "program.py", "exec")
+except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError):
+    os._exit({_EXIT_COMPILE_ERROR})
+exec(program, {{"__name__": "__main__"}})
+""".encode()
 
 
 @dataclass(frozen=True)
@@ -80,7 +56,8 @@ class TestSuite:
 
 def extract_program(completion: str, language: str = "python") -> str | None:
     """The last fenced code block tagged ``language`` or untagged, else None."""
-    blocks = [code for tag, code in _FENCE.findall(completion) if tag.lower() in ("", language, "py" if language == "python" else language)]
+    tags = ("", "python", "python3", "py", "py3") if language == "python" else ("", language)
+    blocks = [code for tag, code in _FENCE.findall(completion) if tag.lower() in tags]
     if not blocks or len(blocks[-1]) > MAX_PROGRAM_CHARS:
         return None
     return blocks[-1]
@@ -106,15 +83,34 @@ def parse_tests(spec) -> TestSuite:
         ins, outs = spec.get("inputs"), spec.get("outputs")
         if not isinstance(ins, list) or not isinstance(outs, list) or len(ins) != len(outs) or not ins:
             raise ValueError("stdin/stdout tests need non-empty 'inputs' and 'outputs' lists of the same length")
-        return TestSuite("stdio", tuple((str(i), str(o)) for i, o in zip(ins, outs)), prelude)
+        return TestSuite("stdio", tuple((_stream(i, "input"), _stream(o, "output")) for i, o in zip(ins, outs)), prelude)
     if "asserts" in spec:
         asserts = spec["asserts"]
         if not isinstance(asserts, list) or not asserts or not all(isinstance(a, str) for a in asserts):
             raise ValueError("'asserts' must be a non-empty list of strings")
-        return TestSuite("asserts", tuple(asserts), prelude)
+        return TestSuite("asserts", _compiled(asserts, prelude), prelude)
     if "test" in spec and "entry_point" in spec:
-        return TestSuite("asserts", (f"{spec['test']}\n\ncheck({spec['entry_point']})\n",), prelude)
+        return TestSuite("asserts", _compiled([f"{spec['test']}\n\ncheck({spec['entry_point']})\n"], prelude), prelude)
     raise ValueError(f"unknown code test shape with keys {sorted(spec)[:8]}: expected inputs/outputs, asserts, or test/entry_point")
+
+
+def _stream(value, what: str) -> str:
+    """A test's whole stdin or stdout: a string, or its lines as a list (TACO's rows)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(line, str) for line in value):
+        return "".join(line if line.endswith("\n") else line + "\n" for line in value)
+    raise ValueError(f"a test's {what} must be a string or a list of lines, got {type(value).__name__} {str(value)[:40]!r}")
+
+
+def _compiled(tests: list[str], prelude: str) -> tuple[str, ...]:
+    """The tests, each checked to compile: a test that cannot would score every program 0 as its error."""
+    for i, source in enumerate([prelude, *tests]):
+        try:
+            compile(source, "test.py", "exec")
+        except (SyntaxError, ValueError) as e:
+            raise ValueError(f"code {'prelude' if i == 0 else f'test {i - 1}'} does not compile: {e}") from None
+    return tuple(tests)
 
 
 def _same_output(got: bytes, expected: str) -> bool:
@@ -126,7 +122,7 @@ def _outcome(execution, expected: str | None, token: bytes | None = None) -> str
     """A test's outcome: stdin/stdout tests compare the output (``expected``); assert-style tests
     pass only if the harness wrote the run's ``token`` (an exit status of 0 alone is not a pass)."""
     status, code = execution.status, execution.returncode
-    if status == "sandbox_error":
+    if status == "sandbox_error" or (status == "exited" and code == _EXIT_UNSAFE):
         return "sandbox_error"
     # CPU time out: SIGXCPU; bwrap hands its program's death by a signal on as exit status 128 + signal
     if status == "timeout" or (status == "signaled" and code == -_SIGXCPU) or (status == "exited" and code == 128 + _SIGXCPU):
@@ -149,18 +145,20 @@ def run_tests(program: str, suite: TestSuite, limits) -> list[str]:
     outcomes: list[str] = []
     if suite.prelude:
         program = suite.prelude + "\n" + program
+    harness = STDIO_HARNESS if suite.kind == "stdio" else ASSERTS_HARNESS
+    files = {"/sandbox/harness.py": harness, "/sandbox/program.py": program.encode("utf-8", "replace")}
     for case in suite.cases:
         if outcomes and outcomes[0] == "compile_error":
             outcomes.append("compile_error")
             continue
-        files = {"/sandbox/harness.py": _HARNESS.encode(), "/sandbox/program.py": program.encode()}
         if suite.kind == "stdio":
-            token, stdin, expected, name = None, case[0].encode(), case[1], "__main__"
-        else:
-            files["/sandbox/test.py"] = case.encode()
-            token = secrets.token_hex(16).encode()
-            stdin, expected, name = token + b"\n", None, "solution"
-        execution = run([INTERPRETER, "-I", "-S", "/sandbox/harness.py", name], files, stdin, limits)
+            token, stdin, expected = None, case[0].encode("utf-8", "replace"), case[1]
+            # a right answer longer than the default output bound is not a runaway program
+            case_limits = dataclasses.replace(limits, output_bytes=max(limits.output_bytes, 2 * len(expected.encode()) + 4096))
+        else:  # the token and the test reach the harness's trusted side only, after it forked the program
+            token, expected, case_limits = secrets.token_hex(16).encode(), None, limits
+            stdin = token + b"\n" + json.dumps({"prelude": suite.prelude, "test": case}).encode()
+        execution = run([INTERPRETER, "-I", "-S", "/sandbox/harness.py"], files, stdin, case_limits)
         outcomes.append(_outcome(execution, expected, token))
     return outcomes
 
@@ -174,13 +172,27 @@ def code_tests_reward(
     memory_mb: int = 256,
     language: str = "python",
     program: str = "last_block",
-    **kwargs,
 ) -> dict:
     """``{"score": s, "outcome": o}``: s is the share of tests passed (``mode=fraction``) or 1 if all
     pass, else 0 (``mode=all``); o is the first failing test's outcome, or ``passed``. A completion
     with no fenced program scores 0 with outcome ``compile_error``; ``program=whole`` runs the whole
     completion instead (completion-style prompts). ``timeout_s`` is per test: the verifier's
     ``timeout_s`` must cover all of an item's tests."""
+    limits = code_tests_limits(mode, timeout_s, memory_mb, language, program)
+    suite = parse_tests(answer)
+    source = extract_program(completion, language) if program == "last_block" else completion[:MAX_PROGRAM_CHARS]
+    if source is None:
+        return {"score": 0.0, "outcome": "compile_error"}
+    outcomes = run_tests(source, suite, limits)
+    passed = sum(o == "passed" for o in outcomes)
+    failed = [o for o in outcomes if o != "passed"]
+    score = passed / len(outcomes) if mode == "fraction" else float(not failed)
+    return {"score": score, "outcome": failed[0] if failed else "passed"}
+
+
+def code_tests_limits(mode: str, timeout_s: float, memory_mb: int, language: str, program: str):
+    """The sandbox's limits for ``code_tests``'s options; ValueError names a bad one (the config's
+    check calls this before any run starts)."""
     from rlvr.sandbox.bubblewrap import Limits
 
     if mode not in ("fraction", "all"):
@@ -189,15 +201,10 @@ def code_tests_reward(
         raise ValueError(f"code_tests runs python programs only, got language {language!r}")
     if program not in ("last_block", "whole"):
         raise ValueError(f"code_tests program must be 'last_block' or 'whole', got {program!r}")
-    suite = parse_tests(answer)
-    source = extract_program(completion, language) if program == "last_block" else completion[:MAX_PROGRAM_CHARS]
-    if source is None:
-        return {"score": 0.0, "outcome": "compile_error"}
-    outcomes = run_tests(source, suite, Limits(wall_s=float(timeout_s), cpu_s=float(timeout_s), memory_mb=int(memory_mb)))
-    passed = sum(o == "passed" for o in outcomes)
-    failed = [o for o in outcomes if o != "passed"]
-    score = passed / len(outcomes) if mode == "fraction" else float(not failed)
-    return {"score": score, "outcome": failed[0] if failed else "passed"}
+    for name, value in (("timeout_s", timeout_s), ("memory_mb", memory_mb)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"code_tests {name} must be a positive number, got {value!r}")
+    return Limits(wall_s=float(timeout_s), cpu_s=float(timeout_s), memory_mb=int(memory_mb))
 
 
 def check_tests_parsable(answer: str) -> str | None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from rlvr.rewards.builtin import DECIDES_CORRECTNESS, REWARD_FUNCTIONS
 from rlvr.rewards.calling import REWARD_STYLES
+from rlvr.rewards.code import code_tests_limits
 
 
 @dataclass
@@ -50,7 +52,24 @@ def coerce_spec(t: Any) -> RewardSpec:
         raise ValueError(f"reward term {spec.fn!r}: unknown style {spec.style!r}; known: {', '.join(REWARD_STYLES)}")
     if spec.correctness not in (None, True, False):
         raise ValueError(f"reward term {spec.fn!r}: correctness must be true, false or null, got {spec.correctness!r}")
+    if spec.fn in REWARD_FUNCTIONS:
+        _check_builtin_kwargs(spec.fn, kwargs)
     return RewardSpec(fn=spec.fn, weight=weight, kwargs=kwargs, style=spec.style, correctness=spec.correctness)
+
+
+def _check_builtin_kwargs(name: str, kwargs: dict) -> None:
+    """A builtin's options, checked before any run starts: a misspelt key no longer falls back to its
+    default unseen, and a bad value no longer scores every item 0 mid-run."""
+    fn = REWARD_FUNCTIONS[name]
+    signature = inspect.signature(fn)
+    options = list(signature.parameters)[3:]  # after completion, answer, answer_type
+    unknown = sorted(set(kwargs) - set(options))
+    if unknown:
+        raise ValueError(f"reward term {name!r}: unknown kwargs {unknown}; its options: {', '.join(options)}")
+    if name == "code_tests":
+        bound = signature.bind("", "", **kwargs)
+        bound.apply_defaults()
+        code_tests_limits(**{k: bound.arguments[k] for k in options})
 
 
 def correctness_terms(terms: list[RewardSpec]) -> list[int]:

@@ -58,11 +58,30 @@ def test_humaneval_problems_and_their_check():
     assert [p.uid for p in problems] == ["humaneval:HumanEval/0", "humaneval:HumanEval/1", "humaneval:HumanEval/2"]
     assert "def has_close_elements" in problems[0].question and "```python" in problems[0].question
     spec = json.loads(problems[0].answer)
-    assert spec["entry_point"] == "has_close_elements" and spec["prelude"] == "from typing import List"
+    assert spec["entry_point"] == "has_close_elements" and spec["prelude"] == "from typing import List\n"
     solution = "```python\ndef has_close_elements(numbers: List[float], threshold: float) -> bool:\n" \
                "    return any(abs(a - b) < threshold for i, a in enumerate(numbers) for b in numbers[i + 1:])\n```"
     assert code_tests_reward(solution, problems[0].answer) == {"score": 1.0, "outcome": "passed"}
     assert len(load_problems({"source": "humaneval", **CODE})) == 164
+
+
+def test_every_humaneval_reference_solution_passes_and_a_stub_fails():
+    """The reference solutions, answered as a model would (the whole function, prompt included), pass
+    all 164 checks in the sandbox: the prelude carries the helpers HumanEval/10, 32, 38 and 50 call."""
+    from rlvr.data.code import _humaneval_rows
+
+    rows = {f"humaneval:{r['task_id']}": r for r in _humaneval_rows()}
+    failed = {}
+    for p in load_problems({"source": "humaneval", **CODE}):
+        row = rows[p.uid]
+        got = code_tests_reward(f"```python\n{row['prompt']}{row['canonical_solution']}```", p.answer, timeout_s=5.0)
+        if got != {"score": 1.0, "outcome": "passed"}:
+            failed[p.uid] = got
+    assert not failed
+    only_helpers = json.loads(load_problems({"source": "humaneval", **CODE})[32].answer)["prelude"]
+    assert "def poly" in only_helpers and "def find_zero" not in only_helpers
+    stub = f"```python\n{rows['humaneval:HumanEval/0']['prompt']}    return None\n```"
+    assert code_tests_reward(stub, load_problems({"source": "humaneval", "limit": 1, **CODE})[0].answer)["score"] == 0.0
 
 
 def test_code_rows_in_the_peers_shapes(tmp_path):

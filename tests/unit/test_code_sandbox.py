@@ -104,6 +104,96 @@ def test_assert_tests(code, score, outcome):
     assert code_tests_reward(fenced(code), ADD_ASSERTS, timeout_s=deadline_for(outcome)) == {"score": pytest.approx(score), "outcome": outcome}
 
 
+FRAME_TOKEN_HACK = """
+import sys, os
+frame = sys._getframe(1)
+while frame is not None and "token" not in frame.f_locals:
+    frame = frame.f_back
+if frame is not None:
+    os.write(frame.f_locals["report"], frame.f_locals["token"])
+os._exit(0)
+"""
+PROC_HACK = """
+import os
+for pid in set(filter(str.isdigit, os.listdir("/proc"))) - {str(os.getpid())}:
+    for what in ("fd/0", "mem"):
+        try:
+            with open(f"/proc/{pid}/{what}", "rb") as f:
+                f.read(64)
+            raise SystemExit(f"read /proc/{pid}/{what}")
+        except OSError:
+            pass
+def add(a, b):
+    return a + b
+"""
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        FRAME_TOKEN_HACK,  # the pass token, read from the harness's frame in the same process
+        "class Yes:\n    __eq__ = lambda self, other: True\ndef add(a, b):\n    return Yes()",  # == that always says True
+        "class Int(int):\n    __eq__ = lambda self, other: True\n    __hash__ = int.__hash__\ndef add(a, b):\n    return Int(0)",
+        "import builtins\nbuiltins.AssertionError = KeyError\ndef add(a, b):\n    return 0",
+        "import builtins\nbuiltins.__dict__['assert'] = None\n__builtins__['AssertionError'] = ZeroDivisionError\ndef add(a, b):\n    return 0",
+        "TESTS = open('/sandbox/test.py').read()\ndef add(a, b):\n    return 0",  # the test is not in the sandbox's files
+    ],
+    ids=["frame-token", "always-equal", "int-subclass-equal", "replaced-assertion", "replaced-builtins", "read-the-test"],
+)
+def test_a_program_cannot_forge_a_pass(code):
+    """The test runs in the harness's process and the program in a child that cannot read it:
+    arguments and results cross as plain data rebuilt on the test's side."""
+    for tests in (ADD_ASSERTS, json.dumps({"test": "def check(candidate):\n    assert candidate(2, 2) == 4\n", "entry_point": "add"})):
+        assert code_tests_reward(fenced(code), tests)["score"] == 0.0
+
+
+def test_the_program_cannot_read_the_harness_under_proc():
+    assert code_tests_reward(fenced(PROC_HACK), ADD_ASSERTS) == {"score": 1.0, "outcome": "passed"}
+
+
+@pytest.mark.parametrize(
+    "code,tests",
+    [
+        # programs that end themselves the usual ways (`-S` used to leave exit and quit undefined)
+        ("a, b = map(int, input().split())\nprint(a + b)\nexit()", ADD_STDIO),
+        ("def add(a, b):\n    return a + b\nquit()", ADD_ASSERTS),
+        # the program's own objects, called and read through the pipe
+        ("class Solution:\n    def add(self, a, b):\n        return a + b\ndef add(a, b):\n    return Solution().add(a, b)", ADD_ASSERTS),
+        ("class Solution:\n    def add(self, a, b):\n        return [a + b, {'k': (a, b)}]", json.dumps({"asserts": [
+            "s = Solution()\nassert s.add(1, 2) == [3, {'k': (1, 2)}]", "assert Solution().add(0, 0)[1]['k'] == (0, 0)"]})),
+        ("def pairs(n):\n    for i in range(n):\n        yield (i, i * i)", json.dumps({"asserts": ["assert list(pairs(3)) == [(0, 0), (1, 1), (2, 4)]"]})),
+        ("def f(x):\n    raise ValueError(x)", json.dumps({"asserts": ["try:\n    f(1)\n    assert False\nexcept ValueError:\n    pass"]})),
+        ("import math\ndef root(x):\n    return math.sqrt(x)", json.dumps({"asserts": ["assert math.isclose(root(2.0), 2 ** 0.5)"]})),
+        ("def big(n):\n    return 3 ** n, float('inf'), b'x', {1, 2}, frozenset(), None, -0.0, 1j",
+         json.dumps({"asserts": ["assert big(200) == (3 ** 200, float('inf'), b'x', {1, 2}, frozenset(), None, -0.0, 1j)"]})),
+    ],
+    ids=["stdio-exit", "asserts-quit", "class-method", "nested-results", "generator", "expected-exception", "module", "plain-types"],
+)
+def test_right_programs_pass(code, tests):
+    assert code_tests_reward(fenced(code), tests) == {"score": 1.0, "outcome": "passed"}
+
+
+def test_a_program_cannot_replace_a_helper_its_test_calls():
+    """HumanEval/32 checks find_zero's answer with the prompt's own poly: a program's poly is not used."""
+    prelude = "def poly(xs, x):\n    return sum(c * x ** i for i, c in enumerate(xs))"
+    tests = json.dumps({"test": "def check(candidate):\n    assert abs(poly([1, 2], candidate([1, 2]))) < 1e-6\n",
+                        "entry_point": "find_zero", "prelude": prelude})
+    assert code_tests_reward(fenced("def find_zero(xs):\n    return -0.5"), tests)["score"] == 1.0
+    cheat = "def poly(xs, x):\n    return 0\ndef find_zero(xs):\n    return 7"
+    assert code_tests_reward(fenced(cheat), tests)["score"] == 0.0
+
+
+def test_taco_rows_give_their_streams_as_lists_of_lines():
+    tests = json.dumps({"inputs": [["1", "2"]], "outputs": [["3"]]})
+    assert code_tests_reward(fenced("print(int(input()) + int(input()))"), tests) == {"score": 1.0, "outcome": "passed"}
+
+
+def test_a_long_right_answer_is_not_cut_at_the_output_bound():
+    lines = [f"{i}\n" for i in range(20_000)]  # 109 kB, past the 64 kB default bound
+    tests = json.dumps({"inputs": ["20000\n"], "outputs": ["".join(lines)]})
+    assert code_tests_reward(fenced("for i in range(int(input())):\n    print(i)"), tests)["outcome"] == "passed"
+
+
 def test_modes_and_shapes():
     half = fenced("def add(a, b):\n    return 7")
     assert code_tests_reward(half, ADD_ASSERTS, mode="all")["score"] == 0.0
@@ -126,6 +216,7 @@ def test_program_extraction():
     assert extract_program(two) == "print(2)\n"
     assert extract_program("```\nprint(3)\n```") == "print(3)\n"
     assert extract_program("print(4)") is None
+    assert extract_program("```python3\nprint(5)\n```") == "print(5)\n"
 
 
 def test_bad_test_specs_are_named():
@@ -135,6 +226,9 @@ def test_bad_test_specs_are_named():
         ('{"inputs": ["1"], "outputs": ["1"], "fn_name": "f"}', "call-based"),
         ('{"asserts": []}', "non-empty"),
         ('{"x": 1}', "unknown code test shape"),
+        ('{"asserts": ["assert add(1, 2) == 3", "assert add(1,"]}', "test 1 does not compile"),  # was every program's runtime_error
+        ('{"asserts": ["assert f()"], "prelude": "def ("}', "prelude does not compile"),
+        ('{"inputs": [3], "outputs": ["3"]}', "must be a string or a list of lines"),
     ]:
         with pytest.raises(ValueError, match=match):
             parse_tests(spec)

@@ -127,6 +127,10 @@ def test_unknown_group_option_lists_the_choices():
         ("algorithm=dapo algorithm.filter_metric=length", "filter_metric"),
         ("algorithm=grpo algorithm.warmup_prompts=8", "algorithm.warmup_prompts"),
         ("algorithm=v05 algorithm.warmup_prompts=-1", "algorithm.warmup_prompts"),
+        ("weighting=focal weighting.gamma=-1", "weighting=focal: focal gamma must be >= 0"),  # was a traceback after the warm start
+        ("weighting=focal weighting.gamma=abc", "weighting=focal"),
+        ("weighting=hadw weighting.anchor=emma", "weighting=hadw: unknown HA-DW anchor 'emma'"),
+        ("weighting=hadw weighting.window=0", "weighting=hadw: HA-DW window must be >= 1"),
         ("eval.oracle.samples=-1", "eval.oracle.samples"),
         ("eval.oracle.every=0", "eval.oracle.every"),
         ("eval.oracle.samples=8 trainer.max_staleness=1", "eval.oracle.samples: the oracle measures at the weights that sampled the batch"),
@@ -244,6 +248,11 @@ def test_cli_reports_a_missing_model_without_a_traceback(tmp_path, capsys):
     ("{fn: 'mymod:f', style: openrlhf}", "unknown style 'openrlhf'"),
     ("{fn: 'mymod:f', stile: trl}", "unknown reward term keys \\['stile'\\]"),
     ("{fn: nofunction}", "expected one of"),
+    ("{fn: 'nosuchmod:f'}", "no module 'nosuchmod' on this process's path"),  # was three verifier restarts a minute in
+    ("{fn: code_tests, kwargs: {timeout: 3.0}}", "unknown kwargs \\['timeout'\\]; its options: mode, timeout_s"),  # was the 2 s default, silently
+    ("{fn: code_tests, kwargs: {mode: most}}", "mode must be 'fraction' or 'all'"),  # was every item scored 0
+    ("{fn: code_tests, kwargs: {timeout_s: 3s}}", "timeout_s must be a positive number"),
+    ("{fn: math, kwargs: {choice: AB}}", "unknown kwargs \\['choice'\\]; its options: choices"),
 ])
 def test_bad_reward_terms_fail_before_any_actor_starts(term, message):
     with pytest.raises(ConfigError, match=r"verifier.terms\[0\]: .*" + message):

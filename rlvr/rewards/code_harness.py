@@ -1,0 +1,245 @@
+"""Assert-style tests, inside the sandbox, as ``python3 -I -S harness.py``: with
+``rlvr.rewards.code.STDIO_HARNESS``, the only place model code reaches ``exec``, behind bubblewrap's
+walls. Standard library only (the sandbox sees /usr alone).
+
+A verdict the program could forge is no verdict. A program that shares a process with
+its test can read the pass token from the harness's frame, answer every ``==`` with an object whose
+``__eq__`` says True, or replace ``AssertionError``. So the test runs in this process (trusted: the
+test and the prelude come from the dataset) and the program in a forked child that cannot read it:
+
+- this process makes itself non-dumpable before the fork, so the child (same user, no capabilities)
+  cannot open its memory or its file descriptors under /proc, nor ptrace it;
+- the pass token and the test reach this process on stdin only after the fork, and the child's
+  stdin and stdout are /dev/null: the child never holds the token, nor sees the test;
+- the test calls the program's functions through ``Remote`` proxies; arguments and results cross
+  the pipe as plain data (exact built-in types, tagged JSON) and are rebuilt here, so a value the
+  test compares is one this process built. Anything else the program returns stays in the child as
+  a ``Remote`` (an instance, a function), compared by identity only;
+- names the prelude defines are the prelude's: a program cannot replace a helper its test calls
+  (HumanEval/32's ``poly``).
+
+The price: a test that needs the program to mutate an argument in place, or that passes a function
+to the program, fails. A pass is the token, written to the saved stdout after the test returned.
+"""
+
+import builtins
+import json
+import os
+import sys
+
+COMPILE_ERROR, ASSERTION, UNSAFE = 90, 91, 92  # exit statuses; rlvr.rewards.code reads them
+builtins.exit = builtins.quit = sys.exit  # `-S` leaves them out, and programs end with them
+PLAIN = (bool, int, float, str, type(None))
+COLLECTIONS = {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}
+
+
+def encode(value, other):
+    """Plain data (exact built-in types) as tagged JSON; ``other(value)`` for anything else."""
+    kind = type(value)
+    if kind in PLAIN:
+        return value
+    if kind.__name__ in COLLECTIONS and COLLECTIONS[kind.__name__] is kind:
+        return {kind.__name__: [encode(v, other) for v in value]}
+    if kind is dict:
+        return {"dict": [[encode(k, other), encode(v, other)] for k, v in value.items()]}
+    if kind is bytes:
+        return {"bytes": value.hex()}
+    if kind is complex:
+        return {"complex": [value.real, value.imag]}
+    return other(value)
+
+
+def decode(data, ref):
+    """Inverse of `encode`; ``ref(n)`` gives what ``{"ref": n}`` stands for."""
+    if not isinstance(data, dict):
+        return data
+    ((kind, body),) = data.items()
+    if kind == "ref":
+        return ref(body)
+    if kind == "dict":
+        return {decode(k, ref): decode(v, ref) for k, v in body}
+    if kind == "bytes":
+        return bytes.fromhex(body)
+    if kind == "complex":
+        return complex(*body)
+    return COLLECTIONS[kind](decode(v, ref) for v in body)
+
+
+def send(stream, message) -> None:
+    stream.write(json.dumps(message).encode() + b"\n")
+    stream.flush()
+
+
+def raised(error: BaseException) -> dict:
+    try:
+        message = str(error)[:500]
+    except Exception:  # noqa: BLE001 - the program's own exception class
+        message = ""
+    return {"raise": type(error).__name__, "message": message}
+
+
+# -- the program's side (the child) ---------------------------------------------------------------
+def serve(program, calls, answers) -> None:
+    """Run the program, list its names, then answer the test's requests on its objects."""
+    held = []
+
+    def hold(value):
+        held.append(value)
+        return {"ref": len(held) - 1}
+
+    def describe(value):
+        try:
+            return encode(value, hold)
+        except RecursionError:  # a list that holds itself
+            return hold(value)
+
+    namespace = {"__name__": "solution"}
+    try:
+        exec(program, namespace)
+    except SystemExit:
+        pass  # a program that ends itself still faces its test
+    except BaseException as e:  # noqa: BLE001 - the program failed as it loaded: the test sees why
+        send(answers, raised(e))
+        return
+    names = {}
+    for name, value in list(namespace.items()):
+        if not name.startswith("__"):
+            names[name] = {"module": value.__name__} if type(value) is type(os) else {"value": describe(value)}
+    send(answers, {"names": names})
+    for line in calls:
+        request = json.loads(line)
+        try:
+            target, op = held[request["ref"]], request["op"]
+            args = lambda key: decode(request[key], held.__getitem__)  # noqa: E731
+            if op == "call":
+                result = target(*args("args"), **args("kwargs"))
+            elif op == "getattr":
+                result = getattr(target, request["name"])
+            elif op == "getitem":
+                result = target[args("key")]
+            elif op == "len":
+                result = len(target)
+            else:  # "list"
+                result = list(target)
+            send(answers, {"value": describe(result)})
+        except BaseException as e:  # noqa: BLE001 - the program's error, raised again in the test
+            send(answers, raised(e))
+
+
+# -- the test's side (this process) ---------------------------------------------------------------
+class Remote:
+    """An object of the program's that is not plain data (a function, a class, an instance): calls,
+    attributes, items and iteration are answered by the program's process. ``==`` is identity."""
+
+    __slots__ = ("ref",)
+    link = None  # (calls, answers) once the child runs
+
+    def __init__(self, ref: int):
+        self.ref = ref
+
+    def _ask(self, op: str, **fields):
+        calls, answers = Remote.link
+        send(calls, {"op": op, "ref": self.ref, **fields})
+        line = answers.readline()
+        if not line:
+            raise RuntimeError("the program's process ended")
+        reply = json.loads(line)
+        if "raise" in reply:
+            raise program_error(reply)
+        return decode(reply["value"], Remote)
+
+    def __call__(self, *args, **kwargs):
+        return self._ask("call", args=encode(list(args), crossing), kwargs=encode(kwargs, crossing))
+
+    def __getattr__(self, name: str):
+        return self._ask("getattr", name=name)
+
+    def __getitem__(self, key):
+        return self._ask("getitem", key=encode(key, crossing))
+
+    def __len__(self) -> int:
+        n = self._ask("len")
+        if type(n) is not int:
+            raise TypeError("the program's __len__ gave no int")
+        return n
+
+    def __iter__(self):
+        return iter(self._ask("list"))
+
+    def __repr__(self) -> str:
+        return f"<the program's object #{self.ref}>"
+
+
+def crossing(value):
+    """What may go to the program besides plain data: its own objects, by reference."""
+    if type(value) is Remote:
+        return {"ref": value.ref}
+    raise TypeError(f"the test passes a {type(value).__name__} to the program: only plain data and the program's own objects cross")
+
+
+def program_error(reply: dict) -> Exception:
+    """The program's exception, as the built-in class of that name where there is one."""
+    name, message = reply.get("raise"), str(reply.get("message", ""))
+    kind = getattr(builtins, name, None) if isinstance(name, str) else None
+    if isinstance(kind, type) and issubclass(kind, Exception):
+        try:
+            return kind(message)
+        except Exception:  # noqa: BLE001 - a class whose constructor wants more
+            pass
+    return RuntimeError(f"the program raised {name}: {message}")
+
+
+def judge(program) -> None:
+    import ctypes
+
+    if ctypes.CDLL(None).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE 0: /proc/<this>/mem and fd closed to the child
+        os._exit(UNSAFE)
+    report = os.dup(1)
+    null = os.open("/dev/null", os.O_RDWR)
+    os.dup2(null, 1)  # the test's prints, and the child's, go nowhere
+    calls_r, calls_w = os.pipe()
+    answers_r, answers_w = os.pipe()
+    if os.fork() == 0:
+        os.dup2(null, 0)
+        for fd in (report, null, calls_w, answers_r):
+            os.close(fd)
+        serve(program, os.fdopen(calls_r, "rb"), os.fdopen(answers_w, "wb"))
+        os._exit(0)
+    for fd in (calls_r, answers_w):
+        os.close(fd)
+    token = sys.stdin.buffer.readline().strip()
+    task = json.loads(sys.stdin.buffer.read())
+    Remote.link = (os.fdopen(calls_w, "wb"), os.fdopen(answers_r, "rb"))
+    namespace = {"__name__": "__main__"}
+    exec(compile(task["prelude"], "prelude.py", "exec"), namespace)
+    line = Remote.link[1].readline()
+    loaded = json.loads(line) if line else {"raise": "SystemExit", "message": "the program's process ended"}
+    if "raise" in loaded:
+        raise program_error(loaded)
+    for name, description in loaded["names"].items():
+        if name in namespace:
+            continue
+        if "module" in description:  # the test gets the module itself; /usr alone is on sys.path
+            module = description["module"]
+            if isinstance(module, str) and all(part.isidentifier() for part in module.split(".")):
+                try:
+                    __import__(module)
+                    namespace[name] = sys.modules[module]
+                except (ImportError, KeyError):
+                    pass
+        else:
+            namespace[name] = decode(description["value"], Remote)
+    try:
+        exec(compile(task["test"], "test.py", "exec"), namespace)
+    except AssertionError:
+        os._exit(ASSERTION)
+    os.write(report, token)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    try:
+        compiled = compile(open("/sandbox/program.py").read(), "program.py", "exec")
+    except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError):
+        os._exit(COMPILE_ERROR)
+    judge(compiled)

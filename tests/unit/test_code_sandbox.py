@@ -137,13 +137,14 @@ def add(a, b):
         "import builtins\nbuiltins.AssertionError = KeyError\ndef add(a, b):\n    return 0",
         "import builtins\nbuiltins.__dict__['assert'] = None\n__builtins__['AssertionError'] = ZeroDivisionError\ndef add(a, b):\n    return 0",
         "TESTS = open('/sandbox/test.py').read()\ndef add(a, b):\n    return 0",  # the test is not in the sandbox's files
+        "def abs(x):\n    return 0\ndef add(a, b):\n    return 0",  # a builtin the test calls, shadowed
     ],
-    ids=["frame-token", "always-equal", "int-subclass-equal", "replaced-assertion", "replaced-builtins", "read-the-test"],
+    ids=["frame-token", "always-equal", "int-subclass-equal", "replaced-assertion", "replaced-builtins", "read-the-test", "shadowed-abs"],
 )
 def test_a_program_cannot_forge_a_pass(code):
     """The test runs in the harness's process and the program in a child that cannot read it:
     arguments and results cross as plain data rebuilt on the test's side."""
-    for tests in (ADD_ASSERTS, json.dumps({"test": "def check(candidate):\n    assert candidate(2, 2) == 4\n", "entry_point": "add"})):
+    for tests in (ADD_ASSERTS, json.dumps({"test": "def check(candidate):\n    assert abs(candidate(2, 2) - 4) < 1e-6\n", "entry_point": "add"})):
         assert code_tests_reward(fenced(code), tests)["score"] == 0.0
 
 

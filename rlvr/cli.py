@@ -21,15 +21,17 @@ from pathlib import Path
 USAGE = __doc__
 
 
-def _compose_or_exit(overrides: list[str]):
+def _compose_or_exit(overrides: list[str], make=None, may_be_missing: tuple[str, ...] = ()):
+    """The config `make(overrides)` builds (default: the tree composed with them), validated; a
+    config error is printed without a traceback and exits 2."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     from rlvr.config import ConfigError, compose, validate
 
     try:
-        cfg = compose(overrides)
-        validate(cfg)
+        cfg = (make or compose)(overrides)
+        validate(cfg, may_be_missing)
         return cfg
     except (HydraException, OmegaConfBaseException, ConfigError) as e:
         print(f"rlvr: config error: {e}", file=sys.stderr)
@@ -172,9 +174,11 @@ def eval_command(argv: list[str]) -> int:
     parser.add_argument("target", metavar="CKPT|MODEL_DIR")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data=champ eval.n_samples=4")
     args = parser.parse_args(argv)
-    from rlvr.train.evaluate import evaluate_model
+    from rlvr.train.evaluate import eval_config, evaluate_model
 
-    metrics = evaluate_model(args.target, _compose_or_exit(args.overrides))
+    # a checkpoint is scored under its run's own config; a model folder without a training file is fine
+    cfg = _compose_or_exit(args.overrides, lambda o: eval_config(args.target, o), may_be_missing=("data.train.path",))
+    metrics = evaluate_model(args.target, cfg)
     for k, v in metrics.items():
         print(f"{k}: {v:.4f}")
     return 0

@@ -126,9 +126,10 @@ def _validate_value(v: DictConfig) -> None:
         _check(bool(p) and Path(p).is_dir(), "value.hf_classifier.path", f"model folder {p!r} not found")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Fail fast, naming the key, on values that would only break later inside an actor."""
-    missing = OmegaConf.missing_keys(cfg)
+def validate(cfg: DictConfig, may_be_missing: tuple[str, ...] = ()) -> None:
+    """Fail fast, naming the key, on values that would only break later inside an actor.
+    ``may_be_missing``: required keys the caller does without (`rlvr eval`: ``data.train.path``)."""
+    missing = OmegaConf.missing_keys(cfg) - set(may_be_missing)
     _check(not missing, ", ".join(sorted(missing)), "is required but has no value")
     preset = algorithm_preset(cfg.algorithm)
     _validate_algorithm(cfg, preset)

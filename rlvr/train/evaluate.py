@@ -98,16 +98,64 @@ def evaluate(
     return metrics
 
 
+def checkpoint_of(target: str | Path) -> Path | None:
+    """The checkpoint `rlvr eval` was given: a checkpoint dir, or a run dir's latest; None for a model."""
+    from rlvr.checkpoint import CHECKPOINT_DIR, find_latest_checkpoint
+
+    path = Path(target)
+    if (path / "MANIFEST.json").exists():
+        return path
+    if (path / CHECKPOINT_DIR).is_dir():
+        latest = find_latest_checkpoint(path)
+        if latest is None:
+            raise FileNotFoundError(f"run dir {str(path)!r} has no complete checkpoint under {CHECKPOINT_DIR}/")
+        return latest
+    return None
+
+
+def eval_config(target: str | Path, overrides: list[str]) -> DictConfig:
+    """What `rlvr eval` runs with. A model folder: the tree composed with the overrides. A checkpoint:
+    its run's own config (data, seed, held-out set, lengths, reward terms), with what the overrides
+    change taken from the tree composed with them: each key they name (a group, `data=humaneval`,
+    replaces the run's whole node) and each value they change through a group's defaults (data=humaneval
+    brings `verifier.terms=[code_tests]`). (Before 2026-12-07 a checkpoint got the tree's defaults:
+    another data set's prompts, scored as if they were the run's.)"""
+    from rlvr.config import compose
+
+    composed = compose(overrides)
+    ckpt = checkpoint_of(target)
+    if ckpt is None:
+        return composed
+    saved = OmegaConf.load(ckpt / "config.yaml")
+    resolved = OmegaConf.to_container(composed, resolve=True)
+    named = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
+    for key in [*named, *_changed(OmegaConf.to_container(compose([]), resolve=True), resolved)]:
+        OmegaConf.update(saved, key, OmegaConf.select(OmegaConf.create(resolved), key), merge=False)
+    return saved
+
+
+def _changed(base: dict, new: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two resolved configs (a dict compared key by key)."""
+    keys = []
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            keys += _changed(base[k], v, f"{prefix}{k}.")
+        elif k not in base or base[k] != v:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
 def evaluate_model(target: str, cfg: DictConfig) -> dict:
-    """`rlvr eval`: held-out accuracy of a checkpoint (exported to a temp folder first) or a model folder."""
+    """`rlvr eval`: held-out accuracy of a checkpoint (exported to a temp folder first) or a model
+    folder; `cfg` from `eval_config`."""
     import tempfile
 
     from rlvr.export import export_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="rlvr-eval-") as tmp:
-        path = Path(target)
-        if (path / "MANIFEST.json").exists():
-            model_path = str(export_checkpoint(path, Path(tmp) / "model"))
+        ckpt = checkpoint_of(target)
+        if ckpt is not None:
+            model_path = str(export_checkpoint(ckpt, Path(tmp) / "model"))
         else:
             model_path = resolve_model_path(target, cfg.cache_dir)
         problems = checkpoint_problems(cfg)

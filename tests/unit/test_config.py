@@ -200,6 +200,31 @@ def test_rlvr_eval_scores_the_run_s_own_held_out_set(tmp_path):
     assert [p.answer for p in checkpoint_problems(compose(["data=file", f"data.eval.path={rows}"]))] == ["2", "4"]
 
 
+def test_rlvr_eval_takes_a_checkpoint_s_own_config_and_the_overrides_on_top(tmp_path):
+    """`rlvr eval CKPT` composed the tree's defaults: a run on data=arith with seed 5 was scored on
+    data=mix's held-out prompts of seed 0."""
+    from omegaconf import OmegaConf
+
+    from rlvr.train.evaluate import checkpoint_problems, eval_config
+
+    ckpt = tmp_path / "run" / "checkpoints" / "step_00000004"
+    ckpt.mkdir(parents=True)
+    (ckpt / "MANIFEST.json").write_text("{}")
+    run_cfg = compose(["data=arith", "seed=5", "model.max_model_len=512"])
+    (ckpt / "config.yaml").write_text(OmegaConf.to_yaml(run_cfg, resolve=True))
+    cfg = eval_config(ckpt, ["eval.n_samples=4"])
+    validate(cfg)
+    assert (cfg.seed, cfg.model.max_model_len, cfg.eval.n_samples) == (5, 512, 4)
+    assert [p.question for p in checkpoint_problems(cfg)] == [p.question for p in checkpoint_problems(run_cfg)]
+    assert eval_config(ckpt, ["data=mix"]).data == compose(["data=mix"]).data  # a group replaces the run's node
+    humaneval = eval_config(ckpt, ["data=humaneval"])  # and brings what it sets elsewhere: the code reward
+    assert [t["fn"] for t in humaneval.verifier.terms] == ["code_tests"] and humaneval.seed == 5
+    assert eval_config(tmp_path / "model-folder", ["seed=3"]).seed == 3  # not a checkpoint: the tree's defaults
+    rows = tmp_path / "eval.jsonl"  # a model scored on a file of its own: no training file needed
+    rows.write_text('{"prompt": "1 + 1?", "answer": "2"}\n')
+    validate(eval_config(tmp_path / "model-folder", ["data=file", f"data.eval.path={rows}"]), may_be_missing=("data.train.path",))
+
+
 def test_validation_split_is_disjoint_from_training_and_heldout():
     from omegaconf import OmegaConf
 

@@ -47,12 +47,19 @@ __all__ = [
 def load_problems(cfg: DataSplitConfig | Mapping, exclude: set[str] | None = None) -> list[Problem]:
     """Load one split.  ``exclude``: question texts to leave out (e.g. the
     training questions, so that a held-out split is truly held out)."""
-    cfg = as_split_config(cfg)
-    if cfg.source not in LOADERS:
-        raise ValueError(f"unknown data source {cfg.source!r}; known sources: {list(SOURCES)}")
-    problems = LOADERS[cfg.source](cfg, exclude)
-    if cfg.limit is not None:
-        if int(cfg.limit) < 0:
-            raise ValueError(f"data.limit must be >= 0, got {cfg.limit}")
-        problems = problems[: int(cfg.limit)]
-    return problems
+    try:
+        cfg = as_split_config(cfg)
+        if cfg.source not in LOADERS:
+            raise ValueError(f"unknown data source {cfg.source!r}; known sources: {list(SOURCES)}")
+        problems = LOADERS[cfg.source](cfg, exclude)
+        if cfg.limit is not None:
+            if int(cfg.limit) < 0:
+                raise ValueError(f"data.limit must be >= 0, got {cfg.limit}")
+            problems = problems[: int(cfg.limit)]
+        return problems
+    except DataError:
+        raise
+    except ValueError as e:  # a file that is not UTF-8 or not Parquet, an unknown type or value: a message, not a traceback
+        where = cfg.path if isinstance(cfg, DataSplitConfig) and cfg.path else getattr(cfg, "source", "data")
+        reason = f"not UTF-8 text ({e.reason})" if isinstance(e, UnicodeDecodeError) else str(e)
+        raise DataError(reason if reason.startswith(str(where)) else f"{where}: {reason}") from e

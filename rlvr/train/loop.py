@@ -61,6 +61,7 @@ from rlvr.train.state import (
     load_training_state,
     rng_state,
     save_training_state,
+    set_aside_records,
     set_rng_state,
 )
 from rlvr.types import Batch
@@ -233,21 +234,24 @@ def train(cfg: DictConfig) -> dict:
     ckpt = resolve_resume(run_dir, str(cfg.resume.mode))
     if ckpt is not None:
         check_resume_config(ckpt, cfg)
+    else:
+        set_aside_records(run_dir)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
-    # A cluster too small for the placement fails here, before any model is converted or loaded.
-    start_ray(cfg)
-    check_fits(role_plan(cfg, preset), cluster_nodes())
-    model_path = resolve_model_path(cfg.model.path, cfg.cache_dir)
+    # The data first (a bad file fails in seconds, before Ray), then the cluster: one too small for
+    # the placement fails before any model is converted or loaded.
     train_problems = load_problems(OmegaConf.to_container(cfg.data.train, resolve=True))
     eval_problems = evaluation_problems(cfg, train_problems)
     train_problems, warmup_problems = split_warmup(train_problems, cfg.algorithm.warmup_prompts, cfg.seed)
     stream = PromptStream(train_problems, seed=cfg.seed)
     if ckpt is not None:
         check_resume_data(ckpt, stream)
+    start_ray(cfg)
+    check_fits(role_plan(cfg, preset), cluster_nodes())
+    model_path = resolve_model_path(cfg.model.path, cfg.cache_dir)
     log.info(
         "%s + weighting %s | model %s | data %s: %d train, %d held-out prompts | %d steps x %d prompts x n=%d | run_dir %s",
         cfg.algorithm.name, cfg.weighting.name, model_path, cfg.data.name, len(train_problems), len(eval_problems),

@@ -27,6 +27,27 @@ if TYPE_CHECKING:  # the roles module starts actors; this one only reads their h
 log = logging.getLogger("rlvr")
 
 
+RECORDS = ("metrics.jsonl", "decisions.jsonl", "eval.jsonl", "oracle.jsonl")
+
+
+def set_aside_records(run_dir: Path) -> list[Path]:
+    """A fresh start in a run dir that holds an earlier start's records (`resume=never`, or a run that
+    failed before its first checkpoint): each moves to ``<name>.before-<time>.jsonl``, kept, so the
+    new run's files hold only its own steps. (They were appended to: two step-0 records, and eval.jsonl
+    held both starts' prompts, which bootstrap intervals would count twice.)"""
+    import time
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    moved = []
+    for name in RECORDS:
+        path = run_dir / name
+        if path.exists() and path.stat().st_size:
+            moved.append(path.rename(path.with_name(f"{path.stem}.before-{stamp}.jsonl")))
+    if moved:
+        log.warning("starting fresh in %s: an earlier start's records moved aside to %s", run_dir, ", ".join(p.name for p in moved))
+    return moved
+
+
 class MetricsLog:
     """metrics.jsonl in the run directory, plus TensorBoard / wandb when configured."""
 

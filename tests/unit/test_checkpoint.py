@@ -514,6 +514,21 @@ def test_a_run_that_goes_back_keeps_one_record_per_step(tmp_path):
         assert [json.loads(line)["step"] for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()] == [0, 1, 2], name
 
 
+def test_a_fresh_start_sets_an_earlier_start_s_records_aside(tmp_path):
+    """A fresh start in a run dir with records (resume=never, or a run that died before its first
+    checkpoint) appended to them: two step-0 records, and eval.jsonl held both starts' prompts."""
+    from rlvr.train.state import set_aside_records
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0}\n')
+    (tmp_path / "eval.jsonl").write_text('{"step": 0, "uid": "a"}\n')
+    (tmp_path / "decisions.jsonl").write_text("")  # empty: left where it is
+    moved = set_aside_records(tmp_path)
+    assert sorted(p.name.split(".")[0] for p in moved) == ["eval", "metrics"]
+    assert not (tmp_path / "metrics.jsonl").exists() and (tmp_path / "decisions.jsonl").exists()
+    assert [p.read_text() for p in sorted(moved)] == ['{"step": 0, "uid": "a"}\n', '{"step": 0}\n']  # kept, whole
+    assert set_aside_records(tmp_path) == []
+
+
 def test_what_a_crashed_save_under_our_own_pid_left_is_cleaned(tmp_path):
     """A container's driver often gets the same pid at every start: a save it crashed in left a
     full-size `.tmp-` dir with this process's pid, which was taken for a save still running."""

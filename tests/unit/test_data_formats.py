@@ -99,3 +99,19 @@ def test_format_override_and_bad_rows_name_the_fault(tmp_path):
         load_problems({"source": "file", "path": str(path), "format": "alpaca"})
 
 
+
+
+@pytest.mark.parametrize("name, content, says", [
+    ("latin1.jsonl", b'{"prompt": "caf\xe9: 1 + 1?", "answer": "2"}\n', "latin1.jsonl: not UTF-8 text"),
+    ("rows.csv", b"prompt,answer\n1 + 1?,2\n", "unsupported data file type '.csv'"),
+    ("broken.parquet", b"not parquet", "broken.parquet: .*Parquet magic bytes not found"),
+])
+def test_a_file_that_cannot_be_read_is_a_data_error_naming_it(tmp_path, name, content, says):
+    """These were tracebacks (UnicodeDecodeError, ValueError, ArrowInvalid); the CLI prints a DataError's
+    message alone and exits 2."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=says):
+        load_problems({"source": "file", "path": str(path)})
+    with pytest.raises(DataError, match="unknown data source 'foo'"):
+        load_problems({"source": "foo"})

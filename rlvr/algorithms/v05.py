@@ -88,6 +88,8 @@ def _inputs(
         raise ValueError(f"prior, successes, counts must share a shape, got {p0.shape}, {k.shape}, {n.shape}")
     if bool((n < 1).any()) or bool((k < 0).any()) or bool((k > n).any()):
         raise ValueError("need counts >= 1 and 0 <= successes <= counts")
+    if not bool(torch.isfinite(p0).all()):  # a NaN made every calibration likelihood NaN, and argmax then trusted the prior
+        raise ValueError(f"priors must be finite numbers, got {p0[~torch.isfinite(p0)].tolist()[:4]}")
     return p0.clamp(PRIOR_MIN, PRIOR_MAX), k, n
 
 
@@ -429,6 +431,8 @@ class V05Baseline:
         u = torch.as_tensor(unc).to(p0.device, torch.float64)
         if u.shape != p0.shape:
             raise ValueError(f"uncertainty must have the prior's shape {tuple(p0.shape)}, got {tuple(u.shape)}")
+        if not bool(torch.isfinite(u).all()):
+            raise ValueError(f"the value model's uncertainties must be finite numbers, got {u[~torch.isfinite(u)].tolist()[:4]}")
         return u.clamp(min=1e-3)
 
     def _rule(self, prior, k, n, unc) -> dict:

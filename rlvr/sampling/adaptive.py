@@ -7,6 +7,7 @@ a prior."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Callable
 
@@ -16,6 +17,8 @@ from rlvr.algorithms import v05
 from rlvr.data import Problem
 from rlvr.seeds import round_seed
 from rlvr.types import Batch, PromptGroup
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from rlvr.train.controller import BudgetController
@@ -42,12 +45,10 @@ def warm_start(ctl: BudgetController, problems: list[Problem], seed: int) -> dic
     for context, target in ((slice(0, half), slice(half, None)), (slice(half, None), slice(0, half))):
         ctl.value_server.load(empty)
         ctl.value_server.call("add_context", texts[context], success[context])
-        p, u = ctl.value_server.call("predict", texts[target])
-        prior[target], unc[target] = torch.tensor(p, dtype=torch.float64), torch.tensor(u, dtype=torch.float64)
+        prior[target], unc[target], _ = finite_priors(*ctl.value_server.call("predict", texts[target]))
     ctl.value_server.load(empty)
     ctl.value_server.call("add_context", texts, success)
     ctl.value_server.snapshot()
-    prior = prior.clamp(v05.PRIOR_MIN, v05.PRIOR_MAX)
     ctl.v05.observe(prior, k, n, unc)
     return {
         "warmup/prompts": len(problems),
@@ -70,9 +71,7 @@ def collect_adaptive(ctl: BudgetController, problems: list[Problem], more_proble
     texts = [p.question for p in problems]
     # A dead value server gives the uninformed prior for this step while its replacement loads.
     uninformed = ([0.5] * len(texts), [0.5] * len(texts))
-    prior_list, unc_list = ctl.timed("value", lambda: ctl.value_server.call_or(uninformed, "predict", texts))
-    prior = torch.tensor(prior_list, dtype=torch.float64).clamp(v05.PRIOR_MIN, v05.PRIOR_MAX)
-    unc = torch.tensor(unc_list, dtype=torch.float64)
+    prior, unc, nonfinite = finite_priors(*ctl.timed("value", lambda: ctl.value_server.call_or(uninformed, "predict", texts)))
     groups = ctl.sample(problems, [cfg.n] * len(problems), round_seed(seed, 0))
     budget_left = int(round((cfg.budget_factor - 1.0) * cfg.n * len(problems)))
     bought = torch.zeros(len(problems), dtype=torch.long)
@@ -120,8 +119,23 @@ def collect_adaptive(ctl: BudgetController, problems: list[Problem], more_proble
         "v05/prior_err_sd": float(diag["prior_err_sd"]),
         "v05/invalid_rate": float(diag["invalid_rate"]),
         "v05/window": len(ctl.v05),
+        "v05/nonfinite_priors": nonfinite,
     }
     return Batch(groups, decisions=decisions, stats=stats)
+
+
+def finite_priors(priors: list[float], uncertainties: list[float]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The value model's answers as tensors, each prior clamped into V0.5's range; a prior or an
+    uncertainty that is not a finite number (an `hf-classifier` logit or a `v0` map gone NaN) becomes
+    the uninformed (0.5, 0.5), and their count is logged. (A NaN prior made its baseline NaN and, in
+    the calibration window for 256 prompts, every likelihood NaN: the prior was then trusted.)"""
+    prior = torch.tensor(priors, dtype=torch.float64)
+    unc = torch.tensor(uncertainties, dtype=torch.float64)
+    bad = ~(torch.isfinite(prior) & torch.isfinite(unc))
+    if bool(bad.any()):
+        log.warning("value server: %d of %d priors or uncertainties not finite; uninformed (0.5, 0.5) for them", int(bad.sum()), len(prior))
+    prior, unc = prior.masked_fill(bad, 0.5), unc.masked_fill(bad, 0.5)
+    return prior.clamp(v05.PRIOR_MIN, v05.PRIOR_MAX), unc, int(bad.sum())
 
 
 def _successes_and_counts(groups: list[PromptGroup]) -> tuple[torch.Tensor, torch.Tensor]:

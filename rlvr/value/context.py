@@ -119,6 +119,12 @@ class EmbeddedContext(Context):
         new_emb = self.embed(prompts)
         super().add(prompts, success)
         self.emb = torch.cat([self.emb, new_emb])[-len(self) :]
+        # The cache keeps the context's prompts only, as a checkpoint does: an encoder's output
+        # depends (by 1e-7) on the batch it is padded with, so a prompt that had left the context
+        # but was still cached here came back encoded differently after a resume.
+        keep = set(self.prompts)
+        for prompt in [p for p in self._cache if p not in keep]:
+            del self._cache[prompt]
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "embeddings": self.emb.clone(), "encoder": self.tag, "dim": self.dim}

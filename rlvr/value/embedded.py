@@ -115,6 +115,7 @@ class EmbeddedValueModel:
     RIDGE_LENGTH_GRID = (0.03, 0.05, 0.1, 0.2, 0.3, 0.5)
     RIDGE_NOISE_GRID = (0.1, 0.3, 1.0, 3.0, 10.0)
     REGRESSORS = ("kernel", "ridge")
+    RIDGE_START = (0.1, 1.0)  # (l, r) until the context is large enough to tune them
 
     @staticmethod
     def config_kwargs(value_cfg) -> dict:
@@ -135,7 +136,7 @@ class EmbeddedValueModel:
         if regressor not in self.REGRESSORS:
             raise ValueError(f"unknown regressor {regressor!r}; known: {', '.join(self.REGRESSORS)}")
         self.regressor = regressor
-        self._ridge: tuple[float, float] = (0.1, 1.0)  # (l, r) in use
+        self._ridge: tuple[float, float] = self.RIDGE_START  # (l, r) in use
         self._ridge_fit: dict[str, torch.Tensor] | None = None
         if not bandwidth > 0:
             raise ValueError(f"bandwidth must be positive, got {bandwidth}")
@@ -287,5 +288,6 @@ class EmbeddedValueModel:
 
     def load_state_dict(self, d: dict) -> None:
         self._ctx.load_state_dict(d)
-        self._ridge_fit = None
+        # as a fresh process has them: a pair tuned on an earlier, larger context stayed in use
+        self._ridge, self._ridge_fit = self.RIDGE_START, None
         self._tune()

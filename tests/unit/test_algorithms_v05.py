@@ -166,6 +166,23 @@ def test_fuse_validates_inputs():
         v05.fuse(t(0.5, 0.5), t(1), t(4))
 
 
+def test_a_value_model_s_nan_is_the_uninformed_prior_not_a_poisoned_window():
+    """A NaN prior made its baseline NaN and, while in the 256-prompt window, every calibration
+    likelihood NaN (argmax then trusted useless priors for ~32 steps). The sampler replaces it and
+    counts it; the algorithm refuses it outright."""
+    import math
+
+    from rlvr.sampling.adaptive import finite_priors
+
+    prior, unc, bad = finite_priors([0.3, math.nan, 0.9, 0.4], [0.2, 0.1, math.inf, 0.3])
+    assert bad == 2 and prior.tolist() == [0.3, 0.5, 0.5, 0.4] and unc.tolist() == [0.2, 0.5, 0.5, 0.3]
+    with pytest.raises(ValueError, match="priors must be finite"):
+        v05.fuse(torch.tensor([0.3, math.nan]), torch.tensor([1.0, 2.0]), torch.tensor([4.0, 4.0]))
+    with pytest.raises(ValueError, match="uncertainties must be finite"):
+        v05.V05Baseline(delta=4, n_max=16, kappa=1e-3, window=8, use_uncertainty=True).fuse(torch.tensor([0.3, 0.5]), torch.tensor([1.0, 2.0]), torch.tensor([4.0, 4.0]),
+                                               uncertainty=torch.tensor([0.1, math.nan]))
+
+
 def test_fused_baseline_feeds_the_v05_estimator():
     prior, successes, counts = t(0.7, 0.5), t(4, 2), t(4, 4)
     b, _ = v05.fuse(prior, successes, counts, calibrate=False)

@@ -212,6 +212,29 @@ def test_ridge_regressor_inherits_context_success_and_round_trips(fresh):
         fresh(regressor="gp")
 
 
+def test_a_resumed_value_model_predicts_bitwise_what_the_original_does(fresh):
+    """Two things a checkpoint did not hold made a resumed run's priors differ from the original's:
+    embeddings of prompts that had left the context but were still cached (encoded in another
+    batch, so 1e-7 apart), and ridge's (l, r) tuned on an earlier context."""
+    for regressor in ("kernel", "ridge"):
+        a = fresh(regressor=regressor, context_size=len(LEGS))
+        a.add_context(ARITH, [0.9] * len(ARITH))
+        a.add_context(LEGS, [0.1] * len(LEGS))  # ARITH has left the context
+        b = fresh(regressor=regressor, context_size=len(LEGS))
+        b.load_state_dict(a.state_dict())
+        batch = [LEGS[0], *ARITH[:2], *NEW_LEGS]  # returning prompts, encoded with new ones
+        assert torch.equal(a.embed(batch), b.embed(batch)), regressor
+        assert all(torch.equal(x, y) for x, y in zip(a.predict(batch), b.predict(batch))), regressor
+    m = fresh(regressor="ridge", min_tune_context=4)
+    m.add_context(ARITH + LEGS, [0.9] * len(ARITH) + [0.1] * len(LEGS))
+    m.predict(NEW_ARITH)  # tunes (l, r) on this context
+    m.load_state_dict(fresh(regressor="ridge").state_dict())  # back to an empty context, as a fresh process
+    m.add_context(ARITH[:2], [0.9, 0.1])
+    clean = fresh(regressor="ridge", min_tune_context=4)
+    clean.add_context(ARITH[:2], [0.9, 0.1])
+    assert torch.equal(m.predict(NEW_ARITH)[0], clean.predict(NEW_ARITH)[0])
+
+
 def test_ridge_leave_one_out_is_the_closed_form_of_refitting(fresh):
     m = fresh(regressor="ridge", min_tune_context=3)
     prompts = ARITH + LEGS + NEW_ARITH

@@ -52,6 +52,7 @@ class TestSuite:
     kind: str  # stdio | asserts
     cases: tuple  # stdio: (input, expected output) pairs; asserts: test sources
     prelude: str = ""  # put before the program
+    entry_point: str = ""  # HumanEval: the function under test, always the program's
 
 
 def extract_program(completion: str, language: str = "python") -> str | None:
@@ -90,7 +91,10 @@ def parse_tests(spec) -> TestSuite:
             raise ValueError("'asserts' must be a non-empty list of strings")
         return TestSuite("asserts", _compiled(asserts, prelude), prelude)
     if "test" in spec and "entry_point" in spec:
-        return TestSuite("asserts", _compiled([f"{spec['test']}\n\ncheck({spec['entry_point']})\n"], prelude), prelude)
+        entry = spec["entry_point"]
+        if not isinstance(entry, str) or not entry.isidentifier():
+            raise ValueError(f"'entry_point' must be a function name, got {entry!r}")
+        return TestSuite("asserts", _compiled([f"{spec['test']}\n\ncheck({entry})\n"], prelude), prelude, entry)
     raise ValueError(f"unknown code test shape with keys {sorted(spec)[:8]}: expected inputs/outputs, asserts, or test/entry_point")
 
 
@@ -157,7 +161,7 @@ def run_tests(program: str, suite: TestSuite, limits) -> list[str]:
             case_limits = dataclasses.replace(limits, output_bytes=max(limits.output_bytes, 2 * len(expected.encode()) + 4096))
         else:  # the token and the test reach the harness's trusted side only, after it forked the program
             token, expected, case_limits = secrets.token_hex(16).encode(), None, limits
-            stdin = token + b"\n" + json.dumps({"prelude": suite.prelude, "test": case}).encode()
+            stdin = token + b"\n" + json.dumps({"prelude": suite.prelude, "test": case, "entry_point": suite.entry_point}).encode()
         execution = run([INTERPRETER, "-I", "-S", "/sandbox/harness.py"], files, stdin, case_limits)
         outcomes.append(_outcome(execution, expected, token))
     return outcomes

@@ -15,8 +15,15 @@ test and the prelude come from the dataset) and the program in a forked child th
   the pipe as plain data (exact built-in types, tagged JSON) and are rebuilt here, so a value the
   test compares is one this process built. Anything else the program returns stays in the child as
   a ``Remote`` (an instance, a function), compared by identity only;
-- names the prelude or the builtins define are theirs: a program cannot replace a helper its test
-  calls (HumanEval/32's ``poly``), nor the ``abs`` in ``assert abs(f(x) - y) < 1e-6``.
+- names the prelude or the builtins define are theirs (HumanEval's entry point excepted): a program
+  cannot replace a helper its test calls (HumanEval/32's ``poly``), nor the ``abs`` in
+  ``assert abs(f(x) - y) < 1e-6``. A module the program imported reaches the test only as the real
+  module, and only one of ``SAFE_MODULES``; a value named like a standard module never does.
+
+Left to the data: a test that calls a name neither the prelude nor the test itself defines, besides
+the function under test (an MBPP row's ``sqrt`` from the program's ``from math import sqrt``), takes
+the program's word for it; and an asserts row whose function is named like a builtin is tested
+against the builtin.
 
 The price: a test that needs the program to mutate an argument in place, or that passes a function
 to the program, fails. A pass is the token, written to the saved stdout after the test returned.
@@ -30,6 +37,14 @@ import sys
 COMPILE_ERROR, ASSERTION, UNSAFE = 90, 91, 92  # exit statuses; rlvr.rewards.code reads them
 builtins.exit = builtins.quit = sys.exit  # `-S` leaves them out, and programs end with them
 PLAIN = (bool, int, float, str, type(None))
+# The only modules the test's side imports for a name the program bound: pure ones, with no code
+# run at import beyond their own (importing `unittest.__main__` ran unittest.main, which imported a
+# test file the program had written to /tmp, in this process).
+SAFE_MODULES = frozenset({
+    "array", "bisect", "cmath", "collections", "copy", "dataclasses", "datetime", "decimal", "enum", "fractions",
+    "functools", "hashlib", "heapq", "itertools", "json", "math", "numbers", "operator", "random", "re", "statistics",
+    "string", "textwrap", "typing", "unicodedata",
+})
 COLLECTIONS = {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}
 
 
@@ -207,6 +222,7 @@ def judge(program) -> None:
         os._exit(0)
     for fd in (calls_r, answers_w):
         os.close(fd)
+    os.chdir("/")  # not the child's writable /tmp
     token = sys.stdin.buffer.readline().strip()
     task = json.loads(sys.stdin.buffer.read())
     Remote.link = (os.fdopen(calls_w, "wb"), os.fdopen(answers_r, "rb"))
@@ -216,19 +232,20 @@ def judge(program) -> None:
     loaded = json.loads(line) if line else {"raise": "SystemExit", "message": "the program's process ended"}
     if "raise" in loaded:
         raise program_error(loaded)
+    entry_point = task.get("entry_point")
     for name, description in loaded["names"].items():
-        if name in namespace or hasattr(builtins, name):  # the test's abs, len, sorted stay the real ones
+        if name != entry_point and (name in namespace or hasattr(builtins, name)):
+            continue  # the prelude's helpers and the test's abs, len, sorted stay the real ones
+        module = description.get("module")
+        if module is not None or name in sys.stdlib_module_names:
+            # a module, or a value named like one (a `class math` whose isclose says True): the real
+            # module, a safe one only, or nothing
+            if module == name and module in SAFE_MODULES:
+                namespace[name] = __import__(module)
             continue
-        if "module" in description:  # the test gets the module itself; /usr alone is on sys.path
-            module = description["module"]
-            if isinstance(module, str) and all(part.isidentifier() for part in module.split(".")):
-                try:
-                    __import__(module)
-                    namespace[name] = sys.modules[module]
-                except (ImportError, KeyError):
-                    pass
-        else:
-            namespace[name] = decode(description["value"], Remote)
+        namespace[name] = decode(description["value"], Remote)
+    if entry_point and entry_point not in loaded["names"]:
+        raise NameError(f"the program defines no {entry_point}")  # not the builtin of that name, nor the prelude's stub
     try:
         exec(compile(task["test"], "test.py", "exec"), namespace)
     except AssertionError:

@@ -113,6 +113,20 @@ if frame is not None:
     os.write(frame.f_locals["report"], frame.f_locals["token"])
 os._exit(0)
 """
+UNITTEST_MAIN_HACK = """
+import os
+open("/tmp/test_evil.py", "w").write('''
+import sys, os
+f = sys._getframe()
+while f is not None and f.f_code.co_name != "judge":
+    f = f.f_back
+os.write(f.f_locals["report"], f.f_locals["token"])
+os._exit(0)
+''')
+zz_mod = type(os)("unittest.__main__")
+def add(a, b):
+    return 0
+"""
 PROC_HACK = """
 import os
 for pid in set(filter(str.isdigit, os.listdir("/proc"))) - {str(os.getpid())}:
@@ -138,8 +152,10 @@ def add(a, b):
         "import builtins\nbuiltins.__dict__['assert'] = None\n__builtins__['AssertionError'] = ZeroDivisionError\ndef add(a, b):\n    return 0",
         "TESTS = open('/sandbox/test.py').read()\ndef add(a, b):\n    return 0",  # the test is not in the sandbox's files
         "def abs(x):\n    return 0\ndef add(a, b):\n    return 0",  # a builtin the test calls, shadowed
+        UNITTEST_MAIN_HACK,  # a module whose import ran the program's code in the test's process
     ],
-    ids=["frame-token", "always-equal", "int-subclass-equal", "replaced-assertion", "replaced-builtins", "read-the-test", "shadowed-abs"],
+    ids=["frame-token", "always-equal", "int-subclass-equal", "replaced-assertion", "replaced-builtins", "read-the-test", "shadowed-abs",
+         "unittest-main"],
 )
 def test_a_program_cannot_forge_a_pass(code):
     """The test runs in the harness's process and the program in a child that cannot read it:
@@ -172,6 +188,21 @@ def test_the_program_cannot_read_the_harness_under_proc():
 )
 def test_right_programs_pass(code, tests):
     assert code_tests_reward(fenced(code), tests) == {"score": 1.0, "outcome": "passed"}
+
+
+def test_a_value_named_like_a_module_is_not_the_module():
+    """`class math` with an isclose that says True stood in for the math module an MBPP-style test uses."""
+    tests = json.dumps({"asserts": ["assert math.isclose(area(2), 12.566, rel_tol=0.001)"]})
+    cheat = "class math:\n    @staticmethod\n    def isclose(*a, **k):\n        return True\ndef area(r):\n    return -1"
+    assert code_tests_reward(fenced(cheat), tests)["score"] == 0.0
+    right = "import math\ndef area(r):\n    return math.pi * r * r"
+    assert code_tests_reward(fenced(right), tests) == {"score": 1.0, "outcome": "passed"}
+
+
+def test_humaneval_s_entry_point_is_the_program_s_even_when_named_like_a_builtin():
+    tests = json.dumps({"test": "def check(candidate):\n    assert candidate([3, 1]) == 1\n", "entry_point": "min"})
+    assert code_tests_reward(fenced("def add(a, b):\n    return 0"), tests)["score"] == 0.0  # the builtin min would pass
+    assert code_tests_reward(fenced("def min(xs):\n    return sorted(xs)[0]"), tests)["score"] == 1.0
 
 
 def test_a_program_cannot_replace_a_helper_its_test_calls():

@@ -122,6 +122,7 @@ def bwrap_argv(files: dict[str, int], limits: Limits) -> list[str]:
 CGROUP_ROOT = "/sys/fs/cgroup"
 SANDBOX_CGROUP = "rlvr-sandbox"  # the parent of the executions' cgroups, in each hierarchy used
 _executions = itertools.count()
+STALE_SWEEP_EVERY = 64  # executions between sweeps for dead callers' cgroups
 _cgroups_off = False  # set once a cgroup could not be made or joined: the rlimits alone from then on
 
 
@@ -189,7 +190,13 @@ def _make_cgroups(limits: Limits) -> list[str]:
             pending = _unremoved[:]
             _unremoved.clear()
         _remove_cgroups(pending)
-    name = f"{os.getpid()}-{next(_executions)}"
+    execution = next(_executions)
+    if execution % STALE_SWEEP_EVERY == STALE_SWEEP_EVERY - 1:
+        # a worker killed at its deadline, or one that retired mid-release, left its cgroups; the
+        # zygote's sweep at start-up came too late for a long run (v1 allows 65,535 memory cgroups)
+        for parent in cgroup_parents():
+            _remove_stale(parent)
+    name = f"{os.getpid()}-{execution}"
     try:
         for parent in cgroup_parents():
             made.append(os.path.join(parent, name))

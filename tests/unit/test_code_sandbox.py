@@ -340,6 +340,24 @@ def test_an_execution_s_processes_share_one_memory_bound():
     assert wait_only(os.getpid(), set()) == set()
 
 
+@pytest.mark.skipif(not cgroup_parents(), reason="needs root and a writable cgroupfs (cgroup v1 memory+pids, or v2)")
+def test_dead_callers_cgroups_are_swept_during_a_run(monkeypatch):
+    """A worker killed at its deadline (or retired mid-release) left `<pid>-<n>` cgroups that only the
+    next zygote's start-up removed: one per timed-out item over a whole run."""
+    import subprocess
+    import sys
+
+    from rlvr.sandbox import bubblewrap
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+    left = [os.path.join(parent, f"{dead}-7") for parent in cgroup_parents()]
+    for path in left:
+        os.mkdir(path)
+    monkeypatch.setattr(bubblewrap, "STALE_SWEEP_EVERY", 1)
+    assert run_python("print(1)").stdout == b"1\n"
+    assert not any(os.path.exists(path) for path in left)
+
+
 def test_probe_names_the_fix_when_no_sandbox_can_start(monkeypatch):
     from rlvr.sandbox import bubblewrap
 

@@ -207,6 +207,11 @@ def _validate_eval(cfg: DictConfig) -> None:
     oracle = cfg.eval.oracle
     _check(oracle.samples >= 0, "eval.oracle.samples", f"must be >= 0 (0 = off), got {oracle.samples}")
     _check(oracle.every >= 1, "eval.oracle.every", f"must be >= 1, got {oracle.every}")
+    e = cfg.eval
+    _check(e.n_samples >= 1, "eval.n_samples", f"must be >= 1 (1: greedy pass@1 only), got {e.n_samples}")
+    _check(e.max_tokens >= 1, "eval.max_tokens", f"must be >= 1, got {e.max_tokens}")
+    _check(e.size >= 0, "eval.size", f"must be >= 0 held-out prompts, got {e.size}")
+    _check(e.pass_at_k_every >= 0, "eval.pass_at_k_every", f"must be >= 0 (0 = every eval), got {e.pass_at_k_every}")
     if oracle.samples:
         _check(cfg.trainer.max_staleness == 0, "eval.oracle.samples",
                f"the oracle measures at the weights that sampled the batch: synchronous runs only (trainer.max_staleness=0, got {cfg.trainer.max_staleness})")
@@ -230,6 +235,11 @@ def _validate_trainer(cfg: DictConfig) -> None:
     _check(t.batch_size >= 1, "trainer.batch_size", f"must be >= 1, got {t.batch_size}")
     _check(t.max_restarts >= 0, "trainer.max_restarts", f"must be >= 0 (0 = stop at the first death), got {t.max_restarts}")
     _check(t.role_timeout_s > 0, "trainer.role_timeout_s", f"must be > 0 (seconds), got {t.role_timeout_s}")
+    for key, meaning in (("eval_every", "0 = only before the first step and after the last"), ("save_every", "0 = at the last step and on a signal only"),
+                         ("keep_checkpoints", "0 = keep all")):
+        _check(t[key] >= 0, f"trainer.{key}", f"must be >= 0 ({meaning}), got {t[key]}")
+    _check(cfg.learner.grad_clip >= 0, "learner.grad_clip", f"must be >= 0 (0 = no clipping), got {cfg.learner.grad_clip}")
+    _check(cfg.learner.weight_decay >= 0, "learner.weight_decay", f"must be >= 0, got {cfg.learner.weight_decay}")
     _check(cfg.learner.lr > 0, "learner.lr", f"must be > 0, got {cfg.learner.lr}")
     _check(_auto_or(cfg.learner.micro_batch_size, int, 1), "learner.micro_batch_size", f"must be auto or an integer >= 1, got {cfg.learner.micro_batch_size!r}")
     _check(cfg.learner.mmap_threshold_mb >= 0, "learner.mmap_threshold_mb", f"must be >= 0 (0: glibc's own threshold), got {cfg.learner.mmap_threshold_mb}")
@@ -294,6 +304,7 @@ def _validate_verifier(cfg: DictConfig) -> None:
     v = cfg.verifier
     _check(v.timeout_s > 0, "verifier.timeout_s", f"must be > 0, got {v.timeout_s}")
     _check(v.num_workers >= 1, "verifier.num_workers", f"must be >= 1, got {v.num_workers}")
+    _check(v.memory_mb > 0, "verifier.memory_mb", f"must be > 0 (MB a worker may use), got {v.memory_mb}")
     _check(len(v.terms) >= 1, "verifier.terms", "needs at least one reward term")
     from rlvr.rewards import coerce_spec, correctness_terms
 

@@ -4,6 +4,8 @@ vLLM), or, for a LoRA run, into a peft adapter folder (`adapter=True`)."""
 from __future__ import annotations
 
 import logging
+import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -52,7 +54,14 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, adapter: bool = Fal
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     if lora.enabled:
         model = add_adapters(model, lora)
-    missing, unexpected = model.load_state_dict(policy_state_dict(ckpt, lora.enabled), strict=False)
+    try:
+        weights = policy_state_dict(ckpt, lora.enabled)
+    except (RuntimeError, KeyError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        # sizes match the manifest (validate_checkpoint passed) but the bytes do not load
+        raise ValueError(f"{ckpt}: the policy's weights under learner/ do not load (a corrupt file?): {type(e).__name__}: {e}") from e
+    missing, unexpected = model.load_state_dict(weights, strict=False)
     if lora.enabled:
         missing = [k for k in missing if is_adapter(k)]  # the frozen base comes from model.path, not the checkpoint
     else:

@@ -30,3 +30,19 @@ def test_export_adapter_of_a_full_weight_checkpoint_is_refused(tmp_path):
         export_checkpoint(ckpt, tmp_path / "out", adapter=True)
 
 
+
+
+def test_export_of_a_checkpoint_whose_weights_do_not_load_says_so(tmp_path, tiny_model):
+    """A model-states file of the right size but zeroed passed the manifest check, then `rlvr export`
+    ended in KeyError: "filename 'storages' not found"."""
+    from rlvr.checkpoint import save_checkpoint
+    from rlvr.export import export_checkpoint
+
+    def write(tmp):
+        (tmp / "config.yaml").write_text(f"model:\n  path: {tiny_model}\n  dtype: float32\n")
+        (tmp / "learner" / "policy").mkdir(parents=True)
+        (tmp / "learner" / "policy" / "mp_rank_00_model_states.pt").write_bytes(bytes(4096))
+
+    ckpt = save_checkpoint(tmp_path, 1, write)
+    with pytest.raises(ValueError, match="do not load \\(a corrupt file\\?\\)"):
+        export_checkpoint(ckpt, tmp_path / "out")

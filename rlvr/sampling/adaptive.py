@@ -40,16 +40,17 @@ def warm_start(ctl: BudgetController, problems: list[Problem], seed: int) -> dic
     k, n = _successes_and_counts(groups)
     texts, success = [p.question for p in problems], (k / n).tolist()
     empty = ctl.value_server.snapshot()
-    prior, unc = torch.full_like(k, 0.5), torch.full_like(k, 0.5)
+    prior, unc, real = torch.full_like(k, 0.5), torch.full_like(k, 0.5), torch.ones_like(k, dtype=torch.bool)
     half = len(problems) // 2
     for context, target in ((slice(0, half), slice(half, None)), (slice(half, None), slice(0, half))):
         ctl.value_server.load(empty)
         ctl.value_server.call("add_context", texts[context], success[context])
-        prior[target], unc[target], _ = finite_priors(*ctl.value_server.call("predict", texts[target]))
+        prior[target], unc[target], real[target] = finite_priors(*ctl.value_server.call("predict", texts[target]))
     ctl.value_server.load(empty)
     ctl.value_server.call("add_context", texts, success)
     ctl.value_server.snapshot()
-    ctl.v05.observe(prior, k, n, unc)
+    if bool(real.any()):
+        ctl.v05.observe(prior[real], k[real], n[real], unc[real])
     return {
         "warmup/prompts": len(problems),
         "warmup/rollouts": ctl.counts.get("rollouts", 0),
@@ -71,7 +72,10 @@ def collect_adaptive(ctl: BudgetController, problems: list[Problem], more_proble
     texts = [p.question for p in problems]
     # A dead value server gives the uninformed prior for this step while its replacement loads.
     uninformed = ([0.5] * len(texts), [0.5] * len(texts))
-    prior, unc, nonfinite = finite_priors(*ctl.timed("value", lambda: ctl.value_server.call_or(uninformed, "predict", texts)))
+    answer = ctl.timed("value", lambda: ctl.value_server.call_or(uninformed, "predict", texts))
+    prior, unc, real = finite_priors(*answer)
+    if answer is uninformed:
+        real[:] = False
     groups = ctl.sample(problems, [cfg.n] * len(problems), round_seed(seed, 0))
     budget_left = int(round((cfg.budget_factor - 1.0) * cfg.n * len(problems)))
     bought = torch.zeros(len(problems), dtype=torch.long)
@@ -88,7 +92,9 @@ def collect_adaptive(ctl: BudgetController, problems: list[Problem], more_proble
         bought += extra
         budget_left -= int(extra.sum())
     k, n = _successes_and_counts(groups)
-    b, diag = ctl.v05.fuse(prior, k, n, uncertainty=unc)
+    b, diag = ctl.v05.fuse(prior, k, n, uncertainty=unc, record=False)
+    if bool(real.any()):  # the calibration window learns from the value model's own priors only
+        ctl.v05.observe(prior[real], k[real], n[real], unc[real])
     decisions = []
     for i, g in enumerate(groups):
         g.baseline = float(b[i])
@@ -119,23 +125,24 @@ def collect_adaptive(ctl: BudgetController, problems: list[Problem], more_proble
         "v05/prior_err_sd": float(diag["prior_err_sd"]),
         "v05/invalid_rate": float(diag["invalid_rate"]),
         "v05/window": len(ctl.v05),
-        "v05/nonfinite_priors": nonfinite,
+        "v05/priors_missing": int((~real).sum()),  # the value server down or not finite: the uninformed prior stood in
     }
     return Batch(groups, decisions=decisions, stats=stats)
 
 
-def finite_priors(priors: list[float], uncertainties: list[float]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """The value model's answers as tensors, each prior clamped into V0.5's range; a prior or an
-    uncertainty that is not a finite number (an `hf-classifier` logit or a `v0` map gone NaN) becomes
-    the uninformed (0.5, 0.5), and their count is logged. (A NaN prior made its baseline NaN and, in
-    the calibration window for 256 prompts, every likelihood NaN: the prior was then trusted.)"""
+def finite_priors(priors: list[float], uncertainties: list[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The value model's answers as tensors, each prior clamped into V0.5's range, and which of them
+    are real: a prior or an uncertainty that is not a finite number (an `hf-classifier` logit or a
+    `v0` map gone NaN) becomes the uninformed (0.5, 0.5), which the calibration window does not
+    learn from. (A NaN prior made its baseline NaN and, in the window for 256 prompts, every
+    likelihood NaN: the prior was then trusted.)"""
     prior = torch.tensor(priors, dtype=torch.float64)
     unc = torch.tensor(uncertainties, dtype=torch.float64)
     bad = ~(torch.isfinite(prior) & torch.isfinite(unc))
     if bool(bad.any()):
         log.warning("value server: %d of %d priors or uncertainties not finite; uninformed (0.5, 0.5) for them", int(bad.sum()), len(prior))
     prior, unc = prior.masked_fill(bad, 0.5), unc.masked_fill(bad, 0.5)
-    return prior.clamp(v05.PRIOR_MIN, v05.PRIOR_MAX), unc, int(bad.sum())
+    return prior.clamp(v05.PRIOR_MIN, v05.PRIOR_MAX), unc, ~bad
 
 
 def _successes_and_counts(groups: list[PromptGroup]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -49,6 +49,9 @@ def test_v05_run_survives_its_verifier_and_value_server_dying(tmp_path, ray_sess
     per_step = [decisions[i : i + 4] for i in range(0, 16, 4)]
     uninformed = [i + 1 for i, ds in enumerate(per_step) if all(d["prior"] == 0.5 and d["uncertainty"] == 0.5 for d in ds)]
     assert uninformed == [3]
+    # and the calibration window did not learn from those stand-ins as if they were priors
+    assert [steps[s]["v05/priors_missing"] for s in (1, 2, 3, 4)] == [0, 0, 4, 0]
+    assert steps[3]["v05/window"] == steps[2]["v05/window"] and steps[4]["v05/window"] == steps[3]["v05/window"] + 4
 
 
 @pytest.mark.slow

@@ -174,8 +174,8 @@ def test_a_value_model_s_nan_is_the_uninformed_prior_not_a_poisoned_window():
 
     from rlvr.sampling.adaptive import finite_priors
 
-    prior, unc, bad = finite_priors([0.3, math.nan, 0.9, 0.4], [0.2, 0.1, math.inf, 0.3])
-    assert bad == 2 and prior.tolist() == [0.3, 0.5, 0.5, 0.4] and unc.tolist() == [0.2, 0.5, 0.5, 0.3]
+    prior, unc, real = finite_priors([0.3, math.nan, 0.9, 0.4], [0.2, 0.1, math.inf, 0.3])
+    assert real.tolist() == [True, False, False, True] and prior.tolist() == [0.3, 0.5, 0.5, 0.4] and unc.tolist() == [0.2, 0.5, 0.5, 0.3]
     with pytest.raises(ValueError, match="priors must be finite"):
         v05.fuse(torch.tensor([0.3, math.nan]), torch.tensor([1.0, 2.0]), torch.tensor([4.0, 4.0]))
     with pytest.raises(ValueError, match="uncertainties must be finite"):

@@ -196,7 +196,8 @@ def program_error(reply: dict) -> Exception:
     """The program's exception, as the built-in class of that name where there is one."""
     name, message = reply.get("raise"), str(reply.get("message", ""))
     kind = getattr(builtins, name, None) if isinstance(name, str) else None
-    if isinstance(kind, type) and issubclass(kind, Exception):
+    # StopIteration raised into the test ends a map() or zip() it runs inside: `all(map(f, xs))` was True
+    if isinstance(kind, type) and issubclass(kind, Exception) and not issubclass(kind, (StopIteration, StopAsyncIteration)):
         try:
             return kind(message)
         except Exception:  # noqa: BLE001 - a class whose constructor wants more

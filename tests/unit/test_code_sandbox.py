@@ -421,6 +421,12 @@ def escapes(targets: dict[str, int], tmp_path, port: int) -> dict[str, str]:
             "import ctypes\ndef attempt():\n    libc = ctypes.CDLL(None, use_errno=True)\n"
             f"    return libc.ptrace(16, {targets['worker']}, None, None) == 0"
         ),
+        # pid 1 is the harness (non-dumpable): its fds, the token's stdin among them, are not the program's to take
+        "pidfd_getfd_pid1": (
+            "import ctypes\ndef attempt():\n    libc = ctypes.CDLL(None, use_errno=True)\n    pidfd = libc.syscall(434, 1, 0)\n"
+            "    return pidfd >= 0 and libc.syscall(438, pidfd, 0, 0) >= 0"
+        ),
+        "ptrace_pid1": "import ctypes\ndef attempt():\n    return ctypes.CDLL(None, use_errno=True).ptrace(16, 1, None, None) == 0",
         "fill_disk": "def attempt():\n    with open('/tmp/fill', 'wb') as f:\n        while True:\n            f.write(b'x' * (1 << 20))\n            f.flush()",
         # stderr: an assert-style test's stdout goes to /dev/null, stderr is read back (and bounded)
         "print_100mb": "import sys\ndef attempt():\n    sys.stderr.write('x' * (100 << 20))\n    return True",

@@ -268,6 +268,11 @@ def _validate_model(cfg: DictConfig) -> None:
     from rlvr.runtime.sizing import DTYPE_BYTES
 
     m = cfg.model
+    from rlvr.models import SMOLLM2_NAME, TINY_NAME
+
+    _check(m.path in (SMOLLM2_NAME, TINY_NAME) or (Path(str(m.path)).expanduser() / "config.json").is_file(), "model.path",
+           f"{m.path!r} is neither a built-in model ({SMOLLM2_NAME}, {TINY_NAME}) nor a Hugging Face model folder (no config.json); "
+           "this machine cannot download from a model hub")
     _check(m.train_dtype in ("float32", "bfloat16"), "model.train_dtype", f"must be float32 or bfloat16, got {m.train_dtype!r}")
     _check(m.rollout_dtype in DTYPE_BYTES, "model.rollout_dtype",
            f"must be one of {', '.join(DTYPE_BYTES)}, got {m.rollout_dtype!r}")

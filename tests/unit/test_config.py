@@ -131,6 +131,7 @@ def test_unknown_group_option_lists_the_choices():
         ("weighting=focal weighting.gamma=abc", "weighting=focal"),
         ("weighting=hadw weighting.anchor=emma", "weighting=hadw: unknown HA-DW anchor 'emma'"),
         ("weighting=hadw weighting.window=0", "weighting=hadw: HA-DW window must be >= 1"),
+        ("model.path=/nonexistent/model", "model.path: '/nonexistent/model' is neither a built-in model"),  # was found after Ray started
         ("eval.n_samples=-2", "eval.n_samples"),
         ("eval.max_tokens=0", "eval.max_tokens"),
         ("eval.size=-1", "eval.size"),

@@ -36,14 +36,22 @@ _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+#.-]*)[^\n]*\n(.*?)```", re.S)
 # starts an interpreter, and the assert harness's imports cost 5-10 ms of it).
 _EXIT_COMPILE_ERROR, _EXIT_ASSERTION, _EXIT_UNSAFE = 90, 91, 92
 ASSERTS_HARNESS = (Path(__file__).parent / "code_harness.py").read_bytes()
+# The stdio harness stays the namespace's pid 1 and runs the program as its child: a program that
+# was pid 1 itself could clear the death signal bwrap gave it and, in a session of its own, outlive
+# a killed sandbox wherever no cgroup catches it (a red-team review left 39 processes that way).
 STDIO_HARNESS = f"""\
-import builtins, os, sys
+import builtins, os, signal, sys
 builtins.exit = builtins.quit = sys.exit  # `-S` leaves them out, and programs end with them
 try:
     program = compile(open("/sandbox/program.py").read(), "program.py", "exec")
 except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError):
     os._exit({_EXIT_COMPILE_ERROR})
-exec(program, {{"__name__": "__main__"}})
+if os.fork() == 0:
+    exec(program, {{"__name__": "__main__"}})
+    sys.exit(0)
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # pid 1 without a handler: nothing inside can signal it
+code = os.waitstatus_to_exitcode(os.wait()[1])
+os._exit(128 - code if code < 0 else code)  # a death by signal as a shell reports it (SIGXCPU: timeout)
 """.encode()
 
 

@@ -32,6 +32,7 @@ to the program, fails. A pass is the token, written to the saved stdout after th
 import builtins
 import json
 import os
+import signal
 import sys
 
 COMPILE_ERROR, ASSERTION, UNSAFE = 90, 91, 92  # exit statuses; rlvr.rewards.code reads them
@@ -210,12 +211,17 @@ def judge(program) -> None:
 
     if ctypes.CDLL(None).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE 0: /proc/<this>/mem and fd closed to the child
         os._exit(UNSAFE)
+    # This process is the namespace's pid 1, which takes only the signals it has a handler for:
+    # without Python's SIGINT handler, the child cannot raise KeyboardInterrupt in the test (a test
+    # catching BaseException passed that way).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     report = os.dup(1)
     null = os.open("/dev/null", os.O_RDWR)
     os.dup2(null, 1)  # the test's prints, and the child's, go nowhere
     calls_r, calls_w = os.pipe()
     answers_r, answers_w = os.pipe()
     if os.fork() == 0:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         os.dup2(null, 0)
         for fd in (report, null, calls_w, answers_r):
             os.close(fd)

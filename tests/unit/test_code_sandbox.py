@@ -206,6 +206,14 @@ def test_the_sandbox_s_pipes_cannot_be_opened_again():
     assert got.stdout.strip() == b"['0o0', '0o0', '0o0']", got
 
 
+def test_a_program_cannot_interrupt_the_test():
+    """The harness is pid 1, which takes only the signals it has a handler for: Python's SIGINT handler
+    let the program raise KeyboardInterrupt in a test that caught BaseException after AssertionError."""
+    test = "try:\n    assert f(1) == 2\nexcept AssertionError:\n    raise\nexcept BaseException:\n    pass"
+    program = "import os, signal, time\ndef f(x):\n    os.kill(1, signal.SIGINT)\n    time.sleep(0.05)\n    return 0"
+    assert code_tests_reward(fenced(program), json.dumps({"asserts": [test]}))["score"] == 0.0
+
+
 def test_a_value_named_like_a_module_is_not_the_module():
     """`class math` with an isclose that says True stood in for the math module an MBPP-style test uses."""
     tests = json.dumps({"asserts": ["assert math.isclose(area(2), 12.566, rel_tol=0.001)"]})
@@ -372,6 +380,44 @@ def test_dead_callers_cgroups_are_swept_during_a_run(monkeypatch):
     monkeypatch.setattr(bubblewrap, "STALE_SWEEP_EVERY", 1)
     assert run_python("print(1)").stdout == b"1\n"
     assert not any(os.path.exists(path) for path in left)
+
+
+def test_a_stdio_program_does_not_outlive_a_killed_sandbox_without_cgroups(monkeypatch):
+    """A stdio program that was pid 1 cleared the death signal bwrap gave it; in its own session,
+    killing bwrap at the deadline left it and its forks running where no cgroup caught them
+    (not root, or a read-only cgroupfs). The harness is pid 1 now, and its end is the namespace's."""
+    import secrets
+
+    from rlvr.sandbox import bubblewrap
+
+    monkeypatch.setattr(bubblewrap, "_cgroups_off", True)
+    name = "lk" + secrets.token_hex(6)
+    program = (
+        "import ctypes, os, time\nlibc = ctypes.CDLL(None)\nlibc.prctl(1, 0, 0, 0, 0)\n"
+        f"for _ in range(3):\n    if os.fork() == 0:\n        libc.prctl(1, 0, 0, 0, 0)\n        libc.prctl(15, b'{name}', 0, 0, 0)\n"
+        "        time.sleep(60)\n        os._exit(0)\ntime.sleep(60)"
+    )
+    got = code_tests_reward(fenced(program), json.dumps({"inputs": ["1\n"], "outputs": ["2\n"]}), timeout_s=0.5)
+    assert got["outcome"] == "timeout"
+
+    def survivors() -> list[str]:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    if f.read().strip() == name:
+                        found.append(pid)
+            except OSError:
+                pass
+        return found
+
+    deadline = time.monotonic() + 5
+    while survivors() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = survivors()
+    for pid in left:
+        os.kill(int(pid), 9)
+    assert left == []
 
 
 def test_probe_names_the_fix_when_no_sandbox_can_start(monkeypatch):

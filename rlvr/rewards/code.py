@@ -46,11 +46,12 @@ try:
     program = compile(open("/sandbox/program.py").read(), "program.py", "exec")
 except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError):
     os._exit({_EXIT_COMPILE_ERROR})
-if os.fork() == 0:
+pid = os.fork()
+if pid == 0:
     exec(program, {{"__name__": "__main__"}})
     sys.exit(0)
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # pid 1 without a handler: nothing inside can signal it
-code = os.waitstatus_to_exitcode(os.wait()[1])
+code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])  # the program's own end, not an orphan's it left to pid 1
 os._exit(128 - code if code < 0 else code)  # a death by signal as a shell reports it (SIGXCPU: timeout)
 """.encode()
 

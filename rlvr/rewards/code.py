@@ -36,11 +36,13 @@ _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+#.-]*)[^\n]*\n(.*?)```", re.S)
 # starts an interpreter, and the assert harness's imports cost 5-10 ms of it).
 _EXIT_COMPILE_ERROR, _EXIT_ASSERTION, _EXIT_UNSAFE = 90, 91, 92
 ASSERTS_HARNESS = (Path(__file__).parent / "code_harness.py").read_bytes()
-# The stdio harness stays the namespace's pid 1 and runs the program as its child: a program that
-# was pid 1 itself could clear the death signal bwrap gave it and, in a session of its own, outlive
-# a killed sandbox wherever no cgroup catches it (a red-team review left 39 processes that way).
+# The stdio harness stays the namespace's pid 1, non-dumpable, and runs the program as its child: a
+# program that was pid 1 itself (or could ptrace it) cleared the death signal bwrap gave pid 1 and
+# outlived a killed sandbox wherever no cgroup caught it (red-team reviews left 39 processes so).
 STDIO_HARNESS = f"""\
-import builtins, os, signal, sys
+import builtins, ctypes, os, signal, sys
+if ctypes.CDLL(None).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE 0: the program may not ptrace pid 1 (and clear its death signal)
+    os._exit({_EXIT_UNSAFE})
 builtins.exit = builtins.quit = sys.exit  # `-S` leaves them out, and programs end with them
 try:
     program = compile(open("/sandbox/program.py").read(), "program.py", "exec")

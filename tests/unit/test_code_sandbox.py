@@ -420,6 +420,14 @@ def test_a_stdio_program_does_not_outlive_a_killed_sandbox_without_cgroups(monke
     assert left == []
 
 
+def test_a_stdio_program_cannot_trace_its_harness():
+    """The stdio harness (pid 1) is non-dumpable too: a program that ptraced it cleared pid 1's death
+    signal and outlived a killed sandbox where no cgroup caught it (a fifth red-team round)."""
+    program = ("import ctypes\ntraced = ctypes.CDLL(None, use_errno=True).ptrace(16, 1, None, None) == 0\n"
+               "a, b = map(int, input().split())\nprint(0 if traced else a + b)")
+    assert code_tests_reward(fenced(program), ADD_STDIO) == {"score": 1.0, "outcome": "passed"}
+
+
 def test_probe_names_the_fix_when_no_sandbox_can_start(monkeypatch):
     from rlvr.sandbox import bubblewrap
 

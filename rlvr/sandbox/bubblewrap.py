@@ -285,7 +285,11 @@ def _limit_child(limits: Limits, cgroups: list[str]):
             *([(resource.RLIMIT_NPROC, (limits.processes,) * 2)] if root else []),
             (resource.RLIMIT_NOFILE, (limits.open_files,) * 2),
             (resource.RLIMIT_FSIZE, (limits.file_mb << 20,) * 2),
-            (resource.RLIMIT_CORE, (0, 0)),
+            # 1, not 0: where core_pattern pipes to a handler (apport, systemd-coredump) the kernel
+            # ignores the limit except the value 1, and a program that made itself dumpable again and
+            # crashed would have a root process outside the sandbox read its memory; a file core
+            # needs a page, so 1 byte writes none either
+            (resource.RLIMIT_CORE, (1, 1) if resource.getrlimit(resource.RLIMIT_CORE)[1] != 0 else (0, 0)),
         ):
             resource.setrlimit(rlimit, value)
         hard = resource.getrlimit(resource.RLIMIT_AS)[1]

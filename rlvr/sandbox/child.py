@@ -135,7 +135,8 @@ def _worker_setup(zygote_pid: int, cfg: dict) -> None:  # pragma: no cover - chi
     signal.signal(signal.SIGPROF, _on_alarm)
     import resource
 
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # no core file; and 1 is the one value a core_pattern pipe handler respects (0 where it must stay)
+    resource.setrlimit(resource.RLIMIT_CORE, (1, 1) if resource.getrlimit(resource.RLIMIT_CORE)[1] != 0 else (0, 0))
     if cfg["memory_mb"]:
         limit = _vm_size_bytes() + int(cfg["memory_mb"]) * 2**20
         try:

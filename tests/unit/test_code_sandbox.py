@@ -428,6 +428,13 @@ def test_a_stdio_program_cannot_trace_its_harness():
     assert code_tests_reward(fenced(program), ADD_STDIO) == {"score": 1.0, "outcome": "passed"}
 
 
+def test_no_core_dump_leaves_the_sandbox():
+    """RLIMIT_CORE is 1: the one value a core_pattern pipe handler (run as root outside the sandbox)
+    respects; 0 let a program that crashed hand its memory to one."""
+    got = run_python("import resource\nprint(resource.getrlimit(resource.RLIMIT_CORE))")
+    assert got.stdout.strip() == b"(1, 1)", got
+
+
 def test_probe_names_the_fix_when_no_sandbox_can_start(monkeypatch):
     from rlvr.sandbox import bubblewrap
 

@@ -117,7 +117,8 @@ def _fsync_tree(root: Path) -> None:
         _fsync_dir(Path(dirpath))
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """This process, or any other that exists (owned by anyone)."""
     if pid == os.getpid():
         return True
     try:
@@ -224,7 +225,7 @@ def _orphaned_aside(ckdir: Path) -> list[tuple[int, Path]]:
     for p in ckdir.iterdir():
         m = _HIDDEN_RE.fullmatch(p.name)
         if m and m.group(1) == "old" and p.is_dir() and not (ckdir / m.group(2)).exists():
-            if _pid_alive(int(m.group(3))) and int(m.group(3)) != os.getpid():
+            if pid_alive(int(m.group(3))) and int(m.group(3)) != os.getpid():
                 continue  # another live process is in the middle of a re-save
             out.append((_step_of(m.group(2)), p))
     return sorted(out)
@@ -352,7 +353,7 @@ def _clean_hidden(ckdir: Path) -> None:
         if kind == "del":
             _remove(p)  # already committed to deletion
             continue
-        if p.name in _MADE_HERE or (pid != os.getpid() and _pid_alive(pid)):
+        if p.name in _MADE_HERE or (pid != os.getpid() and pid_alive(pid)):
             continue  # ours, or a save still running in another process (our pid alone: a previous container's driver)
         if kind == "tmp":
             log.info("removing %s left by an interrupted save (process %d)", p, pid)

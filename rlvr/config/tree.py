@@ -265,11 +265,10 @@ def _validate_trainer(cfg: DictConfig) -> None:
 
 
 def _validate_model(cfg: DictConfig) -> None:
+    from rlvr.models import SMOLLM2_NAME, TINY_NAME
     from rlvr.runtime.sizing import DTYPE_BYTES
 
     m = cfg.model
-    from rlvr.models import SMOLLM2_NAME, TINY_NAME
-
     _check(m.path in (SMOLLM2_NAME, TINY_NAME) or (Path(str(m.path)).expanduser() / "config.json").is_file(), "model.path",
            f"{m.path!r} is neither a built-in model ({SMOLLM2_NAME}, {TINY_NAME}) nor a Hugging Face model folder (no config.json); "
            "this machine cannot download from a model hub")

@@ -24,7 +24,7 @@ from rlvr.rewards.answers import (
     numbers_match,
     parse_numeric_literal,
 )
-from rlvr.rewards.code import check_tests_parsable, code_tests_reward
+from rlvr.rewards.code import check_tests_parsable, code_tests_limits, code_tests_reward
 
 # Per-call timeout handed to math-verify's own SIGALRM timer.  ``None``: the
 # caller enforces the deadline (the verifier workers run every item under
@@ -356,6 +356,8 @@ REWARD_FUNCTIONS: dict[str, Callable[..., float | dict]] = {
     "format": format_reward,
     "code_tests": code_tests_reward,
 }
+# A builtin's check of its own option values (called with all of them, defaults filled), where it has one.
+CHECK_OPTIONS: dict[str, Callable[..., object]] = {"code_tests": code_tests_limits}
 # Whether each builtin says the answer is right (so that "correct" reads it) or shapes the reward.
 DECIDES_CORRECTNESS: dict[str, bool] = {"math": True, "exact": True, "format": False, "code_tests": True}
 

@@ -24,6 +24,10 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlvr.rewards.code_harness import ASSERTION as _EXIT_ASSERTION
+from rlvr.rewards.code_harness import COMPILE_ERROR as _EXIT_COMPILE_ERROR
+from rlvr.rewards.code_harness import UNSAFE as _EXIT_UNSAFE
+
 OUTCOMES = ("passed", "compile_error", "runtime_error", "timeout", "wrong_answer", "sandbox_error")
 _SIGXCPU = 24
 MAX_PROGRAM_CHARS = 100_000
@@ -34,7 +38,6 @@ _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+#.-]*)[^\n]*\n(.*?)```", re.S)
 # whose docstring says how a pass cannot be forged by the program it tests. Stdin/stdout tests: the
 # program alone, its output the verdict, compared out here (a harness of a few lines: each test
 # starts an interpreter, and the assert harness's imports cost 5-10 ms of it).
-_EXIT_COMPILE_ERROR, _EXIT_ASSERTION, _EXIT_UNSAFE = 90, 91, 92
 ASSERTS_HARNESS = (Path(__file__).parent / "code_harness.py").read_bytes()
 # The stdio harness stays the namespace's pid 1, non-dumpable, and runs the program as its child: a
 # program that was pid 1 itself (or could ptrace it) cleared the death signal bwrap gave pid 1 and

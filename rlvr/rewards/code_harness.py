@@ -35,8 +35,7 @@ import os
 import signal
 import sys
 
-COMPILE_ERROR, ASSERTION, UNSAFE = 90, 91, 92  # exit statuses; rlvr.rewards.code reads them
-builtins.exit = builtins.quit = sys.exit  # `-S` leaves them out, and programs end with them
+COMPILE_ERROR, ASSERTION, UNSAFE = 90, 91, 92  # exit statuses, both harnesses'; rlvr.rewards.code imports them
 PLAIN = (bool, int, float, str, type(None))
 # The only modules the test's side imports for a name the program bound: pure ones, with no code
 # run at import beyond their own (importing `unittest.__main__` ran unittest.main, which imported a
@@ -262,6 +261,7 @@ def judge(program) -> None:
 
 
 if __name__ == "__main__":
+    builtins.exit = builtins.quit = sys.exit  # `-S` leaves them out, and programs end with them
     try:
         compiled = compile(open("/sandbox/program.py").read(), "program.py", "exec")
     except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError):

@@ -8,9 +8,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlvr.rewards.builtin import DECIDES_CORRECTNESS, REWARD_FUNCTIONS
+from rlvr.rewards.builtin import CHECK_OPTIONS, DECIDES_CORRECTNESS, REWARD_FUNCTIONS
 from rlvr.rewards.calling import REWARD_STYLES
-from rlvr.rewards.code import code_tests_limits
 
 
 @dataclass
@@ -66,10 +65,10 @@ def _check_builtin_kwargs(name: str, kwargs: dict) -> None:
     unknown = sorted(set(kwargs) - set(options))
     if unknown:
         raise ValueError(f"reward term {name!r}: unknown kwargs {unknown}; its options: {', '.join(options)}")
-    if name == "code_tests":
+    if name in CHECK_OPTIONS:
         bound = signature.bind("", "", **kwargs)
         bound.apply_defaults()
-        code_tests_limits(**{k: bound.arguments[k] for k in options})
+        CHECK_OPTIONS[name](**{k: bound.arguments[k] for k in options})
 
 
 def correctness_terms(terms: list[RewardSpec]) -> list[int]:

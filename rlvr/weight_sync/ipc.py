@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
+from rlvr.checkpoint import pid_alive
+
 if TYPE_CHECKING:
     from rlvr.weight_sync.base import Deadlines, OnFailure
 
@@ -72,20 +74,10 @@ def remove_orphans() -> list[Path]:
     removed = []
     for path in SHM_DIR.glob(f"{FILE_PREFIX}*"):
         pid = path.name[len(FILE_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def sync(learners: list, engines: list, version: int, bucket_mb: float | None, deadlines: Deadlines,

@@ -236,6 +236,20 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in _step_dirs(_checkpoints_dir(run_dir)) if validate_checkpoint(p) is None]
 
 
+def checkpoint_named(target: str | Path) -> Path | None:
+    """The checkpoint a command was given: a checkpoint dir, or a run dir's latest complete one;
+    None for anything else (a model folder). A run dir with none raises FileNotFoundError."""
+    path = Path(target)
+    if (path / MANIFEST).exists():
+        return path
+    if (path / CHECKPOINT_DIR).is_dir():
+        latest = find_latest_checkpoint(path)
+        if latest is None:
+            raise FileNotFoundError(f"run dir {str(path)!r} has no complete checkpoint under {CHECKPOINT_DIR}/")
+        return latest
+    return None
+
+
 def find_latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The checkpoint named by ``latest`` if it is complete; else (with a warning) the newest complete one.
 

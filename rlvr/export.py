@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from rlvr.checkpoint import CHECKPOINT_DIR, find_latest_checkpoint, validate_checkpoint
+from rlvr.checkpoint import checkpoint_named, validate_checkpoint
 from rlvr.lora import LoraSettings, add_adapters, is_adapter
 from rlvr.models import resolve_model_path
 
@@ -38,11 +38,7 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, adapter: bool = Fal
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     ckpt, out_dir = Path(ckpt), Path(out_dir)
-    if (ckpt / CHECKPOINT_DIR).is_dir() and validate_checkpoint(ckpt) is not None:  # a run dir: its latest checkpoint
-        latest = find_latest_checkpoint(ckpt)
-        if latest is None:
-            raise FileNotFoundError(f"run dir {str(ckpt)!r} has no complete checkpoint under {CHECKPOINT_DIR}/")
-        ckpt = latest
+    ckpt = checkpoint_named(ckpt) or ckpt  # a run dir: its latest checkpoint
     problem = validate_checkpoint(ckpt)
     if problem:
         raise ValueError(f"{ckpt} is not a complete checkpoint: {problem}")

@@ -98,21 +98,6 @@ def evaluate(
     return metrics
 
 
-def checkpoint_of(target: str | Path) -> Path | None:
-    """The checkpoint `rlvr eval` was given: a checkpoint dir, or a run dir's latest; None for a model."""
-    from rlvr.checkpoint import CHECKPOINT_DIR, find_latest_checkpoint
-
-    path = Path(target)
-    if (path / "MANIFEST.json").exists():
-        return path
-    if (path / CHECKPOINT_DIR).is_dir():
-        latest = find_latest_checkpoint(path)
-        if latest is None:
-            raise FileNotFoundError(f"run dir {str(path)!r} has no complete checkpoint under {CHECKPOINT_DIR}/")
-        return latest
-    return None
-
-
 def eval_config(target: str | Path, overrides: list[str]) -> DictConfig:
     """What `rlvr eval` runs with. A model folder: the tree composed with the overrides. A checkpoint:
     its run's own config (data, seed, held-out set, lengths, reward terms), with what the overrides
@@ -120,10 +105,11 @@ def eval_config(target: str | Path, overrides: list[str]) -> DictConfig:
     replaces the run's whole node) and each value they change through a group's defaults (data=humaneval
     brings `verifier.terms=[code_tests]`). (Before 2026-12-07 a checkpoint got the tree's defaults:
     another data set's prompts, scored as if they were the run's.)"""
+    from rlvr.checkpoint import checkpoint_named
     from rlvr.config import compose
 
     composed = compose(overrides)
-    ckpt = checkpoint_of(target)
+    ckpt = checkpoint_named(target)
     if ckpt is None:
         return composed
     saved = OmegaConf.load(ckpt / "config.yaml")
@@ -150,10 +136,11 @@ def evaluate_model(target: str, cfg: DictConfig) -> dict:
     folder; `cfg` from `eval_config`."""
     import tempfile
 
+    from rlvr.checkpoint import checkpoint_named
     from rlvr.export import export_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="rlvr-eval-") as tmp:
-        ckpt = checkpoint_of(target)
+        ckpt = checkpoint_named(target)
         if ckpt is not None:
             model_path = str(export_checkpoint(ckpt, Path(tmp) / "model"))
         else:

@@ -543,3 +543,17 @@ def test_what_a_crashed_save_under_our_own_pid_left_is_cleaned(tmp_path):
     ours.mkdir()
     _clean_hidden(tmp_path)
     assert not left.exists() and ours.exists()
+
+
+def test_a_command_given_a_run_dir_takes_its_latest_checkpoint(tmp_path):
+    """`rlvr export` and `rlvr eval` share one reading of what they were given."""
+    from rlvr.checkpoint import checkpoint_named, save_checkpoint
+
+    run = tmp_path / "run"
+    first = save_checkpoint(run, 1, lambda tmp: (tmp / "w.bin").write_bytes(b"1"))
+    latest = save_checkpoint(run, 2, lambda tmp: (tmp / "w.bin").write_bytes(b"2"))
+    assert checkpoint_named(run) == latest and checkpoint_named(first) == first
+    assert checkpoint_named(tmp_path / "model-folder") is None
+    (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        checkpoint_named(tmp_path / "empty")

@@ -3,6 +3,7 @@ counts a step logs from it."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -11,6 +12,9 @@ from rlvr.rollout.engines import SamplingConfig
 from rlvr.types import Trajectory
 
 VERIFIER_FAILURES = ("timeout", "oom", "crash", "error")  # error: a reward function raised or returned a non-number
+
+log = logging.getLogger("rlvr")
+_errors_reported: set[str] = set()  # each kind of reward error is shown once a run; the step's counts say how often
 
 
 @dataclass
@@ -27,7 +31,13 @@ class Generator(Protocol):
 
 
 def verifier_counts(vstats: dict) -> dict[str, float]:
-    """The verifier's failures and named outcomes of one `score` call, as the step counts them."""
+    """The verifier's failures and named outcomes of one `score` call, as the step counts them.
+    A reward function's error is logged with its message the first time its type appears."""
+    for error, example in vstats.get("error_examples", {}).items():
+        if error not in _errors_reported:
+            _errors_reported.add(error)
+            log.warning("a reward function failed on %d of %d items, scored 0: %r (counted in verifier_error; "
+                        "shown once a run)", vstats["errors_by_type"][error], vstats.get("items", 0), example)
     counts = {f"verifier_{kind}": vstats.get(kind, 0) for kind in VERIFIER_FAILURES}
     counts.update({f"verifier_outcome_{o}": n for o, n in vstats.get("outcomes", {}).items()})  # code_tests: passed, wrong_answer, ...
     return counts

@@ -145,10 +145,19 @@ def _worker_setup(zygote_pid: int, cfg: dict) -> None:  # pragma: no cover - chi
             pass
 
 
+def _first_line(e: BaseException) -> str:  # pragma: no cover - child
+    """The first line of an exception's message, at most 200 characters: what the driver's log shows."""
+    try:
+        text = str(e)
+    except BaseException:  # noqa: BLE001 - an exception whose __str__ fails still has a type
+        return ""
+    return text.strip().split("\n", 1)[0][:200]
+
+
 def _score_item(msg: tuple, terms: list, soft_s: float) -> tuple[tuple, bool, bool]:  # pragma: no cover - child
     """(reply, retire the worker, exit after replying) for one item: every term's value, or the error."""
     global _armed
-    from rlvr.rewards import BadRewardValue, call_reward
+    from rlvr.rewards import call_reward
 
     idx, completion, answer, answer_type, prompt, meta = msg
     retire = exit_after = False
@@ -170,12 +179,9 @@ def _score_item(msg: tuple, terms: list, soft_s: float) -> tuple[tuple, bool, bo
         except RecursionError:
             _armed = False
             reply, retire = ("err", idx, "error:RecursionError"), True
-        except BadRewardValue as e:
+        except BaseException as e:  # noqa: BLE001 - untrusted code, report everything (BadRewardValue too)
             _armed = False
-            reply = ("err", idx, f"error:BadRewardValue: {e}")
-        except BaseException as e:  # noqa: BLE001 - untrusted code, report everything
-            _armed = False
-            reply = ("err", idx, "error:" + type(e).__name__)
+            reply = ("err", idx, f"error:{type(e).__name__}: {_first_line(e)}")
     except _SoftTimeout:  # the timer fired between the inner handler and disarming
         reply, retire = ("err", idx, "timeout"), True
     _armed = False

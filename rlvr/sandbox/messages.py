@@ -33,6 +33,7 @@ class ScoreResult:
     error: str | None = None  # None, "timeout", "oom", "crash" or "error:<ExcType>"
     outcome: str | None = None  # what a term named (code_tests: passed, wrong_answer, compile_error, ...)
     output: str | None = None  # text a term sent back (a tool's result)
+    detail: str | None = None  # an ``error:*``'s message, first line: "KeyError: 'answer'"
 
 
 class VerifierStartError(RuntimeError):

@@ -219,7 +219,7 @@ class ProcessVerifier:
     def score(self, requests: list[ScoreRequest]) -> tuple[list[ScoreResult], dict]:
         """Score a batch.  Returns one ``ScoreResult`` per request, in order,
         and stats: ``items``, ``seconds``, ``items_per_s``, counts ``timeout``,
-        ``oom``, ``crash``, ``error`` (all ``error:*``), ``errors_by_type``,
+        ``oom``, ``crash``, ``error`` (all ``error:*``), ``errors_by_type``, ``error_examples`` (one message per type),
         ``replaced`` (workers replaced), ``outcomes`` (counts of what terms named), ``reward_mean``, ``correct_rate`` and
         ``term_mean/<i>:<fn>``."""
         with self._lock:
@@ -363,7 +363,9 @@ class ProcessVerifier:
             self._pacing.record(now - w.t_start, item_cpu)
             batch.finish(w.idx, self._combine(msg[2], batch))
         else:
-            batch.finish(w.idx, ScoreResult(0.0, False, msg[2]))
+            error, _, message = msg[2].partition(": ")  # "error:KeyError: 'answer'"
+            detail = f"{error.removeprefix('error:')}: {message}" if message else None
+            batch.finish(w.idx, ScoreResult(0.0, False, error, detail=detail))
         w.state = "idle"
         w.idx = -1
         w.done += 1
@@ -451,6 +453,10 @@ class ProcessVerifier:
         by_type = collections.Counter(r.error for r in out if r.error and r.error.startswith("error:"))
         stats["error"] = sum(by_type.values())
         stats["errors_by_type"] = dict(by_type)
+        stats["error_examples"] = {}
+        for r in out:
+            if r.error in by_type:
+                stats["error_examples"].setdefault(r.error, r.detail or r.error.removeprefix("error:"))
         stats["replaced"] = self.replaced_total - replaced0
         stats["outcomes"] = dict(collections.Counter(r.outcome for r in out if r.outcome))
         stats["reward_mean"] = sum(r.reward for r in out) / n if n else 0.0

@@ -6,6 +6,7 @@ attempts, adversarial input, ordering.  Real worker processes, real math-verify.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import time
 
 import pytest
 
+import rlvr.generation.base as generation_base
 from rlvr.rewards import coerce_spec
 from rlvr.sandbox import (
     ProcessVerifier,
@@ -192,7 +194,7 @@ def test_failures_are_isolated_and_classified(bad_pool):
         "EXIT": "crash",
         "SELF_KILL": "crash",  # a SIGKILL the item sent itself is not the kernel's OOM killer
         "RAISE": "error:KeyError",
-        "NAN": "error:BadRewardValue: reward function returned nan, not a finite number",
+        "NAN": "error:BadRewardValue",
     }
     order = ["ok", "HANG_PY", "ok", "HANG_C", "ok", "SLEEP", "OOM", "ok", "ABORT", "SEGV", "EXIT", "SELF_KILL", "RAISE", "NAN", "ok"]
     before = set(bad_pool.worker_pids())
@@ -203,7 +205,12 @@ def test_failures_are_isolated_and_classified(bad_pool):
         assert r.error == kinds[c], (c, r)
         assert r.reward == (1.0 if c == "ok" else 0.0)
     assert stats["timeout"] == 3 and stats["oom"] == 1 and stats["crash"] == 4 and stats["error"] == 2
-    assert stats["errors_by_type"] == {"error:KeyError": 1, kinds["NAN"]: 1}
+    assert stats["errors_by_type"] == {"error:KeyError": 1, "error:BadRewardValue": 1}
+    # the message comes back too (first line), one example per type, for the driver's log
+    assert [r.detail for r in results if r.error and r.error.startswith("error:")] == [
+        "KeyError: 'boom'", "BadRewardValue: reward function returned nan, not a finite number"]
+    assert stats["error_examples"] == {"error:KeyError": "KeyError: 'boom'",
+                                       "error:BadRewardValue": "BadRewardValue: reward function returned nan, not a finite number"}
     assert stats["replaced"] >= 8
     # three hung items overlap: the batch takes about one deadline (2 s), not three
     assert elapsed < 3 * 2.0 + SLACK - 1.0
@@ -502,7 +509,7 @@ def test_slow_legitimate_item_is_not_starved_in_a_long_batch():
     assert stats["timeout"] == 0
 
 
-def test_trl_and_verl_style_rewards_score_through_the_pool():
+def test_trl_and_verl_style_rewards_score_through_the_pool(monkeypatch, caplog):
     """The peers' reward signatures run in the pool's isolated workers; a bad return value is a
     per-item error with reward 0, never a crashed batch."""
     meta = {"data_source": "openai/gsm8k", "extra_info": {"bonus": 0.5}}
@@ -517,15 +524,24 @@ def test_trl_and_verl_style_rewards_score_through_the_pool():
             ScoreRequest("so 42", "42", prompt="q?"),
         ])
     assert [r.reward for r in results] == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
-    assert [r.error for r in results] == [
+    assert [r.error for r in results] == [None, None] + ["error:BadRewardValue"] * 3 + ["error:RuntimeError", None]
+    assert [r.detail for r in results] == [
         None, None,
-        "error:BadRewardValue: trl-style reward returned NoneType 'None', not a number",
-        "error:BadRewardValue: trl-style reward returned nan, not a finite number",
-        "error:BadRewardValue: trl-style reward returned 2 values for 1 completion (expected a list of 1 float)",
-        "error:RuntimeError",
+        "BadRewardValue: trl-style reward returned NoneType 'None', not a number",
+        "BadRewardValue: trl-style reward returned nan, not a finite number",
+        "BadRewardValue: trl-style reward returned 2 values for 1 completion (expected a list of 1 float)",
+        "RuntimeError: reward model offline",
         None,
     ]
     assert stats["error"] == 4
+    # the driver's log shows each error type once a run, with its message
+    monkeypatch.setattr(generation_base, "_errors_reported", set())
+    with caplog.at_level(logging.WARNING, logger="rlvr"):
+        assert generation_base.verifier_counts(stats)["verifier_error"] == 4
+        generation_base.verifier_counts(stats)
+    shown = [r.getMessage() for r in caplog.records]
+    assert len(shown) == 2 and "3 of 7 items" in shown[0] and "BadRewardValue: trl-style reward returned NoneType" in shown[0]
+    assert "1 of 7 items" in shown[1] and "RuntimeError: reward model offline" in shown[1]
     with ProcessVerifier([RewardSpec("reward_fns_for_tests:verl_style", style="verl")], num_workers=1, timeout_s=TIMEOUT) as v:
         results, _ = v.score([
             ScoreRequest("it is 42", "42", meta=meta),  # dict return: its score
@@ -534,6 +550,7 @@ def test_trl_and_verl_style_rewards_score_through_the_pool():
             ScoreRequest("BAD_RAISE", "42", meta=meta),
         ])
     assert [r.reward for r in results] == [1.5, 1.0, 0.0, 0.0]
-    assert [r.error for r in results][2:] == ["error:BadRewardValue: verl-style reward returned nan, not a finite number", "error:RuntimeError"]
+    assert [r.detail for r in results][2:] == ["BadRewardValue: verl-style reward returned nan, not a finite number",
+                                               "RuntimeError: broken scorer"]
     with pytest.raises(ValueError, match="unknown style 'openrlhf'"):
         ProcessVerifier([RewardSpec("reward_fns_for_tests:verl_style", style="openrlhf")])

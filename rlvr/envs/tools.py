@@ -45,7 +45,8 @@ class MalformedCall:
 
 def parse_hermes(text: str) -> list[ToolCall | MalformedCall]:
     """Every ``<tool_call>{"name": str, "arguments": {...}}</tool_call>`` in a turn, in order.
-    An unclosed tag, bad JSON, or a call without a name or with non-object arguments is malformed."""
+    An unclosed tag, bad JSON, or a call without a name or with non-object arguments is malformed;
+    so is one Python's json cannot carry (nested past its stack, an integer over 4,300 digits)."""
     calls: list[ToolCall | MalformedCall] = []
     for body in re.findall(r"<tool_call>(.*?)(?:</tool_call>|$)", text, flags=re.S):
         try:
@@ -53,20 +54,32 @@ def parse_hermes(text: str) -> list[ToolCall | MalformedCall]:
         except json.JSONDecodeError as e:
             calls.append(MalformedCall(f"the tool call is not valid JSON ({e.msg} at character {e.pos})"))
             continue
-        except RecursionError:  # model output nested past the decoder's stack ("[" * 1000): not a call
-            calls.append(MalformedCall("the tool call is nested too deeply to read"))
+        except (RecursionError, ValueError) as e:  # model output past the decoder's limits ("[" * 1000, 10**5000): not a call
+            calls.append(MalformedCall(_past_limits(e)))
             continue
         args = obj.get("arguments", {}) if isinstance(obj, dict) else None
         if isinstance(args, str):  # some models write the arguments as a JSON string
             try:
                 args = json.loads(args)
-            except (json.JSONDecodeError, RecursionError):
+            except (RecursionError, ValueError):
                 args = None
         if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not isinstance(args, dict):
             calls.append(MalformedCall('a tool call must be {"name": "<tool>", "arguments": {...}}'))
             continue
-        calls.append(ToolCall(obj["name"], args))
+        call = ToolCall(obj["name"], args)
+        try:
+            call.to_json()  # encoding recurses deeper than decoding: a call just under the decoder's limit would fail later, in the driver
+        except (RecursionError, ValueError) as e:
+            calls.append(MalformedCall(_past_limits(e)))
+            continue
+        calls.append(call)
     return calls
+
+
+def _past_limits(error: Exception) -> str:
+    if isinstance(error, RecursionError):
+        return "the tool call is nested too deeply to read"
+    return f"the tool call cannot be read: {str(error)[:120]}"
 
 
 def parse_none(text: str) -> list[ToolCall | MalformedCall]:

@@ -56,6 +56,22 @@ def test_hermes_parser_turns_deep_nesting_into_a_malformed_call():
     assert "nested too deeply" in calls[0].message
 
 
+def test_hermes_parser_turns_what_json_cannot_carry_into_malformed_calls():
+    """Python's json refuses integers over 4,300 digits with a ValueError (a runaway of digits, one
+    token each), and encodes with more stack than it decodes: either escaped the parser or the
+    driver's re-encoding and stopped the step."""
+    digits = "1" * 4301
+    calls = parse_hermes(f'<tool_call>{{"name": "echo", "arguments": {{"text": {digits}}}}}</tool_call>'
+                         f'<tool_call>{{"name": "echo", "arguments": "{{\\"text\\": {digits}}}"}}</tool_call>'
+                         '<tool_call>{"name": "echo", "arguments": {"text": "ok"}}</tool_call>')
+    assert [type(c) for c in calls] == [MalformedCall, MalformedCall, ToolCall]
+    assert "4300 digits" in calls[0].message
+    for depth in range(850, 1050, 5):  # around the decoder's limit: every call it reads can be sent on
+        nested = '{"name": "echo", "arguments": {"text": ' + "[" * depth + "]" * depth + "}}"
+        for c in parse_hermes(f"<tool_call>{nested}</tool_call>"):
+            assert isinstance(c, MalformedCall) or json.loads(c.to_json())["name"] == "echo"
+
+
 def test_run_tool_answers_every_failure_with_a_message_for_the_model():
     def run(name, **arguments):
         return run_tool(ToolCall(name, arguments).to_json(), "", "tool", TOOLS)

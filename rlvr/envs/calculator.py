@@ -7,6 +7,7 @@ The tool evaluates arithmetic with a parser (Python's `ast` builds the tree; onl
 from __future__ import annotations
 
 import ast
+import math
 import operator
 
 from rlvr.envs import Step
@@ -55,6 +56,10 @@ def calculate(expression: str) -> str:
     except SyntaxError as e:
         raise ValueError(f"cannot parse {expression!r}") from e
     out = _value(tree.body)
+    if isinstance(out, complex) or not math.isfinite(out):  # (-8) ** (1/3), 1e999, 1e999 - 1e999
+        raise ValueError("the result is not a finite real number")
+    if abs(out) > MAX_MAGNITUDE:  # a bare constant is never checked by the walk
+        raise ValueError("result too large")
     if isinstance(out, float):
         out = int(out) if out.is_integer() else round(out, 6)
     return str(out)

@@ -32,8 +32,8 @@ class ChatTokens:
         self.dummy = probe + [{"role": "assistant", "content": self._MARK}]
         closed = self._render(self.dummy, False, None)
         self.turn_end = closed[closed.index(self._MARK) + len(self._MARK) :]  # what ends an assistant turn ("<|im_end|>\n")
-        self.dummy[1] = {"role": "assistant", "content": "y"}
         self.eos_id, self.eos_text = tokenizer.eos_token_id, tokenizer.eos_token or ""
+        self.observation_ids([], [{"role": "user", "content": "x"}])  # a template it cannot follow fails here, before any generation
 
     def _render(self, messages: list[dict], generation_prompt: bool, tools: list[dict] | None) -> str:
         kwargs = {"tools": tools} if tools else {}
@@ -58,11 +58,14 @@ class ChatTokens:
         close = self.turn_end
         if turn_ids and turn_ids[-1] == self.eos_id and close.startswith(self.eos_text):
             close = close[len(self.eos_text) :]
-        before = self._render(self.dummy, False, None)
+        # what follows the dummy turn's end once `messages` follow it; not a diff against the dummy
+        # rendered last, which templates render differently (Qwen3 gives only the last assistant
+        # turn its empty <think></think> block)
         after = self._render(self.dummy + messages, True, None)
-        if not after.startswith(before):
-            raise ValueError("the chat template renders a conversation differently once messages follow it; cannot append observations")
-        return self.encode(close + after[len(before) :])
+        end = after.find(self._MARK + self.turn_end)
+        if end < 0:
+            raise ValueError("the chat template ends an assistant turn differently once messages follow it; cannot append observations")
+        return self.encode(close + after[end + len(self._MARK + self.turn_end) :])
 
 
 @dataclass

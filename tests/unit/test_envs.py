@@ -172,6 +172,36 @@ def test_observations_are_tokenized_alone_and_the_model_ids_are_kept(tokenizer):
     assert t.num_tokens == len(turn) and t.weight_version == 3 and t.correct and not t.truncated
 
 
+# Qwen3's template, in its one trait that matters here: the last assistant turn after the last user
+# message gets an empty think block, which the same turn loses once a message follows it.
+THINKING_TEMPLATE = (
+    "{% set ns = namespace(last_user=-1) %}"
+    "{% for m in messages %}{% if m.role == 'user' %}{% set ns.last_user = loop.index0 %}{% endif %}{% endfor %}"
+    "{% for m in messages %}"
+    "{% if m.role == 'assistant' and loop.last and loop.index0 > ns.last_user %}"
+    "<|im_start|>assistant\n<think>\n\n</think>\n\n{{ m.content }}<|im_end|>\n"
+    "{% elif m.role == 'tool' %}<|im_start|>user\n<tool_response>\n{{ m.content }}\n</tool_response><|im_end|>\n"
+    "{% else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_observations_follow_a_template_that_renders_the_last_assistant_turn_apart(tiny_model):
+    """Every episode of a Qwen3-style template raised at its first observation: the observation was
+    the diff against the dummy turn rendered last, which such a template renders with a think block."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    tokenizer.chat_template = THINKING_TEMPLATE
+    chat = ChatTokens(tokenizer, [])
+    turn = tokenizer.encode("<think>\nok\n</think>\n\n<tool_call>{}</tool_call>", add_special_tokens=False)
+    assert tokenizer.decode(chat.observation_ids(turn, [{"role": "tool", "content": "42"}])) == (
+        "<|im_end|>\n<|im_start|>user\n<tool_response>\n42\n</tool_response><|im_end|>\n<|im_start|>assistant\n")
+    assert tokenizer.decode(chat.observation_ids(turn + [tokenizer.eos_token_id], [{"role": "user", "content": "Try again."}])) == (
+        "\n<|im_start|>user\nTry again.<|im_end|>\n<|im_start|>assistant\n")
+
+
 def test_env_rates_are_means_per_episode_and_shares():
     counts = {"env/episodes": 4, "env/turns": 10, "env/tool_calls": 6, "env/tool_errors/raised": 1, "env/tool_errors/malformed": 2,
               "env/ended/done": 3, "env/ended/max_turns": 1, "env/first_answers_correct": 1}

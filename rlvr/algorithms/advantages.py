@@ -36,14 +36,17 @@ def group_stats(
             f"rewards and group_ids must both be 1-D of equal length, got "
             f"{tuple(rewards.shape)} and {tuple(group_ids.shape)}"
         )
-    rewards = _as_float(rewards)
+    dtype = _as_float(rewards).dtype
+    # sums in float64: a float32 sum of 16 copies of 0.7 is off by 1e-8, which GRPO's 1/(std + ε)
+    # turned into A ≈ 0.1 for every rollout of a group whose rewards are all equal
+    rewards = rewards.double()
     _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
-    counts = counts.to(rewards.dtype)
+    counts = counts.double()
     sums = torch.zeros_like(counts).index_add_(0, inverse, rewards)
     means = sums / counts
     sq_dev = torch.zeros_like(counts).index_add_(0, inverse, (rewards - means[inverse]) ** 2)
     stds = (sq_dev / (counts - 1).clamp(min=1)).sqrt()
-    return counts[inverse], means[inverse], stds[inverse]
+    return counts[inverse].to(dtype), means[inverse].to(dtype), stds[inverse].to(dtype)
 
 
 @register(ESTIMATORS, "grpo")

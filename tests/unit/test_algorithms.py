@@ -123,6 +123,18 @@ def test_all_equal_group_zero_for_grpo_but_not_v05(size, reward, baseline):
     assert torch.all(adv != 0)
 
 
+@FAST
+@given(st.integers(1, 64), st.floats(-2.0, 2.0, width=32), st.lists(st.floats(-2.0, 2.0, width=32), min_size=2, max_size=8))
+def test_a_group_of_equal_float32_rewards_gets_exactly_zero(size, reward, others):
+    """Shaped rewards (partial credit, a format bonus) are not 0/1: a float32 group sum of 16 × 0.7 was
+    off by 1e-8, and GRPO's 1/(std + ε) made that A ≈ 0.1, one sign for the whole group."""
+    rewards = torch.tensor([reward] * size + others, dtype=torch.float32)
+    ids = torch.tensor([0] * size + [1] * len(others))
+    for name in ("grpo", "drgrpo", "rloo"):
+        adv = compute_advantages(name, rewards, ids)
+        assert adv.dtype == torch.float32 and torch.all(adv[:size] == 0), (name, adv[:size])
+
+
 def test_all_equal_group_gets_v05_signal_from_fuse():
     # prior 0.7, 4/4 correct: z² = 0.09/(0.21/4) = 1.71, shrunk: b = 0.7 + (1 − 1/1.71)·0.3 = 0.825
     b, diag = v05.fuse(t(0.7), t(4.0), t(4.0), calibrate=False)

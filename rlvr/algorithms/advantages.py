@@ -86,13 +86,16 @@ def v05_advantages(
     baselines: torch.Tensor,
     scale_by_std: bool = False,
     eps: float = DEFAULT_EPS,
+    success_rates: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """V0.5: A_i = r_i − b(x), b the fused baseline of the rollout's prompt.
 
     ``baselines`` is float[G] indexed by group id (ids must lie in [0, G)); it comes from
     :func:`rlvr.algorithms.v05.fuse`. With ``scale_by_std`` the advantage is divided by
-    sqrt(b(1−b)) + ε. Unlike GRPO, a group whose rewards are all equal still carries
-    signal whenever b ≠ p̂.
+    sqrt(p(1−p)) + ε, p = ``success_rates`` (float[G], the success-rate baseline; ``baselines``
+    when not given). A baseline of a shaped reward may leave [0, 1] (partial credit, a penalty),
+    where b(1−b) is no variance: p(1−p) of a success rate in [0, 1] always is. Unlike GRPO, a
+    group whose rewards are all equal still carries signal whenever b ≠ p̂.
     """
     if group_ids.numel() and (group_ids.min() < 0 or group_ids.max() >= baselines.numel()):
         raise ValueError(
@@ -103,7 +106,8 @@ def v05_advantages(
     b = baselines.to(rewards.dtype)[group_ids]
     adv = rewards - b
     if scale_by_std:
-        adv = adv / ((b * (1 - b)).clamp(min=0).sqrt() + eps)
+        p = (baselines if success_rates is None else success_rates).to(rewards.dtype)[group_ids].clamp(0, 1)
+        adv = adv / ((p * (1 - p)).sqrt() + eps)
     return adv
 
 

@@ -139,6 +139,7 @@ def set_advantages(batch: Batch, preset, weighting: DictConfig, hadw_state: HADW
     kwargs = dict(preset.estimator_kwargs())
     if preset.estimator == "v05":
         kwargs["baselines"] = v05_baselines(batch, rewards, group_ids)
+        kwargs["success_rates"] = batch.baselines()  # scale_by_std's variance: of the success rate, not the shaped reward
     adv = compute_advantages(preset.estimator, rewards, group_ids, **kwargs)
     if weighting.name != "none":
         # a weighting scales each rollout's row: a column of ones beside the advantages comes out as the weights

@@ -87,6 +87,22 @@ def test_v05_s_baseline_is_of_the_reward_it_is_subtracted_from():
     assert float(adv[4] / adv[5]) == pytest.approx(-0.7 / 0.3)
 
 
+def test_v05_s_std_scale_is_of_the_success_rate_whatever_the_shaping():
+    """With scale_by_std, b(1−b) of the shaped baseline was no variance: a format bonus put b_r
+    above 1, b_r(1−b_r) clamped to 0, and the advantages divided by ε came out near 1e5."""
+    from rlvr.config import algorithm_preset, compose
+    from rlvr.train.loop import hadw_state, set_advantages
+
+    cfg = compose(["algorithm=v05", "algorithm.scale_by_std=true"])
+    bonus = PromptGroup(problem(0), [traj(2, 3, reward=r) for r in (1.5, 1.5, 1.5, 0.5)], baseline=0.7)  # correct + 0.5 format
+    for tr in bonus.trajectories[:3]:
+        tr.correct = True
+    batch = Batch([bonus])
+    set_advantages(batch, algorithm_preset(cfg.algorithm), cfg.weighting, hadw_state(cfg.weighting))
+    b_r, sd = 0.7 + 0.5, math.sqrt(0.7 * 0.3) + 1e-6
+    torch.testing.assert_close(batch.advantages(), torch.tensor([1.5 - b_r] * 3 + [0.5 - b_r]) / sd)
+
+
 def test_trajectory_loss_mask_defaults_to_every_token_and_must_match():
     assert traj(1, 4).loss_mask.tolist() == [1.0] * 4
     with pytest.raises(ValueError, match="loss_mask"):

@@ -52,6 +52,7 @@ class RolloutEngine:
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         self.model_path = cfg.model_path
         self.version = 0
+        self.asleep = False  # colocated mode: between sleep() and wake_up(), on any device
 
     def reset(self, log_path: str | None) -> None:
         """Back to the weights on disk, version 0, for a new run in this process (`cluster.keep_roles`)."""
@@ -61,6 +62,7 @@ class RolloutEngine:
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig, seed: int) -> list[Sample]:
         # Reseeding the (in-process) sampler per call makes a resumed run draw the same samples;
         # vLLM's per-request seeds are not supported by its CPU sampler.
+        self._check_awake("generate")
         torch.manual_seed(seed)
         groups = self.engine.generate(requests, sampling)
         samples = []
@@ -80,6 +82,7 @@ class RolloutEngine:
     def _load(self, version: int, weights: Iterator[tuple[str, torch.Tensor]]) -> dict[str, float]:
         """Load `weights` as `version`. The reply is what every sync logs of the engines (whose memory
         is otherwise unseen): the load's seconds, this process's resident memory now and its high-water mark."""
+        self._check_awake("load weights")
         start = time.perf_counter()
         self.engine.load_weights(weights)
         self.version = version
@@ -109,11 +112,21 @@ class RolloutEngine:
         return self._load(version, (kv for h, bucket in zip(handles, specs) for kv in unpack(open_shared(h), bucket)))
 
     def sleep(self) -> None:
-        """Colocated mode on GPUs: free the accelerator while the learner steps."""
-        self.engine.sleep()
+        """Colocated mode: free the accelerator while the learner steps (on GPUs; on CPU only the state)."""
+        if not self.asleep:
+            self.engine.sleep()
+            self.asleep = True
 
     def wake_up(self) -> None:
-        self.engine.wake_up()
+        if self.asleep:
+            self.engine.wake_up()
+            self.asleep = False
+
+    def _check_awake(self, what: str) -> None:
+        # a sleeping vLLM engine has no KV cache and its weights offloaded: asked anyway, it fails
+        # deep inside vLLM, or (the HF engine) on tensors left on the CPU
+        if self.asleep:
+            raise RuntimeError(f"a rollout engine asked to {what} while asleep (colocated mode): wake_up() first")
 
     def weight_version(self) -> int:
         return self.version

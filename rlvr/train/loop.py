@@ -197,21 +197,24 @@ def train_step(parts: StepParts, batch: Batch, step: int) -> dict:
     colocated = cfg.cluster.mode == "colocated"
     if colocated:
         rollout.sleep()  # hand the shared accelerators to the learners (a no-op on CPU)
-    oracle_m = {}
-    if batch.oracle is not None and trajectories:
-        oracle_m = gradient_cosine(batch, trajectories, learners, parts.update, parts.preset, step - 1, cfg.trainer.max_staleness,
-                                   parts.micro_batching, seed=step_seed(cfg.seed, step), timeout_s=cfg.trainer.role_timeout_s)
-    learn_start = time.perf_counter()
-    plans = plan_mini_batches(trajectories, cfg.learner.mini_batches, len(learners), parts.micro_batching, seed=step_seed(cfg.seed, step))
-    if trajectories:
-        learner_metrics = ray.get([l.train_step.remote(plan, parts.update) for l, plan in zip(learners, plans)],
-                                  timeout=cfg.trainer.role_timeout_s)[0]
-    else:
-        log.warning("step %d: no trainable trajectories (%d stale), skipping the update", step, async_m["async/stale_dropped"])
-        learner_metrics = {}
-    learn_s = time.perf_counter() - learn_start
-    if colocated:
-        rollout.wake_up()
+    try:
+        oracle_m = {}
+        if batch.oracle is not None and trajectories:
+            oracle_m = gradient_cosine(batch, trajectories, learners, parts.update, parts.preset, step - 1, cfg.trainer.max_staleness,
+                                       parts.micro_batching, seed=step_seed(cfg.seed, step), timeout_s=cfg.trainer.role_timeout_s)
+        learn_start = time.perf_counter()
+        plans = plan_mini_batches(trajectories, cfg.learner.mini_batches, len(learners), parts.micro_batching,
+                                  seed=step_seed(cfg.seed, step))
+        if trajectories:
+            learner_metrics = ray.get([l.train_step.remote(plan, parts.update) for l, plan in zip(learners, plans)],
+                                      timeout=cfg.trainer.role_timeout_s)[0]
+        else:
+            log.warning("step %d: no trainable trajectories (%d stale), skipping the update", step, async_m["async/stale_dropped"])
+            learner_metrics = {}
+        learn_s = time.perf_counter() - learn_start
+    finally:
+        if colocated:  # a learner lost in its update sends the run to restart_learners: the engines must not stay asleep
+            rollout.wake_up()
     # 4. new weights to the rollout engines, bucketed (cluster.weight_sync picks the transport)
     # (an engine lost meanwhile is replaced and loaded from the learners: the sync never hangs on it)
     sync_m = rollout.load_weights(cfg.cluster.weight_sync, learners, version=step)

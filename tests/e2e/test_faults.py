@@ -98,20 +98,23 @@ def test_a_killed_or_stopped_rollout_engine_is_replaced_and_the_run_is_unchanged
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig, in_sync", [(signal.SIGKILL, False), (signal.SIGSTOP, False), (signal.SIGSTOP, True)],
-                         ids=["killed", "stopped", "stopped-in-sync"])
+@pytest.mark.parametrize("sig, in_sync, mode", [(signal.SIGKILL, False, ["cluster.mode=colocated", "cluster.weight_sync=ipc"]),
+                                                (signal.SIGSTOP, False, []), (signal.SIGSTOP, True, [])],
+                         ids=["killed-colocated", "stopped", "stopped-in-sync"])
 def test_a_killed_or_stopped_learner_restarts_from_the_last_checkpoint_and_the_run_is_unchanged(tmp_path, straight_grpo, monkeypatch,
-                                                                                               sig, in_sync):
+                                                                                               sig, in_sync, mode):
     """SIGKILL (or SIGSTOP) the learner after step 3 (checkpoint at step 2): step 4's update finds it
     dead (or silent past trainer.role_timeout_s), every rank restarts, reloads step 2 and trains
     step 3 again, with the same seeds, so steps 3 and 4 are the straight run's. `in_sync`: stopped
-    after step 4's update, so that step 4's weight sync is what waits out the deadline."""
+    after step 4's update, so that step 4's weight sync is what waits out the deadline. Killed in
+    colocated mode, the learner is lost while the engines sleep: they are woken for the rerun
+    (they stayed asleep, and step 3's generation on them failed)."""
     faulty_dir = tmp_path / "faulty"
     if in_sync:
         in_weight_sync(monkeypatch, 4, signal_actors("PolicyLearner", sig))
     else:
         at_step(monkeypatch, 3, signal_actors("PolicyLearner", sig))
-    history = train(compose(GRPO_4 + [f"run_dir={faulty_dir}", "trainer.role_timeout_s=20"]))["history"]
+    history = train(compose(GRPO_4 + [f"run_dir={faulty_dir}", "trainer.role_timeout_s=20", *mode]))["history"]
     faulty = {h["step"]: h for h in history}
     assert sorted(s for s in faulty if s >= 1) == [1, 2, 3, 4]
     assert faulty[4]["faults/learner_restarts"] == 1 and faulty[4]["faults/seconds_lost"] > 0

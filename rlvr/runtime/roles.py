@@ -341,6 +341,11 @@ def start_learners(cfg: DictConfig, placement: Placement, model_path: str) -> li
     ]
 
 
+# What a step's call raises when a learner rank is lost: its actor died, it was silent past its
+# deadline, or (the `ray` weight sync) the buckets it owned went with it while engines still read them.
+LEARNER_LOSS_ERRORS = (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError, ray.exceptions.ObjectLostError)
+
+
 def learners_lost(learners: list) -> bool:
     try:
         ray.get([l.__ray_ready__.remote() for l in learners], timeout=60)

@@ -45,7 +45,7 @@ from rlvr.models import resolve_model_path
 from rlvr.rollout.engines import SamplingConfig
 from rlvr.runtime.faults import RoleFailed
 from rlvr.runtime.placement import check_fits, cluster_nodes
-from rlvr.runtime.roles import Roles, fault_metrics, learners_lost, restart_learners, role_plan, running_roles, start_ray
+from rlvr.runtime.roles import LEARNER_LOSS_ERRORS, Roles, fault_metrics, learners_lost, restart_learners, role_plan, running_roles, start_ray
 from rlvr.runtime.sizing import ActivationBudget, micro_batching
 from rlvr.seeds import evaluation_seed, oracle_seed, step_seed
 from rlvr.train.controller import BudgetController, ControllerConfig
@@ -404,7 +404,7 @@ class Run:
                         if stop:
                             break
                     break
-                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
+                except LEARNER_LOSS_ERRORS as e:
                     # a learner silent past its deadline (stopped, hung) is as lost as a dead one
                     silent = isinstance(e, ray.exceptions.GetTimeoutError)
                     if self.staleness or not (silent or learners_lost(self.roles.learners)):

@@ -121,6 +121,29 @@ def test_a_learner_stopped_before_a_weight_sync_raises_at_its_deadline(backend, 
 
 
 @pytest.mark.slow
+def test_a_learner_lost_while_engines_read_its_buckets_is_a_lost_learner(ray_session, tiny_model):
+    """`ray` sync: rank 0 owns the buckets it put. Killed after its export, while an engine still
+    reads them, the engine's load raised OwnerDiedError, which the loop did not take for a lost
+    learner: the run crashed instead of restarting the learners."""
+    from rlvr.runtime.roles import LEARNER_LOSS_ERRORS, learners_lost
+    from rlvr.weight_sync.base import Deadlines, wait_loads
+
+    learner, engine = fresh_learner(tiny_model), fresh_engine(tiny_model)
+    buckets, _ = ray.get(learner.export_weights.remote(None))
+    ray.get(engine.__ray_ready__.remote())
+    engine.__ray_call__.remote(lambda self: time.sleep(3))  # the engine is busy: its load waits, holding the buckets' refs
+    load = engine.update_weights.remote(1, buckets)
+    os.kill(pid_of(learner), signal.SIGKILL)
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(learner.__ray_ready__.remote(), timeout=60)
+    with pytest.raises(LEARNER_LOSS_ERRORS) as lost:
+        wait_loads([load], Deadlines(60, 60), None, time.perf_counter())
+    assert isinstance(lost.value, ray.exceptions.ObjectLostError) and learners_lost([learner])
+    assert ray.get(engine.weight_version.remote()) == 0  # the engine lives; the restart's reload overwrites what it read
+    ray.kill(engine)
+
+
+@pytest.mark.slow
 def test_a_replacement_engine_that_does_not_load_stops_the_run_at_its_deadline(ray_session, tiny_model):
     """A replacement's first load is timed by trainer.role_timeout_s (it may include the engine's
     warm-up): a stopped replacement raises RoleFailed, naming the key, instead of hanging."""

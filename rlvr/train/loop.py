@@ -45,7 +45,16 @@ from rlvr.models import resolve_model_path
 from rlvr.rollout.engines import SamplingConfig
 from rlvr.runtime.faults import RoleFailed
 from rlvr.runtime.placement import check_fits, cluster_nodes
-from rlvr.runtime.roles import LEARNER_LOSS_ERRORS, Roles, fault_metrics, learners_lost, restart_learners, role_plan, running_roles, start_ray
+from rlvr.runtime.roles import (
+    LEARNER_LOSS_ERRORS,
+    Roles,
+    fault_metrics,
+    learners_lost,
+    restart_learners,
+    role_plan,
+    running_roles,
+    start_ray,
+)
 from rlvr.runtime.sizing import ActivationBudget, micro_batching
 from rlvr.seeds import evaluation_seed, oracle_seed, step_seed
 from rlvr.train.controller import BudgetController, ControllerConfig

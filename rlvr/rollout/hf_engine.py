@@ -33,37 +33,39 @@ class HFEngine:
                 ids = self.tokenizer(r.prompt, return_tensors="pt", add_special_tokens=False).input_ids.to(self.device)
             else:
                 ids = torch.tensor([list(r.prompt)], device=self.device)
-            out = self.model.generate(
-                ids,
-                do_sample=sampling.temperature > 0,
-                temperature=sampling.temperature if sampling.temperature > 0 else None,
-                top_p=sampling.top_p,
-                top_k=0,  # the model's generation_config may set top_k=50; the learner's π is the full softmax
-                max_new_tokens=r.max_tokens or sampling.max_tokens,
-                num_return_sequences=r.n,
-                **(dict(stop_strings=list(sampling.stop), tokenizer=self.tokenizer) if sampling.stop else {}),
-                output_scores=True,
-                return_dict_in_generate=True,
-                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-            )
-            scores = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+            max_new = r.max_tokens or sampling.max_tokens
+            # With stop strings, one sequence per call: in a group, one that meets a stop string is
+            # padded while its siblings go on, and where it stopped is not reported.
             group = []
-            for seq, lp in zip(out.sequences, scores):
-                resp = seq[ids.shape[1] :].tolist()
-                end = next((i + 1 for i, t in enumerate(resp) if t in self.eos_ids), len(resp))
-                stopped = end < len(resp) or (resp and resp[end - 1] in self.eos_ids)
-                resp = resp[:end]
-                text = self.tokenizer.decode(resp, skip_special_tokens=True)
-                stopped = stopped or any(x in text for x in sampling.stop)
-                group.append(
-                    dict(
-                        prompt_ids=ids[0].tolist(),
-                        response_ids=resp,
-                        text=text,
-                        logprobs=lp[:end].float().tolist(),
-                        finish_reason="stop" if stopped else "length",
-                    )
+            for count in [1] * r.n if sampling.stop else [r.n]:
+                out = self.model.generate(
+                    ids,
+                    do_sample=sampling.temperature > 0,
+                    temperature=sampling.temperature if sampling.temperature > 0 else None,
+                    top_p=sampling.top_p,
+                    top_k=0,  # the model's generation_config may set top_k=50; the learner's π is the full softmax
+                    max_new_tokens=max_new,
+                    num_return_sequences=count,
+                    **(dict(stop_strings=list(sampling.stop), tokenizer=self.tokenizer) if sampling.stop else {}),
+                    output_scores=True,
+                    return_dict_in_generate=True,
+                    pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id,
                 )
+                scores = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+                for seq, lp in zip(out.sequences, scores):
+                    resp = seq[ids.shape[1] :].tolist()
+                    end = next((i + 1 for i, t in enumerate(resp) if t in self.eos_ids), len(resp))  # a group pads after EOS
+                    resp = resp[:end]
+                    stopped = bool(resp and resp[-1] in self.eos_ids) or (bool(sampling.stop) and len(resp) < max_new)
+                    group.append(
+                        dict(
+                            prompt_ids=ids[0].tolist(),
+                            response_ids=resp,
+                            text=self.tokenizer.decode(resp, skip_special_tokens=True),
+                            logprobs=lp[:end].float().tolist(),
+                            finish_reason="stop" if stopped else "length",
+                        )
+                    )
             results.append(group)
         return results
 

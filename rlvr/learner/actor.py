@@ -290,16 +290,19 @@ class PolicyLearner:
             torch.cuda.empty_cache()  # a colocated engine wakes up next and re-allocates on this device
         else:
             trim_heap()
-        tokens, first_pass = sums.pop("tokens", 0.0), sums.pop("first_pass_tokens", 0.0)
-        clipped, clipped_grad = sums.pop("clipped_tokens", 0.0), sums.pop("clipped_grad_tokens", 0.0)
         if self.world_size > 1:
-            # a rank holds its micro-batches' shares of the loss: summed over the ranks, the batch's
-            # (rank 0's alone, times the world size, logged -0.75 for a batch loss of -0.05)
+            # every rank's sums, summed: a rank holds its micro-batches' shares of the loss (rank 0's
+            # alone, times the world size, logged -0.75 for a batch loss of -0.05) and the
+            # token-weighted sums of its tokens only (entropy, clip_frac, tokens were rank 0's)
             import torch.distributed as dist
 
-            totals = torch.tensor([sums.get(k, 0.0) for k in LOSS_STATS], dtype=torch.float64, device=self.device)
-            dist.all_reduce(totals)
-            sums.update({k: v for k, v in zip(LOSS_STATS, totals.tolist()) if k in sums})
+            ranks: list = [None] * self.world_size
+            dist.all_gather_object(ranks, (sums, ratio_min, ratio_max, first_dev))
+            sums = {k: sum(r[0].get(k, 0.0) for r in ranks) for k in sorted({k for r in ranks for k in r[0]})}
+            ratio_min, ratio_max = min(r[1] for r in ranks), max(r[2] for r in ranks)
+            first_dev = max(r[3] for r in ranks)
+        tokens, first_pass = sums.pop("tokens", 0.0), sums.pop("first_pass_tokens", 0.0)
+        clipped, clipped_grad = sums.pop("clipped_tokens", 0.0), sums.pop("clipped_grad_tokens", 0.0)
         passes = max(len(grad_norms), 1)  # the shares of each optimizer step's mini-batch sum to 1
         metrics = {
             k: v / (passes if k in LOSS_STATS else max(first_pass if k.startswith("rollout_") else tokens, 1.0))

@@ -67,12 +67,14 @@ def max_diff(a, b):
 @pytest.mark.parametrize("zero_stage", [0, 1, 2, 3])
 def test_two_ranks_match_one_rank_with_twice_the_micro_batch(zero_stage, learner_group, tiny_model):
     """And so do the logged loss and gradient norm: rank 0 logged its own share of the loss times
-    the world size (-0.75 for -0.05), and under ZeRO-0 its own gradient's norm (16.7 for 9.6)."""
+    the world size (-0.75 for -0.05), and under ZeRO-0 its own gradient's norm (16.7 for 9.6); and
+    the token statistics, which were rank 0's tokens only (tokens 3 of 19)."""
     metrics = []
     one = trained_weights(learner_group, tiny_model, [[SEQS]], zero_stage, metrics=metrics)
     two = trained_weights(learner_group, tiny_model, [[SEQS[0::2]], [SEQS[1::2]]], zero_stage, metrics=metrics)
-    for key in ("pg_loss", "loss", "grad_norm"):
-        assert metrics[1][key] == pytest.approx(metrics[0][key], rel=1e-5), key
+    for key in ("pg_loss", "loss", "grad_norm", "entropy", "approx_kl", "clip_frac", "ratio_min", "ratio_max"):
+        assert metrics[1][key] == pytest.approx(metrics[0][key], rel=1e-5, abs=1e-7), key
+    assert metrics[1]["tokens"] == metrics[0]["tokens"] == sum(len(s.response_ids) for s in SEQS)
     from transformers import AutoModelForCausalLM
 
     init = {n: p.detach() for n, p in AutoModelForCausalLM.from_pretrained(tiny_model).named_parameters()}

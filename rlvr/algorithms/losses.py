@@ -200,6 +200,7 @@ def policy_loss(
     kl_estimator: str = "k3",
     max_len: int | None = None,
     token_weights: torch.Tensor | None = None,
+    kept: torch.Tensor | None = None,
     **loss_kwargs: float,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Scalar loss = agg(w·L_name) + β·agg(KL), and detached 0-dim stats.
@@ -208,7 +209,9 @@ def policy_loss(
     for cispo). ``max_len`` is the constant of ``seq-mean-token-sum-norm`` (default T).
     With ``ref_logp`` the KL is reported as ``kl``; it enters the loss when β = kl_coef > 0.
     ``token_weights`` float[B, T] (detached) multiply the per-token policy loss: the rollout
-    correction's IS weights (`rlvr.algorithms.correction`); None means 1.
+    correction's IS weights (`rlvr.algorithms.correction`); None means 1. ``kept`` float[B, T]
+    (0/1): the tokens the `mask` correction keeps; a dropped token's KL is 0 as its policy loss is
+    (both stay in the denominator), None keeps every token.
     Stats: ``pg_loss``, ``clip_frac`` (fraction of response tokens clipped), split into
     ``clip_frac_low`` and ``clip_frac_high`` by the side of 1 of the ratio the loss clipped on
     (GSPO: the sequence's), ``approx_kl`` (mean of old_logp − logp), the token ratio's
@@ -252,7 +255,10 @@ def policy_loss(
     if kl_coef > 0 and ref_logp is None:
         raise ValueError("kl_coef > 0 needs ref_logp")
     if ref_logp is not None:
-        kl = aggregate(kl_penalty(logp, ref_logp, kl_estimator), mask, agg, max_len)
+        per_token_kl = kl_penalty(logp, ref_logp, kl_estimator)
+        if kept is not None:
+            per_token_kl = per_token_kl * kept.detach().to(logp.dtype)
+        kl = aggregate(per_token_kl, mask, agg, max_len)
         stats["kl"] = kl.detach()
         if kl_coef > 0:
             loss = loss + kl_coef * kl

@@ -364,6 +364,7 @@ class PolicyLearner:
             kl_estimator=update.kl_estimator,
             max_len=update.max_len,
             token_weights=weights,
+            kept=None if kept is mask else kept,
             **update.loss_kwargs,
         )
         tokens = float(mask.sum())

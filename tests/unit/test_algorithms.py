@@ -376,6 +376,21 @@ def test_kl_coef_adds_beta_times_aggregated_kl():
         policy_loss("ppo_clip", logp, old, adv, mask, kl_coef=0.1)
 
 
+def test_a_sequence_the_mask_correction_drops_gets_no_kl_gradient():
+    """The `mask` rollout correction drops a sequence from the policy loss (weight 0, still in the
+    denominator); its β·KL still pulled on it. Now its KL is 0 too, under the same denominator."""
+    torch.manual_seed(0)
+    logp = (torch.randn(3, 5, dtype=torch.float64) * 0.1 - 1).requires_grad_()
+    old, ref = (torch.randn(3, 5, dtype=torch.float64) * 0.1 - 1 for _ in range(2))
+    mask, adv = torch.ones(3, 5, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    kept = mask.clone()
+    kept[1] = 0
+    loss, stats = policy_loss("ppo_clip", logp, old, adv, mask, ref_logp=ref, kl_coef=0.1, token_weights=kept, kept=kept)
+    loss.backward()
+    assert torch.all(logp.grad[1] == 0) and torch.all(logp.grad[[0, 2]] != 0)
+    torch.testing.assert_close(stats["kl"], aggregate(kl_penalty(logp.detach(), ref, "k3") * kept, mask, "token-mean"))
+
+
 def test_sequence_and_token_advantages_agree():
     torch.manual_seed(1)
     logp, old = torch.randn(4, 6, dtype=torch.float64) * 0.3, torch.randn(4, 6, dtype=torch.float64) * 0.3

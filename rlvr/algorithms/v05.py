@@ -186,9 +186,11 @@ def _eb_posterior(
     alpha_test: float,
     w: torch.Tensor | None = None,
     scale2: torch.Tensor | None = None,
+    informed: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Calibrated fuse; with ``w`` given, re-evaluate at new (k, n) holding the test's outcome.
-    ``scale2``: per-prompt multiplier of the prior's error variance τ² (None: 1)."""
+    ``scale2``: per-prompt multiplier of the prior's error variance τ² (None: 1). ``informed``
+    (bool[G], None: all): where false the prior is a stand-in, rejected outright (w = 1)."""
     m, v, tau, pi = (
         torch.as_tensor(x).to(k.device, torch.float64).unsqueeze(-1)
         for x in (cal.pop_mean, cal.pop_var, cal.prior_err_sd, cal.invalid_rate)
@@ -205,6 +207,8 @@ def _eb_posterior(
         p_invalid = torch.sigmoid(log_odds)
         # Snap a decided test, so a rejected prior is ignored outright and a passed one fully used.
         w = torch.where(p_invalid >= 1 - alpha_test, 1.0, torch.where(p_invalid <= alpha_test, 0.0, p_invalid))
+        if informed is not None:
+            w, p_invalid = w.masked_fill(~informed, 1.0), p_invalid.masked_fill(~informed, 1.0)
         out["p_invalid"] = p_invalid
     b_valid = (k + s * mu) / (n + s)
     var_valid = b_valid * (1 - b_valid) / (n + s + 1)
@@ -227,7 +231,7 @@ def _eb_posterior(
 
 
 def _fixed_rule(
-    p0: torch.Tensor, k: torch.Tensor, n: torch.Tensor, c: float, alpha: float
+    p0: torch.Tensor, k: torch.Tensor, n: torch.Tensor, c: float, alpha: float, informed: torch.Tensor | None = None
 ) -> dict[str, torch.Tensor]:
     p_hat = k / n
     z2 = (p_hat - p0) ** 2 / (p0 * (1 - p0) / n)
@@ -238,6 +242,8 @@ def _fixed_rule(
     sigma2 = p_smooth * (1 - p_smooth) / n
     delta2 = ((p_hat - p0) ** 2 - sigma2).clamp(min=0)
     decision = torch.where(z2 <= c, ACCEPTED, torch.where(z2 > z_crit2, REJECTED, SHRUNK))
+    if informed is not None:  # a stand-in prior is rejected outright
+        lam, decision = lam.masked_fill(~informed, 0.0), decision.masked_fill(~informed, REJECTED)
     return dict(
         b=p0 + (1 - lam) * (p_hat - p0),
         lam=lam,
@@ -258,6 +264,7 @@ def fuse(
     pool: bool = True,
     calibration: V05Calibration | None = None,
     prior_scale: torch.Tensor | None = None,
+    informed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Fused baseline b float[..., G] and per-prompt diagnostics.
 
@@ -265,6 +272,9 @@ def fuse(
     ``calibration`` from :func:`fit_calibration` on this batch unless given; ``c`` is unused;
     ``prior_scale`` r_g makes a prompt's prior error sd τ·r_g.
     ``calibrate=False``: the fixed rule b = p0 + (1 − c/z²)₊(p̂ − p0), rejected at level α.
+    ``informed`` bool[G] (None: every prior): false where the prior is a stand-in (the value server
+    down, its answer not finite): that prior is rejected outright, whatever the test would say, so b
+    is the prompt's own (or population-shrunk) estimate and OSLA may buy it rollouts.
 
     diag (float64 tensors): ``z2`` = (p̂−p0)²/(p0(1−p0)/n); ``lam`` = weight on p0;
     ``decision`` (long: 0 accepted, 1 shrunk, 2 rejected); ``mse`` = predicted MSE of b;
@@ -274,13 +284,13 @@ def fuse(
     p0, k, n = _inputs(prior, successes, counts)
     p_hat = k / n
     if not calibrate:
-        diag = _fixed_rule(p0, k, n, c, alpha)
+        diag = _fixed_rule(p0, k, n, c, alpha, informed)
         b = diag.pop("b")
         diag["p_hat"] = p_hat
         return b.to(_out_dtype(prior)), diag
     scale2 = _scale2(prior_scale, p0)
     cal = calibration if calibration is not None else fit_calibration(p0, k, n, pool, prior_scale)
-    post = _eb_posterior(p0, k, n, cal, pool, alpha, scale2=scale2)
+    post = _eb_posterior(p0, k, n, cal, pool, alpha, scale2=scale2, informed=informed)
     passed = post["w"] == 0
     decision = torch.where(
         post["w"] == 1, REJECTED, torch.where(passed & (post["lam"] >= 0.5), ACCEPTED, SHRUNK)
@@ -322,6 +332,7 @@ def allocate(
     pool: bool = True,
     calibration: V05Calibration | None = None,
     prior_scale: torch.Tensor | None = None,
+    informed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """OSLA allocation: extra rollouts long[..., G], each a multiple of ``delta``.
 
@@ -331,7 +342,8 @@ def allocate(
     and its earlier chunks are candidates. Prompts whose prior is accepted get nothing.
     Candidates are bought greedily, largest gain first, up to ``budget`` extra rollouts per
     batch (None: unlimited). ``max_chunks`` caps the chunks per prompt in this call: 1 is
-    the sequential form (buy Δ, observe, call again with the remaining budget).
+    the sequential form (buy Δ, observe, call again with the remaining budget). ``informed``: as
+    in :func:`fuse`.
     """
     if delta < 1:
         raise ValueError(f"delta must be >= 1, got {delta}")
@@ -345,17 +357,17 @@ def allocate(
     if calibrate:
         scale2 = _scale2(prior_scale, p0)
         cal = calibration if calibration is not None else fit_calibration(p0, k, n, pool, prior_scale)
-        now = _eb_posterior(p0, k, n, cal, pool, alpha, scale2=scale2)
+        now = _eb_posterior(p0, k, n, cal, pool, alpha, scale2=scale2, informed=informed)
         accepted = (now["w"] == 0) & (now["lam"] >= 0.5)
 
         def predicted_mse(n_next: torch.Tensor) -> torch.Tensor:
             return _eb_posterior(p0, p_hat * n_next, n_next, cal, pool, alpha, w=now["w"], scale2=scale2)["mse"]
     else:
-        now = _fixed_rule(p0, k, n, c, alpha)
+        now = _fixed_rule(p0, k, n, c, alpha, informed)
         accepted = now["decision"] == ACCEPTED
 
         def predicted_mse(n_next: torch.Tensor) -> torch.Tensor:
-            return _fixed_rule(p0, p_hat * n_next, n_next, c, alpha)["mse"]
+            return _fixed_rule(p0, p_hat * n_next, n_next, c, alpha, informed)["mse"]
 
     mse = [now["mse"]] + [predicted_mse(n + j * delta) for j in range(1, chunks + 1)]
     mse_t = torch.stack(mse, -1)  # [..., G, J+1]
@@ -416,10 +428,12 @@ class V05Baseline:
         self.alpha, self.c = alpha, c
         self.history: dict[str, torch.Tensor] | None = None  # prior, k, n, unc: [..., H], oldest first
 
-    def _pool(self, prior, k, n, unc) -> dict[str, torch.Tensor]:
-        """The current step's prompts followed by the most recent history, at most ``window``."""
+    def _pool(self, prior, k, n, unc, informed=None) -> dict[str, torch.Tensor]:
+        """The current step's informed prompts followed by the most recent history, at most ``window``."""
         current = dict(zip(("prior", "k", "n"), _inputs(prior, k, n)))
         current["unc"] = self._unc(unc, current["prior"])
+        if informed is not None:  # a stand-in prior says nothing of the value model's reliability
+            current = {key: x[..., informed] for key, x in current.items()}
         room = max(0, self.window - current["prior"].shape[-1])
         if self.history is None or room == 0:
             return {key: x[..., : self.window] for key, x in current.items()}
@@ -435,17 +449,22 @@ class V05Baseline:
             raise ValueError(f"the value model's uncertainties must be finite numbers, got {u[~torch.isfinite(u)].tolist()[:4]}")
         return u.clamp(min=1e-3)
 
-    def _rule(self, prior, k, n, unc) -> dict:
+    def _rule(self, prior, k, n, unc, informed=None) -> dict:
         """Keyword arguments for :func:`fuse`/:func:`allocate`: this step's calibration and scales."""
+        if informed is not None:
+            informed = torch.as_tensor(informed, dtype=torch.bool)
         if not self.calibrate:
-            return dict(calibrate=False, c=self.c, alpha=self.alpha)
-        pooled = self._pool(prior, k, n, unc)
+            return dict(calibrate=False, c=self.c, alpha=self.alpha, informed=informed)
+        pooled = self._pool(prior, k, n, unc, informed)
         pooled_scale = step_scale = None
         if self.use_uncertainty:
             pooled_scale = pooled["unc"] / pooled["unc"].square().mean(-1, keepdim=True).sqrt()
-            step_scale = pooled_scale[..., : torch.as_tensor(prior).shape[-1]]  # the step's prompts come first
+            g = torch.as_tensor(prior).shape[-1]
+            step = torch.ones(g, dtype=torch.bool) if informed is None else informed
+            step_scale = torch.ones(*pooled_scale.shape[:-1], g, dtype=pooled_scale.dtype)  # a stand-in's is never read
+            step_scale[..., step] = pooled_scale[..., : int(step.sum())]  # the step's informed prompts come first
         cal = fit_calibration(pooled["prior"], pooled["k"], pooled["n"], self.pool, pooled_scale)
-        return dict(calibration=cal, pool=self.pool, alpha=self.alpha, prior_scale=step_scale)
+        return dict(calibration=cal, pool=self.pool, alpha=self.alpha, prior_scale=step_scale, informed=informed)
 
     def allocate(
         self,
@@ -456,11 +475,12 @@ class V05Baseline:
         *,
         uncertainty: torch.Tensor | None = None,
         max_chunks: int | None = 1,
+        informed: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Extra rollouts long[..., G] for one OSLA round (see :func:`allocate`)."""
         return allocate(
             prior, successes, counts, self.delta, self.n_max, self.kappa, budget,
-            max_chunks=max_chunks, **self._rule(prior, successes, counts, uncertainty),
+            max_chunks=max_chunks, **self._rule(prior, successes, counts, uncertainty, informed),
         )
 
     def fuse(
@@ -471,11 +491,18 @@ class V05Baseline:
         *,
         uncertainty: torch.Tensor | None = None,
         record: bool = True,
+        informed: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The step's baselines and diagnostics (see :func:`fuse`); then remember the step."""
-        b, diag = fuse(prior, successes, counts, **self._rule(prior, successes, counts, uncertainty))
+        """The step's baselines and diagnostics (see :func:`fuse`); then remember the step's
+        informed prompts (``informed`` as in :func:`fuse`)."""
+        b, diag = fuse(prior, successes, counts, **self._rule(prior, successes, counts, uncertainty, informed))
         if record:
-            self.observe(prior, successes, counts, uncertainty)
+            if informed is None:
+                self.observe(prior, successes, counts, uncertainty)
+            elif bool(torch.as_tensor(informed).any()):
+                keep = torch.as_tensor(informed, dtype=torch.bool)
+                pick = lambda x: None if x is None else torch.as_tensor(x)[..., keep]  # noqa: E731
+                self.observe(pick(prior), pick(successes), pick(counts), pick(uncertainty))
         return b, diag
 
     def observe(self, prior, successes, counts, uncertainty=None) -> None:

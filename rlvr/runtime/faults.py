@@ -12,8 +12,9 @@ Which roles restart this way, and what "the same state" is:
 - the verifier pool: stateless; the batch it was scoring is scored again, with the same result;
 - the value server: its context comes back from the last :meth:`snapshot` (taken after every
   update), so predictions continue as if nothing happened.  The controller does not wait for it:
-  a step whose prediction hit the dead server uses the uninformed prior (0.5, 0.5), as V0.5 treats
-  a useless prior, while the replacement loads.
+  a step whose prediction hit the dead server stands in (0.5, 0.5), which V0.5 rejects outright
+  (`informed`: the prompt's own or population-shrunk estimate, rollouts may be bought, the window
+  does not learn from it), while the replacement loads.
 
 The rollout engines restart inside :class:`rlvr.rollout.pool.RolloutPool` (they also count a call
 unanswered within ``rollout.timeout_s``, during generation or a weight sync, as a death), and the

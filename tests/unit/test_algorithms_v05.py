@@ -183,6 +183,34 @@ def test_a_value_model_s_nan_is_the_uninformed_prior_not_a_poisoned_window():
                                                uncertainty=torch.tensor([0.1, math.nan]))
 
 
+@pytest.mark.parametrize("kw", [{}, {"use_uncertainty": True}, {"calibrate": False}], ids=["calibrated", "uncertainty", "fixed"])
+def test_a_stand_in_prior_is_rejected_not_trusted_by_a_window_that_learned_to_trust(kw):
+    """The value server down (or its answer not finite), the sampler stands in 0.5. A window of good
+    priors accepted that stand-in like any prior: b ≈ 0.5 for 0/4 and 4/4 alike, and no extra
+    rollouts. Uninformed, the prior is rejected outright, stays out of the calibration and the window,
+    and the prompt may buy rollouts."""
+    est = new_baseline(window=256, **kw)
+    _, prior, k, n = synthetic_batch(248, 0.0, 0.05, seed=3)
+    est.observe(prior, k, n, torch.full_like(prior, 0.3))
+    stand_in, k_now, n_now = torch.full((6,), 0.5, dtype=torch.float64), t(0, 0, 4, 4, 1, 3), torch.full((6,), 4.0, dtype=torch.float64)
+    unc = torch.full((6,), 0.5, dtype=torch.float64)
+    informed = torch.tensor([False, True, False, True, False, True])
+    trusted, d_trusted = est.fuse(stand_in, k_now, n_now, uncertainty=unc, record=False)
+    assert float(trusted[0]) > 0.3 or not kw.get("calibrate", True)  # the defect: 0/4 given b near the stand-in
+    b, diag = est.fuse(stand_in, k_now, n_now, uncertainty=unc, informed=informed, record=False)
+    assert (diag["decision"][~informed] == REJECTED).all()
+    for i in (0, 2, 4):  # the prompt's own or population-shrunk estimate
+        expected = float(k_now[i] / n_now[i]) if not kw.get("calibrate", True) else float(diag["b_invalid"][i])
+        assert float(b[i]) == pytest.approx(expected, abs=1e-6)
+    assert float(b[0]) < 0.2 and float(b[2]) > 0.8
+    # the informed prompts are judged as before (the stand-ins stay out of the calibration's pool)
+    extra = est.allocate(stand_in, k_now, n_now, 64, uncertainty=unc, informed=informed, max_chunks=None)
+    assert bool((extra[~informed] > 0).any())
+    window = len(est)
+    est.fuse(stand_in, k_now, n_now, uncertainty=unc, informed=informed)
+    assert len(est) == min(256, window + 3)  # only the informed three enter the window
+
+
 def test_fused_baseline_feeds_the_v05_estimator():
     prior, successes, counts = t(0.7, 0.5), t(4, 2), t(4, 4)
     b, _ = v05.fuse(prior, successes, counts, calibrate=False)

@@ -139,6 +139,47 @@ def validate(cfg: DictConfig, may_be_missing: tuple[str, ...] = ()) -> None:
     _validate_rollout(cfg)
     _validate_verifier(cfg)
     _validate_env(cfg)
+    _validate_data(cfg)
+
+
+DATA_KEYS = ("name", "system_prompt", "fewshot", "reward_terms", "train", "eval", "validation")
+_SPLIT_TYPES = {"bool": bool, "int": int, "int | None": int, "str": str, "str | None": str, "list": (list, str)}
+
+
+def _validate_data(cfg: DictConfig) -> None:
+    """The data node is free-form in the schema (each data config brings its own splits): its keys,
+    each split's keys and value types, and the few-shot turns are checked here. (A typo in a data
+    YAML passed, and failed after Ray started; `skip_bad_rows: no` stayed the string "no", which
+    is true.)"""
+    import dataclasses
+
+    from rlvr.data import DataSplitConfig
+
+    d = cfg.data
+    unknown = sorted(set(d) - set(DATA_KEYS))
+    _check(not unknown, "data", f"unknown keys {unknown}; known: {', '.join(DATA_KEYS)}")
+    types = {f.name: _SPLIT_TYPES.get(str(f.type)) for f in dataclasses.fields(DataSplitConfig)}
+    for split in ("train", "eval", "validation"):
+        node = d.get(split)
+        if node is None:
+            continue
+        _check(OmegaConf.is_dict(node), f"data.{split}", f"must be a mapping of split settings, got {node!r}")
+        unknown = sorted(set(node) - set(types))
+        _check(not unknown, f"data.{split}", f"unknown keys {unknown}; known: {', '.join(sorted(types))}")
+        for key in node:
+            if OmegaConf.is_missing(node, key):
+                continue
+            value, expected = node[key], types[key]
+            if OmegaConf.is_config(value):
+                value = OmegaConf.to_container(value, resolve=True)
+            ok = value is None or expected is None or (isinstance(value, expected) and not (expected is int and isinstance(value, bool)))
+            _check(ok, f"data.{split}.{key}", f"must be {getattr(expected, '__name__', 'a list')}, got {type(value).__name__} {value!r}")
+    fewshot = d.get("fewshot")
+    if fewshot is not None:
+        shots = OmegaConf.to_container(fewshot, resolve=True) if OmegaConf.is_config(fewshot) else fewshot
+        good = isinstance(shots, list) and all(isinstance(s, dict) and set(s) == {"question", "response"}
+                                               and all(isinstance(v, str) for v in s.values()) for s in shots)
+        _check(good, "data.fewshot", f"must be a list of {{question: str, response: str}}, got {str(shots)[:80]!r}")
 
 
 def _validate_env(cfg: DictConfig) -> None:
@@ -160,6 +201,8 @@ def _validate_env(cfg: DictConfig) -> None:
 def _validate_algorithm(cfg: DictConfig, preset: AlgorithmPreset) -> None:
     a = cfg.algorithm
     _check(a.n >= 2, "algorithm.n", f"a group needs at least 2 rollouts, got {a.n}")
+    if a.sampling == "dynamic_filter":
+        _check(a.max_rounds >= 1, "algorithm.max_rounds", f"must be >= 1 (DAPO samples in rounds; 0 trains on nothing), got {a.max_rounds}")
     _check(preset.estimator != "v05" or a.sampling == "adaptive", "algorithm.sampling",
            f"the v05 estimator subtracts the baseline adaptive sampling fuses for each prompt: needs sampling=adaptive, got {a.sampling}")
     if preset.uses_value_model:
@@ -299,7 +342,13 @@ def _validate_rollout(cfg: DictConfig) -> None:
     _check(r.temperature > 0, "rollout.temperature", f"training needs sampling, so > 0; got {r.temperature}")
     _check(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
     _check(r.max_tokens >= 1, "rollout.max_tokens", f"must be >= 1, got {r.max_tokens}")
+    _check(r.threads >= 1, "rollout.threads", f"must be >= 1 (each engine's and learner's torch threads), got {r.threads}")
     _check(r.timeout_s > 0, "rollout.timeout_s", f"must be > 0 seconds, got {r.timeout_s}")
+    length = cfg.model.max_model_len
+    _check(length >= 1, "model.max_model_len", f"must be >= 1 token, got {length}")
+    for key, tokens in (("rollout.max_tokens", r.max_tokens), ("eval.max_tokens", cfg.eval.max_tokens)):
+        # the engine silently caps an answer at max_model_len less its prompt: a length past it is never reached
+        _check(tokens < length, key, f"must leave room for the prompt within model.max_model_len={length}, got {tokens}")
     validate_cluster(cfg.cluster, cfg.rollout.backend)
     _check(cfg.learner.bucket_mb >= 0, "learner.bucket_mb", f"must be >= 0 (0 = one tensor per bucket), got {cfg.learner.bucket_mb}")
 
@@ -352,6 +401,7 @@ def validate_cluster(c: DictConfig, rollout_backend: str) -> None:
     for key in ("num_learners", "num_engines", "tensor_parallel"):
         _check(c[key] >= 1, f"cluster.{key}", f"must be >= 1, got {c[key]}")
     _check(c.actor_cpus > 0, "cluster.actor_cpus", f"must be > 0, got {c.actor_cpus}")
+    _check(c.num_cpus is None or c.num_cpus >= 1, "cluster.num_cpus", f"must be >= 1 or null (all cores), got {c.num_cpus}")
     _check(c.verifier_cpus > 0, "cluster.verifier_cpus", f"must be > 0, got {c.verifier_cpus}")
     _check(c.value_accelerators >= 0, "cluster.value_accelerators", f"must be >= 0, got {c.value_accelerators}")
     unknown_roles = set(c.node_resources or {}) - {"learner", "rollout", "value", "verifier"}

@@ -14,7 +14,9 @@ Sources, picked by ``DataSplitConfig.source``, one module each:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from rlvr.data.champ import load_champ
 from rlvr.data.code import load_code_tasks, load_humaneval
@@ -43,10 +45,32 @@ __all__ = [
     "prompt_renderer",
 ]
 
+log = logging.getLogger(__name__)
+
+
+class QuestionSet:
+    """Questions to leave out, compared with their whitespace collapsed: "Q" and "Q\n" are one
+    question (an exact match let such a training question into the held-out split)."""
+
+    def __init__(self, questions: Iterable[str]):
+        self._keys = {self._key(q) for q in questions}
+
+    @staticmethod
+    def _key(question: Any) -> Any:
+        return " ".join(question.split()) if isinstance(question, str) else question
+
+    def __contains__(self, question: object) -> bool:
+        return self._key(question) in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
 
 def load_problems(cfg: DataSplitConfig | Mapping, exclude: set[str] | None = None) -> list[Problem]:
     """Load one split.  ``exclude``: question texts to leave out (e.g. the
     training questions, so that a held-out split is truly held out)."""
+    if exclude:
+        exclude = QuestionSet(exclude)
     try:
         cfg = as_split_config(cfg)
         if cfg.source not in LOADERS:
@@ -55,6 +79,9 @@ def load_problems(cfg: DataSplitConfig | Mapping, exclude: set[str] | None = Non
         if cfg.limit is not None:
             if int(cfg.limit) < 0:
                 raise ValueError(f"data.limit must be >= 0, got {cfg.limit}")
+            if int(cfg.limit) > len(problems):  # eval.size=1000 on a 164-problem set: say so, the intervals widen
+                log.warning("%s: limit %d asked for, %d problems available: using %d", cfg.path or cfg.source, int(cfg.limit),
+                            len(problems), len(problems))
             problems = problems[: int(cfg.limit)]
         return problems
     except DataError:

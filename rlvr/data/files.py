@@ -39,7 +39,7 @@ def _read_rows(path: str, errors: RowErrors) -> Iterable[tuple[int, str, Any]]:
         for i, rec in enumerate(_read_saved_dataset(path)):
             yield i, f"row {i}", rec
     elif suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is not part of the first row
             for i, line in enumerate(f):
                 if not line.strip():
                     continue
@@ -51,7 +51,7 @@ def _read_rows(path: str, errors: RowErrors) -> Iterable[tuple[int, str, Any]]:
                     continue
                 yield i, label, rec
     elif suffix == ".json":
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             try:
                 data = json.load(f)
             except json.JSONDecodeError as e:
@@ -66,7 +66,9 @@ def _read_rows(path: str, errors: RowErrors) -> Iterable[tuple[int, str, Any]]:
         except ImportError:
             pq = None
         if pq is not None:
-            records = pq.read_table(path).to_pylist()
+            table = pq.read_table(path)
+            records = table.to_pylist()
+            _float32_as_written(records, [f.name for f in table.schema if str(f.type) in ("float", "halffloat")])
         else:
             try:
                 import pandas as pd
@@ -80,6 +82,18 @@ def _read_rows(path: str, errors: RowErrors) -> Iterable[tuple[int, str, Any]]:
             yield i, f"row {i}", rec
     else:
         raise ValueError(f"{path}: unsupported data file type {suffix!r}; expected one of {FILE_SUFFIXES}")
+
+
+def _float32_as_written(records: list[dict], columns: list[str]) -> None:
+    """A float32 column's values as their shortest float32 text reads: to_pylist widens them to
+    float64, and 0.1 became the gold answer 0.10000000149011612, which no answer could match."""
+    import numpy as np
+
+    for rec in records:
+        for name in columns:
+            value = rec.get(name)
+            if isinstance(value, float) and np.isfinite(value):
+                rec[name] = float(np.format_float_positional(np.float32(value), unique=True, trim="-"))
 
 
 def _read_saved_dataset(path: str) -> Iterable[dict]:
@@ -117,6 +131,9 @@ def _openai_messages(rec: Mapping) -> Any:
 
 
 def _detect_format(rec: Mapping, cfg: DataSplitConfig) -> str:
+    named = (cfg.prompt_key, cfg.answer_key) != (DataSplitConfig.prompt_key, DataSplitConfig.answer_key)
+    if named and cfg.prompt_key in rec and cfg.answer_key in rec:
+        return "rlvr"  # columns the user named win over the other formats' fixed ones (they were ignored)
     if "reward_model" in rec:
         return "verl"
     if isinstance(rec.get("prompt"), (list, tuple)) or isinstance(rec.get("messages"), (list, tuple)) or (cfg.answer_key not in rec and ("solution" in rec or "tests" in rec)):
@@ -165,6 +182,7 @@ def load_file(cfg: DataSplitConfig, exclude: set[str] | None) -> list[Problem]:
     base = os.path.basename(os.path.normpath(path))
     out: list[Problem] = []
     fmt = None if cfg.format == "auto" else cfg.format
+    excluded = 0
     for i, label, rec in _read_rows(path, errors):
         if not isinstance(rec, Mapping):
             errors.bad(label, f"expected an object (a row), got {type(rec).__name__}")
@@ -178,10 +196,12 @@ def load_file(cfg: DataSplitConfig, exclude: set[str] | None) -> list[Problem]:
             continue
         question, answer, meta = fields
         p = make_problem(f"file:{base}:{i}", question, answer, cfg.answer_type, errors, label, meta)
-        if p is None or (exclude and p.question in exclude):
-            continue
-        out.append(p)
+        if p is not None and exclude and p.question in exclude:
+            excluded += 1
+        elif p is not None:
+            out.append(p)
     errors.summary(len(out))
     if not out:
-        raise DataError(f"{path}: no usable problems")
+        why = f" ({excluded} rows left out as training questions: is this the training file?)" if excluded else ""
+        raise DataError(f"{path}: no usable problems{why}")
     return out

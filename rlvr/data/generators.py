@@ -24,6 +24,9 @@ def _task_specs(tasks: Any, default_answer_type: str) -> list[dict]:
     tasks = to_plain(tasks)
     if not tasks:
         raise ValueError("data.tasks is empty: give at least one reasoning-gym task")
+    if not isinstance(tasks, (list, tuple)):  # a mapping iterated as its keys dropped every weight and kwargs
+        raise ValueError(f"data.tasks must be a list of task specs ([{{name: ..., weight: ..., kwargs: {{...}}}}] or names), "
+                         f"got {type(tasks).__name__} {str(tasks)[:80]!r}")
     specs = []
     for t in tasks:
         if isinstance(t, str):
@@ -38,6 +41,8 @@ def _task_specs(tasks: Any, default_answer_type: str) -> list[dict]:
         weight = float(t.get("weight", 1.0))
         if not weight > 0:
             raise ValueError(f"task {t['name']!r}: weight must be positive, got {weight}")
+        if not isinstance(t.get("kwargs") or {}, Mapping):
+            raise ValueError(f"task {t['name']!r}: kwargs must be a mapping, got {str(t['kwargs'])[:80]!r}")
         kwargs = dict(t.get("kwargs") or {})
         for k in ("seed", "size"):
             if k in kwargs:
@@ -57,6 +62,15 @@ def _task_specs(tasks: Any, default_answer_type: str) -> list[dict]:
     return specs
 
 
+def _create_dataset(reasoning_gym, spec: dict, size: int, seed: int):
+    """One task's reasoning-gym dataset; a task it does not know or kwargs its config refuses
+    (a misspelt key, min above max) is an error naming the task, not reasoning-gym's traceback."""
+    try:
+        return reasoning_gym.create_dataset(spec["name"], size=size, seed=derived_seed(spec["label"], seed), **spec["kwargs"])
+    except (TypeError, AssertionError, ValueError, KeyError) as e:
+        raise ValueError(f"task {spec['name']!r} with kwargs {spec['kwargs']}: {type(e).__name__}: {e}") from e
+
+
 def load_reasoning_gym(cfg: DataSplitConfig, exclude: set[str] | None) -> list[Problem]:
     import reasoning_gym
 
@@ -74,12 +88,7 @@ def load_reasoning_gym(cfg: DataSplitConfig, exclude: set[str] | None) -> list[P
     budget = size
     max_budget = 8 * size + 64
     while True:
-        datasets = {
-            s["label"]: reasoning_gym.create_dataset(
-                s["name"], size=budget, seed=derived_seed(s["label"], cfg.seed), **s["kwargs"]
-            )
-            for s in specs
-        }
+        datasets = {s["label"]: _create_dataset(reasoning_gym, s, budget, cfg.seed) for s in specs}
         rng = random.Random(derived_seed("mix", cfg.seed))
         counters = {s["label"]: 0 for s in specs}
         out: list[Problem] = []

@@ -9,6 +9,7 @@ warning names each skipped row instead.
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import hashlib
 import json
 import logging
@@ -17,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from omegaconf import OmegaConf
 
 from rlvr.rewards import ANSWER_TYPES, check_answer_parsable
@@ -112,13 +114,16 @@ def _answer_text(value: Any, answer_type: str) -> tuple[str | None, str | None]:
         return (value, None) if isinstance(value, str) and value.strip() else (None, "missing tests")
     if isinstance(value, bool):
         return None, f"answer must be a string or a number, got {value!r}"
+    if isinstance(value, decimal.Decimal) and value.is_finite():  # a Parquet decimal column
+        return format(value.normalize(), "f"), None
     if isinstance(value, numbers.Real):  # JSON numbers; numpy scalars from Parquet
         if isinstance(value, numbers.Integral):
             return str(int(value)), None
         value = float(value)
         if value != value or value in (float("inf"), float("-inf")):
             return None, f"answer is not finite: {value!r}"
-        return (str(int(value)) if value.is_integer() else repr(value)), None
+        # positional, not repr's 1e-07, which no numeric literal reads
+        return (str(int(value)) if value.is_integer() else np.format_float_positional(value, trim="-")), None
     if not isinstance(value, str):
         return None, f"answer must be a string or a number, got {type(value).__name__}"
     text = _gsm8k_answer(value).strip()

@@ -155,12 +155,37 @@ def test_overlong_buffer_follows_max_tokens_and_names_both_keys():
     from rlvr.config import overlong_buffer
 
     for max_tokens, buffer in ((64, 13), (96, 19), (20480, 4096)):
-        cfg = compose(["algorithm=dapo", f"rollout.max_tokens={max_tokens}"])
+        cfg = compose(["algorithm=dapo", f"rollout.max_tokens={max_tokens}", "model.max_model_len=32768"])
         validate(cfg)
         assert overlong_buffer(cfg) == buffer  # DAPO's 20 %: the soft start at 80 % of the length
     with pytest.raises(ConfigError, match="rollout.max_tokens") as e:
         validate(compose(["algorithm=dapo", "rollout.max_tokens=64", "algorithm.overlong_buffer=64"]))
     assert "algorithm.overlong_buffer" in str(e.value)
+
+
+def test_values_that_would_break_inside_the_actors_are_config_errors():
+    """Each passed validation and failed later: max_tokens past max_model_len (vLLM caps the answer
+    silently, and DAPO's overlong zone is never reached), threads 0 (torch.set_num_threads in every
+    actor), DAPO with max_rounds 0 (no batch, every step skipped), a negative num_cpus."""
+    for overrides, key in ((["rollout.max_tokens=600"], "rollout.max_tokens"), (["eval.max_tokens=512"], "eval.max_tokens"),
+                           (["model.max_model_len=0"], "model.max_model_len"), (["rollout.threads=0"], "rollout.threads"),
+                           (["algorithm=dapo", "algorithm.max_rounds=0"], "algorithm.max_rounds"), (["cluster.num_cpus=-3"], "cluster.num_cpus")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            validate(compose(["model=tiny-random", *overrides]))
+
+
+FILES = ["data=file", "data.train.path=train.jsonl", "data.eval.path=eval.jsonl"]
+
+
+def test_the_data_node_s_keys_types_and_few_shot_turns_are_checked():
+    """The data node is free-form in the schema: a typo in a data YAML passed validation and failed
+    after Ray started, and `skip_bad_rows=no` stayed the string "no", which is true."""
+    for overrides, key in ((["+data.sytem_prompt=Be brief."], "data"), (["+data.train.fewshots=1"], "data.train"),
+                           ([*FILES, "data.train.skip_bad_rows=no"], "data.train.skip_bad_rows"), (["data.train.size=abc"], "data.train.size"),
+                           (["data.fewshot=[1,2]"], "data.fewshot")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            validate(compose(overrides))
+    validate(compose([*FILES, "data.train.skip_bad_rows=true", "data.fewshot=[{question: q, response: r}]"]))
 
 
 def test_the_v05_estimator_needs_adaptive_sampling():

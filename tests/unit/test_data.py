@@ -187,6 +187,29 @@ def test_file_exclude(tmp_path):
     assert [p.uid for p in probs] == ["file:d.jsonl:1", "file:d.jsonl:2", "file:d.jsonl:3", "file:d.jsonl:4"]
 
 
+def test_file_exclude_ignores_whitespace_and_says_why_nothing_is_left(tmp_path):
+    """Exact text let "Q\\n" (a training question with a newline) into the held-out split; and an
+    eval file that is the training file failed with a bare "no usable problems"."""
+    path = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    probs = load_problems({"source": "file", "path": str(path)}, exclude={"What is  6 * 7?\n"})
+    assert [p.uid for p in probs][0] == "file:d.jsonl:1"
+    with pytest.raises(DataError, match=r"5 rows left out as training questions: is this the training file\?"):
+        load_problems({"source": "file", "path": str(path)}, exclude={r["prompt"] for r in ROWS})
+
+
+def test_task_specs_that_would_be_misread_or_crash_name_the_task():
+    """A mapping of tasks was iterated as its keys (weights and kwargs silently dropped); kwargs
+    reasoning-gym refuses raised its own TypeError/AssertionError, a traceback."""
+    with pytest.raises(DataError, match="must be a list of task specs"):
+        load_problems({"tasks": {"products": {"weight": 1, "kwargs": {"min_digits": 3}}}, "size": 5})
+    with pytest.raises(DataError, match="task 'chain_sum' with kwargs .*min_digitz"):
+        load_problems({"tasks": [{"name": "chain_sum", "kwargs": {"min_digitz": 2}}], "size": 5})
+    with pytest.raises(DataError, match="task 'chain_sum' with kwargs .*max_digits must be >= min_digits"):
+        load_problems({"tasks": [{"name": "chain_sum", "kwargs": {"min_digits": 5, "max_digits": 2}}], "size": 5})
+    with pytest.raises(DataError, match="kwargs must be a mapping"):
+        load_problems({"tasks": [{"name": "chain_sum", "kwargs": [1, 2]}], "size": 5})
+
+
 # --------------------------------------------------------------------------
 # champ
 # --------------------------------------------------------------------------

@@ -115,3 +115,31 @@ def test_a_file_that_cannot_be_read_is_a_data_error_naming_it(tmp_path, name, co
         load_problems({"source": "file", "path": str(path)})
     with pytest.raises(DataError, match="unknown data source 'foo'"):
         load_problems({"source": "foo"})
+
+
+def test_float32_decimal_and_small_float_answers_read_as_written(tmp_path):
+    """A float32 Parquet column widened to float64 made 0.1 the gold answer 0.10000000149011612,
+    which no answer matched; 1e-07 (repr's form) was refused as not a numeric literal; a decimal
+    column was refused as not a number."""
+    import decimal
+
+    path = tmp_path / "f.parquet"
+    pq.write_table(pa.table({"prompt": ["a", "b", "c"], "answer": pa.array([0.1, 2.5, 0.3], type=pa.float32()),
+                             "cost": pa.array([decimal.Decimal("1.50")] * 3, type=pa.decimal128(5, 2))}), path)
+    assert [p.answer for p in load_problems({"source": "file", "path": str(path)})] == ["0.1", "2.5", "0.3"]
+    assert [p.answer for p in load_problems({"source": "file", "path": str(path), "answer_key": "cost"})] == ["1.5"] * 3
+    rows = tmp_path / "small.jsonl"
+    rows.write_text(json.dumps({"prompt": "q", "answer": 1e-07}) + "\n" + json.dumps({"prompt": "r", "answer": 1.5e-05}) + "\n")
+    assert [p.answer for p in load_problems({"source": "file", "path": str(rows)})] == ["0.0000001", "0.000015"]
+
+
+def test_named_columns_win_over_a_detected_format_and_a_bom_is_no_row(tmp_path):
+    """A chat `prompt` (or `messages`) made the file read as TRL, whose fixed columns then stood in
+    for the ones the user named; a UTF-8 byte-order mark made the first row invalid JSON."""
+    path = tmp_path / "chat.jsonl"
+    row = {"question": "Real question?", "prompt": "ignored", "messages": [{"role": "user", "content": "x"}], "gold": "3", "answer": "9"}
+    path.write_text("\ufeff" + json.dumps(row) + "\n", encoding="utf-8")
+    [p] = load_problems({"source": "file", "path": str(path), "prompt_key": "question", "answer_key": "gold"})
+    assert (p.question, p.answer) == ("Real question?", "3")
+    [p] = load_problems({"source": "file", "path": str(path)})  # the default keys: detected as TRL, as before
+    assert p.answer == "9"

@@ -231,3 +231,27 @@ def micro_batching(cfg: DictConfig, model_path: str) -> int | ActivationBudget:
     shared = cfg.learner.share_prompts and not checkpointing  # HF turns the prompt cache off under checkpointing
     return ActivationBudget(cfg.learner.activation_memory_gb * 2**30, per_position, per_response, shared, shared and cfg.learner.pack_responses,
                             cfg.learner.head_chunk)
+
+
+def check_prompt_lengths(cfg: DictConfig, model_path: str, splits: dict[str, list]) -> None:
+    """Every prompt of each split (``{"data.train": problems, ...}``), rendered, leaves its answer's
+    max_tokens within model.max_model_len; else a DataError naming the split, how many and which.
+    (vLLM refused such a prompt mid-run with a traceback that named no row, or, with the prompt
+    just short of the limit, cut its answers silently.) Multi-turn episodes budget their own turns."""
+    if cfg.env.name != "none":
+        return
+    from rlvr.data import DataError, prompt_renderer
+
+    render = prompt_renderer(cfg, model_path, as_ids=True)
+    length = cfg.model.max_model_len
+    for split, problems in splits.items():
+        key, answer = ("eval.max_tokens", cfg.eval.max_tokens) if split != "data.train" else ("rollout.max_tokens", cfg.rollout.max_tokens)
+        room = length - answer
+        too_long = [(p.uid, n) for p in problems if (n := len(render(p))) > room]
+        if too_long:
+            uid, n = max(too_long, key=lambda x: x[1])
+            raise DataError(
+                f"{split}: {len(too_long)} of {len(problems)} prompts render to more than {room} tokens "
+                f"(model.max_model_len={length} less {key}={answer}), the longest {uid} with {n}: "
+                "raise model.max_model_len, lower the max_tokens, or leave those rows out"
+            )

@@ -55,7 +55,7 @@ from rlvr.runtime.roles import (
     running_roles,
     start_ray,
 )
-from rlvr.runtime.sizing import ActivationBudget, micro_batching
+from rlvr.runtime.sizing import ActivationBudget, check_prompt_lengths, micro_batching
 from rlvr.seeds import evaluation_seed, oracle_seed, step_seed
 from rlvr.train.controller import BudgetController, ControllerConfig
 from rlvr.train.drivers import AsyncBatches, sync_batches
@@ -265,6 +265,7 @@ def train(cfg: DictConfig) -> dict:
     start_ray(cfg)
     check_fits(role_plan(cfg, preset), cluster_nodes())
     model_path = resolve_model_path(cfg.model.path, cfg.cache_dir)
+    check_prompt_lengths(cfg, model_path, {"data.train": train_problems + warmup_problems, f"data.{cfg.eval.split}": eval_problems})
     log.info(
         "%s + weighting %s | model %s | data %s: %d train, %d held-out prompts | %d steps x %d prompts x n=%d | run_dir %s",
         cfg.algorithm.name, cfg.weighting.name, model_path, cfg.data.name, len(train_problems), len(eval_problems),

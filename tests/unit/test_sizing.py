@@ -125,3 +125,19 @@ def test_auto_sizes_from_the_model_and_the_data(tiny_model):
 def test_bad_sizes_are_refused_naming_the_key(override):
     with pytest.raises(ConfigError, match=override.split("=")[0]):
         validate(compose([override]))
+
+
+def test_a_prompt_with_no_room_for_its_answer_is_a_data_error_naming_it(tiny_model):
+    """vLLM refused a prompt past max_model_len mid-run, with a traceback naming no row; a prompt
+    just short of it had its answers cut silently. Now the run stops before any role starts."""
+    from rlvr.config import compose
+    from rlvr.data import DataError, Problem
+    from rlvr.runtime.sizing import check_prompt_lengths
+
+    cfg = compose(["model=tiny-random", "rollout.max_tokens=64"])  # max_model_len 512
+    short, long = Problem("t/short", "What is 2 + 2?", "4"), Problem("t/long", "one two three " * 200, "4")
+    check_prompt_lengths(cfg, tiny_model, {"data.train": [short], "data.heldout": [short]})
+    with pytest.raises(DataError, match=r"data\.train: 1 of 2 prompts render to more than 448 tokens .*rollout\.max_tokens=64.*t/long"):
+        check_prompt_lengths(cfg, tiny_model, {"data.train": [short, long]})
+    with pytest.raises(DataError, match=r"data\.heldout: .*eval\.max_tokens"):
+        check_prompt_lengths(cfg, tiny_model, {"data.heldout": [long]})

@@ -302,7 +302,7 @@ def find_latest_checkpoint(run_dir: str | Path) -> Path | None:
 def resolve_resume(run_dir: str | Path, resume: str) -> Path | None:
     """Where to resume from: ``"never"`` -> None; ``"auto"`` -> the latest complete checkpoint in
     ``run_dir`` (None if there is none); anything else is a checkpoint directory, which must exist
-    and be complete (``FileNotFoundError`` / ``ValueError`` otherwise)."""
+    and be complete, or a run directory, whose latest complete one it names (``FileNotFoundError`` otherwise)."""
     if resume is None or str(resume).strip() == "":
         raise ValueError("resume must be 'auto', 'never' or a checkpoint directory, got an empty value")
     key = str(resume).strip()
@@ -313,12 +313,11 @@ def resolve_resume(run_dir: str | Path, resume: str) -> Path | None:
     path = Path(key).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"resume checkpoint {str(path)!r} does not exist")
+    if not (path / MANIFEST).exists() and (path / CHECKPOINT_DIR).is_dir():
+        return checkpoint_named(path)  # a run dir: its latest complete checkpoint, as export and eval read it
     reason = validate_checkpoint(path)
     if reason is not None:
-        hint = ""
-        if (path / CHECKPOINT_DIR).is_dir():
-            hint = f" (it looks like a run directory: pass one of its {CHECKPOINT_DIR}/step_* dirs, or use resume=auto with this run dir)"
-        raise ValueError(f"resume checkpoint {str(path)!r} is not a complete checkpoint: {reason}{hint}")
+        raise FileNotFoundError(f"resume checkpoint {str(path)!r} is not a complete checkpoint: {reason}")
     return path
 
 

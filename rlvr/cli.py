@@ -117,6 +117,7 @@ def train_command(argv: list[str]) -> int:
         if hc.mode == RunMode.MULTIRUN and not user_set_run_dir:
             cfg.run_dir = hc.runtime.output_dir  # multirun/<date>/<time>/<job>_<overrides>
         from rlvr.runtime.faults import RoleFailed
+        from rlvr.train.state import RunStopped
 
         try:
             s = train(cfg)["summary"]
@@ -126,6 +127,9 @@ def train_command(argv: list[str]) -> int:
         except RoleFailed as e:
             print(f"rlvr: {e}", file=sys.stderr)
             raise SystemExit(1) from None
+        except RunStopped as e:  # a stopped run is not a finished one: a sweep or a script stops with it
+            print(f"rlvr: {e}", file=sys.stderr)
+            raise SystemExit(128 + e.signum) from None
         print(f"held-out accuracy (strict): {s['heldout_before']} -> {s['heldout_after']}  run dir: {s['run_dir']}")
         return s
 

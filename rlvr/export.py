@@ -38,6 +38,8 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, adapter: bool = Fal
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     ckpt, out_dir = Path(ckpt), Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():  # transformers only logs this and writes nothing
+        raise ValueError(f"export target {out_dir} is a file, not a folder: give a new or an existing folder")
     ckpt = checkpoint_named(ckpt) or ckpt  # a run dir: its latest checkpoint
     problem = validate_checkpoint(ckpt)
     if problem:

@@ -111,10 +111,11 @@ class HADWState:
         return {"window": self.window, "history": list(self.history), "anchor": self.mode, "eta": self.eta, "belief": self.belief}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.window = int(state["window"])
+        """The checkpoint's history and belief under this state's own settings (the run's config):
+        the saved window, anchor and eta overrode a resumed run's config, which its config.yaml
+        then misreported. The history keeps its last ``window`` rates, as V0.5's window does."""
         self.history = deque((float(x) for x in state["history"]), maxlen=self.window)
-        self.mode, self.eta = state.get("anchor", "window"), float(state.get("eta", self.eta))
-        self.belief = state.get("belief")
+        self.belief = state.get("belief") if state.get("anchor", "window") == self.mode else None
 
     def __repr__(self) -> str:
         return f"HADWState(anchor={self.mode!r}, window={self.window}, eta={self.eta}, history={list(self.history)}, belief={self.belief})"

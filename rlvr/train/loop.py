@@ -63,10 +63,12 @@ from rlvr.train.evaluate import evaluate, evaluation_problems
 from rlvr.train.oracle import gradient_cosine, oracle_metrics, sample_oracle
 from rlvr.train.state import (
     MetricsLog,
+    RunStopped,
     StopRequest,
     check_resume_config,
     check_resume_data,
     console_line,
+    hold_run_dir,
     load_training_state,
     rng_state,
     save_training_state,
@@ -239,17 +241,24 @@ def train_step(parts: StepParts, batch: Batch, step: int) -> dict:
 # The loop
 # --------------------------------------------------------------------------------------------
 def train(cfg: DictConfig) -> dict:
-    """Train as `cfg` says; returns the run's summary and its per-step history."""
+    """Train as `cfg` says; returns the run's summary and its per-step history. SIGTERM or SIGINT
+    stops it with a checkpoint (`RunStopped`, no summary)."""
     validate(cfg)  # bad keys and values fail here, before any actor starts
     preset = algorithm_preset(cfg.algorithm)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with hold_run_dir(run_dir):
+        stop = StopRequest()
+        try:
+            return _train(cfg, preset, run_dir, stop)
+        finally:
+            stop.restore()
+
+
+def _train(cfg: DictConfig, preset, run_dir: Path, stop: StopRequest) -> dict:
     ckpt = resolve_resume(run_dir, str(cfg.resume.mode))
     if ckpt is not None:
         check_resume_config(ckpt, cfg)
-    else:
-        set_aside_records(run_dir)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -262,6 +271,9 @@ def train(cfg: DictConfig) -> dict:
     stream = PromptStream(train_problems, seed=cfg.seed)
     if ckpt is not None:
         check_resume_data(ckpt, stream)
+    else:
+        set_aside_records(run_dir)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # once a resume is known to be accepted
     start_ray(cfg)
     check_fits(role_plan(cfg, preset), cluster_nodes())
     model_path = resolve_model_path(cfg.model.path, cfg.cache_dir)
@@ -278,13 +290,16 @@ def train(cfg: DictConfig) -> dict:
             "correction and old_logprobs=rollout read as a mismatch. RL recipes keep top_p=1 (the default).", cfg.rollout.top_p)
     with running_roles(cfg, model_path, preset) as roles:
         generator = make_generator(cfg, roles.rollout, roles.verifier, model_path)
-        run = Run(cfg, preset, roles, stream, generator, eval_problems, run_dir, model_path)
+        run = Run(cfg, preset, roles, stream, generator, eval_problems, run_dir, model_path, stop)
         if ckpt is not None:
             run.resume(ckpt)
         else:
             run.step_zero(warmup_problems)
         run.loop()
-        return run.finish()
+        if stop.signal is None or run.step >= run.total:
+            return run.finish()
+    # stopped with a checkpoint: outside `running_roles`, so kept roles stay for the same command again
+    raise RunStopped(stop.signal, run.last.step if run.last is not None else None)
 
 
 class TrainedStep(NamedTuple):
@@ -300,7 +315,7 @@ class Run:
     (`record`, `checkpoint`) and how the run comes back (`restore`, `restart_learners`)."""
 
     def __init__(self, cfg: DictConfig, preset, roles: Roles, stream: PromptStream, generator: Generator,
-                 eval_problems: list[Problem], run_dir: Path, model_path: str):
+                 eval_problems: list[Problem], run_dir: Path, model_path: str, stop: StopRequest):
         self.cfg, self.roles, self.stream, self.generator = cfg, roles, stream, generator
         self.eval_problems, self.run_dir, self.model_path = eval_problems, run_dir, model_path
         self.sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_tokens=cfg.rollout.max_tokens)
@@ -318,7 +333,7 @@ class Run:
         self.initial = copy.deepcopy({"step": 0, "stream": stream.state_dict(), "hadw": self.parts.hadw_state.state_dict(),
                                       "controller": self.controller.state_dict(), "rng": rng_state(),
                                       "value": {"prompts": [], "success": []}})
-        self.stop: StopRequest | None = None
+        self.stop = stop
         self.bar = None
 
     # -- where the run starts --------------------------------------------------------------------
@@ -387,7 +402,7 @@ class Run:
     def loop(self) -> None:
         """Steps start_step..total: each batch through `train_step` (2.-4.), then `record` (5.) and
         `checkpoint` (6.). A learner rank that dies sends the run back to its last checkpoint."""
-        self.stop = StopRequest()
+        self.stop.deferring = True  # from here a signal stops the run at the next step boundary, with a checkpoint
         self.bar = tqdm(total=self.total, initial=self.start_step - 1, desc="train", disable=not self.cfg.trainer.progress,
                         dynamic_ncols=True, file=sys.stderr)
         ahead = self.cfg.trainer.generate_ahead or self.staleness
@@ -433,7 +448,7 @@ class Run:
         finally:
             if source is not None:
                 source.close(300 if sys.exc_info()[0] is None else 10)  # an abort need not wait for the batch in flight
-            self.stop.restore()
+            self.stop.deferring = False
             self.bar.close()
             self.metrics_log.close()
 

@@ -4,10 +4,14 @@ the signals that stop it after a checkpoint."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
+import os
 import random
 import signal
+import socket
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +21,7 @@ import ray
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rlvr.checkpoint import save_checkpoint
+from rlvr.checkpoint import CHECKPOINT_DIR, save_checkpoint
 from rlvr.config import ConfigError
 from rlvr.lora import BEFORE_LORA
 
@@ -32,8 +36,8 @@ RECORDS = ("metrics.jsonl", "decisions.jsonl", "eval.jsonl", "oracle.jsonl")
 
 def set_aside_records(run_dir: Path) -> list[Path]:
     """A fresh start in a run dir that holds an earlier start's records (`resume=never`, or a run that
-    failed before its first checkpoint): each moves to ``<name>.before-<time>.jsonl``, kept, so the
-    new run's files hold only its own steps. (They were appended to: two step-0 records, and eval.jsonl
+    failed before its first checkpoint): each moves to ``<name>.before-<time>.jsonl``, and its
+    checkpoints to ``checkpoints.before-<time>``, kept, so the new run's files hold only its own steps. (They were appended to: two step-0 records, and eval.jsonl
     held both starts' prompts, which bootstrap intervals would count twice.)"""
     import time
 
@@ -43,6 +47,11 @@ def set_aside_records(run_dir: Path) -> list[Path]:
         path = run_dir / name
         if path.exists() and path.stat().st_size:
             moved.append(path.rename(path.with_name(f"{path.stem}.before-{stamp}.jsonl")))
+    checkpoints = run_dir / CHECKPOINT_DIR
+    if checkpoints.is_dir() and any(checkpoints.iterdir()):
+        # kept, but out of `resume=auto`'s way: a fresh start that died before its first save was
+        # resumed from the earlier run's checkpoint, and the records mixed the two runs
+        moved.append(checkpoints.rename(run_dir / f"{CHECKPOINT_DIR}.before-{stamp}"))
     if moved:
         log.warning("starting fresh in %s: an earlier start's records moved aside to %s", run_dir, ", ".join(p.name for p in moved))
     return moved
@@ -147,7 +156,8 @@ def console_line(step: int, total: int, m: dict) -> str:
     return " | ".join(parts)
 
 
-GUARDED_KEYS = ("model.path", "model.lora.rank", "model.lora.target_modules", "algorithm.name", "algorithm.estimator", "algorithm.loss", "weighting.name")
+GUARDED_KEYS = ("model.path", "model.lora.rank", "model.lora.target_modules", "algorithm.name", "algorithm.estimator", "algorithm.loss", "weighting.name",
+                "cluster.zero_stage")  # DeepSpeed's optimizer files differ by stage: another failed in the learners, after every role started
 
 
 def check_resume_config(ckpt: Path, cfg: DictConfig) -> None:
@@ -155,6 +165,9 @@ def check_resume_config(ckpt: Path, cfg: DictConfig) -> None:
     saved = OmegaConf.load(ckpt / "config.yaml")
     saved_value = lambda k: OmegaConf.select(saved, k, default=BEFORE_LORA.get(k))  # noqa: E731
     changed = [f"{k}: {saved_value(k)!r} -> {OmegaConf.select(cfg, k)!r}" for k in GUARDED_KEYS if saved_value(k) != OmegaConf.select(cfg, k)]
+    ranks = saved_value("cluster.num_learners"), cfg.cluster.num_learners
+    if (saved_value("cluster.zero_stage") or 0) >= 1 and ranks[0] is not None and ranks[0] != ranks[1]:  # optimizer state is per rank
+        changed.append(f"cluster.num_learners under ZeRO-{saved_value('cluster.zero_stage')}: {ranks[0]} -> {ranks[1]}")
     if changed and not cfg.resume.allow_config_change:
         raise ConfigError(
             f"resume: checkpoint {ckpt} was written with a different config ({'; '.join(changed)}). "
@@ -206,11 +219,51 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
+@contextlib.contextmanager
+def hold_run_dir(run_dir: Path):
+    """One trainer per run dir, for as long as it trains: a second (the same command run twice, a
+    requeued job while the first still runs) is refused, naming the first. Two at once re-saved the
+    same checkpoints, pruned each other's, and one's metrics went to a file the other had replaced."""
+    handle = open(run_dir / ".lock", "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(f"run_dir {run_dir} is in use by {holder}: two trainers in one run dir overwrite each other's "
+                          "checkpoints and records; wait for it or stop it, or pick another run_dir") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # the lock goes with the descriptor, and with the process however it ends
+
+
+class RunStopped(KeyboardInterrupt):
+    """The run stopped on SIGTERM/SIGINT: at ``step``'s checkpoint, or (``step`` None) before training.
+    No summary.json is written, and `rlvr train` exits 128 + the signal, so a sweep or a script
+    stops with it (a stopped run returned as if finished: exit 0, the sweep's next job started)."""
+
+    def __init__(self, signum: int, step: int | None):
+        self.signum, self.step = signum, step
+        where = f"at step {step}'s checkpoint" if step is not None else "before its first step"
+        super().__init__(f"stopped by {signal.Signals(signum).name} {where}; the same command resumes")
+
+
 class StopRequest:
-    """SIGTERM/SIGINT ask the loop to checkpoint after the current step and exit; a second one aborts."""
+    """SIGTERM/SIGINT from the start of a run to its end. While the loop trains (``deferring``) a
+    signal asks it to checkpoint after the current step and stop, and a second one aborts; before
+    (Ray and the roles starting, the warm start, the step-0 evaluation) it raises RunStopped at
+    once, so the roles and Ray are torn down (SIGTERM there reached Ray's own handler, which
+    aborted the driver and left Ray's agents running)."""
 
     def __init__(self):
         self.signal: int | None = None
+        self.deferring = False
         self.previous = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -220,6 +273,8 @@ class StopRequest:
         if self.signal is not None:
             raise KeyboardInterrupt
         self.signal = signum
+        if not self.deferring:
+            raise RunStopped(signum, None)
         log.warning("received %s: saving a checkpoint after this step, then stopping", signal.Signals(signum).name)
 
     def restore(self) -> None:

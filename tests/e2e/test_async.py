@@ -69,12 +69,15 @@ def test_sigterm_saves_and_stops_an_async_run_and_resume_loses_no_data(tmp_path,
     """SIGTERM to this process right after step 2's update, while the generator thread works on
     step 3's batch; then the same command again, on the actors the stopped run kept."""
     from rlvr.train.loop import train
+    from rlvr.train.state import RunStopped
 
     run_dir = tmp_path / "async"
     cfg = compose(ASYNC + ["algorithm=v05", "trainer.steps=6", "trainer.save_every=0", "trainer.max_staleness=1",
                            "data.train.size=10", "algorithm.warmup_prompts=2", f"run_dir={run_dir}"])
     at_step(monkeypatch, 2, lambda: os.kill(os.getpid(), signal.SIGTERM))
-    train(cfg)
+    with pytest.raises(RunStopped, match="SIGTERM at step 2's checkpoint"):  # stopped, not finished: no summary
+        train(cfg)
+    assert not (run_dir / "summary.json").exists()
     metrics = run_dir / "metrics.jsonl"
     latest = (run_dir / "checkpoints" / "latest").read_text().strip()
     stopped_at = int(latest.split("_")[1])

@@ -114,3 +114,9 @@ def test_resume_refuses_a_different_algorithm(tmp_path, tiny_model):
         check_resume_config(ckpt, compose(["algorithm=dapo"]))
     check_resume_config(ckpt, compose(["algorithm=dapo", "resume.allow_config_change=true"]))
     check_resume_config(ckpt, compose(["algorithm=grpo"]))
+    # DeepSpeed's optimizer files differ by ZeRO stage, and under ZeRO >= 1 by rank: refused before any role starts
+    with pytest.raises(ConfigError, match="cluster.zero_stage: 0 -> 2"):
+        check_resume_config(ckpt, compose(["algorithm=grpo", "cluster.zero_stage=2"]))
+    (ckpt / "config.yaml").write_text(OmegaConf.to_yaml(compose(["algorithm=grpo", "cluster.zero_stage=2"]), resolve=True))
+    with pytest.raises(ConfigError, match="cluster.num_learners under ZeRO-2: 1 -> 2"):
+        check_resume_config(ckpt, compose(["algorithm=grpo", "cluster.zero_stage=2", "cluster.num_learners=2"]))

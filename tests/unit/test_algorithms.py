@@ -214,7 +214,7 @@ def test_hadw_ema_anchor_follows_the_published_update():
     before = state.anchor()
     out = apply_weighting("hadw", torch.ones(8, dtype=torch.float64), rewards, ids, state=state, lam=1.0)
     torch.testing.assert_close(out[0], torch.tensor(math.exp(abs(0.25 - before)), dtype=torch.float64))
-    restored = HADWState(anchor="ema")
+    restored = HADWState(anchor="ema", eta=0.5)
     restored.load_state_dict(state.state_dict())
     assert restored.anchor() == state.anchor() and restored.eta == 0.5
     with pytest.raises(ValueError, match="anchor"):
@@ -245,11 +245,16 @@ def test_hadw_state_window_and_checkpoint():
     for x in (0.1, 0.2, 0.3, 0.4):
         state.push(x)
     assert state.anchor() == pytest.approx(0.3)
-    restored = HADWState()
+    restored = HADWState(window=3)
     restored.load_state_dict(state.state_dict())
     assert restored.window == 3 and list(restored.history) == pytest.approx([0.2, 0.3, 0.4])
     restored.push(1.0)
     assert list(restored.history) == pytest.approx([0.3, 0.4, 1.0])
+    # the resumed run's config wins (the checkpoint's window, anchor and eta overrode it, unsaid)
+    narrower = HADWState(window=2, anchor="ema", eta=0.5)
+    narrower.load_state_dict(state.state_dict())
+    assert (narrower.window, narrower.mode, narrower.eta, narrower.belief) == (2, "ema", 0.5, None)
+    assert list(narrower.history) == pytest.approx([0.3, 0.4])
     with pytest.raises(ValueError):
         HADWState().anchor()
 

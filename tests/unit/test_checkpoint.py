@@ -484,11 +484,11 @@ def test_resolve_resume(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="does-not-exist"):
         resolve_resume(tmp_path, str(tmp_path / "does-not-exist"))
+    # a run dir names its latest complete checkpoint, as `rlvr export` and `rlvr eval` read it (a Hydra traceback before)
+    assert resolve_resume(tmp_path / "elsewhere", str(tmp_path)) == p2
     (p1 / "model.bin").unlink()
-    with pytest.raises(ValueError, match=r"step_00000001.*listed file model.bin is missing"):
+    with pytest.raises(FileNotFoundError, match=r"step_00000001.*listed file model.bin is missing"):
         resolve_resume(tmp_path, str(p1))
-    with pytest.raises(ValueError, match="run directory"):
-        resolve_resume(tmp_path, str(tmp_path))
     with pytest.raises(ValueError):
         resolve_resume(tmp_path, "")
 
@@ -527,6 +527,70 @@ def test_a_fresh_start_sets_an_earlier_start_s_records_aside(tmp_path):
     assert not (tmp_path / "metrics.jsonl").exists() and (tmp_path / "decisions.jsonl").exists()
     assert [p.read_text() for p in sorted(moved)] == ['{"step": 0, "uid": "a"}\n', '{"step": 0}\n']  # kept, whole
     assert set_aside_records(tmp_path) == []
+
+
+def test_a_fresh_start_sets_the_earlier_run_s_checkpoints_aside_too(tmp_path):
+    """resume=never kept the old checkpoints resumable: a fresh run that died before its first save
+    was then resumed, by the next default command, from the earlier run's checkpoint."""
+    from rlvr.checkpoint import resolve_resume
+    from rlvr.train.state import set_aside_records
+
+    _two(tmp_path)
+    moved = set_aside_records(tmp_path)
+    assert [p.name.split(".")[0] for p in moved] == ["checkpoints"] and resolve_resume(tmp_path, "auto") is None
+    assert sorted(q.name for q in moved[0].iterdir() if q.name.startswith("step_")) == ["step_00000001", "step_00000002"]
+
+
+def test_one_trainer_holds_a_run_dir_and_names_itself_to_a_second(tmp_path):
+    """Two trainers in one run dir pruned each other's checkpoints and lost one's records."""
+    import multiprocessing
+
+    from rlvr.config import ConfigError
+    from rlvr.train.state import hold_run_dir
+
+    with hold_run_dir(tmp_path):
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(1) as pool:  # another process: flock is per open file, so also per process
+            error = pool.apply(_try_hold, (str(tmp_path),))
+        assert f"is in use by pid {os.getpid()}" in error
+        with pytest.raises(ConfigError, match="in use by"):
+            with hold_run_dir(tmp_path):
+                pass
+    with hold_run_dir(tmp_path):  # released at the end
+        pass
+
+
+def _try_hold(path: str) -> str:
+    from pathlib import Path
+
+    from rlvr.train.state import hold_run_dir
+
+    try:
+        with hold_run_dir(Path(path)):
+            return ""
+    except Exception as e:  # noqa: BLE001 - the message is what the test reads
+        return str(e)
+
+
+def test_a_signal_before_the_loop_stops_at_once_and_in_the_loop_at_the_step_boundary():
+    """SIGTERM while Ray and the roles started reached Ray's handler, which aborted the driver and
+    left Ray's agents running; in the loop it asks for a checkpoint first."""
+    import signal
+
+    from rlvr.train.state import RunStopped, StopRequest
+
+    stop = StopRequest()
+    try:
+        with pytest.raises(RunStopped, match="SIGTERM before its first step"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        stop.signal, stop.deferring = None, True
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+        assert stop.signal == signal.SIGTERM  # recorded; the loop saves and stops at the step's end
+        assert RunStopped(signal.SIGINT, 4).signum == signal.SIGINT and "at step 4's checkpoint" in str(RunStopped(signal.SIGINT, 4))
+    finally:
+        stop.restore()
 
 
 def test_what_a_crashed_save_under_our_own_pid_left_is_cleaned(tmp_path):

@@ -28,6 +28,9 @@ def test_export_adapter_of_a_full_weight_checkpoint_is_refused(tmp_path):
     ckpt = save_checkpoint(tmp_path, 1, lambda tmp: (tmp / "config.yaml").write_text("model:\n  path: tiny-random\n  dtype: float32\n"))
     with pytest.raises(ValueError, match="no adapter"):
         export_checkpoint(ckpt, tmp_path / "out", adapter=True)
+    (tmp_path / "a_file").touch()  # transformers only logged "should be a directory": exit 0, nothing written
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        export_checkpoint(ckpt, tmp_path / "a_file")
 
 
 

@@ -321,6 +321,18 @@ def resolve_resume(run_dir: str | Path, resume: str) -> Path | None:
     return path
 
 
+def branch_from(run_dir: str | Path, ckpt: Path) -> None:
+    """A run resumed from an earlier checkpoint of its own run dir (``resume=PATH``) abandons the
+    later ones: ``latest`` names the one it resumed, so a crash before its next save resumes there
+    again, not on the abandoned branch (whose records the resume has already rewound)."""
+    ckdir = _checkpoints_dir(run_dir)
+    if Path(ckpt).resolve().parent != ckdir.resolve():
+        return
+    pointer = ckdir / LATEST
+    if not pointer.exists() or pointer.read_text(encoding="utf-8").strip() != Path(ckpt).name:
+        _write_latest(ckdir, Path(ckpt).name)
+
+
 # -- saving ----------------------------------------------------------------------
 
 

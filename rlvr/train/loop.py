@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from rlvr.algorithms import WEIGHTINGS, HADWState, apply_weighting, compute_advantages
-from rlvr.checkpoint import resolve_resume
+from rlvr.checkpoint import branch_from, resolve_resume
 from rlvr.config import ConfigError, algorithm_preset, fill, max_response_tokens, overlong_buffer, validate
 from rlvr.data import Problem, PromptStream, load_problems
 from rlvr.generation import Generator, make_generator
@@ -351,6 +351,7 @@ class Run:
         state = load_training_state(ckpt, self.roles)
         self.start_step, self.heldout_before = self.restore(state), state.get("heldout_before")
         self.latest_checkpoint = ckpt
+        branch_from(self.run_dir, ckpt)
         self.metrics_log.rewind(self.start_step)
         log.info("resumed from %s: continuing at step %d (epoch %d)", ckpt, self.start_step, self.stream.epoch)
         if self.start_step > self.total:

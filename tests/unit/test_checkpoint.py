@@ -493,6 +493,18 @@ def test_resolve_resume(tmp_path):
         resolve_resume(tmp_path, "")
 
 
+def test_resuming_an_earlier_checkpoint_of_the_run_dir_points_latest_at_it(tmp_path):
+    """resume=PATH to step 1 while step 2 exists rewinds the records past step 1, but `latest` kept
+    naming step 2 until the next save: a crash in between resumed the abandoned branch."""
+    from rlvr.checkpoint import branch_from
+
+    p1, p2 = _two(tmp_path)
+    branch_from(tmp_path, p1)
+    assert resolve_resume(tmp_path, "auto") == p1
+    branch_from(tmp_path / "another_run", p2)  # a checkpoint of another run dir moves nothing here
+    assert resolve_resume(tmp_path, "auto") == p1
+
+
 def test_a_run_that_goes_back_keeps_one_record_per_step(tmp_path):
     """Resuming at step 3 (or restarting the learners back to it) trains steps 3 and on again: their
     first records go, with a line a crash cut short, so every step has one record in each file."""

@@ -34,13 +34,24 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("RLVR_CACHE", Path.home() / ".cache" / "rlvr"))
 
 
+BUILT_IN_FOLDERS = {SMOLLM2_NAME: "smollm2-135m-instruct", TINY_NAME: "tiny-random"}  # under <cache>/models/
+
+
+def model_location(name_or_path: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where `model.path`'s folder is, built or not (a built-in's in the cache): what two spellings
+    of one model (`tiny-random`, its folder, a trailing slash) have in common."""
+    if name_or_path in BUILT_IN_FOLDERS:
+        cache = Path(cache_dir) if cache_dir else default_cache_dir()
+        return (cache / "models" / BUILT_IN_FOLDERS[name_or_path]).resolve()
+    return Path(name_or_path).expanduser().resolve()
+
+
 def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike | None = None) -> str:
     """Turn `model.path` into a local HF folder: `smollm2-135m`, `tiny-random`, or a path."""
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
     if name_or_path == SMOLLM2_NAME:
-        return str(convert_smollm2(cache / "models" / "smollm2-135m-instruct"))
+        return str(convert_smollm2(model_location(name_or_path, cache_dir)))
     if name_or_path == TINY_NAME:
-        return str(build_tiny_model(cache / "models" / "tiny-random"))
+        return str(build_tiny_model(model_location(name_or_path, cache_dir)))
     path = Path(name_or_path).expanduser()
     if not (path / "config.json").is_file():
         raise FileNotFoundError(

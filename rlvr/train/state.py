@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from rlvr.checkpoint import CHECKPOINT_DIR, save_checkpoint
 from rlvr.config import ConfigError
 from rlvr.lora import BEFORE_LORA
+from rlvr.models import model_location
 
 if TYPE_CHECKING:  # the roles module starts actors; this one only reads their handles
     from rlvr.runtime.roles import Roles
@@ -164,7 +165,12 @@ def check_resume_config(ckpt: Path, cfg: DictConfig) -> None:
     """Refuse to resume a checkpoint into a different model or algorithm, unless allowed."""
     saved = OmegaConf.load(ckpt / "config.yaml")
     saved_value = lambda k: OmegaConf.select(saved, k, default=BEFORE_LORA.get(k))  # noqa: E731
-    changed = [f"{k}: {saved_value(k)!r} -> {OmegaConf.select(cfg, k)!r}" for k in GUARDED_KEYS if saved_value(k) != OmegaConf.select(cfg, k)]
+    def same(key: str) -> bool:
+        if key == "model.path":  # one model spelt two ways (a built-in's name, its folder) is the same model
+            return model_location(saved_value(key), saved.get("cache_dir")) == model_location(cfg.model.path, cfg.get("cache_dir"))
+        return saved_value(key) == OmegaConf.select(cfg, key)
+
+    changed = [f"{k}: {saved_value(k)!r} -> {OmegaConf.select(cfg, k)!r}" for k in GUARDED_KEYS if not same(k)]
     ranks = saved_value("cluster.num_learners"), cfg.cluster.num_learners
     if (saved_value("cluster.zero_stage") or 0) >= 1 and ranks[0] is not None and ranks[0] != ranks[1]:  # optimizer state is per rank
         changed.append(f"cluster.num_learners under ZeRO-{saved_value('cluster.zero_stage')}: {ranks[0]} -> {ranks[1]}")

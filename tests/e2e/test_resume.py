@@ -120,3 +120,11 @@ def test_resume_refuses_a_different_algorithm(tmp_path, tiny_model):
     (ckpt / "config.yaml").write_text(OmegaConf.to_yaml(compose(["algorithm=grpo", "cluster.zero_stage=2"]), resolve=True))
     with pytest.raises(ConfigError, match="cluster.num_learners under ZeRO-2: 1 -> 2"):
         check_resume_config(ckpt, compose(["algorithm=grpo", "cluster.zero_stage=2", "cluster.num_learners=2"]))
+    # one model spelt two ways (a built-in's name, its folder in the cache, a trailing slash) resumes
+    from rlvr.models import model_location
+
+    (ckpt / "config.yaml").write_text(OmegaConf.to_yaml(compose(["model=tiny-random"]), resolve=True))
+    folder = model_location("tiny-random", compose([]).cache_dir)
+    check_resume_config(ckpt, compose(["model=tiny-random", f"model.path={folder}/"]))
+    with pytest.raises(ConfigError, match="model.path"):
+        check_resume_config(ckpt, compose(["model=tiny-random", "model.path=smollm2-135m"]))

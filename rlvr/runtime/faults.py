@@ -160,6 +160,7 @@ class RestartingRole:
         self._unready = False  # a replacement not yet known to have started
         self.snapshot_method, self.restore_method = snapshot_method, restore_method
         self.state = None
+        self.updates: list[tuple[str, tuple]] = []  # `update` calls since the state was last read or set
         self.actor = actor if actor is not None else start()
         self._node = node_of(self.actor)
 
@@ -200,15 +201,24 @@ class RestartingRole:
             self.policy.await_ready([self.actor], f"the {self.name} actor")
             self._unready = False
 
+    def update(self, method: str, *args):
+        """A :meth:`call` that changes the actor's state: kept until the next :meth:`snapshot` or
+        :meth:`load` and replayed on a replacement after its restore (a death between an update and
+        the snapshot after it lost the update, unsaid: the value server's step of context)."""
+        out = self.call(method, *args)
+        self.updates.append((method, args))
+        return out
+
     def snapshot(self) -> Any:
         """Read and keep the actor's state: what a replacement is restored to."""
         self.state = self.call(self.snapshot_method)
+        self.updates = []
         return self.state
 
     def load(self, state: Any) -> None:
         """Set the actor's state (from a checkpoint); a replacement is restored to it too."""
         self.call(self.restore_method, state)
-        self.state = state
+        self.state, self.updates = state, []
 
     def node(self) -> str:
         return node_name(self._node)
@@ -224,6 +234,8 @@ class RestartingRole:
             self._unready = True  # its first call waits for it to start (`call_or` does not wait at all)
             if self.restore_method and self.state is not None:
                 getattr(self.actor, self.restore_method).remote(self.state)
+            for method, args in self.updates:  # queued behind the restore: an actor runs a caller's calls in order
+                getattr(self.actor, method).remote(*args)
 
     def kill(self) -> None:
         ray.kill(self.actor)

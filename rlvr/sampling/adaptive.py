@@ -44,11 +44,10 @@ def warm_start(ctl: BudgetController, problems: list[Problem], seed: int) -> dic
     half = len(problems) // 2
     for context, target in ((slice(0, half), slice(half, None)), (slice(half, None), slice(0, half))):
         ctl.value_server.load(empty)
-        ctl.value_server.call("add_context", texts[context], success[context])
-        ctl.value_server.snapshot()  # a replacement made during the predict is restored with this fold's context, not none
+        ctl.value_server.update("add_context", texts[context], success[context])  # a replacement gets this fold's context too
         prior[target], unc[target], real[target] = finite_priors(*ctl.value_server.call("predict", texts[target]))
     ctl.value_server.load(empty)
-    ctl.value_server.call("add_context", texts, success)
+    ctl.value_server.update("add_context", texts, success)
     ctl.value_server.snapshot()
     if bool(real.any()):
         ctl.v05.observe(prior[real], k[real], n[real], unc[real])
@@ -113,7 +112,7 @@ def collect_adaptive(ctl: BudgetController, problems: list[Problem], more_proble
                 extra=int(bought[i]),
             )
         )
-    ctl.timed("value", lambda: ctl.value_server.call("add_context", texts, (k / n).tolist()))
+    ctl.timed("value", lambda: ctl.value_server.update("add_context", texts, (k / n).tolist()))
     ctl.timed("value", ctl.value_server.snapshot)  # what a replacement would be restored to
     p_hat = k / n
     stats = {

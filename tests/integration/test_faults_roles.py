@@ -214,6 +214,20 @@ def test_a_dead_actor_is_replaced_restored_and_the_call_redone(ray_session):
     role.kill()
 
 
+def test_an_update_since_the_snapshot_is_replayed_on_the_replacement(ray_session):
+    """The value server's step of context (add_context, then snapshot): a death between the two
+    restored the replacement to the snapshot before, and the step's pairs were lost, unsaid."""
+    role = RestartingRole("counter", Counter.remote, max_restarts=2, snapshot_method="state", restore_method="load")
+    assert role.call("add", 3) == 3 and role.snapshot() == 3
+    assert role.update("add", 4) == 7  # after the snapshot: kept until the next one
+    sigkill(role)
+    assert role.call("state") == 7  # restored to 3, then the update again
+    assert role.snapshot() == 7 and role.updates == []
+    role.load(1)
+    role.update("add", 2)
+    sigkill(role)
+    assert role.call("state") == 3 and role.policy.restarts == 2
+    role.kill()
 
 
 def test_gather_returns_the_answers_and_names_the_lost_and_the_silent_calls(ray_session):

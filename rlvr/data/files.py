@@ -182,7 +182,7 @@ def load_file(cfg: DataSplitConfig, exclude: set[str] | None) -> list[Problem]:
     base = os.path.basename(os.path.normpath(path))
     out: list[Problem] = []
     fmt = None if cfg.format == "auto" else cfg.format
-    excluded = 0
+    excluded, answers, conflicts = 0, {}, []
     for i, label, rec in _read_rows(path, errors):
         if not isinstance(rec, Mapping):
             errors.bad(label, f"expected an object (a row), got {type(rec).__name__}")
@@ -200,6 +200,11 @@ def load_file(cfg: DataSplitConfig, exclude: set[str] | None) -> list[Problem]:
             excluded += 1
         elif p is not None:
             out.append(p)
+            first = answers.setdefault(p.question, (label, p.answer))
+            if first[1] != p.answer:
+                conflicts.append((first[0], label))
+    if conflicts:  # kept (a dataset may mean it), but a model cannot be right on both
+        log.warning("%s: %d rows repeat an earlier row's question with another answer, e.g. %s and %s", path, len(conflicts), *conflicts[0])
     errors.summary(len(out))
     if not out:
         why = f" ({excluded} rows left out as training questions: is this the training file?)" if excluded else ""

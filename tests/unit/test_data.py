@@ -210,6 +210,13 @@ def test_task_specs_that_would_be_misread_or_crash_name_the_task():
         load_problems({"tasks": [{"name": "chain_sum", "kwargs": [1, 2]}], "size": 5})
 
 
+def test_a_question_repeated_with_another_answer_is_kept_and_said(tmp_path, caplog):
+    path = write_jsonl(tmp_path / "dup.jsonl", [{"prompt": "Q?", "answer": "1"}, {"prompt": "Q?", "answer": "1"}, {"prompt": "Q?", "answer": "2"}])
+    with caplog.at_level(logging.WARNING):
+        assert len(load_problems({"source": "file", "path": str(path)})) == 3
+    assert "1 rows repeat an earlier row's question with another answer, e.g. row 0 (line 1) and row 2 (line 3)" in caplog.text
+
+
 # --------------------------------------------------------------------------
 # champ
 # --------------------------------------------------------------------------

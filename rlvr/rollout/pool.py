@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -152,6 +153,9 @@ class RolloutPool:
         self.learner_timeout_s = learner_timeout_s  # the learners' side of a sync (trainer.role_timeout_s)
         self.policy = RestartPolicy(self.name, max_restarts if start is not None else 0, ready_timeout_s)
         self.reload: Callable[[Any], None] | None = None  # set by the trainer once the learners exist
+        # taken before the pool's own lock when an engine is replaced: the trainer's `learners_busy`,
+        # which its update and sync hold, so the two threads take the two locks in one order
+        self.reload_lock: Any = threading.RLock()
         self.version = 0  # of the weights the engines hold: what a replacement is given
         self._nodes = [node_of(e) for e in engines] if start is not None else []
 
@@ -187,7 +191,7 @@ class RolloutPool:
         self.policy.lost(since)
 
     def _replace(self, i: int, error: BaseException, engine: Any) -> None:
-        with self.policy.lock:  # an async run's generating thread and the sync may both find it lost
+        with self.reload_lock, self.policy.lock:  # an async run's generating thread and the sync may both find it lost
             if self.engines[i] is not engine:
                 return  # already replaced
             what = f"rollout engine {i}"

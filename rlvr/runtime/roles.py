@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,11 @@ class Roles:
     value: RestartingRole | None = None  # only for V0.5's adaptive sampling
     rollout: RolloutPool = field(default_factory=lambda: RolloutPool([]))
     learners: list = field(default_factory=list)  # one actor per rank; replaced in place, so every holder sees new ones
+    # Held by whoever calls every learner rank: a step's update and sync, a checkpoint's save, an
+    # async run's generating thread reloading a replacement engine. Two threads' calls could reach
+    # the ranks in opposite orders (a hang under ZeRO's collectives), and a reload queued behind an
+    # update exported that update's weights under the version before it.
+    learners_busy: threading.RLock = field(default_factory=threading.RLock)
 
 
 def role_plan(cfg: DictConfig, preset) -> dict:
@@ -200,6 +206,8 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> Roles:
         ray.get([e.weight_version.remote() for e in roles.rollout.engines] + [l.__ray_ready__.remote() for l in roles.learners] + value_ready)
         if not reused:
             connect(c.weight_sync, roles.learners, roles.rollout.engines, rendezvous(placement, "learner") if c.weight_sync == "nccl" else None)
+        # a replacement reloads once any update and sync under way are done, so `version` names the weights it gets
+        roles.rollout.reload_lock = roles.learners_busy
         roles.rollout.reload = lambda engine: reload_engine(c.weight_sync, roles.learners, engine, roles.rollout.version,
                                                             cfg.trainer.role_timeout_s)
     except ray.exceptions.RayActorError as e:

@@ -205,30 +205,31 @@ def train_step(parts: StepParts, batch: Batch, step: int) -> dict:
     set_advantages(batch, parts.preset, cfg.weighting, parts.hadw_state)
     trajectories, async_m = batch.for_learners(step - 1, cfg.trainer.max_staleness, parts.preset.mask_truncated)
     # 3. learner.mini_batches optimizer steps for each of learner.epochs passes
-    colocated = cfg.cluster.mode == "colocated"
-    if colocated:
-        rollout.sleep()  # hand the shared accelerators to the learners (a no-op on CPU)
-    try:
-        oracle_m = {}
-        if batch.oracle is not None and trajectories:
-            oracle_m = gradient_cosine(batch, trajectories, learners, parts.update, parts.preset, step - 1, cfg.trainer.max_staleness,
-                                       parts.micro_batching, seed=step_seed(cfg.seed, step), timeout_s=cfg.trainer.role_timeout_s)
-        learn_start = time.perf_counter()
-        plans = plan_mini_batches(trajectories, cfg.learner.mini_batches, len(learners), parts.micro_batching,
-                                  seed=step_seed(cfg.seed, step))
-        if trajectories:
-            learner_metrics = ray.get([l.train_step.remote(plan, parts.update) for l, plan in zip(learners, plans)],
-                                      timeout=cfg.trainer.role_timeout_s)[0]
-        else:
-            log.warning("step %d: no trainable trajectories (%d stale), skipping the update", step, async_m["async/stale_dropped"])
-            learner_metrics = {}
-        learn_s = time.perf_counter() - learn_start
-    finally:
-        if colocated:  # a learner lost in its update sends the run to restart_learners: the engines must not stay asleep
-            rollout.wake_up()
-    # 4. new weights to the rollout engines, bucketed (cluster.weight_sync picks the transport)
-    # (an engine lost meanwhile is replaced and loaded from the learners: the sync never hangs on it)
-    sync_m = rollout.load_weights(cfg.cluster.weight_sync, learners, version=step)
+    with roles.learners_busy:  # no replacement engine reloads from the learners while they update (async runs)
+        colocated = cfg.cluster.mode == "colocated"
+        if colocated:
+            rollout.sleep()  # hand the shared accelerators to the learners (a no-op on CPU)
+        try:
+            oracle_m = {}
+            if batch.oracle is not None and trajectories:
+                oracle_m = gradient_cosine(batch, trajectories, learners, parts.update, parts.preset, step - 1, cfg.trainer.max_staleness,
+                                           parts.micro_batching, seed=step_seed(cfg.seed, step), timeout_s=cfg.trainer.role_timeout_s)
+            learn_start = time.perf_counter()
+            plans = plan_mini_batches(trajectories, cfg.learner.mini_batches, len(learners), parts.micro_batching,
+                                      seed=step_seed(cfg.seed, step))
+            if trajectories:
+                learner_metrics = ray.get([l.train_step.remote(plan, parts.update) for l, plan in zip(learners, plans)],
+                                          timeout=cfg.trainer.role_timeout_s)[0]
+            else:
+                log.warning("step %d: no trainable trajectories (%d stale), skipping the update", step, async_m["async/stale_dropped"])
+                learner_metrics = {}
+            learn_s = time.perf_counter() - learn_start
+        finally:
+            if colocated:  # a learner lost in its update sends the run to restart_learners: the engines must not stay asleep
+                rollout.wake_up()
+        # 4. new weights to the rollout engines, bucketed (cluster.weight_sync picks the transport)
+        # (an engine lost meanwhile is replaced and loaded from the learners: the sync never hangs on it)
+        sync_m = rollout.load_weights(cfg.cluster.weight_sync, learners, version=step)
     m = step_metrics(batch, learner_metrics)
     m.update(sync_m)
     m.update(async_m)
@@ -496,7 +497,8 @@ class Run:
         stopping = self.stop.signal is not None  # read once: a signal arriving in between must not stop an unsaved run
         saved = (every and step % every == 0) or step == self.total or stopping
         if saved:
-            self.latest_checkpoint = save_training_state(self.run_dir, step, self.roles, state, cfg)
+            with self.roles.learners_busy:
+                self.latest_checkpoint = save_training_state(self.run_dir, step, self.roles, state, cfg)
             log.info("checkpoint %s", self.latest_checkpoint)
         self.last = TrainedStep(step, state, bool(saved))
         if stopping:

@@ -3,6 +3,7 @@ redoes the call; a stopped engine does not hang a weight sync."""
 
 import os
 import signal
+import threading
 import time
 
 import psutil
@@ -90,7 +91,18 @@ def test_an_engine_the_generating_thread_replaced_is_not_replaced_again_by_the_s
     waited_on = list(pool.engines)  # what load_weights hands sync_weights
     lost = pool.engines[0]
     ray.kill(lost)
-    pool._replace(0, RuntimeError("lost in generate"), lost)  # the generating thread, first
+    # the generating thread, first; it reloads once the trainer's update and sync (which hold the
+    # learners) are done, so the replacement's version names the weights the learners hand it
+    busy, reloaded = threading.RLock(), []
+    pool.reload_lock, pool.reload = busy, lambda engine: reloaded.append(pool.version)
+    with busy:
+        generating = threading.Thread(target=pool._replace, args=(0, RuntimeError("lost in generate"), lost))
+        generating.start()
+        time.sleep(1)
+        assert reloaded == []  # waiting, not exporting behind the update under the version before it
+        pool.version = 7  # the sync of step 7 began
+    generating.join(120)
+    assert reloaded == [7]
     replacement = pool.engines[0]
     pool.replace_failed({0: RuntimeError("lost in the weight sync")}, time.perf_counter(), waited_on)
     assert pool.policy.restarts == 1 and pool.engines[0] is replacement

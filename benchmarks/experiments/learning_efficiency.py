@@ -59,6 +59,7 @@ from rlvr.analysis.plots import load_metrics
 from rlvr.config import compose
 from rlvr.runtime.roles import release_kept_roles
 from rlvr.train.loop import train
+from rlvr.train.state import RunStopped
 
 # In the order a seed's runs are made: the pairs the three questions compare come first.
 GRID = {
@@ -143,10 +144,15 @@ def step0_run(args) -> Path | None:
     return None
 
 
+def grid_steps(args) -> int:
+    """The steps each of the grid's runs trains (``--quick``: one)."""
+    return 1 if args.quick else args.steps
+
+
 def run_grid(args) -> None:
     """Seed-major, so an interrupted grid has every config at the first seeds. The grid's first run
     evaluates step 0; the others skip it (``eval.at_start=false``) and the report shares it."""
-    steps = 1 if args.quick else args.steps
+    steps = grid_steps(args)
     todo = [(c, s) for s in args.seeds for c in args.configs]
     start = time.perf_counter()
     rlvr_log = logging.getLogger("rlvr")
@@ -177,13 +183,13 @@ def one_run(args, config: str, seed: int, tag: str, steps: int, start: float) ->
     logging.getLogger("rlvr").addHandler(log)
     try:
         train(compose(overrides))
+    except RunStopped as stop:  # SIGTERM, Ctrl-C: keep its checkpoint, stop the grid
+        raise SystemExit(f"{config} seed {seed}: {stop}") from stop
     except Exception as err:
         raise SystemExit(f"{config} seed {seed} failed ({err!r}); see {d.parent / (d.name + '.log')}") from err
     finally:
         logging.getLogger("rlvr").removeHandler(log)
         log.close()
-    if not finished(d, steps):  # stopped by a signal (SIGTERM, Ctrl-C): keep its checkpoint, stop the grid
-        raise SystemExit(f"{config} seed {seed} stopped before step {steps}; the same command resumes it from its checkpoint")
     for extra in d.iterdir():  # a finished run needs no checkpoints (GBs each); its records stay
         if extra.name not in KEEP:
             shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
@@ -214,7 +220,7 @@ def load_run(d: Path, step0: dict[str, dict] | None = None) -> dict:
         # V0.5's warm start (step 0) is spend too: it counts from the start of the curve
         total += m.get("rollouts", 0) if m["step"] > 0 else m.get("warmup/rollouts", 0)
         cum[m["step"]] = total
-    return {"evals": evals, "rollouts": cum}
+    return {"evals": evals, "rollouts": cum, "dir": d.name}
 
 
 def matrices(runs: list[dict], step: int, uids: list[str]):
@@ -271,7 +277,12 @@ def report(args) -> dict:
     shared = step0_run(args)
     step0 = read_evals(shared)[0] if shared is not None else None
     for config in GRID:  # every config with runs, not only those this call ran: the report is the grid's
-        dirs = [run_dir(args, config, s) for s in args.seeds if (run_dir(args, config, s) / "eval.jsonl").exists()]
+        started = [run_dir(args, config, s) for s in args.seeds if (run_dir(args, config, s) / "eval.jsonl").exists()]
+        # finished runs only: an interrupted one (its eval.jsonl is written at start) cut the shared
+        # steps, and "final" became step 0, where every difference is 0 with interval [0, 0]
+        dirs = [d for d in started if finished(d, grid_steps(args))]
+        for d in sorted(set(started) - set(dirs)):
+            print(f"report: leaving out {d.name}, which has not reached step {grid_steps(args)}", file=sys.stderr)
         if dirs:
             runs[config] = [load_run(d, step0) for d in dirs]
     if not runs:
@@ -280,6 +291,15 @@ def report(args) -> dict:
     steps = sorted(s for s in any_run["evals"] if all(s in r["evals"] for rs in runs.values() for r in rs))
     uids = sorted(any_run["evals"][steps[0]])
     last = steps[-1]
+    if last != grid_steps(args):
+        raise SystemExit(f"the runs share evaluations up to step {last}, not the grid's last step {grid_steps(args)}: "
+                         "their eval_every differs, or a run's eval.jsonl is cut")
+    for r in (r for rs in runs.values() for r in rs):
+        for s in steps:
+            missing = set(uids) - set(r["evals"][s])
+            if missing:  # a bare KeyError before
+                raise SystemExit(f"{r['dir']} evaluated other prompts at step {s} than {any_run['dir']} ({len(missing)} missing, "
+                                 f"e.g. {sorted(missing)[0]}): the grid's runs must share their held-out set")
     shapes = {c: len(rs) for c, rs in runs.items()}
     reps = args.bootstrap
 

@@ -190,12 +190,13 @@ BASELINES = {"mean_n0": "group mean, first n0", "rloo": "RLOO leave-one-out (fir
 
 def report(records: list[dict], reps: int = 2000, seed: int = 0) -> dict:
     """Each baseline's mean squared error against p* over the (step, prompt) records of
-    oracle.jsonl, less the oracle's own noise p*(1 − p*)/M, with a 95 % bootstrap interval over
+    oracle.jsonl, less the oracle's own noise p̂*(1 − p̂*)/(M − 1), with a 95 % bootstrap interval over
     records; and each one's ratio to the group mean of the first n0 (paired, same resamples)."""
     import numpy as np
 
     p = np.array([r["p_star"] for r in records])
-    noise = p * (1 - p) / np.array([r["samples"] for r in records])
+    # unbiased: E[p̂*(1 − p̂*)] = p(1 − p)(M − 1)/M, so /(M − 1) (with /M every MSE read high by p(1 − p)/M²)
+    noise = p * (1 - p) / np.maximum(np.array([r["samples"] for r in records]) - 1, 1)
     se = {"mean_n0": (np.array([r["mean_n0"] for r in records]) - p) ** 2,
           "mean_spend": (np.array([r["mean_spend"] for r in records]) - p) ** 2}
     if all("se_rloo" in r for r in records):
@@ -211,7 +212,7 @@ def report(records: list[dict], reps: int = 2000, seed: int = 0) -> dict:
         row = {"what": BASELINES[key], "mse": point[key], "mse_ci95": [float(np.percentile(boot[key], 2.5)), float(np.percentile(boot[key], 97.5))]}
         for ref in ("mean_n0", "mean_spend"):  # paired: the same resamples for both
             ratio = boot[key] / np.where(boot[ref] > 0, boot[ref], np.nan)
-            row[f"over_{ref}"] = point[key] / max(point[ref], 1e-12)
+            row[f"over_{ref}"] = point[key] / point[ref] if point[ref] > 0 else None  # as its resamples: no ratio below the noise
             defined = ratio[~np.isnan(ratio)]  # a reference below the oracle's noise has no ratio
             row[f"over_{ref}_ci95"] = [float(np.percentile(defined, 2.5)), float(np.percentile(defined, 97.5))] if len(defined) else None
         out["baselines"][key] = row

@@ -81,7 +81,7 @@ def test_the_report_subtracts_the_oracle_noise_and_pairs_the_ratios():
     records = [{"p_star": p, "samples": 8, "mean_n0": m, "mean_spend": s, "se_rloo": 0.05, "baseline": b, "prior": 0.5}
                for p, m, s, b in [(0.5, 0.25, 0.5, 0.45), (0.25, 0.0, 0.125, 0.2), (1.0, 1.0, 1.0, 0.9), (0.0, 0.25, 0.0, 0.1)]]
     out = report(records, reps=500)
-    noise = (0.25 / 8 + 0.1875 / 8) / 4
+    noise = (0.25 / 7 + 0.1875 / 7) / 4  # p̂(1 − p̂)/(M − 1): unbiased
     assert out["records"] == 4 and out["oracle_noise"] == pytest.approx(noise)
     n0 = out["baselines"]["mean_n0"]
     assert n0["mse"] == pytest.approx((0.0625 + 0.0625 + 0 + 0.0625) / 4 - noise)
@@ -113,3 +113,22 @@ def test_the_report_gives_the_advantage_bias_by_bucket_with_intervals():
     reduction = bias["hard"]["correct"]["reduction"]
     assert reduction["mean"] == pytest.approx(7 / 4 - (0.5 * 1 + 1.0 * 3) / 4)
     assert 0.5 <= reduction["ci95"][0] <= reduction["mean"] <= reduction["ci95"][1] <= 1.0
+
+
+def test_spearman_gives_ties_their_mean_rank_and_the_oracle_noise_is_unbiased():
+    """Ties split by argsort biased Spearman (0.188 against 0.212); p̂*(1 − p̂*)/M under-subtracted
+    the oracle's noise by p(1 − p)/M² in every MSE."""
+    import numpy as np
+
+    from rlvr.analysis.value_report import _spearman
+    from rlvr.train.oracle import report
+
+    x, y = np.array([0.5, 0.5, 0.5, 0.2, 0.9, 0.9]), np.array([1.0, 0.0, 0.5, 0.1, 0.8, 0.3])
+    rx, ry = np.array([3.0, 3.0, 3.0, 1.0, 5.5, 5.5]), np.array([6.0, 1.0, 4.0, 2.0, 5.0, 3.0])  # ranks by hand (1-based)
+    assert _spearman(x, y) == pytest.approx(float(np.corrcoef(rx, ry)[0, 1]))
+    rng = np.random.default_rng(0)
+    p = rng.random(20000)
+    p_star = rng.binomial(32, p) / 32
+    records = [{"p_star": float(s), "samples": 32, "mean_n0": float(t), "mean_spend": float(t)} for s, t in zip(p_star, p)]
+    mse = report(records, reps=10)["baselines"]["mean_n0"]["mse"]  # a perfect baseline: 0 once the noise is taken out
+    assert abs(mse) < 2e-5, mse

@@ -30,7 +30,7 @@ MAX_BARE_ANSWER_CHARS = 100
 
 _BOX_TOKEN = re.compile(r"\\(?:boxed|fbox)\s*\{|\\[{}]|[{}]")
 _BOX_START = re.compile(r"\\(?:boxed|fbox)\b")
-_GSM8K = re.compile(r"####[ \t]*([^\n]*)")
+_GSM8K = re.compile(r"(?<!#)####(?!#)[ \t]*([^\n]*)")  # exactly four: five or more are a markdown heading
 _ANSWER_PHRASE = re.compile(r"(?i)\banswer\s*(?:is|:|=)\s*:?[ \t]*\n?[ \t]*")
 _SENTENCE_END = re.compile(r"\.(?:\s|$)")
 
@@ -95,22 +95,31 @@ def _strip_wrappers(ans: str) -> str:
 
 
 def _answer_key(ans: str) -> str:
-    """Key used to decide whether two marked answers are "the same"."""
+    """Key used to decide whether two marked answers are "the same": without whitespace, ``$`` or
+    ``\$``; a numeric literal by its value and percent sign (``18``, ``18.00``, ``1,800`` written
+    twice are one answer; a unit word is no second answer)."""
     if len(ans) > 4 * MAX_ANSWER_CHARS:
         return ans  # not an answer anyway (rejected by _finish)
-    return re.sub(r"\s+", "", _strip_wrappers(ans))
+    stripped = _strip_wrappers(ans)
+    literal = parse_numeric_literal(stripped)
+    if literal is not None:
+        return f"{literal.value}{'%' if literal.percent else ''}"
+    return re.sub(r"\s+|\\?\$", "", stripped)
 
 
 def extract_final_answer(completion: str) -> str | None:
     r"""The clearly marked final answer of a completion, or ``None``.
 
-    Rules, in order (the first rule that applies decides):
+    Rules, in order (the first rule that applies decides), read after the last ``</think>`` when
+    there is one (a ``<think>`` never closed gives ``None``):
 
     1. **Boxed / GSM8K markers.**  Collect the contents of every outermost
        brace-balanced ``\boxed{...}`` (or ``\fbox{...}``) and the rest of the
-       line after every ``####``.  If there is at least one, they must all be
-       the same answer (compared after stripping whitespace, ``$`` and a final
-       period); then that answer is returned.  If they differ (e.g.
+       line after every ``####`` that holds a numeric literal (exactly four
+       ``#``: ``#### Step 1`` is a markdown heading).  If there is at least one,
+       they must all be the same answer (compared after stripping whitespace,
+       ``$``, ``\$`` and a final period; numeric literals by value, so ``18``
+       and ``18.00`` agree); then that answer is returned.  If they differ (e.g.
        ``\boxed{44} \boxed{45}``, or ``\boxed{45}`` plus ``#### 44``) the
        answer is ambiguous and ``None`` is returned: a policy must not be able
        to list candidates.  If the text has box commands but none of them is
@@ -131,6 +140,10 @@ def extract_final_answer(completion: str) -> str | None:
     """
     if not isinstance(completion, str) or not completion:
         return None
+    if "</think>" in completion:  # a reasoning model's answer follows its thinking, whose tries are not answers
+        completion = completion.rsplit("</think>", 1)[1]
+    elif "<think>" in completion:
+        return None  # thinking never closed: the output was cut before any answer
     marked: list[str] = []
     boxed = extract_boxed(completion)
     if boxed is not None:
@@ -138,7 +151,8 @@ def extract_final_answer(completion: str) -> str | None:
             return None
         marked.extend(boxed)
     if "####" in completion:
-        marked.extend(m.group(1) for m in _GSM8K.finditer(completion))
+        # GSM8K's marker holds a number; "#### Step 1" or "#### Final Answer" is a markdown heading
+        marked.extend(m.group(1) for m in _GSM8K.finditer(completion) if parse_numeric_literal(_strip_wrappers(m.group(1))) is not None)
     if marked:
         keys = {_answer_key(a) for a in marked}
         if len(keys) != 1:
@@ -205,6 +219,7 @@ class NumericLiteral(NamedTuple):
     # False for a fraction that is not in lowest terms (90/2, \frac{6}{4}, \frac{1.5}{3}): it restates
     # a division rather than answering it, so a ``number`` answer written so scores 0
     lowest_terms: bool = True
+    unit: str = ""  # the words after it ("cm", "dollars"); a single letter may be a variable (5i, 3x)
 
 
 # Words that may not follow a number as a "unit": they turn the answer into a
@@ -312,7 +327,7 @@ def parse_numeric_literal(text: str) -> NumericLiteral | None:
         return None
     if m.group("sign") == "-":
         value = -value
-    return NumericLiteral(value, bool(m.group("pct")), decimals, lowest_terms)
+    return NumericLiteral(value, bool(m.group("pct")), decimals, lowest_terms, " ".join(unit.split()))
 
 
 def _close(a: NumericLiteral, av: Fraction, b: NumericLiteral, bv: Fraction) -> bool:

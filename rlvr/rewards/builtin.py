@@ -218,7 +218,9 @@ def _dangerous_latex(s: str) -> str | None:
 def _expression_match(pred: str, gold: str) -> bool:
     gp = parse_numeric_literal(gold)
     pp = parse_numeric_literal(pred)
-    if gp is not None and pp is not None:
+    # two numbers compare as numbers, unless a single letter follows one: in an expression 5i or 3x
+    # is a product, not 5 with a unit (5 against gold 5i scored 1)
+    if gp is not None and pp is not None and not any(len(x.unit) == 1 for x in (gp, pp)):
         return numbers_match(pp, gp)
     if _dangerous_latex(pred) is not None:
         return False

@@ -498,3 +498,30 @@ def test_no_code_execution_in_process(tmp_path):
                 pass
     assert not sentinel.exists()
     assert not os.path.exists(cmd.split()[-1])
+
+
+@pytest.mark.parametrize("completion, gold, answer_type, reward", [
+    # markdown headings are not GSM8K markers: a correct boxed answer scored 0 beside them
+    ("### Step 1\nadd\n#### Final Answer\nThe total cost is $\\boxed{18}$.", "18", "number", 1.0),
+    ("#### Step 2: answer\nso \\boxed{7}", "7", "number", 1.0),
+    ("##### Note\n\\boxed{18}", "18", "number", 1.0),
+    ("#### 44\n\\boxed{45}", "45", "number", 0.0),  # a real marker that disagrees still cancels
+    # one answer written twice, cosmetically apart, is one answer
+    ("\\boxed{18}\n#### $18", "18", "number", 1.0),
+    ("\\boxed{18} so \\boxed{\\$18}", "18", "number", 1.0),
+    ("\\boxed{18} so \\boxed{18.00}", "18", "number", 1.0),
+    ("\\boxed{1,800} so \\boxed{1800}", "1800", "number", 1.0),
+    ("\\boxed{3} or \\boxed{4}", "3", "number", 0.0),  # candidates still cancel
+    ("\\boxed{5} so \\boxed{5\\%}", "5", "number", 0.0),
+    # a reasoning model's tries inside <think> are not its answer
+    ("<think>So \\boxed{16}? No, recheck.</think>\n\nThe total is \\boxed{18}.", "18", "number", 1.0),
+    ("<think>So \\boxed{16}? No, recheck", "16", "number", 0.0),  # cut before any answer
+    # in an expression a single letter after a number is a product, not a unit
+    ("\\boxed{5}", "5i", "expression", 0.0),
+    ("\\boxed{3i}", "3", "expression", 0.0),
+    ("\\boxed{2m}", "2n", "expression", 0.0),
+    ("\\boxed{5i}", "5i", "expression", 1.0),
+    ("\\boxed{18 \\text{ cm}}", "18", "expression", 1.0),
+])
+def test_grading_of_formats_a_review_found_misread(completion, gold, answer_type, reward):
+    assert math_reward(completion, gold, answer_type) == reward

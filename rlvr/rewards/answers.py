@@ -31,7 +31,7 @@ MAX_BARE_ANSWER_CHARS = 100
 _BOX_TOKEN = re.compile(r"\\(?:boxed|fbox)\s*\{|\\[{}]|[{}]")
 _BOX_START = re.compile(r"\\(?:boxed|fbox)\b")
 _GSM8K = re.compile(r"(?<!#)####(?!#)[ \t]*([^\n]*)")  # exactly four: five or more are a markdown heading
-_ANSWER_PHRASE = re.compile(r"(?i)\banswer\s*(?:is|:|=)\s*:?[ \t]*\n?[ \t]*")
+_ANSWER_PHRASE = re.compile(r"(?i)\banswer\s*(?:\*\*)?\s*(?:is|:|=)\s*:?(?:\*\*)?[ \t]*\n?[ \t]*")  # **Answer**: 7, **Final Answer:**
 _SENTENCE_END = re.compile(r"\.(?:\s|$)")
 
 
@@ -165,7 +165,10 @@ def extract_final_answer(completion: str) -> str | None:
         answers: list[str | None] = []
         for i, m in enumerate(phrases):
             rest = completion[m.end() : m.end() + 2 * MAX_ANSWER_CHARS]
-            rest = rest.split("\n", 1)[0]
+            lines = rest.split("\n")
+            rest = lines[0]
+            if not rest.strip(" \t*"):  # "the final answer is:" then a blank line, then the answer
+                rest = next((line for line in lines[1:3] if line.strip(" \t*")), "")
             cut = _SENTENCE_END.search(rest)
             if cut is not None:
                 rest = rest[: cut.start()]
@@ -175,6 +178,10 @@ def extract_final_answer(completion: str) -> str | None:
                     continue  # "Answer: the final answer is 45": the inner phrase decides
                 rest = between  # "answer is 44 or the answer is 45": two answers
             answers.append(_finish(rest))
+        if any(a and re.search(r"[\d$\\]", a) for a in answers):
+            # "we check our answer is reasonable" is no answer beside "the answer is 7" (it vetoed it);
+            # answers without math in them stay when no phrase has any ("the answer is yes")
+            answers = [a for a in answers if a and re.search(r"[\d$\\]", a)]
         keys = {_answer_key(a) if a else "" for a in answers}
         if len(keys) != 1 or not answers[-1]:
             return None
@@ -254,6 +261,9 @@ _VAR_PREFIX = re.compile(r"^[A-Za-z]\s*=\s*")
 
 
 def _normalize_number_text(s: str) -> str:
+    # math delimiters around the number inside the answer: "$18$ dollars", "\(18\) dollars"
+    s = re.sub(r"(?<!\\)\$([^$]+?)(?<!\\)\$", r"\1", s)
+    s = re.sub(r"\\\((.*?)\\\)", r"\1", s)
     s = s.replace("\u2212", "-").replace("\u2013", "-").replace("\u00a0", " ")
     s = re.sub(r"\\[dt]frac", r"\\frac", s)
     s = s.replace("{,}", ",").replace("\\%", "%").replace("\\$", "$")

@@ -522,6 +522,16 @@ def test_no_code_execution_in_process(tmp_path):
     ("\\boxed{2m}", "2n", "expression", 0.0),
     ("\\boxed{5i}", "5i", "expression", 1.0),
     ("\\boxed{18 \\text{ cm}}", "18", "expression", 1.0),
+    # answer phrases in markdown, across a blank line, beside a phrase that is no answer, with delimiters inside
+    ("**Answer**: 7", "7", "number", 1.0),
+    ("**Final Answer:**\n7", "7", "number", 1.0),
+    ("So the final answer is:\n\n$$7$$", "7", "number", 1.0),
+    ("We check our answer is reasonable.\nThe answer is 7.", "7", "number", 1.0),
+    ("The answer is $18$ dollars.", "18", "number", 1.0),
+    ("The answer is \\(18\\) dollars.", "18", "number", 1.0),
+    ("The answer is 44. The answer is 45.", "45", "number", 0.0),  # two answers still cancel
+    ("The answer is $5$ or $6$", "5", "number", 0.0),
+    ("The answer is yes", "yes", "string", 1.0),
 ])
 def test_grading_of_formats_a_review_found_misread(completion, gold, answer_type, reward):
     assert math_reward(completion, gold, answer_type) == reward

@@ -14,6 +14,7 @@ module is safe to import anywhere.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -214,16 +215,22 @@ def compare_runs(run_dirs: list[str]) -> list[dict]:
     rows = []
     for run_dir, label in zip(run_dirs, _unique_labels(run_dirs)):
         run = _Run(run_dir, label)
-        _, acc = run.series("eval/accuracy")
+        acc_steps, acc = run.series("eval/accuracy")
         steps = [r["step"] for r in run.records]
         before = next((_number(r.get("eval/accuracy")) for r in run.records if r["step"] == 0), None)
         last_pass = run.last_pass_at_k()
+        final_step = int(acc_steps[-1]) if acc_steps else None
+        uids = _eval_uids(Path(run_dir), final_step)
         rows.append({
             "run": label,
             "run_dir": str(run_dir),
             "steps": max(steps, default=0),
             "heldout_before": before,
             "heldout_final": acc[-1] if acc else None,
+            "heldout_final_step": final_step,  # the last evaluation's, which need not be the last step's
+            "eval_prompts": len(uids) if uids is not None else None,
+            "eval_set": hashlib.sha256("\n".join(sorted(uids)).encode()).hexdigest()[:12] if uids else None,
+            "pass_at_k_step": last_pass[0] if last_pass else None,
             "pass_at_k": {f"pass@{k}": v for k, v in zip(last_pass[1], last_pass[2])} if last_pass else {},
             "rollouts": run.cum_rollouts[-1] if run.cum_rollouts else 0.0,
             "seconds": sum((_number(r.get("time/step")) or 0.0) + (_number(r.get("time/eval")) or 0.0) for r in run.records),
@@ -231,22 +238,52 @@ def compare_runs(run_dirs: list[str]) -> list[dict]:
     return rows
 
 
+def _eval_uids(run_dir: Path, step: int | None) -> list[str] | None:
+    """The held-out prompts evaluated at ``step`` (eval.jsonl), or None when unknown."""
+    path = run_dir / "eval.jsonl"
+    if step is None or not path.exists():
+        return None
+    uids = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line a crash cut short
+        if record.get("step") == step and "uid" in record:
+            uids.append(str(record["uid"]))
+    return uids or None
+
+
+def comparison_warnings(rows: list[dict]) -> list[str]:
+    """What makes the rows' accuracies not side by side: final evaluations at different steps, or of
+    different held-out prompts (they printed as equals)."""
+    out = []
+    if len({r["heldout_final_step"] for r in rows if r["heldout_final"] is not None}) > 1:
+        out.append("the final held-out accuracies come from different steps: " +
+                   ", ".join(f"{r['run']} step {r['heldout_final_step']}" for r in rows if r["heldout_final"] is not None))
+    if len({r["eval_set"] for r in rows if r["eval_set"]}) > 1:
+        out.append("the runs evaluated different held-out prompts: " +
+                   ", ".join(f"{r['run']} {r['eval_prompts']} prompts (set {r['eval_set']})" for r in rows if r["eval_set"]))
+    return out
+
+
 def format_comparison(rows: list[dict]) -> str:
-    """A plain-text table of :func:`compare_runs` rows."""
+    """A plain-text table of :func:`compare_runs` rows, and what makes them not comparable."""
     ks = sorted({k for r in rows for k in r["pass_at_k"]}, key=lambda k: int(k.split("@")[1]))
     top_k = ks[-1:]  # the largest k; --json has them all
 
     def cell(v) -> str:
         return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) and v < 10 else f"{v:.0f}" if isinstance(v, float) else str(v))
 
-    header = ["run", "steps", "held-out before", "held-out final", *top_k, "rollouts", "seconds"]
+    header = ["run", "steps", "held-out before", "held-out final", "at step", "prompts", *top_k, "rollouts", "seconds"]
     table = [header] + [
-        [r["run"], cell(r["steps"]), cell(r["heldout_before"]), cell(r["heldout_final"]),
-         *[cell(r["pass_at_k"].get(k)) for k in top_k], cell(r["rollouts"]), cell(r["seconds"])]
+        [r["run"], cell(r["steps"]), cell(r["heldout_before"]), cell(r["heldout_final"]), cell(r["heldout_final_step"]),
+         cell(r["eval_prompts"]), *[cell(r["pass_at_k"].get(k)) for k in top_k], cell(r["rollouts"]), cell(r["seconds"])]
         for r in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+    return "\n".join(lines + [f"note: {w}" for w in comparison_warnings(rows)])
 
 
 # -- figures -----------------------------------------------------------------------

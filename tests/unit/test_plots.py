@@ -272,3 +272,23 @@ def test_episodes_figure_for_multi_turn_runs_only(tmp_path):
     paths = plot_runs([str(env), str(plain)], str(tmp_path / "out"))
     assert "episodes.png" in {p.name for p in paths}
     _png_ok(tmp_path / "out" / "episodes.png")
+
+
+def test_compare_says_when_final_accuracies_are_not_side_by_side(tmp_path):
+    """Run A evaluated 4 prompts at step 2, run B 6 others last at step 1: they printed as equals."""
+    import json
+
+    from rlvr.analysis.plots import compare_runs, format_comparison
+
+    for name, evals, prompts in (("A", {0: 0.3, 2: 0.5}, 4), ("B", {0: 0.4, 1: 0.45}, 6)):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "rollouts": 32, **({"eval/accuracy": evals[s]} if s in evals else {})}) + "\n"
+                                                 for s in range(3)))
+        (d / "eval.jsonl").write_text("".join(json.dumps({"step": s, "uid": f"{name}/{i}", "greedy": 1}) + "\n"
+                                              for s in evals for i in range(prompts)))
+    rows = compare_runs([str(tmp_path / "A"), str(tmp_path / "B")])
+    assert [(r["heldout_final_step"], r["eval_prompts"]) for r in rows] == [(2, 4), (1, 6)]
+    table = format_comparison(rows)
+    assert "note: the final held-out accuracies come from different steps: A step 2, B step 1" in table
+    assert "note: the runs evaluated different held-out prompts: A 4 prompts" in table

@@ -92,7 +92,7 @@ FAMILY_PAIRS = (("v05", "grpo"), ("grpo-n6", "grpo"), ("v05", "grpo-n6"), ("v05@
 PASS_KS = (1, 2, 4, 8)
 # Sampled pass@k costs 8 generations per held-out prompt; only question 2 reads it.
 SAMPLED = {"grpo", "v05", "grpo+focal", "v05+focal"}
-KEEP = ("config.yaml", "summary.json", "metrics.jsonl", "eval.jsonl", "decisions.jsonl", "oracle.jsonl")  # what a finished run keeps
+KEEP = ("config.yaml", "summary.json", "metrics.jsonl", "eval.jsonl", "decisions.jsonl", "warmup.jsonl", "oracle.jsonl")  # what a finished run keeps
 
 
 KEPT = ["cluster.keep_roles=true"]  # each run resets the previous run's actors instead of starting its own

@@ -48,7 +48,7 @@ QUICK = [
     "verifier.terms=[{fn: format, weight: 1.0, kwargs: {pattern: '(?:.{2})*.', mode: fullmatch, bonus: 1.0}, correctness: true}]",
 ]
 QUICK_V05 = ["algorithm.warmup_prompts=8"]
-KEEP = ("config.yaml", "summary.json", "metrics.jsonl", "decisions.jsonl")  # what a finished run keeps
+KEEP = ("config.yaml", "summary.json", "metrics.jsonl", "decisions.jsonl", "warmup.jsonl")  # what a finished run keeps
 
 
 def base_overrides(quick: bool, steps: int) -> list[str]:

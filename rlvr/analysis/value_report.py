@@ -67,6 +67,10 @@ def read_steps(run_dir: Path) -> "OrderedDict[int, list[dict]]":
     steps = load_decisions(run_dir)
     if not steps:
         raise ValueError(f"{Path(run_dir) / 'decisions.jsonl'} holds no decisions")
+    warmup = Path(run_dir) / "warmup.jsonl"  # V0.5's warm-up pairs: the context before step 1
+    if warmup.exists():
+        rows = [json.loads(line) for line in warmup.read_text().splitlines() if line.strip()]
+        return OrderedDict([(0, rows), *((s, r) for s, r in steps.items() if s != 0)])
     return OrderedDict(steps)
 
 
@@ -88,9 +92,10 @@ def replay(steps: "OrderedDict[int, list[dict]]", texts: dict[str, str], model) 
         if missing:
             raise KeyError(f"step {step}: uids {missing[:3]} are not in the run's data (was data.* changed?)")
         prompts = [texts[r["uid"]] for r in rows]
-        prior, unc = model.predict(prompts)
-        for r, p, u in zip(rows, prior.tolist(), unc.tolist()):
-            out.append(Prediction(step, context, p, u, int(r["k"]), int(r["n"])))
+        if not _warmup(rows):  # V0.5's warm-up pairs fill the context before step 1; they are not predicted
+            prior, unc = model.predict(prompts)
+            for r, p, u in zip(rows, prior.tolist(), unc.tolist()):
+                out.append(Prediction(step, context, p, u, int(r["k"]), int(r["n"])))
         model.add_context(prompts, [r["k"] / r["n"] for r in rows])
         context = min(context + len(rows), getattr(model, "size", None) or model.context_size)
     return out
@@ -99,9 +104,14 @@ def replay(steps: "OrderedDict[int, list[dict]]", texts: dict[str, str], model) 
 def logged(steps: "OrderedDict[int, list[dict]]", context_size: int) -> list[Prediction]:
     out, context = [], 0
     for step, rows in steps.items():
-        out += [Prediction(step, context, r["prior"], r.get("uncertainty", float("nan")), r["k"], r["n"]) for r in rows]
+        if not _warmup(rows):
+            out += [Prediction(step, context, r["prior"], r.get("uncertainty", float("nan")), r["k"], r["n"]) for r in rows]
         context = min(context + len(rows), context_size)
     return out
+
+
+def _warmup(rows: list[dict]) -> bool:
+    return bool(rows) and all(r.get("decision") == "warmup" for r in rows)
 
 
 def auc(prior: np.ndarray, k: np.ndarray, n: np.ndarray) -> float:

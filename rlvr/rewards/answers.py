@@ -95,7 +95,7 @@ def _strip_wrappers(ans: str) -> str:
 
 
 def _answer_key(ans: str) -> str:
-    """Key used to decide whether two marked answers are "the same": without whitespace, ``$`` or
+    r"""Key used to decide whether two marked answers are "the same": without whitespace, ``$`` or
     ``\$``; a numeric literal by its value and percent sign (``18``, ``18.00``, ``1,800`` written
     twice are one answer; a unit word is no second answer)."""
     if len(ans) > 4 * MAX_ANSWER_CHARS:

@@ -32,7 +32,7 @@ def warm_start(ctl: BudgetController, problems: list[Problem], seed: int) -> dic
     reject everything (DESIGN.md, "V0.5 starves at the start of a run"). So each half's priors
     are predicted from the other half's outcomes (two-fold cross-fitting: no prior has seen its
     own prompt's outcome), and those (prior, k, n) enter the window. The context then holds
-    every warm-up pair. Returns what it cost and what it found.
+    every warm-up pair. Returns what it cost and what it found, and (``decisions``) each warm-up pair.
     """
     ctl.timings, ctl.counts = {}, {}
     start = time.perf_counter()
@@ -51,7 +51,12 @@ def warm_start(ctl: BudgetController, problems: list[Problem], seed: int) -> dic
     ctl.value_server.snapshot()
     if bool(real.any()):
         ctl.v05.observe(prior[real], k[real], n[real], unc[real])
+    # the warm-up's pairs, logged at step 0: what the value context held before step 1 (`rlvr value-report`
+    # replays the context from them; without them its predictors saw 64 fewer items than the run's)
+    decisions = [dict(uid=p.uid, prior=float(prior[i]), uncertainty=float(unc[i]), k=int(k[i]), n=int(n[i]), decision="warmup", extra=0)
+                 for i, p in enumerate(problems)]
     return {
+        "decisions": decisions,
         "warmup/prompts": len(problems),
         "warmup/rollouts": ctl.counts.get("rollouts", 0),
         "warmup/gen_tokens": ctl.counts.get("gen_tokens", 0),

@@ -62,6 +62,7 @@ from rlvr.train.drivers import AsyncBatches, sync_batches
 from rlvr.train.evaluate import evaluate, evaluation_problems
 from rlvr.train.oracle import gradient_cosine, oracle_metrics, sample_oracle
 from rlvr.train.state import (
+    WARMUP_RECORDS,
     MetricsLog,
     RunStopped,
     StopRequest,
@@ -74,6 +75,7 @@ from rlvr.train.state import (
     save_training_state,
     set_aside_records,
     set_rng_state,
+    write_records,
 )
 from rlvr.types import Batch
 
@@ -365,8 +367,10 @@ class Run:
         """A fresh run: V0.5's warm start (if any) and the held-out accuracy before training."""
         cfg, roles = self.cfg, self.roles
         step0: dict = {}
+        warmup_decisions: list[dict] = []
         if warmup_problems:
             step0 = self.controller.warm_start(warmup_problems, seed=step_seed(cfg.seed, 0))
+            warmup_decisions = step0.pop("decisions")
             log.info(
                 "V0.5 warm start: %d prompts, %d rollouts in %.1f s; prior Brier %.4f (the context mean's %.4f), window %d",
                 step0["warmup/prompts"], step0["warmup/rollouts"], step0["warmup/seconds"], step0["warmup/prior_brier"],
@@ -383,6 +387,8 @@ class Run:
                      float("nan") if self.heldout_before is None else self.heldout_before, len(self.eval_problems))
         if step0:
             self.metrics_log.write(0, step0, eval_records=eval_records)
+        if warmup_decisions:  # what the value context held before step 1 (`rlvr value-report` replays from it)
+            write_records(self.run_dir / WARMUP_RECORDS, warmup_decisions)
             self.history.append({"step": 0, **step0})
 
     # -- the loop --------------------------------------------------------------------------------

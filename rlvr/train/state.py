@@ -32,7 +32,15 @@ if TYPE_CHECKING:  # the roles module starts actors; this one only reads their h
 log = logging.getLogger("rlvr")
 
 
-RECORDS = ("metrics.jsonl", "decisions.jsonl", "eval.jsonl", "oracle.jsonl")
+WARMUP_RECORDS = "warmup.jsonl"  # V0.5's warm-up pairs (uid, prior, k, n): the value context before step 1
+RECORDS = ("metrics.jsonl", "decisions.jsonl", "eval.jsonl", "oracle.jsonl", WARMUP_RECORDS)
+
+
+def write_records(path: Path, records: list[dict]) -> None:
+    """``records`` as JSON lines, written whole (a temp file renamed into place)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tmp.replace(path)
 
 
 def set_aside_records(run_dir: Path) -> list[Path]:

@@ -34,6 +34,8 @@ def every_role_worked(name: str, run_dir: Path) -> None:
         assert all(r["rollouts"] <= 1.5 * 16 for r in steps)
         decisions = [json.loads(l) for l in (run_dir / "decisions.jsonl").read_text().splitlines()]
         assert len(decisions) == 8 and {"prior", "k", "n", "z2", "lam", "baseline", "extra"} <= set(decisions[0])
+        warmup = [json.loads(l) for l in (run_dir / "warmup.jsonl").read_text().splitlines()]  # the context before step 1
+        assert len(warmup) == 8 and all(w["decision"] == "warmup" and 0 <= w["k"] <= w["n"] for w in warmup)
     if name == "dapo":
         assert all(r["dapo/rounds"] >= 1 for r in steps)
 

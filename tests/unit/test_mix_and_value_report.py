@@ -81,3 +81,18 @@ def test_value_report_cli_writes_json_and_png(tmp_path, capsys):
     assert "brier" in capsys.readouterr().out
     # a directory that is no run fails with a message, not a traceback
     assert main(["value-report", str(tmp_path)]) == 2
+
+
+def test_value_report_starts_from_the_warm_start_s_context_and_does_not_score_it(tmp_path):
+    """V0.5's warm start filled the value context before step 1, but logged nothing: the replay's
+    predictors saw 64 fewer items than the run's, and --min-context counted from the wrong place."""
+    from rlvr.analysis.value_report import logged
+
+    run_dir = logged_run(tmp_path, [[1.0, 1.0, 1.0, 1.0], [0.0, 0.5, 1.0, 0.5]])
+    lines = (run_dir / "decisions.jsonl").read_text().splitlines()  # step 1's four become the warm-up's pairs
+    (run_dir / "warmup.jsonl").write_text("".join(json.dumps({**json.loads(line), "decision": "warmup"}) + "\n" for line in lines[:4]))
+    (run_dir / "decisions.jsonl").write_text("\n".join(lines[4:]) + "\n")
+    steps = read_steps(run_dir)
+    preds = replay(steps, {r["uid"]: "q" for rows in steps.values() for r in rows}, ContextMean(256))
+    assert [(p.step, p.context, p.prior) for p in preds] == [(2, 4, 1.0)] * 4  # the warm-up's mean, 4 items of context
+    assert [(p.step, p.context) for p in logged(steps, 256)] == [(2, 4)] * 4

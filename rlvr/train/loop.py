@@ -387,9 +387,9 @@ class Run:
                      float("nan") if self.heldout_before is None else self.heldout_before, len(self.eval_problems))
         if step0:
             self.metrics_log.write(0, step0, eval_records=eval_records)
+            self.history.append({"step": 0, **step0})
         if warmup_decisions:  # what the value context held before step 1 (`rlvr value-report` replays from it)
             write_records(self.run_dir / WARMUP_RECORDS, warmup_decisions)
-            self.history.append({"step": 0, **step0})
 
     # -- the loop --------------------------------------------------------------------------------
     def make_batch(self, step: int) -> Batch:

@@ -27,14 +27,22 @@ def settings_in_fresh_processes(module: str, settings: dict[str, list[str]], nam
                                  worker_args: list[str], relative: dict[str, str], env: dict | None = None) -> dict[str, dict]:
     """Run `python -m module --worker JSON(common + settings[name]) *worker_args` for each name, each in its
     own process (so each memory figure is that setting's alone): {name: the worker's JSON}, with each
-    `relative` key (new name -> measured key) as the ratio to the first setting's."""
+    `relative` key (new name -> measured key) as the ratio to the first setting's. A setting whose worker
+    fails is reported as {"error": ...} (its traceback went to stderr) and the others still run."""
     results: dict[str, dict] = {}
     for name in names:
         print(f"[{module.rsplit('.', 1)[-1]}] {name}", file=sys.stderr, flush=True)
         cmd = [sys.executable, "-m", module, "--worker", json.dumps([*common, *settings[name]]), *worker_args]
-        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env).stdout
-        results[name] = json.loads(out.strip().splitlines()[-1])
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+        try:
+            if done.returncode:
+                raise ValueError(f"the worker exited with {done.returncode}")
+            results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError) as e:  # no JSON line, or a failed run
+            print(f"[{module.rsplit('.', 1)[-1]}] {name} failed: {e}", file=sys.stderr, flush=True)
+            results[name] = {"error": str(e)}
     first = results[names[0]]
     for r in results.values():
-        r.update({ratio: r[key] / first[key] for ratio, key in relative.items()})
+        if "error" not in r:
+            r.update({ratio: (r[key] / first[key] if "error" not in first else None) for ratio, key in relative.items()})
     return results

@@ -74,14 +74,15 @@ class World:
 
 
 def make_world(prompts: int, answers: int, a: float, b: float, gen: torch.Generator, correct_n: int = 2) -> World:
-    """Initial success p ~ Beta(a, b); answer 0 is the common correct one (4/5 of p), answers
-    1..correct_n − 1 the rare ones (sharing 1/5), the other K − correct_n share 1 − p with random
+    """Initial success p ~ Beta(a, b); answer 0 is the common correct one (4/5 of p; all of it
+    when correct_n = 1), answers 1..correct_n − 1 the rare ones (sharing 1/5), the other K − correct_n share 1 − p with random
     proportions. correct_n = 2 draws exactly what the two-answer world always drew."""
     p = _beta(a, b, prompts, gen)
     wrong = torch.rand(prompts, answers - correct_n, generator=gen) + 0.1
     wrong = wrong / wrong.sum(-1, keepdim=True) * (1 - p)[:, None]
-    rare_p = (0.2 * p / (correct_n - 1))[:, None].expand(prompts, correct_n - 1)
-    probs = torch.cat([(0.8 * p)[:, None], rare_p, wrong], dim=-1)
+    common = p if correct_n == 1 else 0.8 * p  # no rare answer to share the other 1/5 with
+    rare_p = (0.2 * p / max(correct_n - 1, 1))[:, None].expand(prompts, correct_n - 1)
+    probs = torch.cat([common[:, None], rare_p, wrong], dim=-1)
     correct = torch.zeros(prompts, answers, dtype=torch.bool)
     correct[:, :correct_n] = True
     rare = torch.zeros(prompts, answers, dtype=torch.bool)

@@ -36,7 +36,9 @@ SIGMAS = (0.25, 0.5, 1.0, 2.0)
 
 def pass_rates(n: int, gen: torch.Generator) -> torch.Tensor:
     kind = torch.rand(n, generator=gen)
-    mid = torch.distributions.Beta(2.0, 2.0).sample((n,))
+    # Beta(2, 2) is the median of three uniforms; drawn from `gen` (torch.distributions takes no
+    # generator, so its draws came from the unseeded global RNG and every run differed).
+    mid = torch.rand(n, 3, generator=gen).median(dim=1).values
     return torch.where(kind < 1 / 3, torch.zeros(n), torch.where(kind < 0.5, torch.ones(n), mid))
 
 

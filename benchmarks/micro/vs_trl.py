@@ -19,8 +19,10 @@ default gradient checkpointing; extra `key=value` arguments go to `rlvr train` (
 - TRL 1.16 GRPOTrainer, generating with HF `generate` (TRL's default without a vLLM server), in its
   own venv `benchmarks/.venv-trl` (created on first use; never by CI). Phases: generation
   (`_generate_single_turn`), log-prob forward (no-grad `_get_per_token_logps_and_entropies`: none
-  is made when generation and optimization are aligned, as here), train (the rest of
-  `training_step`: rewards, the loss forward, backward, optimizer step).
+  is made when generation and optimization are aligned, as here), train (the rest of the step,
+  `on_step_begin` to `on_step_end`: rewards, the loss forward, backward, gradient clipping and the
+  optimizer step, the last two of which HF's Trainer runs after `training_step`; before 2026-12-07
+  only `training_step` was timed, which left them out of TRL's figures, about 1 % of its step).
 - Peak memory: the largest sum of PSS (proportional set size: shared pages counted once) over the
   whole process tree (for rlvr: the driver, Ray's daemons, every actor), sampled every 0.5 s, with
   each process's share at the moment of the peak.
@@ -56,7 +58,7 @@ def trl_worker(spec_path: str) -> None:
     import torch
     from datasets import Dataset
     from math_verify import parse, verify
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     spec = json.loads(Path(spec_path).read_text())
@@ -83,13 +85,16 @@ def trl_worker(spec_path: str) -> None:
                 if not torch.is_grad_enabled():
                     phase["logprob"] += time.perf_counter() - start
 
-        def training_step(self, *args, **kwargs):
-            phase.update(generate=0.0, logprob=0.0)
-            start = time.perf_counter()
-            out = super().training_step(*args, **kwargs)
-            total = time.perf_counter() - start
+    class StepTimer(TrainerCallback):
+        """A step from its first `training_step` to `on_step_end`: HF's Trainer clips the gradients and
+        steps the optimizer after `training_step` returns, so timing `training_step` alone left them out."""
+
+        def on_step_begin(self, *args, **kwargs):
+            phase.update(generate=0.0, logprob=0.0, start=time.perf_counter())
+
+        def on_step_end(self, *args, **kwargs):
+            total = time.perf_counter() - phase["start"]
             steps.append({"step": total, "generate": phase["generate"], "logprob": phase["logprob"], "train": total - phase["generate"] - phase["logprob"]})
-            return out
 
     def correct(completions, answer, **_):
         return [float(bool(verify(parse(a), parse(c)))) for c, a in zip(completions, answer)]
@@ -123,7 +128,8 @@ def trl_worker(spec_path: str) -> None:
     )
     model = AutoModelForCausalLM.from_pretrained(spec["model_path"], dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(spec["model_path"], padding_side="left")
-    trainer = TimedGRPOTrainer(model=model, reward_funcs=correct, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trainer = TimedGRPOTrainer(model=model, reward_funcs=correct, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                               callbacks=[StepTimer()])
     trainer.train()
     print(json.dumps({"steps": steps, "threads": torch.get_num_threads()}))
 
@@ -219,6 +225,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT / "vs_trl.json")
     ap.add_argument("rlvr_overrides", nargs="*", help="extra `rlvr train` overrides, e.g. learner.micro_batch_size=8")
     args = ap.parse_args()
+    if args.steps < 1 or args.warmup < 0:
+        ap.error("--steps must be >= 1 and --warmup >= 0")
     from omegaconf import OmegaConf
 
     from rlvr.analysis.plots import load_metrics

@@ -164,8 +164,8 @@ class _Run:
         self.label = label
         self.records = load_metrics(run_dir)
         total, self.cum_rollouts = 0.0, []
-        for r in self.records:
-            total += _number(r.get("rollouts")) or 0.0
+        for r in self.records:  # step 0 records V0.5's warm-up spend under its own key
+            total += sum(_number(r.get(k)) or 0.0 for k in ("rollouts", "warmup/rollouts"))
             self.cum_rollouts.append(total)
 
     def series(self, key: str, x: str = "step") -> tuple[list[float], list[float]]:

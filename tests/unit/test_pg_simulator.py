@@ -59,6 +59,9 @@ def test_more_correct_answers_keep_the_initial_success_and_two_draw_the_original
     assert torch.allclose(p2, p4, atol=1e-6)  # the same Beta draw of p, shared out over more answers
     probs = four.logits.softmax(-1)
     assert torch.allclose((probs * four.rare).sum(-1), 0.2 * p4, atol=1e-6)
+    one = sim.make_world(8, 16, 0.7, 1.3, torch.Generator().manual_seed(5), correct_n=1)
+    assert one.correct.sum(-1).tolist() == [1] * 8 and not one.rare.any()
+    assert torch.allclose(sim.success(one), p2, atol=1e-6)  # one correct answer holds all of p
 
 
 def test_adam_is_seeded_differs_from_sgd_and_an_unknown_optimizer_is_refused():

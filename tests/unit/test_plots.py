@@ -292,3 +292,14 @@ def test_compare_says_when_final_accuracies_are_not_side_by_side(tmp_path):
     table = format_comparison(rows)
     assert "note: the final held-out accuracies come from different steps: A step 2, B step 1" in table
     assert "note: the runs evaluated different held-out prompts: A 4 prompts" in table
+
+
+def test_rollouts_spent_count_v05s_warm_up(tmp_path):
+    """Step 0's warm-up rollouts (`warmup/rollouts`) were left out of the curves and `rlvr compare`."""
+    from rlvr.analysis.plots import compare_runs
+
+    d = tmp_path / "v05"
+    d.mkdir()
+    recs = [{"step": 0, "warmup/rollouts": 256, "eval/accuracy": 0.3}, *({"step": s, "rollouts": 32} for s in (1, 2))]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert compare_runs([str(d)])[0]["rollouts"] == 320.0

@@ -135,10 +135,12 @@ def fit_calibration(
     counts: torch.Tensor,
     pool: bool = True,
     prior_scale: torch.Tensor | None = None,
+    population: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> V05Calibration:
     """Empirical-Bayes estimate of the prior's reliability from one pool of prompts (last dim).
 
-    m, v: moments of p across the pool, v corrected for binomial noise. (τ, π): the
+    m, v: moments of p across the pool, v corrected for binomial noise; or across ``population``
+    (successes, counts), where more prompts were observed than have a prior to judge. (τ, π): the
     maximiser over ``TAU_GRID`` × ``INVALID_RATE_GRID`` of
         Σ_g log[(1−π)·BB(k_g | n_g, valid prior(τ·r_g)) + π·BB(k_g | n_g, population)],
     with r_g = ``prior_scale`` (1 when None) the prompt's relative prior error sd. The pool
@@ -146,7 +148,7 @@ def fit_calibration(
     """
     p0, k, n = _inputs(prior, successes, counts)
     scale2 = _scale2(prior_scale, p0)
-    m, v = _population(k, n)
+    m, v = _population(k, n) if population is None else _population(*(torch.as_tensor(x).to(torch.float64) for x in population))
     m_, v_ = m.unsqueeze(-1), v.unsqueeze(-1)
     ll_invalid = _beta_binomial_loglik(k, n, m_, _beta_strength(m_, v_))
     pi = INVALID_RATE_GRID.to(k.device).view(-1, *([1] * k.ndim))  # [Π, ..., 1]
@@ -463,7 +465,10 @@ class V05Baseline:
             step = torch.ones(g, dtype=torch.bool) if informed is None else informed
             step_scale = torch.ones(*pooled_scale.shape[:-1], g, dtype=pooled_scale.dtype)  # a stand-in's is never read
             step_scale[..., step] = pooled_scale[..., : int(step.sum())]  # the step's informed prompts come first
-        cal = fit_calibration(pooled["prior"], pooled["k"], pooled["n"], self.pool, pooled_scale)
+        # The outcomes of every prompt, stand-ins' included, give the population's moments: with no
+        # informed prompt and an empty window, the informed pool alone would give m, v = NaN.
+        everyone = self._pool(prior, k, n, unc) if informed is not None else pooled
+        cal = fit_calibration(pooled["prior"], pooled["k"], pooled["n"], self.pool, pooled_scale, (everyone["k"], everyone["n"]))
         return dict(calibration=cal, pool=self.pool, alpha=self.alpha, prior_scale=step_scale, informed=informed)
 
     def allocate(

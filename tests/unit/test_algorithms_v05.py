@@ -368,3 +368,20 @@ def test_v05_baseline_constant_uncertainty_changes_nothing():
         scaled.fuse(prior, k, n, uncertainty=t(0.1, 0.2))
     with pytest.raises(ValueError, match="window"):
         new_baseline(window=0)
+
+
+@pytest.mark.parametrize("kw", [{}, {"use_uncertainty": True}], ids=["calibrated", "uncertainty"])
+def test_no_informed_prior_and_an_empty_window_still_gives_finite_baselines(kw):
+    """The value server down at step 1 with no warm-up (or after a warm-up whose priors were all
+    non-finite): the informed pool was empty, its moments NaN, so every b and advantage was NaN and
+    OSLA bought nothing. The population's moments come from every prompt's outcomes now."""
+    stand_in, k, n = torch.full((4,), 0.5, dtype=torch.float64), t(0, 1, 3, 4), torch.full((4,), 4.0, dtype=torch.float64)
+    unc = torch.full((4,), 0.3, dtype=torch.float64)
+    for informed in (torch.zeros(4, dtype=torch.bool), torch.tensor([True, False, False, False])):
+        fresh = new_baseline(window=256, **kw)
+        extra = fresh.allocate(stand_in, k, n, 64, uncertainty=unc, informed=informed, max_chunks=None)
+        b, diag = fresh.fuse(stand_in, k, n, uncertainty=unc, informed=informed)
+        assert torch.isfinite(b).all() and (diag["decision"][~informed] == REJECTED).all()
+        assert float(b[0]) < 0.2 and float(b[3]) > 0.8  # each prompt's own outcomes, shrunk, not one population value
+        assert bool((extra[~informed] > 0).any())  # uncertain prompts may buy rollouts
+        assert len(fresh) == int(informed.sum())  # the stand-ins stay out of the window

@@ -17,9 +17,12 @@ def step_seed(seed: int, step: int) -> int:
     return seed * 100003 + step
 
 
+ROUNDS_PER_STEP = 100  # round seeds of step s are s*100 .. s*100 + 99: config validation caps the rounds
+
+
 def round_seed(step: int, round_: int) -> int:
     """Round `round_` of generation within the step whose seed is `step` (round 0: the first draw)."""
-    return step * 100 + round_
+    return step * ROUNDS_PER_STEP + round_
 
 
 def engine_seed(call: int, engine: int) -> int:

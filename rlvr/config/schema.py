@@ -39,6 +39,7 @@ class AlgorithmConfig:
     kl_estimator: str = MISSING
     overlong: bool = MISSING
     overlong_buffer: Optional[int] = MISSING
+    overlong_penalty_factor: float = MISSING
     mask_truncated: bool = MISSING
     scale_by_std: bool = MISSING
     mini_batches: int = MISSING

@@ -1,6 +1,6 @@
 """`algorithm.sampling=dynamic_filter` (DAPO): drop groups whose correctness (`filter_metric=acc`, DAPO's
 and verl's choice) or shaped reward (`reward`) is all equal, and draw fresh prompts until the batch is
-full of mixed groups, for at most `max_rounds` generation rounds."""
+full of mixed groups, for at most `max_rounds` generation rounds of a whole batch each."""
 
 from __future__ import annotations
 
@@ -38,8 +38,10 @@ def collect_dynamic_filter(ctl: BudgetController, problems: list[Problem], more_
         # groups the shaped reward alone would have kept: all right or all wrong, differing in length
         dropped_reward_mixed += sum(m and not k for k, m in zip(keep, reward_mixed))
         dropped_acc_mixed += sum(m and not k for k, m in zip(keep, acc_mixed))  # 0 under filter_metric=acc
-        missing = target - len(kept)
-        pending = more_problems(missing) if missing > 0 and rounds < ctl.cfg.max_rounds else []
+        # A refill is a whole batch of fresh prompts, as verl's recipe draws a generation batch each
+        # round, and what is kept past the target is dropped. Drawing only the missing prompts gave
+        # each slot max_rounds tries: at half the groups mixed, 3 rounds filled 8 slots 29 % of the time.
+        pending = more_problems(target) if len(kept) < target and rounds < ctl.cfg.max_rounds else []
     stats = {
         "dapo/rounds": rounds,
         "dapo/kept_groups": min(len(kept), target),

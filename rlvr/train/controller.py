@@ -49,6 +49,7 @@ class ControllerConfig:
     filter_metric: str  # acc | reward: what must vary within a kept group
     overlong: bool
     overlong_buffer: int
+    overlong_penalty_factor: float  # R_len's weight against a 0/1 correctness reward
     max_response_tokens: int  # DAPO's L_max: rollout.max_tokens, or an episode's env.max_tokens
 
 
@@ -100,7 +101,7 @@ class BudgetController:
         rewards = torch.tensor([t.reward for t in out.trajectories], dtype=torch.float32)
         if self.cfg.overlong:
             lengths = torch.tensor([len(t.response_ids) for t in out.trajectories], dtype=torch.float32)  # an episode's observations too
-            penalty = overlong_penalty(lengths, self.cfg.max_response_tokens, self.cfg.overlong_buffer)
+            penalty = self.cfg.overlong_penalty_factor * overlong_penalty(lengths, self.cfg.max_response_tokens, self.cfg.overlong_buffer)
             rewards = rewards + penalty
             penalised = lengths[penalty < 0]
             self.counts["overlong_penalised"] = self.counts.get("overlong_penalised", 0) + len(penalised)

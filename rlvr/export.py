@@ -4,7 +4,10 @@ vLLM), or, for a LoRA run, into a peft adapter folder (`adapter=True`)."""
 from __future__ import annotations
 
 import logging
+import os
 import pickle
+import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -39,7 +42,11 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, adapter: bool = Fal
 
     ckpt, out_dir = Path(ckpt), Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():  # transformers only logs this and writes nothing
-        raise ValueError(f"export target {out_dir} is a file, not a folder: give a new or an existing folder")
+        raise ValueError(f"export target {out_dir} is a file, not a folder: give a new or an empty folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        # Writing into an earlier export mixed the two: transformers applied a stale adapter_config.json's
+        # adapter on top of newer merged weights, and vLLM ignored it.
+        raise ValueError(f"export target {out_dir} is not empty: give a new or an empty folder")
     ckpt = checkpoint_named(ckpt) or ckpt  # a run dir: its latest checkpoint
     problem = validate_checkpoint(ckpt)
     if problem:
@@ -70,7 +77,16 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, adapter: bool = Fal
         model = model.merge_and_unload()
     if not adapter:
         model = model.to(getattr(torch, cfg.model.dtype))
-    model.save_pretrained(out_dir)  # a PeftModel writes adapter_config.json and adapter_model.safetensors only
-    AutoTokenizer.from_pretrained(base).save_pretrained(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # a folder as mkdir would make it, not mkdtemp's owner-only one
+    try:  # built beside the target and renamed into place: a crash leaves no half-written model folder
+        model.save_pretrained(tmp)  # a PeftModel writes adapter_config.json and adapter_model.safetensors only
+        AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
+        os.rename(tmp, out_dir)  # replaces an empty folder
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     log.info("exported %s to %s%s", ckpt, out_dir, " (peft adapter)" if adapter else "")
     return out_dir

@@ -71,10 +71,47 @@ def add_adapters(model: torch.nn.Module, lora: LoraSettings) -> torch.nn.Module:
     """`model` wrapped in fresh adapters (B = 0, so the wrapped model computes what `model` did)."""
     from peft import get_peft_model
 
+    shared = _tied_weights(model)
     try:
-        return get_peft_model(model, peft_config(lora))
+        wrapped = get_peft_model(model, peft_config(lora))
     except ValueError as e:  # peft names the module it could not find
         raise ValueError(f"model.lora.target_modules={lora.target_modules!r} does not fit this model: {e}") from e
+    from peft.tuners.lora import LoraLayer
+
+    for name, layer in wrapped.named_modules():
+        if not isinstance(layer, LoraLayer):
+            continue
+        base = layer.get_base_layer()
+        # An embedding's adapters are peft's lora_embedding_A/B, which the merged sync does not carry; a
+        # weight shared with another module (a tied LM head) would be merged into the engines' copy of
+        # one and not the other, and `rlvr export` would merge it into both.
+        if isinstance(base, torch.nn.Embedding) or id(base.weight) in shared:
+            raise ValueError(
+                f"model.lora.target_modules={lora.target_modules!r} adapts {base_name(name)}, "
+                f"{'an embedding' if isinstance(base, torch.nn.Embedding) else 'whose weight is tied to another module (the input embedding)'}: "
+                "rlvr adapts linear layers with their own weights only (e.g. [q_proj, v_proj] or all-linear)"
+            )
+    return wrapped
+
+
+def check_lora_targets(lora: LoraSettings, model_path: str) -> None:
+    """:func:`add_adapters` on the model's skeleton (meta tensors, no weights read): a target that
+    cannot work fails here, before any role starts, instead of in every learner's constructor."""
+    if not lora.enabled:
+        return
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        add_adapters(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path)), lora)
+
+
+def _tied_weights(model: torch.nn.Module) -> set[int]:
+    """ids of the parameters that more than one module holds (a tied LM head and input embedding)."""
+    holders: dict[int, int] = {}
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            holders[id(p)] = holders.get(id(p), 0) + 1
+    return {k for k, n in holders.items() if n > 1}
 
 
 def base_name(peft_name: str) -> str:

@@ -257,7 +257,7 @@ class PolicyLearner:
         """`update.epochs` passes over this rank's mini-batches, one optimizer step per mini-batch.
 
         π_old: with one mini-batch and one epoch it is the detached current log-prob (the same
-        numbers, no extra forward); otherwise `recompute` runs one no-grad forward over the batch
+        numbers, no extra forward) unless LoRA dropout makes that a noisy one; otherwise `recompute` runs one no-grad forward over the batch
         before the first update, and `rollout` uses the engine's μ. The rollout correction weighs
         or masks tokens by π_old/μ. Each mini-batch's `tokens`/`sequences` are the global counts,
         so a micro-batch's loss is its share of the mini-batch's loss whichever aggregation is used.
@@ -269,7 +269,9 @@ class PolicyLearner:
         collated = self._collated(mini_batches)
         padding = self._padding_share(collated)
         old: list[list[torch.Tensor]] | None = None
-        if update.old_logprobs == "recompute" and (update.epochs > 1 or len(mini_batches) > 1):
+        # Under LoRA dropout the train-mode log-prob is a noisy π, not the policy the engine sampled
+        # from, and the rollout correction would weigh tokens by that noise: π_old needs its own forward.
+        if update.old_logprobs == "recompute" and (update.epochs > 1 or len(mini_batches) > 1 or self.cfg.lora.dropout > 0):
             old = [[self._eval_logprobs(mb, update.temperature) for mb, _ in mini] for mini in collated]
         sums: dict[str, float] = {}
         ratio_min, ratio_max, first_dev, grad_norms = float("inf"), 0.0, 0.0, []

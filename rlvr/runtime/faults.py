@@ -161,6 +161,7 @@ class RestartingRole:
         self.snapshot_method, self.restore_method = snapshot_method, restore_method
         self.state = None
         self.updates: list[tuple[str, tuple]] = []  # `update` calls since the state was last read or set
+        self._replaying: list = []  # a replacement's restore and replayed updates, until known to have worked
         self.actor = actor if actor is not None else start()
         self._node = node_of(self.actor)
 
@@ -192,9 +193,25 @@ class RestartingRole:
 
     def _answer(self, actor, method: str, args: tuple):
         try:
-            return ray.get(getattr(actor, method).remote(*args), timeout=self.call_timeout_s)
+            out = ray.get(getattr(actor, method).remote(*args), timeout=self.call_timeout_s)
         except ray.exceptions.GetTimeoutError as e:
             raise TimeoutError(f"no answer to {method} within trainer.role_timeout_s={self.call_timeout_s}") from e
+        if self._replaying and actor is self.actor:  # done by now: the actor ran them before this call
+            self._check_replay()
+        return out
+
+    def _check_replay(self) -> None:
+        """A replacement whose restore (or a replayed update) raised would answer from the wrong state,
+        with only Ray's "unhandled error" line to say so: the role fails instead."""
+        try:
+            ray.get(self._replaying, timeout=self.call_timeout_s)
+        except ray.exceptions.RayTaskError as e:
+            cause = getattr(e, "cause", None) or e  # the actor's own exception, not Ray's "ray::..." header
+            raise RoleFailed(f"the {self.name} actor's replacement could not be brought back to its last state: "
+                             f"{type(cause).__name__}: {first_line(cause)}") from e
+        except ray.exceptions.GetTimeoutError as e:
+            raise TimeoutError(f"the {self.name} actor's replacement did not restore within trainer.role_timeout_s={self.call_timeout_s}") from e
+        self._replaying = []
 
     def _await_replacement(self) -> None:
         if self._unready:
@@ -232,10 +249,11 @@ class RestartingRole:
             self.actor = self.policy.replace([dead], self._start)
             self._node = node_of(self.actor)
             self._unready = True  # its first call waits for it to start (`call_or` does not wait at all)
+            self._replaying = []
             if self.restore_method and self.state is not None:
-                getattr(self.actor, self.restore_method).remote(self.state)
+                self._replaying.append(getattr(self.actor, self.restore_method).remote(self.state))
             for method, args in self.updates:  # queued behind the restore: an actor runs a caller's calls in order
-                getattr(self.actor, method).remote(*args)
+                self._replaying.append(getattr(self.actor, method).remote(*args))
 
     def kill(self) -> None:
         ray.kill(self.actor)

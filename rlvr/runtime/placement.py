@@ -69,11 +69,12 @@ def plan_placement(cluster: DictConfig | dict, with_value: bool = True) -> dict[
         return {**resources(n_acc, n_cpu), **({pins[role]: PIN_AMOUNT} if pins.get(role) else {})}
 
     colocated = c["mode"] == "colocated"
-    learner_cpus = cpus * (2 if colocated else 1)  # a colocated bundle also hosts an engine
+    # A colocated bundle also hosts an engine: the first num_engines of them (Placement.options("rollout", i))
+    hosts = c["num_engines"] if colocated else 0
     plan = {
         "learner": RolePlacement(
             "learner",
-            [bundle(1, learner_cpus, "learner") for _ in range(c["num_learners"])],
+            [bundle(1, cpus * (2 if i < hosts else 1), "learner") for i in range(c["num_learners"])],
             # colocated: learner and engine each take half of the bundle's accelerator, so Ray hands
             # both the same device; vLLM sleeps while the learner steps
             resources(0.5 if colocated else 1, cpus),
@@ -181,7 +182,8 @@ def describe_shortfall(plan: dict[str, RolePlacement], nodes: list[dict[str, flo
     lines = ["the Ray cluster is too small for this placement.", "asked for:"]
     for g in plan.values():
         if g.bundles:
-            lines.append(f"  {g.role}: {len(g.bundles)} x {_fmt(g.bundles[0])} ({g.strategy})")
+            sizes = [(b, sum(1 for x in g.bundles if x == b)) for i, b in enumerate(g.bundles) if b not in g.bundles[:i]]
+            lines.append(f"  {g.role}: {' + '.join(f'{n} x {_fmt(b)}' for b, n in sizes)} ({g.strategy})")
             for b in g.bundles:
                 _add(asked, b)
         elif g.shares_group_of:

@@ -41,6 +41,7 @@ from rlvr.data import Problem, PromptStream, load_problems
 from rlvr.generation import Generator, make_generator
 from rlvr.learner.actor import UpdateConfig
 from rlvr.learner.plan import plan_mini_batches
+from rlvr.lora import LoraSettings, check_lora_targets
 from rlvr.models import resolve_model_path
 from rlvr.rollout.engines import SamplingConfig
 from rlvr.runtime.faults import RoleFailed
@@ -76,6 +77,7 @@ from rlvr.train.state import (
     set_aside_records,
     set_rng_state,
     write_records,
+    write_text_whole,
 )
 from rlvr.types import Batch
 
@@ -276,11 +278,15 @@ def _train(cfg: DictConfig, preset, run_dir: Path, stop: StopRequest) -> dict:
         check_resume_data(ckpt, stream)
     else:
         set_aside_records(run_dir)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # once a resume is known to be accepted
+    write_text_whole(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))  # once a resume is known to be accepted
     start_ray(cfg)
     check_fits(role_plan(cfg, preset), cluster_nodes())
     model_path = resolve_model_path(cfg.model.path, cfg.cache_dir)
     check_prompt_lengths(cfg, model_path, {"data.train": train_problems + warmup_problems, f"data.{cfg.eval.split}": eval_problems})
+    try:
+        check_lora_targets(LoraSettings.from_config(cfg.model.lora), model_path)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     log.info(
         "%s + weighting %s | model %s | data %s: %d train, %d held-out prompts | %d steps x %d prompts x n=%d | run_dir %s",
         cfg.algorithm.name, cfg.weighting.name, model_path, cfg.data.name, len(train_problems), len(eval_problems),
@@ -544,6 +550,6 @@ class Run:
             "steps": self.step if self.total >= self.start_step else self.total,
             "run_dir": str(self.run_dir),
         }
-        summary_path.write_text(json.dumps(summary, indent=2))
+        write_text_whole(summary_path, json.dumps(summary, indent=2))  # a resume of the finished run reads it back
         log.info("done: held-out accuracy %s -> %s", summary["heldout_before"], summary["heldout_after"])
         return {"summary": summary, "history": self.history}

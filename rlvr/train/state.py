@@ -8,6 +8,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import random
 import signal
@@ -38,8 +39,13 @@ RECORDS = ("metrics.jsonl", "decisions.jsonl", "eval.jsonl", "oracle.jsonl", WAR
 
 def write_records(path: Path, records: list[dict]) -> None:
     """``records`` as JSON lines, written whole (a temp file renamed into place)."""
+    write_text_whole(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def write_text_whole(path: Path, text: str) -> None:
+    """``text`` to ``path`` through a temp file renamed into place: a crash leaves the old file or the new."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tmp.write_text(text)
     tmp.replace(path)
 
 
@@ -90,9 +96,11 @@ class MetricsLog:
             )
 
     def write(self, step: int, metrics: dict, decisions: list[dict] = (), eval_records: list[dict] = (), oracle_records: list[dict] = ()) -> None:
-        record = {"step": step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+        # A NaN or inf (no clipped token, an empty batch) is left out like None: json.dumps wrote them
+        # as NaN/Infinity, which strict JSON readers (jq's older builds, JavaScript) refuse.
+        record = {"step": step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}}
         if self.file:
-            self.file.write(json.dumps(record) + "\n")
+            self.file.write(json.dumps(record, allow_nan=False) + "\n")
         for d in decisions:
             self.decisions.write(json.dumps({"step": step, **d}) + "\n")
         for r in eval_records:
@@ -165,7 +173,7 @@ def console_line(step: int, total: int, m: dict) -> str:
     return " | ".join(parts)
 
 
-GUARDED_KEYS = ("model.path", "model.lora.rank", "model.lora.target_modules", "algorithm.name", "algorithm.estimator", "algorithm.loss", "weighting.name",
+GUARDED_KEYS = ("model.path", "model.lora.rank", "model.lora.target_modules", "model.lora.alpha", "algorithm.name", "algorithm.estimator", "algorithm.loss", "weighting.name",
                 "cluster.zero_stage")  # DeepSpeed's optimizer files differ by stage: another failed in the learners, after every role started
 
 
@@ -176,6 +184,8 @@ def check_resume_config(ckpt: Path, cfg: DictConfig) -> None:
     def same(key: str) -> bool:
         if key == "model.path":  # one model spelt two ways (a built-in's name, its folder) is the same model
             return model_location(saved_value(key), saved.get("cache_dir")) == model_location(cfg.model.path, cfg.get("cache_dir"))
+        if key.startswith("model.lora.") and key != "model.lora.rank" and saved_value("model.lora.rank") == cfg.model.lora.rank == 0:
+            return True  # no adapters either side: their settings change nothing
         return saved_value(key) == OmegaConf.select(cfg, key)
 
     changed = [f"{k}: {saved_value(k)!r} -> {OmegaConf.select(cfg, k)!r}" for k in GUARDED_KEYS if not same(k)]

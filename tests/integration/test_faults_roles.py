@@ -185,6 +185,8 @@ class Counter:
         return self.n
 
     def load(self, n: int) -> None:
+        if n < 0:
+            raise ValueError(f"cannot restore {n}")
         self.n = n
 
     def pid(self) -> int:
@@ -240,6 +242,21 @@ def test_an_update_since_the_snapshot_is_replayed_on_the_replacement(ray_session
     sigkill(role)
     assert role.call("state") == 3 and role.policy.restarts == 2
     role.kill()
+
+
+def test_a_replacement_whose_restore_fails_fails_the_role_instead_of_answering_from_the_wrong_state(ray_session):
+    """The restore was sent and never read: a replacement that could not load its state answered
+    every later call from a fresh one, and only Ray's "unhandled error" line said so."""
+    for ask in ("call", "call_or"):
+        role = RestartingRole("counter", Counter.remote, max_restarts=2, snapshot_method="state", restore_method="load")
+        role.call("add", 3)
+        role.state = -1  # a state the replacement cannot load
+        sigkill(role)
+        if ask == "call_or":
+            assert role.call_or(-5, "add", 1) == -5  # finds the death, starts the replacement, does not wait
+        with pytest.raises(RoleFailed, match=r"the counter actor's replacement could not be brought back to its last state: ValueError: cannot restore -1"):
+            getattr(role, ask)(*((-5,) if ask == "call_or" else ()), "add", 1)
+        role.kill()
 
 
 def test_gather_returns_the_answers_and_names_the_lost_and_the_silent_calls(ray_session):

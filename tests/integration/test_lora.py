@@ -78,3 +78,18 @@ def test_kl_reference_is_the_base_model_without_a_second_copy(ray_session, tiny_
     second = ray.get(learner.train_step.remote([mini_batch(seqs)], update))
     assert first["kl"] == pytest.approx(0.0, abs=1e-7) and second["kl"] > 1e-6
     assert ray.get(learner.__ray_call__.remote(lambda self: self.ref_model)) is None
+
+
+@pytest.mark.slow
+def test_under_lora_dropout_pi_old_is_the_policy_the_engine_sampled(ray_session, tiny_model):
+    """With one mini-batch and one epoch π_old was the detached train-mode log-prob: under LoRA dropout
+    a noisy π, so the rollout correction weighed tokens by dropout noise (|log π_old − log μ| ≈ 0.03)."""
+    noisy = LoraSettings(rank=4, alpha=8, dropout=0.5, target_modules="all-linear")
+    learner = kept_learner(tiny_learner_config(tiny_model, lr=5e-2, threads=1, lora=noisy))
+    seqs = [Trajectory([5, 6, 7], [8, 9, 10, 11], advantage=1.0), Trajectory([5, 6], [10, 11, 12, 13], advantage=-1.0)]
+    update = tiny_update_config("algorithm=grpo")
+    ray.get(learner.train_step.remote([mini_batch(seqs)], update))  # B moves off 0: dropout now changes π
+    mu = ray.get(learner.logprobs.remote(seqs, update.temperature))  # what an engine with these weights reports
+    sampled = [Trajectory(s.prompt_ids, s.response_ids, rollout_logprobs=m, advantage=s.advantage) for s, m in zip(seqs, mu)]
+    metrics = ray.get(learner.train_step.remote([mini_batch(sampled)], update))
+    assert metrics["rollout_logprob_diff"] < 1e-5

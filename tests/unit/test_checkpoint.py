@@ -526,6 +526,44 @@ def test_a_run_that_goes_back_keeps_one_record_per_step(tmp_path):
         assert [json.loads(line)["step"] for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()] == [0, 1, 2], name
 
 
+def test_metrics_jsonl_is_strict_json_without_nan_or_infinity(tmp_path):
+    """clipped_grad_frac is NaN on every step with no clipped token, and json.dumps wrote it as NaN, which
+    JSON.parse and other strict readers refuse; a non-finite value is left out now, as None was."""
+    import json
+
+    from rlvr.config import compose
+    from rlvr.train.state import MetricsLog
+
+    log = MetricsLog(tmp_path, compose([]))
+    log.write(1, {"reward": float("nan"), "accuracy": 0.5, "learner/grad_norm": float("inf"), "eval/accuracy": None, "tag": "x"})
+    log.close()
+    line = (tmp_path / "metrics.jsonl").read_text()
+    assert json.loads(line, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}")) == {"step": 1, "accuracy": 0.5}
+
+
+def test_the_summary_of_a_finished_run_is_written_whole(tmp_path, monkeypatch):
+    """summary.json was written in place and read back when the finished run is resumed: a file cut
+    short by a crash made every later resume fail with JSONDecodeError."""
+    from rlvr.train.state import write_text_whole
+
+    path = tmp_path / "summary.json"
+    path.write_text('{"steps": 20}')
+
+    real = Path.write_text
+
+    def cut_short(self, text):  # the write a crash (or a full disk) stops halfway
+        real(self, text[:5])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", cut_short)
+    with pytest.raises(OSError):
+        write_text_whole(path, '{"steps": 21}')
+    monkeypatch.undo()
+    assert path.read_text() == '{"steps": 20}'  # the old file whole, not a cut-short new one
+    write_text_whole(path, '{"steps": 21}')
+    assert path.read_text() == '{"steps": 21}' and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
 def test_a_fresh_start_sets_an_earlier_start_s_records_aside(tmp_path):
     """A fresh start in a run dir with records (resume=never, or a run that died before its first
     checkpoint) appended to them: two step-0 records, and eval.jsonl held both starts' prompts."""

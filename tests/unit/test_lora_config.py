@@ -31,6 +31,11 @@ def test_export_adapter_of_a_full_weight_checkpoint_is_refused(tmp_path):
     (tmp_path / "a_file").touch()  # transformers only logged "should be a directory": exit 0, nothing written
     with pytest.raises(ValueError, match="is a file, not a folder"):
         export_checkpoint(ckpt, tmp_path / "a_file")
+    earlier = tmp_path / "earlier_export"  # an earlier export's adapter_config.json was applied on top of the new weights
+    earlier.mkdir()
+    (earlier / "adapter_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="is not empty"):
+        export_checkpoint(ckpt, earlier)
 
 
 
@@ -49,3 +54,38 @@ def test_export_of_a_checkpoint_whose_weights_do_not_load_says_so(tmp_path, tiny
     ckpt = save_checkpoint(tmp_path, 1, write)
     with pytest.raises(ValueError, match="do not load \\(a corrupt file\\?\\)"):
         export_checkpoint(ckpt, tmp_path / "out")
+
+
+@pytest.mark.parametrize("targets, named", [(["q_proj", "lm_head"], "lm_head, whose weight is tied"), (["embed_tokens", "q_proj"], "embed_tokens, an embedding")])
+def test_adapters_on_an_embedding_or_a_tied_head_are_refused(tiny_model, targets, named):
+    """A tied lm_head's adapter reached no engine (only the embedding is synced, unmerged, and the
+    engines reuse it as the head) and `rlvr export` merged it into both; an embedding's adapter
+    (peft's lora_embedding_A/B) failed the learner with KeyError: 'default'."""
+    from transformers import AutoModelForCausalLM
+
+    from rlvr.lora import add_adapters, check_lora_targets, sync_tensors
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert model.config.tie_word_embeddings
+    settings = LoraSettings(rank=4, alpha=8, dropout=0.0, target_modules=targets)
+    with pytest.raises(ValueError, match=f"model.lora.target_modules=.*adapts .*{named}"):
+        add_adapters(model, settings)
+    with pytest.raises(ValueError, match=f"adapts .*{named}"):  # the run's check before any role starts (no weights read)
+        check_lora_targets(settings, tiny_model)
+    fine = add_adapters(AutoModelForCausalLM.from_pretrained(tiny_model), LoraSettings(rank=4, alpha=8, dropout=0.0, target_modules="all-linear"))
+    assert "model.embed_tokens.weight" in [t.name for t in sync_tensors(fine)]
+
+
+def test_resume_refuses_another_lora_alpha_but_not_when_no_adapters_are_trained(tmp_path):
+    """A checkpoint holds A and B only; the scale α/r comes from the config, so a resume with another
+    alpha silently trained W + (α'/r)·BA, not the checkpointed model."""
+    from omegaconf import OmegaConf
+
+    from rlvr.train.state import check_resume_config
+
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(compose(["model.lora.rank=4", "model.lora.alpha=8"]), resolve=True))
+    with pytest.raises(ConfigError, match="model.lora.alpha: 8"):
+        check_resume_config(tmp_path, compose(["model.lora.rank=4", "model.lora.alpha=16"]))
+    check_resume_config(tmp_path, compose(["model.lora.rank=4", "model.lora.alpha=8", "model.lora.dropout=0.1"]))
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(compose(["model.lora.rank=0", "model.lora.alpha=8"]), resolve=True))
+    check_resume_config(tmp_path, compose(["model.lora.rank=0", "model.lora.alpha=16", "model.lora.target_modules=[q_proj]"]))

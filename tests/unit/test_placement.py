@@ -100,3 +100,16 @@ def test_colocated_engines_share_the_learner_bundles():
 def test_bad_cluster_values_name_their_key(overrides, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(compose(overrides))
+
+
+def test_colocated_learner_bundles_without_an_engine_ask_for_the_learners_cpus_only():
+    """Every colocated learner bundle asked for twice the CPUs, though only the first num_engines host
+    an engine: 4 learners and 1 engine (7 CPUs of actors) were refused on a 7-CPU node."""
+    c = compose(["cluster.mode=colocated", "cluster.weight_sync=ipc", "cluster.num_learners=4", "cluster.num_engines=1",
+                 "cluster.actor_cpus=1", "cluster.verifier_cpus=1"]).cluster
+    plan = plan_placement(c)
+    assert [b["CPU"] for b in plan["learner"].bundles] == [2.0, 1.0, 1.0, 1.0]
+    asked = sum(b.get("CPU", 0) for g in plan.values() for b in g.bundles)
+    check_fits(plan, [{"CPU": asked}])
+    with pytest.raises(ClusterTooSmall, match=r"learner: 1 x \{CPU: 2\} \+ 3 x \{CPU: 1\}"):
+        check_fits(plan, [{"CPU": asked - 1}])

@@ -40,7 +40,7 @@ def collect_dynamic_filter(ctl: BudgetController, problems: list[Problem], more_
         dropped_acc_mixed += sum(m and not k for k, m in zip(keep, acc_mixed))  # 0 under filter_metric=acc
         # A refill is a whole batch of fresh prompts, as verl's recipe draws a generation batch each
         # round, and what is kept past the target is dropped. Drawing only the missing prompts gave
-        # each slot max_rounds tries: at half the groups mixed, 3 rounds filled 8 slots 29 % of the time.
+        # each slot max_rounds tries: at 48 % of groups mixed, 3 rounds filled 8 slots 30 % of the time.
         pending = more_problems(target) if len(kept) < target and rounds < ctl.cfg.max_rounds else []
     stats = {
         "dapo/rounds": rounds,

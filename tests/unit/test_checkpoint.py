@@ -289,7 +289,6 @@ def _crash_after(n: int | None, fn) -> int:
     return code
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 @pytest.mark.parametrize("resave", [False, True], ids=["new-step", "resave-step"])
 def test_crash_at_every_point_of_a_save(tmp_path, resave, monkeypatch, caplog):
     """Kill a save before each of its filesystem operations in turn: a complete checkpoint is always

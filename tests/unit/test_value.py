@@ -109,6 +109,24 @@ def test_auto_tune_picks_bandwidth_by_leave_one_out(fresh):
     assert m.effective_bandwidth in m.BANDWIDTH_GRID + (m.bandwidth,)
 
 
+def test_leave_one_out_errors_are_the_models_own_predictions_without_the_item(fresh):
+    """The bandwidth test above takes the errors from `loo_errors` itself: nothing checked that they
+    leave each item out (an item predicting itself passed). Each is checked here against a model
+    fitted on the context less that item."""
+    prompts = ARITH + LEGS + NEW_ARITH
+    success = [0.6, 0.75, 0.7, 0.5, 0.8, 0.65, 0.3, 0.2, 0.25, 0.35, 0.55, 0.7][: len(prompts)]
+    m = fresh(auto_tune=False)
+    m.add_context(prompts, success)
+    errors = m.loo_errors()
+    for h, a in ((m.BANDWIDTH_GRID[0], m.PRIOR_STRENGTH_GRID[-1]), (m.bandwidth, m.prior_strength)):
+        squared = []
+        for i, (prompt, y) in enumerate(zip(prompts, success)):
+            held = fresh(bandwidth=h, prior_strength=a, auto_tune=False)
+            held.add_context(prompts[:i] + prompts[i + 1 :], success[:i] + success[i + 1 :])
+            squared.append((float(held.predict([prompt])[0][0]) - y) ** 2)
+        assert errors[(h, a)] == pytest.approx(sum(squared) / len(squared), rel=1e-3), (h, a)
+
+
 def test_input_validation(fresh):
     m = fresh(context_size=4)
     with pytest.raises(ValueError, match="2 prompts but 1"):
@@ -253,6 +271,15 @@ def test_ridge_leave_one_out_is_the_closed_form_of_refitting(fresh):
         k_keep = kernel[keep][:, keep] + ratio * torch.eye(len(keep), dtype=torch.float64)
         pred = y.mean() + kernel[i, keep] @ torch.linalg.solve(k_keep, y[keep] - y.mean())
         assert float(y[i] - pred) == pytest.approx(float(closed[i]), abs=1e-9)
+
+    def refit_error(length: float, ratio: float) -> float:  # the formula just checked, at any (l, r)
+        k = torch.exp(((emb @ emb.T).clamp(-1, 1) - 1) / length) + ratio * torch.eye(len(y), dtype=torch.float64)
+        inv = torch.linalg.inv(k)
+        return float((((inv @ (y - y.mean())) / inv.diagonal()) ** 2).mean())
+
+    # ... and the model's (l, r) is the grid's best by it (nothing read the model's choice before)
+    grid = {(l, r): refit_error(l, r) for l in m.RIDGE_LENGTH_GRID for r in m.RIDGE_NOISE_GRID}
+    assert grid[(length, ratio)] == pytest.approx(min(grid.values()), rel=1e-9)
 
 
 def test_every_value_backend_has_the_protocol_s_methods_and_reads_its_own_config_keys():

@@ -254,16 +254,27 @@ def test_worker_killed_from_outside_is_replaced(bad_pool):
 
 
 def test_close_leaves_no_processes():
-    v = ProcessVerifier([RewardSpec("reward_fns_for_tests:misbehave")], num_workers=2, timeout_s=5.0)
+    v = ProcessVerifier([RewardSpec("reward_fns_for_tests:misbehave")], num_workers=2, timeout_s=60.0)
     v.score([ScoreRequest("ok", "1")] * 4)
     pids = v.worker_pids() + [v.zygote_pid]
-    # a worker stuck in an item while we close
-    th = threading.Thread(target=lambda: None)
-    th.start()
-    th.join()
+    # both workers stuck in an item (C code that ignores signals but SIGKILL) while we close
+    ended: list[BaseException] = []
+
+    def score_hung() -> None:
+        try:
+            v.score([ScoreRequest("HANG_C", "1")] * 2)
+        except RuntimeError as e:
+            ended.append(e)
+
+    stuck = threading.Thread(target=score_hung, daemon=True)
+    stuck.start()
+    time.sleep(0.5)
+    started = time.monotonic()
     v.close()
     v.close()  # idempotent
-    assert _wait_dead(pids) == []
+    assert _wait_dead(pids) == [] and time.monotonic() - started < 30  # not the items' 60 s timeout
+    stuck.join(timeout=30)
+    assert "closed during score()" in str(ended[0])  # the caller in the middle of an item is told
     with pytest.raises(RuntimeError):
         v.score([ScoreRequest("ok", "1")])
 

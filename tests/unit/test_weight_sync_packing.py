@@ -1,4 +1,5 @@
-"""Bucketed weight sync: the packing helpers, and each backend moving a trained policy into an engine."""
+"""Bucketed weight sync: packing, unpacking and bucket planning (the backends moving a trained policy
+into an engine are tests/integration/test_weight_sync.py)."""
 
 import pytest
 import torch

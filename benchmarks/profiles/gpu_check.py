@@ -189,7 +189,7 @@ def engine_part(folder: Path, device: torch.device, quick: bool) -> dict:
     vocab = engine.model.config.vocab_size
     rng = random.Random(1)
     requests = [GenerationRequest(i, [rng.randrange(3, vocab) for _ in range(rng.randint(120, 200))], n=4) for i in range(2 if quick else 8)]
-    sampling = SamplingConfig(temperature=1.0, max_tokens=16 if quick else 64)
+    sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_tokens=16 if quick else 64)
     torch.manual_seed(0)
     reset_peak(torch.device(engine.device))
     synchronize(torch.device(engine.device))

@@ -19,9 +19,12 @@ import torch
 
 @dataclass
 class SamplingConfig:
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 256
+    """One generate call's sampling: from `rollout.*` (training), `eval.*` (greedy evaluation); no
+    defaults of its own, so none can drift from the config tree's."""
+
+    temperature: float
+    top_p: float
+    max_tokens: int
     stop: tuple[str, ...] = ()  # strings that end a completion, kept in it (a tool call's closing tag)
 
 

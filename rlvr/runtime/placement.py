@@ -177,6 +177,17 @@ def check_fits(plan: dict[str, RolePlacement], nodes: list[dict[str, float]], ro
         raise ClusterTooSmall(describe_shortfall(plan, nodes, attempts[0]))
 
 
+def actor_options(resources: dict[str, float]) -> dict:
+    """A role's actor resources ({"CPU": .., "GPU": .., custom: ..}) as Ray's `.options(...)` keywords."""
+    resources = dict(resources)
+    opts: dict = {"num_cpus": resources.pop("CPU", 0.0)}
+    if "GPU" in resources:
+        opts["num_gpus"] = resources.pop("GPU")
+    if resources:
+        opts["resources"] = resources
+    return opts
+
+
 def describe_shortfall(plan: dict[str, RolePlacement], nodes: list[dict[str, float]], unplaced: list[str]) -> str:
     asked: dict[str, float] = {}
     lines = ["the Ray cluster is too small for this placement.", "asked for:"]
@@ -235,14 +246,7 @@ class Placement:
 
         rp = self.plan[role]
         group = self.groups[rp.shares_group_of or role]
-        resources = dict(rp.actor)
-        opts: dict = {"num_cpus": resources.pop("CPU", 0.0)}
-        if "GPU" in resources:
-            opts["num_gpus"] = resources.pop("GPU")
-        if resources:
-            opts["resources"] = resources
-        opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=index)
-        return opts
+        return {**actor_options(rp.actor), "scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=index)}
 
     def remove(self) -> None:
         from ray.util.placement_group import remove_placement_group

@@ -15,6 +15,7 @@ from rlvr.generation import Generator, env_rates, make_generator
 from rlvr.models import resolve_model_path
 from rlvr.rollout.engines import SamplingConfig
 from rlvr.rollout.pool import RolloutEngine, RolloutPool
+from rlvr.runtime.placement import actor_options, plan_placement
 from rlvr.runtime.roles import engine_config, start_ray, threads_env, verifier_role
 
 log = logging.getLogger("rlvr")
@@ -79,7 +80,7 @@ def evaluate(
         return out
 
     env_counts: dict = {}
-    greedy = correct_counts(generator, problems, 1, SamplingConfig(temperature=0.0, max_tokens=cfg.eval.max_tokens), seed, env_counts)
+    greedy = correct_counts(generator, problems, 1, SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=cfg.eval.max_tokens), seed, env_counts)
     metrics = by_family("accuracy", greedy)
     metrics.update({f"eval/{k}": v for k, v in env_rates(env_counts).items()})  # tool calls and turns of the greedy episodes
     records = [{"uid": p.uid, "family": p.family, "greedy": g} for p, g in zip(problems, greedy)]
@@ -148,12 +149,16 @@ def evaluate_model(target: str, cfg: DictConfig) -> dict:
         problems = checkpoint_problems(cfg)
 
         start_ray(cfg)
-        engine = RolloutEngine.options(num_cpus=cfg.cluster.actor_cpus, runtime_env=threads_env(cfg)).remote(
+        # what a training run gives one engine and the verifier (its GPUs, tensor parallel, CPUs):
+        # the engine had asked for CPUs only, so on a GPU cluster vLLM found no device
+        plan = plan_placement(cfg.cluster, with_value=False)
+        engine = RolloutEngine.options(**actor_options(plan["rollout"].actor), runtime_env=threads_env(cfg)).remote(
             engine_config(cfg, model_path)
         )
-        verifier = verifier_role(cfg, {"num_cpus": cfg.cluster.actor_cpus})
+        verifier = verifier_role(cfg, actor_options(plan["verifier"].actor))
+        pool = RolloutPool([engine], timeout_s=cfg.rollout.timeout_s)  # a hung engine fails the evaluation, as in training
         try:
-            return evaluate(make_generator(cfg, RolloutPool([engine]), verifier, model_path), problems, cfg, seed=cfg.seed)
+            return evaluate(make_generator(cfg, pool, verifier, model_path), problems, cfg, seed=cfg.seed)
         finally:
             ray.kill(engine)
             verifier.kill()

@@ -50,7 +50,7 @@ def perturbed_state(model_path, seed=1):
 def test_engine_samples_and_weight_update(backend, ray_session, tiny_model):
     engine = kept_engine(tiny_engine_config(tiny_model, f"rollout={backend}", max_model_len=1024))
     pool = RolloutPool([engine])
-    sampling = SamplingConfig(temperature=0.8, max_tokens=12)
+    sampling = SamplingConfig(temperature=0.8, top_p=1.0, max_tokens=12)
     reqs = [GenerationRequest(i, p, 3) for i, p in enumerate(PROMPTS)]
     samples = pool.generate(reqs, sampling, seed=0)
     assert [s.prompt_index for s in samples] == [0, 0, 0, 1, 1, 1, 2, 2, 2]

@@ -113,3 +113,13 @@ def test_colocated_learner_bundles_without_an_engine_ask_for_the_learners_cpus_o
     check_fits(plan, [{"CPU": asked}])
     with pytest.raises(ClusterTooSmall, match=r"learner: 1 x \{CPU: 2\} \+ 3 x \{CPU: 1\}"):
         check_fits(plan, [{"CPU": asked - 1}])
+
+
+def test_actor_options_carry_a_roles_gpus_and_custom_resources():
+    """`rlvr eval` asked Ray for the engine's CPUs only: on a GPU cluster vLLM found no device."""
+    from rlvr.runtime.placement import actor_options
+
+    plan = plan_placement(compose(["cluster=single_node_gpu", "cluster.tensor_parallel=2"]).cluster, with_value=False)
+    assert actor_options(plan["rollout"].actor) == {"num_cpus": plan["rollout"].actor["CPU"], "num_gpus": 2.0}
+    assert actor_options({"CPU": 1.0, "TPU": 4.0}) == {"num_cpus": 1.0, "resources": {"TPU": 4.0}}
+    assert actor_options(plan["verifier"].actor) == {"num_cpus": compose(["cluster=single_node_gpu"]).cluster.verifier_cpus}

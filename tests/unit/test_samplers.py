@@ -38,7 +38,8 @@ class ScriptedGenerator:
 def controller(generator, *overrides: str) -> BudgetController:
     cfg = compose(["algorithm=dapo", "rollout.max_tokens=20", *overrides])
     validate(cfg)
-    return BudgetController(controller_config(cfg), generator, None, SamplingConfig(max_tokens=20))
+    sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_tokens=cfg.rollout.max_tokens)
+    return BudgetController(controller_config(cfg), generator, None, sampling)
 
 
 def stream(pattern):

@@ -15,8 +15,8 @@ verifiers library's environments are the models):
 
 The generator (`rlvr.generation.MultiTurn`) owns everything else: the token ids, the loss mask,
 tool calls and their errors, the limits (`env.max_turns`, `env.max_tokens`). Environments are
-named in config (`env=calculator`), and a user's own is `env.name=my_module:MyEnv`, constructed
-with `env.options` as keyword arguments.
+named in config (`env=calculator`), and a user's own is `env=custom env.name=my_module:MyEnv`,
+constructed with `env.options` as keyword arguments (each added as `+env.options.level=3`).
 """
 
 from __future__ import annotations

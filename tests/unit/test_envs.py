@@ -137,6 +137,27 @@ def test_unknown_env_keys_and_values_fail_naming_them():
         validate(compose(["env=retry", "env.name=chess"]))
 
 
+def test_a_users_own_environment_as_the_readme_shows(tmp_path, monkeypatch):
+    """`env.name=my_module:MyEnv env.options.level=3`, as the README showed it, failed to compose
+    in every form: env=none has no options, and retry's are its own. `env=custom` takes any."""
+    from rlvr.config import ConfigError, compose, validate
+    from rlvr.envs import environment_from_config
+
+    (tmp_path / "my_env_module.py").write_text(
+        "from rlvr.envs.retry import Retry\n"
+        "class MyEnv(Retry):\n"
+        "    def __init__(self, level=1, **kw):\n"
+        "        super().__init__(**kw)\n"
+        "        self.level = level\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = compose(["env=custom", "env.name=my_env_module:MyEnv", "+env.options.level=3"])
+    validate(cfg)
+    assert environment_from_config(cfg.env).level == 3
+    with pytest.raises(ConfigError, match="env.name"):
+        validate(compose(["env=custom"]))
+
+
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model):
     from transformers import AutoTokenizer

@@ -284,7 +284,7 @@ def _validate_trainer(cfg: DictConfig) -> None:
     _check(t.batch_size >= 1, "trainer.batch_size", f"must be >= 1, got {t.batch_size}")
     _check(t.max_restarts >= 0, "trainer.max_restarts", f"must be >= 0 (0 = stop at the first death), got {t.max_restarts}")
     _check(t.role_timeout_s > 0, "trainer.role_timeout_s", f"must be > 0 (seconds), got {t.role_timeout_s}")
-    for key, meaning in (("eval_every", "0 = only before the first step and after the last"), ("save_every", "0 = at the last step and on a signal only"),
+    for key, meaning in (("eval_every", "0 = none during training (eval.at_start: before it)"), ("save_every", "0 = at the last step and on a signal only"),
                          ("keep_checkpoints", "0 = keep all")):
         _check(t[key] >= 0, f"trainer.{key}", f"must be >= 0 ({meaning}), got {t[key]}")
     _check(cfg.learner.grad_clip >= 0, "learner.grad_clip", f"must be >= 0 (0 = no clipping), got {cfg.learner.grad_clip}")

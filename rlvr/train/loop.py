@@ -546,7 +546,8 @@ class Run:
             return {"summary": json.loads(summary_path.read_text()), "history": self.history}
         summary = {
             "heldout_before": self.heldout_before,
-            "heldout_after": next((h["eval/accuracy"] for h in reversed(self.history) if "eval/accuracy" in h), None),
+            # a trained step's figure only: with eval_every=0 step 0's was reported as the trained model's
+            "heldout_after": next((h["eval/accuracy"] for h in reversed(self.history) if h["step"] > 0 and "eval/accuracy" in h), None),
             "steps": self.step if self.total >= self.start_step else self.total,
             "run_dir": str(self.run_dir),
         }

@@ -75,8 +75,10 @@ def test_sigkill_and_resume_matches_straight_run(tmp_path, ray_session, tiny_mod
     assert gap <= 1e-5, f"final weights differ by {gap:.2e} (1-ulp noise is about 1e-7)"
     resumed_from = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resumed from")]
     assert len(resumed_from) == 1 and "step_00000002" in resumed_from[0], resumed_from  # not the partial step_00000003
-    # the same command on the finished run trains nothing and keeps its summary (it wrote heldout_after None)
+    # the same command on the finished run trains nothing and keeps its summary
     summary = (straight / "summary.json").read_text()
+    # eval_every=0 evaluated before training only: the trained model's figure is unknown, not step 0's again
+    assert json.loads(summary)["heldout_before"] is not None and json.loads(summary)["heldout_after"] is None
     train_in_process(straight)
     assert (straight / "summary.json").read_text() == summary
 

@@ -46,21 +46,32 @@ SAFE_MODULES = frozenset({
     "string", "textwrap", "typing", "unicodedata",
 })
 COLLECTIONS = {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}
+if hasattr(sys, "set_int_max_str_digits"):
+    sys.set_int_max_str_digits(0)  # a right answer of 5,000 digits (factorial(2000)) crosses as JSON too
 
 
 def encode(value, other):
-    """Plain data (exact built-in types) as tagged JSON; ``other(value)`` for anything else."""
+    """Plain data as tagged JSON; ``other(value)`` for anything else. A subclass of a built-in type
+    (Counter, defaultdict, OrderedDict, a namedtuple, an IntEnum, a str subclass) crosses as its
+    base type's value, read by the base type's own methods: a right answer returned as a Counter
+    scored 0 when it stayed behind as a proxy. What crosses is rebuilt as plain data on the test's
+    side, so the subclass's own ``__eq__`` never answers for it."""
     kind = type(value)
     if kind in PLAIN:
         return value
-    if kind.__name__ in COLLECTIONS and COLLECTIONS[kind.__name__] is kind:
-        return {kind.__name__: [encode(v, other) for v in value]}
-    if kind is dict:
-        return {"dict": [[encode(k, other), encode(v, other)] for k, v in value.items()]}
-    if kind is bytes:
-        return {"bytes": value.hex()}
-    if kind is complex:
-        return {"complex": [value.real, value.imag]}
+    if isinstance(value, dict):
+        return {"dict": [[encode(k, other), encode(v, other)] for k, v in dict.items(value)]}
+    for name, base in COLLECTIONS.items():
+        if isinstance(value, base):
+            return {name: [encode(v, other) for v in base.__iter__(value)]}
+    if isinstance(value, bytes):
+        return {"bytes": bytes.hex(value)}
+    if isinstance(value, complex):
+        number = complex.__complex__(value)
+        return {"complex": [number.real, number.imag]}
+    for base, plain in ((int, int.__int__), (float, float.__float__), (str, str.__str__)):
+        if isinstance(value, base):
+            return plain(value)
     return other(value)
 
 

@@ -121,7 +121,7 @@ def test_json_list_and_custom_keys(tmp_path):
 
 
 def test_parquet(tmp_path):
-    import pyarrow as pa  # a pinned dependency (requirements/cpu.txt)
+    import pyarrow as pa  # a dependency (requirements/cpu.txt)
     import pyarrow.parquet as pq
 
     path = tmp_path / "train.parquet"

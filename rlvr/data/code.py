@@ -65,7 +65,7 @@ def _templates(k: int, n: int, c: str) -> list[_Template]:
     ints = lambda r: (r.randint(-50, 50),)  # noqa: E731
     pairs = lambda r: (r.randint(-50, 50), r.randint(-50, 50))  # noqa: E731
     lists = lambda r: ([r.randint(-9, 9) for _ in range(r.randint(1, 6))],)  # noqa: E731
-    words = lambda r: ("".join(r.choice(string.ascii_lowercase[:8]) for _ in range(r.randint(3, 9))),)  # noqa: E731
+    words = lambda r: ("".join(r.choice(string.ascii_lowercase[:8]) for _ in range(r.randint(3, 12))),)  # noqa: E731
     return [
         (f"add_{k}", "x", f"x plus {k}", lambda x: x + k, ints),
         (f"subtract_{k}", "x", f"x minus {k}", lambda x: x - k, ints),
@@ -90,11 +90,15 @@ def code_task(seed: int, index: int) -> Problem:
     k, n, c = rng.randint(2, 99), rng.randint(2, 9), rng.choice(string.ascii_lowercase[:8])
     name, args, returns, reference, make_input = rng.choice(_templates(k, n, c))
     question = f"Write a Python function `{name}({args})` that returns {returns}. {ASK}"
-    asserts = []
-    for _ in range(3):
-        inputs = make_input(rng)
-        call = f"{name}({', '.join(map(repr, inputs))})"
-        asserts.append(f"assert {call} == {reference(*inputs)!r}")
+    for _ in range(100):  # three inputs that tell a right program from a lazy one
+        inputs = [make_input(rng) for _ in range(3)]
+        outputs = [reference(*x) for x in inputs]
+        distinct = len({repr(x) for x in inputs}) == 3
+        constant = len({repr(o) for o in outputs}) == 1  # `return 0` passed 27 of 367 count_c tasks
+        identity = all(len(x) == 1 and repr(x[0]) == repr(o) for x, o in zip(inputs, outputs))  # `return s` passed a third of first_n
+        if distinct and not constant and not identity:
+            break
+    asserts = [f"assert {name}({', '.join(map(repr, x))}) == {o!r}" for x, o in zip(inputs, outputs)]
     return Problem(uid=f"code_tasks/{seed}/{index}", question=question, answer=json.dumps({"asserts": asserts}), answer_type="code")
 
 

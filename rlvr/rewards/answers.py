@@ -107,6 +107,15 @@ def _answer_key(ans: str) -> str:
     return re.sub(r"\s+|\\?\$", "", stripped)
 
 
+def after_thinking(completion: str) -> str | None:
+    """What follows a reasoning model's thinking (the text after the last ``</think>``; the whole
+    completion when it has none), or None when a ``<think>`` never closed: the output was cut before
+    any answer, and tries made while thinking are not answers."""
+    if "</think>" in completion:
+        return completion.rsplit("</think>", 1)[1]
+    return None if "<think>" in completion else completion
+
+
 def extract_final_answer(completion: str) -> str | None:
     r"""The clearly marked final answer of a completion, or ``None``.
 
@@ -140,10 +149,9 @@ def extract_final_answer(completion: str) -> str | None:
     """
     if not isinstance(completion, str) or not completion:
         return None
-    if "</think>" in completion:  # a reasoning model's answer follows its thinking, whose tries are not answers
-        completion = completion.rsplit("</think>", 1)[1]
-    elif "<think>" in completion:
-        return None  # thinking never closed: the output was cut before any answer
+    completion = after_thinking(completion)
+    if completion is None:
+        return None
     marked: list[str] = []
     boxed = extract_boxed(completion)
     if boxed is not None:

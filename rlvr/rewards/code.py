@@ -21,9 +21,11 @@ import dataclasses
 import json
 import re
 import secrets
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlvr.rewards.answers import after_thinking
 from rlvr.rewards.code_harness import ASSERTION as _EXIT_ASSERTION
 from rlvr.rewards.code_harness import COMPILE_ERROR as _EXIT_COMPILE_ERROR
 from rlvr.rewards.code_harness import UNSAFE as _EXIT_UNSAFE
@@ -33,6 +35,8 @@ _SIGXCPU = 24
 MAX_PROGRAM_CHARS = 100_000
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+#.-]*)[^\n]*\n(.*?)```", re.S)
+_DEFINES = re.compile(r"^[ \t]*(async[ \t]+)?def[ \t]+\w+", re.M)
+_FUTURE = re.compile(r"[ \t]*from[ \t]+__future__[ \t]+import\b")
 
 # What runs inside the sandbox, and the exit statuses it reports. Assert-style tests: the harness
 # whose docstring says how a pass cannot be forged by the program it tests. Stdin/stdout tests: the
@@ -69,13 +73,35 @@ class TestSuite:
     entry_point: str = ""  # HumanEval: the function under test, always the program's
 
 
-def extract_program(completion: str, language: str = "python") -> str | None:
-    """The last fenced code block tagged ``language`` or untagged, else None."""
-    tags = ("", "python", "python3", "py", "py3") if language == "python" else ("", language)
-    blocks = [code for tag, code in _FENCE.findall(completion) if tag.lower() in tags]
+def extract_program(completion: str, language: str = "python", defines: bool = False) -> str | None:
+    """The program of a completion: its last fenced block tagged ``language`` (untagged blocks only
+    when none is tagged), dedented; with ``defines``, the last such block that defines a function
+    (an assert suite tests functions: a usage block after the solution, ``print(add(1, 2))``,
+    scored 0). Fenced blocks inside a reasoning model's thinking are drafts and are not read; a
+    ``<think>`` that never closed gives None, as no answer (``after_thinking``)."""
+    text = after_thinking(completion)
+    if text is None:
+        return None
+    tags = ("python", "python3", "py", "py3") if language == "python" else (language,)
+    found = [(tag.lower(), code) for tag, code in _FENCE.findall(text)]
+    blocks = [code for tag, code in found if tag in tags] or [code for tag, code in found if not tag]
+    if defines:
+        blocks = [code for code in blocks if _DEFINES.search(code)] or blocks
     if not blocks or len(blocks[-1]) > MAX_PROGRAM_CHARS:
         return None
-    return blocks[-1]
+    return textwrap.dedent(blocks[-1])  # a block indented under a list item
+
+
+def _futures_first(prelude: str, program: str) -> str:
+    """``prelude`` then ``program``, the program's leading ``from __future__`` imports moved in front
+    of both (after a prelude they are a SyntaxError)."""
+    lines = program.splitlines(keepends=True)
+    head = 0
+    while head < len(lines) and (not lines[head].strip() or lines[head].lstrip().startswith("#") or _FUTURE.match(lines[head])):
+        head += 1
+    futures = [line for line in lines[:head] if _FUTURE.match(line)]
+    rest = [line for line in lines[:head] if not _FUTURE.match(line)] + lines[head:]
+    return "".join(futures) + prelude + "\n" + "".join(rest)
 
 
 def parse_tests(spec) -> TestSuite:
@@ -162,7 +188,7 @@ def run_tests(program: str, suite: TestSuite, limits) -> list[str]:
 
     outcomes: list[str] = []
     if suite.prelude:
-        program = suite.prelude + "\n" + program
+        program = _futures_first(suite.prelude, program)
     harness = STDIO_HARNESS if suite.kind == "stdio" else ASSERTS_HARNESS
     files = {"/sandbox/harness.py": harness, "/sandbox/program.py": program.encode("utf-8", "replace")}
     for case in suite.cases:
@@ -198,7 +224,10 @@ def code_tests_reward(
     ``timeout_s`` must cover all of an item's tests."""
     limits = code_tests_limits(mode, timeout_s, memory_mb, language, program)
     suite = parse_tests(answer)
-    source = extract_program(completion, language) if program == "last_block" else completion[:MAX_PROGRAM_CHARS]
+    if program == "last_block":
+        source = extract_program(completion, language, defines=suite.kind == "asserts")
+    else:
+        source = completion[:MAX_PROGRAM_CHARS]
     if source is None:
         return {"score": 0.0, "outcome": "compile_error"}
     outcomes = run_tests(source, suite, limits)

@@ -44,6 +44,24 @@ def _reference(problem) -> str:
     raise AssertionError(f"no reference for {problem.question!r}")
 
 
+def test_each_tasks_asserts_tell_a_right_program_from_a_lazy_one():
+    """`return s` passed a third of the first_n tasks (words no longer than n) and `return 0` 27 of
+    367 count_c tasks; some asserts repeated one input. Three distinct inputs now, not all answered
+    by the input itself, nor all by one constant."""
+    import ast
+
+    from rlvr.data.code import code_task
+
+    for index in range(1500):
+        calls = []
+        for line in json.loads(code_task(3, index).answer)["asserts"]:
+            test = ast.parse(line).body[0].test
+            calls.append((tuple(ast.literal_eval(a) for a in test.left.args), ast.literal_eval(test.comparators[0])))
+        assert len({repr(args) for args, _ in calls}) == 3, calls
+        assert len({repr(out) for _, out in calls}) > 1, calls
+        assert not all(len(args) == 1 and repr(args[0]) == repr(out) for args, out in calls), calls
+
+
 def test_the_family_is_solvable_and_checked_in_the_sandbox():
     problems = [code_task(7, i) for i in range(40)]
     assert len({p.question.split("`")[1].split("(")[0].rstrip("0123456789_") for p in problems}) >= 8  # many templates

@@ -17,15 +17,15 @@ Each test's outcome is one of ``passed``, ``compile_error``, ``runtime_error``, 
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
+import os
 import re
 import secrets
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlvr.rewards.answers import after_thinking
 from rlvr.rewards.code_harness import ASSERTION as _EXIT_ASSERTION
 from rlvr.rewards.code_harness import COMPILE_ERROR as _EXIT_COMPILE_ERROR
 from rlvr.rewards.code_harness import UNSAFE as _EXIT_UNSAFE
@@ -35,8 +35,6 @@ _SIGXCPU = 24
 MAX_PROGRAM_CHARS = 100_000
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+#.-]*)[^\n]*\n(.*?)```", re.S)
-_DEFINES = re.compile(r"^[ \t]*(async[ \t]+)?def[ \t]+\w+", re.M)
-_FUTURE = re.compile(r"[ \t]*from[ \t]+__future__[ \t]+import\b")
 
 # What runs inside the sandbox, and the exit statuses it reports. Assert-style tests: the harness
 # whose docstring says how a pass cannot be forged by the program it tests. Stdin/stdout tests: the
@@ -74,34 +72,72 @@ class TestSuite:
 
 
 def extract_program(completion: str, language: str = "python", defines: bool = False) -> str | None:
-    """The program of a completion: its last fenced block tagged ``language`` (untagged blocks only
-    when none is tagged), dedented; with ``defines``, the last such block that defines a function
-    (an assert suite tests functions: a usage block after the solution, ``print(add(1, 2))``,
-    scored 0). Fenced blocks inside a reasoning model's thinking are drafts and are not read; a
-    ``<think>`` that never closed gives None, as no answer (``after_thinking``)."""
-    text = after_thinking(completion)
-    if text is None:
-        return None
-    tags = ("python", "python3", "py", "py3") if language == "python" else (language,)
-    found = [(tag.lower(), code) for tag, code in _FENCE.findall(text)]
-    blocks = [code for tag, code in found if tag in tags] or [code for tag, code in found if not tag]
+    """The program of a completion: its last fenced block tagged ``language`` or untagged; with
+    ``defines`` (an assert suite, which tests what the program binds), the last such block that binds
+    a name at its top level, so a usage or output block after the solution (``print(add(1, 2))``,
+    ``3``) is not the program. A block indented under a list item loses its common margin. Blocks in a
+    reasoning model's thinking are drafts, not read; a ``<think>`` that never closed gives None, as no
+    answer. Tags inside a fenced block are the program's own text."""
+    tags = ("", "python", "python3", "py", "py3") if language == "python" else ("", language)
+    fences = list(_FENCE.finditer(completion))
+    outside = list(completion)
+    for m in fences:  # <think> tags are read outside the code only
+        outside[m.start(2):m.end(2)] = " " * (m.end(2) - m.start(2))
+    outside = "".join(outside)
+    if "</think>" in outside:
+        after = outside.rindex("</think>")
+        fences = [m for m in fences if m.start() > after]
+    elif "<think>" in outside:
+        return None  # thinking never closed: cut before any answer
+    blocks = [m.group(2) for m in fences if m.group(1).lower() in tags]
     if defines:
-        blocks = [code for code in blocks if _DEFINES.search(code)] or blocks
+        blocks = blocks[: max((i + 1 for i, b in enumerate(blocks) if _binds_a_name(b)), default=len(blocks))]
     if not blocks or len(blocks[-1]) > MAX_PROGRAM_CHARS:
         return None
-    return textwrap.dedent(blocks[-1])  # a block indented under a list item
+    return _without_margin(blocks[-1])
+
+
+def _binds_a_name(code: str) -> bool:
+    """Whether a block defines, assigns or imports at its top level (one that does not parse counts:
+    it is scored as the compile error it is, not skipped for an earlier draft)."""
+    try:
+        body = ast.parse(code).body
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return True
+    binding = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign, ast.AnnAssign, ast.AugAssign, ast.Import, ast.ImportFrom)
+    return any(isinstance(node, binding) for node in body)
+
+
+def _without_margin(code: str) -> str:
+    """``code`` less the indentation all its non-blank lines share (a block under a list item);
+    unchanged when they share none (textwrap.dedent also empties whitespace-only lines, which
+    changed a string literal's value)."""
+    lines = code.splitlines(keepends=True)
+    margins = [line[: len(line) - len(line.lstrip(" \t"))] for line in lines if line.strip()]
+    margin = os.path.commonprefix(margins) if margins else ""
+    if not margin:
+        return code
+    return "".join(line[len(margin):] if line.startswith(margin) else line.lstrip(" \t") if not line.strip() else line for line in lines)
 
 
 def _futures_first(prelude: str, program: str) -> str:
-    """``prelude`` then ``program``, the program's leading ``from __future__`` imports moved in front
-    of both (after a prelude they are a SyntaxError)."""
+    """``prelude`` then ``program``, the program's ``from __future__`` imports (which must open a
+    module: after a prelude they are a SyntaxError) moved in front of both."""
+    try:
+        body = ast.parse(program).body
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return prelude + "\n" + program  # a compile error either way
+    futures = []
+    for node in body[1:] if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) else body:
+        if not (isinstance(node, ast.ImportFrom) and node.module == "__future__"):
+            break
+        futures.append(node)
+    if not futures:
+        return prelude + "\n" + program
     lines = program.splitlines(keepends=True)
-    head = 0
-    while head < len(lines) and (not lines[head].strip() or lines[head].lstrip().startswith("#") or _FUTURE.match(lines[head])):
-        head += 1
-    futures = [line for line in lines[:head] if _FUTURE.match(line)]
-    rest = [line for line in lines[:head] if not _FUTURE.match(line)] + lines[head:]
-    return "".join(futures) + prelude + "\n" + "".join(rest)
+    moved = {i for node in futures for i in range(node.lineno - 1, node.end_lineno)}
+    head = "".join(lines[i] for i in sorted(moved))
+    return head + ("" if head.endswith("\n") else "\n") + prelude + "\n" + "".join(line for i, line in enumerate(lines) if i not in moved)
 
 
 def parse_tests(spec) -> TestSuite:

@@ -51,44 +51,55 @@ if hasattr(sys, "set_int_max_str_digits"):
 
 
 def encode(value, other):
-    """Plain data as tagged JSON; ``other(value)`` for anything else. A subclass of a built-in type
-    (Counter, defaultdict, OrderedDict, a namedtuple, an IntEnum, a str subclass) crosses as its
-    base type's value, read by the base type's own methods: a right answer returned as a Counter
-    scored 0 when it stayed behind as a proxy. What crosses is rebuilt as plain data on the test's
-    side, so the subclass's own ``__eq__`` never answers for it."""
+    """Plain data (exact built-in types) as tagged JSON; ``other(value)`` for anything else."""
     kind = type(value)
     if kind in PLAIN:
         return value
-    if isinstance(value, dict):
-        return {"dict": [[encode(k, other), encode(v, other)] for k, v in dict.items(value)]}
-    for name, base in COLLECTIONS.items():
-        if isinstance(value, base):
-            return {name: [encode(v, other) for v in base.__iter__(value)]}
-    if isinstance(value, bytes):
-        return {"bytes": bytes.hex(value)}
-    if isinstance(value, complex):
-        number = complex.__complex__(value)
-        return {"complex": [number.real, number.imag]}
-    for base, plain in ((int, int.__int__), (float, float.__float__), (str, str.__str__)):
-        if isinstance(value, base):
-            return plain(value)
+    if kind.__name__ in COLLECTIONS and COLLECTIONS[kind.__name__] is kind:
+        return {kind.__name__: [encode(v, other) for v in value]}
+    if kind is dict:
+        return {"dict": [[encode(k, other), encode(v, other)] for k, v in value.items()]}
+    if kind is bytes:
+        return {"bytes": value.hex()}
+    if kind is complex:
+        return {"complex": [value.real, value.imag]}
     return other(value)
 
 
-def decode(data, ref):
-    """Inverse of `encode`; ``ref(n)`` gives what ``{"ref": n}`` stands for."""
+def base_value(value, other):
+    """A subclass of a built-in type as its base type's value, read by the base type's own methods
+    (a Counter as a dict, a namedtuple as a tuple, an IntEnum as an int), as tagged JSON; what
+    `LikeRemote` compares. Plain data is itself; anything else ``other(value)``."""
+    if isinstance(value, dict):
+        return {"dict": [[base_value(k, other), base_value(v, other)] for k, v in dict.items(value)]}
+    for name, base in COLLECTIONS.items():
+        if isinstance(value, base):
+            return {name: [base_value(v, other) for v in base.__iter__(value)]}
+    if isinstance(value, bytes):
+        return {"bytes": bytes.hex(value)}
+    for base, plain in ((int, int.__int__), (float, float.__float__), (str, str.__str__)):
+        if isinstance(value, base):
+            return plain(value)
+    return encode(value, other)
+
+
+def decode(data, ref, like=None):
+    """Inverse of `encode`; ``ref(n)`` gives what ``{"ref": n}`` stands for, ``like(n)`` (else
+    ``ref(n)``) what ``{"like": n}`` does."""
     if not isinstance(data, dict):
         return data
     ((kind, body),) = data.items()
     if kind == "ref":
         return ref(body)
+    if kind == "like":
+        return (like or ref)(body)
     if kind == "dict":
-        return {decode(k, ref): decode(v, ref) for k, v in body}
+        return {decode(k, ref, like): decode(v, ref, like) for k, v in body}
     if kind == "bytes":
         return bytes.fromhex(body)
     if kind == "complex":
         return complex(*body)
-    return COLLECTIONS[kind](decode(v, ref) for v in body)
+    return COLLECTIONS[kind](decode(v, ref, like) for v in body)
 
 
 def send(stream, message) -> None:
@@ -111,12 +122,15 @@ def serve(program, calls, answers) -> None:
 
     def hold(value):
         held.append(value)
-        return {"ref": len(held) - 1}
+        # a subclass of a built-in type (a Counter, a namedtuple, an IntEnum): compared as its base
+        # type's value on the test's side, its methods and items still the program's
+        like = isinstance(value, (dict, list, tuple, set, frozenset, int, float, str, bytes))
+        return {"like" if like else "ref": len(held) - 1}
 
     def describe(value):
         try:
             return encode(value, hold)
-        except RecursionError:  # a list that holds itself
+        except Exception:  # noqa: BLE001 - a list that holds itself, a __class__ that lies: held, not sent
             return hold(value)
 
     namespace = {"__name__": "solution"}
@@ -145,6 +159,13 @@ def serve(program, calls, answers) -> None:
                 result = target[args("key")]
             elif op == "len":
                 result = len(target)
+            elif op == "contains":
+                result = args("key") in target
+            elif op == "hash":
+                result = hash(target)
+            elif op == "plain":
+                send(answers, {"value": base_value(target, hold)})
+                continue
             else:  # "list"
                 result = list(target)
             send(answers, {"value": describe(result)})
@@ -172,7 +193,7 @@ class Remote:
         reply = json.loads(line)
         if "raise" in reply:
             raise program_error(reply)
-        return decode(reply["value"], Remote)
+        return decode(reply["value"], Remote, LikeRemote)
 
     def __call__(self, *args, **kwargs):
         return self._ask("call", args=encode(list(args), crossing), kwargs=encode(kwargs, crossing))
@@ -196,9 +217,50 @@ class Remote:
         return f"<the program's object #{self.ref}>"
 
 
+class LikeRemote(Remote):
+    """The program's instance of a subclass of a built-in type (a Counter, a namedtuple, an
+    OrderedDict, an IntEnum). ``==``, ordering and hashing compare its base type's value, rebuilt
+    here from what the program's process reads through the base type's own methods, so its own
+    ``__eq__`` never answers; ``len``, ``in``, items, attributes and calls are the program's, as
+    for any `Remote` (`Counter.most_common`, a namedtuple's ``.x``, a defaultdict's missing key).
+    A right answer returned as a Counter scored 0 when ``==`` was identity."""
+
+    __slots__ = ()
+
+    def plain(self):
+        return self._ask("plain")
+
+    def __eq__(self, other):
+        return self.plain() == (other.plain() if type(other) is LikeRemote else other)
+
+    def __ne__(self, other):
+        return not self == other
+
+    def __lt__(self, other):
+        return self.plain() < (other.plain() if type(other) is LikeRemote else other)
+
+    def __le__(self, other):
+        return self.plain() <= (other.plain() if type(other) is LikeRemote else other)
+
+    def __gt__(self, other):
+        return self.plain() > (other.plain() if type(other) is LikeRemote else other)
+
+    def __ge__(self, other):
+        return self.plain() >= (other.plain() if type(other) is LikeRemote else other)
+
+    def __hash__(self) -> int:
+        h = self._ask("hash")
+        if type(h) is not int:
+            raise TypeError("the program's __hash__ gave no int")
+        return h
+
+    def __contains__(self, item) -> bool:
+        return bool(self._ask("contains", key=encode(item, crossing)) is True)
+
+
 def crossing(value):
     """What may go to the program besides plain data: its own objects, by reference."""
-    if type(value) is Remote:
+    if type(value) in (Remote, LikeRemote):
         return {"ref": value.ref}
     raise TypeError(f"the test passes a {type(value).__name__} to the program: only plain data and the program's own objects cross")
 
@@ -260,7 +322,7 @@ def judge(program) -> None:
             if module == name and module in SAFE_MODULES:
                 namespace[name] = __import__(module)
             continue
-        namespace[name] = decode(description["value"], Remote)
+        namespace[name] = decode(description["value"], Remote, LikeRemote)
     if entry_point and entry_point not in loaded["names"]:
         raise NameError(f"the program defines no {entry_point}")  # not the builtin of that name, nor the prelude's stub
     try:

@@ -273,24 +273,33 @@ def test_program_extraction():
     assert extract_program("```\nprint(3)\n```") == "print(3)\n"
     assert extract_program("print(4)") is None
     assert extract_program("```python3\nprint(5)\n```") == "print(5)\n"
-    # a python block wins over a later untagged one (its output, `3`), and an indented block is dedented
-    assert extract_program("```python\nprint(6)\n```\nOutput:\n```\n3\n```") == "print(6)\n"
+    # an indented block (under a list item) loses its margin; a whitespace-only line of an unindented
+    # block is left alone (textwrap.dedent emptied it, changing a string literal)
     assert extract_program("1. Code:\n   ```python\n   def f():\n       return 7\n   ```") == "def f():\n    return 7\n"
-    # an assert suite's program defines its function: a usage block after it is not the program
-    solution_then_usage = "```python\ndef f():\n    return 8\n```\n```python\nprint(f())\n```"
-    assert extract_program(solution_then_usage) == "print(f())\n"
+    assert extract_program('```python\ns = """a\n   \nb"""\n```') == 's = """a\n   \nb"""\n'
+    # an assert suite tests what the program binds: a usage or output block after it is not the
+    # program, but a final answer that binds the name another way (an import, a lambda) is
+    solution_then_usage = "```python\ndef f():\n    return 8\n```\n```python\nprint(f())\n```\nOutput:\n```\n8\n```"
+    assert extract_program(solution_then_usage) == "8\n"
     assert extract_program(solution_then_usage, defines=True) == "def f():\n    return 8\n"
-    # drafts inside a reasoning model's thinking are not the answer; thinking cut short is no answer
+    draft_then_final = "```python\ndef add(a, b):\n    return a - b\n```\nFinal:\n```python\nfrom operator import add\n```"
+    assert extract_program(draft_then_final, defines=True) == "from operator import add\n"
+    # drafts inside a reasoning model's thinking are not the answer; thinking cut short is no answer;
+    # a tag inside the code is the program's own text
     assert extract_program("<think>```python\nprint(9)\n```</think>The answer:\n```python\nprint(10)\n```") == "print(10)\n"
     assert extract_program("<think>```python\nprint(9)\n```</think>I could not solve it.") is None
     assert extract_program("<think>let me draft:\n```python\nprint(9)\n```\nhmm") is None
+    strip = "```python\ndef strip(s):\n    return s.replace('<think>', '')\n```"
+    assert extract_program(strip) == "def strip(s):\n    return s.replace('<think>', '')\n"
 
 
 def test_answers_shaped_as_models_write_them_are_scored_as_their_code():
     """A right function followed by its usage (`print(add(1, 2))`) or its output scored 0; a Counter,
-    a namedtuple, an IntEnum or a 5,000-digit int returned by a right function scored 0 (left behind
-    as a proxy, or over JSON's int limit); `from __future__` after a prelude was a compile error.
-    A subclass whose `__eq__` always says True still cannot pass: what crosses is plain data."""
+    a namedtuple, an IntEnum or a 5,000-digit int returned by a right function scored 0 (a proxy
+    compared by identity, or over JSON's int limit); `from __future__` after a prelude was a compile
+    error. A subclass is compared as its base type's value, rebuilt on the test's side, and its
+    methods, items and len stay the program's: its own `__eq__` (always True) cannot pass it, and a
+    `__len__` that lies is seen as in plain Python."""
     add = "def add(a, b):\n    return a + b\n"
     assert code_tests_reward(fenced(add) + "\nUsage:\n" + fenced("print(add(1, 2))"), ADD_ASSERTS)["score"] == 1.0
     assert code_tests_reward(fenced(add) + "\nOutput:\n```\n3\n```", ADD_ASSERTS)["score"] == 1.0
@@ -302,10 +311,23 @@ def test_answers_shaped_as_models_write_them_are_scored_as_their_code():
     }
     for program, test in returns.items():
         assert code_tests_reward(fenced(program), json.dumps([test])) == {"score": 1.0, "outcome": "passed"}, program
+    methods = {
+        "from collections import Counter\ndef f(s):\n    return Counter(s)": "assert f('aab').most_common(1) == [('a', 2)]",
+        "from collections import namedtuple\nP = namedtuple('P', 'x y')\ndef f():\n    return P(1, 2)": "assert f().x == 1",
+        "from collections import defaultdict\ndef f():\n    return defaultdict(int)": "assert f()['z'] == 0",
+        "class Stack(list):\n    def push(self, x):\n        self.append(x)\n    def peek(self):\n        return self[-1]":
+            "s = Stack()\ns.push(4)\nassert s.peek() == 4 and len(s) == 1 and 4 in s and s == [4]",
+    }
+    for program, test in methods.items():
+        assert code_tests_reward(fenced(program), json.dumps([test])) == {"score": 1.0, "outcome": "passed"}, program
     liar = "class L(list):\n    def __iter__(self):\n        return iter([1, 2])\n    def __eq__(self, other):\n        return True\ndef f():\n    return L([9])"
     assert code_tests_reward(fenced(liar), json.dumps(["assert f() == [1, 2]"]))["outcome"] == "wrong_answer"
+    lying_len = "class V(list):\n    def __len__(self):\n        return 99\ndef f():\n    return V([1, 2, 3])"
+    assert code_tests_reward(fenced(lying_len), json.dumps(["assert len(f()) == 3"]))["outcome"] == "wrong_answer"
     future = json.dumps({"asserts": ["assert g(2) == 4"], "prelude": "import math"})
     assert code_tests_reward(fenced("from __future__ import annotations\ndef g(x: int) -> int:\n    return x * 2"), future)["score"] == 1.0
+    documented = '"""Doubles."""\nfrom __future__ import (annotations,\n    division)\ndef g(x: int) -> int:\n    return x * 2'
+    assert code_tests_reward(fenced(documented), future)["score"] == 1.0
 
 
 def test_bad_test_specs_are_named():

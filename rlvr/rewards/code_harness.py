@@ -46,8 +46,6 @@ SAFE_MODULES = frozenset({
     "string", "textwrap", "typing", "unicodedata",
 })
 COLLECTIONS = {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}
-if hasattr(sys, "set_int_max_str_digits"):
-    sys.set_int_max_str_digits(0)  # a right answer of 5,000 digits (factorial(2000)) crosses as JSON too
 
 
 def encode(value, other):
@@ -333,8 +331,10 @@ def judge(program) -> None:
     os._exit(0)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # in the sandbox only: rlvr.rewards.code imports this module for its exit statuses
     builtins.exit = builtins.quit = sys.exit  # `-S` leaves them out, and programs end with them
+    if hasattr(sys, "set_int_max_str_digits"):
+        sys.set_int_max_str_digits(0)  # a right answer of 5,000 digits (factorial(2000)) crosses as JSON too
     try:
         compiled = compile(open("/sandbox/program.py").read(), "program.py", "exec")
     except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError):

@@ -311,6 +311,9 @@ def test_answers_shaped_as_models_write_them_are_scored_as_their_code():
     }
     for program, test in returns.items():
         assert code_tests_reward(fenced(program), json.dumps([test])) == {"score": 1.0, "outcome": "passed"}, program
+    import sys
+
+    assert sys.get_int_max_str_digits() != 0  # lifted in the sandbox's harness only, not in this process (it broke a tool-call test)
     methods = {
         "from collections import Counter\ndef f(s):\n    return Counter(s)": "assert f('aab').most_common(1) == [('a', 2)]",
         "from collections import namedtuple\nP = namedtuple('P', 'x y')\ndef f():\n    return P(1, 2)": "assert f().x == 1",

@@ -112,12 +112,18 @@ def _without_margin(code: str) -> str:
     """``code`` less the indentation all its non-blank lines share (a block under a list item);
     unchanged when they share none (textwrap.dedent also empties whitespace-only lines, which
     changed a string literal's value)."""
-    lines = code.splitlines(keepends=True)
+    lines = _lines(code)
     margins = [line[: len(line) - len(line.lstrip(" \t"))] for line in lines if line.strip()]
     margin = os.path.commonprefix(margins) if margins else ""
     if not margin:
         return code
     return "".join(line[len(margin):] if line.startswith(margin) else line.lstrip(" \t") if not line.strip() else line for line in lines)
+
+
+def _lines(code: str) -> list[str]:
+    """``code``'s lines with their ends, split where Python's tokenizer splits them (str.splitlines
+    also splits at a form feed or U+2028, and ast's line numbers then named other lines)."""
+    return [line for line in re.split(r"(?<=\n)|(?<=\r)(?!\n)", code) if line]
 
 
 def _futures_first(prelude: str, program: str) -> str:
@@ -134,7 +140,7 @@ def _futures_first(prelude: str, program: str) -> str:
         futures.append(node)
     if not futures:
         return prelude + "\n" + program
-    lines = program.splitlines(keepends=True)
+    lines = _lines(program)
     moved = {i for node in futures for i in range(node.lineno - 1, node.end_lineno)}
     head = "".join(lines[i] for i in sorted(moved))
     return head + ("" if head.endswith("\n") else "\n") + prelude + "\n" + "".join(line for i, line in enumerate(lines) if i not in moved)

@@ -91,13 +91,14 @@ def decode(data, ref, like=None):
         return ref(body)
     if kind == "like":
         return (like or ref)(body)
-    if kind == "dict":
-        return {decode(k, ref, like): decode(v, ref, like) for k, v in body}
     if kind == "bytes":
         return bytes.fromhex(body)
     if kind == "complex":
         return complex(*body)
-    return COLLECTIONS[kind](decode(v, ref, like) for v in body)
+    built = {decode(k, ref, like): decode(v, ref, like) for k, v in body} if kind == "dict" else COLLECTIONS[kind](decode(v, ref, like) for v in body)
+    if len(built) != len(body):  # members the program kept apart (their own __eq__, __hash__) merged here
+        raise TypeError(f"the program's {kind} does not hold as plain data: {len(body)} members, {len(built)} here")
+    return built
 
 
 def send(stream, message) -> None:
@@ -161,6 +162,8 @@ def serve(program, calls, answers) -> None:
                 result = args("key") in target
             elif op == "hash":
                 result = hash(target)
+            elif op == "bool":
+                result = bool(target)
             elif op == "plain":
                 send(answers, {"value": base_value(target, hold)})
                 continue
@@ -217,16 +220,29 @@ class Remote:
 
 class LikeRemote(Remote):
     """The program's instance of a subclass of a built-in type (a Counter, a namedtuple, an
-    OrderedDict, an IntEnum). ``==``, ordering and hashing compare its base type's value, rebuilt
-    here from what the program's process reads through the base type's own methods, so its own
-    ``__eq__`` never answers; ``len``, ``in``, items, attributes and calls are the program's, as
-    for any `Remote` (`Counter.most_common`, a namedtuple's ``.x``, a defaultdict's missing key).
-    A right answer returned as a Counter scored 0 when ``==`` was identity."""
+    OrderedDict, an IntEnum). ``==``, ordering, arithmetic, ``str`` and ``format`` use its base
+    type's value, rebuilt here from what the program's process reads through the base type's own
+    methods, so its own ``__eq__`` never answers; ``hash``, truth, ``len``, ``in``, items, attributes
+    and calls are the program's, as for any `Remote` (`Counter.most_common`, a namedtuple's ``.x``,
+    a defaultdict's missing key). A right answer returned as a Counter scored 0 when ``==`` was
+    identity."""
 
     __slots__ = ()
 
     def plain(self):
         return self._ask("plain")
+
+    def __bool__(self) -> bool:
+        truth = self._ask("bool")  # the program's own rule, as in Python (an int subclass's is int's)
+        if type(truth) is not bool:
+            raise TypeError("the program's __bool__ gave no bool")
+        return truth
+
+    def __str__(self) -> str:
+        return str(self.plain())
+
+    def __format__(self, spec: str) -> str:
+        return format(self.plain(), spec)
 
     def __eq__(self, other):
         return self.plain() == (other.plain() if type(other) is LikeRemote else other)
@@ -254,6 +270,24 @@ class LikeRemote(Remote):
 
     def __contains__(self, item) -> bool:
         return bool(self._ask("contains", key=encode(item, crossing)) is True)
+
+
+def _on_plain(name: str, reflected: bool = False):
+    """An operator of `LikeRemote` computed on its base type's value (an IntEnum plus 1, a str
+    subclass plus "!", abs of a float subclass minus a float), never by the program's own method."""
+    def op(self, *other):
+        other = tuple(o.plain() if type(o) is LikeRemote else o for o in other)
+        if reflected:
+            return getattr(other[0], name)(self.plain())
+        return getattr(self.plain(), name)(*other)
+    return op
+
+
+for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow"):
+    setattr(LikeRemote, f"__{_name}__", _on_plain(f"__{_name}__"))
+    setattr(LikeRemote, f"__r{_name}__", _on_plain(f"__{_name}__", reflected=True))
+for _name in ("neg", "pos", "abs", "int", "float", "index", "round"):
+    setattr(LikeRemote, f"__{_name}__", _on_plain(f"__{_name}__"))
 
 
 def crossing(value):

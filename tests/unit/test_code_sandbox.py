@@ -307,10 +307,10 @@ def test_answers_shaped_as_models_write_them_are_scored_as_their_code():
         "from collections import Counter\ndef f(s):\n    return Counter(s)": "assert f('aab') == {'a': 2, 'b': 1}",
         "from collections import namedtuple\nP = namedtuple('P', 'x y')\ndef f():\n    return P(1, 2)": "assert f() == (1, 2)",
         "from enum import IntEnum\nclass E(IntEnum):\n    A = 3\ndef f():\n    return E.A": "assert f() == 3",
-        "import math\ndef f(n):\n    return math.factorial(n)": "import math\nassert f(2000) == math.factorial(2000)",
+        "def f(n):\n    return 10 ** n + 1": "assert f(4400) == 10 ** 4400 + 1",  # past json's 4,300 digits
     }
     for program, test in returns.items():
-        assert code_tests_reward(fenced(program), json.dumps([test])) == {"score": 1.0, "outcome": "passed"}, program
+        assert code_tests_reward(fenced(program), json.dumps([test]), timeout_s=10.0) == {"score": 1.0, "outcome": "passed"}, program
     import sys
 
     assert sys.get_int_max_str_digits() != 0  # lifted in the sandbox's harness only, not in this process (it broke a tool-call test)
@@ -322,15 +322,29 @@ def test_answers_shaped_as_models_write_them_are_scored_as_their_code():
             "s = Stack()\ns.push(4)\nassert s.peek() == 4 and len(s) == 1 and 4 in s and s == [4]",
     }
     for program, test in methods.items():
-        assert code_tests_reward(fenced(program), json.dumps([test])) == {"score": 1.0, "outcome": "passed"}, program
+        assert code_tests_reward(fenced(program), json.dumps([test]), timeout_s=10.0) == {"score": 1.0, "outcome": "passed"}, program
     liar = "class L(list):\n    def __iter__(self):\n        return iter([1, 2])\n    def __eq__(self, other):\n        return True\ndef f():\n    return L([9])"
     assert code_tests_reward(fenced(liar), json.dumps(["assert f() == [1, 2]"]))["outcome"] == "wrong_answer"
     lying_len = "class V(list):\n    def __len__(self):\n        return 99\ndef f():\n    return V([1, 2, 3])"
     assert code_tests_reward(fenced(lying_len), json.dumps(["assert len(f()) == 3"]))["outcome"] == "wrong_answer"
+    # truth is the program's (an IntEnum's is int's); arithmetic, str and format use the base value
+    values = {
+        "from enum import IntEnum\nclass B(IntEnum):\n    NO = 0\n    YES = 1\ndef is_even(n):\n    return B(n % 2 == 0)":
+            "assert is_even(4) and not is_even(3) and is_even(4) + 1 == 2",
+        "class F(float):\n    pass\ndef half(x):\n    return F(x / 2)": "assert abs(half(3) - 1.5) < 1e-9 and f'{half(3):.1f}' == '1.5'",
+        "class S(str):\n    pass\ndef up(s):\n    return S(s.upper())": "assert up('ab') + '!' == 'AB!' and str(up('ab')) == 'AB'",
+    }
+    for program, test in values.items():
+        assert code_tests_reward(fenced(program), json.dumps([test]), timeout_s=10.0) == {"score": 1.0, "outcome": "passed"}, program
+    # members the program keeps apart by their own hash and eq do not merge into the expected set
+    merging = "class K(int):\n    __hash__ = object.__hash__\n    __eq__ = object.__eq__\nclass S(set):\n    pass\ndef uniq(xs):\n    return S(K(x) for x in xs)"
+    assert code_tests_reward(fenced(merging), json.dumps(["assert uniq([1, 2, 2, 3]) == {1, 2, 3}"]))["score"] == 0.0
     future = json.dumps({"asserts": ["assert g(2) == 4"], "prelude": "import math"})
     assert code_tests_reward(fenced("from __future__ import annotations\ndef g(x: int) -> int:\n    return x * 2"), future)["score"] == 1.0
     documented = '"""Doubles."""\nfrom __future__ import (annotations,\n    division)\ndef g(x: int) -> int:\n    return x * 2'
     assert code_tests_reward(fenced(documented), future)["score"] == 1.0
+    form_feed = "\x0c\nfrom __future__ import annotations\ndef g(x: int) -> int:\n    return x * 2"  # lines as the tokenizer counts them
+    assert code_tests_reward(fenced(form_feed), future)["score"] == 1.0
 
 
 def test_bad_test_specs_are_named():

@@ -93,7 +93,9 @@ def test_v05_and_focal_read_correctness_under_shaped_rewards(tmp_path, ray_sessi
     rollout a nonzero shaped reward. The baseline estimates success; the shaping stays in A = r − b.
     Focal's p̂ is the success rate too: 0 here, so every weight is (1 − 0)^γ = 1."""
     terms = "verifier.terms=[{fn: math, weight: 1.0}, {fn: format, weight: 1.0, kwargs: {pattern: '(?:.{2})*.', mode: fullmatch, bonus: 1.0}}]"
-    cfg = compose(preset_check.QUICK + ["algorithm=v05", "weighting=focal", "algorithm.overlong=true", "algorithm.warmup_prompts=8", "trainer.steps=1",
+    # overlong_penalty_factor 1: at DAPO's 0.5 this step's format bonuses and length penalties happen to sum to 0.0
+    cfg = compose(preset_check.QUICK + ["algorithm=v05", "weighting=focal", "algorithm.overlong=true", "algorithm.overlong_penalty_factor=1.0",
+                                        "algorithm.warmup_prompts=8", "trainer.steps=1",
                                         "trainer.eval_every=0", "eval.at_start=false", "trainer.save_every=0", "trainer.progress=false",
                                         terms, f"run_dir={tmp_path / 'v05'}"])
     history = train(cfg)["history"]

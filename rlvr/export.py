@@ -6,8 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from omegaconf import OmegaConf
 
 from rlvr.checkpoint import checkpoint_named, validate_checkpoint
 from rlvr.lora import LoraSettings, add_adapters, is_adapter
-from rlvr.models import resolve_model_path
+from rlvr.models import publish_folder, resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +75,14 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, adapter: bool = Fal
         model = model.merge_and_unload()
     if not adapter:
         model = model.to(getattr(torch, cfg.model.dtype))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # a folder as mkdir would make it, not mkdtemp's owner-only one
-    try:  # built beside the target and renamed into place: a crash leaves no half-written model folder
+
+    def build(tmp: Path) -> None:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # a folder as mkdir would make it, not mkdtemp's owner-only one
         model.save_pretrained(tmp)  # a PeftModel writes adapter_config.json and adapter_model.safetensors only
         AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
-        os.rename(tmp, out_dir)  # replaces an empty folder
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    publish_folder(build, out_dir)
     log.info("exported %s to %s%s", ckpt, out_dir, " (peft adapter)" if adapter else "")
     return out_dir

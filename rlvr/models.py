@@ -62,8 +62,9 @@ def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike | None = 
     return str(path)
 
 
-def _publish_atomically(build_into, out_dir: Path) -> Path:
-    """Build a folder in a temp dir beside `out_dir`, then rename it into place."""
+def publish_folder(build_into, out_dir: Path) -> Path:
+    """Build a folder in a temp dir beside `out_dir`, then rename it into place (over an empty
+    folder too): a crash leaves no half-written folder. One that holds a config.json is kept."""
     if (out_dir / "config.json").is_file():
         return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -108,7 +109,7 @@ def convert_smollm2(out_dir: str | os.PathLike) -> Path:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
 
-    return _publish_atomically(build, out_dir)
+    return publish_folder(build, out_dir)
 
 
 def _tiny_corpus() -> list[str]:
@@ -187,4 +188,4 @@ def build_tiny_model(
             json.dumps({"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id})
         )
 
-    return _publish_atomically(build, out_dir)
+    return publish_folder(build, out_dir)

@@ -52,8 +52,9 @@ def write_text_whole(path: Path, text: str) -> None:
 def set_aside_records(run_dir: Path) -> list[Path]:
     """A fresh start in a run dir that holds an earlier start's records (`resume=never`, or a run that
     failed before its first checkpoint): each moves to ``<name>.before-<time>.jsonl``, and its
-    checkpoints to ``checkpoints.before-<time>``, kept, so the new run's files hold only its own steps. (They were appended to: two step-0 records, and eval.jsonl
-    held both starts' prompts, which bootstrap intervals would count twice.)"""
+    checkpoints to ``checkpoints.before-<time>``, kept, so the new run's files hold only its own
+    steps. (They were appended to: two step-0 records, and eval.jsonl held both starts' prompts,
+    which bootstrap intervals would count twice.)"""
     import time
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -131,9 +132,7 @@ class MetricsLog:
                         kept.append(line + "\n")
                 except json.JSONDecodeError:
                     continue
-            tmp = path.with_suffix(".rewind")
-            tmp.write_text("".join(kept))
-            tmp.replace(path)
+            write_text_whole(path, "".join(kept))
             setattr(self, name, open(path, "a", buffering=1))
 
     def close(self) -> None:

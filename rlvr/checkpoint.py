@@ -336,18 +336,24 @@ def branch_from(run_dir: str | Path, ckpt: Path) -> None:
 # -- saving ----------------------------------------------------------------------
 
 
-def _write_latest(ckdir: Path, name: str) -> None:
-    tmp = ckdir / _hidden_name("tmp", LATEST)
+def write_text_whole(path: Path, text: str, tmp: Path | None = None) -> None:
+    """``text`` to ``path`` through a temp file (``tmp``, or ``.<name>.tmp`` beside it) fsynced and
+    renamed into place, then the directory fsynced: a crash, or a power cut, leaves the old file or the new."""
+    tmp = tmp or path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            f.write(name + "\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, ckdir / LATEST)
+        os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(ckdir)
+    _fsync_dir(path.parent)
+
+
+def _write_latest(ckdir: Path, name: str) -> None:
+    write_text_whole(ckdir / LATEST, name + "\n", tmp=ckdir / _hidden_name("tmp", LATEST))
 
 
 def _remove(path: Path) -> None:

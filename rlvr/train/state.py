@@ -22,7 +22,7 @@ import ray
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rlvr.checkpoint import CHECKPOINT_DIR, save_checkpoint
+from rlvr.checkpoint import CHECKPOINT_DIR, save_checkpoint, write_text_whole
 from rlvr.config import ConfigError
 from rlvr.lora import BEFORE_LORA
 from rlvr.models import model_location
@@ -40,13 +40,6 @@ RECORDS = ("metrics.jsonl", "decisions.jsonl", "eval.jsonl", "oracle.jsonl", WAR
 def write_records(path: Path, records: list[dict]) -> None:
     """``records`` as JSON lines, written whole (a temp file renamed into place)."""
     write_text_whole(path, "".join(json.dumps(r) + "\n" for r in records))
-
-
-def write_text_whole(path: Path, text: str) -> None:
-    """``text`` to ``path`` through a temp file renamed into place: a crash leaves the old file or the new."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def set_aside_records(run_dir: Path) -> list[Path]:

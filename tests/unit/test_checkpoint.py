@@ -542,25 +542,36 @@ def test_metrics_jsonl_is_strict_json_without_nan_or_infinity(tmp_path):
 
 def test_the_summary_of_a_finished_run_is_written_whole(tmp_path, monkeypatch):
     """summary.json was written in place and read back when the finished run is resumed: a file cut
-    short by a crash made every later resume fail with JSONDecodeError."""
+    short by a crash made every later resume fail with JSONDecodeError. A rename with no fsync
+    before it can still leave an empty file after a power cut, so the file and then its directory
+    are synced."""
+    import os
+
     from rlvr.train.state import write_text_whole
 
     path = tmp_path / "summary.json"
     path.write_text('{"steps": 20}')
 
-    real = Path.write_text
-
-    def cut_short(self, text):  # the write a crash (or a full disk) stops halfway
-        real(self, text[:5])
+    def disk_full(fd):  # the write a crash (or a full disk) stops before it is durable
         raise OSError("disk full")
 
-    monkeypatch.setattr(Path, "write_text", cut_short)
+    monkeypatch.setattr(os, "fsync", disk_full)
     with pytest.raises(OSError):
         write_text_whole(path, '{"steps": 21}')
     monkeypatch.undo()
-    assert path.read_text() == '{"steps": 20}'  # the old file whole, not a cut-short new one
+    assert path.read_text() == '{"steps": 20}' and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+    synced, real_fsync = [], os.fsync
+
+    def spy(fd):
+        synced.append((os.path.realpath(f"/proc/self/fd/{fd}"), path.read_text()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
     write_text_whole(path, '{"steps": 21}')
     assert path.read_text() == '{"steps": 21}' and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+    # the new text is synced while the old file is still in place, then the directory after the rename
+    assert synced == [(str(tmp_path / ".summary.json.tmp"), '{"steps": 20}'), (str(tmp_path), '{"steps": 21}')]
 
 
 def test_a_fresh_start_sets_an_earlier_start_s_records_aside(tmp_path):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -33,6 +35,23 @@ def policy_state_dict(ckpt: Path, lora: bool = False) -> dict[str, torch.Tensor]
     return module
 
 
+IN_PLACE_PREFIX = ".rlvr-export-"
+
+
+def fill_in_place(build_into, out_dir: Path) -> None:
+    """Fill an existing empty folder: built in a hidden folder inside it (the same filesystem, so
+    each file moves by rename), then moved in file by file with config.json last, so the folder is a
+    model only once it is whole. Renaming a new folder over it instead failed for ".", a bind mount
+    or a link to a folder, and replaced the folder the user's shell and permissions were on."""
+    tmp = Path(tempfile.mkdtemp(prefix=IN_PLACE_PREFIX, dir=out_dir))
+    try:
+        build_into(tmp)
+        for entry in sorted(tmp.iterdir(), key=lambda p: p.name == "config.json"):
+            os.replace(entry, out_dir / entry.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def export_checkpoint(ckpt: str | Path, out_dir: str | Path, adapter: bool = False) -> Path:
     """Write `out_dir`: the trained policy as a plain HF folder (LoRA adapters merged into the base),
     or with `adapter=True` a peft adapter folder that `PeftModel.from_pretrained(base, out_dir)` loads."""
@@ -41,6 +60,8 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, adapter: bool = Fal
     ckpt, out_dir = Path(ckpt), Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():  # transformers only logs this and writes nothing
         raise ValueError(f"export target {out_dir} is a file, not a folder: give a new or an empty folder")
+    for leftover in out_dir.glob(f"{IN_PLACE_PREFIX}*") if out_dir.is_dir() else ():  # an export into it that crashed
+        shutil.rmtree(leftover, ignore_errors=True)
     if out_dir.is_dir() and any(out_dir.iterdir()):
         # Writing into an earlier export mixed the two: transformers applied a stale adapter_config.json's
         # adapter on top of newer merged weights, and vLLM ignored it.
@@ -83,6 +104,9 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, adapter: bool = Fal
         model.save_pretrained(tmp)  # a PeftModel writes adapter_config.json and adapter_model.safetensors only
         AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
 
-    publish_folder(build, out_dir)
+    if out_dir.is_dir():
+        fill_in_place(build, out_dir)
+    else:
+        publish_folder(build, out_dir)
     log.info("exported %s to %s%s", ckpt, out_dir, " (peft adapter)" if adapter else "")
     return out_dir

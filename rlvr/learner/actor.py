@@ -272,7 +272,7 @@ class PolicyLearner:
         old: list[list[torch.Tensor]] | None = None
         # Under LoRA dropout the train-mode log-prob is a noisy π, not the policy the engine sampled
         # from, and the rollout correction would weigh tokens by that noise: π_old needs its own forward.
-        if update.old_logprobs == "recompute" and (update.epochs > 1 or len(mini_batches) > 1 or self.cfg.lora.dropout > 0):
+        if update.old_logprobs == "recompute" and (update.epochs > 1 or len(mini_batches) > 1 or (self.cfg.lora.enabled and self.cfg.lora.dropout > 0)):
             old = [[self._eval_logprobs(mb, update.temperature) for mb, _ in mini] for mini in collated]
         sums: dict[str, float] = {}
         ratio_min, ratio_max, first_dev, grad_norms = float("inf"), 0.0, 0.0, []

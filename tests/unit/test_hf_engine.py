@@ -28,3 +28,70 @@ def test_a_sequence_that_meets_a_stop_string_ends_there_not_at_its_siblings_padd
             # the shortest prefix that holds a stop string: nothing after the token that completed it
             assert len(g["response_ids"]) < 24 and any(s in decode(g["response_ids"]) for s in stop)
             assert not any(s in decode(g["response_ids"][:-1]) for s in stop)
+
+
+def _softmax_logprobs(model, prompt_ids: list[int], response_ids: list[int], temperature: float) -> torch.Tensor:
+    """log π(token) under the temperature-scaled full softmax of an unmasked forward: what vLLM returns
+    and the learner recomputes."""
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt_ids + response_ids])).logits[0, len(prompt_ids) - 1 : -1].float()
+    return (logits / (temperature or 1.0)).log_softmax(-1).gather(1, torch.tensor(response_ids)[:, None])[:, 0]
+
+
+def test_only_the_request_s_sampling_settings_act_not_the_model_folder_s(tiny_model, tmp_path):
+    """generate() filled what a call left unset from the folder's generation_config.json: a
+    repetition_penalty of 1.5 moved the returned log-probs 0.54 from the softmax and changed the
+    greedy tokens; vLLM ignores the file when it is given sampling settings."""
+    import json
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    (folder / "generation_config.json").write_text(json.dumps(
+        {"eos_token_id": 2, "pad_token_id": 0, "do_sample": True, "repetition_penalty": 1.5, "no_repeat_ngram_size": 2,
+         "temperature": 0.7, "top_p": 0.8, "top_k": 20}))
+    engine = HFEngine(tiny_engine_config(str(folder), "rollout=hf"))
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    for temperature in (0.0, 0.7):
+        torch.manual_seed(0)
+        sample = engine.generate([GenerationRequest(0, "hello world", 1)], SamplingConfig(temperature=temperature, top_p=1.0, max_tokens=24))[0][0]
+        expected = _softmax_logprobs(model, sample["prompt_ids"], sample["response_ids"], temperature)
+        assert torch.allclose(torch.tensor(sample["logprobs"]), expected, atol=1e-4), temperature
+
+
+def test_a_prompt_holding_the_pad_id_is_read_whole(tiny_model):
+    """A token-id prompt (a multi-turn continuation) with the pad id in it: generate() built an
+    attention mask from ids != pad, so that token was masked out of the context."""
+    engine = HFEngine(tiny_engine_config(tiny_model, "rollout=hf"))
+    words = engine.tokenizer("hello world", add_special_tokens=False).input_ids
+    prompt = words[:2] + [engine.tokenizer.pad_token_id] + words[2:]
+    sample = engine.generate([GenerationRequest(0, prompt, 1)], SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=8))[0][0]
+    expected = _softmax_logprobs(engine.model, prompt, sample["response_ids"], 0.0)
+    assert torch.allclose(torch.tensor(sample["logprobs"]), expected, atol=1e-4)
+
+
+def test_greedy_decoding_returns_n_copies(tiny_model):
+    """temperature 0 with n > 1 raised ValueError (generate() refuses several sequences without
+    sampling or beam search); vLLM returns n identical completions."""
+    engine = HFEngine(tiny_engine_config(tiny_model, "rollout=hf"))
+    group = engine.generate([GenerationRequest(0, "hello world", 3)], SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=12))[0]
+    assert len(group) == 3 and all(g == group[0] for g in group) and group[1]["response_ids"] is not group[0]["response_ids"]
+
+
+def test_a_stop_string_the_last_allowed_token_completes_is_a_stop(tiny_model):
+    """It was reported as "length" (so truncated: a complete tool call went unparsed, and DAPO's
+    mask counted it); vLLM reports "stop"."""
+    engine = HFEngine(tiny_engine_config(tiny_model, "rollout=hf"))
+    request = [GenerationRequest(0, "hello world", 1)]
+    torch.manual_seed(1)
+    free = engine.generate(request, SamplingConfig(temperature=1.0, top_p=1.0, max_tokens=24))[0][0]
+    pieces = [engine.tokenizer.decode([t]) for t in free["response_ids"]]
+    # a token whose text first appears at position j: a stop string met by token j and no earlier
+    j = next(i for i, p in enumerate(pieces) if i >= 3 and len(p) >= 2 and p.isascii() and p.isprintable() and p not in "".join(pieces[:i]))
+    for max_tokens in (j + 2, j + 1):
+        torch.manual_seed(1)
+        sample = engine.generate(request, SamplingConfig(temperature=1.0, top_p=1.0, max_tokens=max_tokens, stop=(pieces[j],)))[0][0]
+        assert sample["response_ids"] == free["response_ids"][: j + 1]
+        assert sample["finish_reason"] == "stop", max_tokens

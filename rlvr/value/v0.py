@@ -252,7 +252,8 @@ class V0ValueModel:
         self._head = specs_cls(models[0], configs[0], inference_config)
 
         self.dim = NUM_QUERIES * QUERY_DIM if NUM_QUERIES * QUERY_DIM <= TARGET_DIM else TARGET_DIM
-        self._ctx = EmbeddedContext(context_size, self._encode, self.dim, tag=Path(checkpoint).name)
+        # the backbone's folder too: a checkpoint may hold the adapter alone, its backbone from that folder
+        self._ctx = EmbeddedContext(context_size, self._encode, self.dim, tag=f"{Path(checkpoint).name}|{Path(embedding_model).resolve()}")
 
     @property
     def context_size(self) -> int:

@@ -211,6 +211,17 @@ def test_context_prompts_are_never_re_encoded(v0_files):
     assert torch.equal(restored.predict(TARGETS)[0], m.predict(TARGETS)[0])
     assert seen_restored == TARGETS[1:]  # the context (TARGETS[0] among it) was not encoded again
 
+    # the same checkpoint file over another backbone (a checkpoint holding the adapter only): the
+    # saved embeddings are another encoder's, so the context is encoded anew
+    import shutil
+
+    other_backbone = Path(v0_files["embedding_model"]).with_name("other_backbone")
+    shutil.copytree(v0_files["embedding_model"], other_backbone, dirs_exist_ok=True)
+    other = V0ValueModel(**{**v0_files, "embedding_model": str(other_backbone)}, context_size=4)
+    seen_other = counting(other)
+    other.load_state_dict(state)
+    assert seen_other == state["prompts"]
+
 
 def test_config_validation_names_the_key(v0_files, tmp_path):
     overrides = [f"value.v0.{k}={v}" for k, v in v0_files.items()]

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from rlvr.algorithms import WEIGHTINGS, HADWState, apply_weighting, compute_advantages
 from rlvr.checkpoint import branch_from, resolve_resume
 from rlvr.config import ConfigError, algorithm_preset, fill, max_response_tokens, overlong_buffer, validate
-from rlvr.data import Problem, PromptStream, load_problems
+from rlvr.data import Problem, PromptStream, QuestionSet, load_problems
 from rlvr.generation import Generator, make_generator
 from rlvr.learner.actor import UpdateConfig
 from rlvr.learner.plan import plan_mini_batches
@@ -107,7 +107,9 @@ def controller_config(cfg: DictConfig) -> ControllerConfig:
 # --------------------------------------------------------------------------------------------
 def split_warmup(problems: list[Problem], count: int, seed: int) -> tuple[list[Problem], list[Problem]]:
     """(training prompts, V0.5's warm-up prompts): `count` drawn by `seed` and held out of training,
-    the same way on every start, so that a resumed run's prompt stream is the original's."""
+    with every other copy of their questions (a generated set repeats some: a copy left in training
+    had its own step-0 success rate in the value context), the same way on every start, so that a
+    resumed run's prompt stream is the original's."""
     if count <= 0:
         return problems, []
     if count >= len(problems):
@@ -115,7 +117,12 @@ def split_warmup(problems: list[Problem], count: int, seed: int) -> tuple[list[P
             f"algorithm.warmup_prompts: {count} warm-up prompts would leave none of the {len(problems)} training prompts; lower it"
         )
     chosen = set(random.Random(seed).sample(range(len(problems)), count))
-    return [p for i, p in enumerate(problems) if i not in chosen], [problems[i] for i in sorted(chosen)]
+    warmup = [problems[i] for i in sorted(chosen)]
+    asked = QuestionSet(p.question for p in warmup)
+    train = [p for i, p in enumerate(problems) if i not in chosen and p.question not in asked]
+    if not train:
+        raise ConfigError(f"algorithm.warmup_prompts: the {count} warm-up prompts' questions are all {len(problems)} training prompts'; lower it")
+    return train, warmup
 
 
 def hadw_state(weighting: DictConfig) -> HADWState:

@@ -337,3 +337,20 @@ def test_resume_refuses_edited_prompts_before_any_role_starts(tmp_path):
     with pytest.raises(ConfigError, match="training prompts differ from the checkpoint's: content"):
         check_resume_data(tmp_path, PromptStream(edited, seed=1))
     check_resume_data(tmp_path, PromptStream(_problems(10), seed=1))  # the same prompts: no error
+
+
+def test_v05_warm_up_prompts_leave_training_with_every_copy_of_their_questions():
+    """Warm-up prompts were held out by index: a generated set repeats questions, so copies stayed
+    in training (15 of data=mix's 64), whose step-0 success rate the value context already held."""
+    from rlvr.config import ConfigError
+    from rlvr.train.loop import split_warmup
+
+    problems = [Problem(uid=f"u{i}", question=f"What is {i % 6} + 1?", answer=str(i % 6 + 1)) for i in range(24)]
+    train, warmup = split_warmup(problems, 3, seed=0)
+    assert len(warmup) == 3 and len({p.uid for p in warmup}) == 3
+    asked = {p.question for p in warmup}
+    assert train and not asked & {p.question for p in train}
+    assert {p.uid for p in train} == {p.uid for p in problems if p.question not in asked}
+    assert split_warmup(problems, 3, seed=0) == (train, warmup)  # every start the same
+    with pytest.raises(ConfigError, match="warm-up prompts' questions are all"):
+        split_warmup([Problem(uid=f"s{i}", question="What is 1 + 1?", answer="2") for i in range(4)], 1, seed=0)

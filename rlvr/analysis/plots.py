@@ -28,8 +28,11 @@ METRICS_FILE = "metrics.jsonl"
 DECISIONS_FILE = "decisions.jsonl"
 CONFIG_FILE = "config.yaml"
 
-# Phases inside time/step, in the order the trainer runs them; time/eval is outside time/step.
+# Phases inside time/step, in the order the trainer runs them; time/eval and the oracle's are
+# outside time/step, and time/collect is generate + verify + value, so not a phase of its own.
 STEP_PHASES = ("generate", "verify", "value", "learn", "sync")
+OUTSIDE_STEP = ("oracle", "oracle_gradient", "eval")
+NOT_PHASES = ("step", "collect")
 _PASS_RE = re.compile(r"eval/pass@(\d+)")
 
 FIGURES = (
@@ -98,6 +101,7 @@ def load_decisions(run_dir: str | Path) -> dict[int, list[dict]]:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: decisions are logged by V0.5 runs (algorithm=v05)")
     steps: dict[int, list[dict]] = {}
+    last_step = None
     for line_no, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -109,10 +113,11 @@ def load_decisions(run_dir: str | Path) -> dict[int, list[dict]]:
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             log.warning("%s:%d: not a decision record, skipped", path, line_no)
             continue
-        rows = steps.setdefault(step, [])
-        if any(r["uid"] == d["uid"] for r in rows):  # the step is being written again, after a resume
-            rows.clear()
-        rows.append(d)
+        if step in steps and step != last_step:  # the step written again, after a resume
+            steps[step].clear()
+        # (a uid may come twice within one step: a batch that crosses an epoch of the prompts)
+        steps.setdefault(step, []).append(d)
+        last_step = step
     return dict(sorted(steps.items()))
 
 
@@ -181,20 +186,22 @@ class _Run:
         """Mean seconds per training step for each phase (records with time/step).
 
         Phases other than the known ones (time/* keys from the controller) are kept by
-        name; "other" is time/step minus the phases inside it; "eval" (outside time/step)
-        is amortised over all steps.
+        name; "other" is time/step minus the phases inside it; the evaluation's and the
+        oracle's (outside time/step) are amortised over all steps.
         """
         steps = [r for r in self.records if _number(r.get("time/step")) is not None]
         if not steps:
             return {}
         n = len(steps)
-        keys = sorted({k[5:] for r in steps for k in r if k.startswith("time/")} - {"step", "eval", *STEP_PHASES})
+        mean_of = lambda p: sum(_number(r.get(f"time/{p}")) or 0.0 for r in steps) / n  # noqa: E731
+        keys = sorted({k[5:] for r in steps for k in r if k.startswith("time/")} - {*NOT_PHASES, *OUTSIDE_STEP, *STEP_PHASES})
         inside = [p for p in STEP_PHASES if any(f"time/{p}" in r for r in steps)] + keys
-        mean = {p: sum(_number(r.get(f"time/{p}")) or 0.0 for r in steps) / n for p in inside}
+        mean = {p: mean_of(p) for p in inside}
         step_mean = sum(_number(r["time/step"]) for r in steps) / n
         mean["other"] = max(0.0, step_mean - sum(mean.values()))
-        if any(_number(r.get("time/eval")) is not None for r in steps):
-            mean["eval"] = sum(_number(r.get("time/eval")) or 0.0 for r in steps) / n
+        for p in OUTSIDE_STEP:
+            if any(_number(r.get(f"time/{p}")) is not None for r in steps):
+                mean[p] = mean_of(p)
         return mean
 
     def last_pass_at_k(self) -> tuple[int, list[int], list[float]] | None:
@@ -326,13 +333,13 @@ def _time_figure(runs: list[_Run]):
     phases: list[str] = []
     for m in means:
         phases += [p for p in m if p not in phases]
-    order = [p for p in STEP_PHASES if p in phases] + [p for p in phases if p not in (*STEP_PHASES, "other", "eval")]
-    order += [p for p in ("other", "eval") if p in phases]
+    order = [p for p in STEP_PHASES if p in phases] + [p for p in phases if p not in (*STEP_PHASES, "other", *OUTSIDE_STEP)]
+    order += [p for p in ("other", *OUTSIDE_STEP) if p in phases]
     xs = list(range(len(runs)))
     bottom = [0.0] * len(runs)
     for j, phase in enumerate(order):
         heights = [m.get(phase, 0.0) for m in means]
-        ax.bar(xs, heights, bottom=bottom, width=0.6, color=f"C{j % 10}", label=phase + (" (outside step)" if phase == "eval" else ""))
+        ax.bar(xs, heights, bottom=bottom, width=0.6, color=f"C{j % 10}", label=phase + (" (outside step)" if phase in OUTSIDE_STEP else ""))
         bottom = [b + h for b, h in zip(bottom, heights)]
     for x, total in zip(xs, bottom):
         if total > 0:
@@ -372,8 +379,9 @@ def _v05_figure(runs: list[_Run]):
     the prior's error, for the first run that logged V0.5 decisions."""
     from matplotlib.figure import Figure
 
-    found = next(((run, load_decisions(run.dir)) for run in runs if (Path(run.dir) / DECISIONS_FILE).exists()), None)
-    if found is None or not found[1]:
+    # every run has a decisions.jsonl, empty but for V0.5's
+    found = next(((run, d) for run in runs if (Path(run.dir) / DECISIONS_FILE).exists() and (d := load_decisions(run.dir))), None)
+    if found is None:
         return None
     run, steps = found
     rows = [(step, r) for step, rs in steps.items() for r in rs]

@@ -247,14 +247,18 @@ def test_v05_decisions_figure_from_decisions_jsonl(tmp_path, caplog):
         for i, kind in enumerate(("accepted", "shrunk", "rejected", "shrunk")):
             lines.append(json.dumps({"step": step, "uid": f"q{i}", "prior": 0.2 * i, "k": i, "n": 4 + 4 * (i == 1), "decision": kind, "extra": 4 * (i == 1)}))
     lines.insert(3, "{cut short")  # a crash mid-line loses that line only
-    lines += [json.dumps({"step": 5, "uid": "q0", "prior": 0.5, "k": 2, "n": 4, "decision": "accepted", "extra": 0})]  # step 5 rewritten after a resume
+    # a batch that crosses an epoch of the prompts holds a uid twice: both are its decisions
+    lines.insert(9, json.dumps({"step": 2, "uid": "q1", "prior": 0.2, "k": 1, "n": 4, "decision": "accepted", "extra": 0}))
+    # steps 4 and 5 written again after a resume from step 3 (a run from before MetricsLog.rewind)
+    lines += [json.dumps({"step": s, "uid": "q0", "prior": 0.5, "k": 2, "n": 4, "decision": "accepted", "extra": 0}) for s in (4, 5)]
     (a / "decisions.jsonl").write_text("\n".join(lines) + "\n")
     from rlvr.analysis.plots import load_decisions
 
     with caplog.at_level(logging.WARNING, logger="rlvr.analysis.plots"):
         steps = load_decisions(a)
     assert "not a decision record" in caplog.text
-    assert list(steps) == [1, 2, 3, 4, 5] and len(steps[1]) == 4 and len(steps[5]) == 1
+    assert list(steps) == [1, 2, 3, 4, 5] and [len(steps[s]) for s in steps] == [4, 5, 4, 1, 1]
+    assert [r["uid"] for r in steps[2]] == ["q0", "q1", "q2", "q3", "q1"]
     paths = plot_runs([str(a)])
     assert "v05_decisions.png" in {p.name for p in paths}
     _png_ok(a / "plots" / "v05_decisions.png")
@@ -303,3 +307,30 @@ def test_rollouts_spent_count_v05s_warm_up(tmp_path):
     recs = [{"step": 0, "warmup/rollouts": 256, "eval/accuracy": 0.3}, *({"step": s, "rollouts": 32} for s in (1, 2))]
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     assert compare_runs([str(d)])[0]["rollouts"] == 320.0
+
+
+def test_the_phase_breakdown_counts_each_second_once(tmp_path):
+    """time/collect (generate + verify + value) was stacked as a phase of its own, and the oracle's
+    time (outside time/step) as inside it: the bar read about twice the step."""
+    from rlvr.analysis.plots import _Run
+
+    a = make_run(tmp_path / "a")
+    records = [json.loads(line) for line in (a / "metrics.jsonl").read_text().splitlines()]
+    for r in records[1:]:
+        r.update({"time/collect": 2.75, "time/oracle": 40.0, "time/oracle_gradient": 30.0})
+    (a / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    mean = _Run(str(a), "a").mean_phase_seconds()
+    inside = {p: v for p, v in mean.items() if p not in ("eval", "oracle", "oracle_gradient")}
+    assert "collect" not in mean and sum(inside.values()) == pytest.approx(4.5)
+    assert mean["oracle"] == pytest.approx(40.0) and mean["oracle_gradient"] == pytest.approx(30.0) and mean["eval"] == pytest.approx(0.6)
+
+
+def test_the_v05_figure_is_drawn_when_a_run_without_decisions_comes_first(tmp_path):
+    """Every run has a decisions.jsonl, empty but for V0.5's: with a GRPO run listed first the figure was skipped."""
+    grpo = make_run(tmp_path / "grpo")
+    (grpo / "decisions.jsonl").write_text("")
+    v05 = make_run(tmp_path / "v05", algorithm="v05")
+    (v05 / "decisions.jsonl").write_text("".join(
+        json.dumps({"step": s, "uid": f"q{i}", "prior": 0.3, "k": i, "n": 4, "decision": "accepted", "extra": 0}) + "\n"
+        for s in (1, 2) for i in range(4)))
+    assert "v05_decisions.png" in {p.name for p in plot_runs([str(grpo), str(v05)], str(tmp_path / "out"))}

@@ -147,11 +147,10 @@ def oracle_metrics(batch: Batch, oracle: dict, n0: int, estimator: str = "grpo",
             errors["se_prior"].append((priors[g.problem.uid] - p) ** 2)
             record["prior"] = priors[g.problem.uid]
         for t in g.trajectories:
-            target = float(t.correct) - p
             zero += t.advantage == 0
-            if target != 0:  # p* of 0 or 1: the oracle gives no sign to agree with
+            if 0 < p < 1:  # p* of 0 or 1: the oracle gives no sign to agree with (nor a scale)
                 signed += 1
-                disagree += t.advantage == 0 or (t.advantage > 0) != (target > 0)
+                disagree += t.advantage == 0 or (t.advantage > 0) != (t.correct > 0)
         records.append({**record, **bias_fields[len(records)]})
     rollouts = max(sum(len(g.trajectories) for g in batch.groups), 1)
     metrics = {f"oracle/{k}": sum(v) / len(v) for k, v in errors.items() if v}

@@ -73,6 +73,10 @@ def test_a_run_without_baselines_or_priors_reports_what_it_has():
     # p* = 1: no oracle sign, so no rollout can disagree with it
     m, _ = oracle_metrics(batch, {"successes": [4], "samples": 4, "seconds": 0.1}, n0=4)
     assert m["oracle/sign_disagree"] == 0.0
+    # ... nor agree with it: only prompts with 0 < p* < 1 are counted (they were, diluting the share)
+    both = Batch([group("a", [1, 0], [-1.0, 1.0], None), group("b", [0, 0], [-1.0, -1.0], None)])
+    m, _ = oracle_metrics(both, {"successes": [2, 4], "samples": 4, "seconds": 0.1}, n0=2)  # p* = 0.5, 1
+    assert m["oracle/sign_disagree"] == 1.0
 
 
 def test_the_report_subtracts_the_oracle_noise_and_pairs_the_ratios():

@@ -53,8 +53,11 @@ def _champ_answer(raw: str) -> tuple[str, str]:
             break
     if parse_numeric_literal(a) is not None:
         return a, "number"
-    prose = any(_is_prose_word(w) for w in re.findall(r"[A-Za-z]+", a))
-    return a, ("string" if prose else "expression")
+    if any(_is_prose_word(w) for w in re.findall(r"[A-Za-z]+", a)):
+        return a, "string"
+    # CHAMP writes a binomial coefficient C(n, k), which math-verify reads as a product: a model's
+    # \binom{n+1}{2m+1} scored 0 against "C(n+1, 2m+1)"
+    return re.sub(r"\bC\(([^(),]+),\s*([^(),]+)\)", r"\\binom{\1}{\2}", a), "expression"
 
 
 @functools.lru_cache(maxsize=1)

@@ -234,6 +234,13 @@ def test_champ_loads_270_problems():
     assert (by_uid["champ:P_Combinatorics_2"].answer, by_uid["champ:P_Combinatorics_2"].answer_type) == ("252", "number")
     assert (by_uid["champ:P_Combinatorics_6"].answer, by_uid["champ:P_Combinatorics_6"].answer_type) == ("2^(n-1)", "expression")
     assert by_uid["champ:P_Combinatorics_17"].answer_type == "string"  # "No"
+    # CHAMP's C(n, k), which math-verify read as a product, as a binomial coefficient
+    binomial = by_uid["champ:P_Combinatorics_16"]
+    assert (binomial.answer, binomial.answer_type) == (r"\binom{n+1}{2m+1}", "expression")
+    from rlvr.rewards import math_reward
+
+    assert math_reward(r"So the count is \boxed{\binom{n+1}{2m+1}}.", binomial.answer, "expression") == 1.0
+    assert math_reward(r"So the count is \boxed{\frac{(n+1)!}{(2m+1)!(n-2m)!}}.", binomial.answer, "expression") == 1.0
     assert {p.answer_type for p in probs} == {"number", "expression", "string"}
 
 

@@ -287,6 +287,7 @@ def _train(cfg: DictConfig, preset, run_dir: Path, stop: StopRequest) -> dict:
         set_aside_records(run_dir)
     write_text_whole(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))  # once a resume is known to be accepted
     start_ray(cfg)
+    stop.install()
     check_fits(role_plan(cfg, preset), cluster_nodes())
     model_path = resolve_model_path(cfg.model.path, cfg.cache_dir)
     check_prompt_lengths(cfg, model_path, {"data.train": train_problems + warmup_problems, f"data.{cfg.eval.split}": eval_problems})

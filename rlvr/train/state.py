@@ -281,9 +281,14 @@ class StopRequest:
         self.signal: int | None = None
         self.deferring = False
         self.previous = {}
+        self.install()
+
+    def install(self) -> None:
+        """Take SIGTERM and SIGINT (again after `ray.init`, which puts its own SIGTERM handler in:
+        it aborted the driver with no checkpoint). `restore` gives back the handlers from before the run."""
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
-                self.previous[sig] = signal.signal(sig, self.handle)
+                self.previous.setdefault(sig, signal.signal(sig, self.handle))
 
     def handle(self, signum, frame):
         if self.signal is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -48,6 +49,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A user's module beside them (`my_rewards:brevity`, `env.name=my_envs:MyEnv`) imports as under
+    # `python -m`: the `rlvr` script's path starts at its own bin/ instead. Ray's workers get this path.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         return _run(list(sys.argv[1:] if argv is None else argv))
     except _user_errors() as e:

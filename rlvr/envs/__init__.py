@@ -74,15 +74,62 @@ def make_environment(name: str, options: dict | None = None, tools: list[str] | 
     return env
 
 
-def environment_from_config(env_cfg) -> Any:
+class EnvironmentHung(RuntimeError):
+    """An environment's reset() or step() did not return within its deadline."""
+
+
+class WithDeadline:
+    """An environment whose reset() and step() must return within ``timeout_s``: they run in the
+    trainer's process (tools run in the sandbox, with limits of their own), where a call that never
+    returned hung the run with no message. Each call runs in a daemon thread; one past its deadline
+    raises `EnvironmentHung` with the line it was stuck on, and the run ends."""
+
+    def __init__(self, env: Any, timeout_s: float, name: str):
+        self.env, self.timeout_s, self.name = env, float(timeout_s), name
+        self.tools = env.tools
+
+    def reset(self, problem: "Problem", messages: list[dict]) -> list[dict]:
+        return self._call("reset", problem, messages)
+
+    def step(self, messages: list[dict], scores: "list[ScoreResult]") -> Step:
+        return self._call("step", messages, scores)
+
+    def _call(self, method: str, *args: Any) -> Any:
+        import sys
+        import threading
+        import traceback
+
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["value"] = getattr(self.env, method)(*args)
+            except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread
+                outcome["error"] = e
+
+        thread = threading.Thread(target=run, name=f"env-{method}", daemon=True)
+        thread.start()
+        thread.join(self.timeout_s)
+        if thread.is_alive():
+            frame = sys._current_frames().get(thread.ident)
+            where = "".join(traceback.format_stack(frame)[-2:]) if frame is not None else ""
+            raise EnvironmentHung(f"environment {self.name!r}: {method}() did not return within {self.timeout_s:g} s "
+                                  f"(trainer.role_timeout_s); it was at:\n{where}")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
+
+
+def environment_from_config(env_cfg, timeout_s: float | None = None) -> Any:
     """The environment `env.*` configures: `env.name` with `env.options`, its tools plus `env.tools`
-    and those of a verl tool-config file (`env.tool_config`)."""
+    and those of a verl tool-config file (`env.tool_config`); with ``timeout_s``, `WithDeadline`."""
     from omegaconf import OmegaConf
 
     from rlvr.envs.tools import tools_from_verl_config
 
     tools = list(env_cfg.tools) + (tools_from_verl_config(env_cfg.tool_config) if env_cfg.get("tool_config") else [])
-    return make_environment(env_cfg.name, OmegaConf.to_container(env_cfg.options, resolve=True), tools)
+    env = make_environment(env_cfg.name, OmegaConf.to_container(env_cfg.options, resolve=True), tools)
+    return env if timeout_s is None else WithDeadline(env, timeout_s, env_cfg.name)
 
 
-__all__ = ["Environment", "Step", "environment_from_config", "make_environment"]
+__all__ = ["Environment", "EnvironmentHung", "Step", "WithDeadline", "environment_from_config", "make_environment"]

@@ -19,15 +19,18 @@ on the model's tokens, and its log-probs are the engine's there (0 elsewhere, ma
 
 from __future__ import annotations
 
+from typing import Callable
+
 from omegaconf import DictConfig
 
+from rlvr.data import Problem
 from rlvr.envs import environment_from_config
 from rlvr.generation.base import VERIFIER_FAILURES, Generator, Rollouts, env_rates, verifier_counts
 from rlvr.generation.multi_turn import ChatTokens, Episode, MultiTurn
 from rlvr.generation.single_turn import SingleTurn
 
 __all__ = ["VERIFIER_FAILURES", "ChatTokens", "Episode", "Generator", "MultiTurn", "Rollouts", "SingleTurn", "env_rates",
-           "make_generator", "verifier_counts"]
+           "first_prompt_ids", "make_generator", "verifier_counts"]
 
 
 def make_generator(cfg: DictConfig, rollout, verifier, model_path: str) -> Generator:
@@ -38,6 +41,22 @@ def make_generator(cfg: DictConfig, rollout, verifier, model_path: str) -> Gener
 
     if cfg.env.name == "none":
         return SingleTurn(rollout, verifier, prompt_renderer(cfg, model_path, as_ids=True))
-    env = environment_from_config(cfg.env)
+    env = environment_from_config(cfg.env, cfg.trainer.role_timeout_s)
     return MultiTurn(rollout, verifier, AutoTokenizer.from_pretrained(model_path), env, message_builder(cfg),
                      cfg.env.max_turns, cfg.env.max_tokens, cfg.model.max_model_len, cfg.env.parser)
+
+
+def first_prompt_ids(cfg: DictConfig, model_path: str) -> Callable[[Problem], list[int]]:
+    """Each problem's first prompt as the job's generator renders it: the data's chat prompt, or an
+    episode's first messages from the environment with the tool block (what the length checks and
+    the KV cache's size must read: the calculator's is 390 tokens where the data's is 112)."""
+    from transformers import AutoTokenizer
+
+    from rlvr.data.stream import message_builder, prompt_renderer
+    from rlvr.envs.tools import tool_schemas
+
+    if cfg.env.name == "none":
+        return prompt_renderer(cfg, model_path, as_ids=True)
+    env = environment_from_config(cfg.env, cfg.trainer.role_timeout_s)
+    chat, messages_of = ChatTokens(AutoTokenizer.from_pretrained(model_path), tool_schemas(env.tools)), message_builder(cfg)
+    return lambda problem: chat.prompt_ids(env.reset(problem, messages_of(problem)))

@@ -175,7 +175,7 @@ class MultiTurn:
             observations = self._run_tools(with_calls, calls, counts, timings)
             went_on = {id(e) for e, obs in zip(with_calls, observations) if self._go_on(e, obs)}
             out_of_room = {id(e) for e in with_calls} - went_on  # a call whose result did not fit: scored as the answer
-            self._answer([e for e in active if id(e) not in went_on], last_turn, counts, timings, out_of_room)
+            self._answer([e for e in active if id(e) not in went_on], last_turn, counts, timings, out_of_room, sampling.max_tokens)
         for e in episodes:
             counts[f"env/ended/{e.ended}"] += 1
         counts.update({
@@ -213,10 +213,12 @@ class MultiTurn:
             observations.append(messages)
         return observations
 
-    def _answer(self, episodes: list[Episode], last_turn: bool, counts: Counter, timings: Counter, out_of_room: set[int] = frozenset()) -> None:
+    def _answer(self, episodes: list[Episode], last_turn: bool, counts: Counter, timings: Counter, out_of_room: set[int] = frozenset(),
+                turn_cap: int | None = None) -> None:
         """Score each turn that answered (or had to), and let the environment say what follows. An
         episode that ran out of length ends as such (truncated) even where the environment would
-        stop on any answer: DAPO's `mask_truncated` and `truncated_frac` read it."""
+        stop on any answer: DAPO's `mask_truncated` and `truncated_frac` read it. A turn cut short of
+        ``turn_cap`` (the sampling's max_tokens) was cut by what was left of the episode's length."""
         if not episodes:
             return
         start = time.perf_counter()
@@ -229,7 +231,7 @@ class MultiTurn:
             e.scores.append(r)
             step = self.env.step(e.messages, e.scores)
             if e.last.truncated:
-                e.finish(step, "turn_tokens")
+                e.finish(step, "turn_tokens" if turn_cap is None or len(e.last.response_ids) >= turn_cap else "max_tokens")
             elif id(e) in out_of_room:
                 e.finish(step, "max_tokens")
             elif step.observation is None:

@@ -183,18 +183,20 @@ _longest_prompt: dict[tuple[str, str], int] = {}
 
 
 def longest_prompt_tokens(cfg: DictConfig, model_path: str) -> int:
-    """The longest rendered prompt (chat template, system prompt, few-shot turns) over the training
-    and evaluation data, or an even sample of PROMPT_SAMPLE of them; once per process per data."""
+    """The longest rendered prompt (chat template, system prompt, few-shot turns; an episode's first
+    messages with the tool block) over the training and evaluation data, or an even sample of
+    PROMPT_SAMPLE of them; once per process per data."""
     key = (model_path, OmegaConf.to_yaml(cfg.data, resolve=True) + OmegaConf.to_yaml(cfg.env, resolve=True))
     if key not in _longest_prompt:
-        from rlvr.data import load_problems, prompt_renderer
+        from rlvr.data import load_problems
+        from rlvr.generation import first_prompt_ids
 
         problems = []
         for split in ("train", "eval"):
             rows = load_problems(OmegaConf.to_container(cfg.data[split], resolve=True))
             step = max(1, len(rows) // PROMPT_SAMPLE)
             problems += rows[::step]
-        render = prompt_renderer(cfg, model_path, as_ids=True)
+        render = first_prompt_ids(cfg, model_path)
         _longest_prompt[key] = max((len(render(p)) for p in problems), default=0)
     return _longest_prompt[key]
 
@@ -237,21 +239,26 @@ def check_prompt_lengths(cfg: DictConfig, model_path: str, splits: dict[str, lis
     """Every prompt of each split (``{"data.train": problems, ...}``), rendered, leaves its answer's
     max_tokens within model.max_model_len; else a DataError naming the split, how many and which.
     (vLLM refused such a prompt mid-run with a traceback that named no row, or, with the prompt
-    just short of the limit, cut its answers silently.) Multi-turn episodes budget their own turns."""
-    if cfg.env.name != "none":
-        return
-    from rlvr.data import DataError, prompt_renderer
+    just short of the limit, cut its answers silently.) An episode budgets its own turns: its first
+    prompt (the environment's messages, the tool block) needs room for one token (it was found only
+    when first sampled, steps into the run)."""
+    from rlvr.data import DataError
+    from rlvr.generation import first_prompt_ids
 
-    render = prompt_renderer(cfg, model_path, as_ids=True)
+    render = first_prompt_ids(cfg, model_path)
     length = cfg.model.max_model_len
     for split, problems in splits.items():
-        key, answer = ("eval.max_tokens", cfg.eval.max_tokens) if split != "data.train" else ("rollout.max_tokens", cfg.rollout.max_tokens)
+        if cfg.env.name != "none":
+            answer, less = 1, f"less 1 token to answer in; env={cfg.env.name}'s first messages and tool block included"
+        else:
+            key, answer = ("eval.max_tokens", cfg.eval.max_tokens) if split != "data.train" else ("rollout.max_tokens", cfg.rollout.max_tokens)
+            less = f"less {key}={answer}"
         room = length - answer
         too_long = [(p.uid, n) for p in problems if (n := len(render(p))) > room]
         if too_long:
             uid, n = max(too_long, key=lambda x: x[1])
             raise DataError(
                 f"{split}: {len(too_long)} of {len(problems)} prompts render to more than {room} tokens "
-                f"(model.max_model_len={length} less {key}={answer}), the longest {uid} with {n}: "
+                f"(model.max_model_len={length} {less}), the longest {uid} with {n}: "
                 "raise model.max_model_len, lower the max_tokens, or leave those rows out"
             )

@@ -91,3 +91,18 @@ def test_actor_output_goes_to_the_log_file_and_rlvr_warnings_to_the_console(tmp_
     text = log.read_text()
     assert all(s in text for s in ("engine chatter from C", "a library print", "an rlvr info line", "an rlvr warning"))
     assert proc.stdout == "" and "an rlvr warning" in proc.stderr and "chatter" not in proc.stderr and "info line" not in proc.stderr
+
+
+def test_the_rlvr_script_finds_a_user_s_module_in_the_current_directory(tmp_path):
+    """The README's `my_rewards:brevity` beside the user failed from the `rlvr` script ("no module
+    'my_rewards' on this process's path (the current directory and PYTHONPATH)"): a console
+    script's path starts at its bin/, not the current directory as `python -m` does."""
+    from pathlib import Path
+
+    (tmp_path / "my_rewards.py").write_text("def brevity(completions, **kwargs):\n    return [0.0 for _ in completions]\n")
+    script = Path(sys.executable).with_name("rlvr")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([str(script), "config", "verifier.terms=[{fn: math}, {fn: 'my_rewards:brevity', style: trl, weight: 0.1}]"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "my_rewards:brevity" in done.stdout

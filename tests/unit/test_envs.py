@@ -249,3 +249,79 @@ def test_a_verl_tool_config_of_functions_gives_their_tools(tmp_path):
     config.write_text("tools:\n  - class_name: rlvr.envs.calculator.Calculator\n")
     with pytest.raises(ValueError, match="is a class"):
         environment_from_config(compose(["env=calculator", f"env.tool_config={config}"]).env)
+
+
+class _Stuck:
+    tools: list = []
+
+    def reset(self, problem, messages):
+        return messages
+
+    def step(self, messages, scores):
+        import time
+
+        time.sleep(60)  # a custom environment waiting on something that never comes
+
+
+def test_an_environment_that_hangs_ends_the_run_with_where_it_hung():
+    """reset() and step() run in the trainer's process with no deadline: a step() that never
+    returned hung the run (150 s in its step-0 evaluation, no message, no metrics)."""
+    import time
+
+    from rlvr.envs import EnvironmentHung, WithDeadline
+
+    env = WithDeadline(_Stuck(), 0.5, "tests:Stuck")
+    assert env.reset(None, [{"role": "user", "content": "q"}]) == [{"role": "user", "content": "q"}]
+    start = time.monotonic()
+    with pytest.raises(EnvironmentHung, match=r"(?s)'tests:Stuck': step\(\) did not return within 0.5 s.*time.sleep\(60\)"):
+        env.step([], [])
+    assert time.monotonic() - start < 5
+    with pytest.raises(ZeroDivisionError):  # an environment's own error reaches the caller as it was
+        WithDeadline(type("Raises", (), {"tools": [], "step": lambda self, m, s: 1 / 0})(), 5, "x").step([], [])
+
+
+def test_an_episode_cut_by_its_length_mid_turn_ends_on_max_tokens_not_the_turn_cap(tokenizer):
+    """A turn given less than rollout.max_tokens (what was left of env.max_tokens) and cut there was
+    counted as ending on the per-turn cap (`env/ended/turn_tokens`)."""
+    import torch
+
+    from rlvr.generation import MultiTurn
+    from rlvr.rollout.engines import SamplingConfig
+    from rlvr.sandbox.messages import ScoreResult
+    from rlvr.types import Sample
+
+    word = tokenizer.encode("hello", add_special_tokens=False)[0]
+
+    class TenWordsThenEos:  # each turn, cut at the request's max_tokens as vLLM cuts it
+        def generate(self, requests, sampling, seed):
+            out = []
+            for r in requests:
+                wanted = [word] * 10 + [tokenizer.eos_token_id]
+                ids = wanted[: min(sampling.max_tokens, r.max_tokens or sampling.max_tokens)]
+                cut = len(ids) < len(wanted)
+                out.append(Sample(r.prompt_index, torch.tensor(r.prompt), torch.tensor(ids), tokenizer.decode(ids),
+                                  torch.full((len(ids),), -1.0), "length" if cut else "stop", cut, 0))
+            return out
+
+    class WrongVerifier:
+        def call(self, method, requests):
+            return [ScoreResult(0.0, False) for _ in requests], {}
+
+    class AlwaysAgain:
+        tools: list = []
+
+        def reset(self, problem, messages):
+            return messages
+
+        def step(self, messages, scores):
+            return Step([{"role": "user", "content": "again"}], 0.0, False)
+
+    def ended(max_tokens: int, turn_cap: int) -> dict:
+        generator = MultiTurn(TenWordsThenEos(), WrongVerifier(), tokenizer, AlwaysAgain(), lambda p: [{"role": "user", "content": p.question}],
+                              max_turns=5, max_tokens=max_tokens, max_model_len=1024, parser="none")
+        out = generator.generate([Problem("t/0", "Q?", "1")], [1], SamplingConfig(1.0, 1.0, turn_cap), seed=0)
+        assert out.trajectories[0].truncated
+        return {k: v for k, v in out.counts.items() if k.startswith("env/ended/")}
+
+    assert ended(max_tokens=40, turn_cap=64) == {"env/ended/max_tokens": 1}  # the second turn got what was left of 40
+    assert ended(max_tokens=200, turn_cap=5) == {"env/ended/turn_tokens": 1}  # the first turn, cut at its own cap

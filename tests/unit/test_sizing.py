@@ -141,3 +141,22 @@ def test_a_prompt_with_no_room_for_its_answer_is_a_data_error_naming_it(tiny_mod
         check_prompt_lengths(cfg, tiny_model, {"data.train": [short, long]})
     with pytest.raises(DataError, match=r"data\.heldout: .*eval\.max_tokens"):
         check_prompt_lengths(cfg, tiny_model, {"data.heldout": [long]})
+
+
+def test_an_episode_s_first_prompt_is_what_the_checks_and_the_cache_read(tiny_model):
+    """Episode runs skipped the length check (a prompt too long was found when first sampled, steps
+    into the run) and sized the KV cache from the data's prompt, without the environment's system
+    prompt, few-shot turns and tool block."""
+    from rlvr.data import DataError, Problem
+    from rlvr.generation import first_prompt_ids
+    from rlvr.runtime.sizing import check_prompt_lengths
+
+    plain = compose(["model=tiny-random", "algorithm=grpo"])
+    episodes = compose(["model=tiny-random", "algorithm=grpo", "env=calculator"])
+    question = Problem("t/q", "What is 2 + 2?", "4")
+    assert len(first_prompt_ids(episodes, tiny_model)(question)) > len(first_prompt_ids(plain, tiny_model)(question)) + 100
+    assert sizing.longest_prompt_tokens(episodes, tiny_model) > sizing.longest_prompt_tokens(plain, tiny_model) + 100
+    room = len(first_prompt_ids(episodes, tiny_model)(question))
+    check_prompt_lengths(compose(["model=tiny-random", "env=calculator", f"model.max_model_len={room + 1}"]), tiny_model, {"data.train": [question]})
+    with pytest.raises(DataError, match=r"data\.train: 1 of 1 prompts .*less 1 token to answer in; env=calculator.*t/q"):
+        check_prompt_lengths(compose(["model=tiny-random", "env=calculator", f"model.max_model_len={room}"]), tiny_model, {"data.train": [question]})

@@ -235,6 +235,22 @@ def micro_batching(cfg: DictConfig, model_path: str) -> int | ActivationBudget:
                             cfg.learner.head_chunk)
 
 
+def check_model_length(cfg: DictConfig, model_path: str) -> None:
+    """model.max_model_len within the model's positions (`max_position_embeddings`, where no rope
+    scaling stretches them): the engine refused a longer one only once its actor started, as an
+    ActorDiedError around vLLM's own message."""
+    from transformers import AutoConfig
+
+    from rlvr.config import ConfigError
+
+    c = AutoConfig.from_pretrained(model_path).get_text_config()
+    positions = getattr(c, "max_position_embeddings", None)
+    rope = getattr(c, "rope_parameters", None) or getattr(c, "rope_scaling", None) or {}
+    if positions and rope.get("rope_type", rope.get("type", "default")) == "default" and cfg.model.max_model_len > positions:
+        raise ConfigError(f"model.max_model_len={cfg.model.max_model_len} is more than {model_path} has positions for "
+                          f"(max_position_embeddings={positions}): lower it")
+
+
 def check_prompt_lengths(cfg: DictConfig, model_path: str, splits: dict[str, list]) -> None:
     """Every prompt of each split (``{"data.train": problems, ...}``), rendered, leaves its answer's
     max_tokens within model.max_model_len; else a DataError naming the split, how many and which.

@@ -56,7 +56,7 @@ from rlvr.runtime.roles import (
     running_roles,
     start_ray,
 )
-from rlvr.runtime.sizing import ActivationBudget, check_prompt_lengths, micro_batching
+from rlvr.runtime.sizing import ActivationBudget, check_model_length, check_prompt_lengths, micro_batching
 from rlvr.seeds import evaluation_seed, oracle_seed, step_seed
 from rlvr.train.controller import BudgetController, ControllerConfig
 from rlvr.train.drivers import AsyncBatches, sync_batches
@@ -290,6 +290,7 @@ def _train(cfg: DictConfig, preset, run_dir: Path, stop: StopRequest) -> dict:
     stop.install()
     check_fits(role_plan(cfg, preset), cluster_nodes())
     model_path = resolve_model_path(cfg.model.path, cfg.cache_dir)
+    check_model_length(cfg, model_path)
     check_prompt_lengths(cfg, model_path, {"data.train": train_problems + warmup_problems, f"data.{cfg.eval.split}": eval_problems})
     try:
         check_lora_targets(LoraSettings.from_config(cfg.model.lora), model_path)

@@ -160,3 +160,12 @@ def test_an_episode_s_first_prompt_is_what_the_checks_and_the_cache_read(tiny_mo
     check_prompt_lengths(compose(["model=tiny-random", "env=calculator", f"model.max_model_len={room + 1}"]), tiny_model, {"data.train": [question]})
     with pytest.raises(DataError, match=r"data\.train: 1 of 1 prompts .*less 1 token to answer in; env=calculator.*t/q"):
         check_prompt_lengths(compose(["model=tiny-random", "env=calculator", f"model.max_model_len={room}"]), tiny_model, {"data.train": [question]})
+
+
+def test_a_max_model_len_past_the_model_s_positions_is_refused_before_any_role_starts(tiny_model):
+    """vLLM refused it when the engine's actor started: an ActorDiedError around a pydantic error."""
+    from rlvr.runtime.sizing import check_model_length
+
+    check_model_length(compose(["model=tiny-random", "model.max_model_len=1024"]), tiny_model)  # its 1024 positions
+    with pytest.raises(ConfigError, match=r"model\.max_model_len=2048 is more than .*max_position_embeddings=1024"):
+        check_model_length(compose(["model=tiny-random", "model.max_model_len=2048"]), tiny_model)

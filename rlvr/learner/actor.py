@@ -523,9 +523,12 @@ class PolicyLearner:
         self.shared = []
 
     def save_checkpoint(self, path: str, tag: str, client_state: dict | None = None) -> None:
-        """DeepSpeed's shards of this rank, with the rank's torch RNG (LoRA dropout draws from it).
-        Under LoRA only the adapters and their optimizer state are written: the base is `model_path`."""
+        """DeepSpeed's shards of this rank, with the rank's torch RNG (LoRA dropout draws from it; on a
+        GPU from the CUDA generator). Under LoRA only the adapters and their optimizer state are
+        written: the base is `model_path`."""
         state = {**(client_state or {}), "learner_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["learner_cuda_rng"] = torch.cuda.get_rng_state(self.device)
         self.engine.save_checkpoint(path, tag=tag, client_state=state, save_latest=False, exclude_frozen_parameters=self.cfg.lora.enabled)
 
     def load_checkpoint(self, path: str, tag: str) -> dict:
@@ -533,4 +536,7 @@ class PolicyLearner:
         client_state = dict(client_state or {})
         if "learner_rng" in client_state:
             torch.set_rng_state(client_state.pop("learner_rng"))
+        cuda_rng = client_state.pop("learner_cuda_rng", None)
+        if cuda_rng is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(cuda_rng, self.device)
         return client_state

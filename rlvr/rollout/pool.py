@@ -62,7 +62,9 @@ class RolloutEngine:
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig, seed: int) -> list[Sample]:
         # Reseeding the (in-process) sampler per call makes a resumed run draw the same samples;
-        # vLLM's per-request seeds are not supported by its CPU sampler.
+        # vLLM's per-request seeds are not supported by its CPU sampler. With tensor parallelism
+        # (cluster.tensor_parallel > 1) vLLM samples in worker processes this does not reach, and a
+        # GPU's kernels are not bitwise run to run: there a resume is exact in its state, not its draws.
         self._check_awake("generate")
         torch.manual_seed(seed)
         groups = self.engine.generate(requests, sampling)

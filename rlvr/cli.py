@@ -51,8 +51,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def main(argv: list[str] | None = None) -> int:
     # A user's module beside them (`my_rewards:brevity`, `env.name=my_envs:MyEnv`) imports as under
     # `python -m`: the `rlvr` script's path starts at its own bin/ instead. Ray's workers get this path.
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    try:
+        cwd = os.getcwd()
+    except OSError:  # the folder was deleted under the shell: nothing to import from it
+        cwd = None
+    if cwd is not None and cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
     try:
         return _run(list(sys.argv[1:] if argv is None else argv))
     except _user_errors() as e:

@@ -40,13 +40,13 @@ IN_PLACE_PREFIX = ".rlvr-export-"
 
 def fill_in_place(build_into, out_dir: Path) -> None:
     """Fill an existing empty folder: built in a hidden folder inside it (the same filesystem, so
-    each file moves by rename), then moved in file by file with config.json last, so the folder is a
-    model only once it is whole. Renaming a new folder over it instead failed for ".", a bind mount
+    each file moves by rename), then moved in file by file with config.json (a peft adapter's
+    adapter_config.json) last, so the folder is a model only once it is whole. Renaming a new folder over it instead failed for ".", a bind mount
     or a link to a folder, and replaced the folder the user's shell and permissions were on."""
     tmp = Path(tempfile.mkdtemp(prefix=IN_PLACE_PREFIX, dir=out_dir))
     try:
         build_into(tmp)
-        for entry in sorted(tmp.iterdir(), key=lambda p: p.name == "config.json"):
+        for entry in sorted(tmp.iterdir(), key=lambda p: p.name in ("config.json", "adapter_config.json")):
             os.replace(entry, out_dir / entry.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

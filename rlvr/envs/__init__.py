@@ -74,15 +74,13 @@ def make_environment(name: str, options: dict | None = None, tools: list[str] | 
     return env
 
 
-class EnvironmentHung(RuntimeError):
-    """An environment's reset() or step() did not return within its deadline."""
-
-
 class WithDeadline:
     """An environment whose reset() and step() must return within ``timeout_s``: they run in the
     trainer's process (tools run in the sandbox, with limits of their own), where a call that never
-    returned hung the run with no message. Each call runs in a daemon thread; one past its deadline
-    raises `EnvironmentHung` with the line it was stuck on, and the run ends."""
+    returned hung the run with no message. Each call runs on the caller's own thread (an environment
+    may need the main thread: math-verify's signal.alarm, a sqlite connection); past its deadline
+    the run stops (exit 1) with every thread's stack, the environment's line among them, written by
+    `faulthandler` from a C thread, which needs no GIL (a catastrophic regex holds it)."""
 
     def __init__(self, env: Any, timeout_s: float, name: str):
         self.env, self.timeout_s, self.name = env, float(timeout_s), name
@@ -95,29 +93,22 @@ class WithDeadline:
         return self._call("step", messages, scores)
 
     def _call(self, method: str, *args: Any) -> Any:
+        import faulthandler
+        import logging
         import sys
         import threading
-        import traceback
 
-        outcome: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                outcome["value"] = getattr(self.env, method)(*args)
-            except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread
-                outcome["error"] = e
-
-        thread = threading.Thread(target=run, name=f"env-{method}", daemon=True)
-        thread.start()
-        thread.join(self.timeout_s)
-        if thread.is_alive():
-            frame = sys._current_frames().get(thread.ident)
-            where = "".join(traceback.format_stack(frame)[-2:]) if frame is not None else ""
-            raise EnvironmentHung(f"environment {self.name!r}: {method}() did not return within {self.timeout_s:g} s "
-                                  f"(trainer.role_timeout_s); it was at:\n{where}")
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome["value"]
+        message = (f"environment {self.name!r}: {method}() has not returned within {self.timeout_s:g} s "
+                   "(trainer.role_timeout_s): stopping the run; the stacks follow")
+        warn = threading.Timer(self.timeout_s, logging.getLogger("rlvr").error, (message,))  # where the GIL is free
+        warn.daemon = True
+        warn.start()
+        faulthandler.dump_traceback_later(self.timeout_s + 1, exit=True, file=sys.__stderr__)
+        try:
+            return getattr(self.env, method)(*args)
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+            warn.cancel()
 
 
 def environment_from_config(env_cfg, timeout_s: float | None = None) -> Any:
@@ -132,4 +123,4 @@ def environment_from_config(env_cfg, timeout_s: float | None = None) -> Any:
     return env if timeout_s is None else WithDeadline(env, timeout_s, env_cfg.name)
 
 
-__all__ = ["Environment", "EnvironmentHung", "Step", "WithDeadline", "environment_from_config", "make_environment"]
+__all__ = ["Environment", "Step", "WithDeadline", "environment_from_config", "make_environment"]

@@ -106,3 +106,13 @@ def test_the_rlvr_script_finds_a_user_s_module_in_the_current_directory(tmp_path
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "my_rewards:brevity" in done.stdout
+
+
+def test_rlvr_answers_in_a_folder_deleted_under_the_shell(tmp_path):
+    from pathlib import Path
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    script = Path(sys.executable).with_name("rlvr")
+    done = subprocess.run(f"cd {gone} && rmdir {gone} && {script} --help", shell=True, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "train" in done.stdout, done.stderr[-2000:]

@@ -251,32 +251,51 @@ def test_a_verl_tool_config_of_functions_gives_their_tools(tmp_path):
         environment_from_config(compose(["env=calculator", f"env.tool_config={config}"]).env)
 
 
-class _Stuck:
-    tools: list = []
+HANGS = """
+import re, signal, sys, time
+from rlvr.envs import WithDeadline
+
+class Env:
+    tools = []
 
     def reset(self, problem, messages):
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)  # main-thread only, as math-verify's signal.alarm is
         return messages
 
     def step(self, messages, scores):
-        import time
+        if sys.argv[1] == "sleep":
+            time.sleep(60)  # waiting on something that never comes
+        re.match(r"(a+)+$", "a" * 40 + "b")  # a catastrophic regex: it holds the GIL for minutes
 
-        time.sleep(60)  # a custom environment waiting on something that never comes
+env = WithDeadline(Env(), 1.0, "my_envs:Env")
+print(env.reset(None, ["hello"]), flush=True)
+env.step([], [])
+"""
 
 
-def test_an_environment_that_hangs_ends_the_run_with_where_it_hung():
+@pytest.mark.parametrize("how", ["sleep", "regex"])
+def test_an_environment_that_hangs_stops_the_run_with_its_stack(how):
     """reset() and step() run in the trainer's process with no deadline: a step() that never
-    returned hung the run (150 s in its step-0 evaluation, no message, no metrics)."""
+    returned hung the run (150 s in its step-0 evaluation, no message, no metrics). They stay on the
+    caller's thread (an environment may need the main thread), and a call holding the GIL is stopped too."""
+    import subprocess
+    import sys
     import time
 
-    from rlvr.envs import EnvironmentHung, WithDeadline
-
-    env = WithDeadline(_Stuck(), 0.5, "tests:Stuck")
-    assert env.reset(None, [{"role": "user", "content": "q"}]) == [{"role": "user", "content": "q"}]
     start = time.monotonic()
-    with pytest.raises(EnvironmentHung, match=r"(?s)'tests:Stuck': step\(\) did not return within 0.5 s.*time.sleep\(60\)"):
-        env.step([], [])
-    assert time.monotonic() - start < 5
-    with pytest.raises(ZeroDivisionError):  # an environment's own error reaches the caller as it was
+    done = subprocess.run([sys.executable, "-c", HANGS, how], capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - start < 30
+    assert done.returncode != 0 and done.stdout.strip() == "['hello']"
+    line = 14 if how == "sleep" else 15  # the environment's own line, in its stack
+    assert "Timeout" in done.stderr and f'"<string>", line {line} in step' in done.stderr, done.stderr[-2000:]
+    if how == "sleep":  # the GIL free: the run's log says which environment and why
+        assert "environment 'my_envs:Env': step() has not returned within 1 s" in done.stderr
+
+
+def test_an_environment_s_own_error_reaches_the_caller_as_it_was():
+    from rlvr.envs import WithDeadline
+
+    with pytest.raises(ZeroDivisionError):
         WithDeadline(type("Raises", (), {"tools": [], "step": lambda self, m, s: 1 / 0})(), 5, "x").step([], [])
 
 

@@ -372,7 +372,9 @@ class Run:
         branch_from(self.run_dir, ckpt)
         self.metrics_log.rewind(self.start_step)
         log.info("resumed from %s: continuing at step %d (epoch %d)", ckpt, self.start_step, self.stream.epoch)
-        if self.start_step > self.total:
+        if self.start_step <= self.total:  # steps to go: an earlier end's summary would say this run finished
+            (self.run_dir / "summary.json").unlink(missing_ok=True)
+        else:
             log.warning(
                 "%s already holds step %d of trainer.steps=%d: nothing to train. Raise trainer.steps to go on, "
                 "or pass resume=never (or another run_dir) to start fresh.", self.run_dir, state["step"], self.total

@@ -44,7 +44,8 @@ def write_records(path: Path, records: list[dict]) -> None:
 
 def set_aside_records(run_dir: Path) -> list[Path]:
     """A fresh start in a run dir that holds an earlier start's records (`resume=never`, or a run that
-    failed before its first checkpoint): each moves to ``<name>.before-<time>.jsonl``, and its
+    failed before its first checkpoint): each, its summary.json and config.yaml move to
+    ``<name>.before-<time>.<suffix>``, and its
     checkpoints to ``checkpoints.before-<time>``, kept, so the new run's files hold only its own
     steps. (They were appended to: two step-0 records, and eval.jsonl held both starts' prompts,
     which bootstrap intervals would count twice.)"""
@@ -52,10 +53,12 @@ def set_aside_records(run_dir: Path) -> list[Path]:
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     moved = []
-    for name in RECORDS:
+    # summary.json too (it says a run finished: a failed fresh start beside it read as done), and
+    # config.yaml, which the new start writes (a user's own file in that folder was overwritten)
+    for name in (*RECORDS, "summary.json", "config.yaml"):
         path = run_dir / name
         if path.exists() and path.stat().st_size:
-            moved.append(path.rename(path.with_name(f"{path.stem}.before-{stamp}.jsonl")))
+            moved.append(path.rename(path.with_name(f"{path.stem}.before-{stamp}{path.suffix}")))
     checkpoints = run_dir / CHECKPOINT_DIR
     if checkpoints.is_dir() and any(checkpoints.iterdir()):
         # kept, but out of `resume=auto`'s way: a fresh start that died before its first save was

@@ -587,6 +587,13 @@ def test_a_fresh_start_sets_an_earlier_start_s_records_aside(tmp_path):
     assert not (tmp_path / "metrics.jsonl").exists() and (tmp_path / "decisions.jsonl").exists()
     assert [p.read_text() for p in sorted(moved)] == ['{"step": 0, "uid": "a"}\n', '{"step": 0}\n']  # kept, whole
     assert set_aside_records(tmp_path) == []
+    # an earlier run's summary.json (a failed fresh start beside it read as finished) and a
+    # config.yaml the new start would overwrite (a user's own, in a folder used as run_dir)
+    (tmp_path / "summary.json").write_text('{"steps": 1}')
+    (tmp_path / "config.yaml").write_text("my: own config\n")
+    moved = set_aside_records(tmp_path)
+    assert sorted(p.name.split(".before-")[0] + p.suffix for p in moved) == ["config.yaml", "summary.json"]
+    assert not (tmp_path / "summary.json").exists() and "my: own config\n" in [p.read_text() for p in moved]
 
 
 def test_a_fresh_start_sets_the_earlier_run_s_checkpoints_aside_too(tmp_path):

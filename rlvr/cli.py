@@ -44,8 +44,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from rlvr.config import ConfigError
     from rlvr.data import DataError
     from rlvr.runtime.placement import ClusterTooSmall
+    from rlvr.sandbox.messages import VerifierStartError
 
-    return (ConfigError, DataError, ClusterTooSmall, ConnectionError, FileNotFoundError)
+    return (ConfigError, DataError, ClusterTooSmall, ConnectionError, FileNotFoundError, VerifierStartError)
 
 
 def main(argv: list[str] | None = None) -> int:

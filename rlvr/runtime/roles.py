@@ -32,6 +32,7 @@ from rlvr.runtime.faults import RestartingRole, RestartPolicy, RoleFailed
 from rlvr.runtime.logs import ACTOR_LOG_ENV, actor_log_env
 from rlvr.runtime.placement import Placement, plan_placement, rendezvous
 from rlvr.runtime.sizing import kv_cache_gb
+from rlvr.sandbox.messages import VerifierStartError
 from rlvr.weight_sync import Deadlines, connect, sync_weights
 
 log = logging.getLogger("rlvr")
@@ -203,7 +204,12 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> Roles:
         # Surface start-up errors (a bad model folder, an engine that cannot start, a value model
         # that does not load) before step 1.
         value_ready = [roles.value.actor.ready.remote()] if roles.value is not None else []
-        ray.get([e.weight_version.remote() for e in roles.rollout.engines] + [l.__ray_ready__.remote() for l in roles.learners] + value_ready)
+        verifier_ready = [roles.verifier.actor.__ray_ready__.remote()]
+        try:
+            ray.get([e.weight_version.remote() for e in roles.rollout.engines] + [l.__ray_ready__.remote() for l in roles.learners]
+                    + value_ready + verifier_ready)
+        except ray.exceptions.RayActorError as e:
+            raise verifier_start_error(e) or e
         if not reused:
             connect(c.weight_sync, roles.learners, roles.rollout.engines, rendezvous(placement, "learner") if c.weight_sync == "nccl" else None)
         # a replacement reloads once any update and sync under way are done, so `version` names the weights it gets
@@ -316,6 +322,18 @@ def environment_tools(cfg: DictConfig) -> list[str]:
     from rlvr.envs import environment_from_config
 
     return environment_from_config(cfg.env).tools
+
+
+def verifier_start_error(e: BaseException) -> VerifierStartError | None:
+    """The verifier pool's start-up failure (a reward function that does not import, a sandbox
+    that cannot start) as a message naming it: found at step 0, it was restarted as a death
+    `trainer.max_restarts` times and ended in a RoleFailed that named no cause."""
+    text = str(e)
+    if "VerifierStartError" not in text:
+        return None
+    cause = [line.strip() for line in text.splitlines() if line.strip()][-1]
+    return VerifierStartError(f"the verifier pool did not start: {cause} (verifier.terms, or its sandbox; "
+                              "the whole traceback is in the run's logs/verifier-0.log)")
 
 
 def verifier_role(cfg: DictConfig, actor_options: dict, actor=None) -> RestartingRole:

@@ -16,7 +16,7 @@ from rlvr.models import resolve_model_path
 from rlvr.rollout.engines import SamplingConfig
 from rlvr.rollout.pool import RolloutEngine, RolloutPool
 from rlvr.runtime.placement import actor_options, plan_placement
-from rlvr.runtime.roles import engine_config, start_ray, threads_env, verifier_role
+from rlvr.runtime.roles import engine_config, start_ray, threads_env, verifier_role, verifier_start_error
 
 log = logging.getLogger("rlvr")
 
@@ -158,6 +158,10 @@ def evaluate_model(target: str, cfg: DictConfig) -> dict:
         verifier = verifier_role(cfg, actor_options(plan["verifier"].actor))
         pool = RolloutPool([engine], timeout_s=cfg.rollout.timeout_s)  # a hung engine fails the evaluation, as in training
         try:
+            try:
+                ray.get(verifier.actor.__ray_ready__.remote())
+            except ray.exceptions.RayActorError as e:
+                raise verifier_start_error(e) or e
             return evaluate(make_generator(cfg, pool, verifier, model_path), problems, cfg, seed=cfg.seed)
         finally:
             ray.kill(engine)

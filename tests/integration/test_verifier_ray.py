@@ -37,3 +37,21 @@ def test_verifier_pool_actor_round_trip(ray_session):
     assert len(pids) == 3
     ray.get(pool.close.remote())
     ray.kill(pool)
+
+
+def test_a_reward_function_that_does_not_load_is_named_at_start_up(ray_session):
+    """A misspelt function (the module imports, so validation's find_spec passes) killed the pool's
+    creation task: the run restarted it trainer.max_restarts times and ended in a RoleFailed that
+    named no cause (the AttributeError was only in logs/verifier-0.log)."""
+    import pytest
+
+    from rlvr.runtime.roles import verifier_start_error
+    from rlvr.sandbox.actor import VerifierPool
+
+    pool = VerifierPool.options(num_cpus=0.1).remote([{"fn": "reward_fns_for_tests:no_such_fn", "style": "trl"}], num_workers=1,
+                                                     timeout_s=5, memory_mb=512)
+    with pytest.raises(ray.exceptions.RayActorError) as died:
+        ray.get(pool.__ray_ready__.remote(), timeout=120)
+    error = verifier_start_error(died.value)
+    assert error is not None and "AttributeError: module 'reward_fns_for_tests' has no attribute 'no_such_fn'" in str(error)
+    assert verifier_start_error(RuntimeError("an engine died")) is None

@@ -38,6 +38,12 @@ def verifier_counts(vstats: dict) -> dict[str, float]:
             _errors_reported.add(error)
             log.warning("a reward function failed on %d of %d items, scored 0: %r (counted in verifier_error; "
                         "shown once a run)", vstats["errors_by_type"][error], vstats.get("items", 0), example)
+    items = vstats.get("items", 0)
+    for kind in ("timeout", "oom", "crash"):  # a function that hangs or dies on every item: no error message to show
+        if items and vstats.get(kind, 0) == items and kind not in _errors_reported:
+            _errors_reported.add(kind)
+            log.warning("every one of %d items of a verifier call ended in %s, scored 0 (verifier.timeout_s, verifier.memory_mb, "
+                        "or a reward function that hangs or dies; counted in verifier_%s; shown once a run)", items, kind, kind)
     counts = {f"verifier_{kind}": vstats.get(kind, 0) for kind in VERIFIER_FAILURES}
     counts.update({f"verifier_outcome_{o}": n for o, n in vstats.get("outcomes", {}).items()})  # code_tests: passed, wrong_answer, ...
     return counts

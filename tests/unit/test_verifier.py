@@ -553,6 +553,13 @@ def test_trl_and_verl_style_rewards_score_through_the_pool(monkeypatch, caplog):
     shown = [r.getMessage() for r in caplog.records]
     assert len(shown) == 2 and "3 of 7 items" in shown[0] and "BadRewardValue: trl-style reward returned NoneType" in shown[0]
     assert "1 of 7 items" in shown[1] and "RuntimeError: reward model offline" in shown[1]
+    # a function that hangs (or dies) on every item has no message: that it did is said once a run
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="rlvr"):
+        assert generation_base.verifier_counts({"items": 8, "timeout": 8})["verifier_timeout"] == 8
+        generation_base.verifier_counts({"items": 8, "timeout": 8})
+        generation_base.verifier_counts({"items": 8, "crash": 3})  # some items: the counts say so, no warning
+    assert [r.getMessage()[:52] for r in caplog.records] == ["every one of 8 items of a verifier call ended in time"]
     with ProcessVerifier([RewardSpec("reward_fns_for_tests:verl_style", style="verl")], num_workers=1, timeout_s=TIMEOUT) as v:
         results, _ = v.score([
             ScoreRequest("it is 42", "42", meta=meta),  # dict return: its score

@@ -364,6 +364,7 @@ def _validate_verifier(cfg: DictConfig) -> None:
     _check(v.timeout_s > 0, "verifier.timeout_s", f"must be > 0, got {v.timeout_s}")
     _check(v.num_workers >= 1, "verifier.num_workers", f"must be >= 1, got {v.num_workers}")
     _check(v.memory_mb > 0, "verifier.memory_mb", f"must be > 0 (MB a worker may use), got {v.memory_mb}")
+    _check(not isinstance(v.terms, str), "verifier.terms", f"must be a list of terms, e.g. [{{fn: {v.terms}}}], got the string {v.terms!r}")
     _check(len(v.terms) >= 1, "verifier.terms", "needs at least one reward term")
     from rlvr.rewards import coerce_spec, correctness_terms
 

@@ -319,6 +319,8 @@ def test_bad_reward_terms_fail_before_any_actor_starts(term, message):
         validate(compose([f"verifier.terms=[{term}]"]))
     with pytest.raises(ConfigError, match=r"verifier.terms: no reward term decides correctness \(format\)"):
         validate(compose(["verifier.terms=[{fn: format}]"]))
+    with pytest.raises(ConfigError, match=r"verifier.terms: must be a list of terms, e.g. \[\{fn: math\}\], got the string 'math'"):
+        validate(compose(["verifier.terms=math"]))  # was read letter by letter: "reward fn 'm'"
 
 
 def test_every_sampling_mode_a_preset_may_name_has_a_sampler():

@@ -284,6 +284,8 @@ def _validate_trainer(cfg: DictConfig) -> None:
     _check(t.batch_size >= 1, "trainer.batch_size", f"must be >= 1, got {t.batch_size}")
     _check(t.max_restarts >= 0, "trainer.max_restarts", f"must be >= 0 (0 = stop at the first death), got {t.max_restarts}")
     _check(t.role_timeout_s > 0, "trainer.role_timeout_s", f"must be > 0 (seconds), got {t.role_timeout_s}")
+    mode = cfg.resume.mode
+    _check(mode is not None and str(mode).strip() != "", "resume", "must be auto, never or a checkpoint (or run) directory, got an empty value")
     for key, meaning in (("eval_every", "0 = none during training (eval.at_start: before it)"), ("save_every", "0 = at the last step and on a signal only"),
                          ("keep_checkpoints", "0 = keep all")):
         _check(t[key] >= 0, f"trainer.{key}", f"must be >= 0 ({meaning}), got {t[key]}")

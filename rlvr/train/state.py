@@ -198,7 +198,7 @@ def check_resume_data(ckpt: Path, stream) -> None:
     """Refuse, before any role starts, to resume a checkpoint into different training prompts (a
     different dataset, data settings, seed or held-out warm-up prompts): its stream position would
     point into other data."""
-    saved = torch.load(ckpt / "trainer_state.pt", weights_only=False)["stream"]
+    saved = trainer_state(ckpt)["stream"]
     problem = stream.mismatch(saved)
     if problem is not None:
         raise ConfigError(f"resume: checkpoint {ckpt}: {problem}. Resume with the checkpoint's data settings, or pass "
@@ -220,9 +220,26 @@ def save_training_state(run_dir: Path, step: int, roles: Roles, state: dict, cfg
     return save_checkpoint(run_dir, step, write, keep=cfg.trainer.keep_checkpoints)
 
 
+def unloadable(ckpt: Path, what: str, e: BaseException) -> ConfigError:
+    """A checkpoint whose sizes match its manifest but whose bytes do not load (a disk or copy fault)."""
+    cause = [line.strip() for line in str(e).splitlines() if line.strip()][-1:] or [type(e).__name__]
+    return ConfigError(f"resume: checkpoint {ckpt}: {what} does not load ({cause[0]}); pass resume=<an earlier checkpoint> "
+                       "(its checkpoints/step_*), or resume=never to start fresh")
+
+
+def trainer_state(ckpt: Path) -> dict:
+    try:
+        return torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - torch.load raises RuntimeError, EOFError, UnpicklingError, ...
+        raise unloadable(ckpt, "trainer_state.pt", e) from e
+
+
 def load_training_state(ckpt: Path, roles: Roles) -> dict:
-    ray.get([l.load_checkpoint.remote(str(ckpt / "learner"), "policy") for l in roles.learners])
-    state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    try:
+        ray.get([l.load_checkpoint.remote(str(ckpt / "learner"), "policy") for l in roles.learners])
+    except ray.exceptions.RayTaskError as e:  # the actor lives: it was its load that failed
+        raise unloadable(ckpt, "the learner's state (learner/)", e) from e
+    state = trainer_state(ckpt)
     if roles.value is not None and state.get("value") is not None:
         roles.value.load(state["value"])
     return state

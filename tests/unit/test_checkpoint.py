@@ -682,3 +682,15 @@ def test_a_command_given_a_run_dir_takes_its_latest_checkpoint(tmp_path):
     (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         checkpoint_named(tmp_path / "empty")
+
+
+def test_a_checkpoint_whose_driver_state_does_not_load_is_a_message_naming_it(tmp_path):
+    """Bytes changed but the size kept (the manifest's check passes): resume ended in a
+    PytorchStreamReader traceback."""
+    from rlvr.checkpoint import save_checkpoint
+    from rlvr.config import ConfigError
+    from rlvr.train.state import check_resume_data
+
+    ckpt = save_checkpoint(tmp_path, 2, lambda tmp: (tmp / "trainer_state.pt").write_bytes(bytes(512)))
+    with pytest.raises(ConfigError, match=r"resume: checkpoint .*step_00000002: trainer_state.pt does not load .*resume=never"):
+        check_resume_data(ckpt, stream=None)

@@ -321,6 +321,8 @@ def test_bad_reward_terms_fail_before_any_actor_starts(term, message):
         validate(compose(["verifier.terms=[{fn: format}]"]))
     with pytest.raises(ConfigError, match=r"verifier.terms: must be a list of terms, e.g. \[\{fn: math\}\], got the string 'math'"):
         validate(compose(["verifier.terms=math"]))  # was read letter by letter: "reward fn 'm'"
+    with pytest.raises(ConfigError, match="resume: must be auto, never or a checkpoint"):
+        validate(compose(["resume="]))  # a ValueError with a traceback, after the run dir was made
 
 
 def test_every_sampling_mode_a_preset_may_name_has_a_sampler():

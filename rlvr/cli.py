@@ -192,7 +192,11 @@ def eval_command(argv: list[str]) -> int:
 
     # a checkpoint is scored under its run's own config; a model folder without a training file is fine
     cfg = _compose_or_exit(args.overrides, lambda o: eval_config(args.target, o), may_be_missing=("data.train.path",))
-    metrics = evaluate_model(args.target, cfg)
+    try:
+        metrics = evaluate_model(args.target, cfg)
+    except ValueError as e:  # as `rlvr export`: not a checkpoint, or one whose weights do not load
+        print(f"rlvr eval: {e}", file=sys.stderr)
+        return 2
     for k, v in metrics.items():
         print(f"{k}: {v:.4f}")
     return 0
@@ -206,7 +210,11 @@ def value_report_command(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from rlvr.analysis.value_report import PREDICTORS, format_table, value_report
 
-    report = value_report(Path(args.run_dir), args.min_context, tuple(args.predictors or PREDICTORS))
+    try:
+        report = value_report(Path(args.run_dir), args.min_context, tuple(args.predictors or PREDICTORS))
+    except ValueError as e:  # a run with no V0.5 decisions, an unknown predictor
+        print(f"rlvr value-report: {e}", file=sys.stderr)
+        return 2
     print(format_table(report))
     print(f"wrote {Path(args.run_dir) / 'value_report.json'} and value_report.png")
     return 0

@@ -58,6 +58,14 @@ def test_command_errors_exit_2(tmp_path, capsys):
     assert run_main(["compare", str(tmp_path / "nope")]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
     assert run_main(["frobnicate"]) == 2
+    grpo = tmp_path / "grpo"  # a run without V0.5 decisions: a message, not a traceback
+    grpo.mkdir()
+    (grpo / "metrics.jsonl").write_text('{"step": 1, "reward": 0.5}\n')
+    (grpo / "decisions.jsonl").write_text("")
+    (grpo / "config.yaml").write_text(yaml.safe_dump({"algorithm": {"name": "grpo"}, "value": {"backend": "embedded"}}))
+    capsys.readouterr()
+    assert run_main(["value-report", str(grpo)]) == 2
+    assert capsys.readouterr().err.startswith("rlvr value-report: ")
 
 
 

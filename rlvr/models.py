@@ -59,6 +59,15 @@ def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike | None = 
             f"Give a local folder, or one of the built-in names {SMOLLM2_NAME!r}, {TINY_NAME!r}; "
             "this machine cannot download from a model hub."
         )
+    # what the learner and the engine would each fail on inside their actors, said here by name
+    try:
+        json.loads((path / "config.json").read_text())
+    except (ValueError, OSError) as e:
+        raise FileNotFoundError(f"model path {str(path)!r}: its config.json does not read as JSON ({e})") from None
+    if not any(next(path.glob(pattern), None) for pattern in ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")):
+        raise FileNotFoundError(f"model path {str(path)!r} holds no weights (*.safetensors or pytorch_model*.bin)")
+    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "vocab.txt")):
+        raise FileNotFoundError(f"model path {str(path)!r} holds no tokenizer (tokenizer.json, tokenizer_config.json, ...)")
     return str(path)
 
 

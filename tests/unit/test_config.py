@@ -293,9 +293,29 @@ def test_cli_reports_config_errors_without_a_traceback(capsys):
     assert "trainer.stepz" in capsys.readouterr().err
 
 
-def test_missing_model_folder_is_a_clear_error(tmp_path):
+def test_missing_model_folder_is_a_clear_error(tmp_path, tiny_model):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         resolve_model_path(str(tmp_path / "nope"))
+    # a folder missing a part failed inside an actor: the learner's ActorDiedError (no weights), a
+    # tokenizer error asking for sentencepiece (no tokenizer), an OSError traceback (bad JSON)
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    assert resolve_model_path(str(folder)) == str(folder)
+    for weights in folder.glob("*.safetensors"):
+        weights.rename(tmp_path / weights.name)
+    with pytest.raises(FileNotFoundError, match="holds no weights"):
+        resolve_model_path(str(folder))
+    for weights in tmp_path.glob("*.safetensors"):
+        weights.rename(folder / weights.name)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model"):
+        (folder / name).unlink(missing_ok=True)
+    with pytest.raises(FileNotFoundError, match="holds no tokenizer"):
+        resolve_model_path(str(folder))
+    (folder / "config.json").write_text("{")
+    with pytest.raises(FileNotFoundError, match="config.json does not read as JSON"):
+        resolve_model_path(str(folder))
 
 
 def test_cli_reports_a_missing_model_without_a_traceback(tmp_path, capsys):

@@ -94,6 +94,20 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     return BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
 
 
+def run_dir_problem(run_dir: Path) -> str | None:
+    """Why ``run_dir`` cannot be the run's folder (a file, or under one; a folder this user cannot write), or None."""
+    if run_dir.exists() and not run_dir.is_dir():
+        return f"{run_dir} is a file, not a folder"
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, so {run_dir} cannot be made"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable by this user"
+    return None
+
+
 def train_command(argv: list[str]) -> int:
     """`rlvr train` runs through ``hydra.main``, so --cfg, --help, --info and -m/--multirun behave as
     in any Hydra app. Every job's config is composed and validated first, so an unknown key or a bad
@@ -114,7 +128,10 @@ def train_command(argv: list[str]) -> int:
             print(f"rlvr: config error: {e}", file=sys.stderr)
             return 2
         for job in jobs:
-            _compose_or_exit(job)
+            problem = run_dir_problem(Path(str(_compose_or_exit(job).run_dir)))
+            if problem:  # Hydra makes run_dir before the run starts: its error came as a traceback
+                print(f"rlvr: config error: run_dir: {problem}", file=sys.stderr)
+                return 2
 
     def task(cfg) -> dict:
         from hydra.core.hydra_config import HydraConfig

@@ -124,3 +124,18 @@ def test_rlvr_answers_in_a_folder_deleted_under_the_shell(tmp_path):
     script = Path(sys.executable).with_name("rlvr")
     done = subprocess.run(f"cd {gone} && rmdir {gone} && {script} --help", shell=True, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "train" in done.stdout, done.stderr[-2000:]
+
+
+def test_a_run_dir_that_cannot_be_made_is_a_config_error(tmp_path, capsys):
+    """Hydra makes run_dir before the run starts: a file there (or a folder that cannot be written)
+    was a FileExistsError traceback, exit 1."""
+    from rlvr.cli import run_dir_problem
+
+    (tmp_path / "afile").write_text("mine")
+    assert main(["train", "model=tiny-random", f"run_dir={tmp_path / 'afile'}"]) == 2
+    assert "run_dir: " in capsys.readouterr().err and (tmp_path / "afile").read_text() == "mine"
+    assert "is a file, so" in run_dir_problem(tmp_path / "afile" / "run")
+    assert run_dir_problem(tmp_path / "new" / "run") is None
+    if os.geteuid() != 0:  # root writes anywhere
+        (tmp_path / "ro").mkdir(mode=0o500)
+        assert "not writable" in run_dir_problem(tmp_path / "ro" / "run")

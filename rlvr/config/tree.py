@@ -132,6 +132,7 @@ def validate(cfg: DictConfig, may_be_missing: tuple[str, ...] = ()) -> None:
     ``may_be_missing``: required keys the caller does without (`rlvr eval`: ``data.train.path``)."""
     missing = OmegaConf.missing_keys(cfg) - set(may_be_missing)
     _check(not missing, ", ".join(sorted(missing)), "is required but has no value")
+    _check_known_keys(cfg)
     preset = algorithm_preset(cfg.algorithm)
     _validate_algorithm(cfg, preset)
     _validate_eval(cfg)
@@ -141,6 +142,27 @@ def validate(cfg: DictConfig, may_be_missing: tuple[str, ...] = ()) -> None:
     _validate_verifier(cfg)
     _validate_env(cfg)
     _validate_data(cfg)
+
+
+def _check_known_keys(cfg: DictConfig) -> None:
+    """Every key the schema types is one of its fields. Hydra's `+key=value` adds a key the schema
+    lacks (its own error message suggests it for a typo): `+trainer.stepz=3` trained with
+    trainer.steps at its default, silently. Untyped nodes (data, env, weighting, ...) have their own checks."""
+    from rlvr.config.schema import RlvrConfig
+
+    def walk(node: Any, schema: type, prefix: str) -> None:
+        fields = {f.name: f.type for f in dataclasses.fields(schema)}
+        for key in node.keys() if isinstance(node, DictConfig) else ():
+            name = f"{prefix}{key}"
+            if key not in fields:
+                import difflib
+
+                near = difflib.get_close_matches(str(key), list(fields), n=1)
+                raise ConfigError(f"{name}: unknown key" + (f"; did you mean {prefix}{near[0]}?" if near else f"; known: {', '.join(fields)}"))
+            if dataclasses.is_dataclass(fields[key]):
+                walk(node[key], fields[key], f"{name}.")
+
+    walk(cfg, RlvrConfig, "")
 
 
 DATA_KEYS = ("name", "system_prompt", "fewshot", "reward_terms", "train", "eval", "validation")

@@ -341,6 +341,11 @@ def test_bad_reward_terms_fail_before_any_actor_starts(term, message):
         validate(compose(["verifier.terms=[{fn: format}]"]))
     with pytest.raises(ConfigError, match=r"verifier.terms: must be a list of terms, e.g. \[\{fn: math\}\], got the string 'math'"):
         validate(compose(["verifier.terms=math"]))  # was read letter by letter: "reward fn 'm'"
+    # Hydra's own error for a typo suggests `+trainer.stepz=3`, which added a key the run ignored
+    with pytest.raises(ConfigError, match=r"trainer.stepz: unknown key; did you mean trainer.steps\?"):
+        validate(compose(["+trainer.stepz=3"]))
+    with pytest.raises(ConfigError, match=r"foo: unknown key; known: algorithm, "):
+        validate(compose(["+foo.bar=1"]))
     with pytest.raises(ConfigError, match="resume: must be auto, never or a checkpoint"):
         validate(compose(["resume="]))  # a ValueError with a traceback, after the run dir was made
 

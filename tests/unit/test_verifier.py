@@ -559,7 +559,8 @@ def test_trl_and_verl_style_rewards_score_through_the_pool(monkeypatch, caplog):
         assert generation_base.verifier_counts({"items": 8, "timeout": 8})["verifier_timeout"] == 8
         generation_base.verifier_counts({"items": 8, "timeout": 8})
         generation_base.verifier_counts({"items": 8, "crash": 3})  # some items: the counts say so, no warning
-    assert [r.getMessage()[:52] for r in caplog.records] == ["every one of 8 items of a verifier call ended in time"]
+    shown = [r.getMessage() for r in caplog.records]
+    assert len(shown) == 1 and shown[0].startswith("every one of 8 items of a verifier call ended in timeout")
     with ProcessVerifier([RewardSpec("reward_fns_for_tests:verl_style", style="verl")], num_workers=1, timeout_s=TIMEOUT) as v:
         results, _ = v.score([
             ScoreRequest("it is 42", "42", meta=meta),  # dict return: its score

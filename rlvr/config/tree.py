@@ -267,6 +267,18 @@ def _check_weighting(weighting: DictConfig) -> None:
     from rlvr.algorithms import apply_weighting
     from rlvr.train.loop import hadw_state, weighting_kwargs
 
+    import inspect
+
+    from rlvr.algorithms import WEIGHTINGS
+    from rlvr.train.loop import HADW_STATE_KEYS
+
+    # a key neither the function nor HA-DW's anchor state takes was dropped silently (+weighting.gama=0.3)
+    options = inspect.signature(WEIGHTINGS[weighting.name]).parameters.values()  # the data arguments have no default
+    known = {"name"} | {p.name for p in options if p.default is not p.empty and p.name != "update_state"}
+    if weighting.name == "hadw":
+        known |= set(HADW_STATE_KEYS)
+    unknown = sorted(set(weighting.keys()) - known)
+    _check(not unknown, f"weighting.{unknown[0] if unknown else ''}", f"unknown key for weighting={weighting.name}; known: {', '.join(sorted(known))}")
     try:
         kwargs = weighting_kwargs(weighting, hadw_state(weighting))
         apply_weighting(weighting.name, torch.tensor([1.0, -1.0]), torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), **kwargs)

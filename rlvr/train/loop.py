@@ -125,11 +125,14 @@ def split_warmup(problems: list[Problem], count: int, seed: int) -> tuple[list[P
     return train, warmup
 
 
+HADW_STATE_KEYS = ("window", "anchor", "eta")  # `weighting=hadw`'s keys for its anchor state (the rest are its function's)
+
+
 def hadw_state(weighting: DictConfig) -> HADWState:
     """HA-DW's anchor state from `weighting=hadw`; an unused one for any other weighting."""
     if weighting.name != "hadw":
         return HADWState()
-    return HADWState(window=weighting.window, anchor=weighting.anchor, eta=weighting.eta)
+    return HADWState(**{k: weighting[k] for k in HADW_STATE_KEYS})
 
 
 def weighting_kwargs(weighting: DictConfig, hadw_state: HADWState) -> dict:

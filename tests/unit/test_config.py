@@ -131,6 +131,8 @@ def test_unknown_group_option_lists_the_choices():
         ("weighting=focal weighting.gamma=abc", "weighting=focal"),
         ("weighting=hadw weighting.anchor=emma", "weighting=hadw: unknown HA-DW anchor 'emma'"),
         ("weighting=hadw weighting.window=0", "weighting=hadw: HA-DW window must be >= 1"),
+        ("weighting=focal +weighting.gama=0.3", "weighting.gama: unknown key for weighting=focal; known: gamma, name"),  # was dropped silently
+        ("weighting=none +weighting.gamma=1", "weighting.gamma: unknown key for weighting=none"),
         ("model.path=/nonexistent/model", "model.path: '/nonexistent/model' is neither a built-in model"),  # was found after Ray started
         ("eval.n_samples=-2", "eval.n_samples"),
         ("eval.max_tokens=0", "eval.max_tokens"),

@@ -205,8 +205,15 @@ def _validate_data(cfg: DictConfig) -> None:
         _check(good, "data.fewshot", f"must be a list of {{question: str, response: str}}, got {str(shots)[:80]!r}")
 
 
+ENV_KEYS = ("name", "max_turns", "max_tokens", "parser", "tools", "tool_config", "options")  # configs/env/*.yaml
+
+
 def _validate_env(cfg: DictConfig) -> None:
     e = cfg.env
+    known = ENV_KEYS if e.name != "none" else ("name",)
+    unknown = sorted(set(e.keys()) - set(known))
+    _check(not unknown, f"env.{unknown[0] if unknown else ''}",
+           f"unknown key for env={e.name}; known: {', '.join(known)} (an environment's own arguments go under env.options)")
     if e.name == "none":
         return
     from rlvr.envs import environment_from_config

@@ -133,6 +133,8 @@ def test_unknown_group_option_lists_the_choices():
         ("weighting=hadw weighting.window=0", "weighting=hadw: HA-DW window must be >= 1"),
         ("weighting=focal +weighting.gama=0.3", "weighting.gama: unknown key for weighting=focal; known: gamma, name"),  # was dropped silently
         ("weighting=none +weighting.gamma=1", "weighting.gamma: unknown key for weighting=none"),
+        ("env=calculator +env.level=3", "env.level: unknown key for env=calculator; known: name, max_turns"),
+        ("+env.max_turns=3", "env.max_turns: unknown key for env=none"),
         ("model.path=/nonexistent/model", "model.path: '/nonexistent/model' is neither a built-in model"),  # was found after Ray started
         ("eval.n_samples=-2", "eval.n_samples"),
         ("eval.max_tokens=0", "eval.max_tokens"),

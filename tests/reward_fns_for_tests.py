@@ -83,6 +83,13 @@ def _leave_a_process(how: str, pid_dir: str) -> None:
         pass
 
 
+def loud(completion: str, answer: str, answer_type: str = "number", **kwargs) -> float:
+    """Prints ``completion`` times 1 MB (a reward function's debugging left on), then 1.0."""
+    for _ in range(int(completion)):
+        print("x" * 2**20)
+    return 1.0
+
+
 def bad_return(completion: str, answer: str, answer_type: str = "number", **kwargs):
     return "not a number"
 

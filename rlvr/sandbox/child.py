@@ -5,8 +5,10 @@ and memory limit.  Runs only in the children: keep it light and thread-free (no 
 
 from __future__ import annotations
 
+import io
 import os
 import signal
+import sys
 import traceback
 from multiprocessing import reduction
 from multiprocessing.connection import Connection, wait
@@ -189,10 +191,45 @@ def _score_item(msg: tuple, terms: list, soft_s: float) -> tuple[tuple, bool, bo
     return reply, retire, exit_after
 
 
+OUTPUT_PER_ITEM = 64 * 1024  # characters of a reward function's print()s kept per item, as the sandbox keeps a program's
+
+
+class CappedOutput(io.TextIOBase):  # pragma: no cover - child
+    """A worker's sys.stdout/sys.stderr: ``limit`` characters an item, then one note. A reward function
+    that printed 100 MB an item wrote 800 MB of log a step."""
+
+    def __init__(self, stream, limit: int = OUTPUT_PER_ITEM):
+        self.stream, self.limit, self.left, self.noted = stream, limit, limit, False
+
+    def write(self, text: str) -> int:
+        kept = text[: max(self.left, 0)]
+        if kept:
+            self.stream.write(kept)
+            self.left -= len(kept)
+        if len(kept) < len(text) and not self.noted:
+            self.noted = True
+            self.stream.write(f"\n[rlvr: a reward function's output past {self.limit} characters on this item is dropped]\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return self.stream.encoding
+
+    def next_item(self) -> None:
+        self.left, self.noted = self.limit, False
+
+
 def worker_main(fd: int, zygote_pid: int, cfg: dict, terms: list) -> None:  # pragma: no cover - child
     """Score items from ``fd`` until it closes: reply ``(ok|err, idx, (values, outcome, output)|error, retire, cpu_s)``."""
     conn = Connection(fd)
     _worker_setup(zygote_pid, cfg)
+    sys.stdout, sys.stderr = (CappedOutput(s) if s is not None else CappedOutput(io.StringIO(), 0) for s in (sys.stdout, sys.stderr))
     conn.send(("ready", os.getpid(), cpu_s()))
     while True:
         try:
@@ -201,7 +238,9 @@ def worker_main(fd: int, zygote_pid: int, cfg: dict, terms: list) -> None:  # pr
             os._exit(0)
         if msg is None:
             os._exit(0)
+        sys.stdout.next_item(), sys.stderr.next_item()
         reply, retire, exit_after = _score_item(msg, terms, cfg["soft_timeout_s"])
+        sys.stdout.flush(), sys.stderr.flush()
         kill_strays(set(), wait=True)  # no process outlives its item
         try:
             conn.send(reply + (retire or exit_after, cpu_s()))

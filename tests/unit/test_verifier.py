@@ -573,3 +573,16 @@ def test_trl_and_verl_style_rewards_score_through_the_pool(monkeypatch, caplog):
                                                "RuntimeError: broken scorer"]
     with pytest.raises(ValueError, match="unknown style 'openrlhf'"):
         ProcessVerifier([RewardSpec("reward_fns_for_tests:verl_style", style="openrlhf")])
+
+
+def test_a_reward_function_s_prints_are_capped_per_item(capfd):
+    """A reward function that printed 100 MB an item wrote 800 MB of the verifier's log a step; its
+    print()s are now kept to 64 K characters an item, then one note."""
+    from rlvr.sandbox.child import OUTPUT_PER_ITEM
+
+    with ProcessVerifier([RewardSpec("reward_fns_for_tests:loud")], num_workers=1, timeout_s=30) as v:
+        results, _ = v.score([ScoreRequest("3", "1"), ScoreRequest("0", "1"), ScoreRequest("2", "1")])
+    assert [r.reward for r in results] == [1.0, 1.0, 1.0]
+    out = capfd.readouterr().out
+    assert out.count("x") == 2 * OUTPUT_PER_ITEM  # each loud item's first 64 K, the silent one's nothing
+    assert out.count("output past 65536 characters on this item is dropped") == 2

@@ -128,7 +128,10 @@ def train_command(argv: list[str]) -> int:
             print(f"rlvr: config error: {e}", file=sys.stderr)
             return 2
         for job in jobs:
-            problem = run_dir_problem(Path(str(_compose_or_exit(job).run_dir)))
+            cfg = _compose_or_exit(job)
+            # a sweep's job without run_dir= runs in Hydra's multirun/ folder (see `task`), which Hydra makes
+            sets_run_dir = any(o.lstrip("+~").split("=", 1)[0] == "run_dir" for o in job)
+            problem = run_dir_problem(Path(str(cfg.run_dir))) if sets_run_dir or not args.multirun else None
             if problem:  # Hydra makes run_dir before the run starts: its error came as a traceback
                 print(f"rlvr: config error: run_dir: {problem}", file=sys.stderr)
                 return 2

@@ -84,7 +84,17 @@ def _leave_a_process(how: str, pid_dir: str) -> None:
 
 
 def loud(completion: str, answer: str, answer_type: str = "number", **kwargs) -> float:
-    """Prints ``completion`` times 1 MB (a reward function's debugging left on), then 1.0."""
+    """Prints ``completion`` times 1 MB (a reward function's debugging left on), then 1.0. "QUIET":
+    silences itself by putting its own sys.stdout in, as libraries are silenced; "BYTES": writes
+    bytes through sys.stdout.buffer."""
+    import sys
+
+    if completion == "QUIET":
+        sys.stdout = open(os.devnull, "w")
+        return 1.0
+    if completion == "BYTES":
+        sys.stdout.buffer.write(b"bytes\n")
+        return 1.0
     for _ in range(int(completion)):
         print("x" * 2**20)
     return 1.0

@@ -93,9 +93,7 @@ class WithDeadline:
         return self._call("step", messages, scores)
 
     def _call(self, method: str, *args: Any) -> Any:
-        import faulthandler
         import logging
-        import sys
         import threading
 
         message = (f"environment {self.name!r}: {method}() has not returned within {self.timeout_s:g} s "
@@ -103,12 +101,49 @@ class WithDeadline:
         warn = threading.Timer(self.timeout_s, logging.getLogger("rlvr").error, (message,))  # where the GIL is free
         warn.daemon = True
         warn.start()
-        faulthandler.dump_traceback_later(self.timeout_s + 1, exit=True, file=sys.__stderr__)
+        token = _deadlines.add(self.timeout_s + 1)
         try:
             return getattr(self.env, method)(*args)
         finally:
-            faulthandler.cancel_dump_traceback_later()
+            _deadlines.remove(token)
             warn.cancel()
+
+
+class _Deadlines:
+    """faulthandler has one timer a process: calls in several threads (an async run's generator and
+    its evaluation) share it, armed for the earliest deadline of those still running."""
+
+    def __init__(self):
+        import threading
+
+        self.lock, self.pending, self.count = threading.Lock(), {}, 0
+
+    def add(self, seconds: float) -> int:
+        import time
+
+        with self.lock:
+            self.count += 1
+            self.pending[self.count] = time.monotonic() + seconds
+            self._arm()
+            return self.count
+
+    def remove(self, token: int) -> None:
+        with self.lock:
+            self.pending.pop(token, None)
+            self._arm()
+
+    def _arm(self) -> None:
+        import faulthandler
+        import sys
+        import time
+
+        if not self.pending:
+            faulthandler.cancel_dump_traceback_later()
+            return
+        faulthandler.dump_traceback_later(max(min(self.pending.values()) - time.monotonic(), 0.001), exit=True, file=sys.__stderr__)
+
+
+_deadlines = _Deadlines()
 
 
 def environment_from_config(env_cfg, timeout_s: float | None = None) -> Any:

@@ -224,12 +224,15 @@ class CappedOutput(io.TextIOBase):  # pragma: no cover - child
     def next_item(self) -> None:
         self.left, self.noted = self.limit, False
 
+    def __getattr__(self, name: str):  # buffer, reconfigure, isatty, ...: the stream's own (bytes are not capped)
+        return getattr(self.stream, name)
+
 
 def worker_main(fd: int, zygote_pid: int, cfg: dict, terms: list) -> None:  # pragma: no cover - child
     """Score items from ``fd`` until it closes: reply ``(ok|err, idx, (values, outcome, output)|error, retire, cpu_s)``."""
     conn = Connection(fd)
     _worker_setup(zygote_pid, cfg)
-    sys.stdout, sys.stderr = (CappedOutput(s) if s is not None else CappedOutput(io.StringIO(), 0) for s in (sys.stdout, sys.stderr))
+    out, err = (CappedOutput(s) if s is not None else CappedOutput(io.StringIO(), 0) for s in (sys.stdout, sys.stderr))
     conn.send(("ready", os.getpid(), cpu_s()))
     while True:
         try:
@@ -238,9 +241,10 @@ def worker_main(fd: int, zygote_pid: int, cfg: dict, terms: list) -> None:  # pr
             os._exit(0)
         if msg is None:
             os._exit(0)
-        sys.stdout.next_item(), sys.stderr.next_item()
+        sys.stdout, sys.stderr = out, err  # again each item: a reward function may have put its own in
+        out.next_item(), err.next_item()
         reply, retire, exit_after = _score_item(msg, terms, cfg["soft_timeout_s"])
-        sys.stdout.flush(), sys.stderr.flush()
+        out.flush(), err.flush()
         kill_strays(set(), wait=True)  # no process outlives its item
         try:
             conn.send(reply + (retire or exit_after, cpu_s()))

@@ -263,17 +263,25 @@ class Env:
         return messages
 
     def step(self, messages, scores):
-        if sys.argv[1] == "sleep":
+        if sys.argv[1] in ("sleep", "two threads"):
             time.sleep(60)  # waiting on something that never comes
         re.match(r"(a+)+$", "a" * 40 + "b")  # a catastrophic regex: it holds the GIL for minutes
 
 env = WithDeadline(Env(), 1.0, "my_envs:Env")
 print(env.reset(None, ["hello"]), flush=True)
+if sys.argv[1] == "two threads":  # an async run: the generator thread's call hangs while the main thread's returns
+    import threading
+
+    threading.Thread(target=env.step, args=([], [])).start()
+    time.sleep(0.3)
+    Env.step = lambda self, messages, scores: None
+    env.step([], [])
+    time.sleep(30)
 env.step([], [])
 """
 
 
-@pytest.mark.parametrize("how", ["sleep", "regex"])
+@pytest.mark.parametrize("how", ["sleep", "regex", "two threads"])
 def test_an_environment_that_hangs_stops_the_run_with_its_stack(how):
     """reset() and step() run in the trainer's process with no deadline: a step() that never
     returned hung the run (150 s in its step-0 evaluation, no message, no metrics). They stay on the
@@ -286,7 +294,8 @@ def test_an_environment_that_hangs_stops_the_run_with_its_stack(how):
     done = subprocess.run([sys.executable, "-c", HANGS, how], capture_output=True, text=True, timeout=60)
     assert time.monotonic() - start < 30
     assert done.returncode != 0 and done.stdout.strip() == "['hello']"
-    line = 14 if how == "sleep" else 15  # the environment's own line, in its stack
+    line = 15 if how == "regex" else 14  # the environment's own line, in its stack
+    how = "sleep" if how == "two threads" else how
     assert "Timeout" in done.stderr and f'"<string>", line {line} in step' in done.stderr, done.stderr[-2000:]
     if how == "sleep":  # the GIL free: the run's log says which environment and why
         assert "environment 'my_envs:Env': step() has not returned within 1 s" in done.stderr

@@ -581,8 +581,9 @@ def test_a_reward_function_s_prints_are_capped_per_item(capfd):
     from rlvr.sandbox.child import OUTPUT_PER_ITEM
 
     with ProcessVerifier([RewardSpec("reward_fns_for_tests:loud")], num_workers=1, timeout_s=30) as v:
-        results, _ = v.score([ScoreRequest("3", "1"), ScoreRequest("0", "1"), ScoreRequest("2", "1")])
-    assert [r.reward for r in results] == [1.0, 1.0, 1.0]
+        results, _ = v.score([ScoreRequest("3", "1"), ScoreRequest("QUIET", "1"), ScoreRequest("0", "1"), ScoreRequest("BYTES", "1"),
+                              ScoreRequest("2", "1")])
+    assert [r.reward for r in results] == [1.0] * 5 and [r.error for r in results] == [None] * 5  # its own sys.stdout, then the cap again
     out = capfd.readouterr().out
     assert out.count("x") == 2 * OUTPUT_PER_ITEM  # each loud item's first 64 K, the silent one's nothing
     assert out.count("output past 65536 characters on this item is dropped") == 2

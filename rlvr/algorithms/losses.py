@@ -229,6 +229,11 @@ def policy_loss(
         raise ValueError(f"adv must be [B] or [B, T] for logp {tuple(logp.shape)}, got {tuple(adv.shape)}")
     mask = mask.to(logp.dtype)
     adv = adv.detach().to(logp.dtype)
+    # masked positions may hold anything (-inf under top-p, NaN): 0 there, as 0 * NaN is NaN and
+    # -inf - -inf too; `where` also keeps their gradient 0
+    logp, old_logp = (torch.where(mask > 0, x, torch.zeros_like(x)) for x in (logp, old_logp))
+    if ref_logp is not None:
+        ref_logp = torch.where(mask > 0, ref_logp, torch.zeros_like(ref_logp))
 
     per_token, clipped, loss_ratio = lookup(POLICY_LOSSES, name, "policy loss")(logp, old_logp, adv, mask, **loss_kwargs)
     if token_weights is not None:

@@ -11,6 +11,7 @@ so this dataclass has no defaults. A new algorithm is its registered parts plus 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 from ._registry import lookup
@@ -82,6 +83,10 @@ class AlgorithmPreset:
             raise ValueError(f"unknown filter_metric {self.filter_metric!r}; known: {', '.join(FILTER_METRICS)}")
         if self.eps_high <= 0 or (self.eps_low is not None and not 0 <= self.eps_low < 1):
             raise ValueError(f"clip range must have eps_high > 0 and eps_low in [0, 1), got {self.eps_low} / {self.eps_high}")
+        takes_eps_low = "eps_low" in inspect.signature(POLICY_LOSSES[self.loss]).parameters if self.loss in POLICY_LOSSES else True
+        if takes_eps_low == (self.eps_low is None):  # a None was dropped for the loss's own default; a value crashed cispo at its first step
+            raise ValueError(f"eps_low: the {self.loss} loss " + ("needs a lower clip (eps_low), got null" if takes_eps_low
+                                                                   else f"has no lower clip: eps_low must be null, got {self.eps_low}"))
         if self.clip_ratio_c is not None and (self.loss != "ppo_clip" or self.clip_ratio_c <= 1):
             raise ValueError(f"clip_ratio_c (dual clip) applies to ppo_clip and must be > 1, got {self.clip_ratio_c} with loss {self.loss}")
         if self.scale_by_std and self.estimator != "v05":

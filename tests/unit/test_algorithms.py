@@ -542,3 +542,40 @@ def test_pass_at_k_is_exact_at_the_ends_and_monotone_in_k():
             values = [pass_at_k(n, c, k) for k in range(1, n + 1)]
             assert values == sorted(values)
             assert abs(values[0] - c / n) < 1e-12
+
+
+@pytest.mark.parametrize("pad", [float("-inf"), float("nan")])
+@pytest.mark.parametrize("loss", ["ppo_clip", "cispo", "gspo"])
+def test_what_a_masked_position_holds_never_reaches_the_loss_or_its_gradient(loss, pad):
+    """(loss · mask) leaves 0 · NaN = NaN, and -inf - -inf is NaN: a pad holding -inf (top-p) or NaN
+    turned every loss into NaN, CISPO's gradient too, dropped an in-range sequence from the `mask`
+    correction and gave TIS a NaN weight. Today's collate pads with 0; the functions did not rely on it."""
+    from rlvr.algorithms import rollout_correction
+
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    kwargs = {"eps_high": 0.2} if loss == "cispo" else {}
+    clean = torch.tensor([[-1.0, -0.5, 0.0]], requires_grad=True)
+    padded = torch.tensor([[-1.0, -0.5, pad]], requires_grad=True)
+    losses = []
+    for logp, old in ((clean, torch.tensor([[-1.1, -0.4, 0.0]])), (padded, torch.tensor([[-1.1, -0.4, pad]]))):
+        value, _ = policy_loss(loss, logp, old, torch.tensor([1.0]), mask, ref_logp=old, kl_coef=0.1, **kwargs)
+        losses.append((value, torch.autograd.grad(value, logp)[0]))
+    assert torch.equal(losses[0][0], losses[1][0]) and torch.equal(losses[0][1], losses[1][1])
+    old, mu, m = torch.tensor([[-1.0, pad]]), torch.tensor([[-1.1, pad]]), torch.tensor([[1.0, 0.0]])
+    assert rollout_correction("mask", old, mu, m)[1].tolist() == [[1.0, 0.0]]  # g = e^0.1, inside [1/2, 2]: kept
+    assert torch.isfinite(rollout_correction("tis", old, mu, m)[0]).all()
+
+
+def test_a_clip_range_the_loss_cannot_use_is_refused():
+    """CISPO with eps_low passed validation and crashed at its first learner step (an unexpected
+    keyword); eps_low=null with ppo_clip was dropped for the loss's own default 0.2."""
+    from dataclasses import replace
+
+    from rlvr.config import algorithm_preset, compose
+
+    grpo = algorithm_preset(compose(["algorithm=grpo"]).algorithm)
+    with pytest.raises(ValueError, match="cispo loss has no lower clip"):
+        replace(grpo, loss="cispo")  # eps_low 0.2
+    with pytest.raises(ValueError, match="ppo_clip loss needs a lower clip"):
+        replace(grpo, eps_low=None)
+    replace(grpo, loss="cispo", eps_low=None)

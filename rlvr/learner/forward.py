@@ -6,8 +6,10 @@ tests run it on a bare Hugging Face model.
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -191,18 +193,38 @@ def _token_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor, temperat
     (0.8 MB on a 49k vocabulary), held for backward. With `head_chunk` and a graph to build, the
     head runs `head_chunk` positions at a time under checkpointing: backward keeps only the hidden
     states and recomputes one chunk's logits at a time, for one more head forward."""
-    head = model.get_output_embeddings()
+    head, final = model.get_output_embeddings(), final_logits(model.config)
     count = hidden.shape[:-1].numel()
     if not head_chunk or count <= head_chunk or not (torch.is_grad_enabled() and hidden.requires_grad):
-        return _head_logprobs(head, hidden, targets, temperature)
+        return _head_logprobs(head, hidden, targets, temperature, final)
     flat, flat_targets = hidden.reshape(count, -1), targets.reshape(count)
-    chunks = [checkpoint(_head_logprobs, head, flat[i : i + head_chunk], flat_targets[i : i + head_chunk], temperature, use_reentrant=False)
+    chunks = [checkpoint(_head_logprobs, head, flat[i : i + head_chunk], flat_targets[i : i + head_chunk], temperature, final,
+                         use_reentrant=False)
               for i in range(0, count, head_chunk)]
     return torch.cat([c[0] for c in chunks]).reshape(targets.shape), torch.cat([c[1] for c in chunks]).reshape(targets.shape)
 
 
-def _head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def final_logits(config) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """What the model's own forward does to the LM head's output (as vLLM does), which calling the
+    head directly skips: Gemma 2's tanh soft-cap, Granite's division by `logits_scaling`, Cohere's
+    `logit_scale`. Left out, the learner's π was another policy than the one sampled (35 nats apart
+    under Gemma 2's cap). None for plain models."""
+    config = config.get_text_config()
+    cap = getattr(config, "final_logit_softcapping", None)
+    divide, multiply = getattr(config, "logits_scaling", None), getattr(config, "logit_scale", None)
+    steps = ([lambda x: x / divide] if divide not in (None, 1, 1.0) else []) + ([lambda x: x * multiply] if multiply not in (None, 1, 1.0) else [])
+    if cap:
+        steps.append(lambda x: torch.tanh(x / cap) * cap)
+    if not steps:
+        return None
+    return lambda logits: functools.reduce(lambda x, f: f(x), steps, logits)
+
+
+def _head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, temperature: float,
+                   final: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     logits = head(hidden).float()
+    if final is not None:
+        logits = final(logits)
     if temperature != 1.0:
         logits = logits / temperature
     logp_all = F.log_softmax(logits, dim=-1)

@@ -238,12 +238,18 @@ def micro_batching(cfg: DictConfig, model_path: str) -> int | ActivationBudget:
 def check_model_length(cfg: DictConfig, model_path: str) -> None:
     """model.max_model_len within the model's positions (`max_position_embeddings`, where no rope
     scaling stretches them): the engine refused a longer one only once its actor started, as an
-    ActorDiedError around vLLM's own message."""
+    ActorDiedError around vLLM's own message. And within its sliding window, where it has one."""
     from transformers import AutoConfig
 
     from rlvr.config import ConfigError
 
     c = AutoConfig.from_pretrained(model_path).get_text_config()
+    window = getattr(c, "sliding_window", None) if getattr(c, "use_sliding_window", True) else None
+    if window and window < cfg.model.max_model_len:
+        # the learner's forward masks full causal attention (its own masks, a prompt cache HF would cut
+        # at the window): past the window its log-probs were another policy's, or it crashed
+        raise ConfigError(f"model.max_model_len={cfg.model.max_model_len}: {model_path} attends within a sliding window of "
+                          f"{window} tokens, which the learner does not model; set model.max_model_len <= {window}")
     positions = getattr(c, "max_position_embeddings", None)
     rope = getattr(c, "rope_parameters", None) or getattr(c, "rope_scaling", None) or {}
     if positions and rope.get("rope_type", rope.get("type", "default")) == "default" and cfg.model.max_model_len > positions:

@@ -118,3 +118,50 @@ def test_an_empty_response_does_not_switch_off_the_rollout_correction():
     with_mu = Trajectory([5, 6], [7, 8], rollout_logprobs=[-0.5, -1.0])
     assert collate([with_mu, Trajectory([5, 6], [], rollout_logprobs=[])], 0, torch.device("cpu")).has_rollout_logprobs
     assert not collate([with_mu, Trajectory([5, 6], [9])], 0, torch.device("cpu")).has_rollout_logprobs
+
+
+def _tiny(kind: str):
+    from transformers import CohereConfig, CohereForCausalLM, Gemma2Config, Gemma2ForCausalLM, GraniteConfig, GraniteForCausalLM
+
+    shape = dict(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                 attn_implementation="sdpa")
+    torch.manual_seed(0)
+    if kind == "gemma2":
+        model = Gemma2ForCausalLM(Gemma2Config(**shape, head_dim=32, attn_logit_softcapping=None, final_logit_softcapping=2.0))
+        with torch.no_grad():
+            model.model.embed_tokens.weight.mul_(30)  # logits large enough for the cap to bite
+    elif kind == "granite":
+        model = GraniteForCausalLM(GraniteConfig(**shape, logits_scaling=4.0))
+    else:
+        model = CohereForCausalLM(CohereConfig(**shape, logit_scale=0.25))
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind", ["gemma2", "granite", "cohere"])
+@pytest.mark.parametrize("share, pack", [(False, False), (True, False), (True, True)])
+def test_log_probs_apply_what_the_model_does_after_its_lm_head(kind, share, pack):
+    """The head was called directly, skipping Gemma 2's final soft-cap, Granite's logits_scaling and
+    Cohere's logit_scale, which the model's forward and vLLM apply: π was another policy (35 nats
+    apart under Gemma 2's cap), with no error."""
+    model = _tiny(kind)
+    s = Trajectory(list(range(3, 9)), list(range(20, 26)))
+    with torch.no_grad():
+        reference = torch.log_softmax(model(torch.cat([s.prompt_ids, s.response_ids])[None]).logits[0].float() / 0.7, -1)
+        expected = reference[5 + torch.arange(6), s.response_ids]
+        got, _ = response_logprobs(model, collate([s], 0, "cpu"), 0.7, share, pack)
+    torch.testing.assert_close(got[0], expected, atol=1e-5, rtol=0)
+
+
+def test_a_sliding_window_shorter_than_the_job_s_length_is_refused(tmp_path):
+    """The learner masks full causal attention: past a Mistral or Gemma 3 window its log-probs were
+    another policy's (per sequence), or it crashed (shared prompts, packing)."""
+    from transformers import MistralConfig
+
+    from rlvr.config import ConfigError, compose
+    from rlvr.runtime.sizing import check_model_length
+
+    MistralConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                  sliding_window=256, max_position_embeddings=4096).save_pretrained(tmp_path)
+    check_model_length(compose(["model=tiny-random", "model.max_model_len=256"]), str(tmp_path))
+    with pytest.raises(ConfigError, match="sliding window of 256 tokens.*model.max_model_len <= 256"):
+        check_model_length(compose(["model=tiny-random", "model.max_model_len=512"]), str(tmp_path))

@@ -269,15 +269,12 @@ def _validate_algorithm(cfg: DictConfig, preset: AlgorithmPreset) -> None:
 def _check_weighting(weighting: DictConfig) -> None:
     """The weighting run once on a two-rollout group with its config node's values: a bad value
     (focal's gamma < 0, HA-DW's anchor) fails here, not after the warm start and the first step."""
-    import torch
-
-    from rlvr.algorithms import apply_weighting
-    from rlvr.train.loop import hadw_state, weighting_kwargs
-
     import inspect
 
-    from rlvr.algorithms import WEIGHTINGS
-    from rlvr.train.loop import HADW_STATE_KEYS
+    import torch
+
+    from rlvr.algorithms import WEIGHTINGS, apply_weighting
+    from rlvr.train.loop import HADW_STATE_KEYS, hadw_state, weighting_kwargs
 
     # a key neither the function nor HA-DW's anchor state takes was dropped silently (+weighting.gama=0.3)
     options = inspect.signature(WEIGHTINGS[weighting.name]).parameters.values()  # the data arguments have no default

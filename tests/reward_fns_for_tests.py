@@ -7,6 +7,7 @@ returns a fixed value, so a batch can mix healthy and failing items.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import subprocess
@@ -83,6 +84,11 @@ def _leave_a_process(how: str, pid_dir: str) -> None:
         pass
 
 
+_log = logging.getLogger("reward_fns_for_tests.loud")
+_log.addHandler(logging.StreamHandler())  # bound to the stderr of import time, as a module's basicConfig is
+_log.propagate = False
+
+
 def loud(completion: str, answer: str, answer_type: str = "number", **kwargs) -> float:
     """Prints ``completion`` times 1 MB (a reward function's debugging left on), then 1.0. "QUIET":
     silences itself by putting its own sys.stdout in, as libraries are silenced; "BYTES": writes
@@ -94,6 +100,10 @@ def loud(completion: str, answer: str, answer_type: str = "number", **kwargs) ->
         return 1.0
     if completion == "BYTES":
         sys.stdout.buffer.write(b"bytes\n")
+        return 1.0
+    if completion == "LOG":  # through a handler made when this module was imported
+        for _ in range(2):
+            _log.warning("y" * 2**20)
         return 1.0
     for _ in range(int(completion)):
         print("x" * 2**20)

@@ -22,7 +22,7 @@ import ray
 import torch
 
 from rlvr.algorithms import policy_loss, rollout_correction, rollout_mismatch
-from rlvr.learner.forward import Collated, collate, dot64, loss_share, padding_share, positions, response_logprobs
+from rlvr.learner.forward import Collated, check_head_matches, collate, dot64, loss_share, padding_share, positions, response_logprobs
 from rlvr.lora import LoraSettings, add_adapters, sync_tensors
 from rlvr.runtime.kernel_caches import bound_kernel_caches
 from rlvr.runtime.logs import redirect_actor_output
@@ -181,6 +181,7 @@ class PolicyLearner:
         torch.manual_seed(cfg.seed)
         dtype = getattr(torch, cfg.dtype)
         model = AutoModelForCausalLM.from_pretrained(cfg.model_path, dtype=dtype)
+        check_head_matches(model)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         if cfg.lora.enabled:

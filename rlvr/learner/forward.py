@@ -206,18 +206,49 @@ def _token_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor, temperat
 
 def final_logits(config) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """What the model's own forward does to the LM head's output (as vLLM does), which calling the
-    head directly skips: Gemma 2's tanh soft-cap, Granite's division by `logits_scaling`, Cohere's
-    `logit_scale`. Left out, the learner's π was another policy than the one sampled (35 nats apart
-    under Gemma 2's cap). None for plain models."""
+    head directly skips: a final tanh soft-cap (Gemma 2), Granite's division by `logits_scaling`
+    (HyperCLOVA X multiplies by it), Cohere's `logit_scale`, Falcon-H1's `lm_head_multiplier`. Left
+    out, the learner's π was another policy than the one sampled (35 nats apart under Gemma 2's
+    cap). None for plain models; `check_head_matches` refuses a model this does not reproduce."""
     config = config.get_text_config()
+    kind = str(getattr(config, "model_type", ""))
+    factor = 1.0
+    if kind.startswith("granite") and getattr(config, "logits_scaling", None):
+        factor /= float(config.logits_scaling)
+    elif kind.startswith("hyperclovax") and getattr(config, "logits_scaling", None):
+        factor *= float(config.logits_scaling)
+    elif kind.startswith("cohere") and getattr(config, "logit_scale", None):
+        factor *= float(config.logit_scale)
+    elif kind == "falcon_h1" and getattr(config, "lm_head_multiplier", None):
+        factor *= float(config.lm_head_multiplier)
     cap = getattr(config, "final_logit_softcapping", None)
-    divide, multiply = getattr(config, "logits_scaling", None), getattr(config, "logit_scale", None)
-    steps = ([lambda x: x / divide] if divide not in (None, 1, 1.0) else []) + ([lambda x: x * multiply] if multiply not in (None, 1, 1.0) else [])
-    if cap:
-        steps.append(lambda x: torch.tanh(x / cap) * cap)
-    if not steps:
+    if factor == 1.0 and not cap:
         return None
-    return lambda logits: functools.reduce(lambda x, f: f(x), steps, logits)
+
+    def final(logits: torch.Tensor) -> torch.Tensor:
+        if factor != 1.0:
+            logits = logits * factor
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    return final
+
+
+def check_head_matches(model) -> None:
+    """The learner's log-probs are the LM head on the decoder's output, then `final_logits`, not the
+    model's forward (which would compute the head over every position): on a few tokens the two
+    must agree, or this model does something after its head the learner would not (another
+    scaling, a vocabulary cut) and its π would be another policy than the one sampled."""
+    vocab = model.get_output_embeddings().weight.shape[0]
+    ids = (torch.arange(1, 9)[None] * 7919) % vocab
+    with torch.no_grad():
+        full = model(input_ids=ids).logits.float()
+        ours = model.get_output_embeddings()(model.get_decoder()(input_ids=ids).last_hidden_state).float()
+        final = final_logits(model.config)
+        ours = final(ours) if final is not None else ours
+    if ours.shape != full.shape or not torch.allclose(ours, full, rtol=1e-3, atol=1e-3 * float(full.abs().max().clamp(min=1))):
+        gap = float((ours - full).abs().max()) if ours.shape == full.shape else f"shapes {tuple(ours.shape)} / {tuple(full.shape)}"
+        raise ValueError(f"{type(model).__name__} ({model.config.get_text_config().model_type}) transforms its logits after the LM head "
+                         f"in a way the learner does not reproduce (max |difference| {gap}): not supported")
 
 
 def _head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, temperature: float,

@@ -245,6 +245,8 @@ def check_model_length(cfg: DictConfig, model_path: str) -> None:
 
     c = AutoConfig.from_pretrained(model_path).get_text_config()
     window = getattr(c, "sliding_window", None) if getattr(c, "use_sliding_window", True) else None
+    if getattr(c, "layer_types", None) and "sliding_attention" not in c.layer_types:
+        window = None  # every layer attends in full (Qwen2's max_window_layers can leave none sliding)
     if window and window < cfg.model.max_model_len:
         # the learner's forward masks full causal attention (its own masks, a prompt cache HF would cut
         # at the window): past the window its log-probs were another policy's, or it crashed

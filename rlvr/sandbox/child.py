@@ -221,6 +221,13 @@ class CappedOutput(io.TextIOBase):  # pragma: no cover - child
     def encoding(self) -> str:
         return self.stream.encoding
 
+    @property
+    def errors(self) -> str | None:
+        return self.stream.errors
+
+    def writable(self) -> bool:
+        return True
+
     def next_item(self) -> None:
         self.left, self.noted = self.limit, False
 
@@ -228,11 +235,23 @@ class CappedOutput(io.TextIOBase):  # pragma: no cover - child
         return getattr(self.stream, name)
 
 
+def _cap_log_handlers(capped: dict) -> None:  # pragma: no cover - child
+    """A logging handler a reward module made at import (before the worker's streams were capped)
+    writes to the original stream: point it at the capped one."""
+    import logging
+
+    loggers = [logging.getLogger(), *(x for x in logging.Logger.manager.loggerDict.values() if isinstance(x, logging.Logger))]
+    for handler in (h for logger in loggers for h in logger.handlers):
+        if isinstance(handler, logging.StreamHandler) and id(handler.stream) in capped:
+            handler.setStream(capped[id(handler.stream)])
+
+
 def worker_main(fd: int, zygote_pid: int, cfg: dict, terms: list) -> None:  # pragma: no cover - child
     """Score items from ``fd`` until it closes: reply ``(ok|err, idx, (values, outcome, output)|error, retire, cpu_s)``."""
     conn = Connection(fd)
     _worker_setup(zygote_pid, cfg)
     out, err = (CappedOutput(s) if s is not None else CappedOutput(io.StringIO(), 0) for s in (sys.stdout, sys.stderr))
+    _cap_log_handlers({id(sys.stdout): out, id(sys.stderr): err})
     conn.send(("ready", os.getpid(), cpu_s()))
     while True:
         try:

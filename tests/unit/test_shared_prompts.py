@@ -152,6 +152,19 @@ def test_log_probs_apply_what_the_model_does_after_its_lm_head(kind, share, pack
     torch.testing.assert_close(got[0], expected, atol=1e-5, rtol=0)
 
 
+def test_the_learner_refuses_a_model_whose_logits_it_would_not_reproduce():
+    """A family that scales its logits in a way `final_logits` does not know (HyperCLOVA X multiplies
+    where Granite divides; Inkling cuts its vocabulary) gave another policy's log-probs, silently."""
+    from rlvr.learner.forward import check_head_matches
+
+    for kind in ("gemma2", "granite", "cohere"):
+        check_head_matches(_tiny(kind))
+    cohere = _tiny("cohere")
+    cohere.config.logit_scale = 4.0  # the model multiplies by the 0.25 it was built with
+    with pytest.raises(ValueError, match=r"CohereForCausalLM \(cohere\) transforms its logits after the LM head"):
+        check_head_matches(cohere)
+
+
 def test_a_sliding_window_shorter_than_the_job_s_length_is_refused(tmp_path):
     """The learner masks full causal attention: past a Mistral or Gemma 3 window its log-probs were
     another policy's (per sequence), or it crashed (shared prompts, packing)."""
@@ -165,3 +178,8 @@ def test_a_sliding_window_shorter_than_the_job_s_length_is_refused(tmp_path):
     check_model_length(compose(["model=tiny-random", "model.max_model_len=256"]), str(tmp_path))
     with pytest.raises(ConfigError, match="sliding window of 256 tokens.*model.max_model_len <= 256"):
         check_model_length(compose(["model=tiny-random", "model.max_model_len=512"]), str(tmp_path))
+    from transformers import Qwen2Config
+
+    full = tmp_path / "full"  # a window on paper, no layer using it
+    Qwen2Config(num_hidden_layers=2, use_sliding_window=True, sliding_window=256, max_window_layers=2).save_pretrained(full)
+    check_model_length(compose(["model=tiny-random", "model.max_model_len=512"]), str(full))

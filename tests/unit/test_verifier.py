@@ -582,8 +582,9 @@ def test_a_reward_function_s_prints_are_capped_per_item(capfd):
 
     with ProcessVerifier([RewardSpec("reward_fns_for_tests:loud")], num_workers=1, timeout_s=30) as v:
         results, _ = v.score([ScoreRequest("3", "1"), ScoreRequest("QUIET", "1"), ScoreRequest("0", "1"), ScoreRequest("BYTES", "1"),
-                              ScoreRequest("2", "1")])
-    assert [r.reward for r in results] == [1.0] * 5 and [r.error for r in results] == [None] * 5  # its own sys.stdout, then the cap again
-    out = capfd.readouterr().out
+                              ScoreRequest("2", "1"), ScoreRequest("LOG", "1")])
+    assert [r.reward for r in results] == [1.0] * 6 and [r.error for r in results] == [None] * 6  # its own sys.stdout, then the cap again
+    out, err = capfd.readouterr()
     assert out.count("x") == 2 * OUTPUT_PER_ITEM  # each loud item's first 64 K, the silent one's nothing
     assert out.count("output past 65536 characters on this item is dropped") == 2
+    assert err.count("y") == OUTPUT_PER_ITEM and "output past 65536" in err  # a handler made at import is capped too

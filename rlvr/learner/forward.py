@@ -6,7 +6,6 @@ tests run it on a bare Hugging Face model.
 
 from __future__ import annotations
 
-import functools
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Callable

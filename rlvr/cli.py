@@ -121,6 +121,10 @@ def train_command(argv: list[str]) -> int:
 
     argv = expand_shorthand(argv)
     args = get_args_parser().parse_args(argv)
+    if args.multirun and (args.cfg or args.info or args.shell_completion):  # Hydra refused it with a ValueError traceback
+        print("rlvr: config error: -m/--multirun cannot be combined with --cfg, --info or --shell-completion: "
+              "look at one job's config (drop -m, give one value per key)", file=sys.stderr)
+        return 2
     if not (args.help or args.hydra_help or args.info or args.cfg or args.shell_completion):
         try:
             jobs = sweep_jobs(args.overrides) if args.multirun else [args.overrides]

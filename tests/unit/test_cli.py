@@ -116,6 +116,11 @@ def test_the_rlvr_script_finds_a_user_s_module_in_the_current_directory(tmp_path
     assert "my_rewards:brevity" in done.stdout
 
 
+def test_a_sweep_with_cfg_is_a_message(capsys):
+    assert main(["train", "-m", "seed=0,1", "--cfg", "job"]) == 2  # Hydra's ValueError, as a traceback
+    assert "cannot be combined with --cfg" in capsys.readouterr().err
+
+
 def test_rlvr_answers_in_a_folder_deleted_under_the_shell(tmp_path):
     from pathlib import Path
 

@@ -50,13 +50,7 @@ def first_prompt_ids(cfg: DictConfig, model_path: str) -> Callable[[Problem], li
     """Each problem's first prompt as the job's generator renders it: the data's chat prompt, or an
     episode's first messages from the environment with the tool block (what the length checks and
     the KV cache's size must read: the calculator's is 390 tokens where the data's is 112)."""
-    from transformers import AutoTokenizer
-
-    from rlvr.data.stream import message_builder, prompt_renderer
-    from rlvr.envs.tools import tool_schemas
-
-    if cfg.env.name == "none":
-        return prompt_renderer(cfg, model_path, as_ids=True)
-    env = environment_from_config(cfg.env, cfg.trainer.role_timeout_s)
-    chat, messages_of = ChatTokens(AutoTokenizer.from_pretrained(model_path), tool_schemas(env.tools)), message_builder(cfg)
-    return lambda problem: chat.prompt_ids(env.reset(problem, messages_of(problem)))
+    generator = make_generator(cfg, None, None, model_path)  # rendering only: no engine or verifier is called
+    if isinstance(generator, SingleTurn):
+        return generator.render
+    return lambda problem: generator.first_prompt(problem)[1]

@@ -146,11 +146,15 @@ class MultiTurn:
         e.add_observation(messages, ids)
         return True
 
+    def first_prompt(self, problem: Problem) -> tuple[list[dict], list[int]]:
+        """The episode's first messages, from the environment, and their ids with the tool block."""
+        first = self.env.reset(problem, self.messages_of(problem))
+        return first, self.chat.prompt_ids(first)
+
     def generate(self, problems: list[Problem], ns: list[int], sampling: SamplingConfig, seed: int) -> Rollouts:
         episodes = []
         for i, (p, n) in enumerate(zip(problems, ns)):
-            first = self.env.reset(p, self.messages_of(p))
-            ids = self.chat.prompt_ids(first)
+            first, ids = self.first_prompt(p)
             if self.max_model_len - len(ids) < 1:
                 raise ValueError(f"problem {p.uid}: the episode's first prompt (tools included) has {len(ids)} tokens, "
                                  f"no room to answer within model.max_model_len={self.max_model_len}")

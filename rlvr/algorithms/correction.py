@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from ._registry import lookup, register
-from .losses import MAX_LOG_RATIO
+from .losses import MAX_LOG_RATIO, zero_masked
 
 CorrectionFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 CORRECTIONS: dict[str, CorrectionFn] = {}
@@ -60,13 +60,8 @@ def rollout_correction(
     """The correction named ``mode`` (none, tis, mask): ``(token_weights, mask, flagged)``."""
     if threshold <= 1.0:
         raise ValueError(f"rollout correction threshold must be > 1, got {threshold}")
-    old_logp, rollout_logp = _masked(old_logp, mask), _masked(rollout_logp, mask)
+    old_logp, rollout_logp = zero_masked(old_logp, mask), zero_masked(rollout_logp, mask)
     return lookup(CORRECTIONS, mode, "rollout correction")(old_logp, rollout_logp, mask, threshold=threshold)
-
-
-def _masked(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """0 at masked positions, which may hold -inf or NaN (a NaN pad dropped a sequence from `mask`)."""
-    return torch.where(mask > 0, logp, torch.zeros_like(logp))
 
 
 def rollout_mismatch(old_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -74,5 +69,5 @@ def rollout_mismatch(old_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: t
     token count to get means): ``abs_diff`` Σ|log π_old − log μ| and ``kl`` Σ k3, where
     k3 = r − log r − 1 with r = π_old/μ is an unbiased, non-negative estimate of KL(μ‖π_old)
     under samples from μ."""
-    log_r = _log_ratio(_masked(old_logp, mask), _masked(rollout_logp, mask))
+    log_r = _log_ratio(zero_masked(old_logp, mask), zero_masked(rollout_logp, mask))
     return {"abs_diff": (log_r.abs() * mask).sum(), "kl": ((torch.exp(log_r) - log_r - 1) * mask).sum()}

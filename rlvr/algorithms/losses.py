@@ -27,6 +27,12 @@ KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] =
 MAX_LOG_RATIO = 20.0
 
 
+def zero_masked(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """0 at masked positions, which may hold anything (-inf under top-p, NaN): 0 * NaN is NaN and
+    -inf - -inf too; `where` also keeps their gradient 0."""
+    return torch.where(mask > 0, logp, torch.zeros_like(logp))
+
+
 def _log_ratio(logp: torch.Tensor, old_logp: torch.Tensor) -> torch.Tensor:
     return (logp - old_logp.detach()).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
 
@@ -229,11 +235,9 @@ def policy_loss(
         raise ValueError(f"adv must be [B] or [B, T] for logp {tuple(logp.shape)}, got {tuple(adv.shape)}")
     mask = mask.to(logp.dtype)
     adv = adv.detach().to(logp.dtype)
-    # masked positions may hold anything (-inf under top-p, NaN): 0 there, as 0 * NaN is NaN and
-    # -inf - -inf too; `where` also keeps their gradient 0
-    logp, old_logp = (torch.where(mask > 0, x, torch.zeros_like(x)) for x in (logp, old_logp))
+    logp, old_logp = zero_masked(logp, mask), zero_masked(old_logp, mask)
     if ref_logp is not None:
-        ref_logp = torch.where(mask > 0, ref_logp, torch.zeros_like(ref_logp))
+        ref_logp = zero_masked(ref_logp, mask)
 
     per_token, clipped, loss_ratio = lookup(POLICY_LOSSES, name, "policy loss")(logp, old_logp, adv, mask, **loss_kwargs)
     if token_weights is not None:

@@ -103,13 +103,32 @@ def _check(ok: bool, key: str, msg: str) -> None:
         raise ConfigError(f"{key}: {msg}")
 
 
+def _check_one_of(key: str, value: Any, choices: Any, what: str = "") -> None:
+    """`key: unknown 'value'; known: a, b` unless value is one of choices."""
+    _check(value in choices, key, f"unknown {what + ' ' if what else ''}{value!r}; known: {', '.join(choices)}")
+
+
+def _check_keys(keys: Any, known: Any, prefix: str, owner: str = "", hint: str = "") -> None:
+    """Each key one of ``known``, or `prefix.key: unknown key[ for owner]; did you mean prefix.near?`
+    (or `; known: ...` when no name is near), then ``hint``."""
+    import difflib
+
+    known = list(known)
+    for key in keys:
+        if key not in known:
+            near = difflib.get_close_matches(str(key), known, n=1)
+            where = f" for {owner}" if owner else ""
+            rest = f"did you mean {prefix}{near[0]}?" if near else f"known: {', '.join(known)}"
+            raise ConfigError(f"{prefix}{key}: unknown key{where}; {rest}{hint}")
+
+
 def _validate_value(v: DictConfig) -> None:
     from rlvr.value import BACKENDS
 
-    _check(v.backend in BACKENDS, "value.backend", f"unknown {v.backend!r}; known: {', '.join(BACKENDS)}")
+    _check_one_of("value.backend", v.backend, BACKENDS)
     _check(v.context_size >= 1, "value.context_size", f"must be >= 1, got {v.context_size}")
     if v.backend == "embedded":
-        _check(v.regressor in ("kernel", "ridge"), "value.regressor", f"unknown {v.regressor!r}; known: kernel, ridge")
+        _check_one_of("value.regressor", v.regressor, ("kernel", "ridge"))
     if v.backend == "v0":
         for key, kind in (("checkpoint", "file"), ("embedding_model", "folder"), ("tabpfn_head", "file")):
             p = v.v0[key]
@@ -120,7 +139,7 @@ def _validate_value(v: DictConfig) -> None:
             _check(v.v0[key] >= 1, f"value.v0.{key}", f"must be >= 1, got {v.v0[key]}")
         from rlvr.value.prior_map import MAPS
 
-        _check(v.v0.prior_map in MAPS, "value.v0.prior_map", f"unknown {v.v0.prior_map!r}; known: {', '.join(MAPS)}")
+        _check_one_of("value.v0.prior_map", v.v0.prior_map, MAPS)
         _check(v.v0.map_folds >= 2, "value.v0.map_folds", f"must be >= 2, got {v.v0.map_folds}")
     if v.backend == "hf-classifier":
         p = v.hf_classifier.path
@@ -152,15 +171,11 @@ def _check_known_keys(cfg: DictConfig) -> None:
 
     def walk(node: Any, schema: type, prefix: str) -> None:
         fields = {f.name: f.type for f in dataclasses.fields(schema)}
-        for key in node.keys() if isinstance(node, DictConfig) else ():
-            name = f"{prefix}{key}"
-            if key not in fields:
-                import difflib
-
-                near = difflib.get_close_matches(str(key), list(fields), n=1)
-                raise ConfigError(f"{name}: unknown key" + (f"; did you mean {prefix}{near[0]}?" if near else f"; known: {', '.join(fields)}"))
+        keys = list(node.keys()) if isinstance(node, DictConfig) else []
+        _check_keys(keys, fields, prefix)
+        for key in keys:
             if dataclasses.is_dataclass(fields[key]):
-                walk(node[key], fields[key], f"{name}.")
+                walk(node[key], fields[key], f"{prefix}{key}.")
 
     walk(cfg, RlvrConfig, "")
 
@@ -179,16 +194,14 @@ def _validate_data(cfg: DictConfig) -> None:
     from rlvr.data import DataSplitConfig
 
     d = cfg.data
-    unknown = sorted(set(d) - set(DATA_KEYS))
-    _check(not unknown, "data", f"unknown keys {unknown}; known: {', '.join(DATA_KEYS)}")
+    _check_keys(d, DATA_KEYS, "data.")
     types = {f.name: _SPLIT_TYPES.get(str(f.type)) for f in dataclasses.fields(DataSplitConfig)}
     for split in ("train", "eval", "validation"):
         node = d.get(split)
         if node is None:
             continue
         _check(OmegaConf.is_dict(node), f"data.{split}", f"must be a mapping of split settings, got {node!r}")
-        unknown = sorted(set(node) - set(types))
-        _check(not unknown, f"data.{split}", f"unknown keys {unknown}; known: {', '.join(sorted(types))}")
+        _check_keys(node, sorted(types), f"data.{split}.")
         for key in node:
             if OmegaConf.is_missing(node, key):
                 continue
@@ -211,9 +224,7 @@ ENV_KEYS = ("name", "max_turns", "max_tokens", "parser", "tools", "tool_config",
 def _validate_env(cfg: DictConfig) -> None:
     e = cfg.env
     known = ENV_KEYS if e.name != "none" else ("name",)
-    unknown = sorted(set(e.keys()) - set(known))
-    _check(not unknown, f"env.{unknown[0] if unknown else ''}",
-           f"unknown key for env={e.name}; known: {', '.join(known)} (an environment's own arguments go under env.options)")
+    _check_keys(e.keys(), known, "env.", f"env={e.name}", " (an environment's own arguments go under env.options)")
     if e.name == "none":
         return
     from rlvr.envs import environment_from_config
@@ -221,7 +232,7 @@ def _validate_env(cfg: DictConfig) -> None:
 
     _check(e.max_turns >= 1, "env.max_turns", f"must be >= 1, got {e.max_turns}")
     _check(e.max_tokens >= 1, "env.max_tokens", f"must be >= 1 (response tokens of an episode, observations included), got {e.max_tokens}")
-    _check(e.parser in PARSERS, "env.parser", f"unknown tool-call parser {e.parser!r}; known: {', '.join(sorted(PARSERS))}")
+    _check_one_of("env.parser", e.parser, sorted(PARSERS), "tool-call parser")
     try:  # an unknown environment, bad options or a tool without a schema fail here, naming it
         tool_schemas(environment_from_config(e).tools)
     except ValueError as err:
@@ -262,7 +273,7 @@ def _validate_algorithm(cfg: DictConfig, preset: AlgorithmPreset) -> None:
     _check(a.warmup_prompts >= 0, "algorithm.warmup_prompts", f"must be >= 0 (0 = no warm start), got {a.warmup_prompts}")
     if a.warmup_prompts:
         _check(preset.uses_value_model, "algorithm.warmup_prompts", f"warms up V0.5's value context (sampling=adaptive); {preset.sampling} has none to fill")
-    _check(cfg.weighting.name in WEIGHTINGS, "weighting.name", f"unknown {cfg.weighting.name!r}; known: {', '.join(WEIGHTINGS)}")
+    _check_one_of("weighting.name", cfg.weighting.name, WEIGHTINGS)
     _check_weighting(cfg.weighting)
 
 
@@ -281,8 +292,7 @@ def _check_weighting(weighting: DictConfig) -> None:
     known = {"name"} | {p.name for p in options if p.default is not p.empty and p.name != "update_state"}
     if weighting.name == "hadw":
         known |= set(HADW_STATE_KEYS)
-    unknown = sorted(set(weighting.keys()) - known)
-    _check(not unknown, f"weighting.{unknown[0] if unknown else ''}", f"unknown key for weighting={weighting.name}; known: {', '.join(sorted(known))}")
+    _check_keys(weighting.keys(), sorted(known), "weighting.", f"weighting={weighting.name}")
     try:
         kwargs = weighting_kwargs(weighting, hadw_state(weighting))
         apply_weighting(weighting.name, torch.tensor([1.0, -1.0]), torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), **kwargs)
@@ -302,7 +312,7 @@ def _validate_eval(cfg: DictConfig) -> None:
     if oracle.samples:
         _check(cfg.trainer.max_staleness == 0, "eval.oracle.samples",
                f"the oracle measures at the weights that sampled the batch: synchronous runs only (trainer.max_staleness=0, got {cfg.trainer.max_staleness})")
-    _check(cfg.eval.split in ("heldout", "validation"), "eval.split", f"unknown {cfg.eval.split!r}; known: heldout, validation")
+    _check_one_of("eval.split", cfg.eval.split, ("heldout", "validation"))
     if cfg.eval.split == "validation":
         _check(
             cfg.data.get("validation") is not None,
@@ -384,7 +394,7 @@ def _validate_rollout(cfg: DictConfig) -> None:
     r = cfg.rollout
     from rlvr.rollout.engines import ENGINES
 
-    _check(r.backend in ENGINES, "rollout.backend", f"unknown {r.backend!r}; known: {', '.join(ENGINES)}")
+    _check_one_of("rollout.backend", r.backend, ENGINES)
     _check(r.temperature > 0, "rollout.temperature", f"training needs sampling, so > 0; got {r.temperature}")
     _check(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
     _check(r.max_tokens >= 1, "rollout.max_tokens", f"must be >= 1, got {r.max_tokens}")
@@ -441,9 +451,9 @@ def validate_cluster(c: DictConfig, rollout_backend: str) -> None:
     from rlvr.runtime.placement import MODES, STRATEGIES
     from rlvr.weight_sync import BACKENDS
 
-    _check(c.mode in MODES, "cluster.mode", f"unknown {c.mode!r}; known: {', '.join(MODES)}")
-    _check(c.strategy in STRATEGIES, "cluster.strategy", f"unknown {c.strategy!r}; known: {', '.join(STRATEGIES)}")
-    _check(c.weight_sync in BACKENDS, "cluster.weight_sync", f"unknown {c.weight_sync!r}; known: {', '.join(BACKENDS)}")
+    _check_one_of("cluster.mode", c.mode, MODES)
+    _check_one_of("cluster.strategy", c.strategy, STRATEGIES)
+    _check_one_of("cluster.weight_sync", c.weight_sync, BACKENDS)
     _check(c.zero_stage in (0, 1, 2, 3), "cluster.zero_stage", f"must be 0, 1, 2 or 3, got {c.zero_stage}")
     for key in ("num_learners", "num_engines", "tensor_parallel"):
         _check(c[key] >= 1, f"cluster.{key}", f"must be >= 1, got {c[key]}")
@@ -451,8 +461,7 @@ def validate_cluster(c: DictConfig, rollout_backend: str) -> None:
     _check(c.num_cpus is None or c.num_cpus >= 1, "cluster.num_cpus", f"must be >= 1 or null (all cores), got {c.num_cpus}")
     _check(c.verifier_cpus > 0, "cluster.verifier_cpus", f"must be > 0, got {c.verifier_cpus}")
     _check(c.value_accelerators >= 0, "cluster.value_accelerators", f"must be >= 0, got {c.value_accelerators}")
-    unknown_roles = set(c.node_resources or {}) - {"learner", "rollout", "value", "verifier"}
-    _check(not unknown_roles, "cluster.node_resources", f"unknown roles {sorted(unknown_roles)}; known: learner, rollout, value, verifier")
+    _check_keys(c.node_resources or {}, ("learner", "rollout", "value", "verifier"), "cluster.node_resources.")
     if c.tensor_parallel > 1:
         _check(rollout_backend == "vllm", "cluster.tensor_parallel", "tensor parallelism needs rollout=vllm")
     if c.mode == "colocated":

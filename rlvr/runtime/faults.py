@@ -132,6 +132,11 @@ def first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
+def last_line(error: BaseException) -> str:
+    """The last non-empty line: where a Ray task error's remote traceback ends in its cause."""
+    return ([line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__])[-1]
+
+
 class RestartingRole:
     """One actor of a role that is replaced when it dies (see the module docstring).
 

@@ -28,7 +28,7 @@ from rlvr.lora import LoraSettings
 from rlvr.models import default_cache_dir
 from rlvr.rollout.engines import EngineConfig
 from rlvr.rollout.pool import RolloutEngine, RolloutPool
-from rlvr.runtime.faults import RestartingRole, RestartPolicy, RoleFailed
+from rlvr.runtime.faults import RestartingRole, RestartPolicy, RoleFailed, last_line
 from rlvr.runtime.logs import ACTOR_LOG_ENV, actor_log_env
 from rlvr.runtime.placement import Placement, plan_placement, rendezvous
 from rlvr.runtime.sizing import kv_cache_gb
@@ -328,11 +328,9 @@ def verifier_start_error(e: BaseException) -> VerifierStartError | None:
     """The verifier pool's start-up failure (a reward function that does not import, a sandbox
     that cannot start) as a message naming it: found at step 0, it was restarted as a death
     `trainer.max_restarts` times and ended in a RoleFailed that named no cause."""
-    text = str(e)
-    if "VerifierStartError" not in text:
+    if "VerifierStartError" not in str(e):
         return None
-    cause = [line.strip() for line in text.splitlines() if line.strip()][-1]
-    return VerifierStartError(f"the verifier pool did not start: {cause} (verifier.terms, or its sandbox; "
+    return VerifierStartError(f"the verifier pool did not start: {last_line(e)} (verifier.terms, or its sandbox; "
                               "the whole traceback is in the run's logs/verifier-0.log)")
 
 

@@ -26,6 +26,7 @@ from rlvr.checkpoint import CHECKPOINT_DIR, save_checkpoint, write_text_whole
 from rlvr.config import ConfigError
 from rlvr.lora import BEFORE_LORA
 from rlvr.models import model_location
+from rlvr.runtime.faults import last_line
 
 if TYPE_CHECKING:  # the roles module starts actors; this one only reads their handles
     from rlvr.runtime.roles import Roles
@@ -222,8 +223,7 @@ def save_training_state(run_dir: Path, step: int, roles: Roles, state: dict, cfg
 
 def unloadable(ckpt: Path, what: str, e: BaseException) -> ConfigError:
     """A checkpoint whose sizes match its manifest but whose bytes do not load (a disk or copy fault)."""
-    cause = [line.strip() for line in str(e).splitlines() if line.strip()][-1:] or [type(e).__name__]
-    return ConfigError(f"resume: checkpoint {ckpt}: {what} does not load ({cause[0]}); pass resume=<an earlier checkpoint> "
+    return ConfigError(f"resume: checkpoint {ckpt}: {what} does not load ({last_line(e)}); pass resume=<an earlier checkpoint> "
                        "(its checkpoints/step_*), or resume=never to start fresh")
 
 

@@ -32,6 +32,7 @@ pruning):
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
 import json
@@ -41,7 +42,7 @@ import re
 import secrets
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 log = logging.getLogger("rlvr.checkpoint")
 
@@ -73,10 +74,16 @@ def _step_of(name: str) -> int | None:
 _MADE_HERE: set[str] = set()  # hidden names this process made: a container restarted with our pid left the others
 
 
-def _hidden_name(kind: str, name: str) -> str:
+@contextlib.contextmanager
+def _hidden_path(ckdir: Path, kind: str, name: str) -> Iterator[Path]:
+    """A hidden ``.{kind}-{name}-{pid}-{random}`` path in ``ckdir``, known as ours while the block
+    runs (the block renames or removes it; a name kept after would grow the set a save at a time)."""
     hidden = f".{kind}-{name}-{os.getpid()}-{secrets.token_hex(4)}"
     _MADE_HERE.add(hidden)
-    return hidden
+    try:
+        yield ckdir / hidden
+    finally:
+        _MADE_HERE.discard(hidden)
 
 
 def _checkpoints_dir(run_dir: str | Path) -> Path:
@@ -353,7 +360,8 @@ def write_text_whole(path: Path, text: str, tmp: Path | None = None) -> None:
 
 
 def _write_latest(ckdir: Path, name: str) -> None:
-    write_text_whole(ckdir / LATEST, name + "\n", tmp=ckdir / _hidden_name("tmp", LATEST))
+    with _hidden_path(ckdir, "tmp", LATEST) as tmp:
+        write_text_whole(ckdir / LATEST, name + "\n", tmp=tmp)
 
 
 def _remove(path: Path) -> None:
@@ -368,10 +376,10 @@ def _remove(path: Path) -> None:
 
 def _delete_checkpoint(ckdir: Path, path: Path) -> None:
     """Rename to a hidden ``.del-*`` name first, so an interrupted delete leaves no partial step dir."""
-    doomed = ckdir / _hidden_name("del", path.name)
-    os.rename(path, doomed)
-    _fsync_dir(ckdir)
-    _remove(doomed)
+    with _hidden_path(ckdir, "del", path.name) as doomed:
+        os.rename(path, doomed)
+        _fsync_dir(ckdir)
+        _remove(doomed)
 
 
 def _clean_hidden(ckdir: Path) -> None:
@@ -428,32 +436,32 @@ def save_checkpoint(run_dir: str | Path, step: int, write: Callable[[Path], None
         ckdir.mkdir(parents=True, exist_ok=True)
         _fsync_dir(ckdir.parent)
     final = ckdir / name
-    tmp = ckdir / _hidden_name("tmp", name)
-    tmp.mkdir()
-    try:
-        write(tmp)
-        if not tmp.is_dir():
-            raise RuntimeError(f"checkpoint writer removed its directory {tmp}")
-        _write_manifest(tmp, step)
-        _fsync_tree(tmp)
-        if final.exists() or final.is_symlink():
-            # Re-saving a step (e.g. after resuming from an earlier one): move the old copy aside,
-            # rename the new one in, then delete the old copy.
-            aside = ckdir / _hidden_name("old", name)
-            os.rename(final, aside)
-            try:
+    with _hidden_path(ckdir, "tmp", name) as tmp:
+        tmp.mkdir()
+        try:
+            write(tmp)
+            if not tmp.is_dir():
+                raise RuntimeError(f"checkpoint writer removed its directory {tmp}")
+            _write_manifest(tmp, step)
+            _fsync_tree(tmp)
+            if final.exists() or final.is_symlink():
+                # Re-saving a step (e.g. after resuming from an earlier one): move the old copy aside,
+                # rename the new one in, then delete the old copy.
+                with _hidden_path(ckdir, "old", name) as aside:
+                    os.rename(final, aside)
+                    try:
+                        os.rename(tmp, final)
+                    except BaseException:
+                        os.rename(aside, final)  # put the old copy back
+                        raise
+                    _fsync_dir(ckdir)
+                    _remove(aside)
+            else:
                 os.rename(tmp, final)
-            except BaseException:
-                os.rename(aside, final)  # put the old copy back
-                raise
-            _fsync_dir(ckdir)
-            _remove(aside)
-        else:
-            os.rename(tmp, final)
-            _fsync_dir(ckdir)
-    except BaseException:
-        _remove(tmp)
-        raise
+                _fsync_dir(ckdir)
+        except BaseException:
+            _remove(tmp)
+            raise
     _write_latest(ckdir, name)
     _clean_hidden(ckdir)
     _prune(ckdir, final, step, keep)

@@ -659,15 +659,33 @@ def test_what_a_crashed_save_under_our_own_pid_left_is_cleaned(tmp_path):
     full-size `.tmp-` dir with this process's pid, which was taken for a save still running."""
     import os
 
-    from rlvr.checkpoint import _clean_hidden, _hidden_name
+    from rlvr.checkpoint import _clean_hidden, _hidden_path
 
     left = tmp_path / f".tmp-step_00000003-{os.getpid()}-deadbeef"
     left.mkdir()
     (left / "weights.bin").write_bytes(b"x" * 1024)
-    ours = tmp_path / _hidden_name("tmp", "step_00000004")
-    ours.mkdir()
-    _clean_hidden(tmp_path)
-    assert not left.exists() and ours.exists()
+    with _hidden_path(tmp_path, "tmp", "step_00000004") as ours:
+        ours.mkdir()
+        _clean_hidden(tmp_path)
+        assert not left.exists() and ours.exists()
+
+
+def test_the_hidden_names_a_process_made_do_not_pile_up_over_saves(tmp_path):
+    """Each save, pruning and failed save added names to the set of hidden paths this process made
+    and none left it: about 3 per save, for the life of the driver."""
+    from rlvr.checkpoint import _MADE_HERE, save_checkpoint
+
+    before = set(_MADE_HERE)
+
+    def fail(tmp):
+        raise OSError("disk full")
+
+    for step in range(1, 13):
+        save_checkpoint(tmp_path, step, lambda tmp: (tmp / "w.bin").write_bytes(b"1"), keep=2)
+        save_checkpoint(tmp_path, step, lambda tmp: (tmp / "w.bin").write_bytes(b"2"), keep=2)  # a re-save sets the old aside
+        with pytest.raises(OSError):
+            save_checkpoint(tmp_path, step + 100, fail)
+    assert _MADE_HERE == before
 
 
 def test_a_command_given_a_run_dir_takes_its_latest_checkpoint(tmp_path):

@@ -154,7 +154,7 @@ def train_command(argv: list[str]) -> int:
         from rlvr.train.state import RunStopped
 
         try:
-            s = train(cfg)["summary"]
+            s = train(cfg, keep_history=False)["summary"]
         except _user_errors() as e:
             print(f"rlvr: {type(e).__name__}: {e}", file=sys.stderr)
             raise SystemExit(2) from None

@@ -255,9 +255,10 @@ def train_step(parts: StepParts, batch: Batch, step: int) -> dict:
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
-def train(cfg: DictConfig) -> dict:
-    """Train as `cfg` says; returns the run's summary and its per-step history. SIGTERM or SIGINT
-    stops it with a checkpoint (`RunStopped`, no summary)."""
+def train(cfg: DictConfig, keep_history: bool = True) -> dict:
+    """Train as `cfg` says; returns the run's summary and its per-step history (the steps this call
+    trained; empty with ``keep_history=False``, as `rlvr train` runs it: about 5 KiB a step held to the
+    end, where metrics.jsonl has them all). SIGTERM or SIGINT stops it with a checkpoint (`RunStopped`, no summary)."""
     validate(cfg)  # bad keys and values fail here, before any actor starts
     preset = algorithm_preset(cfg.algorithm)
     run_dir = Path(cfg.run_dir)
@@ -265,12 +266,12 @@ def train(cfg: DictConfig) -> dict:
     with hold_run_dir(run_dir):
         stop = StopRequest()
         try:
-            return _train(cfg, preset, run_dir, stop)
+            return _train(cfg, preset, run_dir, stop, keep_history)
         finally:
             stop.restore()
 
 
-def _train(cfg: DictConfig, preset, run_dir: Path, stop: StopRequest) -> dict:
+def _train(cfg: DictConfig, preset, run_dir: Path, stop: StopRequest, keep_history: bool) -> dict:
     ckpt = resolve_resume(run_dir, str(cfg.resume.mode))
     if ckpt is not None:
         check_resume_config(ckpt, cfg)
@@ -311,7 +312,7 @@ def _train(cfg: DictConfig, preset, run_dir: Path, stop: StopRequest) -> dict:
             "correction and old_logprobs=rollout read as a mismatch. RL recipes keep top_p=1 (the default).", cfg.rollout.top_p)
     with running_roles(cfg, model_path, preset) as roles:
         generator = make_generator(cfg, roles.rollout, roles.verifier, model_path)
-        run = Run(cfg, preset, roles, stream, generator, eval_problems, run_dir, model_path, stop)
+        run = Run(cfg, preset, roles, stream, generator, eval_problems, run_dir, model_path, stop, keep_history)
         if ckpt is not None:
             run.resume(ckpt)
         else:
@@ -336,7 +337,7 @@ class Run:
     (`record`, `checkpoint`) and how the run comes back (`restore`, `restart_learners`)."""
 
     def __init__(self, cfg: DictConfig, preset, roles: Roles, stream: PromptStream, generator: Generator,
-                 eval_problems: list[Problem], run_dir: Path, model_path: str, stop: StopRequest):
+                 eval_problems: list[Problem], run_dir: Path, model_path: str, stop: StopRequest, keep_history: bool = True):
         self.cfg, self.roles, self.stream, self.generator = cfg, roles, stream, generator
         self.eval_problems, self.run_dir, self.model_path = eval_problems, run_dir, model_path
         self.sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_tokens=cfg.rollout.max_tokens)
@@ -345,7 +346,9 @@ class Run:
         self.metrics_log = MetricsLog(run_dir, cfg)
         self.total = cfg.trainer.steps
         self.staleness = cfg.trainer.max_staleness  # 0: synchronous
+        self.keep_history = keep_history
         self.history: list[dict] = []
+        self.accuracies: list[tuple[int, float]] = []  # (trained step, held-out accuracy) for the summary
         self.start_step, self.step, self.heldout_before = 1, 0, None
         self.last: TrainedStep | None = None
         self.updating = False  # a step's update has begun and its checkpoint is not yet recorded
@@ -407,7 +410,8 @@ class Run:
                      float("nan") if self.heldout_before is None else self.heldout_before, len(self.eval_problems))
         if step0:
             self.metrics_log.write(0, step0, eval_records=eval_records)
-            self.history.append({"step": 0, **step0})
+            if self.keep_history:
+                self.history.append({"step": 0, **step0})
         if warmup_decisions:  # what the value context held before step 1 (`rlvr value-report` replays from it)
             write_records(self.run_dir / WARMUP_RECORDS, warmup_decisions)
 
@@ -499,7 +503,10 @@ class Run:
                               evaluation_seed(cfg.seed, step), sampled, eval_records))
             m["time/eval"] = time.perf_counter() - eval_start
         self.metrics_log.write(step, m, batch.decisions, eval_records, oracle_records)
-        self.history.append({"step": step, **m})
+        if self.keep_history:
+            self.history.append({"step": step, **m})
+        if "eval/accuracy" in m:
+            self.accuracies.append((step, m["eval/accuracy"]))
         self.bar.update(1)
         tqdm.write(console_line(step, self.total, m), file=sys.stdout)
         sys.stdout.flush()
@@ -548,6 +555,7 @@ class Run:
             roles.value.load(self.initial["value"])
         self.start_step, self.last = self.restore(state), None
         self.history = [h for h in self.history if h["step"] < self.start_step]
+        self.accuracies = [a for a in self.accuracies if a[0] < self.start_step]
         self.metrics_log.rewind(self.start_step)
         self.bar.n = self.start_step - 1
         self.bar.refresh()
@@ -561,7 +569,7 @@ class Run:
         summary = {
             "heldout_before": self.heldout_before,
             # a trained step's figure only: with eval_every=0 step 0's was reported as the trained model's
-            "heldout_after": next((h["eval/accuracy"] for h in reversed(self.history) if h["step"] > 0 and "eval/accuracy" in h), None),
+            "heldout_after": self.accuracies[-1][1] if self.accuracies else None,
             "steps": self.step if self.total >= self.start_step else self.total,
             "run_dir": str(self.run_dir),
         }

@@ -93,44 +93,65 @@ class WithDeadline:
         return self._call("step", messages, scores)
 
     def _call(self, method: str, *args: Any) -> Any:
-        import logging
-        import threading
-
-        message = (f"environment {self.name!r}: {method}() has not returned within {self.timeout_s:g} s "
-                   "(trainer.role_timeout_s): stopping the run; the stacks follow")
-        warn = threading.Timer(self.timeout_s, logging.getLogger("rlvr").error, (message,))  # where the GIL is free
-        warn.daemon = True
-        warn.start()
-        token = _deadlines.add(self.timeout_s + 1)
+        token = _deadlines.add(self.timeout_s, f"environment {self.name!r}: {method}() has not returned within {self.timeout_s:g} s "
+                                               "(trainer.role_timeout_s): stopping the run; the stacks follow")
         try:
             return getattr(self.env, method)(*args)
         finally:
             _deadlines.remove(token)
-            warn.cancel()
 
 
 class _Deadlines:
-    """faulthandler has one timer a process: calls in several threads (an async run's generator and
-    its evaluation) share it, armed for the earliest deadline of those still running."""
+    """The calls running past their deadlines. One watchdog thread logs a call's message at its
+    deadline (where the GIL is free), and faulthandler, which has one timer a process, dumps every
+    stack and exits a second later, armed for the earliest deadline of the calls still running
+    (several threads call: an async run's generator and its evaluation). One thread for all: a
+    `threading.Timer` a call started a thread each time (0.15-0.7 ms, thousands of calls a step)."""
 
     def __init__(self):
         import threading
 
-        self.lock, self.pending, self.count = threading.Lock(), {}, 0
+        self.cond, self.pending, self.count = threading.Condition(), {}, 0
+        self.watch_until = float("inf")  # when the watchdog next looks, unless woken
+        self.watchdog: threading.Thread | None = None
 
-    def add(self, seconds: float) -> int:
+    def add(self, seconds: float, message: str) -> int:
+        import threading
         import time
 
-        with self.lock:
+        due = time.monotonic() + seconds
+        with self.cond:
             self.count += 1
-            self.pending[self.count] = time.monotonic() + seconds
+            self.pending[self.count] = (due, message)
             self._arm()
+            if self.watchdog is None or not self.watchdog.is_alive():  # started here, or after a fork
+                self.watchdog = threading.Thread(target=self._watch, name="rlvr-env-deadlines", daemon=True)
+                self.watchdog.start()
+            elif due < self.watch_until:
+                self.cond.notify()
             return self.count
 
     def remove(self, token: int) -> None:
-        with self.lock:
+        with self.cond:
             self.pending.pop(token, None)
             self._arm()
+
+    def _watch(self) -> None:
+        import logging
+        import time
+
+        warned: set[int] = set()
+        with self.cond:
+            while True:
+                now = time.monotonic()
+                for token, (due, message) in self.pending.items():
+                    if due <= now and token not in warned:
+                        warned.add(token)
+                        logging.getLogger("rlvr").error(message)
+                warned &= self.pending.keys()
+                waiting = [due for token, (due, _) in self.pending.items() if token not in warned]
+                self.watch_until = min(waiting, default=float("inf"))
+                self.cond.wait(None if not waiting else max(self.watch_until - now, 0.001))
 
     def _arm(self) -> None:
         import faulthandler
@@ -140,7 +161,8 @@ class _Deadlines:
         if not self.pending:
             faulthandler.cancel_dump_traceback_later()
             return
-        faulthandler.dump_traceback_later(max(min(self.pending.values()) - time.monotonic(), 0.001), exit=True, file=sys.__stderr__)
+        earliest = min(due for due, _ in self.pending.values()) + 1
+        faulthandler.dump_traceback_later(max(earliest - time.monotonic(), 0.001), exit=True, file=sys.__stderr__)
 
 
 _deadlines = _Deadlines()

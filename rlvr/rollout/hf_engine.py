@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Iterable
 
 import torch
@@ -30,12 +31,18 @@ class HFEngine:
         # no_repeat_ngram_size), which changed μ away from the softmax the learner recomputes.
         self.model.generation_config = GenerationConfig(bos_token_id=folder.bos_token_id, eos_token_id=sorted(self.eos_ids), pad_token_id=pad)
 
-    @torch.no_grad()
-    def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig) -> list[list[dict]]:
+    @functools.lru_cache(maxsize=8)  # noqa: B019 - the engine lives as long as its actor
+    def _stop_criteria(self, stop: tuple[str, ...]):
+        """Built once per set of stop strings: it tabulates the whole vocabulary (0.4 s for 49,152
+        tokens, at every generate call of a multi-turn run); it keeps no state between calls."""
         from transformers import StopStringCriteria
 
+        return StopStringCriteria(self.tokenizer, list(stop))
+
+    @torch.no_grad()
+    def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig) -> list[list[dict]]:
         greedy = sampling.temperature <= 0
-        stop_criteria = StopStringCriteria(self.tokenizer, list(sampling.stop)) if sampling.stop else None
+        stop_criteria = self._stop_criteria(tuple(sampling.stop)) if sampling.stop else None
         results = []
         for r in requests:
             if isinstance(r.prompt, str):

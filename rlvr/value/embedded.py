@@ -267,7 +267,8 @@ class EmbeddedValueModel:
         return out
 
     def _tune(self) -> None:
-        if not self.auto_tune or len(self._ctx) < self.min_tune_context:
+        """The kernel regressor's (bandwidth, prior strength); ridge tunes its own pair in `_fit_ridge`."""
+        if self.regressor == "ridge" or not self.auto_tune or len(self._ctx) < self.min_tune_context:
             self.effective_bandwidth, self.effective_prior_strength = self.bandwidth, self.prior_strength
             return
         errors = self.loo_errors()

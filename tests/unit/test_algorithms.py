@@ -579,3 +579,23 @@ def test_a_clip_range_the_loss_cannot_use_is_refused():
     with pytest.raises(ValueError, match="ppo_clip loss needs a lower clip"):
         replace(grpo, eps_low=None)
     replace(grpo, loss="cispo", eps_low=None)
+
+
+# ---- found surviving mutants (2026-12-07): each pins a formula no earlier test reached ---------------
+
+
+def test_hadw_s_current_batch_enters_the_history_before_its_weights():
+    """DESIGN: the current batch enters the history before advantages are computed. The first batch
+    alone (every earlier test) cannot tell the two orders apart."""
+    state = HADWState(window=10)
+    state.push(0.0)
+    rewards, ids = t(1, 0, 0, 0, 1, 1, 1, 1), torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])  # the batch's mean 0.625
+    out = apply_weighting("hadw", torch.ones(8, dtype=torch.float64), rewards, ids, state=state)
+    # C = mean(0.0, 0.625) = 0.3125; group 0's p̂ = 0.25 < C: its right rollout gets 1.5·e^{0.0625}
+    assert float(out[0]) == pytest.approx(1.5 * math.exp(0.0625))
+    assert float(out[1]) == pytest.approx(1.5 * math.exp(-0.0625))
+
+
+def test_focal_s_default_gamma_is_a_half():
+    out = apply_weighting("focal", torch.ones(4, dtype=torch.float64), t(1, 1, 1, 0), torch.zeros(4, dtype=torch.long))
+    torch.testing.assert_close(out, torch.full((4,), 0.5, dtype=torch.float64))  # (1 − 0.75)^0.5

@@ -385,3 +385,85 @@ def test_no_informed_prior_and_an_empty_window_still_gives_finite_baselines(kw):
         assert float(b[0]) < 0.2 and float(b[3]) > 0.8  # each prompt's own outcomes, shrunk, not one population value
         assert bool((extra[~informed] > 0).any())  # uncertain prompts may buy rollouts
         assert len(fresh) == int(informed.sum())  # the stand-ins stay out of the window
+
+
+# ---- found surviving mutants (2026-12-07): each pins a formula by hand that no earlier test reached --
+
+
+def test_the_fixed_rule_tests_two_sided_at_alpha():
+    b, diag = v05.fuse(t(0.5), t(9), t(12), calibrate=False)  # z² = 3.0 < 1.96² = 3.84 (one-sided: 2.71): shrunk
+    assert int(diag["decision"]) == SHRUNK and float(b) == pytest.approx(0.5 + (1 - 1 / 3) * 0.25)
+
+
+def test_the_fixed_rule_s_bias_estimate_is_clamped_at_zero():
+    _, diag = v05.fuse(t(0.95), t(3), t(4), calibrate=False)
+    lam = (0.0475 / 4) / 0.04  # 1/z²
+    sigma2 = 0.7 * 0.3 / 4  # p̃ = 3.5/5; (p̂ − p0)² = 0.04 < σ²: δ² = 0
+    assert float(diag["mse"]) == pytest.approx((1 - lam) ** 2 * sigma2)
+
+
+def test_the_population_variance_subtracts_the_unbiased_binomial_noise():
+    c = v05.fit_calibration(t(0.5, 0.5, 0.5), t(0, 2, 4), t(4, 4, 4))
+    assert float(c.pop_var) == pytest.approx(1 / 6 - 0.25 / 3 / 3)  # var(p̂) − mean(p̂(1−p̂)/(n−1)) = 5/36
+
+
+def _valid_prior(p0, k, n, m=0.45, v=0.08, tau=0.1):
+    """`a_calibration()`'s valid-prior posterior by hand: α, μ, s and the posterior mean."""
+    alpha = v / (v + tau**2)
+    mu = alpha * p0 + (1 - alpha) * m
+    s = mu * (1 - mu) / (tau**2 * v / (tau**2 + v)) - 1
+    return alpha, mu, s, (k + s * mu) / (n + s)
+
+
+def test_the_calibrated_valid_prior_and_lambda_by_hand():
+    alpha, _, s, b_valid = _valid_prior(0.6, 2, 4)
+    _, diag = v05.fuse(t(0.6), t(2), t(4), calibration=a_calibration())
+    w = float(diag["p_invalid"])  # 0.063: between α and 1 − α, not snapped
+    assert float(diag["b_valid"]) == pytest.approx(b_valid, rel=1e-9)  # 0.57235
+    assert float(diag["lam"]) == pytest.approx((1 - w) * alpha * s / (4 + s), rel=1e-9)  # 0.72286
+    assert float(diag["z2"]) == pytest.approx(0.01 / (0.24 / 4))  # the logged statistic is the fixed rule's
+
+
+def test_an_undecided_test_is_not_snapped_and_the_mse_is_the_mixture_s_variance():
+    b, diag = v05.fuse(t(0.7), t(0), t(4), calibration=a_calibration())
+    w, bv, bi = float(diag["p_invalid"]), float(diag["b_valid"]), float(diag["b_invalid"])
+    assert 0.05 < w < 0.95 and int(diag["decision"]) == SHRUNK  # w = 0.5995
+    assert float(b) == pytest.approx((1 - w) * bv + w * bi)  # 0.32315
+    s, s_pop = _valid_prior(0.7, 0, 4)[2], 0.45 * 0.55 / 0.08 - 1
+    var_v, var_i = bv * (1 - bv) / (4 + s + 1), bi * (1 - bi) / (4 + s_pop + 1)
+    assert float(diag["mse"]) == pytest.approx((1 - w) * var_v + w * var_i + w * (1 - w) * (bv - bi) ** 2)  # 0.05697
+
+
+def test_an_unpooled_rejected_prior_s_variance_uses_the_smoothed_rate():
+    """A 0/n prompt does not read as certain (DESIGN's variance plug-ins)."""
+    _, diag = v05.fuse(t(0.9), t(0), t(12), calibration=a_calibration(), pool=False)
+    assert int(diag["decision"]) == REJECTED
+    p = 0.5 / 13
+    assert float(diag["mse"]) == pytest.approx(p * (1 - p) / 12)
+
+
+def test_allocate_s_threshold_is_kappa_times_delta():
+    # gains 0.03125 then 0.0104 (rejected, p̃ = ½): neither exceeds κΔ = 0.04; both exceed κ = 0.01
+    assert v05.allocate(t(0.1), t(2), t(4), kappa=0.01, calibrate=False).tolist() == [0]
+
+
+def test_allocate_s_chunks_are_per_prompt_not_limited_by_the_fullest_prompt():
+    assert v05.allocate(t(0.1, 0.1), t(2, 8), t(4, 16), calibrate=False).tolist() == [12, 0]
+
+
+def test_allocate_stops_at_the_first_chunk_that_does_not_pay():
+    # shrunk, gains 0.00088, 0.00868, 0.00423: the first is below κΔ = 0.004, so nothing is bought
+    assert v05.allocate(t(0.05), t(1), t(4), calibrate=False).tolist() == [0]
+
+
+def test_calibrated_allocate_buys_nothing_for_an_accepted_prior_and_may_for_a_passed_but_weak_one():
+    """DESIGN: extra rollouts go only where the test says the prior cannot be trusted; a prior that
+    passed with λ < ½ is logged as shrunk and may still buy."""
+    c = a_calibration(prior_err_sd=0.2, invalid_rate=0.005, pop_var=0.2)
+    _, d = v05.fuse(t(0.4), t(4), t(4), calibration=c)
+    assert int(d["decision"]) == ACCEPTED
+    assert v05.allocate(t(0.4), t(4), t(4), calibration=c).tolist() == [0]
+    c = a_calibration(prior_err_sd=0.3, invalid_rate=0.005, pop_var=0.2)
+    _, d = v05.fuse(t(0.1), t(4), t(4), calibration=c)
+    assert int(d["decision"]) == SHRUNK and float(d["p_invalid"]) <= 0.05  # passed, λ = 0.20 < ½
+    assert v05.allocate(t(0.1), t(4), t(4), calibration=c).sum() > 0

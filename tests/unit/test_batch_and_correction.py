@@ -216,3 +216,14 @@ def test_clip_fractions_split_low_and_high():
     assert math.isclose(float(pos["ratio_dev"]), 0.8, rel_tol=1e-5)  # max |ρ − 1|
     _, masked = policy_loss("ppo_clip", logp, old, torch.tensor([1.0]), torch.tensor([[1.0, 0.0, 0.0, 1.0]]))
     assert float(masked["ratio_min"]) == float(masked["ratio_max"]) == 1.0 and float(masked["ratio_dev"]) == 0.0  # masked tokens: none
+
+
+def test_tis_caps_the_ratio_from_above_only():
+    """A surviving mutant clamped it to [1/C, C] too: the earlier test's smallest ratio sat on 1/C."""
+    w, _, _ = rollout_correction("tis", torch.log(torch.tensor([[0.1]])), torch.log(torch.tensor([[0.4]])), torch.ones(1, 1))
+    assert float(w) == pytest.approx(0.25)  # min(0.1 / 0.4, 2)
+
+
+def test_mask_drops_a_sequence_below_one_over_c_as_well_as_above_c():
+    _, mask, flagged = rollout_correction("mask", torch.log(torch.tensor([[0.1]])), torch.log(torch.tensor([[0.4]])), torch.ones(1, 1))
+    assert mask.tolist() == [[0.0]] and flagged.tolist() == [[True]]  # g = 0.25 < 1/2

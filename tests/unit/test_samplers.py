@@ -101,3 +101,27 @@ def test_v05_rounds_that_would_reuse_the_next_steps_seeds_are_refused():
     with pytest.raises(ConfigError, match="algorithm.adaptive_rounds"):
         validate(compose(["algorithm=v05", f"algorithm.adaptive_rounds={ROUNDS_PER_STEP}"]))
     validate(compose(["algorithm=v05", f"algorithm.adaptive_rounds={ROUNDS_PER_STEP - 1}"]))
+
+
+def test_a_dapo_batch_never_holds_more_groups_than_its_target():
+    gen = ScriptedGenerator()
+    draw = stream(("mixed", "mixed", "wrong"))  # round 1: 3 of 4 mixed; round 2 adds 3 more
+    batch = controller(gen, "trainer.batch_size=4").collect(draw(4), draw, seed=7)
+    assert len(batch.groups) == 4 and batch.stats["dapo/kept_groups"] == 4
+
+
+class WrongAtTwoLengths(ScriptedGenerator):
+    """All-wrong groups whose answers differ in length: mixed in the length-shaped reward only."""
+
+    def generate(self, problems, ns, sampling, seed) -> Rollouts:
+        self.calls.append([p.uid for p in problems])
+        out = [Trajectory(prompt_ids=[1, 2], response_ids=list(range(4 if i == 0 else 18)), reward=0.0, correct=False, group=g)
+               for g, (p, n) in enumerate(zip(problems, ns)) for i in range(n)]
+        return Rollouts(out, counts={"rollouts": sum(ns)})
+
+
+def test_the_dapo_filter_reads_correctness_not_the_shaped_reward():
+    """DESIGN: the filter keeps groups mixed in accuracy; the pure function is tested, this wiring was not."""
+    gen = WrongAtTwoLengths()
+    batch = controller(gen, "trainer.batch_size=2", "algorithm.max_rounds=1").collect(stream(("wrong",))(2), stream(("wrong",)), seed=7)
+    assert len(batch.groups) == 0 and batch.stats["dapo/dropped_reward_mixed"] == 2

@@ -18,7 +18,7 @@ from rlvr.types import Problem, Trajectory
 
 class ScriptedGenerator:
     """Rollouts whose correctness and length come from the problem: "mixed/..." has one right answer
-    in each group, "wrong/..." none; `lengths[uid]` sets every answer's length (default 4 tokens)."""
+    in each group, "wrong/..." none, "right/..." all; `lengths[uid]` sets every answer's length (default 4 tokens)."""
 
     def __init__(self, lengths: dict[str, int] | None = None):
         self.calls: list[list[str]] = []
@@ -29,7 +29,7 @@ class ScriptedGenerator:
         out = []
         for g, (p, n) in enumerate(zip(problems, ns)):
             for i in range(n):
-                right = p.uid.startswith("mixed") and i == 0
+                right = p.uid.startswith("right") or (p.uid.startswith("mixed") and i == 0)
                 length = self.lengths.get(p.uid, 4)
                 out.append(Trajectory(prompt_ids=[1, 2], response_ids=list(range(length)), reward=float(right), correct=right, group=g))
         return Rollouts(out, counts={"rollouts": sum(ns)})
@@ -125,3 +125,95 @@ def test_the_dapo_filter_reads_correctness_not_the_shaped_reward():
     gen = WrongAtTwoLengths()
     batch = controller(gen, "trainer.batch_size=2", "algorithm.max_rounds=1").collect(stream(("wrong",))(2), stream(("wrong",)), seed=7)
     assert len(batch.groups) == 0 and batch.stats["dapo/dropped_reward_mixed"] == 2
+
+
+# ---- V0.5's sampler (`rlvr.sampling.adaptive`) with a real value model in this process -------------
+
+
+class ValueRoleHere:
+    """The value role's interface (`rlvr.runtime.faults.RestartingRole`: call, call_or, update,
+    snapshot, load) over a real value model in this process, as `ValueServer` answers; ``down``: the
+    server is dead, so `call_or` gives its default. Records the context each predict saw."""
+
+    def __init__(self, model, down: bool = False):
+        self.model, self.down, self.predicted_with = model, down, []
+
+    def call(self, method, *args):
+        if method == "predict":
+            self.predicted_with.append((list(args[0]), list(self.model._ctx.prompts)))
+            prior, unc = self.model.predict(list(args[0]))
+            return prior.tolist(), unc.tolist()
+        return getattr(self.model, method)(*args)
+
+    def call_or(self, default, method, *args):
+        return default if self.down else self.call(method, *args)
+
+    update = call
+
+    def snapshot(self):
+        return self.model.state_dict()
+
+    def load(self, state):
+        self.model.load_state_dict(state)
+
+
+def v05_controller(generator, value_role, *overrides: str) -> BudgetController:
+    cfg = compose(["algorithm=v05", "rollout.max_tokens=20", "algorithm.warmup_prompts=0", *overrides])
+    validate(cfg)
+    sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_tokens=cfg.rollout.max_tokens)
+    return BudgetController(controller_config(cfg), generator, value_role, sampling)
+
+
+def test_v05_spends_at_most_budget_factor_less_one_of_the_base_rollouts_on_extras():
+    """DESIGN: the step's budget is 1.5× the base rollouts, so the extras are 0.5× (n 4, 8 prompts: 16)."""
+    from rlvr.value import ConstantValueModel
+
+    draw = stream(("right", "mixed", "wrong"))  # prompts that differ: a constant prior is worth testing with more rollouts
+    batch = v05_controller(ScriptedGenerator(), ValueRoleHere(ConstantValueModel()), "trainer.batch_size=8").collect(draw(8), draw, seed=7)
+    extra = sum(d["extra"] for d in batch.decisions)
+    assert 0 < extra <= 16 and batch.stats["rollouts"] == 32 + extra
+
+
+def test_v05_spends_a_budget_of_exactly_one_chunk():
+    """2 prompts, n 4, factor 1.5: a budget of 4 = Δ is one chunk to spend, not none."""
+    from rlvr.value import ConstantValueModel
+
+    draw = stream(("right", "mixed"))
+    batch = v05_controller(ScriptedGenerator(), ValueRoleHere(ConstantValueModel()), "trainer.batch_size=2").collect(draw(2), draw, seed=7)
+    assert [d["extra"] for d in batch.decisions] == [0, 4]
+
+
+def test_v05_s_context_learns_the_measured_success_rate_not_the_prior():
+    """DESIGN: (x, p̂) enters the value context."""
+    from rlvr.value import ConstantValueModel
+
+    model = ConstantValueModel(0.9, 0.5)
+    batch = v05_controller(ScriptedGenerator(), ValueRoleHere(model), "trainer.batch_size=2", "algorithm.adaptive_rounds=0").collect(
+        stream(("mixed", "wrong"))(2), stream(("mixed",)), seed=7)
+    assert [d["prior"] for d in batch.decisions] == pytest.approx([0.9, 0.9])
+    assert model._ctx.success == [0.25, 0.0]  # 1 of 4 right, 0 of 4
+
+
+def test_a_dead_value_server_s_stand_in_prior_is_not_trusted():
+    """Its 0.5 is uninformed: rejected outright, and the calibration window does not learn from it."""
+    from rlvr.value import ConstantValueModel
+
+    ctl = v05_controller(ScriptedGenerator(), ValueRoleHere(ConstantValueModel(), down=True), "trainer.batch_size=4")
+    batch = ctl.collect(stream(("mixed",))(4), stream(("mixed",)), seed=7)
+    assert batch.stats["v05/priors_missing"] == 4 and batch.stats["v05/rejected"] == 4
+    assert all(d["baseline"] == 0.25 for d in batch.decisions)  # the batch's own p̂
+
+
+def test_v05_s_warm_start_predicts_each_prompt_without_its_own_outcome_in_the_context():
+    """Two-fold cross-fitting: no warm-up prior has seen its own prompt's outcome; the context then
+    holds every warm-up pair."""
+    from rlvr.sampling.adaptive import warm_start
+    from rlvr.value import ConstantValueModel
+
+    role = ValueRoleHere(ConstantValueModel())
+    problems = [Problem(f"mixed/{i}", f"question {i}", "1") for i in range(6)]
+    out = warm_start(v05_controller(ScriptedGenerator(), role, "trainer.batch_size=4"), problems, seed=3)
+    assert len(role.predicted_with) == 2
+    for targets, context in role.predicted_with:
+        assert context and not set(targets) & set(context)
+    assert sorted(role.model._ctx.prompts) == sorted(p.question for p in problems) and out["warmup/prompts"] == 6

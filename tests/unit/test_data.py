@@ -361,3 +361,13 @@ def test_v05_warm_up_prompts_leave_training_with_every_copy_of_their_questions()
     assert split_warmup(problems, 3, seed=0) == (train, warmup)  # every start the same
     with pytest.raises(ConfigError, match="warm-up prompts' questions are all"):
         split_warmup([Problem(uid=f"s{i}", question="What is 1 + 1?", answer="2") for i in range(4)], 1, seed=0)
+
+
+def test_a_task_of_weight_zero_is_refused_and_a_nan_answer_cell_is_not_the_string_nan():
+    """Found by mutation (2026-12-07): a weight-0 task would never be drawn; a Parquet or pandas
+    missing value became the gold "nan" for answer_type=string."""
+    from rlvr.data.problems import _answer_text
+
+    with pytest.raises(DataError, match="weight"):
+        load_problems({"tasks": [{"name": "chain_sum", "weight": 0}], "size": 5})
+    assert _answer_text(float("nan"), "string") == (None, "answer is not finite: nan")

@@ -353,3 +353,31 @@ def test_an_episode_cut_by_its_length_mid_turn_ends_on_max_tokens_not_the_turn_c
 
     assert ended(max_tokens=40, turn_cap=64) == {"env/ended/max_tokens": 1}  # the second turn got what was left of 40
     assert ended(max_tokens=200, turn_cap=5) == {"env/ended/turn_tokens": 1}  # the first turn, cut at its own cap
+
+
+# ---- found surviving mutants (2026-12-07) -------------------------------------------------------------
+
+
+def test_the_calculator_s_binary_operators_by_hand():
+    assert calculate("100 - 58") == "42" and calculate("7 // 2") == "3"
+
+
+def test_a_calculator_episode_is_correct_only_when_its_answer_is():
+    from rlvr.envs.calculator import Calculator
+
+    assert Calculator().step([], [ScoreResult(reward=0.0, correct=False)]).correct is False
+    assert Calculator().step([], [ScoreResult(reward=1.0, correct=True)]).correct is True
+
+
+def test_a_tool_call_whose_name_is_not_a_string_is_malformed():
+    (call,) = parse_hermes('<tool_call>{"name": ["x"], "arguments": {}}</tool_call>')
+    assert isinstance(call, MalformedCall)
+
+
+def test_a_bool_is_not_an_int_argument():
+    from rlvr.envs.tools import _check_arguments
+
+    def f(x: int) -> int:
+        return x
+
+    assert _check_arguments(f, {"x": True}) is not None and _check_arguments(f, {"x": 3}) is None

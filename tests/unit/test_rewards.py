@@ -535,3 +535,66 @@ def test_no_code_execution_in_process(tmp_path):
 ])
 def test_grading_of_formats_a_review_found_misread(completion, gold, answer_type, reward):
     assert math_reward(completion, gold, answer_type) == reward
+
+
+# ---- found surviving mutants (2026-12-07): each pins a rule no earlier test reached --------------------
+
+
+@pytest.mark.parametrize(
+    "completion, gold, answer_type, kwargs, expected",
+    [
+        (r"\boxed{45}", "0.45", "number", {}, 0.0),  # only a number written with % is also read as /100
+        (r"\boxed{5}", "0.05", "number", {}, 0.0),
+        (r"\boxed{F}", "F", "choice", {"choices": "ABCDEF"}, 1.0),  # the prediction read against the configured letters
+        (r"\boxed{2x = 4}", "24", "number", {}, 0.0),  # an equation is not one number glued together
+        (r"\boxed{45 OR FIFTY}", "45", "number", {}, 0.0),  # a hedge in capitals is still a hedge
+        ("Answer: 45 Final answer: 45", "45", "number", {}, 1.0),  # one answer said twice is not ambiguous
+    ],
+)
+def test_math_reward_rules_pinned_by_hand(completion, gold, answer_type, kwargs, expected):
+    assert math_reward(completion, gold, answer_type, **kwargs) == expected
+
+
+def test_an_escaped_brace_is_not_a_box_s_brace():
+    assert extract_boxed(r"\boxed{f(x)=\left\{ x \right.}") == [r"f(x)=\left\{ x \right."]
+
+
+def test_the_answer_is_read_after_the_last_think_block():
+    assert extract_final_answer(r"<think>a</think> \boxed{44} <think>b</think> \boxed{45}") == "45"
+
+
+def test_a_variable_prefix_is_only_at_the_start():
+    assert parse_numeric_literal("2x=45") is None
+
+
+def test_format_reward_s_match_mode_is_anchored_at_the_start():
+    assert format_reward(r"x \boxed{1}", mode="match") == 0.0 and format_reward(r"\boxed{1}", mode="match") == 0.1
+
+
+def test_the_latex_screen_counts_nesting_and_unbraced_exponents():
+    from rlvr.rewards.builtin import _dangerous_latex
+
+    assert _dangerous_latex("(" * 11 + "1" + ")" * 11) == "nesting"
+    assert _dangerous_latex("10^9999999999") == "huge exponent"  # math-verify reads 2^12 as 2**12
+
+
+def test_a_reward_term_s_weight_must_be_finite():
+    from rlvr.rewards import coerce_spec
+
+    for weight in (float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            coerce_spec({"fn": "math", "weight": weight})
+
+
+def test_a_user_reward_that_returns_a_bool_is_refused_not_scored_one():
+    from rlvr.rewards.calling import BadRewardValue, call_reward
+
+    with pytest.raises(BadRewardValue):
+        call_reward(lambda c, a, t: True, "rlvr", "x", "y", "number")
+
+
+def test_program_output_ignores_trailing_spaces_on_each_line():
+    from rlvr.rewards.code import _same_output
+
+    assert _same_output(b"1 2 \n3 4 \n", "1 2\n3 4\n")
+    assert not _same_output(b"1 2\n3 5\n", "1 2\n3 4\n")

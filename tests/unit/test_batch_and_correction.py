@@ -227,3 +227,54 @@ def test_tis_caps_the_ratio_from_above_only():
 def test_mask_drops_a_sequence_below_one_over_c_as_well_as_above_c():
     _, mask, flagged = rollout_correction("mask", torch.log(torch.tensor([[0.1]])), torch.log(torch.tensor([[0.4]])), torch.ones(1, 1))
     assert mask.tolist() == [[0.0]] and flagged.tolist() == [[True]]  # g = 0.25 < 1/2
+
+
+# ---- found surviving mutants (2026-12-07) -------------------------------------------------------------
+
+
+def planned(n_prompt: int, n_resp: int, mask=None) -> Trajectory:
+    return Trajectory(list(range(n_prompt)), list(range(n_resp)), [-1.0] * n_resp, loss_mask=mask)
+
+
+def test_every_trajectory_is_planned_exactly_once_when_mini_batches_do_not_divide():
+    """A mutant of plan.py:30 `i * len(order) // m` -> `i * (len(order) // m)`: 10 trajectories in 3 mini-batches
+    drop the 10th (never trained)."""
+    trajectories = [planned(2, n) for n in range(1, 11)]
+    plans = plan_mini_batches(trajectories, 3, 2, 4, seed=0)
+    seen = [id(t) for rank in plans for mb in rank for micro in mb.micro_batches for t in micro]
+    assert sorted(seen) == sorted(id(t) for t in trajectories)
+
+
+def test_ranks_get_equally_many_micro_batches_when_a_later_rank_needs_more():
+    """A mutant of plan.py:35 `max(len(s) for s in shards)` -> `len(shards[0])`: with a memory-style cut, rank 1
+    (the longer sequence of each interleaved pair) needs 2 micro-batches and rank 0 one; rank 0 must be
+    padded to 2 (ZeRO-3 gathers in lockstep) instead of the ranks running 1 and 2 forwards."""
+
+    def cut_by_tokens(shard, budget=11):  # what ActivationBudget does, counted in response tokens
+        out, cur = [], []
+        for t in shard:
+            if cur and sum(len(x.response_ids) for x in cur) + len(t.response_ids) > budget:
+                out.append(cur)
+                cur = []
+            cur.append(t)
+        return out + [cur] if cur else out
+
+    trajectories = [planned(2, n) for n in (1, 2, 10, 11)]  # sorted: rank 0 gets 1,10 (11 tokens), rank 1 gets 2,11 (13)
+    plans = plan_mini_batches(trajectories, 1, 2, cut_by_tokens, seed=0)
+    assert [len(p[0].micro_batches) for p in plans] == [2, 2]
+    assert plans[0][0].micro_batches[1] == []
+
+
+def test_sequences_count_only_those_with_a_token_to_train_on():
+    """A mutant of plan.py:37 `sum(t.num_tokens > 0 for t in part)` -> `len(part)`: a fully masked response
+    (num_tokens 0) dilutes every per-sequence mean of the mini-batch."""
+    trajectories = [planned(2, 3), planned(2, 4), planned(2, 5, mask=[0.0] * 5), planned(2, 0)]
+    ((mini,),) = plan_mini_batches(trajectories, 1, 1, 8, seed=0)
+    assert (mini.tokens, mini.sequences) == (7, 2)
+
+
+def test_no_empty_optimizer_step_when_there_are_fewer_trajectories_than_mini_batches():
+    """A mutant of plan.py:29 `max(1, min(mini_batches, len(order)))` -> `max(1, mini_batches)`: 2 trajectories and
+    4 mini-batches gave 4 optimizer steps, 2 of them on no data (AdamW still moves the weights)."""
+    plans = plan_mini_batches([planned(2, 3), planned(2, 4)], 4, 1, 8, seed=0)
+    assert len(plans[0]) == 2 and all(any(mb.micro_batches) for mb in plans[0])

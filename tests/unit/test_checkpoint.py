@@ -712,3 +712,76 @@ def test_a_checkpoint_whose_driver_state_does_not_load_is_a_message_naming_it(tm
     ckpt = save_checkpoint(tmp_path, 2, lambda tmp: (tmp / "trainer_state.pt").write_bytes(bytes(512)))
     with pytest.raises(ConfigError, match=r"resume: checkpoint .*step_00000002: trainer_state.pt does not load .*resume=never"):
         check_resume_data(ckpt, stream=None)
+
+
+# ---- found surviving mutants (2026-12-07) -------------------------------------------------------------
+
+
+def _write_a_checkpoint(d: Path) -> None:
+    (d / "model.bin").write_bytes(b"w" * 4096)
+    (d / "shards").mkdir()
+    (d / "shards" / "rank0.pt").write_bytes(b"r" * 100)
+
+
+def test_every_checkpoint_file_is_fsynced_before_the_directory_is_renamed_into_place(tmp_path, monkeypatch):
+    """A mutant of checkpoint.py:446 `_fsync_tree(tmp)` removed, or of checkpoint.py:123 `_fsync_file(p)` skipped:
+    the rename (metadata) can reach the disk before the data, so a power cut leaves step_N with a manifest
+    and empty/short files, after `latest` moved to it and pruning deleted the previous checkpoint."""
+    from rlvr import checkpoint as ck
+
+    events, real_fsync, real_rename = [], os.fsync, os.rename
+
+    def fsync(fd):
+        events.append(("fsync", os.path.realpath(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def rename(src, dst):
+        events.append(("rename", os.path.realpath(src), os.path.realpath(dst)))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    final = ck.save_checkpoint(tmp_path, 3, _write_a_checkpoint, keep=1)
+    (i, (_, tmp, dst)), = [(i, e) for i, e in enumerate(events) if e[0] == "rename" and e[2] == str(final.resolve())]
+    synced_before = {e[1] for e in events[:i] if e[0] == "fsync"}
+    for rel in ("model.bin", "shards/rank0.pt", "MANIFEST.json"):
+        assert os.path.join(tmp, rel) in synced_before, rel
+
+
+def test_an_interrupted_prune_leaves_no_partial_step_directory(tmp_path, monkeypatch):
+    """A mutant of checkpoint.py:380 rename-to-.del-then-remove -> remove in place: a prune killed inside rmtree
+    leaves a half-deleted step_00000001 that is then skipped with a warning on every later look-up and
+    never pruned again (pruning counts only complete checkpoints)."""
+    from rlvr import checkpoint as ck
+
+    ck.save_checkpoint(tmp_path, 1, _write_a_checkpoint, keep=1)
+
+    class Killed(BaseException):
+        pass
+
+    def rmtree_killed_midway(path, ignore_errors=False):
+        victims = sorted(p for p in Path(path).rglob("*") if p.is_file())
+        victims[0].unlink()  # one file gone, then the process dies
+        raise Killed
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree_killed_midway)
+    with pytest.raises(Killed):
+        ck.save_checkpoint(tmp_path, 2, _write_a_checkpoint, keep=1)
+    monkeypatch.undo()
+    ckdir = tmp_path / ck.CHECKPOINT_DIR
+    step_dirs = sorted(p.name for p in ckdir.iterdir() if p.name.startswith("step_"))
+    assert step_dirs == [p.name for p in ck.list_checkpoints(tmp_path)] == ["step_00000002"]
+
+
+def test_a_set_aside_copy_is_not_removed_while_the_step_dir_beside_it_is_incomplete(tmp_path):
+    """A mutant of checkpoint.py:403 `if validate_checkpoint(final) is None: _remove(p)` -> `_remove(p)`: the
+    complete copy an interrupted re-save set aside is deleted although step_N beside it is broken."""
+    from rlvr import checkpoint as ck
+
+    p2 = ck.save_checkpoint(tmp_path, 2, _write_a_checkpoint, keep=0)
+    ckdir = p2.parent
+    aside = ckdir / ".old-step_00000002-999999999-deadbeef"  # pid 999999999: no such process
+    shutil.copytree(p2, aside)
+    (p2 / "model.bin").write_bytes(b"short")  # the step dir beside it is broken
+    ck.save_checkpoint(tmp_path, 3, _write_a_checkpoint, keep=0)
+    assert aside.is_dir() and ck.validate_checkpoint(aside) is None

@@ -123,3 +123,19 @@ def test_actor_options_carry_a_roles_gpus_and_custom_resources():
     assert actor_options(plan["rollout"].actor) == {"num_cpus": plan["rollout"].actor["CPU"], "num_gpus": 2.0}
     assert actor_options({"CPU": 1.0, "TPU": 4.0}) == {"num_cpus": 1.0, "resources": {"TPU": 4.0}}
     assert actor_options(plan["verifier"].actor) == {"num_cpus": compose(["cluster=single_node_gpu"]).cluster.verifier_cpus}
+
+
+# ---- found surviving mutants (2026-12-07) -------------------------------------------------------------
+
+
+def test_strict_pack_needs_one_node_for_all_the_groups_bundles():
+    """A mutant of placement.py:165 summing every bundle of a STRICT_PACK group -> only the first: 4 learner GPUs
+    on nodes of 2 pass the early check, and the run waits placement.timeout_s for a group Ray cannot place."""
+    from rlvr.config import compose
+    from rlvr.runtime.placement import ClusterTooSmall, check_fits, plan_placement
+
+    c = compose(["cluster=single_node_gpu", "cluster.strategy=STRICT_PACK"]).cluster
+    plan = plan_placement(c)
+    assert len(plan["learner"].bundles) == 4
+    with pytest.raises(ClusterTooSmall, match="learner: all 4 bundles on one node"):
+        check_fits(plan, [{"CPU": 64, "GPU": 2, "memory": 1e12} for _ in range(8)], roles=("learner",))

@@ -217,3 +217,24 @@ def test_v05_s_warm_start_predicts_each_prompt_without_its_own_outcome_in_the_co
     for targets, context in role.predicted_with:
         assert context and not set(targets) & set(context)
     assert sorted(role.model._ctx.prompts) == sorted(p.question for p in problems) and out["warmup/prompts"] == 6
+
+
+# ---- found surviving mutants (2026-12-07) -------------------------------------------------------------
+
+
+def test_engine_seeds_of_a_runs_generate_calls_never_collide():
+    """A mutant of seeds.py:29 `call * 1000 + engine` -> `call + engine`: engine 1 of round r reseeds torch as
+    engine 0 of round r+1 does (rlvr/rollout/pool.py manual_seed per call)."""
+    from rlvr.seeds import ROUNDS_PER_STEP, engine_seed, round_seed, step_seed
+
+    seeds = [engine_seed(round_seed(step_seed(7, t), r), e) for t in range(1, 4) for r in range(ROUNDS_PER_STEP) for e in range(8)]
+    assert len(set(seeds)) == len(seeds)
+
+
+def test_two_runs_seeds_do_not_share_step_seeds():
+    """A mutant of seeds.py:17 `seed * 100003 + step` -> `seed + step`: run seed=1 step 1 drew what run seed=2
+    step 0 drew (replicate runs for error bars correlated)."""
+    from rlvr.seeds import step_seed
+
+    seeds = [step_seed(s, t) for s in range(5) for t in range(1000)]
+    assert len(set(seeds)) == len(seeds)

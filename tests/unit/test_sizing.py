@@ -169,3 +169,48 @@ def test_a_max_model_len_past_the_model_s_positions_is_refused_before_any_role_s
     check_model_length(compose(["model=tiny-random", "model.max_model_len=1024"]), tiny_model)  # its 1024 positions
     with pytest.raises(ConfigError, match=r"model\.max_model_len=2048 is more than .*max_position_embeddings=1024"):
         check_model_length(compose(["model=tiny-random", "model.max_model_len=2048"]), tiny_model)
+
+
+# ---- found surviving mutants (2026-12-07) -------------------------------------------------------------
+
+
+def planned(n_prompt: int, n_resp: int) -> "Trajectory":
+    from rlvr.types import Trajectory
+
+    return Trajectory(list(range(n_prompt)), list(range(n_resp)), [-1.0] * n_resp)
+
+
+def test_auto_kv_cache_rounds_an_engines_share_of_the_largest_call_up(monkeypatch):
+    """A mutant of sizing.py:227 `math.ceil(largest / num_engines)` -> `largest // num_engines`: 10 sequences over
+    3 engines, one engine gets 4 (pool shards requests[i::E]) but its cache is sized for 3."""
+    from rlvr.config import compose
+    from rlvr.runtime import sizing
+
+    shape = sizing.ModelShape(layers=2, hidden=64, intermediate=128, kv_heads=2, head_dim=32, vocab=100)
+    monkeypatch.setattr(sizing, "largest_generate_call", lambda cfg: 10)
+    monkeypatch.setattr(sizing, "longest_prompt_tokens", lambda cfg, path: 900)
+    monkeypatch.setattr(sizing.ModelShape, "of", classmethod(lambda cls, path: shape))
+    cfg = compose(["cluster.num_engines=3", "rollout.kv_cache_gb=auto"])
+    per_token = sizing.kv_bytes_per_token(shape, cfg.model.rollout_dtype)
+    tokens = min(cfg.model.max_model_len, 900 + cfg.rollout.max_tokens)
+    want = sizing.kv_cache_bytes(per_token, 4, tokens, cfg.model.max_model_len, cfg.rollout.block_size) / 2**30
+    assert sizing.kv_cache_gb(cfg, "unused") == pytest.approx(want)
+
+
+def test_the_head_chunk_caps_the_head_but_never_raises_it():
+    """A mutant of sizing.py:124 `min(head, head_chunk)` -> `head_chunk`: 2 sequences of 3 response tokens with
+    head_chunk=1024 were counted as 1024 head positions, cutting micro-batches ~100x too small."""
+    from rlvr.runtime.sizing import ActivationBudget
+
+    budget = ActivationBudget(1e9, per_position=0.0, per_response_position=1.0, shared_prompts=False, packed=False, head_chunk=1024)
+    assert budget.bytes([planned(2, 3), planned(2, 3)]) == 6
+
+
+def test_the_eval_at_start_counts_in_the_largest_generate_call():
+    """A mutant of sizing.py:218 `eval_every > 0 or eval.at_start` -> `eval_every > 0`: a job that evaluates only
+    at start (256 prompts) sized the engines' cache for its 32-sequence training batches."""
+    from rlvr.config import compose
+    from rlvr.runtime import sizing
+
+    cfg = compose(["algorithm=grpo", "trainer.eval_every=0", "eval.at_start=true"])
+    assert sizing.largest_generate_call(cfg) == max(cfg.eval.size * cfg.eval.n_samples, 32)

@@ -4,6 +4,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
@@ -96,3 +97,76 @@ def test_value_report_starts_from_the_warm_start_s_context_and_does_not_score_it
     preds = replay(steps, {r["uid"]: "q" for rows in steps.values() for r in rows}, ContextMean(256))
     assert [(p.step, p.context, p.prior) for p in preds] == [(2, 4, 1.0)] * 4  # the warm-up's mean, 4 items of context
     assert [(p.step, p.context) for p in logged(steps, 256)] == [(2, 4)] * 4
+
+
+# ---- found surviving mutants (2026-12-07): each pins a reported figure by hand -------------------------
+
+
+def predictions(rows):
+    from rlvr.analysis.value_report import Prediction
+
+    return [Prediction(step, 100, prior, unc, k, n) for step, prior, unc, k, n in rows]
+
+
+def test_value_report_auc_is_one_for_a_prior_that_ranks_every_success_above_every_failure():
+    from rlvr.analysis.value_report import auc, score
+
+    # prior 0.2: 0 of 4 correct; prior 0.8: 4 of 4 -> every positive has the higher prior: AUC 1
+    assert auc(np.array([0.2, 0.8]), np.array([0, 4]), np.array([4, 4])) == pytest.approx(1.0)
+    # mixed: prior 0.2 with 1/4, 0.8 with 3/4: pos (1, 3), neg (3, 1); pairs pos>neg: 3*3 = 9 of 16, ties at equal prior 1*3 + 3*1 = 6 -> (9 + 3)/16
+    assert auc(np.array([0.2, 0.8]), np.array([1, 3]), np.array([4, 4])) == pytest.approx(12 / 16)
+    # three prompts 0/4 @ 0.2, 2/4 @ 0.5, 4/4 @ 0.8: pos (0, 2, 4), neg (4, 2, 0), 36 pairs;
+    # greater: 2*4 + 4*4 + 4*2 = 32, ties (2/4's own pos and neg) 2*2 = 4 -> (32 + 2)/36
+    r = score(predictions([(1, 0.2, 0.1, 0, 4), (1, 0.5, 0.1, 2, 4), (1, 0.8, 0.1, 4, 4)]), min_context=0)
+    assert r["auc"] == pytest.approx(34 / 36)
+    assert r["corr"] == pytest.approx(1.0)  # p̂ = 0, 0.5, 1 is linear in the prior 0.2, 0.5, 0.8
+
+
+def test_value_report_reliability_is_rollout_weighted():
+    # both priors in the bin [0.5, 0.6): 1 of 2 and 8 of 8 -> 9 / 10 = 0.9 (the mean of rates would be 0.75)
+    r = score(predictions([(1, 0.55, 0.1, 1, 2), (1, 0.55, 0.1, 8, 8)]), min_context=0)
+    (row,) = r["reliability"]
+    assert row["bin"] == pytest.approx([0.5, 0.6]) and row["prompts"] == 2
+    assert row["mean_p_hat"] == pytest.approx(0.9)
+
+
+def test_value_report_context_mean_keeps_the_newest_pairs():
+    cm = ContextMean(2)
+    cm.add_context(["a", "b"], [1.0, 1.0])
+    cm.add_context(["c", "d"], [0.0, 0.0])
+    prior, _ = cm.predict(["e"])
+    assert float(prior[0]) == pytest.approx(0.0)
+
+
+def test_value_report_brier_per_step_is_squared():
+    # step 1: prior 0.5, p̂ 0 and 1 -> (0.25 + 0.25)/2 = 0.25; step 2: prior 0.9, p̂ 0.5 -> 0.16
+    r = score(predictions([(1, 0.5, 0.1, 0, 4), (1, 0.5, 0.1, 4, 4), (2, 0.9, 0.1, 2, 4)]), min_context=0)
+    assert r["brier_per_step"] == {1: pytest.approx(0.25), 2: pytest.approx(0.16)}
+    assert r["brier"] == pytest.approx((0.25 + 0.25 + 0.16) / 3)
+
+
+def test_value_report_uncertainty_rank_correlates_with_the_absolute_error():
+    # prior 0.5, p̂ = 0.4, 0.8, 1.0: |error| 0.1, 0.3, 0.5 rises with unc 0.1, 0.2, 0.3 -> Spearman 1
+    # (against the signed error +0.1, -0.3, -0.5 it would be -1)
+    r = score(predictions([(1, 0.5, 0.1, 4, 10), (1, 0.5, 0.2, 8, 10), (1, 0.5, 0.3, 10, 10)]), min_context=0)
+    assert r["unc_spearman"] == pytest.approx(1.0)
+
+
+def test_value_report_ratio_is_each_predictor_s_brier_over_the_context_mean_s(tmp_path):
+    from rlvr.analysis.value_report import value_report
+
+    cfg = compose(["data=mix"])
+    train = load_problems(OmegaConf.to_container(cfg.data.train, resolve=True))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    it, lines = iter(train), []
+    for step in range(1, 5):  # each step: k = 4, 4, 4, 2 of n = 4 (p̂ 1, 1, 1, 0.5); the run's logged prior 0.5
+        for k in (4, 4, 4, 2):
+            lines.append(json.dumps({"step": step, "uid": next(it).uid, "prior": 0.5, "uncertainty": 0.3, "k": k, "n": 4}))
+    (run_dir / "decisions.jsonl").write_text("\n".join(lines) + "\n")
+    rep = value_report(run_dir, min_context=4, predictors=("logged", "context_mean"))["predictors"]
+    # steps 2-4: context mean 0.875 -> Brier (3 * 0.125^2 + 0.375^2)/4 = 0.046875; logged 0.5 -> (3 * 0.25 + 0)/4 = 0.1875
+    assert rep["context_mean"]["brier"] == pytest.approx(0.046875)
+    assert rep["logged"]["brier"] == pytest.approx(0.1875)
+    assert rep["logged"]["brier_over_context_mean"] == pytest.approx(4.0)  # worse than the trivial prior, not 0.25

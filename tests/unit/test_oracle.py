@@ -136,3 +136,70 @@ def test_spearman_gives_ties_their_mean_rank_and_the_oracle_noise_is_unbiased():
     records = [{"p_star": float(s), "samples": 32, "mean_n0": float(t), "mean_spend": float(t)} for s, t in zip(p_star, p)]
     mse = report(records, reps=10)["baselines"]["mean_n0"]["mse"]  # a perfect baseline: 0 once the noise is taken out
     assert abs(mse) < 2e-5, mse
+
+
+# ---- found surviving mutants (2026-12-07): each pins a reported figure by hand -------------------------
+
+
+def scored_group(uid, correct, advantages, baseline=None):
+    ts = [Trajectory([1], [2], correct=bool(c), reward=float(c), advantage=a) for c, a in zip(correct, advantages)]
+    return PromptGroup(Problem(uid, "q", "1"), ts, baseline)
+
+
+def test_oracle_report_ratio_is_baseline_over_reference_with_its_interval():
+    from rlvr.train.oracle import report
+
+    # p* in {0, 1}: no oracle noise. se(mean_n0) = 0.25 each, se(mean_spend) = 0.0625 each, se(v05) = 0.01 each
+    records = [{"p_star": 1.0, "samples": 8, "mean_n0": 0.5, "mean_spend": 0.75, "baseline": 0.9},
+               {"p_star": 0.0, "samples": 8, "mean_n0": 0.5, "mean_spend": 0.25, "baseline": 0.1}]
+    v05 = report(records, reps=200)["baselines"]["v05"]
+    assert v05["mse"] == pytest.approx(0.01)
+    assert v05["over_mean_n0"] == pytest.approx(0.01 / 0.25)  # 0.04, not 25
+    assert v05["over_mean_spend"] == pytest.approx(0.01 / 0.0625)  # 0.16
+    assert v05["over_mean_n0_ci95"] == pytest.approx([0.04, 0.04])  # every resample has the same ratio
+
+
+def test_oracle_report_interval_is_the_2_5_and_97_5_percentiles_of_the_paired_bootstrap():
+    import numpy as np
+
+    from rlvr.train.oracle import report
+
+    # 100 records, p* = 0 (no noise), mean_n0 alternating 0 / 1: se_i alternating 0 / 1
+    records = [{"p_star": 0.0, "samples": 8, "mean_n0": float(i % 2), "mean_spend": 0.0} for i in range(100)]
+    out = report(records, reps=2000, seed=0)
+    se = np.array([float(i % 2) for i in range(100)])
+    idx = np.random.default_rng(0).integers(0, 100, size=(2000, 100))  # report's resamples
+    boot = se[idx].mean(1)
+    lo, hi = out["baselines"]["mean_n0"]["mse_ci95"]
+    assert [lo, hi] == pytest.approx([np.percentile(boot, 2.5), np.percentile(boot, 97.5)])
+    # a 95 % interval of a mean of 100 draws with sd 0.5: about 0.5 ± 1.96 * 0.05 (a 90 % one is ± 0.082)
+    assert hi - lo > 0.18
+
+
+def test_oracle_report_subtracts_each_resample_s_own_noise():
+    from rlvr.train.oracle import report
+
+    # record 1: p* = 0.5, M = 2: noise 0.5*0.5/(2-1) = 0.25 and se = (0 - 0.5)^2 = 0.25
+    # record 2: p* = 0: noise 0 and se 0.  So se_i - noise_i = 0 for every record: every resample is 0
+    records = [{"p_star": 0.5, "samples": 2, "mean_n0": 0.0, "mean_spend": 0.0},
+               {"p_star": 0.0, "samples": 2, "mean_n0": 0.0, "mean_spend": 0.0}]
+    row = report(records, reps=500)["baselines"]["mean_n0"]
+    assert row["mse"] == pytest.approx(0.0, abs=1e-12)
+    assert row["mse_ci95"] == pytest.approx([0.0, 0.0], abs=1e-12)
+
+
+def test_oracle_zero_advantage_share_is_over_all_rollouts():
+
+    # a: 4 correct rollouts, GRPO's zeros, p* = 1 (no oracle sign); b: 2 rollouts, p* = 0.5
+    batch = Batch([scored_group("a", [1, 1, 1, 1], [0.0] * 4), scored_group("b", [1, 0], [0.5, -0.5])])
+    m, _ = oracle_metrics(batch, {"successes": [4, 2], "samples": 4, "seconds": 0.1}, n0=4)
+    assert m["oracle/zero_advantage"] == pytest.approx(4 / 6)
+    assert m["oracle/sign_disagree"] == pytest.approx(0.0)  # b's two agree; a is not counted
+
+
+def test_oracle_bias_buckets_are_strict_hard_below_0_3_easy_above_0_7():
+
+    # p* = 3/10 = 0.3 and 7/10 = 0.7 exactly: in neither bucket (hard is p* < 0.3, easy p* > 0.7)
+    batch = Batch([scored_group("a", [1, 0, 0, 0], [0.75, -0.25, -0.25, -0.25]), scored_group("b", [1, 1, 1, 0], [0.25, 0.25, 0.25, -0.75])])
+    m, _ = oracle_metrics(batch, {"successes": [3, 7], "samples": 10, "seconds": 0.1}, n0=4, estimator="rloo")
+    assert not any(k.startswith("oracle/adv_bias_") for k in m)

@@ -334,3 +334,45 @@ def test_the_v05_figure_is_drawn_when_a_run_without_decisions_comes_first(tmp_pa
         json.dumps({"step": s, "uid": f"q{i}", "prior": 0.3, "k": i, "n": 4, "decision": "accepted", "extra": 0}) + "\n"
         for s in (1, 2) for i in range(4)))
     assert "v05_decisions.png" in {p.name for p in plot_runs([str(grpo), str(v05)], str(tmp_path / "out"))}
+
+
+# ---- found surviving mutants (2026-12-07): each pins a reported figure by hand -------------------------
+
+
+def metrics_run(d, records):
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return d
+
+
+def test_compare_reports_the_last_evaluation_the_step_0_one_and_counts_eval_seconds(tmp_path):
+    from rlvr.analysis.plots import compare_runs
+
+    a = metrics_run(tmp_path / "a", [
+        {"step": 0, "eval/accuracy": 0.3, "time/eval": 2.0},
+        {"step": 1, "rollouts": 8, "time/step": 4.0, "eval/accuracy": 0.6, "time/eval": 2.0},
+        {"step": 2, "rollouts": 8, "time/step": 4.0, "eval/accuracy": 0.5, "time/eval": 2.0},
+    ])
+    (row,) = compare_runs([str(a)])
+    assert row["heldout_before"] == 0.3
+    assert row["heldout_final"] == 0.5 and row["heldout_final_step"] == 2  # the last evaluation, not the best
+    assert row["seconds"] == pytest.approx(4.0 + 4.0 + 3 * 2.0)  # steps and evaluations
+    # a run whose records start after step 0 has no "before"
+    b = metrics_run(tmp_path / "b", [{"step": 1, "rollouts": 8, "time/step": 4.0, "eval/accuracy": 0.6}])
+    (row,) = compare_runs([str(b)])
+    assert row["heldout_before"] is None
+
+
+def test_v05_figure_mean_extra_per_error_bin(tmp_path):
+    d = metrics_run(tmp_path / "v", [{"step": 1, "rollouts": 8, "time/step": 1.0, "reward": 0.5}])
+    rows = [  # |prior - k/n|: 0, 0 (bin [0, 0.1)), 0.55 (bin [0.5, 0.6)); extra 4, 0, 6
+        {"step": 1, "uid": "a", "prior": 0.5, "k": 2, "n": 4, "decision": "accepted", "extra": 4},
+        {"step": 1, "uid": "b", "prior": 0.5, "k": 2, "n": 4, "decision": "accepted", "extra": 0},
+        {"step": 1, "uid": "c", "prior": 0.2, "k": 3, "n": 4, "decision": "rejected", "extra": 6},
+    ]
+    (d / "decisions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fig = build_figures([str(d)])["v05_decisions.png"]
+    (ax,) = [a for a in fig.axes if a.get_title().startswith("extra rollouts")]
+    (line,) = [ln for ln in ax.get_lines() if ln.get_label() == "mean per bin"]
+    assert list(line.get_xdata()) == pytest.approx([0.05, 0.55])
+    assert list(line.get_ydata()) == pytest.approx([2.0, 6.0])

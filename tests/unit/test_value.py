@@ -292,3 +292,77 @@ def test_every_value_backend_has_the_protocol_s_methods_and_reads_its_own_config
         assert all(callable(getattr(cls, m, None)) for m in methods), name
         kwargs = value_model_kwargs(compose(["algorithm=v05", f"value.backend={name}"]).value)
         assert kwargs["context_size"] == 256 and set(kwargs) <= set(cls.__init__.__code__.co_varnames), name
+
+
+# ---- found surviving mutants (2026-12-07): each pins a reported figure by hand -------------------------
+
+
+def test_kernel_uncertainty_is_inflated_by_the_error_of_the_weighted_mean(fresh):
+    # one prompt 4 times, y = 1, 1, 1, 0; query the same prompt: w = 1 each, sum w = 4, a = 0.5, m = 0.75
+    # prior = (3 + 0.375) / 4.5 = 0.75;  v_ctx = (3 * 0.0625 + 0.5625 + 0.25) / 5 = 0.2
+    # v = (0.75 + 0.5 * 0.2) / 4.5 = 0.18889;  unc = sqrt(v * (1 + 1/4.5)) = 0.48048 (sqrt(v) alone: 0.43461)
+    m = fresh(bandwidth=0.1, prior_strength=0.5, auto_tune=False)
+    m.add_context(["What is 2 + 3?"] * 4, [1.0, 1.0, 1.0, 0.0])
+    prior, unc = m.predict(["What is 2 + 3?"])
+    assert float(prior[0]) == pytest.approx(0.75, rel=1e-4)
+    v = (0.75 + 0.5 * 0.2) / 4.5
+    assert float(unc[0]) == pytest.approx((v * (1 + 1 / 4.5)) ** 0.5, rel=1e-4)
+
+
+def test_ridge_uncertainty_scales_the_signal_variance_by_one_over_one_plus_r(fresh):
+    # one prompt 4 times, y = 1, 1, 1, 0; (l, r) = RIDGE_START = (0.1, 1.0) below min_tune_context
+    # K = J (all ones), A = J + I, A^-1 = I - J/5; explained = 1^T A^-1 1 = 4 - 16/5 = 0.8
+    # s_f^2 = (sum (y - m)^2 + 0.25) / (n + 1) / (1 + r) = (0.75 + 0.25) / 5 / 2 = 0.1
+    # unc = sqrt(0.1 * (1 - 0.8) + 1e-6) = 0.141425 (without / (1 + r): 0.2000)
+    m = fresh(regressor="ridge")
+    m.add_context(["What is 2 + 3?"] * 4, [1.0, 1.0, 1.0, 0.0])
+    prior, unc = m.predict(["What is 2 + 3?"])
+    assert m._ridge == (0.1, 1.0)
+    assert float(prior[0]) == pytest.approx(0.75, rel=1e-4)
+    assert float(unc[0]) == pytest.approx((0.1 * 0.2 + 1e-6) ** 0.5, rel=1e-3)
+
+
+def test_ridge_prior_is_clipped_to_the_prior_bounds(fresh):
+    # prompt A 60 times with y = 1, an unrelated prompt B 60 times with y = 0, (l, r) = (0.1, 1.0):
+    # m = 0.5; A's block J + I gives alpha = 0.5 / 61 each, so prior(A) ~ 0.5 + 0.5 * 60/61 = 0.992 -> 0.98
+    m = fresh(regressor="ridge", auto_tune=False)
+    a, b = "What is 2 + 3?", "Name the capital city of France in one word."
+    m.add_context([a] * 60 + [b] * 60, [1.0] * 60 + [0.0] * 60)
+    prior, _ = m.predict([a, b])
+    assert float(prior[0]) == pytest.approx(PRIOR_MAX) and float(prior[1]) == pytest.approx(PRIOR_MIN)
+
+
+def test_kernel_uncertainty_is_the_spread_around_the_prior_not_the_context_mean(fresh):
+    # A twice (y = 1, 1), an unrelated B twice (y = 0, 0), h = 0.02 (B's weight ~ exp(-(1 - s)/0.02) ~ 0), a = 0.5
+    # query A: sum w = 2, m = 0.5, prior = (2 + 0.25) / 2.5 = 0.9;  v_ctx = (4 * 0.25 + 0.25) / 5 = 0.25
+    # v = (2 * 0.1^2 + 0.5 * 0.25) / 2.5 = 0.058;  unc = sqrt(0.058 * (1 + 1/2.5)) = 0.28496
+    # (the spread around m = 0.5 instead: v = 0.25, unc = sqrt(0.35) -> clamped to 0.5)
+    m = fresh(bandwidth=0.02, prior_strength=0.5, auto_tune=False)
+    a, b = "What is 2 + 3?", "Name the capital city of France in one word."
+    e = m.embed([a, b]).double()
+    assert float(e[0] @ e[1]) < 0.5  # B's weight below exp(-25)
+    m.add_context([a, a, b, b], [1.0, 1.0, 0.0, 0.0])
+    prior, unc = m.predict([a])
+    assert float(prior[0]) == pytest.approx(0.9, rel=1e-5)
+    assert float(unc[0]) == pytest.approx((0.058 * 1.4) ** 0.5, rel=1e-5)
+
+
+def _fake_encode(texts):
+    return torch.tensor([[float(len(t)), 1.0] for t in texts])  # "p" * i -> [i, 1]
+
+
+def test_a_checkpoint_larger_than_the_context_keeps_the_newest_pairs_with_their_own_embeddings():
+    from rlvr.value.context import EmbeddedContext
+
+    big = EmbeddedContext(4, _fake_encode, 2, "fake")
+    big.add(["p", "pp", "ppp", "pppp"], [0.1, 0.2, 0.3, 0.4])
+    small = EmbeddedContext(2, _fake_encode, 2, "fake")
+    small.load_state_dict(big.state_dict())
+    assert small.prompts == ["ppp", "pppp"] and small.success == [0.3, 0.4]
+    assert torch.equal(small.emb, torch.tensor([[3.0, 1.0], [4.0, 1.0]]))  # the newest two's, aligned
+
+
+def test_the_constant_backend_clips_its_prior_and_answers_its_own_uncertainty():
+    prior, unc = ConstantValueModel(prior=0.01, uncertainty=0.1).predict(["a", "b"])
+    assert prior.tolist() == pytest.approx([PRIOR_MIN] * 2)  # 0.01 -> 0.02
+    assert unc.tolist() == pytest.approx([0.1] * 2)

@@ -22,6 +22,7 @@ constructed with `env.options` as keyword arguments (each added as `+env.options
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -166,6 +167,9 @@ class _Deadlines:
 
 
 _deadlines = _Deadlines()
+# a forked child starts with none pending (the parent's calls are not its own) and a fresh condition:
+# the parent's watchdog, waiting on the old one, is not in the child to be notified
+os.register_at_fork(after_in_child=_deadlines.__init__)
 
 
 def environment_from_config(env_cfg, timeout_s: float | None = None) -> Any:

@@ -130,10 +130,10 @@ class ActivationBudget:
         still cuts no more. Even cuts lower the peak at the same number of forwards."""
         sizes = _sizes(shard)
         greedy = self._cut(sizes, self.budget_bytes)
-        if len(greedy) <= 1:  # one micro-batch (or none): nothing to even out
+        if len(greedy) <= 1 or len(greedy) == len(sizes):  # one micro-batch, or one a sequence: nothing to even out
             return [shard[a:b] for a, b in greedy]
         fewest, low, high = len(greedy), 0.0, self.budget_bytes
-        while high - low > 1e-3 * high:  # each cut is a pass in Python over the shard: 10 of them, not 30
+        while high - low > 1e-3 * self.budget_bytes:  # each cut is a pass in Python over the shard: 10 of them, not 30
             mid = (low + high) / 2
             low, high = (low, mid) if len(self._cut(sizes, mid)) <= fewest else (mid, high)
         return [shard[a:b] for a, b in self._cut(sizes, high)]

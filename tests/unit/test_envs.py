@@ -381,3 +381,40 @@ def test_a_bool_is_not_an_int_argument():
         return x
 
     assert _check_arguments(f, {"x": True}) is not None and _check_arguments(f, {"x": 3}) is None
+
+
+FORKED = """
+import logging, os, sys, time
+from rlvr.envs import WithDeadline
+logging.basicConfig(stream=sys.stdout, format="%(message)s")
+
+class Env:
+    tools = []
+
+    def reset(self, seconds, messages):
+        time.sleep(seconds)
+        return messages
+
+env = WithDeadline(Env(), 0.3, "e")
+env.reset(0.0, [])  # the parent's watchdog exists, then waits with nothing pending
+time.sleep(0.5)
+pid = os.fork()
+if pid == 0:
+    env.reset(0.0, [])  # the child's first call
+    time.sleep(0.5)
+    env.reset(0.6, [])  # 0.3 s late: its message is due at 0.3 s
+    print("returned", flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+def test_a_forked_child_s_late_environment_call_is_still_named():
+    """A review of the one-watchdog deadline: after a fork the child's notify went to the parent's
+    watchdog, absent there, so a late call's message was never logged (faulthandler still exited)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", FORKED], capture_output=True, text=True, timeout=60)
+    assert "environment 'e': reset() has not returned within 0.3 s" in done.stdout, done.stdout + done.stderr
+    assert "returned" in done.stdout

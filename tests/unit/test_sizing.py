@@ -214,3 +214,18 @@ def test_the_eval_at_start_counts_in_the_largest_generate_call():
 
     cfg = compose(["algorithm=grpo", "trainer.eval_every=0", "eval.at_start=true"])
     assert sizing.largest_generate_call(cfg) == max(cfg.eval.size * cfg.eval.n_samples, 32)
+
+
+def test_the_even_cut_search_is_short_when_each_sequence_already_goes_alone(monkeypatch):
+    """A review found the search halving its budget down to 0 (about 1,100 passes over the shard)
+    when every sequence was over half the budget: the cut cannot get more even than one a sequence."""
+    from rlvr.runtime.sizing import ActivationBudget
+
+    budget = ActivationBudget(100.0, per_position=1.0, per_response_position=0.0, shared_prompts=False, packed=False, head_chunk=0)
+    cuts = []
+    real_cut = ActivationBudget._cut
+    monkeypatch.setattr(ActivationBudget, "_cut", lambda self, sizes, b: cuts.append(b) or real_cut(self, sizes, b))
+    shard = [planned(2, 60) for _ in range(8)]  # 61 positions each: two never fit together
+    assert [len(m) for m in budget(shard)] == [1] * 8 and len(cuts) == 1
+    cuts.clear()
+    assert [len(m) for m in budget([planned(2, 20) for _ in range(9)])] == [3, 3, 3] and len(cuts) <= 12

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 from helpers import tiny_engine_config
 
@@ -95,3 +96,40 @@ def test_a_stop_string_the_last_allowed_token_completes_is_a_stop(tiny_model):
         sample = engine.generate(request, SamplingConfig(temperature=1.0, top_p=1.0, max_tokens=max_tokens, stop=(pieces[j],)))[0][0]
         assert sample["response_ids"] == free["response_ids"][: j + 1]
         assert sample["finish_reason"] == "stop", max_tokens
+
+
+# ---- found surviving mutants (2026-12-07) -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    return HFEngine(tiny_engine_config(tiny_model, "rollout=hf"))
+
+
+def test_hf_engine_keeps_the_end_token_and_calls_it_a_stop(engine):
+    """Greedy: make the 3rd greedy token (first seen there) the end-of-sequence token. The response
+    ends with it, included, and finishes on "stop"."""
+    request = [GenerationRequest(0, "hello world", 1)]
+    free = engine.generate(request, SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=16))[0][0]["response_ids"]
+    j = next(i for i, t in enumerate(free) if i >= 2 and t not in free[:i])
+    eos_ids, config = set(engine.eos_ids), engine.model.generation_config.eos_token_id
+    try:
+        engine.eos_ids = {free[j]}
+        engine.model.generation_config.eos_token_id = [free[j]]
+        got = engine.generate(request, SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=16))[0][0]
+    finally:
+        engine.eos_ids, engine.model.generation_config.eos_token_id = eos_ids, config
+    assert got["response_ids"] == free[: j + 1] and len(got["logprobs"]) == j + 1
+    assert got["finish_reason"] == "stop"
+
+
+def test_hf_engine_honours_the_request_s_own_token_cap(engine):
+    """A multi-turn request's max_tokens (what is left of the episode) caps the response."""
+    got = engine.generate([GenerationRequest(0, "hello world", 1, max_tokens=3)], SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=16))[0][0]
+    assert len(got["response_ids"]) == 3 and got["finish_reason"] == "length"
+
+
+def test_hf_engine_a_response_cut_at_the_cap_with_an_unmet_stop_string_is_length(engine):
+    """Stop strings given but never met, cut at max_tokens: "length" (truncated). Guards hf_len_le (already killed by test_hf_engine)."""
+    got = engine.generate([GenerationRequest(0, "hello world", 1)], SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=6, stop=("\x07never\x07",)))[0][0]
+    assert len(got["response_ids"]) == 6 and got["finish_reason"] == "length"

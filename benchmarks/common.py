@@ -5,13 +5,25 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"  # scratch output; what docs/benchmarks.md reads is copied to benchmarks/results
 RESULTS = ROOT / "benchmarks" / "results"
+
+
+def median_seconds(fn, repeats: int) -> float:
+    """The median wall time of ``repeats`` calls of ``fn`` (warm it up first where its first call differs)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def write_report(report: dict, out: Path) -> None:

@@ -21,27 +21,17 @@ import argparse
 import json
 import os
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _median_s(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure(prompts: int, n: int, rows: int, repeats: int, activation_gb: float) -> dict:
     """The three costs on whichever `rlvr` this process imports (no import is older than 2026-12-04)."""
+    from benchmarks.common import median_seconds
     from rlvr.config import compose
     from rlvr.data import Problem
     from rlvr.data.stream import PromptStream
@@ -75,12 +65,12 @@ def measure(prompts: int, n: int, rows: int, repeats: int, activation_gb: float)
 
     env, wrapped = Env(), WithDeadline(Env(), 600, "bench")
     calls = prompts * n
-    direct = _median_s(lambda: [env.step([], []) for _ in range(calls)], repeats)
-    through = _median_s(lambda: [wrapped.step([], []) for _ in range(calls)], repeats)
+    direct = median_seconds(lambda: [env.step([], []) for _ in range(calls)], repeats)
+    through = median_seconds(lambda: [wrapped.step([], []) for _ in range(calls)], repeats)
     return {
-        "split_s": _median_s(lambda: plan_mini_batches(rollouts, 1, 1, budget, 0), repeats),
+        "split_s": median_seconds(lambda: plan_mini_batches(rollouts, 1, 1, budget, 0), repeats),
         "micro_batches": len(micro),
-        "stream_state_s": _median_s(stream.state_dict, repeats),
+        "stream_state_s": median_seconds(stream.state_dict, repeats),
         "env_calls_s": through,
         "env_call_overhead_us": (through - direct) / calls * 1e6,
     }

@@ -24,7 +24,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from benchmarks.common import OUT, write_report
+from benchmarks.common import OUT, median_seconds, write_report
 
 
 def default_job_batch(sequences: int, overrides: list[str]):
@@ -66,12 +66,7 @@ def default_job_batch(sequences: int, overrides: list[str]):
 def median_step_seconds(learner, batch, update, repeats: int) -> float:
     """The median of `repeats` `train_step` calls after one warm-up (first-call allocations)."""
     learner.train_step(batch, update)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        learner.train_step(batch, update)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(lambda: learner.train_step(batch, update), repeats)
 
 
 def main() -> None:

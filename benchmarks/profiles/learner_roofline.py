@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import OUT, write_report
+from benchmarks.common import OUT, median_seconds, write_report
 
 if TYPE_CHECKING:
     from rlvr.learner.forward import Collated
@@ -102,12 +101,7 @@ def gemm_seconds(shape: tuple[int, int, int], dtype: torch.dtype, repeats: int) 
         dy.t() @ x
 
     three()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        three()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(three, repeats)
 
 
 def machine_peak(shapes: list[tuple[int, int, int]], dtype: torch.dtype, repeats: int) -> dict:

@@ -33,7 +33,7 @@ def test_the_shared_helper_needs_only_the_standard_library():
     tree = ast.parse((ROOT / "benchmarks" / "common.py").read_text())
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert imported <= {"__future__", "json", "os", "subprocess", "sys", "pathlib"}, imported
+    assert imported <= {"__future__", "json", "os", "statistics", "subprocess", "sys", "time", "pathlib"}, imported
 
 
 def test_each_tracked_result_is_cited_or_a_record_a_report_rereads():

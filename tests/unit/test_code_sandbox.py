@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import time
 
@@ -15,7 +16,7 @@ import pytest
 
 from rlvr.rewards import check_answer_parsable
 from rlvr.rewards.code import code_tests_reward, extract_program, parse_tests
-from rlvr.sandbox import ProcessVerifier, RewardSpec, ScoreRequest
+from rlvr.sandbox import ProcessVerifier, RewardSpec, ScoreRequest, bubblewrap
 from rlvr.sandbox.bubblewrap import Limits, SandboxUnavailable, cgroup_parents, probe, run_python
 
 SECRET = "hunter2-not-for-models"
@@ -590,3 +591,151 @@ def test_escape_attempts_fail_and_leave_nothing(tmp_path, monkeypatch):
         assert [(r.reward, r.outcome, r.correct) for r in results] == [(1.0, "passed", True)] * 2
     listener.close()
     assert not os.path.exists("/usr/lib/pwned")
+
+# ---- found surviving mutants (2026-12-07): each fails with one wall, limit or check of the sandbox removed --
+
+
+def test_cpu_limit_ends_a_busy_program_before_a_long_wall_deadline():
+    """cpu_s binds on its own (a threaded program burns cpu_s x threads inside wall_s)."""
+    got = run_python("while True:\n    pass", limits=Limits(wall_s=15.0, cpu_s=1.0))
+    assert got.status != "timeout" and got.wall_s < 6.0, got
+
+
+def test_address_space_bounds_a_program_where_no_cgroup_does(monkeypatch):
+    """Not root, or a read-only cgroupfs: RLIMIT_AS is the only memory bound."""
+    monkeypatch.setattr(bubblewrap, "_cgroups_off", True)
+    got = run_python("x = bytearray(600 << 20)\nprint('allocated')", limits=Limits(memory_mb=256, wall_s=10.0))
+    assert b"allocated" not in got.stdout and b"MemoryError" in got.stderr, got
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="RLIMIT_NPROC is set only when rlvr runs as root")
+def test_process_limit_is_set_for_the_sandbox_user():
+    got = run_python("import resource\nprint(resource.getrlimit(resource.RLIMIT_NPROC))", limits=Limits(processes=77))
+    assert got.stdout.strip() == b"(77, 77)", got
+
+
+def test_open_files_are_bounded():
+    got = run_python("fs = []\ntry:\n    while True:\n        fs.append(open('/dev/null'))\nexcept OSError as e:\n    print(len(fs), e.errno)",
+                     limits=Limits(open_files=64))
+    n, errno = got.stdout.split()
+    assert int(n) < 64 and int(errno) == 24, got
+
+
+def test_no_zombie_is_left_after_an_execution():
+    got = run_python("print(1)")
+    assert got.returncode == 0
+    zombies = []
+    for tid in os.listdir("/proc/self/task"):
+        for pid in open(f"/proc/self/task/{tid}/children").read().split():
+            try:
+                if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
+                    zombies.append(pid)
+            except OSError:
+                pass
+    assert zombies == [] and got.status == "exited", (zombies, got)
+
+
+ADD_TESTS = json.dumps({"asserts": ["assert add(1, 2) == 3", "assert add(3, 4) == 7"]})
+
+
+def test_the_program_never_holds_the_token_s_stdin():
+    """The docstring's promise: the child's stdin is /dev/null, so it cannot read the token or the test."""
+    program = "import os, stat\ndef is_null():\n    return stat.S_ISCHR(os.fstat(0).st_mode)"
+    tests = json.dumps({"asserts": ["assert is_null() is True"]})
+    assert code_tests_reward(fenced(program), tests) == {"score": 1.0, "outcome": "passed"}
+
+
+def test_a_right_program_that_prints_still_passes():
+    program = "def add(a, b):\n    print('debugging', a, b)\n    return a + b"
+    assert code_tests_reward(fenced(program), ADD_TESTS) == {"score": 1.0, "outcome": "passed"}
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        # a dict subclass whose items() lies: compared as the dict's real contents
+        "class D(dict):\n    def items(self):\n        return {3: 3}.items()\ndef add(a, b):\n    return D()",
+        # a list subclass whose __iter__ lies
+        "class L(list):\n    def __iter__(self):\n        return iter([3])\ndef add(a, b):\n    return L()",
+        # an int subclass whose __int__ lies
+        "class I(int):\n    def __int__(self):\n        return 3\n    def __eq__(self, o):\n        return True\n    __hash__ = int.__hash__\n"
+        "def add(a, b):\n    return I(0)",
+    ],
+    ids=["dict-items", "list-iter", "int-dunder"],
+)
+def test_a_subclass_s_own_methods_do_not_forge_its_value(code):
+    tests = json.dumps({"asserts": ["assert add(1, 2) == {3: 3} or add(1, 2) == [3] or add(1, 2) == 3"]})
+    assert code_tests_reward(fenced(code), tests)["score"] == 0.0
+
+
+# The existing UNITTEST_MAIN_HACK binds `zz_mod`, whose name is not its module's, so it never reaches
+# the SAFE_MODULES check; this one binds the module under its own name and makes /tmp a package that
+# unittest's discovery (run by importing unittest.__main__ with cwd "/") imports in the test's process.
+UNITTEST_MAIN_EXACT = '''
+import os
+open("/tmp/__init__.py", "w").write("")
+open("/tmp/test_evil.py", "w").write("""
+import sys, os
+f = sys._getframe()
+while f is not None and f.f_code.co_name != "judge":
+    f = f.f_back
+os.write(f.f_locals["report"], f.f_locals["token"])
+os._exit(0)
+""")
+globals()["unittest.__main__"] = type(os)("unittest.__main__")
+def add(a, b):
+    return 0
+'''
+
+
+def test_a_module_the_program_names_exactly_is_imported_only_if_safe():
+    assert code_tests_reward(fenced(UNITTEST_MAIN_EXACT), ADD_TESTS)["score"] == 0.0
+
+
+def test_workers_die_with_a_killed_zygote():
+    """Zygote.stop's fallback (SIGKILL after the grace) relies on PR_SET_PDEATHSIG to end the workers."""
+    import time
+
+    from rlvr.sandbox import ProcessVerifier, RewardSpec
+
+    v = ProcessVerifier([RewardSpec("math")], num_workers=2, timeout_s=5.0, memory_mb=512)
+    try:
+        workers = v.worker_pids()
+        assert workers
+        os.kill(v.zygote_pid, signal.SIGKILL)
+
+        def alive(pid):
+            try:
+                return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+            except OSError:
+                return False
+
+        deadline = time.monotonic() + 5
+        while any(map(alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = [p for p in workers if alive(p)]
+        for p in left:
+            os.kill(p, signal.SIGKILL)
+        assert left == []
+    finally:
+        v.close()
+
+
+SWALLOW = '''
+def reward(completion, answer, answer_type="math", **kw):
+    try:
+        while True:
+            pass
+    except Exception:
+        return 0.5
+'''
+
+
+def test_a_reward_function_catching_exception_still_times_out(tmp_path, monkeypatch):
+    from rlvr.sandbox import ProcessVerifier, RewardSpec, ScoreRequest
+
+    (tmp_path / "swallow_mod.py").write_text(SWALLOW)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with ProcessVerifier([RewardSpec("swallow_mod:reward")], num_workers=1, timeout_s=1.0, memory_mb=512) as v:
+        results, _ = v.score([ScoreRequest("x", "y", "math")])
+    assert results[0].error == "timeout", results[0]

@@ -1,5 +1,6 @@
 """The config tree: every preset composes, and bad input fails early with the key named."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rlvr.algorithms import policy_loss
 from rlvr.cli import main
-from rlvr.config import ConfigError, algorithm_preset, compose, config_dir, validate
+from rlvr.config import ConfigError, algorithm_preset, compose, config_dir, overlong_buffer, validate
 from rlvr.models import resolve_model_path
 
 ALGORITHMS = sorted(p.stem for p in (Path(config_dir()) / "algorithm").glob("*.yaml"))
@@ -395,3 +396,189 @@ def test_fill_takes_each_field_from_the_one_node_that_holds_it_or_from_what_is_g
         fill(Settings, cfg.learner, cfg.model)
     with pytest.raises(ConfigError, match=r"Settings\.dtype: more than one config node"):
         fill(Settings, cfg.learner, cfg.model, {"dtype": "bfloat16"}, seed=7)
+
+
+# ---- found surviving mutants of the checks (2026-12-07): each fails with one bound or condition changed --
+
+
+def refused_naming(overrides, key):
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        validate(compose(overrides))
+
+
+# ---- DAPO's overlong shaping ------------------------------------------------------------------
+
+
+def test_dapo_overlong_buffer_default_is_20_percent_of_the_episode_length():
+    """A mutant (tree.py:98 default_overlong_buffer(cfg.rollout.max_tokens)): with env=calculator the
+    penalty zone was 20 % of one turn's 96 tokens (19) instead of the episode's 256 (51): the
+    shaping starts at 237 of 256, silently; validation passes either way."""
+    cfg = compose(["algorithm=dapo", "env=calculator", "rollout.max_tokens=96"])
+    validate(cfg)
+    assert cfg.env.max_tokens == 256
+    assert overlong_buffer(cfg) == 51
+
+
+def test_dapo_overlong_checks_apply_to_episodes():
+    """A mutant (tree.py:263 `if preset.overlong and env.name == "none"`) and another (tree.py:265 the bound
+    from rollout.max_tokens): the buffer is checked against env.max_tokens when an env is set."""
+    refused_naming(["algorithm=dapo", "env=calculator", "algorithm.overlong_buffer=128"], "algorithm.overlong_buffer: must be in (0, env.max_tokens/2 = 128)")
+    # a good buffer: 60 < 256/2, though it is more than half of one turn's 96 tokens
+    validate(compose(["algorithm=dapo", "env=calculator", "rollout.max_tokens=96", "algorithm.overlong_buffer=60"]))
+
+
+def test_dapo_overlong_penalty_factor_zero_is_refused():
+    """A mutant (tree.py:264 `>= 0`): overlong=true with factor 0 trains without the shaping, silently."""
+    refused_naming(["algorithm=dapo", "algorithm.overlong_penalty_factor=0"], "algorithm.overlong_penalty_factor")
+
+
+# ---- DAPO's dynamic sampling rounds -----------------------------------------------------------
+
+
+def test_max_rounds_bounds_are_1_and_rounds_per_step():
+    """A mutant (tree.py:246 `< ROUNDS_PER_STEP`) refused a good 100; another (`<= ROUNDS_PER_STEP + 1`) let
+    101 rounds reuse the next step's round-0 seed (round_seed(s, 100) == round_seed(s + 1, 0))."""
+    from rlvr.seeds import ROUNDS_PER_STEP, round_seed
+
+    assert round_seed(0, ROUNDS_PER_STEP) == round_seed(1, 0)
+    validate(compose(["algorithm=dapo", f"algorithm.max_rounds={ROUNDS_PER_STEP}"]))
+    refused_naming(["algorithm=dapo", f"algorithm.max_rounds={ROUNDS_PER_STEP + 1}"], "algorithm.max_rounds")
+
+
+def test_max_rounds_is_checked_for_any_preset_that_samples_dynamically():
+    """A mutant (tree.py:245 `if preset.name == "dapo"`): grpo with sampling=dynamic_filter and 0 rounds
+    passed and trained on nothing."""
+    refused_naming(["algorithm=grpo", "algorithm.sampling=dynamic_filter", "algorithm.max_rounds=0"], "algorithm.max_rounds")
+
+
+# ---- V0.5 (sampling=adaptive) -----------------------------------------------------------------
+
+
+def test_adaptive_checks_follow_the_sampling_not_the_estimator():
+    """A mutant (tree.py:251 `if preset.estimator == "v05"`): grpo with sampling=adaptive starts the
+    value server, and delta=0 raised in allocate() at the first step."""
+    refused_naming(["algorithm=grpo", "algorithm.sampling=adaptive", "algorithm.delta=0"], "algorithm.delta")
+
+
+def test_v05_delta_zero_is_refused():
+    """A mutant (tree.py:252 `>= 0`): allocate() raises "delta must be >= 1" at step 1, after Ray started."""
+    refused_naming(["algorithm=v05", "algorithm.delta=0"], "algorithm.delta")
+
+
+def test_adaptive_rounds_stop_before_the_next_steps_seeds():
+    """A mutant (tree.py:253 `<=`): round 1 + 99 = 100 is the next step's round 0 seed."""
+    validate(compose(["algorithm=v05", "algorithm.adaptive_rounds=99"]))
+    refused_naming(["algorithm=v05", "algorithm.adaptive_rounds=100"], "algorithm.adaptive_rounds")
+
+
+def test_v05_edge_values_that_work_are_accepted():
+    """A mutant (tree.py:255 n_max > n), another (:256 budget_factor > 1), another (:258 calibration_window >
+    batch_size) each refused a config at its documented bound ("must be >= ...")."""
+    validate(compose(["algorithm=v05", "algorithm.n=4", "algorithm.n_max=4"]))
+    validate(compose(["algorithm=v05", "algorithm.budget_factor=1.0"]))
+    validate(compose(["algorithm=v05", "trainer.batch_size=8", "algorithm.calibration_window=8"]))
+    refused_naming(["algorithm=v05", "algorithm.n=4", "algorithm.n_max=3"], "algorithm.n_max")
+    refused_naming(["algorithm=v05", "algorithm.budget_factor=0.99"], "algorithm.budget_factor")
+    refused_naming(["algorithm=v05", "trainer.batch_size=8", "algorithm.calibration_window=7"], "algorithm.calibration_window")
+
+
+def test_value_checks_apply_only_where_a_value_model_runs():
+    """A mutant (tree.py:262 `_validate_value` dedented): grpo starts no value server, yet a value
+    backend without its paths refused it."""
+    validate(compose(["algorithm=grpo", "value.backend=v0"]))
+    validate(compose(["algorithm=grpo", "value.backend=hf-classifier"]))
+
+
+def test_value_context_size_zero_is_refused():
+    """A mutant (tree.py:129 `>= 0`): the value server's Context raises "context_size must be positive"."""
+    refused_naming(["algorithm=v05", "value.context_size=0"], "value.context_size")
+
+
+def test_v0_paths_must_be_of_the_right_kind(tmp_path):
+    """A mutant (tree.py:136 `Path(p).exists()`): a folder given as the checkpoint file passed.
+    A mutant (tree.py:139 `>= 0`): n_estimators=0 passed."""
+    (tmp_path / "v0.pt").write_bytes(b"")
+    (tmp_path / "head.ckpt").write_bytes(b"")
+    (tmp_path / "emb").mkdir()
+    good = ["algorithm=v05", "value.backend=v0", f"value.v0.checkpoint={tmp_path / 'v0.pt'}",
+            f"value.v0.embedding_model={tmp_path / 'emb'}", f"value.v0.tabpfn_head={tmp_path / 'head.ckpt'}"]
+    validate(compose(good))
+    refused_naming([*good, f"value.v0.checkpoint={tmp_path / 'emb'}"], "value.v0.checkpoint: file")
+    refused_naming([*good, "value.v0.n_estimators=0"], "value.v0.n_estimators")
+
+
+def test_hf_classifier_folder_must_exist(tmp_path):
+    """A mutant (tree.py:146 existence dropped): a missing model folder failed in the value server."""
+    refused_naming(["algorithm=v05", "value.backend=hf-classifier", f"value.hf_classifier.path={tmp_path / 'nope'}"], "value.hf_classifier.path")
+
+
+# ---- trainer, env, model, rollout, cluster ----------------------------------------------------
+
+
+def test_generate_ahead_only_in_async_runs():
+    """A mutant (tree.py:356 `>= 0`): generate_ahead on a synchronous run was ignored, silently."""
+    refused_naming(["trainer.generate_ahead=2"], "trainer.generate_ahead")
+
+
+def test_async_generation_needs_disaggregated_engines_from_staleness_1():
+    """A mutant (tree.py:358 `> 1`): colocated engines with max_staleness=1 passed."""
+    refused_naming(["cluster.mode=colocated", "trainer.max_staleness=1"], "trainer.max_staleness")
+
+
+def test_role_timeout_zero_is_refused():
+    """A mutant (tree.py:334 `>= 0`)."""
+    refused_naming(["trainer.role_timeout_s=0"], "trainer.role_timeout_s")
+
+
+def test_env_limits_of_zero_are_refused():
+    """A mutant (tree.py:233-234 `>= 0`): env.max_tokens=0 asks the engine for 0 tokens, which it
+    reads as "unset" and samples rollout.max_tokens; max_turns=0 samples nothing."""
+    refused_naming(["env=calculator", "env.max_tokens=0"], "env.max_tokens")
+    refused_naming(["env=calculator", "env.max_turns=0"], "env.max_turns")
+
+
+def test_rollout_max_tokens_equal_to_max_model_len_is_refused():
+    """A mutant (tree.py:405 rollout's bound off by one): max_tokens == max_model_len leaves no room for
+    the prompt."""
+    refused_naming(["model=tiny-random", "rollout.max_tokens=512", "eval.max_tokens=96"], "rollout.max_tokens")
+    validate(compose(["model=tiny-random", "rollout.max_tokens=511", "eval.max_tokens=96"]))
+
+
+def test_colocated_engines_one_per_learner_are_accepted():
+    """A mutant (tree.py:469 `<`): the default colocated layout (1 learner, 1 engine) was refused."""
+    validate(compose(["cluster.mode=colocated", "cluster.weight_sync=ipc"]))
+    validate(compose(["cluster=single_node_gpu", "cluster.mode=colocated", "cluster.weight_sync=ipc"]))
+
+
+def test_one_cpu_is_enough_for_a_local_ray():
+    """A mutant (tree.py:461 `> 1`)."""
+    validate(compose(["cluster.num_cpus=1"]))
+
+
+def test_negative_value_accelerators_are_refused():
+    """A mutant (tree.py:463)."""
+    refused_naming(["cluster.value_accelerators=-1"], "cluster.value_accelerators")
+
+
+def test_train_dtype_needs_float32_weights_to_autocast_from():
+    """A mutant (tree.py:378 dropped): float32 compute over bfloat16 weights passed."""
+    refused_naming(["model=tiny-random", "model.dtype=bfloat16", "model.train_dtype=float32"], "model.train_dtype")
+
+
+# ---- rlvr/cli.py ------------------------------------------------------------------------------
+
+
+def test_a_single_run_checks_its_default_run_dir(tmp_path, monkeypatch, capsys):
+    """A mutant (cli.py:138 `if sets_run_dir`): a single run without run_dir= (runs/... under the current
+    folder) was not checked: a file named `runs` there gave Hydra's traceback."""
+    import rlvr.train.loop as loop
+    from rlvr.cli import main
+
+    def no_training(*a, **k):
+        raise AssertionError("validation let the run start")
+
+    monkeypatch.setattr(loop, "train", no_training)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").write_text("mine")
+    assert main(["train", "model=tiny-random"]) == 2
+    assert "run_dir: " in capsys.readouterr().err

@@ -125,7 +125,7 @@ class _Deadlines:
             self.count += 1
             self.pending[self.count] = (due, message)
             self._arm()
-            if self.watchdog is None or not self.watchdog.is_alive():  # started here, or after a fork
+            if self.watchdog is None:  # the first call (in this process: a fork starts afresh, below)
                 self.watchdog = threading.Thread(target=self._watch, name="rlvr-env-deadlines", daemon=True)
                 self.watchdog.start()
             elif due < self.watch_until:

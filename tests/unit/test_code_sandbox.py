@@ -114,16 +114,18 @@ if frame is not None:
     os.write(frame.f_locals["report"], frame.f_locals["token"])
 os._exit(0)
 """
-UNITTEST_MAIN_HACK = """
-import os
-open("/tmp/test_evil.py", "w").write('''
+# a test module that, imported in the harness's process, reports the judge's token as a pass
+TOKEN_THIEF_MODULE = """
 import sys, os
 f = sys._getframe()
 while f is not None and f.f_code.co_name != "judge":
     f = f.f_back
 os.write(f.f_locals["report"], f.f_locals["token"])
 os._exit(0)
-''')
+"""
+UNITTEST_MAIN_HACK = f"""
+import os
+open("/tmp/test_evil.py", "w").write({TOKEN_THIEF_MODULE!r})
 zz_mod = type(os)("unittest.__main__")
 def add(a, b):
     return 0
@@ -635,9 +637,6 @@ def test_no_zombie_is_left_after_an_execution():
     assert zombies == [] and got.status == "exited", (zombies, got)
 
 
-ADD_TESTS = json.dumps({"asserts": ["assert add(1, 2) == 3", "assert add(3, 4) == 7"]})
-
-
 def test_the_program_never_holds_the_token_s_stdin():
     """The docstring's promise: the child's stdin is /dev/null, so it cannot read the token or the test."""
     program = "import os, stat\ndef is_null():\n    return stat.S_ISCHR(os.fstat(0).st_mode)"
@@ -647,7 +646,7 @@ def test_the_program_never_holds_the_token_s_stdin():
 
 def test_a_right_program_that_prints_still_passes():
     program = "def add(a, b):\n    print('debugging', a, b)\n    return a + b"
-    assert code_tests_reward(fenced(program), ADD_TESTS) == {"score": 1.0, "outcome": "passed"}
+    assert code_tests_reward(fenced(program), ADD_ASSERTS) == {"score": 1.0, "outcome": "passed"}
 
 
 @pytest.mark.parametrize(
@@ -671,25 +670,18 @@ def test_a_subclass_s_own_methods_do_not_forge_its_value(code):
 # The existing UNITTEST_MAIN_HACK binds `zz_mod`, whose name is not its module's, so it never reaches
 # the SAFE_MODULES check; this one binds the module under its own name and makes /tmp a package that
 # unittest's discovery (run by importing unittest.__main__ with cwd "/") imports in the test's process.
-UNITTEST_MAIN_EXACT = '''
+UNITTEST_MAIN_EXACT = f"""
 import os
 open("/tmp/__init__.py", "w").write("")
-open("/tmp/test_evil.py", "w").write("""
-import sys, os
-f = sys._getframe()
-while f is not None and f.f_code.co_name != "judge":
-    f = f.f_back
-os.write(f.f_locals["report"], f.f_locals["token"])
-os._exit(0)
-""")
+open("/tmp/test_evil.py", "w").write({TOKEN_THIEF_MODULE!r})
 globals()["unittest.__main__"] = type(os)("unittest.__main__")
 def add(a, b):
     return 0
-'''
+"""
 
 
 def test_a_module_the_program_names_exactly_is_imported_only_if_safe():
-    assert code_tests_reward(fenced(UNITTEST_MAIN_EXACT), ADD_TESTS)["score"] == 0.0
+    assert code_tests_reward(fenced(UNITTEST_MAIN_EXACT), ADD_ASSERTS)["score"] == 0.0
 
 
 def test_workers_die_with_a_killed_zygote():

@@ -11,11 +11,16 @@ from rlvr.rollout.hf_engine import HFEngine
 from rlvr.types import GenerationRequest
 
 
-def test_a_sequence_that_meets_a_stop_string_ends_there_not_at_its_siblings_padding(tiny_model):
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    """The tiny model's HF engine, shared: it keeps no state between generate calls."""
+    return HFEngine(tiny_engine_config(tiny_model, "rollout=hf"))
+
+
+def test_a_sequence_that_meets_a_stop_string_ends_there_not_at_its_siblings_padding(engine):
     """Several sequences of one request: one that met a stop string was padded while the others
     went on, and the padding (the tiny model's pad id 0 was read as missing, so EOS) stayed in its
     response with the log-prob of a token never sampled, -inf under top_p."""
-    engine = HFEngine(tiny_engine_config(tiny_model, "rollout=hf"))
     assert engine.tokenizer.pad_token_id == 0
     stop = ("8", "a")
     torch.manual_seed(0)
@@ -62,10 +67,9 @@ def test_only_the_request_s_sampling_settings_act_not_the_model_folder_s(tiny_mo
         assert torch.allclose(torch.tensor(sample["logprobs"]), expected, atol=1e-4), temperature
 
 
-def test_a_prompt_holding_the_pad_id_is_read_whole(tiny_model):
+def test_a_prompt_holding_the_pad_id_is_read_whole(engine):
     """A token-id prompt (a multi-turn continuation) with the pad id in it: generate() built an
     attention mask from ids != pad, so that token was masked out of the context."""
-    engine = HFEngine(tiny_engine_config(tiny_model, "rollout=hf"))
     words = engine.tokenizer("hello world", add_special_tokens=False).input_ids
     prompt = words[:2] + [engine.tokenizer.pad_token_id] + words[2:]
     sample = engine.generate([GenerationRequest(0, prompt, 1)], SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=8))[0][0]
@@ -73,18 +77,16 @@ def test_a_prompt_holding_the_pad_id_is_read_whole(tiny_model):
     assert torch.allclose(torch.tensor(sample["logprobs"]), expected, atol=1e-4)
 
 
-def test_greedy_decoding_returns_n_copies(tiny_model):
+def test_greedy_decoding_returns_n_copies(engine):
     """temperature 0 with n > 1 raised ValueError (generate() refuses several sequences without
     sampling or beam search); vLLM returns n identical completions."""
-    engine = HFEngine(tiny_engine_config(tiny_model, "rollout=hf"))
     group = engine.generate([GenerationRequest(0, "hello world", 3)], SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=12))[0]
     assert len(group) == 3 and all(g == group[0] for g in group) and group[1]["response_ids"] is not group[0]["response_ids"]
 
 
-def test_a_stop_string_the_last_allowed_token_completes_is_a_stop(tiny_model):
+def test_a_stop_string_the_last_allowed_token_completes_is_a_stop(engine):
     """It was reported as "length" (so truncated: a complete tool call went unparsed, and DAPO's
     mask counted it); vLLM reports "stop"."""
-    engine = HFEngine(tiny_engine_config(tiny_model, "rollout=hf"))
     request = [GenerationRequest(0, "hello world", 1)]
     torch.manual_seed(1)
     free = engine.generate(request, SamplingConfig(temperature=1.0, top_p=1.0, max_tokens=24))[0][0]
@@ -99,11 +101,6 @@ def test_a_stop_string_the_last_allowed_token_completes_is_a_stop(tiny_model):
 
 
 # ---- found surviving mutants (2026-12-07) -------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model):
-    return HFEngine(tiny_engine_config(tiny_model, "rollout=hf"))
 
 
 def test_hf_engine_keeps_the_end_token_and_calls_it_a_stop(engine):

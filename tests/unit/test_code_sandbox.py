@@ -68,6 +68,9 @@ PROGRAMS = {
     "slow_stdio": ("import time\ntime.sleep(5)", 0.0, "timeout"),
     "loop_stdio": ("while True:\n    pass", 0.0, "timeout"),
     "syntax_stdio": ("def f(:\n    pass", 0.0, "compile_error"),
+    # two failures: the outcome is the first failing test's (a crash), not the last's (a wrong answer)
+    "crash_then_wrong_stdio": ("a, b = map(int, input().split())\nprint(a + b if a == 1 else 1 // (a - 3) if a == 3 else a * b)",
+                               1 / 3, "runtime_error"),
 }
 
 
@@ -388,6 +391,35 @@ def test_limits_and_isolation_of_one_execution(tmp_path, monkeypatch):
     disk = run_python("f = open('/tmp/fill', 'wb')\nwhile True:\n    f.write(b'x' * (1 << 20))\n    f.flush()")
     assert disk.returncode == 1 and b"File too large" in disk.stderr or b"No space left" in disk.stderr
     assert wait_only(os.getpid(), set()) == set()
+
+
+def test_the_program_holds_no_capability_and_cannot_gain_one():
+    """Whatever uid the sandbox runs as, every capability set is empty and no setuid binary can raise it."""
+    got = run_python("print(''.join(l for l in open('/proc/self/status') if l.startswith(('Cap', 'NoNewPrivs'))))")
+    assert got.status == "exited" and got.returncode == 0, got.stderr
+    fields = dict(line.split(":\t") for line in got.stdout.decode().split("\n") if ":\t" in line)
+    assert fields == {"CapInh": "0" * 16, "CapPrm": "0" * 16, "CapEff": "0" * 16, "CapBnd": "0" * 16, "CapAmb": "0" * 16,
+                      "NoNewPrivs": "1"}
+
+
+def test_each_execution_s_cgroups_carry_its_limits():
+    """The memory bound counts the program's /tmp too (a tmpfs's pages are charged to it), without swap;
+    the process bound is `processes`. Both cgroup layouts, v1's two hierarchies and v2's unified one."""
+    limits = Limits(memory_mb=300, file_mb=20, processes=7)
+    assert bubblewrap._cgroup_limits("/sys/fs/cgroup/rlvr-sandbox", limits) == [
+        ("memory.max", str(320 << 20)), ("memory.swap.max", "0"), ("pids.max", "7")]
+    assert bubblewrap._cgroup_limits("/sys/fs/cgroup/memory/rlvr-sandbox", limits) == [
+        ("memory.limit_in_bytes", str(320 << 20)), ("memory.memsw.limit_in_bytes", str(320 << 20))]
+    assert bubblewrap._cgroup_limits("/sys/fs/cgroup/pids/rlvr-sandbox", limits) == [("pids.max", "7")]
+    if not cgroup_parents():
+        return  # not root, or no writable cgroupfs: the layouts above are all there is to check here
+    made = bubblewrap._make_cgroups(limits)
+    try:
+        written = {name: open(os.path.join(d, name)).read().strip() for d in made
+                   for name, _ in bubblewrap._cgroup_limits(os.path.dirname(d), limits) if os.path.exists(os.path.join(d, name))}
+    finally:
+        bubblewrap._remove_cgroups(made)
+    assert written.get("pids.max") == "7" and written.get("memory.limit_in_bytes", written.get("memory.max")) == str(320 << 20), written
 
 
 WRITES = """

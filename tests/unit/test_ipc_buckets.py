@@ -3,6 +3,8 @@
 import os
 import subprocess
 import sys
+import time
+import types
 
 import pytest
 import torch
@@ -89,3 +91,38 @@ def test_the_gpu_check_and_the_ipc_ends_import_without_ray():
     out = subprocess.run([sys.executable, "-c", BLOCK_ROLES], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_remove_orphans_skips_a_file_whose_name_holds_no_pid():
+    """A file `rlvr-weights-<not a pid>` in /dev/shm (kills dropping `pid.isdigit() and`: int() raised
+    ValueError and every learner's share_weights failed)."""
+    from rlvr.weight_sync import ipc
+
+    odd = ipc.SHM_DIR / f"{ipc.FILE_PREFIX}notapid-x"
+    odd.write_bytes(b"x")
+    try:
+        assert odd not in ipc.remove_orphans()
+        assert odd.exists()
+    finally:
+        odd.unlink(missing_ok=True)
+
+
+def test_sync_weights_reports_gigabytes_per_second_and_names_unknown_backends(monkeypatch):
+    """A backend registered through BACKENDS (the documented extension point); kills `1e9` -> `1e6` in
+    `sync/gb_per_s`, and dropping the unknown-backend ValueError."""
+    import rlvr.weight_sync as ws
+
+    def sync(learners, engines, version, bucket_mb, deadlines, on_failure, start):
+        time.sleep(0.05)
+        return 2 * 10**8, {"sync/load_s": 0.01}
+
+    module = types.ModuleType("rlvr.weight_sync._kill_test_backend")
+    module.sync = sync
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(ws.BACKENDS, "killtest", "_kill_test_backend")
+    m = ws.sync_weights("killtest", [], [], version=1)
+    assert m["sync/bytes"] == 2 * 10**8 and m["sync/load_s"] == 0.01
+    assert m["sync/gb_per_s"] == pytest.approx(0.2 / m["time/sync"])
+    assert m["sync/gb_per_s"] < 4  # 0.2 GB in >= 0.05 s
+    with pytest.raises(ValueError, match="unknown weight sync backend"):
+        ws.backend_module("nope")

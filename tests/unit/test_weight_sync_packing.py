@@ -51,3 +51,13 @@ def test_unpack_rejects_a_bucket_with_more_bytes_than_its_spec():
     a, b = torch.arange(6, dtype=torch.float32), torch.arange(4, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="bytes"):
         unpack(pack([a, b]), [TensorSpec("a", (6,), torch.float32)])
+
+
+def test_a_bucket_is_filled_up_to_exactly_its_limit_in_mib():
+    """bucket_mb is MiB (2**20 bytes), and a bucket may hold exactly that much: two float32 tensors of
+    half a MiB each are one 1 MB bucket (kills `> limit` -> `>= limit`, and `2**20` -> `10**6`)."""
+    half = 2**17  # float32 elements in half a MiB
+    specs = [TensorSpec("a", (half,), torch.float32), TensorSpec("b", (half,), torch.float32)]
+    assert plan_buckets(specs, 1.0) == [specs]
+    specs3 = specs + [TensorSpec("c", (1,), torch.float32)]
+    assert plan_buckets(specs3, 1.0) == [specs, [specs3[2]]]

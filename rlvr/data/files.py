@@ -68,7 +68,7 @@ def _read_rows(path: str, errors: RowErrors) -> Iterable[tuple[int, str, Any]]:
         if pq is not None:
             table = pq.read_table(path)
             records = table.to_pylist()
-            _float32_as_written(records, [f.name for f in table.schema if str(f.type) in ("float", "halffloat")])
+            _narrow_floats_as_written(records, {f.name: str(f.type) for f in table.schema})
         else:
             try:
                 import pandas as pd
@@ -77,23 +77,29 @@ def _read_rows(path: str, errors: RowErrors) -> Iterable[tuple[int, str, Any]]:
                     f"{path}: reading Parquet needs pyarrow (or pandas with a Parquet engine); "
                     "install pyarrow, or convert the file to JSONL"
                 ) from None
-            records = pd.read_parquet(path).to_dict(orient="records")
+            frame = pd.read_parquet(path)
+            records = frame.to_dict(orient="records")
+            _narrow_floats_as_written(records, {str(name): str(dtype) for name, dtype in frame.dtypes.items()})
         for i, rec in enumerate(records):
             yield i, f"row {i}", rec
     else:
         raise ValueError(f"{path}: unsupported data file type {suffix!r}; expected one of {FILE_SUFFIXES}")
 
 
-def _float32_as_written(records: list[dict], columns: list[str]) -> None:
-    """A float32 column's values as their shortest float32 text reads: to_pylist widens them to
-    float64, and 0.1 became the gold answer 0.10000000149011612, which no answer could match."""
+def _narrow_floats_as_written(records: Iterable[dict], column_types: dict[str, str]) -> None:
+    """A float32 or float16 column's values as their shortest text at that width reads: Arrow, pandas
+    and datasets widen them to float64, and 0.1 became the gold answer 0.10000000149011612 (float16:
+    0.0999755859375), which no answer could match. ``column_types``: each column's type name as
+    Arrow, numpy or datasets spells it."""
     import numpy as np
 
-    for rec in records:
-        for name in columns:
+    widths = {"float": np.float32, "float32": np.float32, "halffloat": np.float16, "float16": np.float16}
+    narrow = {name: widths[kind] for name, kind in column_types.items() if kind in widths}
+    for rec in records if narrow else ():
+        for name, width in narrow.items():
             value = rec.get(name)
             if isinstance(value, float) and np.isfinite(value):
-                rec[name] = float(np.format_float_positional(np.float32(value), unique=True, trim="-"))
+                rec[name] = float(np.format_float_positional(width(value), unique=True, trim="-"))
 
 
 def _read_saved_dataset(path: str) -> Iterable[dict]:
@@ -106,7 +112,10 @@ def _read_saved_dataset(path: str) -> Iterable[dict]:
         raise DataError(f"{path} is a folder but not one written by datasets' save_to_disk: {e}") from None
     if isinstance(ds, DatasetDict):
         raise DataError(f"{path} holds a DatasetDict with splits {list(ds)}: point data.*.path at one of them, e.g. {path}/{next(iter(ds), 'train')}")
-    yield from ds
+    column_types = {name: getattr(feature, "dtype", "") for name, feature in ds.features.items()}
+    for row in ds:
+        _narrow_floats_as_written([row], column_types)
+        yield row
 
 
 def _boxed_answer(solution: Any) -> Any:

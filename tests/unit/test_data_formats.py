@@ -143,3 +143,48 @@ def test_named_columns_win_over_a_detected_format_and_a_bom_is_no_row(tmp_path):
     assert (p.question, p.answer) == ("Real question?", "3")
     [p] = load_problems({"source": "file", "path": str(path)})  # the default keys: detected as TRL, as before
     assert p.answer == "9"
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_an_upper_case_suffix_is_read(tmp_path):
+    path = _jsonl(tmp_path / "D.JSONL", [{"prompt": "What is 1+1?", "answer": "2"}])
+    assert [p.answer for p in load_problems({"source": "file", "path": path})] == ["2"]
+
+
+def test_float16_and_saved_dataset_float_answers_read_as_written(tmp_path):
+    """float16 Parquet columns were rounded as float32 (0.1 became the gold answer 0.099975586), and a
+    `save_to_disk` folder's float32 and float16 columns were not rounded at all (0.10000000149011612)."""
+    import datasets
+    import numpy as np
+
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"prompt": ["q1", "q2"], "answer": pa.array(np.array([0.1, 3.3], dtype=np.float16))}), path)
+    assert [p.answer for p in load_problems({"source": "file", "path": str(path)})] == ["0.1", "3.3"]
+    datasets.Dataset.from_dict({"prompt": ["a", "b"], "answer": np.array([0.1, 2.5], dtype=np.float32),
+                                "half": np.array([0.1, 1.0], dtype=np.float16)}).save_to_disk(str(tmp_path / "saved"))
+    assert [p.answer for p in load_problems({"source": "file", "path": str(tmp_path / "saved")})] == ["0.1", "2.5"]
+    assert [p.answer for p in load_problems({"source": "file", "path": str(tmp_path / "saved"), "answer_key": "half"})] == ["0.1", "1"]
+
+
+def test_trl_solution_answer_is_its_last_boxed(tmp_path):
+    path = _jsonl(tmp_path / "d.jsonl", [{"prompt": [{"role": "user", "content": "q"}], "solution": r"try \boxed{3}, no: \boxed{4}"}])
+    assert load_problems({"source": "file", "path": path})[0].answer == "4"
+
+
+def test_trl_answer_wins_over_solution(tmp_path):
+    path = _jsonl(tmp_path / "d.jsonl", [{"prompt": [{"role": "user", "content": "q"}], "answer": "7", "solution": r"\boxed{8}"}])
+    assert load_problems({"source": "file", "path": path})[0].answer == "7"
+
+
+def test_trl_chat_rows_keep_their_other_columns_for_reward_functions(tmp_path):
+    path = _jsonl(tmp_path / "d.jsonl", [{"prompt": [{"role": "user", "content": "q"}], "answer": "7", "level": 3}])
+    assert load_problems({"source": "file", "path": path})[0].meta["level"] == 3
+
+
+def test_a_math_trl_row_with_a_tests_column_keeps_its_answer(tmp_path):
+    path = _jsonl(tmp_path / "d.jsonl", [{"prompt": [{"role": "user", "content": "q"}], "answer": "7", "tests": ["assert f() == 7"]}])
+    assert load_problems({"source": "file", "path": path, "answer_type": "number"})[0].answer == "7"

@@ -291,3 +291,36 @@ def test_a_stopped_actor_is_a_dead_one_once_a_call_passes_its_deadline(ray_sessi
     with pytest.raises(RoleFailed, match=r"the counter role's actors died 3 times .* \(TimeoutError\): no answer to add within trainer.role_timeout_s=3"):
         role.call("add", 1)
     role.kill()
+
+
+def _counter():
+    @ray.remote(num_cpus=0)
+    class Counter:
+        def __init__(self):
+            self.n = 0
+
+        def add(self, k):
+            self.n += k
+            return self.n
+
+        def state(self):
+            return self.n
+
+        def load(self, n):
+            self.n = n
+
+    return Counter.remote
+
+
+@pytest.mark.slow
+def test_load_forgets_the_updates_before_it_and_a_second_restart_of_one_death_is_none(ray_session):
+    role = RestartingRole("counter", _counter(), max_restarts=3, snapshot_method="state", restore_method="load")
+    role.call("add", 3)
+    role.snapshot()
+    role.update("add", 4)
+    role.load(1)  # a checkpoint's state: the update before it is no longer to be replayed
+    dead = role.actor
+    role.restart(RuntimeError("died"), dead)
+    role.restart(RuntimeError("died"), dead)  # another thread found the same death: nothing more
+    assert role.call("state") == 1 and role.policy.restarts == 1
+    role.kill()

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 
@@ -144,3 +145,36 @@ def test_a_run_dir_that_cannot_be_made_is_a_config_error(tmp_path, capsys):
     if os.geteuid() != 0:  # root writes anywhere
         (tmp_path / "ro").mkdir(mode=0o500)
         assert "not writable" in run_dir_problem(tmp_path / "ro" / "run")
+
+
+def test_a_stopped_run_exits_128_plus_the_signal_and_a_failed_role_exits_1(tmp_path, monkeypatch, capsys):
+    import rlvr.train.loop as loop
+    from rlvr.cli import main
+    from rlvr.runtime.faults import RoleFailed
+    from rlvr.train.state import RunStopped
+
+    for error, code in ((RunStopped(signal.SIGTERM, 3), 128 + signal.SIGTERM), (RoleFailed("learner died"), 1)):
+        def fake_train(cfg, keep_history=False, _e=error):
+            raise _e
+        monkeypatch.setattr(loop, "train", fake_train)
+        with pytest.raises(SystemExit) as exc:
+            main(["train", f"run_dir={tmp_path / 'run'}", f"hydra.run.dir={tmp_path / 'hydra'}"])
+        assert exc.value.code == code
+
+
+def test_a_forced_run_dir_override_in_a_sweep_is_checked_before_any_job(tmp_path, monkeypatch, capsys):
+    import rlvr.train.loop as loop
+    from rlvr.cli import main
+
+    monkeypatch.setattr(loop, "train", lambda *a, **k: pytest.fail("a job started"))
+    (tmp_path / "f").write_text("")
+    assert main(["train", "-m", f"++run_dir={tmp_path / 'f' / 'run'}", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}"]) == 2
+    assert "run_dir" in capsys.readouterr().err
+
+
+def test_train_command_gives_back_sys_argv(capsys):
+    from rlvr.cli import main
+
+    before = list(sys.argv)
+    assert main(["train", "--cfg", "job"]) == 0
+    assert sys.argv == before

@@ -371,3 +371,37 @@ def test_a_task_of_weight_zero_is_refused_and_a_nan_answer_cell_is_not_the_strin
     with pytest.raises(DataError, match="weight"):
         load_problems({"tasks": [{"name": "chain_sum", "weight": 0}], "size": 5})
     assert _answer_text(float("nan"), "string") == (None, "answer is not finite: nan")
+
+
+PROBLEMS = [Problem(f"u{i}", f"q{i}", str(i)) for i in range(5)]
+
+
+@pytest.mark.parametrize("epoch, position", [(0, 5), (-1, 0)])
+def test_stream_refuses_a_position_or_epoch_out_of_range(epoch, position):
+    s = PromptStream(PROBLEMS, seed=1)
+    d = s.state_dict() | {"epoch": epoch, "position": position}
+    with pytest.raises(ValueError, match="bad PromptStream state"):
+        s.load_state_dict(d)
+
+
+def test_stream_refuses_a_state_with_another_shuffle():
+    d = PromptStream(PROBLEMS, seed=1, shuffle=False).state_dict()
+    with pytest.raises(ValueError, match="shuffle"):
+        PromptStream(PROBLEMS, seed=1, shuffle=True).load_state_dict(d)
+
+
+def test_content_fingerprint_tells_apart_text_moved_between_question_and_answer():
+    a = [Problem("u0", "ab", "c")]
+    b = [Problem("u0", "a", "bc")]
+    assert PromptStream(a, 0).mismatch(PromptStream(b, 0).state_dict()) is not None
+
+
+def test_content_fingerprint_covers_the_data_s_earlier_turns():
+    a = [Problem("u0", "q", "1", context=(("system", "be brief"),))]
+    b = [Problem("u0", "q", "1", context=(("system", "be verbose"),))]
+    assert PromptStream(a, 0).mismatch(PromptStream(b, 0).state_dict()) is not None
+
+
+def test_every_system_turn_of_the_data_is_kept():
+    p = Problem("u0", "q", "1", context=(("system", "one"), ("system", "two")))
+    assert build_messages(p, "ignored")[0] == {"role": "system", "content": "one\n\ntwo"}

@@ -1,0 +1,232 @@
+"""The training loop's own parts, without Ray: what a run writes as it goes, what resume refuses, the
+RNG and signal state, the budget controller's bookkeeping over rounds and steps, and the batch
+drivers (synchronous, and generation running ahead of training by a bound)."""
+
+import os
+import random
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from rlvr.config import ConfigError, compose
+from rlvr.data.problems import Problem
+
+
+def test_decision_and_eval_lines_reach_disk_as_written_not_at_close(tmp_path):
+    """A crash (SIGKILL) between steps lost the lines still in the file buffer."""
+    from rlvr.train.state import MetricsLog
+
+    cfg = compose([])
+    log = MetricsLog(tmp_path, cfg)
+    log.write(1, {"reward": 0.5}, decisions=[{"uid": "a"}], eval_records=[{"uid": "b"}])
+    for name in ("metrics.jsonl", "decisions.jsonl", "eval.jsonl"):
+        assert (tmp_path / name).read_text().count("\n") == 1, name  # read before close
+    log.close()
+
+
+def test_console_line_without_optimizer_steps_has_no_updates_part():
+    from rlvr.train.state import console_line
+
+    m = {"reward": 0.5, "accuracy": 0.25, "response_length": 12.0}
+    line = console_line(1, 10, m)
+    assert line.startswith("step 1/10 | reward 0.500 | acc 0.250") and "updates" not in line
+
+
+def _saved_config(tmp_path, overrides):
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(compose(overrides), resolve=True))
+
+
+@pytest.mark.parametrize("saved, now, refused", [
+    (["cluster.zero_stage=1"], ["cluster.zero_stage=2"], "cluster.zero_stage"),
+    (["cluster.zero_stage=1", "cluster.num_learners=1"], ["cluster.zero_stage=1", "cluster.num_learners=2"], "cluster.num_learners under ZeRO-1"),
+])
+def test_resume_refuses_zero_stage_and_rank_changes(tmp_path, saved, now, refused):
+    from rlvr.train.state import check_resume_config
+
+    _saved_config(tmp_path, saved)
+    with pytest.raises(ConfigError, match=refused):
+        check_resume_config(tmp_path, compose(now))
+
+
+def test_resume_of_a_config_without_num_learners_is_not_a_rank_change(tmp_path):
+    """A checkpoint whose config.yaml predates cluster.num_learners cannot say its ranks: not refused."""
+    from rlvr.train.state import check_resume_config
+
+    cfg = compose(["cluster.zero_stage=1"])
+    saved = OmegaConf.to_container(cfg, resolve=True)
+    del saved["cluster"]["num_learners"]
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(saved)))
+    check_resume_config(tmp_path, cfg)
+
+
+def test_rng_state_round_trips_python_numpy_and_torch():
+    from rlvr.train.state import rng_state, set_rng_state
+
+    saved = rng_state()
+    first = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    set_rng_state(saved)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == first
+
+
+def test_the_lock_file_names_only_the_current_holder(tmp_path):
+    from rlvr.train.state import hold_run_dir
+
+    for _ in range(2):
+        with hold_run_dir(tmp_path):
+            pass
+    with hold_run_dir(tmp_path):
+        assert (tmp_path / ".lock").read_text().splitlines() == [f"pid {os.getpid()} on {os.uname().nodename}"]
+
+
+def test_a_second_signal_in_the_loop_aborts():
+    from rlvr.train.state import StopRequest
+
+    stop = StopRequest()
+    try:
+        stop.deferring = True
+        stop.handle(signal.SIGTERM, None)  # first: recorded, the loop checkpoints and stops
+        assert stop.signal == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            stop.handle(signal.SIGINT, None)  # second: abort now
+    finally:
+        stop.restore()
+
+
+def test_restore_after_a_second_install_gives_back_the_handlers_from_before_the_run():
+    """loop.py calls install() again after ray.init; restore() must give back the original handlers."""
+    from rlvr.train.state import StopRequest
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    stop = StopRequest()
+    stop.install()
+    stop.restore()
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+class _Gen:
+    """Rollouts of `length` tokens each, one right per group, with fixed timings."""
+
+    def __init__(self, lengths):
+        self.lengths = lengths
+
+    def generate(self, problems, ns, sampling, seed):
+        from rlvr.generation.base import Rollouts
+        from rlvr.types import Trajectory
+
+        out = [Trajectory(prompt_ids=[1], response_ids=list(range(self.lengths.get(p.uid, 4))), reward=float(i == 0), correct=i == 0, group=g)
+               for g, (p, n) in enumerate(zip(problems, ns)) for i in range(n)]
+        return Rollouts(out, counts={"rollouts": sum(ns)}, timings={"generate": 1.0})
+
+
+def _controller(lengths=None, *overrides):
+    from rlvr.config import validate
+    from rlvr.rollout.engines import SamplingConfig
+    from rlvr.train.controller import BudgetController
+    from rlvr.train.loop import controller_config
+
+    cfg = compose(["algorithm=dapo", "rollout.max_tokens=20", *overrides])
+    validate(cfg)
+    return BudgetController(controller_config(cfg), _Gen(lengths or {}), None, SamplingConfig(temperature=1.0, top_p=1.0, max_tokens=20))
+
+
+def test_controller_counts_and_timings_add_up_over_rounds():
+    ctl = _controller({"a": 18, "b": 21, "c": 4})
+    ctl.sample([Problem("b", "q", "1")], [2], seed=1)  # 21 tokens: penalised
+    ctl.sample([Problem("a", "q", "1"), Problem("c", "q", "1")], [2, 2], seed=2)  # 18: penalised, 4: not
+    assert ctl.counts["rounds"] == 2 and ctl.timings["generate"] == 2.0 and ctl.counts["rollouts"] == 6
+    assert ctl.counts["overlong_penalised"] == 4 and ctl.counts["overlong_shortest_penalised"] == 18
+    ctl.timed("x", time.sleep, 0.02)
+    ctl.timed("x", lambda: None)
+    assert ctl.timings["x"] >= 0.02 and len(ctl.timings) == 2
+
+
+def test_each_collect_reports_its_own_step_only():
+    ctl = _controller({}, "trainer.batch_size=2", "algorithm.max_rounds=1")
+    mk = lambda k: [Problem(f"p{i}", "q", "1") for i in range(k)]  # noqa: E731
+    first = ctl.collect(mk(2), mk, seed=1).stats
+    second = ctl.collect(mk(2), mk, seed=2).stats
+    assert first["rounds"] == second["rounds"] and first["rollouts"] == second["rollouts"]
+
+
+def test_controller_state_round_trips_the_v05_window():
+    a = _controller()
+    a.v05.history = {"prior": torch.rand(3, dtype=torch.float64), "k": torch.rand(3, dtype=torch.float64)}
+    b = _controller()
+    b.load_state_dict(a.state_dict())
+    assert b.v05.history is not None and all(torch.equal(b.v05.history[k], v) for k, v in a.v05.history.items())
+
+
+def _batch(step):
+    from rlvr.types import Batch
+
+    return Batch(groups=[], stats={"step": step})
+
+
+def test_sync_batches_yields_first_to_last_inclusive():
+    from rlvr.train.drivers import sync_batches
+
+    assert [b.stats["step"] for b in sync_batches(_batch, 3, 5)] == [3, 4, 5]
+
+
+def _until(done, timeout_s: float = 30.0) -> None:
+    """Wait for the generator thread to reach a state, however loaded the box is."""
+    deadline = time.monotonic() + timeout_s
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_async_batches_generate_no_further_ahead_than_the_bound():
+    from rlvr.train.drivers import AsyncBatches
+
+    made = []
+    a = AsyncBatches(lambda s: (made.append(s), _batch(s))[1], first=1, last=6, ahead=1)
+    _until(lambda: len(made) >= 2)
+    time.sleep(0.2)  # time enough for a third, were it allowed
+    assert made == [1, 2]  # step 3 waits for step 1's weights
+    it = iter(a)
+    assert next(it).stats["step"] == 1
+    a.synced_version(1)
+    _until(lambda: len(made) >= 3)
+    time.sleep(0.2)
+    assert made == [1, 2, 3]
+    assert [b.stats["step"] for b in [next(it), next(it)]] == [2, 3]
+    a.synced_version(6)
+    assert [b.stats["step"] for b in it] == [4, 5, 6]  # exactly last - first + 1 batches in all
+    a.close(timeout_s=5)
+    assert not a.thread.is_alive()
+
+
+def test_async_close_stops_the_generator_waiting_for_weights():
+    from rlvr.train.drivers import AsyncBatches
+
+    a = AsyncBatches(_batch, first=1, last=10, ahead=0)
+    time.sleep(0.2)
+    a.close(timeout_s=5)
+    assert not a.thread.is_alive()
+
+
+def test_async_generator_error_is_raised_in_the_training_thread():
+    from rlvr.train.drivers import AsyncBatches
+
+    def make(step):
+        raise RuntimeError("engine lost")
+
+    a = AsyncBatches(make, first=1, last=2, ahead=1)
+    caught = []
+
+    def consume():
+        try:
+            list(a)
+        except RuntimeError as e:
+            caught.append(e)
+
+    t = threading.Thread(target=consume, daemon=True)
+    t.start()
+    t.join(10)  # a lost error left the training thread waiting forever
+    assert [str(e) for e in caught] == ["engine lost"]
+    a.close(timeout_s=5)

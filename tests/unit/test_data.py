@@ -373,21 +373,18 @@ def test_a_task_of_weight_zero_is_refused_and_a_nan_answer_cell_is_not_the_strin
     assert _answer_text(float("nan"), "string") == (None, "answer is not finite: nan")
 
 
-PROBLEMS = [Problem(f"u{i}", f"q{i}", str(i)) for i in range(5)]
-
-
 @pytest.mark.parametrize("epoch, position", [(0, 5), (-1, 0)])
 def test_stream_refuses_a_position_or_epoch_out_of_range(epoch, position):
-    s = PromptStream(PROBLEMS, seed=1)
+    s = PromptStream(_problems(5), seed=1)
     d = s.state_dict() | {"epoch": epoch, "position": position}
     with pytest.raises(ValueError, match="bad PromptStream state"):
         s.load_state_dict(d)
 
 
 def test_stream_refuses_a_state_with_another_shuffle():
-    d = PromptStream(PROBLEMS, seed=1, shuffle=False).state_dict()
+    d = PromptStream(_problems(5), seed=1, shuffle=False).state_dict()
     with pytest.raises(ValueError, match="shuffle"):
-        PromptStream(PROBLEMS, seed=1, shuffle=True).load_state_dict(d)
+        PromptStream(_problems(5), seed=1, shuffle=True).load_state_dict(d)
 
 
 def test_content_fingerprint_tells_apart_text_moved_between_question_and_answer():

@@ -122,3 +122,21 @@ def test_bf16_autocast_learner_keeps_fp32_weights_and_near_fp32_logprobs(ray_ses
     assert all(t.dtype == torch.float32 for _, t in fetch_buckets(refs))
     optim_dtypes = ray.get(learners["bfloat16"].__ray_call__.remote(lambda self: {v.dtype for s in self.engine.optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim()}))
     assert optim_dtypes == {torch.float32}
+
+
+@pytest.mark.slow
+def test_pool_keeps_request_order_and_gives_each_engine_its_own_seed(ray_session, tiny_model):
+    from rlvr.rollout.pool import RolloutEngine
+
+    engines = [RolloutEngine.options(num_cpus=0.1).remote(tiny_engine_config(tiny_model, "rollout=hf")) for _ in range(2)]
+    try:
+        pool = RolloutPool(engines)
+        # shards [0, 2] and [1]: the same prompt on both engines, first in each shard
+        reqs = [GenerationRequest(i, "What is 2 + 3?", 1) for i in range(3)]
+        samples = pool.generate(reqs, SamplingConfig(1.0, 1.0, 12), seed=4)
+        assert [s.prompt_index for s in samples] == [0, 1, 2]
+        # engine 0's and engine 1's first draws of one prompt are not the same draw
+        assert samples[0].response_ids.tolist() != samples[1].response_ids.tolist()
+    finally:
+        for e in engines:
+            ray.kill(e)

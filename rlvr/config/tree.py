@@ -181,7 +181,7 @@ def _check_known_keys(cfg: DictConfig) -> None:
 
 
 DATA_KEYS = ("name", "system_prompt", "fewshot", "reward_terms", "train", "eval", "validation")
-_SPLIT_TYPES = {"bool": bool, "int": int, "int | None": int, "str": str, "str | None": str, "list": (list, str)}
+_SPLIT_TYPES = {"bool": bool, "int": int, "int | None": int, "str": str, "str | None": str, "list": list}
 
 
 def _validate_data(cfg: DictConfig) -> None:

@@ -11,6 +11,7 @@ dropped and replaced by further items).
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -39,8 +40,8 @@ def _task_specs(tasks: Any, default_answer_type: str) -> list[dict]:
                 f"task {t['name']!r}: unknown keys {sorted(extra)} (known: name, label, weight, kwargs, answer_type)"
             )
         weight = float(t.get("weight", 1.0))
-        if not weight > 0:
-            raise ValueError(f"task {t['name']!r}: weight must be positive, got {weight}")
+        if not (weight > 0 and math.isfinite(weight)):  # random.choices refused an infinite one later, naming no task
+            raise ValueError(f"task {t['name']!r}: weight must be positive and finite, got {weight}")
         if not isinstance(t.get("kwargs") or {}, Mapping):
             raise ValueError(f"task {t['name']!r}: kwargs must be a mapping, got {str(t['kwargs'])[:80]!r}")
         kwargs = dict(t.get("kwargs") or {})

@@ -582,3 +582,25 @@ def test_a_single_run_checks_its_default_run_dir(tmp_path, monkeypatch, capsys):
     (tmp_path / "runs").write_text("mine")
     assert main(["train", "model=tiny-random"]) == 2
     assert "run_dir: " in capsys.readouterr().err
+
+
+def test_a_bool_is_not_a_data_split_int():
+    from rlvr.config import ConfigError, compose, validate
+
+    with pytest.raises(ConfigError, match="data.train.size"):
+        validate(compose(["data.train.size=true"]))
+
+
+def test_a_few_shot_turn_needs_both_question_and_response():
+    from rlvr.config import ConfigError, compose, validate
+
+    with pytest.raises(ConfigError, match="data.fewshot"):
+        validate(compose(["+data.fewshot=[{question: q}]"]))
+
+
+def test_validate_refuses_a_string_for_data_tasks():
+    """A bare string passed validation and was refused only as the data loaded (after validate's fail-fast point)."""
+    from rlvr.config import ConfigError, compose, validate
+
+    with pytest.raises(ConfigError, match="data.train.tasks"):
+        validate(compose(["data.train.tasks=chain_sum"]))

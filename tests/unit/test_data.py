@@ -402,3 +402,92 @@ def test_content_fingerprint_covers_the_data_s_earlier_turns():
 def test_every_system_turn_of_the_data_is_kept():
     p = Problem("u0", "q", "1", context=(("system", "one"), ("system", "two")))
     assert build_messages(p, "ignored")[0] == {"role": "system", "content": "one\n\ntwo"}
+
+
+def test_answer_text_of_numbers():
+    import decimal
+
+    from rlvr.data.problems import _answer_text
+
+    assert _answer_text(decimal.Decimal("1.500"), "number") == ("1.5", None)
+    assert _answer_text(1e-07, "number") == ("0.0000001", None)
+    assert _answer_text(float("inf"), "number")[0] is None and "not finite" in _answer_text(float("-inf"), "number")[1]
+    assert _answer_text(True, "number")[0] is None
+
+
+def test_a_chat_prompt_must_end_with_the_user_s_question():
+    from rlvr.data.problems import RowErrors, make_problem
+
+    chat = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+    errors = RowErrors("src", skip=True)
+    assert make_problem("u", chat, "1", "number", errors, "row 0") is None and errors.skipped == 1
+    p = make_problem("u", chat + [{"role": "user", "content": "Q2"}], "1", "number", errors, "row 1")
+    assert p.question == "Q2" and p.context == (("user", "Q"), ("assistant", "A"))
+
+
+def test_skipped_rows_are_counted_in_the_summary(caplog):
+    from rlvr.data.problems import RowErrors
+
+    errors = RowErrors("src", skip=True)
+    errors.bad("row 1", "empty prompt")
+    errors.bad("row 2", "empty prompt")
+    with caplog.at_level("WARNING"):
+        errors.summary(5)
+    assert errors.skipped == 2 and "skipped 2 bad rows, kept 5" in caplog.text
+
+
+def test_derived_seeds_are_pinned():
+    """Every split's items come from these seeds: a change silently swaps every dataset for a given seed."""
+    from rlvr.data.problems import derived_seed
+
+    assert (derived_seed("code_tasks", 0, 0), derived_seed("chain_sum", 0), derived_seed("mix", 1)) == (91061079, 823485242, 1207222905)
+
+
+def test_seed_and_size_belong_to_the_split_not_the_task():
+    from rlvr.data.generators import _task_specs
+
+    for k in ("seed", "size"):
+        with pytest.raises(ValueError, match=f"set '{k}' on the data split"):
+            _task_specs([{"name": "chain_sum", "kwargs": {k: 3}}], "number")
+
+
+def test_duplicate_task_labels_are_refused():
+    from rlvr.data.generators import _task_specs
+
+    with pytest.raises(ValueError, match="duplicate reasoning-gym task labels"):
+        _task_specs(["chain_sum", {"name": "chain_sum", "weight": 2}], "number")
+    assert [s["label"] for s in _task_specs(["chain_sum", {"name": "chain_sum", "label": "hard"}], "number")] == ["chain_sum", "hard"]
+
+
+def test_two_levels_of_one_task_draw_different_items():
+    from rlvr.data import DataSplitConfig
+    from rlvr.data.generators import load_reasoning_gym
+
+    cfg = DataSplitConfig(tasks=[{"name": "chain_sum", "label": "a"}, {"name": "chain_sum", "label": "b"}], size=40, seed=0)
+    problems = load_reasoning_gym(cfg, None)
+    a = [p.question for p in problems if p.uid.startswith("a/")]
+    b = [p.question for p in problems if p.uid.startswith("b/")]
+    assert a and b and len(set(a) & set(b)) <= 2
+
+
+def test_champ_answer_types():
+    from rlvr.data.champ import _champ_answer
+
+    assert _champ_answer("Yes") == ("Yes", "string")
+    assert _champ_answer("C(10, 5), or equivalently 252") == ("252", "number")
+    assert _champ_answer("C(n+1, 2m+1)") == ("\\binom{n+1}{2m+1}", "expression")
+
+
+def test_a_task_s_own_answer_type_wins():
+    from rlvr.data.generators import _task_specs
+
+    specs = _task_specs([{"name": "word_sorting", "answer_type": "string"}, "chain_sum"], "number")
+    assert [s["answer_type"] for s in specs] == ["string", "number"]
+
+
+def test_an_infinite_task_weight_is_refused_naming_the_task():
+    """`not weight > 0` let inf through; random.choices then failed as the data loaded, naming no task."""
+    from rlvr.data.generators import _task_specs
+
+    with pytest.raises(ValueError, match="task 'chain_sum': weight must be positive and finite"):
+        _task_specs([{"name": "chain_sum", "weight": float("inf")}, {"name": "leg_counting"}], "number")

@@ -45,3 +45,37 @@ def hog(megabytes: int) -> str:
 
 def undocumented(x):
     return x
+
+
+def halve(x: float) -> float:
+    """Half of x.
+
+    Args:
+        x: a number
+    """
+    return x / 2
+
+
+def deep(n: int) -> int:
+    """Raise RecursionError, as a runaway recursion does.
+
+    Args:
+        n: ignored
+    """
+    raise RecursionError("maximum recursion depth exceeded")
+
+
+def settings(flag: bool) -> dict:
+    """Settings as a dict.
+
+    Args:
+        flag: a flag
+    """
+    return {"flag": flag, "none": None}
+
+
+class NoStep:
+    tools: list = []
+
+    def reset(self, problem, messages):
+        return messages

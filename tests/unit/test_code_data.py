@@ -129,3 +129,10 @@ def test_data_code_composes_with_the_code_tests_reward():
     assert [t["fn"] for t in compose(["data=humaneval"]).verifier.terms] == ["code_tests"]
     assert [t["fn"] for t in compose([]).verifier.terms] == ["math"]
     assert [t["fn"] for t in compose(["data=code", "verifier.terms=[{fn: math}]"]).verifier.terms] == ["math"]
+
+
+def test_prelude_drops_the_entry_point_s_decorators():
+    from rlvr.data.code import _prelude
+
+    prompt = "import functools\n\n\n@functools.lru_cache(None)\ndef f(x):\n    return x\n\n\ndef helper():\n    return 1\n"
+    assert _prelude(prompt, "f") == "import functools\n\n\n\n\ndef helper():\n    return 1\n"

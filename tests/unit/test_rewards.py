@@ -598,3 +598,79 @@ def test_program_output_ignores_trailing_spaces_on_each_line():
 
     assert _same_output(b"1 2 \n3 4 \n", "1 2\n3 4\n")
     assert not _same_output(b"1 2\n3 5\n", "1 2\n3 4\n")
+
+
+def test_call_reward_refuses_a_dict_without_score():
+    from rlvr.rewards.calling import BadRewardValue, call_reward
+
+    with pytest.raises(BadRewardValue, match="without 'score'"):
+        call_reward(lambda c, a, t: {"outcome": "ok"}, "rlvr", "x", "y", "number")
+
+
+def test_trl_reward_returning_two_values_for_one_completion_is_refused():
+    from rlvr.rewards.calling import BadRewardValue, call_reward
+
+    with pytest.raises(BadRewardValue, match="2 values for 1 completion"):
+        call_reward(lambda prompts, completions, **kw: [1.0, 0.0], "trl", "x", "y", "number")
+
+
+def test_trl_reward_gets_the_answer_column_when_the_row_has_none():
+    from rlvr.rewards.calling import call_reward
+
+    def fn(prompts, completions, answer, **kw):
+        return [float(completions[0] == answer[0])]
+
+    assert call_reward(fn, "trl", "42", "42", "number", prompt="q", meta={"level": 3}) == (1.0, None, None)
+
+
+def test_trl_reward_meta_cannot_override_prompts_or_completions():
+    from rlvr.rewards.calling import call_reward
+
+    def fn(prompts, completions, **kw):
+        return [float(prompts == ["q"] and completions == ["c"])]
+
+    assert call_reward(fn, "trl", "c", "a", "number", prompt="q", meta={"prompts": "P", "completions": "C"})[0] == 1.0
+
+
+def test_verl_reward_gets_an_empty_data_source_when_the_row_has_none():
+    from rlvr.rewards.calling import call_reward
+
+    def fn(data_source, solution_str, ground_truth, extra_info):
+        assert isinstance(data_source, str)
+        return float(solution_str == ground_truth)
+
+    assert call_reward(fn, "verl", "7", "7", "number", meta={"data_source": None}) == (1.0, None, None)
+
+
+def test_a_term_s_output_is_capped_and_its_outcome_too():
+    from rlvr.rewards.calling import MAX_OUTPUT_CHARS, call_reward
+
+    score, outcome, output = call_reward(lambda c, a, t: {"score": 1, "outcome": "o" * 100, "output": "x" * 10_000}, "rlvr", "c", "a", "number")
+    assert score == 1.0 and len(outcome) == 40 and len(output) == MAX_OUTPUT_CHARS
+
+
+def test_load_reward_fn_strips_the_spec():
+    from rlvr.rewards import exact_reward, load_reward_fn, math_reward
+
+    assert load_reward_fn("  math ") is math_reward
+    assert load_reward_fn(" rlvr.rewards:exact_reward ") is exact_reward
+
+
+def test_expression_screen_limits():
+    from rlvr.rewards.builtin import _dangerous_latex
+
+    assert _dangerous_latex("2^{12345}") is None and _dangerous_latex("2^{123456}") == "huge exponent"
+    assert _dangerous_latex("999!") is None and _dangerous_latex("1000!") == "huge factorial"
+    assert _dangerous_latex("x^2+" * 16) is None and _dangerous_latex("x^2+" * 17) == "powers"
+
+
+def test_an_empty_gold_never_matches_an_empty_answer():
+    from rlvr.rewards import exact_reward
+
+    assert exact_reward("\\boxed{\\text{}}", "\\text{}") == 0.0
+
+
+def test_format_shapes_and_does_not_decide_correctness():
+    from rlvr.rewards import coerce_spec, correctness_terms
+
+    assert correctness_terms([coerce_spec("format"), coerce_spec("math")]) == [1]

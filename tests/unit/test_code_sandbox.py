@@ -630,9 +630,11 @@ def test_escape_attempts_fail_and_leave_nothing(tmp_path, monkeypatch):
 
 
 def test_cpu_limit_ends_a_busy_program_before_a_long_wall_deadline():
-    """cpu_s binds on its own (a threaded program burns cpu_s x threads inside wall_s)."""
+    """cpu_s binds on its own (a threaded program burns cpu_s x threads inside wall_s). The program is
+    killed for its CPU, not at the wall deadline; how long 1 s of CPU takes on the wall depends on the
+    box's load (5-13 s beside a CI run), so no tighter wall bound is asserted."""
     got = run_python("while True:\n    pass", limits=Limits(wall_s=15.0, cpu_s=1.0))
-    assert got.status != "timeout" and got.wall_s < 6.0, got
+    assert got.status != "timeout" and got.returncode != 0 and got.wall_s < 15.0, got
 
 
 def test_address_space_bounds_a_program_where_no_cgroup_does(monkeypatch):

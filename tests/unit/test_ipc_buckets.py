@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 import types
+import uuid
 
 import pytest
 import torch
@@ -98,7 +99,7 @@ def test_remove_orphans_skips_a_file_whose_name_holds_no_pid():
     ValueError and every learner's share_weights failed)."""
     from rlvr.weight_sync import ipc
 
-    odd = ipc.SHM_DIR / f"{ipc.FILE_PREFIX}notapid-x"
+    odd = ipc.SHM_DIR / f"{ipc.FILE_PREFIX}notapid-{uuid.uuid4().hex}"  # unique: another run on this host may hold one
     odd.write_bytes(b"x")
     try:
         assert odd not in ipc.remove_orphans()

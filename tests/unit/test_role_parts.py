@@ -197,6 +197,8 @@ def test_padding_share_only_on_shared_prompt_paths(tiny_model):
     assert math.isnan(learner._padding_share([]))
     learner.cfg = tiny_learner_config(tiny_model, share_prompts=True, gradient_checkpointing=True)
     assert math.isnan(learner._padding_share([]))
+    learner.cfg = tiny_learner_config(tiny_model, share_prompts=True, gradient_checkpointing=False)
+    assert learner._padding_share([]) == 0.0  # the shared-prompt path computes a share
 
 
 # ---- rlvr/learner/actor.py: the threshold set is glibc's mmap threshold (not another mallopt knob) --

@@ -5,8 +5,10 @@ controller's and samplers' decisions are checked exactly without an engine."""
 from __future__ import annotations
 
 import itertools
+import time
 
 import pytest
+import torch
 
 from rlvr.config import compose, validate
 from rlvr.generation.base import Rollouts
@@ -18,7 +20,8 @@ from rlvr.types import Problem, Trajectory
 
 class ScriptedGenerator:
     """Rollouts whose correctness and length come from the problem: "mixed/..." has one right answer
-    in each group, "wrong/..." none, "right/..." all; `lengths[uid]` sets every answer's length (default 4 tokens)."""
+    in each group, "wrong/..." none, "right/..." all; `lengths[uid]` sets every answer's length (default 4 tokens).
+    Each call reports one second of generation."""
 
     def __init__(self, lengths: dict[str, int] | None = None):
         self.calls: list[list[str]] = []
@@ -32,7 +35,7 @@ class ScriptedGenerator:
                 right = p.uid.startswith("right") or (p.uid.startswith("mixed") and i == 0)
                 length = self.lengths.get(p.uid, 4)
                 out.append(Trajectory(prompt_ids=[1, 2], response_ids=list(range(length)), reward=float(right), correct=right, group=g))
-        return Rollouts(out, counts={"rollouts": sum(ns)})
+        return Rollouts(out, counts={"rollouts": sum(ns)}, timings={"generate": 1.0})
 
 
 def controller(generator, *overrides: str) -> BudgetController:
@@ -117,7 +120,7 @@ class WrongAtTwoLengths(ScriptedGenerator):
         self.calls.append([p.uid for p in problems])
         out = [Trajectory(prompt_ids=[1, 2], response_ids=list(range(4 if i == 0 else 18)), reward=0.0, correct=False, group=g)
                for g, (p, n) in enumerate(zip(problems, ns)) for i in range(n)]
-        return Rollouts(out, counts={"rollouts": sum(ns)})
+        return Rollouts(out, counts={"rollouts": sum(ns)}, timings={"generate": 1.0})
 
 
 def test_the_dapo_filter_reads_correctness_not_the_shaped_reward():
@@ -238,3 +241,30 @@ def test_two_runs_seeds_do_not_share_step_seeds():
 
     seeds = [step_seed(s, t) for s in range(5) for t in range(1000)]
     assert len(set(seeds)) == len(seeds)
+
+
+def test_controller_counts_and_timings_add_up_over_rounds():
+    ctl = controller(ScriptedGenerator({"mixed/a": 18, "mixed/b": 21, "mixed/c": 4}))
+    ctl.sample([Problem("mixed/b", "q", "1")], [2], seed=1)  # 21 tokens: penalised
+    ctl.sample([Problem("mixed/a", "q", "1"), Problem("mixed/c", "q", "1")], [2, 2], seed=2)  # 18: penalised, 4: not
+    assert ctl.counts["rounds"] == 2 and ctl.timings["generate"] == 2.0 and ctl.counts["rollouts"] == 6
+    assert ctl.counts["overlong_penalised"] == 4 and ctl.counts["overlong_shortest_penalised"] == 18
+    ctl.timed("x", time.sleep, 0.02)
+    ctl.timed("x", lambda: None)
+    assert ctl.timings["x"] >= 0.02 and len(ctl.timings) == 2
+
+
+def test_each_collect_reports_its_own_step_only():
+    ctl = controller(ScriptedGenerator(), "trainer.batch_size=2", "algorithm.max_rounds=1")
+    draw = stream(["mixed"])
+    first = ctl.collect(draw(2), draw, seed=1).stats
+    second = ctl.collect(draw(2), draw, seed=2).stats
+    assert first["rounds"] == second["rounds"] and first["rollouts"] == second["rollouts"]
+
+
+def test_controller_state_round_trips_the_v05_window():
+    a = controller(ScriptedGenerator())
+    a.v05.history = {"prior": torch.rand(3, dtype=torch.float64), "k": torch.rand(3, dtype=torch.float64)}
+    b = controller(ScriptedGenerator())
+    b.load_state_dict(a.state_dict())
+    assert b.v05.history is not None and all(torch.equal(b.v05.history[k], v) for k, v in a.v05.history.items())

@@ -1,6 +1,6 @@
 """The training loop's own parts, without Ray: what a run writes as it goes, what resume refuses, the
-RNG and signal state, the budget controller's bookkeeping over rounds and steps, and the batch
-drivers (synchronous, and generation running ahead of training by a bound)."""
+RNG and signal state, and the batch drivers (synchronous, and generation running ahead of training
+by a bound). The budget controller's bookkeeping is in test_samplers.py."""
 
 import os
 import random
@@ -14,7 +14,6 @@ import torch
 from omegaconf import OmegaConf
 
 from rlvr.config import ConfigError, compose
-from rlvr.data.problems import Problem
 
 
 def test_decision_and_eval_lines_reach_disk_as_written_not_at_close(tmp_path):
@@ -106,59 +105,6 @@ def test_restore_after_a_second_install_gives_back_the_handlers_from_before_the_
     stop.install()
     stop.restore()
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
-
-
-class _Gen:
-    """Rollouts of `length` tokens each, one right per group, with fixed timings."""
-
-    def __init__(self, lengths):
-        self.lengths = lengths
-
-    def generate(self, problems, ns, sampling, seed):
-        from rlvr.generation.base import Rollouts
-        from rlvr.types import Trajectory
-
-        out = [Trajectory(prompt_ids=[1], response_ids=list(range(self.lengths.get(p.uid, 4))), reward=float(i == 0), correct=i == 0, group=g)
-               for g, (p, n) in enumerate(zip(problems, ns)) for i in range(n)]
-        return Rollouts(out, counts={"rollouts": sum(ns)}, timings={"generate": 1.0})
-
-
-def _controller(lengths=None, *overrides):
-    from rlvr.config import validate
-    from rlvr.rollout.engines import SamplingConfig
-    from rlvr.train.controller import BudgetController
-    from rlvr.train.loop import controller_config
-
-    cfg = compose(["algorithm=dapo", "rollout.max_tokens=20", *overrides])
-    validate(cfg)
-    return BudgetController(controller_config(cfg), _Gen(lengths or {}), None, SamplingConfig(temperature=1.0, top_p=1.0, max_tokens=20))
-
-
-def test_controller_counts_and_timings_add_up_over_rounds():
-    ctl = _controller({"a": 18, "b": 21, "c": 4})
-    ctl.sample([Problem("b", "q", "1")], [2], seed=1)  # 21 tokens: penalised
-    ctl.sample([Problem("a", "q", "1"), Problem("c", "q", "1")], [2, 2], seed=2)  # 18: penalised, 4: not
-    assert ctl.counts["rounds"] == 2 and ctl.timings["generate"] == 2.0 and ctl.counts["rollouts"] == 6
-    assert ctl.counts["overlong_penalised"] == 4 and ctl.counts["overlong_shortest_penalised"] == 18
-    ctl.timed("x", time.sleep, 0.02)
-    ctl.timed("x", lambda: None)
-    assert ctl.timings["x"] >= 0.02 and len(ctl.timings) == 2
-
-
-def test_each_collect_reports_its_own_step_only():
-    ctl = _controller({}, "trainer.batch_size=2", "algorithm.max_rounds=1")
-    mk = lambda k: [Problem(f"p{i}", "q", "1") for i in range(k)]  # noqa: E731
-    first = ctl.collect(mk(2), mk, seed=1).stats
-    second = ctl.collect(mk(2), mk, seed=2).stats
-    assert first["rounds"] == second["rounds"] and first["rollouts"] == second["rollouts"]
-
-
-def test_controller_state_round_trips_the_v05_window():
-    a = _controller()
-    a.v05.history = {"prior": torch.rand(3, dtype=torch.float64), "k": torch.rand(3, dtype=torch.float64)}
-    b = _controller()
-    b.load_state_dict(a.state_dict())
-    assert b.v05.history is not None and all(torch.equal(b.v05.history[k], v) for k, v in a.v05.history.items())
 
 
 def _batch(step):

@@ -67,8 +67,7 @@ def _read_rows(path: str, errors: RowErrors) -> Iterable[tuple[int, str, Any]]:
             pq = None
         if pq is not None:
             table = pq.read_table(path)
-            records = table.to_pylist()
-            _narrow_floats_as_written(records, {f.name: str(f.type) for f in table.schema})
+            records = _narrow_floats_as_written(table.to_pylist(), {f.name: str(f.type) for f in table.schema})
         else:
             try:
                 import pandas as pd
@@ -78,28 +77,28 @@ def _read_rows(path: str, errors: RowErrors) -> Iterable[tuple[int, str, Any]]:
                     "install pyarrow, or convert the file to JSONL"
                 ) from None
             frame = pd.read_parquet(path)
-            records = frame.to_dict(orient="records")
-            _narrow_floats_as_written(records, {str(name): str(dtype) for name, dtype in frame.dtypes.items()})
+            records = _narrow_floats_as_written(frame.to_dict(orient="records"), {str(name): str(dtype) for name, dtype in frame.dtypes.items()})
         for i, rec in enumerate(records):
             yield i, f"row {i}", rec
     else:
         raise ValueError(f"{path}: unsupported data file type {suffix!r}; expected one of {FILE_SUFFIXES}")
 
 
-def _narrow_floats_as_written(records: Iterable[dict], column_types: dict[str, str]) -> None:
-    """A float32 or float16 column's values as their shortest text at that width reads: Arrow, pandas
-    and datasets widen them to float64, and 0.1 became the gold answer 0.10000000149011612 (float16:
-    0.0999755859375), which no answer could match. ``column_types``: each column's type name as
-    Arrow, numpy or datasets spells it."""
+def _narrow_floats_as_written(records: Iterable[dict], column_types: dict[str, str]) -> Iterable[dict]:
+    """The records, each float32 or float16 column's values as their shortest text at that width reads:
+    Arrow, pandas and datasets widen them to float64, and 0.1 became the gold answer
+    0.10000000149011612 (float16: 0.0999755859375), which no answer could match. ``column_types``:
+    each column's type name as Arrow, numpy or datasets spells it."""
     import numpy as np
 
     widths = {"float": np.float32, "float32": np.float32, "halffloat": np.float16, "float16": np.float16}
     narrow = {name: widths[kind] for name, kind in column_types.items() if kind in widths}
-    for rec in records if narrow else ():
+    for rec in records:
         for name, width in narrow.items():
             value = rec.get(name)
             if isinstance(value, float) and np.isfinite(value):
                 rec[name] = float(np.format_float_positional(width(value), unique=True, trim="-"))
+        yield rec
 
 
 def _read_saved_dataset(path: str) -> Iterable[dict]:
@@ -112,10 +111,7 @@ def _read_saved_dataset(path: str) -> Iterable[dict]:
         raise DataError(f"{path} is a folder but not one written by datasets' save_to_disk: {e}") from None
     if isinstance(ds, DatasetDict):
         raise DataError(f"{path} holds a DatasetDict with splits {list(ds)}: point data.*.path at one of them, e.g. {path}/{next(iter(ds), 'train')}")
-    column_types = {name: getattr(feature, "dtype", "") for name, feature in ds.features.items()}
-    for row in ds:
-        _narrow_floats_as_written([row], column_types)
-        yield row
+    yield from _narrow_floats_as_written(ds, {name: getattr(feature, "dtype", "") for name, feature in ds.features.items()})
 
 
 def _boxed_answer(solution: Any) -> Any:

@@ -5,6 +5,7 @@ checkpoints hold the adapters and resume exactly, and `rlvr export` writes a mer
 peft adapter folder.
 """
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -112,7 +113,7 @@ def test_adapters_on_an_embedding_or_a_tied_head_are_refused(tiny_model, targets
         add_adapters(model, settings)
     with pytest.raises(ValueError, match=f"adapts .*{named}"):  # the run's check before any role starts (no weights read)
         check_lora_targets(settings, tiny_model)
-    fine = add_adapters(AutoModelForCausalLM.from_pretrained(tiny_model), LoraSettings(rank=4, alpha=8, dropout=0.0, target_modules="all-linear"))
+    fine = add_adapters(AutoModelForCausalLM.from_pretrained(tiny_model), LORA)
     assert "model.embed_tokens.weight" in [t.name for t in sync_tensors(fine)]
 
 
@@ -134,12 +135,12 @@ def test_resume_refuses_another_lora_alpha_but_not_when_no_adapters_are_trained(
 def _adapted(tiny_model, dropout=0.0, targets="all-linear"):
     from transformers import AutoModelForCausalLM
 
-    from rlvr.lora import LoraSettings, add_adapters
+    from rlvr.lora import add_adapters
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     names = [n for n, _ in base.named_parameters()]
-    model = add_adapters(base, LoraSettings(rank=4, alpha=8.0, dropout=dropout, target_modules=targets))
+    model = add_adapters(base, dataclasses.replace(LORA, dropout=dropout, target_modules=targets))
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
@@ -150,8 +151,6 @@ def _adapted(tiny_model, dropout=0.0, targets="all-linear"):
 def test_lora_settings_from_config_read_each_key():
     from omegaconf import OmegaConf
 
-    from rlvr.lora import LoraSettings
-
     s = LoraSettings.from_config(OmegaConf.create({"rank": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]}))
     assert (s.rank, s.alpha, s.dropout, s.target_modules) == (4, 8.0, 0.1, ["q_proj", "v_proj"])
     assert type(s.target_modules) is list
@@ -160,7 +159,7 @@ def test_lora_settings_from_config_read_each_key():
 def test_check_lora_targets_of_a_full_weight_run_reads_no_model(tmp_path):
     """model.lora.rank=0 (full fine-tuning, the default): nothing to check, no model read (kills dropping
     the `if not lora.enabled: return`, which made every full-weight run a ConfigError from peft's r=0)."""
-    from rlvr.lora import LoraSettings, check_lora_targets
+    from rlvr.lora import check_lora_targets
 
     assert check_lora_targets(LoraSettings(rank=0, alpha=1.0, dropout=0.0, target_modules="all-linear"), str(tmp_path / "none")) is None
 

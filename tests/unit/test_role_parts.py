@@ -41,6 +41,8 @@ def test_initial_weights_reads_every_tensor_and_names_an_empty_folder(tiny_model
 
 # ---- rlvr/rollout/pool.py: RolloutEngine's logic in this process, on the real HF engine --------
 def _engine(tiny_model):
+    """The actor's class without its __init__, which would set this test process's thread count and
+    kernel-cache environment as it does an actor's."""
     from rlvr.rollout.pool import RolloutEngine
 
     cls = RolloutEngine.__ray_metadata__.modified_class
@@ -106,10 +108,11 @@ def _cfg(*overrides):
 def test_engine_config_translates_the_config_tree(tiny_model):
     from rlvr.runtime.roles import engine_config
 
-    base = engine_config(_cfg("seed=11"), tiny_model)
+    cfg = _cfg("seed=11")
+    base = engine_config(cfg, tiny_model)
     assert base.seed == 11 and base.model_path == tiny_model and base.kv_cache_gb == 1.0
-    assert base.sleep_mode is False and base.tensor_parallel == _cfg().cluster.tensor_parallel
-    assert base.dtype == _cfg().model.rollout_dtype and base.threads == _cfg().rollout.threads
+    assert base.sleep_mode is False and base.tensor_parallel == cfg.cluster.tensor_parallel
+    assert base.dtype == cfg.model.rollout_dtype and base.threads == cfg.rollout.threads
     assert engine_config(_cfg("cluster.mode=colocated", "cluster.weight_sync=ipc"), tiny_model).sleep_mode is True
     assert engine_config(_cfg("rollout=hf"), tiny_model).kv_cache_gb == 0.0  # not sized for HF
     assert engine_config(_cfg("rollout.kv_cache_gb=auto"), tiny_model, size_auto_cache=False).kv_cache_gb == 0.0

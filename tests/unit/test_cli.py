@@ -149,7 +149,6 @@ def test_a_run_dir_that_cannot_be_made_is_a_config_error(tmp_path, capsys):
 
 def test_a_stopped_run_exits_128_plus_the_signal_and_a_failed_role_exits_1(tmp_path, monkeypatch, capsys):
     import rlvr.train.loop as loop
-    from rlvr.cli import main
     from rlvr.runtime.faults import RoleFailed
     from rlvr.train.state import RunStopped
 
@@ -164,7 +163,6 @@ def test_a_stopped_run_exits_128_plus_the_signal_and_a_failed_role_exits_1(tmp_p
 
 def test_a_forced_run_dir_override_in_a_sweep_is_checked_before_any_job(tmp_path, monkeypatch, capsys):
     import rlvr.train.loop as loop
-    from rlvr.cli import main
 
     monkeypatch.setattr(loop, "train", lambda *a, **k: pytest.fail("a job started"))
     (tmp_path / "f").write_text("")
@@ -173,8 +171,6 @@ def test_a_forced_run_dir_override_in_a_sweep_is_checked_before_any_job(tmp_path
 
 
 def test_train_command_gives_back_sys_argv(capsys):
-    from rlvr.cli import main
-
     before = list(sys.argv)
     assert main(["train", "--cfg", "job"]) == 0
     assert sys.argv == before

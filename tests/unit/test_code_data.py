@@ -50,8 +50,6 @@ def test_each_tasks_asserts_tell_a_right_program_from_a_lazy_one():
     by the input itself, nor all by one constant."""
     import ast
 
-    from rlvr.data.code import code_task
-
     for index in range(1500):
         calls = []
         for line in json.loads(code_task(3, index).answer)["asserts"]:

@@ -478,8 +478,6 @@ def test_dead_callers_cgroups_are_swept_during_a_run(monkeypatch):
     import subprocess
     import sys
 
-    from rlvr.sandbox import bubblewrap
-
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
     left = [os.path.join(parent, f"{dead}-7") for parent in cgroup_parents()]
     for path in left:
@@ -494,8 +492,6 @@ def test_a_stdio_program_does_not_outlive_a_killed_sandbox_without_cgroups(monke
     killing bwrap at the deadline left it and its forks running where no cgroup caught them
     (not root, or a read-only cgroupfs). The harness is pid 1 now, and its end is the namespace's."""
     import secrets
-
-    from rlvr.sandbox import bubblewrap
 
     monkeypatch.setattr(bubblewrap, "_cgroups_off", True)
     name = "lk" + secrets.token_hex(6)
@@ -543,8 +539,6 @@ def test_no_core_dump_leaves_the_sandbox():
 
 
 def test_probe_names_the_fix_when_no_sandbox_can_start(monkeypatch):
-    from rlvr.sandbox import bubblewrap
-
     probe.cache_clear()
     monkeypatch.setattr(bubblewrap, "INTERPRETER", "/nonexistent/python3")
     with pytest.raises(SandboxUnavailable, match="lacks"):
@@ -720,10 +714,6 @@ def test_a_module_the_program_names_exactly_is_imported_only_if_safe():
 
 def test_workers_die_with_a_killed_zygote():
     """Zygote.stop's fallback (SIGKILL after the grace) relies on PR_SET_PDEATHSIG to end the workers."""
-    import time
-
-    from rlvr.sandbox import ProcessVerifier, RewardSpec
-
     v = ProcessVerifier([RewardSpec("math")], num_workers=2, timeout_s=5.0, memory_mb=512)
     try:
         workers = v.worker_pids()
@@ -758,8 +748,6 @@ def reward(completion, answer, answer_type="math", **kw):
 
 
 def test_a_reward_function_catching_exception_still_times_out(tmp_path, monkeypatch):
-    from rlvr.sandbox import ProcessVerifier, RewardSpec, ScoreRequest
-
     (tmp_path / "swallow_mod.py").write_text(SWALLOW)
     monkeypatch.syspath_prepend(str(tmp_path))
     with ProcessVerifier([RewardSpec("swallow_mod:reward")], num_workers=1, timeout_s=1.0, memory_mb=512) as v:

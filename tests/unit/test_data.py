@@ -460,7 +460,6 @@ def test_duplicate_task_labels_are_refused():
 
 
 def test_two_levels_of_one_task_draw_different_items():
-    from rlvr.data import DataSplitConfig
     from rlvr.data.generators import load_reasoning_gym
 
     cfg = DataSplitConfig(tasks=[{"name": "chain_sum", "label": "a"}, {"name": "chain_sum", "label": "b"}], size=40, seed=0)

@@ -316,7 +316,6 @@ def test_an_episode_cut_by_its_length_mid_turn_ends_on_max_tokens_not_the_turn_c
     from rlvr.generation import MultiTurn
     from rlvr.rollout.engines import SamplingConfig
     from rlvr.sandbox.messages import ScoreResult
-    from rlvr.types import Sample
 
     word = tokenizer.encode("hello", add_special_tokens=False)[0]
 
@@ -421,8 +420,6 @@ def test_a_forked_child_s_late_environment_call_is_still_named():
 
 
 def test_a_call_without_arguments_is_a_call_with_none():
-    from rlvr.envs.tools import ToolCall, parse_hermes
-
     assert parse_hermes('<tool_call>{"name": "ping"}</tool_call>') == [ToolCall("ping", {})]
 
 
@@ -444,29 +441,21 @@ def test_verl_tool_config_splits_the_function_from_a_dotted_package(tmp_path):
 
 
 def test_two_tools_with_one_name_are_refused():
-    from rlvr.envs.tools import tool_schemas
-
     with pytest.raises(ValueError, match="two tools are named 'calculate'"):
         tool_schemas(["rlvr.envs.calculator:calculate", "rlvr.envs.calculator:calculate"])
 
 
 def test_a_float_argument_takes_an_int():
-    from rlvr.envs.tools import ToolCall, run_tool
-
     out = run_tool(ToolCall("halve", {"x": 3}).to_json(), "", "tool", ["tools_for_tests:halve"])
     assert out == {"score": 1.0, "outcome": "ok", "output": "1.5"}
 
 
 def test_a_tool_s_recursion_error_is_left_to_the_sandbox():
-    from rlvr.envs.tools import ToolCall, run_tool
-
     with pytest.raises(RecursionError):
         run_tool(ToolCall("deep", {"n": 1}).to_json(), "", "tool", ["tools_for_tests:deep"])
 
 
 def test_a_tool_s_non_text_result_reaches_the_model_as_json():
-    from rlvr.envs.tools import ToolCall, run_tool
-
     out = run_tool(ToolCall("settings", {"flag": True}).to_json(), "", "tool", ["tools_for_tests:settings"])
     assert json.loads(out["output"]) == {"flag": True, "none": None}
 
@@ -480,50 +469,36 @@ def test_generation_stops_where_a_hermes_call_ends():
 
 
 def test_calculator_exponent_limit_is_64():
-    from rlvr.envs.calculator import calculate
-
     assert calculate("2 ** 64") == str(2**64)
     with pytest.raises(ValueError, match="exponent too large"):
         calculate("1 ** 65")
 
 
 def test_calculator_refuses_an_expression_past_200_characters():
-    from rlvr.envs.calculator import calculate
-
     assert calculate("1" + " " * 199) == "1"
     with pytest.raises(ValueError, match="longer than 200"):
         calculate("1" + " " * 200)
 
 
 def test_calculator_rounds_to_six_places():
-    from rlvr.envs.calculator import calculate
-
     assert calculate("1 / 3") == "0.333333" and calculate("2 / 8") == "0.25"
 
 
 def test_calculator_refuses_booleans():
-    from rlvr.envs.calculator import calculate
-
     with pytest.raises(ValueError, match="not arithmetic"):
         calculate("True + 1")
 
 
 def test_retry_refuses_zero_attempts():
-    from rlvr.envs import make_environment
-
     with pytest.raises(ValueError, match="attempts must be >= 1"):
         make_environment("retry", {"attempts": 0})
 
 
 def test_a_tool_given_twice_is_kept_once():
-    from rlvr.envs import make_environment
-
     env = make_environment("calculator", {}, ["rlvr.envs.calculator:calculate", "tools_for_tests:echo", "tools_for_tests:echo"])
     assert env.tools == ["rlvr.envs.calculator:calculate", "tools_for_tests:echo"]
 
 
 def test_an_environment_without_step_is_refused():
-    from rlvr.envs import make_environment
-
     with pytest.raises(ValueError, match=r"has no step\(\) method"):
         make_environment("tools_for_tests:NoStep")

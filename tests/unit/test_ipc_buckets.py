@@ -97,8 +97,6 @@ def test_the_gpu_check_and_the_ipc_ends_import_without_ray():
 def test_remove_orphans_skips_a_file_whose_name_holds_no_pid():
     """A file `rlvr-weights-<not a pid>` in /dev/shm (kills dropping `pid.isdigit() and`: int() raised
     ValueError and every learner's share_weights failed)."""
-    from rlvr.weight_sync import ipc
-
     odd = ipc.SHM_DIR / f"{ipc.FILE_PREFIX}notapid-{uuid.uuid4().hex}"  # unique: another run on this host may hold one
     odd.write_bytes(b"x")
     try:

@@ -650,8 +650,6 @@ def test_a_term_s_output_is_capped_and_its_outcome_too():
 
 
 def test_load_reward_fn_strips_the_spec():
-    from rlvr.rewards import exact_reward, load_reward_fn, math_reward
-
     assert load_reward_fn("  math ") is math_reward
     assert load_reward_fn(" rlvr.rewards:exact_reward ") is exact_reward
 
@@ -665,8 +663,6 @@ def test_expression_screen_limits():
 
 
 def test_an_empty_gold_never_matches_an_empty_answer():
-    from rlvr.rewards import exact_reward
-
     assert exact_reward("\\boxed{\\text{}}", "\\text{}") == 0.0
 
 

@@ -46,8 +46,6 @@ def test_unpack_rejects_a_spec_that_does_not_match():
 def test_unpack_rejects_a_bucket_with_more_bytes_than_its_spec():
     """A mutant of buckets.py:50 `expected != flat.numel()` -> `expected > flat.numel()`: a spec that misses the
     bucket's last tensor is read silently and that weight is never loaded by the engine."""
-    from rlvr.weight_sync.buckets import TensorSpec, pack, unpack
-
     a, b = torch.arange(6, dtype=torch.float32), torch.arange(4, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="bytes"):
         unpack(pack([a, b]), [TensorSpec("a", (6,), torch.float32)])

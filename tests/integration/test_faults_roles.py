@@ -193,7 +193,6 @@ class Counter:
         return os.getpid()
 
 
-
 def gone(pid: int, within_s: float = 10) -> bool:
     end = time.perf_counter() + within_s
     while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
@@ -293,28 +292,9 @@ def test_a_stopped_actor_is_a_dead_one_once_a_call_passes_its_deadline(ray_sessi
     role.kill()
 
 
-def _counter():
-    @ray.remote(num_cpus=0)
-    class Counter:
-        def __init__(self):
-            self.n = 0
-
-        def add(self, k):
-            self.n += k
-            return self.n
-
-        def state(self):
-            return self.n
-
-        def load(self, n):
-            self.n = n
-
-    return Counter.remote
-
-
 @pytest.mark.slow
 def test_load_forgets_the_updates_before_it_and_a_second_restart_of_one_death_is_none(ray_session):
-    role = RestartingRole("counter", _counter(), max_restarts=3, snapshot_method="state", restore_method="load")
+    role = RestartingRole("counter", Counter.remote, max_restarts=3, snapshot_method="state", restore_method="load")
     role.call("add", 3)
     role.snapshot()
     role.update("add", 4)

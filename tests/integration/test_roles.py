@@ -1,5 +1,7 @@
 """Component tests of the rollout engines and the DeepSpeed learner, on the tiny random model."""
 
+from dataclasses import replace
+
 import pytest
 import ray
 import torch
@@ -11,7 +13,7 @@ from helpers import (
     tiny_learner_config,
     tiny_update_config,
 )
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlvr.rollout.engines import SamplingConfig
 from rlvr.rollout.pool import RolloutPool
@@ -78,6 +80,31 @@ def test_engine_samples_and_weight_update(backend, ray_session, tiny_model):
     for s in after[::3]:  # one sample per prompt, the long cached-prefix one included
         expected = hf_logprobs(model, s.prompt_ids, s.response_ids, sampling.temperature)
         torch.testing.assert_close(s.logprobs, expected, atol=2e-3, rtol=0)
+
+
+@pytest.mark.slow
+def test_vllm_honours_a_request_s_own_cap_and_keeps_the_stop_string_it_met(ray_session, tiny_model):
+    """What a multi-turn episode relies on (the HF engine's twins are in tests/unit/test_hf_engine.py):
+    a request's own max_tokens (what is left of the episode) caps its response, and a stop string
+    ends the response at the token that completes it, kept in the text and the tokens, as "stop"."""
+    pool = RolloutPool([kept_engine(tiny_engine_config(tiny_model, max_model_len=1024))])
+    greedy = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=16)
+    request = [GenerationRequest(0, PROMPTS[1], 1)]
+    free = pool.generate(request, greedy, seed=0)[0]
+    assert len(free.response_ids) == 16 and free.finish_reason == "length"
+
+    capped = pool.generate([GenerationRequest(0, PROMPTS[1], 1, max_tokens=3)], greedy, seed=0)[0]
+    assert capped.response_ids.tolist() == free.response_ids[:3].tolist() and capped.finish_reason == "length" and capped.truncated
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    pieces = [tokenizer.decode([t]) for t in free.response_ids.tolist()]
+    # a token whose text first appears at position j: a stop string met by token j and no earlier
+    j = next(i for i, p in enumerate(pieces) if i >= 3 and len(p) >= 2 and p.isascii() and p.isprintable() and p not in "".join(pieces[:i]))
+    stopped = pool.generate(request, replace(greedy, stop=(pieces[j],)), seed=0)[0]
+    assert stopped.response_ids.tolist() == free.response_ids[: j + 1].tolist()
+    assert stopped.finish_reason == "stop" and not stopped.truncated
+    assert stopped.text.endswith(pieces[j]) and stopped.text == free.text[: len(stopped.text)]
+    assert len(stopped.logprobs) == j + 1
 
 
 @pytest.mark.slow

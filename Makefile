@@ -1,6 +1,6 @@
 # make train: install (once) and run the default job on this CPU box.
 # make test:  install (once) and run the test suite (what CI runs): tests/unit, then
-#             tests/integration, then tests/e2e (docs/testing.md). make test-unit: the first, in under a minute.
+#             tests/integration, then tests/e2e (docs/testing.md). make test-unit: the first, in about 100 s.
 VENV ?= .venv
 STAMP := $(VENV)/.rlvr-installed
 ARGS ?=

@@ -38,3 +38,11 @@ def ray_session(rlvr_cache):
         start_test_ray()
     yield
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(items):
+    """The integration and e2e tiers start Ray, vLLM, DeepSpeed or a whole run in a subprocess: all
+    of their tests are `slow`, so `-m "not slow"` is the unit tier even where a module forgot the mark."""
+    for item in items:
+        if item.path.parent.name in ("integration", "e2e"):
+            item.add_marker(pytest.mark.slow)

@@ -22,9 +22,9 @@ from pathlib import Path
 USAGE = __doc__
 
 
-def _compose_or_exit(overrides: list[str], make=None, may_be_missing: tuple[str, ...] = ()):
-    """The config `make(overrides)` builds (default: the tree composed with them), validated; a
-    config error is printed without a traceback and exits 2."""
+def _compose_or_exit(overrides: list[str], make=None, may_be_missing: tuple[str, ...] = (), validating: bool = True):
+    """The config `make(overrides)` builds (default: the tree composed with them), validated unless
+    ``validating`` is false; a config error is printed without a traceback and exits 2."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -32,7 +32,8 @@ def _compose_or_exit(overrides: list[str], make=None, may_be_missing: tuple[str,
 
     try:
         cfg = (make or compose)(overrides)
-        validate(cfg, may_be_missing)
+        if validating:
+            validate(cfg, may_be_missing)
         return cfg
     except (HydraException, OmegaConfBaseException, ConfigError) as e:
         print(f"rlvr: config error: {e}", file=sys.stderr)
@@ -95,7 +96,10 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
 
 
 def run_dir_problem(run_dir: Path) -> str | None:
-    """Why ``run_dir`` cannot be the run's folder (a file, or under one; a folder this user cannot write), or None."""
+    """Why ``run_dir`` cannot be the run's folder (a file, or under one; a folder this user cannot
+    write; a path starting with ~, which nothing expands), or None."""
+    if str(run_dir).startswith("~"):
+        return f"{run_dir} starts with ~, which is not expanded here (it made a folder named ~): give the full path"
     if run_dir.exists() and not run_dir.is_dir():
         return f"{run_dir} is a file, not a folder"
     existing = run_dir
@@ -125,20 +129,34 @@ def train_command(argv: list[str]) -> int:
         print("rlvr: config error: -m/--multirun cannot be combined with --cfg, --info or --shell-completion: "
               "look at one job's config (drop -m, give one value per key)", file=sys.stderr)
         return 2
+    if (args.cfg or args.info) and not (args.help or args.hydra_help):
+        _compose_or_exit(args.overrides, validating=False)  # Hydra's own report of a bad key is a traceback
     if not (args.help or args.hydra_help or args.info or args.cfg or args.shell_completion):
         try:
             jobs = sweep_jobs(args.overrides) if args.multirun else [args.overrides]
         except HydraException as e:
             print(f"rlvr: config error: {e}", file=sys.stderr)
             return 2
+        run_dirs: set[str] = set()
         for job in jobs:
             cfg = _compose_or_exit(job)
             # a sweep's job without run_dir= runs in Hydra's multirun/ folder (see `task`), which Hydra makes
-            sets_run_dir = any(o.lstrip("+~").split("=", 1)[0] == "run_dir" for o in job)
-            problem = run_dir_problem(Path(str(cfg.run_dir))) if sets_run_dir or not args.multirun else None
-            if problem:  # Hydra makes run_dir before the run starts: its error came as a traceback
-                print(f"rlvr: config error: run_dir: {problem}", file=sys.stderr)
-                return 2
+            if not args.multirun or any(o.lstrip("+~").split("=", 1)[0] == "run_dir" for o in job):
+                problem = run_dir_problem(Path(str(cfg.run_dir)))
+                if problem is None and str(cfg.run_dir) in run_dirs:
+                    problem = (f"{cfg.run_dir} is more than one job's run dir (each would resume the one before it and train "
+                               "nothing): drop run_dir= or make it differ per job, e.g. run_dir=runs/lr${learner.lr}")
+                if problem:  # Hydra makes run_dir before the run starts: its error came as a traceback
+                    print(f"rlvr: config error: run_dir: {problem}", file=sys.stderr)
+                    return 2
+                run_dirs.add(str(cfg.run_dir))
+                from rlvr.train.state import refuse_before_start
+
+                try:  # before Hydra rewrites run_dir/.hydra/, which a refused command replaced for a live or a kept run
+                    refuse_before_start(cfg)
+                except _user_errors() as e:
+                    print(f"rlvr: {type(e).__name__}: {e}", file=sys.stderr)
+                    return 2
 
     def task(cfg) -> dict:
         from hydra.core.hydra_config import HydraConfig

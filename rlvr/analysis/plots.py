@@ -456,6 +456,9 @@ def build_figures(run_dirs: list[str]) -> dict[str, "object"]:
         raise ValueError("no run directories given")
     run_dirs = [str(d) for d in run_dirs]
     runs = [_Run(d, lab) for d, lab in zip(run_dirs, _unique_labels(run_dirs))]
+    for run in runs:  # empty figures, written as if plotted, said nothing of why
+        if not run.records:
+            raise ValueError(f"{Path(run.dir) / METRICS_FILE} holds no complete record: nothing to plot")
     figs = {
         "reward_vs_step.png": _curve_figure(runs, "reward", "step", "Training reward", "step", "mean reward (train batch)", None),
         "heldout_vs_step.png": _curve_figure(runs, "eval/accuracy", "step", "Held-out accuracy", "step", "held-out accuracy", "o"),
@@ -480,8 +483,10 @@ def plot_runs(run_dirs: list[str], out_dir: str | None = None) -> list[Path]:
     """Write the comparison PNGs for ``run_dirs`` into ``out_dir`` (default ``<first run dir>/plots``)."""
     if not run_dirs:
         raise ValueError("no run directories given")
-    figs = build_figures(run_dirs)
     out = Path(out_dir) if out_dir is not None else Path(run_dirs[0]) / "plots"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file: give a folder for the PNGs")
+    figs = build_figures(run_dirs)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, fig in figs.items():

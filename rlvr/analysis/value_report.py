@@ -191,8 +191,12 @@ def value_report(run_dir: Path, min_context: int = 64, predictors: tuple[str, ..
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists():
         raise FileNotFoundError(f"{run_dir / 'config.yaml'} not found: is {run_dir} an rlvr run directory?")
+    try:
+        config = OmegaConf.load(run_dir / "config.yaml")
+    except Exception as e:  # noqa: BLE001 - a YAML error of any kind (the file cut short): printed, not a traceback
+        raise ValueError(f"{run_dir / 'config.yaml'} does not load: {e}") from None
     steps = read_steps(run_dir)
-    context_size = int(OmegaConf.select(OmegaConf.load(run_dir / "config.yaml"), "value.context_size", default=256))
+    context_size = int(OmegaConf.select(config, "value.context_size", default=256))
     texts = question_texts(run_dir) if any(p != "logged" for p in predictors) else {}
     results = {}
     for name in predictors:

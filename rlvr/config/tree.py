@@ -334,6 +334,7 @@ def _validate_trainer(cfg: DictConfig) -> None:
     _check(t.role_timeout_s > 0, "trainer.role_timeout_s", f"must be > 0 (seconds), got {t.role_timeout_s}")
     mode = cfg.resume.mode
     _check(mode is not None and str(mode).strip() != "", "resume", "must be auto, never or a checkpoint (or run) directory, got an empty value")
+    _check(str(cfg.run_dir).strip() != "", "run_dir", "is empty (an unset variable?): the run would write into the current folder")
     for key, meaning in (("eval_every", "0 = none during training (eval.at_start: before it)"), ("save_every", "0 = at the last step and on a signal only"),
                          ("keep_checkpoints", "0 = keep all")):
         _check(t[key] >= 0, f"trainer.{key}", f"must be >= 0 ({meaning}), got {t[key]}")

@@ -106,13 +106,16 @@ def eval_config(target: str | Path, overrides: list[str]) -> DictConfig:
     replaces the run's whole node) and each value they change through a group's defaults (data=humaneval
     brings `verifier.terms=[code_tests]`). (Before 2026-12-07 a checkpoint got the tree's defaults:
     another data set's prompts, scored as if they were the run's.)"""
-    from rlvr.checkpoint import checkpoint_named
-    from rlvr.config import compose
+    from rlvr.checkpoint import checkpoint_named, validate_checkpoint
+    from rlvr.config import ConfigError, compose
 
     composed = compose(overrides)
     ckpt = checkpoint_named(target)
     if ckpt is None:
         return composed
+    problem = validate_checkpoint(ckpt)  # its config.yaml cut short was a YAML traceback here
+    if problem:
+        raise ConfigError(f"{ckpt} is not a complete checkpoint: {problem}")
     saved = OmegaConf.load(ckpt / "config.yaml")
     resolved = OmegaConf.to_container(composed, resolve=True)
     named = [o.lstrip("+~").split("=", 1)[0] for o in overrides]

@@ -22,7 +22,7 @@ import ray
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rlvr.checkpoint import CHECKPOINT_DIR, save_checkpoint, write_text_whole
+from rlvr.checkpoint import CHECKPOINT_DIR, resolve_resume, save_checkpoint, write_text_whole
 from rlvr.config import ConfigError
 from rlvr.lora import BEFORE_LORA
 from rlvr.models import model_location
@@ -255,12 +255,8 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
-@contextlib.contextmanager
-def hold_run_dir(run_dir: Path):
-    """One trainer per run dir, for as long as it trains: a second (the same command run twice, a
-    requeued job while the first still runs) is refused, naming the first. Two at once re-saved the
-    same checkpoints, pruned each other's, and one's metrics went to a file the other had replaced."""
-    handle = open(run_dir / ".lock", "a+", encoding="utf-8")
+def _lock_or_refuse(handle, run_dir: Path) -> None:
+    """Take the run dir's lock on ``handle`` (its open ``.lock``), or close it and refuse, naming the holder."""
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -269,6 +265,30 @@ def hold_run_dir(run_dir: Path):
         handle.close()
         raise ConfigError(f"run_dir {run_dir} is in use by {holder}: two trainers in one run dir overwrite each other's "
                           "checkpoints and records; wait for it or stop it, or pick another run_dir") from None
+
+
+def refuse_before_start(cfg: DictConfig) -> None:
+    """What `train` would refuse in an existing run dir, asked before anything is written there: a
+    run dir another trainer holds, a checkpoint to resume that is missing or of another config.
+    (`rlvr train` asks before Hydra writes ``run_dir/.hydra/``, which a refused command replaced.)"""
+    run_dir = Path(str(cfg.run_dir))
+    if not run_dir.is_dir():
+        return
+    if (run_dir / ".lock").exists():
+        with open(run_dir / ".lock", encoding="utf-8") as handle:
+            _lock_or_refuse(handle, run_dir)  # released as the file closes
+    ckpt = resolve_resume(run_dir, str(cfg.resume.mode))
+    if ckpt is not None:
+        check_resume_config(ckpt, cfg)
+
+
+@contextlib.contextmanager
+def hold_run_dir(run_dir: Path):
+    """One trainer per run dir, for as long as it trains: a second (the same command run twice, a
+    requeued job while the first still runs) is refused, naming the first. Two at once re-saved the
+    same checkpoints, pruned each other's, and one's metrics went to a file the other had replaced."""
+    handle = open(run_dir / ".lock", "a+", encoding="utf-8")
+    _lock_or_refuse(handle, run_dir)
     try:
         handle.seek(0)
         handle.truncate()

@@ -1,5 +1,6 @@
 """The command line as a Hydra user expects it: --help everywhere, --cfg, validated sweeps, -m runs."""
 
+import fcntl
 import logging
 import os
 import signal
@@ -174,3 +175,81 @@ def test_train_command_gives_back_sys_argv(capsys):
     before = list(sys.argv)
     assert main(["train", "--cfg", "job"]) == 0
     assert sys.argv == before
+
+
+def refused_before_training(monkeypatch) -> None:
+    import rlvr.train.loop as loop
+
+    monkeypatch.setattr(loop, "train", lambda *a, **k: pytest.fail("training started"))
+
+
+def test_sweep_jobs_that_share_one_run_dir_are_refused_before_any_runs(tmp_path, monkeypatch, capsys):
+    """Each job would have resumed the one before it (resume=auto; learner.lr is not guarded), trained
+    nothing and reported the first job's model as its own."""
+    refused_before_training(monkeypatch)
+    assert run_main(["train", "-m", "model=tiny-random", "learner.lr=1e-6,1e-5", f"run_dir={tmp_path / 'sweep'}",
+                     f"hydra.sweep.dir={tmp_path / 'hydra'}"]) == 2
+    assert "is more than one job's run dir" in capsys.readouterr().err
+
+
+def test_a_refused_train_leaves_the_run_s_hydra_record_alone(tmp_path, capsys):
+    """The run dir's lock was checked after Hydra had rewritten run_dir/.hydra/ with the refused command's overrides."""
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
+    with open(run / ".lock", "a+") as lock:  # the run's own trainer holds it
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write("pid 4242 on host\n")
+        lock.flush()
+        assert run_main(["train", f"run_dir={run}", "model=tiny-random", "seed=7"]) == 2
+    assert "is in use by pid 4242 on host" in capsys.readouterr().err
+    assert (run / ".hydra" / "overrides.yaml").read_text() == "- seed=1\n"
+
+
+@pytest.mark.parametrize("run_dir", ["", "'~/myrun'"])
+def test_an_empty_or_tilde_run_dir_is_refused(run_dir, tmp_path, monkeypatch, capsys):
+    """`run_dir=` (an unset variable) wrote into the current folder; `run_dir='~/x'` made a folder named ~ there."""
+    refused_before_training(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    assert run_main(["train", "model=tiny-random", f"run_dir={run_dir}"]) == 2
+    assert "run_dir" in capsys.readouterr().err and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flags", [["--cfg", "job"], ["--info", "config"]])
+def test_cfg_and_info_with_an_unknown_key_exit_2_naming_it(flags, capsys):
+    assert run_main(["train", *flags, "learner.micro_batchsize=4"]) == 2
+    err = capsys.readouterr().err
+    assert "learner.micro_batchsize" in err and "Traceback" not in err
+
+
+def test_eval_of_a_checkpoint_whose_config_is_cut_short_is_a_message(tmp_path, capsys):
+    from rlvr.checkpoint import _write_manifest, checkpoint_name
+
+    ckpt = tmp_path / "run" / "checkpoints" / checkpoint_name(2)
+    (ckpt / "learner").mkdir(parents=True)
+    (ckpt / "learner" / "weights.pt").write_bytes(b"x" * 10)
+    (ckpt / "config.yaml").write_text("model:\n  path: tiny-random\nalgorithm: {name: grpo}\n")
+    _write_manifest(ckpt, 2)
+    (ckpt / "config.yaml").write_text("model:\n  path: tiny-random\nalgorithm: {name: grpo\n")  # a YAML traceback, exit 1
+    assert run_main(["eval", str(ckpt)]) == 2
+    assert f"{ckpt} is not a complete checkpoint" in capsys.readouterr().err
+
+
+def test_value_report_of_a_run_whose_config_does_not_load_is_a_message(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text("algorithm: {name: v05\nvalue: [\n")
+    (tmp_path / "decisions.jsonl").write_text('{"step": 1, "uid": "a", "k": 1, "n": 4, "prior": 0.3}\n')
+    assert run_main(["value-report", str(tmp_path), "--predictors", "logged"]) == 2
+    assert "config.yaml does not load" in capsys.readouterr().err
+
+
+def test_plot_into_a_file_or_of_a_run_without_records_is_a_message(tmp_path, capsys):
+    """--out naming a file was a FileExistsError traceback; a metrics.jsonl with no whole record gave five empty PNGs, exit 0."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "reward": 0.5}\n')
+    (tmp_path / "afile").write_text("mine")
+    assert run_main(["plot", str(run), "--out", str(tmp_path / "afile")]) == 2
+    assert "afile is a file" in capsys.readouterr().err and (tmp_path / "afile").read_text() == "mine"
+    (run / "metrics.jsonl").write_text('{"step": 1, "rew')  # the only line, cut short
+    assert run_main(["plot", str(run)]) == 2
+    assert "holds no complete record" in capsys.readouterr().err and not (run / "plots").exists()

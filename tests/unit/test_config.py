@@ -243,13 +243,14 @@ def test_rlvr_eval_takes_a_checkpoint_s_own_config_and_the_overrides_on_top(tmp_
     data=mix's held-out prompts of seed 0."""
     from omegaconf import OmegaConf
 
+    from rlvr.checkpoint import _write_manifest
     from rlvr.train.evaluate import checkpoint_problems, eval_config
 
     ckpt = tmp_path / "run" / "checkpoints" / "step_00000004"
     ckpt.mkdir(parents=True)
-    (ckpt / "MANIFEST.json").write_text("{}")
     run_cfg = compose(["data=arith", "seed=5", "model.max_model_len=512"])
     (ckpt / "config.yaml").write_text(OmegaConf.to_yaml(run_cfg, resolve=True))
+    _write_manifest(ckpt, 4)
     cfg = eval_config(ckpt, ["eval.n_samples=4"])
     validate(cfg)
     assert (cfg.seed, cfg.model.max_model_len, cfg.eval.n_samples) == (5, 512, 4)

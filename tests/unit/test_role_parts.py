@@ -173,6 +173,40 @@ def test_fault_metrics_sum_every_role():
     assert fault_metrics(roles) == {"faults/rollout_restarts": 1, "faults/learner_restarts": 2, "faults/seconds_lost": 7.0}
 
 
+def test_restart_policy_adds_up_each_fault_s_seconds_and_refuses_past_its_budget():
+    """Several failure rounds in one step: each one's seconds add to the role's total (one overwriting
+    the last under-reported the loss); the budget's last death names the budget and the error."""
+    import time
+
+    from rlvr.runtime.faults import RestartPolicy, RoleFailed
+
+    policy = RestartPolicy("rollout", 1, None)
+    now = time.perf_counter()
+    policy.lost(now - 3.0)
+    policy.lost(now - 4.0)
+    assert 7.0 <= policy.seconds_lost < 7.5
+    policy.charge("engine 0", "10.0.0.1", RuntimeError("gone"))
+    assert policy.restarts == 1
+    with pytest.raises(RoleFailed, match=r"died 2 times in this run, more than trainer.max_restarts=1 allows; "
+                                         r"the last was engine 1 on 10.0.0.2 \(RuntimeError\): again"):
+        policy.charge("engine 1", "10.0.0.2", RuntimeError("again"))
+
+
+def test_roles_kept_in_an_earlier_ray_session_are_not_claimed(monkeypatch):
+    """After ray.shutdown and a new ray.init (the simulated-cluster tests, a notebook) the handles kept
+    from the old session point at actors that are gone: a run with the same keys must start its own."""
+    from rlvr.runtime import roles
+
+    monkeypatch.setattr(roles.ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(roles, "ray_session", lambda: "session_now")
+    key = ("rollout-key",)
+    monkeypatch.setitem(roles._kept, "rollout", roles.KeptRole(key, None, [], "session_before"))
+    assert roles.claim_kept({"rollout": key}) == {} and roles._kept == {}
+    kept = roles.KeptRole(key, None, [], "session_now")
+    monkeypatch.setitem(roles._kept, "rollout", kept)
+    assert roles.claim_kept({"rollout": key}) == {"rollout": kept}
+
+
 # ---- rlvr/learner/actor.py --------------------------------------------------------------------
 def test_deepspeed_config_clipping_and_optimizer(tiny_model):
     from rlvr.learner.actor import _clips_itself, deepspeed_config

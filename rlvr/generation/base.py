@@ -46,7 +46,32 @@ def verifier_counts(vstats: dict) -> dict[str, float]:
                         "or a reward function that hangs or dies; counted in verifier_%s; shown once a run)", items, kind, kind)
     counts = {f"verifier_{kind}": vstats.get(kind, 0) for kind in VERIFIER_FAILURES}
     counts.update({f"verifier_outcome_{o}": n for o, n in vstats.get("outcomes", {}).items()})  # code_tests: passed, wrong_answer, ...
+    for term, (total, n) in vstats.get("term_sums", {}).items():  # sums: a step adds up its calls (rounds, turns)
+        counts[f"{TERM_SUM}{term}"], counts[f"{TERM_COUNT}{term}"] = total, n
     return counts
+
+
+TERM_SUM, TERM_COUNT = "reward_term_sum/", "reward_term_count/"
+
+
+def step_rates(stats: dict) -> dict[str, float]:
+    """The means a step's summed counts stand for, taking the sums out of ``stats``: each reward
+    term's mean over the items the verifier scored (a multi-turn episode's answering turns each
+    count), and over every rollout generated (DAPO's dropped groups and refills too; `accuracy`
+    and `reward` are the trained batch's) the accuracy and the overlong penalty."""
+    rates = {}
+    for key in [k for k in stats if k.startswith(TERM_SUM)]:
+        term = key.removeprefix(TERM_SUM)
+        total, n = stats.pop(key), stats.pop(f"{TERM_COUNT}{term}", 0)
+        if n:
+            rates[f"reward_term/{term}"] = total / n
+    generated, correct = stats.pop("generated", 0), stats.pop("generated_correct", 0)
+    penalty = stats.pop("overlong_penalty_sum", None)
+    if generated:
+        rates["accuracy_generated"] = correct / generated
+        if penalty is not None:
+            rates["overlong_penalty_mean"] = penalty / generated
+    return rates
 
 
 def env_rates(counts: dict) -> dict[str, float]:

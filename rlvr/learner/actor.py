@@ -265,6 +265,8 @@ class PolicyLearner:
         mini-batch's loss whichever aggregation is used.
         """
         start = time.perf_counter()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         self.engine.train()
         if update.kl_coef > 0:
             self.ensure_reference()
@@ -323,9 +325,12 @@ class PolicyLearner:
             micro_batches=sum(len(mini.micro_batches) for mini in mini_batches),  # a pass's forwards on this rank (empty ones included)
             micro_batch_sequences_max=max((len(mb) for mini in mini_batches for mb in mini.micro_batches), default=0),
             tokens=first_pass,
+            lr=self.engine.get_lr()[0],
             seconds=time.perf_counter() - start,
             peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this process's high-water mark (Linux: KiB)
         )
+        if self.device.type == "cuda":  # this step's, where the RSS is the process's whole life
+            metrics["cuda_peak_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         return metrics
 
     def _micro_step(

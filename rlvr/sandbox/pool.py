@@ -463,6 +463,7 @@ class ProcessVerifier:
         stats["correct_rate"] = sum(1 for r in out if r.correct) / n if n else 0.0
         for i, t in enumerate(self.terms):
             stats[f"term_mean/{i}:{t.fn}"] = batch.term_sums[i] / batch.term_counts[i] if batch.term_counts[i] else 0.0
+        stats["term_sums"] = {f"{i}:{t.fn}": (batch.term_sums[i], batch.term_counts[i]) for i, t in enumerate(self.terms)}
         return out, stats
 
     def _check_start_failures(self) -> None:

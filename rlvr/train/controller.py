@@ -20,7 +20,7 @@ import torch
 from rlvr.algorithms import overlong_penalty
 from rlvr.algorithms.v05 import V05Baseline
 from rlvr.data import Problem
-from rlvr.generation import Generator, env_rates
+from rlvr.generation import Generator, env_rates, step_rates
 from rlvr.rollout.engines import SamplingConfig
 from rlvr.runtime.faults import RestartingRole
 from rlvr.sampling import SAMPLERS
@@ -98,11 +98,14 @@ class BudgetController:
         self.counts["rounds"] = self.counts.get("rounds", 0) + 1
         for key, n in out.counts.items():
             self.counts[key] = self.counts.get(key, 0) + n
+        self.counts["generated"] = self.counts.get("generated", 0) + len(out.trajectories)
+        self.counts["generated_correct"] = self.counts.get("generated_correct", 0) + sum(t.correct for t in out.trajectories)
         rewards = torch.tensor([t.reward for t in out.trajectories], dtype=torch.float32)
         if self.cfg.overlong:
             lengths = torch.tensor([len(t.response_ids) for t in out.trajectories], dtype=torch.float32)  # an episode's observations too
             penalty = self.cfg.overlong_penalty_factor * overlong_penalty(lengths, self.cfg.max_response_tokens, self.cfg.overlong_buffer)
             rewards = rewards + penalty
+            self.counts["overlong_penalty_sum"] = self.counts.get("overlong_penalty_sum", 0.0) + float(penalty.sum())
             penalised = lengths[penalty < 0]
             self.counts["overlong_penalised"] = self.counts.get("overlong_penalised", 0) + len(penalised)
             if len(penalised):  # the shortest answer that paid for its length: never below the soft start
@@ -126,4 +129,5 @@ class BudgetController:
         batch.stats.update({f"time/{k}": v for k, v in self.timings.items()})
         batch.stats.update(self.counts)
         batch.stats.update(env_rates(self.counts))
+        batch.stats.update(step_rates(batch.stats))
         return batch

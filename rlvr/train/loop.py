@@ -179,15 +179,29 @@ def set_advantages(batch: Batch, preset, weighting: DictConfig, hadw_state: HADW
 
 
 def step_metrics(batch: Batch, learn: dict) -> dict:
+    """The step's record: what was trained (under DAPO the kept groups only; `accuracy_generated` counts
+    every rollout), the controller's counts and rank 0's learner metrics. A batch with no rollouts (DAPO
+    found no mixed group) has NaN figures, which the record leaves out: a 0 would be a point no rollout made."""
     trajectories = batch.trajectories
-    m = {
-        "reward": float(np.mean([t.reward for t in trajectories])) if trajectories else float("nan"),
-        "accuracy": float(np.mean([t.correct for t in trajectories])) if trajectories else float("nan"),
-        "response_length": float(np.mean([len(t.response_ids) for t in trajectories])) if trajectories else 0.0,
-        "truncated_frac": float(np.mean([t.truncated for t in trajectories])) if trajectories else 0.0,
-        "adv_abs_mean": float(batch.advantages().abs().mean()) if trajectories else 0.0,
-        "groups": len(batch.groups),
-    }
+    if trajectories:
+        reward = np.array([t.reward for t in trajectories])
+        lengths = np.array([len(t.response_ids) for t in trajectories])
+        prompts = np.array([len(t.prompt_ids) for t in trajectories])
+        adv = batch.advantages()
+        m = {
+            "reward": reward.mean(), "reward_std": reward.std(), "reward_max": reward.max(), "reward_min": reward.min(),
+            "accuracy": np.mean([t.correct for t in trajectories]),
+            "response_length": lengths.mean(), "response_length_max": lengths.max(), "response_length_min": lengths.min(),
+            "prompt_length": prompts.mean(), "prompt_length_max": prompts.max(),
+            "truncated_frac": np.mean([t.truncated for t in trajectories]),
+            # groups whose rewards are all equal: no signal for a group-mean baseline (TRL's frac_reward_zero_std)
+            "groups_uniform_frac": np.mean([np.ptp(g.rewards) < 1e-8 for g in batch.groups if g.trajectories]),
+            "adv_abs_mean": adv.abs().mean(), "adv_max": adv.max(), "adv_min": adv.min(),
+        }
+        m = {k: float(v) for k, v in m.items()}
+    else:
+        m = dict.fromkeys(("reward", "accuracy", "response_length", "truncated_frac", "adv_abs_mean"), float("nan"))
+    m["groups"] = len(batch.groups)
     m.update(batch.stats)
     m.update({f"learner/{k}": v for k, v in learn.items() if k not in ("seconds",)})
     return m
@@ -232,8 +246,9 @@ def train_step(parts: StepParts, batch: Batch, step: int) -> dict:
             plans = plan_mini_batches(trajectories, cfg.learner.mini_batches, len(learners), parts.micro_batching,
                                       seed=step_seed(cfg.seed, step))
             if trajectories:
-                learner_metrics = ray.get([l.train_step.remote(plan, parts.update) for l, plan in zip(learners, plans)],
-                                          timeout=cfg.trainer.role_timeout_s)[0]
+                ranks = ray.get([l.train_step.remote(plan, parts.update) for l, plan in zip(learners, plans)], timeout=cfg.trainer.role_timeout_s)
+                # the ranks' sums are all-gathered (rank 0 has them); memory is each rank's own
+                learner_metrics = {**ranks[0], **{k: max(r[k] for r in ranks) for k in ("peak_rss_mb", "cuda_peak_gb") if k in ranks[0]}}
             else:
                 log.warning("step %d: no trainable trajectories (%d stale), skipping the update", step, async_m["async/stale_dropped"])
                 learner_metrics = {}
@@ -488,6 +503,8 @@ class Run:
         """5. metrics: the step's, the oracle's and the held-out evaluation's, to the log and the console."""
         cfg = self.cfg
         m["gen_tokens_per_s"] = m.get("gen_tokens", 0) / max(m.get("time/generate", 1e-9), 1e-9)
+        if m.get("learner/tokens"):  # the batch's trained tokens (every rank's), per second of the learn phase, all epochs
+            m["learn_tokens_per_s"] = m["learner/tokens"] / max(m.get("time/learn", 1e-9), 1e-9)
         m.update(fault_metrics(self.roles))
         eval_records, oracle_records = [], []
         if batch.oracle is not None:

@@ -24,7 +24,8 @@ def every_role_worked(name: str, run_dir: Path) -> None:
         assert r["sync/bytes"] > 1_000_000  # the whole tiny model went to the engines
         assert r["learner/tokens"] > 0 and r["learner/grad_norm"] > 0  # odd length splits groups
         assert r["verifier_timeout"] == 0 and r["verifier_crash"] == 0
-        assert 0.0 <= r["accuracy"] <= 1.0
+        assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["accuracy_generated"] <= 1.0
+        assert r["learn_tokens_per_s"] > 0 and r["learner/lr"] > 0 and 0.0 <= r["reward_term/0:format"] <= 1.0
     # Step 2 samples come from the weights the learner produced at step 1, so the learner's
     # recomputed log-probs match the engine's (a missed sync would leave a gap of lr-sized steps).
     assert steps[1]["learner/rollout_logprob_diff"] < 0.05
@@ -83,6 +84,7 @@ def test_dapo_filters_on_correctness_not_on_the_shaped_reward(tmp_path, ray_sess
     assert acc["accuracy"] != acc["accuracy"] or acc["dapo/kept_groups"] == 0  # nan accuracy: no group left
     assert acc["dapo/dropped_groups"] == acc["dapo/rounds"] * 4 and acc["dapo/dropped_reward_mixed"] > 0
     assert acc["dapo/dropped_acc_mixed"] == 0 and "learner/tokens" not in acc
+    assert acc["response_length"] != acc["response_length"] and acc["accuracy_generated"] == 0.0  # no rollout trained: no length
     assert reward["dapo/kept_groups"] > 0 and reward["learner/tokens"] > 0
 
 

@@ -125,7 +125,7 @@ def test_learner_step_changes_weights_and_exports_them(ray_session, tiny_model):
         Trajectory(prompt_ids=[7], response_ids=[13], advantage=0.5),
     ]
     metrics = ray.get(learner.train_step.remote([mini_batch(seqs[:2], seqs[2:])], tiny_update_config("algorithm=grpo")))
-    assert metrics["grad_norm"] > 0 and metrics["tokens"] == 6
+    assert metrics["grad_norm"] > 0 and metrics["tokens"] == 6 and metrics["lr"] == 1e-2
     assert abs(metrics["ratio_mean"] - 1.0) < 1e-6  # on-policy: π_old is the pre-step policy
     refs_after, _ = ray.get(learner.export_weights.remote())
     after = dict(fetch_buckets(refs_after))

@@ -33,6 +33,27 @@ def test_flat_view_is_aligned_with_the_groups_by_construction():
         batch.set_advantages(torch.zeros(2))
 
 
+def test_the_step_record_describes_the_batch_and_an_empty_one_has_no_figures():
+    """verl's response_length/*, prompt_length/*, critic/score/* and advantages/*, TRL's frac_reward_zero_std.
+    A batch with no rollouts (DAPO found no mixed group) logged a length and advantages of 0."""
+    from rlvr.train.loop import step_metrics
+    from rlvr.train.state import console_line
+
+    short = traj(3, 2, 0.5)
+    short.truncated = True
+    batch = Batch([PromptGroup(problem(0), [traj(2, 3, 1.0), traj(2, 1, 0.0)]), PromptGroup(problem(1), [short, traj(3, 6, 0.5)])])
+    batch.set_advantages(torch.tensor([0.5, -0.5, 0.0, 0.0]))
+    m = step_metrics(batch, {"grad_norm": 2.0})
+    assert m == pytest.approx({
+        "reward": 0.5, "reward_std": math.sqrt(0.125), "reward_max": 1.0, "reward_min": 0.0, "accuracy": 0.0,
+        "response_length": 3.0, "response_length_max": 6.0, "response_length_min": 1.0, "prompt_length": 2.5, "prompt_length_max": 3.0,
+        "truncated_frac": 0.25, "groups_uniform_frac": 0.5, "adv_abs_mean": 0.25, "adv_max": 0.5, "adv_min": -0.5,
+        "groups": 2, "learner/grad_norm": 2.0})
+    empty = step_metrics(Batch([]), {})
+    assert empty["groups"] == 0 and all(math.isnan(v) for k, v in empty.items() if k != "groups")
+    assert "len nan" in console_line(1, 1, empty)
+
+
 def test_the_learners_get_fresh_untruncated_copies_with_the_advantages_given():
     fresh, stale, truncated = traj(2, 3, version=4), traj(2, 3, version=1), traj(2, 3, version=4)
     truncated.truncated = True

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rlvr.config import compose, validate
-from rlvr.generation.base import Rollouts
+from rlvr.generation.base import Rollouts, step_rates
 from rlvr.rollout.engines import SamplingConfig
 from rlvr.train.controller import BudgetController
 from rlvr.train.loop import controller_config
@@ -62,6 +62,9 @@ def test_a_dapo_refill_draws_a_whole_batch_and_keeps_the_first_mixed_groups():
     assert batch.stats["dapo/rounds"] == 3 and batch.stats["dapo/kept_groups"] == 6 == len(batch.groups)
     assert batch.stats["dapo/dropped_groups"] == 12 and batch.stats["rollouts"] == 18 * 4  # the dropped groups' spend counts
     assert all(g.problem.uid.startswith("mixed") for g in batch.groups)
+    # the batch's accuracy is the kept groups' (1 in 4); over everything generated it is 6 right of 72
+    assert batch.stats["accuracy_generated"] == 6 / 72 and batch.stats["overlong_penalty_mean"] == 0.0
+    assert not {"generated", "generated_correct", "overlong_penalty_sum"} & batch.stats.keys()
 
 
 def test_dapo_stops_at_max_rounds_with_a_short_batch_and_says_so(caplog):
@@ -83,6 +86,7 @@ def test_the_overlong_penalty_is_half_the_recipes_on_a_0_1_reward():
     assert [t.reward for t in groups[0].trajectories] == pytest.approx([1 - 0.5 * 0.5, -0.5 * 0.5])
     assert [t.reward for t in groups[1].trajectories] == pytest.approx([0.5, -0.5])
     assert ctl.counts["overlong_penalised"] == 4 and ctl.counts["overlong_shortest_penalised"] == 18
+    assert step_rates(dict(ctl.counts))["overlong_penalty_mean"] == pytest.approx((2 * -0.25 + 2 * -0.5) / 4)
     whole = controller(ScriptedGenerator({"mixed/0": 21}), "algorithm.overlong_penalty_factor=1.0")
     assert [t.reward for t in whole.sample([Problem("mixed/0", "q", "1")], [2], seed=1)[0].trajectories] == [0.0, -1.0]
 

@@ -139,6 +139,15 @@ def test_weighted_terms_and_user_function():
     assert results[1].reward == pytest.approx(1.0 + 0.0 + 0.05) and results[1].correct
     assert results[2].reward == pytest.approx(0.0 + 0.1 + 0.45) and not results[2].correct
     assert stats["term_mean/1:format"] == pytest.approx(0.2 / 3)
+    # the step adds up its calls' sums (DAPO's rounds, an episode's turns) and logs each term's mean
+    from rlvr.generation.base import step_rates, verifier_counts
+
+    counts = verifier_counts(stats)
+    for key, value in verifier_counts(stats).items():
+        counts[key] += value
+    assert step_rates(counts) == {"reward_term/0:math": pytest.approx(2 / 3), "reward_term/1:format": pytest.approx(0.2 / 3),
+                                  "reward_term/2:reward_fns_for_tests:length_bonus": pytest.approx(1.9 / 3)}
+    assert not any(k.startswith("reward_term_") for k in counts)  # the sums are taken out of the record
 
 
 def test_correct_is_a_named_property_of_the_terms_not_their_order():

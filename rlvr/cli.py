@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -234,11 +235,21 @@ def eval_command(argv: list[str]) -> int:
 
     # a checkpoint is scored under its run's own config; a model folder without a training file is fine
     cfg = _compose_or_exit(args.overrides, lambda o: eval_config(args.target, o), may_be_missing=("data.train.path",))
+    from rlvr.train.state import StopRequest
+
+    stop = StopRequest()  # before the temp export: SIGTERM's default action left it in /tmp, with no cleanup run
     try:
-        metrics = evaluate_model(args.target, cfg)
+        metrics = evaluate_model(args.target, cfg, stop)
+    except KeyboardInterrupt:  # the StopRequest's, or Ray's plain one in its place
+        if stop.signal is None:
+            raise
+        print(f"rlvr eval: stopped by {signal.Signals(stop.signal).name}", file=sys.stderr)
+        return 128 + stop.signal
     except ValueError as e:  # as `rlvr export`: not a checkpoint, or one whose weights do not load
         print(f"rlvr eval: {e}", file=sys.stderr)
         return 2
+    finally:
+        stop.restore()
     for k, v in metrics.items():
         print(f"{k}: {v:.4f}")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import ray
@@ -17,6 +18,9 @@ from rlvr.rollout.engines import SamplingConfig
 from rlvr.rollout.pool import RolloutEngine, RolloutPool
 from rlvr.runtime.placement import actor_options, plan_placement
 from rlvr.runtime.roles import engine_config, start_ray, threads_env, verifier_role, verifier_start_error
+
+if TYPE_CHECKING:
+    from rlvr.train.state import StopRequest
 
 log = logging.getLogger("rlvr")
 
@@ -135,9 +139,9 @@ def _changed(base: dict, new: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def evaluate_model(target: str, cfg: DictConfig) -> dict:
+def evaluate_model(target: str, cfg: DictConfig, stop: StopRequest | None = None) -> dict:
     """`rlvr eval`: held-out accuracy of a checkpoint (exported to a temp folder first) or a model
-    folder; `cfg` from `eval_config`."""
+    folder; `cfg` from `eval_config`. ``stop`` takes SIGTERM/SIGINT back from Ray once it has started."""
     import tempfile
 
     from rlvr.checkpoint import checkpoint_named
@@ -152,6 +156,8 @@ def evaluate_model(target: str, cfg: DictConfig) -> dict:
         problems = checkpoint_problems(cfg)
 
         start_ray(cfg)
+        if stop is not None:
+            stop.install()  # ray.init put its own SIGTERM handler in, which aborted the driver (exit 134)
         # what a training run gives one engine and the verifier (its GPUs, tensor parallel, CPUs):
         # the engine had asked for CPUs only, so on a GPU cluster vLLM found no device
         plan = plan_placement(cfg.cluster, with_value=False)

@@ -282,6 +282,10 @@ def train(cfg: DictConfig, keep_history: bool = True) -> dict:
         stop = StopRequest()
         try:
             return _train(cfg, preset, run_dir, stop, keep_history)
+        except KeyboardInterrupt as e:
+            if stop.stopped is None or isinstance(e, RunStopped):
+                raise
+            raise stop.stopped from None  # what Ray's get/wait turned into a plain KeyboardInterrupt
         finally:
             stop.restore()
 

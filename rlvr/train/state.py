@@ -304,10 +304,13 @@ class RunStopped(KeyboardInterrupt):
     No summary.json is written, and `rlvr train` exits 128 + the signal, so a sweep or a script
     stops with it (a stopped run returned as if finished: exit 0, the sweep's next job started)."""
 
-    def __init__(self, signum: int, step: int | None):
+    def __init__(self, signum: int, step: int | None, aborted: bool = False):
         self.signum, self.step = signum, step
-        where = f"at step {step}'s checkpoint" if step is not None else "before its first step"
-        super().__init__(f"stopped by {signal.Signals(signum).name} {where}; the same command resumes")
+        if aborted:  # a second signal: whatever the run was doing (saving, stopping) was cut short
+            where = "again, aborting; the same command resumes from the last complete checkpoint"
+        else:
+            where = (f"at step {step}'s checkpoint" if step is not None else "before its first step") + "; the same command resumes"
+        super().__init__(f"stopped by {signal.Signals(signum).name} {where}")
 
 
 class StopRequest:
@@ -315,10 +318,12 @@ class StopRequest:
     signal asks it to checkpoint after the current step and stop, and a second one aborts; before
     (Ray and the roles starting, the warm start, the step-0 evaluation) it raises RunStopped at
     once, so the roles and Ray are torn down (SIGTERM there reached Ray's own handler, which
-    aborted the driver and left Ray's agents running)."""
+    aborted the driver and left Ray's agents running). A RunStopped raised inside a Ray call comes out
+    of it as a plain KeyboardInterrupt: ``stopped`` keeps what was raised, for the caller to raise again."""
 
     def __init__(self):
         self.signal: int | None = None
+        self.stopped: RunStopped | None = None
         self.deferring = False
         self.previous = {}
         self.install()
@@ -332,10 +337,12 @@ class StopRequest:
 
     def handle(self, signum, frame):
         if self.signal is not None:
-            raise KeyboardInterrupt
+            self.stopped = RunStopped(signum, None, aborted=True)
+            raise self.stopped
         self.signal = signum
         if not self.deferring:
-            raise RunStopped(signum, None)
+            self.stopped = RunStopped(signum, None)
+            raise self.stopped
         log.warning("received %s: saving a checkpoint after this step, then stopping", signal.Signals(signum).name)
 
     def restore(self) -> None:

@@ -83,17 +83,37 @@ def test_the_lock_file_names_only_the_current_holder(tmp_path):
 
 
 def test_a_second_signal_in_the_loop_aborts():
-    from rlvr.train.state import StopRequest
+    from rlvr.train.state import RunStopped, StopRequest
 
     stop = StopRequest()
     try:
         stop.deferring = True
         stop.handle(signal.SIGTERM, None)  # first: recorded, the loop checkpoints and stops
-        assert stop.signal == signal.SIGTERM
-        with pytest.raises(KeyboardInterrupt):
-            stop.handle(signal.SIGINT, None)  # second: abort now
+        assert stop.signal == signal.SIGTERM and stop.stopped is None
+        with pytest.raises(RunStopped, match="stopped by SIGINT again, aborting; the same command resumes from the last complete") as e:
+            stop.handle(signal.SIGINT, None)  # second: abort now (exit 128 + it, not a traceback and 1)
+        assert stop.stopped is e.value and e.value.signum == signal.SIGINT
     finally:
         stop.restore()
+
+
+def test_a_stop_that_a_ray_call_turned_into_a_plain_keyboard_interrupt_is_raised_as_itself(tmp_path, monkeypatch):
+    """ray.get and ray.wait re-raise the handler's RunStopped as a plain KeyboardInterrupt: `rlvr train`
+    signalled while its roles started ended with a traceback and exit 1, not 143 and its message."""
+    import rlvr.train.loop as loop
+    from rlvr.config import compose
+    from rlvr.train.state import RunStopped
+
+    def roles_starting(cfg, preset, run_dir, stop, keep_history):
+        try:
+            stop.handle(signal.SIGTERM, None)
+        except RunStopped:
+            raise KeyboardInterrupt from None  # as a Ray call gives it back
+
+    monkeypatch.setattr(loop, "_train", roles_starting)
+    with pytest.raises(KeyboardInterrupt) as e:  # a plain one would end pytest's session: take both, then tell them apart
+        loop.train(compose(["model=tiny-random", f"run_dir={tmp_path}"]))
+    assert isinstance(e.value, RunStopped) and "stopped by SIGTERM before its first step" in str(e.value)
 
 
 def test_restore_after_a_second_install_gives_back_the_handlers_from_before_the_run():

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,6 +276,10 @@ def plot(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def progress(what: str, start: float) -> None:
+    print(f"[pg_simulator] {what}, {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=50)
@@ -310,9 +315,13 @@ def main(argv: list[str] | None = None) -> dict:
                 finals = [run(c, 10_000 + s, args.steps, args.prompts, args.answers, args.batch, lr, args.steps, **training)["curve"][-1]["pass@1"]
                           for s in range(args.val_seeds)]
                 sweep[c.name][lr] = sum(finals) / len(finals)
+                progress(f"{c.name} lr {lr:g}: validation pass@1 {sweep[c.name][lr]:.3f}", start)
             lr_of[c.name] = max(sweep[c.name], key=sweep[c.name].get)
-    results = {c.name: [run(c, s, args.steps, args.prompts, args.answers, args.batch, lr_of[c.name], args.every, **training)
-                        for s in range(args.seeds)] for c in chosen}
+    results = {}
+    for c in chosen:  # runs of half an hour printed nothing until the end
+        results[c.name] = [run(c, s, args.steps, args.prompts, args.answers, args.batch, lr_of[c.name], args.every, **training)
+                           for s in range(args.seeds)]
+        progress(f"{c.name}: {args.seeds} seeds", start)
     summary = summarise(results)
     for name in summary:
         summary[name]["lr"] = lr_of[name]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping
 from typing import Any, Iterable
 
@@ -65,9 +66,10 @@ def _read_rows(path: str, errors: RowErrors) -> Iterable[tuple[int, str, Any]]:
             import pyarrow.parquet as pq
         except ImportError:
             pq = None
-        if pq is not None:
-            table = pq.read_table(path)
-            records = _narrow_floats_as_written(table.to_pylist(), {f.name: str(f.type) for f in table.schema})
+        if pq is not None:  # in batches: every row's dict at once beside the table took 1.7x a JSONL file's peak
+            parquet = pq.ParquetFile(path)
+            records = _narrow_floats_as_written((r for batch in parquet.iter_batches(batch_size=8192) for r in batch.to_pylist()),
+                                                {f.name: str(f.type) for f in parquet.schema_arrow})
         else:
             try:
                 import pandas as pd
@@ -184,6 +186,7 @@ def load_file(cfg: DataSplitConfig, exclude: set[str] | None) -> list[Problem]:
     if cfg.format not in FORMATS:
         raise ValueError(f"unknown data format {cfg.format!r}; expected one of {FORMATS}")
     errors = RowErrors(path, cfg.skip_bad_rows)
+    start = time.perf_counter()
     base = os.path.basename(os.path.normpath(path))
     out: list[Problem] = []
     fmt = None if cfg.format == "auto" else cfg.format
@@ -214,4 +217,6 @@ def load_file(cfg: DataSplitConfig, exclude: set[str] | None) -> list[Problem]:
     if not out:
         why = f" ({excluded} rows left out as training questions: is this the training file?)" if excluded else ""
         raise DataError(f"{path}: no usable problems{why}")
+    log.info("%s: %d problems in %.1f s%s", path, len(out), time.perf_counter() - start,
+             f" ({excluded} rows left out as training questions)" if excluded else "")
     return out

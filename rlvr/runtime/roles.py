@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,9 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> Roles:
     placement = Placement(plan, timeout_s=c.placement_timeout_s, groups={r: k.group for r, k in kept.items()})
     roles = Roles(placement, RestartPolicy("learner", cfg.trainer.max_restarts, c.placement_timeout_s), keys)
     reused = {r: k.actors for r, k in kept.items()}
+    started = time.perf_counter()  # tens of seconds even for a tiny model, whose actors log to run_dir/logs/
+    log.info("starting the roles: %d engine(s), %d learner(s), the verifier pool%s%s", c.num_engines, c.num_learners,
+             ", the value server" if preset.uses_value_model else "", f" ({', '.join(sorted(reused))} kept from the last run)" if reused else "")
     try:
         # The verifier pool and the value server are replaced, in the same bundle, if they die.
         roles.verifier = verifier_role(cfg, dict(**placement.options("verifier", 0), runtime_env=actor_env(cfg, "verifier")),
@@ -225,6 +229,7 @@ def start_roles(cfg: DictConfig, model_path: str, preset) -> Roles:
     except BaseException:
         stop_roles(roles)
         raise
+    log.info("roles ready in %.1f s", time.perf_counter() - started)
     return roles
 
 

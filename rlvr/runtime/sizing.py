@@ -13,6 +13,7 @@ config and the data (once per process: the longest prompt is rendered from the d
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -20,6 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlvr.config import max_response_tokens
 from rlvr.types import Trajectory
+
+log = logging.getLogger("rlvr")
+ANNOUNCED_CHECK = 10_000  # prompts: a length check of more says so first
 
 # vLLM's KV block on CPU (vllm/platforms/cpu.py sets 128 unless a user chose one): a sequence
 # holds whole blocks, so a 155-token sequence takes 256 tokens of cache.
@@ -280,6 +284,8 @@ def check_prompt_lengths(cfg: DictConfig, model_path: str, splits: dict[str, lis
     render = first_prompt_ids(cfg, model_path)
     length = cfg.model.max_model_len
     for split, problems in splits.items():
+        if len(problems) >= ANNOUNCED_CHECK:  # about 0.15 ms a prompt: minutes for a million
+            log.info("%s: checking that each of %d prompts, rendered, fits model.max_model_len=%d", split, len(problems), length)
         if cfg.env.name != "none":
             answer, less = 1, f"less 1 token to answer in; env={cfg.env.name}'s first messages and tool block included"
         else:

@@ -83,12 +83,14 @@ def evaluate(
                 out[f"eval/{name}/{f}"] = float(np.mean([v for v, p in zip(values, problems) if p.family == f]))
         return out
 
+    n = cfg.eval.n_samples
+    # minutes on a large eval.size, with the training bar standing still: say what runs
+    log.info("held-out evaluation: %d prompts, greedy%s", len(problems), f", then {n} samples each" if n > 1 and sampled else "")
     env_counts: dict = {}
     greedy = correct_counts(generator, problems, 1, SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=cfg.eval.max_tokens), seed, env_counts)
     metrics = by_family("accuracy", greedy)
     metrics.update({f"eval/{k}": v for k, v in env_rates(env_counts).items()})  # tool calls and turns of the greedy episodes
     records = [{"uid": p.uid, "family": p.family, "greedy": g} for p, g in zip(problems, greedy)]
-    n = cfg.eval.n_samples
     if n > 1 and sampled:
         sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_tokens=cfg.eval.max_tokens)
         sampled_env: dict = {}

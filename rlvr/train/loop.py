@@ -324,6 +324,9 @@ def _train(cfg: DictConfig, preset, run_dir: Path, stop: StopRequest, keep_histo
         cfg.algorithm.name, cfg.weighting.name, model_path, cfg.data.name, len(train_problems), len(eval_problems),
         cfg.trainer.steps, cfg.trainer.batch_size, cfg.algorithm.n, run_dir,
     )
+    if cfg.eval.oracle.samples:  # inside the step, the bar standing still: up to minutes a step in the records
+        log.info("the oracle draws %d more answers to each prompt every %d step(s), and its gradient against the step's",
+                 cfg.eval.oracle.samples, cfg.eval.oracle.every)
     if cfg.rollout.top_p < 1:
         log.warning(
             "rollout.top_p=%s: the engines sample, and report log-probs, from the nucleus renormalised, while the learners' "
@@ -411,6 +414,7 @@ class Run:
         step0: dict = {}
         warmup_decisions: list[dict] = []
         if warmup_problems:
+            log.info("V0.5 warm start: rolling out %d held-out training prompts x %d to fill the value context", len(warmup_problems), cfg.algorithm.n)
             step0 = self.controller.warm_start(warmup_problems, seed=step_seed(cfg.seed, 0))
             warmup_decisions = step0.pop("decisions")
             log.info(

@@ -188,3 +188,23 @@ def test_trl_chat_rows_keep_their_other_columns_for_reward_functions(tmp_path):
 def test_a_math_trl_row_with_a_tests_column_keeps_its_answer(tmp_path):
     path = _jsonl(tmp_path / "d.jsonl", [{"prompt": [{"role": "user", "content": "q"}], "answer": "7", "tests": ["assert f() == 7"]}])
     assert load_problems({"source": "file", "path": path, "answer_type": "number"})[0].answer == "7"
+
+
+def test_parquet_is_read_in_batches_and_a_load_says_how_many_it_kept(tmp_path, caplog):
+    """`read_table().to_pylist()` built every row's dict at once beside the table: 1M rows peaked at
+    1.76 GB against 1.0 GB as JSONL. And a 17 s load of a million rows said only its format."""
+    import logging
+    import tracemalloc
+
+    rows = [{"prompt": f"Problem {i}: a warehouse holds {i * 7} boxes; how many after one more day?", "answer": i} for i in range(20_000)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "t.parquet")
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    peaks = {}
+    for suffix in ("jsonl", "parquet"):
+        tracemalloc.start()
+        with caplog.at_level(logging.INFO, logger="rlvr"):
+            assert len(load_problems({"source": "file", "path": str(tmp_path / f"t.{suffix}")})) == 20_000
+        peaks[suffix] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peaks["parquet"] < 1.3 * peaks["jsonl"], peaks
+    assert "t.parquet: 20000 problems in" in caplog.text

@@ -53,3 +53,22 @@ def test_evaluate_pass_at_k_counts_every_success_and_reports_every_k_up_to_n():
     assert m["eval/pass@4"] == pytest.approx(2 / 3)
     assert m["eval/pass@4/fa"] == pytest.approx(0.5)
     assert [r["successes"] for r in per_prompt] == [2, 0, 4]
+
+
+def test_evaluate_says_what_it_runs_before_it_generates(caplog):
+    """Minutes on a large eval.size (up to 1,042 s in the records) with no line and the training bar still."""
+    import logging
+
+    told = []
+
+    class Announced(ScriptedResults):
+        def generate(self, problems, ns, sampling, seed) -> Rollouts:
+            told.append(caplog.text)
+            return super().generate(problems, ns, sampling, seed)
+
+    from rlvr.train.evaluate import evaluate
+
+    cfg = OmegaConf.create({"eval": {"max_tokens": 16, "n_samples": 4}, "rollout": {"temperature": 1.0, "top_p": 1.0}})
+    with caplog.at_level(logging.INFO, logger="rlvr"):
+        evaluate(Announced([1, 0, 1], [[1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]]), PROBLEMS, cfg, seed=0)
+    assert "held-out evaluation: 3 prompts, greedy, then 4 samples each" in told[0]

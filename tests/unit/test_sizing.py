@@ -143,6 +143,29 @@ def test_a_prompt_with_no_room_for_its_answer_is_a_data_error_naming_it(tiny_mod
         check_prompt_lengths(cfg, tiny_model, {"data.heldout": [long]})
 
 
+def test_a_long_length_check_says_so_before_it_renders(monkeypatch, caplog):
+    """Every prompt is rendered and tokenized one by one (about 0.15 ms each): 2.5 min for a million,
+    with nothing on the console."""
+    import logging
+
+    import rlvr.generation
+    from rlvr.data import Problem
+    from rlvr.runtime.sizing import ANNOUNCED_CHECK, check_prompt_lengths
+
+    told = []
+
+    def render_after_the_line(cfg, model_path):
+        def render(problem):
+            told.append(f"{ANNOUNCED_CHECK} prompts, rendered, fits model.max_model_len" in caplog.text)
+            return [0] * 8
+        return render
+
+    monkeypatch.setattr(rlvr.generation, "first_prompt_ids", render_after_the_line)
+    with caplog.at_level(logging.INFO, logger="rlvr"):
+        check_prompt_lengths(compose(["model=tiny-random"]), "unused", {"data.train": [Problem(f"t/{i}", "q", "1") for i in range(ANNOUNCED_CHECK)]})
+    assert len(told) == ANNOUNCED_CHECK and told[0]
+
+
 def test_an_episode_s_first_prompt_is_what_the_checks_and_the_cache_read(tiny_model):
     """Episode runs skipped the length check (a prompt too long was found when first sampled, steps
     into the run) and sized the KV cache from the data's prompt, without the environment's system

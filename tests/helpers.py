@@ -110,6 +110,8 @@ RESUME_ARGS = [
     "rollout.max_tokens=12",
     "learner.lr=1e-3",
     "learner.mini_batches=2",  # the recomputed-pi_old path, with its seeded mini-batch split
+    "learner.lr_warmup_steps=2",  # an lr schedule, whose place the learner's checkpoint keeps
+    "learner.lr_schedule=cosine",
     "verifier.terms=[{fn: math, weight: 1.0}, {fn: 'e2e_rewards:odd_length', weight: 1.0}]",
     "eval.oracle.samples=4",  # the oracle's figures must come back the same after a resume
 ]

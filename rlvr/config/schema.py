@@ -132,6 +132,9 @@ class TrainerConfig:
 @dataclass
 class LearnerConfig:
     lr: float = MISSING
+    lr_warmup_steps: int = MISSING
+    lr_schedule: str = MISSING
+    min_lr_ratio: float = MISSING
     weight_decay: float = MISSING
     grad_clip: float = MISSING
     micro_batch_size: Any = MISSING  # "auto" or sequences

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf
 
 from rlvr.algorithms import WEIGHTINGS, AlgorithmPreset, default_overlong_buffer
+from rlvr.learner.schedule import LR_SCHEDULES
 from rlvr.seeds import ROUNDS_PER_STEP
 
 T = TypeVar("T")
@@ -339,6 +340,9 @@ def _validate_trainer(cfg: DictConfig) -> None:
                          ("keep_checkpoints", "0 = keep all")):
         _check(t[key] >= 0, f"trainer.{key}", f"must be >= 0 ({meaning}), got {t[key]}")
     _check(cfg.learner.grad_clip >= 0, "learner.grad_clip", f"must be >= 0 (0 = no clipping), got {cfg.learner.grad_clip}")
+    _check(cfg.learner.lr_schedule in LR_SCHEDULES, "learner.lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}, got {cfg.learner.lr_schedule!r}")
+    _check(cfg.learner.lr_warmup_steps >= 0, "learner.lr_warmup_steps", f"must be >= 0 (optimizer steps), got {cfg.learner.lr_warmup_steps}")
+    _check(0 <= cfg.learner.min_lr_ratio <= 1, "learner.min_lr_ratio", f"must be in [0, 1] (a share of learner.lr), got {cfg.learner.min_lr_ratio}")
     _check(cfg.learner.weight_decay >= 0, "learner.weight_decay", f"must be >= 0, got {cfg.learner.weight_decay}")
     _check(cfg.learner.lr > 0, "learner.lr", f"must be > 0, got {cfg.learner.lr}")
     _check(_auto_or(cfg.learner.micro_batch_size, int, 1), "learner.micro_batch_size", f"must be auto or an integer >= 1, got {cfg.learner.micro_batch_size!r}")

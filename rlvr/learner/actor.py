@@ -16,13 +16,14 @@ import os
 import resource
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import ray
 import torch
 
 from rlvr.algorithms import policy_loss, rollout_correction, rollout_mismatch
 from rlvr.learner.forward import Collated, check_head_matches, collate, dot64, loss_share, padding_share, positions, response_logprobs
+from rlvr.learner.schedule import lr_factor
 from rlvr.lora import LoraSettings, add_adapters, sync_tensors
 from rlvr.runtime.kernel_caches import bound_kernel_caches
 from rlvr.runtime.logs import redirect_actor_output
@@ -61,6 +62,10 @@ class LearnerConfig:
     mmap_threshold_mb: float  # CPU: glibc maps allocations this large on their own (`map_large_allocations`); 0: glibc's sliding
     # threshold. Process-wide, set when the actor starts: a kept actor (`cluster.keep_roles`) keeps its first run's setting
     lora: LoraSettings  # rank 0: full fine-tuning
+    lr_warmup_steps: int
+    lr_schedule: str  # a name in rlvr.learner.schedule.LR_SCHEDULES
+    min_lr_ratio: float
+    total_optimizer_steps: int  # the run's: the schedule's T
     betas: tuple = (0.9, 0.999)
 
 
@@ -112,6 +117,19 @@ def deepspeed_config(cfg: LearnerConfig) -> dict:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+
+
+def lr_scheduler(cfg: LearnerConfig) -> Callable | None:
+    """What DeepSpeed steps after each optimizer step (and keeps in a checkpoint): the schedule of
+    `rlvr.learner.schedule` over the run's optimizer steps. None for a constant lr without warm-up,
+    as before the schedules: checkpoints written then hold no scheduler state to load."""
+    if cfg.lr_schedule == "constant" and cfg.lr_warmup_steps == 0:
+        return None
+    from torch.optim.lr_scheduler import LambdaLR
+
+    factor = functools.partial(lr_factor, warmup_steps=cfg.lr_warmup_steps, total_steps=cfg.total_optimizer_steps,
+                               schedule=cfg.lr_schedule, min_ratio=cfg.min_lr_ratio)
+    return lambda optimizer: LambdaLR(optimizer, factor)
 
 
 @functools.cache
@@ -191,7 +209,8 @@ class PolicyLearner:
         tok = AutoTokenizer.from_pretrained(cfg.model_path)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         trainable = [p for p in model.parameters() if p.requires_grad]
-        self.engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=deepspeed_config(cfg))
+        self.engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=deepspeed_config(cfg),
+                                               lr_scheduler=lr_scheduler(cfg))
         if self.world_size == 1 and cfg.zero_stage == 0:
             # Over one rank the all-reduce is the identity, but DeepSpeed still flattens every
             # gradient into one buffer and copies it back: a second copy of the gradients at the
@@ -265,6 +284,7 @@ class PolicyLearner:
         mini-batch's loss whichever aggregation is used.
         """
         start = time.perf_counter()
+        lr = self.engine.get_lr()[0]  # this step's first optimizer step's: the scheduler moves it after each
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.engine.train()
@@ -325,7 +345,7 @@ class PolicyLearner:
             micro_batches=sum(len(mini.micro_batches) for mini in mini_batches),  # a pass's forwards on this rank (empty ones included)
             micro_batch_sequences_max=max((len(mb) for mini in mini_batches for mb in mini.micro_batches), default=0),
             tokens=first_pass,
-            lr=self.engine.get_lr()[0],
+            lr=lr,
             seconds=time.perf_counter() - start,
             peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this process's high-water mark (Linux: KiB)
         )

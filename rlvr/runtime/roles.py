@@ -126,6 +126,7 @@ def learner_config(cfg: DictConfig, model_path: str) -> LearnerConfig:
         threads=cfg.rollout.threads,
         seed=cfg.seed,
         lora=LoraSettings.from_config(cfg.model.lora),
+        total_optimizer_steps=cfg.trainer.steps * cfg.learner.mini_batches * cfg.learner.epochs,
     )
 
 

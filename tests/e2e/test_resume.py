@@ -9,6 +9,7 @@ the next epoch rather than stop.
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ def final_weights(run_dir: Path) -> dict:
 
 DETERMINISTIC = [
     "reward", "accuracy", "rollouts", "response_length", "learner/loss", "learner/pg_loss", "learner/entropy", "learner/grad_norm",
-    "learner/clip_frac", "learner/ratio_max", "learner/optimizer_steps",
+    "learner/clip_frac", "learner/ratio_max", "learner/optimizer_steps", "learner/lr",
     "v05/prior_err_sd", "v05/invalid_rate", "v05/window", "v05/extra_mean",
     "oracle/p_star_mean", "oracle/se_v05", "oracle/se_prior", "oracle/sign_disagree",
 ]
@@ -58,6 +59,9 @@ def test_sigkill_and_resume_matches_straight_run(tmp_path, ray_session, tiny_mod
             expected = pytest.approx(a[step][key], rel=1e-5) if key.startswith("learner/") else a[step][key]
             assert b[step][key] == expected, (step, key, a[step][key], b[step][key])
     assert b[3]["learner/tokens"] > 0 and b[4]["learner/tokens"] > 0  # the epoch after the boundary trained
+    # the cosine schedule over 4 steps x 2 mini-batches, warmed up over the first step; resumed in its place
+    assert [b[s]["learner/lr"] for s in (1, 2, 3, 4)] == pytest.approx([0.0, 1e-3, 1e-3 * 0.5 * (1 + math.cos(math.pi * 2 / 6)),
+                                                                      1e-3 * 0.5 * (1 + math.cos(math.pi * 4 / 6))])
     # V0.5's calibration window came back with the checkpoint: every decision after the resume is the same
     from rlvr.analysis.plots import load_decisions
 

@@ -167,3 +167,26 @@ def test_pool_keeps_request_order_and_gives_each_engine_its_own_seed(ray_session
     finally:
         for e in engines:
             ray.kill(e)
+
+
+@pytest.mark.slow
+def test_the_lr_schedule_moves_with_each_optimizer_step_and_a_checkpoint_keeps_its_place(ray_session, tiny_model, tmp_path):
+    """Warm-up of 2 then cosine to 0.1 over 4 steps: the lr each step trained with is 0, ½, 1 and
+    0.55 of learner.lr; the first (lr 0) moves no weight; a learner loading the checkpoint after
+    step 2 takes step 3 at the same lr as the one that went on."""
+    cfg = tiny_learner_config(tiny_model, "learner.lr_warmup_steps=2", "learner.lr_schedule=cosine", "learner.min_lr_ratio=0.1",
+                              lr=1e-2, threads=1, total_optimizer_steps=4)
+    seqs = [Trajectory([5, 6, 7], [8, 9, 10], advantage=1.0), Trajectory([5, 6], [10, 11, 12], advantage=-1.0)]
+    update = tiny_update_config("algorithm=grpo")
+    learner = kept_learner(cfg)
+    before = dict(fetch_buckets(ray.get(learner.export_weights.remote())[0]))
+    lrs = [ray.get(learner.train_step.remote([mini_batch(seqs)], update))["lr"]]
+    after = dict(fetch_buckets(ray.get(learner.export_weights.remote())[0]))
+    assert lrs == [0.0] and all(torch.equal(after[n], before[n]) for n in before)
+    lrs.append(ray.get(learner.train_step.remote([mini_batch(seqs)], update))["lr"])
+    ray.get(learner.save_checkpoint.remote(str(tmp_path), "policy"))
+    lrs += [ray.get(learner.train_step.remote([mini_batch(seqs)], update))["lr"] for _ in range(2)]
+    assert lrs == pytest.approx([0.0, 5e-3, 1e-2, 1e-2 * (0.1 + 0.9 * 0.5)])
+    resumed = kept_learner(cfg, 1)
+    ray.get(resumed.load_checkpoint.remote(str(tmp_path), "policy"))
+    assert ray.get(resumed.train_step.remote([mini_batch(seqs)], update))["lr"] == pytest.approx(1e-2)

@@ -592,3 +592,11 @@ def test_a_few_shot_turn_needs_both_question_and_response():
 def test_validate_refuses_a_string_for_data_tasks():
     """A bare string passed validation and was refused only as the data loaded (after validate's fail-fast point)."""
     refused_naming(["data.train.tasks=chain_sum"], "data.train.tasks")
+
+
+@pytest.mark.parametrize("override, key", [("learner.lr_schedule=cosin", "learner.lr_schedule: must be one of constant, linear, cosine"),
+                                           ("learner.lr_warmup_steps=-1", "learner.lr_warmup_steps"),
+                                           ("learner.min_lr_ratio=1.5", "learner.min_lr_ratio")])
+def test_an_lr_schedule_that_cannot_work_is_refused(override, key):
+    refused_naming([override], key)
+    validate(compose(["learner.lr_schedule=cosine", "learner.lr_warmup_steps=10", "learner.min_lr_ratio=0.1"]))

@@ -207,6 +207,45 @@ def test_roles_kept_in_an_earlier_ray_session_are_not_claimed(monkeypatch):
     assert roles.claim_kept({"rollout": key}) == {"rollout": kept}
 
 
+# ---- rlvr/learner/schedule.py and actor.py ----------------------------------------------------------------
+def test_lr_schedules_are_hugging_face_s_and_verl_s():
+    """W = 2 warm-up steps of T = 6: 0, ½, then constant 1; linear and cosine fall from 1 to m = 0.1
+    over the 4 steps after the warm-up (HF's linear and cosine at m = 0, verl's cosine with min_lr_ratio)."""
+    from rlvr.learner.schedule import lr_factor
+
+    def curve(schedule, m=0.1):
+        return [lr_factor(s, 2, 6, schedule, m) for s in range(7)]
+
+    assert curve("constant") == [0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0]
+    assert curve("linear") == pytest.approx([0.0, 0.5, 1.0, 0.1 + 0.9 * 0.75, 0.1 + 0.9 * 0.5, 0.1 + 0.9 * 0.25, 0.1])
+    cosine = [0.0, 0.5] + [0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)) for p in (0, 0.25, 0.5, 0.75, 1)]
+    assert curve("cosine") == pytest.approx(cosine)
+    assert lr_factor(9, 2, 6, "cosine", 0.1) == pytest.approx(0.1)  # past T (trainer.steps raised on resume): it stays at m
+    assert [lr_factor(s, 0, 4, "linear", 0.0) for s in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]  # no warm-up: HF's linear
+
+
+def test_a_constant_lr_without_warm_up_has_no_scheduler_and_the_others_do(tiny_model):
+    """Checkpoints from before the schedules hold no scheduler state: a scheduler there would fail to
+    load them, so the default has none; any other setting is DeepSpeed's to step and to checkpoint."""
+    from torch.optim import SGD
+
+    from rlvr.learner.actor import lr_scheduler
+
+    assert lr_scheduler(tiny_learner_config(tiny_model)) is None
+    overrides = ["learner.lr_warmup_steps=2", "learner.lr_schedule=cosine", "learner.min_lr_ratio=0.1", "trainer.steps=3", "algorithm=gspo"]
+    cfg = tiny_learner_config(tiny_model, *overrides)
+    tree = compose(["model=tiny-random", *overrides])
+    assert cfg.total_optimizer_steps == 3 * tree.learner.mini_batches * tree.learner.epochs == 12  # GSPO: 4 mini-batches a batch
+    optimizer = SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = lr_scheduler(cfg)(optimizer)
+    lrs = []
+    for _ in range(cfg.total_optimizer_steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[:2] == [0.0, 0.5] and lrs[2] == 1.0 and lrs[-1] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (len(lrs) - 3) / (len(lrs) - 2))))
+
+
 # ---- rlvr/learner/actor.py --------------------------------------------------------------------
 def test_deepspeed_config_clipping_and_optimizer(tiny_model):
     from rlvr.learner.actor import _clips_itself, deepspeed_config

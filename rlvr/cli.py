@@ -240,11 +240,12 @@ def eval_command(argv: list[str]) -> int:
     stop = StopRequest()  # before the temp export: SIGTERM's default action left it in /tmp, with no cleanup run
     try:
         metrics = evaluate_model(args.target, cfg, stop)
-    except KeyboardInterrupt:  # the StopRequest's, or Ray's plain one in its place
-        if stop.signal is None:
+    except (KeyboardInterrupt, SystemExit) as e:  # the StopRequest's, Ray's plain one in its place, or ray.init's exit(15)
+        signum = stop.signal or (signal.SIGTERM if isinstance(e, SystemExit) and e.code == signal.SIGTERM else None)
+        if signum is None:
             raise
-        print(f"rlvr eval: stopped by {signal.Signals(stop.signal).name}", file=sys.stderr)
-        return 128 + stop.signal
+        print(f"rlvr eval: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
     except ValueError as e:  # as `rlvr export`: not a checkpoint, or one whose weights do not load
         print(f"rlvr eval: {e}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ import inspect
 import json
 import logging
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -286,6 +287,11 @@ def train(cfg: DictConfig, keep_history: bool = True) -> dict:
             if stop.stopped is None or isinstance(e, RunStopped):
                 raise
             raise stop.stopped from None  # what Ray's get/wait turned into a plain KeyboardInterrupt
+        except SystemExit as e:
+            if e.code != signal.SIGTERM or stop.signal is not None:
+                raise
+            # ray.init's own handler, in place until the run's is back: sys.exit(15), silent, not 143
+            raise RunStopped(signal.SIGTERM, None) from None
         finally:
             stop.restore()
 

@@ -253,3 +253,12 @@ def test_plot_into_a_file_or_of_a_run_without_records_is_a_message(tmp_path, cap
     (run / "metrics.jsonl").write_text('{"step": 1, "rew')  # the only line, cut short
     assert run_main(["plot", str(run)]) == 2
     assert "holds no complete record" in capsys.readouterr().err and not (run / "plots").exists()
+
+
+def test_ray_init_s_own_sigterm_exit_is_a_stop_of_rlvr_eval(tmp_path, monkeypatch, capsys):
+    """Until the run's handler is back, ray.init's own SIGTERM handler calls sys.exit(15): a silent exit 15."""
+    import rlvr.train.evaluate as evaluate
+
+    monkeypatch.setattr(evaluate, "evaluate_model", lambda *args: sys.exit(signal.SIGTERM))
+    assert run_main(["eval", str(tmp_path)]) == 128 + signal.SIGTERM
+    assert "rlvr eval: stopped by SIGTERM" in capsys.readouterr().err

@@ -5,6 +5,7 @@ by a bound). The budget controller's bookkeeping is in test_samplers.py."""
 import os
 import random
 import signal
+import sys
 import threading
 import time
 
@@ -114,6 +115,16 @@ def test_a_stop_that_a_ray_call_turned_into_a_plain_keyboard_interrupt_is_raised
     with pytest.raises(KeyboardInterrupt) as e:  # a plain one would end pytest's session: take both, then tell them apart
         loop.train(compose(["model=tiny-random", f"run_dir={tmp_path}"]))
     assert isinstance(e.value, RunStopped) and "stopped by SIGTERM before its first step" in str(e.value)
+
+    def ray_starting(cfg, preset, run_dir, stop, keep_history):
+        sys.exit(signal.SIGTERM)  # ray.init's own SIGTERM handler, before the run's is back: exit 15, nothing said
+
+    monkeypatch.setattr(loop, "_train", ray_starting)
+    with pytest.raises(RunStopped, match="stopped by SIGTERM before its first step"):
+        loop.train(compose(["model=tiny-random", f"run_dir={tmp_path}"]))
+    monkeypatch.setattr(loop, "_train", lambda *args: sys.exit(3))  # any other exit is left alone
+    with pytest.raises(SystemExit):
+        loop.train(compose(["model=tiny-random", f"run_dir={tmp_path}"]))
 
 
 def test_restore_after_a_second_install_gives_back_the_handlers_from_before_the_run():

@@ -121,7 +121,7 @@ def train_command(argv: list[str]) -> int:
     from hydra._internal.utils import get_args_parser
     from hydra.errors import HydraException
 
-    from rlvr.config import config_dir, expand_shorthand
+    from rlvr.config import config_dir, expand_shorthand, overridden_keys
     from rlvr.config.schema import register_schema
 
     argv = expand_shorthand(argv)
@@ -142,7 +142,7 @@ def train_command(argv: list[str]) -> int:
         for job in jobs:
             cfg = _compose_or_exit(job)
             # a sweep's job without run_dir= runs in Hydra's multirun/ folder (see `task`), which Hydra makes
-            if not args.multirun or any(o.lstrip("+~").split("=", 1)[0] == "run_dir" for o in job):
+            if not args.multirun or "run_dir" in overridden_keys(job):
                 problem = run_dir_problem(Path(str(cfg.run_dir)))
                 if problem is None and str(cfg.run_dir) in run_dirs:
                     problem = (f"{cfg.run_dir} is more than one job's run dir (each would resume the one before it and train "
@@ -166,7 +166,7 @@ def train_command(argv: list[str]) -> int:
         from rlvr.train.loop import train
 
         hc = HydraConfig.get()
-        user_set_run_dir = any(o.lstrip("+~").split("=", 1)[0] == "run_dir" for o in hc.overrides.task)
+        user_set_run_dir = "run_dir" in overridden_keys(hc.overrides.task)
         if hc.mode == RunMode.MULTIRUN and not user_set_run_dir:
             cfg.run_dir = hc.runtime.output_dir  # multirun/<date>/<time>/<job>_<overrides>
         from rlvr.runtime.faults import RoleFailed

@@ -10,11 +10,12 @@ from rlvr.config.tree import (
     fill,
     max_response_tokens,
     overlong_buffer,
+    overridden_keys,
     validate,
     validate_cluster,
 )
 
 __all__ = [
     "ConfigError", "algorithm_preset", "compose", "config_dir", "expand_shorthand", "fill", "max_response_tokens", "overlong_buffer",
-    "validate", "validate_cluster",
+    "overridden_keys", "validate", "validate_cluster",
 ]

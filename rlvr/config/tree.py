@@ -28,6 +28,11 @@ def config_dir() -> str:
     return str(Path(__file__).resolve().parents[2] / "configs")
 
 
+def overridden_keys(overrides) -> list[str]:
+    """The keys command-line overrides set (`+key=v`, `++key=v` and `~key` name theirs too)."""
+    return [o.lstrip("+~").split("=", 1)[0] for o in overrides]
+
+
 def expand_shorthand(overrides: list[str]) -> list[str]:
     """`resume=never|auto|PATH` is short for resume.mode=..."""
     return [("resume.mode=" + o.split("=", 1)[1]) if o.startswith("resume=") else o for o in overrides]

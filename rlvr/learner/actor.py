@@ -231,6 +231,18 @@ class PolicyLearner:
         redirect_actor_output(log_path)
         self._build(cfg)
 
+    def _set_lr_at(self, steps: int) -> None:
+        """Every param group at `learner.lr` × the schedule's factor after ``steps`` optimizer steps, and
+        the scheduler there, so that its next step computes the factor after ``steps`` + 1."""
+        cfg = self.cfg
+        lr = cfg.lr * lr_factor(steps, cfg.lr_warmup_steps, cfg.total_optimizer_steps, cfg.lr_schedule, cfg.min_lr_ratio)
+        for group in self.engine.optimizer.param_groups:
+            group["lr"], group["initial_lr"] = lr, cfg.lr
+        scheduler = self.engine.lr_scheduler
+        if scheduler is not None:
+            scheduler.base_lrs = [cfg.lr] * len(scheduler.base_lrs)
+            scheduler.last_epoch, scheduler._last_lr = steps, [lr] * len(scheduler.base_lrs)
+
     def ensure_reference(self) -> None:
         """Load a frozen copy of the initial policy for the KL term (only when kl_coef > 0). Under
         LoRA the reference is the base model with the adapters switched off: no second copy."""
@@ -558,7 +570,12 @@ class PolicyLearner:
         self.engine.save_checkpoint(path, tag=tag, client_state=state, save_latest=False, exclude_frozen_parameters=self.cfg.lora.enabled)
 
     def load_checkpoint(self, path: str, tag: str) -> dict:
-        _, client_state = self.engine.load_checkpoint(path, tag=tag, load_module_strict=not self.cfg.lora.enabled)
+        # The lr is this run's config's at the steps taken, not the checkpoint's: a resume may change
+        # learner.lr, the schedule or trainer.steps (the schedule's T); DeepSpeed's loaded param groups
+        # kept the old lr, and a checkpoint without a scheduler failed to load into one.
+        _, client_state = self.engine.load_checkpoint(path, tag=tag, load_module_strict=not self.cfg.lora.enabled,
+                                                      load_lr_scheduler_states=False)
+        self._set_lr_at(self.engine.global_steps)
         client_state = dict(client_state or {})
         if "learner_rng" in client_state:
             torch.set_rng_state(client_state.pop("learner_rng"))

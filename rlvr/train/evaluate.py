@@ -113,7 +113,7 @@ def eval_config(target: str | Path, overrides: list[str]) -> DictConfig:
     brings `verifier.terms=[code_tests]`). (Before 2026-12-07 a checkpoint got the tree's defaults:
     another data set's prompts, scored as if they were the run's.)"""
     from rlvr.checkpoint import checkpoint_named, validate_checkpoint
-    from rlvr.config import ConfigError, compose
+    from rlvr.config import ConfigError, compose, overridden_keys
 
     composed = compose(overrides)
     ckpt = checkpoint_named(target)
@@ -124,7 +124,7 @@ def eval_config(target: str | Path, overrides: list[str]) -> DictConfig:
         raise ConfigError(f"{ckpt} is not a complete checkpoint: {problem}")
     saved = OmegaConf.load(ckpt / "config.yaml")
     resolved = OmegaConf.to_container(composed, resolve=True)
-    named = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
+    named = overridden_keys(overrides)
     for key in [*named, *_changed(OmegaConf.to_container(compose([]), resolve=True), resolved)]:
         OmegaConf.update(saved, key, OmegaConf.select(OmegaConf.create(resolved), key), merge=False)
     return saved

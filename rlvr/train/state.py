@@ -272,8 +272,6 @@ def refuse_before_start(cfg: DictConfig) -> None:
     run dir another trainer holds, a checkpoint to resume that is missing or of another config.
     (`rlvr train` asks before Hydra writes ``run_dir/.hydra/``, which a refused command replaced.)"""
     run_dir = Path(str(cfg.run_dir))
-    if not run_dir.is_dir():
-        return
     if (run_dir / ".lock").exists():
         with open(run_dir / ".lock", encoding="utf-8") as handle:
             _lock_or_refuse(handle, run_dir)  # released as the file closes

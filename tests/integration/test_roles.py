@@ -1,5 +1,6 @@
 """Component tests of the rollout engines and the DeepSpeed learner, on the tiny random model."""
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -190,3 +191,25 @@ def test_the_lr_schedule_moves_with_each_optimizer_step_and_a_checkpoint_keeps_i
     resumed = kept_learner(cfg, 1)
     ray.get(resumed.load_checkpoint.remote(str(tmp_path), "policy"))
     assert ray.get(resumed.train_step.remote([mini_batch(seqs)], update))["lr"] == pytest.approx(1e-2)
+
+
+@pytest.mark.slow
+def test_a_resume_trains_at_the_lr_its_own_config_gives_at_the_steps_taken(ray_session, tiny_model, tmp_path):
+    """DeepSpeed's loaded param groups kept the checkpoint's lr: a resume with learner.lr raised trained at
+    the old one, a schedule turned off stayed at the warm-up's lr, one turned on failed to load the
+    checkpoint's missing scheduler state, and a raised trainer.steps (the schedule's T) took effect a step late."""
+    seqs = [Trajectory([5, 6, 7], [8, 9, 10], advantage=1.0), Trajectory([5, 6], [10, 11, 12], advantage=-1.0)]
+    update = tiny_update_config("algorithm=grpo")
+
+    def trained_lrs(learner, steps: int) -> list[float]:
+        return [ray.get(learner.train_step.remote([mini_batch(seqs)], update))["lr"] for _ in range(steps)]
+
+    constant = kept_learner(tiny_learner_config(tiny_model, lr=1e-2, threads=1, total_optimizer_steps=4))
+    assert trained_lrs(constant, 2) == [1e-2, 1e-2]
+    ray.get(constant.save_checkpoint.remote(str(tmp_path / "constant"), "policy"))
+    cosine = kept_learner(tiny_learner_config(tiny_model, "learner.lr_schedule=cosine", lr=2e-2, threads=1, total_optimizer_steps=8), 1)
+    ray.get(cosine.load_checkpoint.remote(str(tmp_path / "constant"), "policy"))
+    assert trained_lrs(cosine, 2) == pytest.approx([2e-2 * 0.5 * (1 + math.cos(math.pi * s / 8)) for s in (2, 3)])
+    ray.get(cosine.save_checkpoint.remote(str(tmp_path / "cosine"), "policy"))
+    ray.get(constant.load_checkpoint.remote(str(tmp_path / "cosine"), "policy"))  # the schedule turned off again
+    assert trained_lrs(constant, 1) == [1e-2]

@@ -207,3 +207,18 @@ def test_async_generator_error_is_raised_in_the_training_thread():
     t.join(10)  # a lost error left the training thread waiting forever
     assert [str(e) for e in caught] == ["engine lost"]
     a.close(timeout_s=5)
+
+
+def test_a_resume_path_of_another_config_is_refused_before_its_new_run_dir_is_made(tmp_path):
+    """resume=PATH into a run_dir that does not exist yet was checked only inside train(), after Hydra
+    had made the run dir and its .hydra/ record (a stray folder left by a refused command)."""
+    from rlvr.checkpoint import _write_manifest, checkpoint_name
+    from rlvr.train.state import refuse_before_start
+
+    ckpt = tmp_path / "other" / "checkpoints" / checkpoint_name(2)
+    ckpt.mkdir(parents=True)
+    (ckpt / "config.yaml").write_text(OmegaConf.to_yaml(compose(["model=tiny-random", "algorithm=grpo"]), resolve=True))
+    _write_manifest(ckpt, 2)
+    with pytest.raises(ConfigError, match="different config"):
+        refuse_before_start(compose(["model=tiny-random", "algorithm=v05", f"run_dir={tmp_path / 'new'}", f"resume={ckpt}"]))
+    assert not (tmp_path / "new").exists()

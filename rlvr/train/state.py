@@ -273,7 +273,7 @@ def refuse_before_start(cfg: DictConfig) -> None:
     (`rlvr train` asks before Hydra writes ``run_dir/.hydra/``, which a refused command replaced.)"""
     run_dir = Path(str(cfg.run_dir))
     if (run_dir / ".lock").exists():
-        with open(run_dir / ".lock", encoding="utf-8") as handle:
+        with open(run_dir / ".lock", "a+", encoding="utf-8") as handle:  # writable, as NFS's emulated flock needs
             _lock_or_refuse(handle, run_dir)  # released as the file closes
     ckpt = resolve_resume(run_dir, str(cfg.resume.mode))
     if ckpt is not None:

@@ -49,6 +49,10 @@ def test_the_step_record_describes_the_batch_and_an_empty_one_has_no_figures():
         "response_length": 3.0, "response_length_max": 6.0, "response_length_min": 1.0, "prompt_length": 2.5, "prompt_length_max": 3.0,
         "truncated_frac": 0.25, "groups_uniform_frac": 0.5, "adv_abs_mean": 0.25, "adv_max": 0.5, "adv_min": -0.5,
         "groups": 2, "learner/grad_norm": 2.0})
+    three = Batch([PromptGroup(problem(0), [traj(2, 3, 1.0), traj(2, 1, 0.0)]), PromptGroup(problem(1), [traj(2, 3, 0.5), traj(2, 1, 0.5)]),
+                   PromptGroup(problem(2), [traj(2, 3, 0.0), traj(2, 1, 0.0)]), PromptGroup(problem(3), [])])  # an empty group is no group
+    three.set_advantages(torch.zeros(6))
+    assert step_metrics(three, {})["groups_uniform_frac"] == pytest.approx(2 / 3)
     empty = step_metrics(Batch([]), {})
     assert empty["groups"] == 0 and all(math.isnan(v) for k, v in empty.items() if k != "groups")
     assert "len nan" in console_line(1, 1, empty)

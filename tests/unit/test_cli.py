@@ -206,7 +206,7 @@ def test_a_refused_train_leaves_the_run_s_hydra_record_alone(tmp_path, capsys):
     assert (run / ".hydra" / "overrides.yaml").read_text() == "- seed=1\n"
 
 
-@pytest.mark.parametrize("run_dir", ["", "'~/myrun'"])
+@pytest.mark.parametrize("run_dir", ["", "' '", "'~/myrun'", "'~nobody/run'"])
 def test_an_empty_or_tilde_run_dir_is_refused(run_dir, tmp_path, monkeypatch, capsys):
     """`run_dir=` (an unset variable) wrote into the current folder; `run_dir='~/x'` made a folder named ~ there."""
     refused_before_training(monkeypatch)
@@ -220,6 +220,8 @@ def test_cfg_and_info_with_an_unknown_key_exit_2_naming_it(flags, capsys):
     assert run_main(["train", *flags, "learner.micro_batchsize=4"]) == 2
     err = capsys.readouterr().err
     assert "learner.micro_batchsize" in err and "Traceback" not in err
+    if flags[0] == "--cfg":  # (--info would set up Hydra's logging on this test's captured stream, closed after it)
+        assert run_main(["train", *flags, "learner.lr=0"]) == 0  # a bad value composes: one looks at the config to see it
 
 
 def test_eval_of_a_checkpoint_whose_config_is_cut_short_is_a_message(tmp_path, capsys):
@@ -253,6 +255,11 @@ def test_plot_into_a_file_or_of_a_run_without_records_is_a_message(tmp_path, cap
     (run / "metrics.jsonl").write_text('{"step": 1, "rew')  # the only line, cut short
     assert run_main(["plot", str(run)]) == 2
     assert "holds no complete record" in capsys.readouterr().err and not (run / "plots").exists()
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "metrics.jsonl").write_text('{"step": 1, "reward": 0.5}\n')
+    assert run_main(["plot", str(good), str(run)]) == 2  # every run is checked, not the first alone
+    assert f"{run / 'metrics.jsonl'} holds no complete record" in capsys.readouterr().err
 
 
 def test_ray_init_s_own_sigterm_exit_is_a_stop_of_rlvr_eval(tmp_path, monkeypatch, capsys):

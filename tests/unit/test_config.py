@@ -599,4 +599,4 @@ def test_validate_refuses_a_string_for_data_tasks():
                                            ("learner.min_lr_ratio=1.5", "learner.min_lr_ratio")])
 def test_an_lr_schedule_that_cannot_work_is_refused(override, key):
     refused_naming([override], key)
-    validate(compose(["learner.lr_schedule=cosine", "learner.lr_warmup_steps=10", "learner.min_lr_ratio=0.1"]))
+    validate(compose(["learner.lr_schedule=cosine", "learner.lr_warmup_steps=10", "learner.min_lr_ratio=1.0"]))  # the bounds are in

@@ -208,3 +208,6 @@ def test_parquet_is_read_in_batches_and_a_load_says_how_many_it_kept(tmp_path, c
         tracemalloc.stop()
     assert peaks["parquet"] < 1.3 * peaks["jsonl"], peaks
     assert "t.parquet: 20000 problems in" in caplog.text
+    with caplog.at_level(logging.INFO, logger="rlvr"):  # what the held-out split lost to the training questions
+        load_problems({"source": "file", "path": str(tmp_path / "t.jsonl")}, exclude={rows[0]["prompt"]})
+    assert "t.jsonl: 19999 problems in" in caplog.text and "(1 rows left out as training questions)" in caplog.text

@@ -222,6 +222,7 @@ def test_lr_schedules_are_hugging_face_s_and_verl_s():
     assert curve("cosine") == pytest.approx(cosine)
     assert lr_factor(9, 2, 6, "cosine", 0.1) == pytest.approx(0.1)  # past T (trainer.steps raised on resume): it stays at m
     assert [lr_factor(s, 0, 4, "linear", 0.0) for s in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]  # no warm-up: HF's linear
+    assert lr_factor(9, 2, 6, "linear", 0.1) == pytest.approx(0.1) and lr_factor(12, 0, 6, "linear", 0.0) == 0.0  # past T: not below m
 
 
 def test_a_constant_lr_without_warm_up_has_no_scheduler_and_the_others_do(tiny_model):
@@ -232,6 +233,8 @@ def test_a_constant_lr_without_warm_up_has_no_scheduler_and_the_others_do(tiny_m
     from rlvr.learner.actor import lr_scheduler
 
     assert lr_scheduler(tiny_learner_config(tiny_model)) is None
+    assert lr_scheduler(tiny_learner_config(tiny_model, "learner.lr_warmup_steps=2")) is not None  # a warm-up alone
+    assert lr_scheduler(tiny_learner_config(tiny_model, "learner.lr_schedule=linear")) is not None  # a decay alone
     overrides = ["learner.lr_warmup_steps=2", "learner.lr_schedule=cosine", "learner.min_lr_ratio=0.1", "trainer.steps=3", "algorithm=gspo"]
     cfg = tiny_learner_config(tiny_model, *overrides)
     tree = compose(["model=tiny-random", *overrides])

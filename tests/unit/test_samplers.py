@@ -87,6 +87,9 @@ def test_the_overlong_penalty_is_half_the_recipes_on_a_0_1_reward():
     assert [t.reward for t in groups[1].trajectories] == pytest.approx([0.5, -0.5])
     assert ctl.counts["overlong_penalised"] == 4 and ctl.counts["overlong_shortest_penalised"] == 18
     assert step_rates(dict(ctl.counts))["overlong_penalty_mean"] == pytest.approx((2 * -0.25 + 2 * -0.5) / 4)
+    ctl.sample([Problem("mixed/1", "q", "1")], [2], seed=2)  # a second round's penalties add to the first's
+    assert step_rates(dict(ctl.counts))["overlong_penalty_mean"] == pytest.approx((2 * -0.25 + 4 * -0.5) / 6)
+    assert step_rates({"reward_term_sum/0:math": 1.0, "reward_term_count/0:math": 1}) == {"reward_term/0:math": 1.0}
     whole = controller(ScriptedGenerator({"mixed/0": 21}), "algorithm.overlong_penalty_factor=1.0")
     assert [t.reward for t in whole.sample([Problem("mixed/0", "q", "1")], [2], seed=1)[0].trajectories] == [0.0, -1.0]
 

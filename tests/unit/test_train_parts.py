@@ -126,6 +126,14 @@ def test_a_stop_that_a_ray_call_turned_into_a_plain_keyboard_interrupt_is_raised
     with pytest.raises(SystemExit):
         loop.train(compose(["model=tiny-random", f"run_dir={tmp_path}"]))
 
+    def interrupted(*args):
+        raise KeyboardInterrupt("not a signal of ours")
+
+    monkeypatch.setattr(loop, "_train", interrupted)  # no signal behind it: it passes through as it is
+    with pytest.raises(KeyboardInterrupt) as e:
+        loop.train(compose(["model=tiny-random", f"run_dir={tmp_path}"]))
+    assert type(e.value) is KeyboardInterrupt and "not a signal of ours" in str(e.value)
+
 
 def test_restore_after_a_second_install_gives_back_the_handlers_from_before_the_run():
     """loop.py calls install() again after ray.init; restore() must give back the original handlers."""
@@ -222,3 +230,5 @@ def test_a_resume_path_of_another_config_is_refused_before_its_new_run_dir_is_ma
     with pytest.raises(ConfigError, match="different config"):
         refuse_before_start(compose(["model=tiny-random", "algorithm=v05", f"run_dir={tmp_path / 'new'}", f"resume={ckpt}"]))
     assert not (tmp_path / "new").exists()
+    with pytest.raises(ConfigError, match="different config"):  # and a run dir's own latest checkpoint (resume=auto)
+        refuse_before_start(compose(["model=tiny-random", "algorithm=v05", f"run_dir={tmp_path / 'other'}"]))

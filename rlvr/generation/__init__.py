@@ -25,12 +25,12 @@ from omegaconf import DictConfig
 
 from rlvr.data import Problem
 from rlvr.envs import environment_from_config
-from rlvr.generation.base import VERIFIER_FAILURES, Generator, Rollouts, env_rates, step_rates, verifier_counts
+from rlvr.generation.base import VERIFIER_FAILURES, Generator, Rollouts, env_rates, verifier_counts
 from rlvr.generation.multi_turn import ChatTokens, Episode, MultiTurn
 from rlvr.generation.single_turn import SingleTurn
 
 __all__ = ["VERIFIER_FAILURES", "ChatTokens", "Episode", "Generator", "MultiTurn", "Rollouts", "SingleTurn", "env_rates",
-           "first_prompt_ids", "make_generator", "step_rates", "verifier_counts"]
+           "first_prompt_ids", "make_generator", "verifier_counts"]
 
 
 def make_generator(cfg: DictConfig, rollout, verifier, model_path: str) -> Generator:

@@ -54,26 +54,6 @@ def verifier_counts(vstats: dict) -> dict[str, float]:
 TERM_SUM, TERM_COUNT = "reward_term_sum/", "reward_term_count/"
 
 
-def step_rates(stats: dict) -> dict[str, float]:
-    """The means a step's summed counts stand for, taking the sums out of ``stats``: each reward
-    term's mean over the items the verifier scored (a multi-turn episode's answering turns each
-    count), and over every rollout generated (DAPO's dropped groups and refills too; `accuracy`
-    and `reward` are the trained batch's) the accuracy and the overlong penalty."""
-    rates = {}
-    for key in [k for k in stats if k.startswith(TERM_SUM)]:
-        term = key.removeprefix(TERM_SUM)
-        total, n = stats.pop(key), stats.pop(f"{TERM_COUNT}{term}", 0)
-        if n:
-            rates[f"reward_term/{term}"] = total / n
-    generated, correct = stats.pop("generated", 0), stats.pop("generated_correct", 0)
-    penalty = stats.pop("overlong_penalty_sum", None)
-    if generated:
-        rates["accuracy_generated"] = correct / generated
-        if penalty is not None:
-            rates["overlong_penalty_mean"] = penalty / generated
-    return rates
-
-
 def env_rates(counts: dict) -> dict[str, float]:
     """Per-episode means and shares from a step's summed `env/*` counts."""
     episodes = counts.get("env/episodes", 0)

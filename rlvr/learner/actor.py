@@ -121,8 +121,8 @@ def deepspeed_config(cfg: LearnerConfig) -> dict:
 
 def lr_scheduler(cfg: LearnerConfig) -> Callable | None:
     """What DeepSpeed steps after each optimizer step (and keeps in a checkpoint): the schedule of
-    `rlvr.learner.schedule` over the run's optimizer steps. None for a constant lr without warm-up,
-    as before the schedules: checkpoints written then hold no scheduler state to load."""
+    `rlvr.learner.schedule` over the run's optimizer steps; None for a constant lr without warm-up,
+    which has nothing to step. (A checkpoint's own scheduler state is not loaded: `load_checkpoint`.)"""
     if cfg.lr_schedule == "constant" and cfg.lr_warmup_steps == 0:
         return None
     from torch.optim.lr_scheduler import LambdaLR

@@ -20,7 +20,8 @@ import torch
 from rlvr.algorithms import overlong_penalty
 from rlvr.algorithms.v05 import V05Baseline
 from rlvr.data import Problem
-from rlvr.generation import Generator, env_rates, step_rates
+from rlvr.generation import Generator, env_rates
+from rlvr.generation.base import TERM_COUNT, TERM_SUM
 from rlvr.rollout.engines import SamplingConfig
 from rlvr.runtime.faults import RestartingRole
 from rlvr.sampling import SAMPLERS
@@ -131,3 +132,23 @@ class BudgetController:
         batch.stats.update(env_rates(self.counts))
         batch.stats.update(step_rates(batch.stats))
         return batch
+
+
+def step_rates(stats: dict) -> dict[str, float]:
+    """The means a step's summed counts stand for, taking the sums out of ``stats``: each reward
+    term's mean over the items the verifier scored (a multi-turn episode's answering turns each
+    count), and over every rollout generated (DAPO's dropped groups and refills too; `accuracy`
+    and `reward` are the trained batch's) the accuracy and the overlong penalty."""
+    rates = {}
+    for key in [k for k in stats if k.startswith(TERM_SUM)]:
+        term = key.removeprefix(TERM_SUM)
+        total, n = stats.pop(key), stats.pop(f"{TERM_COUNT}{term}", 0)
+        if n:
+            rates[f"reward_term/{term}"] = total / n
+    generated, correct = stats.pop("generated", 0), stats.pop("generated_correct", 0)
+    penalty = stats.pop("overlong_penalty_sum", None)
+    if generated:
+        rates["accuracy_generated"] = correct / generated
+        if penalty is not None:
+            rates["overlong_penalty_mean"] = penalty / generated
+    return rates

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from rlvr.config import compose, validate
-from rlvr.generation.base import Rollouts, step_rates
+from rlvr.generation.base import Rollouts
 from rlvr.rollout.engines import SamplingConfig
-from rlvr.train.controller import BudgetController
+from rlvr.train.controller import BudgetController, step_rates
 from rlvr.train.loop import controller_config
 from rlvr.types import Problem, Trajectory
 

@@ -140,7 +140,8 @@ def test_weighted_terms_and_user_function():
     assert results[2].reward == pytest.approx(0.0 + 0.1 + 0.45) and not results[2].correct
     assert stats["term_mean/1:format"] == pytest.approx(0.2 / 3)
     # the step adds up its calls' sums (DAPO's rounds, an episode's turns) and logs each term's mean
-    from rlvr.generation.base import step_rates, verifier_counts
+    from rlvr.generation.base import verifier_counts
+    from rlvr.train.controller import step_rates
 
     counts = verifier_counts(stats)
     for key, value in verifier_counts(stats).items():

@@ -240,10 +240,11 @@ def eval_command(argv: list[str]) -> int:
     stop = StopRequest()  # before the temp export: SIGTERM's default action left it in /tmp, with no cleanup run
     try:
         metrics = evaluate_model(args.target, cfg, stop)
-    except (KeyboardInterrupt, SystemExit) as e:  # the StopRequest's, Ray's plain one in its place, or ray.init's exit(15)
-        signum = stop.signal or (signal.SIGTERM if isinstance(e, SystemExit) and e.code == signal.SIGTERM else None)
-        if signum is None:
+    except (KeyboardInterrupt, SystemExit) as e:
+        stopped = stop.stop_behind(e)
+        if stopped is None and stop.signal is None:
             raise
+        signum = stop.signal or stopped.signum  # the first signal's
         print(f"rlvr eval: stopped by {signal.Signals(signum).name}", file=sys.stderr)
         return 128 + signum
     except ValueError as e:  # as `rlvr export`: not a checkpoint, or one whose weights do not load

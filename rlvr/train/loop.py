@@ -22,7 +22,6 @@ import inspect
 import json
 import logging
 import random
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -283,15 +282,11 @@ def train(cfg: DictConfig, keep_history: bool = True) -> dict:
         stop = StopRequest()
         try:
             return _train(cfg, preset, run_dir, stop, keep_history)
-        except KeyboardInterrupt as e:
-            if stop.stopped is None or isinstance(e, RunStopped):
+        except (KeyboardInterrupt, SystemExit) as e:
+            stopped = stop.stop_behind(e)
+            if stopped is None or isinstance(e, RunStopped):
                 raise
-            raise stop.stopped from None  # what Ray's get/wait turned into a plain KeyboardInterrupt
-        except SystemExit as e:
-            if e.code != signal.SIGTERM or stop.signal is not None:
-                raise
-            # ray.init's own handler, in place until the run's is back: sys.exit(15), silent, not 143
-            raise RunStopped(signal.SIGTERM, None) from None
+            raise stopped from None
         finally:
             stop.restore()
 

@@ -343,6 +343,16 @@ class StopRequest:
             raise self.stopped
         log.warning("received %s: saving a checkpoint after this step, then stopping", signal.Signals(signum).name)
 
+    def stop_behind(self, e: BaseException) -> RunStopped | None:
+        """The stop an exception out of a run stands for, or None: the RunStopped raised, which Ray's
+        get/wait give back as a plain KeyboardInterrupt, or ray.init's own SIGTERM handler's exit(15),
+        in place until `install` runs again (it exited silently, 15 and not 143)."""
+        if isinstance(e, KeyboardInterrupt):
+            return self.stopped
+        if isinstance(e, SystemExit) and e.code == signal.SIGTERM and self.signal is None:
+            return RunStopped(signal.SIGTERM, None)
+        return None
+
     def restore(self) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)

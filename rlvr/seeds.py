@@ -8,34 +8,43 @@ any function here changes every run's samples, so each is written once.
     turn        one turn of a multi-turn episode
     oracle      the oracle's extra samples at a step
     evaluation  the held-out evaluation after a step (step 0: before training)
+
+Each is a 63-bit hash of its kind and arguments, so two draws share a seed only by a 2^-63 chance.
+Seeds built by arithmetic (step * 100 + round, ...) met each other's ranges: with seed=1, step
+998's rollouts drew the oracle's stream of step 97, and with seed=0 step 10,000's drew the first
+evaluation's.
 """
 
 from __future__ import annotations
 
+import hashlib
+
+
+def _seed(kind: str, *parts: int) -> int:
+    text = ":".join((kind, *(str(int(p)) for p in parts)))
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
+
 
 def step_seed(seed: int, step: int) -> int:
-    return seed * 100003 + step
-
-
-ROUNDS_PER_STEP = 100  # round seeds of step s are s*100 .. s*100 + 99: config validation caps the rounds
+    return _seed("step", seed, step)
 
 
 def round_seed(step: int, round_: int) -> int:
     """Round `round_` of generation within the step whose seed is `step` (round 0: the first draw)."""
-    return step * ROUNDS_PER_STEP + round_
+    return _seed("round", step, round_)
 
 
 def engine_seed(call: int, engine: int) -> int:
-    return call * 1000 + engine
+    return _seed("engine", call, engine)
 
 
-def turn_seed(call: int, max_turns: int, turn: int) -> int:
-    return call * max_turns + turn
+def turn_seed(call: int, turn: int) -> int:
+    return _seed("turn", call, turn)
 
 
 def oracle_seed(seed: int, step: int) -> int:
-    return step_seed(seed, step) + 10**7
+    return _seed("oracle", seed, step)
 
 
 def evaluation_seed(seed: int, step: int) -> int:
-    return seed + 10**6 + step
+    return _seed("evaluation", seed, step)

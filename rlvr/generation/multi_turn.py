@@ -169,7 +169,7 @@ class MultiTurn:
             requests = [GenerationRequest(j, e.prompt_ids + e.response_ids, 1, min(sampling.max_tokens, self._room(e)))
                         for j, e in enumerate(active)]
             start = time.perf_counter()
-            for s in self.rollout.generate(requests, sampling, turn_seed(seed, self.max_turns, turn)):
+            for s in self.rollout.generate(requests, sampling, turn_seed(seed, turn)):
                 active[s.prompt_index].add_turn(s)
             timings["generate"] += time.perf_counter() - start
             counts["env/turns"] += len(active)

@@ -433,14 +433,11 @@ def test_dapo_overlong_penalty_factor_zero_is_refused():
 # ---- DAPO's dynamic sampling rounds -----------------------------------------------------------
 
 
-def test_max_rounds_bounds_are_1_and_rounds_per_step():
-    """A mutant (tree.py:246 `< ROUNDS_PER_STEP`) refused a good 100; another (`<= ROUNDS_PER_STEP + 1`) let
-    101 rounds reuse the next step's round-0 seed (round_seed(s, 100) == round_seed(s + 1, 0))."""
-    from rlvr.seeds import ROUNDS_PER_STEP, round_seed
-
-    assert round_seed(0, ROUNDS_PER_STEP) == round_seed(1, 0)
-    validate(compose(["algorithm=dapo", f"algorithm.max_rounds={ROUNDS_PER_STEP}"]))
-    refused_naming(["algorithm=dapo", f"algorithm.max_rounds={ROUNDS_PER_STEP + 1}"], "algorithm.max_rounds")
+def test_max_rounds_is_bounded_below_only():
+    """Round seeds are hashed, so any number of DAPO rounds keeps its own seeds (the cap of 100 was theirs)."""
+    validate(compose(["algorithm=dapo", "algorithm.max_rounds=1"]))
+    validate(compose(["algorithm=dapo", "algorithm.max_rounds=1000"]))
+    refused_naming(["algorithm=dapo", "algorithm.max_rounds=0"], "algorithm.max_rounds")
 
 
 def test_max_rounds_is_checked_for_any_preset_that_samples_dynamically():
@@ -461,12 +458,6 @@ def test_adaptive_checks_follow_the_sampling_not_the_estimator():
 def test_v05_delta_zero_is_refused():
     """A mutant (tree.py:252 `>= 0`): allocate() raises "delta must be >= 1" at step 1, after Ray started."""
     refused_naming(["algorithm=v05", "algorithm.delta=0"], "algorithm.delta")
-
-
-def test_adaptive_rounds_stop_before_the_next_steps_seeds():
-    """A mutant (tree.py:253 `<=`): round 1 + 99 = 100 is the next step's round 0 seed."""
-    validate(compose(["algorithm=v05", "algorithm.adaptive_rounds=99"]))
-    refused_naming(["algorithm=v05", "algorithm.adaptive_rounds=100"], "algorithm.adaptive_rounds")
 
 
 def test_v05_edge_values_that_work_are_accepted():

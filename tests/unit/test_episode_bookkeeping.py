@@ -89,7 +89,7 @@ def test_a_retry_episode_keeps_the_last_answer_s_reward_the_oldest_version_and_p
     assert out.counts["env/ended/done"] == 1
     assert t.reward == pytest.approx(0.9) and t.correct and t.error is None
     assert t.weight_version == 3
-    assert [c[2] for c in engine.calls] == [turn_seed(7, 4, 0), turn_seed(7, 4, 1)]
+    assert [c[2] for c in engine.calls] == [turn_seed(7, 0), turn_seed(7, 1)]
     assert out.counts["env/first_answers_correct"] == 0
     assert out.counts["gen_tokens"] == len(wrong) + len(right)
 

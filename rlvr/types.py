@@ -48,6 +48,8 @@ class Problem:
     context: tuple[tuple[str, str], ...] = ()
     # the row's other fields (verl: data_source, extra_info; trl: its columns), for reward functions
     meta: Mapping | None = field(default=None, compare=False, repr=False)
+    # the row's prompt was chat messages: trl-style rewards get it and the completion as messages, as TRL gives them
+    chat: bool = field(default=False, compare=False, repr=False)
 
     @property
     def family(self) -> str:

@@ -173,7 +173,10 @@ def _row_fields(rec: Mapping, fmt: str, cfg: DataSplitConfig) -> tuple[Any, Any,
         return f"missing prompt key {cfg.prompt_key!r} (keys: {sorted(rec)[:10]})"
     if cfg.answer_key not in rec:
         return f"missing answer key {cfg.answer_key!r} (keys: {sorted(rec)[:10]})"
-    return rec[cfg.prompt_key], rec[cfg.answer_key], None
+    # the other columns, as in the trl format: a row {prompt, answer, difficulty} is both formats, and
+    # a trl-style reward taking `difficulty` failed on every item when auto-detection said rlvr
+    others = {k: v for k, v in rec.items() if k != cfg.prompt_key}
+    return rec[cfg.prompt_key], rec[cfg.answer_key], others if len(others) > 1 else None
 
 
 def load_file(cfg: DataSplitConfig, exclude: set[str] | None) -> list[Problem]:

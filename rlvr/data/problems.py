@@ -171,12 +171,13 @@ def make_problem(
     uid: str, question: Any, answer: Any, answer_type: str, errors: RowErrors, row: str, meta: Mapping | None = None
 ) -> Problem | None:
     context: tuple[tuple[str, str], ...] = ()
-    if isinstance(question, (list, tuple)):
-        chat = _chat_prompt(question)
-        if isinstance(chat, str):
-            errors.bad(row, chat)
+    chat = isinstance(question, (list, tuple))
+    if chat:
+        turns = _chat_prompt(question)
+        if isinstance(turns, str):
+            errors.bad(row, turns)
             return None
-        question, context = chat
+        question, context = turns
     if question is None:
         errors.bad(row, "missing prompt")
         return None
@@ -194,7 +195,7 @@ def make_problem(
     if reason is not None:
         errors.bad(row, reason)
         return None
-    return Problem(uid=uid, question=question, answer=text, answer_type=answer_type, context=context, meta=meta)
+    return Problem(uid=uid, question=question, answer=text, answer_type=answer_type, context=context, meta=meta, chat=chat)
 
 
 

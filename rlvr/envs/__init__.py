@@ -22,6 +22,7 @@ constructed with `env.options` as keyword arguments (each added as `+env.options
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -88,10 +89,18 @@ class WithDeadline:
         self.tools = env.tools
 
     def reset(self, problem: "Problem", messages: list[dict]) -> list[dict]:
-        return self._call("reset", problem, messages)
+        out = self._call("reset", problem, messages)
+        if not isinstance(out, (list, tuple)) or not all(isinstance(m, Mapping) for m in out):
+            raise TypeError(f"environment {self.name!r}: reset() must return the episode's messages (a list of "
+                            f"{{'role': ..., 'content': ...}} dicts), got {_describe(out)}")
+        return out
 
     def step(self, messages: list[dict], scores: "list[ScoreResult]") -> Step:
-        return self._call("step", messages, scores)
+        out = self._call("step", messages, scores)
+        if not isinstance(out, Step):  # a SkyRL- or verifiers-style dict fails here, not steps later as an AttributeError
+            raise TypeError(f"environment {self.name!r}: step() must return rlvr.envs.Step(observation, reward, correct), "
+                            f"got {_describe(out)}")
+        return out
 
     def _call(self, method: str, *args: Any) -> Any:
         token = _deadlines.add(self.timeout_s, f"environment {self.name!r}: {method}() has not returned within {self.timeout_s:g} s "
@@ -100,6 +109,10 @@ class WithDeadline:
             return getattr(self.env, method)(*args)
         finally:
             _deadlines.remove(token)
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {str(value)[:80]!r}"
 
 
 class _Deadlines:

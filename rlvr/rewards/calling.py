@@ -46,14 +46,16 @@ def _score_and_outcome(out, what: str) -> tuple[float, str | None, str | None]:
 
 def call_reward(
     fn: Callable, style: str, completion: str, answer: str, answer_type: str,
-    prompt: str = "", meta: dict | None = None, kwargs: dict | None = None,
+    prompt: str | list[dict] = "", meta: dict | None = None, kwargs: dict | None = None,
 ) -> tuple[float, str | None, str | None]:
     """One completion's reward from a term written in ``style``:
 
     - ``rlvr``: ``fn(completion, answer, answer_type, **kwargs) -> float``;
     - ``trl``:  ``fn(prompts=[prompt], completions=[completion], **{column: [value]}, **kwargs) -> [float]``
       (TRL's batched signature, called with a batch of one; the columns are the row's other fields,
-      and ``answer`` when the row has none);
+      and ``answer`` when the row has none). A chat row's prompt (``prompt`` a list of messages) comes
+      as its messages and the completion as ``[{"role": "assistant", "content": completion}]``, as
+      TRL passes a conversational dataset's;
     - ``verl``: ``fn(data_source, completion, ground_truth, extra_info, **kwargs) -> float | {"score": float, ...}``.
 
     Any style may return ``{"score": float, "outcome": str, "output": str}`` instead of the float, to
@@ -68,7 +70,11 @@ def call_reward(
     if style == "trl":
         columns = {k: [v] for k, v in meta.items() if k not in ("prompts", "completions")}
         columns.setdefault("answer", [answer])
+        if isinstance(prompt, list):
+            completion = [{"role": "assistant", "content": completion}]
         out = fn(prompts=[prompt], completions=[completion], **columns, **kwargs)
+        if hasattr(out, "tolist") and hasattr(out, "__len__"):  # TRL iterates what a reward returns: numpy's arrays work there
+            out = out.tolist()
         if not isinstance(out, (list, tuple)) or len(out) != 1:
             got = f"{len(out)} values" if isinstance(out, (list, tuple)) else type(out).__name__
             raise BadRewardValue(f"trl-style reward returned {got} for 1 completion (expected a list of 1 float)")

@@ -17,13 +17,16 @@ class ScoreRequest:
     completion: str
     answer: str
     answer_type: str = "number"
-    prompt: str = ""  # the question, for reward functions that read it (trl style)
+    prompt: str | list[dict] = ""  # the question, or a chat row's messages, for reward functions that read it (trl style)
     meta: dict | None = None  # the data row's other fields (verl: data_source, extra_info)
 
     @classmethod
     def for_problem(cls, completion: str, problem) -> "ScoreRequest":
         """A completion of a ``rlvr.data.Problem``."""
-        return cls(completion, problem.answer, problem.answer_type, problem.question, dict(problem.meta or {}) or None)
+        prompt = problem.question
+        if getattr(problem, "chat", False):
+            prompt = [*({"role": r, "content": c} for r, c in problem.context), {"role": "user", "content": problem.question}]
+        return cls(completion, problem.answer, problem.answer_type, prompt, dict(problem.meta or {}) or None)
 
 
 @dataclass
@@ -54,7 +57,8 @@ def _coerce_text(x: Any) -> str:
 def coerce_request(r: Any) -> ScoreRequest:
     """A ScoreRequest (or a dict or tuple of completion, answer, answer_type) with text fields made strings."""
     if isinstance(r, ScoreRequest):
-        return ScoreRequest(_coerce_text(r.completion), _coerce_text(r.answer), str(r.answer_type or "number"), _coerce_text(r.prompt), r.meta)
+        prompt = r.prompt if isinstance(r.prompt, list) else _coerce_text(r.prompt)
+        return ScoreRequest(_coerce_text(r.completion), _coerce_text(r.answer), str(r.answer_type or "number"), prompt, r.meta)
     if isinstance(r, dict):
         c, a, t = r.get("completion"), r.get("answer"), r.get("answer_type", "number")
     elif isinstance(r, (tuple, list)):

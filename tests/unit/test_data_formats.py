@@ -185,6 +185,19 @@ def test_trl_chat_rows_keep_their_other_columns_for_reward_functions(tmp_path):
     assert load_problems({"source": "file", "path": path})[0].meta["level"] == 3
 
 
+def test_a_string_prompt_row_keeps_its_other_columns_whichever_format_it_is_read_as(tmp_path):
+    """{prompt, answer, difficulty} is TRL's commonest row and rlvr's too: auto-detection reads it as
+    rlvr, which dropped `difficulty`, so a trl-style reward taking it failed on every item (reward 0)."""
+    path = _jsonl(tmp_path / "d.jsonl", [{"prompt": "What is 1+1?", "answer": "2", "difficulty": 0}, {"prompt": "q", "answer": "3"}])
+    for fmt in ("auto", "rlvr", "trl"):
+        first, plain = load_problems({"source": "file", "path": path, "format": fmt})
+        assert first.meta["difficulty"] == 0 and first.meta["answer"] == "2", fmt
+    assert plain.meta is None or "difficulty" not in plain.meta
+    named = _jsonl(tmp_path / "n.jsonl", [{"q": "What is 1+1?", "final": "2", "level": "easy"}])
+    (p,) = load_problems({"source": "file", "path": named, "prompt_key": "q", "answer_key": "final"})
+    assert p.meta == {"final": "2", "level": "easy"}
+
+
 def test_a_math_trl_row_with_a_tests_column_keeps_its_answer(tmp_path):
     path = _jsonl(tmp_path / "d.jsonl", [{"prompt": [{"role": "user", "content": "q"}], "answer": "7", "tests": ["assert f() == 7"]}])
     assert load_problems({"source": "file", "path": path, "answer_type": "number"})[0].answer == "7"

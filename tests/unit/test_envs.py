@@ -253,7 +253,7 @@ def test_a_verl_tool_config_of_functions_gives_their_tools(tmp_path):
 
 HANGS = """
 import re, signal, sys, time
-from rlvr.envs import WithDeadline
+from rlvr.envs import Step, WithDeadline
 
 class Env:
     tools = []
@@ -268,13 +268,13 @@ class Env:
         re.match(r"(a+)+$", "a" * 40 + "b")  # a catastrophic regex: it holds the GIL for minutes
 
 env = WithDeadline(Env(), 1.0, "my_envs:Env")
-print(env.reset(None, ["hello"]), flush=True)
+print(env.reset(None, [{"content": "hello"}]), flush=True)
 if sys.argv[1] == "two threads":  # an async run: the generator thread's call hangs while the main thread's returns
     import threading
 
     threading.Thread(target=env.step, args=([], [])).start()
     time.sleep(0.3)
-    Env.step = lambda self, messages, scores: None
+    Env.step = lambda self, messages, scores: Step(None, 0.0, False)
     env.step([], [])
     time.sleep(30)
 env.step([], [])
@@ -293,7 +293,7 @@ def test_an_environment_that_hangs_stops_the_run_with_its_stack(how):
     start = time.monotonic()
     done = subprocess.run([sys.executable, "-c", HANGS, how], capture_output=True, text=True, timeout=60)
     assert time.monotonic() - start < 30
-    assert done.returncode != 0 and done.stdout.strip() == "['hello']"
+    assert done.returncode != 0 and done.stdout.strip() == "[{'content': 'hello'}]"
     line = 15 if how == "regex" else 14  # the environment's own line, in its stack
     how = "sleep" if how == "two threads" else how
     assert "Timeout" in done.stderr and f'"<string>", line {line} in step' in done.stderr, done.stderr[-2000:]
@@ -306,6 +306,30 @@ def test_an_environment_s_own_error_reaches_the_caller_as_it_was():
 
     with pytest.raises(ZeroDivisionError):
         WithDeadline(type("Raises", (), {"tools": [], "step": lambda self, m, s: 1 / 0})(), 5, "x").step([], [])
+
+
+def test_an_environment_returning_the_wrong_type_is_named_at_the_call():
+    """A SkyRL-style dict from step() ended the run steps later as "'dict' object has no attribute
+    'reward'" inside the generator, after every role had started."""
+    from rlvr.envs import WithDeadline
+
+    class Env:
+        tools: list = []
+
+        def reset(self, problem, messages):
+            return {"role": "user", "content": "q"}  # one message, not a list of them
+
+        def step(self, messages, scores):
+            return {"observation": None, "reward": 1.0, "done": True}
+
+    env = WithDeadline(Env(), 5, "bad_env:Env")
+    with pytest.raises(TypeError, match=r"'bad_env:Env': step\(\) must return rlvr.envs.Step.*got dict"):
+        env.step([], [])
+    with pytest.raises(TypeError, match=r"'bad_env:Env': reset\(\) must return the episode's messages.*got dict"):
+        env.reset(Problem("t/0", "q", "1"), [])
+    good = type("Good", (), {"tools": [], "reset": lambda self, p, m: list(m), "step": lambda self, m, s: Step(None, 1.0, True)})()
+    assert WithDeadline(good, 5, "x").step([], []) == Step(None, 1.0, True)
+    assert WithDeadline(good, 5, "x").reset(Problem("t/0", "q", "1"), [{"role": "user", "content": "q"}]) == [{"role": "user", "content": "q"}]
 
 
 def test_an_episode_cut_by_its_length_mid_turn_ends_on_max_tokens_not_the_turn_cap(tokenizer):

@@ -614,6 +614,46 @@ def test_trl_reward_returning_two_values_for_one_completion_is_refused():
         call_reward(lambda prompts, completions, **kw: [1.0, 0.0], "trl", "x", "y", "number")
 
 
+def test_trl_reward_may_return_a_numpy_array():
+    """TRL iterates what a reward function returns, so a ported one ending in np.array(...) works there;
+    here it was refused and every item scored 0."""
+    import numpy as np
+
+    from rlvr.rewards.calling import BadRewardValue, call_reward
+
+    assert call_reward(lambda prompts, completions, **kw: np.array([0.5]), "trl", "x", "4", "number", prompt="p") == (0.5, None, None)
+    with pytest.raises(BadRewardValue, match="2 values for 1 completion"):
+        call_reward(lambda prompts, completions, **kw: np.array([0.5, 1.0]), "trl", "x", "4", "number")
+
+
+def test_trl_reward_of_a_chat_row_gets_messages_as_trl_gives_a_conversational_dataset(tmp_path):
+    """TRL passes a conversational row's prompt as its messages and each completion as
+    [{"role": "assistant", "content": ...}]; rlvr passed strings, so a ported `c[0]["content"]` raised on
+    every item (reward 0). A string row's stay strings."""
+    import json
+
+    from rlvr.data import load_problems
+    from rlvr.rewards.calling import call_reward
+    from rlvr.sandbox.messages import ScoreRequest, coerce_request
+
+    path = tmp_path / "d.jsonl"
+    rows = [{"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}], "answer": "4"},
+            {"prompt": "3+3?", "answer": "6"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    chat, plain = load_problems({"source": "file", "path": str(path), "format": "trl"})
+    seen = []
+
+    def fn(prompts, completions, **kw):
+        seen.append((prompts[0], completions[0]))
+        return [1.0]
+
+    for problem in (chat, plain):
+        request = coerce_request(ScoreRequest.for_problem("so 4", problem))  # as the pool takes it
+        call_reward(fn, "trl", request.completion, request.answer, request.answer_type, request.prompt, request.meta)
+    assert seen == [([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}], [{"role": "assistant", "content": "so 4"}]),
+                    ("3+3?", "so 4")]
+
+
 def test_trl_reward_gets_the_answer_column_when_the_row_has_none():
     from rlvr.rewards.calling import call_reward
 

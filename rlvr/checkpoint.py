@@ -308,15 +308,23 @@ def find_latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 def resolve_resume(run_dir: str | Path, resume: str) -> Path | None:
     """Where to resume from: ``"never"`` -> None; ``"auto"`` -> the latest complete checkpoint in
-    ``run_dir`` (None if there is none); anything else is a checkpoint directory, which must exist
-    and be complete, or a run directory, whose latest complete one it names (``FileNotFoundError`` otherwise)."""
+    ``run_dir`` (None if it has no checkpoint; ``FileNotFoundError`` if it has some and none is
+    complete); anything else is a checkpoint directory, which must exist and be complete, or a run
+    directory, whose latest complete one it names (``FileNotFoundError`` otherwise)."""
     if resume is None or str(resume).strip() == "":
         raise ValueError("resume must be 'auto', 'never' or a checkpoint directory, got an empty value")
     key = str(resume).strip()
     if key.lower() == "never":
         return None
     if key.lower() == "auto":
-        return find_latest_checkpoint(run_dir)
+        found = find_latest_checkpoint(run_dir)
+        broken = _step_dirs(_checkpoints_dir(run_dir)) if found is None else []
+        if broken:  # starting afresh here trained from step 0 and re-saved over them at their steps
+            reasons = "; ".join(f"{p.name}: {validate_checkpoint(p)}" for _s, p in broken[-3:])
+            raise FileNotFoundError(
+                f"resume=auto: {_checkpoints_dir(run_dir)} holds {len(broken)} checkpoint(s) and none is complete ({reasons}); "
+                "nothing was changed. Repair them to resume, or pass resume=never to start again (they are set aside, not deleted)")
+        return found
     path = Path(key).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"resume checkpoint {str(path)!r} does not exist")
@@ -421,15 +429,52 @@ def _prune(ckdir: Path, current: Path, step: int, keep: int) -> None:
         _delete_checkpoint(ckdir, p)
 
 
-def save_checkpoint(run_dir: str | Path, step: int, write: Callable[[Path], None], keep: int = 2) -> Path:
+class CheckpointSaveError(RuntimeError):
+    """A save failed (a full disk, mostly): which, where, how much room is left and what is still kept."""
+
+
+def save_checkpoint(run_dir: str | Path, step: int, write: Callable[[Path], None], keep: int = 2,
+                    passes_through: tuple[type[BaseException], ...] = ()) -> Path:
     """Save atomically to ``run_dir/checkpoints/step_XXXXXXXX`` and return that path.
 
     ``write(tmp)`` fills the (existing, empty) temporary directory ``tmp`` with
     whatever the checkpoint holds.  If it raises, the temporary directory is
-    removed and the exception propagates; the previous checkpoint and ``latest``
-    are untouched.  Then: manifest, fsync, rename, ``latest``, pruning to the
-    newest ``keep`` complete checkpoints (``keep <= 0`` keeps all).
+    removed; the previous checkpoint and ``latest`` are untouched.  Then: manifest,
+    fsync, rename, ``latest``, pruning to the newest ``keep`` complete checkpoints
+    (``keep <= 0`` keeps all).  A failure is a :class:`CheckpointSaveError` naming the
+    disk's free space and the checkpoint a resume would load (torch and safetensors
+    drop ENOSPC's errno: a full disk read as "unexpected pos 2770304 vs 2770192"),
+    except a ``BaseException`` or one of ``passes_through``, which the caller handles.
     """
+    try:
+        return _save_checkpoint(run_dir, step, write, keep)
+    except passes_through:
+        raise
+    except Exception as e:
+        raise CheckpointSaveError(_save_failed(run_dir, step, e)) from e
+
+
+def write_failure(where: Path, error: BaseException) -> str:
+    """"(ExcType: its last line; N MiB free there)": what a failed write says, the free space beside
+    the error because torch's and safetensors' messages drop ENOSPC's errno."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]  # a Ray task error ends in its cause
+    disk = next((p for p in (where, *where.parents) if p.is_dir()), Path("/"))
+    try:
+        free = f"{shutil.disk_usage(disk).free / 2**20:,.1f} MiB free there"
+    except OSError:
+        free = "its free space unknown"
+    return f"({type(error).__name__}: {lines[-1] if lines else ''}; {free})"
+
+
+def _save_failed(run_dir: str | Path, step: int, error: BaseException) -> str:
+    where = _checkpoints_dir(run_dir)
+    kept = find_latest_checkpoint(run_dir)
+    then = (f"the last complete checkpoint, {kept.name}, is intact: make room and run the same command to resume from it"
+            if kept is not None else "no complete checkpoint is kept: make room and run the same command to start again")
+    return f"saving checkpoint {checkpoint_name(step)} under {where} failed {write_failure(where, error)}; {then}"
+
+
+def _save_checkpoint(run_dir: str | Path, step: int, write: Callable[[Path], None], keep: int) -> Path:
     name = checkpoint_name(step)
     ckdir = _checkpoints_dir(run_dir)
     if not ckdir.is_dir():

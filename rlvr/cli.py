@@ -169,6 +169,7 @@ def train_command(argv: list[str]) -> int:
         user_set_run_dir = "run_dir" in overridden_keys(hc.overrides.task)
         if hc.mode == RunMode.MULTIRUN and not user_set_run_dir:
             cfg.run_dir = hc.runtime.output_dir  # multirun/<date>/<time>/<job>_<overrides>
+        from rlvr.checkpoint import CheckpointSaveError
         from rlvr.runtime.faults import RoleFailed
         from rlvr.train.state import RunStopped
 
@@ -177,7 +178,7 @@ def train_command(argv: list[str]) -> int:
         except _user_errors() as e:
             print(f"rlvr: {type(e).__name__}: {e}", file=sys.stderr)
             raise SystemExit(2) from None
-        except RoleFailed as e:
+        except (RoleFailed, CheckpointSaveError) as e:
             print(f"rlvr: {e}", file=sys.stderr)
             raise SystemExit(1) from None
         except RunStopped as e:  # a stopped run is not a finished one: a sweep or a script stops with it
@@ -216,11 +217,11 @@ def export_command(argv: list[str]) -> int:
         "--adapter", action="store_true", help="a LoRA run: write the peft adapter folder (PeftModel.from_pretrained(base, OUT)) instead of merged weights"
     )
     args = parser.parse_args(argv)
-    from rlvr.export import export_checkpoint
+    from rlvr.export import ExportWriteError, export_checkpoint
 
     try:
         print(export_checkpoint(args.ckpt, args.out, adapter=args.adapter))
-    except ValueError as e:  # not a checkpoint, or one that does not fit its base model, or --adapter without LoRA
+    except (ValueError, ExportWriteError) as e:  # not a checkpoint, or one that does not fit its base model, or --adapter without LoRA
         print(f"rlvr export: {e}", file=sys.stderr)
         return 2
     return 0
@@ -231,6 +232,7 @@ def eval_command(argv: list[str]) -> int:
     parser.add_argument("target", metavar="CKPT|MODEL_DIR")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data=champ eval.n_samples=4")
     args = parser.parse_args(argv)
+    from rlvr.export import ExportWriteError
     from rlvr.train.evaluate import eval_config, evaluate_model
 
     # a checkpoint is scored under its run's own config; a model folder without a training file is fine
@@ -247,7 +249,7 @@ def eval_command(argv: list[str]) -> int:
         signum = stop.signal or stopped.signum  # the first signal's
         print(f"rlvr eval: stopped by {signal.Signals(signum).name}", file=sys.stderr)
         return 128 + signum
-    except ValueError as e:  # as `rlvr export`: not a checkpoint, or one whose weights do not load
+    except (ValueError, ExportWriteError) as e:  # as `rlvr export`: not a checkpoint, its weights do not load, a full /tmp
         print(f"rlvr eval: {e}", file=sys.stderr)
         return 2
     finally:

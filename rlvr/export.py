@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from rlvr.checkpoint import checkpoint_named, validate_checkpoint
+from rlvr.checkpoint import checkpoint_named, validate_checkpoint, write_failure
 from rlvr.lora import LoraSettings, add_adapters, is_adapter
 from rlvr.models import publish_folder, resolve_model_path
 
@@ -36,6 +36,10 @@ def policy_state_dict(ckpt: Path, lora: bool = False) -> dict[str, torch.Tensor]
 
 
 IN_PLACE_PREFIX = ".rlvr-export-"
+
+
+class ExportWriteError(OSError):
+    """The export's folder could not be written (a full disk, mostly)."""
 
 
 def fill_in_place(build_into, out_dir: Path) -> None:
@@ -104,9 +108,12 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, adapter: bool = Fal
         model.save_pretrained(tmp)  # a PeftModel writes adapter_config.json and adapter_model.safetensors only
         AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
 
-    if out_dir.is_dir():
-        fill_in_place(build, out_dir)
-    else:
-        publish_folder(build, out_dir)
+    try:
+        if out_dir.is_dir():
+            fill_in_place(build, out_dir)
+        else:
+            publish_folder(build, out_dir)
+    except Exception as e:  # a full disk: safetensors' SafetensorError is no OSError; nothing half-written is left
+        raise ExportWriteError(f"writing {out_dir} failed {write_failure(out_dir, e)}") from e
     log.info("exported %s to %s%s", ckpt, out_dir, " (peft adapter)" if adapter else "")
     return out_dir

@@ -218,7 +218,11 @@ def save_training_state(run_dir: Path, step: int, roles: Roles, state: dict, cfg
         torch.save({**state, "value": value_state}, tmp / "trainer_state.pt")
         (tmp / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-    return save_checkpoint(run_dir, step, write, keep=cfg.trainer.keep_checkpoints)
+    from rlvr.runtime.faults import RoleFailed
+    from rlvr.runtime.roles import LEARNER_LOSS_ERRORS
+
+    # a learner lost mid-save sends the run back to its last checkpoint (the loop's restart), not out
+    return save_checkpoint(run_dir, step, write, keep=cfg.trainer.keep_checkpoints, passes_through=(RoleFailed, *LEARNER_LOSS_ERRORS))
 
 
 def unloadable(ckpt: Path, what: str, e: BaseException) -> ConfigError:

@@ -168,7 +168,7 @@ def test_resave_rename_failure_puts_old_copy_back(tmp_path, monkeypatch):
         return real_rename(src, dst)
 
     monkeypatch.setattr(ck.os, "rename", rename)
-    with pytest.raises(OSError, match="disk on fire"):
+    with pytest.raises(ck.CheckpointSaveError, match="OSError: disk on fire"):
         save_checkpoint(tmp_path, 2, writer("new"))
     monkeypatch.undo()
     assert tag_of(p) == "old" and validate_checkpoint(p) is None
@@ -492,6 +492,18 @@ def test_resolve_resume(tmp_path):
         resolve_resume(tmp_path, "")
 
 
+def test_resume_auto_over_checkpoints_none_of_which_is_complete_is_refused(tmp_path):
+    """Every checkpoint corrupt, resume=auto started afresh with only warnings: the user who reran to
+    resume got a new run from step 0, whose saves replaced the broken folders at their steps."""
+    p1, p2 = _two(tmp_path)
+    (p1 / "model.bin").unlink()
+    (p2 / "MANIFEST.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"resume=auto: .*checkpoints holds 2 checkpoint\(s\) and none is complete "
+                                                r"\(step_00000001: .*model.bin is missing; step_00000002: .*\); nothing was changed.*resume=never"):
+        resolve_resume(tmp_path, "auto")
+    assert resolve_resume(tmp_path, "never") is None
+
+
 def test_resuming_an_earlier_checkpoint_of_the_run_dir_points_latest_at_it(tmp_path):
     """resume=PATH to step 1 while step 2 exists rewinds the records past step 1, but `latest` kept
     naming step 2 until the next save: a crash in between resumed the abandoned branch."""
@@ -683,7 +695,7 @@ def test_the_hidden_names_a_process_made_do_not_pile_up_over_saves(tmp_path):
     for step in range(1, 13):
         save_checkpoint(tmp_path, step, lambda tmp: (tmp / "w.bin").write_bytes(b"1"), keep=2)
         save_checkpoint(tmp_path, step, lambda tmp: (tmp / "w.bin").write_bytes(b"2"), keep=2)  # a re-save sets the old aside
-        with pytest.raises(OSError):
+        with pytest.raises(ck.CheckpointSaveError, match="OSError: disk full"):
             save_checkpoint(tmp_path, step + 100, fail)
     assert _MADE_HERE == before
 
@@ -785,3 +797,47 @@ def test_a_set_aside_copy_is_not_removed_while_the_step_dir_beside_it_is_incompl
     (p2 / "model.bin").write_bytes(b"short")  # the step dir beside it is broken
     ck.save_checkpoint(tmp_path, 3, _write_a_checkpoint, keep=0)
     assert aside.is_dir() and ck.validate_checkpoint(aside) is None
+
+
+# -- a full disk -------------------------------------------------------------------
+
+
+FULL_DISK = """
+import resource, signal, sys, torch
+from rlvr.checkpoint import save_checkpoint
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails (EFBIG), as on a full disk
+run = sys.argv[1]
+save_checkpoint(run, 2, lambda d: torch.save(torch.zeros(1000), d / "model.pt"))
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+save_checkpoint(run, 4, lambda d: torch.save(torch.zeros(1_000_000), d / "model.pt"))
+"""
+
+
+def test_a_save_that_fills_the_disk_says_where_how_much_room_and_what_is_kept(tmp_path):
+    """A full disk mid-save ended a run in a 58-line traceback through Ray and DeepSpeed whose last
+    line was torch's "unexpected pos 2770304 vs 2770192": no "disk", no path, no word that step 2
+    was intact. torch.save drops ENOSPC's errno, so the message gives the free space beside it."""
+    done = subprocess.run([sys.executable, "-c", FULL_DISK, str(tmp_path / "run")], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("rlvr.checkpoint.CheckpointSaveError: saving checkpoint step_00000004 under ")
+    assert f"{tmp_path / 'run' / CHECKPOINT_DIR} failed (" in last and "MiB free there" in last
+    assert "the last complete checkpoint, step_00000002, is intact: make room and run the same command" in last
+    assert find_latest_checkpoint(tmp_path / "run").name == "step_00000002" and hidden(tmp_path / "run") == []
+
+
+def test_a_save_failure_the_caller_handles_passes_through_and_a_first_save_says_none_is_kept(tmp_path):
+    class LearnerLost(Exception):
+        pass
+
+    def lost(d):
+        raise LearnerLost("rank 1 died")
+
+    with pytest.raises(LearnerLost):
+        save_checkpoint(tmp_path, 1, lost, passes_through=(LearnerLost,))
+    with pytest.raises(ck.CheckpointSaveError, match=r"\(LearnerLost: rank 1 died; .*MiB free there\); no complete checkpoint is kept"):
+        save_checkpoint(tmp_path, 1, lost)
+    with pytest.raises(KeyboardInterrupt):  # a signal's RunStopped is the loop's, never wrapped
+        save_checkpoint(tmp_path, 1, lambda d: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert find_latest_checkpoint(tmp_path) is None and hidden(tmp_path) == []

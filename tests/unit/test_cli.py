@@ -153,13 +153,18 @@ def test_a_stopped_run_exits_128_plus_the_signal_and_a_failed_role_exits_1(tmp_p
     from rlvr.runtime.faults import RoleFailed
     from rlvr.train.state import RunStopped
 
-    for error, code in ((RunStopped(signal.SIGTERM, 3), 128 + signal.SIGTERM), (RoleFailed("learner died"), 1)):
+    from rlvr.checkpoint import CheckpointSaveError
+
+    full = CheckpointSaveError("saving checkpoint step_00000004 under X failed (...; 2.8 MiB free there); ...")
+    for error, code in ((RunStopped(signal.SIGTERM, 3), 128 + signal.SIGTERM), (RoleFailed("learner died"), 1), (full, 1)):
         def fake_train(cfg, keep_history=False, _e=error):
             raise _e
         monkeypatch.setattr(loop, "train", fake_train)
+        capsys.readouterr()
         with pytest.raises(SystemExit) as exc:
             main(["train", f"run_dir={tmp_path / 'run'}", f"hydra.run.dir={tmp_path / 'hydra'}"])
         assert exc.value.code == code
+        assert capsys.readouterr().err.strip() == f"rlvr: {error}"  # the message alone: no traceback
 
 
 def test_a_forced_run_dir_override_in_a_sweep_is_checked_before_any_job(tmp_path, monkeypatch, capsys):

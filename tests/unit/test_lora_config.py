@@ -305,3 +305,32 @@ def test_export_refuses_a_checkpoint_with_unexpected_weights_or_an_incomplete_on
         f.write("# edited\n")
     with pytest.raises(ValueError, match="is not a complete checkpoint"):
         export_checkpoint(ckpt, tmp_path / "out2")
+
+
+def test_export_onto_a_full_disk_exits_2_naming_the_folder_and_leaves_nothing(tmp_path, tiny_model):
+    """safetensors' "No space left on device" is a SafetensorError, not an OSError: `rlvr export` (and
+    `rlvr eval`'s temporary export) ended in a 30-line traceback that did not name the folder."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    ckpt = _full_checkpoint(tmp_path / "run", tiny_model, AutoModelForCausalLM.from_pretrained(tiny_model).state_dict())
+
+    def small_disk():  # past 64 KB a write fails (EFBIG), as on a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+
+    root = Path(__file__).resolve().parents[2]
+    for out in (tmp_path / "new", tmp_path / "empty"):  # a new folder, and an existing empty one filled in place
+        if out.name == "empty":
+            out.mkdir()
+        done = subprocess.run([sys.executable, "-m", "rlvr.cli", "export", str(ckpt), str(out)], capture_output=True, text=True,
+                              timeout=300, preexec_fn=small_disk, env={**os.environ, "PYTHONPATH": str(root)}, cwd=root)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert done.stderr.strip().splitlines()[-1].startswith(f"rlvr export: writing {out} failed (") and "MiB free there)" in done.stderr
+        assert "Traceback" not in done.stderr
+        assert not out.exists() or not any(out.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "run"]

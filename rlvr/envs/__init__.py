@@ -22,8 +22,8 @@ constructed with `env.options` as keyword arguments (each added as `+env.options
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 

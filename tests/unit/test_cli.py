@@ -150,10 +150,9 @@ def test_a_run_dir_that_cannot_be_made_is_a_config_error(tmp_path, capsys):
 
 def test_a_stopped_run_exits_128_plus_the_signal_and_a_failed_role_exits_1(tmp_path, monkeypatch, capsys):
     import rlvr.train.loop as loop
+    from rlvr.checkpoint import CheckpointSaveError
     from rlvr.runtime.faults import RoleFailed
     from rlvr.train.state import RunStopped
-
-    from rlvr.checkpoint import CheckpointSaveError
 
     full = CheckpointSaveError("saving checkpoint step_00000004 under X failed (...; 2.8 MiB free there); ...")
     for error, code in ((RunStopped(signal.SIGTERM, 3), 128 + signal.SIGTERM), (RoleFailed("learner died"), 1), (full, 1)):

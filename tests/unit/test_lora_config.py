@@ -310,8 +310,6 @@ def test_export_refuses_a_checkpoint_with_unexpected_weights_or_an_incomplete_on
 def test_export_onto_a_full_disk_exits_2_naming_the_folder_and_leaves_nothing(tmp_path, tiny_model):
     """safetensors' "No space left on device" is a SafetensorError, not an OSError: `rlvr export` (and
     `rlvr eval`'s temporary export) ended in a 30-line traceback that did not name the folder."""
-    import resource
-    import signal
     import subprocess
     import sys
 
@@ -319,16 +317,14 @@ def test_export_onto_a_full_disk_exits_2_naming_the_folder_and_leaves_nothing(tm
 
     ckpt = _full_checkpoint(tmp_path / "run", tiny_model, AutoModelForCausalLM.from_pretrained(tiny_model).state_dict())
 
-    def small_disk():  # past 64 KB a write fails (EFBIG), as on a full disk
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
-
     root = Path(__file__).resolve().parents[2]
     for out in (tmp_path / "new", tmp_path / "empty"):  # a new folder, and an existing empty one filled in place
         if out.name == "empty":
             out.mkdir()
-        done = subprocess.run([sys.executable, "-m", "rlvr.cli", "export", str(ckpt), str(out)], capture_output=True, text=True,
-                              timeout=300, preexec_fn=small_disk, env={**os.environ, "PYTHONPATH": str(root)}, cwd=root)
+        # past 64 KiB a write fails (EFBIG), as on a full disk; SIGXFSZ ignored, as exec keeps it
+        small_disk = f"trap '' XFSZ; ulimit -f 64; exec {sys.executable} -m rlvr.cli export {ckpt} {out}"
+        done = subprocess.run(["bash", "-c", small_disk], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": str(root)}, cwd=root)
         assert done.returncode == 2, done.stderr[-2000:]
         assert done.stderr.strip().splitlines()[-1].startswith(f"rlvr export: writing {out} failed (") and "MiB free there)" in done.stderr
         assert "Traceback" not in done.stderr

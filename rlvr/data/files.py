@@ -21,11 +21,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import time
 from collections.abc import Mapping
 from typing import Any, Iterable
 
-from rlvr.data.problems import DataError, DataSplitConfig, Problem, RowErrors, check_answer_type, make_problem
+from rlvr.data.problems import DataError, DataSplitConfig, Problem, RowErrors, check_answer_type, derived_seed, make_problem
 
 log = logging.getLogger(__name__)
 
@@ -40,25 +41,21 @@ def _read_rows(path: str, errors: RowErrors) -> Iterable[tuple[int, str, Any]]:
         for i, rec in enumerate(_read_saved_dataset(path)):
             yield i, f"row {i}", rec
     elif suffix == ".jsonl":
-        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is not part of the first row
-            for i, line in enumerate(f):
-                if not line.strip():
-                    continue
-                label = f"row {i} (line {i + 1})"
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    errors.bad(label, f"invalid JSON: {e.msg} at column {e.colno}")
-                    continue
-                yield i, label, rec
+        yield from _read_json_lines(path, errors)
     elif suffix == ".json":
         with open(path, encoding="utf-8-sig") as f:
             try:
                 data = json.load(f)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}: invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
+                if e.msg != "Extra data":
+                    raise DataError(f"{path}: invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
+                data = None  # objects one a line: what datasets' to_json and pandas' lines=True write to a .json
+        if data is None:
+            yield from _read_json_lines(path, errors)
+            return
         if not isinstance(data, list):
-            raise DataError(f"{path}: a .json data file must hold a list of objects, got {type(data).__name__}")
+            raise DataError(f"{path}: a .json data file must hold a list of objects, or objects one a line (as datasets' "
+                            f"to_json writes), got one {type(data).__name__} (a one-row JSON Lines file: name it .jsonl)")
         for i, rec in enumerate(data):
             yield i, f"row {i}", rec
     elif suffix == ".parquet":
@@ -70,6 +67,10 @@ def _read_rows(path: str, errors: RowErrors) -> Iterable[tuple[int, str, Any]]:
             parquet = pq.ParquetFile(path)
             records = _narrow_floats_as_written((r for batch in parquet.iter_batches(batch_size=8192) for r in batch.to_pylist()),
                                                 {f.name: str(f.type) for f in parquet.schema_arrow})
+            if b"huggingface" in (parquet.schema_arrow.metadata or {}):  # written by datasets: its ClassLabels are named there
+                from datasets import Features
+
+                records = _class_labels_as_names(records, Features.from_arrow_schema(parquet.schema_arrow))
         else:
             try:
                 import pandas as pd
@@ -84,6 +85,32 @@ def _read_rows(path: str, errors: RowErrors) -> Iterable[tuple[int, str, Any]]:
             yield i, f"row {i}", rec
     else:
         raise ValueError(f"{path}: unsupported data file type {suffix!r}; expected one of {FILE_SUFFIXES}")
+
+
+def _read_json_lines(path: str, errors: RowErrors) -> Iterable[tuple[int, str, Any]]:
+    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is not part of the first row
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            label = f"row {i} (line {i + 1})"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                errors.bad(label, f"invalid JSON: {e.msg} at column {e.colno}")
+                continue
+            yield i, label, rec
+
+
+def _class_labels_as_names(records: Iterable[dict], features: Mapping) -> Iterable[dict]:
+    """The records, each ``datasets.ClassLabel`` column's index as its name: cais/mmlu's `answer`
+    is one (0 for "A"), and read as its index it was refused as a choice, or kept as the gold "0"."""
+    labels = {name: f for name, f in features.items() if type(f).__name__ == "ClassLabel"}
+    for rec in records:
+        for name, feature in labels.items():
+            value = rec.get(name)
+            if isinstance(value, int) and 0 <= value < feature.num_classes:
+                rec[name] = feature.int2str(value)
+        yield rec
 
 
 def _narrow_floats_as_written(records: Iterable[dict], column_types: dict[str, str]) -> Iterable[dict]:
@@ -113,7 +140,8 @@ def _read_saved_dataset(path: str) -> Iterable[dict]:
         raise DataError(f"{path} is a folder but not one written by datasets' save_to_disk: {e}") from None
     if isinstance(ds, DatasetDict):
         raise DataError(f"{path} holds a DatasetDict with splits {list(ds)}: point data.*.path at one of them, e.g. {path}/{next(iter(ds), 'train')}")
-    yield from _narrow_floats_as_written(ds, {name: getattr(feature, "dtype", "") for name, feature in ds.features.items()})
+    rows = _narrow_floats_as_written(ds, {name: getattr(feature, "dtype", "") for name, feature in ds.features.items()})
+    yield from _class_labels_as_names(rows, ds.features)
 
 
 def _boxed_answer(solution: Any) -> Any:
@@ -170,9 +198,9 @@ def _row_fields(rec: Mapping, fmt: str, cfg: DataSplitConfig) -> tuple[Any, Any,
                 return prompt, answer, meta
         return f"trl row needs 'answer' or 'solution' (keys: {sorted(rec)[:10]})"
     if cfg.prompt_key not in rec:
-        return f"missing prompt key {cfg.prompt_key!r} (keys: {sorted(rec)[:10]})"
+        return f"missing prompt key {cfg.prompt_key!r} (keys: {sorted(rec)[:10]}; set data.*.prompt_key= to the prompt's column)"
     if cfg.answer_key not in rec:
-        return f"missing answer key {cfg.answer_key!r} (keys: {sorted(rec)[:10]})"
+        return f"missing answer key {cfg.answer_key!r} (keys: {sorted(rec)[:10]}; set data.*.answer_key= to the answer's column)"
     # the other columns, as in the trl format: a row {prompt, answer, difficulty} is both formats, and
     # a trl-style reward taking `difficulty` failed on every item when auto-detection said rlvr
     others = {k: v for k, v in rec.items() if k != cfg.prompt_key}
@@ -220,6 +248,12 @@ def load_file(cfg: DataSplitConfig, exclude: set[str] | None) -> list[Problem]:
     if not out:
         why = f" ({excluded} rows left out as training questions: is this the training file?)" if excluded else ""
         raise DataError(f"{path}: no usable problems{why}")
+    if cfg.limit is not None and 0 <= int(cfg.limit) < len(out):
+        # A file is often ordered (MATH's test set by subject): a prefix would be its first part.
+        # A seeded sample, kept in file order, as CHAMP's.
+        keep = sorted(random.Random(derived_seed("file-limit", cfg.seed)).sample(range(len(out)), int(cfg.limit)))
+        log.info("%s: a seeded sample of %d of its %d problems (limit; eval.size for the held-out split)", path, len(keep), len(out))
+        out = [out[i] for i in keep]
     log.info("%s: %d problems in %.1f s%s", path, len(out), time.perf_counter() - start,
              f" ({excluded} rows left out as training questions)" if excluded else "")
     return out

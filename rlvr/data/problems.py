@@ -64,7 +64,7 @@ class DataSplitConfig:
     answer_type: str = "number"  # file and reasoning_gym; champ decides per problem
     skip_bad_rows: bool = False
     format: str = "auto"  # file: auto | rlvr | verl | trl (auto: detected from the first row)
-    limit: int | None = None  # keep at most this many problems (after exclusion; champ: a seeded sample)
+    limit: int | None = None  # keep at most this many problems (after exclusion; file and champ: a seeded sample in file order)
 
 
 # --------------------------------------------------------------------------
@@ -122,8 +122,9 @@ def _answer_text(value: Any, answer_type: str) -> tuple[str | None, str | None]:
         value = float(value)
         if value != value or value in (float("inf"), float("-inf")):
             return None, f"answer is not finite: {value!r}"
-        # positional, not repr's 1e-07, which no numeric literal reads
-        return (str(int(value)) if value.is_integer() else np.format_float_positional(value, trim="-")), None
+        # positional (repr's 1e-07 no numeric literal reads) and shortest (str(int(6.022e23)) wrote the
+        # float's binary value, 602200000000000027262976)
+        return np.format_float_positional(value + 0.0, trim="-"), None  # + 0.0: -0.0 is "0"
     if not isinstance(value, str):
         return None, f"answer must be a string or a number, got {type(value).__name__}"
     text = _gsm8k_answer(value).strip()
@@ -187,6 +188,13 @@ def make_problem(
     if not question.strip():
         errors.bad(row, "empty prompt")
         return None
+    for part in (question, answer, *(c for _, c in context)):
+        try:
+            if isinstance(part, str):
+                part.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate ("\ud83d": an emoji cut in half) failed in the tokenizer, no row named
+            errors.bad(row, f"not valid Unicode text: {e.reason} at character {e.start} of {part[:40]!r}")
+            return None
     text, reason = _answer_text(answer, answer_type)
     if reason is None:
         reason = check_answer_parsable(text, answer_type)

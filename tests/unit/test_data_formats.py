@@ -224,3 +224,66 @@ def test_parquet_is_read_in_batches_and_a_load_says_how_many_it_kept(tmp_path, c
     with caplog.at_level(logging.INFO, logger="rlvr"):  # what the held-out split lost to the training questions
         load_problems({"source": "file", "path": str(tmp_path / "t.jsonl")}, exclude={rows[0]["prompt"]})
     assert "t.jsonl: 19999 problems in" in caplog.text and "(1 rows left out as training questions)" in caplog.text
+
+
+# ---- files as users have them (a review, 2026-12-07) --------------------------------------------------
+
+
+def test_a_whole_float_answer_above_2_to_the_53_keeps_its_written_value(tmp_path):
+    """str(int(6.022e23)) wrote the float's binary value, 602200000000000027262976, as the gold
+    answer, which no answer could match."""
+    from rlvr.rewards import math_reward
+
+    path = _jsonl(tmp_path / "d.jsonl", [{"prompt": "Avogadro?", "answer": 6.022e23}, {"prompt": "q", "answer": 1e23},
+                                         {"prompt": "r", "answer": 2.0}, {"prompt": "s", "answer": -0.0}])
+    problems = load_problems({"source": "file", "path": path})
+    assert [p.answer for p in problems] == ["602200000000000000000000", "100000000000000000000000", "2", "0"]
+    assert math_reward("\\boxed{100000000000000000000000}", problems[1].answer, "number") == 1.0
+
+
+def test_a_lone_surrogate_is_a_row_error_naming_the_row(tmp_path):
+    """A JSON "\\ud83d" (an emoji cut in half) loaded, then failed in the tokenizer with a TypeError
+    that named no row, and skip_bad_rows did not skip it."""
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"prompt": "What is 2+2? \\ud83d", "answer": "4"}\n{"prompt": "What is 3+3?", "answer": "6"}\n')
+    with pytest.raises(DataError, match=r"row 0 .*not valid Unicode text: surrogates not allowed"):
+        load_problems({"source": "file", "path": str(path)})
+    assert [p.answer for p in load_problems({"source": "file", "path": str(path), "skip_bad_rows": True})] == ["6"]
+
+
+def test_json_lines_in_a_dot_json_file_load(tmp_path):
+    """datasets' to_json and pandas' lines=True write JSON Lines into a .json file: refused as
+    "invalid JSON: Extra data"."""
+    two = tmp_path / "two.json"
+    two.write_text('{"prompt": "What is 1+1?", "answer": "2"}\n{"prompt": "What is 2+2?", "answer": "4"}\n')
+    assert [p.answer for p in load_problems({"source": "file", "path": str(two)})] == ["2", "4"]
+    one = tmp_path / "one.json"  # one object: a wrapper as likely as a row, so the message says what to do
+    one.write_text('{"prompt": "What is 1+1?", "answer": "2"}\n')
+    with pytest.raises(DataError, match="objects one a line .*got one dict .*name it .jsonl"):
+        load_problems({"source": "file", "path": str(one)})
+    wrapped = tmp_path / "wrapped.json"
+    wrapped.write_text('{"data": [{"prompt": "q", "answer": "2"}],\n "version": 1}\n')
+    with pytest.raises(DataError, match="must hold a list of objects"):
+        load_problems({"source": "file", "path": str(wrapped)})
+
+
+def test_class_label_answers_are_their_names_in_a_saved_dataset_and_its_parquet(tmp_path):
+    """cais/mmlu's `answer` is a ClassLabel: read as its index, "0" was refused as a choice, or kept
+    as the gold answer for "A" under answer_type=string."""
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"prompt": datasets.Value("string"), "answer": datasets.ClassLabel(names=["A", "B", "C", "D"])})
+    ds = datasets.Dataset.from_dict({"prompt": ["Pick A", "Pick B"], "answer": [0, 1]}, features=features)
+    ds.save_to_disk(str(tmp_path / "mmlu"))
+    ds.to_parquet(str(tmp_path / "mmlu.parquet"))
+    for path in ("mmlu", "mmlu.parquet"):
+        assert [p.answer for p in load_problems({"source": "file", "path": str(tmp_path / path), "answer_type": "choice"})] == ["A", "B"]
+
+
+def test_a_limit_on_a_file_is_a_seeded_sample_in_file_order(tmp_path):
+    """eval.size took a file's first rows: of a test set ordered by subject, its first subject."""
+    path = _jsonl(tmp_path / "d.jsonl", [{"prompt": f"q{i}", "answer": str(i)} for i in range(100)])
+    first = load_problems({"source": "file", "path": path, "limit": 10})
+    assert [p.answer for p in first] == [p.answer for p in load_problems({"source": "file", "path": path, "limit": 10})]
+    indices = [int(p.answer) for p in first]
+    assert indices == sorted(indices) and len(set(indices)) == 10 and indices != list(range(10)) and max(indices) >= 50
+    assert len(load_problems({"source": "file", "path": path, "limit": 200})) == 100

@@ -85,6 +85,7 @@ class RestartPolicy:
     def __init__(self, role: str, max_restarts: int, ready_timeout_s: float | None):
         self.role, self.max_restarts, self.ready_timeout_s = role, int(max_restarts), ready_timeout_s
         self.restarts, self.seconds_lost, self.last_error = 0, 0.0, None
+        self.spans_lost: list[tuple[float, float]] = []  # (start, end) `time.perf_counter()`s, disjoint
         self.lock = threading.Lock()  # the async driver's generator and the trainer share roles
 
     def charge(self, what: str, where: str | None, error: BaseException) -> None:
@@ -102,9 +103,19 @@ class RestartPolicy:
                     what, type(error).__name__, self.restarts, self.max_restarts, self.role)
 
     def lost(self, since: float) -> None:
-        """Count the seconds since ``since`` (a `time.perf_counter()`) as lost to this role's faults."""
+        """Count the seconds since ``since`` (a `time.perf_counter()`) as lost to this role's faults,
+        less what an earlier call already counted: an async run's weight sync and its generating
+        thread both wait out one engine's replacement, and each counted it (17 s lost in 9)."""
         with self.lock:
-            self.seconds_lost += time.perf_counter() - since
+            spans = sorted([*self.spans_lost, (since, time.perf_counter())])
+            self.spans_lost = spans[:1]
+            for start, end in spans[1:]:  # merged where they overlap
+                last_start, last_end = self.spans_lost[-1]
+                if start <= last_end:
+                    self.spans_lost[-1] = (last_start, max(last_end, end))
+                else:
+                    self.spans_lost.append((start, end))
+            self.seconds_lost = sum(end - start for start, end in self.spans_lost)
 
     def replace(self, dead: list, start: Callable[[], Any]) -> Any:
         """Kill the dead actors (Ray's kill is a SIGKILL: a stopped process goes too) and start the replacement."""

@@ -44,7 +44,7 @@ from rlvr.learner.plan import plan_mini_batches
 from rlvr.lora import LoraSettings, check_lora_targets
 from rlvr.models import resolve_model_path
 from rlvr.rollout.engines import SamplingConfig
-from rlvr.runtime.faults import RoleFailed
+from rlvr.runtime.faults import RoleFailed, first_line
 from rlvr.runtime.placement import check_fits, cluster_nodes
 from rlvr.runtime.roles import (
     LEARNER_LOSS_ERRORS,
@@ -488,8 +488,11 @@ class Run:
                 except LEARNER_LOSS_ERRORS as e:
                     # a learner silent past its deadline (stopped, hung) is as lost as a dead one
                     silent = isinstance(e, ray.exceptions.GetTimeoutError)
-                    if self.staleness or not (silent or learners_lost(self.roles.learners)):
+                    if not (silent or learners_lost(self.roles.learners)):
                         raise
+                    if self.staleness:  # the batches generated ahead were sampled from weights that died with it
+                        raise RoleFailed(f"a learner rank was lost ({type(e).__name__}: {first_line(e)}); an async run "
+                                         "(trainer.max_staleness >= 1) does not restart its learners") from e
                     self.restart_learners(e)
         except RoleFailed as e:
             # Failing while collecting the next batch, the learners still hold the last trained

@@ -126,3 +126,14 @@ def test_a_killed_or_stopped_learner_restarts_from_the_last_checkpoint_and_the_r
     assert [r["step"] for r in records if r["step"] >= 1] == [1, 2, 3, 4]
     step3 = next(r for r in records if r["step"] == 3)
     assert {k: step3[k] for k in SAME} == {k: straight_grpo[3][k] for k in SAME}
+
+
+@pytest.mark.slow
+def test_a_learner_lost_in_an_async_run_stops_it_with_a_message(tmp_path, ray_session, tiny_model, monkeypatch):
+    """An async run does not restart its learners (the batches generated ahead came from weights that
+    died with them); the loss passed up as Ray's ActorDiedError, a traceback without the way out."""
+    run_dir = tmp_path / "run"
+    at_step(monkeypatch, 1, signal_actors("PolicyLearner"))
+    with pytest.raises(RoleFailed, match=r"a learner rank was lost \(.+\); an async run \(trainer.max_staleness >= 1\) does not "
+                                         r"restart its learners. The run stopped with .*the same command resumes it"):
+        train(compose(GRPO_4 + [f"run_dir={run_dir}", "trainer.max_staleness=1", "trainer.role_timeout_s=20"]))

@@ -182,9 +182,12 @@ def test_restart_policy_adds_up_each_fault_s_seconds_and_refuses_past_its_budget
 
     policy = RestartPolicy("rollout", 1, None)
     now = time.perf_counter()
-    policy.lost(now - 3.0)
+    policy.lost(now - 10.0)
+    policy.spans_lost[-1] = (now - 10.0, now - 7.0)  # a first round 10 s ago, 3 s long
     policy.lost(now - 4.0)
     assert 7.0 <= policy.seconds_lost < 7.5
+    policy.lost(now - 5.0)  # a wait that overlapped the second round (another thread's) adds what it did not cover
+    assert 8.0 <= policy.seconds_lost < 8.5
     policy.charge("engine 0", "10.0.0.1", RuntimeError("gone"))
     assert policy.restarts == 1
     with pytest.raises(RoleFailed, match=r"died 2 times in this run, more than trainer.max_restarts=1 allows; "
@@ -304,3 +307,24 @@ def test_blocks_below_the_threshold_stay_on_the_heap():
         pytest.skip("glibc only")
     out = subprocess.run([sys.executable, "-c", MALLINFO2 + MAPPED_BELOW], check=True, capture_output=True, text=True).stdout
     assert int(out.split()[-1]) == 0, out
+
+
+def test_one_replacement_waited_out_by_two_threads_is_lost_once():
+    """An async run's weight sync and its generating thread both wait for one engine's replacement,
+    and each added its wait: 17 s lost in a run 9 s long after the kill. Spans already counted are not
+    counted again; spans apart add up."""
+    import time
+
+    from rlvr.runtime.faults import RestartPolicy
+
+    policy = RestartPolicy("rollout", 5, None)
+    start = time.perf_counter()
+    time.sleep(0.05)
+    policy.lost(start)  # the sync's wait
+    policy.lost(start + 0.01)  # the generator's, inside the same span
+    elapsed = time.perf_counter() - start
+    assert 0.05 <= policy.seconds_lost <= elapsed
+    later = time.perf_counter()
+    time.sleep(0.02)
+    policy.lost(later)  # a second fault later on
+    assert 0.07 <= policy.seconds_lost <= time.perf_counter() - start

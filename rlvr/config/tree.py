@@ -56,12 +56,17 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=config_dir(), version_base=None):
         try:
-            return hydra_compose(config_name=config_name, overrides=overrides)
+            cfg = hydra_compose(config_name=config_name, overrides=overrides)
         except ConfigCompositionException as e:
             if e.__cause__ is None:
                 raise
             # Hydra says which override failed; its cause says why ("Value 'abc' ... converted to Integer")
             raise ConfigCompositionException(f"{e}: {str(e.__cause__).splitlines()[0]}") from e.__cause__
+    if "model" in cfg and "cluster" in cfg:  # a learner or engine built from this tree (benchmarks, tests) gets a dtype
+        from rlvr.runtime.sizing import resolve_auto_dtypes
+
+        resolve_auto_dtypes(cfg.model, cfg.cluster.accelerator)
+    return cfg
 
 
 def fill(cls: type[T], *nodes: Mapping, **given: Any) -> T:
@@ -371,15 +376,16 @@ def _validate_trainer(cfg: DictConfig) -> None:
 
 def _validate_model(cfg: DictConfig) -> None:
     from rlvr.models import SMOLLM2_NAME, TINY_NAME
-    from rlvr.runtime.sizing import DTYPE_BYTES
+    from rlvr.runtime.sizing import DTYPE_BYTES, resolve_auto_dtypes
 
     m = cfg.model
+    resolve_auto_dtypes(m, cfg.cluster.accelerator)  # what `rlvr config` prints and config.yaml records
     _check(m.path in (SMOLLM2_NAME, TINY_NAME) or (Path(str(m.path)).expanduser() / "config.json").is_file(), "model.path",
            f"{m.path!r} is neither a built-in model ({SMOLLM2_NAME}, {TINY_NAME}) nor a Hugging Face model folder (no config.json); "
            "this machine cannot download from a model hub")
-    _check(m.train_dtype in ("float32", "bfloat16"), "model.train_dtype", f"must be float32 or bfloat16, got {m.train_dtype!r}")
+    _check(m.train_dtype in ("float32", "bfloat16"), "model.train_dtype", f"must be float32, bfloat16 or auto, got {m.train_dtype!r}")
     _check(m.rollout_dtype in DTYPE_BYTES, "model.rollout_dtype",
-           f"must be one of {', '.join(DTYPE_BYTES)}, got {m.rollout_dtype!r}")
+           f"must be one of {', '.join(DTYPE_BYTES)} or auto, got {m.rollout_dtype!r}")
     _check(
         m.train_dtype == m.dtype or m.dtype == "float32",
         "model.train_dtype",

@@ -591,3 +591,41 @@ def test_validate_refuses_a_string_for_data_tasks():
 def test_an_lr_schedule_that_cannot_work_is_refused(override, key):
     refused_naming([override], key)
     validate(compose(["learner.lr_schedule=cosine", "learner.lr_warmup_steps=10", "learner.min_lr_ratio=1.0"]))  # the bounds are in
+
+
+AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma f16c\n"
+
+
+@pytest.mark.parametrize("cpuinfo, accelerator, fast", [
+    (AVX2_ONLY, None, False),  # an AVX2 EPYC: bf16 emulated, a 2048^3 GEMM under 1 GFLOP/s against 117 in float32
+    (AVX2_ONLY.replace("avx2", "avx2 avx512f avx512_bf16"), None, True),  # Zen 4/5, Cooper Lake and later
+    (AVX2_ONLY.replace("avx2", "avx2 amx_bf16"), None, True),  # Sapphire Rapids
+    ("Features\t: fp asimd bf16 i8mm\n", None, True),  # an Arm core with bf16
+    (AVX2_ONLY, "GPU", True),  # the roles compute on GPUs, whatever the driver's CPU
+    (None, None, False),  # no /proc/cpuinfo (not Linux)
+])
+def test_native_bf16_reads_the_cpu_s_bf16_instructions(tmp_path, cpuinfo, accelerator, fast):
+    from rlvr.runtime.sizing import native_bf16
+
+    path = tmp_path / "cpuinfo"
+    if cpuinfo is not None:
+        path.write_text(cpuinfo)
+    assert native_bf16(accelerator, str(path)) is fast
+
+
+def test_auto_dtypes_resolve_where_the_roles_compute_and_what_is_set_stays(monkeypatch):
+    """bf16 was smollm2's default everywhere: on a CPU without bf16 instructions `make train` generated
+    10x slower. `auto` is bfloat16 only where bf16 is native (or the weights are bf16 already)."""
+    import rlvr.runtime.sizing as sizing
+
+    for native, want in ((False, "float32"), (True, "bfloat16")):
+        monkeypatch.setattr(sizing, "native_bf16", lambda accelerator, _n=native: _n)
+        cfg = compose(["model=smollm2-135m"])
+        assert (cfg.model.train_dtype, cfg.model.rollout_dtype) == (want, want)
+        assert compose(["model=smollm2-135m", "model.rollout_dtype=float16"]).model.rollout_dtype == "float16"
+        assert compose(["model=local", "model.path=/m"]).model.train_dtype == "bfloat16"  # bf16 weights: bf16 compute
+    monkeypatch.setattr(sizing, "native_bf16", lambda accelerator: False)
+    cfg = compose(["model=smollm2-135m", "model.train_dtype=auto"])
+    cfg.model.train_dtype = "auto"  # as Hydra's main hands it to train(): validate resolves it too
+    validate(cfg)
+    assert cfg.model.train_dtype == "float32"

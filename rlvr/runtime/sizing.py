@@ -53,15 +53,17 @@ def native_bf16(accelerator: str | None, cpuinfo: str = "/proc/cpuinfo") -> bool
 
 
 def resolve_auto_dtypes(model: Any, accelerator: str | None) -> dict[str, str]:
-    """``model.train_dtype`` and ``model.rollout_dtype`` set where they are ``auto`` (bfloat16 where
-    `native_bf16`, or where the weights are bf16 already; float32 otherwise); the keys it set."""
-    chosen: dict[str, str] = {}
-    if not any(not OmegaConf.is_missing(model, k) and model[k] == "auto" for k in ("train_dtype", "rollout_dtype")):
-        return chosen
-    fast = native_bf16(accelerator) or (not OmegaConf.is_missing(model, "dtype") and model.dtype == "bfloat16")
-    for key in ("train_dtype", "rollout_dtype"):
-        if not OmegaConf.is_missing(model, key) and model[key] == "auto":
-            model[key] = chosen[key] = "bfloat16" if fast else "float32"
+    """``model.dtype``, ``model.train_dtype`` and ``model.rollout_dtype`` set where they are ``auto``:
+    bfloat16 where `native_bf16` (the compute dtypes also where the weights are bf16 already),
+    float32 otherwise. Returns the keys it set."""
+    keys = [k for k in ("dtype", "train_dtype", "rollout_dtype") if not OmegaConf.is_missing(model, k) and model[k] == "auto"]
+    if not keys:
+        return {}
+    native = native_bf16(accelerator)
+    chosen = {}
+    for key in keys:  # the weights' first: bf16 weights need bf16 compute
+        fast = native or (key != "dtype" and model.dtype == "bfloat16")
+        model[key] = chosen[key] = "bfloat16" if fast else "float32"
     return chosen
 
 

@@ -623,7 +623,9 @@ def test_auto_dtypes_resolve_where_the_roles_compute_and_what_is_set_stays(monke
         cfg = compose(["model=smollm2-135m"])
         assert (cfg.model.train_dtype, cfg.model.rollout_dtype) == (want, want)
         assert compose(["model=smollm2-135m", "model.rollout_dtype=float16"]).model.rollout_dtype == "float16"
-        assert compose(["model=local", "model.path=/m"]).model.train_dtype == "bfloat16"  # bf16 weights: bf16 compute
+        local = compose(["model=local", "model.path=/m"]).model
+        assert (local.dtype, local.train_dtype, local.rollout_dtype) == (want, want, want)
+        assert compose(["model=local", "model.path=/m", "model.dtype=bfloat16"]).model.train_dtype == "bfloat16"  # bf16 weights: bf16 compute
     monkeypatch.setattr(sizing, "native_bf16", lambda accelerator: False)
     cfg = compose(["model=smollm2-135m", "model.train_dtype=auto"])
     cfg.model.train_dtype = "auto"  # as Hydra's main hands it to train(): validate resolves it too

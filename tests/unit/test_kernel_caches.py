@@ -13,6 +13,7 @@ from helpers import MALLINFO2
 
 from rlvr.learner.actor import _glibc
 from rlvr.runtime.kernel_caches import KERNEL_CACHES
+from rlvr.runtime.sizing import native_bf16
 
 PROBE = MALLINFO2 + """
 import json, torch
@@ -43,6 +44,9 @@ def heap_growth_mb(capacities: dict[str, str]) -> float:
 
 
 @pytest.mark.skipif(_glibc() is None, reason="the probe reads glibc's mallinfo2; this libc has none")
+@pytest.mark.skipif(not native_bf16(None), reason="oneDNN compiles a bf16 GEMM kernel per shape only on a CPU with bf16 "
+                    "instructions (avx512_bf16, amx_bf16); this one emulates bf16, keeps no such kernels, and `auto` trains "
+                    "it in float32")
 def test_the_learners_kernel_cache_bound_stops_the_heap_growing_with_new_gemm_shapes():
     assert set(KERNEL_CACHES) == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"}
     unbounded = heap_growth_mb({name: "1024" for name in KERNEL_CACHES})  # the libraries' defaults

@@ -47,7 +47,7 @@ def _read_rows(path: str, errors: RowErrors) -> Iterable[tuple[int, str, Any]]:
             try:
                 data = json.load(f)
             except json.JSONDecodeError as e:
-                if e.msg != "Extra data":
+                if e.msg != "Extra data" or not e.doc.lstrip("\ufeff \t\r\n").startswith("{"):
                     raise DataError(f"{path}: invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
                 data = None  # objects one a line: what datasets' to_json and pandas' lines=True write to a .json
         if data is None:
@@ -203,8 +203,9 @@ def _row_fields(rec: Mapping, fmt: str, cfg: DataSplitConfig) -> tuple[Any, Any,
         return f"missing answer key {cfg.answer_key!r} (keys: {sorted(rec)[:10]}; set data.*.answer_key= to the answer's column)"
     # the other columns, as in the trl format: a row {prompt, answer, difficulty} is both formats, and
     # a trl-style reward taking `difficulty` failed on every item when auto-detection said rlvr
-    others = {k: v for k, v in rec.items() if k != cfg.prompt_key}
-    return rec[cfg.prompt_key], rec[cfg.answer_key], others if len(others) > 1 else None
+    # (the answer column is not among them: a trl-style reward gets the parsed answer, as for a two-column row)
+    others = {k: v for k, v in rec.items() if k not in (cfg.prompt_key, cfg.answer_key)}
+    return rec[cfg.prompt_key], rec[cfg.answer_key], others or None
 
 
 def load_file(cfg: DataSplitConfig, exclude: set[str] | None) -> list[Problem]:

@@ -68,7 +68,7 @@ def call_reward(
     if style == "rlvr":
         return _score_and_outcome(fn(completion, answer, answer_type, **kwargs), "reward function")
     if style == "trl":
-        columns = {k: [v] for k, v in meta.items() if k not in ("prompts", "completions")}
+        columns = {k: [v] for k, v in meta.items() if k not in ("prompts", "completions", *kwargs)}  # the term's kwargs win
         columns.setdefault("answer", [answer])
         if isinstance(prompt, list):
             completion = [{"role": "assistant", "content": completion}]

@@ -137,13 +137,14 @@ class BudgetController:
 def step_rates(stats: dict) -> dict[str, float]:
     """The means a step's summed counts stand for, taking the sums out of ``stats``: each reward
     term's mean over the items the verifier scored (a multi-turn episode's answering turns each
-    count; NaN when it scored none), and over every rollout generated (DAPO's dropped groups and refills too; `accuracy`
+    count), and over every rollout generated (DAPO's dropped groups and refills too; `accuracy`
     and `reward` are the trained batch's) the accuracy and the overlong penalty."""
     rates = {}
     for key in [k for k in stats if k.startswith(TERM_SUM)]:
         term = key.removeprefix(TERM_SUM)
         total, n = stats.pop(key), stats.pop(f"{TERM_COUNT}{term}", 0)
-        rates[f"reward_term/{term}"] = total / n if n else float("nan")  # every item failed: the key stays, as NaN
+        if n:  # a term that failed on every item has no mean: left out, as the records leave out every undefined value
+            rates[f"reward_term/{term}"] = total / n
     generated, correct = stats.pop("generated", 0), stats.pop("generated_correct", 0)
     penalty = stats.pop("overlong_penalty_sum", None)
     if generated:

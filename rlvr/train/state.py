@@ -169,7 +169,7 @@ def console_line(step: int, total: int, m: dict) -> str:
     return " | ".join(parts)
 
 
-GUARDED_KEYS = ("model.path", "model.lora.rank", "model.lora.target_modules", "model.lora.alpha", "algorithm.name", "algorithm.estimator", "algorithm.loss", "weighting.name",
+GUARDED_KEYS = ("model.path", "model.dtype", "model.lora.rank", "model.lora.target_modules", "model.lora.alpha", "algorithm.name", "algorithm.estimator", "algorithm.loss", "weighting.name",
                 "cluster.zero_stage")  # DeepSpeed's optimizer files differ by stage: another failed in the learners, after every role started
 
 

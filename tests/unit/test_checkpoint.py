@@ -841,3 +841,22 @@ def test_a_save_failure_the_caller_handles_passes_through_and_a_first_save_says_
     with pytest.raises(KeyboardInterrupt):  # a signal's RunStopped is the loop's, never wrapped
         save_checkpoint(tmp_path, 1, lambda d: (_ for _ in ()).throw(KeyboardInterrupt()))
     assert find_latest_checkpoint(tmp_path) is None and hidden(tmp_path) == []
+
+
+def test_a_learner_lost_mid_save_passes_through_to_the_loop_s_restart(tmp_path):
+    """save_training_state lets the errors the loop restarts learners on through: wrapped as a
+    CheckpointSaveError, a learner lost mid-save ended the run instead."""
+    from types import SimpleNamespace
+
+    import ray
+
+    from rlvr.config import compose
+    from rlvr.train.state import save_training_state
+
+    def died(*a, **k):
+        raise ray.exceptions.RayActorError()
+
+    roles = SimpleNamespace(learners=[SimpleNamespace(save_checkpoint=SimpleNamespace(remote=died))], value=None)
+    with pytest.raises(ray.exceptions.RayActorError):
+        save_training_state(tmp_path, 1, roles, {"step": 1}, compose([]))
+    assert find_latest_checkpoint(tmp_path) is None and hidden(tmp_path) == []

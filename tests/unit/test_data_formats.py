@@ -191,11 +191,52 @@ def test_a_string_prompt_row_keeps_its_other_columns_whichever_format_it_is_read
     path = _jsonl(tmp_path / "d.jsonl", [{"prompt": "What is 1+1?", "answer": "2", "difficulty": 0}, {"prompt": "q", "answer": "3"}])
     for fmt in ("auto", "rlvr", "trl"):
         first, plain = load_problems({"source": "file", "path": path, "format": fmt})
-        assert first.meta["difficulty"] == 0 and first.meta["answer"] == "2", fmt
+        assert first.meta["difficulty"] == 0, fmt
     assert plain.meta is None or "difficulty" not in plain.meta
+    (two_columns,) = load_problems({"source": "file", "path": _jsonl(tmp_path / "t.jsonl", [{"prompt": "Q?", "answer": 4}])})
+    assert two_columns.meta is None  # no dict on every row of a million-row file
     named = _jsonl(tmp_path / "n.jsonl", [{"q": "What is 1+1?", "final": "2", "level": "easy"}])
     (p,) = load_problems({"source": "file", "path": named, "prompt_key": "q", "answer_key": "final"})
-    assert p.meta == {"final": "2", "level": "easy"}
+    assert p.meta == {"level": "easy"}
+
+
+def test_a_trl_style_reward_gets_the_parsed_answer_whatever_other_columns_a_rlvr_row_has(tmp_path):
+    """With the answer column kept in meta, a third column switched a trl-style reward's `answer`
+    from the parsed gold ('72') to the raw column ('She sold 72. #### 72', or the int 42)."""
+    from rlvr.rewards.calling import call_reward
+    from rlvr.sandbox.messages import ScoreRequest, coerce_request
+
+    rows = [{"prompt": "a", "answer": "She sold 72. #### 72"}, {"prompt": "b", "answer": "She sold 72. #### 72", "level": 1},
+            {"prompt": "c", "answer": 72, "difficulty": 0}]
+    seen = []
+
+    def fn(prompts, completions, answer, **kw):
+        seen.append(answer[0])
+        return [1.0]
+
+    for problem in load_problems({"source": "file", "path": _jsonl(tmp_path / "d.jsonl", rows)}):
+        r = coerce_request(ScoreRequest.for_problem("72", problem))
+        call_reward(fn, "trl", r.completion, r.answer, r.answer_type, r.prompt, r.meta)
+    assert seen == ["72", "72", "72"]
+
+
+@pytest.mark.parametrize("row", [
+    {"prompt": "Q?", "answer": "ab\ud83d", "answer_type": "string"},
+    {"prompt": [{"role": "system", "content": "be \ud83d brief"}, {"role": "user", "content": "Q?"}], "answer": 4},
+])
+def test_a_lone_surrogate_in_the_answer_or_a_chat_turn_is_a_row_error(tmp_path, row):
+    answer_type = row.pop("answer_type", "number")
+    with pytest.raises(DataError, match="not valid Unicode text"):
+        load_problems({"source": "file", "path": _jsonl(tmp_path / "d.jsonl", [row]), "answer_type": answer_type})
+
+
+def test_a_json_array_with_trailing_data_names_the_trailing_data(tmp_path):
+    """Read as JSON Lines, it said "row 0: Expecting value", hiding where the extra data began."""
+    body = "[" + ",\n".join(json.dumps({"prompt": f"q{i}", "answer": i}) for i in range(3)) + "]\n"
+    path = tmp_path / "d.json"
+    path.write_text(body + body)
+    with pytest.raises(DataError, match="Extra data at line 4"):
+        load_problems({"source": "file", "path": str(path)})
 
 
 def test_a_math_trl_row_with_a_tests_column_keeps_its_answer(tmp_path):

@@ -327,6 +327,9 @@ def test_an_environment_returning_the_wrong_type_is_named_at_the_call():
         env.step([], [])
     with pytest.raises(TypeError, match=r"'bad_env:Env': reset\(\) must return the episode's messages.*got dict"):
         env.reset(Problem("t/0", "q", "1"), [])
+    Env.reset = lambda self, problem, messages: ["2+2?"]  # strings, not messages
+    with pytest.raises(TypeError, match=r"reset\(\) must return the episode's messages.*got list"):
+        env.reset(Problem("t/0", "q", "1"), [])
     good = type("Good", (), {"tools": [], "reset": lambda self, p, m: list(m), "step": lambda self, m, s: Step(None, 1.0, True)})()
     assert WithDeadline(good, 5, "x").step([], []) == Step(None, 1.0, True)
     assert WithDeadline(good, 5, "x").reset(Problem("t/0", "q", "1"), [{"role": "user", "content": "q"}]) == [{"role": "user", "content": "q"}]

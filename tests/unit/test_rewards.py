@@ -654,6 +654,17 @@ def test_trl_reward_of_a_chat_row_gets_messages_as_trl_gives_a_conversational_da
                     ("3+3?", "so 4")]
 
 
+def test_a_data_column_named_like_a_reward_kwarg_leaves_the_kwarg_alone():
+    """A row {prompt, answer, tolerance} under a term with kwargs {tolerance: 0.1} was "got multiple
+    values for keyword argument 'tolerance'" on every item once rlvr rows kept their columns."""
+    from rlvr.rewards.calling import call_reward
+
+    def fn(prompts, completions, tolerance, **kw):
+        return [tolerance]
+
+    assert call_reward(fn, "trl", "x", "4", "number", prompt="p", meta={"tolerance": [9]}, kwargs={"tolerance": 0.1})[0] == 0.1
+
+
 def test_trl_reward_gets_the_answer_column_when_the_row_has_none():
     from rlvr.rewards.calling import call_reward
 

@@ -328,3 +328,17 @@ def test_one_replacement_waited_out_by_two_threads_is_lost_once():
     time.sleep(0.02)
     policy.lost(later)  # a second fault later on
     assert 0.07 <= policy.seconds_lost <= time.perf_counter() - start
+
+
+def test_a_wait_that_began_before_an_earlier_counted_one_counts_to_its_own_end():
+    """The newer span sorts first; merging kept the older span's end instead of the later of the two."""
+    import time
+
+    from rlvr.runtime.faults import RestartPolicy
+
+    policy = RestartPolicy("rollout", 5, None)
+    t1 = time.perf_counter()
+    policy.lost(t1 - 1.0)
+    time.sleep(0.3)
+    policy.lost(t1 - 5.0)  # another thread's wait, begun earlier, ended now: it covers the first
+    assert policy.seconds_lost >= 5.25

@@ -44,6 +44,9 @@ def _saved_config(tmp_path, overrides):
 @pytest.mark.parametrize("saved, now, refused", [
     (["cluster.zero_stage=1"], ["cluster.zero_stage=2"], "cluster.zero_stage"),
     (["cluster.zero_stage=1", "cluster.num_learners=1"], ["cluster.zero_stage=1", "cluster.num_learners=2"], "cluster.num_learners under ZeRO-1"),
+    # model.dtype=auto resolves on the resuming machine: bf16 weights saved on a bf16 CPU or a GPU,
+    # float32 here (DeepSpeed's bf16-mode optimizer files into a float32 engine)
+    (["model=local", "model.path=/m", "model.dtype=bfloat16"], ["model=local", "model.path=/m", "model.dtype=float32"], "model.dtype"),
 ])
 def test_resume_refuses_zero_stage_and_rank_changes(tmp_path, saved, now, refused):
     from rlvr.train.state import check_resume_config

@@ -457,13 +457,14 @@ def save_checkpoint(run_dir: str | Path, step: int, write: Callable[[Path], None
 def write_failure(where: Path, error: BaseException) -> str:
     """"(ExcType: its last line; N MiB free there)": what a failed write says, the free space beside
     the error because torch's and safetensors' messages drop ENOSPC's errno."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]  # a Ray task error ends in its cause
+    from rlvr.runtime.faults import last_line  # here: Ray is imported only when a write fails
+
     disk = next((p for p in (where, *where.parents) if p.is_dir()), Path("/"))
     try:
         free = f"{shutil.disk_usage(disk).free / 2**20:,.1f} MiB free there"
     except OSError:
         free = "its free space unknown"
-    return f"({type(error).__name__}: {lines[-1] if lines else ''}; {free})"
+    return f"({type(error).__name__}: {last_line(error)}; {free})"
 
 
 def _save_failed(run_dir: str | Path, step: int, error: BaseException) -> str:

@@ -8,11 +8,10 @@ rather than a prefix.
 from __future__ import annotations
 
 import functools
-import random
 import re
 from typing import Any
 
-from rlvr.data.problems import DataSplitConfig, Problem, RowErrors, derived_seed
+from rlvr.data.problems import DataSplitConfig, Problem, RowErrors, seeded_sample
 from rlvr.rewards import check_answer_parsable, parse_numeric_literal
 
 _CHAMP_MATH_WORDS = {"sqrt", "floor", "ceil", "sum", "prod", "log", "exp", "sin", "cos", "tan", "mod"}
@@ -103,6 +102,5 @@ def load_champ(cfg: DataSplitConfig, exclude: set[str] | None) -> list[Problem]:
     if cfg.limit is not None and 0 <= int(cfg.limit) < len(out):
         # CHAMP is ordered by category (Combinatorics first): a plain prefix
         # would be one category.  Take a seeded sample, kept in file order.
-        keep = sorted(random.Random(derived_seed("champ", cfg.seed)).sample(range(len(out)), int(cfg.limit)))
-        out = [out[i] for i in keep]
+        out = seeded_sample(out, int(cfg.limit), "champ", cfg.seed)
     return out

@@ -21,12 +21,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import time
 from collections.abc import Mapping
 from typing import Any, Iterable
 
-from rlvr.data.problems import DataError, DataSplitConfig, Problem, RowErrors, check_answer_type, derived_seed, make_problem
+from rlvr.data.problems import DataError, DataSplitConfig, Problem, RowErrors, check_answer_type, make_problem, seeded_sample
 
 log = logging.getLogger(__name__)
 
@@ -250,11 +249,8 @@ def load_file(cfg: DataSplitConfig, exclude: set[str] | None) -> list[Problem]:
         why = f" ({excluded} rows left out as training questions: is this the training file?)" if excluded else ""
         raise DataError(f"{path}: no usable problems{why}")
     if cfg.limit is not None and 0 <= int(cfg.limit) < len(out):
-        # A file is often ordered (MATH's test set by subject): a prefix would be its first part.
-        # A seeded sample, kept in file order, as CHAMP's.
-        keep = sorted(random.Random(derived_seed("file-limit", cfg.seed)).sample(range(len(out)), int(cfg.limit)))
-        log.info("%s: a seeded sample of %d of its %d problems (limit; eval.size for the held-out split)", path, len(keep), len(out))
-        out = [out[i] for i in keep]
+        log.info("%s: a seeded sample of %d of its %d problems (limit; eval.size for the held-out split)", path, int(cfg.limit), len(out))
+        out = seeded_sample(out, int(cfg.limit), "file-limit", cfg.seed)
     log.info("%s: %d problems in %.1f s%s", path, len(out), time.perf_counter() - start,
              f" ({excluded} rows left out as training questions)" if excluded else "")
     return out

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import numbers
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -210,4 +211,12 @@ def make_problem(
 def derived_seed(*parts: Any) -> int:
     digest = hashlib.sha256(":".join(str(p) for p in ("rlvr", *parts)).encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def seeded_sample(items: list, size: int, *seed_parts: Any) -> list:
+    """``size`` of ``items``, drawn with the seed `derived_seed(*seed_parts)` and kept in their order:
+    a data file is often ordered (CHAMP by category, MATH's test set by subject), and a prefix
+    would be its first part."""
+    keep = sorted(random.Random(derived_seed(*seed_parts)).sample(range(len(items)), size))
+    return [items[i] for i in keep]
 

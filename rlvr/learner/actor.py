@@ -127,9 +127,13 @@ def lr_scheduler(cfg: LearnerConfig) -> Callable | None:
         return None
     from torch.optim.lr_scheduler import LambdaLR
 
-    factor = functools.partial(lr_factor, warmup_steps=cfg.lr_warmup_steps, total_steps=cfg.total_optimizer_steps,
-                               schedule=cfg.lr_schedule, min_ratio=cfg.min_lr_ratio)
-    return lambda optimizer: LambdaLR(optimizer, factor)
+    return lambda optimizer: LambdaLR(optimizer, lr_schedule_factor(cfg))
+
+
+def lr_schedule_factor(cfg: LearnerConfig) -> Callable[[int], float]:
+    """`learner.lr`'s multiplier for the optimizer step after a given count of steps: `rlvr.learner.schedule`."""
+    return functools.partial(lr_factor, warmup_steps=cfg.lr_warmup_steps, total_steps=cfg.total_optimizer_steps,
+                             schedule=cfg.lr_schedule, min_ratio=cfg.min_lr_ratio)
 
 
 @functools.cache
@@ -235,7 +239,7 @@ class PolicyLearner:
         """Every param group at `learner.lr` × the schedule's factor after ``steps`` optimizer steps, and
         the scheduler there, so that its next step computes the factor after ``steps`` + 1."""
         cfg = self.cfg
-        lr = cfg.lr * lr_factor(steps, cfg.lr_warmup_steps, cfg.total_optimizer_steps, cfg.lr_schedule, cfg.min_lr_ratio)
+        lr = cfg.lr * lr_schedule_factor(cfg)(steps)
         for group in self.engine.optimizer.param_groups:
             group["lr"], group["initial_lr"] = lr, cfg.lr
         scheduler = self.engine.lr_scheduler

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Iterable
 
 import torch
 
 from rlvr.rollout.engines import EngineConfig, SamplingConfig
+from rlvr.runtime.scratch import own_tempdir
 from rlvr.types import GenerationRequest
 
 
@@ -48,6 +50,9 @@ class VLLMEngine:
             # memory on a small box (docs/benchmarks.md, "Lean by default")
             kwargs.update(max_num_seqs=cfg.max_num_seqs, block_size=cfg.block_size)
         kwargs.update(cfg.extra)
+        # vLLM names its process group's rendezvous file under tempfile's directory, and every stopped
+        # engine is SIGKILLed, so the file outlived each one; this directory goes with the next engine
+        tempfile.tempdir = own_tempdir("rlvr-vllm-")
         self.llm = LLM(**kwargs)
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig) -> list[list[dict]]:

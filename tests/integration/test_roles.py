@@ -1,7 +1,9 @@
 """Component tests of the rollout engines and the DeepSpeed learner, on the tiny random model."""
 
 import math
+import tempfile
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import ray
@@ -67,6 +69,9 @@ def test_engine_samples_and_weight_update(backend, ray_session, tiny_model):
         blocks = ray.get(engine.__ray_call__.remote(lambda self: self.engine.llm.llm_engine.vllm_config.cache_config.num_gpu_blocks))
         per_token = sizing.kv_bytes_per_token(sizing.ModelShape.of(tiny_model), cfg.dtype)
         assert blocks == int(cfg.kv_cache_gb * 2**30) // (per_token * cfg.block_size)
+        # vLLM's rendezvous file is in the engine's own temp dir (which the next engine removes once this one is gone), not /tmp
+        own = Path(ray.get(engine.__ray_call__.remote(lambda self: tempfile.gettempdir())))
+        assert own.name.startswith("rlvr-vllm-") and list(own.glob("vllm_dist_*")), own
     # Same seed, same samples: what exact resume relies on.
     again = pool.generate(reqs, sampling, seed=0)
     assert [s.response_ids.tolist() for s in again] == [s.response_ids.tolist() for s in samples]

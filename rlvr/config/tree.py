@@ -244,9 +244,16 @@ def _validate_env(cfg: DictConfig) -> None:
     _check(e.max_tokens >= 1, "env.max_tokens", f"must be >= 1 (response tokens of an episode, observations included), got {e.max_tokens}")
     _check_one_of("env.parser", e.parser, sorted(PARSERS), "tool-call parser")
     try:  # an unknown environment, bad options or a tool without a schema fail here, naming it
-        tool_schemas(environment_from_config(e).tools)
+        tools = environment_from_config(e).tools
+        tool_schemas(tools)
     except ValueError as err:
         raise ConfigError(f"env: {err}") from err
+    # a parser with no tools sent a well-formed call to a verifier pool started without tools (the run
+    # stopped); tools with no parser are shown to the model and never run
+    _check(e.parser == "none" or bool(tools), "env.parser",
+           f"{e.parser} reads tool calls, but env={e.name} has no tools: set env.parser=none, or give it tools (env.tools)")
+    _check(e.parser != "none" or not tools, "env.parser",
+           f"none reads no tool calls, but env={e.name} has tools {tools}: set env.parser=hermes, or leave the tools out")
 
 
 def _validate_algorithm(cfg: DictConfig, preset: AlgorithmPreset) -> None:

@@ -22,6 +22,8 @@ constructed with `env.options` as keyword arguments (each added as `+env.options
 from __future__ import annotations
 
 import importlib
+import math
+import numbers
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -100,6 +102,14 @@ class WithDeadline:
         if not isinstance(out, Step):  # a SkyRL- or verifiers-style dict fails here, not steps later as an AttributeError
             raise TypeError(f"environment {self.name!r}: step() must return rlvr.envs.Step(observation, reward, correct), "
                             f"got {_describe(out)}")
+        obs = out.observation
+        if obs is not None and not (isinstance(obs, (list, tuple)) and all(_is_message(m) for m in obs)):
+            # a bare string failed steps later as "can only concatenate list (not "str") to list"
+            raise TypeError(f"environment {self.name!r}: step()'s observation must be None (the episode ends) or a list of "
+                            f"{{'role': str, 'content': str}} dicts, got {_describe(obs)}")
+        if isinstance(out.reward, bool) or not isinstance(out.reward, numbers.Real) or not math.isfinite(out.reward):
+            # a NaN reached the advantages and made its whole group's NaN
+            raise ValueError(f"environment {self.name!r}: step()'s reward must be a finite number, got {_describe(out.reward)}")
         return out
 
     def _call(self, method: str, *args: Any) -> Any:
@@ -109,6 +119,10 @@ class WithDeadline:
             return getattr(self.env, method)(*args)
         finally:
             _deadlines.remove(token)
+
+
+def _is_message(m: Any) -> bool:
+    return isinstance(m, Mapping) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
 
 
 def _describe(value: Any) -> str:

@@ -40,7 +40,8 @@ class ChatTokens:
         return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt, **kwargs)
 
     def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False)
+        # an environment's or a tool's text may hold lone surrogates, which the fast tokenizer refuses
+        return self.tok.encode(text.encode("utf-8", "replace").decode("utf-8"), add_special_tokens=False)
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         if self.tools and not self.template_takes_tools:  # the tools go into the system message instead

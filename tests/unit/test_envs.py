@@ -74,6 +74,18 @@ def test_hermes_parser_turns_what_json_cannot_carry_into_malformed_calls():
             assert isinstance(c, MalformedCall) or json.loads(c.to_json())["name"] == "echo"
 
 
+def test_a_lone_surrogate_in_a_call_is_malformed_and_one_in_an_observation_is_replaced(tokenizer):
+    """`"\\ud83d"` decodes to half a UTF-16 pair; a tool that named its argument in its error sent it
+    back, and the fast tokenizer refused the observation: the step, and the run, stopped."""
+    (call,) = parse_hermes('<tool_call>{"name": "echo", "arguments": {"text": "\\ud83d"}}</tool_call>')
+    assert isinstance(call, MalformedCall) and "surrogate" in call.message
+    (ok,) = parse_hermes('<tool_call>{"name": "echo", "arguments": {"text": "\\ud83d\\ude00"}}</tool_call>')  # a whole pair is text
+    assert ok.arguments == {"text": "\U0001f600"}
+    chat = ChatTokens(tokenizer, [])
+    assert chat.observation_ids([1], [{"role": "tool", "content": "no such city: \ud83d"}]) == \
+        chat.observation_ids([1], [{"role": "tool", "content": "no such city: ?"}])
+
+
 def test_run_tool_answers_every_failure_with_a_message_for_the_model():
     def run(name, **arguments):
         return run_tool(ToolCall(name, arguments).to_json(), "", "tool", TOOLS)
@@ -135,6 +147,12 @@ def test_unknown_env_keys_and_values_fail_naming_them():
         validate(compose(["env=calculator", "env.tools=[tools_for_tests:undocumented]"]))
     with pytest.raises(ConfigError, match="unknown environment"):
         validate(compose(["env=retry", "env.name=chess"]))
+    # a parser with no tools sent a call to a verifier pool started without tools; tools with no parser never run
+    with pytest.raises(ConfigError, match="env.parser: hermes reads tool calls, but env=retry has no tools"):
+        validate(compose(["env=retry", "data=arith", "env.parser=hermes"]))
+    with pytest.raises(ConfigError, match="env.parser: none reads no tool calls, but env=calculator has tools"):
+        validate(compose(["env=calculator", "env.parser=none"]))
+    validate(compose(["env=retry", "data=arith", "env.parser=hermes", "env.tools=[rlvr.envs.calculator:calculate]"]))
 
 
 def test_a_users_own_environment_as_the_readme_shows(tmp_path, monkeypatch):
@@ -330,7 +348,16 @@ def test_an_environment_returning_the_wrong_type_is_named_at_the_call():
     Env.reset = lambda self, problem, messages: ["2+2?"]  # strings, not messages
     with pytest.raises(TypeError, match=r"reset\(\) must return the episode's messages.*got list"):
         env.reset(Problem("t/0", "q", "1"), [])
+    # step()'s own fields: a bare string failed later as list + str, a NaN made its group's advantages NaN
+    for step, error in [(Step("Incorrect, try again.", 0.0, False), TypeError), (Step({"role": "user", "content": "again"}, 0.0, False), TypeError),
+                        (Step([{"role": "user"}], 0.0, False), TypeError), (Step(None, float("nan"), False), ValueError),
+                        (Step(None, float("inf"), True), ValueError), (Step(None, True, True), ValueError)]:
+        Env.step = lambda self, messages, scores, out=step: out
+        with pytest.raises(error, match=r"'bad_env:Env': step\(\)'s"):
+            env.step([], [])
     good = type("Good", (), {"tools": [], "reset": lambda self, p, m: list(m), "step": lambda self, m, s: Step(None, 1.0, True)})()
+    again = [{"role": "user", "content": "again"}]
+    assert WithDeadline(type("Again", (), {"tools": [], "step": lambda self, m, s: Step(again, 0, False)})(), 5, "x").step([], []).observation == again
     assert WithDeadline(good, 5, "x").step([], []) == Step(None, 1.0, True)
     assert WithDeadline(good, 5, "x").reset(Problem("t/0", "q", "1"), [{"role": "user", "content": "q"}]) == [{"role": "user", "content": "q"}]
 

@@ -165,6 +165,22 @@ def test_a_turn_cut_at_its_token_cap_is_not_parsed_for_calls(tok):
     assert out.counts.get("env/ended/turn_tokens") == 1 and out.trajectories[0].truncated
 
 
+def test_a_tool_result_holding_a_lone_surrogate_is_an_observation_not_a_crash(tok):
+    """A tool (or an environment) whose text holds half a UTF-16 pair: the tokenizer refused it, and
+    `generate` stopped the step with a TypeError naming no episode."""
+
+    class Echoes(Verifier):
+        def call(self, method, requests):
+            if method == "run_tools":
+                return [ScoreResult(0.0, True, outcome="error", output="no such city: \ud83d") for _ in requests], {}
+            return super().call(method, requests)
+
+    call = ids(tok, CALL, eos=False)
+    out = multi_turn(tok, Scripted(tok, [call, ids(tok, "right")]), OneCall(), parser="hermes", verifier=Echoes()).generate(
+        [Problem("t/0", "Q?", "1")], [1], SamplingConfig(1.0, 1.0, len(call) + 10), seed=0)
+    assert out.counts["env/tool_calls"] == 1 and out.trajectories[0].reward == 1.0
+
+
 def test_a_call_whose_result_does_not_fit_ends_the_episode_truncated(tok):
     """A complete call (stopped at </tool_call>) with 2 tokens of budget left: its result does not fit,
     the episode ends on max_tokens, truncated."""

@@ -288,9 +288,9 @@ def compare_command(argv: list[str]) -> int:
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run dirs, e.g. multirun/<date>/<time>/*")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
-    from rlvr.analysis.plots import compare_runs, format_comparison
+    from rlvr.analysis.plots import compare_runs, format_comparison, run_dir_arguments
 
-    rows = compare_runs(args.run_dirs)
+    rows = compare_runs(run_dir_arguments(args.run_dirs))
     if args.json:
         import json
 

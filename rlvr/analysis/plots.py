@@ -216,6 +216,17 @@ class _Run:
 # -- compare -----------------------------------------------------------------------
 
 
+def run_dir_arguments(paths: list[str]) -> list[str]:
+    """The arguments that are not plain files: the glob a sweep's runs are named by
+    (multirun/<date>/<time>/*) also names Hydra's multirun.yaml beside them, and it failed the whole
+    command. Given only files, they are kept, for the error that names them."""
+    files = [p for p in paths if Path(p).is_file()]
+    if files and len(files) < len(paths):
+        print(f"(left out {len(files)} file(s) that are not run dirs: {', '.join(Path(f).name for f in files[:3])})", file=sys.stderr)
+        return [p for p in paths if p not in files]
+    return paths
+
+
 def compare_runs(run_dirs: list[str]) -> list[dict]:
     """One row per run: held-out accuracy before and at the end, the last pass@k, rollouts spent and
     seconds in steps and evaluations (start-up excluded), from each run's metrics.jsonl."""
@@ -279,13 +290,13 @@ def format_comparison(rows: list[dict]) -> str:
     ks = sorted({k for r in rows for k in r["pass_at_k"]}, key=lambda k: int(k.split("@")[1]))
     top_k = ks[-1:]  # the largest k; --json has them all
 
-    def cell(v) -> str:
-        return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) and v < 10 else f"{v:.0f}" if isinstance(v, float) else str(v))
+    def cell(v, form: str) -> str:  # by column: 8 rollouts printed "8.000" above a row's "16"
+        return "-" if v is None else format(v, form)
 
     header = ["run", "steps", "held-out before", "held-out final", "at step", "prompts", *top_k, "rollouts", "seconds"]
     table = [header] + [
-        [r["run"], cell(r["steps"]), cell(r["heldout_before"]), cell(r["heldout_final"]), cell(r["heldout_final_step"]),
-         cell(r["eval_prompts"]), *[cell(r["pass_at_k"].get(k)) for k in top_k], cell(r["rollouts"]), cell(r["seconds"])]
+        [r["run"], cell(r["steps"], ".0f"), cell(r["heldout_before"], ".3f"), cell(r["heldout_final"], ".3f"), cell(r["heldout_final_step"], ".0f"),
+         cell(r["eval_prompts"], ".0f"), *[cell(r["pass_at_k"].get(k), ".3f") for k in top_k], cell(r["rollouts"], ".0f"), cell(r["seconds"], ".1f")]
         for r in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
@@ -505,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", metavar="DIR", default=None, help="where to write the PNGs (default: FIRST_RUN_DIR/plots)")
     args = parser.parse_args(argv)
     try:
-        paths = plot_runs(args.run_dirs, args.out)
+        paths = plot_runs(run_dir_arguments(args.run_dirs), args.out)
     except (FileNotFoundError, ValueError) as e:
         print(f"rlvr plot: {e}", file=sys.stderr)
         return 2

@@ -233,7 +233,25 @@ class RlvrConfig:
 
 
 def register_schema() -> None:
-    """Put the schema in Hydra's ConfigStore (idempotent): `configs/config.yaml` names it first."""
+    """Put the schema in Hydra's ConfigStore and the resolver `configs/config.yaml` uses (both
+    idempotent): `configs/config.yaml` names the schema first."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
     ConfigStore.instance().store(name=SCHEMA_NAME, node=RlvrConfig)
+    OmegaConf.register_new_resolver("rlvr_job_dir", job_dir_name, replace=True)
+
+
+JOB_DIR_BYTES = 160  # well under a file name's 255 bytes, with room for a path's other parts
+
+
+def job_dir_name(num: Any, override_dirname: str) -> str:
+    """A sweep job's folder: ``<num>_<its overrides>``, as Hydra names it, with a value's ``/`` made
+    ``%2F`` (a path in an override nested the job one folder per part) and the name cut to
+    :data:`JOB_DIR_BYTES` ending in ``...`` (14 ordinary overrides passed 255 bytes, and Hydra's mkdir
+    stopped the sweep with an OSError). The job number keeps cut names apart."""
+    name = f"{num}_{override_dirname}".replace("/", "%2F") if override_dirname else str(num)
+    data = name.encode("utf-8")
+    if len(data) <= JOB_DIR_BYTES:
+        return name
+    return data[: JOB_DIR_BYTES - 3].decode("utf-8", "ignore") + "..."

@@ -26,6 +26,8 @@ def test_multirun_makes_one_run_dir_per_job_and_compare_tabulates_them(tmp_path,
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     run_dirs = sorted(p.parent for p in (tmp_path / "multirun").glob("*/*/*/summary.json"))
     assert [d.name.split("_", 1)[0] for d in run_dirs] == ["0", "1"]
+    # every override in the name was 213 bytes: cut to a file name's length (rlvr.config.schema.job_dir_name)
+    assert all(d.name.endswith("...") and len(d.name.encode()) <= 160 for d in run_dirs), run_dirs
     for seed, d in enumerate(run_dirs):
         assert f"seed={seed}" in d.name
         summary = json.loads((d / "summary.json").read_text())
@@ -37,7 +39,9 @@ def test_multirun_makes_one_run_dir_per_job_and_compare_tabulates_them(tmp_path,
     assert "(RolloutEngine" not in console and "(PolicyLearner" not in console and "Failed to load weights" not in console
     assert console.count("INFO rlvr: step 0 held-out accuracy") == 2 and console.count("step 1/1 |") == 2
     compare = subprocess.run(
-        [sys.executable, "-m", "rlvr.cli", "compare", "--json", *map(str, run_dirs)], env=env, capture_output=True, text=True, timeout=120
+        # the sweep's glob, as its help says (multirun/<date>/<time>/*): Hydra's multirun.yaml is among them
+        [sys.executable, "-m", "rlvr.cli", "compare", "--json", *sorted(map(str, run_dirs[0].parent.glob("*")))],
+        env=env, capture_output=True, text=True, timeout=120,
     )
     rows = json.loads(compare.stdout)
     assert [r["steps"] for r in rows] == [1, 1] and all(r["rollouts"] > 0 for r in rows)

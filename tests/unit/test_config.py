@@ -631,3 +631,22 @@ def test_auto_dtypes_resolve_where_the_roles_compute_and_what_is_set_stays(monke
     cfg.model.train_dtype = "auto"  # as Hydra's main hands it to train(): validate resolves it too
     validate(cfg)
     assert cfg.model.train_dtype == "float32"
+
+
+def test_a_sweep_job_s_dir_name_fits_a_file_name_and_nests_no_folders():
+    """`${hydra.job.num}_${hydra.job.override_dirname}` passed 255 bytes with 14 ordinary overrides (Hydra's
+    mkdir stopped the sweep with an OSError traceback), and a path in a value nested the job a folder per part."""
+    from rlvr.config.schema import JOB_DIR_BYTES, job_dir_name
+
+    assert job_dir_name(0, "seed=1") == "0_seed=1" and job_dir_name(3, "") == "3"
+    assert job_dir_name(1, "data.train.path=/data/gsm8k.jsonl") == "1_data.train.path=%2Fdata%2Fgsm8k.jsonl"
+    long = ",".join(f"trainer.key_{i}=é{i}" for i in range(40))
+    cut = job_dir_name(12, long)
+    assert len(cut.encode()) <= JOB_DIR_BYTES < 255 and cut.startswith("12_trainer.key_0=é0,") and cut.endswith("...")
+    cut.encode("utf-8")  # cut at a character, not inside one
+    from omegaconf import OmegaConf
+
+    from rlvr.config import compose
+
+    compose([])  # registers the resolver configs/config.yaml's sweep subdir uses
+    assert OmegaConf.create({"n": 0, "o": long, "d": "${rlvr_job_dir:${n},${o}}"}).d == job_dir_name(0, long)

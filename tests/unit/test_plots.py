@@ -376,3 +376,32 @@ def test_v05_figure_mean_extra_per_error_bin(tmp_path):
     (line,) = [ln for ln in ax.get_lines() if ln.get_label() == "mean per bin"]
     assert list(line.get_xdata()) == pytest.approx([0.05, 0.55])
     assert list(line.get_ydata()) == pytest.approx([2.0, 6.0])
+
+
+def test_compare_and_plot_take_a_sweep_s_glob_with_hydra_s_multirun_yaml_in_it(tmp_path, capsys):
+    """`rlvr compare multirun/<date>/<time>/*` (its help's example) also names Hydra's multirun.yaml
+    beside the jobs: both commands failed on it with exit 2 and drew nothing."""
+    from rlvr.cli import main as rlvr_main
+
+    sweep = tmp_path / "multirun" / "2026-12-08" / "01-08-34"
+    jobs = [make_run(sweep / "0_seed=0", steps=2, eval_every=1), make_run(sweep / "1_seed=1", steps=2, eval_every=1)]
+    (sweep / "multirun.yaml").write_text("hydra:\n  mode: MULTIRUN\n")
+    glob = sorted(map(str, sweep.glob("*")))
+    assert rlvr_main(["compare", "--json", *glob]) == 0
+    out, err = capsys.readouterr()
+    assert [Path(r["run_dir"]) for r in json.loads(out)] == jobs and "multirun.yaml" in err
+    assert main([*glob, "--out", str(tmp_path / "plots")]) == 0
+    assert (tmp_path / "plots" / "heldout_vs_step.png").is_file()
+    assert rlvr_main(["compare", str(sweep / "multirun.yaml")]) == 2  # only files: the error names it
+    assert "multirun.yaml" in capsys.readouterr().err
+
+
+def test_the_compare_table_formats_by_column_not_by_size():
+    """Rollouts under 10 printed as "8.000" above another row's "16"; seconds as "7.483" above "10"."""
+    from rlvr.analysis.plots import format_comparison
+
+    row = {"run": "a", "steps": 2, "heldout_before": 0.25, "heldout_final": 0.5, "heldout_final_step": 2, "eval_prompts": 4,
+           "pass_at_k": {}, "rollouts": 8.0, "seconds": 7.4834, "eval_set": None}
+    table = format_comparison([row, {**row, "run": "b", "rollouts": 16.0, "seconds": 10.0}])
+    assert table.splitlines()[1].split() == ["a", "2", "0.250", "0.500", "2", "4", "8", "7.5"]
+    assert table.splitlines()[2].split()[-2:] == ["16", "10.0"]

@@ -287,6 +287,14 @@ def _validate_algorithm(cfg: DictConfig, preset: AlgorithmPreset) -> None:
     _check(a.warmup_prompts >= 0, "algorithm.warmup_prompts", f"must be >= 0 (0 = no warm start), got {a.warmup_prompts}")
     if a.warmup_prompts:
         _check(preset.uses_value_model, "algorithm.warmup_prompts", f"warms up V0.5's value context (sampling=adaptive); {preset.sampling} has none to fill")
+        from rlvr.value.v0 import MIN_SUPPORT
+
+        # each half's priors come from the other half's outcomes: one prompt (or v0's head under its
+        # support) left a fold predicting from nothing, and its stand-in 0.5 entered the calibration window
+        least = 2 * (MIN_SUPPORT if cfg.value.backend == "v0" else 1)
+        _check(a.warmup_prompts >= least, "algorithm.warmup_prompts",
+               f"must be 0 or >= {least} with value.backend={cfg.value.backend}: each half of the warm-up prompts is "
+               f"predicted from the other half's outcomes, and a half of {a.warmup_prompts // 2} gives no prior, got {a.warmup_prompts}")
     _check_one_of("weighting.name", cfg.weighting.name, WEIGHTINGS)
     _check_weighting(cfg.weighting)
 

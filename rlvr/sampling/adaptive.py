@@ -46,6 +46,8 @@ def warm_start(ctl: BudgetController, problems: list[Problem], seed: int) -> dic
         ctl.value_server.load(empty)
         ctl.value_server.update("add_context", texts[context], success[context])  # a replacement gets this fold's context too
         prior[target], unc[target], real[target] = finite_priors(*ctl.value_server.call("predict", texts[target]))
+        if not texts[context]:  # nothing to predict from: the backend's stand-in, which the window must not learn
+            real[target] = False
     ctl.value_server.load(empty)
     ctl.value_server.update("add_context", texts, success)
     ctl.value_server.snapshot()

@@ -128,6 +128,7 @@ def test_unknown_group_option_lists_the_choices():
         ("algorithm=dapo algorithm.filter_metric=length", "filter_metric"),
         ("algorithm=grpo algorithm.warmup_prompts=8", "algorithm.warmup_prompts"),
         ("algorithm=v05 algorithm.warmup_prompts=-1", "algorithm.warmup_prompts"),
+        ("algorithm=v05 algorithm.warmup_prompts=1", "algorithm.warmup_prompts: must be 0 or >= 2 with value.backend=embedded"),
         ("weighting=focal weighting.gamma=-1", "weighting=focal: focal gamma must be >= 0"),  # was a traceback after the warm start
         ("weighting=focal weighting.gamma=abc", "weighting=focal"),
         ("weighting=hadw weighting.anchor=emma", "weighting=hadw: unknown HA-DW anchor 'emma'"),
@@ -650,3 +651,16 @@ def test_a_sweep_job_s_dir_name_fits_a_file_name_and_nests_no_folders():
 
     compose([])  # registers the resolver configs/config.yaml's sweep subdir uses
     assert OmegaConf.create({"n": 0, "o": long, "d": "${rlvr_job_dir:${n},${o}}"}).d == job_dir_name(0, long)
+
+
+def test_v0_s_warm_start_needs_its_head_s_support_in_each_half(tmp_path):
+    """V0's head answers the stand-in 0.5 under MIN_SUPPORT (2) context items: 3 warm-up prompts left a
+    half of 1 predicting nothing, and that 0.5 entered the calibration window."""
+    from rlvr.config import ConfigError, compose, validate
+
+    (tmp_path / "ckpt.pt").write_bytes(b""), (tmp_path / "head.ckpt").write_bytes(b""), (tmp_path / "emb").mkdir()
+    v0 = ["algorithm=v05", "value.backend=v0", f"value.v0.checkpoint={tmp_path}/ckpt.pt", f"value.v0.tabpfn_head={tmp_path}/head.ckpt",
+          f"value.v0.embedding_model={tmp_path}/emb"]
+    with pytest.raises(ConfigError, match="algorithm.warmup_prompts: must be 0 or >= 4 with value.backend=v0"):
+        validate(compose([*v0, "algorithm.warmup_prompts=3"]))
+    validate(compose([*v0, "algorithm.warmup_prompts=4"]))

@@ -228,6 +228,9 @@ def test_v05_s_warm_start_predicts_each_prompt_without_its_own_outcome_in_the_co
     for targets, context in role.predicted_with:
         assert context and not set(targets) & set(context)
     assert sorted(role.model._ctx.prompts) == sorted(p.question for p in problems) and out["warmup/prompts"] == 6
+    # one warm-up prompt: its fold predicts from an empty context, a stand-in the window must not learn
+    ctl = v05_controller(ScriptedGenerator(), ValueRoleHere(ConstantValueModel()), "trainer.batch_size=4")
+    assert warm_start(ctl, problems[:1], seed=3)["v05/window"] == 0
 
 
 # ---- found surviving mutants (2026-12-07) -------------------------------------------------------------

@@ -329,10 +329,17 @@ def resolve_resume(run_dir: str | Path, resume: str) -> Path | None:
     if not path.exists():
         raise FileNotFoundError(f"resume checkpoint {str(path)!r} does not exist")
     if not (path / MANIFEST).exists() and (path / CHECKPOINT_DIR).is_dir():
-        return checkpoint_named(path)  # a run dir: its latest complete checkpoint, as export and eval read it
-    reason = validate_checkpoint(path)
-    if reason is not None:
-        raise FileNotFoundError(f"resume checkpoint {str(path)!r} is not a complete checkpoint: {reason}")
+        path = checkpoint_named(path)  # a run dir: its latest complete checkpoint, as export and eval read it
+    else:
+        reason = validate_checkpoint(path)
+        if reason is not None:
+            raise FileNotFoundError(f"resume checkpoint {str(path)!r} is not a complete checkpoint: {reason}")
+    own = find_latest_checkpoint(run_dir) if path.resolve().parent != _checkpoints_dir(run_dir).resolve() else None
+    if own is not None:
+        # a run started from another run's checkpoint and stopped: the same command went back to that
+        # checkpoint, trained this run's steps again and re-saved over them
+        raise FileExistsError(f"resume={key}: run_dir {str(run_dir)!r} already holds its own checkpoint {own.name}, which this "
+                              "would train again from the other run's and overwrite; pass resume=auto to continue it, or give another run_dir")
     return path
 
 

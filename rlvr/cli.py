@@ -48,7 +48,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from rlvr.runtime.placement import ClusterTooSmall
     from rlvr.sandbox.messages import VerifierStartError
 
-    return (ConfigError, DataError, ClusterTooSmall, ConnectionError, FileNotFoundError, VerifierStartError)
+    return (ConfigError, DataError, ClusterTooSmall, ConnectionError, FileNotFoundError, FileExistsError, VerifierStartError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -599,7 +599,8 @@ class Run:
             "heldout_before": self.heldout_before,
             # a trained step's figure only: with eval_every=0 step 0's was reported as the trained model's
             "heldout_after": self.accuracies[-1][1] if self.accuracies else None,
-            "steps": self.step if self.total >= self.start_step else self.total,
+            # resumed past trainer.steps (lowered, or another run's later checkpoint): the checkpoint's step
+            "steps": self.step if self.total >= self.start_step else self.start_step - 1,
             "run_dir": str(self.run_dir),
         }
         write_text_whole(summary_path, json.dumps(summary, indent=2))  # a resume of the finished run reads it back

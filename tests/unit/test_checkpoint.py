@@ -492,6 +492,19 @@ def test_resolve_resume(tmp_path):
         resolve_resume(tmp_path, "")
 
 
+def test_resume_from_another_run_is_refused_once_this_run_dir_has_its_own_checkpoints(tmp_path):
+    """Run B started from run A's step 2 (resume=A/...), stopped at its own step 3: the same command
+    went back to A's step 2, trained step 3 again and re-saved over B's."""
+    a2 = _two(tmp_path / "A")[1]
+    assert resolve_resume(tmp_path / "B", str(a2)) == a2  # B has nothing yet: start from A's
+    b3 = save_checkpoint(tmp_path / "B", 3, writer("b"), keep=0)
+    for given in (str(a2), str(tmp_path / "A")):  # A's checkpoint, or A's run dir
+        with pytest.raises(FileExistsError, match="already holds its own checkpoint step_00000003.*resume=auto"):
+            resolve_resume(tmp_path / "B", given)
+    assert resolve_resume(tmp_path / "B", "auto") == b3
+    assert resolve_resume(tmp_path / "B", str(b3)) == b3  # its own checkpoint, named: allowed
+
+
 def test_resume_auto_over_checkpoints_none_of_which_is_complete_is_refused(tmp_path):
     """Every checkpoint corrupt, resume=auto started afresh with only warnings: the user who reran to
     resume got a new run from step 0, whose saves replaced the broken folders at their steps."""

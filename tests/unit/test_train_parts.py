@@ -235,3 +235,17 @@ def test_a_resume_path_of_another_config_is_refused_before_its_new_run_dir_is_ma
     assert not (tmp_path / "new").exists()
     with pytest.raises(ConfigError, match="different config"):  # and a run dir's own latest checkpoint (resume=auto)
         refuse_before_start(compose(["model=tiny-random", "algorithm=v05", f"run_dir={tmp_path / 'other'}"]))
+
+
+def test_a_resume_past_trainer_steps_summarises_the_checkpoint_s_step(tmp_path):
+    """A run stopped at step 3's checkpoint, rerun with trainer.steps=2: nothing trains, and the
+    summary said steps=2 while its weights and records were at step 3."""
+    import json
+
+    from rlvr.train.loop import Run
+
+    run = Run.__new__(Run)
+    run.run_dir, run.start_step, run.total, run.step = tmp_path, 4, 2, 3
+    run.heldout_before, run.accuracies, run.history = 0.25, [], []
+    run.finish()
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 3

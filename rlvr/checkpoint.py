@@ -335,12 +335,33 @@ def resolve_resume(run_dir: str | Path, resume: str) -> Path | None:
         if reason is not None:
             raise FileNotFoundError(f"resume checkpoint {str(path)!r} is not a complete checkpoint: {reason}")
     own = find_latest_checkpoint(run_dir) if path.resolve().parent != _checkpoints_dir(run_dir).resolve() else None
-    if own is not None:
-        # a run started from another run's checkpoint and stopped: the same command went back to that
-        # checkpoint, trained this run's steps again and re-saved over them
-        raise FileExistsError(f"resume={key}: run_dir {str(run_dir)!r} already holds its own checkpoint {own.name}, which this "
-                              "would train again from the other run's and overwrite; pass resume=auto to continue it, or give another run_dir")
-    return path
+    if own is None:
+        return path
+    # This run dir has checkpoints of its own. Going back to the other run's trained its steps again and
+    # re-saved over them: a run started from there and stopped lost its work on the same command.
+    origin = Path(run_dir) / STARTED_FROM
+    if origin.is_file() and origin.read_text(encoding="utf-8").strip() == str(Path(key).expanduser().resolve()):
+        log.info("resume=%s: this run started from it and has saved %s since: continuing from that", key, own.name)
+        return own
+    raise ResumeConflict(f"resume={key}: run_dir {str(run_dir)!r} already holds checkpoints of another run (the latest {own.name}), "
+                         "which this would train over; pass resume=auto to continue them, or give another run_dir")
+
+
+STARTED_FROM = "started_from"  # in a run dir: the resume= it started from, where that was another run's
+
+
+class ResumeConflict(FileExistsError):
+    """resume=PATH names another run's checkpoint, and the run dir holds checkpoints of a run not started from it."""
+
+
+def note_origin(run_dir: str | Path, resume: str, ckpt: Path | None) -> None:
+    """Record that this run starts from another run's checkpoint, so that the same command resumes
+    its own checkpoints once it has some (`resolve_resume`); a run starting afresh has no origin."""
+    if ckpt is None:
+        (Path(run_dir) / STARTED_FROM).unlink(missing_ok=True)
+    elif ckpt.resolve().parent != _checkpoints_dir(run_dir).resolve() and not find_latest_checkpoint(run_dir):
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(run_dir) / STARTED_FROM).write_text(str(Path(resume).expanduser().resolve()) + "\n", encoding="utf-8")
 
 
 def branch_from(run_dir: str | Path, ckpt: Path) -> None:

@@ -48,7 +48,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from rlvr.runtime.placement import ClusterTooSmall
     from rlvr.sandbox.messages import VerifierStartError
 
-    return (ConfigError, DataError, ClusterTooSmall, ConnectionError, FileNotFoundError, FileExistsError, VerifierStartError)
+    from rlvr.checkpoint import ResumeConflict
+
+    return (ConfigError, DataError, ClusterTooSmall, ConnectionError, FileNotFoundError, ResumeConflict, VerifierStartError)
 
 
 def main(argv: list[str] | None = None) -> int:

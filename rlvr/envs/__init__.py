@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import numbers
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -107,8 +106,11 @@ class WithDeadline:
             # a bare string failed steps later as "can only concatenate list (not "str") to list"
             raise TypeError(f"environment {self.name!r}: step()'s observation must be None (the episode ends) or a list of "
                             f"{{'role': str, 'content': str}} dicts, got {_describe(obs)}")
-        if isinstance(out.reward, bool) or not isinstance(out.reward, numbers.Real) or not math.isfinite(out.reward):
-            # a NaN reached the advantages and made its whole group's NaN
+        try:
+            reward = float(out.reward)  # a bool, numpy scalar or 0-d tensor, as the episode reads it
+        except (TypeError, ValueError):
+            reward = math.nan
+        if not math.isfinite(reward):  # a NaN reached the advantages and made its whole group's NaN
             raise ValueError(f"environment {self.name!r}: step()'s reward must be a finite number, got {_describe(out.reward)}")
         return out
 

@@ -73,7 +73,7 @@ def parse_hermes(text: str) -> list[ToolCall | MalformedCall]:
             calls.append(MalformedCall(_past_limits(e)))
             continue
         try:  # "\ud83d" alone decodes to a lone surrogate: a tool echoing it back broke the tokenizer, and the step
-            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+            json.dumps({"name": call.name, "arguments": call.arguments}, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
             calls.append(MalformedCall("the tool call holds a lone surrogate escape (half of a UTF-16 pair), which is not text"))
             continue

@@ -21,15 +21,21 @@ from pathlib import Path
 
 LOCK = ".owner.lock"
 _owned: dict[str, tuple[str, int]] = {}  # prefix -> the directory and its lock's descriptor, open for the life of the process
+_bases: dict[str, str] = {}  # prefix -> where its directories go (tempfile's directory may be one of them by then)
 
 
 def own_tempdir(prefix: str, base: str | None = None) -> str:
     """Make a directory ``<base>/<prefix>XXXX`` (base: the system temp dir), held by this process
     until it exits, and remove every ``<prefix>*`` directory there whose owner has exited. A second
     call with the same prefix (a kept engine made anew) returns the first one's directory."""
-    if prefix in _owned and os.path.isdir(_owned[prefix][0]):
-        return _owned[prefix][0]
-    base = base or tempfile.gettempdir()
+    if prefix in _owned:
+        path, fd = _owned.pop(prefix)
+        if os.path.isdir(path):
+            _owned[prefix] = (path, fd)
+            return path
+        os.close(fd)  # removed under it (a temp cleaner): a new one, where the first one was made
+    base = base or _bases.get(prefix) or tempfile.gettempdir()
+    _bases[prefix] = base
     for old in Path(base).glob(prefix + "*"):
         sweep_if_orphaned(old)
     path = tempfile.mkdtemp(prefix=prefix, dir=base)

@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from rlvr.algorithms import WEIGHTINGS, HADWState, apply_weighting, compute_advantages
-from rlvr.checkpoint import branch_from, resolve_resume
+from rlvr.checkpoint import branch_from, note_origin, resolve_resume
 from rlvr.config import ConfigError, algorithm_preset, fill, max_response_tokens, overlong_buffer, validate
 from rlvr.data import Problem, PromptStream, QuestionSet, load_problems
 from rlvr.generation import Generator, make_generator
@@ -295,6 +295,7 @@ def _train(cfg: DictConfig, preset, run_dir: Path, stop: StopRequest, keep_histo
     ckpt = resolve_resume(run_dir, str(cfg.resume.mode))
     if ckpt is not None:
         check_resume_config(ckpt, cfg)
+    note_origin(run_dir, str(cfg.resume.mode), ckpt)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)

@@ -492,17 +492,24 @@ def test_resolve_resume(tmp_path):
         resolve_resume(tmp_path, "")
 
 
-def test_resume_from_another_run_is_refused_once_this_run_dir_has_its_own_checkpoints(tmp_path):
+def test_a_run_started_from_another_run_s_checkpoint_resumes_its_own_on_the_same_command(tmp_path):
     """Run B started from run A's step 2 (resume=A/...), stopped at its own step 3: the same command
     went back to A's step 2, trained step 3 again and re-saved over B's."""
+    from rlvr.checkpoint import ResumeConflict, note_origin
+
     a2 = _two(tmp_path / "A")[1]
-    assert resolve_resume(tmp_path / "B", str(a2)) == a2  # B has nothing yet: start from A's
-    b3 = save_checkpoint(tmp_path / "B", 3, writer("b"), keep=0)
-    for given in (str(a2), str(tmp_path / "A")):  # A's checkpoint, or A's run dir
-        with pytest.raises(FileExistsError, match="already holds its own checkpoint step_00000003.*resume=auto"):
-            resolve_resume(tmp_path / "B", given)
-    assert resolve_resume(tmp_path / "B", "auto") == b3
-    assert resolve_resume(tmp_path / "B", str(b3)) == b3  # its own checkpoint, named: allowed
+    b = tmp_path / "B"
+    assert resolve_resume(b, str(a2)) == a2  # B has nothing yet: start from A's
+    note_origin(b, str(a2), a2)
+    b3 = save_checkpoint(b, 3, writer("b"), keep=0)
+    assert resolve_resume(b, str(a2)) == b3  # the same command: B's own
+    assert resolve_resume(b, "auto") == b3 and resolve_resume(b, str(b3)) == b3
+    # A's run dir, or a run dir whose checkpoints are not from A: refused, naming them
+    for given in (str(tmp_path / "A"), str(a2)):
+        if given == str(a2):
+            note_origin(b, "never", None)  # B started afresh since: no origin
+        with pytest.raises(ResumeConflict, match="already holds checkpoints of another run.*step_00000003.*resume=auto"):
+            resolve_resume(b, given)
 
 
 def test_resume_auto_over_checkpoints_none_of_which_is_complete_is_refused(tmp_path):

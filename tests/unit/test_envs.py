@@ -79,6 +79,8 @@ def test_a_lone_surrogate_in_a_call_is_malformed_and_one_in_an_observation_is_re
     back, and the fast tokenizer refused the observation: the step, and the run, stopped."""
     (call,) = parse_hermes('<tool_call>{"name": "echo", "arguments": {"text": "\\ud83d"}}</tool_call>')
     assert isinstance(call, MalformedCall) and "surrogate" in call.message
+    (call,) = parse_hermes('<tool_call>{"name": "echo", "arguments": "{\\"text\\": \\"\\\\ud83d\\"}"}</tool_call>')  # arguments as a JSON string
+    assert isinstance(call, MalformedCall) and "surrogate" in call.message
     (ok,) = parse_hermes('<tool_call>{"name": "echo", "arguments": {"text": "\\ud83d\\ude00"}}</tool_call>')  # a whole pair is text
     assert ok.arguments == {"text": "\U0001f600"}
     chat = ChatTokens(tokenizer, [])
@@ -351,13 +353,14 @@ def test_an_environment_returning_the_wrong_type_is_named_at_the_call():
     # step()'s own fields: a bare string failed later as list + str, a NaN made its group's advantages NaN
     for step, error in [(Step("Incorrect, try again.", 0.0, False), TypeError), (Step({"role": "user", "content": "again"}, 0.0, False), TypeError),
                         (Step([{"role": "user"}], 0.0, False), TypeError), (Step(None, float("nan"), False), ValueError),
-                        (Step(None, float("inf"), True), ValueError), (Step(None, True, True), ValueError)]:
+                        (Step(None, float("inf"), True), ValueError), (Step(None, None, True), ValueError)]:
         Env.step = lambda self, messages, scores, out=step: out
         with pytest.raises(error, match=r"'bad_env:Env': step\(\)'s"):
             env.step([], [])
     good = type("Good", (), {"tools": [], "reset": lambda self, p, m: list(m), "step": lambda self, m, s: Step(None, 1.0, True)})()
     again = [{"role": "user", "content": "again"}]
     assert WithDeadline(type("Again", (), {"tools": [], "step": lambda self, m, s: Step(again, 0, False)})(), 5, "x").step([], []).observation == again
+    assert WithDeadline(type("Bool", (), {"tools": [], "step": lambda self, m, s: Step(None, True, True)})(), 5, "x").step([], []).reward is True
     assert WithDeadline(good, 5, "x").step([], []) == Step(None, 1.0, True)
     assert WithDeadline(good, 5, "x").reset(Problem("t/0", "q", "1"), [{"role": "user", "content": "q"}]) == [{"role": "user", "content": "q"}]
 

@@ -46,3 +46,19 @@ def test_a_sigkilled_owner_s_dir_goes_with_the_next_owner_and_a_live_one_stays(t
         live.wait()
     own_tempdir("rlvr-t2-", str(tmp_path))  # another owner's start sweeps only its own prefix
     assert os.path.exists(live_dir)
+
+
+def test_an_owned_dir_removed_under_its_owner_is_made_anew_where_the_first_was(tmp_path):
+    """The engine points tempfile at its own dir; a temp cleaner that removed it made the next engine
+    of the same process (a kept one, rebuilt) look for a base inside the removed dir."""
+    import shutil
+    import tempfile
+
+    first = own_tempdir("rlvr-gone-", str(tmp_path))
+    saved, tempfile.tempdir = tempfile.tempdir, first
+    try:
+        shutil.rmtree(first)
+        again = own_tempdir("rlvr-gone-")
+        assert again != first and os.path.dirname(again) == str(tmp_path) and os.path.exists(os.path.join(again, LOCK))
+    finally:
+        tempfile.tempdir = saved

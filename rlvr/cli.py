@@ -43,12 +43,11 @@ def _compose_or_exit(overrides: list[str], make=None, may_be_missing: tuple[str,
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message says what to fix: printed without a traceback."""
+    from rlvr.checkpoint import ResumeConflict
     from rlvr.config import ConfigError
     from rlvr.data import DataError
     from rlvr.runtime.placement import ClusterTooSmall
     from rlvr.sandbox.messages import VerifierStartError
-
-    from rlvr.checkpoint import ResumeConflict
 
     return (ConfigError, DataError, ClusterTooSmall, ConnectionError, FileNotFoundError, ResumeConflict, VerifierStartError)
 

@@ -489,6 +489,15 @@ def validate_cluster(c: DictConfig, rollout_backend: str) -> None:
     _check(c.verifier_cpus > 0, "cluster.verifier_cpus", f"must be > 0, got {c.verifier_cpus}")
     _check(c.value_accelerators >= 0, "cluster.value_accelerators", f"must be >= 0, got {c.value_accelerators}")
     _check_keys(c.node_resources or {}, ("learner", "rollout", "value", "verifier"), "cluster.node_resources.")
+    for role, marker in (c.node_resources or {}).items():
+        key = f"cluster.node_resources.{role}"
+        # a number failed later as a TypeError in the too-small message; GPU replaced the bundle's
+        # GPU: 1 with 0.001, and Ray refused the actor only once the bundles were reserved
+        _check(marker is None or (isinstance(marker, str) and marker.strip() != ""), key,
+               f"must be the name of a custom resource the role's nodes declare, or null; got {marker!r}")
+        _check(marker is None or marker not in ("CPU", "GPU", "memory", "object_store_memory", c.accelerator), key,
+               f"{marker} is a resource the role's bundle asks for by amount: pin by a custom resource its nodes "
+               f"declare (ray start --resources='{{\"{role}_node\": 1}}', then {key}={role}_node)")
     if c.tensor_parallel > 1:
         _check(rollout_backend == "vllm", "cluster.tensor_parallel", "tensor parallelism needs rollout=vllm")
     if c.mode == "colocated":

@@ -283,7 +283,8 @@ def micro_batching(cfg: DictConfig, model_path: str) -> int | ActivationBudget:
 def check_model_length(cfg: DictConfig, model_path: str) -> None:
     """model.max_model_len within the model's positions (`max_position_embeddings`, where no rope
     scaling stretches them): the engine refused a longer one only once its actor started, as an
-    ActorDiedError around vLLM's own message. And within its sliding window, where it has one."""
+    ActorDiedError around vLLM's own message. And within its sliding window, where it has one; and
+    the tensor-parallel size dividing its attention heads."""
     from transformers import AutoConfig
 
     from rlvr.config import ConfigError
@@ -297,6 +298,10 @@ def check_model_length(cfg: DictConfig, model_path: str) -> None:
         # at the window): past the window its log-probs were another policy's, or it crashed
         raise ConfigError(f"model.max_model_len={cfg.model.max_model_len}: {model_path} attends within a sliding window of "
                           f"{window} tokens, which the learner does not model; set model.max_model_len <= {window}")
+    heads, tp = getattr(c, "num_attention_heads", None), int(cfg.cluster.tensor_parallel)
+    if heads and tp > 1 and heads % tp:  # vLLM refused it inside every engine actor, after the placement
+        raise ConfigError(f"cluster.tensor_parallel={tp}: must divide {model_path}'s {heads} attention heads, "
+                          "which vLLM splits across an engine's devices")
     positions = getattr(c, "max_position_embeddings", None)
     rope = getattr(c, "rope_parameters", None) or getattr(c, "rope_scaling", None) or {}
     if positions and rope.get("rope_type", rope.get("type", "default")) == "default" and cfg.model.max_model_len > positions:

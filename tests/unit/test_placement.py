@@ -95,6 +95,11 @@ def test_colocated_engines_share_the_learner_bundles():
         (["learner.bucket_mb=-1"], "learner.bucket_mb"),
         (["cluster.value_accelerators=1"], "cluster.value_accelerators"),
         (["cluster.mode=colocated", "cluster.weight_sync=ipc", "cluster.node_resources.rollout=r"], "cluster.node_resources.rollout"),
+        # a pin named GPU replaced the bundle's GPU: 1 with 0.001 (Ray refused the actor only once the
+        # bundles were reserved); a number failed as a TypeError in the too-small message
+        (["cluster=single_node_gpu", "cluster.node_resources.learner=GPU"], "cluster.node_resources.learner: GPU is a resource"),
+        (["cluster=single_node_gpu", "cluster.node_resources.verifier=CPU"], "cluster.node_resources.verifier: CPU is a resource"),
+        (["cluster.node_resources.learner=1"], "cluster.node_resources.learner: must be the name of a custom resource"),
     ],
 )
 def test_bad_cluster_values_name_their_key(overrides, key):

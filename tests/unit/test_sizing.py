@@ -192,6 +192,10 @@ def test_a_max_model_len_past_the_model_s_positions_is_refused_before_any_role_s
     check_model_length(compose(["model=tiny-random", "model.max_model_len=1024"]), tiny_model)  # its 1024 positions
     with pytest.raises(ConfigError, match=r"model\.max_model_len=2048 is more than .*max_position_embeddings=1024"):
         check_model_length(compose(["model=tiny-random", "model.max_model_len=2048"]), tiny_model)
+    # vLLM splits the heads over an engine's devices: 3 for the tiny model's 2 failed inside every engine actor
+    check_model_length(compose(["model=tiny-random", "cluster.tensor_parallel=2"]), tiny_model)
+    with pytest.raises(ConfigError, match=r"cluster\.tensor_parallel=3: must divide .*'s 2 attention heads"):
+        check_model_length(compose(["model=tiny-random", "cluster.tensor_parallel=3"]), tiny_model)
 
 
 # ---- found surviving mutants (2026-12-07) -------------------------------------------------------------

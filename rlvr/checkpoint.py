@@ -334,7 +334,7 @@ def resolve_resume(run_dir: str | Path, resume: str) -> Path | None:
         reason = validate_checkpoint(path)
         if reason is not None:
             raise FileNotFoundError(f"resume checkpoint {str(path)!r} is not a complete checkpoint: {reason}")
-    own = find_latest_checkpoint(run_dir) if path.resolve().parent != _checkpoints_dir(run_dir).resolve() else None
+    own = None if _in_run_dir(run_dir, path) else find_latest_checkpoint(run_dir)
     if own is None:
         return path
     # This run dir has checkpoints of its own. Going back to the other run's trained its steps again and
@@ -359,18 +359,23 @@ def note_origin(run_dir: str | Path, resume: str, ckpt: Path | None) -> None:
     its own checkpoints once it has some (`resolve_resume`); a run starting afresh has no origin."""
     if ckpt is None:
         (Path(run_dir) / STARTED_FROM).unlink(missing_ok=True)
-    elif ckpt.resolve().parent != _checkpoints_dir(run_dir).resolve() and not find_latest_checkpoint(run_dir):
+    elif not _in_run_dir(run_dir, ckpt) and not find_latest_checkpoint(run_dir):
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         (Path(run_dir) / STARTED_FROM).write_text(str(Path(resume).expanduser().resolve()) + "\n", encoding="utf-8")
+
+
+def _in_run_dir(run_dir: str | Path, ckpt: Path) -> bool:
+    """Whether ``ckpt`` is one of ``run_dir``'s own checkpoints (however either path is spelt)."""
+    return Path(ckpt).resolve().parent == _checkpoints_dir(run_dir).resolve()
 
 
 def branch_from(run_dir: str | Path, ckpt: Path) -> None:
     """A run resumed from an earlier checkpoint of its own run dir (``resume=PATH``) abandons the
     later ones: ``latest`` names the one it resumed, so a crash before its next save resumes there
     again, not on the abandoned branch (whose records the resume has already rewound)."""
-    ckdir = _checkpoints_dir(run_dir)
-    if Path(ckpt).resolve().parent != ckdir.resolve():
+    if not _in_run_dir(run_dir, ckpt):
         return
+    ckdir = _checkpoints_dir(run_dir)
     pointer = ckdir / LATEST
     if not pointer.exists() or pointer.read_text(encoding="utf-8").strip() != Path(ckpt).name:
         _write_latest(ckdir, Path(ckpt).name)

@@ -21,7 +21,6 @@ from pathlib import Path
 
 LOCK = ".owner.lock"
 _owned: dict[str, tuple[str, int]] = {}  # prefix -> the directory and its lock's descriptor, open for the life of the process
-_bases: dict[str, str] = {}  # prefix -> where its directories go (tempfile's directory may be one of them by then)
 
 
 def own_tempdir(prefix: str, base: str | None = None) -> str:
@@ -33,9 +32,9 @@ def own_tempdir(prefix: str, base: str | None = None) -> str:
         if os.path.isdir(path):
             _owned[prefix] = (path, fd)
             return path
-        os.close(fd)  # removed under it (a temp cleaner): a new one, where the first one was made
-    base = base or _bases.get(prefix) or tempfile.gettempdir()
-    _bases[prefix] = base
+        os.close(fd)  # removed under it (a temp cleaner): a new one where the first was, not in tempfile's dir, which was it
+        base = base or os.path.dirname(path)
+    base = base or tempfile.gettempdir()
     for old in Path(base).glob(prefix + "*"):
         sweep_if_orphaned(old)
     path = tempfile.mkdtemp(prefix=prefix, dir=base)
